@@ -1,0 +1,88 @@
+# SaaSOdoo ops: the two commands are `make demo` and `make test`; everything else is a step of them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# molecule keeps its scratch under ~/.ansible by default; keep it inside the repo's git-ignored cache.
+export MOLECULE_EPHEMERAL_DIRECTORY_ROOT := $(CURDIR)/.cache/molecule
+
+# Third-party collections come from the pinned `ansible` wheel (Galaxy is unreachable here);
+# collections/requirements.yml names the same versions and a unit test keeps the two in step.
+ANSIBLE_WHEEL_VERSION := 12.3.0
+THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core
+COLLECTIONS_DIR := collections/ansible_collections
+COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_VERSION)
+APT_PACKAGES := postgresql-15 pgbouncer
+ROLES := postgres_server pgbouncer platform_registry
+
+.PHONY: help setup system-packages demo test lint unit molecule integration bench down clean
+
+help:
+	@echo "make demo   set up, converge the local platform, print what runs where"
+	@echo "make test   set up, lint, unit tests, molecule scenarios, integration tests"
+	@echo "make setup | lint | unit | molecule | integration | bench | down | clean"
+
+setup: system-packages $(VENV)/.installed $(COLLECTIONS_STAMP)
+
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "Missing system packages: $$missing. Run 'make setup' as root, or: sudo apt-get install -y $$missing" >&2; exit 1; \
+	fi; \
+	echo "Installing system packages: $$missing"; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+$(COLLECTIONS_STAMP): collections/requirements.yml
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(BIN)/pip download -q --disable-pip-version-check --no-deps -d "$$tmp" ansible==$(ANSIBLE_WHEEL_VERSION); \
+	for c in $(THIRD_PARTY_COLLECTIONS); do rm -rf $(COLLECTIONS_DIR)/$$c; done; \
+	unzip -q -o "$$tmp"/ansible-$(ANSIBLE_WHEEL_VERSION)-py3-none-any.whl \
+	  $(foreach c,$(THIRD_PARTY_COLLECTIONS),'ansible_collections/$(c)/*') -d collections/
+	@rm -f $(COLLECTIONS_DIR)/.installed-from-ansible-*
+	@touch $@
+	@echo "Collections: $(THIRD_PARTY_COLLECTIONS) from ansible $(ANSIBLE_WHEEL_VERSION)"
+
+demo: setup
+	ansible-playbook playbooks/site.yml
+	ansible-playbook playbooks/platform_status.yml
+
+test: setup lint unit molecule integration
+
+lint: setup
+	yamllint --strict .
+	ruff check .
+	ruff format --check .
+	ansible-lint
+
+unit: setup
+	pytest tests/unit
+
+molecule: setup
+	@for role in $(ROLES); do \
+	  echo "== molecule test: roles/$$role"; \
+	  (cd roles/$$role && molecule test) || exit 1; \
+	done
+
+integration: setup
+	pytest tests/integration
+
+bench: setup
+	$(BIN)/python bench/site_noop.py
+
+down:
+	@if [ -x $(BIN)/ansible-playbook ]; then ansible-playbook playbooks/down.yml; else echo "Nothing to stop: no .venv"; fi
+
+clean: down
+	rm -rf .state .cache
