@@ -8,8 +8,6 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
-# molecule keeps its scratch under ~/.ansible by default; keep it inside the repo's git-ignored cache.
-export MOLECULE_EPHEMERAL_DIRECTORY_ROOT := $(CURDIR)/.cache/molecule
 
 # Third-party collections come from the pinned `ansible` wheel (Galaxy is unreachable here);
 # collections/requirements.yml names the same versions and a unit test keeps the two in step.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
+
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import WeakSecretError, derive_password
 
 

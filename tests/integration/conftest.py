@@ -1,0 +1,124 @@
+"""The local platform, converged for real: PostgreSQL clusters, PgBouncers and the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import derive_password
+
+from conftest import REPO
+
+VENV_BIN = REPO / ".venv/bin"
+LOCAL_STATE = REPO / ".state/local"
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+RECAP_LINE = re.compile(
+    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
+
+
+def ansible_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}:{env['PATH']}"
+    env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+    env["ANSIBLE_NOCOLOR"] = "1"
+    return env
+
+
+@dataclass
+class PlaybookRun:
+    returncode: int
+    output: str
+
+    @property
+    def recap(self) -> dict[str, dict[str, int]]:
+        return {
+            m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"}
+            for m in RECAP_LINE.finditer(self.output)
+        }
+
+
+def run_playbook(playbook: str, *args: str, inventory: str = "inventories/local") -> PlaybookRun:
+    result = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", inventory, f"playbooks/{playbook}", *args],
+        cwd=REPO,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return PlaybookRun(result.returncode, result.stdout + result.stderr)
+
+
+def run_ansible_tool(tool: str, *args: str) -> str:
+    result = subprocess.run(
+        [str(VENV_BIN / tool), *args], cwd=REPO, env=ansible_env(), capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"{tool} {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    pgbouncer_port: int | None
+
+
+@dataclass
+class LocalPlatform:
+    first_run: PlaybookRun
+    second_run: PlaybookRun
+    servers: dict[str, Server]
+    groups: dict[str, list[str]]
+
+    def password(self, purpose: str) -> str:
+        secret = (LOCAL_STATE / "secrets/platform_secret").read_text().strip()
+        return derive_password(secret, purpose)
+
+    def connect(self, port: int, user: str, password: str, dbname: str = "postgres") -> psycopg.Connection:
+        # prepare_threshold=None: PgBouncer 1.18 in transaction mode has no prepared statements.
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=port,
+            user=user,
+            password=password,
+            dbname=dbname,
+            connect_timeout=5,
+            prepare_threshold=None,
+            autocommit=True,
+        )
+
+
+def inventory_hosts(inventory: str = "inventories/local") -> tuple[dict[str, dict], dict[str, list[str]]]:
+    """Host variables and group membership, templated by Ansible itself."""
+    listing = json.loads(run_ansible_tool("ansible-inventory", "-i", inventory, "--list"))
+    hostvars = listing["_meta"]["hostvars"]
+    groups = {name: body.get("hosts", []) for name, body in listing.items() if name != "_meta"}
+    return hostvars, groups
+
+
+@pytest.fixture(scope="session")
+def local_platform() -> LocalPlatform:
+    first = run_playbook("site.yml")
+    assert first.returncode == 0, first.output[-4000:]
+    second = run_playbook("site.yml")
+    assert second.returncode == 0, second.output[-4000:]
+    hostvars, groups = inventory_hosts()
+    servers = {
+        name: Server(
+            name,
+            int(hostvars[name]["postgres_server_port"]),
+            int(hostvars[name]["pgbouncer_listen_port"]) if "pgbouncer_listen_port" in hostvars[name] else None,
+        )
+        for name in hostvars
+    }
+    return LocalPlatform(first, second, servers, groups)

@@ -1,0 +1,36 @@
+"""Both inventories parse, hold the groups the design names, and every playbook passes --syntax-check."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import inventory_hosts, run_ansible_tool
+from conftest import REPO
+
+INVENTORIES = ["inventories/local", "inventories/production.example"]
+PLAYBOOKS = sorted(p.name for p in (REPO / "playbooks").glob("*.yml"))
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES)
+def test_inventory_lists_the_platform_groups(inventory):
+    hostvars, groups = inventory_hosts(inventory)
+    assert groups["platform"], inventory
+    assert groups["pools_shared"], inventory
+    assert all("saasodoo_db_server" in hostvars[h] for h in groups["pools_shared"])
+
+
+def test_production_example_is_a_real_fleet():
+    _, groups = inventory_hosts("inventories/production.example")
+    assert len(groups["pools_shared"]) >= 3
+    assert groups["pools_dedicated"] and groups["k8s_cluster"] and groups["webhook_runner"]
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES)
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_playbook_syntax(inventory, playbook):
+    run_ansible_tool("ansible-playbook", "-i", inventory, "--syntax-check", f"playbooks/{playbook}")
+
+
+def test_graph_shows_the_pools():
+    graph = run_ansible_tool("ansible-inventory", "-i", "inventories/local", "--graph")
+    assert "@pools_shared:" in graph and "pool-shared-01" in graph

@@ -1,0 +1,83 @@
+"""The registry converged by site.yml: migrations applied, plans and pools synced, closed to others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from .conftest import LocalPlatform, run_playbook
+from conftest import INVENTORIES, ROLES
+
+MIGRATIONS = sorted((ROLES / "platform_registry/files/migrations").glob("*.sql"))
+
+
+def registry(platform: LocalPlatform) -> psycopg.Connection:
+    return platform.connect(
+        platform.servers["platform-db"].port,
+        "saasodoo_registry",
+        platform.password("registry@saasodoo_registry"),
+        dbname="saasodoo_registry",
+    )
+
+
+def test_every_migration_is_applied(local_platform: LocalPlatform):
+    with registry(local_platform) as conn:
+        applied = [v for (v,) in conn.execute("SELECT version FROM registry.schema_migrations ORDER BY version")]
+    assert applied == [int(p.name.split("_")[0]) for p in MIGRATIONS]
+
+
+def test_plans_match_the_catalog(local_platform: LocalPlatform):
+    catalog = yaml.safe_load((INVENTORIES / "local/group_vars/all/plans.yml").read_text())["saasodoo_plans"]
+    with registry(local_platform) as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT ON (name) name, db_type, entitlements FROM registry.plans ORDER BY name, version DESC"
+        ).fetchall()
+    assert {name: entitlements for name, _, entitlements in rows} == catalog
+    assert {name: db_type for name, db_type, _ in rows} == {n: p["db_type"] for n, p in catalog.items()}
+
+
+def test_pools_are_registered_with_their_pgbouncer(local_platform: LocalPlatform):
+    with registry(local_platform) as conn:
+        rows = conn.execute(
+            "SELECT name, kind, port, pgbouncer_port, capacity_tenants FROM registry.db_servers ORDER BY name"
+        ).fetchall()
+    expected = [
+        (name, "shared", s.port, s.pgbouncer_port, 3)
+        for name, s in sorted(local_platform.servers.items())
+        if name in local_platform.groups["pools_shared"]
+    ]
+    assert rows == expected
+
+
+def test_public_cannot_connect_to_the_registry(local_platform: LocalPlatform):
+    with registry(local_platform) as conn:
+        public_connect = conn.execute(
+            "SELECT has_database_privilege('public', 'saasodoo_registry', 'CONNECT')"
+        ).fetchone()[0]
+    assert public_connect is False
+
+
+def test_a_changed_plan_would_become_a_new_version(local_platform: LocalPlatform, tmp_path: Path):
+    """Check mode runs the sync in a transaction it rolls back: the change is seen, nothing is written."""
+    catalog = yaml.safe_load((INVENTORIES / "local/group_vars/all/plans.yml").read_text())
+    catalog["saasodoo_plans"]["basic-monthly"]["odoo_workers"] += 1
+    overrides = tmp_path / "plans.yml"
+    overrides.write_text(yaml.safe_dump(catalog))
+    with registry(local_platform) as conn:
+        before = conn.execute("SELECT count(*) FROM registry.plans").fetchone()[0]
+    preview = run_playbook("site.yml", "--check", "--limit", "platform", "-e", f"@{overrides}")
+    assert preview.returncode == 0, preview.output[-3000:]
+    assert preview.recap["platform-db"]["changed"] == 1, preview.output[-3000:]
+    assert "changed: [platform-db] => (item=basic-monthly)" in preview.output
+    with registry(local_platform) as conn:
+        assert conn.execute("SELECT count(*) FROM registry.plans").fetchone()[0] == before
+
+
+def test_the_audit_trail_refuses_rewrites(local_platform: LocalPlatform):
+    with registry(local_platform) as conn, conn.transaction(force_rollback=True):
+        conn.execute("INSERT INTO registry.audit (actor, kind, subject, detail) VALUES ('test', 'probe', 'x', '{}')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"), conn.transaction():
+            conn.execute("UPDATE registry.audit SET subject = 'y'")

@@ -1,0 +1,56 @@
+"""Derived credentials: stable, distinct per purpose and secret, and never echo the secret."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.saasodoo.platform.plugins.filter.secrets import FilterModule
+from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import WeakSecretError, derive_password
+
+SECRET = "s" * 32
+OTHER_SECRET = "t" * 32
+
+
+def test_same_inputs_give_the_same_password():
+    assert derive_password(SECRET, "monitor@pool-shared-01") == derive_password(SECRET, "monitor@pool-shared-01")
+
+
+@pytest.mark.parametrize(
+    ("secret_a", "purpose_a", "secret_b", "purpose_b"),
+    [
+        (SECRET, "monitor@pool-shared-01", SECRET, "monitor@pool-shared-02"),
+        (SECRET, "tenant:acme:v1", SECRET, "tenant:acme:v2"),
+        (SECRET, "registry@saasodoo_registry", OTHER_SECRET, "registry@saasodoo_registry"),
+    ],
+)
+def test_a_different_purpose_or_secret_gives_a_different_password(secret_a, purpose_a, secret_b, purpose_b):
+    assert derive_password(secret_a, purpose_a) != derive_password(secret_b, purpose_b)
+
+
+def test_password_is_url_safe_and_full_strength():
+    password = derive_password(SECRET, "registry@saasodoo_registry")
+    # 256 bits in unpadded base64url: safe in connection strings, pgbouncer.ini and odoo.conf.
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", password)
+
+
+@pytest.mark.parametrize("secret", ["", "short", "x" * 31])
+def test_a_weak_secret_is_refused(secret):
+    with pytest.raises(WeakSecretError):
+        derive_password(secret, "monitor@pool-shared-01")
+
+
+def test_an_empty_purpose_is_refused():
+    with pytest.raises(ValueError, match="purpose"):
+        derive_password(SECRET, "")
+
+
+def test_filter_error_names_the_purpose_but_not_the_secret():
+    derived_password = FilterModule().filters()["derived_password"]
+    weak_secret = "weak-secret-value"
+    with pytest.raises(AnsibleFilterError) as failure:
+        derived_password("monitor@pool-shared-01", weak_secret)
+    assert "monitor@pool-shared-01" in str(failure.value)
+    assert weak_secret not in str(failure.value)
