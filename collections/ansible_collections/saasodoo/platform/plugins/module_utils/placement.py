@@ -1,0 +1,146 @@
+"""Where a tenant database goes: the pure decision, no database (DESIGN §4).
+
+The registry side (locks, records) is in placement_store.py; this module only ranks and explains.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+POLICIES = ("fill_first", "spread")
+DB_TYPES = ("shared", "dedicated")
+_TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")
+
+
+class PlacementError(Exception):
+    """The tenant cannot be placed; the message says why and what to fix."""
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    kind: str
+    status: str
+    health: str
+    pg_major: int
+    capacity_tenants: int
+    tenant_count: int
+    capacity_storage_gb: int
+    storage_committed_gb: int
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the tenant's plan asks of a server."""
+
+    storage_gb: int
+    pg_majors: tuple[int, ...]
+
+
+@dataclass
+class Candidate:
+    name: str
+    accepted: bool
+    reason: str
+    free_tenants: int = 0
+    free_storage_gb: int = 0
+
+
+@dataclass
+class Decision:
+    chosen: str | None
+    reason: str
+    policy: str
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "chosen": self.chosen,
+            "reason": self.reason,
+            "policy": self.policy,
+            "candidates": [asdict(c) for c in self.candidates],
+        }
+
+
+def database_name(tenant_id: str) -> str:
+    """The tenant's database and login role name (one name: pg_hba's `sameuser` ties them)."""
+    if not _TENANT_ID.fullmatch(tenant_id or ""):
+        raise PlacementError(
+            f"tenant_id {tenant_id!r} is not valid: use 1-48 letters, digits, '-' or '_',"
+            " starting with a letter or digit"
+        )
+    return "t_" + tenant_id.lower().replace("-", "_")
+
+
+def db_type_of(plan_name: str, entitlements: dict) -> str:
+    db_type = entitlements.get("db_type")
+    if db_type not in DB_TYPES:
+        raise PlacementError(
+            f"plan {plan_name!r} has db_type {db_type!r}: set db_type to one of {', '.join(DB_TYPES)} "
+            "in group_vars/all/plans.yml and run playbooks/site.yml"
+        )
+    return db_type
+
+
+def evaluate(server: Server, needs: Needs) -> Candidate:
+    """Accept the server for the tenant, or say why not."""
+    free_tenants = server.capacity_tenants - server.tenant_count
+    free_storage = server.capacity_storage_gb - server.storage_committed_gb
+
+    def refuse(reason: str) -> Candidate:
+        return Candidate(server.name, False, reason, free_tenants, free_storage)
+
+    if server.kind != "shared":
+        return refuse(f"kind {server.kind}")
+    if server.status not in ("active", "provisioning"):
+        return refuse(f"status {server.status}")
+    if server.health == "unhealthy":
+        return refuse("unhealthy")
+    if server.pg_major not in needs.pg_majors:
+        supported = ", ".join(str(m) for m in needs.pg_majors)
+        return refuse(f"PostgreSQL {server.pg_major} not supported by the plan's Odoo (needs {supported})")
+    if free_tenants <= 0:
+        return refuse(f"full: {server.tenant_count}/{server.capacity_tenants} tenants")
+    if free_storage < needs.storage_gb:
+        return refuse(
+            f"storage: {server.storage_committed_gb} + {needs.storage_gb} GB > {server.capacity_storage_gb} GB"
+        )
+    return Candidate(server.name, True, "fits", free_tenants, free_storage)
+
+
+def rank(candidates: list[Candidate], policy: str) -> list[Candidate]:
+    """Accepted candidates best first; ties by name, so the same inputs give the same answer."""
+    if policy not in POLICIES:
+        raise PlacementError(f"placement policy {policy!r} is unknown: use one of {', '.join(POLICIES)}")
+    accepted = [c for c in candidates if c.accepted]
+    if policy == "fill_first":  # the fullest that fits
+        return sorted(accepted, key=lambda c: (c.free_tenants, c.free_storage_gb, c.name))
+    return sorted(accepted, key=lambda c: (-c.free_tenants, -c.free_storage_gb, c.name))  # spread: the emptiest
+
+
+def choose_shared(servers: list[Server], needs: Needs, policy: str) -> Decision:
+    """The shared server for a tenant, with every candidate's verdict; chosen is None when none fits."""
+    candidates = [evaluate(s, needs) for s in sorted(servers, key=lambda s: s.name)]
+    ranked = rank(candidates, policy)
+    if not ranked:
+        return Decision(None, "no shared server fits", policy, candidates)
+    best = ranked[0]
+    return Decision(best.name, f"{policy}: {best.free_tenants} tenant slots free before this one", policy, candidates)
+
+
+def refusal_message(tenant_id: str, plan: str, decision: Decision, remedy: str) -> str:
+    refused = "; ".join(f"{c.name}: {c.reason}" for c in decision.candidates) or "no shared servers are registered"
+    return f"no shared server can take tenant {tenant_id} (plan {plan}): {refused}. {remedy}"
+
+
+def next_server(prefix: str, port_range: tuple[int, int], names: set[str], ports: set[int]) -> tuple[str, int]:
+    """The first free `<prefix>NN` name and the first free port in the range, for a new server."""
+    low, high = port_range
+    port = next((p for p in range(low, high + 1) if p not in ports), None)
+    if port is None:
+        raise PlacementError(f"no free port left in {low}-{high} for a new {prefix}* server: widen the port range")
+    number = 1
+    while f"{prefix}{number:02d}" in names:
+        number += 1
+    return f"{prefix}{number:02d}", port

@@ -1,0 +1,369 @@
+"""Placement against the registry: one transaction, row locks, every decision recorded (DESIGN §4).
+
+Concurrent placements queue on the shared servers' rows (SELECT ... FOR UPDATE in name order); the
+tenant counters those rows carry are kept by a trigger on registry.tenants (migration 0004), so the
+next placement in the queue sees the previous one's tenant. Creating a server (a grown pool, a
+dedicated server) also takes an advisory lock, so two placements never take the same name or port.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement import (
+    Candidate,
+    Decision,
+    Needs,
+    PlacementError,
+    Server,
+    choose_shared,
+    database_name,
+    db_type_of,
+    next_server,
+    refusal_message,
+)
+
+try:
+    from psycopg.rows import dict_row
+except ImportError:  # reported by the module with missing_required_lib
+    dict_row = None
+
+ALLOCATION_LOCK = "saasodoo.db_servers.allocate"
+SERVER_COLUMNS = (
+    "name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major, capacity_tenants, capacity_storage_gb,"
+    " status, health, dedicated_to, tenant_count, storage_committed_gb"
+)
+
+
+@dataclass
+class NewServerSpec:
+    """How to make a new server: name prefix, port range and size (from the inventory)."""
+
+    name_prefix: str
+    port_range: tuple[int, int]
+    host: str = "127.0.0.1"
+    pg_major: int = 15
+    capacity_tenants: int = 1
+    capacity_storage_gb: int = 100
+    pgbouncer_port_offset: int | None = None  # PgBouncer port = server port + offset
+
+
+@dataclass
+class PlacementRequest:
+    tenant_id: str
+    plan: str
+    customer_id: str | None = None
+    subscription_id: str | None = None
+
+
+@dataclass
+class PlacementConfig:
+    policy: str = "fill_first"
+    auto_grow: bool = False
+    shared_growth: NewServerSpec | None = None
+    dedicated: NewServerSpec | None = None
+    odoo_pg_majors: dict[str, list[int]] = field(default_factory=dict)
+    probe_health: bool = True
+
+
+@dataclass
+class PlacementResult:
+    changed: bool
+    tenant: dict
+    server: dict
+    placement: dict
+    created_server: str | None = None
+    executed: list[str] = field(default_factory=list)
+
+
+def tcp_probe(host: str, port: int, timeout: float = 1.0) -> str | None:
+    """None when the server accepts TCP connections, else why not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"unreachable at {host}:{port} ({e.strerror or e})"
+
+
+class PlacementStore:
+    def __init__(self, conn, config: PlacementConfig, probe: Callable[[str, int], str | None] = tcp_probe):
+        self.conn = conn
+        self.config = config
+        self.probe = probe
+        self.executed: list[str] = []
+
+    def place(self, request: PlacementRequest, check_mode: bool = False) -> PlacementResult:
+        """Place the tenant, or return its existing placement. Check mode rolls everything back."""
+        db_name = database_name(request.tenant_id)
+        with self.conn.transaction(force_rollback=check_mode), self.conn.cursor(row_factory=dict_row) as cur:
+            # Two runs for the same tenant queue here instead of racing to insert it.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('saasodoo.tenant:' || %s))", (request.tenant_id,))
+            tenant = self._tenant(cur, request.tenant_id)
+            if tenant and tenant["db_server"]:
+                return self._existing(cur, tenant)
+            plan = self._plan(cur, request.plan)
+            entitlements = plan["entitlements"]
+            db_type = db_type_of(request.plan, entitlements)
+            needs = Needs(int(entitlements.get("storage_gb", 0)), self._pg_majors(request.plan, entitlements))
+            if db_type == "shared":
+                decision, server = self._place_shared(cur, request, needs)
+            else:
+                decision, server = self._place_dedicated(cur, request, tenant)
+            tenant = self._record_tenant(cur, request, plan, db_type, db_name, server["name"], entitlements)
+            if db_type == "dedicated" and server["dedicated_to"] is None:
+                cur.execute(
+                    "UPDATE registry.db_servers SET dedicated_to = %s WHERE name = %s",
+                    (request.tenant_id, server["name"]),
+                )
+            placement = self._record_placement(cur, request, plan, db_type, decision)
+            created = server["name"] if server.get("_created") else None
+            server = self._server(cur, server["name"])
+        return PlacementResult(True, tenant, server, placement, created, self.executed)
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def _tenant(self, cur, tenant_id: str) -> dict | None:
+        cur.execute("SELECT * FROM registry.tenants WHERE tenant_id = %s FOR UPDATE", (tenant_id,))
+        return cur.fetchone()
+
+    def _server(self, cur, name: str) -> dict:
+        cur.execute(f"SELECT {SERVER_COLUMNS} FROM registry.db_servers WHERE name = %s", (name,))
+        return cur.fetchone()
+
+    def _plan(self, cur, plan_name: str) -> dict:
+        cur.execute(
+            "SELECT name, version, entitlements FROM registry.plans WHERE name = %s ORDER BY version DESC LIMIT 1",
+            (plan_name,),
+        )
+        plan = cur.fetchone()
+        if plan is None:
+            cur.execute("SELECT DISTINCT name FROM registry.plans ORDER BY name")
+            known = ", ".join(r["name"] for r in cur.fetchall()) or "none"
+            raise PlacementError(
+                f"unknown plan {plan_name!r} (known: {known}): add it to group_vars/all/plans.yml and run "
+                "playbooks/site.yml, or fix the plan name"
+            )
+        return plan
+
+    def _pg_majors(self, plan_name: str, entitlements: dict) -> tuple[int, ...]:
+        version = str(entitlements.get("odoo_version", ""))
+        majors = self.config.odoo_pg_majors.get(version)
+        if not majors:
+            raise PlacementError(
+                f"plan {plan_name!r} runs Odoo {version or '(unset)'}, which saasodoo_odoo_pg_majors does not list: "
+                "add the PostgreSQL majors it supports"
+            )
+        return tuple(int(m) for m in majors)
+
+    def _existing(self, cur, tenant: dict) -> PlacementResult:
+        cur.execute(
+            "SELECT id, decided_at, policy, inputs, candidates, chosen_server, reason FROM registry.placements"
+            " WHERE tenant_id = %s ORDER BY id DESC LIMIT 1",
+            (tenant["tenant_id"],),
+        )
+        placement = cur.fetchone() or {}
+        return PlacementResult(False, tenant, self._server(cur, tenant["db_server"]), placement)
+
+    # -- decisions --------------------------------------------------------------------------------
+
+    def _shared_servers(self, cur) -> list[dict]:
+        cur.execute(f"SELECT {SERVER_COLUMNS} FROM registry.db_servers WHERE kind = 'shared' ORDER BY name FOR UPDATE")
+        return cur.fetchall()
+
+    def _decide_shared(self, cur, needs: Needs) -> tuple[Decision, dict[str, dict]]:
+        rows = {r["name"]: r for r in self._shared_servers(cur)}
+        unreachable: dict[str, str] = {}
+        while True:
+            servers = [_server_state(r, unreachable, self.config.probe_health) for r in rows.values()]
+            decision = choose_shared(servers, needs, self.config.policy)
+            chosen = rows.get(decision.chosen) if decision.chosen else None
+            # Probe only the winner (a server still provisioning is not up yet): a dead one is
+            # refused and marked unhealthy, and the next best is tried.
+            if chosen is None or chosen["status"] != "active" or not self.config.probe_health:
+                return decision, rows
+            failure = self.probe(chosen["host"], chosen["port"])
+            if failure is None:
+                if chosen["health"] != "healthy":
+                    cur.execute(
+                        "UPDATE registry.db_servers SET health = 'healthy', health_checked_at = now() WHERE name = %s",
+                        (chosen["name"],),
+                    )
+                return decision, rows
+            unreachable[chosen["name"]] = failure
+            cur.execute(
+                "UPDATE registry.db_servers SET health = 'unhealthy', health_checked_at = now() WHERE name = %s",
+                (chosen["name"],),
+            )
+            self.executed.append(f"marked {chosen['name']} unhealthy: {failure}")
+
+    def _place_shared(self, cur, request: PlacementRequest, needs: Needs) -> tuple[Decision, dict]:
+        decision, rows = self._decide_shared(cur, needs)
+        if decision.chosen:
+            return decision, rows[decision.chosen]
+        growth = self.config.shared_growth
+        if not (self.config.auto_grow and growth):
+            remedy = (
+                "Pool growth is off: add a shared pool to the inventory (pools_shared) and run playbooks/site.yml, "
+                "or set saasodoo_pool_growth.auto_grow: true"
+            )
+            raise PlacementError(refusal_message(request.tenant_id, request.plan, decision, remedy))
+        # Another placement may have grown the fleet while this one waited: look again under the lock.
+        self._lock_allocation(cur)
+        decision, rows = self._decide_shared(cur, needs)
+        if decision.chosen:
+            return decision, rows[decision.chosen]
+        server = self._create_server(cur, "shared", growth, None)
+        refused = decision.candidates
+        grown = Decision(
+            server["name"],
+            f"grew the fleet: no shared server fitted ({_summary(refused)})",
+            self.config.policy,
+            [*refused, Candidate(server["name"], True, "new pool", growth.capacity_tenants)],
+        )
+        return grown, server
+
+    def _place_dedicated(self, cur, request: PlacementRequest, tenant: dict | None) -> tuple[Decision, dict]:
+        cur.execute(
+            f"SELECT {SERVER_COLUMNS} FROM registry.db_servers WHERE kind = 'dedicated' AND dedicated_to = %s"
+            " AND status <> 'retired' FOR UPDATE",
+            (request.tenant_id,),
+        )
+        existing = cur.fetchone()
+        if existing:
+            return Decision(existing["name"], "the tenant's own dedicated server", "dedicated"), existing
+        if self.config.dedicated is None:
+            raise PlacementError(
+                f"plan {request.plan!r} needs a dedicated server, but saasodoo_dedicated_servers is not configured"
+            )
+        self._lock_allocation(cur)
+        # The server's dedicated_to refers to the tenant row, which is written after this; the
+        # placement sets it once the tenant exists.
+        server = self._create_server(cur, "dedicated", self.config.dedicated, None)
+        return Decision(server["name"], "a new dedicated server for the tenant", "dedicated"), server
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def _lock_allocation(self, cur) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (ALLOCATION_LOCK,))
+
+    def _create_server(self, cur, kind: str, spec: NewServerSpec, dedicated_to: str | None) -> dict:
+        cur.execute("SELECT name, port, pgbouncer_port FROM registry.db_servers")
+        rows = cur.fetchall()
+        names = {r["name"] for r in rows}
+        taken = {r["port"] for r in rows} | {r["pgbouncer_port"] for r in rows if r["pgbouncer_port"]}
+        if spec.pgbouncer_port_offset:
+            # A server port whose PgBouncer port would collide is taken too.
+            taken |= {p - spec.pgbouncer_port_offset for p in taken}
+        name, port = next_server(spec.name_prefix, spec.port_range, names, taken)
+        pgbouncer_port = port + spec.pgbouncer_port_offset if spec.pgbouncer_port_offset else None
+        cur.execute(
+            f"INSERT INTO registry.db_servers (name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major,"
+            f" capacity_tenants, capacity_storage_gb, status, health, dedicated_to)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'provisioning', 'unknown', %s) RETURNING {SERVER_COLUMNS}",
+            (
+                name,
+                kind,
+                spec.host,
+                port,
+                spec.host if pgbouncer_port else None,
+                pgbouncer_port,
+                spec.pg_major,
+                spec.capacity_tenants,
+                spec.capacity_storage_gb,
+                dedicated_to,
+            ),
+        )
+        self.executed.append(f"created {kind} server {name} on {spec.host}:{port}")
+        return {**cur.fetchone(), "_created": True}
+
+    def _record_tenant(self, cur, request, plan, db_type, db_name, server_name, entitlements) -> dict:
+        quotas = {
+            "storage_gb": int(entitlements.get("storage_gb", 0)),
+            "db_connection_limit": int(entitlements.get("db_connection_limit", -1)),
+            "odoo_workers": int(entitlements.get("odoo_workers", 1)),
+        }
+        cur.execute(
+            "INSERT INTO registry.tenants (tenant_id, customer_id, subscription_id, plan_name, plan_version, db_type,"
+            " db_server, db_name, db_role, status, quotas) VALUES (%s, %s, %s, %s, %s, %s, NULL, %s, %s,"
+            " 'provisioning', %s)"
+            " ON CONFLICT (tenant_id) DO UPDATE SET customer_id = EXCLUDED.customer_id,"
+            " subscription_id = EXCLUDED.subscription_id, plan_name = EXCLUDED.plan_name,"
+            " plan_version = EXCLUDED.plan_version, db_type = EXCLUDED.db_type, quotas = EXCLUDED.quotas,"
+            " status = 'provisioning'",
+            (
+                request.tenant_id,
+                request.customer_id,
+                request.subscription_id,
+                plan["name"],
+                plan["version"],
+                db_type,
+                db_name,
+                db_name,
+                json.dumps(quotas),
+            ),
+        )
+        # Set the server last: the counter trigger then sees the final quotas.
+        cur.execute(
+            "UPDATE registry.tenants SET db_server = %s WHERE tenant_id = %s RETURNING *",
+            (server_name, request.tenant_id),
+        )
+        self.executed.append(f"recorded tenant {request.tenant_id} on {server_name} as {db_name}")
+        return cur.fetchone()
+
+    def _record_placement(self, cur, request, plan, db_type, decision: Decision) -> dict:
+        inputs = {
+            **asdict(request),
+            "plan_version": plan["version"],
+            "db_type": db_type,
+            "storage_gb": plan["entitlements"].get("storage_gb"),
+        }
+        record = decision.as_dict()
+        cur.execute(
+            "INSERT INTO registry.placements (tenant_id, policy, inputs, candidates, chosen_server, reason)"
+            " VALUES (%s, %s, %s, %s, %s, %s)"
+            " RETURNING id, decided_at, policy, inputs, candidates, chosen_server, reason",
+            (
+                request.tenant_id,
+                decision.policy,
+                json.dumps(inputs),
+                json.dumps(record["candidates"]),
+                decision.chosen,
+                decision.reason,
+            ),
+        )
+        placement = cur.fetchone()
+        cur.execute(
+            "INSERT INTO registry.audit (actor, tenant_id, kind, subject, detail) VALUES"
+            " ('db_placement', %s, 'decision', %s, %s)",
+            (
+                request.tenant_id,
+                f"placement:{placement['id']}",
+                json.dumps({"chosen": decision.chosen, "reason": decision.reason, "db_type": db_type}),
+            ),
+        )
+        self.executed.append(f"recorded placement {placement['id']}: {decision.chosen} ({decision.reason})")
+        return placement
+
+
+def _server_state(row: dict, unreachable: dict[str, str], live_health: bool) -> Server:
+    # With live probes on, only this placement's probes count: a server that was down and is back
+    # is not refused for an old verdict.
+    stored = "unknown" if live_health else row["health"]
+    return Server(
+        name=row["name"],
+        kind=row["kind"],
+        status=row["status"],
+        health="unhealthy" if row["name"] in unreachable else stored,
+        pg_major=row["pg_major"],
+        capacity_tenants=row["capacity_tenants"],
+        tenant_count=row["tenant_count"],
+        capacity_storage_gb=row["capacity_storage_gb"],
+        storage_committed_gb=row["storage_committed_gb"],
+    )
+
+
+def _summary(candidates: list[Candidate]) -> str:
+    return "; ".join(f"{c.name}: {c.reason}" for c in candidates) or "none registered"

@@ -1,0 +1,298 @@
+#!/usr/bin/python
+"""Decide and record where a tenant database lives."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: db_placement
+short_description: Decide and record which PostgreSQL server holds a tenant's database
+description:
+  - Reads the tenant's plan from the registry and takes C(db_type) from its entitlements, never from its name.
+  - C(shared) picks among the shared servers that are active (or being provisioned), reachable, on a PostgreSQL
+    major the plan's Odoo supports, and with room for one more tenant and its storage quota. Policy C(fill_first)
+    takes the fullest that fits, C(spread) the emptiest; ties go by name.
+  - When no shared server fits and I(auto_grow) is on, records a new shared pool (status C(provisioning)) from
+    I(shared_growth); otherwise fails with a message naming every candidate and why it was refused.
+  - C(dedicated) returns the tenant's own dedicated server, recording a new one from I(dedicated) if it has none.
+  - Everything happens in one registry transaction. Concurrent placements queue on the shared servers' row locks,
+    so none overfills a server. The tenant (status C(provisioning)), the decision and an audit row are recorded.
+  - Idempotent; an already placed tenant gets its existing placement back, unchanged.
+    Check mode answers "where would it go?" and rolls everything back.
+version_added: 0.1.0
+author: SaaSOdoo ops maintainers
+options:
+  tenant_id:
+    description: The tenant's id (Kill Bill external key); 1-48 letters, digits, C(-) or C(_).
+    type: str
+    required: true
+  customer_id:
+    description: Kill Bill account id.
+    type: str
+  subscription_id:
+    description: Kill Bill subscription id.
+    type: str
+  plan:
+    description: Kill Bill plan name; its newest version in C(registry.plans) applies.
+    type: str
+    required: true
+  policy:
+    description: How to choose among shared servers that fit.
+    type: str
+    choices: [fill_first, spread]
+    default: fill_first
+  auto_grow:
+    description: Record a new shared pool when none fits, instead of failing.
+    type: bool
+    default: false
+  shared_growth:
+    description: How a new shared pool is made when I(auto_grow) is on.
+    type: dict
+    suboptions: &new_server
+      name_prefix:
+        description: Name of the new server without its two-digit number.
+        type: str
+        required: true
+      port_range:
+        description: First and last port a new server may take.
+        type: list
+        elements: int
+        required: true
+      host:
+        description: Address of the new server.
+        type: str
+        default: 127.0.0.1
+      pg_major:
+        description: PostgreSQL major version of the new server.
+        type: int
+        default: 15
+      capacity_tenants:
+        description: Tenants the new server takes.
+        type: int
+        default: 1
+      capacity_storage_gb:
+        description: Storage quota the new server's tenants may add up to.
+        type: int
+        default: 100
+      pgbouncer_port_offset:
+        description: When set, the new server gets a PgBouncer on its port plus this offset.
+        type: int
+  dedicated:
+    description: How a new dedicated server is made (same keys as I(shared_growth)).
+    type: dict
+    suboptions: *new_server
+  odoo_pg_majors:
+    description: Odoo series (for example C(18.0)) to the PostgreSQL majors it supports.
+    type: dict
+    required: true
+  probe_health:
+    description: Check that the chosen shared server accepts TCP connections; an unreachable one is refused and
+      marked unhealthy.
+    type: bool
+    default: true
+  login_host:
+    description: Registry server address.
+    type: str
+    default: 127.0.0.1
+  login_port:
+    description: Registry server port.
+    type: int
+    default: 5432
+  login_db:
+    description: Registry database.
+    type: str
+    default: saasodoo_registry
+  login_user:
+    description: Registry owner role.
+    type: str
+    default: saasodoo_registry
+  login_password:
+    description: The owner role's password.
+    type: str
+    required: true
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+requirements:
+  - psycopg >= 3.1
+"""
+
+EXAMPLES = r"""
+- name: Place the tenant's database
+  saasodoo.platform.db_placement:
+    tenant_id: acme
+    customer_id: 6f4c2d2e-0a4e-4f0e-9d7a-2b1f3c4d5e6f
+    subscription_id: 0b9e8c7d-1a2b-4c3d-8e9f-0a1b2c3d4e5f
+    plan: basic-monthly
+    auto_grow: true
+    shared_growth:
+      name_prefix: pool-shared-
+      port_range: [55440, 55469]
+      capacity_tenants: 3
+      pgbouncer_port_offset: 1000
+    dedicated:
+      name_prefix: pool-dedicated-
+      port_range: [55470, 55499]
+    odoo_pg_majors: {"18.0": [13, 14, 15, 16, 17]}
+    login_port: 55432
+    login_password: "{{ registry_password }}"
+  register: placement
+
+- name: Where would it go? (writes nothing)
+  saasodoo.platform.db_placement:
+    tenant_id: globex
+    plan: premium-monthly
+    odoo_pg_majors: {"18.0": [15]}
+    login_password: "{{ registry_password }}"
+  check_mode: true
+"""
+
+RETURN = r"""
+server:
+  description: The server that holds (or will hold) the tenant's database, as the registry records it.
+  returned: success
+  type: dict
+  sample: {"name": "pool-shared-01", "kind": "shared", "host": "127.0.0.1", "port": 55433, "status": "active",
+           "pgbouncer_port": 56433, "tenant_count": 2, "capacity_tenants": 3}
+tenant:
+  description: The tenant's registry row (no secret is stored there).
+  returned: success
+  type: dict
+  sample: {"tenant_id": "acme", "plan_name": "basic-monthly", "db_type": "shared", "db_name": "t_acme",
+           "db_role": "t_acme", "status": "provisioning", "credential_version": 1}
+placement:
+  description: The decision record as stored in registry.placements, with every candidate and its verdict.
+  returned: success
+  type: dict
+created_server:
+  description: Name of the server this placement recorded as new (status provisioning), else null.
+  returned: success
+  type: str
+executed:
+  description: What the module did (or, in check mode, would do), in order.
+  returned: success
+  type: list
+  elements: str
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement import POLICIES, PlacementError
+
+try:
+    import psycopg
+
+    from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
+        NewServerSpec,
+        PlacementConfig,
+        PlacementRequest,
+        PlacementStore,
+    )
+
+    PSYCOPG_IMPORT_ERROR = None
+except ImportError:
+    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
+
+NEW_SERVER_OPTIONS = dict(
+    name_prefix=dict(type="str", required=True),
+    port_range=dict(type="list", elements="int", required=True),
+    host=dict(type="str", default="127.0.0.1"),
+    pg_major=dict(type="int", default=15),
+    capacity_tenants=dict(type="int", default=1),
+    capacity_storage_gb=dict(type="int", default=100),
+    pgbouncer_port_offset=dict(type="int"),
+)
+
+
+def argument_spec() -> dict:
+    return dict(
+        tenant_id=dict(type="str", required=True),
+        customer_id=dict(type="str"),
+        subscription_id=dict(type="str"),
+        plan=dict(type="str", required=True),
+        policy=dict(type="str", choices=list(POLICIES), default="fill_first"),
+        auto_grow=dict(type="bool", default=False),
+        shared_growth=dict(type="dict", options=NEW_SERVER_OPTIONS),
+        dedicated=dict(type="dict", options=NEW_SERVER_OPTIONS),
+        odoo_pg_majors=dict(type="dict", required=True),
+        probe_health=dict(type="bool", default=True),
+        login_host=dict(type="str", default="127.0.0.1"),
+        login_port=dict(type="int", default=5432),
+        login_db=dict(type="str", default="saasodoo_registry"),
+        login_user=dict(type="str", default="saasodoo_registry"),
+        login_password=dict(type="str", required=True, no_log=True),
+    )
+
+
+def new_server_spec(options: dict | None, what: str) -> NewServerSpec | None:
+    if not options:
+        return None
+    low_high = options["port_range"]
+    if len(low_high) != 2 or low_high[0] > low_high[1]:
+        raise PlacementError(f"{what}.port_range must be [first, last], got {low_high}")
+    return NewServerSpec(**{**options, "port_range": (low_high[0], low_high[1])})
+
+
+def run_module(module: AnsibleModule) -> dict:
+    p = module.params
+    config = PlacementConfig(
+        policy=p["policy"],
+        auto_grow=p["auto_grow"],
+        shared_growth=new_server_spec(p["shared_growth"], "shared_growth"),
+        dedicated=new_server_spec(p["dedicated"], "dedicated"),
+        odoo_pg_majors={str(k): v for k, v in p["odoo_pg_majors"].items()},
+        probe_health=p["probe_health"],
+    )
+    request = PlacementRequest(p["tenant_id"], p["plan"], p["customer_id"], p["subscription_id"])
+    try:
+        conn = psycopg.connect(
+            host=p["login_host"],
+            port=p["login_port"],
+            dbname=p["login_db"],
+            user=p["login_user"],
+            password=p["login_password"],
+            connect_timeout=10,
+            prepare_threshold=None,
+            autocommit=True,
+        )
+    except psycopg.OperationalError as e:
+        raise PlacementError(
+            f"cannot reach the registry {p['login_db']} at {p['login_host']}:{p['login_port']}: {e}. "
+            "Is the platform up (playbooks/site.yml)?"
+        ) from None
+    with conn:
+        result = PlacementStore(conn, config).place(request, check_mode=module.check_mode)
+    outcome = dict(
+        changed=result.changed,
+        server=result.server,
+        tenant=result.tenant,
+        placement=result.placement,
+        created_server=result.created_server,
+        executed=result.executed,
+    )
+    if module._diff and result.changed:
+        outcome["diff"] = dict(
+            before={},
+            after={"tenant": p["tenant_id"], "server": result.server["name"], "reason": result.placement["reason"]},
+        )
+    return outcome
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    if PSYCOPG_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
+    try:
+        module.exit_json(**run_module(module))
+    except PlacementError as e:
+        module.fail_json(msg=str(e), tenant_id=module.params["tenant_id"], plan=module.params["plan"])
+    except psycopg.Error as e:
+        module.fail_json(msg=f"registry error while placing tenant {module.params['tenant_id']}: {e}")
+
+
+if __name__ == "__main__":
+    main()
