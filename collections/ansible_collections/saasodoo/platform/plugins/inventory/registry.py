@@ -77,11 +77,13 @@ notes:
 """
 
 EXAMPLES = r"""
+---
 # inventories/local/saasodoo.registry.yml: the local registry, password derived from the local platform secret.
 plugin: saasodoo.platform.registry
 registry_port: 55432
 platform_secret_file: ../../.state/local/secrets/platform_secret
 
+---
 # inventories/production/saasodoo.registry.yml: password from SAASODOO_REGISTRY_PASSWORD, extra groups per db type.
 plugin: saasodoo.platform.registry
 registry_host: 10.20.1.10
@@ -90,7 +92,6 @@ connect_timeout: 3
 keyed_groups:
   - key: saasodoo_tenant.db_type
     prefix: db_type
-    trailing_separator: false
 groups:
   tenants_unplaced: saasodoo_tenant is defined and saasodoo_tenant.db_server is none
 compose:
@@ -300,8 +301,7 @@ def resolve_password(password: str | None, secret_file: str | None, config_path:
         return password
     if not secret_file:
         raise RegistryError(
-            "no password for the registry: set SAASODOO_REGISTRY_PASSWORD (or registry_password), "
-            "or platform_secret_file to derive it"
+            "no password: set SAASODOO_REGISTRY_PASSWORD (or registry_password), or platform_secret_file to derive it"
         )
     path = resolve_secret_path(secret_file, config_path)
     try:
@@ -323,6 +323,16 @@ def _first_line(error: Exception, password: str) -> str:
     # libpq does not echo passwords; redact anyway, this text ends up in warnings and CI logs.
     lines = str(error).strip().splitlines() or [type(error).__name__]
     return lines[0].replace(password, "********") if password else lines[0]
+
+
+def connect_hint(reason: str) -> str:
+    """What to do about a failed connection: the server answered and refused (FATAL), or nothing answered."""
+    if "FATAL:" in reason:
+        return (
+            "The server refused the login: check registry_user and the password (SAASODOO_REGISTRY_PASSWORD, "
+            "registry_password or platform_secret_file); on a fresh install run playbooks/site.yml first"
+        )
+    return "Is the platform up? Run playbooks/site.yml to create and start the registry"
 
 
 def fetch_fleet(settings: RegistrySettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -348,16 +358,17 @@ def fetch_fleet(settings: RegistrySettings) -> tuple[list[dict[str, Any]], list[
                     f"the registry at {settings.where} has no schema yet (fresh install): run playbooks/site.yml first"
                 )
             servers, tenants = conn.execute(_FLEET_QUERY).fetchone()
+    # The messages carry libpq's reason already: chaining would make Ansible print it a second time.
     except psycopg.OperationalError as e:
+        reason = _first_line(e, settings.password)
         raise RegistryError(
-            f"cannot reach the platform registry at {settings.where} as {settings.user}: "
-            f"{_first_line(e, settings.password)}. Is the platform up? Run playbooks/site.yml to create and start "
-            "it; until then this source adds no hosts"
-        ) from e
+            f"cannot connect to the platform registry at {settings.where} as {settings.user}: {reason}. "
+            f"{connect_hint(reason)}; until then this source adds no hosts"
+        ) from None
     except psycopg.Error as e:
         raise RegistryError(
             f"cannot read the platform registry at {settings.where}: {_first_line(e, settings.password)}"
-        ) from e
+        ) from None
     return servers, tenants
 
 
@@ -380,18 +391,21 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             self._construct(host)
 
     def _settings(self, path: str) -> RegistrySettings:
-        database = self.get_option("registry_database")
-        password = resolve_password(
-            self.get_option("registry_password"), self.get_option("platform_secret_file"), path, database
-        )
-        return RegistrySettings(
+        settings = RegistrySettings(
             host=self.get_option("registry_host"),
             port=self.get_option("registry_port"),
-            database=database,
+            database=self.get_option("registry_database"),
             user=self.get_option("registry_user"),
-            password=password,
+            password="",
             connect_timeout=self.get_option("connect_timeout"),
         )
+        try:
+            password = resolve_password(
+                self.get_option("registry_password"), self.get_option("platform_secret_file"), path, settings.database
+            )
+        except RegistryError as e:
+            raise RegistryError(f"cannot log in to the platform registry at {settings.where}: {e}") from None
+        return dataclasses.replace(settings, password=password)
 
     def _construct(self, host: str) -> None:
         """The constructed features (compose, groups, keyed_groups) the configuration asks for."""
