@@ -16,7 +16,7 @@ THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core
 COLLECTIONS_DIR := collections/ansible_collections
 COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_VERSION)
 APT_PACKAGES := postgresql-15 pgbouncer
-ROLES := postgres_server pgbouncer platform_registry
+ROLES := postgres_server pgbouncer platform_registry tenant_database
 
 .PHONY: help setup system-packages demo test lint unit molecule integration bench down clean
 
@@ -78,6 +78,7 @@ integration: setup
 
 bench: setup
 	$(BIN)/python bench/site_noop.py
+	$(BIN)/python bench/placement.py
 
 down:
 	@if [ -x $(BIN)/ansible-playbook ]; then ansible-playbook playbooks/down.yml; else echo "Nothing to stop: no .venv"; fi

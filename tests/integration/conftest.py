@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass
 
 import psycopg
@@ -106,8 +108,21 @@ def inventory_hosts(inventory: str = "inventories/local") -> tuple[dict[str, dic
     return hostvars, groups
 
 
+def reset_local_platform() -> None:
+    """Stop the local platform and drop its servers' state (keeping the platform secret).
+
+    Integration tests start from the platform `make demo` builds on a fresh clone, so what they
+    assert (which pool fills first, when the fleet grows) does not depend on earlier runs.
+    """
+    down = run_playbook("down.yml")
+    assert down.returncode == 0, down.output[-3000:]
+    for kind in ("pg", "pgbouncer"):
+        shutil.rmtree(LOCAL_STATE / kind, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def local_platform() -> LocalPlatform:
+    reset_local_platform()
     first = run_playbook("site.yml")
     assert first.returncode == 0, first.output[-4000:]
     second = run_playbook("site.yml")
@@ -119,6 +134,51 @@ def local_platform() -> LocalPlatform:
             int(hostvars[name]["postgres_server_port"]),
             int(hostvars[name]["pgbouncer_listen_port"]) if "pgbouncer_listen_port" in hostvars[name] else None,
         )
-        for name in hostvars
+        for group in ("platform", "pools_shared", "pools_dedicated")
+        for name in groups.get(group, [])
     }
     return LocalPlatform(first, second, servers, groups)
+
+
+PLATFORM_SOCKET_DIR = LOCAL_STATE / "pg/platform-db/run"
+MIGRATIONS = sorted((REPO / "roles/platform_registry/files/migrations").glob("*.sql"))
+
+
+@dataclass
+class ScratchRegistry:
+    """A throwaway registry database on the platform server: the real schema, no real tenants."""
+
+    dbname: str
+    port: int
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(
+            host=str(PLATFORM_SOCKET_DIR),
+            port=self.port,
+            user="postgres",
+            dbname=self.dbname,
+            prepare_threshold=None,
+            autocommit=True,
+        )
+
+
+@pytest.fixture
+def scratch_registry(local_platform: LocalPlatform):
+    port = local_platform.servers["platform-db"].port
+    dbname = f"saasodoo_scratch_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(
+        host=str(PLATFORM_SOCKET_DIR), port=port, user="postgres", dbname="postgres", autocommit=True
+    ) as admin:
+        admin.execute(f'CREATE DATABASE "{dbname}"')
+    registry = ScratchRegistry(dbname, port)
+    try:
+        with registry.connect() as conn, conn.transaction():
+            conn.execute("CREATE SCHEMA registry")
+            for migration in MIGRATIONS:
+                conn.execute(migration.read_text())
+        yield registry
+    finally:
+        with psycopg.connect(
+            host=str(PLATFORM_SOCKET_DIR), port=port, user="postgres", dbname="postgres", autocommit=True
+        ) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

@@ -81,3 +81,15 @@ def test_the_audit_trail_refuses_rewrites(local_platform: LocalPlatform):
         conn.execute("INSERT INTO registry.audit (actor, kind, subject, detail) VALUES ('test', 'probe', 'x', '{}')")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"), conn.transaction():
             conn.execute("UPDATE registry.audit SET subject = 'y'")
+
+
+def test_a_plan_without_db_type_is_refused_by_name(local_platform: LocalPlatform, tmp_path: Path):
+    catalog = yaml.safe_load((INVENTORIES / "local/group_vars/all/plans.yml").read_text())
+    catalog["saasodoo_plans"]["mystery-monthly"] = {
+        k: v for k, v in catalog["saasodoo_plans"]["basic-monthly"].items() if k != "db_type"
+    }
+    overrides = tmp_path / "plans.yml"
+    overrides.write_text(yaml.safe_dump(catalog))
+    run = run_playbook("site.yml", "--check", "--limit", "platform", "-e", f"@{overrides}")
+    assert run.returncode != 0
+    assert "Plan mystery-monthly needs db_type shared or dedicated in its entitlements (got nothing)" in run.output

@@ -6,7 +6,7 @@ The registry side (locks, records) is in placement_store.py; this module only ra
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 POLICIES = ("fill_first", "spread")
 DB_TYPES = ("shared", "dedicated")
@@ -59,7 +59,8 @@ class Decision:
             "chosen": self.chosen,
             "reason": self.reason,
             "policy": self.policy,
-            "candidates": [asdict(c) for c in self.candidates],
+            # vars() copies: asdict() recurses and deep-copies, a millisecond for 200 candidates.
+            "candidates": [dict(vars(c)) for c in self.candidates],
         }
 
 

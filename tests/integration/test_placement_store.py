@@ -1,0 +1,192 @@
+"""db_placement's registry side on a scratch registry: locks, growth, dedicated servers, records."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement import PlacementError
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
+    NewServerSpec,
+    PlacementConfig,
+    PlacementRequest,
+    PlacementStore,
+)
+
+from .conftest import ScratchRegistry
+
+BASIC = {"db_type": "shared", "storage_gb": 5, "odoo_version": "18.0", "db_connection_limit": 10, "odoo_workers": 2}
+PREMIUM = {**BASIC, "db_type": "dedicated", "storage_gb": 100}
+PG_MAJORS = {"18.0": [15]}
+GROWTH = NewServerSpec(
+    "pool-shared-", (56100, 56120), capacity_tenants=3, capacity_storage_gb=200, pgbouncer_port_offset=100
+)
+DEDICATED = NewServerSpec("pool-dedicated-", (56200, 56220), capacity_storage_gb=500)
+
+
+def seed(registry: ScratchRegistry, pools: int, capacity: int = 3) -> None:
+    with registry.connect() as conn:
+        for name, entitlements in (("basic-monthly", BASIC), ("premium-monthly", PREMIUM)):
+            conn.execute(
+                "INSERT INTO registry.plans (name, version, db_type, entitlements) VALUES (%s, 1, %s, %s)",
+                (name, entitlements["db_type"], json.dumps(entitlements)),
+            )
+        for n in range(1, pools + 1):
+            conn.execute(
+                "INSERT INTO registry.db_servers (name, kind, host, port, pg_major, capacity_tenants,"
+                " capacity_storage_gb) VALUES (%s, 'shared', '127.0.0.1', %s, 15, %s, 200)",
+                (f"pool-shared-{n:02d}", 56000 + n, capacity),
+            )
+
+
+def place(registry: ScratchRegistry, tenant: str, plan: str = "basic-monthly", check_mode: bool = False, **config):
+    settings = {
+        "odoo_pg_majors": PG_MAJORS,
+        "probe_health": False,
+        "shared_growth": GROWTH,
+        "dedicated": DEDICATED,
+        **config,
+    }
+    with registry.connect() as conn:
+        return PlacementStore(conn, PlacementConfig(**settings)).place(PlacementRequest(tenant, plan), check_mode)
+
+
+def counts(registry: ScratchRegistry) -> dict[str, tuple[int, int, int]]:
+    """Per server: the trigger's counter, the real number of tenants, the capacity."""
+    with registry.connect() as conn:
+        rows = conn.execute(
+            "SELECT s.name, s.tenant_count, count(t.tenant_id), s.capacity_tenants FROM registry.db_servers s"
+            " LEFT JOIN registry.tenants t ON t.db_server = s.name GROUP BY s.name ORDER BY s.name"
+        ).fetchall()
+    return {name: (counter, real, capacity) for name, counter, real, capacity in rows}
+
+
+def test_twenty_parallel_placements_never_overfill(scratch_registry):
+    seed(scratch_registry, pools=4)  # room for 12
+    placed, refused, errors = [], [], []
+    start = threading.Barrier(20)
+
+    def worker(i: int) -> None:
+        start.wait()
+        try:
+            placed.append(place(scratch_registry, f"tenant-{i:02d}").server["name"])
+        except PlacementError as e:
+            refused.append(str(e))
+        except Exception as e:  # anything else is a bug: report it, don't hang the test
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert (len(placed), len(refused)) == (12, 8)
+    assert all("full: 3/3 tenants" in message for message in refused)
+    assert counts(scratch_registry) == {f"pool-shared-{n:02d}": (3, 3, 3) for n in range(1, 5)}
+
+
+def test_fill_first_fills_pools_in_order_then_grows(scratch_registry):
+    seed(scratch_registry, pools=2)
+    servers = [place(scratch_registry, f"t{i}", auto_grow=True).server for i in range(7)]
+    assert [s["name"] for s in servers] == ["pool-shared-01"] * 3 + ["pool-shared-02"] * 3 + ["pool-shared-03"]
+    grown = servers[-1]
+    assert (grown["status"], grown["port"], grown["pgbouncer_port"]) == ("provisioning", 56100, 56200)
+    assert counts(scratch_registry)["pool-shared-03"] == (1, 1, 3)
+
+
+def test_spread_takes_the_emptiest(scratch_registry):
+    seed(scratch_registry, pools=3)
+    names = [place(scratch_registry, f"t{i}", policy="spread").server["name"] for i in range(4)]
+    assert names == ["pool-shared-01", "pool-shared-02", "pool-shared-03", "pool-shared-01"]
+
+
+def test_without_growth_the_refusal_names_every_pool_and_writes_nothing(scratch_registry):
+    seed(scratch_registry, pools=2, capacity=1)
+    place(scratch_registry, "t1")
+    place(scratch_registry, "t2")
+    with pytest.raises(PlacementError) as refusal:
+        place(scratch_registry, "t3")
+    assert str(refusal.value).startswith(
+        "no shared server can take tenant t3 (plan basic-monthly): "
+        "pool-shared-01: full: 1/1 tenants; pool-shared-02: full: 1/1 tenants. Pool growth is off"
+    )
+    with scratch_registry.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM registry.tenants WHERE tenant_id = 't3'").fetchone()[0] == 0
+
+
+def test_a_placed_tenant_keeps_its_server(scratch_registry):
+    seed(scratch_registry, pools=2)
+    first = place(scratch_registry, "acme")
+    again = place(scratch_registry, "acme", policy="spread")
+    assert first.changed and not again.changed
+    assert again.server["name"] == first.server["name"]
+    assert again.placement["id"] == first.placement["id"]
+
+
+def test_check_mode_answers_without_writing(scratch_registry):
+    seed(scratch_registry, pools=2)
+    preview = place(scratch_registry, "acme", check_mode=True)
+    assert preview.changed and preview.server["name"] == "pool-shared-01"
+    with scratch_registry.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM registry.tenants").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM registry.placements").fetchone()[0] == 0
+    assert counts(scratch_registry)["pool-shared-01"] == (0, 0, 3)
+
+
+def test_the_decision_is_recorded_with_its_candidates_and_audited(scratch_registry):
+    seed(scratch_registry, pools=2)
+    result = place(scratch_registry, "acme")
+    with scratch_registry.connect() as conn:
+        candidates, chosen, reason = conn.execute(
+            "SELECT candidates, chosen_server, reason FROM registry.placements WHERE tenant_id = 'acme'"
+        ).fetchone()
+        audit = conn.execute("SELECT kind, subject FROM registry.audit WHERE tenant_id = 'acme'").fetchall()
+    assert chosen == result.server["name"] == "pool-shared-01"
+    assert [c["name"] for c in candidates] == ["pool-shared-01", "pool-shared-02"]
+    assert "fill_first" in reason
+    assert audit == [("decision", f"placement:{result.placement['id']}")]
+
+
+def test_a_dedicated_plan_gets_its_own_server_once(scratch_registry):
+    seed(scratch_registry, pools=1)
+    first = place(scratch_registry, "globex", plan="premium-monthly")
+    second = place(scratch_registry, "initech", plan="premium-monthly")
+    again = place(scratch_registry, "globex", plan="premium-monthly")
+    assert first.server["kind"] == "dedicated" and first.server["dedicated_to"] == "globex"
+    assert first.created_server == "pool-dedicated-01" and second.created_server == "pool-dedicated-02"
+    assert (again.changed, again.server["name"]) == (False, "pool-dedicated-01")
+    assert counts(scratch_registry)["pool-shared-01"][0] == 0
+
+
+def test_an_unreachable_pool_is_refused_and_marked_unhealthy(scratch_registry):
+    seed(scratch_registry, pools=2)
+    place(scratch_registry, "first")  # pool-shared-01 is now the fullest: fill_first wants it next
+
+    def probe(host: str, port: int) -> str | None:
+        return "unreachable at test" if port == 56001 else None
+
+    with scratch_registry.connect() as conn:
+        result = PlacementStore(conn, PlacementConfig(odoo_pg_majors=PG_MAJORS), probe=probe).place(
+            PlacementRequest("second", "basic-monthly")
+        )
+        health = conn.execute("SELECT name, health FROM registry.db_servers ORDER BY name").fetchall()
+    assert result.server["name"] == "pool-shared-02"
+    assert health == [("pool-shared-01", "unhealthy"), ("pool-shared-02", "healthy")]
+    assert any("pool-shared-01: unhealthy" in f"{c['name']}: {c['reason']}" for c in result.placement["candidates"])
+
+
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [
+        ("gold-monthly", "unknown plan 'gold-monthly' (known: basic-monthly, premium-monthly)"),
+    ],
+)
+def test_bad_input_fails_clearly_and_writes_nothing(scratch_registry, plan, message):
+    seed(scratch_registry, pools=1)
+    with pytest.raises(PlacementError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        place(scratch_registry, "acme", plan=plan)
+    with scratch_registry.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM registry.tenants").fetchone()[0] == 0

@@ -1,0 +1,159 @@
+"""The placement decision, without a database: tables of servers in, verdicts and choice out."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement import (
+    Needs,
+    PlacementError,
+    Server,
+    choose_shared,
+    database_name,
+    db_type_of,
+    evaluate,
+    next_server,
+    refusal_message,
+)
+
+NEEDS = Needs(storage_gb=5, pg_majors=(15, 16))
+
+
+def server(name: str, tenants: int = 0, capacity: int = 3, **overrides) -> Server:
+    fields = dict(
+        name=name,
+        kind="shared",
+        status="active",
+        health="healthy",
+        pg_major=15,
+        capacity_tenants=capacity,
+        tenant_count=tenants,
+        capacity_storage_gb=100,
+        storage_committed_gb=tenants * 5,
+    )
+    return Server(**{**fields, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "accepted", "reason"),
+    [
+        ({}, True, "fits"),
+        ({"status": "provisioning"}, True, "fits"),
+        ({"kind": "dedicated"}, False, "kind dedicated"),
+        ({"status": "draining"}, False, "status draining"),
+        ({"status": "retired"}, False, "status retired"),
+        ({"health": "unhealthy"}, False, "unhealthy"),
+        ({"pg_major": 12}, False, "PostgreSQL 12 not supported by the plan's Odoo (needs 15, 16)"),
+        ({"tenant_count": 3}, False, "full: 3/3 tenants"),
+        ({"storage_committed_gb": 96}, False, "storage: 96 + 5 GB > 100 GB"),
+        ({"storage_committed_gb": 95}, True, "fits"),
+    ],
+)
+def test_evaluate_gives_each_verdict_its_reason(overrides, accepted, reason):
+    candidate = evaluate(server("pool-a", **overrides), NEEDS)
+    assert (candidate.accepted, candidate.reason) == (accepted, reason)
+
+
+@pytest.mark.parametrize(
+    ("servers", "policy", "chosen"),
+    [
+        # fill_first: the fullest that fits
+        ([server("a", 0), server("b", 2), server("c", 1)], "fill_first", "b"),
+        # spread: the emptiest
+        ([server("a", 2), server("b", 0), server("c", 1)], "spread", "b"),
+        # a full server is skipped, whatever the policy
+        ([server("a", 3), server("b", 1)], "fill_first", "b"),
+        # ties go by name, in both policies
+        ([server("b", 1), server("a", 1)], "fill_first", "a"),
+        ([server("b", 1), server("a", 1)], "spread", "a"),
+        # free slots decide, not tenant counts: a bigger server with more tenants can be emptier
+        ([server("a", 2, capacity=3), server("b", 3, capacity=10)], "spread", "b"),
+        ([server("a", 2, capacity=3), server("b", 3, capacity=10)], "fill_first", "a"),
+        # nothing fits
+        ([server("a", 3), server("b", 3)], "fill_first", None),
+        ([], "fill_first", None),
+    ],
+)
+def test_choose_shared_follows_the_policy(servers, policy, chosen):
+    assert choose_shared(servers, NEEDS, policy).chosen == chosen
+
+
+def test_same_inputs_same_answer_whatever_the_order():
+    servers = [server(n, t) for n, t in [("c", 1), ("a", 1), ("b", 2), ("d", 0)]]
+    answers = {choose_shared(list(order), NEEDS, "fill_first").chosen for order in (servers, servers[::-1])}
+    assert answers == {"b"}
+
+
+def test_decision_lists_every_candidate_with_its_verdict():
+    decision = choose_shared([server("b", 3), server("a", 1, pg_major=11)], NEEDS, "fill_first")
+    assert decision.chosen is None
+    assert [(c.name, c.accepted, c.reason) for c in decision.candidates] == [
+        ("a", False, "PostgreSQL 11 not supported by the plan's Odoo (needs 15, 16)"),
+        ("b", False, "full: 3/3 tenants"),
+    ]
+
+
+def test_refusal_message_names_every_candidate_and_the_remedy():
+    decision = choose_shared([server("pool-shared-01", 3), server("pool-shared-02", 3)], NEEDS, "fill_first")
+    message = refusal_message("acme", "basic-monthly", decision, "Add a pool.")
+    assert message == (
+        "no shared server can take tenant acme (plan basic-monthly): pool-shared-01: full: 3/3 tenants; "
+        "pool-shared-02: full: 3/3 tenants. Add a pool."
+    )
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(PlacementError, match="policy 'biggest' is unknown"):
+        choose_shared([server("a")], NEEDS, "biggest")
+
+
+@pytest.mark.parametrize(
+    ("entitlements", "expected"),
+    [({"db_type": "shared"}, "shared"), ({"db_type": "dedicated"}, "dedicated")],
+)
+def test_db_type_comes_from_the_entitlements(entitlements, expected):
+    # The name says premium, the entitlements say shared: the entitlements win.
+    assert db_type_of("premium-monthly", entitlements) == expected
+
+
+@pytest.mark.parametrize("entitlements", [{}, {"db_type": None}, {"db_type": "Shared"}, {"db_type": "cluster"}])
+def test_a_plan_without_a_valid_db_type_is_refused_with_its_name(entitlements):
+    with pytest.raises(PlacementError, match="plan 'odd-plan' has db_type"):
+        db_type_of("odd-plan", entitlements)
+
+
+@pytest.mark.parametrize(
+    ("tenant_id", "name"),
+    [
+        ("acme", "t_acme"),
+        ("Acme-Corp_2", "t_acme_corp_2"),
+        ("0a1b2c3d-4e5f", "t_0a1b2c3d_4e5f"),
+        ("x" * 48, "t_" + "x" * 48),
+    ],
+)
+def test_database_name_is_a_safe_identifier(tenant_id, name):
+    assert database_name(tenant_id) == name
+    assert len(name) <= 63
+
+
+@pytest.mark.parametrize("tenant_id", ["", "-acme", "acme corp", "acme;drop", "x" * 49, "ünïcode"])
+def test_bad_tenant_ids_are_refused(tenant_id):
+    with pytest.raises(PlacementError, match="tenant_id"):
+        database_name(tenant_id)
+
+
+@pytest.mark.parametrize(
+    ("names", "ports", "expected"),
+    [
+        (set(), set(), ("pool-shared-01", 55440)),
+        ({"pool-shared-01", "pool-shared-02"}, {55440}, ("pool-shared-03", 55441)),
+        ({"pool-shared-02"}, {55441}, ("pool-shared-01", 55440)),
+    ],
+)
+def test_next_server_takes_the_first_free_name_and_port(names, ports, expected):
+    assert next_server("pool-shared-", (55440, 55442), names, ports) == expected
+
+
+def test_next_server_fails_when_the_port_range_is_used_up():
+    with pytest.raises(PlacementError, match="no free port left in 55440-55441"):
+        next_server("pool-shared-", (55440, 55441), set(), {55440, 55441})
