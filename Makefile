@@ -21,7 +21,7 @@ ROLES := postgres_server pgbouncer platform_registry tenant_database
 .PHONY: help setup system-packages demo test lint unit molecule integration bench down clean
 
 help:
-	@echo "make demo   set up, converge the local platform, print what runs where"
+	@echo "make demo   set up, converge the local platform, provision two tenants, print what runs where"
 	@echo "make test   set up, lint, unit tests, molecule scenarios, integration tests"
 	@echo "make setup | lint | unit | molecule | integration | bench | down | clean"
 
@@ -54,6 +54,10 @@ $(COLLECTIONS_STAMP): collections/requirements.yml
 
 demo: setup
 	ansible-playbook playbooks/site.yml
+	ansible-playbook playbooks/tenant_provision.yml -e tenant_id=demo-basic -e plan=basic-monthly \
+	  -e customer_id=demo-account-1 -e subscription_id=demo-subscription-1
+	ansible-playbook playbooks/tenant_provision.yml -e tenant_id=demo-premium -e plan=premium-monthly \
+	  -e customer_id=demo-account-2 -e subscription_id=demo-subscription-2
 	ansible-playbook playbooks/platform_status.yml
 
 test: setup lint unit molecule integration

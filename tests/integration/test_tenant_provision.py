@@ -214,3 +214,17 @@ def test_the_inventory_graph_shows_the_live_fleet(fleet: Fleet):
     assert set(sections["pool_pool_shared_03"]) == {"tenant-t07", "tenant-t08", "tenant-t09"}
     assert sections["plan_premium_monthly"] == [f"tenant-{PREMIUM_TENANT}"]
     assert set(sections["status_active"]) >= {f"tenant-{t}" for t in [*BASIC_TENANTS, PREMIUM_TENANT]}
+
+
+def test_platform_status_shows_servers_and_tenants(fleet: Fleet):
+    status = run_playbook("platform_status.yml")
+    assert status.returncode == 0, status.output[-3000:]
+    lines = status.output.splitlines()
+
+    def row(first_column: str) -> list[str]:
+        return next(line.strip(" -'").split() for line in lines if line.strip(" -'").startswith(first_column + " "))
+
+    assert row("pool-shared-03")[1:] == ["shared", "pool", "127.0.0.1:55440", "up", "127.0.0.1:56440", "up", "3/3"]
+    assert row("pool-dedicated-01")[-1] == "1/1"
+    assert row("t07")[1:] == ["basic-monthly", "v1", "shared", "pool-shared-03", "t_t07", "active"]
+    assert row(PREMIUM_TENANT)[3:5] == ["dedicated", "pool-dedicated-01"]
