@@ -111,7 +111,7 @@ class PlacementStore:
             if db_type == "shared":
                 decision, server = self._place_shared(cur, request, needs)
             else:
-                decision, server = self._place_dedicated(cur, request, tenant)
+                decision, server = self._place_dedicated(cur, request)
             tenant = self._record_tenant(cur, request, plan, db_type, db_name, server["name"], entitlements)
             if db_type == "dedicated" and server["dedicated_to"] is None:
                 cur.execute(
@@ -215,7 +215,7 @@ class PlacementStore:
         decision, rows = self._decide_shared(cur, needs)
         if decision.chosen:
             return decision, rows[decision.chosen]
-        server = self._create_server(cur, "shared", growth, None)
+        server = self._create_server(cur, "shared", growth)
         refused = decision.candidates
         grown = Decision(
             server["name"],
@@ -225,7 +225,7 @@ class PlacementStore:
         )
         return grown, server
 
-    def _place_dedicated(self, cur, request: PlacementRequest, tenant: dict | None) -> tuple[Decision, dict]:
+    def _place_dedicated(self, cur, request: PlacementRequest) -> tuple[Decision, dict]:
         cur.execute(
             f"SELECT {SERVER_COLUMNS} FROM registry.db_servers WHERE kind = 'dedicated' AND dedicated_to = %s"
             " AND status <> 'retired' FOR UPDATE",
@@ -241,7 +241,7 @@ class PlacementStore:
         self._lock_allocation(cur)
         # The server's dedicated_to refers to the tenant row, which is written after this; the
         # placement sets it once the tenant exists.
-        server = self._create_server(cur, "dedicated", self.config.dedicated, None)
+        server = self._create_server(cur, "dedicated", self.config.dedicated)
         return Decision(server["name"], "a new dedicated server for the tenant", "dedicated"), server
 
     # -- writes -----------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ class PlacementStore:
     def _lock_allocation(self, cur) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (ALLOCATION_LOCK,))
 
-    def _create_server(self, cur, kind: str, spec: NewServerSpec, dedicated_to: str | None) -> dict:
+    def _create_server(self, cur, kind: str, spec: NewServerSpec) -> dict:
         cur.execute("SELECT name, port, pgbouncer_port FROM registry.db_servers")
         rows = cur.fetchall()
         names = {r["name"] for r in rows}
@@ -261,8 +261,8 @@ class PlacementStore:
         pgbouncer_port = port + spec.pgbouncer_port_offset if spec.pgbouncer_port_offset else None
         cur.execute(
             f"INSERT INTO registry.db_servers (name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major,"
-            f" capacity_tenants, capacity_storage_gb, status, health, dedicated_to)"
-            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'provisioning', 'unknown', %s) RETURNING {SERVER_COLUMNS}",
+            f" capacity_tenants, capacity_storage_gb, status, health)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'provisioning', 'unknown') RETURNING {SERVER_COLUMNS}",
             (
                 name,
                 kind,
@@ -273,7 +273,6 @@ class PlacementStore:
                 spec.pg_major,
                 spec.capacity_tenants,
                 spec.capacity_storage_gb,
-                dedicated_to,
             ),
         )
         self.executed.append(f"created {kind} server {name} on {spec.host}:{port}")
