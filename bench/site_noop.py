@@ -37,7 +37,11 @@ def main() -> None:
         "site.yml, no change": ["ansible-playbook", "playbooks/site.yml"],
         "baseline: ansible -m ping": ["ansible", "postgres_servers", "-m", "ansible.builtin.ping"],
     }
-    print(f"{'case':32} {'median s':>9} {'min s':>7} {'max s':>7}   ({runs} runs each, 3 hosts)")
+    listed = subprocess.run(
+        ["ansible", "postgres_servers", "--list-hosts"], cwd=REPO, env=ENV, capture_output=True, text=True, check=True
+    ).stdout
+    hosts = len(listed.splitlines()) - 1  # after the "hosts (N):" header
+    print(f"{'case':32} {'median s':>9} {'min s':>7} {'max s':>7}   ({runs} runs each, {hosts} servers)")
     for name, argv in cases.items():
         times = []
         for i in range(runs):
