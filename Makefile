@@ -18,14 +18,14 @@ COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_
 APT_PACKAGES := postgresql-15 pgbouncer
 ROLES := postgres_server pgbouncer platform_registry tenant_database
 
-.PHONY: help setup system-packages demo test lint unit molecule integration bench down clean
+.PHONY: help setup system-packages state-access demo test lint unit molecule integration bench down clean
 
 help:
 	@echo "make demo   set up, converge the local platform, provision two tenants, print what runs where"
 	@echo "make test   set up, lint, unit tests, molecule scenarios, integration tests"
 	@echo "make setup | lint | unit | molecule | integration | bench | down | clean"
 
-setup: system-packages $(VENV)/.installed $(COLLECTIONS_STAMP)
+setup: system-packages state-access $(VENV)/.installed $(COLLECTIONS_STAMP)
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -36,6 +36,16 @@ system-packages:
 	echo "Installing system packages: $$missing"; \
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
 	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }
+
+# The clusters and PgBouncers run as the postgres OS user with their state under .state/ in this
+# checkout, so postgres must be able to pass through every directory above it (a clone made in a
+# `mktemp -d` directory, mode 0700, is not). Grant search (o+x) only, never read.
+state-access:
+	@dir=$(CURDIR); while [ "$$dir" != / ]; do \
+	  if ! runuser -u postgres -- test -x "$$dir" 2>/dev/null; then \
+	    if [ "$$(id -u)" != 0 ]; then echo "postgres cannot enter $$dir: run 'chmod o+x $$dir' as its owner" >&2; exit 1; fi; \
+	    echo "Letting the postgres user pass through $$dir (chmod o+x)"; chmod o+x "$$dir"; \
+	  fi; dir=$$(dirname "$$dir"); done
 
 $(VENV)/.installed: requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
