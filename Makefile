@@ -15,7 +15,7 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core
 COLLECTIONS_DIR := collections/ansible_collections
 COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_VERSION)
-APT_PACKAGES := postgresql-15 pgbouncer
+APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr
 ROLES := postgres_server pgbouncer platform_registry tenant_database
 
 .PHONY: help setup system-packages state-access demo test lint unit molecule integration bench down clean

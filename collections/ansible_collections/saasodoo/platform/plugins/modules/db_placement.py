@@ -90,33 +90,13 @@ options:
       marked unhealthy.
     type: bool
     default: true
-  login_host:
-    description: Registry server address.
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: Registry server port.
-    type: int
-    default: 5432
-  login_db:
-    description: Registry database.
-    type: str
-    default: saasodoo_registry
-  login_user:
-    description: Registry owner role.
-    type: str
-    default: saasodoo_registry
-  login_password:
-    description: The owner role's password.
-    type: str
-    required: true
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
-requirements:
-  - psycopg >= 3.1
+extends_documentation_fragment:
+  - saasodoo.platform.registry_login
 """
 
 EXAMPLES = r"""
@@ -182,6 +162,11 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import POLICIES, PlacementError
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
+    REGISTRY_LOGIN_OPTIONS,
+    RegistryUnreachable,
+    connect_registry,
+)
 
 try:
     import psycopg
@@ -220,11 +205,7 @@ def argument_spec() -> dict:
         dedicated=dict(type="dict", options=NEW_SERVER_OPTIONS),
         odoo_pg_majors=dict(type="dict", required=True),
         probe_health=dict(type="bool", default=True),
-        login_host=dict(type="str", default="127.0.0.1"),
-        login_port=dict(type="int", default=5432),
-        login_db=dict(type="str", default="saasodoo_registry"),
-        login_user=dict(type="str", default="saasodoo_registry"),
-        login_password=dict(type="str", required=True, no_log=True),
+        **REGISTRY_LOGIN_OPTIONS,
     )
 
 
@@ -248,23 +229,7 @@ def run_module(module: AnsibleModule) -> dict:
         probe_health=p["probe_health"],
     )
     request = PlacementRequest(p["tenant_id"], p["plan"], p["customer_id"], p["subscription_id"])
-    try:
-        conn = psycopg.connect(
-            host=p["login_host"],
-            port=p["login_port"],
-            dbname=p["login_db"],
-            user=p["login_user"],
-            password=p["login_password"],
-            connect_timeout=10,
-            prepare_threshold=None,
-            autocommit=True,
-        )
-    except psycopg.OperationalError as e:
-        raise PlacementError(
-            f"cannot reach the registry {p['login_db']} at {p['login_host']}:{p['login_port']}: {e}. "
-            "Is the platform up (playbooks/site.yml)?"
-        ) from None
-    with conn:
+    with connect_registry(p) as conn:
         result = PlacementStore(conn, config).place(request, check_mode=module.check_mode)
     outcome = dict(
         changed=result.changed,
@@ -288,7 +253,7 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
     try:
         module.exit_json(**run_module(module))
-    except PlacementError as e:
+    except (PlacementError, RegistryUnreachable) as e:
         module.fail_json(msg=str(e), tenant_id=module.params["tenant_id"], plan=module.params["plan"])
     except psycopg.Error as e:
         module.fail_json(msg=f"registry error while placing tenant {module.params['tenant_id']}: {e}")

@@ -1,0 +1,31 @@
+"""Options of the modules that work on the registry database."""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  login_host:
+    description: Registry server address.
+    type: str
+    default: 127.0.0.1
+  login_port:
+    description: Registry server port.
+    type: int
+    default: 5432
+  login_db:
+    description: Registry database.
+    type: str
+    default: saasodoo_registry
+  login_user:
+    description: Registry owner role.
+    type: str
+    default: saasodoo_registry
+  login_password:
+    description: The owner role's password.
+    type: str
+    required: true
+requirements:
+  - psycopg >= 3.1
+"""

@@ -1,0 +1,38 @@
+"""The one way our modules connect to the registry database."""
+
+from __future__ import annotations
+
+# Options every registry-backed module takes; documented by the saasodoo.platform.registry_login fragment.
+REGISTRY_LOGIN_OPTIONS = dict(
+    login_host=dict(type="str", default="127.0.0.1"),
+    login_port=dict(type="int", default=5432),
+    login_db=dict(type="str", default="saasodoo_registry"),
+    login_user=dict(type="str", default="saasodoo_registry"),
+    login_password=dict(type="str", required=True, no_log=True),
+)
+
+
+class RegistryUnreachable(Exception):
+    """The registry cannot be reached; the message says where it was looked for and what to do."""
+
+
+def connect_registry(params: dict):
+    """An autocommit psycopg connection to the registry; callers open their own transactions."""
+    import psycopg
+
+    try:
+        return psycopg.connect(
+            host=params["login_host"],
+            port=params["login_port"],
+            dbname=params["login_db"],
+            user=params["login_user"],
+            password=params["login_password"],
+            connect_timeout=10,
+            prepare_threshold=None,
+            autocommit=True,
+        )
+    except psycopg.OperationalError as e:
+        raise RegistryUnreachable(
+            f"cannot reach the registry {params['login_db']} at {params['login_host']}:{params['login_port']}: "
+            f"{e}. Is the platform up (playbooks/site.yml)?"
+        ) from None

@@ -1,0 +1,323 @@
+#!/usr/bin/python
+"""Read a tenant's registry record and record its lifecycle transitions."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: registry_tenant
+short_description: Read a tenant from the registry and record its lifecycle transitions
+description:
+  - Returns the tenant's registry row with its plan's entitlements and its database server, so a playbook
+    works from what the registry says, never from guesses. An unknown tenant fails with what to do.
+  - With I(expect_status), fails unless the tenant is in one of those states (for example, resume needs a
+    suspended or active tenant).
+  - Records what changes, all in one transaction with one audit row naming the action and the before/after
+    values; nothing changes when the tenant already is as asked (a second run reports no change).
+  - I(status) moves the tenant; C(terminated) also sets C(retain_until) to now plus the plan's
+    C(retention_days) (or I(retain_days)), C(active) and C(suspended) clear it, C(purged) frees its port and
+    records its backups as removed.
+  - I(plan) moves the tenant to that plan's newest version (entitlements become its quotas). A plan whose
+    C(db_type) differs is refused unless I(allow_db_type_change): the database must move first.
+  - I(http_port_range) gives the tenant a port for its Odoo (process runtime) if it has none: the lowest free
+    one in the range, under a lock so parallel runs never share one.
+  - Check mode computes the same answer and rolls it back.
+version_added: 0.1.0
+author: SaaSOdoo ops maintainers
+options:
+  tenant_id:
+    description: The tenant's id.
+    type: str
+    required: true
+  actor:
+    description: Who records the change (the playbook or runner job); stored in the audit row.
+    type: str
+    default: registry_tenant
+  action:
+    description: Name of the lifecycle action for the audit row (for example C(suspend)).
+    type: str
+  expect_status:
+    description: Fail unless the tenant's current status is one of these.
+    type: list
+    elements: str
+  status:
+    description: The status to record.
+    type: str
+    choices: [provisioning, active, suspended, terminated, purged, failed]
+  plan:
+    description: Kill Bill plan name to move the tenant to (its newest version).
+    type: str
+  allow_db_type_change:
+    description: Accept a plan whose C(db_type) differs from where the database is (a migration moves it).
+    type: bool
+    default: false
+  retain_days:
+    description: Days a terminated tenant's data is kept; defaults to the plan's C(retention_days).
+    type: int
+  storage_path:
+    description: Where the tenant's files live (its Odoo C(data_dir)).
+    type: str
+  http_port_range:
+    description: First and last port the tenant's Odoo may take; allocates one when the tenant has none.
+    type: list
+    elements: int
+  detail:
+    description: Extra facts for the audit row (never a secret).
+    type: dict
+    default: {}
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+extends_documentation_fragment:
+  - saasodoo.platform.registry_login
+"""
+
+EXAMPLES = r"""
+- name: Read the tenant and its plan
+  saasodoo.platform.registry_tenant:
+    tenant_id: acme
+    login_port: 55432
+    login_password: "{{ registry_password }}"
+  register: tenant
+
+- name: Record the suspension
+  saasodoo.platform.registry_tenant:
+    tenant_id: acme
+    action: suspend
+    actor: tenant_suspend
+    expect_status: [active, suspended]
+    status: suspended
+    login_password: "{{ registry_password }}"
+
+- name: Resize within the same db_type
+  saasodoo.platform.registry_tenant:
+    tenant_id: acme
+    action: change_plan
+    plan: standard-monthly
+    login_password: "{{ registry_password }}"
+"""
+
+RETURN = r"""
+tenant:
+  description: The tenant's registry row after the change, with C(plan) (the entitlements of its plan version)
+    and C(server) (its database server, or null). No secret is stored there.
+  returned: success
+  type: dict
+  sample: {"tenant_id": "acme", "plan_name": "basic-monthly", "plan_version": 1, "db_type": "shared",
+           "db_name": "t_acme", "status": "active", "http_port": 58100, "retain_until": null,
+           "plan": {"db_type": "shared", "odoo_workers": 2, "storage_gb": 5},
+           "server": {"name": "pool-shared-01", "host": "127.0.0.1", "port": 55433, "pgbouncer_port": 56433}}
+changes:
+  description: Each changed field with its value before and after.
+  returned: success
+  type: dict
+  sample: {"status": {"before": "active", "after": "suspended"}}
+"""
+
+import json
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
+    REGISTRY_LOGIN_OPTIONS,
+    RegistryUnreachable,
+    connect_registry,
+)
+
+try:
+    import psycopg
+    from psycopg import sql
+    from psycopg.rows import dict_row
+    from psycopg.types.json import Jsonb
+
+    PSYCOPG_IMPORT_ERROR = None
+except ImportError:
+    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
+
+TENANT_QUERY = """
+SELECT t.tenant_id, t.customer_id, t.subscription_id, t.plan_name, t.plan_version, t.db_type, t.db_server,
+       t.db_name, t.db_role, t.status, t.billing_status, t.storage_path, t.quotas, t.credential_version,
+       t.http_port, t.created_at::text AS created_at, t.updated_at::text AS updated_at,
+       t.retain_until::text AS retain_until, (t.retain_until > now()) AS retention_running,
+       p.entitlements AS plan,
+       CASE WHEN s.name IS NULL THEN NULL ELSE jsonb_build_object(
+           'name', s.name, 'kind', s.kind, 'host', s.host, 'port', s.port, 'pgbouncer_host', s.pgbouncer_host,
+           'pgbouncer_port', s.pgbouncer_port, 'pg_major', s.pg_major, 'status', s.status) END AS server
+FROM registry.tenants AS t
+JOIN registry.plans AS p ON (p.name, p.version) = (t.plan_name, t.plan_version)
+LEFT JOIN registry.db_servers AS s ON s.name = t.db_server
+WHERE t.tenant_id = %(tenant_id)s
+"""
+
+# Serialises port allocation across runs (any fixed key; 'saasodoo.http_port').
+HTTP_PORT_LOCK = 0x5AA5_0D00_0001
+
+
+class TenantError(Exception):
+    """A request the registry refuses; the message names the tenant and what to do."""
+
+
+def read_tenant(conn, tenant_id: str, lock: bool = False) -> dict | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(TENANT_QUERY + (" FOR UPDATE OF t" if lock else ""), {"tenant_id": tenant_id}).fetchone()
+
+
+def newest_plan(conn, name: str) -> dict | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT name, version, db_type, entitlements FROM registry.plans WHERE name = %s"
+            " ORDER BY version DESC LIMIT 1",
+            (name,),
+        ).fetchone()
+
+
+def free_http_port(conn, low: int, high: int) -> int:
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (HTTP_PORT_LOCK,))
+    row = conn.execute(
+        "SELECT min(p) FROM generate_series(%s::int, %s::int) AS p"
+        " WHERE NOT EXISTS (SELECT 1 FROM registry.tenants WHERE http_port = p)",
+        (low, high),
+    ).fetchone()
+    if row[0] is None:
+        raise TenantError(f"every port in {low}-{high} is taken: widen saasodoo_runtime_http_ports")
+    return row[0]
+
+
+def planned_changes(conn, tenant: dict, p: dict) -> dict:
+    """Field -> new value, for what differs from the tenant's row."""
+    tenant_id = tenant["tenant_id"]
+    if p["expect_status"] and tenant["status"] not in p["expect_status"]:
+        raise TenantError(
+            f"tenant {tenant_id} is {tenant['status']}; {p['action'] or 'this'} needs it "
+            f"{' or '.join(p['expect_status'])}"
+        )
+    changes: dict = {}
+    plan = tenant["plan"]
+    if p["plan"]:
+        new = newest_plan(conn, p["plan"])
+        if new is None:
+            raise TenantError(f"unknown plan {p['plan']!r} for tenant {tenant_id}: it is not in registry.plans")
+        if (new["name"], new["version"]) != (tenant["plan_name"], tenant["plan_version"]):
+            if new["db_type"] != tenant["db_type"] and not p["allow_db_type_change"]:
+                raise TenantError(
+                    f"plan {tenant['plan_name']} -> {new['name']} for tenant {tenant_id} moves its database from "
+                    f"{tenant['db_type']} to {new['db_type']}: that needs a move between servers (db_migrate), "
+                    "which this version cannot do yet; nothing was changed"
+                )
+            changes.update(plan_name=new["name"], plan_version=new["version"], quotas=new["entitlements"])
+            plan = new["entitlements"]
+    status = p["status"]
+    if status and status != tenant["status"]:
+        changes["status"] = status
+        if status == "terminated":
+            days = p["retain_days"] if p["retain_days"] is not None else int(plan.get("retention_days", 0))
+            changes["retain_until"] = ("now", days)
+        elif status in ("active", "suspended") and tenant["retain_until"] is not None:
+            changes["retain_until"] = None
+        if status == "purged" and tenant["http_port"] is not None:
+            changes["http_port"] = None
+    if p["storage_path"] and p["storage_path"] != tenant["storage_path"]:
+        changes["storage_path"] = p["storage_path"]
+    wants_port = p["http_port_range"] and (status or tenant["status"]) != "purged"
+    if wants_port and tenant["http_port"] is None:
+        low, high = p["http_port_range"]
+        changes["http_port"] = free_http_port(conn, low, high)
+    return changes
+
+
+def apply_changes(conn, tenant: dict, changes: dict) -> None:
+    assignments, values = [], {"tenant_id": tenant["tenant_id"]}
+    for field, value in changes.items():
+        if field == "retain_until" and value is not None:
+            assignments.append(sql.SQL("retain_until = now() + make_interval(days => {})").format(value[1]))
+            continue
+        if field == "quotas":
+            value = Jsonb(value)
+        assignments.append(sql.SQL("{} = {}").format(sql.Identifier(field), sql.Placeholder(field)))
+        values[field] = value
+    query = sql.SQL("UPDATE registry.tenants SET {} WHERE tenant_id = %(tenant_id)s").format(
+        sql.SQL(", ").join(assignments)
+    )
+    conn.execute(query, values)
+    if changes.get("status") == "purged":
+        # tenant_purge.yml deleted the backups' files with the tenant's other data.
+        conn.execute(
+            "UPDATE registry.backups SET removed_at = now() WHERE tenant_id = %s AND removed_at IS NULL",
+            (tenant["tenant_id"],),
+        )
+
+
+def audit(conn, tenant_id: str, p: dict, before: dict, after: dict) -> None:
+    changed = {k: {"before": before.get(k), "after": after.get(k)} for k in after}
+    detail = {**p["detail"], "action": p["action"], "changes": changed}
+    conn.execute(
+        "INSERT INTO registry.audit (actor, tenant_id, kind, subject, detail) VALUES (%s, %s, 'result', %s, %s)",
+        (p["actor"], tenant_id, f"tenant:{tenant_id}", json.dumps(detail, default=str)),
+    )
+
+
+def run_module(module: AnsibleModule) -> dict:
+    p = module.params
+    if p["http_port_range"] is not None:
+        low_high = p["http_port_range"]
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] <= 65535:
+            raise TenantError(f"http_port_range must be [first, last], got {low_high}")
+    with connect_registry(p) as conn, conn.transaction(force_rollback=module.check_mode):
+        tenant = read_tenant(conn, p["tenant_id"], lock=True)
+        if tenant is None:
+            raise TenantError(
+                f"unknown tenant {p['tenant_id']!r}: the registry has no such tenant; "
+                "provision it first (playbooks/tenant_provision.yml)"
+            )
+        changes = planned_changes(conn, tenant, p)
+        if changes:
+            apply_changes(conn, tenant, changes)
+            after = read_tenant(conn, p["tenant_id"])
+            fields = {k: after[k] for k in changes}
+            audit(conn, p["tenant_id"], p, {k: tenant[k] for k in changes}, fields)
+            tenant, before = after, {k: tenant[k] for k in changes}
+        else:
+            before = {}
+    result = dict(
+        changed=bool(changes),
+        tenant=tenant,
+        changes={k: {"before": before[k], "after": tenant[k]} for k in before},
+    )
+    if module._diff and changes:
+        result["diff"] = dict(before=before, after={k: tenant[k] for k in before})
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            tenant_id=dict(type="str", required=True),
+            actor=dict(type="str", default="registry_tenant"),
+            action=dict(type="str"),
+            expect_status=dict(type="list", elements="str"),
+            status=dict(type="str", choices=["provisioning", "active", "suspended", "terminated", "purged", "failed"]),
+            plan=dict(type="str"),
+            allow_db_type_change=dict(type="bool", default=False),
+            retain_days=dict(type="int"),
+            storage_path=dict(type="str"),
+            http_port_range=dict(type="list", elements="int"),
+            detail=dict(type="dict", default={}),
+            **REGISTRY_LOGIN_OPTIONS,
+        ),
+        supports_check_mode=True,
+    )
+    if PSYCOPG_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
+    try:
+        module.exit_json(**run_module(module))
+    except (TenantError, RegistryUnreachable) as e:
+        module.fail_json(msg=str(e), tenant_id=module.params["tenant_id"])
+    except psycopg.Error as e:
+        module.fail_json(msg=f"registry error for tenant {module.params['tenant_id']}: {e}")
+
+
+if __name__ == "__main__":
+    main()
