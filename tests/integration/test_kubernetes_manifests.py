@@ -1,0 +1,368 @@
+"""The kubernetes backend of odoo_runtime: every plan's manifests, rendered and validated against the Kubernetes
+schemas (kubernetes-validate, strict), then checked against the plan. No Kubernetes API runs here (DESIGN §7)."""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import os
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from packaging.version import Version
+
+from .conftest import VENV_BIN, PlaybookRun, ansible_env
+from conftest import INVENTORIES, REPO, load_yaml
+
+PLAYBOOK = "tests/integration/playbooks/render_kubernetes.yml"
+PLANS: dict[str, dict] = load_yaml(INVENTORIES / "local/group_vars/all/plans.yml")["saasodoo_plans"]
+PASSWORD = "test-only-tenant-password"  # the playbook's defaults
+CEPHX_KEY = "test-only-cephx-key=="
+NAMESPACE = "saasodoo-tenants"
+ISSUER = "letsencrypt-test"
+DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+EXPECTED_FILES = [
+    "01-secret.yml",
+    "02-configmap.yml",
+    "03-persistentvolume.yml",
+    "04-persistentvolumeclaim.yml",
+    "05-deployment.yml",
+    "06-service.yml",
+    "07-ingress.yml",
+]
+
+
+def kubernetes_versions() -> list[str]:
+    """The oldest version we support and the newest the installed kubernetes-validate has schemas for."""
+    newest = Version(kubernetes_validate.latest_version())
+    assert newest >= Version("1.30"), f"kubernetes-validate {kubernetes_validate.__version__} stops at {newest}"
+    return sorted({"1.30", f"{newest.major}.{newest.minor}"}, key=Version)
+
+
+VERSIONS = kubernetes_versions()
+
+
+def validate_strictly(doc: dict, version: str) -> None:
+    """Validate one object against the strict schema of exactly `version`.
+
+    kubernetes_validate.validate raises SchemaNotFoundError for a kind (or apiVersion) it has no schema for; its
+    CLI turns that into a warning and passes. Here it propagates: an object nothing checked is a failure.
+    """
+    validated = kubernetes_validate.validate(doc, version, strict=True)
+    assert validated == version, f"{doc['kind']} was checked against Kubernetes {validated}, not {version}"
+
+
+@dataclass(frozen=True)
+class Case:
+    tenant: str
+    plan: str
+    state: str = "started"
+    issuer: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.tenant}-{self.plan}-{self.state}"
+
+    @property
+    def name(self) -> str:
+        return "odoo-" + self.tenant.lower().replace("_", "-")
+
+
+# Every plan, same tenant (so their configs differ only by the plan), with TLS; and one stopped tenant whose id
+# needs the DNS-safe name, without TLS.
+CASES = [Case("acme", plan, issuer=ISSUER) for plan in PLANS] + [Case("Acme_Corp", "basic-monthly", "stopped")]
+
+
+@dataclass
+class Rendered:
+    case: Case
+    directory: Path
+    run: PlaybookRun
+
+    @property
+    def files(self) -> list[str]:
+        return sorted(p.name for p in self.directory.iterdir())
+
+    @property
+    def docs(self) -> list[dict]:
+        docs = []
+        for name in self.files:
+            docs += [d for d in yaml.safe_load_all((self.directory / name).read_text()) if d is not None]
+        return docs
+
+    def one(self, kind: str, name: str | None = None) -> dict:
+        found = [d for d in self.docs if d["kind"] == kind and d["metadata"]["name"] == (name or self.case.name)]
+        assert len(found) == 1, f"{kind} {name or self.case.name}: {len(found)} objects"
+        return found[0]
+
+    @property
+    def container(self) -> dict:
+        (container,) = self.one("Deployment")["spec"]["template"]["spec"]["containers"]
+        return container
+
+
+def render(render_dir: Path, case: Case, *extra: str) -> PlaybookRun:
+    # `-i localhost,`: the local inventory's registry source would need the running platform.
+    variables = {
+        "render_dir": render_dir,
+        "tenant_id": case.tenant,
+        "plan": case.plan,
+        "state": case.state,
+        "cluster_issuer": case.issuer,
+    }
+    result = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", PLAYBOOK, "--diff"]
+        + [arg for name, value in variables.items() for arg in ("-e", f"{name}={value}")]
+        + list(extra),
+        cwd=REPO,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return PlaybookRun(result.returncode, result.stdout + result.stderr)
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory) -> dict[str, Rendered]:
+    dirs = {case.id: tmp_path_factory.mktemp("manifests") for case in CASES}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        runs = dict(zip(dirs, pool.map(lambda c: render(dirs[c.id], c), CASES), strict=True))
+    for case_id, run in runs.items():
+        assert run.returncode == 0, f"{case_id}:\n{run.output}"
+    return {c.id: Rendered(c, dirs[c.id] / c.tenant, runs[c.id]) for c in CASES}
+
+
+@pytest.fixture(params=CASES, ids=lambda c: c.id)
+def manifests(request, rendered) -> Rendered:
+    return rendered[request.param.id]
+
+
+# --- the validation helper refuses what it cannot check ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"apiVersion": "saasodoo.io/v1", "kind": "OdooTenant", "metadata": {"name": "acme"}},
+        # A real kind under an apiVersion these Kubernetes versions no longer serve.
+        {"apiVersion": "extensions/v1beta1", "kind": "Ingress", "metadata": {"name": "acme"}, "spec": {}},
+    ],
+    ids=["unknown-kind", "removed-api-version"],
+)
+def test_validation_refuses_objects_it_has_no_schema_for(doc, version):
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        validate_strictly(doc, version)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_validation_is_strict(rendered, version):
+    service = rendered[CASES[0].id].one("Service")
+    validate_strictly(service, version)
+    misspelt = {**service, "spec": {**service["spec"], "clusterIp": "None"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_strictly(misspelt, version)
+    mistyped = {**service, "spec": {**service["spec"], "ports": [{"port": "http"}]}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_strictly(mistyped, version)
+
+
+# --- every plan's manifests -------------------------------------------------------------------------------------
+
+
+def test_one_file_per_kind_in_apply_order(manifests):
+    assert manifests.files == EXPECTED_FILES
+    assert [(d["kind"], d["metadata"]["name"]) for d in manifests.docs] == [
+        ("Secret", manifests.case.name),
+        ("Secret", f"{manifests.case.name}-cephfs"),
+        ("ConfigMap", manifests.case.name),
+        ("PersistentVolume", manifests.case.name),
+        ("PersistentVolumeClaim", manifests.case.name),
+        ("Deployment", manifests.case.name),
+        ("Service", manifests.case.name),
+        ("Ingress", manifests.case.name),
+    ]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_object_validates_strictly(manifests, version):
+    for doc in manifests.docs:
+        validate_strictly(doc, version)
+
+
+def test_names_namespaces_and_labels(manifests):
+    case = manifests.case
+    assert DNS_LABEL.fullmatch(case.name)
+    for doc in manifests.docs:
+        metadata = doc["metadata"]
+        assert DNS_LABEL.fullmatch(metadata["name"].removesuffix("-cephfs"))
+        assert metadata.get("namespace") == (None if doc["kind"] == "PersistentVolume" else NAMESPACE)
+        assert metadata["labels"] == {
+            "app.kubernetes.io/name": "odoo",
+            "app.kubernetes.io/instance": case.tenant,
+            "saasodoo.io/tenant": case.tenant,
+            "saasodoo.io/plan": case.plan,
+        }
+
+
+def test_config_has_no_password_and_the_secret_has_it(manifests):
+    conf = manifests.one("ConfigMap")["data"]["odoo.conf"]
+    assert not re.search(r"^\s*db_password\b", conf, re.MULTILINE)
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(conf)
+    options = parser["options"]
+    assert "db_password" not in options
+    assert options["http_interface"] == "0.0.0.0"  # noqa: S104 - the pod's address; the Service fronts it
+    assert options["http_port"] == "8069"
+    assert options["data_dir"] == "/var/lib/odoo"
+    assert options["workers"] == str(PLANS[manifests.case.plan]["odoo_workers"])
+
+    secret = manifests.one("Secret")
+    assert secret["type"] == "Opaque"
+    assert base64.b64decode(secret["data"]["PGPASSWORD"]).decode() == PASSWORD
+    (env,) = manifests.container["env"]
+    assert env == {
+        "name": "PGPASSWORD",
+        "valueFrom": {"secretKeyRef": {"name": manifests.case.name, "key": "PGPASSWORD"}},
+    }
+
+
+def test_deployment_runs_the_plan(manifests):
+    case, plan = manifests.case, PLANS[manifests.case.plan]
+    deployment = manifests.one("Deployment")
+    assert deployment["spec"]["replicas"] == (0 if case.state == "stopped" else 1)
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = manifests.container
+    assert container["command"] + container["args"] == ["odoo", "-c", "/etc/odoo/odoo.conf"]
+    expected = {"cpu": str(plan["cpu"]), "memory": f"{plan['memory_mb']}Mi"}
+    assert container["resources"] == {"requests": expected, "limits": expected}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/web/health", "port": "http"}
+    assert {"name": "http", "containerPort": 8069, "protocol": "TCP"} in container["ports"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts["/etc/odoo"]]["configMap"]["name"] == case.name
+    assert volumes[mounts["/var/lib/odoo"]]["persistentVolumeClaim"]["claimName"] == case.name
+
+
+def test_deployment_is_locked_down(manifests):
+    pod = manifests.one("Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 101
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    container = manifests.container["securityContext"]
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["readOnlyRootFilesystem"] is True
+    assert container["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_plans_roll_the_pods(rendered):
+    """The pod template's checksum follows odoo.conf: the same tenant on another plan gets new pods."""
+    checksums = [
+        rendered[c.id].one("Deployment")["spec"]["template"]["metadata"]["annotations"]["saasodoo.io/config-checksum"]
+        for c in CASES
+        if c.tenant == "acme"
+    ]
+    assert len(checksums) == len(PLANS) == len(set(checksums))
+    assert all(re.fullmatch(r"[0-9a-f]{64}", c) for c in checksums)
+
+
+def test_volume_is_the_tenants_cephfs_subtree(manifests):
+    case, plan = manifests.case, PLANS[manifests.case.plan]
+    pv, pvc = manifests.one("PersistentVolume"), manifests.one("PersistentVolumeClaim")
+    assert pv["spec"]["capacity"] == {"storage": f"{plan['storage_gb']}Gi"}
+    assert pv["spec"]["accessModes"] == pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+    assert pv["spec"]["storageClassName"] == pvc["spec"]["storageClassName"] == ""
+    csi = pv["spec"]["csi"]
+    assert csi["driver"] == "cephfs.csi.ceph.com"
+    assert csi["volumeAttributes"] == {
+        "clusterID": "6f1c2b9e-3d4a-4c8e-9b7f-2a5d8e0c1f34",
+        "fsName": "saasodoo_fs",
+        "staticVolume": "true",
+        "rootPath": f"/tenants/{case.tenant}",
+    }
+    assert csi["nodeStageSecretRef"] == {"name": f"{case.name}-cephfs", "namespace": NAMESPACE}
+    cephx = manifests.one("Secret", f"{case.name}-cephfs")["data"]
+    assert base64.b64decode(cephx["userID"]).decode() == "saasodoo-k8s"
+    assert base64.b64decode(cephx["userKey"]).decode() == CEPHX_KEY
+    # Bound both ways: the claim names the volume, the volume is reserved for the claim.
+    assert pvc["spec"]["volumeName"] == case.name
+    assert pv["spec"]["claimRef"] == {"namespace": NAMESPACE, "name": case.name}
+    assert quantity(pvc["spec"]["resources"]["requests"]["storage"]) <= quantity(pv["spec"]["capacity"]["storage"])
+
+
+def quantity(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)?", value).groups()
+    return int(number) * 1024 ** (["", "Ki", "Mi", "Gi", "Ti"].index(unit or ""))
+
+
+def test_service_and_ingress_route_the_tenant(manifests):
+    case = manifests.case
+    pod_labels = manifests.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    service = manifests.one("Service")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert manifests.one("Deployment")["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["http"]["port"] == 8069
+
+    ingress = manifests.one("Ingress")["spec"]
+    host = f"{case.name.removeprefix('odoo-')}.odoo.example.com"
+    assert ingress["ingressClassName"] == "nginx"
+    (rule,) = ingress["rules"]
+    assert rule["host"] == host
+    paths = {p["path"]: p for p in rule["http"]["paths"]}
+    assert paths["/"]["pathType"] == "Prefix"
+    assert paths["/"]["backend"] == {"service": {"name": case.name, "port": {"name": "http"}}}
+    assert all(p["backend"]["service"]["port"]["name"] in ports for p in paths.values())
+    annotations = manifests.one("Ingress")["metadata"]["annotations"]
+    assert all(isinstance(v, str) for v in annotations.values())
+    if case.issuer:
+        assert ingress["tls"] == [{"hosts": [host], "secretName": f"{case.name}-tls"}]
+        assert annotations["cert-manager.io/cluster-issuer"] == case.issuer
+    else:
+        assert "tls" not in ingress and "cert-manager.io/cluster-issuer" not in annotations
+
+
+def test_secrets_stay_out_of_the_output(manifests):
+    """The runs use --diff, which would print the Secrets' files unless they are no_log."""
+    for secret in (PASSWORD, CEPHX_KEY):
+        for form in (secret, base64.b64encode(secret.encode()).decode()):
+            assert form not in manifests.run.output
+
+
+# --- the render mode's own contract -----------------------------------------------------------------------------
+
+
+def test_rendering_again_changes_nothing(rendered):
+    first = rendered[CASES[0].id]
+    again = render(first.directory.parent, first.case)
+    assert again.returncode == 0, again.output
+    assert again.recap["localhost"]["changed"] == 0, again.output
+    assert first.files == EXPECTED_FILES
+
+
+def test_absent_removes_the_rendered_files(tmp_path):
+    case = CASES[0]
+    assert render(tmp_path, case).returncode == 0
+    assert (tmp_path / case.tenant / EXPECTED_FILES[0]).exists()
+    gone = render(tmp_path, Case(case.tenant, case.plan, "absent"))
+    assert gone.returncode == 0, gone.output
+    assert not (tmp_path / case.tenant).exists()
+
+
+def test_missing_cephfs_credentials_fail_before_anything_is_written(tmp_path):
+    cephfs = '{"cephfs": {"cluster_id": "c", "fs_name": "f", "path": "/tenants/acme", "user": "u"}}'
+    run = render(tmp_path, CASES[0], "-e", cephfs)
+    assert run.returncode != 0
+    assert "odoo_runtime_kubernetes_cephfs" in run.output
+    assert not (tmp_path / CASES[0].tenant).exists()
