@@ -16,7 +16,7 @@ THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core
 COLLECTIONS_DIR := collections/ansible_collections
 COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_VERSION)
 APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr
-ROLES := postgres_server pgbouncer platform_registry tenant_database
+ROLES := postgres_server pgbouncer platform_registry tenant_database storage odoo_runtime
 
 .PHONY: help setup system-packages state-access demo test lint unit molecule integration bench down clean
 
@@ -94,7 +94,9 @@ bench: setup
 	$(BIN)/python bench/site_noop.py
 	$(BIN)/python bench/placement.py
 
+# The test Ceph cluster first: it is mounted under .state, which `clean` then deletes.
 down:
+	$(PYTHON) tests/integration/ceph_cluster.py down
 	@if [ -x $(BIN)/ansible-playbook ]; then ansible-playbook playbooks/down.yml; else echo "Nothing to stop: no .venv"; fi
 
 clean: down

@@ -116,7 +116,7 @@ def reset_local_platform() -> None:
     """
     down = run_playbook("down.yml")
     assert down.returncode == 0, down.output[-3000:]
-    for kind in ("pg", "pgbouncer"):
+    for kind in ("pg", "pgbouncer", "runtime", "storage", "backups"):
         shutil.rmtree(LOCAL_STATE / kind, ignore_errors=True)
 
 
@@ -182,3 +182,6 @@ def scratch_registry(local_platform: LocalPlatform):
             host=str(PLATFORM_SOCKET_DIR), port=port, user="postgres", dbname="postgres", autocommit=True
         ) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+from .ceph_cluster import ceph_cluster  # noqa: E402, F401  (fixture)

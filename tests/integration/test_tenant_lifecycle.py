@@ -1,0 +1,288 @@
+"""One tenant through its whole life on the local platform, every step run twice (DESIGN §7, issue "Lifecycle").
+
+provision -> reachable through nginx by Host header -> suspend -> resume -> change plan within shared ->
+backup -> data changed -> restore -> terminate -> purge; once with `local` storage and once on a real
+CephFS (tests/integration/ceph_cluster.py), where the plan's quota must refuse a write past it.
+The Odoo is the test double (tests/standins/odoo), run by the real supervisord behind the real nginx.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.client
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from .conftest import LOCAL_STATE, LocalPlatform, PlaybookRun, run_playbook
+
+NGINX = ("127.0.0.1", 58080)
+BASE_DOMAIN = "odoo.localhost"
+GIB = 1 << 30
+
+
+def get(tenant_id: str, path: str) -> int:
+    """Status of GET path through nginx, as the tenant's host name."""
+    conn = http.client.HTTPConnection(*NGINX, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": f"{tenant_id}.{BASE_DOMAIN}"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def assert_idempotent(first: PlaybookRun, second: PlaybookRun) -> None:
+    assert first.returncode == 0, first.output[-5000:]
+    assert second.returncode == 0, second.output[-5000:]
+    changed = {host: counts["changed"] for host, counts in second.recap.items() if counts["changed"]}
+    assert changed == {}, f"second run changed something: {changed}\n{second.output[-5000:]}"
+
+
+@dataclass
+class Tenant:
+    """The tenant under test, seen from outside: the registry, its database, its files."""
+
+    tenant_id: str
+    platform: LocalPlatform
+    extra_vars: tuple[str, ...]
+
+    def run(self, playbook: str, *args: str) -> PlaybookRun:
+        return run_playbook(playbook, "-e", f"tenant_id={self.tenant_id}", *self.extra_vars, *args)
+
+    def run_twice(self, playbook: str, *args: str) -> None:
+        assert_idempotent(self.run(playbook, *args), self.run(playbook, *args))
+
+    def registry(self) -> psycopg.Connection:
+        return self.platform.connect(
+            self.platform.servers["platform-db"].port,
+            "saasodoo_registry",
+            self.platform.password("registry@saasodoo_registry"),
+            "saasodoo_registry",
+        )
+
+    def record(self) -> dict:
+        with self.registry() as conn:
+            row = conn.execute(
+                "SELECT to_jsonb(t) || jsonb_build_object('retained_days', "
+                "  round(extract(epoch FROM t.retain_until - now()) / 86400)) "
+                "FROM registry.tenants AS t WHERE tenant_id = %s",
+                (self.tenant_id,),
+            ).fetchone()
+        return row[0]
+
+    @property
+    def db_name(self) -> str:
+        return self.record()["db_name"]
+
+    def admin(self, dbname: str = "postgres") -> psycopg.Connection:
+        server = self.record()["db_server"]
+        return psycopg.connect(
+            host=str(LOCAL_STATE / "pg" / server / "run"),
+            port=self.platform.servers[server].port,
+            user="postgres",
+            dbname=dbname,
+            autocommit=True,
+        )
+
+    def as_tenant(self) -> psycopg.Connection:
+        """The tenant's own credentials, through its pool's PgBouncer as its Odoo connects."""
+        record = self.record()
+        server = self.platform.servers[record["db_server"]]
+        password = self.platform.password(f"tenant:{self.tenant_id}:v{record['credential_version']}")
+        return self.platform.connect(server.pgbouncer_port, record["db_role"], password, record["db_name"])
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.record()["storage_path"])
+
+    @property
+    def filestore(self) -> Path:
+        return self.data_dir / "filestore" / self.db_name
+
+    def odoo_conf(self) -> dict[str, str]:
+        text = (LOCAL_STATE / "runtime/tenants" / self.tenant_id / "odoo.conf").read_text()
+        return dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line and not line.startswith(";"))
+
+
+def filestore_digest(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def write_until_refused(path: Path, limit: int) -> tuple[int, int | None]:
+    """Write zeros until the file system refuses or `limit` bytes are written: (bytes written, errno)."""
+    block = bytes(4 << 20)
+    written = 0
+    try:
+        with open(path, "wb") as f:
+            while written < limit:
+                written += f.write(block)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        return written, e.errno
+    return written, None
+
+
+def lifecycle(tenant: Tenant, first_plan: str, bigger_plan: str, cephfs: bool) -> None:
+    # provision: reachable through nginx by its Host header
+    tenant.run_twice("tenant_provision.yml", "-e", f"plan={first_plan}")
+    assert tenant.record()["status"] == "active"
+    assert get(tenant.tenant_id, "/web/health") == 200
+    assert get(tenant.tenant_id, "/web/login") == 200
+    with pytest.raises(http.client.RemoteDisconnected):  # an unknown host name gets nothing at all (444)
+        get("someone-else", "/web/health")
+    with tenant.as_tenant() as conn:
+        conn.execute("CREATE TABLE invoices (id serial PRIMARY KEY, amount numeric NOT NULL)")
+        conn.execute("INSERT INTO invoices (amount) SELECT g FROM generate_series(1, 500) AS g")
+    if cephfs:
+        quota = int(os.getxattr(tenant.data_dir, "ceph.quota.max_bytes"))
+        assert quota == 1 * GIB  # basic-test-trial: storage_gb 1
+        # Past the quota the write is refused (ceph-fuse enforces lazily: refused, and under twice the quota).
+        big = tenant.data_dir / "too-big.bin"
+        written, error = write_until_refused(big, 3 * quota)
+        big.unlink()
+        assert error == errno.EDQUOT, f"wrote {written} bytes into a {quota}-byte quota without EDQUOT"
+        assert written < 2 * quota
+
+    # suspend: no 200, the database refuses the tenant, its data stays
+    tenant.run_twice("tenant_suspend.yml")
+    assert tenant.record()["status"] == "suspended"
+    assert get(tenant.tenant_id, "/web/health") != 200
+    with pytest.raises(psycopg.OperationalError):
+        tenant.as_tenant().close()
+    with tenant.admin(tenant.db_name) as conn:
+        assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 500
+
+    # resume
+    tenant.run_twice("tenant_resume.yml")
+    assert tenant.record()["status"] == "active"
+    assert get(tenant.tenant_id, "/web/health") == 200
+    with tenant.as_tenant() as conn:
+        assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 500
+
+    # change plan within shared: new limits in its config, its role and its quota
+    workers_before = tenant.odoo_conf()["workers"]
+    tenant.run_twice("tenant_change_plan.yml", "-e", f"plan={bigger_plan}")
+    record = tenant.record()
+    plan = record["quotas"]
+    assert record["plan_name"] == bigger_plan
+    conf = tenant.odoo_conf()
+    assert conf["workers"] == str(plan["odoo_workers"]) != workers_before
+    assert conf["limit_memory_hard"] == str(plan["memory_mb"] * 1048576 // (plan["odoo_workers"] + 1))
+    with tenant.admin() as conn:
+        limit = conn.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (record["db_role"],))
+        assert limit.fetchone()[0] == plan["db_connection_limit"]
+    if cephfs:
+        assert int(os.getxattr(tenant.data_dir, "ceph.quota.max_bytes")) == plan["storage_gb"] * GIB
+    assert get(tenant.tenant_id, "/web/health") == 200
+    # A plan on another db_type needs a move between servers: refused, nothing changed.
+    refused = tenant.run("tenant_change_plan.yml", "-e", "plan=premium-monthly")
+    assert refused.returncode != 0 and "db_migrate" in refused.output
+    assert tenant.record()["plan_name"] == bigger_plan
+
+    # backup: a new one every run, each with a manifest of every part
+    filestore_before = filestore_digest(tenant.filestore)
+    assert filestore_before, "the Odoo double writes its boot marker into the filestore"
+    for _ in range(2):
+        backup = tenant.run("tenant_backup.yml")
+        assert backup.returncode == 0, backup.output[-5000:]
+    with tenant.registry() as conn:
+        backups = conn.execute(
+            "SELECT backup_id, location, manifest_sha256 FROM registry.backups WHERE tenant_id = %s ORDER BY taken_at",
+            (tenant.tenant_id,),
+        ).fetchall()
+    assert len(backups) == 2
+    for _, location, manifest_sha256 in backups:
+        manifest_path = Path(location) / "manifest.json"
+        assert hashlib.sha256(manifest_path.read_bytes()).hexdigest() == manifest_sha256
+        parts = json.loads(manifest_path.read_text())["parts"]
+        assert "filestore.tar.gz" in parts and "database/toc.dat" in parts
+        for part, facts in parts.items():
+            assert hashlib.sha256((Path(location) / part).read_bytes()).hexdigest() == facts["sha256"]
+
+    # data changed: rows gone, the filestore altered
+    with tenant.as_tenant() as conn:
+        conn.execute("DELETE FROM invoices WHERE id > 100")
+        conn.execute("INSERT INTO invoices (amount) VALUES (-1)")
+    shutil.rmtree(tenant.filestore)
+    tenant.filestore.mkdir()
+    (tenant.filestore / "stray").write_text("not in the backup")
+
+    # A tampered backup is refused before anything is touched.
+    first_backup = Path(backups[0][1])
+    (first_backup / "filestore.tar.gz").write_bytes(b"tampered")
+    tampered = tenant.run("tenant_restore.yml", "-e", f"backup_id={backups[0][0]}")
+    assert tampered.returncode != 0 and "does not match its manifest" in tampered.output
+    with tenant.as_tenant() as conn:
+        assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 101
+
+    # restore (the newest backup): data and files back, checksums verified
+    tenant.run_twice("tenant_restore.yml")
+    with tenant.as_tenant() as conn:
+        assert conn.execute("SELECT count(*), sum(amount) FROM invoices").fetchone() == (500, 125250)
+    assert filestore_digest(tenant.filestore) == filestore_before
+    assert get(tenant.tenant_id, "/web/health") == 200
+
+    # terminate: a final backup, stopped, refused, retained for the plan's retention_days
+    tenant.run_twice("tenant_terminate.yml")
+    record = tenant.record()
+    assert record["status"] == "terminated"
+    assert record["retained_days"] == plan["retention_days"]
+    assert get(tenant.tenant_id, "/web/health") != 200
+    with pytest.raises(psycopg.OperationalError):
+        tenant.as_tenant().close()
+    with tenant.registry() as conn:
+        finals = conn.execute(
+            "SELECT count(*) FROM registry.backups WHERE tenant_id = %s AND kind = 'final'", (tenant.tenant_id,)
+        ).fetchone()[0]
+    assert finals == 1
+
+    # purge: refused while retained, then forced; nothing of the tenant is left
+    refused = tenant.run("tenant_purge.yml")
+    assert refused.returncode != 0 and "force=true" in refused.output
+    data_dir, db_name, role = tenant.data_dir, record["db_name"], record["db_role"]
+    tenant.run_twice("tenant_purge.yml", "-e", "force=true")
+    assert tenant.record()["status"] == "purged"
+    with tenant.admin() as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (db_name,)).fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)).fetchone()[0] == 0
+    assert not data_dir.exists()
+    assert not (LOCAL_STATE / "runtime/nginx/sites" / f"{tenant.tenant_id}.conf").exists()
+    assert not (LOCAL_STATE / "backups" / tenant.tenant_id).exists()
+    with tenant.registry() as conn:
+        actions = [
+            row[0]
+            for row in conn.execute(
+                "SELECT detail ->> 'action' FROM registry.audit WHERE tenant_id = %s ORDER BY id", (tenant.tenant_id,)
+            )
+        ]
+        assert conn.execute("SELECT count(*) FROM registry.audit_chain_breaks()").fetchone()[0] == 0
+    for action in ("provision", "tenant_suspend", "tenant_resume", "tenant_change_plan", "backup", "restore"):
+        assert action in actions
+    assert actions[-1] == "tenant_purge"
+
+
+def test_lifecycle_with_local_storage(local_platform: LocalPlatform) -> None:
+    lifecycle(Tenant("life-local", local_platform, ()), "basic-monthly", "standard-monthly", cephfs=False)
+
+
+def test_lifecycle_on_cephfs(local_platform: LocalPlatform, ceph_cluster) -> None:
+    storage = (
+        "-e",
+        "saasodoo_storage_backend=cephfs",
+        "-e",
+        f"saasodoo_storage_root={ceph_cluster.mount}",
+        "-e",
+        f"saasodoo_storage_cephfs_conf={ceph_cluster.conf}",
+    )
+    lifecycle(Tenant("life-ceph", local_platform, storage), "basic-test-trial", "basic-monthly", cephfs=True)
