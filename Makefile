@@ -15,7 +15,7 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core
 COLLECTIONS_DIR := collections/ansible_collections
 COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_VERSION)
-APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr
+APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr curl
 ROLES := postgres_server pgbouncer platform_registry tenant_database storage odoo_runtime
 
 .PHONY: help setup system-packages state-access demo test lint unit molecule integration bench down clean
@@ -68,6 +68,9 @@ demo: setup
 	  -e customer_id=demo-account-1 -e subscription_id=demo-subscription-1
 	ansible-playbook playbooks/tenant_provision.yml -e tenant_id=demo-premium -e plan=premium-monthly \
 	  -e customer_id=demo-account-2 -e subscription_id=demo-subscription-2
+	@for t in demo-basic demo-premium; do \
+	  echo "$$t.odoo.localhost/web/health through nginx: $$(curl -s -H "Host: $$t.odoo.localhost" http://127.0.0.1:58080/web/health)"; \
+	done
 	ansible-playbook playbooks/platform_status.yml
 
 test: setup lint unit molecule integration

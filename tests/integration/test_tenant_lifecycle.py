@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from .conftest import LOCAL_STATE, LocalPlatform, PlaybookRun, run_playbook
+from .test_storage_cephfs import PROPAGATION_TIMEOUT, rbytes_of, wait_until, write_chunks
 
 NGINX = ("127.0.0.1", 58080)
 BASE_DOMAIN = "odoo.localhost"
@@ -118,21 +119,6 @@ def filestore_digest(root: Path) -> dict[str, str]:
     }
 
 
-def write_until_refused(path: Path, limit: int) -> tuple[int, int | None]:
-    """Write zeros until the file system refuses or `limit` bytes are written: (bytes written, errno)."""
-    block = bytes(4 << 20)
-    written = 0
-    try:
-        with open(path, "wb") as f:
-            while written < limit:
-                written += f.write(block)
-                f.flush()
-                os.fsync(f.fileno())
-    except OSError as e:
-        return written, e.errno
-    return written, None
-
-
 def lifecycle(tenant: Tenant, first_plan: str, bigger_plan: str, cephfs: bool) -> None:
     # provision: reachable through nginx by its Host header
     tenant.run_twice("tenant_provision.yml", "-e", f"plan={first_plan}")
@@ -147,12 +133,17 @@ def lifecycle(tenant: Tenant, first_plan: str, bigger_plan: str, cephfs: bool) -
     if cephfs:
         quota = int(os.getxattr(tenant.data_dir, "ceph.quota.max_bytes"))
         assert quota == 1 * GIB  # basic-test-trial: storage_gb 1
-        # Past the quota the write is refused (ceph-fuse enforces lazily: refused, and under twice the quota).
+        # Past the quota writes are refused. Enforcement is lazy (the MDS propagates usage every few seconds,
+        # test_storage_cephfs.py): write 1.5x, let the usage reach the quota, then nothing more goes in.
         big = tenant.data_dir / "too-big.bin"
-        written, error = write_until_refused(big, 3 * quota)
+        written, error = write_chunks(big, quota * 3 // 2)
+        if error is None:
+            wait_until("the MDS counting the writes", lambda: rbytes_of(tenant.data_dir) > quota, PROPAGATION_TIMEOUT)
+            _, error = write_chunks(big, 1 << 20)
+        stored = big.stat().st_size
         big.unlink()
-        assert error == errno.EDQUOT, f"wrote {written} bytes into a {quota}-byte quota without EDQUOT"
-        assert written < 2 * quota
+        assert error is not None and error.errno == errno.EDQUOT, f"{written} bytes in a {quota}-byte quota, no EDQUOT"
+        assert stored < 2 * quota
 
     # suspend: no 200, the database refuses the tenant, its data stays
     tenant.run_twice("tenant_suspend.yml")

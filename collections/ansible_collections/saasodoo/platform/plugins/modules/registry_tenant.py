@@ -18,8 +18,8 @@ description:
     C(retention_days) (or I(retain_days)), C(active) and C(suspended) clear it, C(purged) frees its port and
     records its backups as removed.
   - I(plan) moves the tenant to that plan's newest version (entitlements become its quotas). A plan whose
-    C(db_type) differs is refused unless I(allow_db_type_change): the database must move first.
-  - I(http_port_range) gives the tenant a port for its Odoo (process runtime) if it has none: the lowest free
+    C(db_type) differs is refused unless I(allow_db_type_change), since the database must move first.
+  - I(http_port_range) gives the tenant a port for its Odoo (process runtime) if it has none, the lowest free
     one in the range, under a lock so parallel runs never share one.
   - Check mode computes the same answer and rolls it back.
 version_added: 0.1.0
