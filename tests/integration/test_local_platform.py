@@ -12,7 +12,7 @@ from .conftest import PSQL, LocalPlatform, run_playbook
 
 def test_second_site_run_changes_nothing(local_platform: LocalPlatform):
     recap = local_platform.second_run.recap
-    assert set(recap) == set(local_platform.servers)
+    assert set(recap) == set(local_platform.servers) | set(local_platform.groups["odoo_hosts"])
     assert all(stats["changed"] == 0 and stats["failed"] == 0 for stats in recap.values()), recap
 
 

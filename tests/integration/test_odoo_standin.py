@@ -71,7 +71,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def render_conf(path: Path, db: TenantDb, *, password: str | None, http_port: int, extra: str = "") -> Path:
+def render_conf(
+    path: Path, db: TenantDb, *, password: str | None, http_port: int, gevent_port: int, extra: str = ""
+) -> Path:
     """The odoo_runtime role's own template, rendered as the role would for this database."""
     environment = jinja2.Environment(keep_trailing_newline=True)  # noqa: S701 - an INI file, not HTML
     template = environment.from_string(CONF_TEMPLATE.read_text())
@@ -90,6 +92,7 @@ def render_conf(path: Path, db: TenantDb, *, password: str | None, http_port: in
         odoo_runtime_data_dir=str(path.parent / "data"),
         odoo_runtime_http_interface="127.0.0.1",
         odoo_runtime_http_port=http_port,
+        odoo_runtime_gevent_port=gevent_port,
         odoo_runtime_limit_time_cpu=60,
         odoo_runtime_limit_time_real=120,
     )
@@ -179,7 +182,8 @@ def test_it_serves_the_contract_from_the_roles_config(tenant_db: TenantDb, tmp_p
         tenant_db,
         password=tenant_db.password,
         http_port=http_port,
-        extra=f"gevent_port = {gevent_port}\nlogfile = {logfile}\n",
+        gevent_port=gevent_port,
+        extra=f"logfile = {logfile}\n",
     )
     assert f"db_password = {tenant_db.password}" in conf.read_text()
     running = start(conf, http_port)
@@ -234,7 +238,7 @@ def test_it_serves_the_contract_from_the_roles_config(tenant_db: TenantDb, tmp_p
 def test_a_wrong_password_exits_non_zero_quickly_without_logging_it(tenant_db: TenantDb, tmp_path: Path, cleanup):
     wrong = f"wrong%{secrets.token_urlsafe(18)}"
     port = free_port()
-    conf = render_conf(tmp_path / "odoo.conf", tenant_db, password=wrong, http_port=port)
+    conf = render_conf(tmp_path / "odoo.conf", tenant_db, password=wrong, http_port=port, gevent_port=free_port())
     began = time.monotonic()
     running = start(conf, port)
     cleanup.append(running)
@@ -250,9 +254,7 @@ def test_a_wrong_password_exits_non_zero_quickly_without_logging_it(tenant_db: T
 
 def test_pgpassword_stands_in_for_a_password_left_out_of_the_config(tenant_db: TenantDb, tmp_path: Path, cleanup):
     port = free_port()
-    conf = render_conf(
-        tmp_path / "odoo.conf", tenant_db, password=None, http_port=port, extra=f"gevent_port = {free_port()}\n"
-    )
+    conf = render_conf(tmp_path / "odoo.conf", tenant_db, password=None, http_port=port, gevent_port=free_port())
     assert "db_password" not in conf.read_text()
     running = start(conf, port, env={**os.environ, "PGPASSWORD": tenant_db.password})
     cleanup.append(running)
@@ -272,7 +274,7 @@ def test_login_answers_500_while_the_database_refuses_it(tenant_db: TenantDb, tm
         tenant_db,
         password=tenant_db.password,
         http_port=port,
-        extra=f"gevent_port = {free_port()}\n",
+        gevent_port=free_port(),
     )
     running = start(conf, port)
     cleanup.append(running)
