@@ -48,16 +48,24 @@ class PlaybookRun:
         }
 
 
-def run_playbook(playbook: str, *args: str, inventory: str = "inventories/local") -> PlaybookRun:
+def ansible_playbook(
+    path: str, *args: str, inventory: str = "inventories/local", env: dict[str, str] | None = None
+) -> PlaybookRun:
+    """Run a playbook (path from the repository root) with the repository's ansible.cfg."""
     result = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", inventory, f"playbooks/{playbook}", *args],
+        [str(VENV_BIN / "ansible-playbook"), "-i", inventory, path, *args],
         cwd=REPO,
-        env=ansible_env(),
+        env={**ansible_env(), **(env or {})},
         capture_output=True,
         text=True,
         check=False,
     )
     return PlaybookRun(result.returncode, result.stdout + result.stderr)
+
+
+def run_playbook(playbook: str, *args: str, inventory: str = "inventories/local") -> PlaybookRun:
+    """Run one of the project's entry points in playbooks/."""
+    return ansible_playbook(f"playbooks/{playbook}", *args, inventory=inventory)
 
 
 def run_ansible_tool(tool: str, *args: str) -> str:

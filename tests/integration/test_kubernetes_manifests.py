@@ -7,7 +7,6 @@ import base64
 import configparser
 import os
 import re
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,8 @@ import pytest
 import yaml
 from packaging.version import Version
 
-from .conftest import VENV_BIN, PlaybookRun, ansible_env
-from conftest import INVENTORIES, REPO, load_yaml
+from .conftest import PlaybookRun, ansible_playbook
+from conftest import INVENTORIES, load_yaml
 
 PLAYBOOK = "tests/integration/playbooks/render_kubernetes.yml"
 PLANS: dict[str, dict] = load_yaml(INVENTORIES / "local/group_vars/all/plans.yml")["saasodoo_plans"]
@@ -116,17 +115,13 @@ def render(render_dir: Path, case: Case, *extra: str) -> PlaybookRun:
         "state": case.state,
         "cluster_issuer": case.issuer,
     }
-    result = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", PLAYBOOK, "--diff"]
-        + [arg for name, value in variables.items() for arg in ("-e", f"{name}={value}")]
-        + list(extra),
-        cwd=REPO,
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        check=False,
+    return ansible_playbook(
+        PLAYBOOK,
+        "--diff",
+        *(arg for name, value in variables.items() for arg in ("-e", f"{name}={value}")),
+        *extra,
+        inventory="localhost,",
     )
-    return PlaybookRun(result.returncode, result.stdout + result.stderr)
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from .ceph_cluster import CEPH_FUSE_TYPE, CephCluster, mounts_below
-from .conftest import VENV_BIN, PlaybookRun, ansible_env
-from conftest import REPO
+from .conftest import PlaybookRun, ansible_playbook
 
 PLAYBOOK = "tests/integration/playbooks/storage.yml"
 CLIENT_PREFIX = "saasodoo-tenant-"
@@ -56,18 +55,16 @@ def apply_storage(cluster: CephCluster, tenant_id: str, state: str = "present", 
         "storage_cephfs_fs_name": cluster.fs_name,
         **inputs,
     }
-    result = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", PLAYBOOK, "-e", json.dumps(extra_vars)],
-        cwd=REPO,
+    run = ansible_playbook(
+        PLAYBOOK,
+        "-e",
+        json.dumps(extra_vars),
+        inventory="localhost,",
         # host_list parses `-i localhost,` (ansible.cfg enables file inventories only).
-        env={**ansible_env(), "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_INVENTORY_ENABLED": "host_list"},
-        capture_output=True,
-        text=True,
-        check=False,
+        env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_INVENTORY_ENABLED": "host_list"},
     )
-    run = PlaybookRun(result.returncode, result.stdout + result.stderr)
     tenant = None
-    for match in RESULT_LINE.finditer(result.stdout):
+    for match in RESULT_LINE.finditer(run.output):
         message = json.loads(match[1])
         if message.startswith("storage_tenant="):
             tenant = json.loads(message.removeprefix("storage_tenant="))
