@@ -1,0 +1,172 @@
+"""The main job end to end through the webhook runner (`make demo`, tests/e2e/test_demo.py).
+
+Starts the Kill Bill stand-in (tests/standins/killbill) where the local inventory says Kill Bill is,
+registers the runner's callback with it, and plays three customers' lives on it with Kill Bill's own REST
+calls: basic, standard and premium sign up on a trial; the trials end and are paid; standard's card is
+declined, then paid; basic upgrades to standard; premium cancels. Nothing here calls a playbook: Kill Bill
+notifies the runner, whose workers read Kill Bill back and run them. After each step it waits until the
+runner has handled every notification, then prints the jobs that step caused; at the end, the tenants and
+one tenant's audit trail, event by event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.killbill_api import KillBillAPI  # noqa: E402
+from tests.standins.killbill.killbill_standin import KillBillStandin  # noqa: E402
+
+SECRETS = REPO / ".state/local/secrets"
+CUSTOMERS = [("Acme Corp", "acme", "basic-monthly"), ("Globex", "globex", "standard-monthly"),
+             ("Initech", "initech", "premium-monthly")]  # fmt: skip
+TRIAL_DAYS = 14
+
+
+class Runner:
+    """The runner's HTTP API as an operator uses it."""
+
+    def __init__(self, url: str, admin_token: str):
+        self.url, self.admin_token = url.rstrip("/"), admin_token
+
+    def get(self, path: str, admin: bool = True):
+        headers = {"Authorization": f"Bearer {self.admin_token}"} if admin else {}
+        request = urllib.request.Request(self.url + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read().decode()
+        return body if path == "/metrics" else json.loads(body)
+
+    def metrics(self) -> dict[str, float]:
+        values = {}
+        for line in self.get("/metrics", admin=False).splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def wait_settled(self, timeout: float = 600.0) -> dict[str, float]:
+        """Until no stored notification is pending and no job is running or waiting for a retry."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.metrics()
+            busy = m['saasodoo_runner_jobs{state="running"}'] + m['saasodoo_runner_jobs{state="queued"}']
+            if not (m["saasodoo_runner_events_pending"] or busy):
+                return m
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the runner did not settle within {timeout:.0f} s: {m}")
+            time.sleep(0.5)  # polling the runner's metrics: there is nothing to block on across processes
+
+
+def secret(name: str) -> str:
+    return (SECRETS / name).read_text().strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runner-url", default="http://127.0.0.1:58190")
+    parser.add_argument("--killbill-port", type=int, default=58180)
+    args = parser.parse_args(argv)
+
+    credentials = {"username": "admin", "password": secret("killbill_password"), "api_key": "saasodoo",
+                   "api_secret": secret("killbill_api_secret")}  # fmt: skip
+    standin = KillBillStandin(
+        **credentials, trials={plan: TRIAL_DAYS for _, _, plan in CUSTOMERS},
+        prices={"basic-monthly": 10, "standard-monthly": 25, "premium-monthly": 99},
+    ).start(port=args.killbill_port)  # fmt: skip
+    killbill = KillBillAPI(standin.url, **credentials)
+    runner = Runner(args.runner_url, secret("runner_admin_token"))
+    seen_jobs: set[int] = set()
+
+    def step(title: str, action) -> None:
+        print(f"\n== {title}", flush=True)
+        started = time.monotonic()
+        action()
+        delivered, retries = standin.wait_idle(timeout=60)
+        if not delivered or retries:
+            raise RuntimeError(f"Kill Bill could not deliver every notification ({retries} retries pending)")
+        metrics = runner.wait_settled()
+        for job in reversed(runner.get("/jobs?limit=100")["jobs"]):
+            if job["id"] in seen_jobs:
+                continue
+            seen_jobs.add(job["id"])
+            took = _seconds(job)
+            print(f"   job {job['id']:>3}  {job['action']:<12} {job['tenant_id'] or '-':<8} {job['state']:<10}"
+                  f" {took:>6}  {job['reason'] or ''}")  # fmt: skip
+        print(f"   ({time.monotonic() - started:.1f} s, {metrics['saasodoo_runner_events_received_total']:.0f}"
+              " notifications so far)")  # fmt: skip
+
+    try:
+        callback = f"{args.runner_url}/killbill/{secret('runner_inbound_token')}"
+        step("Kill Bill: register the runner's callback", lambda: killbill.register_callback(callback))
+        accounts, subscriptions = {}, {}
+
+        def sign_up():
+            for name, tenant_id, plan in CUSTOMERS:
+                accounts[tenant_id], subscriptions[tenant_id] = killbill.sign_up(name, tenant_id, plan)
+
+        step("Three customers sign up (basic, standard, premium), on a trial", sign_up)
+        step(f"{TRIAL_DAYS + 1} days later: the trials end, the first invoices are paid",
+             lambda: killbill.move_clock(TRIAL_DAYS + 1))  # fmt: skip
+
+        def decline():
+            killbill.payments_fail(accounts["globex"])
+            killbill.move_clock(31)
+
+        step("A month later: Globex's card is declined", decline)
+
+        def pay():
+            killbill.payments_fail(accounts["globex"], fail=False)
+            killbill.pay(accounts["globex"])
+
+        step("Globex pays", pay)
+        step("Acme upgrades basic -> standard", lambda: killbill.change_plan(subscriptions["acme"], "standard-monthly"))
+        step("Initech cancels", lambda: killbill.cancel(subscriptions["initech"]))
+    finally:
+        standin.stop()
+
+    print("\n== Tenants (registry, through the runner's admin API)")
+    print(f"   {'tenant':<8} {'plan':<17} {'db_type':<10} {'server':<22} {'status':<11} Kill Bill")
+    for _, tenant_id, _ in CUSTOMERS:
+        tenant = runner.get(f"/tenants/{tenant_id}")["tenant"]
+        print(f"   {tenant_id:<8} {tenant['plan_name']:<17} {tenant['db_type']:<10} {tenant['db_server']:<22}"
+              f" {tenant['status']:<11} {subscriptions[tenant_id][:8]}…")  # fmt: skip
+
+    print("\n== Audit trail of globex, event by event (registry.audit; hash-chained)")
+    for row in reversed(runner.get("/tenants/globex")["audit"]):
+        print(f"   {row['id']:>5} {row['kind']:<9} {row['subject'] or '':<22} {_detail(row)}")
+    return 0
+
+
+def _seconds(job: dict) -> str:
+    if not (job["started_at"] and job["finished_at"]):
+        return "-"
+    from datetime import datetime
+
+    took = datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])
+    return f"{took.total_seconds():.1f}s"
+
+
+def _detail(row: dict) -> str:
+    detail = row["detail"]
+    if row["kind"] == "event":
+        return f"{detail.get('event_type')} {detail.get('action_type') or ''}".strip()
+    if row["kind"] == "decision":
+        kb = detail.get("killbill", {})
+        return f"Kill Bill says {kb.get('state')} {kb.get('planName')}{' (blocked)' if detail.get('blocked') else ''}" \
+               f" -> {', '.join(detail.get('actions') or ['nothing to do'])}"  # fmt: skip
+    if row["kind"] == "job":
+        return f"run {detail.get('playbook')} (attempt {detail.get('attempt')})"
+    if row["kind"] == "result":
+        return f"{detail.get('state')} in {detail.get('seconds')} s"
+    return json.dumps(detail)[:100]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The webhook runner as it runs in production, started by the tests: gunicorn serving the app and worker
+processes, each in its own process group so a test can SIGKILL it the way a crash would, against the
+real registry and the Kill Bill stand-in (tests/standins/killbill)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg.rows import dict_row
+
+from .conftest import LOCAL_STATE, VENV_BIN, LocalPlatform
+from conftest import REPO
+
+RUNNER_STATE = LOCAL_STATE / "runner"  # the site-deployed runner (roles/webhook_runner)
+INBOUND_TOKEN = "test-inbound-token-0123456789"
+ADMIN_TOKEN = "test-admin-token-9876543210"
+
+
+@dataclass
+class RunnerStack:
+    settings_path: Path
+    port: int
+    workers: int
+    registry_conninfo: str
+    log_dir: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def callback(self) -> str:
+        return f"{self.url}/killbill/{INBOUND_TOKEN}"
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the process's life
+        return subprocess.Popen(
+            argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "SAASODOO_RUNNER_CONFIG": str(self.settings_path),
+                 "PATH": f"{VENV_BIN}:{os.environ['PATH']}"},
+        )  # fmt: skip
+
+    def start(self) -> None:
+        self.processes = [
+            self._spawn("web", [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", "2",
+                                "webhook_runner.app:create_app()"]),
+            *(self._spawn(f"worker-{n}", [str(VENV_BIN / "python"), "-m", "webhook_runner", "worker",
+                                          "--name", f"test-worker-{n}"]) for n in range(1, self.workers + 1)),
+        ]  # fmt: skip
+        self.wait_healthy()
+
+    def kill(self) -> None:
+        """SIGKILL every process group (gunicorn and its workers, each worker and its playbook): a crash."""
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        self.processes = []
+
+    def stop(self) -> None:
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+        self.processes = []
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the runner did not answer /healthz within {timeout:.0f} s")
+            time.sleep(0.1)  # gunicorn is binding: nothing to wait on but the port
+
+    def registry(self) -> psycopg.Connection:
+        return psycopg.connect(self.registry_conninfo, autocommit=True, row_factory=dict_row)
+
+    def settle(self, timeout: float = 900.0) -> None:
+        """Until no stored event is pending and no job is running or queued (a retry due later counts)."""
+        deadline = time.monotonic() + timeout
+        with self.registry() as conn:
+            while True:
+                busy = conn.execute(
+                    """SELECT (SELECT count(*) FROM registry.events WHERE processed_at IS NULL)
+                            + (SELECT count(*) FROM registry.jobs WHERE state IN ('queued', 'running')) AS n"""
+                ).fetchone()["n"]
+                if not busy:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the runner did not settle within {timeout:.0f} s ({busy} items)")
+                time.sleep(0.2)  # the workers are separate processes: poll the registry they write
+
+    def admin(self, method: str, path: str) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            self.url + path, method=method, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            return error.code, json.load(error)
+
+
+def runner_settings(platform: LocalPlatform, killbill_url: str, state_dir: Path, **overrides) -> dict:
+    registry = platform.servers["platform-db"]
+    password = platform.password("registry@saasodoo_registry")
+    return {
+        "registry_conninfo": f"host=127.0.0.1 port={registry.port} dbname=saasodoo_registry user=saasodoo_registry"
+        f" password={password}",
+        "inbound_token": INBOUND_TOKEN,
+        "admin_token": ADMIN_TOKEN,
+        "killbill": {"url": killbill_url, "username": "admin", "password": "kb-password", "api_key": "saasodoo",
+                     "api_secret": "kb-api-secret", "timeout_seconds": 5},
+        "project_dir": str(REPO),
+        "inventory": str(REPO / "inventories/local"),
+        "artifacts_dir": str(state_dir / "artifacts"),
+        # Database and storage only: the runner's contract is the same for every runtime.
+        "playbook_extravars": {"saasodoo_runtime_backend": "none"},
+        "max_body_bytes": 8192,
+        "max_attempts": 3,
+        "backoff_seconds": [0.5, 1],
+        "reconcile_interval_seconds": 0,
+        "poll_seconds": 0.5,
+        **overrides,
+    }  # fmt: skip
+
+
+def write_settings(path: Path, settings: dict) -> None:
+    path.write_text(json.dumps(settings))
+    path.chmod(0o600)
+
+
+def pause_deployed_runner():
+    """The runner site.yml deploys takes the same inbox: stop its workers while a test runs its own."""
+    conf = RUNNER_STATE / "supervisord.conf"
+    if conf.exists():
+        subprocess.run(["supervisorctl", "-c", str(conf), "stop", "all"], capture_output=True, check=False)
+    return conf
+
+
+def resume_deployed_runner(conf: Path) -> None:
+    if conf.exists():
+        subprocess.run(["supervisorctl", "-c", str(conf), "start", "all"], capture_output=True, check=False)

@@ -1,0 +1,159 @@
+"""webhook_runner's pure parts: the notification parser, the desired-state decision and the settings."""
+
+import json
+import os
+
+import pytest
+
+from webhook_runner.config import ConfigError, load_settings, settings_from_dict
+from webhook_runner.desired import Action, Skip, Tenant, desired_actions
+from webhook_runner.notification import InvalidNotification, parse_notification
+
+# Kill Bill's own capture (shared/reference/killbill.md §1.2) and a §1.3 body, byte for byte.
+CAPTURED = (
+    b'{"eventType":"TENANT_CONFIG_CHANGE","accountId":null,"objectType":"TENANT_KVS",'
+    b'"objectId":"5cf9c272-a493-4178-af30-3b8de0344a26","metaData":"{\\"key\\":\\"CATALOG\\"}"}'
+)
+PAYMENT_FAILED = (
+    b'{"eventType":"INVOICE_PAYMENT_FAILED","accountId":"2ad52f53-85ae-408a-9879-32a7e59dd03d",'
+    b'"objectType":"INVOICE","objectId":"4b964a85-ed83-45a5-9938-88ff53bc513f","metaData":"{\\"paymentId\\":null,'
+    b'\\"paymentAttemptId\\":\\"246986a1-4f5a-4b1b-beee-9e215300a89e\\",\\"invoicePaymentType\\":\\"ATTEMPT\\",'
+    b'\\"paymentDate\\":\\"2026-10-01T00:00:07.000Z\\",\\"amount\\":0E-9,\\"currency\\":\\"USD\\",'
+    b'\\"linkedInvoicePaymentId\\":null,\\"paymentCookieId\\":null,\\"processedCurrency\\":\\"USD\\"}"}'
+)
+PLANS = {"basic-monthly", "standard-monthly", "premium-monthly"}
+
+
+def test_the_captured_body_is_164_bytes_and_parses():
+    assert len(CAPTURED) == 164
+    notification = parse_notification(CAPTURED)
+    assert notification.event_type == "TENANT_CONFIG_CHANGE"
+    assert notification.account_id is None
+    assert notification.meta_data == {"key": "CATALOG"}
+
+
+def test_metadata_is_decoded_a_second_time_with_exponent_amounts():
+    notification = parse_notification(PAYMENT_FAILED)
+    assert notification.meta_data["amount"] == 0
+    assert notification.meta_data["paymentId"] is None
+    assert notification.action_type is None
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[]", "JSON object"),
+        (b'{"eventType":"X","accountId":null,"objectType":"Y","objectId":null}', "lacks metaData"),
+        (b'{"eventType":"","accountId":null,"objectType":"Y","objectId":null,"metaData":null}', "eventType"),
+        (b'{"eventType":"X","accountId":7,"objectType":"Y","objectId":null,"metaData":null}', "accountId"),
+        (b'{"eventType":"X","accountId":null,"objectType":"Y","objectId":null,"metaData":{"a":1}}', "string holding"),
+        (b'{"eventType":"X","accountId":null,"objectType":"Y","objectId":null,"metaData":"{oops"}', "metaData is not"),
+        (b'{"eventType":"X","accountId":null,"objectType":"Y","objectId":null,"metaData":"[1]"}', "JSON object"),
+        (b"\xff\xfe", "not JSON"),
+    ],
+)
+def test_bad_bodies_are_refused_with_the_reason(body, message):
+    with pytest.raises(InvalidNotification, match=message):
+        parse_notification(body)
+
+
+def subscription(state="ACTIVE", plan="basic-monthly", key="acme", **extra):
+    return {
+        "accountId": "a-1", "bundleExternalKey": key, "subscriptionId": "s-1", "productCategory": "BASE",
+        "planName": plan, "phaseType": "EVERGREEN", "state": state, **extra,
+    }  # fmt: skip
+
+
+CLEAR = {"name": "__KILLBILL__CLEAR__OVERDUE_STATE__", "isDisableEntitlementAndChangesBlocked": False}
+BLOCKED = {"name": "BLOCKED", "isDisableEntitlementAndChangesBlocked": True}
+
+
+def actions(decisions):
+    return [(d.action, d.extravars.get("plan")) if isinstance(d, Action) else ("skip", d.reason) for d in decisions]
+
+
+def test_a_new_active_subscription_is_provisioned_with_the_kill_bill_ids():
+    [decision] = desired_actions(subscription(), CLEAR, None, PLANS)
+    assert decision.playbook == "tenant_provision.yml"
+    assert decision.extravars == {
+        "tenant_id": "acme",
+        "plan": "basic-monthly",
+        "customer_id": "a-1",
+        "subscription_id": "s-1",
+    }
+
+
+def test_a_tenant_matching_kill_bill_needs_nothing():
+    assert desired_actions(subscription(), CLEAR, Tenant("acme", "active", "basic-monthly"), PLANS) == []
+    assert desired_actions(subscription("BLOCKED"), CLEAR, Tenant("acme", "suspended", "basic-monthly"), PLANS) == []
+    assert desired_actions(subscription("CANCELLED"), CLEAR, Tenant("acme", "terminated", "basic-monthly"), PLANS) == []
+
+
+@pytest.mark.parametrize(
+    ("sub", "overdue", "tenant", "expected"),
+    [
+        (subscription(), BLOCKED, Tenant("acme", "active", "basic-monthly"), [("suspend", None)]),
+        (subscription("BLOCKED"), CLEAR, Tenant("acme", "active", "basic-monthly"), [("suspend", None)]),
+        (subscription(), CLEAR, Tenant("acme", "suspended", "basic-monthly"), [("resume", None)]),
+        (subscription(plan="standard-monthly"), CLEAR, Tenant("acme", "active", "basic-monthly"),
+         [("change_plan", "standard-monthly")]),
+        # resized while stopped, then started; or suspended first, then resized
+        (subscription(plan="standard-monthly"), CLEAR, Tenant("acme", "suspended", "basic-monthly"),
+         [("change_plan", "standard-monthly"), ("resume", None)]),
+        (subscription(plan="standard-monthly"), BLOCKED, Tenant("acme", "active", "basic-monthly"),
+         [("suspend", None), ("change_plan", "standard-monthly")]),
+        (subscription("CANCELLED"), CLEAR, Tenant("acme", "suspended", "basic-monthly"), [("terminate", None)]),
+        (subscription("EXPIRED"), CLEAR, Tenant("acme", "active", "basic-monthly"), [("terminate", None)]),
+        (subscription("CANCELLED"), CLEAR, None, []),  # never provisioned: nothing to end
+        (subscription(), BLOCKED, None, []),  # paid first: provisioned once the payment clears
+        (subscription("PENDING"), CLEAR, None, []),
+    ],
+)  # fmt: skip
+def test_kill_bill_state_decides(sub, overdue, tenant, expected):
+    assert actions(desired_actions(sub, overdue, tenant, PLANS)) == expected
+
+
+def test_unknown_plans_invalid_keys_and_terminated_tenants_are_skipped_with_a_reason():
+    [skip] = desired_actions(subscription(plan="gold-yearly"), CLEAR, None, PLANS)
+    assert isinstance(skip, Skip) and "gold-yearly" in skip.reason and skip.tenant_id == "acme"
+    [skip] = desired_actions(subscription(key="no spaces allowed"), CLEAR, None, PLANS)
+    assert isinstance(skip, Skip) and skip.tenant_id is None and "not a tenant id" in skip.reason
+    [skip] = desired_actions(subscription(), CLEAR, Tenant("acme", "terminated", "basic-monthly"), PLANS)
+    assert "terminated" in skip.reason
+
+
+def test_add_ons_make_no_tenant():
+    assert desired_actions(subscription(productCategory="ADD_ON"), CLEAR, None, PLANS) == []
+
+
+SETTINGS = {
+    "registry_conninfo": "host=127.0.0.1 dbname=r",
+    "inbound_token": "in",
+    "admin_token": "admin",
+    "killbill": {"url": "http://kb", "username": "u", "password": "p", "api_key": "k", "api_secret": "s"},
+    "project_dir": "/p",
+    "inventory": "/p/inventories/local",
+    "artifacts_dir": "/p/.state/artifacts",
+}
+
+
+def test_settings_name_every_missing_key():
+    with pytest.raises(ConfigError, match=r"lacks admin_token, killbill.api_secret"):
+        settings_from_dict({**SETTINGS, "admin_token": "", "killbill": {**SETTINGS["killbill"], "api_secret": None}})
+
+
+def test_settings_backoff_repeats_its_last_step_and_secrets_stay_out_of_repr():
+    settings = settings_from_dict({**SETTINGS, "backoff_seconds": [1, 4]})
+    assert [settings.backoff(n) for n in (1, 2, 3, 9)] == [1.0, 4.0, 4.0, 4.0]
+    assert "admin" not in repr(settings).replace("admin_token", "") and "'p'" not in repr(settings)
+
+
+def test_a_settings_file_others_can_read_is_refused(tmp_path):
+    path = tmp_path / "runner.json"
+    path.write_text(json.dumps(SETTINGS))
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match="chmod 0600"):
+        load_settings(path)
+    os.chmod(path, 0o600)
+    assert load_settings(path).killbill.api_key == "k"

@@ -1,0 +1,8 @@
+"""SaaSOdoo webhook runner: Kill Bill push notifications in, idempotent playbook runs out (DESIGN §6).
+
+- ``app``: the Flask app gunicorn serves: ``POST /killbill/<token>`` stores each notification in the
+  registry inbox before answering; ``/healthz``, ``/metrics`` and the admin API (``/jobs``, ``/tenants``).
+- ``worker``: takes the inbox per Kill Bill account, reads the account back from Kill Bill's REST API and
+  runs the playbooks that bring its tenants to that state, through ansible-runner.
+- ``desired``: the pure decision (Kill Bill state + registry row -> actions), unit-tested without I/O.
+"""

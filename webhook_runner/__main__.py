@@ -1,0 +1,58 @@
+"""python -m webhook_runner worker|reconcile|serve-dev (gunicorn serves the app: see README).
+
+worker [--drain]       take the inbox until SIGTERM (or, with --drain, until nothing is pending)
+reconcile [--check]    compare Kill Bill with the registry; queue repairs (--check: report only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from .config import ConfigError, load_settings
+from .killbill import KillBillError
+from .worker import Worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m webhook_runner", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    worker = commands.add_parser("worker", help="take the inbox and run playbooks")
+    worker.add_argument("--drain", action="store_true", help="stop once nothing is pending or due")
+    worker.add_argument("--name", help="worker name in jobs and the audit trail (default host:pid)")
+    reconcile = commands.add_parser("reconcile", help="compare Kill Bill with the registry and repair drift")
+    reconcile.add_argument("--check", action="store_true", help="report drift only, queue nothing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"webhook_runner: {error}", file=sys.stderr)
+        return 2
+
+    runner = Worker(settings, name=getattr(args, "name", None))
+    if args.command == "reconcile":
+        try:
+            drift = runner.reconcile(repair=not args.check)
+        except KillBillError as error:
+            print(f"reconcile: Kill Bill unreachable: {error}", file=sys.stderr)
+            return 1
+        for line in drift:
+            print(("drift: " if args.check else "queued: ") + line)
+        print(f"{len(drift)} tenant(s) drifted from Kill Bill" if drift else "no drift: the registry matches Kill Bill")
+        return 0
+    if args.drain:
+        runner.drain()
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    runner.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The runner's HTTP side, served by gunicorn: Kill Bill's callback, health, metrics and the admin API.
+
+Kill Bill can neither sign nor add headers (shared/reference/killbill.md §1.1), so the callback URL holds
+a secret token: POST /killbill/<token>. A notification is stored in the registry inbox before the answer
+(2xx well inside Kill Bill's 15 s); bad input gets a clear 4xx and nothing is stored. Playbooks never
+run here: the workers take the inbox. gunicorn runs without an access log, because the request line
+holds the token.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import logging
+
+import psycopg
+from flask import Flask, Response, abort, jsonify, request
+from flask.json.provider import DefaultJSONProvider
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+from werkzeug.exceptions import HTTPException
+
+from . import store
+from .config import RunnerSettings, load_settings
+from .notification import InvalidNotification, parse_notification
+
+log = logging.getLogger("webhook_runner.app")
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "parked", "skipped")
+DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class IsoJSONProvider(DefaultJSONProvider):
+    """Times as ISO 8601 (Flask's default is the HTTP date format, without sub-seconds)."""
+
+    @staticmethod
+    def default(o):
+        if isinstance(o, datetime.datetime | datetime.date):
+            return o.isoformat()
+        return DefaultJSONProvider.default(o)
+
+
+def create_app(settings: RunnerSettings | None = None) -> Flask:
+    settings = settings or load_settings()
+    app = Flask("webhook_runner")
+    app.json = IsoJSONProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    pool = ConnectionPool(
+        settings.registry_conninfo,
+        min_size=1,
+        max_size=4,
+        kwargs={"autocommit": True, "row_factory": dict_row, "application_name": "saasodoo-runner-web"},
+        check=ConnectionPool.check_connection,  # a registry restart costs one failed check, not a 5xx
+        open=False,
+    )
+    app.extensions["registry_pool"] = pool
+
+    def registry():
+        if pool.closed:
+            pool.open()
+        return pool.connection(timeout=5)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error):
+        return jsonify(error=error.description), error.code
+
+    @app.errorhandler(psycopg.OperationalError)
+    @app.errorhandler(PoolTimeout)
+    def registry_down(error):
+        log.error("registry unreachable: %s", error)
+        return jsonify(error="the registry is unreachable; nothing was stored, retry later"), 503
+
+    def require_admin():
+        supplied = request.headers.get("Authorization", "")
+        scheme, _, token = supplied.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
+            response = jsonify(error="this call needs the admin token: Authorization: Bearer <token>")
+            response.status_code = 401
+            response.headers["WWW-Authenticate"] = 'Bearer realm="saasodoo-runner"'
+            abort(response)
+
+    @app.post("/killbill/<token>")
+    def killbill_notification(token: str):
+        if not hmac.compare_digest(token.encode(), settings.inbound_token.encode()):
+            abort(401, "unknown callback token")
+        if request.mimetype != "application/json":
+            abort(415, "Content-Type must be application/json")
+        body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+        try:
+            notification = parse_notification(body)
+        except InvalidNotification as error:
+            abort(400, str(error))
+        with registry() as conn:
+            try:
+                event_id = store.insert_event(
+                    conn, body.decode(), notification.event_type, notification.object_type,
+                    notification.object_id, notification.account_id,
+                )  # fmt: skip
+            except psycopg.DataError as error:  # e.g. a \u0000 that jsonb refuses
+                abort(400, f"the body cannot be stored: {error.diag.message_primary}")
+        log.info("event %s stored: %s %s", event_id, notification.event_type, notification.action_type or "")
+        return jsonify(event_id=event_id), 202
+
+    @app.post("/killbill")
+    @app.post("/killbill/")
+    def killbill_without_token():
+        abort(401, "the callback URL must end with the runner's token: /killbill/<token>")
+
+    @app.get("/healthz")
+    def healthz():
+        with registry() as conn:
+            conn.execute("SELECT 1")
+        return jsonify(status="ok", registry="ok")
+
+    @app.get("/metrics")
+    def metrics():
+        with registry() as conn:
+            text = _metrics(conn)
+        return Response(text, mimetype="text/plain; version=0.0.4")
+
+    @app.get("/jobs")
+    def jobs():
+        require_admin()
+        state = request.args.get("state")
+        if state is not None and state not in JOB_STATES:
+            abort(400, f"state must be one of {', '.join(JOB_STATES)}")
+        try:
+            limit = min(int(request.args.get("limit", 100)), 1000)
+        except ValueError:
+            abort(400, "limit must be a number")
+        with registry() as conn:
+            rows = store.list_jobs(conn, state=state, tenant_id=request.args.get("tenant"), limit=limit)
+        return jsonify(jobs=rows)
+
+    @app.get("/jobs/<int:job_id>")
+    def job(job_id: int):
+        require_admin()
+        with registry() as conn:
+            row = store.get_job(conn, job_id)
+        if row is None:
+            abort(404, f"no job {job_id}")
+        return jsonify(row)
+
+    @app.post("/jobs/<int:job_id>/replay")
+    def replay(job_id: int):
+        require_admin()
+        with registry() as conn:
+            row = store.replay_job(conn, job_id)
+            if row is None:
+                existing = store.get_job(conn, job_id)
+                if existing is None:
+                    abort(404, f"no job {job_id}")
+                abort(409, f"job {job_id} is {existing['state']}: only a parked or failed job can be replayed")
+            store.audit(
+                conn, actor="webhook_runner admin", tenant_id=row["tenant_id"], kind="replay",
+                subject=f"job:{job_id}", detail={"action": row["action"]},
+            )  # fmt: skip
+            conn.execute(f"NOTIFY {store.NOTIFY_CHANNEL}")
+        return jsonify(row), 202
+
+    @app.get("/tenants/<tenant_id>")
+    def tenant(tenant_id: str):
+        require_admin()
+        with registry() as conn:
+            view = store.tenant_view(conn, tenant_id)
+        if view is None:
+            abort(404, f"no tenant {tenant_id}")
+        return jsonify(view)
+
+    return app
+
+
+def _metrics(conn) -> str:
+    """Prometheus text format, computed from the registry so every gunicorn worker reports the same."""
+    events = conn.execute(
+        "SELECT count(*) AS received, count(*) FILTER (WHERE processed_at IS NULL) AS pending FROM registry.events"
+    ).fetchone()
+    by_type = conn.execute("SELECT event_type, count(*) AS n FROM registry.events GROUP BY 1 ORDER BY 1").fetchall()
+    states = dict.fromkeys(JOB_STATES, 0)
+    states |= {r["state"]: r["n"] for r in conn.execute("SELECT state, count(*) AS n FROM registry.jobs GROUP BY 1")}
+    durations = conn.execute(
+        """SELECT action, count(*) AS n, coalesce(sum(s), 0) AS total,
+                  array["""
+        + ", ".join(f"count(*) FILTER (WHERE s <= {b})" for b in DURATION_BUCKETS)
+        + """] AS le
+             FROM (SELECT action, extract(epoch FROM finished_at - started_at)::float8 AS s FROM registry.jobs
+                    WHERE finished_at IS NOT NULL AND started_at IS NOT NULL AND state <> 'skipped') AS finished
+            GROUP BY action ORDER BY action"""
+    ).fetchall()
+    lines = [
+        "# HELP saasodoo_runner_events_received_total Kill Bill notifications stored in the inbox.",
+        "# TYPE saasodoo_runner_events_received_total counter",
+        f"saasodoo_runner_events_received_total {events['received']}",
+        *(f'saasodoo_runner_events_received_by_type_total{{event_type="{r["event_type"]}"}} {r["n"]}' for r in by_type),
+        "# HELP saasodoo_runner_events_pending Notifications stored but not yet handled by a worker.",
+        "# TYPE saasodoo_runner_events_pending gauge",
+        f"saasodoo_runner_events_pending {events['pending']}",
+        "# HELP saasodoo_runner_jobs Runner jobs by state.",
+        "# TYPE saasodoo_runner_jobs gauge",
+        *(f'saasodoo_runner_jobs{{state="{state}"}} {n}' for state, n in states.items()),
+        "# HELP saasodoo_runner_job_duration_seconds Playbook run time of finished jobs.",
+        "# TYPE saasodoo_runner_job_duration_seconds histogram",
+    ]
+    for row in durations:
+        action = row["action"]
+        lines += [f'saasodoo_runner_job_duration_seconds_bucket{{action="{action}",le="{b}"}} {n}'
+                  for b, n in zip(DURATION_BUCKETS, row["le"], strict=True)]  # fmt: skip
+        lines += [
+            f'saasodoo_runner_job_duration_seconds_bucket{{action="{action}",le="+Inf"}} {row["n"]}',
+            f'saasodoo_runner_job_duration_seconds_sum{{action="{action}"}} {row["total"]:.3f}',
+            f'saasodoo_runner_job_duration_seconds_count{{action="{action}"}} {row["n"]}',
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,92 @@
+"""The runner's settings: one JSON file (mode 0600, written by roles/webhook_runner), named by the
+environment variable SAASODOO_RUNNER_CONFIG. It holds the runner's secrets (the callback token, the admin
+token, Kill Bill's credentials, the registry login), so it is read, never logged."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_ENV = "SAASODOO_RUNNER_CONFIG"
+
+
+class ConfigError(Exception):
+    """The settings file is missing, unreadable or incomplete; the message says which key."""
+
+
+@dataclass(frozen=True)
+class KillBillSettings:
+    url: str  # e.g. http://killbill:8080 (the /1.0/kb prefix is added by the client)
+    username: str
+    password: str = field(repr=False)
+    api_key: str
+    api_secret: str = field(repr=False)
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    registry_conninfo: str = field(repr=False)  # libpq conninfo of the registry database
+    inbound_token: str = field(repr=False)  # the secret in Kill Bill's callback URL
+    admin_token: str = field(repr=False)  # bearer token of the admin API
+    killbill: KillBillSettings
+    project_dir: Path  # the checkout holding playbooks/ and ansible.cfg
+    inventory: Path
+    artifacts_dir: Path
+    artifacts_keep: int = 200  # newest job artifact directories kept
+    playbook_extravars: dict = field(default_factory=dict)  # added to every run, e.g. a runtime override
+    max_body_bytes: int = 65536
+    max_attempts: int = 5  # a job failing this many times is parked
+    backoff_seconds: tuple[float, ...] = (5, 30, 120, 600)
+    job_timeout_seconds: int = 3600
+    reconcile_interval_seconds: float = 300  # the periodic reconcile pass; 0 turns it off
+    poll_seconds: float = 5.0  # a worker wakes at least this often (NOTIFY wakes it sooner)
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before retry number `attempts` (1-based); the last step repeats."""
+        steps = self.backoff_seconds or (0,)
+        return float(steps[min(attempts, len(steps)) - 1])
+
+
+_REQUIRED = (
+    "registry_conninfo", "inbound_token", "admin_token", "killbill", "project_dir", "inventory", "artifacts_dir"
+)  # fmt: skip
+_KILLBILL_REQUIRED = ("url", "username", "password", "api_key", "api_secret")
+
+
+def load_settings(path: str | os.PathLike | None = None) -> RunnerSettings:
+    """Read the settings file (default: $SAASODOO_RUNNER_CONFIG), refusing one others can read."""
+    path = Path(path or os.environ.get(CONFIG_ENV) or "")
+    if not str(path):
+        raise ConfigError(f"no settings file: set {CONFIG_ENV} to the runner's JSON settings")
+    try:
+        mode = path.stat().st_mode
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read the runner settings {path}: {error}") from error
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{path} holds secrets: make it readable by its owner only (chmod 0600)")
+    return settings_from_dict(raw, source=str(path))
+
+
+def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
+    missing = [key for key in _REQUIRED if not raw.get(key)]
+    missing += [f"killbill.{key}" for key in _KILLBILL_REQUIRED if not (raw.get("killbill") or {}).get(key)]
+    if missing:
+        raise ConfigError(f"{source} lacks {', '.join(missing)}")
+    optional = {key: raw[key] for key in RunnerSettings.__dataclass_fields__ if key in raw and key not in _REQUIRED}
+    if "backoff_seconds" in optional:
+        optional["backoff_seconds"] = tuple(float(step) for step in optional["backoff_seconds"])
+    return RunnerSettings(
+        registry_conninfo=raw["registry_conninfo"],
+        inbound_token=raw["inbound_token"],
+        admin_token=raw["admin_token"],
+        killbill=KillBillSettings(**raw["killbill"]),
+        project_dir=Path(raw["project_dir"]),
+        inventory=Path(raw["inventory"]),
+        artifacts_dir=Path(raw["artifacts_dir"]),
+        **optional,
+    )

@@ -1,0 +1,111 @@
+"""What a tenant should be, from what Kill Bill says now (DESIGN §6).
+
+Events are triggers: they come twice, late and out of order, and two different events can have the same
+bytes. So the worker reads the account back from Kill Bill and this module compares each subscription
+with the tenant's registry row; the actions it returns bring the tenant there, and once they ran the same
+comparison returns nothing. Pure: no I/O, unit-tested on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# The tenant id is the bundle's external key (the customer's instance name); the same rule as the
+# collection's placement (module_utils/placement.py) and the tenant playbooks.
+TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")
+
+PLAYBOOKS = {
+    "provision": "tenant_provision.yml",
+    "change_plan": "tenant_change_plan.yml",
+    "suspend": "tenant_suspend.yml",
+    "resume": "tenant_resume.yml",
+    "terminate": "tenant_terminate.yml",
+}
+
+OVERDUE_CLEAR_STATE = "__KILLBILL__CLEAR__OVERDUE_STATE__"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """The registry row's part the decision needs."""
+
+    tenant_id: str
+    status: str  # provisioning | active | suspended | terminated | purged | failed
+    plan_name: str
+
+
+@dataclass(frozen=True)
+class Action:
+    tenant_id: str
+    action: str  # a key of PLAYBOOKS
+    extravars: dict = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def playbook(self) -> str:
+        return PLAYBOOKS[self.action]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Kill Bill asks for something the platform will not do by itself; recorded as a skipped job."""
+
+    tenant_id: str | None
+    reason: str
+
+
+def tenant_id_of(subscription: dict) -> str | None:
+    key = subscription.get("bundleExternalKey") or ""
+    return key if TENANT_ID.fullmatch(key) else None
+
+
+def is_blocked(subscription: dict, overdue: dict | None) -> bool:
+    """Entitlement blocked: a paused bundle or a blocking overdue state (e.g. after failed payments)."""
+    return subscription.get("state") == "BLOCKED" or bool((overdue or {}).get("isDisableEntitlementAndChangesBlocked"))
+
+
+def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | None, plans: set[str]) -> list:
+    """Actions (in order) bringing `tenant` to what `subscription` says, or Skips explaining why not."""
+    if subscription.get("productCategory", "BASE") != "BASE":
+        return []  # add-ons do not make tenants
+    tenant_id = tenant_id_of(subscription)
+    if tenant_id is None:
+        return [
+            Skip(
+                None,
+                f"subscription {subscription.get('subscriptionId')}: bundle external key "
+                f"{subscription.get('bundleExternalKey')!r} is not a tenant id (1-48 letters, digits, '-' or '_')",
+            )
+        ]
+    state = subscription.get("state")
+    plan = subscription.get("planName")
+    status = tenant.status if tenant else None
+
+    if state in ("CANCELLED", "EXPIRED"):
+        if status in ("active", "suspended"):
+            return [Action(tenant_id, "terminate", {"tenant_id": tenant_id}, f"Kill Bill: subscription {state}")]
+        return []  # never provisioned, or already terminated
+    if state not in ("ACTIVE", "BLOCKED"):
+        return []  # PENDING: starts later, its EFFECTIVE event will come
+    if status in ("terminated", "purged"):
+        return [Skip(tenant_id, f"Kill Bill says {state} but the tenant is {status}: restore it by hand (README)")]
+    if plan not in plans:
+        return [Skip(tenant_id, f"plan {plan!r} is not in the catalog (inventory group_vars/all/plans.yml)")]
+
+    blocked = is_blocked(subscription, overdue)
+    if status in (None, "provisioning", "failed"):
+        if blocked:
+            return []  # a paid-first tenant: provisioned once the payment unblocks it
+        ids = {"customer_id": subscription.get("accountId"), "subscription_id": subscription.get("subscriptionId")}
+        return [Action(tenant_id, "provision", {"tenant_id": tenant_id, "plan": plan, **ids}, f"Kill Bill: {plan}")]
+
+    actions = []
+    if blocked and status == "active":
+        actions.append(Action(tenant_id, "suspend", {"tenant_id": tenant_id}, "Kill Bill: entitlement blocked"))
+    if plan != tenant.plan_name:
+        reason = f"Kill Bill: plan {tenant.plan_name} -> {plan}"
+        actions.append(Action(tenant_id, "change_plan", {"tenant_id": tenant_id, "plan": plan}, reason))
+    if not blocked and status == "suspended":
+        actions.append(Action(tenant_id, "resume", {"tenant_id": tenant_id}, "Kill Bill: entitlement unblocked"))
+    return actions

@@ -1,0 +1,80 @@
+"""The few Kill Bill REST calls the runner reads state with (shared/reference/killbill.md §5).
+
+Plain urllib: no maintained Kill Bill client is on PyPI, and these are GETs with three auth headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from .config import KillBillSettings
+
+
+class KillBillError(Exception):
+    """Kill Bill could not answer (down, timeout, 5xx): transient, the job is retried."""
+
+
+class KillBillNotFound(KillBillError):
+    """404 with a BillingExceptionJson body: the object does not exist in Kill Bill."""
+
+
+class KillBill:
+    def __init__(self, settings: KillBillSettings):
+        self._base = settings.url.rstrip("/") + "/1.0/kb"
+        self._timeout = settings.timeout_seconds
+        basic = base64.b64encode(f"{settings.username}:{settings.password}".encode()).decode()
+        self._headers = {
+            "Authorization": f"Basic {basic}",
+            "X-Killbill-ApiKey": settings.api_key,
+            "X-Killbill-ApiSecret": settings.api_secret,
+            "Accept": "application/json",
+        }
+
+    def _get(self, path: str, **query):
+        url = f"{self._base}{path}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        request = urllib.request.Request(url, headers=self._headers)  # noqa: S310 - an http(s) URL from settings
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+                return json.load(response)
+        except urllib.error.HTTPError as error:
+            detail = _error_message(error)
+            if error.code == 404:
+                raise KillBillNotFound(f"GET {path}: {detail}") from None
+            raise KillBillError(f"GET {path}: HTTP {error.code} {detail}") from None
+        except (OSError, ValueError) as error:
+            raise KillBillError(f"GET {path}: {error}") from None
+
+    def account_bundles(self, account_id: str) -> list[dict]:
+        """The account's bundles, each with its subscriptions (state, planName, bundleExternalKey…)."""
+        return self._get(f"/accounts/{_segment(account_id)}/bundles", audit="NONE")
+
+    def account_overdue(self, account_id: str) -> dict:
+        """{name, isDisableEntitlementAndChangesBlocked, …}: blocked after unpaid invoices."""
+        return self._get(f"/accounts/{_segment(account_id)}/overdue")
+
+    def account_ids(self, page_size: int = 100):
+        """Every account id, page by page (the reconcile pass)."""
+        offset = 0
+        while True:
+            page = self._get("/accounts/pagination", offset=offset, limit=page_size, audit="NONE")
+            yield from (account["accountId"] for account in page)
+            if len(page) < page_size:
+                return
+            offset += page_size
+
+
+def _segment(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+def _error_message(error: urllib.error.HTTPError) -> str:
+    try:
+        return json.loads(error.read()).get("message") or error.reason
+    except (OSError, ValueError, AttributeError):
+        return str(error.reason)

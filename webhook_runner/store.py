@@ -1,0 +1,216 @@
+"""Every query the runner makes on the registry (the inbox, jobs, tenants, audit): one home for its SQL."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from .desired import Tenant
+
+NOTIFY_CHANNEL = "saasodoo_runner"  # the webhook NOTIFYs it after each stored event; idle workers LISTEN
+# pg_try_advisory_lock(class, key) classes: one account's convergence, the periodic reconcile pass.
+ACCOUNT_LOCK = 0x5A0D
+RECONCILE_LOCK = 0x5A0E
+
+JOB_COLUMNS = (
+    "id, tenant_id, account_id, event_id, action, playbook, extravars, state, attempts, run_after, created_at,"
+    " started_at, finished_at, rc, error, reason, worker, artifacts_dir"
+)
+
+
+def connect(conninfo: str, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(conninfo, autocommit=True, row_factory=dict_row, **kwargs)
+
+
+# -- the inbox -------------------------------------------------------------------------------------------
+
+
+def insert_event(conn: psycopg.Connection, body: str, event_type, object_type, object_id, account_id) -> int:
+    """Store one notification (metaData decoded from the body by PostgreSQL, amounts kept exact)."""
+    with conn.transaction():
+        row = conn.execute(
+            """INSERT INTO registry.events (event_type, object_type, object_id, account_id, meta_data, body)
+               VALUES (%s, %s, %s, %s, (%s::jsonb ->> 'metaData')::jsonb, %s::jsonb) RETURNING id""",
+            (event_type, object_type, object_id, account_id, body, body),
+        ).fetchone()
+        conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    return row["id"]
+
+
+def pending_accounts(conn: psycopg.Connection, limit: int = 50) -> list[str]:
+    """Accounts with unprocessed events or a retry that is due, oldest first ('' = events with no account)."""
+    rows = conn.execute(
+        """SELECT account, min(since) FROM (
+               SELECT coalesce(account_id, '') AS account, min(received_at) AS since
+                 FROM registry.events WHERE processed_at IS NULL GROUP BY 1
+               UNION ALL
+               SELECT coalesce(account_id, ''), min(run_after)
+                 FROM registry.jobs WHERE state = 'queued' AND run_after <= now() GROUP BY 1
+           ) AS work GROUP BY account ORDER BY 2 LIMIT %s""",
+        (limit,),
+    ).fetchall()
+    return [row["account"] for row in rows]
+
+
+def try_lock(conn: psycopg.Connection, lock_class: int, key: str) -> bool:
+    return conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS ok", (lock_class, key)).fetchone()["ok"]
+
+
+def unlock(conn: psycopg.Connection, lock_class: int, key: str) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (lock_class, key))
+
+
+def unprocessed_events(conn: psycopg.Connection, account: str) -> list[dict]:
+    return conn.execute(
+        """SELECT id, event_type, object_type, object_id, meta_data FROM registry.events
+            WHERE coalesce(account_id, '') = %s AND processed_at IS NULL ORDER BY id""",
+        (account,),
+    ).fetchall()
+
+
+def mark_processed(conn: psycopg.Connection, event_ids: list[int], outcome: str) -> None:
+    if event_ids:
+        conn.execute(
+            "UPDATE registry.events SET processed_at = now(), outcome = %s WHERE id = ANY(%s) AND processed_at IS NULL",
+            (outcome, event_ids),
+        )
+
+
+# -- jobs --------------------------------------------------------------------------------------------------
+
+
+def requeue_orphans(conn: psycopg.Connection, account: str) -> list[dict]:
+    """Jobs left 'running' by a worker that died: the caller holds the account's lock, so nobody runs them."""
+    return conn.execute(
+        f"""UPDATE registry.jobs SET state = 'queued', run_after = now(),
+                   error = 'the worker running it stopped (' || coalesce(worker, '?') || '); run again'
+             WHERE account_id = %s AND state = 'running' RETURNING {JOB_COLUMNS}""",
+        (account,),
+    ).fetchall()
+
+
+def open_jobs(conn: psycopg.Connection, account: str) -> list[dict]:
+    """The account's queued (retry pending) and parked jobs."""
+    return conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM registry.jobs WHERE account_id = %s AND state IN ('queued', 'parked') ORDER BY id",
+        (account,),
+    ).fetchall()
+
+
+def has_due_job(conn: psycopg.Connection, account: str) -> bool:
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM registry.jobs WHERE account_id = %s AND state = 'queued' AND run_after <= now()", (account,)
+        ).fetchone()
+    )
+
+
+def insert_job(conn, *, account, tenant_id, event_id, action, playbook, extravars, state, reason, worker=None) -> dict:
+    """A new job: 'running' (attempt 1, started now), 'queued' (for a worker to pick up) or 'skipped' (done)."""
+    return conn.execute(
+        f"""INSERT INTO registry.jobs (account_id, tenant_id, event_id, action, playbook, extravars, state, reason,
+                                       worker, attempts, started_at, finished_at)
+            VALUES (%(account)s, %(tenant)s, %(event)s, %(action)s, %(playbook)s, %(extravars)s, %(state)s,
+                    %(reason)s, %(worker)s, CASE WHEN %(state)s = 'running' THEN 1 ELSE 0 END,
+                    CASE WHEN %(state)s = 'running' THEN now() END, CASE WHEN %(state)s = 'skipped' THEN now() END)
+            RETURNING {JOB_COLUMNS}""",
+        {"account": account, "tenant": tenant_id, "event": event_id, "action": action, "playbook": playbook,
+         "extravars": Jsonb(extravars), "state": state, "reason": reason, "worker": worker},
+    ).fetchone()  # fmt: skip
+
+
+def start_job(conn, job_id: int, worker: str, extravars: dict, reason: str) -> dict:
+    """An existing queued job running again: one more attempt."""
+    return conn.execute(
+        f"""UPDATE registry.jobs SET state = 'running', attempts = attempts + 1, started_at = now(),
+                   finished_at = NULL, rc = NULL, worker = %s, extravars = %s, reason = %s
+             WHERE id = %s RETURNING {JOB_COLUMNS}""",
+        (worker, Jsonb(extravars), reason, job_id),
+    ).fetchone()
+
+
+def finish_job(conn, job_id: int, *, state: str, rc=None, error=None, run_after_seconds=0.0, artifacts_dir=None):
+    """Close a run: succeeded or parked, or back to 'queued' to be retried after a backoff."""
+    return conn.execute(
+        f"""UPDATE registry.jobs SET state = %s, rc = %s, error = %s,
+                   finished_at = CASE WHEN %s = 'queued' THEN NULL ELSE now() END,
+                   run_after = now() + make_interval(secs => %s),
+                   artifacts_dir = coalesce(%s, artifacts_dir)
+             WHERE id = %s RETURNING {JOB_COLUMNS}""",
+        (state, rc, error, state, run_after_seconds, artifacts_dir, job_id),
+    ).fetchone()
+
+
+def close_job(conn, job_id: int, state: str, reason: str) -> None:
+    """A queued or parked job Kill Bill's state made moot: done already, or superseded."""
+    conn.execute(
+        "UPDATE registry.jobs SET state = %s, reason = %s, finished_at = now() WHERE id = %s",
+        (state, reason, job_id),
+    )
+
+
+def replay_job(conn, job_id: int) -> dict | None:
+    """A parked (or failed) job back in the queue, its attempts reset; None when it is not parked."""
+    return conn.execute(
+        f"""UPDATE registry.jobs SET state = 'queued', attempts = 0, run_after = now(), finished_at = NULL
+             WHERE id = %s AND state IN ('parked', 'failed') RETURNING {JOB_COLUMNS}""",
+        (job_id,),
+    ).fetchone()
+
+
+def get_job(conn, job_id: int) -> dict | None:
+    return conn.execute(f"SELECT {JOB_COLUMNS} FROM registry.jobs WHERE id = %s", (job_id,)).fetchone()
+
+
+def list_jobs(conn, *, state=None, tenant_id=None, limit=100) -> list[dict]:
+    return conn.execute(
+        f"""SELECT {JOB_COLUMNS} FROM registry.jobs
+             WHERE (%(state)s::text IS NULL OR state = %(state)s)
+               AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+             ORDER BY id DESC LIMIT %(limit)s""",
+        {"state": state, "tenant": tenant_id, "limit": limit},
+    ).fetchall()
+
+
+# -- tenants, plans, audit ---------------------------------------------------------------------------------
+
+
+def tenants_by_id(conn, tenant_ids: list[str]) -> dict[str, Tenant]:
+    rows = conn.execute(
+        "SELECT tenant_id, status, plan_name FROM registry.tenants WHERE tenant_id = ANY(%s)", (tenant_ids,)
+    ).fetchall()
+    return {row["tenant_id"]: Tenant(**row) for row in rows}
+
+
+def plan_names(conn) -> set[str]:
+    return {row["name"] for row in conn.execute("SELECT DISTINCT name FROM registry.plans").fetchall()}
+
+
+def tenant_view(conn, tenant_id: str) -> dict | None:
+    """GET /tenants/<id>: the registry row (no secrets are stored there), its server, recent jobs and audit."""
+    tenant = conn.execute(
+        """SELECT t.tenant_id, t.customer_id, t.subscription_id, t.plan_name, t.plan_version, t.db_type,
+                  t.db_server, t.db_name, t.status, t.billing_status, t.storage_path, t.http_port, t.quotas,
+                  t.created_at, t.updated_at, t.retain_until
+             FROM registry.tenants AS t WHERE t.tenant_id = %s""",
+        (tenant_id,),
+    ).fetchone()
+    jobs = list_jobs(conn, tenant_id=tenant_id, limit=20)
+    if tenant is None and not jobs:
+        return None
+    audit = conn.execute(
+        """SELECT id, at, actor, kind, subject, detail FROM registry.audit
+            WHERE tenant_id = %s ORDER BY id DESC LIMIT 50""",
+        (tenant_id,),
+    ).fetchall()
+    return {"tenant": tenant, "jobs": jobs, "audit": audit}
+
+
+def audit(conn, *, actor: str, tenant_id, kind: str, subject: str, detail: dict) -> None:
+    conn.execute(
+        "INSERT INTO registry.audit (actor, tenant_id, kind, subject, detail) VALUES (%s, %s, %s, %s, %s)",
+        (actor, tenant_id, kind, subject, Jsonb(json.loads(json.dumps(detail, default=str)))),
+    )

@@ -1,0 +1,332 @@
+"""The worker: take the inbox per Kill Bill account, read the account back, run what its tenants need.
+
+Several workers may run, on several machines; they coordinate only through the registry. A worker takes
+an account with `pg_try_advisory_lock`, so one account's events are handled by one worker at a time, in
+arrival order, and one job runs at a time per tenant (the registry's unique index backs this up). The
+lock is tied to the worker's connection: a worker killed mid-job frees it, and the next worker to take
+the account finds the job still 'running', queues it again and reruns it (playbooks are idempotent).
+
+What happens is decided by Kill Bill's state read back (module desired), never by the event itself, so
+duplicate, late and reordered events lead to no second effect: once a job ran, the registry matches
+Kill Bill and the same comparison asks for nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import ansible_runner
+
+from . import store
+from .config import RunnerSettings
+from .desired import Action, Skip, desired_actions, is_blocked, tenant_id_of
+from .killbill import KillBill, KillBillError, KillBillNotFound
+from .notification import IGNORED_EVENT_TYPES, KNOWN_EVENT_TYPES
+
+log = logging.getLogger("webhook_runner.worker")
+PLAYBOOK_COMMAND = Path(__file__).with_name("ansible-playbook")  # dies with the worker (see the script)
+
+# Jobs that only ask for an account to be read again (Kill Bill was unreachable, or reconcile found drift).
+CONVERGE, RECONCILE = "converge", "reconcile"
+
+
+class Worker:
+    def __init__(self, settings: RunnerSettings, name: str | None = None, killbill: KillBill | None = None):
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.actor = f"webhook_runner {self.name}"
+        self.killbill = killbill or KillBill(settings.killbill)
+        self.conn = store.connect(settings.registry_conninfo, application_name="saasodoo-runner-worker")
+        self._last_reconcile = time.monotonic()
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until `stop` is set: handle what is pending, then wait for a NOTIFY or the poll interval."""
+        listener = store.connect(self.settings.registry_conninfo, application_name="saasodoo-runner-listen")
+        listener.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
+        log.info("worker %s started", self.name)
+        while not stop.is_set():
+            if self.run_once():
+                continue
+            interval = self.settings.reconcile_interval_seconds
+            if interval and time.monotonic() - self._last_reconcile >= interval:
+                self._last_reconcile = time.monotonic()
+                self.periodic_reconcile()
+                continue
+            for _ in listener.notifies(timeout=self.settings.poll_seconds, stop_after=1):
+                pass
+        listener.close()
+        log.info("worker %s stopped", self.name)
+
+    def run_once(self) -> bool:
+        """Converge the first pending account no other worker holds; False when there was none."""
+        for account in store.pending_accounts(self.conn):
+            if not store.try_lock(self.conn, store.ACCOUNT_LOCK, account):
+                continue  # another worker has it
+            try:
+                self.converge_account(account)
+            finally:
+                store.unlock(self.conn, store.ACCOUNT_LOCK, account)
+            return True
+        return False
+
+    def drain(self, timeout: float = 900.0) -> None:
+        """Run until nothing is pending or due (tests, `python -m webhook_runner worker --drain`)."""
+        deadline = time.monotonic() + timeout
+        while self.run_once():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the inbox did not drain within {timeout:.0f} s")
+
+    # -- one account ---------------------------------------------------------------------------------------
+
+    def converge_account(self, account: str) -> None:
+        conn = self.conn
+        for orphan in store.requeue_orphans(conn, account):
+            log.warning("job %s was left running by %s: queued again", orphan["id"], orphan["worker"])
+        triggers = []
+        for event in store.unprocessed_events(conn, account):
+            kind = event["event_type"]
+            if kind not in KNOWN_EVENT_TYPES:
+                job = self._skip(account, None, event["id"], f"unknown event type {kind}: stored, no action")
+                store.mark_processed(conn, [event["id"]], f"skipped: job {job['id']}")
+            elif kind in IGNORED_EVENT_TYPES or not account:
+                store.mark_processed(conn, [event["id"]], f"no action: {kind} never changes a tenant")
+            else:
+                triggers.append(event)
+        if not account or not (triggers or store.has_due_job(conn, account)):
+            return
+        trigger_ids = [event["id"] for event in triggers]
+        open_jobs = store.open_jobs(conn, account)
+        account_jobs = [job for job in open_jobs if job["action"] in (CONVERGE, RECONCILE) and job["state"] == "queued"]
+
+        try:
+            bundles = self.killbill.account_bundles(account)
+            overdue = self.killbill.account_overdue(account)
+        except KillBillNotFound as error:
+            job = self._skip(account, None, trigger_ids[0] if trigger_ids else None, f"unknown to Kill Bill: {error}")
+            for stale in account_jobs:
+                store.close_job(conn, stale["id"], "skipped", f"account unknown to Kill Bill (job {job['id']})")
+            store.mark_processed(conn, trigger_ids, f"skipped: job {job['id']}")
+            return
+        except KillBillError as error:
+            job = self._retry_later(account, account_jobs, trigger_ids, f"Kill Bill unreachable: {error}")
+            store.mark_processed(conn, trigger_ids, f"Kill Bill unreachable: read again by job {job['id']}")
+            return
+
+        subscriptions = [sub for bundle in bundles for sub in bundle.get("subscriptions") or []]
+        tenants = store.tenants_by_id(conn, [tid for tid in map(tenant_id_of, subscriptions) if tid])
+        plans = store.plan_names(conn)
+        outcomes = []
+        for subscription in subscriptions:
+            tenant_id = tenant_id_of(subscription)
+            decisions = desired_actions(subscription, overdue, tenants.get(tenant_id), plans)
+            tenant_jobs = [job for job in open_jobs if tenant_id and job["tenant_id"] == tenant_id]
+            self._audit_decision(tenant_id, triggers, subscription, overdue, decisions)
+            outcomes += self._carry_out(account, tenant_id, decisions, tenant_jobs, trigger_ids)
+        for job in account_jobs:
+            store.close_job(conn, job["id"], "succeeded", "Kill Bill read back; the account's tenants converged")
+        store.mark_processed(conn, trigger_ids, "; ".join(outcomes) or "no change: the tenants match Kill Bill")
+
+    def _carry_out(self, account, tenant_id, decisions, tenant_jobs, trigger_ids) -> list[str]:
+        """Run one tenant's actions in order, stopping at the first failure; close its moot jobs."""
+        conn, outcomes = self.conn, []
+        wanted = {decision.action for decision in decisions if isinstance(decision, Action)}
+        event_id = trigger_ids[0] if trigger_ids else None
+        for decision in decisions:
+            if isinstance(decision, Skip):
+                job = self._skip(account, decision.tenant_id, event_id, decision.reason)
+                outcomes.append(f"skipped: job {job['id']}")
+                continue
+            same = [job for job in tenant_jobs if job["action"] == decision.action]
+            parked = [job for job in same if job["state"] == "parked"]
+            if parked:
+                outcomes.append(f"{decision.action} {tenant_id}: job {parked[0]['id']} is parked, replay it")
+                return outcomes
+            if same:
+                job = store.start_job(conn, same[0]["id"], self.name, decision.extravars, decision.reason)
+            else:
+                job = store.insert_job(
+                    conn, account=account, tenant_id=tenant_id, event_id=event_id, action=decision.action,
+                    playbook=decision.playbook, extravars=decision.extravars, state="running",
+                    reason=decision.reason, worker=self.name,
+                )  # fmt: skip
+            job = self._execute(job)
+            outcomes.append(f"{decision.action} {tenant_id}: job {job['id']} {job['state']}")
+            if job["state"] != "succeeded":
+                return outcomes
+        for job in tenant_jobs:
+            if job["state"] == "queued" and job["action"] not in wanted:
+                store.close_job(conn, job["id"], "succeeded", "nothing left to do: the registry matches Kill Bill")
+        return outcomes
+
+    # -- jobs ------------------------------------------------------------------------------------------------
+
+    def _execute(self, job: dict) -> dict:
+        """Run the job's playbook with ansible-runner; record success, a retry with backoff, or parking."""
+        settings = self.settings
+        private_dir = settings.artifacts_dir / f"job-{job['id']:08d}"
+        store.audit(
+            self.conn, actor=self.actor, tenant_id=job["tenant_id"], kind="job", subject=f"job:{job['id']}",
+            detail={"action": job["action"], "playbook": job["playbook"], "extravars": job["extravars"],
+                    "attempt": job["attempts"]},
+        )  # fmt: skip
+        log.info("job %s: %s %s (attempt %s)", job["id"], job["playbook"], job["tenant_id"], job["attempts"])
+        started = time.monotonic()
+        try:
+            private_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            result = ansible_runner.run(
+                private_data_dir=str(private_dir),
+                project_dir=str(settings.project_dir),
+                # ansible-runner adds no playbook to a `binary`: it goes first on the command line
+                binary=str(PLAYBOOK_COMMAND),
+                cmdline=shlex.quote(str(settings.project_dir / "playbooks" / job["playbook"])),
+                inventory=str(settings.inventory),
+                extravars={**settings.playbook_extravars, **job["extravars"]},
+                envvars={
+                    "ANSIBLE_CONFIG": str(settings.project_dir / "ansible.cfg"),
+                    # ansible-playbook from this venv, whatever PATH the worker was started with
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                },
+                ident=f"attempt-{job['attempts']}",
+                rotate_artifacts=settings.max_attempts,
+                suppress_env_files=True,  # no copy of the environment or the extra vars in the artifacts
+                timeout=settings.job_timeout_seconds,
+                quiet=True,
+            )
+            rc, error = result.rc, None if result.status == "successful" else _failure(result)
+        except Exception as exc:  # ansible-runner could not start the run at all
+            rc, error = None, f"ansible-runner: {exc}"
+        seconds = time.monotonic() - started
+        outcome = {"rc": rc, "error": error, "artifacts_dir": str(private_dir)}
+        if error is None:
+            finished = store.finish_job(self.conn, job["id"], state="succeeded", **outcome)
+        elif job["attempts"] >= settings.max_attempts:
+            finished = store.finish_job(self.conn, job["id"], state="parked", **outcome)
+        else:
+            finished = store.finish_job(
+                self.conn, job["id"], state="queued", run_after_seconds=settings.backoff(job["attempts"]), **outcome
+            )
+        log.info("job %s: %s in %.1f s%s", job["id"], finished["state"], seconds, f" ({error})" if error else "")
+        store.audit(
+            self.conn, actor=self.actor, tenant_id=job["tenant_id"], kind="result", subject=f"job:{job['id']}",
+            detail={"state": finished["state"], "rc": rc, "error": error, "seconds": round(seconds, 2)},
+        )  # fmt: skip
+        self._rotate_artifacts()
+        return finished
+
+    def _skip(self, account, tenant_id, event_id, reason) -> dict:
+        log.info("skipped (%s): %s", account or "no account", reason)
+        return store.insert_job(
+            self.conn, account=account or None, tenant_id=tenant_id, event_id=event_id, action="none",
+            playbook="", extravars={}, state="skipped", reason=reason,
+        )  # fmt: skip
+
+    def _retry_later(self, account, account_jobs, trigger_ids, reason) -> dict:
+        """Kill Bill could not be read: read the account again after a backoff (parked when it keeps failing)."""
+        conn = self.conn
+        if account_jobs:
+            job = store.start_job(conn, account_jobs[0]["id"], self.name, {}, account_jobs[0]["reason"])
+        else:
+            job = store.insert_job(
+                conn, account=account, tenant_id=None, event_id=trigger_ids[0] if trigger_ids else None,
+                action=CONVERGE, playbook="", extravars={}, state="running", reason="read the account again",
+                worker=self.name,
+            )  # fmt: skip
+        state = "parked" if job["attempts"] >= self.settings.max_attempts else "queued"
+        log.warning("account %s: %s (job %s %s)", account, reason, job["id"], state)
+        return store.finish_job(
+            conn, job["id"], state=state, error=reason, run_after_seconds=self.settings.backoff(job["attempts"])
+        )
+
+    def _rotate_artifacts(self) -> None:
+        """Keep the newest `artifacts_keep` job directories (names sort by job id)."""
+        directories = sorted(self.settings.artifacts_dir.glob("job-*"))
+        for old in directories[: max(0, len(directories) - self.settings.artifacts_keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _audit_decision(self, tenant_id, triggers, subscription, overdue, decisions) -> None:
+        """The audit trail's event -> decision links for one tenant (job and result follow in _execute)."""
+        if tenant_id is None:
+            return
+        for event in triggers:
+            store.audit(
+                self.conn, actor=self.actor, tenant_id=tenant_id, kind="event", subject=f"event:{event['id']}",
+                detail={"event_type": event["event_type"], "object_type": event["object_type"],
+                        "object_id": event["object_id"], "action_type": (event["meta_data"] or {}).get("actionType")},
+            )  # fmt: skip
+        store.audit(
+            self.conn,
+            actor=self.actor,
+            tenant_id=tenant_id,
+            kind="decision",
+            subject=f"subscription:{subscription.get('subscriptionId')}",
+            detail={
+                "killbill": {key: subscription.get(key) for key in ("state", "planName", "phaseType")},
+                "blocked": is_blocked(subscription, overdue),
+                "actions": [d.action if isinstance(d, Action) else f"skip: {d.reason}" for d in decisions],
+            },
+        )
+
+    # -- reconcile -------------------------------------------------------------------------------------------
+
+    def reconcile(self, repair: bool = True) -> list[str]:
+        """Compare every Kill Bill account with the registry; queue a convergence for each that drifted."""
+        conn, drift = self.conn, []
+        plans = store.plan_names(conn)
+        for account in self.killbill.account_ids():
+            bundles = self.killbill.account_bundles(account)
+            overdue = self.killbill.account_overdue(account)
+            subscriptions = [sub for bundle in bundles for sub in bundle.get("subscriptions") or []]
+            tenants = store.tenants_by_id(conn, [tid for tid in map(tenant_id_of, subscriptions) if tid])
+            queued = False
+            for subscription in subscriptions:
+                tenant_id = tenant_id_of(subscription)
+                decisions = desired_actions(subscription, overdue, tenants.get(tenant_id), plans)
+                actions = [decision for decision in decisions if isinstance(decision, Action)]
+                if not actions:
+                    continue
+                drift.append(f"{tenant_id}: needs {', '.join(a.action for a in actions)} ({actions[0].reason})")
+                if (
+                    repair
+                    and not queued
+                    and not any(job["state"] == "queued" for job in store.open_jobs(conn, account))
+                ):
+                    store.insert_job(
+                        conn, account=account, tenant_id=None, event_id=None, action=RECONCILE, playbook="",
+                        extravars={}, state="queued", reason=f"reconcile: {drift[-1]}",
+                    )  # fmt: skip
+                    queued = True
+        if repair and drift:
+            conn.execute(f"NOTIFY {store.NOTIFY_CHANNEL}")
+        return drift
+
+    def periodic_reconcile(self) -> None:
+        if not store.try_lock(self.conn, store.RECONCILE_LOCK, "reconcile"):
+            return
+        try:
+            for line in self.reconcile():
+                log.info("reconcile: %s", line)
+        except KillBillError as error:
+            log.warning("reconcile skipped: %s", error)
+        finally:
+            store.unlock(self.conn, store.RECONCILE_LOCK, "reconcile")
+
+
+def _failure(result) -> str:
+    """The message of the task that failed (no_log tasks show only 'censored'), else the run's status."""
+    message = None
+    for event in result.events:
+        data = event.get("event_data", {})
+        if event.get("event") in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            res = data.get("res") or {}
+            message = f"{data.get('task', '?')}: {res.get('msg') or res.get('stderr') or 'failed'}"
+    return (message or f"ansible-runner status {result.status}, rc {result.rc}")[:2000]
