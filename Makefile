@@ -16,12 +16,12 @@ THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core
 COLLECTIONS_DIR := collections/ansible_collections
 COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_VERSION)
 APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr curl
-ROLES := postgres_server pgbouncer platform_registry tenant_database storage odoo_runtime
+ROLES := postgres_server pgbouncer platform_registry tenant_database storage odoo_runtime webhook_runner
 
 .PHONY: help setup system-packages state-access demo test lint unit molecule integration bench down clean
 
 help:
-	@echo "make demo   set up, converge the local platform, provision two tenants, print what runs where"
+	@echo "make demo   set up, converge the local platform, play three customers' lives through Kill Bill and the runner"
 	@echo "make test   set up, lint, unit tests, molecule scenarios, integration tests"
 	@echo "make setup | lint | unit | molecule | integration | bench | down | clean"
 
@@ -64,13 +64,7 @@ $(COLLECTIONS_STAMP): collections/requirements.yml
 
 demo: setup
 	ansible-playbook playbooks/site.yml
-	ansible-playbook playbooks/tenant_provision.yml -e tenant_id=demo-basic -e plan=basic-monthly \
-	  -e customer_id=demo-account-1 -e subscription_id=demo-subscription-1
-	ansible-playbook playbooks/tenant_provision.yml -e tenant_id=demo-premium -e plan=premium-monthly \
-	  -e customer_id=demo-account-2 -e subscription_id=demo-subscription-2
-	@for t in demo-basic demo-premium; do \
-	  echo "$$t.odoo.localhost/web/health through nginx: $$(curl -s -H "Host: $$t.odoo.localhost" http://127.0.0.1:58080/web/health)"; \
-	done
+	$(BIN)/python tests/e2e/demo.py
 	ansible-playbook playbooks/platform_status.yml
 
 test: setup lint unit molecule integration
@@ -96,6 +90,7 @@ integration: setup
 bench: setup
 	$(BIN)/python bench/site_noop.py
 	$(BIN)/python bench/placement.py
+	$(BIN)/python bench/runner.py
 
 # The test Ceph cluster first: it is mounted under .state, which `clean` then deletes.
 down:

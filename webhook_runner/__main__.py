@@ -1,4 +1,4 @@
-"""python -m webhook_runner worker|reconcile|serve-dev (gunicorn serves the app: see README).
+"""python -m webhook_runner worker|reconcile (gunicorn serves the app: see README "Webhook runner").
 
 worker [--drain]       take the inbox until SIGTERM (or, with --drain, until nothing is pending)
 reconcile [--check]    compare Kill Bill with the registry; queue repairs (--check: report only)
@@ -11,6 +11,8 @@ import logging
 import signal
 import sys
 import threading
+
+import psycopg
 
 from .config import ConfigError, load_settings
 from .killbill import KillBillError
@@ -33,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"webhook_runner: {error}", file=sys.stderr)
         return 2
 
+    if args.command == "worker" and not args.drain:
+        return serve(settings, args.name)
     runner = Worker(settings, name=getattr(args, "name", None))
     if args.command == "reconcile":
         try:
@@ -44,13 +48,21 @@ def main(argv: list[str] | None = None) -> int:
             print(("drift: " if args.check else "queued: ") + line)
         print(f"{len(drift)} tenant(s) drifted from Kill Bill" if drift else "no drift: the registry matches Kill Bill")
         return 0
-    if args.drain:
-        runner.drain()
-        return 0
+    runner.drain()
+    return 0
+
+
+def serve(settings, name: str | None) -> int:
+    """Work until SIGTERM (the job in progress finishes first); ride out registry outages."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    runner.run(stop)
+    while not stop.is_set():
+        try:
+            Worker(settings, name=name).run(stop)
+        except psycopg.OperationalError as error:
+            logging.getLogger("webhook_runner.worker").error("registry unreachable, retrying in 5 s: %s", error)
+            stop.wait(5)
     return 0
 
 

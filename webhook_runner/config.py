@@ -73,6 +73,12 @@ def load_settings(path: str | os.PathLike | None = None) -> RunnerSettings:
 
 
 def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
+    unknown = sorted(set(raw) - set(RunnerSettings.__dataclass_fields__))
+    unknown += [
+        f"killbill.{key}" for key in sorted(set(raw.get("killbill") or {}) - set(KillBillSettings.__dataclass_fields__))
+    ]
+    if unknown:
+        raise ConfigError(f"{source} has unknown keys: {', '.join(unknown)}")
     missing = [key for key in _REQUIRED if not raw.get(key)]
     missing += [f"killbill.{key}" for key in _KILLBILL_REQUIRED if not (raw.get("killbill") or {}).get(key)]
     if missing:

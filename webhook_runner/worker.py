@@ -201,6 +201,9 @@ class Worker:
                 suppress_env_files=True,  # no copy of the environment or the extra vars in the artifacts
                 timeout=settings.job_timeout_seconds,
                 quiet=True,
+                # With no cancel_callback, ansible-runner installs its own SIGTERM handler for good: the
+                # worker's own (finish this job, then stop) would be lost after the first job.
+                cancel_callback=lambda: False,
             )
             rc, error = result.rc, None if result.status == "successful" else _failure(result)
         except Exception as exc:  # ansible-runner could not start the run at all

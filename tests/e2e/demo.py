@@ -15,7 +15,9 @@ import argparse
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,12 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     credentials = {"username": "admin", "password": secret("killbill_password"), "api_key": "saasodoo",
                    "api_secret": secret("killbill_api_secret")}  # fmt: skip
     standin = KillBillStandin(
-        **credentials, trials={plan: TRIAL_DAYS for _, _, plan in CUSTOMERS},
+        **credentials, trials=dict.fromkeys((plan for _, _, plan in CUSTOMERS), TRIAL_DAYS),
         prices={"basic-monthly": 10, "standard-monthly": 25, "premium-monthly": 99},
     ).start(port=args.killbill_port)  # fmt: skip
     killbill = KillBillAPI(standin.url, **credentials)
     runner = Runner(args.runner_url, secret("runner_admin_token"))
     seen_jobs: set[int] = set()
+    # A demo run on a platform that has one already signs up new customers: tenant ids are never reused.
+    suffix = uuid.uuid4().hex[:4]
+    customers = [(f"{name} {suffix}", f"{tenant_id}-{suffix}", plan) for name, tenant_id, plan in CUSTOMERS]
+    acme, globex, initech = (tenant_id for _, tenant_id, _ in customers)
 
     def step(title: str, action) -> None:
         print(f"\n== {title}", flush=True)
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         accounts, subscriptions = {}, {}
 
         def sign_up():
-            for name, tenant_id, plan in CUSTOMERS:
+            for name, tenant_id, plan in customers:
                 accounts[tenant_id], subscriptions[tenant_id] = killbill.sign_up(name, tenant_id, plan)
 
         step("Three customers sign up (basic, standard, premium), on a trial", sign_up)
@@ -116,32 +122,46 @@ def main(argv: list[str] | None = None) -> int:
              lambda: killbill.move_clock(TRIAL_DAYS + 1))  # fmt: skip
 
         def decline():
-            killbill.payments_fail(accounts["globex"])
+            killbill.payments_fail(accounts[globex])
             killbill.move_clock(31)
 
         step("A month later: Globex's card is declined", decline)
 
         def pay():
-            killbill.payments_fail(accounts["globex"], fail=False)
-            killbill.pay(accounts["globex"])
+            killbill.payments_fail(accounts[globex], fail=False)
+            killbill.pay(accounts[globex])
 
         step("Globex pays", pay)
-        step("Acme upgrades basic -> standard", lambda: killbill.change_plan(subscriptions["acme"], "standard-monthly"))
-        step("Initech cancels", lambda: killbill.cancel(subscriptions["initech"]))
+        step("Acme upgrades basic -> standard", lambda: killbill.change_plan(subscriptions[acme], "standard-monthly"))
+        step("Initech cancels", lambda: killbill.cancel(subscriptions[initech]))
     finally:
         standin.stop()
 
     print("\n== Tenants (registry, through the runner's admin API)")
-    print(f"   {'tenant':<8} {'plan':<17} {'db_type':<10} {'server':<22} {'status':<11} Kill Bill")
-    for _, tenant_id, _ in CUSTOMERS:
+    print(f"   {'tenant':<13} {'plan':<17} {'db_type':<10} {'server':<22} {'status':<11} /web/health through nginx")
+    for _, tenant_id, _ in customers:
         tenant = runner.get(f"/tenants/{tenant_id}")["tenant"]
-        print(f"   {tenant_id:<8} {tenant['plan_name']:<17} {tenant['db_type']:<10} {tenant['db_server']:<22}"
-              f" {tenant['status']:<11} {subscriptions[tenant_id][:8]}…")  # fmt: skip
+        print(f"   {tenant_id:<13} {tenant['plan_name']:<17} {tenant['db_type']:<10} {tenant['db_server']:<22}"
+              f" {tenant['status']:<11} {_health(tenant_id)}")  # fmt: skip
 
-    print("\n== Audit trail of globex, event by event (registry.audit; hash-chained)")
-    for row in reversed(runner.get("/tenants/globex")["audit"]):
+    print(f"\n== Audit trail of {globex}, event by event (registry.audit, hash-chained)")
+    for row in reversed(runner.get(f"/tenants/{globex}")["audit"]):
         print(f"   {row['id']:>5} {row['kind']:<9} {row['subject'] or '':<22} {_detail(row)}")
     return 0
+
+
+def _health(tenant_id: str) -> str:
+    """The tenant's Odoo through the local nginx, by Host header (the process runtime's route)."""
+    request = urllib.request.Request(
+        "http://127.0.0.1:58080/web/health", headers={"Host": f"{tenant_id}.odoo.localhost"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return f"{response.status} {response.read().decode()[:40]}"
+    except urllib.error.HTTPError as error:
+        return f"{error.code} (stopped)"
+    except OSError as error:
+        return f"unreachable ({error})"
 
 
 def _seconds(job: dict) -> str:

@@ -1,0 +1,179 @@
+"""The webhook runner's two latencies, each beside a baseline from the same run.
+
+1. Acknowledgement: Kill Bill's POST to /killbill/<token> answered by gunicorn after the durable write to the
+   registry inbox (INSERT + NOTIFY, committed), p50/p99 over N notifications posted the way Kill Bill does
+   (a new connection each). Baseline: the same POST with a wrong token (HTTP, gunicorn, Flask, no write).
+2. Event -> tenant database ready, runtime none: from the customer's sign-up at Kill Bill to the tenant's own
+   credentials opening its database through its pool's PgBouncer (stand-in sends the notifications, one
+   worker, ansible-runner, tenant_provision.yml). Beside it: ansible-runner's start-up cost (a playbook with
+   one no-op task through ansible_runner.run), and the bare provision playbook run time from the job rows.
+Usage: bench/runner.py [--notifications N] [--tenants N] [--quick]
+(needs the local platform up: ansible-playbook playbooks/site.yml; stops the deployed runner while it runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import ansible_runner
+import psycopg
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
+from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import derive_password  # noqa: E402
+from tests.e2e.killbill_api import KillBillAPI  # noqa: E402
+from tests.integration.runner_stack import (  # noqa: E402
+    ADMIN_TOKEN,
+    INBOUND_TOKEN,
+    RunnerStack,
+    pause_deployed_runner,
+    resume_deployed_runner,
+    write_settings,
+)
+from tests.standins.killbill.killbill_standin import (  # noqa: E402
+    KillBillStandin,
+    encode_notification,
+    post_notification,
+)
+
+STATE = REPO / ".state/local"
+KILLBILL = {"username": "admin", "password": "bench-password", "api_key": "saasodoo", "api_secret": "bench-secret"}
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def row(label: str, values: list[float], unit: str = "ms", scale: float = 1000.0) -> str:
+    p50, p95, p99 = (percentile(values, p) * scale for p in (0.5, 0.95, 0.99))
+    return f"  {label:<52} n={len(values):<5} p50 {p50:8.1f} {unit}  p95 {p95:8.1f} {unit}  p99 {p99:8.1f} {unit}"
+
+
+def registry_conninfo(port: int) -> str:
+    secret = (STATE / "secrets/platform_secret").read_text().strip()
+    password = derive_password(secret, "registry@saasodoo_registry")
+    return f"host=127.0.0.1 port={port} dbname=saasodoo_registry user=saasodoo_registry password={password}"
+
+
+def ack_latency(stack: RunnerStack, notifications: int) -> None:
+    # TENANT_CONFIG_CHANGE has no account: whatever worker picks these up later discards them.
+    body = encode_notification("TENANT_CONFIG_CHANGE", None, "TENANT_KVS", str(uuid.uuid4()), {"key": "CATALOG"})
+    wrong = f"{stack.url}/killbill/not-the-token"
+    for _ in range(20):  # warm both paths (gunicorn workers, the pool's connection)
+        post_notification(stack.callback, body)
+        post_notification(wrong, body)
+    stored, refused = [], []
+    for _ in range(notifications):
+        started = time.perf_counter()
+        assert post_notification(stack.callback, body) == 202
+        stored.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        assert post_notification(wrong, body) == 401
+        refused.append(time.perf_counter() - started)
+    print("Acknowledgement latency (goal: p99 <= 50 ms with the durable write)")
+    print(row("POST /killbill/<token>: stored, committed, 202", stored))
+    print(row("baseline: same POST, wrong token, 401, no write", refused))
+
+
+def database_ready(stack: RunnerStack, standin: KillBillStandin, tenants: int) -> None:
+    api = KillBillAPI(standin.url, **KILLBILL)
+    api.register_callback(stack.callback)
+    standin.wait_idle(timeout=30)
+    stack.settle()
+    secret = (STATE / "secrets/platform_secret").read_text().strip()
+    ready, runs = [], []
+    run_id = uuid.uuid4().hex[:6]
+    with stack.registry() as registry:
+        for n in range(tenants):
+            tenant = f"bench-{run_id}-{n}"
+            started = time.perf_counter()
+            api.sign_up(tenant, tenant, "basic-monthly")
+            password = derive_password(secret, f"tenant:{tenant}:v1")
+            while True:
+                server = registry.execute(
+                    """SELECT t.db_name, t.db_role, s.pgbouncer_port FROM registry.tenants t
+                         JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s""",
+                    (tenant,),
+                ).fetchone()
+                if server:
+                    try:
+                        psycopg.connect(
+                            host="127.0.0.1", port=server["pgbouncer_port"], dbname=server["db_name"],
+                            user=server["db_role"], password=password, connect_timeout=2, prepare_threshold=None,
+                        ).close()  # fmt: skip
+                        break
+                    except psycopg.OperationalError:
+                        pass
+                if time.perf_counter() - started > 300:
+                    raise TimeoutError(f"{tenant} not ready after 300 s")
+                time.sleep(0.05)  # the database appears mid-playbook: poll it as a client would
+            ready.append(time.perf_counter() - started)
+            stack.settle()
+            job = registry.execute(
+                """SELECT extract(epoch FROM finished_at - started_at) AS s FROM registry.jobs
+                    WHERE tenant_id = %s AND action = 'provision' AND state = 'succeeded'""",
+                (tenant,),
+            ).fetchone()
+            runs.append(float(job["s"]))
+
+    with tempfile.TemporaryDirectory() as scratch:
+        playbook = Path(scratch) / "noop.yml"
+        playbook.write_text("- hosts: localhost\n  gather_facts: false\n  tasks:\n    - ansible.builtin.meta: noop\n")
+        startups = []
+        for _ in range(max(3, tenants)):
+            started = time.perf_counter()
+            result = ansible_runner.run(
+                private_data_dir=scratch, playbook=str(playbook), inventory="localhost,", quiet=True,
+                envvars={"ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
+            )  # fmt: skip
+            assert result.rc == 0, result.stdout.read()
+            startups.append(time.perf_counter() - started)
+    print("Event -> tenant database ready, runtime none (goal: p95 <= 5 s)")
+    print(row("sign-up at Kill Bill -> tenant's credentials open its DB", ready, "s", 1.0))
+    print(row("tenant_provision.yml job run time (jobs table)", runs, "s", 1.0))
+    print(row("ansible-runner start-up: a one no-op task playbook", startups, "s", 1.0))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--notifications", type=int, default=1000)
+    parser.add_argument("--tenants", type=int, default=10)
+    parser.add_argument("--registry-port", type=int, default=55432)
+    parser.add_argument("--quick", action="store_true", help="100 notifications, 2 tenants (tests/integration)")
+    args = parser.parse_args()
+    if args.quick:
+        args.notifications, args.tenants = 100, 2
+
+    deployed = pause_deployed_runner()
+    standin = KillBillStandin(**KILLBILL, retries=[1, 2]).start()
+    with tempfile.TemporaryDirectory(prefix="runner-bench-") as scratch:
+        state = Path(scratch)
+        settings = {
+            "registry_conninfo": registry_conninfo(args.registry_port), "inbound_token": INBOUND_TOKEN,
+            "admin_token": ADMIN_TOKEN, "killbill": {"url": standin.url, **KILLBILL}, "project_dir": str(REPO),
+            "inventory": str(REPO / "inventories/local"), "artifacts_dir": str(state / "artifacts"),
+            "playbook_extravars": {"saasodoo_runtime_backend": "none"}, "reconcile_interval_seconds": 0,
+            "poll_seconds": 1,
+        }  # fmt: skip
+        write_settings(state / "settings.json", settings)
+        stack = RunnerStack(state / "settings.json", 58291, workers=1, registry_conninfo=settings["registry_conninfo"],
+                            log_dir=state)  # fmt: skip
+        stack.start()
+        try:
+            ack_latency(stack, args.notifications)
+            database_ready(stack, standin, args.tenants)
+        finally:
+            stack.stop()
+            standin.stop()
+            resume_deployed_runner(deployed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
