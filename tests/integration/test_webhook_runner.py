@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import urllib.request
 from collections import Counter
 
@@ -226,7 +227,19 @@ def test_a_job_that_keeps_failing_is_parked_and_can_be_replayed(runner: RunnerSt
 RELIABILITY_ACCOUNTS = 8
 RELIABILITY_NOTIFICATIONS = 1000
 DUPLICATE_SHARE = 0.2
-KILLS = 5
+# Where in which phase's stream the runner is SIGKILLed (five times), each time while a playbook runs.
+KILL_PLAN = {0: (0.3, 0.8), 2: (0.5,), 4: (0.5,), 5: (0.02,)}
+
+
+def wait_for_a_running_job(runner: RunnerStack, timeout: float = 15.0) -> bool:
+    """Until a playbook runs (the events posted so far may ask for none: then kill between jobs)."""
+    deadline = time.monotonic() + timeout
+    with runner.registry() as conn:
+        while not conn.execute("SELECT 1 FROM registry.jobs WHERE state = 'running'").fetchone():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)  # the workers are other processes: poll the registry
+    return True
 
 
 def test_reliability_duplicates_reordering_and_crashes(runner: RunnerStack, local_platform):
@@ -267,30 +280,29 @@ def test_reliability_duplicates_reordering_and_crashes(runner: RunnerStack, loca
         # next phase, so each phase's effects are known. The last phase adds months of invoices and payments:
         # triggers that change nothing, up to the 1,000 notifications.
         unique_target = int(RELIABILITY_NOTIFICATIONS * (1 - DUPLICATE_SHARE))
-        history: list[list[bytes]] = []
-        for _, operation in phases:
-            operation()
-            history.append([n.body for n in standin.drain_notifications()])
-        while sum(map(len, history)) < unique_target:
-            api.move_clock(31)
-            history[-1] += [n.body for n in standin.drain_notifications()]
-        kill_points = set(rng.sample(range(20, RELIABILITY_NOTIFICATIONS - 20), KILLS))
         with runner.registry() as conn:
             before = conn.execute("SELECT coalesce(max(id), 0) AS id FROM registry.events").fetchone()["id"]
 
-        acknowledged, redeliveries, posts, position, sent = 0, [], 0, 0, []
-        for index, phase in enumerate(history):
+        acknowledged, redeliveries, posts, position, sent, kills_mid_job = 0, [], 0, 0, [], 0
+        for index, (_, operation) in enumerate(phases):
+            operation()
+            phase = [n.body for n in standin.drain_notifications()]
+            while index == len(phases) - 1 and len(sent) + len(phase) < unique_target:
+                api.move_clock(31)
+                phase += [n.body for n in standin.drain_notifications()]
             sent += phase
             duplicates = round(len(phase) * DUPLICATE_SHARE / (1 - DUPLICATE_SHARE))
-            if index == len(history) - 1:  # the rest of the 1,000
+            if index == len(phases) - 1:  # the rest of the 1,000
                 duplicates = RELIABILITY_NOTIFICATIONS - position - len(phase)
             stream = phase + [rng.choice(sent) for _ in range(duplicates)]
             rng.shuffle(stream)
+            kill_at = {int(len(stream) * share) for share in KILL_PLAN.get(index, ())}
             failed = []
-            for body in stream:
+            for offset, body in enumerate(stream):
                 position += 1
-                if position in kill_points:
-                    runner.kill()  # mid-stream, and usually mid-job: playbooks are running
+                if offset in kill_at:
+                    kills_mid_job += wait_for_a_running_job(runner)
+                    runner.kill()  # mid-stream, and mid-job when one runs
                     for late in stream[:2]:  # Kill Bill keeps sending while the runner is down
                         posts += 1
                         assert post_notification(runner.callback, late, timeout=2) is None
@@ -319,6 +331,7 @@ def test_reliability_duplicates_reordering_and_crashes(runner: RunnerStack, loca
                 "SELECT state, count(*) AS n FROM registry.jobs WHERE tenant_id LIKE 'rel-%%' GROUP BY state"
             ).fetchall()
         assert position == RELIABILITY_NOTIFICATIONS
+        assert kills_mid_job >= 3  # sign-ups, suspensions and terminations always have playbooks running
         assert stored["n"] == acknowledged >= RELIABILITY_NOTIFICATIONS  # every acknowledged notification kept
         assert stored["pending"] == 0
         assert {row["state"] for row in jobs} <= {"succeeded", "skipped"}, jobs  # nothing parked or left running
@@ -345,6 +358,6 @@ def test_reliability_duplicates_reordering_and_crashes(runner: RunnerStack, loca
             ).fetchone()["n"]
         assert databases == len(tenants)
         print(f"reliability: {posts} POSTs, {acknowledged} acknowledged, {len(redeliveries)} redelivered,"
-              f" {KILLS} kills, jobs {dict(done)}")  # fmt: skip
+              f" {sum(map(len, KILL_PLAN.values()))} kills, jobs {dict(done)}")  # fmt: skip
     finally:
         standin.stop()
