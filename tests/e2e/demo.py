@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 import urllib.error
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--killbill-port", type=int, default=58180)
     args = parser.parse_args(argv)
 
+    # werkzeug's request log would print the callback registration, whose URL holds the runner's token.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     credentials = {"username": "admin", "password": secret("killbill_password"), "api_key": "saasodoo",
                    "api_secret": secret("killbill_api_secret")}  # fmt: skip
     standin = KillBillStandin(
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ).start(port=args.killbill_port)  # fmt: skip
     killbill = KillBillAPI(standin.url, **credentials)
     runner = Runner(args.runner_url, secret("runner_admin_token"))
-    seen_jobs: set[int] = set()
+    seen_jobs = {job["id"] for job in runner.get("/jobs?limit=1000")["jobs"]}  # earlier runs' jobs
     # A demo run on a platform that has one already signs up new customers: tenant ids are never reused.
     suffix = uuid.uuid4().hex[:4]
     customers = [(f"{name} {suffix}", f"{tenant_id}-{suffix}", plan) for name, tenant_id, plan in CUSTOMERS]
