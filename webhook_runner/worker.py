@@ -122,19 +122,23 @@ class Worker:
             store.mark_processed(conn, trigger_ids, f"Kill Bill unreachable: read again by job {job['id']}")
             return
 
-        subscriptions = [sub for bundle in bundles for sub in bundle.get("subscriptions") or []]
-        tenants = store.tenants_by_id(conn, [tid for tid in map(tenant_id_of, subscriptions) if tid])
-        plans = store.plan_names(conn)
         outcomes = []
-        for subscription in subscriptions:
-            tenant_id = tenant_id_of(subscription)
-            decisions = desired_actions(subscription, overdue, tenants.get(tenant_id), plans)
+        for subscription, tenant_id, decisions in self._decide(bundles, overdue, store.plan_names(conn)):
             tenant_jobs = [job for job in open_jobs if tenant_id and job["tenant_id"] == tenant_id]
             self._audit_decision(tenant_id, triggers, subscription, overdue, decisions)
             outcomes += self._carry_out(account, tenant_id, decisions, tenant_jobs, trigger_ids)
         for job in account_jobs:
             store.close_job(conn, job["id"], "succeeded", "Kill Bill read back; the account's tenants converged")
         store.mark_processed(conn, trigger_ids, "; ".join(outcomes) or "no change: the tenants match Kill Bill")
+
+    def _decide(self, bundles: list[dict], overdue: dict, plans: set[str]) -> list[tuple[dict, str | None, list]]:
+        """(subscription, tenant id, decisions) for each of an account's subscriptions, against the registry."""
+        subscriptions = [sub for bundle in bundles for sub in bundle.get("subscriptions") or []]
+        tenants = store.tenants_by_id(self.conn, [tid for tid in map(tenant_id_of, subscriptions) if tid])
+        return [
+            (sub, tenant_id_of(sub), desired_actions(sub, overdue, tenants.get(tenant_id_of(sub)), plans))
+            for sub in subscriptions
+        ]
 
     def _carry_out(self, account, tenant_id, decisions, tenant_jobs, trigger_ids) -> list[str]:
         """Run one tenant's actions in order, stopping at the first failure; close its moot jobs."""
@@ -288,12 +292,8 @@ class Worker:
         for account in self.killbill.account_ids():
             bundles = self.killbill.account_bundles(account)
             overdue = self.killbill.account_overdue(account)
-            subscriptions = [sub for bundle in bundles for sub in bundle.get("subscriptions") or []]
-            tenants = store.tenants_by_id(conn, [tid for tid in map(tenant_id_of, subscriptions) if tid])
             queued = False
-            for subscription in subscriptions:
-                tenant_id = tenant_id_of(subscription)
-                decisions = desired_actions(subscription, overdue, tenants.get(tenant_id), plans)
+            for _, tenant_id, decisions in self._decide(bundles, overdue, plans):
                 actions = [decision for decision in decisions if isinstance(decision, Action)]
                 if not actions:
                     continue

@@ -9,37 +9,30 @@ from .conftest import LocalPlatform
 from conftest import REPO
 
 
-def test_placement_benchmark_quick_run_prints_both_approaches(local_platform: LocalPlatform):
+def run_bench(script: str, *args: str, timeout: int) -> str:
+    """A benchmark's quick run; its output, once it exited 0."""
     run = subprocess.run(
-        [sys.executable, "bench/placement.py", "--quick", "--port", str(local_platform.servers["platform-db"].port)],
+        [sys.executable, script, "--quick", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=False,
-        timeout=300,
+        timeout=timeout,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert "counters: place(), check mode" in run.stdout
-    assert "baseline: lock + count scan + choose" in run.stdout
+    return run.stdout
+
+
+def test_placement_benchmark_quick_run_prints_both_approaches(local_platform: LocalPlatform):
+    output = run_bench("bench/placement.py", "--port", str(local_platform.servers["platform-db"].port), timeout=300)
+    assert "counters: place(), check mode" in output
+    assert "baseline: lock + count scan + choose" in output
 
 
 def test_runner_benchmark_quick_run_prints_both_latencies(local_platform: LocalPlatform):
-    run = subprocess.run(
-        [
-            sys.executable,
-            "bench/runner.py",
-            "--quick",
-            "--registry-port",
-            str(local_platform.servers["platform-db"].port),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert "POST /killbill/<token>: stored, committed, 202" in run.stdout
-    assert "baseline: same POST, wrong token, 401, no write" in run.stdout
-    assert "sign-up at Kill Bill -> tenant's credentials open its DB" in run.stdout
-    assert "ansible-runner start-up" in run.stdout
+    port = str(local_platform.servers["platform-db"].port)
+    output = run_bench("bench/runner.py", "--registry-port", port, timeout=600)
+    assert "POST /killbill/<token>: stored, committed, 202" in output
+    assert "baseline: same POST, wrong token, 401, no write" in output
+    assert "sign-up at Kill Bill -> tenant's credentials open its DB" in output
+    assert "ansible-runner start-up" in output
