@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import derive_password  # noqa: E402
 from tests.e2e.killbill_api import KillBillAPI  # noqa: E402
+from tests.integration.conftest import run_playbook  # noqa: E402
 from tests.integration.runner_stack import (  # noqa: E402
     ADMIN_TOKEN,
     INBOUND_TOKEN,
@@ -81,7 +82,7 @@ def ack_latency(stack: RunnerStack, notifications: int) -> None:
     print(row("baseline: same POST, wrong token, 401, no write", refused))
 
 
-def database_ready(stack: RunnerStack, standin: KillBillStandin, tenants: int) -> None:
+def database_ready(stack: RunnerStack, standin: KillBillStandin, tenants: int, created: list[str]) -> None:
     api = KillBillAPI(standin.url, **KILLBILL)
     api.register_callback(stack.callback)
     standin.wait_idle(timeout=30)
@@ -92,6 +93,7 @@ def database_ready(stack: RunnerStack, standin: KillBillStandin, tenants: int) -
     with stack.registry() as registry:
         for n in range(tenants):
             tenant = f"bench-{run_id}-{n}"
+            created.append(tenant)
             started = time.perf_counter()
             api.sign_up(tenant, tenant, "basic-monthly")
             password = derive_password(secret, f"tenant:{tenant}:v1")
@@ -140,6 +142,19 @@ def database_ready(stack: RunnerStack, standin: KillBillStandin, tenants: int) -
     print(row("ansible-runner start-up: a one no-op task playbook", startups, "s", 1.0))
 
 
+def remove_tenants(tenants: list[str]) -> bool:
+    """Terminate and purge the benchmark's tenants: the platform's pools are left as the bench found them."""
+    removed = True
+    for tenant in tenants:
+        for playbook, *extra in (("tenant_terminate.yml",), ("tenant_purge.yml", "-e", "force=true")):
+            run = run_playbook(playbook, "-e", f"tenant_id={tenant}", "-e", "saasodoo_runtime_backend=none", *extra)
+            if run.returncode != 0:
+                print(f"could not remove {tenant} ({playbook}):\n{run.output[-2000:]}", file=sys.stderr)
+                removed = False
+                break
+    return removed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--notifications", type=int, default=1000)
@@ -165,14 +180,16 @@ def main() -> int:
         stack = RunnerStack(state / "settings.json", 58291, workers=1, registry_conninfo=settings["registry_conninfo"],
                             log_dir=state)  # fmt: skip
         stack.start()
+        created: list[str] = []
         try:
             ack_latency(stack, args.notifications)
-            database_ready(stack, standin, args.tenants)
+            database_ready(stack, standin, args.tenants, created)
         finally:
             stack.stop()
             standin.stop()
+            removed = remove_tenants(created)
             resume_deployed_runner(deployed)
-    return 0
+    return 0 if removed else 1
 
 
 if __name__ == "__main__":

@@ -36,3 +36,10 @@ def test_runner_benchmark_quick_run_prints_both_latencies(local_platform: LocalP
     assert "baseline: same POST, wrong token, 401, no write" in output
     assert "sign-up at Kill Bill -> tenant's credentials open its DB" in output
     assert "ansible-runner start-up" in output
+    with local_platform.connect(
+        int(port), "saasodoo_registry", local_platform.password("registry@saasodoo_registry"), "saasodoo_registry"
+    ) as registry:
+        left = registry.execute(
+            "SELECT tenant_id, status FROM registry.tenants WHERE tenant_id LIKE 'bench-%' AND status <> 'purged'"
+        ).fetchall()
+    assert left == [], "the benchmark leaves its tenants behind"
