@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections import Counter
 
+import psycopg
 import pytest
 
 from tests.e2e.killbill_api import KillBillAPI
@@ -68,7 +69,8 @@ def kb_api(standin: KillBillStandin) -> KillBillAPI:
 def tenant_rows(runner: RunnerStack, prefix: str) -> dict[str, dict]:
     with runner.registry() as conn:
         rows = conn.execute(
-            "SELECT tenant_id, plan_name, db_type, status FROM registry.tenants WHERE tenant_id LIKE %s",
+            "SELECT t.tenant_id, t.plan_name, t.db_type, t.status, t.db_name, s.port FROM registry.tenants t"
+            " LEFT JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id LIKE %s",
             (prefix + "%",),
         ).fetchall()
     return {row["tenant_id"]: row for row in rows}
@@ -192,13 +194,22 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
     assert leaks == []
 
 
-def test_a_job_that_keeps_failing_is_parked_and_can_be_replayed(runner: RunnerStack, killbill: KillBillStandin):
+def test_a_job_that_keeps_failing_is_parked_and_can_be_replayed(
+    runner: RunnerStack, killbill: KillBillStandin, local_platform: LocalPlatform
+):
     api = kb_api(killbill)
     api.register_callback(runner.callback)
     _, subscription = api.sign_up("Park One", "park-01", "basic-monthly")
     killbill.wait_idle(timeout=30)
     runner.settle()
-    # A shared -> dedicated move needs db_migrate, which tenant_change_plan.yml refuses: a job that fails each time.
+    # A large object in the tenant's database: logical replication cannot carry it, so the move to a dedicated
+    # server fails each time (and rolls back).
+    tenant = tenant_rows(runner, "park-")["park-01"]
+    with psycopg.connect(
+        host="127.0.0.1", port=tenant["port"], dbname=tenant["db_name"], user=tenant["db_name"],
+        password=local_platform.password("tenant:park-01:v1"), autocommit=True,
+    ) as conn:  # fmt: skip
+        conn.execute("SELECT lo_from_bytea(0, 'attachment kept in a large object')")
     api.change_plan(subscription, "premium-monthly")
     killbill.wait_idle(timeout=30)
     runner.settle()
@@ -206,7 +217,7 @@ def test_a_job_that_keeps_failing_is_parked_and_can_be_replayed(runner: RunnerSt
     status, listing = runner.admin("GET", "/jobs?tenant=park-01&state=parked")
     [parked] = listing["jobs"]
     assert parked["action"] == "change_plan" and parked["attempts"] == 3
-    assert "db_migrate" in parked["error"]
+    assert "large objects" in parked["error"] and "Rolled back" in parked["error"]
     assert tenant_rows(runner, "park-")["park-01"]["plan_name"] == "basic-monthly"
 
     refused = urllib.request.Request(f"{runner.url}/jobs/{parked['id']}/replay", method="POST")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import (
+    POLICIES,
     Candidate,
     Decision,
     Needs,
@@ -79,6 +80,46 @@ class PlacementResult:
     executed: list[str] = field(default_factory=list)
 
 
+NEW_SERVER_OPTIONS = dict(
+    name_prefix=dict(type="str", required=True),
+    port_range=dict(type="list", elements="int", required=True),
+    host=dict(type="str", default="127.0.0.1"),
+    pg_major=dict(type="int", default=15),
+    capacity_tenants=dict(type="int", default=1),
+    capacity_storage_gb=dict(type="int", default=100),
+    pgbouncer_port_offset=dict(type="int"),
+)
+# The placement options of db_placement and db_migrate (which places a moving tenant's new server).
+PLACEMENT_OPTIONS = dict(
+    policy=dict(type="str", choices=list(POLICIES), default="fill_first"),
+    auto_grow=dict(type="bool", default=False),
+    shared_growth=dict(type="dict", options=NEW_SERVER_OPTIONS),
+    dedicated=dict(type="dict", options=NEW_SERVER_OPTIONS),
+    odoo_pg_majors=dict(type="dict", required=True),
+    probe_health=dict(type="bool", default=True),
+)
+
+
+def new_server_spec(options: dict | None, what: str) -> NewServerSpec | None:
+    if not options:
+        return None
+    low_high = options["port_range"]
+    if len(low_high) != 2 or low_high[0] > low_high[1]:
+        raise PlacementError(f"{what}.port_range must be [first, last], got {low_high}")
+    return NewServerSpec(**{**options, "port_range": (low_high[0], low_high[1])})
+
+
+def placement_config(params: dict) -> PlacementConfig:
+    return PlacementConfig(
+        policy=params["policy"],
+        auto_grow=params["auto_grow"],
+        shared_growth=new_server_spec(params["shared_growth"], "shared_growth"),
+        dedicated=new_server_spec(params["dedicated"], "dedicated"),
+        odoo_pg_majors={str(k): v for k, v in params["odoo_pg_majors"].items()},
+        probe_health=params["probe_health"],
+    )
+
+
 def tcp_probe(host: str, port: int, timeout: float = 1.0) -> str | None:
     """None when the server accepts TCP connections, else why not."""
     try:
@@ -122,6 +163,32 @@ class PlacementStore:
             created = server["name"] if server.get("_created") else None
             server = self._server(cur, server["name"])
         return PlacementResult(True, tenant, server, placement, created, self.executed)
+
+    def place_move(self, request: PlacementRequest, source_server: str) -> tuple[dict, dict]:
+        """A server for the tenant's database under its (new) plan, other than the one it is on.
+
+        Runs in the caller's transaction (db_migrate records the move with it); the decision is recorded.
+        Returns the server (with `_created` when this placement recorded it) and the placement record.
+        """
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            plan = self._plan(cur, request.plan)
+            entitlements = plan["entitlements"]
+            db_type = db_type_of(request.plan, entitlements)
+            if db_type == "shared":
+                needs = Needs(int(entitlements.get("storage_gb", 0)), self._pg_majors(request.plan, entitlements))
+                decision, server = self._place_shared(cur, request, needs, exclude=source_server)
+            else:
+                decision, server = self._place_dedicated(cur, request)
+                if server["name"] == source_server:
+                    raise PlacementError(f"tenant {request.tenant_id} is on its own server {source_server} already")
+                if server["dedicated_to"] is None:
+                    cur.execute(
+                        "UPDATE registry.db_servers SET dedicated_to = %s WHERE name = %s",
+                        (request.tenant_id, server["name"]),
+                    )
+            placement = self._record_placement(cur, request, plan, db_type, decision)
+            created = server.get("_created", False)
+            return {**self._server(cur, server["name"]), "_created": created}, placement
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -173,8 +240,8 @@ class PlacementStore:
         cur.execute(f"SELECT {SERVER_COLUMNS} FROM registry.db_servers WHERE kind = 'shared' ORDER BY name FOR UPDATE")
         return cur.fetchall()
 
-    def _decide_shared(self, cur, needs: Needs) -> tuple[Decision, dict[str, dict]]:
-        rows = {r["name"]: r for r in self._shared_servers(cur)}
+    def _decide_shared(self, cur, needs: Needs, exclude: str | None = None) -> tuple[Decision, dict[str, dict]]:
+        rows = {r["name"]: r for r in self._shared_servers(cur) if r["name"] != exclude}
         unreachable: dict[str, str] = {}
         while True:
             servers = [_server_state(r, unreachable, self.config.probe_health) for r in rows.values()]
@@ -199,8 +266,10 @@ class PlacementStore:
             )
             self.executed.append(f"marked {chosen['name']} unhealthy: {failure}")
 
-    def _place_shared(self, cur, request: PlacementRequest, needs: Needs) -> tuple[Decision, dict]:
-        decision, rows = self._decide_shared(cur, needs)
+    def _place_shared(
+        self, cur, request: PlacementRequest, needs: Needs, exclude: str | None = None
+    ) -> tuple[Decision, dict]:
+        decision, rows = self._decide_shared(cur, needs, exclude)
         if decision.chosen:
             return decision, rows[decision.chosen]
         growth = self.config.shared_growth
@@ -212,7 +281,7 @@ class PlacementStore:
             raise PlacementError(refusal_message(request.tenant_id, request.plan, decision, remedy))
         # Another placement may have grown the fleet while this one waited: look again under the lock.
         self._lock_allocation(cur)
-        decision, rows = self._decide_shared(cur, needs)
+        decision, rows = self._decide_shared(cur, needs, exclude)
         if decision.chosen:
             return decision, rows[decision.chosen]
         server = self._create_server(cur, "shared", growth)

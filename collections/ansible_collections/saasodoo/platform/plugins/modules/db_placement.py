@@ -161,7 +161,11 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.saasodoo.platform.plugins.module_utils.placement import POLICIES, PlacementError
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement import PlacementError
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
+    PLACEMENT_OPTIONS,
+    placement_config,
+)
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
     REGISTRY_LOGIN_OPTIONS,
     RegistryUnreachable,
@@ -172,8 +176,6 @@ try:
     import psycopg
 
     from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
-        NewServerSpec,
-        PlacementConfig,
         PlacementRequest,
         PlacementStore,
     )
@@ -182,16 +184,6 @@ try:
 except ImportError:
     PSYCOPG_IMPORT_ERROR = traceback.format_exc()
 
-NEW_SERVER_OPTIONS = dict(
-    name_prefix=dict(type="str", required=True),
-    port_range=dict(type="list", elements="int", required=True),
-    host=dict(type="str", default="127.0.0.1"),
-    pg_major=dict(type="int", default=15),
-    capacity_tenants=dict(type="int", default=1),
-    capacity_storage_gb=dict(type="int", default=100),
-    pgbouncer_port_offset=dict(type="int"),
-)
-
 
 def argument_spec() -> dict:
     return dict(
@@ -199,35 +191,14 @@ def argument_spec() -> dict:
         customer_id=dict(type="str"),
         subscription_id=dict(type="str"),
         plan=dict(type="str", required=True),
-        policy=dict(type="str", choices=list(POLICIES), default="fill_first"),
-        auto_grow=dict(type="bool", default=False),
-        shared_growth=dict(type="dict", options=NEW_SERVER_OPTIONS),
-        dedicated=dict(type="dict", options=NEW_SERVER_OPTIONS),
-        odoo_pg_majors=dict(type="dict", required=True),
-        probe_health=dict(type="bool", default=True),
+        **PLACEMENT_OPTIONS,
         **REGISTRY_LOGIN_OPTIONS,
     )
 
 
-def new_server_spec(options: dict | None, what: str) -> NewServerSpec | None:
-    if not options:
-        return None
-    low_high = options["port_range"]
-    if len(low_high) != 2 or low_high[0] > low_high[1]:
-        raise PlacementError(f"{what}.port_range must be [first, last], got {low_high}")
-    return NewServerSpec(**{**options, "port_range": (low_high[0], low_high[1])})
-
-
 def run_module(module: AnsibleModule) -> dict:
     p = module.params
-    config = PlacementConfig(
-        policy=p["policy"],
-        auto_grow=p["auto_grow"],
-        shared_growth=new_server_spec(p["shared_growth"], "shared_growth"),
-        dedicated=new_server_spec(p["dedicated"], "dedicated"),
-        odoo_pg_majors={str(k): v for k, v in p["odoo_pg_majors"].items()},
-        probe_health=p["probe_health"],
-    )
+    config = placement_config(p)
     request = PlacementRequest(p["tenant_id"], p["plan"], p["customer_id"], p["subscription_id"])
     with connect_registry(p) as conn:
         result = PlacementStore(conn, config).place(request, check_mode=module.check_mode)

@@ -205,7 +205,7 @@ def planned_changes(conn, tenant: dict, p: dict) -> dict:
                 raise TenantError(
                     f"plan {tenant['plan_name']} -> {new['name']} for tenant {tenant_id} moves its database from "
                     f"{tenant['db_type']} to {new['db_type']}: that needs a move between servers (db_migrate), "
-                    "which this version cannot do yet; nothing was changed"
+                    "which playbooks/tenant_change_plan.yml does; nothing was changed"
                 )
             changes.update(plan_name=new["name"], plan_version=new["version"], quotas=new["entitlements"])
             plan = new["entitlements"]

@@ -1,0 +1,619 @@
+"""Moving a tenant's database to another PostgreSQL server (DESIGN §5), every phase recorded.
+
+The source stays authoritative until the target is verified: the registry points at the target only
+after verification, in the one transaction that records the phase `repointed`. Before that the target's
+tenant role may not log in; after it the source's may not. A run that finds a move nobody is running
+(killed, crashed) rolls back what it finds before `repointed` and finishes what it finds after it.
+
+Methods: `logical` copies the schema (pg_dump --schema-only: tables and keys first, the other indexes
+and constraints once the data is in), then publication + subscription; writes are blocked only for the
+cutover. `dump` blocks writes, then parallel directory-format pg_dump / pg_restore.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+try:
+    import psycopg
+    from psycopg import sql
+    from psycopg.rows import dict_row
+except ImportError:  # reported by the module with missing_required_lib
+    psycopg = sql = dict_row = None
+
+PHASES = ("placed", "copying", "catching_up", "cutover", "verified", "repointed", "done", "rolled_back")
+MARKER_SCHEMA = "saasodoo_move"  # a marker table the cutover writes through replication, dropped after
+MOVERS_GROUP = "saasodoo_movers"  # pg_hba lets its members (one per move, dropped after) reach any database
+# Fault injection for the tests: "<point>:<file>" makes a run touch <file> and hold at that point until killed.
+FAILPOINT_ENV = "SAASODOO_DB_MIGRATE_FAILPOINT"
+
+
+class MoveError(Exception):
+    """The move cannot go on; the message says why and what was done about it."""
+
+
+@dataclass
+class MoveOptions:
+    method: str = "logical"
+    pg_bin_dir: str = "/usr/lib/postgresql/15/bin"
+    jobs: int = 2
+    sync_timeout: float = 3600.0
+    catchup_timeout: float = 60.0
+    retain_days: int = 7
+
+
+@dataclass
+class Server:
+    """A database server as the registry records it, with how to reach it as its superuser."""
+
+    name: str
+    host: str
+    port: int
+    admin: dict  # login_user, login_unix_socket / login_host, login_port, login_password
+
+    def connect(self, dbname: str = "postgres") -> psycopg.Connection:
+        a = self.admin
+        return psycopg.connect(
+            host=a.get("login_unix_socket") or a.get("login_host") or self.host,
+            port=a.get("login_port") or self.port,
+            user=a.get("login_user") or "postgres",
+            password=a.get("login_password") or None,
+            dbname=dbname,
+            autocommit=True,
+            connect_timeout=10,
+            prepare_threshold=None,
+        )
+
+    def libpq_args(self) -> tuple[list[str], dict]:
+        """pg_dump / pg_restore connection arguments and environment (the password never on argv)."""
+        a = self.admin
+        args = [
+            "-h",
+            a.get("login_unix_socket") or a.get("login_host") or self.host,
+            "-p",
+            str(a.get("login_port") or self.port),
+            "-U",
+            a.get("login_user") or "postgres",
+        ]
+        env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
+        if a.get("login_password"):
+            env["PGPASSWORD"] = a["login_password"]
+        return args, env
+
+
+@dataclass
+class Move:
+    """One attempt at moving a tenant's database: a row of registry.migrations."""
+
+    registry: psycopg.Connection
+    row: dict
+    tenant: dict
+    source: Server
+    target: Server
+    options: MoveOptions
+    executed: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> int:
+        return self.row["id"]
+
+    @property
+    def db_name(self) -> str:
+        return self.tenant["db_name"]
+
+    @property
+    def replication_name(self) -> str:
+        """Publication, subscription, slot and the move's replication role share it."""
+        return f"saasodoo_move_{self.id}"
+
+    @property
+    def reached(self) -> set[str]:
+        return {entry["phase"] for entry in self.row["phase_history"]}
+
+    # -- the registry record ----------------------------------------------------------------------
+
+    def enter(self, phase: str, **fields) -> None:
+        """Record the phase (and fields) before doing its work; a killed run is judged by it."""
+        detail = {k: v for k, v in fields.items() if k in ("error",)}
+        assignments = [sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in fields]
+        query = sql.SQL(
+            "UPDATE registry.migrations SET phase = %(phase)s,"
+            " phase_history = phase_history || jsonb_build_array(jsonb_build_object("
+            "   'phase', %(phase)s::text, 'at', clock_timestamp()) || %(detail)s::jsonb){}"
+            " WHERE id = %(id)s RETURNING *"
+        ).format(sql.SQL("").join(sql.SQL(", ") + a for a in assignments))
+        with self.registry.cursor(row_factory=dict_row) as cur:
+            self.row = cur.execute(
+                query, {"phase": phase, "detail": json.dumps(detail), "id": self.id, **fields}
+            ).fetchone()
+        self.executed.append(f"phase {phase}")
+
+    def _failpoint(self, point: str) -> None:
+        name, _, signal_file = os.environ.get(FAILPOINT_ENV, "").partition(":")
+        if name == point:
+            with open(signal_file, "w", encoding="utf-8") as f:
+                f.write(f"{os.getpid()}\n")
+            threading.Event().wait()  # held until killed
+
+    def audit(self, kind: str, detail: dict) -> None:
+        self.registry.execute(
+            "INSERT INTO registry.audit (actor, tenant_id, kind, subject, detail)"
+            " VALUES ('db_migrate', %s, %s, %s, %s)",
+            (self.tenant["tenant_id"], kind, f"migration:{self.id}", json.dumps(detail, default=str)),
+        )
+
+    # -- the move ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Take the move from where it is to done; on any failure before the repoint, roll back."""
+        started = time.monotonic()
+        if self.row["phase"] not in ("repointed", "done"):
+            try:
+                if self.options.method == "logical":
+                    self._copy_logical()
+                    downtime_started = self._block_writes()
+                    self._wait_for_marker()
+                else:
+                    downtime_started = self._block_writes()
+                    self._copy_dump()
+                self._sync_sequences()
+                self._verify()
+                self._repoint(downtime_started)
+            except Exception as e:  # every failure before the repoint is rolled back
+                failed_in = self.row["phase"]
+                reason = str(e) if isinstance(e, MoveError) else f"{type(e).__name__}: {e}"
+                self.roll_back(f"failed in {failed_in}: {reason}", finish=True)
+                raise MoveError(
+                    f"moving tenant {self.tenant['tenant_id']} to {self.target.name} failed in {failed_in}: "
+                    f"{reason}. Rolled back: the tenant is served from {self.source.name} as before; "
+                    "fix the cause and run the playbook again"
+                ) from None
+        self._clean_up(time.monotonic() - started)
+
+    def _copy_logical(self) -> None:
+        self.enter("copying")
+        copy_started = time.monotonic()
+        self._check_replicable()
+        with tempfile.TemporaryDirectory(prefix="db_migrate-") as scratch:
+            schema = os.path.join(scratch, "schema.dump")
+            self._pg("pg_dump", self.source, "--schema-only", "-Fc", "-f", schema, self.db_name)
+            tables_and_keys, rest = self._split_post_data(schema, scratch)
+            self._pg("pg_restore", self.target, "--section=pre-data", "--exit-on-error", "-d", self.db_name, schema)
+            self._pg("pg_restore", self.target, "-L", tables_and_keys, "--exit-on-error", "-d", self.db_name, schema)
+            self._prepare_marker()
+            self._subscribe()
+            self._failpoint("copying")
+            self._wait_for_sync()
+            self.enter("catching_up")
+            self._failpoint("catching_up")
+            # Secondary indexes and foreign keys are built once the data is in, in parallel (pgcopydb's way).
+            self._pg(
+                "pg_restore",
+                self.target,
+                "-L",
+                rest,
+                "-j",
+                str(self.options.jobs),
+                "--exit-on-error",
+                "-d",
+                self.db_name,
+                schema,
+            )
+        self._record(copy_ms=round((time.monotonic() - copy_started) * 1000))
+
+    def _copy_dump(self) -> None:
+        self.enter("copying")
+        copy_started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="db_migrate-") as scratch:
+            dump = os.path.join(scratch, "tenant")
+            jobs = str(self.options.jobs)
+            self._pg("pg_dump", self.source, "-Fd", "-j", jobs, "-f", dump, self.db_name)
+            self._pg("pg_restore", self.target, "-j", jobs, "--exit-on-error", "-d", self.db_name, dump)
+        self._record(copy_ms=round((time.monotonic() - copy_started) * 1000))
+
+    def _check_replicable(self) -> None:
+        with self.source.connect(self.db_name) as conn:
+            objects = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0]
+            keyless = [
+                r[0]
+                for r in conn.execute(
+                    """SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                      AND c.relreplident = 'd'
+                      AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+                    ORDER BY 1"""
+                )
+            ]
+            with self.target.connect(self.db_name) as target:
+                tables = target.execute(
+                    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+                ).fetchone()[0]
+        problems = []
+        if objects:
+            problems.append(f"{objects} large objects (logical replication does not carry them)")
+        if keyless:
+            problems.append(f"tables without a primary key or replica identity: {', '.join(keyless[:10])}")
+        if tables:
+            problems.append(f"the target database on {self.target.name} already holds {tables} tables")
+        if problems:
+            raise MoveError("; ".join(problems) + " (method dump moves such a database)")
+
+    def _split_post_data(self, schema: str, scratch: str) -> tuple[str, str]:
+        """Two restore lists: primary keys and unique constraints (the apply needs them), then the rest."""
+        listing = self._pg("pg_restore", None, "--section=post-data", "-l", schema)
+        keys, rest = [], []
+        for line in listing.splitlines():
+            if line.startswith(";") or not line.strip():
+                continue
+            # "<id>; <catalog oid> <oid> CONSTRAINT public res_partner res_partner_pkey owner"
+            desc = line.split(";", 1)[1].split(None, 2)[2]
+            (keys if desc.startswith("CONSTRAINT ") else rest).append(line)
+        paths = []
+        for name, lines in (("keys.list", keys), ("rest.list", rest)):
+            path = os.path.join(scratch, name)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+            paths.append(path)
+        return paths[0], paths[1]
+
+    def _prepare_marker(self) -> None:
+        role = sql.Identifier(self.replication_name)
+        with self.source.connect() as conn:
+            conn.execute(
+                sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$").format(
+                    sql.Identifier(MOVERS_GROUP)
+                )
+            )
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN REPLICATION IN ROLE {}, {} PASSWORD {}").format(
+                    role,
+                    sql.Identifier(MOVERS_GROUP),
+                    sql.Identifier(self.tenant["db_role"]),
+                    sql.Literal(self._move_password()),
+                )
+            )
+        for server in (self.source, self.target):
+            with server.connect(self.db_name) as conn:
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(MARKER_SCHEMA)))
+                conn.execute(
+                    sql.SQL("CREATE TABLE {}.marker (token text PRIMARY KEY)").format(sql.Identifier(MARKER_SCHEMA))
+                )
+        with self.source.connect(self.db_name) as conn:
+            conn.execute(
+                sql.SQL("GRANT USAGE ON SCHEMA {0} TO {1}; GRANT SELECT ON {0}.marker TO {1}").format(
+                    sql.Identifier(MARKER_SCHEMA), role
+                )
+            )
+            conn.execute(sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(role))
+
+    def _move_password(self) -> str:
+        # Lives only for this move: the replication role is dropped with the subscription.
+        self._password = getattr(self, "_password", None) or secrets.token_urlsafe(32)
+        return self._password
+
+    def _subscribe(self) -> None:
+        name = self.replication_name
+        conninfo = psycopg.conninfo.make_conninfo(
+            host=self.source.host,
+            port=self.source.port,
+            dbname=self.db_name,
+            user=name,
+            password=self._move_password(),
+            connect_timeout=10,
+        )
+        with self.target.connect(self.db_name) as conn:
+            conn.execute(
+                sql.SQL("CREATE SUBSCRIPTION {0} CONNECTION {1} PUBLICATION {0} WITH (slot_name = {2})").format(
+                    sql.Identifier(name), sql.Literal(conninfo), sql.Literal(name)
+                )
+            )
+
+    def _wait_for_sync(self) -> None:
+        deadline = time.monotonic() + self.options.sync_timeout
+        with self.target.connect(self.db_name) as conn:
+            while True:
+                pending = conn.execute(
+                    "SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
+                    " WHERE s.subname = %s AND r.srsubstate NOT IN ('r', 's')",
+                    (self.replication_name,),
+                ).fetchone()[0]
+                if pending == 0:
+                    return
+                if time.monotonic() > deadline:
+                    raise MoveError(f"initial copy not done after {self.options.sync_timeout:.0f} s ({pending} tables)")
+                time.sleep(0.2)
+
+    def _block_writes(self) -> float:
+        """No session of the tenant's role on the source from here on; returns when it started."""
+        role = self.tenant["db_role"]
+        with self.source.connect() as conn:
+            could_login = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,)).fetchone()[0]
+            # Recorded first: whoever rolls this move back opens the source again only if it was open.
+            self.enter("cutover", source_could_login=could_login)
+            started = time.monotonic()
+            conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+            # Wait for each session to be gone: a commit still in flight must land before the marker.
+            sessions = "SELECT pid FROM pg_stat_activity WHERE usename = %s"
+            for _ in range(50):
+                pids = [pid for (pid,) in conn.execute(sessions, (role,))]
+                if not pids:
+                    self._failpoint("cutover")
+                    return started
+                for pid in pids:
+                    conn.execute("SELECT pg_terminate_backend(%s, 1000)", (pid,))
+            raise MoveError(f"sessions of {role} on {self.source.name} would not end")
+
+    def _wait_for_marker(self) -> None:
+        """Every commit before the block is applied on the target once the marker written after it is."""
+        token = f"{self.id}:{secrets.token_hex(8)}"
+        with self.source.connect(self.db_name) as conn:
+            conn.execute(
+                sql.SQL("INSERT INTO {}.marker (token) VALUES (%s)").format(sql.Identifier(MARKER_SCHEMA)), (token,)
+            )
+        deadline = time.monotonic() + self.options.catchup_timeout
+        query = sql.SQL("SELECT 1 FROM {}.marker WHERE token = %s").format(sql.Identifier(MARKER_SCHEMA))
+        with self.target.connect(self.db_name) as conn:
+            while not conn.execute(query, (token,)).fetchone():
+                if time.monotonic() > deadline:
+                    raise MoveError(f"the target did not catch up within {self.options.catchup_timeout:.0f} s")
+                time.sleep(0.01)
+
+    def _sync_sequences(self) -> None:
+        # Logical replication does not carry sequences; a dump carries them and this is a no-op.
+        with self.source.connect(self.db_name) as conn:
+            values = conn.execute(
+                "SELECT format('%%I.%%I', schemaname, sequencename), last_value FROM pg_sequences"
+                " WHERE schemaname <> %s AND last_value IS NOT NULL",
+                (MARKER_SCHEMA,),
+            ).fetchall()
+        with self.target.connect(self.db_name) as conn, conn.transaction():
+            for name, value in values:
+                conn.execute("SELECT setval(%s::regclass, %s, true)", (name, value))
+        self.executed.append(f"synced {len(values)} sequences")
+
+    def _verify(self) -> None:
+        results: dict[str, dict] = {}
+
+        def measure(side: str, server: Server) -> None:
+            try:
+                results[side] = fingerprint(server, self.db_name)
+            except Exception as e:  # reported below as a verification failure
+                results[side] = {"error": str(e)}
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=measure, args=s) for s in (("source", self.source), ("target", self.target))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        source, target = results["source"], results["target"]
+        for side in (source, target):
+            if "error" in side:
+                raise MoveError(f"verification could not read: {side['error']}")
+        differing = sorted(
+            t
+            for t in source["tables"].keys() | target["tables"].keys()
+            if source["tables"].get(t) != target["tables"].get(t)
+        )
+        behind = sorted(s for s, v in source["sequences"].items() if (target["sequences"].get(s) or 0) < (v or 0))
+        verification = {
+            "tables": len(source["tables"]),
+            "rows": sum(rows for rows, _ in source["tables"].values()),
+            "sequences": len(source["sequences"]),
+            "differing_tables": differing,
+            "sequences_behind": behind,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        self._record(verification=json.dumps(verification))
+        if differing or behind:
+            raise MoveError(
+                f"verification failed: {len(differing)} tables differ ({', '.join(differing[:5])}), "
+                f"{len(behind)} sequences behind ({', '.join(behind[:5])})"
+            )
+        self.enter("verified")
+        self._failpoint("verified")
+
+    def _repoint(self, downtime_started: float) -> None:
+        """The registry points at the target from here on: one transaction, with the phase and the plan."""
+        with self.registry.transaction(), self.registry.cursor(row_factory=dict_row) as cur:
+            plan = cur.execute(
+                "SELECT name, version, db_type, entitlements FROM registry.plans WHERE name = %s"
+                " ORDER BY version DESC LIMIT 1",
+                (self.row["plan_name"],),
+            ).fetchone()
+            cur.execute(
+                "UPDATE registry.tenants SET db_server = %s, db_type = %s, plan_name = %s, plan_version = %s,"
+                " quotas = %s WHERE tenant_id = %s",
+                (
+                    self.target.name,
+                    plan["db_type"],
+                    plan["name"],
+                    plan["version"],
+                    json.dumps(plan["entitlements"]),
+                    self.tenant["tenant_id"],
+                ),
+            )
+            self.enter("repointed")
+            self.audit(
+                "result",
+                {
+                    "action": "move",
+                    "phase": "repointed",
+                    "from": self.source.name,
+                    "to": self.target.name,
+                    "plan": plan["name"],
+                    "db_type": plan["db_type"],
+                },
+            )
+        self._failpoint("repointed")
+        self._open_target(downtime_started)
+
+    def _open_target(self, downtime_started: float | None) -> None:
+        if self.tenant["status"] != "active":
+            return  # a suspended tenant stays unable to log in, on its new server as on the old one
+        with self.target.connect() as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(self.tenant["db_role"])))
+        if downtime_started is not None:
+            self._record(write_downtime_ms=round((time.monotonic() - downtime_started) * 1000))
+
+    def _clean_up(self, elapsed: float) -> None:
+        if self.row["write_downtime_ms"] is None:
+            self._open_target(None)  # a run killed right after the repoint: the target opens now
+        self._drop_replication()
+        retained = f"{self.db_name[:48]}_old{self.id}"
+        with self.source.connect() as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.db_name,)).fetchone()
+            if exists:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE datname = %s", (self.db_name,)
+                )
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(self.db_name), sql.Identifier(retained)
+                    )
+                )
+        with self.registry.transaction():
+            self._record(
+                retained_db=retained,
+                total_ms=self.row["total_ms"] or round(elapsed * 1000),
+            )
+            self.registry.execute(
+                "UPDATE registry.migrations SET retain_until = now() + make_interval(days => %s) WHERE id = %s",
+                (self.options.retain_days, self.id),
+            )
+            self.enter("done", finished_at=_now(self.registry))
+            self.audit(
+                "result",
+                {
+                    "action": "move",
+                    "phase": "done",
+                    "retained_db": retained,
+                    "write_downtime_ms": self.row["write_downtime_ms"],
+                },
+            )
+
+    def roll_back(self, reason: str, finish: bool) -> None:
+        """Back to the source as it was: target database dropped, replication gone, the source open again."""
+        if self.tenant_now()["db_server"] == self.target.name:
+            raise MoveError(f"refusing to roll back migration {self.id}: the registry already points at the target")
+        self._drop_replication()
+        with self.target.connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db_name)))
+            owns = conn.execute(
+                "SELECT count(*) FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = %s",
+                (self.tenant["db_role"],),
+            ).fetchone()[0]
+            if not owns:
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(self.tenant["db_role"])))
+        if self.row["source_could_login"]:
+            with self.source.connect() as conn:
+                conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(self.tenant["db_role"])))
+        with self.registry.transaction():
+            self.enter("rolled_back", error=reason, **({"finished_at": _now(self.registry)} if finish else {}))
+            self.audit("result", {"action": "move", "phase": "rolled_back", "reason": reason})
+
+    def tenant_now(self) -> dict:
+        with self.registry.cursor(row_factory=dict_row) as cur:
+            return cur.execute(
+                "SELECT * FROM registry.tenants WHERE tenant_id = %s", (self.tenant["tenant_id"],)
+            ).fetchone()
+
+    def _drop_replication(self) -> None:
+        """Subscription, publication, slot, marker schema and the move's role: whichever exist."""
+        name = self.replication_name
+        with self.target.connect() as conn:
+            has_db = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.db_name,)).fetchone()
+        if has_db:
+            with self.target.connect(self.db_name) as conn:
+                if conn.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (name,)).fetchone():
+                    # Detach from the slot first so the drop never depends on reaching the source.
+                    conn.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(sql.Identifier(name)))
+                    conn.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(sql.Identifier(name)))
+                    conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(name)))
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(MARKER_SCHEMA)))
+        with self.source.connect() as conn:
+            has_db = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.db_name,)).fetchone()
+            for _ in range(50):  # a walsender still exiting keeps its slot active for a moment
+                active = conn.execute(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (name,)
+                ).fetchone()
+                if active is None:
+                    break
+                if active[0] is None:
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+                    break
+                conn.execute("SELECT pg_terminate_backend(%s, 1000)", (active[0],))
+            else:
+                raise MoveError(f"replication slot {name} on {self.source.name} stays in use")
+        if has_db:
+            with self.source.connect(self.db_name) as conn:
+                conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(MARKER_SCHEMA)))
+        with self.source.connect() as conn:
+            conn.execute("SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE usename = %s", (name,))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _record(self, **fields) -> None:
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in fields
+        )
+        with self.registry.cursor(row_factory=dict_row) as cur:
+            self.row = cur.execute(
+                sql.SQL("UPDATE registry.migrations SET {} WHERE id = %(id)s RETURNING *").format(assignments),
+                {**fields, "id": self.id},
+            ).fetchone()
+
+    def _pg(self, tool: str, server: Server | None, *args: str) -> str:
+        """Run pg_dump / pg_restore against a server as its superuser; its output, or MoveError with stderr."""
+        conn_args, env = server.libpq_args() if server else ([], dict(os.environ))
+        binary = os.path.join(self.options.pg_bin_dir, tool)
+        if not os.path.exists(binary):
+            binary = shutil.which(tool) or binary
+        run = subprocess.run([binary, *conn_args, *args], env=env, capture_output=True, text=True, check=False)
+        if run.returncode != 0:
+            raise MoveError(f"{tool} failed ({run.returncode}): {run.stderr.strip()[-1500:]}")
+        self.executed.append(f"{tool} {' '.join(a for a in args if not a.startswith('/'))}")
+        return run.stdout
+
+
+def fingerprint(server: Server, dbname: str) -> dict:
+    """Per table: row count and an order-free checksum of its rows; every sequence's last value."""
+    with server.connect(dbname) as conn:
+        tables = conn.execute(
+            """SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', %s)
+                  AND n.nspname NOT LIKE 'pg\\_%%' ORDER BY 1""",
+            (MARKER_SCHEMA,),
+        ).fetchall()
+        found = {}
+        for (table,) in tables:
+            count, checksum = conn.execute(
+                sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {} AS t").format(
+                    sql.SQL(table)
+                )
+            ).fetchone()
+            found[table] = (count, checksum)
+        sequences = dict(
+            conn.execute(
+                "SELECT format('%%I.%%I', schemaname, sequencename), last_value FROM pg_sequences"
+                " WHERE schemaname <> %s",
+                (MARKER_SCHEMA,),
+            ).fetchall()
+        )
+    return {"tables": found, "sequences": sequences}
+
+
+def _now(conn) -> object:
+    return conn.execute("SELECT now()").fetchone()[0]

@@ -1,0 +1,355 @@
+#!/usr/bin/python
+"""Move a tenant's database to another PostgreSQL server: place, copy, cut over, verify, repoint, clean up."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: db_migrate
+short_description: Move a tenant's database to another PostgreSQL server, every phase recorded
+description:
+  - Moves a tenant's database when its new plan needs another C(db_type) (shared pool or dedicated server), or
+    off a server being drained. Every phase is recorded in C(registry.migrations) before its work starts.
+  - I(step=place) chooses the target (as M(saasodoo.platform.db_placement) would, never the current server) and
+    records the move. A move left unfinished by a killed run is dealt with first: before C(repointed) it is rolled
+    back (target database, role, subscription, publication and slot dropped; the source opened again), after it
+    it is kept for I(step=move) to finish.
+  - The playbook then readies the target (server up, the tenant's role and empty database, role unable to log in).
+  - I(step=move) copies (I(method=logical) - schema, publication and subscription, wait for the initial copy; or
+    I(method=dump) - parallel directory-format dump and restore with writes blocked), blocks writes on the source
+    (the tenant's role may not log in, its sessions end), waits for zero lag, syncs every sequence, verifies
+    (per-table row counts and checksums, sequences at least the source's), and repoints the registry (server,
+    db_type and plan in one transaction). Then the target's role may log in; the write downtime (block to open)
+    is recorded. Cleanup drops subscription, publication, slot and the move's replication role, and renames the
+    source copy to C(<db>_old<id>), kept until C(retain_until).
+  - Any failure before the repoint rolls back and fails with the reason; the tenant stays on its source as before.
+  - The source stays authoritative until the target is verified; never are both copies writable.
+  - Two runs for one tenant never overlap (a session advisory lock on the registry, released if a run dies).
+version_added: 0.2.0
+author: SaaSOdoo ops maintainers
+options:
+  tenant_id:
+    description: The tenant whose database moves.
+    type: str
+    required: true
+  plan:
+    description: The plan the tenant moves to; its C(db_type) decides the kind of target. Its current plan for a drain.
+    type: str
+    required: true
+  step:
+    description: C(place) chooses and records the target; C(move) moves the database to it.
+    type: str
+    choices: [place, move]
+    default: move
+  drain:
+    description: Move even when the plan's C(db_type) is the tenant's (moving it off its current server).
+    type: bool
+    default: false
+  method:
+    description: How the data is copied (recorded at I(step=place)).
+    type: str
+    choices: [logical, dump]
+    default: logical
+  servers:
+    description:
+      - Database server name to how this module reaches it as its superuser (C(login_user), C(login_unix_socket)
+        or C(login_host), C(login_port), C(login_password)). Must hold the source and the target.
+    type: dict
+    required: true
+  pg_bin_dir:
+    description: Where C(pg_dump) and C(pg_restore) are.
+    type: path
+    default: /usr/lib/postgresql/15/bin
+  jobs:
+    description: Parallel jobs for dump, restore and index builds.
+    type: int
+    default: 2
+  sync_timeout:
+    description: Seconds the initial copy may take.
+    type: int
+    default: 3600
+  catchup_timeout:
+    description: Seconds the target may take to apply what the source committed before writes were blocked.
+    type: int
+    default: 60
+  retain_days:
+    description: Days the source copy is kept after the move.
+    type: int
+    default: 7
+  policy:
+    description: As in M(saasodoo.platform.db_placement).
+    type: str
+    choices: [fill_first, spread]
+    default: fill_first
+  auto_grow:
+    description: As in M(saasodoo.platform.db_placement).
+    type: bool
+    default: false
+  shared_growth:
+    description: As in M(saasodoo.platform.db_placement).
+    type: dict
+  dedicated:
+    description: As in M(saasodoo.platform.db_placement).
+    type: dict
+  odoo_pg_majors:
+    description: As in M(saasodoo.platform.db_placement).
+    type: dict
+    required: true
+  probe_health:
+    description: As in M(saasodoo.platform.db_placement).
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: none
+  diff_mode:
+    support: none
+extends_documentation_fragment:
+  - saasodoo.platform.registry_login
+"""
+
+EXAMPLES = r"""
+- name: Choose and record the new server
+  saasodoo.platform.db_migrate:
+    tenant_id: acme
+    plan: premium-monthly
+    step: place
+    servers: "{{ saasodoo_db_admin_logins }}"
+    odoo_pg_majors: {"18.0": [15]}
+    dedicated: {name_prefix: pool-dedicated-, port_range: [55470, 55499]}
+    login_password: "{{ registry_password }}"
+  register: move
+
+- name: Move the database
+  saasodoo.platform.db_migrate:
+    tenant_id: acme
+    plan: premium-monthly
+    servers: "{{ saasodoo_db_admin_logins }}"
+    odoo_pg_majors: {"18.0": [15]}
+    login_password: "{{ registry_password }}"
+"""
+
+RETURN = r"""
+moving:
+  description: Whether the tenant has a move to make (false when its database already is where its plan wants it).
+  returned: success
+  type: bool
+target:
+  description: The target server as the registry records it (C(status) C(provisioning) when newly recorded).
+  returned: when moving
+  type: dict
+migration:
+  description: The C(registry.migrations) row - phases with their times, write_downtime_ms, copy_ms, verification.
+  returned: when moving or moved
+  type: dict
+rolled_back:
+  description: The unfinished move this run rolled back before placing again, if any.
+  returned: success
+  type: dict
+executed:
+  description: What the module did, in order.
+  returned: success
+  type: list
+  elements: str
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement import PlacementError
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
+    PLACEMENT_OPTIONS,
+    PlacementRequest,
+    PlacementStore,
+    placement_config,
+)
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
+    REGISTRY_LOGIN_OPTIONS,
+    RegistryUnreachable,
+    connect_registry,
+)
+
+try:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from ansible_collections.saasodoo.platform.plugins.module_utils.migration import (
+        Move,
+        MoveError,
+        MoveOptions,
+        Server,
+    )
+
+    PSYCOPG_IMPORT_ERROR = None
+except ImportError:
+    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
+
+MOVE_LOCK = "saasodoo.move:"
+
+
+def open_move(registry, tenant_id: str) -> dict | None:
+    with registry.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT * FROM registry.migrations WHERE tenant_id = %s AND finished_at IS NULL", (tenant_id,)
+        ).fetchone()
+
+
+def read_tenant(registry, tenant_id: str) -> dict:
+    with registry.cursor(row_factory=dict_row) as cur:
+        tenant = cur.execute("SELECT * FROM registry.tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
+    if tenant is None:
+        raise MoveError(f"unknown tenant {tenant_id!r}: the registry has no such tenant")
+    if tenant["status"] not in ("active", "suspended"):
+        raise MoveError(f"tenant {tenant_id} is {tenant['status']}: only an active or suspended tenant is moved")
+    return tenant
+
+
+def server(registry, name: str, logins: dict) -> Server:
+    with registry.cursor(row_factory=dict_row) as cur:
+        row = cur.execute("SELECT name, host, port FROM registry.db_servers WHERE name = %s", (name,)).fetchone()
+    if name not in logins:
+        raise MoveError(f"no login given for database server {name} (servers option): is it in the inventory?")
+    return Server(row["name"], row["host"], row["port"], logins[name])
+
+
+def as_move(registry, row: dict, tenant: dict, logins: dict, options: MoveOptions) -> Move:
+    return Move(
+        registry,
+        row,
+        tenant,
+        server(registry, row["source_server"], logins),
+        server(registry, row["target_server"], logins),
+        options,
+    )
+
+
+def place(module, registry, p: dict, options: MoveOptions) -> dict:
+    tenant = read_tenant(registry, p["tenant_id"])
+    result: dict = {"changed": False, "moving": False, "rolled_back": None, "executed": []}
+    row = open_move(registry, p["tenant_id"])
+    if row and row["phase"] in ("placed", "repointed"):
+        return {**result, "moving": True, "target": target_of(registry, row), "migration": row}
+    if row:
+        # Nobody runs it (this run holds the tenant's move lock): a killed run. Before the repoint the
+        # source is still the tenant's database, so the move starts again from scratch.
+        move = as_move(registry, row, tenant, p["servers"], options)
+        move.roll_back(f"interrupted in {row['phase']}: rolled back by the next run", finish=True)
+        result.update(changed=True, rolled_back=move.row, executed=move.executed)
+    with registry.cursor(row_factory=dict_row) as cur:
+        plan = cur.execute(
+            "SELECT db_type FROM registry.plans WHERE name = %s ORDER BY version DESC LIMIT 1", (p["plan"],)
+        ).fetchone()
+    if plan is None:
+        raise MoveError(f"unknown plan {p['plan']!r} for tenant {p['tenant_id']}: it is not in registry.plans")
+    if plan["db_type"] == tenant["db_type"] and not p["drain"]:
+        return result
+    request = PlacementRequest(tenant["tenant_id"], p["plan"], tenant["customer_id"], tenant["subscription_id"])
+    with registry.transaction(), registry.cursor(row_factory=dict_row) as cur:
+        target, placement = PlacementStore(registry, placement_config(p)).place_move(request, tenant["db_server"])
+        row = cur.execute(
+            "INSERT INTO registry.migrations (tenant_id, source_server, target_server, method, phase, plan_name,"
+            " phase_history) VALUES (%s, %s, %s, %s, 'placed', %s,"
+            " jsonb_build_array(jsonb_build_object('phase', 'placed', 'at', clock_timestamp()))) RETURNING *",
+            (tenant["tenant_id"], tenant["db_server"], target["name"], p["method"], p["plan"]),
+        ).fetchone()
+        cur.execute(
+            "INSERT INTO registry.audit (actor, tenant_id, kind, subject, detail)"
+            " VALUES ('db_migrate', %s, 'decision', %s, %s)",
+            (
+                tenant["tenant_id"],
+                f"migration:{row['id']}",
+                psycopg.types.json.Jsonb(
+                    {
+                        "action": "move",
+                        "from": tenant["db_server"],
+                        "to": target["name"],
+                        "plan": p["plan"],
+                        "method": p["method"],
+                        "reason": placement["reason"],
+                    }
+                ),
+            ),
+        )
+    result["executed"].append(f"placed migration {row['id']}: {tenant['db_server']} -> {target['name']}")
+    return {**result, "changed": True, "moving": True, "target": target, "migration": row}
+
+
+def target_of(registry, row: dict) -> dict:
+    with registry.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT name, kind, host, port, pgbouncer_host, pgbouncer_port, status FROM registry.db_servers"
+            " WHERE name = %s",
+            (row["target_server"],),
+        ).fetchone()
+
+
+def move(module, registry, p: dict, options: MoveOptions) -> dict:
+    tenant = read_tenant(registry, p["tenant_id"])
+    row = open_move(registry, p["tenant_id"])
+    if row is None:
+        with registry.cursor(row_factory=dict_row) as cur:
+            last = cur.execute(
+                "SELECT * FROM registry.migrations WHERE tenant_id = %s ORDER BY id DESC LIMIT 1", (p["tenant_id"],)
+            ).fetchone()
+        return {"changed": False, "moving": False, "migration": last, "executed": []}
+    if row["phase"] == "placed":
+        options.method = row["method"]
+    moving = as_move(registry, row, tenant, p["servers"], options)
+    moving.run()
+    return {
+        "changed": True,
+        "moving": True,
+        "target": target_of(registry, moving.row),
+        "migration": moving.row,
+        "executed": moving.executed,
+    }
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            tenant_id=dict(type="str", required=True),
+            plan=dict(type="str", required=True),
+            step=dict(type="str", choices=["place", "move"], default="move"),
+            drain=dict(type="bool", default=False),
+            method=dict(type="str", choices=["logical", "dump"], default="logical"),
+            servers=dict(type="dict", required=True, no_log=True),
+            pg_bin_dir=dict(type="path", default="/usr/lib/postgresql/15/bin"),
+            jobs=dict(type="int", default=2),
+            sync_timeout=dict(type="int", default=3600),
+            catchup_timeout=dict(type="int", default=60),
+            retain_days=dict(type="int", default=7),
+            **PLACEMENT_OPTIONS,
+            **REGISTRY_LOGIN_OPTIONS,
+        ),
+        supports_check_mode=False,
+    )
+    if PSYCOPG_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
+    p = module.params
+    options = MoveOptions(
+        method=p["method"],
+        pg_bin_dir=p["pg_bin_dir"],
+        jobs=p["jobs"],
+        sync_timeout=p["sync_timeout"],
+        catchup_timeout=p["catchup_timeout"],
+        retain_days=p["retain_days"],
+    )
+    try:
+        with connect_registry(p) as registry:
+            if not registry.execute(
+                "SELECT pg_try_advisory_lock(hashtext(%s))", (MOVE_LOCK + p["tenant_id"],)
+            ).fetchone()[0]:
+                raise MoveError(f"another db_migrate run is moving tenant {p['tenant_id']}; let it finish")
+            step = place if p["step"] == "place" else move
+            result = step(module, registry, p, options)
+        module.exit_json(**result)
+    except (MoveError, PlacementError, RegistryUnreachable) as e:
+        module.fail_json(msg=str(e), tenant_id=p["tenant_id"])
+    except psycopg.Error as e:
+        module.fail_json(msg=f"database error while moving tenant {p['tenant_id']}: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""tenant_change_plan.yml across db_types on the local platform (DESIGN §5, issue "Migrations").
+
+A tenant with an Odoo-shaped database and a client committing every 100 ms through PgBouncer (following the
+registry, as Odoo follows its config) is upgraded basic -> premium (shared pool -> its dedicated server) and
+downgraded back, then moved fifteen more times with the run SIGKILLed at five points (three times each) and
+the playbook run again. Every time: the tenant on exactly one server, the registry pointing at it, every
+committed row there, verification clean, nothing of the move left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from bench.odoo_tenant import TenantWriter, WriterReport, generate
+
+from .conftest import REPO, VENV_BIN, LocalPlatform, PlaybookRun, ansible_env, run_playbook
+
+TENANT = "mover"
+DB = "t_mover"
+RUNTIME_NONE = ("-e", "saasodoo_runtime_backend=none")
+FAULT_POINTS = ("copying", "catching_up", "cutover", "verified", "repointed")
+FAILPOINT_ENV = "SAASODOO_DB_MIGRATE_FAILPOINT"
+
+
+@dataclass
+class Mover:
+    platform: LocalPlatform
+
+    def registry(self) -> psycopg.Connection:
+        conn = self.platform.connect(
+            self.platform.servers["platform-db"].port,
+            "saasodoo_registry",
+            self.platform.password("registry@saasodoo_registry"),
+            "saasodoo_registry",
+        )
+        conn.row_factory = dict_row
+        return conn
+
+    def record(self) -> dict:
+        with self.registry() as conn:
+            return conn.execute(
+                "SELECT t.*, s.kind, s.port, s.pgbouncer_port FROM registry.tenants t"
+                " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
+                (TENANT,),
+            ).fetchone()
+
+    def servers(self) -> dict[str, int]:
+        with self.registry() as conn:
+            return {r["name"]: r["port"] for r in conn.execute("SELECT name, port FROM registry.db_servers")}
+
+    def last_move(self) -> dict:
+        with self.registry() as conn:
+            return conn.execute(
+                "SELECT * FROM registry.migrations WHERE tenant_id = %s ORDER BY id DESC LIMIT 1", (TENANT,)
+            ).fetchone()
+
+    def password(self) -> str:
+        return self.platform.password(f"tenant:{TENANT}:v1")
+
+    def locate(self) -> tuple[str, int]:
+        record = self.record()
+        return "127.0.0.1", record["pgbouncer_port"] or record["port"]
+
+    def writer(self) -> TenantWriter:
+        return TenantWriter(self.locate, DB, DB, self.password())
+
+    def change_plan(self, plan: str) -> PlaybookRun:
+        return run_playbook("tenant_change_plan.yml", "-e", f"tenant_id={TENANT}", "-e", f"plan={plan}", *RUNTIME_NONE)
+
+    def admin(self, server: str, dbname: str = "postgres") -> psycopg.Connection:
+        """As the server's superuser, over its Unix socket (as the roles and db_migrate reach it)."""
+        socket_dir = (REPO / ".state/local/pg" / server / "run").resolve()
+        return psycopg.connect(
+            host=str(socket_dir), port=self.servers()[server], user="postgres", dbname=dbname, autocommit=True
+        )
+
+    def copies(self) -> dict[str, dict]:
+        """Per server: the tenant's databases, its role's LOGIN, and what a move could leave behind."""
+        found = {}
+        for name in self.servers():
+            try:
+                conn = self.admin(name)
+            except psycopg.OperationalError:
+                continue  # a server recorded but never brought up
+            with conn:
+                found[name] = {
+                    "live": bool(conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)).fetchone()),
+                    "can_login": conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (DB,)).fetchone(),
+                    "slots": [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots")],
+                    "move_roles": [
+                        r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'saasodoo_move_%'")
+                    ],
+                    "subscriptions": [r[0] for r in conn.execute("SELECT subname FROM pg_subscription")],
+                }
+                if found[name]["live"]:
+                    with self.admin(name, DB) as db:
+                        found[name]["publications"] = [r[0] for r in db.execute("SELECT pubname FROM pg_publication")]
+        return found
+
+    def rows(self) -> set[int]:
+        record = self.record()
+        with psycopg.connect(
+            host="127.0.0.1", port=record["pgbouncer_port"], dbname=DB, user=DB, password=self.password(),
+            prepare_threshold=None,
+        ) as conn:  # fmt: skip
+            return {r[0] for r in conn.execute("SELECT id FROM bench_writer")}
+
+    def assert_moved_cleanly(self, report: WriterReport, kind: str) -> None:
+        record = self.record()
+        assert record["kind"] == kind and record["db_type"] == kind
+        copies = self.copies()
+        live = [name for name, c in copies.items() if c["live"]]
+        assert live == [record["db_server"]], f"the tenant's database is live on {live}"
+        for name, c in copies.items():
+            leftovers = {k: c[k] for k in ("slots", "move_roles", "subscriptions")} | {
+                "publications": c.get("publications", [])
+            }
+            assert all(not v for v in leftovers.values()), f"{name} keeps {leftovers}"
+            # Never two writable copies: only the tenant's current server lets its role log in.
+            if c["can_login"] is not None:
+                assert c["can_login"][0] == (name == record["db_server"]), (name, c)
+        move = self.last_move()
+        assert move["phase"] == "done" and move["finished_at"] is not None, move
+        assert move["verification"]["differing_tables"] == [] and move["verification"]["sequences_behind"] == []
+        assert move["verification"]["tables"] > 300
+        missing = set(report.committed_ids) - self.rows()
+        assert not missing, f"{len(missing)} committed rows lost"
+        assert report.commits > 0
+
+
+def assert_nothing_changed(run: PlaybookRun) -> None:
+    assert run.returncode == 0, run.output[-4000:]
+    changed = {host: counts["changed"] for host, counts in run.recap.items() if counts["changed"]}
+    assert changed == {}, f"second run changed something: {changed}\n{run.output[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def mover(local_platform: LocalPlatform) -> Mover:
+    provisioned = run_playbook(
+        "tenant_provision.yml",
+        *("-e", f"tenant_id={TENANT}", "-e", "plan=basic-monthly", "-e", "customer_id=acct-mover"),
+        *RUNTIME_NONE,
+    )
+    assert provisioned.returncode == 0, provisioned.output[-4000:]
+    mover = Mover(local_platform)
+    record = mover.record()
+    with psycopg.connect(
+        host="127.0.0.1", port=record["port"], dbname=DB, user=DB, password=mover.password(), autocommit=True
+    ) as conn:
+        generate(conn, 40)
+    mover.writer().prepare()
+    return mover
+
+
+def test_upgrade_moves_the_tenant_to_its_dedicated_server_and_downgrade_brings_it_back(mover: Mover):
+    source = mover.record()["db_server"]
+    for plan, kind in (("premium-monthly", "dedicated"), ("basic-monthly", "shared")):
+        writer = mover.writer()
+        writer.start()
+        run = mover.change_plan(plan)
+        report = writer.stop()
+        assert run.returncode == 0, run.output[-5000:]
+        mover.assert_moved_cleanly(report, kind)
+        move = mover.last_move()
+        assert move["plan_name"] == plan and move["method"] == "logical"
+        assert move["write_downtime_ms"] is not None and move["write_downtime_ms"] < 30_000
+        assert "write downtime" in run.output
+        assert_nothing_changed(mover.change_plan(plan))
+    # Back on a shared pool; the old copies are kept, renamed, until their retention ends.
+    with mover.admin(source) as conn:
+        retained = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 't_mover_old%'")]
+    assert retained, "the source copy was not kept"
+
+
+def test_a_move_killed_at_any_point_is_finished_or_rolled_back_by_the_next_run(mover: Mover, tmp_path: Path):
+    plans = {"shared": ("premium-monthly", "dedicated"), "dedicated": ("basic-monthly", "shared")}
+    for attempt in range(3):
+        for point in FAULT_POINTS:
+            plan, kind = plans[mover.record()["db_type"]]
+            signal_file = tmp_path / f"{point}-{attempt}"
+            writer = mover.writer()
+            writer.start()
+            killed = kill_at(point, signal_file, plan)
+            rerun = mover.change_plan(plan)
+            report = writer.stop()
+            assert rerun.returncode == 0, f"after a kill at {point}:\n{killed}\n{rerun.output[-5000:]}"
+            mover.assert_moved_cleanly(report, kind)
+
+
+def kill_at(point: str, signal_file: Path, plan: str) -> str:
+    """Run the plan change until db_migrate holds at `point`, then SIGKILL the run's whole process group."""
+    run = subprocess.Popen(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "inventories/local", "playbooks/tenant_change_plan.yml",
+         "-e", f"tenant_id={TENANT}", "-e", f"plan={plan}", *RUNTIME_NONE],
+        cwd=REPO, env={**ansible_env(), FAILPOINT_ENV: f"{point}:{signal_file}"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not signal_file.exists():
+        if run.poll() is not None:
+            pytest.fail(f"the run ended before reaching {point}:\n{run.stdout.read()[-4000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(run.pid, signal.SIGKILL)
+            pytest.fail(f"the run did not reach {point} within 300 s")
+        time.sleep(0.05)  # polling for the file the held run writes
+    os.killpg(run.pid, signal.SIGKILL)
+    output = run.communicate()[0]
+    return output[-2000:]
