@@ -91,6 +91,7 @@ bench: setup
 	$(BIN)/python bench/site_noop.py
 	$(BIN)/python bench/placement.py
 	$(BIN)/python bench/runner.py
+	$(BIN)/python bench/migration.py
 
 # The test Ceph cluster first: it is mounted under .state, which `clean` then deletes.
 down:

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import derive_password  # noqa: E402
 from tests.e2e.killbill_api import KillBillAPI  # noqa: E402
-from tests.integration.conftest import run_playbook  # noqa: E402
+from tests.integration.conftest import remove_tenants  # noqa: E402
 from tests.integration.runner_stack import (  # noqa: E402
     ADMIN_TOKEN,
     INBOUND_TOKEN,
@@ -140,19 +140,6 @@ def database_ready(stack: RunnerStack, standin: KillBillStandin, tenants: int, c
     print(row("sign-up at Kill Bill -> tenant's credentials open its DB", ready, "s", 1.0))
     print(row("tenant_provision.yml job run time (jobs table)", runs, "s", 1.0))
     print(row("ansible-runner start-up: a one no-op task playbook", startups, "s", 1.0))
-
-
-def remove_tenants(tenants: list[str]) -> bool:
-    """Terminate and purge the benchmark's tenants: the platform's pools are left as the bench found them."""
-    removed = True
-    for tenant in tenants:
-        for playbook, *extra in (("tenant_terminate.yml",), ("tenant_purge.yml", "-e", "force=true")):
-            run = run_playbook(playbook, "-e", f"tenant_id={tenant}", "-e", "saasodoo_runtime_backend=none", *extra)
-            if run.returncode != 0:
-                print(f"could not remove {tenant} ({playbook}):\n{run.output[-2000:]}", file=sys.stderr)
-                removed = False
-                break
-    return removed
 
 
 def main() -> int:

@@ -190,7 +190,8 @@ def plan_names(conn) -> set[str]:
 
 
 def tenant_view(conn, tenant_id: str) -> dict | None:
-    """GET /tenants/<id>: the registry row (no secrets are stored there), its server, recent jobs and audit."""
+    """GET /tenants/<id>: the registry row (no secrets are stored there), its server, recent jobs, its database
+    moves (db_migrate) and audit."""
     tenant = conn.execute(
         """SELECT t.tenant_id, t.customer_id, t.subscription_id, t.plan_name, t.plan_version, t.db_type,
                   t.db_server, t.db_name, t.status, t.billing_status, t.storage_path, t.http_port, t.quotas,
@@ -206,7 +207,13 @@ def tenant_view(conn, tenant_id: str) -> dict | None:
             WHERE tenant_id = %s ORDER BY id DESC LIMIT 50""",
         (tenant_id,),
     ).fetchall()
-    return {"tenant": tenant, "jobs": jobs, "audit": audit}
+    moves = conn.execute(
+        """SELECT id, source_server, target_server, plan_name, method, phase, started_at, finished_at, copy_ms,
+                  total_ms, write_downtime_ms, verification, error, retained_db, retain_until
+             FROM registry.migrations WHERE tenant_id = %s ORDER BY id DESC LIMIT 20""",
+        (tenant_id,),
+    ).fetchall()
+    return {"tenant": tenant, "jobs": jobs, "moves": moves, "audit": audit}
 
 
 def audit(conn, *, actor: str, tenant_id, kind: str, subject: str, detail: dict) -> None:

@@ -2,8 +2,10 @@
 
 Starts the Kill Bill stand-in (tests/standins/killbill) where the local inventory says Kill Bill is,
 registers the runner's callback with it, and plays three customers' lives on it with Kill Bill's own REST
-calls: basic, standard and premium sign up on a trial; the trials end and are paid; standard's card is
-declined, then paid; basic upgrades to standard; premium cancels. Nothing here calls a playbook: Kill Bill
+calls: two basic, a standard and a premium sign up on a trial; the trials end and are paid; standard's card
+is declined, then paid; a basic upgrades to standard (resized in place) and the other to premium (its
+database moves from a shared pool to its own dedicated server while it keeps running: the measured write
+downtime is printed); premium cancels. Nothing here calls a playbook: Kill Bill
 notifies the runner, whose workers read Kill Bill back and run them. After each step it waits until the
 runner has handled every notification, then prints the jobs that step caused; at the end, the tenants and
 one tenant's audit trail, event by event.
@@ -29,7 +31,7 @@ from tests.standins.killbill.killbill_standin import KillBillStandin  # noqa: E4
 
 SECRETS = REPO / ".state/local/secrets"
 CUSTOMERS = [("Acme Corp", "acme", "basic-monthly"), ("Globex", "globex", "standard-monthly"),
-             ("Initech", "initech", "premium-monthly")]  # fmt: skip
+             ("Initech", "initech", "premium-monthly"), ("Hooli", "hooli", "basic-monthly")]  # fmt: skip
 TRIAL_DAYS = 14
 
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     # A demo run on a platform that has one already signs up new customers: tenant ids are never reused.
     suffix = uuid.uuid4().hex[:4]
     customers = [(f"{name} {suffix}", f"{tenant_id}-{suffix}", plan) for name, tenant_id, plan in CUSTOMERS]
-    acme, globex, initech = (tenant_id for _, tenant_id, _ in customers)
+    acme, globex, initech, hooli = (tenant_id for _, tenant_id, _ in customers)
 
     def step(title: str, action) -> None:
         print(f"\n== {title}", flush=True)
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, tenant_id, plan in customers:
                 accounts[tenant_id], subscriptions[tenant_id] = killbill.sign_up(name, tenant_id, plan)
 
-        step("Three customers sign up (basic, standard, premium), on a trial", sign_up)
+        step("Four customers sign up (basic, standard, premium, basic), on a trial", sign_up)
         step(f"{TRIAL_DAYS + 1} days later: the trials end, the first invoices are paid",
              lambda: killbill.move_clock(TRIAL_DAYS + 1))  # fmt: skip
 
@@ -135,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             killbill.pay(accounts[globex])
 
         step("Globex pays", pay)
-        step("Acme upgrades basic -> standard", lambda: killbill.change_plan(subscriptions[acme], "standard-monthly"))
+        step("Hooli upgrades basic -> standard", lambda: killbill.change_plan(subscriptions[hooli], "standard-monthly"))
+        step("Acme upgrades basic -> premium: its database moves to a dedicated server",
+             lambda: killbill.change_plan(subscriptions[acme], "premium-monthly"))  # fmt: skip
+        print_moves(runner, acme)
         step("Initech cancels", lambda: killbill.cancel(subscriptions[initech]))
     finally:
         standin.stop()
@@ -151,6 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     for row in reversed(runner.get(f"/tenants/{globex}")["audit"]):
         print(f"   {row['id']:>5} {row['kind']:<9} {row['subject'] or '':<22} {_detail(row)}")
     return 0
+
+
+def print_moves(runner: Runner, tenant_id: str) -> None:
+    for move in runner.get(f"/tenants/{tenant_id}")["moves"]:
+        check = move["verification"] or {}
+        print(f"   moved {tenant_id}: {move['source_server']} -> {move['target_server']} ({move['method']}, "
+              f"{move['phase']}): copy {move['copy_ms']} ms, write downtime {move['write_downtime_ms']} ms, "
+              f"{check.get('rows')} rows in {check.get('tables')} tables and {check.get('sequences')} sequences "
+              f"verified; old copy {move['retained_db']} kept until {move['retain_until']}")  # fmt: skip
 
 
 def _health(tenant_id: str) -> str:

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 
@@ -66,6 +67,19 @@ def ansible_playbook(
 def run_playbook(playbook: str, *args: str, inventory: str = "inventories/local") -> PlaybookRun:
     """Run one of the project's entry points in playbooks/."""
     return ansible_playbook(f"playbooks/{playbook}", *args, inventory=inventory)
+
+
+def remove_tenants(tenants: list[str]) -> bool:
+    """Terminate and purge tenants (a benchmark's): the platform's pools are left as they were found."""
+    removed = True
+    for tenant in tenants:
+        for playbook, *extra in (("tenant_terminate.yml",), ("tenant_purge.yml", "-e", "force=true")):
+            run = run_playbook(playbook, "-e", f"tenant_id={tenant}", "-e", "saasodoo_runtime_backend=none", *extra)
+            if run.returncode != 0:
+                print(f"could not remove {tenant} ({playbook}):\n{run.output[-2000:]}", file=sys.stderr)
+                removed = False
+                break
+    return removed
 
 
 def run_ansible_tool(tool: str, *args: str) -> str:
@@ -130,6 +144,16 @@ def reset_local_platform() -> None:
 
 @pytest.fixture(scope="session")
 def local_platform() -> LocalPlatform:
+    return start_local_platform()
+
+
+@pytest.fixture(scope="module")
+def fresh_local_platform() -> LocalPlatform:
+    """For tests that count the fleet (which pool fills first): the platform reset, as a fresh clone has it."""
+    return start_local_platform()
+
+
+def start_local_platform() -> LocalPlatform:
     reset_local_platform()
     first = run_playbook("site.yml")
     assert first.returncode == 0, first.output[-4000:]

@@ -43,3 +43,11 @@ def test_runner_benchmark_quick_run_prints_both_latencies(local_platform: LocalP
             "SELECT tenant_id, status FROM registry.tenants WHERE tenant_id LIKE 'bench-%' AND status <> 'purged'"
         ).fetchall()
     assert left == [], "the benchmark leaves its tenants behind"
+
+
+def test_migration_benchmark_quick_run_prints_both_methods_and_the_baseline(local_platform: LocalPlatform):
+    port = str(local_platform.servers["platform-db"].port)
+    output = run_bench("bench/migration.py", "--registry-port", port, timeout=900)
+    for label in ("logical (db_migrate", "baseline: stop, pg_dump -Fc, pg_restore, start", "dump (db_migrate"):
+        assert label in output
+    assert "logical vs baseline: downtime" in output

@@ -97,7 +97,8 @@ class Mover:
                     "can_login": conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (DB,)).fetchone(),
                     "slots": [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots")],
                     "move_roles": [
-                        r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'saasodoo_move_%'")
+                        r[0]
+                        for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'saasodoo\\_move\\_%'")
                     ],
                     "subscriptions": [r[0] for r in conn.execute("SELECT subname FROM pg_subscription")],
                 }
@@ -107,11 +108,11 @@ class Mover:
         return found
 
     def rows(self) -> set[int]:
-        record = self.record()
+        """The writer's rows, read with the tenant's own credentials where the registry says it is."""
+        host, port = self.locate()
         with psycopg.connect(
-            host="127.0.0.1", port=record["pgbouncer_port"], dbname=DB, user=DB, password=self.password(),
-            prepare_threshold=None,
-        ) as conn:  # fmt: skip
+            host=host, port=port, dbname=DB, user=DB, password=self.password(), prepare_threshold=None
+        ) as conn:
             return {r[0] for r in conn.execute("SELECT id FROM bench_writer")}
 
     def assert_moved_cleanly(self, report: WriterReport, kind: str) -> None:
@@ -215,3 +216,23 @@ def kill_at(point: str, signal_file: Path, plan: str) -> str:
     os.killpg(run.pid, signal.SIGKILL)
     output = run.communicate()[0]
     return output[-2000:]
+
+
+def test_draining_a_pool_moves_its_tenants_to_other_pools(mover: Mover):
+    if mover.record()["db_type"] != "shared":
+        assert mover.change_plan("basic-monthly").returncode == 0
+    pool = mover.record()["db_server"]
+    writer = mover.writer()
+    writer.start()
+    run = run_playbook("pool_drain.yml", "-e", f"server={pool}", *RUNTIME_NONE)
+    report = writer.stop()
+    assert run.returncode == 0, run.output[-5000:]
+    assert mover.record()["db_server"] != pool
+    mover.assert_moved_cleanly(report, "shared")
+    assert mover.last_move()["plan_name"] == "basic-monthly"
+    with mover.registry() as conn:
+        status = conn.execute("SELECT status FROM registry.db_servers WHERE name = %s", (pool,)).fetchone()["status"]
+    assert status == "draining"  # placement no longer picks it
+    assert_nothing_changed(run_playbook("pool_drain.yml", "-e", f"server={pool}", *RUNTIME_NONE))
+    dedicated = run_playbook("pool_drain.yml", "-e", "server=pool-dedicated-01", *RUNTIME_NONE)
+    assert dedicated.returncode != 0 and "its tenant moves with its plan" in dedicated.output

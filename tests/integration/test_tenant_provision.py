@@ -88,7 +88,8 @@ def leftovers(platform: LocalPlatform, db_name: str) -> dict[str, tuple[int, int
 
 
 @pytest.fixture(scope="module")
-def fleet(local_platform: LocalPlatform) -> Fleet:
+def fleet(fresh_local_platform: LocalPlatform) -> Fleet:
+    local_platform = fresh_local_platform
     fleet = Fleet(local_platform, {})
     for tenant_id in BASIC_TENANTS:
         if tenant_id == RETRIED_TENANT:

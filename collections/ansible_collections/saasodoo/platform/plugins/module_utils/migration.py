@@ -423,7 +423,13 @@ class Move:
         self._failpoint("verified")
 
     def _repoint(self, downtime_started: float) -> None:
-        """The registry points at the target from here on: one transaction, with the phase and the plan."""
+        """The registry points at the target from here on: one transaction, with the phase and the plan.
+
+        The target's role may log in just before: a client sent there by the registry must find it open
+        (PgBouncer would refuse the pool for server_login_retry after one failed login). Nobody is sent
+        there before the commit; a run killed in between is rolled back, which closes it again.
+        """
+        self._allow_login(self.target)
         with self.registry.transaction(), self.registry.cursor(row_factory=dict_row) as cur:
             plan = cur.execute(
                 "SELECT name, version, db_type, entitlements FROM registry.plans WHERE name = %s"
@@ -454,20 +460,18 @@ class Move:
                     "db_type": plan["db_type"],
                 },
             )
+        if self.tenant["status"] == "active":
+            self._record(write_downtime_ms=round((time.monotonic() - downtime_started) * 1000))
         self._failpoint("repointed")
-        self._open_target(downtime_started)
 
-    def _open_target(self, downtime_started: float | None) -> None:
+    def _allow_login(self, server: Server) -> None:
         if self.tenant["status"] != "active":
             return  # a suspended tenant stays unable to log in, on its new server as on the old one
-        with self.target.connect() as conn:
+        with server.connect() as conn:
             conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(self.tenant["db_role"])))
-        if downtime_started is not None:
-            self._record(write_downtime_ms=round((time.monotonic() - downtime_started) * 1000))
 
     def _clean_up(self, elapsed: float) -> None:
-        if self.row["write_downtime_ms"] is None:
-            self._open_target(None)  # a run killed right after the repoint: the target opens now
+        self._allow_login(self.target)  # already open, unless a playbook run since closed it
         self._drop_replication()
         retained = f"{self.db_name[:48]}_old{self.id}"
         with self.source.connect() as conn:
@@ -512,8 +516,11 @@ class Move:
                 "SELECT count(*) FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = %s",
                 (self.tenant["db_role"],),
             ).fetchone()[0]
-            if not owns:
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(self.tenant["db_role"])))
+            role = sql.Identifier(self.tenant["db_role"])
+            if owns:  # it owns an old copy kept here: it stays, unable to log in
+                conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
+            else:
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
         if self.row["source_could_login"]:
             with self.source.connect() as conn:
                 conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(self.tenant["db_role"])))
