@@ -57,7 +57,9 @@ class Server:
     name: str
     host: str
     port: int
-    admin: dict  # login_user, login_unix_socket / login_host, login_port, login_password
+    admin: dict  # login_user, login_unix_socket / login_host, login_port, login_password; pgbouncer_admin_*
+    pgbouncer_host: str | None = None
+    pgbouncer_port: int | None = None
 
     def connect(self, dbname: str = "postgres") -> psycopg.Connection:
         a = self.admin
@@ -71,6 +73,26 @@ class Server:
             connect_timeout=10,
             prepare_threshold=None,
         )
+
+    def drop_pgbouncer_clients(self, dbname: str) -> None:
+        """KILL the database's client connections in this server's PgBouncer (then RESUME it).
+
+        A client that logged in to PgBouncer before the tenant's role was refused waits there for a server
+        connection (up to query_wait_timeout), retried every server_login_retry: dropped, it reconnects and
+        finds where the tenant's database is now.
+        """
+        if not self.pgbouncer_port or not self.admin.get("pgbouncer_admin_password"):
+            return
+        with psycopg.connect(
+            host=self.pgbouncer_host or self.host, port=self.pgbouncer_port, dbname="pgbouncer",
+            user=self.admin.get("pgbouncer_admin_user") or "saasodoo_pgbouncer_admin",
+            password=self.admin["pgbouncer_admin_password"], autocommit=True, connect_timeout=10,
+            prepare_threshold=None,
+        ) as console:  # fmt: skip
+            # The console takes no parameters; the name is quoted as an identifier.
+            name = sql.Identifier(dbname).as_string(console)
+            console.execute(f"KILL {name}")
+            console.execute(f"RESUME {name}")
 
     def libpq_args(self) -> tuple[list[str], dict]:
         """pg_dump / pg_restore connection arguments and environment (the password never on argv)."""
@@ -227,8 +249,8 @@ class Move:
                 for r in conn.execute(
                     """SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                     WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                      AND c.relreplident = 'd'
-                      AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+                      AND (c.relreplident = 'n' OR c.relreplident = 'd' AND NOT EXISTS (
+                            SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
                     ORDER BY 1"""
                 )
             ]
@@ -346,6 +368,7 @@ class Move:
             for _ in range(50):
                 pids = [pid for (pid,) in conn.execute(sessions, (role,))]
                 if not pids:
+                    self.source.drop_pgbouncer_clients(self.db_name)
                     self._failpoint("cutover")
                     return started
                 for pid in pids:

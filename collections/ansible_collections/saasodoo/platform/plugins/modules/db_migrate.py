@@ -53,7 +53,8 @@ options:
   servers:
     description:
       - Database server name to how this module reaches it as its superuser (C(login_user), C(login_unix_socket)
-        or C(login_host), C(login_port), C(login_password)). Must hold the source and the target.
+        or C(login_host), C(login_port), C(login_password)) and its PgBouncer's console (C(pgbouncer_admin_user),
+        C(pgbouncer_admin_password)). Must hold the source and the target.
     type: dict
     required: true
   pg_bin_dir:
@@ -207,10 +208,12 @@ def read_tenant(registry, tenant_id: str) -> dict:
 
 def server(registry, name: str, logins: dict) -> Server:
     with registry.cursor(row_factory=dict_row) as cur:
-        row = cur.execute("SELECT name, host, port FROM registry.db_servers WHERE name = %s", (name,)).fetchone()
+        row = cur.execute(
+            "SELECT name, host, port, pgbouncer_host, pgbouncer_port FROM registry.db_servers WHERE name = %s", (name,)
+        ).fetchone()
     if name not in logins:
         raise MoveError(f"no login given for database server {name} (servers option): is it in the inventory?")
-    return Server(row["name"], row["host"], row["port"], logins[name])
+    return Server(row["name"], row["host"], row["port"], logins[name], row["pgbouncer_host"], row["pgbouncer_port"])
 
 
 def as_move(registry, row: dict, tenant: dict, logins: dict, options: MoveOptions) -> Move:
