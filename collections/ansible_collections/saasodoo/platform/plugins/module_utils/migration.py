@@ -161,8 +161,9 @@ class Move:
     def _failpoint(self, point: str) -> None:
         name, _, signal_file = os.environ.get(FAILPOINT_ENV, "").partition(":")
         if name == point:
-            with open(signal_file, "w", encoding="utf-8") as f:
+            with open(signal_file + ".tmp", "w", encoding="utf-8") as f:
                 f.write(f"{os.getpid()}\n")
+            os.replace(signal_file + ".tmp", signal_file)  # whole, once it exists
             threading.Event().wait()  # held until killed
 
     def audit(self, kind: str, detail: dict) -> None:
@@ -176,7 +177,6 @@ class Move:
 
     def run(self) -> None:
         """Take the move from where it is to done; on any failure before the repoint, roll back."""
-        started = time.monotonic()
         if self.row["phase"] not in ("repointed", "done"):
             try:
                 if self.options.method == "logical":
@@ -198,7 +198,7 @@ class Move:
                     f"{reason}. Rolled back: the tenant is served from {self.source.name} as before; "
                     "fix the cause and run the playbook again"
                 ) from None
-        self._clean_up(time.monotonic() - started)
+        self._clean_up()
 
     def _copy_logical(self) -> None:
         self.enter("copying")
@@ -493,7 +493,7 @@ class Move:
         with server.connect() as conn:
             conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(self.tenant["db_role"])))
 
-    def _clean_up(self, elapsed: float) -> None:
+    def _clean_up(self) -> None:
         self._allow_login(self.target)  # already open, unless a playbook run since closed it
         self._drop_replication()
         retained = f"{self.db_name[:48]}_old{self.id}"
@@ -509,12 +509,11 @@ class Move:
                     )
                 )
         with self.registry.transaction():
-            self._record(
-                retained_db=retained,
-                total_ms=self.row["total_ms"] or round(elapsed * 1000),
-            )
+            self._record(retained_db=retained)
+            # From the placement on, whichever runs it took.
             self.registry.execute(
-                "UPDATE registry.migrations SET retain_until = now() + make_interval(days => %s) WHERE id = %s",
+                "UPDATE registry.migrations SET retain_until = now() + make_interval(days => %s),"
+                " total_ms = round(extract(epoch FROM clock_timestamp() - started_at) * 1000) WHERE id = %s",
                 (self.options.retain_days, self.id),
             )
             self.enter("done", finished_at=_now(self.registry))
