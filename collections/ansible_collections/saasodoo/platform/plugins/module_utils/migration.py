@@ -29,7 +29,8 @@ try:
 except ImportError:  # reported by the module with missing_required_lib
     psycopg = sql = dict_row = None
 
-PHASES = ("placed", "copying", "catching_up", "cutover", "verified", "repointed", "done", "rolled_back")
+# Phases (registry.migrations.phase, checked there): placed, copying, catching_up, cutover, verified, repointed,
+# done; or rolled_back.
 MARKER_SCHEMA = "saasodoo_move"  # a marker table the cutover writes through replication, dropped after
 MOVERS_GROUP = "saasodoo_movers"  # pg_hba lets its members (one per move, dropped after) reach any database
 # Fault injection for the tests: "<point>:<file>" makes a run touch <file> and hold at that point until killed.
@@ -122,6 +123,8 @@ class Move:
     target: Server
     options: MoveOptions
     executed: list[str] = field(default_factory=list)
+    # The move's replication role's password: lives as long as the role, dropped with the subscription.
+    replication_password: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
     @property
     def id(self) -> int:
@@ -135,10 +138,6 @@ class Move:
     def replication_name(self) -> str:
         """Publication, subscription, slot and the move's replication role share it."""
         return f"saasodoo_move_{self.id}"
-
-    @property
-    def reached(self) -> set[str]:
-        return {entry["phase"] for entry in self.row["phase_history"]}
 
     # -- the registry record ----------------------------------------------------------------------
 
@@ -271,14 +270,7 @@ class Move:
 
     def _split_post_data(self, schema: str, scratch: str) -> tuple[str, str]:
         """Two restore lists: primary keys and unique constraints (the apply needs them), then the rest."""
-        listing = self._pg("pg_restore", None, "--section=post-data", "-l", schema)
-        keys, rest = [], []
-        for line in listing.splitlines():
-            if line.startswith(";") or not line.strip():
-                continue
-            # "<id>; <catalog oid> <oid> CONSTRAINT public res_partner res_partner_pkey owner"
-            desc = line.split(";", 1)[1].split(None, 2)[2]
-            (keys if desc.startswith("CONSTRAINT ") else rest).append(line)
+        keys, rest = split_post_data(self._pg("pg_restore", None, "--section=post-data", "-l", schema))
         paths = []
         for name, lines in (("keys.list", keys), ("rest.list", rest)):
             path = os.path.join(scratch, name)
@@ -300,7 +292,7 @@ class Move:
                     role,
                     sql.Identifier(MOVERS_GROUP),
                     sql.Identifier(self.tenant["db_role"]),
-                    sql.Literal(self._move_password()),
+                    sql.Literal(self.replication_password),
                 )
             )
         for server in (self.source, self.target):
@@ -317,11 +309,6 @@ class Move:
             )
             conn.execute(sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(role))
 
-    def _move_password(self) -> str:
-        # Lives only for this move: the replication role is dropped with the subscription.
-        self._password = getattr(self, "_password", None) or secrets.token_urlsafe(32)
-        return self._password
-
     def _subscribe(self) -> None:
         name = self.replication_name
         conninfo = psycopg.conninfo.make_conninfo(
@@ -329,7 +316,7 @@ class Move:
             port=self.source.port,
             dbname=self.db_name,
             user=name,
-            password=self._move_password(),
+            password=self.replication_password,
             connect_timeout=10,
         )
         with self.target.connect(self.db_name) as conn:
@@ -614,6 +601,18 @@ class Move:
             raise MoveError(f"{tool} failed ({run.returncode}): {run.stderr.strip()[-1500:]}")
         self.executed.append(f"{tool} {' '.join(a for a in args if not a.startswith('/'))}")
         return run.stdout
+
+
+def split_post_data(listing: str) -> tuple[list[str], list[str]]:
+    """A `pg_restore -l` listing of post-data: (primary key and unique constraints, everything else)."""
+    keys, rest = [], []
+    for line in listing.splitlines():
+        if line.startswith(";") or not line.strip():
+            continue
+        # "<id>; <catalog oid> <oid> CONSTRAINT public res_partner res_partner_pkey owner"
+        desc = line.split(";", 1)[1].split(None, 2)[2]
+        (keys if desc.startswith("CONSTRAINT ") else rest).append(line)
+    return keys, rest
 
 
 def fingerprint(server: Server, dbname: str) -> dict:
