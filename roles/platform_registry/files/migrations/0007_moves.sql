@@ -14,6 +14,6 @@ ALTER TABLE registry.migrations ADD CONSTRAINT migrations_phase_check
     CHECK (phase IN ('placed', 'copying', 'catching_up', 'cutover', 'verified', 'repointed', 'done',
                      'rolled_back'));
 COMMENT ON COLUMN registry.migrations.write_downtime_ms IS
-    'From writes blocked on the source to the tenant role allowed to log in on the target.';
+    'From writes blocked on the source to the registry repointed at the target (its role already open).';
 
 INSERT INTO registry.schema_migrations (version, name) VALUES (7, '0007_moves');

@@ -19,8 +19,8 @@ description:
     I(method=dump) - parallel directory-format dump and restore with writes blocked), blocks writes on the source
     (the tenant's role may not log in, its sessions end), waits for zero lag, syncs every sequence, verifies
     (per-table row counts and checksums, sequences at least the source's), and repoints the registry (server,
-    db_type and plan in one transaction). Then the target's role may log in; the write downtime (block to open)
-    is recorded. Cleanup drops subscription, publication, slot and the move's replication role, and renames the
+    db_type and plan in one transaction), the target's role allowed to log in just before; the write downtime
+    (block to repoint) is recorded. Cleanup drops subscription, publication, slot and the move's replication role, and renames the
     source copy to C(<db>_old<id>), kept until C(retain_until).
   - Any failure before the repoint rolls back and fails with the reason; the tenant stays on its source as before.
   - The source stays authoritative until the target is verified; never are both copies writable.
