@@ -11,7 +11,7 @@ description:
   - Moves a tenant's database when its new plan needs another C(db_type) (shared pool or dedicated server), or
     off a server being drained. Every phase is recorded in C(registry.migrations) before its work starts.
   - I(step=place) chooses the target (as M(saasodoo.platform.db_placement) would, never the current server) and
-    records the move. A move left unfinished by a killed run is dealt with first: before C(repointed) it is rolled
+    records the move. A move left unfinished by a killed run is dealt with first. Before C(repointed) it is rolled
     back (target database, role, subscription, publication and slot dropped; the source opened again), after it
     it is kept for I(step=move) to finish.
   - The playbook then readies the target (server up, the tenant's role and empty database, role unable to log in).
@@ -20,8 +20,8 @@ description:
     (the tenant's role may not log in, its sessions end), waits for zero lag, syncs every sequence, verifies
     (per-table row counts and checksums, sequences at least the source's), and repoints the registry (server,
     db_type and plan in one transaction), the target's role allowed to log in just before; the write downtime
-    (block to repoint) is recorded. Cleanup drops subscription, publication, slot and the move's replication role, and renames the
-    source copy to C(<db>_old<id>), kept until C(retain_until).
+    (block to repoint) is recorded. Cleanup drops subscription, publication, slot and the move's replication
+    role, and renames the source copy to C(<db>_old<id>), kept until C(retain_until).
   - Any failure before the repoint rolls back and fails with the reason; the tenant stays on its source as before.
   - The source stays authoritative until the target is verified; never are both copies writable.
   - Two runs for one tenant never overlap (a session advisory lock on the registry, released if a run dies).
