@@ -43,7 +43,6 @@ class MoveError(Exception):
 
 @dataclass
 class MoveOptions:
-    method: str = "logical"
     pg_bin_dir: str = "/usr/lib/postgresql/15/bin"
     jobs: int = 2
     sync_timeout: float = 3600.0
@@ -178,7 +177,7 @@ class Move:
         """Take the move from where it is to done; on any failure before the repoint, roll back."""
         if self.row["phase"] not in ("repointed", "done"):
             try:
-                if self.options.method == "logical":
+                if self.row["method"] == "logical":  # chosen when the move was placed
                     self._copy_logical()
                     downtime_started = self._block_writes()
                     self._wait_for_marker()

@@ -296,8 +296,6 @@ def move(module, registry, p: dict, options: MoveOptions) -> dict:
                 "SELECT * FROM registry.migrations WHERE tenant_id = %s ORDER BY id DESC LIMIT 1", (p["tenant_id"],)
             ).fetchone()
         return {"changed": False, "moving": False, "migration": last, "executed": []}
-    if row["phase"] == "placed":
-        options.method = row["method"]
     moving = as_move(registry, row, tenant, p["servers"], options)
     moving.run()
     return {
@@ -332,7 +330,6 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
     p = module.params
     options = MoveOptions(
-        method=p["method"],
         pg_bin_dir=p["pg_bin_dir"],
         jobs=p["jobs"],
         sync_timeout=p["sync_timeout"],
