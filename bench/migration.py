@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import derive_password  # noqa: E402
 from bench.odoo_tenant import TenantWriter, WriterReport, generate  # noqa: E402
-from tests.integration.conftest import remove_tenants, run_playbook  # noqa: E402
+from tests.integration.conftest import remove_tenants, run_playbook, superuser  # noqa: E402
 
 STATE = REPO / ".state/local"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -99,11 +99,6 @@ class Tenant:
         return TenantWriter(locate, self.db, self.db, self.password)
 
 
-def admin(server: str, port: int, dbname: str = "postgres") -> psycopg.Connection:
-    socket_dir = (STATE / "pg" / server / "run").resolve()
-    return psycopg.connect(host=str(socket_dir), port=port, user="postgres", dbname=dbname, autocommit=True)
-
-
 def move(tenant: Tenant, label: str, plan: str, *extra: str) -> Result:
     writer = tenant.writer()
     writer.start()
@@ -129,8 +124,8 @@ def baseline(tenant: Tenant) -> Result:
     writer.start()
     with (
         tempfile.TemporaryDirectory(prefix="bench-baseline-") as scratch,
-        admin(source["name"], source["port"]) as source_admin,
-        admin(scratch_server, scratch_port) as target_admin,
+        superuser(source["name"], source["port"]) as source_admin,
+        superuser(scratch_server, scratch_port) as target_admin,
     ):
         dump = Path(scratch) / "tenant.dump"
         wait_for_commits(writer, 10)  # the writer at its pace before the stop: its gap is the downtime

@@ -33,6 +33,8 @@ class Tenant:
     tenant_id: str
     status: str  # provisioning | active | suspended | terminated | purged | failed
     plan_name: str
+    customer_id: str | None = None  # the Kill Bill account and subscription it was provisioned for
+    subscription_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,28 @@ def is_blocked(subscription: dict, overdue: dict | None) -> bool:
     return subscription.get("state") == "BLOCKED" or bool((overdue or {}).get("isDisableEntitlementAndChangesBlocked"))
 
 
+def foreign_claim(subscription: dict, tenant: Tenant) -> str | None:
+    """Why `subscription` may not act on `tenant`, if it belongs to another account or subscription.
+
+    A tenant belongs to the Kill Bill account and subscription it was provisioned for, not to whoever holds
+    its bundle key: after a bundle transfer, or a key reused after a cancellation, another account must not
+    suspend, change, terminate or take over its data. tenant_transfer.yml moves a tenant on purpose.
+    """
+    account, subscription_id = subscription.get("accountId"), subscription.get("subscriptionId")
+    if tenant.customer_id is None:
+        owner = "no Kill Bill account"
+    elif tenant.customer_id != account:
+        owner = f"account {tenant.customer_id}"
+    elif tenant.subscription_id not in (None, subscription_id):
+        owner = f"subscription {tenant.subscription_id} of the same account"
+    else:
+        return None
+    return (
+        f"subscription {subscription_id} of account {account} claims tenant {tenant.tenant_id}, which belongs "
+        f"to {owner}: nothing done (tenant_transfer.yml moves a tenant to another account on purpose)"
+    )
+
+
 def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | None, plans: set[str]) -> list:
     """Actions (in order) bringing `tenant` to what `subscription` says, or Skips explaining why not."""
     if subscription.get("productCategory", "BASE") != "BASE":
@@ -78,6 +102,8 @@ def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | N
                 f"{subscription.get('bundleExternalKey')!r} is not a tenant id (1-48 letters, digits, '-' or '_')",
             )
         ]
+    if tenant is not None and (claim := foreign_claim(subscription, tenant)):
+        return [Skip(tenant_id, claim)]
     state = subscription.get("state")
     plan = subscription.get("planName")
     status = tenant.status if tenant else None

@@ -180,7 +180,9 @@ def list_jobs(conn, *, state=None, tenant_id=None, limit=100) -> list[dict]:
 
 def tenants_by_id(conn, tenant_ids: list[str]) -> dict[str, Tenant]:
     rows = conn.execute(
-        "SELECT tenant_id, status, plan_name FROM registry.tenants WHERE tenant_id = ANY(%s)", (tenant_ids,)
+        "SELECT tenant_id, status, plan_name, customer_id, subscription_id FROM registry.tenants"
+        " WHERE tenant_id = ANY(%s)",
+        (tenant_ids,),
     ).fetchall()
     return {row["tenant_id"]: Tenant(**row) for row in rows}
 

@@ -121,6 +121,21 @@ class LocalPlatform:
             autocommit=True,
         )
 
+    def registry(self) -> psycopg.Connection:
+        """The registry as its owner, over TCP."""
+        return self.connect(
+            self.servers["platform-db"].port,
+            "saasodoo_registry",
+            self.password("registry@saasodoo_registry"),
+            "saasodoo_registry",
+        )
+
+
+def superuser(server: str, port: int, dbname: str = "postgres") -> psycopg.Connection:
+    """A local server's superuser, over its Unix socket (as the roles and db_migrate reach it)."""
+    socket_dir = (LOCAL_STATE / "pg" / server / "run").resolve()
+    return psycopg.connect(host=str(socket_dir), port=port, user="postgres", dbname=dbname, autocommit=True)
+
 
 def inventory_hosts(inventory: str = "inventories/local") -> tuple[dict[str, dict], dict[str, list[str]]]:
     """Host variables and group membership, templated by Ansible itself."""

@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 
 from bench.odoo_tenant import TenantWriter, WriterReport, generate
 
-from .conftest import REPO, VENV_BIN, LocalPlatform, PlaybookRun, ansible_env, run_playbook
+from .conftest import REPO, VENV_BIN, LocalPlatform, PlaybookRun, ansible_env, run_playbook, superuser
 
 TENANT = "mover"
 DB = "t_mover"
@@ -36,12 +36,7 @@ class Mover:
     platform: LocalPlatform
 
     def registry(self) -> psycopg.Connection:
-        conn = self.platform.connect(
-            self.platform.servers["platform-db"].port,
-            "saasodoo_registry",
-            self.platform.password("registry@saasodoo_registry"),
-            "saasodoo_registry",
-        )
+        conn = self.platform.registry()
         conn.row_factory = dict_row
         return conn
 
@@ -77,11 +72,7 @@ class Mover:
         return run_playbook("tenant_change_plan.yml", "-e", f"tenant_id={TENANT}", "-e", f"plan={plan}", *RUNTIME_NONE)
 
     def admin(self, server: str, dbname: str = "postgres") -> psycopg.Connection:
-        """As the server's superuser, over its Unix socket (as the roles and db_migrate reach it)."""
-        socket_dir = (REPO / ".state/local/pg" / server / "run").resolve()
-        return psycopg.connect(
-            host=str(socket_dir), port=self.servers()[server], user="postgres", dbname=dbname, autocommit=True
-        )
+        return superuser(server, self.servers()[server], dbname)
 
     def copies(self) -> dict[str, dict]:
         """Per server: the tenant's databases, its role's LOGIN, and what a move could leave behind."""

@@ -69,6 +69,11 @@ CLEAR = {"name": "__KILLBILL__CLEAR__OVERDUE_STATE__", "isDisableEntitlementAndC
 BLOCKED = {"name": "BLOCKED", "isDisableEntitlementAndChangesBlocked": True}
 
 
+def owned(status: str, plan: str) -> Tenant:
+    """A tenant provisioned for subscription s-1 of account a-1, as subscription() describes it."""
+    return Tenant("acme", status, plan, "a-1", "s-1")
+
+
 def actions(decisions):
     return [(d.action, d.extravars.get("plan")) if isinstance(d, Action) else ("skip", d.reason) for d in decisions]
 
@@ -85,26 +90,26 @@ def test_a_new_active_subscription_is_provisioned_with_the_kill_bill_ids():
 
 
 def test_a_tenant_matching_kill_bill_needs_nothing():
-    assert desired_actions(subscription(), CLEAR, Tenant("acme", "active", "basic-monthly"), PLANS) == []
-    assert desired_actions(subscription("BLOCKED"), CLEAR, Tenant("acme", "suspended", "basic-monthly"), PLANS) == []
-    assert desired_actions(subscription("CANCELLED"), CLEAR, Tenant("acme", "terminated", "basic-monthly"), PLANS) == []
+    assert desired_actions(subscription(), CLEAR, owned("active", "basic-monthly"), PLANS) == []
+    assert desired_actions(subscription("BLOCKED"), CLEAR, owned("suspended", "basic-monthly"), PLANS) == []
+    assert desired_actions(subscription("CANCELLED"), CLEAR, owned("terminated", "basic-monthly"), PLANS) == []
 
 
 @pytest.mark.parametrize(
     ("sub", "overdue", "tenant", "expected"),
     [
-        (subscription(), BLOCKED, Tenant("acme", "active", "basic-monthly"), [("suspend", None)]),
-        (subscription("BLOCKED"), CLEAR, Tenant("acme", "active", "basic-monthly"), [("suspend", None)]),
-        (subscription(), CLEAR, Tenant("acme", "suspended", "basic-monthly"), [("resume", None)]),
-        (subscription(plan="standard-monthly"), CLEAR, Tenant("acme", "active", "basic-monthly"),
+        (subscription(), BLOCKED, owned("active", "basic-monthly"), [("suspend", None)]),
+        (subscription("BLOCKED"), CLEAR, owned("active", "basic-monthly"), [("suspend", None)]),
+        (subscription(), CLEAR, owned("suspended", "basic-monthly"), [("resume", None)]),
+        (subscription(plan="standard-monthly"), CLEAR, owned("active", "basic-monthly"),
          [("change_plan", "standard-monthly")]),
         # resized while stopped, then started; or suspended first, then resized
-        (subscription(plan="standard-monthly"), CLEAR, Tenant("acme", "suspended", "basic-monthly"),
+        (subscription(plan="standard-monthly"), CLEAR, owned("suspended", "basic-monthly"),
          [("change_plan", "standard-monthly"), ("resume", None)]),
-        (subscription(plan="standard-monthly"), BLOCKED, Tenant("acme", "active", "basic-monthly"),
+        (subscription(plan="standard-monthly"), BLOCKED, owned("active", "basic-monthly"),
          [("suspend", None), ("change_plan", "standard-monthly")]),
-        (subscription("CANCELLED"), CLEAR, Tenant("acme", "suspended", "basic-monthly"), [("terminate", None)]),
-        (subscription("EXPIRED"), CLEAR, Tenant("acme", "active", "basic-monthly"), [("terminate", None)]),
+        (subscription("CANCELLED"), CLEAR, owned("suspended", "basic-monthly"), [("terminate", None)]),
+        (subscription("EXPIRED"), CLEAR, owned("active", "basic-monthly"), [("terminate", None)]),
         (subscription("CANCELLED"), CLEAR, None, []),  # never provisioned: nothing to end
         (subscription(), BLOCKED, None, []),  # paid first: provisioned once the payment clears
         (subscription("PENDING"), CLEAR, None, []),
@@ -119,7 +124,7 @@ def test_unknown_plans_invalid_keys_and_terminated_tenants_are_skipped_with_a_re
     assert isinstance(skip, Skip) and "gold-yearly" in skip.reason and skip.tenant_id == "acme"
     [skip] = desired_actions(subscription(key="no spaces allowed"), CLEAR, None, PLANS)
     assert isinstance(skip, Skip) and skip.tenant_id is None and "not a tenant id" in skip.reason
-    [skip] = desired_actions(subscription(), CLEAR, Tenant("acme", "terminated", "basic-monthly"), PLANS)
+    [skip] = desired_actions(subscription(), CLEAR, owned("terminated", "basic-monthly"), PLANS)
     assert "terminated" in skip.reason
 
 
@@ -157,3 +162,25 @@ def test_a_settings_file_others_can_read_is_refused(tmp_path):
         load_settings(path)
     os.chmod(path, 0o600)
     assert load_settings(path).killbill.api_key == "k"
+
+
+@pytest.mark.parametrize(
+    ("owner", "subscription_id", "says"),
+    [
+        ("a-2", "s-1", "belongs to account a-2"),  # a bundle transferred to another account
+        ("a-1", "s-9", "belongs to subscription s-9 of the same account"),
+        (None, None, "belongs to no Kill Bill account"),  # provisioned by hand, never bound
+    ],
+)
+@pytest.mark.parametrize("state", ["ACTIVE", "BLOCKED", "CANCELLED"])
+def test_a_subscription_acts_only_on_the_tenant_provisioned_for_it(owner, subscription_id, says, state):
+    tenant = Tenant("acme", "active", "basic-monthly", owner, subscription_id)
+    [decision] = desired_actions(subscription(state, plan="premium-monthly"), BLOCKED, tenant, PLANS)
+    assert isinstance(decision, Skip)
+    assert "subscription s-1 of account a-1 claims tenant acme" in decision.reason and says in decision.reason
+    assert "tenant_transfer.yml" in decision.reason
+
+
+def test_a_tenant_bound_to_its_account_only_is_still_its_own():
+    tenant = Tenant("acme", "active", "basic-monthly", "a-1", None)
+    assert actions(desired_actions(subscription(), BLOCKED, tenant, PLANS)) == [("suspend", None)]

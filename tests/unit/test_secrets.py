@@ -8,7 +8,11 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.saasodoo.platform.plugins.filter.secrets import FilterModule
-from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import WeakSecretError, derive_password
+from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import (
+    WeakSecretError,
+    derive_password,
+    scram_sha_256_verifier,
+)
 
 SECRET = "s" * 32
 OTHER_SECRET = "t" * 32
@@ -54,3 +58,12 @@ def test_filter_error_names_the_purpose_but_not_the_secret():
         derived_password("monitor@pool-shared-01", weak_secret)
     assert "monitor@pool-shared-01" in str(failure.value)
     assert weak_secret not in str(failure.value)
+
+
+def test_a_scram_verifier_holds_no_password_and_is_postgresql_s_shape():
+    # A logical move's replication role logs in with this verifier (tests/integration/test_tenant_move.py).
+    verifier = scram_sha_256_verifier("correct horse", salt=b"0123456789abcdef")
+    assert re.fullmatch(r"SCRAM-SHA-256\$4096:[A-Za-z0-9+/=]{24}\$[A-Za-z0-9+/=]{44}:[A-Za-z0-9+/=]{44}", verifier)
+    assert "correct horse" not in verifier
+    assert verifier == scram_sha_256_verifier("correct horse", salt=b"0123456789abcdef")
+    assert verifier != scram_sha_256_verifier("correct horse")  # a fresh salt each time

@@ -22,6 +22,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import scram_sha_256_verifier
+
 try:
     import psycopg
     from psycopg import sql
@@ -35,6 +37,15 @@ MARKER_SCHEMA = "saasodoo_move"  # a marker table the cutover writes through rep
 MOVERS_GROUP = "saasodoo_movers"  # pg_hba lets its members (one per move, dropped after) reach any database
 # Fault injection for the tests: "<point>:<file>" makes a run touch <file> and hold at that point until killed.
 FAILPOINT_ENV = "SAASODOO_DB_MIGRATE_FAILPOINT"
+# Every tenant is hostile: it owns its database and can plant functions, operators and per-database settings
+# (ALTER DATABASE ... SET search_path) there. Every session this module opens, a superuser's inside the tenant's
+# database above all, resolves names in pg_catalog only (a startup option outranks the database's settings) and
+# calls functions by their qualified names on top of that (CVE-2018-1058).
+PINNED_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"
+# For a session about to send a statement that holds a secret: none of it reaches the server's log.
+QUIET_STATEMENT_LOGGING = (
+    "SET log_statement = 'none'; SET log_min_duration_statement = -1; SET log_min_error_statement = panic"
+)
 
 
 class MoveError(Exception):
@@ -72,6 +83,7 @@ class Server:
             autocommit=True,
             connect_timeout=10,
             prepare_threshold=None,
+            options=PINNED_SEARCH_PATH,
         )
 
     def drop_pgbouncer_clients(self, dbname: str) -> None:
@@ -105,7 +117,7 @@ class Server:
             "-U",
             a.get("login_user") or "postgres",
         ]
-        env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
+        env = {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGOPTIONS": PINNED_SEARCH_PATH}
         if a.get("login_password"):
             env["PGPASSWORD"] = a["login_password"]
         return args, env
@@ -137,6 +149,16 @@ class Move:
     def replication_name(self) -> str:
         """Publication, subscription, slot and the move's replication role share it."""
         return f"saasodoo_move_{self.id}"
+
+    @property
+    def apply_role(self) -> str:
+        """The role the subscription applies the tenant's rows as, on the target (see _subscribe)."""
+        return f"saasodoo_move_{self.id}_apply"
+
+    @property
+    def restore_as_tenant(self) -> tuple[str, str]:
+        """pg_restore replays the tenant's DDL and data as the tenant: its CHECK functions run with its rights."""
+        return ("--role", self.tenant["db_role"])
 
     # -- the registry record ----------------------------------------------------------------------
 
@@ -206,8 +228,28 @@ class Move:
             schema = os.path.join(scratch, "schema.dump")
             self._pg("pg_dump", self.source, "--schema-only", "-Fc", "-f", schema, self.db_name)
             tables_and_keys, rest = self._split_post_data(schema, scratch)
-            self._pg("pg_restore", self.target, "--section=pre-data", "--exit-on-error", "-d", self.db_name, schema)
-            self._pg("pg_restore", self.target, "-L", tables_and_keys, "--exit-on-error", "-d", self.db_name, schema)
+            as_tenant = self.restore_as_tenant
+            self._pg(
+                "pg_restore",
+                self.target,
+                *as_tenant,
+                "--section=pre-data",
+                "--exit-on-error",
+                "-d",
+                self.db_name,
+                schema,
+            )
+            self._pg(
+                "pg_restore",
+                self.target,
+                *as_tenant,
+                "-L",
+                tables_and_keys,
+                "--exit-on-error",
+                "-d",
+                self.db_name,
+                schema,
+            )
             self._prepare_marker()
             self._subscribe()
             self._failpoint("copying")
@@ -218,6 +260,7 @@ class Move:
             self._pg(
                 "pg_restore",
                 self.target,
+                *as_tenant,
                 "-L",
                 rest,
                 "-j",
@@ -236,25 +279,37 @@ class Move:
             dump = os.path.join(scratch, "tenant")
             jobs = str(self.options.jobs)
             self._pg("pg_dump", self.source, "-Fd", "-j", jobs, "-f", dump, self.db_name)
-            self._pg("pg_restore", self.target, "-j", jobs, "--exit-on-error", "-d", self.db_name, dump)
+            self._pg(
+                "pg_restore",
+                self.target,
+                *self.restore_as_tenant,
+                "-j",
+                jobs,
+                "--exit-on-error",
+                "-d",
+                self.db_name,
+                dump,
+            )
         self._record(copy_ms=round((time.monotonic() - copy_started) * 1000))
 
     def _check_replicable(self) -> None:
         with self.source.connect(self.db_name) as conn:
-            objects = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0]
+            objects = conn.execute("SELECT pg_catalog.count(*) FROM pg_catalog.pg_largeobject_metadata").fetchone()[0]
             keyless = [
                 r[0]
                 for r in conn.execute(
-                    """SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    """SELECT c.oid::pg_catalog.regclass::pg_catalog.text
+                         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                     WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
                       AND (c.relreplident = 'n' OR c.relreplident = 'd' AND NOT EXISTS (
-                            SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
+                            SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
                     ORDER BY 1"""
                 )
             ]
             with self.target.connect(self.db_name) as target:
                 tables = target.execute(
-                    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c"
+                    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
                     " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
                 ).fetchone()[0]
         problems = []
@@ -286,12 +341,13 @@ class Move:
                     sql.Identifier(MOVERS_GROUP)
                 )
             )
+            # A SCRAM verifier, not the password: no clear password in a statement the server may log.
             conn.execute(
                 sql.SQL("CREATE ROLE {} LOGIN REPLICATION IN ROLE {}, {} PASSWORD {}").format(
                     role,
                     sql.Identifier(MOVERS_GROUP),
                     sql.Identifier(self.tenant["db_role"]),
-                    sql.Literal(self.replication_password),
+                    sql.Literal(scram_sha_256_verifier(self.replication_password)),
                 )
             )
         for server in (self.source, self.target):
@@ -309,28 +365,57 @@ class Move:
             conn.execute(sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(role))
 
     def _subscribe(self) -> None:
-        name = self.replication_name
+        """Subscribe the target, applying the tenant's rows as a role with the tenant's rights only.
+
+        The apply runs as the subscription's owner and fires what the tenant put on its tables: CHECK and
+        domain constraints, index expressions, ENABLE ALWAYS triggers. PostgreSQL 15 lets only a superuser
+        create or own a subscription, but runs it as its owner after that owner lost SUPERUSER, with the
+        owner's privilege checks. So the owner is a role made for this move, a member of the tenant's role
+        (its tables' rights), superuser only inside the one transaction that hands it the subscription. It
+        needs LOGIN (the apply worker starts as it) and has no password nor any pg_hba rule: nobody logs in
+        as it. The subscription is created disabled and enabled only once its owner is unprivileged.
+        """
+        name, apply_role = sql.Identifier(self.replication_name), sql.Identifier(self.apply_role)
         conninfo = psycopg.conninfo.make_conninfo(
             host=self.source.host,
             port=self.source.port,
             dbname=self.db_name,
-            user=name,
+            user=self.replication_name,
             password=self.replication_password,
             connect_timeout=10,
         )
         with self.target.connect(self.db_name) as conn:
             conn.execute(
-                sql.SQL("CREATE SUBSCRIPTION {0} CONNECTION {1} PUBLICATION {0} WITH (slot_name = {2})").format(
-                    sql.Identifier(name), sql.Literal(conninfo), sql.Literal(name)
+                sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER IN ROLE {}").format(
+                    apply_role, sql.Identifier(self.tenant["db_role"])
                 )
             )
+            conn.execute(
+                sql.SQL("GRANT USAGE ON SCHEMA {0} TO {1}; GRANT SELECT, INSERT ON {0}.marker TO {1}").format(
+                    sql.Identifier(MARKER_SCHEMA), apply_role
+                )
+            )
+            # The statement holds the replication role's password: kept out of this server's logs (it cannot
+            # run in a transaction block, so the session, ours alone, says so).
+            conn.execute(QUIET_STATEMENT_LOGGING)
+            conn.execute(
+                sql.SQL(
+                    "CREATE SUBSCRIPTION {0} CONNECTION {1} PUBLICATION {0} WITH (slot_name = {2}, enabled = false)"
+                ).format(name, sql.Literal(conninfo), sql.Literal(self.replication_name))
+            )
+            with conn.transaction():  # the superuser bit is never committed
+                conn.execute(sql.SQL("ALTER ROLE {} SUPERUSER").format(apply_role))
+                conn.execute(sql.SQL("ALTER SUBSCRIPTION {} OWNER TO {}").format(name, apply_role))
+                conn.execute(sql.SQL("ALTER ROLE {} NOSUPERUSER").format(apply_role))
+            conn.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(name))
 
     def _wait_for_sync(self) -> None:
         deadline = time.monotonic() + self.options.sync_timeout
         with self.target.connect(self.db_name) as conn:
             while True:
                 pending = conn.execute(
-                    "SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
+                    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_subscription_rel r"
+                    " JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid"
                     " WHERE s.subname = %s AND r.srsubstate NOT IN ('r', 's')",
                     (self.replication_name,),
                 ).fetchone()[0]
@@ -344,13 +429,15 @@ class Move:
         """No session of the tenant's role on the source from here on; returns when it started."""
         role = self.tenant["db_role"]
         with self.source.connect() as conn:
-            could_login = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,)).fetchone()[0]
+            could_login = conn.execute(
+                "SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)
+            ).fetchone()[0]
             # Recorded first: whoever rolls this move back opens the source again only if it was open.
             self.enter("cutover", source_could_login=could_login)
             started = time.monotonic()
             conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
             # Wait for each session to be gone: a commit still in flight must land before the marker.
-            sessions = "SELECT pid FROM pg_stat_activity WHERE usename = %s"
+            sessions = "SELECT pid FROM pg_catalog.pg_stat_activity WHERE usename = %s"
             for _ in range(50):
                 pids = [pid for (pid,) in conn.execute(sessions, (role,))]
                 if not pids:
@@ -358,7 +445,7 @@ class Move:
                     self._failpoint("cutover")
                     return started
                 for pid in pids:
-                    conn.execute("SELECT pg_terminate_backend(%s, 1000)", (pid,))
+                    conn.execute("SELECT pg_catalog.pg_terminate_backend(%s, 1000)", (pid,))
             raise MoveError(f"sessions of {role} on {self.source.name} would not end")
 
     def _wait_for_marker(self) -> None:
@@ -380,13 +467,15 @@ class Move:
         # Logical replication does not carry sequences; a dump carries them and this is a no-op.
         with self.source.connect(self.db_name) as conn:
             values = conn.execute(
-                "SELECT format('%%I.%%I', schemaname, sequencename), last_value FROM pg_sequences"
+                "SELECT pg_catalog.format('%%I.%%I', schemaname, sequencename), last_value FROM pg_catalog.pg_sequences"
                 " WHERE schemaname <> %s AND last_value IS NOT NULL",
                 (MARKER_SCHEMA,),
             ).fetchall()
         with self.target.connect(self.db_name) as conn, conn.transaction():
             for name, value in values:
-                conn.execute("SELECT setval(%s::regclass, %s, true)", (name, value))
+                conn.execute(
+                    "SELECT pg_catalog.setval(%s::pg_catalog.regclass, %s::pg_catalog.int8, true)", (name, value)
+                )
         self.executed.append(f"synced {len(values)} sequences")
 
     def _verify(self) -> None:
@@ -484,10 +573,12 @@ class Move:
         self._drop_replication()
         retained = f"{self.db_name[:48]}_old{self.id}"
         with self.source.connect() as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.db_name,)).fetchone()
+            exists = conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (self.db_name,)).fetchone()
             if exists:
                 conn.execute(
-                    "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE datname = %s", (self.db_name,)
+                    "SELECT pg_catalog.pg_terminate_backend(pid, 1000) FROM pg_catalog.pg_stat_activity"
+                    " WHERE datname = %s",
+                    (self.db_name,),
                 )
                 conn.execute(
                     sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
@@ -521,7 +612,8 @@ class Move:
         with self.target.connect() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db_name)))
             owns = conn.execute(
-                "SELECT count(*) FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = %s",
+                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_database d"
+                " JOIN pg_catalog.pg_roles r ON r.oid = d.datdba WHERE r.rolname = %s",
                 (self.tenant["db_role"],),
             ).fetchone()[0]
             role = sql.Identifier(self.tenant["db_role"])
@@ -543,30 +635,39 @@ class Move:
             ).fetchone()
 
     def _drop_replication(self) -> None:
-        """Subscription, publication, slot, marker schema and the move's role: whichever exist."""
+        """Subscription, publication, slot, marker schema and the move's roles: whichever exist."""
         name = self.replication_name
         with self.target.connect() as conn:
-            has_db = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.db_name,)).fetchone()
+            has_db = conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (self.db_name,)).fetchone()
         if has_db:
             with self.target.connect(self.db_name) as conn:
-                if conn.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (name,)).fetchone():
+                if conn.execute("SELECT 1 FROM pg_catalog.pg_subscription WHERE subname = %s", (name,)).fetchone():
                     # Detach from the slot first so the drop never depends on reaching the source.
                     conn.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(sql.Identifier(name)))
                     conn.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(sql.Identifier(name)))
                     conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(name)))
                 conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(MARKER_SCHEMA)))
+                if conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (self.apply_role,)).fetchone():
+                    # Whatever the tenant's code made while applying as it goes to the tenant; its grants go.
+                    conn.execute(
+                        sql.SQL("REASSIGN OWNED BY {0} TO {1}; DROP OWNED BY {0}").format(
+                            sql.Identifier(self.apply_role), sql.Identifier(self.tenant["db_role"])
+                        )
+                    )
+        with self.target.connect() as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(self.apply_role)))
         with self.source.connect() as conn:
-            has_db = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.db_name,)).fetchone()
+            has_db = conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (self.db_name,)).fetchone()
             for _ in range(50):  # a walsender still exiting keeps its slot active for a moment
                 active = conn.execute(
-                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (name,)
+                    "SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (name,)
                 ).fetchone()
                 if active is None:
                     break
                 if active[0] is None:
-                    conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+                    conn.execute("SELECT pg_catalog.pg_drop_replication_slot(%s)", (name,))
                     break
-                conn.execute("SELECT pg_terminate_backend(%s, 1000)", (active[0],))
+                conn.execute("SELECT pg_catalog.pg_terminate_backend(%s, 1000)", (active[0],))
             else:
                 raise MoveError(f"replication slot {name} on {self.source.name} stays in use")
         if has_db:
@@ -574,7 +675,10 @@ class Move:
                 conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
                 conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(MARKER_SCHEMA)))
         with self.source.connect() as conn:
-            conn.execute("SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE usename = %s", (name,))
+            conn.execute(
+                "SELECT pg_catalog.pg_terminate_backend(pid, 1000) FROM pg_catalog.pg_stat_activity WHERE usename = %s",
+                (name,),
+            )
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -618,8 +722,8 @@ def fingerprint(server: Server, dbname: str) -> dict:
     """Per table: row count and an order-free checksum of its rows; every sequence's last value."""
     with server.connect(dbname) as conn:
         tables = conn.execute(
-            """SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c
-                 JOIN pg_namespace n ON n.oid = c.relnamespace
+            """SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', %s)
                   AND n.nspname NOT LIKE 'pg\\_%%' ORDER BY 1""",
             (MARKER_SCHEMA,),
@@ -627,14 +731,16 @@ def fingerprint(server: Server, dbname: str) -> dict:
         found = {}
         for (table,) in tables:
             count, checksum = conn.execute(
-                sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {} AS t").format(
-                    sql.SQL(table)
-                )
+                sql.SQL(
+                    "SELECT pg_catalog.count(*), coalesce(pg_catalog.sum("
+                    "pg_catalog.hashtextextended(t::pg_catalog.text, 0::pg_catalog.int8)), 0)::pg_catalog.text"
+                    " FROM {} AS t"
+                ).format(sql.SQL(table))
             ).fetchone()
             found[table] = (count, checksum)
         sequences = dict(
             conn.execute(
-                "SELECT format('%%I.%%I', schemaname, sequencename), last_value FROM pg_sequences"
+                "SELECT pg_catalog.format('%%I.%%I', schemaname, sequencename), last_value FROM pg_catalog.pg_sequences"
                 " WHERE schemaname <> %s",
                 (MARKER_SCHEMA,),
             ).fetchall()
@@ -643,4 +749,4 @@ def fingerprint(server: Server, dbname: str) -> dict:
 
 
 def _now(conn) -> object:
-    return conn.execute("SELECT now()").fetchone()[0]
+    return conn.execute("SELECT pg_catalog.now()").fetchone()[0]
