@@ -67,7 +67,14 @@ demo: setup
 	$(BIN)/python tests/e2e/demo.py
 	ansible-playbook playbooks/platform_status.yml
 
-test: setup lint unit molecule integration
+# Each stage's time is printed at the end (and as far as it got when one fails).
+TEST_STAGES := lint unit molecule integration
+test: setup
+	@times=""; for stage in $(TEST_STAGES); do \
+	  started=$$(date +%s); \
+	  if ! $(MAKE) --no-print-directory $$stage; then echo "make test: $$stage failed;$$times"; exit 1; fi; \
+	  times="$$times $$stage $$(( $$(date +%s) - started ))s"; \
+	done; echo "make test stage times:$$times"
 
 lint: setup
 	yamllint --strict .
@@ -85,7 +92,7 @@ molecule: setup
 	done
 
 integration: setup
-	pytest tests/integration
+	pytest tests/integration --durations=20
 
 bench: setup
 	$(BIN)/python bench/site_noop.py

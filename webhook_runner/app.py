@@ -22,12 +22,10 @@ from werkzeug.exceptions import HTTPException
 
 from . import store
 from .config import RunnerSettings, load_settings
+from .metrics import JOB_STATES, exposition, exposition_registry
 from .notification import InvalidNotification, parse_notification
 
 log = logging.getLogger("webhook_runner.app")
-
-JOB_STATES = ("queued", "running", "succeeded", "failed", "parked", "skipped")
-DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
 class IsoJSONProvider(DefaultJSONProvider):
@@ -70,14 +68,19 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
         log.error("registry unreachable: %s", error)
         return jsonify(error="the registry is unreachable; nothing was stored, retry later"), 503
 
-    def require_admin():
+    def require_token(expected: str, name: str):
         supplied = request.headers.get("Authorization", "")
         scheme, _, token = supplied.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
-            response = jsonify(error="this call needs the admin token: Authorization: Bearer <token>")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+            response = jsonify(error=f"this call needs the {name} token: Authorization: Bearer <token>")
             response.status_code = 401
             response.headers["WWW-Authenticate"] = 'Bearer realm="saasodoo-runner"'
             abort(response)
+
+    def require_admin():
+        require_token(settings.admin_token, "admin")
+
+    metrics_registry = exposition_registry(registry)
 
     @app.post("/killbill/<token>")
     def killbill_notification(token: str):
@@ -114,9 +117,8 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
 
     @app.get("/metrics")
     def metrics():
-        with registry() as conn:
-            text = _metrics(conn)
-        return Response(text, mimetype="text/plain; version=0.0.4")
+        require_token(settings.metrics_token, "metrics")
+        return Response(exposition(metrics_registry), mimetype="text/plain; version=0.0.4")
 
     @app.get("/jobs")
     def jobs():
@@ -168,46 +170,3 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
         return jsonify(view)
 
     return app
-
-
-def _metrics(conn) -> str:
-    """Prometheus text format, computed from the registry so every gunicorn worker reports the same."""
-    events = conn.execute(
-        "SELECT count(*) AS received, count(*) FILTER (WHERE processed_at IS NULL) AS pending FROM registry.events"
-    ).fetchone()
-    by_type = conn.execute("SELECT event_type, count(*) AS n FROM registry.events GROUP BY 1 ORDER BY 1").fetchall()
-    states = dict.fromkeys(JOB_STATES, 0)
-    states |= {r["state"]: r["n"] for r in conn.execute("SELECT state, count(*) AS n FROM registry.jobs GROUP BY 1")}
-    durations = conn.execute(
-        """SELECT action, count(*) AS n, coalesce(sum(s), 0) AS total,
-                  array["""
-        + ", ".join(f"count(*) FILTER (WHERE s <= {b})" for b in DURATION_BUCKETS)
-        + """] AS le
-             FROM (SELECT action, extract(epoch FROM finished_at - started_at)::float8 AS s FROM registry.jobs
-                    WHERE finished_at IS NOT NULL AND started_at IS NOT NULL AND state <> 'skipped') AS finished
-            GROUP BY action ORDER BY action"""
-    ).fetchall()
-    lines = [
-        "# HELP saasodoo_runner_events_received_total Kill Bill notifications stored in the inbox.",
-        "# TYPE saasodoo_runner_events_received_total counter",
-        f"saasodoo_runner_events_received_total {events['received']}",
-        *(f'saasodoo_runner_events_received_by_type_total{{event_type="{r["event_type"]}"}} {r["n"]}' for r in by_type),
-        "# HELP saasodoo_runner_events_pending Notifications stored but not yet handled by a worker.",
-        "# TYPE saasodoo_runner_events_pending gauge",
-        f"saasodoo_runner_events_pending {events['pending']}",
-        "# HELP saasodoo_runner_jobs Runner jobs by state.",
-        "# TYPE saasodoo_runner_jobs gauge",
-        *(f'saasodoo_runner_jobs{{state="{state}"}} {n}' for state, n in states.items()),
-        "# HELP saasodoo_runner_job_duration_seconds Playbook run time of finished jobs.",
-        "# TYPE saasodoo_runner_job_duration_seconds histogram",
-    ]
-    for row in durations:
-        action = row["action"]
-        lines += [f'saasodoo_runner_job_duration_seconds_bucket{{action="{action}",le="{b}"}} {n}'
-                  for b, n in zip(DURATION_BUCKETS, row["le"], strict=True)]  # fmt: skip
-        lines += [
-            f'saasodoo_runner_job_duration_seconds_bucket{{action="{action}",le="+Inf"}} {row["n"]}',
-            f'saasodoo_runner_job_duration_seconds_sum{{action="{action}"}} {row["total"]:.3f}',
-            f'saasodoo_runner_job_duration_seconds_count{{action="{action}"}} {row["n"]}',
-        ]
-    return "\n".join(lines) + "\n"

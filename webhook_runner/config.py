@@ -32,6 +32,7 @@ class RunnerSettings:
     registry_conninfo: str = field(repr=False)  # libpq conninfo of the registry database
     inbound_token: str = field(repr=False)  # the secret in Kill Bill's callback URL
     admin_token: str = field(repr=False)  # bearer token of the admin API
+    metrics_token: str = field(repr=False)  # bearer token of /metrics (Prometheus' `authorization` config)
     killbill: KillBillSettings
     project_dir: Path  # the checkout holding playbooks/ and ansible.cfg
     inventory: Path
@@ -52,7 +53,8 @@ class RunnerSettings:
 
 
 _REQUIRED = (
-    "registry_conninfo", "inbound_token", "admin_token", "killbill", "project_dir", "inventory", "artifacts_dir"
+    "registry_conninfo", "inbound_token", "admin_token", "metrics_token", "killbill", "project_dir", "inventory",
+    "artifacts_dir",
 )  # fmt: skip
 _KILLBILL_REQUIRED = ("url", "username", "password", "api_key", "api_secret")
 
@@ -90,6 +92,7 @@ def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
         registry_conninfo=raw["registry_conninfo"],
         inbound_token=raw["inbound_token"],
         admin_token=raw["admin_token"],
+        metrics_token=raw["metrics_token"],
         killbill=KillBillSettings(**raw["killbill"]),
         project_dir=Path(raw["project_dir"]),
         inventory=Path(raw["inventory"]),

@@ -57,6 +57,12 @@ class Skip:
     reason: str
 
 
+def database_name(tenant_id: str) -> str:
+    """The tenant's database and role name, as placement makes it: ids differing only in case or '-'/'_' share
+    one, so they are one tenant (the registry's lookup key for a bundle)."""
+    return "t_" + tenant_id.lower().replace("-", "_")
+
+
 def tenant_id_of(subscription: dict) -> str | None:
     key = subscription.get("bundleExternalKey") or ""
     return key if TENANT_ID.fullmatch(key) else None
@@ -90,7 +96,9 @@ def foreign_claim(subscription: dict, tenant: Tenant) -> str | None:
 
 
 def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | None, plans: set[str]) -> list:
-    """Actions (in order) bringing `tenant` to what `subscription` says, or Skips explaining why not."""
+    """Actions (in order) bringing `tenant` to what `subscription` says, or Skips explaining why not.
+
+    `tenant` is the registry's tenant with the subscription's database name (see database_name), if any."""
     if subscription.get("productCategory", "BASE") != "BASE":
         return []  # add-ons do not make tenants
     tenant_id = tenant_id_of(subscription)
@@ -100,6 +108,14 @@ def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | N
                 None,
                 f"subscription {subscription.get('subscriptionId')}: bundle external key "
                 f"{subscription.get('bundleExternalKey')!r} is not a tenant id (1-48 letters, digits, '-' or '_')",
+            )
+        ]
+    if tenant is not None and tenant.tenant_id != tenant_id:
+        return [
+            Skip(
+                tenant_id,
+                f"bundle key {tenant_id!r} names database {database_name(tenant_id)}, which is tenant "
+                f"{tenant.tenant_id!r}'s: ids that differ only in case or '-'/'_' are one tenant; nothing done",
             )
         ]
     if tenant is not None and (claim := foreign_claim(subscription, tenant)):

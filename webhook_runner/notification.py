@@ -33,6 +33,9 @@ IGNORED_EVENT_TYPES = frozenset(
 )  # fmt: skip
 
 _MAX_ID_LENGTH = 64  # Kill Bill ids are UUIDs (36 characters)
+# Kill Bill's metaData objects are flat (a few scalars); deeper nesting is not Kill Bill's, and Python's
+# parser would recurse once per level.
+_MAX_META_DATA_DEPTH = 3
 
 
 class InvalidNotification(ValueError):
@@ -53,10 +56,34 @@ class Notification:
         return (self.meta_data or {}).get("actionType")
 
 
+def _depth(text: str) -> int:
+    """How deep `text`'s JSON nests objects and arrays (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def parse_notification(body: bytes) -> Notification:
+    # Kill Bill sends UTF-8 (json.loads would also take UTF-16 and UTF-32, which the inbox cannot store).
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as error:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidNotification(f"the body is not UTF-8: {error}") from None
+    if _depth(text) > 1:
+        raise InvalidNotification("the body must be one flat JSON object (metaData is a string holding JSON)")
+    try:
+        document = json.loads(text)
+    except ValueError as error:
         raise InvalidNotification(f"the body is not JSON: {error}") from None
     if not isinstance(document, dict):
         raise InvalidNotification("the body must be a JSON object with the fields " + ", ".join(FIELDS))
@@ -75,6 +102,8 @@ def parse_notification(body: bytes) -> Notification:
     if meta_data is not None:
         if not isinstance(meta_data, str):
             raise InvalidNotification("metaData must be null or a string holding JSON")
+        if _depth(meta_data) > _MAX_META_DATA_DEPTH:
+            raise InvalidNotification(f"metaData nests deeper than Kill Bill's ({_MAX_META_DATA_DEPTH} levels)")
         try:
             meta_data = json.loads(meta_data)
         except ValueError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -178,13 +179,14 @@ def list_jobs(conn, *, state=None, tenant_id=None, limit=100) -> list[dict]:
 # -- tenants, plans, audit ---------------------------------------------------------------------------------
 
 
-def tenants_by_id(conn, tenant_ids: list[str]) -> dict[str, Tenant]:
+def tenants_by_database(conn, db_names: list[str]) -> dict[str, Tenant]:
+    """The tenants holding these database names, by name (one name, one tenant: see desired.database_name)."""
     rows = conn.execute(
-        "SELECT tenant_id, status, plan_name, customer_id, subscription_id FROM registry.tenants"
-        " WHERE tenant_id = ANY(%s)",
-        (tenant_ids,),
+        "SELECT db_name, tenant_id, status, plan_name, customer_id, subscription_id FROM registry.tenants"
+        " WHERE db_name = ANY(%s)",
+        (db_names,),
     ).fetchall()
-    return {row["tenant_id"]: Tenant(**row) for row in rows}
+    return {row.pop("db_name"): Tenant(**row) for row in rows}
 
 
 def plan_names(conn) -> set[str]:
@@ -223,3 +225,31 @@ def audit(conn, *, actor: str, tenant_id, kind: str, subject: str, detail: dict)
         "INSERT INTO registry.audit (actor, tenant_id, kind, subject, detail) VALUES (%s, %s, %s, %s, %s)",
         (actor, tenant_id, kind, subject, Jsonb(json.loads(json.dumps(detail, default=str)))),
     )
+
+
+def metrics_snapshot(conn, duration_buckets: tuple[float, ...]) -> dict:
+    """What /metrics reports: inbox counts, jobs by state, finished jobs' run times per action (cumulative
+    counts at each bucket bound)."""
+    events = conn.execute(
+        "SELECT count(*) AS received, count(*) FILTER (WHERE processed_at IS NULL) AS pending FROM registry.events"
+    ).fetchone()
+    by_type = conn.execute("SELECT event_type, count(*) AS n FROM registry.events GROUP BY 1").fetchall()
+    jobs = conn.execute("SELECT state, count(*) AS n FROM registry.jobs GROUP BY 1").fetchall()
+    at_most = sql.SQL(", ").join(
+        sql.SQL("count(*) FILTER (WHERE s <= {})").format(sql.Literal(float(b))) for b in duration_buckets
+    )
+    durations = conn.execute(
+        sql.SQL(
+            """SELECT action, count(*) AS n, coalesce(sum(s), 0) AS total, array[{}] AS le
+                 FROM (SELECT action, extract(epoch FROM finished_at - started_at)::float8 AS s FROM registry.jobs
+                        WHERE finished_at IS NOT NULL AND started_at IS NOT NULL AND state <> 'skipped') AS finished
+                GROUP BY action ORDER BY action"""
+        ).format(at_most)
+    ).fetchall()
+    return {
+        "received": events["received"],
+        "pending": events["pending"],
+        "by_type": {r["event_type"]: r["n"] for r in by_type},
+        "jobs": {r["state"]: r["n"] for r in jobs},
+        "durations": durations,
+    }

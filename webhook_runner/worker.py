@@ -27,7 +27,7 @@ import ansible_runner
 
 from . import store
 from .config import RunnerSettings
-from .desired import Action, Skip, desired_actions, is_blocked, tenant_id_of
+from .desired import Action, Skip, database_name, desired_actions, is_blocked, tenant_id_of
 from .killbill import KillBill, KillBillError, KillBillNotFound
 from .notification import IGNORED_EVENT_TYPES, KNOWN_EVENT_TYPES
 
@@ -134,10 +134,11 @@ class Worker:
     def _decide(self, bundles: list[dict], overdue: dict, plans: set[str]) -> list[tuple[dict, str | None, list]]:
         """(subscription, tenant id, decisions) for each of an account's subscriptions, against the registry."""
         subscriptions = [sub for bundle in bundles for sub in bundle.get("subscriptions") or []]
-        tenants = store.tenants_by_id(self.conn, [tid for tid in map(tenant_id_of, subscriptions) if tid])
+        tenant_ids = [tenant_id_of(sub) for sub in subscriptions]
+        tenants = store.tenants_by_database(self.conn, [database_name(tid) for tid in tenant_ids if tid])
         return [
-            (sub, tenant_id_of(sub), desired_actions(sub, overdue, tenants.get(tenant_id_of(sub)), plans))
-            for sub in subscriptions
+            (sub, tid, desired_actions(sub, overdue, tenants.get(database_name(tid)) if tid else None, plans))
+            for sub, tid in zip(subscriptions, tenant_ids, strict=True)
         ]
 
     def _carry_out(self, account, tenant_id, decisions, tenant_jobs, trigger_ids) -> list[str]:

@@ -38,19 +38,19 @@ TRIAL_DAYS = 14
 class Runner:
     """The runner's HTTP API as an operator uses it."""
 
-    def __init__(self, url: str, admin_token: str):
-        self.url, self.admin_token = url.rstrip("/"), admin_token
+    def __init__(self, url: str, admin_token: str, metrics_token: str):
+        self.url, self.admin_token, self.metrics_token = url.rstrip("/"), admin_token, metrics_token
 
-    def get(self, path: str, admin: bool = True):
-        headers = {"Authorization": f"Bearer {self.admin_token}"} if admin else {}
-        request = urllib.request.Request(self.url + path, headers=headers)
+    def get(self, path: str):
+        token = self.metrics_token if path == "/metrics" else self.admin_token
+        request = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=10) as response:
             body = response.read().decode()
         return body if path == "/metrics" else json.loads(body)
 
     def metrics(self) -> dict[str, float]:
         values = {}
-        for line in self.get("/metrics", admin=False).splitlines():
+        for line in self.get("/metrics").splitlines():
             if line and not line.startswith("#"):
                 name, _, value = line.rpartition(" ")
                 values[name] = float(value)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         prices={"basic-monthly": 10, "standard-monthly": 25, "premium-monthly": 99},
     ).start(port=args.killbill_port)  # fmt: skip
     killbill = KillBillAPI(standin.url, **credentials)
-    runner = Runner(args.runner_url, secret("runner_admin_token"))
+    runner = Runner(args.runner_url, secret("runner_admin_token"), secret("runner_metrics_token"))
     seen_jobs = {job["id"] for job in runner.get("/jobs?limit=1000")["jobs"]}  # earlier runs' jobs
     # A demo run on a platform that has one already signs up new customers: tenant ids are never reused.
     suffix = uuid.uuid4().hex[:4]

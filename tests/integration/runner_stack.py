@@ -24,6 +24,7 @@ from conftest import REPO
 RUNNER_STATE = LOCAL_STATE / "runner"  # the site-deployed runner (roles/webhook_runner)
 INBOUND_TOKEN = "test-inbound-token-0123456789"
 ADMIN_TOKEN = "test-admin-token-9876543210"
+METRICS_TOKEN = "test-metrics-token-5647382910"
 
 
 @dataclass
@@ -130,6 +131,7 @@ def runner_settings(platform: LocalPlatform, killbill_url: str, state_dir: Path,
         f" password={password}",
         "inbound_token": INBOUND_TOKEN,
         "admin_token": ADMIN_TOKEN,
+        "metrics_token": METRICS_TOKEN,
         "killbill": {"url": killbill_url, "username": "admin", "password": "kb-password", "api_key": "saasodoo",
                      "api_secret": "kb-api-secret", "timeout_seconds": 5},
         "project_dir": str(REPO),

@@ -12,6 +12,7 @@ from collections import Counter
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.killbill_api import KillBillAPI
 from tests.standins.killbill.killbill_standin import KillBillStandin, encode_notification, post_notification
@@ -20,6 +21,7 @@ from .conftest import LOCAL_STATE, LocalPlatform
 from .runner_stack import (
     ADMIN_TOKEN,
     INBOUND_TOKEN,
+    METRICS_TOKEN,
     RunnerStack,
     pause_deployed_runner,
     resume_deployed_runner,
@@ -108,6 +110,8 @@ def test_the_callback_stores_kill_bill_bodies_and_refuses_anything_else(runner: 
     assert raw_post(runner.callback, b'{"eventType":') == 400
     assert raw_post(runner.callback, b'{"eventType":"X"}') == 400
     assert raw_post(runner.callback, body[:-1] + b" " * 9000 + b"}") == 413
+    assert raw_post(runner.callback, body.decode().encode("utf-16")) == 400  # JSON, but not Kill Bill's UTF-8
+    assert raw_post(runner.callback, b"[" * 1000 + b"]" * 1000) == 400  # no 500 from a recursing parser
     assert post_notification(runner.callback, body) == 202
     unknown = encode_notification("SUBSCRIPTION_TELEPORT", "acct-unknown-type", "SUBSCRIPTION", "s-1", None)
     assert post_notification(runner.callback, unknown) == 202
@@ -125,10 +129,19 @@ def test_the_callback_stores_kill_bill_bodies_and_refuses_anything_else(runner: 
     assert status == 200
     [skipped] = [job for job in listing["jobs"] if job["account_id"] == "acct-unknown-type"]
     assert "unknown event type SUBSCRIPTION_TELEPORT" in skipped["reason"]
-    with urllib.request.urlopen(f"{runner.url}/metrics", timeout=5) as response:
-        metrics = response.read().decode()
-    assert 'saasodoo_runner_jobs{state="skipped"}' in metrics
-    assert "saasodoo_runner_events_received_total " in metrics
+    for token in (None, ADMIN_TOKEN):  # the scraper's token only: the admin token opens the admin API
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"{runner.url}/metrics", headers=headers), timeout=5)
+        assert refused.value.code == 401
+    scrape = urllib.request.Request(f"{runner.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    with urllib.request.urlopen(scrape, timeout=5) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    jobs = {s.labels["state"]: s.value for s in families["saasodoo_runner_jobs"].samples}
+    assert jobs["skipped"] >= 1
+    assert next(s.value for s in families["saasodoo_runner_events_received"].samples) >= 2
+    by_type = {s.labels["event_type"] for s in families["saasodoo_runner_events_received_by_type"].samples}
+    assert "TENANT_CONFIG_CHANGE" in by_type and "other" in by_type and "SUBSCRIPTION_TELEPORT" not in by_type
     request = urllib.request.Request(f"{runner.url}/jobs")
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=5)
@@ -231,6 +244,28 @@ def test_a_job_that_keeps_failing_is_parked_and_can_be_replayed(
     assert again["state"] == "parked" and again["attempts"] == 3  # ran three more times, then parked again
     _, view = runner.admin("GET", "/tenants/park-01")
     assert any(row["kind"] == "replay" for row in view["audit"])
+
+
+def test_a_tenant_obeys_only_the_account_it_was_provisioned_for(runner: RunnerStack, killbill: KillBillStandin):
+    api = kb_api(killbill)
+    api.register_callback(runner.callback)
+    owner, _ = api.sign_up("Owner", "claim-01", "basic-monthly")
+    killbill.wait_idle(timeout=30)
+    runner.settle()
+    assert tenant_rows(runner, "claim-")["claim-01"]["status"] == "active"
+
+    # Another account creates a bundle with the same external key, then cancels it.
+    intruder, intruders_subscription = api.sign_up("Intruder", "claim-01", "premium-monthly")
+    api.cancel(intruders_subscription)
+    killbill.wait_idle(timeout=30)
+    runner.settle()
+
+    tenant = tenant_rows(runner, "claim-")["claim-01"]
+    assert (tenant["status"], tenant["plan_name"]) == ("active", "basic-monthly")
+    _, listing = runner.admin("GET", "/jobs?tenant=claim-01")
+    skipped = [job["reason"] for job in listing["jobs"] if job["state"] == "skipped"]
+    assert any(f"of account {intruder} claims tenant claim-01" in r and f"account {owner}" in r for r in skipped)
+    assert succeeded_jobs(runner, "claim-") == Counter({("claim-01", "provision"): 1})
 
 
 # -- reliability ------------------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ import os
 
 import pytest
 
+from ansible_collections.saasodoo.platform.plugins.module_utils import placement
 from webhook_runner.config import ConfigError, load_settings, settings_from_dict
-from webhook_runner.desired import Action, Skip, Tenant, desired_actions
+from webhook_runner.desired import Action, Skip, Tenant, database_name, desired_actions
 from webhook_runner.notification import InvalidNotification, parse_notification
 
 # Kill Bill's own capture (shared/reference/killbill.md §1.2) and a §1.3 body, byte for byte.
@@ -50,7 +51,20 @@ def test_metadata_is_decoded_a_second_time_with_exponent_amounts():
         (b'{"eventType":"X","accountId":null,"objectType":"Y","objectId":null,"metaData":{"a":1}}', "string holding"),
         (b'{"eventType":"X","accountId":null,"objectType":"Y","objectId":null,"metaData":"{oops"}', "metaData is not"),
         (b'{"eventType":"X","accountId":null,"objectType":"Y","objectId":null,"metaData":"[1]"}', "JSON object"),
-        (b"\xff\xfe", "not JSON"),
+        (b"\xff\xfe", "not UTF-8"),
+        # JSON, but not UTF-8: Python's parser would take it, the inbox could not store it.
+        (
+            '{"eventType":"X","accountId":null,"objectType":"Y","objectId":null,"metaData":null}'.encode("utf-16"),
+            "not UTF-8",
+        ),
+        (b"[" * 1000 + b"]" * 1000, "one flat JSON object"),
+        (
+            b'{"eventType":"X","accountId":null,"objectType":"Y","objectId":null,"metaData":"'
+            + b"[" * 1000
+            + b"]" * 1000
+            + b'"}',
+            "nests deeper",
+        ),
     ],
 )
 def test_bad_bodies_are_refused_with_the_reason(body, message):
@@ -136,6 +150,7 @@ SETTINGS = {
     "registry_conninfo": "host=127.0.0.1 dbname=r",
     "inbound_token": "in",
     "admin_token": "admin",
+    "metrics_token": "scraper",
     "killbill": {"url": "http://kb", "username": "u", "password": "p", "api_key": "k", "api_secret": "s"},
     "project_dir": "/p",
     "inventory": "/p/inventories/local",
@@ -184,3 +199,15 @@ def test_a_subscription_acts_only_on_the_tenant_provisioned_for_it(owner, subscr
 def test_a_tenant_bound_to_its_account_only_is_still_its_own():
     tenant = Tenant("acme", "active", "basic-monthly", "a-1", None)
     assert actions(desired_actions(subscription(), BLOCKED, tenant, PLANS)) == [("suspend", None)]
+
+
+def test_ids_that_differ_only_in_case_or_dash_are_one_tenant():
+    assert database_name("Acme-Corp") == database_name("acme_corp") == "t_acme_corp"
+    [decision] = desired_actions(subscription(key="Acme"), CLEAR, owned("active", "basic-monthly"), PLANS)
+    assert isinstance(decision, Skip) and decision.tenant_id == "Acme"
+    assert "names database t_acme, which is tenant 'acme'" in decision.reason
+
+
+def test_the_runner_names_databases_as_placement_does():
+    for tenant_id in ("acme", "Acme-Corp", "a_b-C9"):
+        assert database_name(tenant_id) == placement.database_name(tenant_id)

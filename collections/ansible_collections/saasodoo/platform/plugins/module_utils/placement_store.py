@@ -140,8 +140,19 @@ class PlacementStore:
         """Place the tenant, or return its existing placement. Check mode rolls everything back."""
         db_name = database_name(request.tenant_id)
         with self.conn.transaction(force_rollback=check_mode), self.conn.cursor(row_factory=dict_row) as cur:
-            # Two runs for the same tenant queue here instead of racing to insert it.
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext('saasodoo.tenant:' || %s))", (request.tenant_id,))
+            # Two runs for one database name (one tenant, or two ids that differ only in case or '-'/'_') queue
+            # here instead of racing to insert it.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('saasodoo.tenant:' || %s))", (db_name,))
+            holder = cur.execute(
+                "SELECT tenant_id FROM registry.tenants WHERE db_name = %s AND tenant_id <> %s",
+                (db_name, request.tenant_id),
+            ).fetchone()
+            if holder:
+                raise PlacementError(
+                    f"tenant id {request.tenant_id!r} names database {db_name}, which is tenant "
+                    f"{holder['tenant_id']!r}'s: ids that differ only in case or '-'/'_' are one tenant; "
+                    "choose another id"
+                )
             tenant = self._tenant(cur, request.tenant_id)
             if tenant and tenant["db_server"]:
                 return self._existing(cur, tenant)

@@ -21,6 +21,8 @@ description:
     C(db_type) differs is refused unless I(allow_db_type_change), since the database must move first.
   - I(http_port_range) gives the tenant a port for its Odoo (process runtime) if it has none, the lowest free
     one in the range, under a lock so parallel runs never share one.
+  - I(customer_id) and I(subscription_id) bind the tenant to another Kill Bill account and subscription (a
+    transfer made on purpose, C(playbooks/tenant_transfer.yml)); the webhook runner acts for no other.
   - Check mode computes the same answer and rolls it back.
 version_added: 0.1.0
 author: SaaSOdoo ops maintainers
@@ -56,6 +58,12 @@ options:
     type: int
   storage_path:
     description: Where the tenant's files live (its Odoo C(data_dir)).
+    type: str
+  customer_id:
+    description: The Kill Bill account id the tenant belongs to from now on.
+    type: str
+  subscription_id:
+    description: The Kill Bill subscription id the tenant belongs to from now on.
     type: str
   http_port_range:
     description: First and last port the tenant's Odoo may take; allocates one when the tenant has none.
@@ -221,6 +229,9 @@ def planned_changes(conn, tenant: dict, p: dict) -> dict:
             changes["http_port"] = None
     if p["storage_path"] and p["storage_path"] != tenant["storage_path"]:
         changes["storage_path"] = p["storage_path"]
+    for owner in ("customer_id", "subscription_id"):
+        if p[owner] and p[owner] != tenant[owner]:
+            changes[owner] = p[owner]
     wants_port = p["http_port_range"] and (status or tenant["status"]) != "purged"
     if wants_port and tenant["http_port"] is None:
         low, high = p["http_port_range"]
@@ -303,6 +314,8 @@ def main() -> None:
             allow_db_type_change=dict(type="bool", default=False),
             retain_days=dict(type="int"),
             storage_path=dict(type="str"),
+            customer_id=dict(type="str"),
+            subscription_id=dict(type="str"),
             http_port_range=dict(type="list", elements="int"),
             detail=dict(type="dict", default={}),
             **REGISTRY_LOGIN_OPTIONS,

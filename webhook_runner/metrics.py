@@ -1,0 +1,82 @@
+"""GET /metrics: the runner's figures in Prometheus' text format, written by prometheus_client.
+
+Every figure is read from the registry at scrape time, so each gunicorn worker (and each runner host)
+answers the same: nothing is counted in a process's memory, and no multiprocess directory is needed.
+Label values come only from fixed sets: Kill Bill's event types (any other is `other`), job states, and the
+actions the runner itself names its jobs with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from . import store
+from .notification import KNOWN_EVENT_TYPES
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "parked", "skipped")
+DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+OTHER = "other"  # the label of an event type Kill Bill does not define
+
+
+class RegistryCollector(Collector):
+    def __init__(self, registry: Callable[[], AbstractContextManager]):
+        self.registry = registry
+
+    def describe(self):
+        return []  # registered without a scrape (the registry may be down when the app starts)
+
+    def collect(self):
+        with self.registry() as conn:
+            snapshot = store.metrics_snapshot(conn, DURATION_BUCKETS)
+        received = CounterMetricFamily(
+            "saasodoo_runner_events_received", "Kill Bill notifications stored in the inbox."
+        )
+        received.add_metric([], snapshot["received"])
+        yield received
+        by_type = CounterMetricFamily(
+            "saasodoo_runner_events_received_by_type",
+            "Kill Bill notifications stored in the inbox, by event type.",
+            labels=["event_type"],
+        )
+        for event_type, n in _folded(snapshot["by_type"], KNOWN_EVENT_TYPES).items():
+            by_type.add_metric([event_type], n)
+        yield by_type
+        yield GaugeMetricFamily(
+            "saasodoo_runner_events_pending", "Notifications stored but not yet handled by a worker.",
+            value=snapshot["pending"],
+        )  # fmt: skip
+        jobs = GaugeMetricFamily("saasodoo_runner_jobs", "Runner jobs by state.", labels=["state"])
+        for state in JOB_STATES:
+            jobs.add_metric([state], snapshot["jobs"].get(state, 0))
+        yield jobs
+        durations = HistogramMetricFamily(
+            "saasodoo_runner_job_duration_seconds", "Playbook run time of finished jobs.", labels=["action"]
+        )
+        for row in snapshot["durations"]:
+            buckets = [(str(b), n) for b, n in zip(DURATION_BUCKETS, row["le"], strict=True)]
+            durations.add_metric([row["action"]], [*buckets, ("+Inf", row["n"])], sum_value=float(row["total"]))
+        yield durations
+
+
+def _folded(counts: dict[str, int], known: frozenset[str]) -> dict[str, int]:
+    folded: dict[str, int] = {}
+    for name, n in counts.items():
+        key = name if name in known else OTHER
+        folded[key] = folded.get(key, 0) + n
+    return folded
+
+
+def exposition_registry(registry: Callable[[], AbstractContextManager]) -> CollectorRegistry:
+    """One CollectorRegistry per app, holding only the runner's collector."""
+    metrics = CollectorRegistry(auto_describe=False)
+    metrics.register(RegistryCollector(registry))
+    return metrics
+
+
+def exposition(metrics: CollectorRegistry) -> bytes:
+    return generate_latest(metrics)
