@@ -15,15 +15,15 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core
 COLLECTIONS_DIR := collections/ansible_collections
 COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_VERSION)
-APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr curl
+APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr curl python3-psycopg
 ROLES := postgres_server pgbouncer platform_registry tenant_database storage odoo_runtime webhook_runner
 
-.PHONY: help setup system-packages state-access demo test lint unit molecule integration bench down clean
+.PHONY: help setup system-packages state-access demo test lint unit molecule integration bench soak down clean
 
 help:
 	@echo "make demo   set up, converge the local platform, play three customers' lives through Kill Bill and the runner"
 	@echo "make test   set up, lint, unit tests, molecule scenarios, integration tests"
-	@echo "make setup | lint | unit | molecule | integration | bench | down | clean"
+	@echo "make setup | lint | unit | molecule | integration | bench | soak | down | clean"
 
 setup: system-packages state-access $(VENV)/.installed $(COLLECTIONS_STAMP)
 
@@ -99,6 +99,10 @@ bench: setup
 	$(BIN)/python bench/placement.py
 	$(BIN)/python bench/runner.py
 	$(BIN)/python bench/migration.py
+
+# The long version of the move fault test: SIGKILLed three times at each of its five points (make test: once).
+soak: setup
+	FAULT_ROUNDS=3 pytest tests/integration/test_tenant_move.py -k killed
 
 # The test Ceph cluster first: it is mounted under .state, which `clean` then deletes.
 down:

@@ -1,4 +1,5 @@
-"""A hostile tenant gains nothing from the platform's privileged sessions in its database.
+"""A hostile tenant gains nothing from the platform's privileged sessions in its database, nor from the host
+its Odoo runs on.
 
 A tenant owns its database and its `public` schema: it can plant functions that shadow the built-ins a
 superuser session calls (an exact-type match in `public` beats `pg_catalog`'s, CVE-2018-1058), set its
@@ -11,10 +12,13 @@ downgraded (a dump move back to a shared pool). Every hook reports to the server
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import psycopg
 import pytest
+
+from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
 
 from .conftest import LOCAL_STATE, LocalPlatform, remove_tenants, run_playbook, superuser
 
@@ -141,3 +145,53 @@ def test_a_move_runs_none_of_the_tenants_code_as_a_superuser(hostile: LocalPlatf
     checks = {h["role"] for h in hooks if h["hook"] == "check"}
     assert checks, f"the tenant's CHECK function never ran: {hooks}"
     assert all(role == DB or re.fullmatch(r"saasodoo_move_\d+_apply", role) for role in checks), hooks
+
+
+ISOLATED = ("iso-a", "iso-b")
+
+
+def as_user(user: str, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def two_process_tenants(local_platform: LocalPlatform):
+    for tenant in ISOLATED:
+        run = run_playbook(
+            "tenant_provision.yml", "-e", f"tenant_id={tenant}", "-e", "plan=basic-monthly",
+            "-e", f"customer_id=acct-{tenant}",
+        )  # fmt: skip
+        assert run.returncode == 0, run.output[-4000:]
+    yield local_platform
+    for tenant in ISOLATED:  # with their runtime, so their programs and OS users go too
+        for playbook, *extra in (("tenant_terminate.yml",), ("tenant_purge.yml", "-e", "force=true")):
+            run = run_playbook(playbook, "-e", f"tenant_id={tenant}", *extra)
+            assert run.returncode == 0, run.output[-4000:]
+    assert all(as_user(tenant_os_user(t), "true").returncode != 0 for t in ISOLATED), "an OS user outlived its tenant"
+
+
+def test_a_tenants_odoo_runs_as_its_own_user_and_reads_nothing_of_another_tenant(two_process_tenants):
+    runtime, storage = LOCAL_STATE / "runtime", LOCAL_STATE / "storage/odoo_instances"
+    a, b = (tenant_os_user(t) for t in ISOLATED)
+    pid = subprocess.run(
+        ["supervisorctl", "-c", str(runtime / "supervisor/supervisord.conf"), "pid", "odoo-iso-a"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert subprocess.run(["ps", "-o", "user=", "-p", pid], capture_output=True, text=True).stdout.strip() == a
+
+    own = as_user(a, "cat", str(runtime / "tenants/iso-a/odoo.conf"))
+    assert own.returncode == 0 and "db_password" in own.stdout  # the user works: it reads its own config
+    assert as_user(a, "ls", str(storage / "odoo_data_t_iso_a_iso-a/filestore")).returncode == 0
+    others = {
+        "B's odoo.conf": ["cat", str(runtime / "tenants/iso-b/odoo.conf")],
+        "B's runtime directory": ["ls", str(runtime / "tenants/iso-b")],
+        "B's files": ["ls", str(storage / "odoo_data_t_iso_b_iso-b")],
+        "B's filestore": ["find", str(storage / "odoo_data_t_iso_b_iso-b/filestore")],
+        "B's log": ["cat", str(runtime / "logs/odoo-iso-b.log")],
+        "the logs": ["ls", str(runtime / "logs")],
+        "supervisord's socket and programs": ["ls", str(runtime / "supervisor")],
+        "the list of tenants' directories": ["ls", str(storage)],
+    }
+    readable = [what for what, argv in others.items() if as_user(a, *argv).returncode == 0]
+    assert readable == [], f"{a} can read {readable}"
+    assert b != a and as_user(b, "cat", str(runtime / "tenants/iso-a/odoo.conf")).returncode != 0

@@ -33,7 +33,8 @@ EXPECTED_FILES = [
     "04-persistentvolumeclaim.yml",
     "05-deployment.yml",
     "06-service.yml",
-    "07-ingress.yml",
+    "07-networkpolicy.yml",
+    "08-ingress.yml",
 ]
 
 
@@ -182,6 +183,7 @@ def test_one_file_per_kind_in_apply_order(manifests):
         ("PersistentVolumeClaim", manifests.case.name),
         ("Deployment", manifests.case.name),
         ("Service", manifests.case.name),
+        ("NetworkPolicy", manifests.case.name),
         ("Ingress", manifests.case.name),
     ]
 
@@ -287,7 +289,7 @@ def test_volume_is_the_tenants_cephfs_subtree(manifests):
     }
     assert csi["nodeStageSecretRef"] == {"name": f"{case.name}-cephfs", "namespace": NAMESPACE}
     cephx = manifests.one("Secret", f"{case.name}-cephfs")["data"]
-    assert base64.b64decode(cephx["userID"]).decode() == "saasodoo-k8s"
+    assert base64.b64decode(cephx["userID"]).decode() == f"saasodoo-tenant-{case.tenant}"  # its own client
     assert base64.b64decode(cephx["userKey"]).decode() == CEPHX_KEY
     # Bound both ways: the claim names the volume, the volume is reserved for the claim.
     assert pvc["spec"]["volumeName"] == case.name
@@ -355,8 +357,30 @@ def test_absent_removes_the_rendered_files(tmp_path):
     assert not (tmp_path / case.tenant).exists()
 
 
+def test_tenants_pods_reach_only_their_ingress_dns_and_database(manifests):
+    policy = manifests.one("NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"] == manifests.one("Deployment")["spec"]["selector"]["matchLabels"]
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]  # anything not allowed below is denied
+    [ingress] = policy["ingress"]
+    assert ingress["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    assert sorted(p["port"] for p in ingress["ports"]) == [8069, 8072]
+    dns, database = policy["egress"]
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert database["to"][0]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "pgbouncer"}}
+    assert database["ports"] == [{"protocol": "TCP", "port": 6432}]
+
+
+def test_without_the_tenants_key_its_ceph_secret_is_left_as_it_is(tmp_path):
+    cephfs = '{"cephfs": {"cluster_id": "c", "fs_name": "f", "path": "/tenants/acme", "user": "", "key": ""}}'
+    run = render(tmp_path, CASES[0], "-e", cephfs)
+    assert run.returncode == 0, run.output
+    docs = [d for f in sorted((tmp_path / CASES[0].tenant).iterdir()) for d in yaml.safe_load_all(f.read_text()) if d]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == [CASES[0].name]
+
+
 def test_missing_cephfs_credentials_fail_before_anything_is_written(tmp_path):
-    cephfs = '{"cephfs": {"cluster_id": "c", "fs_name": "f", "path": "/tenants/acme", "user": "u"}}'
+    cephfs = '{"cephfs": {"cluster_id": "c", "fs_name": "f", "path": "/tenants/acme", "key": "k"}}'
     run = render(tmp_path, CASES[0], "-e", cephfs)
     assert run.returncode != 0
     assert "odoo_runtime_kubernetes_cephfs" in run.output

@@ -1,0 +1,29 @@
+"""Filters naming a tenant's things on a host, so roles and playbooks derive them in one place."""
+
+from __future__ import annotations
+
+import hashlib
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement import PlacementError, database_name
+
+MAX_USER_NAME = 32  # useradd's limit
+
+
+def tenant_os_user(tenant_id: str) -> str:
+    """The OS user (and group) a tenant's Odoo runs as: named after its database, so ids that differ only in
+    case or '-'/'_' (one tenant, one database) never get two; a long id is cut and told apart by a hash."""
+    try:
+        key = database_name(tenant_id).removeprefix("t_")
+    except PlacementError as e:
+        raise AnsibleFilterError(str(e)) from None
+    name = f"odoo_{key}"
+    if len(name) <= MAX_USER_NAME:
+        return name
+    return f"odoo_{key[:18]}_{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+class FilterModule:
+    def filters(self):
+        return {"tenant_os_user": tenant_os_user}

@@ -1,0 +1,25 @@
+"""A tenant's names on a host: its OS user follows its database name and fits useradd's limit."""
+
+from __future__ import annotations
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.saasodoo.platform.plugins.filter.tenants import MAX_USER_NAME, tenant_os_user
+
+
+def test_ids_naming_one_database_name_one_user():
+    assert tenant_os_user("Acme-Corp") == tenant_os_user("acme_corp") == "odoo_acme_corp"
+
+
+def test_long_ids_fit_and_stay_apart():
+    first, second = "a" * 40 + "-one", "a" * 40 + "-two"
+    users = {tenant_os_user(first), tenant_os_user(second)}
+    assert len(users) == 2 and all(len(u) <= MAX_USER_NAME for u in users)
+    assert tenant_os_user("x" * 48) == tenant_os_user("X" * 48)
+
+
+@pytest.mark.parametrize("bad", ["", "-acme", "a b", "a/b", "x" * 49])
+def test_an_invalid_id_is_refused(bad):
+    with pytest.raises(AnsibleFilterError, match="not valid"):
+        tenant_os_user(bad)
