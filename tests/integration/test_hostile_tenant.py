@@ -195,3 +195,34 @@ def test_a_tenants_odoo_runs_as_its_own_user_and_reads_nothing_of_another_tenant
     readable = [what for what, argv in others.items() if as_user(a, *argv).returncode == 0]
     assert readable == [], f"{a} can read {readable}"
     assert b != a and as_user(b, "cat", str(runtime / "tenants/iso-a/odoo.conf")).returncode != 0
+
+
+def test_a_rotated_credential_opens_the_tenants_database_and_the_old_one_nothing(local_platform: LocalPlatform):
+    tenant, db = "rotor", "t_rotor"
+    common = ("-e", f"tenant_id={tenant}", *RUNTIME_NONE)
+    provisioned = run_playbook("tenant_provision.yml", *common, "-e", "plan=basic-monthly", "-e", "customer_id=a-r")
+    assert provisioned.returncode == 0, provisioned.output[-4000:]
+    try:
+        with local_platform.registry() as registry:
+            ports = registry.execute(
+                "SELECT s.port, s.pgbouncer_port FROM registry.tenants t"
+                " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
+                (tenant,),
+            ).fetchone()
+        old, new = (local_platform.password(f"tenant:{tenant}:v{n}") for n in (1, 2))
+
+        rotated = run_playbook("tenant_rotate_credentials.yml", *common, "-e", "credential_version=2")
+        assert rotated.returncode == 0, rotated.output[-4000:]
+        assert old not in rotated.output and new not in rotated.output
+        for port in ports:  # the server and its PgBouncer
+            with local_platform.connect(port, db, new, db) as conn:
+                assert conn.execute("SELECT current_user").fetchone()[0] == db
+            with pytest.raises(psycopg.OperationalError):
+                local_platform.connect(port, db, old, db).close()
+
+        again = run_playbook("tenant_rotate_credentials.yml", *common, "-e", "credential_version=2")
+        assert again.returncode == 0 and all(c["changed"] == 0 for c in again.recap.values()), again.output[-4000:]
+        back = run_playbook("tenant_rotate_credentials.yml", *common, "-e", "credential_version=1")
+        assert back.returncode != 0 and "never goes back" in back.output
+    finally:
+        assert remove_tenants([tenant])

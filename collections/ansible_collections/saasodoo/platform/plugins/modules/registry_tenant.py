@@ -21,6 +21,8 @@ description:
     C(db_type) differs is refused unless I(allow_db_type_change), since the database must move first.
   - I(http_port_range) gives the tenant a port for its Odoo (process runtime) if it has none, the lowest free
     one in the range, under a lock so parallel runs never share one.
+  - I(credential_version) moves the tenant to that version of its derived database password (a rotation,
+    C(playbooks/tenant_rotate_credentials.yml)); it never goes back.
   - I(customer_id) and I(subscription_id) bind the tenant to another Kill Bill account and subscription (a
     transfer made on purpose, C(playbooks/tenant_transfer.yml)); the webhook runner acts for no other.
   - Check mode computes the same answer and rolls it back.
@@ -59,6 +61,9 @@ options:
   storage_path:
     description: Where the tenant's files live (its Odoo C(data_dir)).
     type: str
+  credential_version:
+    description: The version of the tenant's derived database password from now on; not lower than its current one.
+    type: int
   customer_id:
     description: The Kill Bill account id the tenant belongs to from now on.
     type: str
@@ -229,6 +234,14 @@ def planned_changes(conn, tenant: dict, p: dict) -> dict:
             changes["http_port"] = None
     if p["storage_path"] and p["storage_path"] != tenant["storage_path"]:
         changes["storage_path"] = p["storage_path"]
+    version = p["credential_version"]
+    if version is not None and version != tenant["credential_version"]:
+        if version < tenant["credential_version"]:
+            raise TenantError(
+                f"tenant {tenant_id} is at credential version {tenant['credential_version']}: a rotation never goes "
+                f"back to {version} (an old password must stay dead)"
+            )
+        changes["credential_version"] = version
     for owner in ("customer_id", "subscription_id"):
         if p[owner] and p[owner] != tenant[owner]:
             changes[owner] = p[owner]
@@ -316,6 +329,7 @@ def main() -> None:
             storage_path=dict(type="str"),
             customer_id=dict(type="str"),
             subscription_id=dict(type="str"),
+            credential_version=dict(type="int"),
             http_port_range=dict(type="list", elements="int"),
             detail=dict(type="dict", default={}),
             **REGISTRY_LOGIN_OPTIONS,
