@@ -31,6 +31,7 @@ from tests.integration.conftest import remove_tenants  # noqa: E402
 from tests.integration.runner_stack import (  # noqa: E402
     ADMIN_TOKEN,
     INBOUND_TOKEN,
+    METRICS_TOKEN,
     RunnerStack,
     pause_deployed_runner,
     resume_deployed_runner,
@@ -158,7 +159,8 @@ def main() -> int:
         state = Path(scratch)
         settings = {
             "registry_conninfo": registry_conninfo(args.registry_port), "inbound_token": INBOUND_TOKEN,
-            "admin_token": ADMIN_TOKEN, "killbill": {"url": standin.url, **KILLBILL}, "project_dir": str(REPO),
+            "admin_token": ADMIN_TOKEN, "metrics_token": METRICS_TOKEN, "killbill": {"url": standin.url, **KILLBILL},
+            "project_dir": str(REPO),
             "inventory": str(REPO / "inventories/local"), "artifacts_dir": str(state / "artifacts"),
             "playbook_extravars": {"saasodoo_runtime_backend": "none"}, "reconcile_interval_seconds": 0,
             "poll_seconds": 1,

@@ -226,3 +226,29 @@ def test_a_rotated_credential_opens_the_tenants_database_and_the_old_one_nothing
         assert back.returncode != 0 and "never goes back" in back.output
     finally:
         assert remove_tenants([tenant])
+
+
+def test_the_platform_role_may_only_append_to_the_audit_chain_which_verifies_end_to_end(local_platform):
+    port = local_platform.servers["platform-db"].port
+    app_password = local_platform.password("registry-app@saasodoo_registry")
+    with local_platform.connect(port, "saasodoo_registry_app", app_password, "saasodoo_registry") as app:
+        app.execute(
+            "INSERT INTO registry.audit (actor, kind, subject) VALUES ('test_hostile_tenant', 'test', 'append')"
+        )
+        for tampering in (
+            "UPDATE registry.audit SET actor = 'tampered'",
+            "DELETE FROM registry.audit",
+            "TRUNCATE registry.audit",
+            "ALTER TABLE registry.audit DISABLE TRIGGER audit_append_only",
+            "DROP TRIGGER audit_chain ON registry.audit",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(tampering)
+
+    verified = run_playbook("registry_audit_verify.yml")
+    assert verified.returncode == 0, verified.output[-3000:]
+    head = re.search(r"The audit chain is intact: \d+ rows; head #\d+\s+sha256 ([0-9a-f]{64})", verified.output)
+    assert head, verified.output[-3000:]
+    assert run_playbook("registry_audit_verify.yml", "-e", f"expect_head={head[1]}").returncode == 0
+    rewritten = run_playbook("registry_audit_verify.yml", "-e", f"expect_head={'0' * 64}")
+    assert rewritten.returncode != 0 and "was rewritten" in rewritten.output
