@@ -85,11 +85,16 @@ lint: setup
 unit: setup
 	pytest tests/unit
 
+# The scenarios are independent (each its own ports and state under .state/molecule/<role>): MOLECULE_JOBS run
+# at once, each into its log; a failed one prints its log's end.
+MOLECULE_JOBS ?= 2
 molecule: setup
-	@for role in $(ROLES); do \
-	  echo "== molecule test: roles/$$role"; \
-	  (cd roles/$$role && molecule test) || exit 1; \
-	done
+	@mkdir -p .state/logs; \
+	printf '%s\n' $(ROLES) | xargs -P $(MOLECULE_JOBS) -I{} sh -c \
+	  'log=.state/logs/molecule-{}.log; started=$$(date +%s); \
+	   if (cd roles/{} && molecule test) > $$log 2>&1; then \
+	     echo "== molecule test: roles/{} passed in $$(( $$(date +%s) - started ))s"; \
+	   else echo "== molecule test: roles/{} FAILED, the end of $$log:"; tail -n 80 $$log; exit 255; fi'
 
 integration: setup
 	pytest tests/integration --durations=20

@@ -1,8 +1,9 @@
 """One tenant through its whole life on the local platform, every step run twice (DESIGN §7, issue "Lifecycle").
 
 provision -> reachable through nginx by Host header -> suspend -> resume -> change plan within shared ->
-backup -> data changed -> restore -> terminate -> purge; once with `local` storage and once on a real
-CephFS (tests/integration/ceph_cluster.py), where the plan's quota must refuse a write past it.
+backup -> data changed -> restore -> terminate -> purge with `local` storage; and on a real CephFS
+(tests/integration/ceph_cluster.py) the same but for suspend and resume, which do not touch storage, with the
+plan's quota refusing a write past it.
 The Odoo is the test double (tests/standins/odoo), run by the real supervisord behind the real nginx.
 """
 
@@ -145,6 +146,13 @@ def lifecycle(tenant: Tenant, first_plan: str, bigger_plan: str, cephfs: bool) -
         assert error is not None and error.errno == errno.EDQUOT, f"{written} bytes in a {quota}-byte quota, no EDQUOT"
         assert stored < 2 * quota
 
+    if not cephfs:  # storage plays no part in a suspension: proven once, on local storage
+        suspend_and_resume(tenant)
+
+    change_plan_backup_restore_terminate_purge(tenant, bigger_plan, cephfs)
+
+
+def suspend_and_resume(tenant: Tenant) -> None:
     # suspend: no 200, the database refuses the tenant, its data stays
     tenant.run_twice("tenant_suspend.yml")
     assert tenant.record()["status"] == "suspended"
@@ -161,6 +169,8 @@ def lifecycle(tenant: Tenant, first_plan: str, bigger_plan: str, cephfs: bool) -
     with tenant.as_tenant() as conn:
         assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 500
 
+
+def change_plan_backup_restore_terminate_purge(tenant: Tenant, bigger_plan: str, cephfs: bool) -> None:
     # change plan within shared: new limits in its config, its role and its quota
     workers_before = tenant.odoo_conf()["workers"]
     tenant.run_twice("tenant_change_plan.yml", "-e", f"plan={bigger_plan}")
