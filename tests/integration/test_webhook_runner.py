@@ -249,23 +249,28 @@ def test_a_job_that_keeps_failing_is_parked_and_can_be_replayed(
 def test_a_tenant_obeys_only_the_account_it_was_provisioned_for(runner: RunnerStack, killbill: KillBillStandin):
     api = kb_api(killbill)
     api.register_callback(runner.callback)
-    owner, _ = api.sign_up("Owner", "claim-01", "basic-monthly")
+    owner, owners_subscription = api.sign_up("Owner", "claim-01", "basic-monthly")
     killbill.wait_idle(timeout=30)
     runner.settle()
-    assert tenant_rows(runner, "claim-")["claim-01"]["status"] == "active"
+    api.cancel(owners_subscription)
+    killbill.wait_idle(timeout=30)
+    runner.settle()
+    assert tenant_rows(runner, "claim-")["claim-01"]["status"] == "terminated"  # its data retained for the owner
 
-    # Another account creates a bundle with the same external key, then cancels it.
-    intruder, intruders_subscription = api.sign_up("Intruder", "claim-01", "premium-monthly")
-    api.cancel(intruders_subscription)
+    # Kill Bill lets another account take the bundle key once its bundle is cancelled.
+    intruder, _ = api.sign_up("Intruder", "claim-01", "premium-monthly")
     killbill.wait_idle(timeout=30)
     runner.settle()
 
     tenant = tenant_rows(runner, "claim-")["claim-01"]
-    assert (tenant["status"], tenant["plan_name"]) == ("active", "basic-monthly")
+    assert (tenant["status"], tenant["plan_name"]) == ("terminated", "basic-monthly")
+    with runner.registry() as conn:
+        ids = conn.execute("SELECT customer_id FROM registry.tenants WHERE tenant_id = 'claim-01'").fetchone()
+    assert ids["customer_id"] == owner
     _, listing = runner.admin("GET", "/jobs?tenant=claim-01")
     skipped = [job["reason"] for job in listing["jobs"] if job["state"] == "skipped"]
     assert any(f"of account {intruder} claims tenant claim-01" in r and f"account {owner}" in r for r in skipped)
-    assert succeeded_jobs(runner, "claim-") == Counter({("claim-01", "provision"): 1})
+    assert succeeded_jobs(runner, "claim-") == Counter({("claim-01", "provision"): 1, ("claim-01", "terminate"): 1})
 
 
 # -- reliability ------------------------------------------------------------------------------------------------
