@@ -86,10 +86,11 @@ unit: setup
 	pytest tests/unit
 
 # The scenarios are independent (each its own ports and state under .state/molecule/<role>): MOLECULE_JOBS run
-# at once, each into its log; a failed one prints its log's end.
+# at once, each into its log; a failed one prints its log's end. .state/molecule is made first, traversable by the
+# postgres and tenant users (a scenario's password lookup would make it 0700).
 MOLECULE_JOBS ?= 2
 molecule: setup
-	@mkdir -p .state/logs; \
+	@mkdir -p .state/logs .state/molecule; chmod 0755 .state/molecule; \
 	printf '%s\n' $(ROLES) | xargs -P $(MOLECULE_JOBS) -I{} sh -c \
 	  'log=.state/logs/molecule-{}.log; started=$$(date +%s); \
 	   if (cd roles/{} && molecule test) > $$log 2>&1; then \
