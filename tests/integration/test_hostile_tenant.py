@@ -2,11 +2,13 @@
 its Odoo runs on.
 
 A tenant owns its database and its `public` schema: it can plant functions that shadow the built-ins a
-superuser session calls (an exact-type match in `public` beats `pg_catalog`'s, CVE-2018-1058), set its
-database's `search_path`, and hang CHECK constraints and ENABLE ALWAYS triggers on its tables that run
-whenever a row is copied in. This tenant plants all of them, each trying to make its role SUPERUSER and to
-create a superuser of its own, then has its plan upgraded (a logical move to a dedicated server) and
-downgraded (a dump move back to a shared pool). Every hook reports to the server log who it ran as.
+superuser session calls (an exact-type match in `public` beats `pg_catalog`'s, CVE-2018-1058), a cast from its
+table's row type to text, settings of its database (`search_path`, `role`, read-only), and CHECK constraints and
+ENABLE ALWAYS triggers on its tables that run whenever a row is copied in and first try `RESET ROLE` (which
+undoes a superuser's `SET ROLE`). Each hook tries to make the tenant's role SUPERUSER and to create a superuser of
+its own, and reports to the server log who it ran as. Its plan is upgraded (a logical move to a dedicated server,
+refused while its code would run in the apply, then done once it removed that code) and downgraded (a dump move
+back to a shared pool, which runs the CHECK function).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import psycopg
 import pytest
 
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
+from ansible_collections.saasodoo.platform.plugins.module_utils.migration import Server
 
 from .conftest import LOCAL_STATE, LocalPlatform, remove_tenants, run_playbook, superuser
 
@@ -31,6 +34,7 @@ HOOK_LINE = re.compile(r"saasodoo-hostile-hook (?P<hook>\w+) ran as (?P<role>\S+
 HOSTILE_SQL = """
 CREATE FUNCTION public.hostile_hook(hook text) RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
+  BEGIN RESET ROLE; EXCEPTION WHEN OTHERS THEN NULL; END;  -- back to whoever logged in
   RAISE WARNING 'saasodoo-hostile-hook % ran as % superuser=%', hook, current_user,
     (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user);
   BEGIN EXECUTE 'ALTER ROLE t_hostile SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;
@@ -48,13 +52,21 @@ BEGIN PERFORM public.hostile_hook('setval'); RETURN pg_catalog.setval($1, $2::bi
 CREATE FUNCTION public.setval(regclass, integer, boolean) RETURNS bigint LANGUAGE plpgsql AS $$
 BEGIN PERFORM public.hostile_hook('setval'); RETURN pg_catalog.setval($1, $2::bigint, $3); END $$;
 -- Runs for every row copied in, by whoever copies it.
-CREATE TABLE public.hostile_rows (id serial PRIMARY KEY, v int CHECK (public.hostile_hook('check')));
+CREATE TABLE public.hostile_rows (
+  id serial PRIMARY KEY, v int CONSTRAINT hostile_check CHECK (public.hostile_hook('check')));
 INSERT INTO public.hostile_rows (v) SELECT g FROM pg_catalog.generate_series(1, 20) g;
 CREATE FUNCTION public.hostile_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM public.hostile_hook('trigger'); RETURN NEW; END $$;
 CREATE TRIGGER hostile BEFORE INSERT OR UPDATE ON public.hostile_rows
   FOR EACH ROW EXECUTE FUNCTION public.hostile_trigger();
 ALTER TABLE public.hostile_rows ENABLE ALWAYS TRIGGER hostile;
+-- A verification that casts a row to text would run this.
+CREATE FUNCTION public.hostile_cast(public.hostile_rows) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN PERFORM public.hostile_hook('cast'); RETURN 'x'; END $$;
+CREATE CAST (public.hostile_rows AS text) WITH FUNCTION public.hostile_cast(public.hostile_rows);
+-- Set back: the next value handed out is 1000, and a move must keep it so.
+CREATE SEQUENCE public.hostile_numbers;
+SELECT pg_catalog.setval('public.hostile_numbers', 1000, false);
 -- Every privileged session opened in this database without its own search_path finds the shadows first.
 ALTER DATABASE t_hostile SET search_path = public, pg_catalog;
 """
@@ -95,6 +107,45 @@ def escalations(platform: LocalPlatform) -> dict[str, list]:
     return found
 
 
+def tenant_server(platform: LocalPlatform) -> tuple[str, int]:
+    with platform.registry() as registry:
+        return registry.execute(
+            "SELECT s.name, s.port FROM registry.tenants t JOIN registry.db_servers s ON s.name = t.db_server"
+            " WHERE t.tenant_id = %s",
+            (TENANT,),
+        ).fetchone()
+
+
+def as_tenant(platform: LocalPlatform, *statements: str) -> None:
+    password = platform.password(f"tenant:{TENANT}:v1")
+    with platform.connect(tenant_server(platform)[1], DB, password, DB) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def change_plan(platform: LocalPlatform, plan: str, method: str):
+    """The playbook's run, the last move's (method, phase, tenant's db_type) and the hooks that ran meanwhile."""
+    since = server_logs()
+    run = run_playbook(
+        "tenant_change_plan.yml",
+        *("-e", f"tenant_id={TENANT}", "-e", f"plan={plan}", "-e", f"migration_method={method}"),
+        *RUNTIME_NONE,
+    )
+    with platform.registry() as registry:
+        moved = registry.execute(
+            "SELECT m.method, m.phase, t.db_type FROM registry.migrations m JOIN registry.tenants t USING (tenant_id)"
+            " WHERE m.tenant_id = %s ORDER BY m.id DESC LIMIT 1",
+            (TENANT,),
+        ).fetchone()
+    return run, moved, hook_lines(since)
+
+
+def assert_nothing_ran_as_a_superuser(platform: LocalPlatform, hooks: list[dict]) -> None:
+    assert all(not roles for roles in escalations(platform).values()), escalations(platform)
+    ran_as_superuser = [h for h in hooks if h["super"] != "f"]
+    assert ran_as_superuser == [], ran_as_superuser
+
+
 @pytest.fixture(scope="module")
 def hostile(local_platform: LocalPlatform):
     provisioned = run_playbook(
@@ -103,48 +154,86 @@ def hostile(local_platform: LocalPlatform):
         *RUNTIME_NONE,
     )
     assert provisioned.returncode == 0, provisioned.output[-4000:]
-    with local_platform.registry() as registry:
-        port = registry.execute(
-            "SELECT s.port FROM registry.tenants t JOIN registry.db_servers s ON s.name = t.db_server"
-            " WHERE t.tenant_id = %s",
-            (TENANT,),
-        ).fetchone()[0]
-    password = local_platform.password(f"tenant:{TENANT}:v1")
-    with local_platform.connect(port, DB, password, DB) as conn:
-        conn.execute(HOSTILE_SQL)
+    as_tenant(local_platform, HOSTILE_SQL)
     yield local_platform
     assert remove_tenants([TENANT])
 
 
-@pytest.mark.parametrize(
-    ("plan", "method", "kind"),
-    [("premium-monthly", "logical", "dedicated"), ("basic-monthly", "dump", "shared")],
-)
-def test_a_move_runs_none_of_the_tenants_code_as_a_superuser(hostile: LocalPlatform, plan, method, kind):
-    since = server_logs()
-    run = run_playbook(
-        "tenant_change_plan.yml",
-        *("-e", f"tenant_id={TENANT}", "-e", f"plan={plan}", "-e", f"migration_method={method}"),
-        *RUNTIME_NONE,
+def test_a_privileged_session_ignores_the_settings_the_tenant_gave_its_database(hostile: LocalPlatform):
+    """ALTER DATABASE ... SET role (or read-only, or a timeout) would make a superuser's session the tenant's."""
+    as_tenant(
+        hostile,
+        "ALTER DATABASE t_hostile SET role = 't_hostile'; ALTER DATABASE t_hostile SET statement_timeout = '1min';"
+        " ALTER DATABASE t_hostile SET default_transaction_read_only = on",
     )
-    assert run.returncode == 0, run.output[-5000:]
-    with hostile.registry() as registry:
-        moved = registry.execute(
-            "SELECT m.method, m.phase, t.db_type FROM registry.migrations m JOIN registry.tenants t USING (tenant_id)"
-            " WHERE m.tenant_id = %s ORDER BY m.id DESC LIMIT 1",
-            (TENANT,),
-        ).fetchone()
-    assert moved == (method, "done", kind)
+    try:
+        name, port = tenant_server(hostile)
+        socket_dir = str((LOCAL_STATE / "pg" / name / "run").resolve())
+        server = Server(name=name, host="127.0.0.1", port=port, admin={"login_unix_socket": socket_dir})
+        with server.connect(DB) as conn:
+            pinned = conn.execute(
+                "SELECT current_user, current_setting('search_path'), current_setting('statement_timeout'),"
+                " current_setting('transaction_read_only')"
+            ).fetchone()
+        assert pinned == ("postgres", "pg_catalog,pg_temp", "0", "off")
+        with superuser(name, port, DB) as unpinned:  # the settings do bite a session that does not pin them
+            assert unpinned.execute("SELECT current_user").fetchone()[0] == DB
+    finally:
+        as_tenant(
+            hostile,
+            "SET default_transaction_read_only = off",
+            "ALTER DATABASE t_hostile RESET role; ALTER DATABASE t_hostile RESET statement_timeout;"
+            " ALTER DATABASE t_hostile RESET default_transaction_read_only",
+        )
 
-    assert all(not roles for roles in escalations(hostile).values()), escalations(hostile)
-    hooks = hook_lines(since)
-    ran_as_superuser = [h for h in hooks if h["super"] != "f"]
-    assert ran_as_superuser == [], ran_as_superuser
-    # The copy did run the tenant's CHECK function (so this test exercised it): as the tenant, or as the
-    # subscription's unprivileged apply role.
+
+def test_a_logical_move_refuses_to_run_the_tenants_code_as_the_subscriptions_owner(hostile: LocalPlatform):
+    run, moved, hooks = change_plan(hostile, "premium-monthly", "logical")
+    assert run.returncode != 0
+    for named in ("trigger hostile on public.hostile_rows", "function public.hostile_hook(text)", "Rolled back"):
+        assert named in run.output, run.output[-4000:]
+    assert moved == ("logical", "rolled_back", "shared")
+    assert_nothing_ran_as_a_superuser(hostile, hooks)
+
+
+def test_a_logical_move_runs_none_of_the_tenants_code_as_a_superuser(hostile: LocalPlatform):
+    # The tenant takes its code out of the apply's way, keeping its shadows, its cast and its sequence.
+    as_tenant(
+        hostile,
+        "ALTER TABLE public.hostile_rows DROP CONSTRAINT hostile_check;"
+        " ALTER TABLE public.hostile_rows ENABLE TRIGGER hostile",
+    )
+    run, moved, hooks = change_plan(hostile, "premium-monthly", "logical")
+    assert run.returncode == 0, run.output[-5000:]
+    assert moved == ("logical", "done", "dedicated")
+    assert_nothing_ran_as_a_superuser(hostile, hooks)
+    assert hooks == [], hooks  # no shadow, cast, trigger or check of its ran at all
+    name, port = tenant_server(hostile)
+    with superuser(name, port, DB) as conn:  # the sequence hands out 1000 next, as it would have on the source
+        assert conn.execute("SELECT last_value, is_called FROM public.hostile_numbers").fetchone() == (1000, False)
+
+
+def test_a_dump_move_runs_the_tenants_code_as_no_more_than_the_tenant(hostile: LocalPlatform):
+    as_tenant(
+        hostile,
+        "ALTER TABLE public.hostile_rows ADD CONSTRAINT hostile_check CHECK (public.hostile_hook('check'));"
+        " ALTER TABLE public.hostile_rows ENABLE ALWAYS TRIGGER hostile",
+    )
+    run, moved, hooks = change_plan(hostile, "basic-monthly", "dump")
+    assert run.returncode == 0, run.output[-5000:]
+    assert moved == ("dump", "done", "shared")
+    assert_nothing_ran_as_a_superuser(hostile, hooks)
+    # The copy did run the tenant's CHECK function, and its RESET ROLE led back to the restore's own role.
     checks = {h["role"] for h in hooks if h["hook"] == "check"}
     assert checks, f"the tenant's CHECK function never ran: {hooks}"
-    assert all(role == DB or re.fullmatch(r"saasodoo_move_\d+_apply", role) for role in checks), hooks
+    assert all(re.fullmatch(r"saasodoo_move_\d+_restore", role) for role in checks), hooks
+    with hostile.registry() as registry:
+        assert (
+            escalations(hostile)
+            and not registry.execute(
+                "SELECT 1 FROM registry.tenants WHERE tenant_id = %s AND db_server LIKE 'pool-dedicated%%'", (TENANT,)
+            ).fetchone()
+        )
 
 
 ISOLATED = ("iso-a", "iso-b")

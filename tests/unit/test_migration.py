@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from ansible_collections.saasodoo.platform.plugins.module_utils.migration import split_post_data
+from pathlib import Path
+
+import yaml
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.migration import PINNED_SESSION, split_post_data
 
 # The shape of `pg_restore -l --section=post-data` on an Odoo-shaped dump (PostgreSQL 15).
 LISTING = """;
@@ -34,3 +38,14 @@ def test_keys_go_before_the_data_and_the_rest_after():
 
 def test_comments_and_blank_lines_are_not_entries():
     assert split_post_data(";\n\n; nothing selected\n") == ([], [])
+
+
+def test_every_privileged_session_in_a_tenant_database_pins_the_same_settings():
+    """db_migrate, roles/tenant_database and the backup/restore playbooks pin one set of startup options."""
+    root = Path(__file__).resolve().parents[2]
+    role = yaml.safe_load((root / "roles/tenant_database/vars/main.yml").read_text())
+    playbooks = yaml.safe_load((root / "playbooks/vars/tenant.yml").read_text())
+    assert role["__tenant_database_pinned_session"]["options"] == PINNED_SESSION
+    assert playbooks["saasodoo_pinned_session_options"] == PINNED_SESSION
+    settings = dict(option.split("=", 1) for option in PINNED_SESSION.removeprefix("-c ").split(" -c "))
+    assert settings["role"] == "none" and settings["search_path"] == "pg_catalog,pg_temp"

@@ -1,10 +1,14 @@
-"""Filters for credentials derived from the platform secret (see module_utils/secrets.py)."""
+"""Filters for credentials derived from the platform secret and their stored form (see module_utils/secrets.py)."""
 
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import WeakSecretError, derive_password
+from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import (
+    WeakSecretError,
+    derive_password,
+    scram_sha_256_verifier,
+)
 
 
 def derived_password(purpose: str, platform_secret: str) -> str:
@@ -17,4 +21,4 @@ def derived_password(purpose: str, platform_secret: str) -> str:
 
 class FilterModule:
     def filters(self):
-        return {"derived_password": derived_password}
+        return {"derived_password": derived_password, "scram_sha_256_verifier": scram_sha_256_verifier}

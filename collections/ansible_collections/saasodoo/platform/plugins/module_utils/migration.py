@@ -37,15 +37,47 @@ MARKER_SCHEMA = "saasodoo_move"  # a marker table the cutover writes through rep
 MOVERS_GROUP = "saasodoo_movers"  # pg_hba lets its members (one per move, dropped after) reach any database
 # Fault injection for the tests: "<point>:<file>" makes a run touch <file> and hold at that point until killed.
 FAILPOINT_ENV = "SAASODOO_DB_MIGRATE_FAILPOINT"
-# Every tenant is hostile: it owns its database and can plant functions, operators and per-database settings
-# (ALTER DATABASE ... SET search_path) there. Every session this module opens, a superuser's inside the tenant's
-# database above all, resolves names in pg_catalog only (a startup option outranks the database's settings) and
-# calls functions by their qualified names on top of that (CVE-2018-1058).
-PINNED_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"
+# Every tenant is hostile: it owns its database and can plant functions, operators, casts and per-database
+# settings (ALTER DATABASE ... SET search_path, role, default_transaction_read_only) there. Every session this
+# module opens, a superuser's inside the tenant's database above all, pins those settings (a startup option
+# outranks the database's settings), resolves names in pg_catalog only and calls functions by their qualified
+# names on top of that (CVE-2018-1058). roles/tenant_database pins the same (__tenant_database_pinned_session).
+PINNED_SESSION = (
+    "-c search_path=pg_catalog,pg_temp -c role=none -c default_transaction_read_only=off"
+    " -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0"
+)
 # For a session about to send a statement that holds a secret: none of it reaches the server's log.
 QUIET_STATEMENT_LOGGING = (
     "SET log_statement = 'none'; SET log_min_duration_statement = -1; SET log_min_error_statement = panic"
 )
+
+
+# What the apply of a logical move would run of the tenant's own making: triggers set to fire in
+# replication (ENABLE ALWAYS / REPLICA), row-level security forced on the owner, and functions or operators
+# written by a non-superuser in CHECK and domain constraints, defaults and generated columns, and index
+# expressions. PostgreSQL 15 runs them as the subscription's owner, which may ALTER its subscription (its
+# connection, its slot): a logical move refuses them, and method dump (its restore runs as an unprivileged
+# role) moves such a database.
+TENANT_CODE_IN_APPLY = """
+SELECT pg_catalog.format('trigger %s on %s', t.tgname, t.tgrelid::pg_catalog.regclass)
+  FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgenabled IN ('A', 'R')
+UNION
+SELECT pg_catalog.format('row-level security forced on %s', c.oid::pg_catalog.regclass)
+  FROM pg_catalog.pg_class c WHERE c.relforcerowsecurity
+UNION
+SELECT pg_catalog.format('function %s', p.oid::pg_catalog.regprocedure)
+  FROM pg_catalog.pg_depend d
+  LEFT JOIN pg_catalog.pg_operator o
+         ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND o.oid = d.refobjid
+  JOIN pg_catalog.pg_proc p
+    ON p.oid = CASE WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid
+                    ELSE o.oprcode::pg_catalog.oid END
+  JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+ WHERE d.classid IN ('pg_catalog.pg_constraint'::pg_catalog.regclass, 'pg_catalog.pg_attrdef'::pg_catalog.regclass,
+                     'pg_catalog.pg_class'::pg_catalog.regclass)
+   AND NOT r.rolsuper
+ORDER BY 1
+"""
 
 
 class MoveError(Exception):
@@ -83,7 +115,7 @@ class Server:
             autocommit=True,
             connect_timeout=10,
             prepare_threshold=None,
-            options=PINNED_SEARCH_PATH,
+            options=PINNED_SESSION,
         )
 
     def drop_pgbouncer_clients(self, dbname: str) -> None:
@@ -117,7 +149,7 @@ class Server:
             "-U",
             a.get("login_user") or "postgres",
         ]
-        env = {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGOPTIONS": PINNED_SEARCH_PATH}
+        env = {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGOPTIONS": PINNED_SESSION}
         if a.get("login_password"):
             env["PGPASSWORD"] = a["login_password"]
         return args, env
@@ -136,6 +168,8 @@ class Move:
     executed: list[str] = field(default_factory=list)
     # The move's replication role's password: lives as long as the role, dropped with the subscription.
     replication_password: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    # The password of the role pg_restore logs in as on the target, for this run's restores only.
+    restore_password: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
     @property
     def id(self) -> int:
@@ -156,9 +190,9 @@ class Move:
         return f"saasodoo_move_{self.id}_apply"
 
     @property
-    def restore_as_tenant(self) -> tuple[str, str]:
-        """pg_restore replays the tenant's DDL and data as the tenant: its CHECK functions run with its rights."""
-        return ("--role", self.tenant["db_role"])
+    def restore_role(self) -> str:
+        """The role pg_restore logs in as on the target (see _make_restorer)."""
+        return f"saasodoo_move_{self.id}_restore"
 
     # -- the registry record ----------------------------------------------------------------------
 
@@ -228,28 +262,9 @@ class Move:
             schema = os.path.join(scratch, "schema.dump")
             self._pg("pg_dump", self.source, "--schema-only", "-Fc", "-f", schema, self.db_name)
             tables_and_keys, rest = self._split_post_data(schema, scratch)
-            as_tenant = self.restore_as_tenant
-            self._pg(
-                "pg_restore",
-                self.target,
-                *as_tenant,
-                "--section=pre-data",
-                "--exit-on-error",
-                "-d",
-                self.db_name,
-                schema,
-            )
-            self._pg(
-                "pg_restore",
-                self.target,
-                *as_tenant,
-                "-L",
-                tables_and_keys,
-                "--exit-on-error",
-                "-d",
-                self.db_name,
-                schema,
-            )
+            self._make_restorer()
+            self._restore("--section=pre-data", schema)
+            self._restore("-L", tables_and_keys, schema)
             self._prepare_marker()
             self._subscribe()
             self._failpoint("copying")
@@ -257,19 +272,7 @@ class Move:
             self.enter("catching_up")
             self._failpoint("catching_up")
             # Secondary indexes and foreign keys are built once the data is in, in parallel (pgcopydb's way).
-            self._pg(
-                "pg_restore",
-                self.target,
-                *as_tenant,
-                "-L",
-                rest,
-                "-j",
-                str(self.options.jobs),
-                "--exit-on-error",
-                "-d",
-                self.db_name,
-                schema,
-            )
+            self._restore("-L", rest, "-j", str(self.options.jobs), schema)
         self._record(copy_ms=round((time.monotonic() - copy_started) * 1000))
 
     def _copy_dump(self) -> None:
@@ -279,18 +282,47 @@ class Move:
             dump = os.path.join(scratch, "tenant")
             jobs = str(self.options.jobs)
             self._pg("pg_dump", self.source, "-Fd", "-j", jobs, "-f", dump, self.db_name)
-            self._pg(
-                "pg_restore",
-                self.target,
-                *self.restore_as_tenant,
-                "-j",
-                jobs,
-                "--exit-on-error",
-                "-d",
-                self.db_name,
-                dump,
-            )
+            self._make_restorer()
+            self._restore("-j", jobs, dump)
         self._record(copy_ms=round((time.monotonic() - copy_started) * 1000))
+
+    def _make_restorer(self) -> None:
+        """The role pg_restore logs in as: no superuser, only a member of the tenant's role.
+
+        pg_restore replays the tenant's DDL and data, firing its CHECK and domain functions, index expressions
+        and triggers. `--role` alone would not contain them: a function run under SET ROLE from a superuser's
+        session can RESET ROLE back to the superuser. Logged in as this role, RESET ROLE leads nowhere; it
+        reaches the target over TCP as a member of saasodoo_movers (pg_hba.conf), with a password this run
+        made, and is dropped with the move's other roles.
+        """
+        role, movers = sql.Identifier(self.restore_role), sql.Identifier(MOVERS_GROUP)
+        verifier = sql.Literal(scram_sha_256_verifier(self.restore_password))
+        with self.target.connect() as conn:
+            conn.execute(
+                sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$").format(
+                    movers
+                )
+            )
+            if conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (self.restore_role,)).fetchone():
+                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, verifier))  # a rerun's new password
+            else:
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER IN ROLE {}, {} PASSWORD {}").format(
+                        role, sql.Identifier(self.tenant["db_role"]), movers, verifier
+                    )
+                )
+
+    def _restore(self, *args: str) -> None:
+        """pg_restore into the target database as the restore role, every object created as the tenant's role."""
+        conn_args = ["-h", self.target.host, "-p", str(self.target.port), "-U", self.restore_role]
+        env = {
+            **os.environ,
+            "PGCONNECT_TIMEOUT": "10",
+            "PGOPTIONS": PINNED_SESSION,
+            "PGPASSWORD": self.restore_password,
+        }
+        as_tenant = ["--role", self.tenant["db_role"], "--exit-on-error", "-d", self.db_name]
+        self._run_tool("pg_restore", conn_args, [*as_tenant, *args], env)
 
     def _check_replicable(self) -> None:
         with self.source.connect(self.db_name) as conn:
@@ -306,6 +338,7 @@ class Move:
                     ORDER BY 1"""
                 )
             ]
+            tenant_code = [r[0] for r in conn.execute(TENANT_CODE_IN_APPLY)]
             with self.target.connect(self.db_name) as target:
                 tables = target.execute(
                     "SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c"
@@ -319,6 +352,11 @@ class Move:
             problems.append(f"tables without a primary key or replica identity: {', '.join(keyless[:10])}")
         if tables:
             problems.append(f"the target database on {self.target.name} already holds {tables} tables")
+        if tenant_code:
+            problems.append(
+                "the tenant's own code would run as the subscription's owner while rows are applied: "
+                + ", ".join(tenant_code[:10])
+            )
         if problems:
             raise MoveError("; ".join(problems) + " (method dump moves such a database)")
 
@@ -343,7 +381,9 @@ class Move:
             )
             # A SCRAM verifier, not the password: no clear password in a statement the server may log.
             conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN REPLICATION IN ROLE {}, {} PASSWORD {}").format(
+                # BYPASSRLS: the initial copy reads the tenant's tables as this role, and a FORCEd row-level
+                # security policy would run the tenant's code as it (and hide rows from the copy).
+                sql.SQL("CREATE ROLE {} LOGIN REPLICATION BYPASSRLS IN ROLE {}, {} PASSWORD {}").format(
                     role,
                     sql.Identifier(MOVERS_GROUP),
                     sql.Identifier(self.tenant["db_role"]),
@@ -386,7 +426,7 @@ class Move:
         )
         with self.target.connect(self.db_name) as conn:
             conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER IN ROLE {}").format(
+                sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER VALID UNTIL '-infinity' IN ROLE {}").format(
                     apply_role, sql.Identifier(self.tenant["db_role"])
                 )
             )
@@ -464,17 +504,15 @@ class Move:
                 time.sleep(0.01)
 
     def _sync_sequences(self) -> None:
-        # Logical replication does not carry sequences; a dump carries them and this is a no-op.
+        # Logical replication does not carry sequences; a dump carries them and this is a no-op. Each one's
+        # state is copied whole: a sequence set back with is_called = false hands out last_value next.
         with self.source.connect(self.db_name) as conn:
-            values = conn.execute(
-                "SELECT pg_catalog.format('%%I.%%I', schemaname, sequencename), last_value FROM pg_catalog.pg_sequences"
-                " WHERE schemaname <> %s AND last_value IS NOT NULL",
-                (MARKER_SCHEMA,),
-            ).fetchall()
+            values = sequence_states(conn)
         with self.target.connect(self.db_name) as conn, conn.transaction():
-            for name, value in values:
+            for name, (value, is_called) in values.items():
                 conn.execute(
-                    "SELECT pg_catalog.setval(%s::pg_catalog.regclass, %s::pg_catalog.int8, true)", (name, value)
+                    "SELECT pg_catalog.setval(%s::pg_catalog.regclass, %s::pg_catalog.int8, %s::pg_catalog.bool)",
+                    (name, value, is_called),
                 )
         self.executed.append(f"synced {len(values)} sequences")
 
@@ -502,7 +540,7 @@ class Move:
             for t in source["tables"].keys() | target["tables"].keys()
             if source["tables"].get(t) != target["tables"].get(t)
         )
-        behind = sorted(s for s, v in source["sequences"].items() if (target["sequences"].get(s) or 0) < (v or 0))
+        behind = sorted(s for s, v in source["sequences"].items() if target["sequences"].get(s) != v)
         verification = {
             "tables": len(source["tables"]),
             "rows": sum(rows for rows, _ in source["tables"].values()),
@@ -515,7 +553,7 @@ class Move:
         if differing or behind:
             raise MoveError(
                 f"verification failed: {len(differing)} tables differ ({', '.join(differing[:5])}), "
-                f"{len(behind)} sequences behind ({', '.join(behind[:5])})"
+                f"{len(behind)} sequences differ ({', '.join(behind[:5])})"
             )
         self.enter("verified")
         self._failpoint("verified")
@@ -647,15 +685,22 @@ class Move:
                     conn.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(sql.Identifier(name)))
                     conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(name)))
                 conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(MARKER_SCHEMA)))
-                if conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (self.apply_role,)).fetchone():
-                    # Whatever the tenant's code made while applying as it goes to the tenant; its grants go.
-                    conn.execute(
-                        sql.SQL("REASSIGN OWNED BY {0} TO {1}; DROP OWNED BY {0}").format(
-                            sql.Identifier(self.apply_role), sql.Identifier(self.tenant["db_role"])
+                for role in (self.apply_role, self.restore_role):
+                    if conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone():
+                        # Whatever the tenant's code made as it goes to the tenant; its grants go.
+                        conn.execute(
+                            sql.SQL("REASSIGN OWNED BY {0} TO {1}; DROP OWNED BY {0}").format(
+                                sql.Identifier(role), sql.Identifier(self.tenant["db_role"])
+                            )
                         )
-                    )
         with self.target.connect() as conn:
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(self.apply_role)))
+            for role in (self.apply_role, self.restore_role):
+                conn.execute(
+                    "SELECT pg_catalog.pg_terminate_backend(pid, 1000) FROM pg_catalog.pg_stat_activity"
+                    " WHERE usename = %s",
+                    (role,),
+                )
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
         with self.source.connect() as conn:
             has_db = conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (self.db_name,)).fetchone()
             for _ in range(50):  # a walsender still exiting keeps its slot active for a moment
@@ -696,6 +741,9 @@ class Move:
     def _pg(self, tool: str, server: Server | None, *args: str) -> str:
         """Run pg_dump / pg_restore against a server as its superuser; its output, or MoveError with stderr."""
         conn_args, env = server.libpq_args() if server else ([], dict(os.environ))
+        return self._run_tool(tool, conn_args, args, env)
+
+    def _run_tool(self, tool: str, conn_args: list[str], args: tuple[str, ...] | list[str], env: dict) -> str:
         binary = os.path.join(self.options.pg_bin_dir, tool)
         if not os.path.exists(binary):
             binary = shutil.which(tool) or binary
@@ -718,8 +766,26 @@ def split_post_data(listing: str) -> tuple[list[str], list[str]]:
     return keys, rest
 
 
+def sequence_states(conn: psycopg.Connection) -> dict[str, tuple[int, bool]]:
+    """Every sequence of the tenant's: (last_value, is_called), read from the sequences themselves, at once."""
+    names = conn.execute(
+        "SELECT pg_catalog.format('%%I.%%I', schemaname, sequencename), schemaname, sequencename"
+        " FROM pg_catalog.pg_sequences WHERE schemaname <> %s ORDER BY 1",
+        (MARKER_SCHEMA,),
+    ).fetchall()
+    if not names:
+        return {}
+    query = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {}::pg_catalog.text, last_value, is_called FROM {}").format(
+            sql.Literal(qualified), sql.Identifier(schema, name)
+        )
+        for qualified, schema, name in names
+    )
+    return {qualified: (value, is_called) for qualified, value, is_called in conn.execute(query)}
+
+
 def fingerprint(server: Server, dbname: str) -> dict:
-    """Per table: row count and an order-free checksum of its rows; every sequence's last value."""
+    """Per table: row count and an order-free checksum of its rows; every sequence's state."""
     with server.connect(dbname) as conn:
         tables = conn.execute(
             """SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
@@ -732,19 +798,14 @@ def fingerprint(server: Server, dbname: str) -> dict:
         for (table,) in tables:
             count, checksum = conn.execute(
                 sql.SQL(
-                    "SELECT pg_catalog.count(*), coalesce(pg_catalog.sum("
-                    "pg_catalog.hashtextextended(t::pg_catalog.text, 0::pg_catalog.int8)), 0)::pg_catalog.text"
+                    # record_out, not a cast to text: a tenant may CREATE CAST (its_table AS text) WITH FUNCTION.
+                    "SELECT pg_catalog.count(*), coalesce(pg_catalog.sum(pg_catalog.hashtextextended("
+                    "pg_catalog.textin(pg_catalog.record_out(t)), 0::pg_catalog.int8)), 0)::pg_catalog.text"
                     " FROM {} AS t"
                 ).format(sql.SQL(table))
             ).fetchone()
             found[table] = (count, checksum)
-        sequences = dict(
-            conn.execute(
-                "SELECT pg_catalog.format('%%I.%%I', schemaname, sequencename), last_value FROM pg_catalog.pg_sequences"
-                " WHERE schemaname <> %s",
-                (MARKER_SCHEMA,),
-            ).fetchall()
-        )
+        sequences = sequence_states(conn)
     return {"tables": found, "sequences": sequences}
 
 
