@@ -12,7 +12,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Third-party collections come from the pinned `ansible` wheel (Galaxy is unreachable here);
 # collections/requirements.yml names the same versions and a unit test keeps the two in step.
 ANSIBLE_WHEEL_VERSION := 12.3.0
-THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core
+THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core community/crypto
 COLLECTIONS_DIR := collections/ansible_collections
 COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_VERSION)
 APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr curl python3-psycopg

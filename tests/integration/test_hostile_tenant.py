@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -341,3 +342,46 @@ def test_the_platform_role_may_only_append_to_the_audit_chain_which_verifies_end
     assert run_playbook("registry_audit_verify.yml", "-e", f"expect_head={head[1]}").returncode == 0
     rewritten = run_playbook("registry_audit_verify.yml", "-e", f"expect_head={'0' * 64}")
     assert rewritten.returncode != 0 and "was rewritten" in rewritten.output
+
+
+def test_a_tenants_odoo_reaches_its_database_over_verified_tls(local_platform: LocalPlatform):
+    """Odoo on sslmode=verify-full, checking PgBouncer's certificate against the platform CA; a client that
+    expects another name is refused, so the check is real."""
+    tenant, db = "tls-a", "t_tls_a"
+    common = ("-e", f"tenant_id={tenant}")
+    provisioned = run_playbook(
+        "tenant_provision.yml", *common, "-e", "plan=basic-monthly", "-e", "customer_id=acct-tls",
+        "-e", "saasodoo_db_sslmode=verify-full",
+    )  # fmt: skip
+    assert provisioned.returncode == 0, provisioned.output[-4000:]
+    try:
+        config = (LOCAL_STATE / "runtime/tenants" / tenant / "odoo.conf").read_text()
+        assert "db_sslmode = verify-full" in config
+        with local_platform.registry() as registry:
+            server, http_port, pgbouncer_port = registry.execute(
+                "SELECT t.db_server, t.http_port, s.pgbouncer_port FROM registry.tenants t"
+                " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
+                (tenant,),
+            ).fetchone()
+        # The login page needs the database: Odoo reached it, through PgBouncer, having checked its certificate.
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/web/login", timeout=10) as page:
+            assert page.status == 200
+        admin_password = local_platform.password(f"pgbouncer-admin@{server}")
+        with local_platform.connect(pgbouncer_port, "saasodoo_pgbouncer_admin", admin_password, "pgbouncer") as console:
+            clients = console.execute("SHOW CLIENTS").fetchall()
+            columns = [c.name for c in console.execute("SHOW CLIENTS").description]
+        tenant_clients = [dict(zip(columns, row, strict=True)) for row in clients if row[columns.index("user")] == db]
+        assert tenant_clients and all(c["tls"] for c in tenant_clients), tenant_clients
+
+        ca = str(LOCAL_STATE / "secrets/tls/ca.crt")
+        password = local_platform.password(f"tenant:{tenant}:v1")
+        verified = dict(port=pgbouncer_port, user=db, password=password, dbname=db, sslmode="verify-full",
+                        sslrootcert=ca, prepare_threshold=None, connect_timeout=5)  # fmt: skip
+        with psycopg.connect(host="127.0.0.1", **verified) as conn:
+            assert conn.info.pgconn.ssl_in_use
+        with pytest.raises(psycopg.OperationalError, match="does not match host name"):
+            psycopg.connect(host="db.elsewhere.example", hostaddr="127.0.0.1", **verified).close()
+    finally:
+        for playbook, *extra in (("tenant_terminate.yml",), ("tenant_purge.yml", "-e", "force=true")):
+            run = run_playbook(playbook, *common, *extra)
+            assert run.returncode == 0, run.output[-4000:]

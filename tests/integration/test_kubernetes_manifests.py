@@ -25,6 +25,7 @@ PASSWORD = "test-only-tenant-password"  # the playbook's defaults
 CEPHX_KEY = "test-only-cephx-key=="
 NAMESPACE = "saasodoo-tenants"
 ISSUER = "letsencrypt-test"
+DB_CA = "platform-ca-certificate-pem"  # a -e value: no spaces
 DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 EXPECTED_FILES = [
     "01-secret.yml",
@@ -116,6 +117,8 @@ def render(render_dir: Path, case: Case, *extra: str) -> PlaybookRun:
         "state": case.state,
         "cluster_issuer": case.issuer,
     }
+    if case.issuer:  # the TLS cases check their database's certificate too
+        variables |= {"odoo_runtime_db_sslmode": "verify-full", "odoo_runtime_db_ca_certificate": DB_CA}
     return ansible_playbook(
         PLAYBOOK,
         "--diff",
@@ -224,7 +227,13 @@ def test_config_has_no_password_and_the_secret_has_it(manifests):
     secret = manifests.one("Secret")
     assert secret["type"] == "Opaque"
     assert base64.b64decode(secret["data"]["PGPASSWORD"]).decode() == PASSWORD
-    (env,) = manifests.container["env"]
+    env, *ca = manifests.container["env"]
+    if manifests.case.issuer:  # libpq checks the database's certificate against the CA beside odoo.conf
+        assert options["db_sslmode"] == "verify-full"
+        assert manifests.one("ConfigMap")["data"]["db-ca.crt"].strip() == DB_CA
+        assert ca == [{"name": "PGSSLROOTCERT", "value": "/etc/odoo/db-ca.crt"}]
+    else:
+        assert ca == [] and "db-ca.crt" not in manifests.one("ConfigMap")["data"]
     assert env == {
         "name": "PGPASSWORD",
         "valueFrom": {"secretKeyRef": {"name": manifests.case.name, "key": "PGPASSWORD"}},
