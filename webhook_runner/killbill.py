@@ -54,6 +54,10 @@ class KillBill:
         """The account's bundles, each with its subscriptions (state, planName, bundleExternalKey…)."""
         return self._get(f"/accounts/{_segment(account_id)}/bundles", audit="NONE")
 
+    def account(self, account_id: str) -> dict:
+        """The account itself: name, email, locale, timeZone, country (a new tenant's company and admin)."""
+        return self._get(f"/accounts/{_segment(account_id)}")
+
     def account_overdue(self, account_id: str) -> dict:
         """{name, isDisableEntitlementAndChangesBlocked, …}: blocked after unpaid invoices."""
         return self._get(f"/accounts/{_segment(account_id)}/overdue")

@@ -151,6 +151,8 @@ class Worker:
                 job = self._skip(account, decision.tenant_id, event_id, decision.reason)
                 outcomes.append(f"skipped: job {job['id']}")
                 continue
+            if decision.action == "provision":
+                decision.extravars.update(self._customer(account))
             same = [job for job in tenant_jobs if job["action"] == decision.action]
             parked = [job for job in same if job["state"] == "parked"]
             if parked:
@@ -172,6 +174,23 @@ class Worker:
             if job["state"] == "queued" and job["action"] not in wanted:
                 store.close_job(conn, job["id"], "succeeded", "nothing left to do: the registry matches Kill Bill")
         return outcomes
+
+    def _customer(self, account: str) -> dict:
+        """A new tenant's company and admin, as Kill Bill knows the account. The admin's one-time sign-in link is
+        not printed into the job's artifacts (tenant_admin_link.yml issues one on request)."""
+        try:
+            found = self.killbill.account(account)
+        except KillBillError as error:
+            log.warning("account %s: cannot read its name and e-mail (%s): the tenant gets defaults", account, error)
+            found = {}
+        given = {
+            "customer_name": found.get("name"),
+            "customer_email": found.get("email"),
+            "customer_locale": found.get("locale"),
+            "customer_time_zone": found.get("timeZone"),
+            "customer_country": found.get("country"),
+        }
+        return {key: value for key, value in given.items() if value} | {"saasodoo_show_admin_link": False}
 
     # -- jobs ------------------------------------------------------------------------------------------------
 

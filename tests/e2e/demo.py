@@ -32,7 +32,13 @@ from tests.standins.killbill.killbill_standin import KillBillStandin  # noqa: E4
 SECRETS = REPO / ".state/local/secrets"
 CUSTOMERS = [("Acme Corp", "acme", "basic-monthly"), ("Globex", "globex", "standard-monthly"),
              ("Initech", "initech", "premium-monthly"), ("Hooli", "hooli", "basic-monthly")]  # fmt: skip
+# What Kill Bill knows of each customer beyond the name: a new tenant's company and admin come from it.
+PROFILES = {"acme": {"timeZone": "America/New_York", "country": "US"},
+            "globex": {"timeZone": "Europe/Paris", "country": "FR", "locale": "fr_FR"},
+            "initech": {"timeZone": "America/Chicago", "country": "US"},
+            "hooli": {"timeZone": "America/Los_Angeles", "country": "US"}}  # fmt: skip
 TRIAL_DAYS = 14
+LOGIN_URL = "http://{}.odoo.localhost:58080/web/login"
 
 
 class Runner:
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     # A demo run on a platform that has one already signs up new customers: tenant ids are never reused.
     suffix = uuid.uuid4().hex[:4]
     customers = [(f"{name} {suffix}", f"{tenant_id}-{suffix}", plan) for name, tenant_id, plan in CUSTOMERS]
+    emails = {f"{tenant_id}-{suffix}": f"admin@{tenant_id}-{suffix}.example" for _, tenant_id, _ in CUSTOMERS}
     acme, globex, initech, hooli = (tenant_id for _, tenant_id, _ in customers)
 
     def step(title: str, action) -> None:
@@ -120,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def sign_up():
             for name, tenant_id, plan in customers:
-                accounts[tenant_id], subscriptions[tenant_id] = killbill.sign_up(name, tenant_id, plan)
+                profile = PROFILES[tenant_id.rsplit("-", 1)[0]]
+                accounts[tenant_id], subscriptions[tenant_id] = killbill.sign_up(
+                    name, tenant_id, plan, email=emails[tenant_id], **profile
+                )
 
         step("Four customers sign up (basic, standard, premium, basic), on a trial", sign_up)
         step(f"{TRIAL_DAYS + 1} days later: the trials end, the first invoices are paid",
@@ -146,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         standin.stop()
 
     print("\n== Tenants (registry, through the runner's admin API)")
-    print(f"   {'tenant':<13} {'plan':<17} {'db_type':<10} {'server':<22} {'status':<11} /web/health through nginx")
+    print(f"   {'tenant':<13} {'plan':<17} {'db_type':<10} {'server':<22} {'status':<11} /web/login through nginx")
     for _, tenant_id, _ in customers:
         tenant = runner.get(f"/tenants/{tenant_id}")["tenant"]
         print(f"   {tenant_id:<13} {tenant['plan_name']:<17} {tenant['db_type']:<10} {tenant['db_server']:<22}"
-              f" {tenant['status']:<11} {_health(tenant_id)}")  # fmt: skip
+              f" {tenant['status']:<11} {_login_page(tenant_id)}")  # fmt: skip
+
+    print("\n== How each customer signs in (the admin's one-time link: tenant_admin_link.yml -e tenant_id=…)")
+    for _, tenant_id, _ in customers:
+        print(f"   {LOGIN_URL.format(tenant_id)}   admin: {emails[tenant_id]}")
 
     print(f"\n== Audit trail of {globex}, event by event (registry.audit, hash-chained)")
     for row in reversed(runner.get(f"/tenants/{globex}")["audit"]):
@@ -167,14 +181,15 @@ def print_moves(runner: Runner, tenant_id: str) -> None:
               f"verified; old copy {move['retained_db']} kept until {move['retain_until']}")  # fmt: skip
 
 
-def _health(tenant_id: str) -> str:
-    """The tenant's Odoo through the local nginx, by Host header (the process runtime's route)."""
+def _login_page(tenant_id: str) -> str:
+    """The tenant's login page through the local nginx, by Host header (the process runtime's route)."""
     request = urllib.request.Request(
-        "http://127.0.0.1:58080/web/health", headers={"Host": f"{tenant_id}.odoo.localhost"}
+        "http://127.0.0.1:58080/web/login", headers={"Host": f"{tenant_id}.odoo.localhost"}
     )
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
-            return f"{response.status} {response.read().decode()[:40]}"
+            page = response.read().decode(errors="replace")
+            return f"{response.status} {'login form' if 'oe_login_form' in page else 'no login form'}"
     except urllib.error.HTTPError as error:
         return f"{error.code} (stopped)"
     except OSError as error:

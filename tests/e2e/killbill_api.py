@@ -38,9 +38,12 @@ class KillBillAPI:
     def register_callback(self, callback_url: str) -> None:
         self.call("POST", "/1.0/kb/tenants/registerNotificationCallback", cb=callback_url)
 
-    def sign_up(self, name: str, tenant_id: str, plan: str) -> tuple[str, str]:
-        """A new account with one subscription whose bundle external key is the tenant id."""
-        account_id = self.call("POST", "/1.0/kb/accounts", {"name": name, "externalKey": name, "currency": "USD"})
+    def sign_up(self, name: str, tenant_id: str, plan: str, **account: str) -> tuple[str, str]:
+        """A new account with one subscription whose bundle external key is the tenant id; `account` adds
+        AccountJson fields (email, locale, timeZone, country)."""
+        account_id = self.call(
+            "POST", "/1.0/kb/accounts", {"name": name, "externalKey": name, "currency": "USD", **account}
+        )
         subscription_id = self.call(
             "POST",
             "/1.0/kb/subscriptions",

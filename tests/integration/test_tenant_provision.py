@@ -3,12 +3,16 @@ server, every tenant's credentials open its own database only, and failures leav
 
 from __future__ import annotations
 
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 
 import psycopg
 import pytest
 
-from .conftest import LocalPlatform, PlaybookRun, run_ansible_tool, run_playbook
+from .conftest import LOCAL_STATE, LocalPlatform, PlaybookRun, run_ansible_tool, run_playbook, superuser
 
 BASIC_TENANTS = [f"t{n:02d}" for n in range(1, 10)]  # 9: fills pool-shared-01..03
 RETRIED_TENANT = "t09"  # its first run breaks midway, a second run succeeds
@@ -87,6 +91,17 @@ def leftovers(platform: LocalPlatform, db_name: str) -> dict[str, tuple[int, int
     return found
 
 
+def opens(fleet: Fleet, port: int, tenant: Tenant, dbname: str) -> bool:
+    """Whether the tenant's credentials open dbname on port. PgBouncer may let a client in on its auth file alone
+    and log in to the server at the first query: a query proves the way in."""
+    try:
+        with fleet.platform.connect(port, tenant.db_name, fleet.password(tenant), dbname=dbname) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def fleet(fresh_local_platform: LocalPlatform) -> Fleet:
     local_platform = fresh_local_platform
@@ -133,18 +148,31 @@ def test_premium_gets_a_dedicated_server(fleet: Fleet):
     assert tenant.server == "pool-dedicated-01"
 
 
-def test_each_tenant_opens_its_own_database_and_none_of_the_others(fleet: Fleet):
+def test_each_tenant_opens_its_own_database_and_postgres_and_none_of_the_others(fleet: Fleet):
     tenants = [fleet.tenants()[t] for t in [*BASIC_TENANTS, PREMIUM_TENANT]]
     assert len(tenants) == 10
     for tenant in tenants:
-        with fleet.platform.connect(tenant.port, tenant.db_name, fleet.password(tenant), dbname=tenant.db_name) as c:
-            assert c.execute("SELECT current_user, current_database()").fetchone() == (tenant.db_name,) * 2
-        for other in tenants:
-            if other is tenant:
-                continue
-            # The other tenant's database, on its own server, with this tenant's credentials.
-            with pytest.raises(psycopg.OperationalError):
-                fleet.platform.connect(other.port, tenant.db_name, fleet.password(tenant), dbname=other.db_name)
+        # Directly, and through the pool's PgBouncer where it has one: the way its Odoo comes in.
+        for port in {tenant.port, tenant.pgbouncer_port} - {None}:
+            with fleet.platform.connect(port, tenant.db_name, fleet.password(tenant), dbname=tenant.db_name) as c:
+                assert c.execute("SELECT current_user, current_database()").fetchone() == (tenant.db_name,) * 2
+            # Odoo opens `postgres` at every start to look its database up: it may, and may make nothing there.
+            with fleet.platform.connect(port, tenant.db_name, fleet.password(tenant), dbname="postgres") as c:
+                for statement in (
+                    "CREATE SCHEMA planted",
+                    "CREATE TEMPORARY TABLE planted (id int)",
+                    "CREATE TABLE public.planted (id int)",
+                    "CREATE FUNCTION public.planted() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+                ):
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege), c.transaction():
+                        c.execute(statement)
+            for other in tenants:
+                if other is tenant:
+                    continue
+                # The other tenant's database, with this tenant's credentials, on this tenant's endpoint and the
+                # other's own server.
+                for other_port in (port, other.port):
+                    assert not opens(fleet, other_port, tenant, other.db_name), (tenant.tenant_id, other_port)
 
 
 def test_tenant_roles_are_unprivileged_and_public_has_nothing(fleet: Fleet):
@@ -229,3 +257,88 @@ def test_platform_status_shows_servers_and_tenants(fleet: Fleet):
     assert row("pool-dedicated-01")[-1] == "1/1"
     assert row("t07")[1:] == ["basic-monthly", "v1", "shared", "pool-shared-03", "t_t07", "active"]
     assert row(PREMIUM_TENANT)[3:5] == ["dedicated", "pool-dedicated-01"]
+
+
+def tenant_database(fleet: Fleet, tenant_id: str) -> psycopg.Connection:
+    tenant = fleet.tenants()[tenant_id]
+    return superuser(tenant.server, tenant.port, tenant.db_name)
+
+
+def test_clones_of_one_template_each_have_their_own_identity(fleet: Fleet):
+    identities = {}
+    for tenant_id in ("t01", "t02", "t03"):  # one pool, one plan: one template
+        with tenant_database(fleet, tenant_id) as conn:
+            params = dict(conn.execute("SELECT key, value FROM public.ir_config_parameter").fetchall())
+            admin = conn.execute(
+                "SELECT u.login, u.password FROM public.res_users u JOIN public.ir_model_data d"
+                " ON d.res_id = u.id AND d.module = 'base' AND d.name = 'user_admin'"
+            ).fetchone()
+        identities[tenant_id] = (params["database.uuid"], params["database.secret"], admin[1])
+        assert params["web.base.url"] == f"http://{tenant_id}.odoo.localhost:58080"
+        assert params["web.base.url.freeze"] == "True"
+        assert admin[0] == f"admin@{tenant_id}.odoo.localhost"
+    for column in range(3):  # uuid, secret and the admin's password hash: three of each
+        assert len({identity[column] for identity in identities.values()}) == 3, column
+
+
+def test_a_clone_is_the_tenants_and_its_template_stays_its_own_roles(fleet: Fleet):
+    tenant = fleet.tenants()["t01"]
+    with superuser(tenant.server, tenant.port) as conn:
+        templates = conn.execute(
+            "SELECT datname, pg_get_userbyid(datdba), datallowconn, r.rolcanlogin FROM pg_database"
+            " JOIN pg_roles r ON r.rolname = datname WHERE datistemplate AND left(datname, 4) = 'tpl_'"
+        ).fetchall()
+    assert templates and all(owner == name and not conn and not login for name, owner, conn, login in templates)
+    with tenant_database(fleet, "t01") as conn:
+        owners = conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public'"
+        ).fetchall()
+        owned_by_templates = conn.execute(
+            "SELECT count(*) FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid"
+            " WHERE d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND d.deptype = 'o' AND left(r.rolname, 4) = 'tpl_'"
+        ).fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0]
+    assert owners == [(tenant.db_name,)] and tables > 5
+    assert owned_by_templates == 0
+
+
+def test_the_tenants_filestore_starts_as_its_templates(fleet: Fleet):
+    tenant = fleet.tenants()["t01"]
+    with tenant_database(fleet, "t01") as conn:
+        attachments = [row[0] for row in conn.execute("SELECT store_fname FROM public.ir_attachment")]
+    data_dir = LOCAL_STATE / f"storage/odoo_instances/odoo_data_{tenant.db_name}_t01"
+    assert attachments and all((data_dir / "filestore" / tenant.db_name / name).is_file() for name in attachments)
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # the 303 after a sign-in is the answer
+        return None
+
+
+def test_the_admins_one_time_link_sets_a_password_once_and_nothing_else_opens(fleet: Fleet):
+    link = re.search(r"signs in at (http\S+/web/reset_password\?\S+)", fleet.runs["t02"].output)
+    assert link, fleet.runs["t02"].output[-2000:]
+    url = urllib.parse.urlsplit(link[1])
+    token = urllib.parse.parse_qs(url.query)["token"][0]
+
+    def post(path: str, form: dict) -> int:
+        """Through nginx, by the tenant's host name, as the customer's browser."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{url.port}{path}",
+            data=urllib.parse.urlencode(form).encode(),
+            headers={"Host": url.hostname},
+        )
+        try:
+            with urllib.request.build_opener(NoRedirect()).open(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    reset = {"token": token, "password": "first password", "confirm_password": "first password"}
+    assert post(url.path, reset) == 303
+    assert post(url.path, {**reset, "password": "again", "confirm_password": "again"}) == 200  # the link is dead
+    admin = "admin@t02.odoo.localhost"
+    assert post("/web/login", {"login": admin, "password": "first password"}) == 303
+    assert post("/web/login", {"login": admin, "password": "admin"}) == 200  # the template's password opens nothing

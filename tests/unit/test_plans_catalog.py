@@ -15,6 +15,7 @@ ENTITLEMENTS = {
     "odoo_workers": int,
     "db_connection_limit": int,
     "odoo_version": str,
+    "odoo_modules": list,
     "backup_keep": int,
     "retention_days": int,
 }

@@ -247,6 +247,10 @@ class Account:
     bcd: int = 0
     fail_payments: bool = False
     overdue_blocked: bool = False
+    # Kept as given (AccountJson); Kill Bill's DefaultAccount falls back to UTC for a missing time zone.
+    locale: str | None = None
+    time_zone: str = "UTC"
+    country: str | None = None
 
 
 @dataclass
@@ -536,8 +540,9 @@ class KillBillStandin:
         if any(a.external_key == key for a in self._accounts.values()):
             raise KbError(409, ACCOUNT_EXC, 3000, f"Account already exists for key {key}")
         account = Account(
-            account_id, body.get("name"), key, body.get("email"), body.get("currency") or "USD", self._now
-        )
+            account_id, body.get("name"), key, body.get("email"), body.get("currency") or "USD", self._now,
+            locale=body.get("locale"), time_zone=body.get("timeZone") or "UTC", country=body.get("country"),
+        )  # fmt: skip
         self._accounts[account_id] = account
         self._emit("ACCOUNT_CREATION", account_id, "ACCOUNT", account_id)
         return account
@@ -781,8 +786,9 @@ class KillBillStandin:
             "accountId": account.id, "name": account.name, "firstNameLength": None, "externalKey": account.external_key,
             "email": account.email, "billCycleDayLocal": account.bcd, "currency": account.currency,
             "parentAccountId": None, "isPaymentDelegatedToParent": False, "paymentMethodId": account.payment_method_id,
-            "referenceTime": kb_datetime(account.reference_time), "timeZone": "UTC", "address1": None, "address2": None,
-            "postalCode": None, "company": None, "city": None, "state": None, "country": None, "locale": None,
+            "referenceTime": kb_datetime(account.reference_time), "timeZone": account.time_zone, "address1": None,
+            "address2": None, "postalCode": None, "company": None, "city": None, "state": None,
+            "country": account.country, "locale": account.locale,
             "phone": None, "notes": None, "isMigrated": None,
             "accountBalance": balance if with_balance or with_cba else None,
             "accountCBA": Decimal(0) if with_cba else None, "auditLogs": [],

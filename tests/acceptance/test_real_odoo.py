@@ -1,0 +1,200 @@
+"""make acceptance ODOO_BIN=<a real odoo-bin>: customers' lives against a real Odoo 18, not the stand-in.
+
+The local platform is reset and converged with SAASODOO_ODOO_BIN pointing at that Odoo (its golden templates are
+built by it), then, the way an operator types them: three customers sign up (two on shared pools, one on its own
+server); each one's login page answers through nginx; the admin's one-time link sets a password and logs in, once;
+a plan change moves one database to a dedicated server and a suspension and a resumption stop and start another,
+and both still log in afterwards. Beside that, the -i path: a database initialised by odoo-bin itself, timed
+against a clone. Nothing here runs without ODOO_BIN: the run is skipped, never faked.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+import pytest
+
+from tests.integration.conftest import LocalPlatform, run_playbook, superuser
+
+ODOO_BIN = os.environ.get("SAASODOO_ODOO_BIN", "")
+pytestmark = pytest.mark.skipif(not ODOO_BIN, reason="set ODOO_BIN=<a real odoo-bin> (make acceptance says how)")
+
+NGINX = "http://127.0.0.1:58080"
+CUSTOMERS = {  # tenant id: (plan, company, admin e-mail, time zone, country)
+    "acme": ("basic-monthly", "Acme Corp", "admin@acme.example", "America/New_York", "US"),
+    "globex": ("standard-monthly", "Globex", "it@globex.example", "Europe/Paris", "FR"),
+    "initech": ("premium-monthly", "Initech", "bill@initech.example", "America/Chicago", "US"),
+}
+PASSWORD = "a long passphrase nobody guesses"
+LINK = re.compile(r"signs in at (http\S+/web/reset_password\?\S+)")
+
+
+@dataclass
+class Signed:
+    provision_seconds: float
+    link: str
+
+
+class Browser:
+    """One customer's browser on their tenant's host name, through nginx, with cookies."""
+
+    def __init__(self, tenant_id: str):
+        self.host = f"{tenant_id}.odoo.localhost"
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), NoRedirect()
+        )
+
+    def request(self, path: str, form: dict | None = None) -> tuple[int, str, str]:
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        request = urllib.request.Request(f"{NGINX}{path}", data=data, headers={"Host": self.host})
+        try:
+            with self.opener.open(request, timeout=60) as response:
+                return response.status, response.headers.get("Location", ""), response.read().decode(errors="replace")
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers.get("Location", ""), error.read().decode(errors="replace")
+
+    def csrf(self, page: str) -> str:
+        found = re.search(r'name="csrf_token"\s+value="([^"]*)"', page)
+        return found[1] if found else ""
+
+    def login(self, login: str, password: str) -> tuple[int, str]:
+        status, _, page = self.request("/web/login")
+        assert status == 200 and "oe_login_form" in page, (status, page[:300])
+        status, location, _ = self.request(
+            "/web/login", {"login": login, "password": password, "csrf_token": self.csrf(page), "redirect": ""}
+        )
+        return status, location
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # a 303 after a login is the answer itself
+        return None
+
+
+def login_page(tenant_id: str) -> int:
+    status, _, page = Browser(tenant_id).request("/web/login")
+    return status if "oe_login_form" in page else -status
+
+
+@pytest.fixture(scope="module")
+def signed_up(fresh_local_platform: LocalPlatform) -> dict[str, Signed]:
+    signed = {}
+    for tenant_id, (plan, company, email, tz, country) in CUSTOMERS.items():
+        started = time.monotonic()
+        run = run_playbook(
+            "tenant_provision.yml",
+            *("-e", f"tenant_id={tenant_id}", "-e", f"plan={plan}"),
+            *("-e", f"customer_id=acct-{tenant_id}", "-e", f"subscription_id=sub-{tenant_id}"),
+            *("-e", f"customer_name={company}", "-e", f"customer_email={email}"),
+            *("-e", f"customer_time_zone={tz}", "-e", f"customer_country={country}"),
+        )
+        assert run.returncode == 0, run.output[-4000:]
+        link = LINK.search(run.output)
+        assert link, run.output[-2000:]
+        signed[tenant_id] = Signed(time.monotonic() - started, link[1])
+        print(f"\n{tenant_id}: provisioned with a real Odoo in {signed[tenant_id].provision_seconds:.1f} s")
+    return signed
+
+
+def test_every_customer_gets_a_login_page_through_nginx(signed_up):
+    assert {tenant_id: login_page(tenant_id) for tenant_id in signed_up} == dict.fromkeys(signed_up, 200)
+
+
+def test_the_admins_one_time_link_sets_a_password_that_logs_in_and_is_dead_afterwards(signed_up):
+    for tenant_id, signed in signed_up.items():
+        email = CUSTOMERS[tenant_id][2]
+        browser = Browser(tenant_id)
+        path = signed.link.split("58080", 1)[1]
+        status, _, page = browser.request(path)
+        assert status == 200 and "Invalid signup token" not in page, (tenant_id, page[:500])
+        token = urllib.parse.parse_qs(urllib.parse.urlsplit(signed.link).query)["token"][0]
+        form = {"token": token, "login": email, "password": PASSWORD, "confirm_password": PASSWORD,
+                "csrf_token": browser.csrf(page)}  # fmt: skip
+        status, _, page = browser.request(path.split("?")[0], form)
+        assert status in (302, 303), (tenant_id, status, page[:500])
+        assert Browser(tenant_id).login(email, PASSWORD)[0] in (302, 303)
+        assert Browser(tenant_id).login(email, "admin")[0] == 200  # the template's password opens nothing
+        status, _, page = Browser(tenant_id).request(path)
+        assert "Invalid signup token" in page, (tenant_id, status)
+
+
+def test_two_tenants_have_their_own_identity_and_own_every_object(signed_up, fresh_local_platform):
+    identities = {}
+    for tenant_id in signed_up:
+        with fresh_local_platform.registry() as conn:
+            server, port = conn.execute(
+                "SELECT s.name, s.port FROM registry.tenants t JOIN registry.db_servers s ON s.name = t.db_server"
+                " WHERE t.tenant_id = %s",
+                (tenant_id,),
+            ).fetchone()
+        with superuser(server, port, f"t_{tenant_id}") as conn:
+            identities[tenant_id] = conn.execute(
+                "SELECT string_agg(value, ' ' ORDER BY key) FROM public.ir_config_parameter"
+                " WHERE key IN ('database.uuid', 'database.secret')"
+            ).fetchone()[0]
+            owners = conn.execute(
+                "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = relnamespace"
+                " WHERE n.nspname = 'public'"
+            ).fetchall()
+            assert owners == [(f"t_{tenant_id}",)]
+    assert len(set(identities.values())) == len(identities)
+
+
+def test_a_move_and_a_suspension_keep_the_customers_odoo_working(signed_up):
+    moved = run_playbook("tenant_change_plan.yml", "-e", "tenant_id=acme", "-e", "plan=premium-monthly")
+    assert moved.returncode == 0, moved.output[-4000:]
+    assert login_page("acme") == 200
+    assert Browser("acme").login(CUSTOMERS["acme"][2], PASSWORD)[0] in (302, 303)
+
+    suspended = run_playbook("tenant_suspend.yml", "-e", "tenant_id=globex")
+    assert suspended.returncode == 0, suspended.output[-3000:]
+    assert abs(login_page("globex")) == 503
+    resumed = run_playbook("tenant_resume.yml", "-e", "tenant_id=globex")
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert login_page("globex") == 200
+    assert Browser("globex").login(CUSTOMERS["globex"][2], PASSWORD)[0] in (302, 303)
+
+
+def test_the_template_path_beside_the_i_path(signed_up, fresh_local_platform, tmp_path):
+    """The same modules into a fresh database by odoo-bin -i, against cloning the template (both timed)."""
+    server = fresh_local_platform.servers["pool-shared-01"]
+    with superuser(server.name, server.port) as conn:
+        template, label = conn.execute(
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database"
+            " WHERE datistemplate AND datname LIKE 'tpl\\_%' ORDER BY datname LIMIT 1"
+        ).fetchone()
+        started = time.monotonic()
+        conn.execute(f"CREATE DATABASE acceptance_clone TEMPLATE {template}")
+        clone_seconds = time.monotonic() - started
+        conn.execute("DROP DATABASE acceptance_clone")
+
+    modules = ",".join(json.loads(label)["modules"])
+    # Odoo refuses to run as postgres: a scratch role of the database's name, which pg_hba's sameuser lets in.
+    with superuser(server.name, server.port) as conn:
+        conn.execute("DROP DATABASE IF EXISTS acceptance_init")
+        conn.execute("DROP ROLE IF EXISTS acceptance_init")
+        conn.execute("CREATE ROLE acceptance_init LOGIN PASSWORD 'acceptance-init'")
+        conn.execute("CREATE DATABASE acceptance_init OWNER acceptance_init ENCODING 'UTF8' TEMPLATE template0")
+    started = time.monotonic()
+    init = subprocess.run(
+        [*ODOO_BIN.split(), "-d", "acceptance_init", "-r", "acceptance_init", "-w", "acceptance-init",
+         "--db_host", "127.0.0.1", "--db_port", str(server.port), "-i", modules, "--without-demo=all",
+         "--stop-after-init", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, check=False, timeout=900,
+    )  # fmt: skip
+    init_seconds = time.monotonic() - started
+    with superuser(server.name, server.port) as conn:
+        conn.execute("DROP DATABASE IF EXISTS acceptance_init")
+        conn.execute("DROP ROLE IF EXISTS acceptance_init")
+    assert init.returncode == 0, init.stderr[-3000:]
+    print(f"\n-i {modules}: {init_seconds:.1f} s; CREATE DATABASE … TEMPLATE {template}: {clone_seconds:.2f} s")
+    assert clone_seconds < init_seconds

@@ -1,0 +1,90 @@
+"""The formats a cloned tenant's identity is written in, checked against their definitions (Odoo 18's passlib
+pbkdf2_sha512 and auth_signup's signed token), and the golden templates' names."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from ansible_collections.saasodoo.platform.plugins.filter.odoo import odoo_template, odoo_templates
+from ansible_collections.saasodoo.platform.plugins.module_utils.odoo_identity import (
+    pbkdf2_sha512,
+    signup_token,
+    template_name,
+)
+
+
+def ab64_decode(text: str) -> bytes:
+    text = text.replace(".", "+")
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def test_a_password_hash_is_passlibs_pbkdf2_sha512_of_that_password():
+    hashed = pbkdf2_sha512("correct horse", rounds=1000, salt=b"0123456789abcdef")
+    scheme, rounds, salt, checksum = hashed.split("$")[1:]
+    assert (scheme, rounds, ab64_decode(salt)) == ("pbkdf2-sha512", "1000", b"0123456789abcdef")
+    assert ab64_decode(checksum) == hashlib.pbkdf2_hmac("sha512", b"correct horse", b"0123456789abcdef", 1000, 64)
+    assert "+" not in hashed and "=" not in hashed
+
+
+def test_two_hashes_of_one_password_differ_by_their_salt():
+    assert pbkdf2_sha512("x", rounds=1000) != pbkdf2_sha512("x", rounds=1000)
+
+
+def decode(token: str) -> tuple[int, bytes, str]:
+    raw = base64.urlsafe_b64decode(token + "===")
+    assert raw[:1] == b"\x01"
+    return int.from_bytes(raw[1:9], "little"), raw[9:41], raw[41:].decode()
+
+
+def test_a_signup_token_carries_its_partner_login_date_type_and_expiry_signed_by_the_database_secret():
+    token = signup_token("s3cret", 3, None, "reset", 1_900_000_000)
+    expires, digest, message = decode(token)
+    assert (expires, json.loads(message)) == (1_900_000_000, [3, None, "reset"])
+    signed = repr(("signup", f"1:{message}:{expires}")).encode()
+    assert hmac.compare_digest(digest, hmac.new(b"s3cret", signed, hashlib.sha256).digest())
+    # Another secret (another database's) signs differently: a link opens its own tenant only.
+    assert decode(signup_token("other", 3, None, "reset", 1_900_000_000))[1] != digest
+
+
+def test_a_login_changes_the_token():
+    # auth_signup checks the partner's last login date: the link dies with the first login.
+    assert signup_token("s", 3, None, "reset", 1) != signup_token("s", 3, 1_700_000_000, "reset", 1)
+
+
+def test_a_template_name_is_a_digest_of_its_key_whatever_the_module_order():
+    name = template_name("18.0", ["crm", "base"], "en_US")
+    assert name == template_name("18.0", ["base", "crm", "base"], "en_US")
+    assert name.startswith("tpl_180_") and len(name) == len("tpl_180_") + 12
+    assert len({name, template_name("18.0", ["base"], "en_US"), template_name("18.0", ["crm", "base"], "fr_FR"),
+                template_name("17.0", ["crm", "base"], "en_US")}) == 4  # fmt: skip
+
+
+PLANS = {
+    "basic": {"odoo_version": "18.0", "odoo_modules": ["base"]},
+    "also-basic": {"odoo_version": "18.0", "odoo_modules": ["base"]},
+    "standard": {"odoo_version": "18.0", "odoo_modules": ["base", "contacts"]},
+    "bare": {"odoo_version": "18.0", "odoo_modules": []},
+}
+
+
+def test_plans_with_one_module_set_share_one_template_per_language_and_a_bare_plan_has_none():
+    templates = odoo_templates(PLANS, ["en_US", "fr_FR"])
+    assert len(templates) == 4
+    assert {t["lang"] for t in templates} == {"en_US", "fr_FR"}
+    # The sign-in link is auth_signup's: every template has it.
+    assert all("auth_signup" in t["modules"] for t in templates)
+    assert odoo_template(PLANS["basic"], "en_US") == odoo_template(PLANS["also-basic"], "en_US")
+    assert odoo_template(PLANS["bare"]) == ""
+
+
+@pytest.mark.parametrize("plan", [{"odoo_modules": ["base"]}, None])
+def test_a_plan_without_a_version_is_refused_clearly(plan):
+    from ansible.errors import AnsibleFilterError
+
+    with pytest.raises(AnsibleFilterError, match="odoo_version"):
+        odoo_template(plan)
