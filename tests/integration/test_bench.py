@@ -51,3 +51,11 @@ def test_migration_benchmark_quick_run_prints_both_methods_and_the_baseline(loca
     for label in ("logical (db_migrate", "baseline: stop, pg_dump -Fc, pg_restore, start", "dump (db_migrate"):
         assert label in output
     assert "logical vs baseline: downtime" in output
+
+
+def test_provision_benchmark_quick_run_prints_both_paths_and_its_goals(local_platform: LocalPlatform):
+    output = run_bench("bench/provision.py", "--registry-port", str(local_platform.servers["platform-db"].port),
+                       timeout=900)  # fmt: skip
+    assert "sign-up at Kill Bill -> login page through nginx" in output
+    assert "baseline: odoo-bin -i" in output
+    assert output.count("goal ") == 2

@@ -19,7 +19,7 @@ description:
   - The session logs in as the administrator over the server's Unix socket, pins its settings (the tenant owns the
     database and may have set any), then runs as the tenant's role (C(SET ROLE)), so nothing the tenant may have
     planted runs with more than the tenant's rights.
-version_added: 0.3.0
+version_added: 0.1.0
 author: SaaSOdoo ops maintainers
 options:
   db_name:
