@@ -483,7 +483,10 @@ def generate(
     progress: Callable[[str], None] | None = None,
     seed: float = 0.42,
 ) -> dict:
-    """Build the Odoo-shaped tenant in conn's (empty) database until it is about size_mb; return a summary.
+    """Build the Odoo-shaped tenant in conn's database until it is about size_mb; return a summary.
+
+    A provisioned tenant's database is a clone of its plan's golden template, with the Odoo tables of the modules
+    its template has: those go first (the public schema made anew, by its owner), so the shape is this generator's.
 
     The schema alone makes the database ~30 MB (300 tables, each with its pages, indexes and sequence, and the
     catalog rows of 1,100 foreign keys), so a smaller target yields just that, with a few rows in every large table.
@@ -494,6 +497,9 @@ def generate(
         conn.commit()
     autocommit = conn.autocommit
     conn.autocommit = True  # each stage is its own explicit transaction: progress is durable, sizes are current
+    with conn.transaction():
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
     try:
         return _generate(conn, size_mb * MB, say, seed)
     finally:
@@ -502,11 +508,6 @@ def generate(
 
 def _generate(conn: psycopg.Connection, target: int, say: Callable[[str], None], seed: float) -> dict:
     started = time.monotonic()
-    existing = conn.execute(
-        "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p')"
-    ).fetchone()[0]
-    if existing:
-        raise ValueError(f"database {conn.info.dbname} is not empty: {existing} tables in public")
     conn.execute("SELECT setseed(%s)", (seed,))
 
     schema = _create_schema(conn)
