@@ -166,13 +166,14 @@ def test_each_tenant_opens_its_own_database_and_postgres_and_none_of_the_others(
                 ):
                     with pytest.raises(psycopg.errors.InsufficientPrivilege), c.transaction():
                         c.execute(statement)
-            for other in tenants:
-                if other is tenant:
-                    continue
-                # The other tenant's database, with this tenant's credentials, on this tenant's endpoint and the
-                # other's own server.
-                for other_port in (port, other.port):
-                    assert not opens(fleet, other_port, tenant, other.db_name), (tenant.tenant_id, other_port)
+        for other in tenants:
+            if other is tenant:
+                continue
+            # The other tenant's database with this tenant's credentials: on the other's server, and through the
+            # PgBouncer they share (a pool's tenants reach their databases through one).
+            ports = {other.port} | ({tenant.pgbouncer_port} if other.server == tenant.server else set()) - {None}
+            for port in ports:
+                assert not opens(fleet, port, tenant, other.db_name), (tenant.tenant_id, other.tenant_id, port)
 
 
 def test_tenant_roles_are_unprivileged_and_public_has_nothing(fleet: Fleet):
