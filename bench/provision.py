@@ -29,18 +29,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
-from bench.runner import KILLBILL, percentile, registry_conninfo, row  # noqa: E402
+from bench.runner import KILLBILL, percentile, row, start_stack  # noqa: E402
 from tests.e2e.killbill_api import KillBillAPI  # noqa: E402
 from tests.integration.conftest import run_playbook, superuser  # noqa: E402
-from tests.integration.runner_stack import (  # noqa: E402
-    ADMIN_TOKEN,
-    INBOUND_TOKEN,
-    METRICS_TOKEN,
-    RunnerStack,
-    pause_deployed_runner,
-    resume_deployed_runner,
-    write_settings,
-)
+from tests.integration.runner_stack import RunnerStack, pause_deployed_runner, resume_deployed_runner  # noqa: E402
 from tests.standins.killbill.killbill_standin import KillBillStandin  # noqa: E402
 
 NGINX = "http://127.0.0.1:58080/web/login"
@@ -157,18 +149,7 @@ def main() -> int:
     standin = KillBillStandin(**KILLBILL, retries=[1, 2]).start()
     created: list[str] = []
     with tempfile.TemporaryDirectory(prefix="provision-bench-") as scratch:
-        state = Path(scratch)
-        settings = {
-            "registry_conninfo": registry_conninfo(args.registry_port), "inbound_token": INBOUND_TOKEN,
-            "admin_token": ADMIN_TOKEN, "metrics_token": METRICS_TOKEN, "killbill": {"url": standin.url, **KILLBILL},
-            "project_dir": str(REPO), "inventory": str(REPO / "inventories/local"),
-            "artifacts_dir": str(state / "artifacts"), "playbook_extravars": {}, "reconcile_interval_seconds": 0,
-            "poll_seconds": 1,
-        }  # fmt: skip
-        write_settings(state / "settings.json", settings)
-        stack = RunnerStack(state / "settings.json", 58292, workers=1, registry_conninfo=settings["registry_conninfo"],
-                            log_dir=state)  # fmt: skip
-        stack.start()
+        stack = start_stack(Path(scratch), 58292, standin, args.registry_port, {})
         try:
             print("Sign-up -> login page, process runtime, template clone")
             ready = sign_up_to_login_page(stack, standin, args.tenants, created)

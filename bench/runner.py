@@ -63,6 +63,22 @@ def registry_conninfo(port: int) -> str:
     return f"host=127.0.0.1 port={port} dbname=saasodoo_registry user=saasodoo_registry password={password}"
 
 
+def start_stack(state: Path, port: int, standin: KillBillStandin, registry_port: int, extravars: dict) -> RunnerStack:
+    """A runner of the benchmark's own (one worker) on port, against the Kill Bill stand-in, started."""
+    settings = {
+        "registry_conninfo": registry_conninfo(registry_port), "inbound_token": INBOUND_TOKEN,
+        "admin_token": ADMIN_TOKEN, "metrics_token": METRICS_TOKEN, "killbill": {"url": standin.url, **KILLBILL},
+        "project_dir": str(REPO), "inventory": str(REPO / "inventories/local"),
+        "artifacts_dir": str(state / "artifacts"), "playbook_extravars": extravars, "reconcile_interval_seconds": 0,
+        "poll_seconds": 1,
+    }  # fmt: skip
+    write_settings(state / "settings.json", settings)
+    stack = RunnerStack(state / "settings.json", port, workers=1, registry_conninfo=settings["registry_conninfo"],
+                        log_dir=state)  # fmt: skip
+    stack.start()
+    return stack
+
+
 def ack_latency(stack: RunnerStack, notifications: int) -> None:
     # TENANT_CONFIG_CHANGE has no account: whatever worker picks these up later discards them.
     body = encode_notification("TENANT_CONFIG_CHANGE", None, "TENANT_KVS", str(uuid.uuid4()), {"key": "CATALOG"})
@@ -156,19 +172,7 @@ def main() -> int:
     deployed = pause_deployed_runner()
     standin = KillBillStandin(**KILLBILL, retries=[1, 2]).start()
     with tempfile.TemporaryDirectory(prefix="runner-bench-") as scratch:
-        state = Path(scratch)
-        settings = {
-            "registry_conninfo": registry_conninfo(args.registry_port), "inbound_token": INBOUND_TOKEN,
-            "admin_token": ADMIN_TOKEN, "metrics_token": METRICS_TOKEN, "killbill": {"url": standin.url, **KILLBILL},
-            "project_dir": str(REPO),
-            "inventory": str(REPO / "inventories/local"), "artifacts_dir": str(state / "artifacts"),
-            "playbook_extravars": {"saasodoo_runtime_backend": "none"}, "reconcile_interval_seconds": 0,
-            "poll_seconds": 1,
-        }  # fmt: skip
-        write_settings(state / "settings.json", settings)
-        stack = RunnerStack(state / "settings.json", 58291, workers=1, registry_conninfo=settings["registry_conninfo"],
-                            log_dir=state)  # fmt: skip
-        stack.start()
+        stack = start_stack(Path(scratch), 58291, standin, args.registry_port, {"saasodoo_runtime_backend": "none"})
         created: list[str] = []
         try:
             ack_latency(stack, args.notifications)

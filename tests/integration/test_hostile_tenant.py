@@ -188,6 +188,25 @@ def test_a_privileged_session_ignores_the_settings_the_tenant_gave_its_database(
         )
 
 
+def test_a_new_sign_in_link_runs_the_tenants_triggers_as_the_tenant_only(hostile: LocalPlatform):
+    """The link writes the admin's partner row, which the tenant owns: its trigger there runs, with a RESET ROLE."""
+    as_tenant(
+        hostile,
+        "CREATE FUNCTION public.partner_trigger() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN PERFORM public.hostile_hook('partner'); RETURN NEW; END $$",
+        "CREATE TRIGGER hostile_partner BEFORE UPDATE ON public.res_partner"
+        " FOR EACH ROW EXECUTE FUNCTION public.partner_trigger()",
+        "UPDATE public.res_partner SET signup_type = NULL",  # so that the link has something to write
+    )
+    since = server_logs()
+    run = run_playbook("tenant_admin_link.yml", "-e", f"tenant_id={TENANT}", *RUNTIME_NONE)
+    assert run.returncode == 0, run.output[-3000:]
+    assert "/web/reset_password?db=t_hostile&token=" in run.output
+    hooks = hook_lines(since)
+    assert [h["hook"] for h in hooks] == ["partner"]  # the trigger did run
+    assert_nothing_ran_as_a_superuser(hostile, hooks)
+
+
 def test_a_logical_move_refuses_to_run_the_tenants_code_as_the_subscriptions_owner(hostile: LocalPlatform):
     run, moved, hooks = change_plan(hostile, "premium-monthly", "logical")
     assert run.returncode != 0

@@ -16,9 +16,9 @@ description:
   - Per I(admin_link), a new one-time sign-in link (auth_signup's reset token, valid I(admin_link_hours)) is
     returned; it stops working once the admin has logged in. It is the only way in, and no password is ever kept.
     Register the result under C(no_log), for the link is a credential.
-  - The session logs in as the administrator over the server's Unix socket, pins its settings (the tenant owns the
-    database and may have set any), then runs as the tenant's role (C(SET ROLE)), so nothing the tenant may have
-    planted runs with more than the tenant's rights.
+  - The session logs in as the tenant's own role, with the tenant's credentials, and pins its settings (the tenant
+    owns the database and may have set any), so whatever the tenant may have planted there (a trigger, a view, a
+    C(RESET ROLE) in them) runs with the tenant's rights and no more. No privileged session is ever opened.
 version_added: 0.1.0
 author: SaaSOdoo ops maintainers
 options:
@@ -27,7 +27,7 @@ options:
     type: str
     required: true
   tenant_role:
-    description: The tenant's role, which the session runs as.
+    description: The tenant's login role, which the session logs in as.
     type: str
     required: true
   template:
@@ -67,18 +67,25 @@ options:
     description: How long the link stays valid.
     type: int
     default: 24
-  login_user:
-    description: The administrator's role (peer authentication over the socket).
+  login_host:
+    description: The database server's address (the tenant's C(pg_hba) line lets its role in there).
     type: str
-    default: postgres
-  login_unix_socket:
-    description: Directory of the server's Unix socket.
-    type: path
     required: true
   login_port:
     description: The server's port.
     type: int
     required: true
+  login_password:
+    description: The tenant role's password (derived, never stored).
+    type: str
+    required: true
+  login_sslmode:
+    description: libpq C(sslmode).
+    type: str
+    default: prefer
+  login_sslrootcert:
+    description: The CA that signs the server's certificate (for C(verify-ca)/C(verify-full)).
+    type: path
 attributes:
   check_mode:
     support: full
@@ -100,8 +107,11 @@ EXAMPLES = r"""
     tz: Europe/Paris
     country_code: FR
     admin_link: new_identity
-    login_unix_socket: /var/run/postgresql
+    login_host: 10.20.1.11
     login_port: 5432
+    login_password: "{{ tenant_password }}"
+    login_sslmode: verify-full
+    login_sslrootcert: /etc/saasodoo/ca.crt
   register: identity
 """
 
@@ -143,31 +153,22 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.odoo_identity im
 
 try:
     import psycopg
-    from psycopg import sql
 except ImportError:
-    psycopg = sql = None
+    psycopg = None
 
 
-def template_uuid(module: AnsibleModule, template: str | None) -> str | None:
-    """The template's database.uuid, which roles/odoo_template wrote into its comment."""
+def template_uuid(conn, template: str | None) -> str | None:
+    """The template's database.uuid, which roles/odoo_template wrote into its comment (pg_database and its
+    comments are readable by every role)."""
     if not template:
         return None
-    params = module.params
-    with psycopg.connect(
-        host=params["login_unix_socket"],
-        port=params["login_port"],
-        user=params["login_user"],
-        dbname="postgres",
-        options=PINNED_SESSION,
-        autocommit=True,
-    ) as conn:
-        row = conn.execute(
-            "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database"
-            " WHERE datname = %s AND datistemplate",
-            (template,),
-        ).fetchone()
+    row = conn.execute(
+        "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database"
+        " WHERE datname = %s AND datistemplate",
+        (template,),
+    ).fetchone()
     if not row or not row[0]:
-        module.fail_json(msg=f"template {template} is missing or unlabelled: converge the templates (site.yml)")
+        raise LookupError(f"template {template} is missing or unlabelled: converge the templates (site.yml)")
     return json.loads(row[0]).get("uuid")
 
 
@@ -181,18 +182,15 @@ def run_module(module: AnsibleModule) -> dict:
         tz=params["tz"],
         country_code=params["country_code"],
     )
-    expected_uuid = template_uuid(module, params["template"])
     outcome = Outcome()
+    tls = {"sslrootcert": params["login_sslrootcert"]} if params["login_sslrootcert"] else {}
     with psycopg.connect(
-        host=params["login_unix_socket"],
-        port=params["login_port"],
-        user=params["login_user"],
-        dbname=params["db_name"],
-        options=PINNED_SESSION,
-    ) as conn:
-        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(params["tenant_role"])))
+        host=params["login_host"], port=params["login_port"], user=params["tenant_role"],
+        password=params["login_password"], dbname=params["db_name"], sslmode=params["login_sslmode"],
+        options=PINNED_SESSION, connect_timeout=10, **tls,
+    ) as conn:  # fmt: skip
         tenant = TenantIdentity(conn)
-        tenant.apply(identity, expected_uuid, outcome)
+        tenant.apply(identity, template_uuid(conn, params["template"]), outcome)
         wanted = params["admin_link"] == "always" or (params["admin_link"] == "new_identity" and outcome.identity_reset)
         if wanted and not module.check_mode:
             tenant.admin_link(identity.base_url, params["db_name"], params["admin_link_hours"], outcome)
@@ -229,9 +227,11 @@ def main() -> None:
             country_code=dict(type="str"),
             admin_link=dict(type="str", choices=["never", "new_identity", "always"], default="never"),
             admin_link_hours=dict(type="int", default=24),
-            login_user=dict(type="str", default="postgres"),
-            login_unix_socket=dict(type="path", required=True),
+            login_host=dict(type="str", required=True),
             login_port=dict(type="int", required=True),
+            login_password=dict(type="str", required=True, no_log=True),
+            login_sslmode=dict(type="str", default="prefer"),
+            login_sslrootcert=dict(type="path"),
         ),
         supports_check_mode=True,
     )
