@@ -9,6 +9,7 @@ comparison returns nothing. Pure: no I/O, unit-tested on its own.
 from __future__ import annotations
 
 import re
+import zoneinfo
 from dataclasses import dataclass, field
 
 # The tenant id is the bundle's external key (the customer's instance name); the same rule as the
@@ -55,6 +56,31 @@ class Skip:
 
     tenant_id: str | None
     reason: str
+
+
+# What a Kill Bill account may give a new tenant (AccountJson's fields), each kept only in the shape it should have.
+PROFILE_FIELDS = {
+    "name": ("name", re.compile(r"[^\x00-\x1f]{1,200}")),
+    "email": ("email", re.compile(r"[^@\s]{1,64}@[A-Za-z0-9.-]{1,189}")),
+    "locale": ("locale", re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")),
+    "timeZone": ("time_zone", None),  # one of the IANA zones
+    "country": ("country", re.compile(r"[A-Z]{2}")),
+}
+
+
+def customer_profile(account: dict) -> dict:
+    """The account's name, email, locale, time zone and country for its tenant's Odoo; a field missing or of a bad
+    shape is left out (the tenant gets a default there)."""
+    profile = {}
+    for field_name, (key, shape) in PROFILE_FIELDS.items():
+        value = account.get(field_name)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        value = value.strip()
+        valid = value in zoneinfo.available_timezones() if shape is None else bool(shape.fullmatch(value))
+        if valid:
+            profile[key] = value
+    return profile
 
 
 def database_name(tenant_id: str) -> str:

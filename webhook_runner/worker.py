@@ -13,6 +13,8 @@ Kill Bill and the same comparison asks for nothing.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import shlex
@@ -27,7 +29,7 @@ import ansible_runner
 
 from . import store
 from .config import RunnerSettings
-from .desired import Action, Skip, database_name, desired_actions, is_blocked, tenant_id_of
+from .desired import Action, Skip, customer_profile, database_name, desired_actions, is_blocked, tenant_id_of
 from .killbill import KillBill, KillBillError, KillBillNotFound
 from .notification import IGNORED_EVENT_TYPES, KNOWN_EVENT_TYPES
 
@@ -176,21 +178,18 @@ class Worker:
         return outcomes
 
     def _customer(self, account: str) -> dict:
-        """A new tenant's company and admin, as Kill Bill knows the account. The admin's one-time sign-in link is
-        not printed into the job's artifacts (tenant_admin_link.yml issues one on request)."""
+        """A new tenant's company and admin, as Kill Bill knows the account: fields of a bad shape are dropped (the
+        tenant gets defaults), and the rest go base64-encoded (customer_b64), so that no field is ever templated by
+        Ansible, which renders `{{ ... }}` in extra vars. The admin's one-time sign-in link stays out of the job's
+        artifacts (tenant_admin_link.yml issues one on request)."""
         try:
             found = self.killbill.account(account)
         except KillBillError as error:
             log.warning("account %s: cannot read its name and e-mail (%s): the tenant gets defaults", account, error)
             found = {}
-        given = {
-            "customer_name": found.get("name"),
-            "customer_email": found.get("email"),
-            "customer_locale": found.get("locale"),
-            "customer_time_zone": found.get("timeZone"),
-            "customer_country": found.get("country"),
-        }
-        return {key: value for key, value in given.items() if value} | {"saasodoo_show_admin_link": False}
+        customer = customer_profile(found)
+        encoded = base64.b64encode(json.dumps(customer).encode()).decode()
+        return {"customer_b64": encoded, "saasodoo_show_admin_link": False}
 
     # -- jobs ------------------------------------------------------------------------------------------------
 

@@ -151,7 +151,11 @@ def test_the_callback_stores_kill_bill_bodies_and_refuses_anything_else(runner: 
 def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: KillBillStandin, local_platform):
     api = kb_api(killbill)
     api.register_callback(runner.callback)
-    account, subscription = api.sign_up("Life One", "life-01", "basic-monthly")
+    # Template markers in the account's name stay text: Ansible renders them in extra vars, the runner passes
+    # them where it cannot.
+    account, subscription = api.sign_up(
+        "Life {{ 6 * 7 }} One", "life-01", "basic-monthly", email="owner@life-01.example", country="BE"
+    )
     api.sign_up("Life Two", "life-02", "gold-yearly")  # a plan the catalog does not have
 
     def settled() -> dict[str, dict]:
@@ -161,6 +165,13 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
 
     tenants = settled()
     assert tenants["life-01"]["status"] == "active" and tenants["life-01"]["plan_name"] == "basic-monthly"
+    port = tenants["life-01"]["port"]
+    with local_platform.connect(port, "t_life_01", local_platform.password("tenant:life-01:v1"), "t_life_01") as conn:
+        company, login = conn.execute(
+            "SELECT c.name, u.login FROM public.res_company c, public.res_users u JOIN public.ir_model_data d"
+            " ON d.res_id = u.id AND d.module = 'base' AND d.name = 'user_admin' WHERE c.id = 1"
+        ).fetchone()
+    assert (company, login) == ("Life {{ 6 * 7 }} One", "owner@life-01.example")
     assert "life-02" not in tenants
     _, listing = runner.admin("GET", "/jobs?tenant=life-02")
     assert any("gold-yearly" in job["reason"] for job in listing["jobs"] if job["state"] == "skipped")

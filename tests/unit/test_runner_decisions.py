@@ -7,7 +7,7 @@ import pytest
 
 from ansible_collections.saasodoo.platform.plugins.module_utils import placement
 from webhook_runner.config import ConfigError, load_settings, settings_from_dict
-from webhook_runner.desired import Action, Skip, Tenant, database_name, desired_actions
+from webhook_runner.desired import Action, Skip, Tenant, customer_profile, database_name, desired_actions
 from webhook_runner.notification import InvalidNotification, parse_notification
 
 # Kill Bill's own capture (shared/reference/killbill.md §1.2) and a §1.3 body, byte for byte.
@@ -211,3 +211,22 @@ def test_ids_that_differ_only_in_case_or_dash_are_one_tenant():
 def test_the_runner_names_databases_as_placement_does():
     for tenant_id in ("acme", "Acme-Corp", "a_b-C9"):
         assert database_name(tenant_id) == placement.database_name(tenant_id)
+
+
+@pytest.mark.parametrize(
+    ("account", "profile"),
+    [
+        (
+            {"name": "Acme Corp", "email": "ops@acme.example", "locale": "fr_FR", "timeZone": "Europe/Paris",
+             "country": "FR"},
+            {"name": "Acme Corp", "email": "ops@acme.example", "locale": "fr_FR", "time_zone": "Europe/Paris",
+             "country": "FR"},
+        ),
+        # Kill Bill's defaults and nulls: nothing to give the tenant.
+        ({"name": None, "email": "", "locale": None, "timeZone": "UTC", "country": None}, {"time_zone": "UTC"}),
+        # Shapes that are not a locale, a zone, a country or an e-mail are dropped, not passed on.
+        ({"email": "x@y@z", "locale": "{{ lookup('pipe', 'id') }}", "timeZone": "Mars/Olympus", "country": "fra"}, {}),
+    ],
+)  # fmt: skip
+def test_an_accounts_profile_keeps_only_well_shaped_fields(account, profile):
+    assert customer_profile(account) == profile

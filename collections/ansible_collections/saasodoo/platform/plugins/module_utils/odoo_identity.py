@@ -142,7 +142,12 @@ class TenantIdentity:
     def apply(self, identity: Identity, template_uuid: str | None, outcome: Outcome) -> None:
         # A clone still carrying its template's database.uuid has never had an identity of its own.
         if template_uuid and self.parameter("database.uuid") == template_uuid:
-            self.set_parameter("database.secret", str(uuid.uuid4()), outcome)
+            # Made by the server, so the secret is in no statement text a slow-query log could keep.
+            self.conn.execute(
+                "UPDATE public.ir_config_parameter SET value = pg_catalog.gen_random_uuid()::text,"
+                " write_date = pg_catalog.now() AT TIME ZONE 'UTC' WHERE key = 'database.secret'"
+            )
+            outcome.executed.append("ir.config_parameter database.secret")
             self.set_parameter("database.uuid", str(uuid.uuid1()), outcome)
             self.set_parameter("database.create_date", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), outcome)
             # The template's admin has Odoo's default password: replace it with one nobody ever knows.

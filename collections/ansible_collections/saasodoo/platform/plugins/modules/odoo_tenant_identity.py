@@ -151,6 +151,10 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.odoo_identity im
     TenantIdentity,
 )
 
+# The tenant's own tables, views and triggers may be made to hang: its session gets timeouts (they come after the
+# pinned ones, so they win).
+TENANT_SESSION = f"{PINNED_SESSION} -c statement_timeout=30s -c lock_timeout=10s"
+
 try:
     import psycopg
 except ImportError:
@@ -187,7 +191,7 @@ def run_module(module: AnsibleModule) -> dict:
     with psycopg.connect(
         host=params["login_host"], port=params["login_port"], user=params["tenant_role"],
         password=params["login_password"], dbname=params["db_name"], sslmode=params["login_sslmode"],
-        options=PINNED_SESSION, connect_timeout=10, **tls,
+        options=TENANT_SESSION, connect_timeout=10, **tls,
     ) as conn:  # fmt: skip
         tenant = TenantIdentity(conn)
         tenant.apply(identity, template_uuid(conn, params["template"]), outcome)
