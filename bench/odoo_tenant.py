@@ -486,7 +486,7 @@ def generate(
     """Build the Odoo-shaped tenant in conn's database until it is about size_mb; return a summary.
 
     A provisioned tenant's database is a clone of its plan's golden template, with the Odoo tables of the modules
-    its template has: those go first (the public schema made anew, by its owner), so the shape is this generator's.
+    its template has: those go first (everything the tenant owns is dropped), so the shape is this generator's.
 
     The schema alone makes the database ~30 MB (300 tables, each with its pages, indexes and sequence, and the
     catalog rows of 1,100 foreign keys), so a smaller target yields just that, with a few rows in every large table.
@@ -497,9 +497,8 @@ def generate(
         conn.commit()
     autocommit = conn.autocommit
     conn.autocommit = True  # each stage is its own explicit transaction: progress is durable, sizes are current
-    with conn.transaction():
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
+    # Everything the tenant owns goes; the public schema stays as it is (pg_database_owner's, as pg_dump expects).
+    conn.execute("DROP OWNED BY CURRENT_USER")
     try:
         return _generate(conn, size_mb * MB, say, seed)
     finally:

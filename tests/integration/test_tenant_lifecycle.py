@@ -283,5 +283,8 @@ def test_lifecycle_on_cephfs(local_platform: LocalPlatform, ceph_cluster) -> Non
         f"saasodoo_storage_root={ceph_cluster.mount}",
         "-e",
         f"saasodoo_storage_cephfs_conf={ceph_cluster.conf}",
+        # The golden templates' filestores stay where site.yml built them, on the platform's local storage.
+        "-e",
+        f"saasodoo_templates_dir={LOCAL_STATE / 'storage/templates'}",
     )
     lifecycle(Tenant("life-ceph", local_platform, storage), "basic-test-trial", "basic-monthly", cephfs=True)
