@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
-from bench.runner import KILLBILL, percentile, row, start_stack  # noqa: E402
+from bench.runner import KILLBILL, percentile, provision_job_seconds, row, start_stack  # noqa: E402
 from tests.e2e.killbill_api import KillBillAPI  # noqa: E402
 from tests.integration.conftest import run_playbook, superuser  # noqa: E402
 from tests.integration.runner_stack import RunnerStack, pause_deployed_runner, resume_deployed_runner  # noqa: E402
@@ -69,12 +69,7 @@ def sign_up_to_login_page(stack: RunnerStack, standin: KillBillStandin, tenants:
                 time.sleep(0.05)  # the route appears at the end of the playbook: poll it as a browser would
             ready.append(time.perf_counter() - started)
             stack.settle()
-            job = registry.execute(
-                """SELECT extract(epoch FROM finished_at - started_at) AS s FROM registry.jobs
-                    WHERE tenant_id = %s AND action = 'provision' AND state = 'succeeded'""",
-                (tenant,),
-            ).fetchone()
-            runs.append(float(job["s"]))
+            runs.append(provision_job_seconds(registry, tenant))
             print(f"  {tenant}: login page after {ready[-1]:.1f} s", flush=True)
     print(row("sign-up at Kill Bill -> login page through nginx", ready, "s", 1.0))
     print(row("tenant_provision.yml job run time (jobs table)", runs, "s", 1.0))

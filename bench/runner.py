@@ -79,6 +79,16 @@ def start_stack(state: Path, port: int, standin: KillBillStandin, registry_port:
     return stack
 
 
+def provision_job_seconds(registry, tenant: str) -> float:
+    """How long the tenant's succeeded provision job ran, from the jobs table."""
+    job = registry.execute(
+        """SELECT extract(epoch FROM finished_at - started_at) AS s FROM registry.jobs
+            WHERE tenant_id = %s AND action = 'provision' AND state = 'succeeded'""",
+        (tenant,),
+    ).fetchone()
+    return float(job["s"])
+
+
 def ack_latency(stack: RunnerStack, notifications: int) -> None:
     # TENANT_CONFIG_CHANGE has no account: whatever worker picks these up later discards them.
     body = encode_notification("TENANT_CONFIG_CHANGE", None, "TENANT_KVS", str(uuid.uuid4()), {"key": "CATALOG"})
@@ -134,12 +144,7 @@ def database_ready(stack: RunnerStack, standin: KillBillStandin, tenants: int, c
                 time.sleep(0.05)  # the database appears mid-playbook: poll it as a client would
             ready.append(time.perf_counter() - started)
             stack.settle()
-            job = registry.execute(
-                """SELECT extract(epoch FROM finished_at - started_at) AS s FROM registry.jobs
-                    WHERE tenant_id = %s AND action = 'provision' AND state = 'succeeded'""",
-                (tenant,),
-            ).fetchone()
-            runs.append(float(job["s"]))
+            runs.append(provision_job_seconds(registry, tenant))
 
     with tempfile.TemporaryDirectory() as scratch:
         playbook = Path(scratch) / "noop.yml"
