@@ -2,6 +2,7 @@
 
 worker [--drain]       take the inbox until SIGTERM (or, with --drain, until nothing is pending)
 reconcile [--check]    compare Kill Bill with the registry; queue repairs (--check: report only)
+housekeeping           prune finished work older than retention_days (also a periodic worker pass)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--name", help="worker name in jobs and the audit trail (default host:pid)")
     reconcile = commands.add_parser("reconcile", help="compare Kill Bill with the registry and repair drift")
     reconcile.add_argument("--check", action="store_true", help="report drift only, queue nothing")
+    commands.add_parser("housekeeping", help="prune finished jobs, events and placements past retention_days")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -48,6 +50,17 @@ def main(argv: list[str] | None = None) -> int:
             print(("drift: " if args.check else "queued: ") + line)
         print(f"{len(drift)} tenant(s) drifted from Kill Bill" if drift else "no drift: the registry matches Kill Bill")
         return 0
+    if args.command == "housekeeping":
+        if settings.retention_days <= 0:
+            print("housekeeping: retention_days is 0: everything is kept")
+            return 0
+        pruned = runner.housekeeping()
+        if not pruned:
+            print("housekeeping: a worker's pass is pruning now; nothing done")
+            return 0
+        print(f"pruned (older than {settings.retention_days:g} days): "
+              + ", ".join(f"{n} {table}" for table, n in pruned.items()))  # fmt: skip
+        return 0
     runner.drain()
     return 0
 
@@ -62,6 +75,9 @@ def serve(settings, name: str | None) -> int:
             Worker(settings, name=name).run(stop)
         except psycopg.OperationalError as error:
             logging.getLogger("webhook_runner.worker").error("registry unreachable, retrying in 5 s: %s", error)
+            stop.wait(5)
+        except Exception:  # an error the worker could not pin on one account: start it again, never crash-loop
+            logging.getLogger("webhook_runner.worker").exception("worker stopped by an error; starting again in 5 s")
             stop.wait(5)
     return 0
 

@@ -44,6 +44,8 @@ class RunnerSettings:
     backoff_seconds: tuple[float, ...] = (5, 30, 120, 600)
     job_timeout_seconds: int = 3600
     reconcile_interval_seconds: float = 300  # the periodic reconcile pass; 0 turns it off
+    retention_days: float = 90  # finished jobs, processed events and old placements kept this long; 0: forever
+    housekeeping_interval_seconds: float = 3600  # the periodic pass that prunes them; 0 turns it off
     poll_seconds: float = 5.0  # a worker wakes at least this often (NOTIFY wakes it sooner)
 
     def backoff(self, attempts: int) -> float:

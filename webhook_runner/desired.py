@@ -168,12 +168,13 @@ def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | N
         ids = {"customer_id": subscription.get("accountId"), "subscription_id": subscription.get("subscriptionId")}
         return [Action(tenant_id, "provision", {"tenant_id": tenant_id, "plan": plan, **ids}, f"Kill Bill: {plan}")]
 
+    # Service first: a customer who paid is back before a plan change (a move may take minutes, or be parked).
     actions = []
     if blocked and status == "active":
         actions.append(Action(tenant_id, "suspend", {"tenant_id": tenant_id}, "Kill Bill: entitlement blocked"))
+    if not blocked and status == "suspended":
+        actions.append(Action(tenant_id, "resume", {"tenant_id": tenant_id}, "Kill Bill: entitlement unblocked"))
     if plan != tenant.plan_name:
         reason = f"Kill Bill: plan {tenant.plan_name} -> {plan}"
         actions.append(Action(tenant_id, "change_plan", {"tenant_id": tenant_id, "plan": plan}, reason))
-    if not blocked and status == "suspended":
-        actions.append(Action(tenant_id, "resume", {"tenant_id": tenant_id}, "Kill Bill: entitlement unblocked"))
     return actions

@@ -12,9 +12,11 @@ from psycopg.types.json import Jsonb
 from .desired import Tenant
 
 NOTIFY_CHANNEL = "saasodoo_runner"  # the webhook NOTIFYs it after each stored event; idle workers LISTEN
-# pg_try_advisory_lock(class, key) classes: one account's convergence, the periodic reconcile pass.
+# pg_try_advisory_lock(class, key) classes: one account's convergence, the periodic reconcile and housekeeping
+# passes.
 ACCOUNT_LOCK = 0x5A0D
 RECONCILE_LOCK = 0x5A0E
+HOUSEKEEPING_LOCK = 0x5A0F
 
 JOB_COLUMNS = (
     "id, tenant_id, account_id, event_id, action, playbook, extravars, state, attempts, run_after, created_at,"
@@ -83,14 +85,30 @@ def mark_processed(conn: psycopg.Connection, event_ids: list[int], outcome: str)
 # -- jobs --------------------------------------------------------------------------------------------------
 
 
-def requeue_orphans(conn: psycopg.Connection, account: str) -> list[dict]:
-    """Jobs left 'running' by a worker that died: the caller holds the account's lock, so nobody runs them."""
+def requeue_orphans(conn: psycopg.Connection, account: str, max_attempts: int) -> list[dict]:
+    """Jobs left 'running' by a worker that died: the caller holds the account's lock, so nobody runs them. Each
+    such run was an attempt: a job that has had its `max_attempts` (one that kills its worker) is parked."""
     return conn.execute(
-        f"""UPDATE registry.jobs SET state = 'queued', run_after = now(),
-                   error = 'the worker running it stopped (' || coalesce(worker, '?') || '); run again'
-             WHERE account_id = %s AND state = 'running' RETURNING {JOB_COLUMNS}""",
-        (account,),
+        f"""UPDATE registry.jobs
+               SET state = CASE WHEN attempts >= %(max)s THEN 'parked' ELSE 'queued' END, run_after = now(),
+                   finished_at = CASE WHEN attempts >= %(max)s THEN now() END,
+                   error = 'the worker running it stopped (' || coalesce(worker, '?') || ') during attempt '
+                           || attempts || CASE WHEN attempts >= %(max)s THEN ': parked' ELSE ': run again' END
+             WHERE account_id = %(account)s AND state = 'running' RETURNING {JOB_COLUMNS}""",
+        {"account": account, "max": max_attempts},
     ).fetchall()
+
+
+def park_due_jobs(conn: psycopg.Connection, account: str, error: str) -> list[int]:
+    """The account's due queued jobs (and the one its failed pass left running), parked with the error: replayed
+    by hand once it is understood. The caller holds the account's lock."""
+    rows = conn.execute(
+        """UPDATE registry.jobs SET state = 'parked', error = %s, finished_at = now()
+            WHERE coalesce(account_id, '') = %s AND (state = 'running' OR state = 'queued' AND run_after <= now())
+            RETURNING id""",
+        (error, account),
+    ).fetchall()
+    return [row["id"] for row in rows]
 
 
 def open_jobs(conn: psycopg.Connection, account: str) -> list[dict]:
@@ -227,12 +245,57 @@ def audit(conn, *, actor: str, tenant_id, kind: str, subject: str, detail: dict)
     )
 
 
+def prune(conn: psycopg.Connection, days: float, duration_buckets: tuple[float, ...]) -> dict[str, int]:
+    """Delete finished work older than `days`: jobs that succeeded, were skipped or failed (queued, running and
+    parked ones stay), processed events no remaining job refers to, and placements but each tenant's latest.
+    The audit trail is never pruned (its chain holds). What the deleted rows counted in /metrics goes to
+    registry.runner_totals first, in the same transaction, so no counter goes down."""
+    params = {"days": days}
+    with conn.transaction():
+        jobs = conn.execute(
+            """DELETE FROM registry.jobs WHERE state IN ('succeeded', 'skipped', 'failed')
+                   AND finished_at < now() - make_interval(secs => %(days)s * 86400)
+               RETURNING action, state, extract(epoch FROM finished_at - started_at)::float8 AS seconds""",
+            params,
+        ).fetchall()
+        timed = [job for job in jobs if job["state"] != "skipped" and job["seconds"] is not None]
+        totals = []
+        for action in sorted({job["action"] for job in timed}):
+            seconds = [job["seconds"] for job in timed if job["action"] == action]
+            totals += [("job_duration_count", action, len(seconds)), ("job_duration_sum", action, sum(seconds))]
+            totals += [
+                ("job_duration_le", f"{action} {float(bound)}", sum(s <= bound for s in seconds))
+                for bound in duration_buckets
+            ]
+        events = conn.execute(
+            """DELETE FROM registry.events e WHERE processed_at IS NOT NULL
+                   AND received_at < now() - make_interval(secs => %(days)s * 86400)
+                   AND NOT EXISTS (SELECT 1 FROM registry.jobs j WHERE j.event_id = e.id)
+               RETURNING event_type""",
+            params,
+        ).fetchall()
+        by_type: dict[str, int] = {}
+        for event in events:
+            by_type[event["event_type"]] = by_type.get(event["event_type"], 0) + 1
+        totals += [("events_received_by_type", event_type, n) for event_type, n in by_type.items()]
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO registry.runner_totals (metric, label, value) VALUES (%s, %s, %s)
+                   ON CONFLICT (metric, label) DO UPDATE SET value = runner_totals.value + EXCLUDED.value""",
+                totals,
+            )
+        placements = conn.execute(
+            """DELETE FROM registry.placements p WHERE decided_at < now() - make_interval(secs => %(days)s * 86400)
+                   AND id < (SELECT max(id) FROM registry.placements q WHERE q.tenant_id = p.tenant_id)""",
+            params,
+        ).rowcount
+    return {"jobs": len(jobs), "events": len(events), "placements": placements}
+
+
 def metrics_snapshot(conn, duration_buckets: tuple[float, ...]) -> dict:
     """What /metrics reports: inbox counts, jobs by state, finished jobs' run times per action (cumulative
-    counts at each bucket bound)."""
-    events = conn.execute(
-        "SELECT count(*) AS received, count(*) FILTER (WHERE processed_at IS NULL) AS pending FROM registry.events"
-    ).fetchone()
+    counts at each bucket bound). The counters add what pruned rows counted (registry.runner_totals)."""
+    events = conn.execute("SELECT count(*) AS pending FROM registry.events WHERE processed_at IS NULL").fetchone()
     by_type = conn.execute("SELECT event_type, count(*) AS n FROM registry.events GROUP BY 1").fetchall()
     jobs = conn.execute("SELECT state, count(*) AS n FROM registry.jobs GROUP BY 1").fetchall()
     at_most = sql.SQL(", ").join(
@@ -246,10 +309,26 @@ def metrics_snapshot(conn, duration_buckets: tuple[float, ...]) -> dict:
                 GROUP BY action ORDER BY action"""
         ).format(at_most)
     ).fetchall()
+    kept = {(r["metric"], r["label"]): r["value"] for r in conn.execute("SELECT * FROM registry.runner_totals")}
+    by_type = {r["event_type"]: r["n"] for r in by_type}
+    for (metric, label), value in kept.items():
+        if metric == "events_received_by_type":
+            by_type[label] = by_type.get(label, 0) + int(value)
+    live = {row["action"]: row for row in durations}
+    merged = []
+    for action in sorted(set(live) | {label for metric, label in kept if metric == "job_duration_count"}):
+        row = live.get(action) or {"n": 0, "total": 0, "le": [0] * len(duration_buckets)}
+        merged.append({
+            "action": action,
+            "n": row["n"] + int(kept.get(("job_duration_count", action), 0)),
+            "total": float(row["total"]) + kept.get(("job_duration_sum", action), 0.0),
+            "le": [n + int(kept.get(("job_duration_le", f"{action} {float(b)}"), 0))
+                   for n, b in zip(row["le"], duration_buckets, strict=True)],
+        })  # fmt: skip
     return {
-        "received": events["received"],
+        "received": sum(by_type.values()),
         "pending": events["pending"],
-        "by_type": {r["event_type"]: r["n"] for r in by_type},
+        "by_type": by_type,
         "jobs": {r["state"]: r["n"] for r in jobs},
-        "durations": durations,
+        "durations": merged,
     }

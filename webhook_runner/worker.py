@@ -23,14 +23,17 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import ansible_runner
+import psycopg
 
 from . import store
 from .config import RunnerSettings
 from .desired import Action, Skip, customer_profile, database_name, desired_actions, is_blocked, tenant_id_of
 from .killbill import KillBill, KillBillError, KillBillNotFound
+from .metrics import DURATION_BUCKETS
 from .notification import IGNORED_EVENT_TYPES, KNOWN_EVENT_TYPES
 
 log = logging.getLogger("webhook_runner.worker")
@@ -47,7 +50,7 @@ class Worker:
         self.actor = f"webhook_runner {self.name}"
         self.killbill = killbill or KillBill(settings.killbill)
         self.conn = store.connect(settings.registry_conninfo, application_name="saasodoo-runner-worker")
-        self._last_reconcile = time.monotonic()
+        self._last_reconcile = self._last_housekeeping = time.monotonic()
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -64,6 +67,11 @@ class Worker:
                 self._last_reconcile = time.monotonic()
                 self.periodic_reconcile()
                 continue
+            interval = self.settings.housekeeping_interval_seconds
+            if interval and time.monotonic() - self._last_housekeeping >= interval:
+                self._last_housekeeping = time.monotonic()
+                self.periodic_housekeeping()
+                continue
             for _ in listener.notifies(timeout=self.settings.poll_seconds, stop_after=1):
                 pass
         listener.close()
@@ -76,10 +84,29 @@ class Worker:
                 continue  # another worker has it
             try:
                 self.converge_account(account)
+            except psycopg.OperationalError:
+                raise  # the registry is gone: serve() connects again
+            except Exception as error:  # a bug, or a reply of a shape nobody foresaw: not the others' problem
+                self._fail_account(account, error)
             finally:
                 store.unlock(self.conn, store.ACCOUNT_LOCK, account)
             return True
         return False
+
+    def _fail_account(self, account: str, error: Exception) -> None:
+        """Log the traceback, mark the account's pending events failed and park its due jobs with it: the worker
+        goes on with the other accounts, and the account waits for someone to look (then replay)."""
+        log.exception("account %s: unexpected error, its events marked failed", account or "(none)")
+        trace = "".join(traceback.format_exception(error))
+        reason = f"failed: {type(error).__name__}: {error} (the traceback is in the audit trail)"
+        conn = self.conn
+        events = [event["id"] for event in store.unprocessed_events(conn, account)]
+        store.mark_processed(conn, events, reason)
+        parked = store.park_due_jobs(conn, account, reason)
+        store.audit(
+            conn, actor=self.actor, tenant_id=None, kind="error", subject=f"account:{account}",
+            detail={"events": events, "jobs_parked": parked, "traceback": trace},
+        )  # fmt: skip
 
     def drain(self, timeout: float = 900.0) -> None:
         """Run until nothing is pending or due (tests, `python -m webhook_runner worker --drain`)."""
@@ -92,8 +119,8 @@ class Worker:
 
     def converge_account(self, account: str) -> None:
         conn = self.conn
-        for orphan in store.requeue_orphans(conn, account):
-            log.warning("job %s was left running by %s: queued again", orphan["id"], orphan["worker"])
+        for orphan in store.requeue_orphans(conn, account, self.settings.max_attempts):
+            log.warning("job %s: %s", orphan["id"], orphan["error"])
         triggers = []
         for event in store.unprocessed_events(conn, account):
             kind = event["event_type"]
@@ -144,7 +171,8 @@ class Worker:
         ]
 
     def _carry_out(self, account, tenant_id, decisions, tenant_jobs, trigger_ids) -> list[str]:
-        """Run one tenant's actions in order, stopping at the first failure; close its moot jobs."""
+        """Run one tenant's actions in order, stopping at the first failure (a parked action is passed over);
+        close its moot jobs."""
         conn, outcomes = self.conn, []
         wanted = {decision.action for decision in decisions if isinstance(decision, Action)}
         event_id = trigger_ids[0] if trigger_ids else None
@@ -157,9 +185,9 @@ class Worker:
                 decision.extravars.update(self._customer(account))
             same = [job for job in tenant_jobs if job["action"] == decision.action]
             parked = [job for job in same if job["state"] == "parked"]
-            if parked:
+            if parked:  # it waits for someone to look; the tenant's other actions do not depend on it
                 outcomes.append(f"{decision.action} {tenant_id}: job {parked[0]['id']} is parked, replay it")
-                return outcomes
+                continue
             if same:
                 job = store.start_job(conn, same[0]["id"], self.name, decision.extravars, decision.reason)
             else:
@@ -341,6 +369,19 @@ class Worker:
             log.warning("reconcile skipped: %s", error)
         finally:
             store.unlock(self.conn, store.RECONCILE_LOCK, "reconcile")
+
+    def housekeeping(self) -> dict[str, int]:
+        """Prune what `retention_days` no longer keeps (one worker at a time); what was deleted, by table."""
+        if not store.try_lock(self.conn, store.HOUSEKEEPING_LOCK, "housekeeping"):
+            return {}
+        try:
+            return store.prune(self.conn, self.settings.retention_days, DURATION_BUCKETS)
+        finally:
+            store.unlock(self.conn, store.HOUSEKEEPING_LOCK, "housekeeping")
+
+    def periodic_housekeeping(self) -> None:
+        if self.settings.retention_days > 0 and (pruned := self.housekeeping()):
+            log.info("housekeeping: pruned %s", ", ".join(f"{n} {table}" for table, n in pruned.items()))
 
 
 def _failure(result) -> str:

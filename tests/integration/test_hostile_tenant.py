@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import subprocess
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -24,7 +25,7 @@ import pytest
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
 from ansible_collections.saasodoo.platform.plugins.module_utils.migration import Server
 
-from .conftest import LOCAL_STATE, LocalPlatform, remove_tenants, run_playbook, superuser
+from .conftest import LOCAL_STATE, LocalPlatform, PlaybookRun, remove_tenants, run_playbook, superuser
 
 TENANT = "hostile"
 DB = "t_hostile"
@@ -265,17 +266,25 @@ def as_user(user: str, *argv: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def two_process_tenants(local_platform: LocalPlatform):
-    for tenant in ISOLATED:
-        run = run_playbook(
+    def provision(tenant: str) -> PlaybookRun:
+        return run_playbook(
             "tenant_provision.yml", "-e", f"tenant_id={tenant}", "-e", "plan=basic-monthly",
             "-e", f"customer_id=acct-{tenant}",
         )  # fmt: skip
+
+    def remove(tenant: str) -> list[PlaybookRun]:  # with its runtime, so its program and OS user go too
+        steps = (("tenant_terminate.yml",), ("tenant_purge.yml", "-e", "force=true"))
+        return [run_playbook(playbook, "-e", f"tenant_id={tenant}", *extra) for playbook, *extra in steps]
+
+    with ThreadPoolExecutor(max_workers=len(ISOLATED)) as pool:  # the tenants' runs at once
+        provisioned = list(pool.map(provision, ISOLATED))
+    for run in provisioned:
         assert run.returncode == 0, run.output[-4000:]
     yield local_platform
-    for tenant in ISOLATED:  # with their runtime, so their programs and OS users go too
-        for playbook, *extra in (("tenant_terminate.yml",), ("tenant_purge.yml", "-e", "force=true")):
-            run = run_playbook(playbook, "-e", f"tenant_id={tenant}", *extra)
-            assert run.returncode == 0, run.output[-4000:]
+    with ThreadPoolExecutor(max_workers=len(ISOLATED)) as pool:
+        removed = [run for runs in pool.map(remove, ISOLATED) for run in runs]
+    for run in removed:
+        assert run.returncode == 0, run.output[-4000:]
     assert all(as_user(tenant_os_user(t), "true").returncode != 0 for t in ISOLATED), "an OS user outlived its tenant"
 
 

@@ -4,8 +4,12 @@ database and storage), Kill Bill's state read back over its REST API."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
 import random
+import subprocess
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -17,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.killbill_api import KillBillAPI
 from tests.standins.killbill.killbill_standin import KillBillStandin, encode_notification, post_notification
 
-from .conftest import LOCAL_STATE, LocalPlatform
+from .conftest import LOCAL_STATE, REPO, VENV_BIN, LocalPlatform
 from .runner_stack import (
     ADMIN_TOKEN,
     INBOUND_TOKEN,
@@ -223,7 +227,7 @@ def test_a_job_that_keeps_failing_is_parked_and_can_be_replayed(
 ):
     api = kb_api(killbill)
     api.register_callback(runner.callback)
-    _, subscription = api.sign_up("Park One", "park-01", "basic-monthly")
+    account, subscription = api.sign_up("Park One", "park-01", "basic-monthly")
     killbill.wait_idle(timeout=30)
     runner.settle()
     # A large object in the tenant's database: logical replication cannot carry it, so the move to a dedicated
@@ -255,6 +259,104 @@ def test_a_job_that_keeps_failing_is_parked_and_can_be_replayed(
     assert again["state"] == "parked" and again["attempts"] == 3  # ran three more times, then parked again
     _, view = runner.admin("GET", "/tenants/park-01")
     assert any(row["kind"] == "replay" for row in view["audit"])
+
+    # The parked plan change holds up nothing else: the customer stops paying and is suspended, pays and is back.
+    def settled_status() -> str:
+        assert killbill.wait_idle(timeout=30) == (True, 0)
+        runner.settle()
+        return tenant_rows(runner, "park-")["park-01"]["status"]
+
+    api.move_clock(15)  # the trial ends and is paid
+    api.payments_fail(account)
+    api.move_clock(31)
+    assert settled_status() == "suspended"
+    api.payments_fail(account, fail=False)
+    api.pay(account)
+    assert settled_status() == "active"
+    assert succeeded_jobs(runner, "park-")[("park-01", "resume")] == 1
+    status, still = runner.admin("GET", f"/jobs/{parked['id']}")
+    assert still["state"] == "parked" and still["attempts"] == 3  # not run again behind the customer's back
+
+
+def wait_for_attempt(runner: RunnerStack, tenant_id: str, attempt: int, timeout: float = 60.0) -> None:
+    """Until the tenant's job runs the given attempt (the workers are other processes: poll the registry)."""
+    deadline = time.monotonic() + timeout
+    with runner.registry() as conn:
+        while not conn.execute(
+            "SELECT 1 FROM registry.jobs WHERE tenant_id = %s AND state = 'running' AND attempts = %s",
+            (tenant_id, attempt),
+        ).fetchone():
+            assert time.monotonic() < deadline, f"{tenant_id}: attempt {attempt} never ran"
+            time.sleep(0.05)
+
+
+def test_a_job_that_keeps_killing_its_worker_is_parked(runner: RunnerStack, killbill: KillBillStandin):
+    """Each run the worker did not live through counts as an attempt: after max_attempts (3) the job is parked,
+    not run a fourth time, and a replay finishes it."""
+    api = kb_api(killbill)
+    api.register_callback(runner.callback)
+    api.sign_up("Crash One", "crash-01", "basic-monthly")
+    for attempt in (1, 2, 3):
+        wait_for_attempt(runner, "crash-01", attempt)
+        runner.kill()  # as an OOM kill of the worker would, mid-playbook
+        runner.start()
+    killbill.wait_idle(timeout=30)
+    runner.settle()
+    _, listing = runner.admin("GET", "/jobs?tenant=crash-01&state=parked")
+    [parked] = listing["jobs"]
+    assert parked["action"] == "provision" and parked["attempts"] == 3
+    assert "stopped" in parked["error"] and "during attempt 3: parked" in parked["error"], parked["error"]
+    assert tenant_rows(runner, "crash-").get("crash-01", {}).get("status") != "active"
+
+    assert runner.admin("POST", f"/jobs/{parked['id']}/replay")[0] == 202
+    runner.settle()
+    assert tenant_rows(runner, "crash-")["crash-01"]["status"] == "active"
+
+
+class MaintenancePage(http.server.BaseHTTPRequestHandler):
+    """A proxy in front of Kill Bill answering 200 with a JSON object of its own to every request: a reply of a
+    shape the runner never expects (a list of bundles is an object here)."""
+
+    def do_GET(self):
+        body = b'{"status": "maintenance", "retry": "later"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_unexpected_error_fails_its_account_and_the_worker_goes_on(runner: RunnerStack):
+    """A bug or an unforeseen reply fails one account's events, with the traceback in the audit trail; the workers
+    survive it and handle the next account's events."""
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", KILLBILL_PORT), MaintenancePage)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        with runner.registry() as conn:
+            before = conn.execute("SELECT coalesce(max(id), 0) AS id FROM registry.events").fetchone()["id"]
+        for account in ("acct-odd-reply-1", "acct-odd-reply-2"):
+            body = encode_notification("ACCOUNT_CHANGE", account, "ACCOUNT", account, None)
+            assert post_notification(runner.callback, body) == 202
+            runner.settle(timeout=60)
+        workers_alive = [process.poll() is None for process in runner.processes]
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    with runner.registry() as conn:
+        outcomes = conn.execute(
+            "SELECT account_id, outcome FROM registry.events WHERE id > %s ORDER BY id", (before,)
+        ).fetchall()
+        errors = conn.execute(
+            "SELECT subject, detail FROM registry.audit WHERE kind = 'error' AND subject LIKE 'account:acct-odd-%%'"
+        ).fetchall()
+    assert all(workers_alive), workers_alive
+    assert [row["account_id"] for row in outcomes] == ["acct-odd-reply-1", "acct-odd-reply-2"]
+    assert all(row["outcome"].startswith("failed: AttributeError") for row in outcomes), outcomes
+    assert {row["subject"] for row in errors} == {"account:acct-odd-reply-1", "account:acct-odd-reply-2"}
+    assert all("Traceback (most recent call last)" in row["detail"]["traceback"] for row in errors)
 
 
 def test_a_tenant_obeys_only_the_account_it_was_provisioned_for(runner: RunnerStack, killbill: KillBillStandin):
@@ -293,11 +395,13 @@ DUPLICATE_SHARE = 0.2
 KILL_PLAN = {0: (0.3, 0.8), 2: (0.5,), 4: (0.5,), 5: (0.02,)}
 
 
-def wait_for_a_running_job(runner: RunnerStack, timeout: float = 15.0) -> bool:
-    """Until a playbook runs (the events posted so far may ask for none: then kill between jobs)."""
+def wait_for_a_running_job(runner: RunnerStack, timeout: float = 60.0) -> bool:
+    """Until playbooks run, each its job's first attempt (the events posted so far may ask for none: then kill
+    between jobs). A kill then hits no job a kill has hit before, so none is parked for the kills alone."""
     deadline = time.monotonic() + timeout
+    running = "SELECT bool_and(attempts = 1) AS fresh FROM registry.jobs WHERE state = 'running'"
     with runner.registry() as conn:
-        while not conn.execute("SELECT 1 FROM registry.jobs WHERE state = 'running'").fetchone():
+        while not conn.execute(running).fetchone()["fresh"]:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)  # the workers are other processes: poll the registry
@@ -423,3 +527,53 @@ def test_reliability_duplicates_reordering_and_crashes(runner: RunnerStack, loca
               f" {sum(map(len, KILL_PLAN.values()))} kills, jobs {dict(done)}")  # fmt: skip
     finally:
         standin.stop()
+
+
+def scrape_counters(runner: RunnerStack) -> dict[tuple, float]:
+    """Every counter and histogram sample /metrics gives, by (sample name, labels)."""
+    scrape = urllib.request.Request(f"{runner.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    with urllib.request.urlopen(scrape, timeout=5) as response:
+        families = text_string_to_metric_families(response.read().decode())
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families
+        if family.type in ("counter", "histogram")
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+def test_housekeeping_prunes_old_finished_work_and_no_counter_goes_down(runner: RunnerStack):
+    """Run last in this module, on all it left: finished work aged past retention_days (90) is deleted, parked
+    and unfinished work and each tenant's latest placement stay, and every counter reads the same after."""
+    with runner.registry() as conn:
+        conn.execute(
+            "UPDATE registry.jobs SET started_at = started_at - interval '100 days',"
+            " finished_at = finished_at - interval '100 days' WHERE finished_at IS NOT NULL"
+        )
+        conn.execute("UPDATE registry.events SET received_at = received_at - interval '100 days'")
+        conn.execute("UPDATE registry.placements SET decided_at = decided_at - interval '100 days'")
+        before = conn.execute(
+            """SELECT (SELECT count(*) FROM registry.jobs) AS jobs,
+                      (SELECT count(*) FROM registry.jobs WHERE state IN ('queued', 'running', 'parked')) AS kept,
+                      (SELECT count(DISTINCT tenant_id) FROM registry.placements) AS placed"""
+        ).fetchone()
+    counters = scrape_counters(runner)
+    assert before["jobs"] > before["kept"] > 0  # the parked jobs of the tests above stay
+
+    command = [str(VENV_BIN / "python"), "-m", "webhook_runner", "housekeeping"]
+    environment = {**os.environ, "SAASODOO_RUNNER_CONFIG": str(runner.settings_path)}
+    first = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, check=True)
+    again = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, check=True)
+
+    with runner.registry() as conn:
+        after = conn.execute(
+            """SELECT (SELECT count(*) FROM registry.jobs) AS jobs,
+                      (SELECT count(*) FROM registry.events e WHERE processed_at IS NOT NULL
+                          AND NOT EXISTS (SELECT 1 FROM registry.jobs j WHERE j.event_id = e.id)) AS loose,
+                      (SELECT count(*) FROM registry.placements) AS placements"""
+        ).fetchone()
+    assert (after["jobs"], after["loose"], after["placements"]) == (before["kept"], 0, before["placed"])
+    assert f"{before['jobs'] - before['kept']} jobs" in first.stdout, first.stdout
+    assert "pruned (older than 90 days): 0 jobs, 0 events, 0 placements" in again.stdout, again.stdout
+    assert scrape_counters(runner) == pytest.approx(counters)

@@ -117,9 +117,9 @@ def test_a_tenant_matching_kill_bill_needs_nothing():
         (subscription(), CLEAR, owned("suspended", "basic-monthly"), [("resume", None)]),
         (subscription(plan="standard-monthly"), CLEAR, owned("active", "basic-monthly"),
          [("change_plan", "standard-monthly")]),
-        # resized while stopped, then started; or suspended first, then resized
+        # back in service first, then resized (a move takes longer, and may be parked); or suspended first
         (subscription(plan="standard-monthly"), CLEAR, owned("suspended", "basic-monthly"),
-         [("change_plan", "standard-monthly"), ("resume", None)]),
+         [("resume", None), ("change_plan", "standard-monthly")]),
         (subscription(plan="standard-monthly"), BLOCKED, owned("active", "basic-monthly"),
          [("suspend", None), ("change_plan", "standard-monthly")]),
         (subscription("CANCELLED"), CLEAR, owned("suspended", "basic-monthly"), [("terminate", None)]),
