@@ -44,7 +44,9 @@ def insert_event(conn: psycopg.Connection, body: str, event_type, object_type, o
 
 
 def pending_accounts(conn: psycopg.Connection, limit: int = 50) -> list[str]:
-    """Accounts with unprocessed events or a retry that is due, oldest first ('' = events with no account)."""
+    """Accounts with unprocessed events, a retry that is due, or a running job (its worker may have died: the
+    account's lock tells, and the one who takes it requeues the job), oldest first ('' = events with no
+    account)."""
     rows = conn.execute(
         """SELECT account, min(since) FROM (
                SELECT coalesce(account_id, '') AS account, min(received_at) AS since
@@ -52,6 +54,9 @@ def pending_accounts(conn: psycopg.Connection, limit: int = 50) -> list[str]:
                UNION ALL
                SELECT coalesce(account_id, ''), min(run_after)
                  FROM registry.jobs WHERE state = 'queued' AND run_after <= now() GROUP BY 1
+               UNION ALL
+               SELECT coalesce(account_id, ''), min(started_at)
+                 FROM registry.jobs WHERE state = 'running' GROUP BY 1
            ) AS work GROUP BY account ORDER BY 2 LIMIT %s""",
         (limit,),
     ).fetchall()

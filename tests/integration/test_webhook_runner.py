@@ -292,7 +292,7 @@ def wait_for_attempt(runner: RunnerStack, tenant_id: str, attempt: int, timeout:
 
 def test_a_job_that_keeps_killing_its_worker_is_parked(runner: RunnerStack, killbill: KillBillStandin):
     """Each run the worker did not live through counts as an attempt: after max_attempts (3) the job is parked,
-    not run a fourth time, and a replay finishes it."""
+    not run a fourth time; a replay, killed too, is taken up by the next worker and finishes it."""
     api = kb_api(killbill)
     api.register_callback(runner.callback)
     api.sign_up("Crash One", "crash-01", "basic-monthly")
@@ -308,7 +308,11 @@ def test_a_job_that_keeps_killing_its_worker_is_parked(runner: RunnerStack, kill
     assert "stopped" in parked["error"] and "during attempt 3: parked" in parked["error"], parked["error"]
     assert tenant_rows(runner, "crash-").get("crash-01", {}).get("status") != "active"
 
+    # Replayed, and killed once more: its events were handled long ago, yet the next worker finds it.
     assert runner.admin("POST", f"/jobs/{parked['id']}/replay")[0] == 202
+    wait_for_attempt(runner, "crash-01", 1)
+    runner.kill()
+    runner.start()
     runner.settle()
     assert tenant_rows(runner, "crash-")["crash-01"]["status"] == "active"
 
