@@ -6,6 +6,7 @@ Plain urllib: no maintained Kill Bill client is on PyPI, and these are GETs with
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -47,7 +48,7 @@ class KillBill:
             if error.code == 404:
                 raise KillBillNotFound(f"GET {path}: {detail}") from None
             raise KillBillError(f"GET {path}: HTTP {error.code} {detail}") from None
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, http.client.HTTPException) as error:  # e.g. a reply cut short by a restart
             raise KillBillError(f"GET {path}: {error}") from None
 
     def account_bundles(self, account_id: str) -> list[dict]:

@@ -55,7 +55,7 @@ class RegistryCollector(Collector):
             jobs.add_metric([state], snapshot["jobs"].get(state, 0))
         yield jobs
         durations = HistogramMetricFamily(
-            "saasodoo_runner_job_duration_seconds", "Playbook run time of finished jobs.", labels=["action"]
+            "saasodoo_runner_job_duration_seconds", "Playbook run time of jobs that succeeded.", labels=["action"]
         )
         for row in snapshot["durations"]:
             buckets = [(str(b), n) for b, n in zip(DURATION_BUCKETS, row["le"], strict=True)]

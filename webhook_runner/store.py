@@ -52,11 +52,11 @@ def pending_accounts(conn: psycopg.Connection, limit: int = 50) -> list[str]:
                SELECT coalesce(account_id, '') AS account, min(received_at) AS since
                  FROM registry.events WHERE processed_at IS NULL GROUP BY 1
                UNION ALL
-               SELECT coalesce(account_id, ''), min(run_after)
-                 FROM registry.jobs WHERE state = 'queued' AND run_after <= now() GROUP BY 1
+               SELECT account_id, min(run_after)
+                 FROM registry.jobs WHERE state = 'queued' AND run_after <= now() AND account_id IS NOT NULL GROUP BY 1
                UNION ALL
-               SELECT coalesce(account_id, ''), min(started_at)
-                 FROM registry.jobs WHERE state = 'running' GROUP BY 1
+               SELECT account_id, min(started_at)
+                 FROM registry.jobs WHERE state = 'running' AND account_id IS NOT NULL GROUP BY 1
            ) AS work GROUP BY account ORDER BY 2 LIMIT %s""",
         (limit,),
     ).fetchall()
@@ -252,7 +252,8 @@ def audit(conn, *, actor: str, tenant_id, kind: str, subject: str, detail: dict)
 
 def prune(conn: psycopg.Connection, days: float, duration_buckets: tuple[float, ...]) -> dict[str, int]:
     """Delete finished work older than `days`: jobs that succeeded, were skipped or failed (queued, running and
-    parked ones stay), processed events no remaining job refers to, and placements but each tenant's latest.
+    parked ones stay), processed events no remaining job refers to, and placements older than the latest one
+    that placed their tenant.
     The audit trail is never pruned (its chain holds). What the deleted rows counted in /metrics goes to
     registry.runner_totals first, in the same transaction, so no counter goes down."""
     params = {"days": days}
@@ -263,7 +264,7 @@ def prune(conn: psycopg.Connection, days: float, duration_buckets: tuple[float, 
                RETURNING action, state, extract(epoch FROM finished_at - started_at)::float8 AS seconds""",
             params,
         ).fetchall()
-        timed = [job for job in jobs if job["state"] != "skipped" and job["seconds"] is not None]
+        timed = [job for job in jobs if job["state"] == "succeeded" and job["seconds"] is not None]
         totals = []
         for action in sorted({job["action"] for job in timed}):
             seconds = [job["seconds"] for job in timed if job["action"] == action]
@@ -291,30 +292,35 @@ def prune(conn: psycopg.Connection, days: float, duration_buckets: tuple[float, 
             )
         placements = conn.execute(
             """DELETE FROM registry.placements p WHERE decided_at < now() - make_interval(secs => %(days)s * 86400)
-                   AND id < (SELECT max(id) FROM registry.placements q WHERE q.tenant_id = p.tenant_id)""",
+                   AND id < (SELECT max(id) FROM registry.placements q
+                              WHERE q.tenant_id = p.tenant_id AND q.chosen_server IS NOT NULL)""",
             params,
         ).rowcount
     return {"jobs": len(jobs), "events": len(events), "placements": placements}
 
 
 def metrics_snapshot(conn, duration_buckets: tuple[float, ...]) -> dict:
-    """What /metrics reports: inbox counts, jobs by state, finished jobs' run times per action (cumulative
-    counts at each bucket bound). The counters add what pruned rows counted (registry.runner_totals)."""
-    events = conn.execute("SELECT count(*) AS pending FROM registry.events WHERE processed_at IS NULL").fetchone()
-    by_type = conn.execute("SELECT event_type, count(*) AS n FROM registry.events GROUP BY 1").fetchall()
-    jobs = conn.execute("SELECT state, count(*) AS n FROM registry.jobs GROUP BY 1").fetchall()
-    at_most = sql.SQL(", ").join(
-        sql.SQL("count(*) FILTER (WHERE s <= {})").format(sql.Literal(float(b))) for b in duration_buckets
-    )
-    durations = conn.execute(
-        sql.SQL(
-            """SELECT action, count(*) AS n, coalesce(sum(s), 0) AS total, array[{}] AS le
-                 FROM (SELECT action, extract(epoch FROM finished_at - started_at)::float8 AS s FROM registry.jobs
-                        WHERE finished_at IS NOT NULL AND started_at IS NOT NULL AND state <> 'skipped') AS finished
-                GROUP BY action ORDER BY action"""
-        ).format(at_most)
-    ).fetchall()
-    kept = {(r["metric"], r["label"]): r["value"] for r in conn.execute("SELECT * FROM registry.runner_totals")}
+    """What /metrics reports: inbox counts, jobs by state, succeeded jobs' run times per action (cumulative
+    counts at each bucket bound; a parked or failed job may be replayed, so its run time is not final). The
+    counters add what pruned rows counted (registry.runner_totals)."""
+    # One snapshot: a housekeeping pass committing between the reads would count its rows twice.
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        events = conn.execute("SELECT count(*) AS pending FROM registry.events WHERE processed_at IS NULL").fetchone()
+        by_type = conn.execute("SELECT event_type, count(*) AS n FROM registry.events GROUP BY 1").fetchall()
+        jobs = conn.execute("SELECT state, count(*) AS n FROM registry.jobs GROUP BY 1").fetchall()
+        at_most = sql.SQL(", ").join(
+            sql.SQL("count(*) FILTER (WHERE s <= {})").format(sql.Literal(float(b))) for b in duration_buckets
+        )
+        durations = conn.execute(
+            sql.SQL(
+                """SELECT action, count(*) AS n, coalesce(sum(s), 0) AS total, array[{}] AS le
+                     FROM (SELECT action, extract(epoch FROM finished_at - started_at)::float8 AS s FROM registry.jobs
+                            WHERE state = 'succeeded' AND finished_at IS NOT NULL AND started_at IS NOT NULL) AS done
+                    GROUP BY action ORDER BY action"""
+            ).format(at_most)
+        ).fetchall()
+        kept = {(r["metric"], r["label"]): r["value"] for r in conn.execute("SELECT * FROM registry.runner_totals")}
     by_type = {r["event_type"]: r["n"] for r in by_type}
     for (metric, label), value in kept.items():
         if metric == "events_received_by_type":

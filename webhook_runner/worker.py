@@ -171,8 +171,8 @@ class Worker:
         ]
 
     def _carry_out(self, account, tenant_id, decisions, tenant_jobs, trigger_ids) -> list[str]:
-        """Run one tenant's actions in order, stopping at the first failure (a parked action is passed over);
-        close its moot jobs."""
+        """Run one tenant's actions in order, stopping at the first failure or parked action (a parked plan change,
+        the last action, holds up nothing); close its moot jobs."""
         conn, outcomes = self.conn, []
         wanted = {decision.action for decision in decisions if isinstance(decision, Action)}
         event_id = trigger_ids[0] if trigger_ids else None
@@ -185,9 +185,11 @@ class Worker:
                 decision.extravars.update(self._customer(account))
             same = [job for job in tenant_jobs if job["action"] == decision.action]
             parked = [job for job in same if job["state"] == "parked"]
-            if parked:  # it waits for someone to look; the tenant's other actions do not depend on it
+            if parked:
                 outcomes.append(f"{decision.action} {tenant_id}: job {parked[0]['id']} is parked, replay it")
-                continue
+                if decision.action == "change_plan":
+                    continue  # a plan change comes last: nothing after it depends on it
+                return outcomes  # the tenant's later actions assume this one happened
             if same:
                 job = store.start_job(conn, same[0]["id"], self.name, decision.extravars, decision.reason)
             else:
