@@ -132,6 +132,7 @@ import os
 import pwd
 import re
 import shutil
+import stat
 import tempfile
 import time
 import urllib.error
@@ -275,13 +276,7 @@ class OdooProcess:
         path, content, mode = file["path"], file["content"].encode(), int(str(file["mode"]), 8)
         owner = self.p["owner"] if file.get("private") else "root"
         uid, gid = pwd.getpwnam(owner).pw_uid, grp.getgrnam(owner).gr_gid
-        try:
-            st = os.lstat(path)
-            with open(path, "rb") as f:
-                same = f.read() == content and (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, mode)
-        except FileNotFoundError:
-            same = False
-        if same:
+        if self.holds(path, content, uid, gid, mode):
             return
         self.actions.append(f"wrote {os.path.basename(path)}")
         if file.get("role") in ROLES:
@@ -303,6 +298,24 @@ class OdooProcess:
             if os.path.exists(temporary):
                 os.unlink(temporary)
             raise
+
+    @staticmethod
+    def holds(path: str, content: bytes, uid: int, gid: int, mode: int) -> bool:
+        """Whether `path` is a regular file with that content, owner and mode. The tenant's user may have planted a
+        link, a FIFO or a huge file in its own directory: links are not followed, nothing blocks, and only as
+        many bytes as expected are read."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:  # missing, or a link (ELOOP)
+            return False
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            return (
+                stat.S_ISREG(st.st_mode)
+                and st.st_size == len(content)
+                and (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, mode)
+                and f.read(len(content) + 1) == content
+            )
 
     def remove_files(self) -> None:
         for file in self.p["remove"]:
