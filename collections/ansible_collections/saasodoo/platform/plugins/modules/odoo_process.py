@@ -128,6 +128,7 @@ actions:
 """
 
 import grp
+import http.client
 import os
 import pwd
 import re
@@ -142,6 +143,7 @@ from ansible.module_utils.urls import open_url
 
 ROLES = ("config", "program", "route")
 LOGIN_FORM = "oe_login_form"
+MAX_BODY = 65536  # the tenant's Odoo answers: read no more than a login page
 
 
 def fetch(url: str, host: str | None = None) -> tuple[int, str]:
@@ -150,10 +152,10 @@ def fetch(url: str, host: str | None = None) -> tuple[int, str]:
     try:
         response = open_url(url, headers={"Host": host} if host else None, use_proxy=False,
                             follow_redirects="none", timeout=5)  # fmt: skip
-        return response.status, response.read().decode(errors="replace")
+        return response.status, response.read(MAX_BODY).decode(errors="replace")
     except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError) as error:
+        return error.code, error.read(MAX_BODY).decode(errors="replace")
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         return 0, str(error)
 
 
@@ -164,10 +166,12 @@ class OdooProcess:
         self.check_mode = module.check_mode
         self.actions: list[str] = []
         self.changed_roles: set[str] = set()
+        self.reloaded = False
 
     def ctl(self, *args: str) -> tuple[int, str]:
-        rc, out, err = self.module.run_command([*self.p["supervisorctl"], *args])
-        return rc, out + err
+        """supervisorctl's exit code and stdout (a warning on stderr is no answer)."""
+        rc, out, _ = self.module.run_command([*self.p["supervisorctl"], *args])
+        return rc, out
 
     def act(self, action: str, *argv: str, ok=lambda rc, out: rc == 0) -> None:
         self.actions.append(action)
@@ -188,29 +192,37 @@ class OdooProcess:
                 f"supervisord is not set up ({' '.join(p['supervisorctl'])}) for program {p['program']}: converge"
                 " the runtime host first (playbooks/site.yml)"
             )
-        if p["state"] != "absent":
-            self.ensure_dir(p["tenant_dir"], p["owner"], 0o700)
-            config = {"path": p["config_path"], "content": p["config"], "mode": "0600", "private": True}
-            for file in [{**config, "role": "config"}, *p["files"]]:
-                self.ensure_file(file)
-
         status_rc, status = self.ctl("status", p["program"])
         # `status` exits 0 when RUNNING, 3 when stopped/exited/fatal, 4 when supervisord has no such program.
+        # A stop comes first: nothing is read or written in the tenant's directory while its Odoo may still run.
         if p["state"] != "started" and re.search(r"\s(RUNNING|STARTING|BACKOFF)\s", status + "\n"):
             self.act("stopped", *p["supervisorctl"], "stop", p["program"])
+        config = {"path": p["config_path"], "content": p["config"], "mode": "0600", "private": True, "role": "config"}
+        route = [file for file in p["files"] if file.get("role") == "route"]
         if p["state"] == "absent":
             self.remove_files()
+        else:
+            self.ensure_dir(p["tenant_dir"], p["owner"], 0o700)
+            for file in [config, *(file for file in p["files"] if file.get("role") != "route")]:
+                self.ensure_file(file)
         if "program" in self.changed_roles or (p["state"] != "absent" and status_rc == 4):
             # A removed program's group may be gone already (supervisord reloaded since).
             self.act("supervisord updated", *p["supervisorctl"], "update", p["program"],
                      ok=lambda rc, out: rc == 0 or (p["state"] == "absent" and "no such group" in out))  # fmt: skip
         if p["state"] == "started":
             self.start()
+        # The route changes once Odoo answers behind it (a failed start leaves the old one in place).
+        for file in route:
+            self.ensure_file(file)
         if "route" in self.changed_roles:
-            self.act("nginx configuration checked", "nginx", "-t", "-q", "-c", p["nginx_conf"])
-            self.act("nginx reloaded", "nginx", "-s", "reload", "-c", p["nginx_conf"])
+            self.reload_nginx()
         if p["state"] != "absent":
             self.wait_for_route()
+
+    def reload_nginx(self) -> None:
+        self.act("nginx configuration checked", "nginx", "-t", "-q", "-c", self.p["nginx_conf"])
+        self.act("nginx reloaded", "nginx", "-s", "reload", "-c", self.p["nginx_conf"])
+        self.reloaded = True
 
     def start(self) -> None:
         p = self.p
@@ -218,21 +230,23 @@ class OdooProcess:
             if self.ctl("status", p["program"])[0] != 0:
                 self.actions.append("started")
             return
-        status_rc, _ = self.ctl("status", p["program"])
-        if status_rc != 0:
+        status_rc, status = self.ctl("status", p["program"])
+        starting = re.search(r"\sSTARTING\s", status + "\n")  # supervisord is at it: a start would be refused
+        if status_rc != 0 and not starting:
             self.act("started", *p["supervisorctl"], "start", p["program"])
-        elif "config" in self.changed_roles and "program" not in self.changed_roles:
+        elif status_rc == 0 and "config" in self.changed_roles and "program" not in self.changed_roles:
             self.act("restarted for its new odoo.conf", *p["supervisorctl"], "restart", p["program"])
         # /web/health answers before the database is usable (and for an Odoo never initialised, 500 from then on):
-        # the login form is what the customer needs.
+        # the login form is what the customer needs, and supervisord calling it RUNNING (past startsecs) is what
+        # the next run reads.
         deadline = time.monotonic() + p["health_timeout"]
         while True:
             status, body = fetch(p["login_url"])
-            if status == 200 and LOGIN_FORM in body:
+            if status == 200 and LOGIN_FORM in body and self.ctl("status", p["program"])[0] == 0:
                 return
             if time.monotonic() > deadline:
                 break
-            time.sleep(1)
+            time.sleep(0.5)
         try:
             with open(p["log_path"], errors="replace") as log:
                 tail = "".join(log.readlines()[-20:])
@@ -250,33 +264,45 @@ class OdooProcess:
             status, body = fetch(p["route_url"], p["route_host"])
             if (status == 200 and LOGIN_FORM in body) if p["state"] == "started" else status == 503:
                 return
+            if not self.reloaded:
+                # The route file is right but nginx does not serve it: a run ended between the two. Reload once.
+                self.reload_nginx()
+                continue
             if time.monotonic() > deadline:
                 want = "its login form" if p["state"] == "started" else "503"
                 self.fail(f"nginx does not route {p['route_host']} as it should ({want}): it answered {status}")
             time.sleep(0.2)
 
+    def ids(self, owner: str) -> tuple[int, int] | None:
+        """The uid and gid of `owner`; None in check mode for a user a real run would have made first."""
+        try:
+            return pwd.getpwnam(owner).pw_uid, grp.getgrnam(owner).gr_gid
+        except KeyError:
+            if self.check_mode:
+                return None
+            self.fail(f"no OS user and group {owner}: the role makes them first (tasks_from: tenant_user)")
+
     def ensure_dir(self, path: str, owner: str, mode: int) -> None:
-        uid, gid = pwd.getpwnam(owner).pw_uid, grp.getgrnam(owner).gr_gid
+        ids = self.ids(owner)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             self.actions.append(f"made {path}")
             if not self.check_mode:
                 os.makedirs(path, mode)
-                os.chown(path, uid, gid)
+                os.chown(path, *ids)
                 os.chmod(path, mode)
             return
-        if (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (uid, gid, mode):
+        if ids is None or (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (*ids, mode):
             self.actions.append(f"set owner and mode of {path}")
             if not self.check_mode:
-                os.chown(path, uid, gid, follow_symlinks=False)
+                os.chown(path, *ids, follow_symlinks=False)
                 os.chmod(path, mode)
 
     def ensure_file(self, file: dict) -> None:
         path, content, mode = file["path"], file["content"].encode(), int(str(file["mode"]), 8)
-        owner = self.p["owner"] if file.get("private") else "root"
-        uid, gid = pwd.getpwnam(owner).pw_uid, grp.getgrnam(owner).gr_gid
-        if self.holds(path, content, uid, gid, mode):
+        ids = self.ids(self.p["owner"] if file.get("private") else "root")
+        if ids is not None and self.holds(path, content, *ids, mode):
             return
         self.actions.append(f"wrote {os.path.basename(path)}")
         if file.get("role") in ROLES:
@@ -287,7 +313,7 @@ class OdooProcess:
         # planted at the destination is replaced, not followed.
         fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".saasodoo-")
         try:
-            os.fchown(fd, uid, gid)
+            os.fchown(fd, *ids)
             os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") as f:
                 f.write(content)
@@ -354,7 +380,10 @@ def main() -> None:
         supports_check_mode=True,
     )
     process = OdooProcess(module)
-    process.run()
+    try:
+        process.run()
+    except OSError as error:  # e.g. a directory the tenant put where its odoo.conf goes
+        process.fail(f"program {module.params['program']}: {error}")
     module.exit_json(changed=bool(process.actions), actions=process.actions)
 
 

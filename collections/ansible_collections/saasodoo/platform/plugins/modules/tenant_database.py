@@ -109,6 +109,9 @@ except ImportError:  # reported by main()
     psycopg = None
     PSYCOPG_IMPORT_ERROR = traceback.format_exc()
 
+SCRAM_ITERATIONS = 4096  # PostgreSQL's default (scram_iterations), and scram_sha_256_verifier's
+# A privileged session waits this long at most for a lock the tenant's own sessions may hold.
+LOCK_TIMEOUT = "-c lock_timeout=60s"
 # The attributes a tenant's role must not have, as pg_roles names them and as ALTER ROLE writes them.
 REFUSED_ATTRIBUTES = {
     "rolsuper": "SUPERUSER",
@@ -120,14 +123,16 @@ REFUSED_ATTRIBUTES = {
 
 
 def password_matches(stored: str | None, password: str) -> bool:
-    """Whether `stored` (pg_authid.rolpassword) is a SCRAM-SHA-256 verifier of `password`."""
-    if not stored or not stored.startswith("SCRAM-SHA-256$"):
+    """Whether `stored` (pg_authid.rolpassword) is the SCRAM-SHA-256 verifier of `password` this module would write.
+    A role may set its own password: one with another iteration count (2**31 would keep this busy for an hour) is
+    simply written again, never hashed here."""
+    if not stored or not stored.startswith(f"SCRAM-SHA-256${SCRAM_ITERATIONS}:"):
         return False
     try:
-        iterations, salt = stored.split("$")[1].split(":")
-        return scram_sha_256_verifier(password, base64.b64decode(salt), int(iterations)) == stored
+        salt = base64.b64decode(stored.split("$")[1].split(":")[1], validate=True)
     except (ValueError, IndexError):
         return False
+    return scram_sha_256_verifier(password, salt, SCRAM_ITERATIONS) == stored
 
 
 class TenantDatabase:
@@ -147,7 +152,7 @@ class TenantDatabase:
             autocommit=True,
             connect_timeout=10,
             prepare_threshold=None,
-            options=PINNED_SESSION,
+            options=f"{PINNED_SESSION} {LOCK_TIMEOUT}",
         )
 
     def run(self, conn, action: str, statement, params=None) -> None:
@@ -159,6 +164,8 @@ class TenantDatabase:
         name = self.p["name"]
         with self.connect("postgres") as conn:
             self.converge_role(conn)
+            if not self.p["login"]:  # before anything that could wait for a lock one of them holds
+                self.close_sessions(conn)
             database = conn.execute(
                 "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = %s", (name,)
             ).fetchone()
@@ -173,8 +180,6 @@ class TenantDatabase:
             if database is None and self.check_mode:
                 return  # nothing to look into yet
             self.converge_inside(name)
-            if not self.p["login"]:
-                self.close_sessions(conn)
 
     def converge_role(self, conn) -> None:
         p = self.p
