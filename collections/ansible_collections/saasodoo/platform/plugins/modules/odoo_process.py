@@ -133,13 +133,13 @@ import os
 import pwd
 import re
 import shutil
-import stat
-import tempfile
 import time
 import urllib.error
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.files import holds, write_atomically
 
 ROLES = ("config", "program", "route")
 LOGIN_FORM = "oe_login_form"
@@ -219,6 +219,10 @@ class OdooProcess:
         if p["state"] != "absent":
             self.wait_for_route()
 
+    def running(self) -> bool:
+        """Whether supervisord calls the program RUNNING (up past startsecs), not STARTING or BACKOFF."""
+        return re.search(r"\sRUNNING\s", self.ctl("status", self.p["program"])[1] + "\n") is not None
+
     def reload_nginx(self) -> None:
         self.act("nginx configuration checked", "nginx", "-t", "-q", "-c", self.p["nginx_conf"])
         self.act("nginx reloaded", "nginx", "-s", "reload", "-c", self.p["nginx_conf"])
@@ -230,9 +234,9 @@ class OdooProcess:
             if self.ctl("status", p["program"])[0] != 0:
                 self.actions.append("started")
             return
-        status_rc, status = self.ctl("status", p["program"])
-        starting = re.search(r"\sSTARTING\s", status + "\n")  # supervisord is at it: a start would be refused
-        if status_rc != 0 and not starting:
+        # `status` exits 3 for STOPPED, EXITED or FATAL (and 0 for STARTING and BACKOFF, which need no start).
+        status_rc, _ = self.ctl("status", p["program"])
+        if status_rc != 0:
             self.act("started", *p["supervisorctl"], "start", p["program"])
         elif status_rc == 0 and "config" in self.changed_roles and "program" not in self.changed_roles:
             self.act("restarted for its new odoo.conf", *p["supervisorctl"], "restart", p["program"])
@@ -242,7 +246,7 @@ class OdooProcess:
         deadline = time.monotonic() + p["health_timeout"]
         while True:
             status, body = fetch(p["login_url"])
-            if status == 200 and LOGIN_FORM in body and self.ctl("status", p["program"])[0] == 0:
+            if status == 200 and LOGIN_FORM in body and self.running():
                 return
             if time.monotonic() > deadline:
                 break
@@ -302,46 +306,14 @@ class OdooProcess:
     def ensure_file(self, file: dict) -> None:
         path, content, mode = file["path"], file["content"].encode(), int(str(file["mode"]), 8)
         ids = self.ids(self.p["owner"] if file.get("private") else "root")
-        if ids is not None and self.holds(path, content, *ids, mode):
+        if ids is not None and holds(path, content, *ids, mode):
             return
         self.actions.append(f"wrote {os.path.basename(path)}")
         if file.get("role") in ROLES:
             self.changed_roles.add(file["role"])
         if self.check_mode:
             return
-        # Written beside its destination, then renamed over it: no reader ever sees half a file, and a link
-        # planted at the destination is replaced, not followed.
-        fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".saasodoo-")
-        try:
-            os.fchown(fd, *ids)
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
-
-    @staticmethod
-    def holds(path: str, content: bytes, uid: int, gid: int, mode: int) -> bool:
-        """Whether `path` is a regular file with that content, owner and mode. The tenant's user may have planted a
-        link, a FIFO or a huge file in its own directory: links are not followed, nothing blocks, and only as
-        many bytes as expected are read."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:  # missing, or a link (ELOOP)
-            return False
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            return (
-                stat.S_ISREG(st.st_mode)
-                and st.st_size == len(content)
-                and (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, mode)
-                and f.read(len(content) + 1) == content
-            )
+        write_atomically(path, content, *ids, mode)
 
     def remove_files(self) -> None:
         for file in self.p["remove"]:

@@ -71,11 +71,11 @@ reloaded:
 import os
 import pwd
 import signal
-import stat
-import tempfile
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.files import holds, write_atomically
 
 try:
     import psycopg
@@ -92,37 +92,6 @@ LOGIN_ROLES = (
 
 def quoted(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
-
-
-def holds(path: str, content: bytes, uid: int, gid: int) -> bool:
-    """Whether `path` is a regular file (not a link) with that content, owner and mode 0600."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return False
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        return (
-            stat.S_ISREG(st.st_mode)
-            and (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, 0o600)
-            and f.read(len(content) + 1) == content
-        )
-
-
-def write(path: str, content: bytes, uid: int, gid: int) -> None:
-    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".userlist-")
-    try:
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def reload(pidfile: str) -> bool:
@@ -161,10 +130,10 @@ def main() -> None:
         module.fail_json(msg=f"cannot read the login roles of the server on port {p['login_port']}: {error}")
     content = (HEADER + "".join(f"{quoted(name)} {quoted(verifier)}\n" for name, verifier in roles)).encode()
     user = pwd.getpwnam(p["owner"])
-    changed = not holds(p["path"], content, user.pw_uid, user.pw_gid)
+    changed = not holds(p["path"], content, user.pw_uid, user.pw_gid, 0o600)
     reloaded = False
     if changed and not module.check_mode:
-        write(p["path"], content, user.pw_uid, user.pw_gid)
+        write_atomically(p["path"], content, user.pw_uid, user.pw_gid, 0o600)
         reloaded = reload(p["pidfile"])
     module.exit_json(changed=changed, roles=len(roles), reloaded=reloaded)
 
