@@ -18,14 +18,14 @@ COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_
 APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr curl python3-psycopg
 ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner
 
-.PHONY: help setup system-packages state-access demo test lint unit molecule integration acceptance bench soak down clean
+.PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration acceptance bench soak down clean
 
 help:
 	@echo "make demo   set up, converge the local platform, play three customers' lives through Kill Bill and the runner"
 	@echo "make test   set up, lint, unit tests, molecule scenarios, integration tests"
 	@echo "make setup | lint | unit | molecule | integration | acceptance ODOO_BIN=… | bench | soak | down | clean"
 
-setup: system-packages state-access $(VENV)/.installed $(COLLECTIONS_STAMP)
+setup: system-packages state-access reserved-ports $(VENV)/.installed $(COLLECTIONS_STAMP)
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -46,6 +46,17 @@ state-access:
 	    if [ "$$(id -u)" != 0 ]; then echo "postgres cannot enter $$dir: run 'chmod o+x $$dir' as its owner" >&2; exit 1; fi; \
 	    echo "Letting the postgres user pass through $$dir (chmod o+x)"; chmod o+x "$$dir"; \
 	  fi; dir=$$(dirname "$$dir"); done
+
+# The local platform, the tests and the benchmarks listen on fixed loopback ports inside the kernel's ephemeral range
+# (32768-60999): a client connection that took one as its source port (in TIME_WAIT too) makes a server's bind
+# fail with "Address already in use". Reserved, no connection takes them.
+RESERVED_PORTS := 55400-56999,58000-59999
+reserved-ports:
+	@ports=/proc/sys/net/ipv4/ip_local_reserved_ports; \
+	if [ "$$(cat $$ports 2>/dev/null)" != "$(RESERVED_PORTS)" ]; then \
+	  if echo "$(RESERVED_PORTS)" 2>/dev/null > $$ports; then echo "Reserved the platform's ports $(RESERVED_PORTS)"; \
+	  else echo "warning: could not reserve ports $(RESERVED_PORTS) (root can): a service may find its port taken" >&2; fi; \
+	fi
 
 $(VENV)/.installed: requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
