@@ -179,6 +179,12 @@ class TenantDatabase:
                 self.run(conn, "database owner set", owner)
             if database is None and self.check_mode:
                 return  # nothing to look into yet
+            if self.p["template"]:
+                # REASSIGN OWNED also moves the template database itself (and back): two clones of one template
+                # handed over at once update its pg_database row together ("tuple concurrently updated").
+                # Advisory locks are per database: this one is taken here, in postgres, by every hand-over.
+                conn.execute("SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtextextended(%s, 0))",
+                             (f"saasodoo template {self.p['template']}",))  # fmt: skip
             self.converge_inside(name)
 
     def converge_role(self, conn) -> None:
