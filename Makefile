@@ -49,14 +49,14 @@ state-access:
 
 # The local platform, the tests and the benchmarks listen on fixed loopback ports inside the kernel's ephemeral range
 # (32768-60999): a client connection that took one as its source port (in TIME_WAIT too) makes a server's bind
-# fail with "Address already in use". Reserved, no connection takes them.
+# fail with "Address already in use". Reserved, no connection takes them; ports reserved before are kept.
 RESERVED_PORTS := 55400-56999,58000-59999
 reserved-ports:
-	@ports=/proc/sys/net/ipv4/ip_local_reserved_ports; \
-	if [ "$$(cat $$ports 2>/dev/null)" != "$(RESERVED_PORTS)" ]; then \
-	  if echo "$(RESERVED_PORTS)" 2>/dev/null > $$ports; then echo "Reserved the platform's ports $(RESERVED_PORTS)"; \
-	  else echo "warning: could not reserve ports $(RESERVED_PORTS) (root can): a service may find its port taken" >&2; fi; \
-	fi
+	@ports=/proc/sys/net/ipv4/ip_local_reserved_ports; current=$$(cat $$ports 2>/dev/null); \
+	case ",$$current," in *",$(RESERVED_PORTS),"*) exit 0;; esac; \
+	if echo "$${current:+$$current,}$(RESERVED_PORTS)" 2>/dev/null > $$ports; then \
+	  echo "Reserved the platform's ports $(RESERVED_PORTS)"; \
+	else echo "warning: could not reserve ports $(RESERVED_PORTS) (root can): a service may find its port taken" >&2; fi
 
 $(VENV)/.installed: requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
