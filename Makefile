@@ -127,6 +127,7 @@ bench: setup
 	$(BIN)/python bench/runner.py
 	$(BIN)/python bench/migration.py
 	$(BIN)/python bench/provision.py
+	$(BIN)/python bench/lifecycle.py
 
 # The long version of the move fault test: SIGKILLed three times at each of its five points (make test: once).
 soak: setup

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
 from bench.runner import KILLBILL, percentile, provision_job_seconds, row, start_stack  # noqa: E402
 from tests.e2e.killbill_api import KillBillAPI  # noqa: E402
-from tests.integration.conftest import run_playbook, superuser  # noqa: E402
+from tests.integration.conftest import remove_tenants, superuser  # noqa: E402
 from tests.integration.runner_stack import RunnerStack, pause_deployed_runner, resume_deployed_runner  # noqa: E402
 from tests.standins.killbill.killbill_standin import KillBillStandin  # noqa: E402
 
@@ -116,18 +116,6 @@ def template_against_init(odoo_bin: str, rounds: int) -> tuple[list[float], list
     return clones, inits
 
 
-def remove(tenants: list[str]) -> bool:
-    removed = True
-    for tenant in tenants:
-        for playbook, *extra in (("tenant_terminate.yml",), ("tenant_purge.yml", "-e", "force=true")):
-            run = run_playbook(playbook, "-e", f"tenant_id={tenant}", *extra)
-            if run.returncode != 0:
-                print(f"could not remove {tenant} ({playbook}):\n{run.output[-2000:]}", file=sys.stderr)
-                removed = False
-                break
-    return removed
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=10)
@@ -154,7 +142,7 @@ def main() -> int:
             resume_deployed_runner(deployed)
     print("Template clone against odoo-bin -i, same server, same modules")
     clones, inits = template_against_init(odoo_bin, args.rounds)
-    removed = remove(created)
+    removed = remove_tenants(created, runtime=None)
 
     p95 = percentile(ready, 0.95)
     # The -i path end to end: the same sign-up, initialising by odoo-bin -i where the template path clones.

@@ -69,12 +69,14 @@ def run_playbook(playbook: str, *args: str, inventory: str = "inventories/local"
     return ansible_playbook(f"playbooks/{playbook}", *args, inventory=inventory)
 
 
-def remove_tenants(tenants: list[str]) -> bool:
-    """Terminate and purge tenants (a benchmark's): the platform's pools are left as they were found."""
+def remove_tenants(tenants: list[str], runtime: str | None = "none") -> bool:
+    """Terminate and purge tenants (a benchmark's): the platform's pools are left as they were found. `runtime` is
+    the runtime backend they were provisioned with (None: the inventory's)."""
     removed = True
+    backend = ("-e", f"saasodoo_runtime_backend={runtime}") if runtime else ()
     for tenant in tenants:
         for playbook, *extra in (("tenant_terminate.yml",), ("tenant_purge.yml", "-e", "force=true")):
-            run = run_playbook(playbook, "-e", f"tenant_id={tenant}", "-e", "saasodoo_runtime_backend=none", *extra)
+            run = run_playbook(playbook, "-e", f"tenant_id={tenant}", *backend, *extra)
             if run.returncode != 0:
                 print(f"could not remove {tenant} ({playbook}):\n{run.output[-2000:]}", file=sys.stderr)
                 removed = False

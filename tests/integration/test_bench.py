@@ -59,3 +59,20 @@ def test_provision_benchmark_quick_run_prints_both_paths_and_its_goals(local_pla
     assert "sign-up at Kill Bill -> login page through nginx" in output
     assert "baseline: odoo-bin -i" in output
     assert output.count("goal ") == 2
+
+
+def test_lifecycle_benchmark_quick_run_prints_every_transition_beside_the_startup(local_platform: LocalPlatform):
+    output = run_bench("bench/lifecycle.py", timeout=900)
+    for runtime in ("none", "process"):
+        for transition in ("provision", "suspend", "resume", "change plan, in place", "terminate"):
+            assert f"{transition} (runtime {runtime})" in output
+    assert "baseline: ansible-runner start-up" in output
+    assert output.count("goal ") == 10
+    with local_platform.connect(
+        local_platform.servers["platform-db"].port, "saasodoo_registry",
+        local_platform.password("registry@saasodoo_registry"), "saasodoo_registry",
+    ) as registry:  # fmt: skip
+        left = registry.execute(
+            "SELECT tenant_id FROM registry.tenants WHERE tenant_id LIKE 'lc-%' AND status <> 'purged'"
+        ).fetchall()
+    assert left == [], "the benchmark leaves its tenants behind"

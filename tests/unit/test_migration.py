@@ -41,11 +41,12 @@ def test_comments_and_blank_lines_are_not_entries():
 
 
 def test_every_privileged_session_in_a_tenant_database_pins_the_same_settings():
-    """db_migrate, roles/tenant_database and the backup/restore playbooks pin one set of startup options."""
+    """db_migrate and tenant_database (the modules), roles/odoo_template and the backup/restore playbooks pin one
+    set of startup options."""
     root = Path(__file__).resolve().parents[2]
-    role = yaml.safe_load((root / "roles/tenant_database/vars/main.yml").read_text())
+    role = yaml.safe_load((root / "roles/odoo_template/vars/main.yml").read_text())
     playbooks = yaml.safe_load((root / "playbooks/vars/tenant.yml").read_text())
-    assert role["__tenant_database_pinned_session"]["options"] == PINNED_SESSION
+    assert role["__odoo_template_pinned_session"]["options"] == PINNED_SESSION
     assert playbooks["saasodoo_pinned_session_options"] == PINNED_SESSION
     settings = dict(option.split("=", 1) for option in PINNED_SESSION.removeprefix("-c ").split(" -c "))
     assert settings["role"] == "none" and settings["search_path"] == "pg_catalog,pg_temp"

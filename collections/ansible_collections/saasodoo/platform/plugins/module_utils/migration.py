@@ -41,7 +41,8 @@ FAILPOINT_ENV = "SAASODOO_DB_MIGRATE_FAILPOINT"
 # settings (ALTER DATABASE ... SET search_path, role, default_transaction_read_only) there. Every session this
 # module opens, a superuser's inside the tenant's database above all, pins those settings (a startup option
 # outranks the database's settings), resolves names in pg_catalog only and calls functions by their qualified
-# names on top of that (CVE-2018-1058). roles/tenant_database pins the same (__tenant_database_pinned_session).
+# names on top of that (CVE-2018-1058). The tenant_database module, roles/odoo_template and
+# the backup/restore playbooks pin the same (tests/unit/test_migration.py keeps them equal).
 PINNED_SESSION = (
     "-c search_path=pg_catalog,pg_temp -c role=none -c default_transaction_read_only=off"
     " -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0"

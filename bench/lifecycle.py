@@ -1,0 +1,106 @@
+"""Tenant transitions as the webhook runner runs them: one ansible-runner run of each lifecycle playbook.
+
+For N tenants on each runtime (`none`: the database only; `process`: the stand-in Odoo under supervisord behind
+nginx), the run time of provision, suspend, resume, an in-place plan change (basic-test-trial -> basic-monthly,
+same db_type and modules) and terminate, p50/p95, beside ansible-runner's start-up with a one-task playbook
+measured in the same run: the floor under any job. The tenants are purged at the end.
+
+Usage: bench/lifecycle.py [--tenants N] [--quick]   (needs the local platform up: playbooks/site.yml)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import ansible_runner
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
+from bench.runner import percentile, row  # noqa: E402
+from tests.integration.conftest import remove_tenants  # noqa: E402
+
+PLAYBOOK_COMMAND = REPO / "webhook_runner/ansible-playbook"  # the runner's own, as its jobs run
+TRANSITIONS = (  # (label, playbook, extra vars)
+    ("provision", "tenant_provision.yml", {"plan": "basic-test-trial"}),
+    ("suspend", "tenant_suspend.yml", {}),
+    ("resume", "tenant_resume.yml", {}),
+    ("change plan, in place", "tenant_change_plan.yml", {"plan": "basic-monthly"}),
+    ("terminate", "tenant_terminate.yml", {}),
+)
+GOALS = {  # (runtime, transition): p95 seconds
+    ("none", "provision"): 5.0,
+    ("process", "provision"): 10.0,
+    ("none", "suspend"): 4.0,
+    ("none", "resume"): 4.0,
+    ("process", "suspend"): 4.0,
+    ("process", "resume"): 4.0,
+}
+GOAL_STARTUP_FACTOR = 3.0  # suspend and resume within 3x ansible-runner's one-task start-up
+
+
+def run(scratch: Path, playbook: Path, extravars: dict, inventory: str) -> float:
+    """Seconds one ansible-runner run of `playbook` took; fails loudly with its output."""
+    started = time.perf_counter()
+    result = ansible_runner.run(
+        private_data_dir=str(scratch), project_dir=str(REPO), binary=str(PLAYBOOK_COMMAND), cmdline=str(playbook),
+        inventory=inventory, extravars=extravars, envvars={"ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
+        quiet=True, suppress_env_files=True,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    if result.rc != 0:
+        raise RuntimeError(f"{playbook.name} {extravars} failed (rc {result.rc}):\n{result.stdout.read()[-4000:]}")
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tenants", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="1 tenant per runtime (tests/integration)")
+    args = parser.parse_args()
+    tenants = 1 if args.quick else args.tenants
+    run_id = uuid.uuid4().hex[:6]
+    inventory = str(REPO / "inventories/local")
+    created: dict[str, list[str]] = {"none": [], "process": []}
+    times: dict[tuple[str, str], list[float]] = {}
+    startups: list[float] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="lifecycle-bench-") as scratch:
+            noop = Path(scratch) / "noop.yml"
+            noop.write_text("- hosts: localhost\n  gather_facts: false\n  tasks:\n    - ansible.builtin.meta: noop\n")
+            for _ in range(max(3, tenants)):
+                startups.append(run(Path(scratch), noop, {}, "localhost,"))
+            for runtime in ("none", "process"):
+                for n in range(tenants):
+                    tenant = f"lc-{run_id}-{runtime[0]}{n}"
+                    created[runtime].append(tenant)
+                    for label, playbook, extra in TRANSITIONS:
+                        extravars = {"tenant_id": tenant, "saasodoo_runtime_backend": runtime, **extra}
+                        seconds = run(Path(scratch), REPO / "playbooks" / playbook, extravars, inventory)
+                        times.setdefault((runtime, label), []).append(seconds)
+                        print(f"  {tenant}: {label} {seconds:.1f} s", flush=True)
+    finally:
+        removed = all([remove_tenants(ids, runtime=runtime) for runtime, ids in created.items()])
+
+    print(f"Tenant transitions, one ansible-runner run each, {tenants} tenant(s) per runtime")
+    for (runtime, label), values in times.items():
+        print(row(f"{label} (runtime {runtime})", values, "s", 1.0))
+    print(row("baseline: ansible-runner start-up, a one no-op task playbook", startups, "s", 1.0))
+    floor = percentile(startups, 0.5)
+    for (runtime, label), goal in GOALS.items():
+        p95 = percentile(times[(runtime, label)], 0.95)
+        print(f"goal {label}-{runtime}-p95: {p95:.1f} s vs {goal:g} s — {'met' if p95 <= goal else 'NOT met'}")
+    for runtime in ("none", "process"):
+        for label in ("suspend", "resume"):
+            factor = percentile(times[(runtime, label)], 0.95) / floor
+            verdict = "met" if factor <= GOAL_STARTUP_FACTOR else "NOT met"
+            print(f"goal {label}-{runtime}-vs-startup: {factor:.1f}x vs {GOAL_STARTUP_FACTOR:g}x — {verdict}")
+    return 0 if removed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+#!/usr/bin/python
+"""Converge one tenant's Odoo under supervisord and its nginx route, in one module call."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: odoo_process
+short_description: Converge one tenant's Odoo program under supervisord and its nginx route
+description:
+  - The implementation of C(roles/odoo_runtime)'s process backend, which is where playbooks call it from. The role
+    renders the files (odoo.conf, the program, the vhost) and this module does in one call what a dozen tasks did,
+    each paying ansible's cost per module call.
+  - Writes each file atomically with its owner and mode, only when its content, owner or mode differ.
+  - Tells supervisord of the tenant's program with C(supervisorctl update <program>) when its file changed, was
+    removed, or is unknown to supervisord (a run killed between writing it and applying it); named, the update
+    touches only this tenant's group.
+  - C(started) starts the program, or restarts it when only its odoo.conf changed, and waits until Odoo shows its
+    login form; if it does not, fails with the end of its log. C(stopped) stops it, keeping its files.
+    C(absent) stops it and removes its program, its directory and its route.
+  - A changed route is checked (C(nginx -t)) before nginx reloads; then the module waits until nginx routes the
+    tenant as it should (its login form when started, 503 otherwise), since nginx swaps workers in the background.
+version_added: 0.4.0
+author: SaaSOdoo ops maintainers
+options:
+  state:
+    description: What the tenant's Odoo should be.
+    type: str
+    choices: [started, stopped, absent]
+    required: true
+  program:
+    description: The supervisord program's name.
+    type: str
+    required: true
+  supervisorctl:
+    description: The supervisorctl command, with its C(-c <config>).
+    type: list
+    elements: str
+    required: true
+  nginx_conf:
+    description: The nginx configuration the route belongs to.
+    type: path
+    required: true
+  tenant_dir:
+    description: The tenant's runtime directory (made C(0700), its user's; removed when absent).
+    type: path
+    required: true
+  owner:
+    description: The tenant's OS user and group, which own its directory and its private files.
+    type: str
+    required: true
+  config:
+    description: The content of the tenant's odoo.conf (it holds the database password), written C(0600), its user's.
+    type: str
+  config_path:
+    description: Where the tenant's odoo.conf goes.
+    type: path
+    required: true
+  files:
+    description:
+      - The other files to write when not absent (nothing secret), each C(path), C(content) and C(mode), and
+        C(private) for those owned by the tenant's user (the others are root's).
+      - C(role) says what a change calls for, C(config) (a restart, like odoo.conf's), C(program) (an update),
+        C(route) (a reload).
+    type: list
+    elements: dict
+    default: []
+  remove:
+    description: The files removed when absent (the program and the route); C(tenant_dir) goes with them.
+    type: list
+    elements: dict
+    default: []
+  login_url:
+    description: The tenant's Odoo login page, straight from its port.
+    type: str
+    required: true
+  route_url:
+    description: The login page through nginx; I(route_host) is sent as C(Host).
+    type: str
+    required: true
+  route_host:
+    description: The tenant's host name.
+    type: str
+    required: true
+  log_path:
+    description: The program's log, whose end a failed start reports.
+    type: path
+    required: true
+  health_timeout:
+    description: Seconds to wait for the login form after a start.
+    type: int
+    default: 60
+  route_timeout:
+    description: Seconds to wait for nginx to route the tenant as it should.
+    type: int
+    default: 20
+attributes:
+  check_mode:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Stop the tenant's Odoo (its route answers 503)
+  saasodoo.platform.odoo_process:
+    state: stopped
+    program: odoo-acme
+    supervisorctl: [supervisorctl, -c, /var/lib/saasodoo/runtime/supervisor/supervisord.conf]
+    nginx_conf: /var/lib/saasodoo/runtime/nginx/nginx.conf
+    tenant_dir: /var/lib/saasodoo/runtime/tenants/acme
+    owner: so-acme
+    config: "{{ lookup('ansible.builtin.template', 'odoo.conf.j2') }}"
+    config_path: /var/lib/saasodoo/runtime/tenants/acme/odoo.conf
+    files:
+      - {path: /var/lib/saasodoo/runtime/nginx/sites/acme.conf, content: "...", mode: "0644", role: route}
+    login_url: http://127.0.0.1:8069/web/login
+    route_url: http://127.0.0.1:80/web/login
+    route_host: acme.odoo.example.com
+    log_path: /var/lib/saasodoo/runtime/logs/odoo-acme.log
+"""
+
+RETURN = r"""
+actions:
+  description: What was done (or would be, in check mode), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: [wrote odoo.conf, restarted]
+"""
+
+import grp
+import http.client
+import os
+import pwd
+import re
+import shutil
+import time
+import urllib.error
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.files import holds, write_atomically
+
+ROLES = ("config", "program", "route")
+LOGIN_FORM = "oe_login_form"
+MAX_BODY = 65536  # the tenant's Odoo answers: read no more than a login page
+
+
+def fetch(url: str, host: str | None = None) -> tuple[int, str]:
+    """The status and body of a GET, without following redirects; (0, reason) when nothing answered. Loopback
+    addresses and the tenant's own name: never through a proxy the environment may name."""
+    try:
+        response = open_url(url, headers={"Host": host} if host else None, use_proxy=False,
+                            follow_redirects="none", timeout=5)  # fmt: skip
+        return response.status, response.read(MAX_BODY).decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(MAX_BODY).decode(errors="replace")
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+        return 0, str(error)
+
+
+class OdooProcess:
+    def __init__(self, module: AnsibleModule):
+        self.module = module
+        self.p = module.params
+        self.check_mode = module.check_mode
+        self.actions: list[str] = []
+        self.changed_roles: set[str] = set()
+        self.reloaded = False
+
+    def ctl(self, *args: str) -> tuple[int, str]:
+        """supervisorctl's exit code and stdout (a warning on stderr is no answer)."""
+        rc, out, _ = self.module.run_command([*self.p["supervisorctl"], *args])
+        return rc, out
+
+    def act(self, action: str, *argv: str, ok=lambda rc, out: rc == 0) -> None:
+        self.actions.append(action)
+        if self.check_mode:
+            return
+        rc, out, err = self.module.run_command(list(argv))
+        if not ok(rc, out + err):
+            self.fail(f"{action} failed ({' '.join(argv)}): {(out + err).strip()}")
+
+    def fail(self, msg: str) -> None:
+        self.module.fail_json(msg=msg, actions=self.actions, changed=bool(self.actions))
+
+    def run(self) -> None:
+        p = self.p
+        rc, out = self.ctl("pid")
+        if rc != 0 or not out.strip().isdigit():
+            self.fail(
+                f"supervisord is not set up ({' '.join(p['supervisorctl'])}) for program {p['program']}: converge"
+                " the runtime host first (playbooks/site.yml)"
+            )
+        status_rc, status = self.ctl("status", p["program"])
+        # `status` exits 0 when RUNNING, 3 when stopped/exited/fatal, 4 when supervisord has no such program.
+        # A stop comes first: nothing is read or written in the tenant's directory while its Odoo may still run.
+        if p["state"] != "started" and re.search(r"\s(RUNNING|STARTING|BACKOFF)\s", status + "\n"):
+            self.act("stopped", *p["supervisorctl"], "stop", p["program"])
+        config = {"path": p["config_path"], "content": p["config"], "mode": "0600", "private": True, "role": "config"}
+        route = [file for file in p["files"] if file.get("role") == "route"]
+        if p["state"] == "absent":
+            self.remove_files()
+        else:
+            self.ensure_dir(p["tenant_dir"], p["owner"], 0o700)
+            for file in [config, *(file for file in p["files"] if file.get("role") != "route")]:
+                self.ensure_file(file)
+        if "program" in self.changed_roles or (p["state"] != "absent" and status_rc == 4):
+            # A removed program's group may be gone already (supervisord reloaded since).
+            self.act("supervisord updated", *p["supervisorctl"], "update", p["program"],
+                     ok=lambda rc, out: rc == 0 or (p["state"] == "absent" and "no such group" in out))  # fmt: skip
+        if p["state"] == "started":
+            self.start()
+        # The route changes once Odoo answers behind it (a failed start leaves the old one in place).
+        for file in route:
+            self.ensure_file(file)
+        if "route" in self.changed_roles:
+            self.reload_nginx()
+        if p["state"] != "absent":
+            self.wait_for_route()
+
+    def running(self) -> bool:
+        """Whether supervisord calls the program RUNNING (up past startsecs), not STARTING or BACKOFF."""
+        return re.search(r"\sRUNNING\s", self.ctl("status", self.p["program"])[1] + "\n") is not None
+
+    def reload_nginx(self) -> None:
+        self.act("nginx configuration checked", "nginx", "-t", "-q", "-c", self.p["nginx_conf"])
+        self.act("nginx reloaded", "nginx", "-s", "reload", "-c", self.p["nginx_conf"])
+        self.reloaded = True
+
+    def start(self) -> None:
+        p = self.p
+        if self.check_mode:
+            if self.ctl("status", p["program"])[0] != 0:
+                self.actions.append("started")
+            return
+        # `status` exits 3 for STOPPED, EXITED or FATAL (and 0 for STARTING and BACKOFF, which need no start).
+        status_rc, _ = self.ctl("status", p["program"])
+        if status_rc != 0:
+            self.act("started", *p["supervisorctl"], "start", p["program"])
+        elif status_rc == 0 and "config" in self.changed_roles and "program" not in self.changed_roles:
+            self.act("restarted for its new odoo.conf", *p["supervisorctl"], "restart", p["program"])
+        # /web/health answers before the database is usable (and for an Odoo never initialised, 500 from then on):
+        # the login form is what the customer needs, and supervisord calling it RUNNING (past startsecs) is what
+        # the next run reads.
+        deadline = time.monotonic() + p["health_timeout"]
+        while True:
+            status, body = fetch(p["login_url"])
+            if status == 200 and LOGIN_FORM in body and self.running():
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        try:
+            with open(p["log_path"], errors="replace") as log:
+                tail = "".join(log.readlines()[-20:])
+        except OSError:
+            tail = "(no log)"
+        self.fail(f"Odoo of program {p['program']} did not show its login form in {p['health_timeout']} s"
+                  f" (last answer: {status}). Last lines of {p['log_path']}:\n{tail}")  # fmt: skip
+
+    def wait_for_route(self) -> None:
+        if self.check_mode:
+            return
+        p = self.p
+        deadline = time.monotonic() + p["route_timeout"]
+        while True:
+            status, body = fetch(p["route_url"], p["route_host"])
+            if (status == 200 and LOGIN_FORM in body) if p["state"] == "started" else status == 503:
+                return
+            if not self.reloaded:
+                # The route file is right but nginx does not serve it: a run ended between the two. Reload once.
+                self.reload_nginx()
+                continue
+            if time.monotonic() > deadline:
+                want = "its login form" if p["state"] == "started" else "503"
+                self.fail(f"nginx does not route {p['route_host']} as it should ({want}): it answered {status}")
+            time.sleep(0.2)
+
+    def ids(self, owner: str) -> tuple[int, int] | None:
+        """The uid and gid of `owner`; None in check mode for a user a real run would have made first."""
+        try:
+            return pwd.getpwnam(owner).pw_uid, grp.getgrnam(owner).gr_gid
+        except KeyError:
+            if self.check_mode:
+                return None
+            self.fail(f"no OS user and group {owner}: the role makes them first (tasks_from: tenant_user)")
+
+    def ensure_dir(self, path: str, owner: str, mode: int) -> None:
+        ids = self.ids(owner)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            self.actions.append(f"made {path}")
+            if not self.check_mode:
+                os.makedirs(path, mode)
+                os.chown(path, *ids)
+                os.chmod(path, mode)
+            return
+        if ids is None or (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (*ids, mode):
+            self.actions.append(f"set owner and mode of {path}")
+            if not self.check_mode:
+                os.chown(path, *ids, follow_symlinks=False)
+                os.chmod(path, mode)
+
+    def ensure_file(self, file: dict) -> None:
+        path, content, mode = file["path"], file["content"].encode(), int(str(file["mode"]), 8)
+        ids = self.ids(self.p["owner"] if file.get("private") else "root")
+        if ids is not None and holds(path, content, *ids, mode):
+            return
+        self.actions.append(f"wrote {os.path.basename(path)}")
+        if file.get("role") in ROLES:
+            self.changed_roles.add(file["role"])
+        if self.check_mode:
+            return
+        write_atomically(path, content, *ids, mode)
+
+    def remove_files(self) -> None:
+        for file in self.p["remove"]:
+            if os.path.lexists(file["path"]):
+                self.actions.append(f"removed {os.path.basename(file['path'])}")
+                self.changed_roles.add(file.get("role"))
+                if not self.check_mode:
+                    os.unlink(file["path"])
+        if os.path.lexists(self.p["tenant_dir"]):
+            self.actions.append(f"removed {self.p['tenant_dir']}")
+            if not self.check_mode:
+                shutil.rmtree(self.p["tenant_dir"])
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type="str", choices=["started", "stopped", "absent"], required=True),
+            program=dict(type="str", required=True),
+            supervisorctl=dict(type="list", elements="str", required=True),
+            nginx_conf=dict(type="path", required=True),
+            tenant_dir=dict(type="path", required=True),
+            owner=dict(type="str", required=True),
+            config=dict(type="str", no_log=True),
+            config_path=dict(type="path", required=True),
+            files=dict(type="list", elements="dict", default=[]),
+            remove=dict(type="list", elements="dict", default=[]),
+            login_url=dict(type="str", required=True),
+            route_url=dict(type="str", required=True),
+            route_host=dict(type="str", required=True),
+            log_path=dict(type="path", required=True),
+            health_timeout=dict(type="int", default=60),
+            route_timeout=dict(type="int", default=20),
+        ),
+        required_if=[("state", "started", ["config"]), ("state", "stopped", ["config"])],
+        supports_check_mode=True,
+    )
+    process = OdooProcess(module)
+    try:
+        process.run()
+    except OSError as error:  # e.g. a directory the tenant put where its odoo.conf goes
+        process.fail(f"program {module.params['program']}: {error}")
+    module.exit_json(changed=bool(process.actions), actions=process.actions)
+
+
+if __name__ == "__main__":
+    main()
