@@ -1,10 +1,10 @@
 """The runner's HTTP side, served by gunicorn: Kill Bill's callback, health, metrics and the admin API.
 
-Kill Bill can neither sign nor add headers (shared/reference/killbill.md §1.1), so the callback URL holds
-a secret token: POST /killbill/<token>. A notification is stored in the registry inbox before the answer
-(2xx well inside Kill Bill's 15 s); bad input gets a clear 4xx and nothing is stored. Playbooks never
-run here: the workers take the inbox. gunicorn runs without an access log, because the request line
-holds the token.
+Kill Bill can neither sign nor add headers (killbill/killbill PushNotificationListener.java, issue #2227), so
+the callback URL holds a secret token: POST /killbill/<token>. A notification is stored in the registry inbox
+before the answer (2xx well inside Kill Bill's 15 s); bad input gets a clear 4xx and nothing is stored.
+Playbooks never run here: the workers take the inbox. gunicorn runs without an access log, because the
+request line holds the token.
 """
 
 from __future__ import annotations

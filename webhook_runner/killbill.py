@@ -1,4 +1,4 @@
-"""The few Kill Bill REST calls the runner reads state with (shared/reference/killbill.md §5).
+"""The few Kill Bill REST calls the runner reads state with (https://apidocs.killbill.io).
 
 Plain urllib: no maintained Kill Bill client is on PyPI, and these are GETs with three auth headers.
 """

@@ -1,5 +1,6 @@
-"""Kill Bill's push notification body (shared/reference/killbill.md §1.2): five fields of compact JSON,
-`metaData` being JSON inside a string. No event id, no signature: the body is a trigger, never the truth."""
+"""Kill Bill's push notification body (killbill/killbill jaxrs/.../json/NotificationJson.java): five fields of
+compact JSON, `metaData` being JSON inside a string. No event id, no signature: the body is a trigger, never the
+truth."""
 
 from __future__ import annotations
 

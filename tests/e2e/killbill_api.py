@@ -1,7 +1,7 @@
 """What Kill Bill's users do to it, over its REST API: sign customers up, change and cancel plans, move
-the test clock (shared/reference/killbill.md §5, §7). The same calls work on a real Kill Bill in test
-mode; only `payments_fail` and `pay` use the stand-in's control endpoints (/standin/…), standing in for
-a payment plugin that declines cards."""
+the test clock (https://apidocs.killbill.io/subscription, https://apidocs.killbill.io/test). The same calls
+work on a real Kill Bill in test mode; only `payments_fail` and `pay` use the stand-in's control endpoints
+(/standin/…), standing in for a payment plugin that declines cards."""
 
 from __future__ import annotations
 

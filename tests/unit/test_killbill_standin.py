@@ -1,5 +1,5 @@
-"""Kill Bill stand-in: the wire format byte for byte (reference §1), the events per operation (§3.3),
-the REST shapes and errors (§5), the test clock (§7) and the sender with its retries (§3.1)."""
+"""Kill Bill stand-in: the wire format byte for byte, the events per operation, the REST shapes and errors,
+the test clock and the sender with its retries (see tests/standins/killbill/README.md for the upstream sources)."""
 
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ ACCT = "2ad52f53-85ae-408a-9879-32a7e59dd03d"
 SUB = "8ab101b6-15e8-433b-b4f7-f99eeaa56a77"
 START = "2026-10-01T00:00:00.000Z"
 
-# §1.2: the real capture from killbill-docs (content-length: 164).
+# The real capture from https://docs.killbill.io/latest/push_notifications.html (content-length: 164).
 CAPTURE = (
     b'{"eventType":"TENANT_CONFIG_CHANGE","accountId":null,"objectType":"TENANT_KVS",'
     b'"objectId":"5cf9c272-a493-4178-af30-3b8de0344a26","metaData":"{\\"key\\":\\"CATALOG\\"}"}'
 )
-# §1.3, verbatim.
+# Example bodies as killbill-plugin-api's metaData classes serialize them, byte for byte.
 SUBSCRIPTION_CREATION = (
     '{"eventType":"SUBSCRIPTION_CREATION","accountId":"2ad52f53-85ae-408a-9879-32a7e59dd03d","objectType":"SUBSCRIPTION",'
     '"objectId":"8ab101b6-15e8-433b-b4f7-f99eeaa56a77","metaData":"{\\"actionType\\":\\"EFFECTIVE\\",'

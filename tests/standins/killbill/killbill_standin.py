@@ -3,14 +3,18 @@
 
 Kill Bill (a Java server with MySQL/PostgreSQL) cannot run on this machine. The webhook runner must work
 unchanged against a real Kill Bill, so this double copies the parts of the wire contract the runner sees,
-as written down in /work/shared/reference/killbill.md:
+as Kill Bill's own sources and docs define them:
 
-- the push notification: the 5-field body byte for byte (§1.2, metaData double-encoded), the headers of
-  Kill Bill's JDK client, no auth, 15 s timeout, redirects not followed, 2xx only counts as success,
-  retries on the `15m,30m,2h,12h,1d` schedule with a byte-identical body, then a WARN and the event is dropped;
-- the events per operation (§3.3) with the metaData schemas in constructor order (§4);
-- the REST calls the runner makes (§5, §7) with Kill Bill's field names, auth, 401/400/404 and
-  BillingExceptionJson bodies, the single-valued callback registration (§2) and the test clock.
+- the push notification (killbill/killbill PushNotificationListener.java, NotificationJson.java;
+  https://docs.killbill.io/latest/push_notifications.html): the 5-field body byte for byte (metaData
+  double-encoded), the headers of Kill Bill's JDK client, no auth, 15 s timeout, redirects not followed, 2xx
+  only counts as success, retries on the `15m,30m,2h,12h,1d` schedule (NotificationConfig.java) with a
+  byte-identical body, then a WARN and the event is dropped;
+- the events per operation (BeatrixListener.java; Kill Bill's REST tests TestEntitlement.java, TestOverdue.java)
+  with the metaData schemas in constructor order (killbill-plugin-api ExtBusEventType.java and metaData classes);
+- the REST calls the runner makes (https://apidocs.killbill.io) with Kill Bill's field names, auth, 401/400/404
+  and BillingExceptionJson bodies, the single-valued callback registration (TenantResource.java, killbill-api
+  TenantKV.java) and the test clock (TestResource.java).
 
 Simplified on purpose (documented in README.md):
 - No catalog XML. Any plan name is accepted: `basic-monthly` is product "Basic", MONTHLY, price list DEFAULT,
@@ -90,7 +94,8 @@ def dumps(value) -> str:
 
 
 def encode_notification(event_type: str, account_id, object_type: str, object_id, meta: dict | None) -> bytes:
-    """NotificationJson (§1.2): 5 keys in creator order; metaData is a JSON string, or null."""
+    """NotificationJson (killbill/killbill NotificationJson.java): 5 keys in creator order; metaData is a JSON
+    string, or null."""
     body = {
         "eventType": event_type,
         "accountId": account_id,
@@ -158,7 +163,8 @@ class Notification:
 
 
 def _request_headers(parts, body: bytes, h2c_headers: bool) -> list[tuple[str, str]]:
-    """Headers in the order and case of the real capture (§1.2); the h2c trio only over plain http."""
+    """Headers in the order and case of the real capture (https://docs.killbill.io/latest/push_notifications.html);
+    the h2c trio only over plain http."""
     host = parts.netloc.rpartition("@")[2]
     head = [("content-length", str(len(body))), ("host", host)]
     if h2c_headers and parts.scheme == "http":
