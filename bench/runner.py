@@ -7,7 +7,9 @@
    credentials opening its database through its pool's PgBouncer (stand-in sends the notifications, one
    worker, ansible-runner, tenant_provision.yml). Beside it: ansible-runner's start-up cost (a playbook with
    one no-op task through ansible_runner.run), and the bare provision playbook run time from the job rows.
-Usage: bench/runner.py [--notifications N] [--tenants N] [--quick]
+3. Throughput: N sign-ups posted at once to a runner with the deployed shape (2 workers, the default job
+   limits), time until all N tenants are active, beside N x one provision job run alone (from 2.).
+Usage: bench/runner.py [--notifications N] [--tenants N] [--burst N] [--quick]
 (needs the local platform up: ansible-playbook playbooks/site.yml; stops the deployed runner while it runs)
 """
 
@@ -63,8 +65,10 @@ def registry_conninfo(port: int) -> str:
     return f"host=127.0.0.1 port={port} dbname=saasodoo_registry user=saasodoo_registry password={password}"
 
 
-def start_stack(state: Path, port: int, standin: KillBillStandin, registry_port: int, extravars: dict) -> RunnerStack:
-    """A runner of the benchmark's own (one worker) on port, against the Kill Bill stand-in, started."""
+def start_stack(
+    state: Path, port: int, standin: KillBillStandin, registry_port: int, extravars: dict, workers: int = 1
+) -> RunnerStack:
+    """A runner of the benchmark's own on port, against the Kill Bill stand-in, started."""
     settings = {
         "registry_conninfo": registry_conninfo(registry_port), "inbound_token": INBOUND_TOKEN,
         "admin_token": ADMIN_TOKEN, "metrics_token": METRICS_TOKEN, "killbill": {"url": standin.url, **KILLBILL},
@@ -73,7 +77,7 @@ def start_stack(state: Path, port: int, standin: KillBillStandin, registry_port:
         "poll_seconds": 1,
     }  # fmt: skip
     write_settings(state / "settings.json", settings)
-    stack = RunnerStack(state / "settings.json", port, workers=1, registry_conninfo=settings["registry_conninfo"],
+    stack = RunnerStack(state / "settings.json", port, workers=workers, registry_conninfo=settings["registry_conninfo"],
                         log_dir=state)  # fmt: skip
     stack.start()
     return stack
@@ -109,7 +113,7 @@ def ack_latency(stack: RunnerStack, notifications: int) -> None:
     print(row("baseline: same POST, wrong token, 401, no write", refused))
 
 
-def database_ready(stack: RunnerStack, standin: KillBillStandin, tenants: int, created: list[str]) -> None:
+def database_ready(stack: RunnerStack, standin: KillBillStandin, tenants: int, created: list[str]) -> list[float]:
     api = KillBillAPI(standin.url, **KILLBILL)
     api.register_callback(stack.callback)
     standin.wait_idle(timeout=30)
@@ -162,6 +166,43 @@ def database_ready(stack: RunnerStack, standin: KillBillStandin, tenants: int, c
     print(row("sign-up at Kill Bill -> tenant's credentials open its DB", ready, "s", 1.0))
     print(row("tenant_provision.yml job run time (jobs table)", runs, "s", 1.0))
     print(row("ansible-runner start-up: a one no-op task playbook", startups, "s", 1.0))
+    return runs
+
+
+def burst(stack: RunnerStack, standin: KillBillStandin, sign_ups: int, one_provision: float, created: list[str]):
+    """sign_ups customers sign up at once; seconds until every one's tenant is active."""
+    api = KillBillAPI(standin.url, **KILLBILL)
+    api.register_callback(stack.callback)
+    run_id = uuid.uuid4().hex[:6]
+    tenants = [f"bench-{run_id}-b{n}" for n in range(sign_ups)]
+    created += tenants
+    started = time.perf_counter()
+    for tenant in tenants:
+        api.sign_up(tenant, tenant, "basic-monthly")
+    last_report = 0.0
+    with stack.registry() as registry:
+        while True:
+            rows = registry.execute(
+                "SELECT status, count(*) AS n FROM registry.tenants WHERE tenant_id = ANY(%s) GROUP BY 1", (tenants,)
+            ).fetchall()
+            counts = {r["status"]: r["n"] for r in rows}
+            elapsed = time.perf_counter() - started
+            if counts.get("active", 0) == sign_ups:
+                break
+            if elapsed - last_report >= 30:
+                last_report = elapsed
+                print(f"  ... {elapsed:.0f} s: {counts.get('active', 0)} of {sign_ups} active", flush=True)
+            if elapsed > 60 * sign_ups:
+                raise TimeoutError(
+                    f"only {counts.get('active', 0)} of {sign_ups} sign-ups active after {elapsed:.0f} s"
+                )
+            time.sleep(0.2)  # the workers are other processes: poll the registry they write
+    goal = 180.0 * sign_ups / 40  # 40 in 3 minutes, scaled to the burst's size
+    print(f"Throughput: {sign_ups} sign-ups at once, 2 workers, default job limits (goal: 40 in <= 3 min)")
+    print(f"{'all ' + str(sign_ups) + ' tenants active after the sign-ups':<58} {elapsed:8.1f} s")
+    print(f"{'baseline: ' + str(sign_ups) + ' x one provision job run alone':<58} {sign_ups * one_provision:8.1f} s")
+    verdict = "met" if elapsed <= goal else "NOT met"
+    print(f"goal {sign_ups} sign-ups all active: {elapsed:.1f} s vs {goal:.0f} s — {verdict}")
 
 
 def main() -> int:
@@ -169,10 +210,11 @@ def main() -> int:
     parser.add_argument("--notifications", type=int, default=1000)
     parser.add_argument("--tenants", type=int, default=10)
     parser.add_argument("--registry-port", type=int, default=55432)
-    parser.add_argument("--quick", action="store_true", help="100 notifications, 2 tenants (tests/integration)")
+    parser.add_argument("--burst", type=int, default=40, help="sign-ups posted at once (throughput)")
+    parser.add_argument("--quick", action="store_true", help="100 notifications, 2 tenants, a burst of 3")
     args = parser.parse_args()
     if args.quick:
-        args.notifications, args.tenants = 100, 2
+        args.notifications, args.tenants, args.burst = 100, 2, 3
 
     deployed = pause_deployed_runner()
     standin = KillBillStandin(**KILLBILL, retries=[1, 2]).start()
@@ -181,11 +223,15 @@ def main() -> int:
         created: list[str] = []
         try:
             ack_latency(stack, args.notifications)
-            database_ready(stack, standin, args.tenants, created)
+            runs = database_ready(stack, standin, args.tenants, created)
+            stack.stop()
+            stack = start_stack(Path(scratch), 58291, standin, args.registry_port,
+                                {"saasodoo_runtime_backend": "none"}, workers=2)  # fmt: skip
+            burst(stack, standin, args.burst, percentile(runs, 0.5), created)
         finally:
             stack.stop()
             standin.stop()
-            removed = remove_tenants(created)
+            removed = remove_tenants(created, parallel=2)
             resume_deployed_runner(deployed)
     return 0 if removed else 1
 

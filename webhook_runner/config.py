@@ -10,6 +10,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .desired import PLAYBOOKS
+
 CONFIG_ENV = "SAASODOO_RUNNER_CONFIG"
 
 
@@ -47,6 +49,10 @@ class RunnerSettings:
     retention_days: float = 90  # finished jobs, processed events and old placements kept this long; 0: forever
     housekeeping_interval_seconds: float = 3600  # the periodic pass that prunes them; 0 turns it off
     poll_seconds: float = 5.0  # a worker wakes at least this often (NOTIFY wakes it sooner)
+    # At most this many jobs of an action run at once per PostgreSQL server (the tenant's when the job starts;
+    # new tenants count together); an action not named has no limit. Sized for 2 cores.
+    job_limits: dict = field(default_factory=lambda: {"provision": 4, "change_plan": 2})
+    limit_wait_seconds: float = 2.0  # a job a limit holds back is tried again after this long
 
     def backoff(self, attempts: int) -> float:
         """Seconds before retry number `attempts` (1-based); the last step repeats."""
@@ -76,6 +82,10 @@ def load_settings(path: str | os.PathLike | None = None) -> RunnerSettings:
     return settings_from_dict(raw, source=str(path))
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
     unknown = sorted(set(raw) - set(RunnerSettings.__dataclass_fields__))
     unknown += [
@@ -88,6 +98,17 @@ def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
     if missing:
         raise ConfigError(f"{source} lacks {', '.join(missing)}")
     optional = {key: raw[key] for key in RunnerSettings.__dataclass_fields__ if key in raw and key not in _REQUIRED}
+    limits = optional.get("job_limits", {})
+    bad = (
+        [f"{action}={n!r}" for action, n in limits.items() if action not in PLAYBOOKS or not _positive_int(n)]
+        if isinstance(limits, dict)
+        else [json.dumps(limits)]
+    )
+    if bad:
+        raise ConfigError(
+            f"{source}: job_limits maps actions ({', '.join(PLAYBOOKS)}) to a number of jobs of at least 1;"
+            f" not {', '.join(bad)}"
+        )
     if "backoff_seconds" in optional:
         optional["backoff_seconds"] = tuple(float(step) for step in optional["backoff_seconds"])
     return RunnerSettings(

@@ -54,6 +54,17 @@ class RegistryCollector(Collector):
         for state in JOB_STATES:
             jobs.add_metric([state], snapshot["jobs"].get(state, 0))
         yield jobs
+        running = GaugeMetricFamily("saasodoo_runner_jobs_running", "Jobs running, by action.", labels=["action"])
+        waiting = GaugeMetricFamily(
+            "saasodoo_runner_jobs_waiting_for_limit",
+            "Queued jobs a per-server job limit (settings job_limits) holds back, by action.",
+            labels=["action"],
+        )
+        for action in sorted(set(snapshot["running"]) | set(snapshot["waiting"])):
+            running.add_metric([action], snapshot["running"].get(action, 0))
+            waiting.add_metric([action], snapshot["waiting"].get(action, 0))
+        yield running
+        yield waiting
         durations = HistogramMetricFamily(
             "saasodoo_runner_job_duration_seconds", "Playbook run time of jobs that succeeded.", labels=["action"]
         )

@@ -13,14 +13,15 @@ from .desired import Tenant
 
 NOTIFY_CHANNEL = "saasodoo_runner"  # the webhook NOTIFYs it after each stored event; idle workers LISTEN
 # pg_try_advisory_lock(class, key) classes: one account's convergence, the periodic reconcile and housekeeping
-# passes.
+# passes; pg_advisory_xact_lock(class, key): one job limit's count-and-start.
 ACCOUNT_LOCK = 0x5A0D
 RECONCILE_LOCK = 0x5A0E
 HOUSEKEEPING_LOCK = 0x5A0F
+LIMIT_LOCK = 0x5A10
 
 JOB_COLUMNS = (
     "id, tenant_id, account_id, event_id, action, playbook, extravars, state, attempts, run_after, created_at,"
-    " started_at, finished_at, rc, error, reason, worker, artifacts_dir"
+    " started_at, finished_at, rc, error, reason, worker, artifacts_dir, db_server, waiting_for, waits"
 )
 
 
@@ -132,28 +133,65 @@ def has_due_job(conn: psycopg.Connection, account: str) -> bool:
     )
 
 
-def insert_job(conn, *, account, tenant_id, event_id, action, playbook, extravars, state, reason, worker=None) -> dict:
+def insert_job(
+    conn, *, account, tenant_id, event_id, action, playbook, extravars, state, reason, worker=None, db_server=None
+) -> dict:
     """A new job: 'running' (attempt 1, started now), 'queued' (for a worker to pick up) or 'skipped' (done)."""
     return conn.execute(
         f"""INSERT INTO registry.jobs (account_id, tenant_id, event_id, action, playbook, extravars, state, reason,
-                                       worker, attempts, started_at, finished_at)
+                                       worker, db_server, attempts, started_at, finished_at)
             VALUES (%(account)s, %(tenant)s, %(event)s, %(action)s, %(playbook)s, %(extravars)s, %(state)s,
-                    %(reason)s, %(worker)s, CASE WHEN %(state)s = 'running' THEN 1 ELSE 0 END,
+                    %(reason)s, %(worker)s, %(db_server)s, CASE WHEN %(state)s = 'running' THEN 1 ELSE 0 END,
                     CASE WHEN %(state)s = 'running' THEN now() END, CASE WHEN %(state)s = 'skipped' THEN now() END)
             RETURNING {JOB_COLUMNS}""",
         {"account": account, "tenant": tenant_id, "event": event_id, "action": action, "playbook": playbook,
-         "extravars": Jsonb(extravars), "state": state, "reason": reason, "worker": worker},
+         "extravars": Jsonb(extravars), "state": state, "reason": reason, "worker": worker, "db_server": db_server},
     ).fetchone()  # fmt: skip
 
 
-def start_job(conn, job_id: int, worker: str, extravars: dict, reason: str) -> dict:
+def start_job(conn, job_id: int, worker: str, extravars: dict, reason: str, db_server: str | None = None) -> dict:
     """An existing queued job running again: one more attempt."""
     return conn.execute(
         f"""UPDATE registry.jobs SET state = 'running', attempts = attempts + 1, started_at = now(),
-                   finished_at = NULL, rc = NULL, worker = %s, extravars = %s, reason = %s
+                   finished_at = NULL, rc = NULL, worker = %s, extravars = %s, reason = %s, db_server = %s,
+                   waiting_for = NULL
              WHERE id = %s RETURNING {JOB_COLUMNS}""",
-        (worker, Jsonb(extravars), reason, job_id),
+        (worker, Jsonb(extravars), reason, db_server, job_id),
     ).fetchone()
+
+
+def tenant_server(conn, tenant_id: str | None) -> str | None:
+    """The tenant's database server now (None for a tenant not placed yet)."""
+    row = conn.execute("SELECT db_server FROM registry.tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
+    return row["db_server"] if row else None
+
+
+def start_within_limit(conn, *, limit: int | None, wait_seconds: float, queued: dict | None, new: dict) -> dict:
+    """Start a job (the queued one, else a new one from `new`: insert_job's arguments) unless `limit` jobs of its
+    action already run on its tenant's server; then it waits, queued, with `waiting_for` saying why. The count and
+    the start are one transaction under the limit's lock, so two workers never both take the last place."""
+    action, tenant_id, worker = new["action"], new["tenant_id"], new["worker"]
+    with conn.transaction():
+        server = tenant_server(conn, tenant_id)
+        if limit is not None:
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LIMIT_LOCK, f"{action} {server}"))
+            running = conn.execute(
+                "SELECT count(*) AS n FROM registry.jobs WHERE state = 'running' AND action = %s"
+                " AND db_server IS NOT DISTINCT FROM %s",
+                (action, server),
+            ).fetchone()["n"]
+            if running >= limit:
+                waiting = f"{action} limit on {server or 'new tenants'}: {running} of {limit} running"
+                job = queued or insert_job(conn, **{**new, "state": "queued", "worker": None})
+                return conn.execute(
+                    f"""UPDATE registry.jobs SET waiting_for = %s, waits = waits + 1, extravars = %s, reason = %s,
+                               run_after = now() + make_interval(secs => %s)
+                         WHERE id = %s RETURNING {JOB_COLUMNS}""",
+                    (waiting, Jsonb(new["extravars"]), new["reason"], wait_seconds, job["id"]),
+                ).fetchone()
+        if queued:
+            return start_job(conn, queued["id"], worker, new["extravars"], new["reason"], server)
+        return insert_job(conn, **{**new, "state": "running", "db_server": server})
 
 
 def finish_job(conn, job_id: int, *, state: str, rc=None, error=None, run_after_seconds=0.0, artifacts_dir=None):
@@ -309,6 +347,11 @@ def metrics_snapshot(conn, duration_buckets: tuple[float, ...]) -> dict:
         events = conn.execute("SELECT count(*) AS pending FROM registry.events WHERE processed_at IS NULL").fetchone()
         by_type = conn.execute("SELECT event_type, count(*) AS n FROM registry.events GROUP BY 1").fetchall()
         jobs = conn.execute("SELECT state, count(*) AS n FROM registry.jobs GROUP BY 1").fetchall()
+        by_action = conn.execute(
+            """SELECT action, count(*) FILTER (WHERE state = 'running') AS running,
+                      count(*) FILTER (WHERE state = 'queued' AND waiting_for IS NOT NULL) AS waiting
+                 FROM registry.jobs WHERE state IN ('running', 'queued') GROUP BY 1"""
+        ).fetchall()
         at_most = sql.SQL(", ").join(
             sql.SQL("count(*) FILTER (WHERE s <= {})").format(sql.Literal(float(b))) for b in duration_buckets
         )
@@ -341,5 +384,7 @@ def metrics_snapshot(conn, duration_buckets: tuple[float, ...]) -> dict:
         "pending": events["pending"],
         "by_type": by_type,
         "jobs": {r["state"]: r["n"] for r in jobs},
+        "running": {r["action"]: r["running"] for r in by_action},
+        "waiting": {r["action"]: r["waiting"] for r in by_action},
         "durations": merged,
     }

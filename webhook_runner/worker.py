@@ -190,14 +190,17 @@ class Worker:
                 if decision.action == "change_plan":
                     continue  # a plan change comes last: nothing after it depends on it
                 return outcomes  # the tenant's later actions assume this one happened
-            if same:
-                job = store.start_job(conn, same[0]["id"], self.name, decision.extravars, decision.reason)
-            else:
-                job = store.insert_job(
-                    conn, account=account, tenant_id=tenant_id, event_id=event_id, action=decision.action,
-                    playbook=decision.playbook, extravars=decision.extravars, state="running",
-                    reason=decision.reason, worker=self.name,
-                )  # fmt: skip
+            job = store.start_within_limit(
+                conn, limit=self.settings.job_limits.get(decision.action),
+                wait_seconds=self.settings.limit_wait_seconds, queued=same[0] if same else None,
+                new={"account": account, "tenant_id": tenant_id, "event_id": event_id, "action": decision.action,
+                     "playbook": decision.playbook, "extravars": decision.extravars, "reason": decision.reason,
+                     "worker": self.name},
+            )  # fmt: skip
+            if job["state"] != "running":  # the tenant's later actions wait with it: they assume this one happened
+                log.info("job %s: waits (%s)", job["id"], job["waiting_for"])
+                outcomes.append(f"{decision.action} {tenant_id}: job {job['id']} waits ({job['waiting_for']})")
+                return outcomes
             job = self._execute(job)
             outcomes.append(f"{decision.action} {tenant_id}: job {job['id']} {job['state']}")
             if job["state"] != "succeeded":

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
@@ -69,19 +70,21 @@ def run_playbook(playbook: str, *args: str, inventory: str = "inventories/local"
     return ansible_playbook(f"playbooks/{playbook}", *args, inventory=inventory)
 
 
-def remove_tenants(tenants: list[str], runtime: str | None = "none") -> bool:
+def remove_tenants(tenants: list[str], runtime: str | None = "none", parallel: int = 1) -> bool:
     """Terminate and purge tenants (a benchmark's): the platform's pools are left as they were found. `runtime` is
-    the runtime backend they were provisioned with (None: the inventory's)."""
-    removed = True
+    the runtime backend they were provisioned with (None: the inventory's); `parallel` tenants at a time."""
     backend = ("-e", f"saasodoo_runtime_backend={runtime}") if runtime else ()
-    for tenant in tenants:
+
+    def remove(tenant: str) -> bool:
         for playbook, *extra in (("tenant_terminate.yml",), ("tenant_purge.yml", "-e", "force=true")):
             run = run_playbook(playbook, "-e", f"tenant_id={tenant}", *backend, *extra)
             if run.returncode != 0:
                 print(f"could not remove {tenant} ({playbook}):\n{run.output[-2000:]}", file=sys.stderr)
-                removed = False
-                break
-    return removed
+                return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return all(list(pool.map(remove, tenants)))
 
 
 def run_ansible_tool(tool: str, *args: str) -> str:

@@ -138,9 +138,7 @@ def test_the_callback_stores_kill_bill_bodies_and_refuses_anything_else(runner: 
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(urllib.request.Request(f"{runner.url}/metrics", headers=headers), timeout=5)
         assert refused.value.code == 401
-    scrape = urllib.request.Request(f"{runner.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
-    with urllib.request.urlopen(scrape, timeout=5) as response:
-        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    families = scrape_metrics(runner)
     jobs = {s.labels["state"]: s.value for s in families["saasodoo_runner_jobs"].samples}
     assert jobs["skipped"] >= 1
     assert next(s.value for s in families["saasodoo_runner_events_received"].samples) >= 2
@@ -361,6 +359,58 @@ def test_an_unexpected_error_fails_its_account_and_the_worker_goes_on(runner: Ru
     assert all(row["outcome"].startswith("failed: AttributeError") for row in outcomes), outcomes
     assert {row["subject"] for row in errors} == {"account:acct-odd-reply-1", "account:acct-odd-reply-2"}
     assert all("Traceback (most recent call last)" in row["detail"]["traceback"] for row in errors)
+
+
+def scrape_metrics(runner: RunnerStack) -> dict:
+    scrape = urllib.request.Request(f"{runner.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    with urllib.request.urlopen(scrape, timeout=5) as response:
+        return {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+
+
+def test_a_job_limit_holds_a_second_provision_back_and_metrics_show_it_waiting(
+    runner: RunnerStack, killbill: KillBillStandin
+):
+    """job_limits {provision: 1}: two sign-ups at once (two accounts, two idle workers) provision one after the
+    other, and /metrics shows the second waiting for the limit while the first runs."""
+    settings = json.loads(runner.settings_path.read_text())
+    write_settings(runner.settings_path, {**settings, "job_limits": {"provision": 1}, "limit_wait_seconds": 0.5})
+    runner.stop()
+    runner.start()
+    seen = set()
+    try:
+        api = kb_api(killbill)
+        api.register_callback(runner.callback)
+        for n in (1, 2):
+            api.sign_up(f"Limit {n}", f"lim-0{n}", "basic-monthly")
+        assert killbill.wait_idle(timeout=30) == (True, 0)
+        deadline = time.monotonic() + 600
+        done = "SELECT count(*) AS n FROM registry.jobs WHERE tenant_id LIKE 'lim-%' AND action = 'provision'"
+        done += " AND state = 'succeeded'"
+        with runner.registry() as conn:
+            while conn.execute(done).fetchone()["n"] < 2:
+                assert time.monotonic() < deadline, "the two provisions did not both succeed within 600 s"
+                families = scrape_metrics(runner)
+                running = {s.labels["action"]: s.value for s in families["saasodoo_runner_jobs_running"].samples}
+                waiting = {
+                    s.labels["action"]: s.value for s in families["saasodoo_runner_jobs_waiting_for_limit"].samples
+                }
+                seen.add((running.get("provision", 0), waiting.get("provision", 0)))
+                time.sleep(0.2)  # sampling what the other processes report, not waiting for them
+        runner.settle()
+    finally:
+        write_settings(runner.settings_path, settings)
+        runner.stop()
+        runner.start()
+    with runner.registry() as conn:
+        jobs = conn.execute(
+            "SELECT tenant_id, started_at, finished_at, waits FROM registry.jobs"
+            " WHERE tenant_id LIKE 'lim-%' AND action = 'provision' AND state = 'succeeded' ORDER BY started_at"
+        ).fetchall()
+    assert [job["tenant_id"] for job in jobs] in (["lim-01", "lim-02"], ["lim-02", "lim-01"])
+    assert jobs[0]["finished_at"] <= jobs[1]["started_at"], "the limit let two provisions run at once"
+    assert jobs[1]["waits"] >= 1
+    assert max(running for running, _ in seen) == 1
+    assert (1, 1) in seen, f"/metrics never showed one provision running and one waiting: {sorted(seen)}"
 
 
 def test_a_tenant_obeys_only_the_account_it_was_provisioned_for(runner: RunnerStack, killbill: KillBillStandin):

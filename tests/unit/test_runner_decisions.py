@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -10,7 +11,8 @@ from webhook_runner.config import ConfigError, load_settings, settings_from_dict
 from webhook_runner.desired import Action, Skip, Tenant, customer_profile, database_name, desired_actions
 from webhook_runner.notification import InvalidNotification, parse_notification
 
-# Kill Bill's own capture (shared/reference/killbill.md §1.2) and a §1.3 body, byte for byte.
+# Kill Bill's own capture (https://docs.killbill.io/latest/push_notifications.html) and an INVOICE_PAYMENT_FAILED
+# body as killbill-plugin-api's InvoicePaymentMetadata serializes it, byte for byte.
 CAPTURED = (
     b'{"eventType":"TENANT_CONFIG_CHANGE","accountId":null,"objectType":"TENANT_KVS",'
     b'"objectId":"5cf9c272-a493-4178-af30-3b8de0344a26","metaData":"{\\"key\\":\\"CATALOG\\"}"}'
@@ -167,6 +169,15 @@ def test_settings_backoff_repeats_its_last_step_and_secrets_stay_out_of_repr():
     settings = settings_from_dict({**SETTINGS, "backoff_seconds": [1, 4]})
     assert [settings.backoff(n) for n in (1, 2, 3, 9)] == [1.0, 4.0, 4.0, 4.0]
     assert "admin" not in repr(settings).replace("admin_token", "") and "'p'" not in repr(settings)
+
+
+def test_job_limits_default_to_two_cores_and_refuse_unknown_actions_and_non_positive_counts():
+    assert settings_from_dict(SETTINGS).job_limits == {"provision": 4, "change_plan": 2}
+    assert settings_from_dict({**SETTINGS, "job_limits": {"suspend": 1}}).job_limits == {"suspend": 1}
+    for bad, named in (({"provision": 0}, "provision=0"), ({"upgrade": 1}, "upgrade=1"),
+                       ({"resume": True}, "resume=True"), ({"resume": 1.5}, "resume=1.5"), ([4], "[4]")):  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(f"not {named}")):
+            settings_from_dict({**SETTINGS, "job_limits": bad})
 
 
 def test_a_settings_file_others_can_read_is_refused(tmp_path):
