@@ -1,5 +1,5 @@
 """The kubernetes backend of odoo_runtime: every plan's manifests, rendered and validated against the Kubernetes
-schemas (kubernetes-validate, strict), then checked against the plan. No Kubernetes API runs here (DESIGN §7)."""
+schemas (kubernetes-validate, strict), then checked against the plan. No Kubernetes API runs here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""tenant_change_plan.yml across db_types on the local platform (issue "Migrations").
+"""tenant_change_plan.yml across db_types on the local platform (README: Moving a tenant's database).
 
 A tenant with an Odoo-shaped database and a client committing every 100 ms through PgBouncer (following the
 registry, as Odoo follows its config) is upgraded basic -> premium (shared pool -> its dedicated server) and

@@ -1,4 +1,4 @@
-"""Moving a tenant's database to another PostgreSQL server (DESIGN §5), every phase recorded.
+"""Moving a tenant's database to another PostgreSQL server (README: Moving a tenant's database), every phase recorded.
 
 The source stays authoritative until the target is verified: the registry points at the target only
 after verification, in the one transaction that records the phase `repointed`. Before that the target's

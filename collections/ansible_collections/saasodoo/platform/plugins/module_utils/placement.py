@@ -1,4 +1,4 @@
-"""Where a tenant database goes: the pure decision, no database (DESIGN §4).
+"""Where a tenant database goes: the pure decision, no database (README: Placing and provisioning tenants).
 
 The registry side (locks, records) is in placement_store.py; this module only ranks and explains.
 """
