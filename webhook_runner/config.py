@@ -109,6 +109,8 @@ def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
             f"{source}: job_limits maps actions ({', '.join(PLAYBOOKS)}) to a number of jobs of at least 1;"
             f" not {', '.join(bad)}"
         )
+    if optional.get("limit_wait_seconds", 1) <= 0:
+        raise ConfigError(f"{source}: limit_wait_seconds must be above 0 (a held-back job would be retried at once)")
     if "backoff_seconds" in optional:
         optional["backoff_seconds"] = tuple(float(step) for step in optional["backoff_seconds"])
     return RunnerSettings(

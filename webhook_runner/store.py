@@ -109,7 +109,7 @@ def park_due_jobs(conn: psycopg.Connection, account: str, error: str) -> list[in
     """The account's due queued jobs (and the one its failed pass left running), parked with the error: replayed
     by hand once it is understood. The caller holds the account's lock."""
     rows = conn.execute(
-        """UPDATE registry.jobs SET state = 'parked', error = %s, finished_at = now()
+        """UPDATE registry.jobs SET state = 'parked', error = %s, finished_at = now(), waiting_for = NULL
             WHERE coalesce(account_id, '') = %s AND (state = 'running' OR state = 'queued' AND run_after <= now())
             RETURNING id""",
         (error, account),
@@ -166,6 +166,35 @@ def tenant_server(conn, tenant_id: str | None) -> str | None:
     return row["db_server"] if row else None
 
 
+def running_jobs(conn, action: str, server: str | None) -> int:
+    """Jobs of `action` running on `server` (None: for tenants not placed when they started)."""
+    return conn.execute(
+        "SELECT count(*) AS n FROM registry.jobs WHERE state = 'running' AND action = %s"
+        " AND db_server IS NOT DISTINCT FROM %s",
+        (action, server),
+    ).fetchone()["n"]
+
+
+def still_held_back(conn, account: str, limits: dict, wait_seconds: float) -> bool:
+    """Whether every due job of the account is one a limit held back and that limit still binds; then they wait
+    again, and the account's pass ends before reading Kill Bill (a waiting tenant costs one count per try)."""
+    due = conn.execute(
+        """SELECT id, action, tenant_id, waiting_for FROM registry.jobs
+            WHERE account_id = %s AND state = 'queued' AND run_after <= now()""",
+        (account,),
+    ).fetchall()
+    if not due or any(job["waiting_for"] is None or job["action"] not in limits for job in due):
+        return False
+    for job in due:
+        if running_jobs(conn, job["action"], tenant_server(conn, job["tenant_id"])) < limits[job["action"]]:
+            return False
+    conn.execute(
+        "UPDATE registry.jobs SET run_after = now() + make_interval(secs => %s), waits = waits + 1 WHERE id = ANY(%s)",
+        (wait_seconds, [job["id"] for job in due]),
+    )
+    return True
+
+
 def start_within_limit(conn, *, limit: int | None, wait_seconds: float, queued: dict | None, new: dict) -> dict:
     """Start a job (the queued one, else a new one from `new`: insert_job's arguments) unless `limit` jobs of its
     action already run on its tenant's server; then it waits, queued, with `waiting_for` saying why. The count and
@@ -175,11 +204,7 @@ def start_within_limit(conn, *, limit: int | None, wait_seconds: float, queued: 
         server = tenant_server(conn, tenant_id)
         if limit is not None:
             conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LIMIT_LOCK, f"{action} {server}"))
-            running = conn.execute(
-                "SELECT count(*) AS n FROM registry.jobs WHERE state = 'running' AND action = %s"
-                " AND db_server IS NOT DISTINCT FROM %s",
-                (action, server),
-            ).fetchone()["n"]
+            running = running_jobs(conn, action, server)
             if running >= limit:
                 waiting = f"{action} limit on {server or 'new tenants'}: {running} of {limit} running"
                 job = queued or insert_job(conn, **{**new, "state": "queued", "worker": None})
@@ -209,7 +234,7 @@ def finish_job(conn, job_id: int, *, state: str, rc=None, error=None, run_after_
 def close_job(conn, job_id: int, state: str, reason: str) -> None:
     """A queued or parked job Kill Bill's state made moot: done already, or superseded."""
     conn.execute(
-        "UPDATE registry.jobs SET state = %s, reason = %s, finished_at = now() WHERE id = %s",
+        "UPDATE registry.jobs SET state = %s, reason = %s, finished_at = now(), waiting_for = NULL WHERE id = %s",
         (state, reason, job_id),
     )
 
@@ -217,7 +242,8 @@ def close_job(conn, job_id: int, state: str, reason: str) -> None:
 def replay_job(conn, job_id: int) -> dict | None:
     """A parked (or failed) job back in the queue, its attempts reset; None when it is not parked."""
     return conn.execute(
-        f"""UPDATE registry.jobs SET state = 'queued', attempts = 0, run_after = now(), finished_at = NULL
+        f"""UPDATE registry.jobs SET state = 'queued', attempts = 0, run_after = now(), finished_at = NULL,
+                   waiting_for = NULL
              WHERE id = %s AND state IN ('parked', 'failed') RETURNING {JOB_COLUMNS}""",
         (job_id,),
     ).fetchone()

@@ -133,6 +133,9 @@ class Worker:
                 triggers.append(event)
         if not account or not (triggers or store.has_due_job(conn, account)):
             return
+        limits = self.settings.job_limits
+        if not triggers and store.still_held_back(conn, account, limits, self.settings.limit_wait_seconds):
+            return
         trigger_ids = [event["id"] for event in triggers]
         open_jobs = store.open_jobs(conn, account)
         account_jobs = [job for job in open_jobs if job["action"] in (CONVERGE, RECONCILE) and job["state"] == "queued"]

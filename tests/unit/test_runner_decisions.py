@@ -178,6 +178,8 @@ def test_job_limits_default_to_two_cores_and_refuse_unknown_actions_and_non_posi
                        ({"resume": True}, "resume=True"), ({"resume": 1.5}, "resume=1.5"), ([4], "[4]")):  # fmt: skip
         with pytest.raises(ConfigError, match=re.escape(f"not {named}")):
             settings_from_dict({**SETTINGS, "job_limits": bad})
+    with pytest.raises(ConfigError, match="limit_wait_seconds must be above 0"):
+        settings_from_dict({**SETTINGS, "limit_wait_seconds": 0})
 
 
 def test_a_settings_file_others_can_read_is_refused(tmp_path):

@@ -154,8 +154,8 @@ import stat
 
 from ansible.module_utils.basic import AnsibleModule
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-CLIENT = re.compile(r"^client\.[A-Za-z0-9_.-]+$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+CLIENT = re.compile(r"client\.[A-Za-z0-9_.-]+")
 SUBDIRS = ("filestore", "sessions", "addons")
 CEPHFS_TYPES = ("fuse.ceph-fuse", "fuse.ceph", "ceph")
 QUOTA, RBYTES = "ceph.quota.max_bytes", "ceph.dir.rbytes"
@@ -167,7 +167,7 @@ class Storage:
         self.p, self.ceph_p = p, p["cephfs"] or {}
         self.changed = False
         for key in ("tenant_id", "db_name"):
-            if not NAME.match(p[key]):
+            if not NAME.fullmatch(p[key]):
                 self.fail(f"the {key.replace('_', ' ')} {json.dumps(p[key])} must be letters, digits, '-' or '_', "
                           "starting with a letter or a digit")  # fmt: skip
         instances = p["instances_dir"].strip("/")
@@ -183,7 +183,7 @@ class Storage:
         if self.cephfs:
             self.fs_path = f"{self.ceph_p['root_path'].rstrip('/')}/{instances}/{name}"
             self.client = f"client.{self.ceph_p['client_prefix']}{p['tenant_id']}"
-            if not CLIENT.match(self.client):
+            if not CLIENT.fullmatch(self.client):
                 self.fail(f"{json.dumps(self.client)} is not a valid cephx client name: cephfs.client_prefix may hold "
                           "letters, digits, '.', '-' and '_' only")  # fmt: skip
 
@@ -192,30 +192,51 @@ class Storage:
 
     # -- directories ---------------------------------------------------------------------------------------
 
-    def directory(self, path: str, owner: str, group: str, mode: str) -> None:
-        """Like the file module's state=directory, but through a descriptor opened without following a link: the
-        tenant owns its directories and could swap one for a link to anything."""
-        uid, gid, mode = pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid, int(mode, 8)
-        fd = self.open_directory(path)
+    def directory(self, path: str, mode: str, owner: str | None = None, group: str | None = None,
+                  tenants: bool = True) -> None:  # fmt: skip
+        """Like the file module's state=directory. A tenant's directories are opened without following a link and
+        changed through that descriptor: the tenant owns them and could swap one for a link to anything. The root
+        and the instances directory are the operator's: a link there is followed, and missing parents are made."""
+        uid, gid = self.ids(owner, group)
+        try:
+            wanted = int(mode, 8)
+        except ValueError:
+            self.fail(f'the mode {json.dumps(mode)} of {path} is not octal: quote it in YAML, like "0750"')
+        fd = self.open_directory(path, tenants)
         if fd is None:
             self.changed = True
             if self.module.check_mode:
                 return
-            os.mkdir(path, 0o700)
-            fd = self.open_directory(path)
+            try:
+                if not tenants:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.mkdir(path, 0o700)
+            except OSError as error:  # FileExistsError: something appeared there meanwhile
+                self.fail(f"cannot make the directory {path}: {error.strerror}")
+            fd = self.open_directory(path, tenants)
         try:
             st = os.fstat(fd)
-            if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (uid, gid, mode):
+            if (uid is not None and (st.st_uid, st.st_gid) != (uid, gid)) or stat.S_IMODE(st.st_mode) != wanted:
                 self.changed = True
                 if not self.module.check_mode:
-                    os.fchown(fd, uid, gid)
-                    os.fchmod(fd, mode)
+                    if uid is not None:
+                        os.fchown(fd, uid, gid)
+                    os.fchmod(fd, wanted)
         finally:
             os.close(fd)
 
-    def open_directory(self, path: str) -> int | None:
+    def ids(self, owner: str | None, group: str | None) -> tuple[int | None, int | None]:
+        if owner is None:
+            return None, None
         try:
-            return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            return pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
+        except KeyError:
+            self.fail(f"no OS user {owner} or group {group} on this host: make them first")
+
+    def open_directory(self, path: str, tenants: bool) -> int | None:
+        flags = os.O_RDONLY | os.O_DIRECTORY | (os.O_NOFOLLOW if tenants else 0)
+        try:
+            return os.open(path, flags)
         except FileNotFoundError:
             return None
         except OSError as error:  # ENOTDIR, or ELOOP for a link
@@ -305,7 +326,9 @@ class Storage:
         if self.cephfs:  # the MDS propagates recursive statistics lazily: a write of a moment ago may be missing
             return int(os.getxattr(self.path, RBYTES, follow_symlinks=False) or b"0")
         rc, out, err = self.module.run_command(["du", "-sb", self.path])
-        if rc != 0:
+        if rc == 1 and out.strip():  # a file went away while du walked (Odoo's sessions come and go): still a total
+            self.module.warn(f"du -sb {self.path}: {err.strip()}")
+        elif rc != 0:
             self.fail(f"cannot measure {self.path}: {err.strip()}")
         return int(out.split()[0])
 
@@ -319,10 +342,10 @@ class Storage:
         if self.cephfs:
             self.require_admin_mount()
         else:  # made here with the instances directory's mode, not as a parent with whatever its child asks
-            self.directory(self.root, p["owner"], p["group"], p["dir_mode"])
-        self.directory(self.instances, p["owner"], p["group"], p["dir_mode"])
+            self.directory(self.root, p["dir_mode"], tenants=False)  # its mode only: it may hold more than tenants
+        self.directory(self.instances, p["dir_mode"], p["owner"], p["group"], tenants=False)
         for path in (self.path, *(os.path.join(self.path, sub) for sub in SUBDIRS)):
-            self.directory(path, p["tenant_owner"], p["tenant_group"], p["tenant_dir_mode"])
+            self.directory(path, p["tenant_dir_mode"], p["tenant_owner"], p["tenant_group"])
         self.seed()
         if self.cephfs:
             self.quota()
