@@ -163,12 +163,14 @@ class TenantDatabase:
     def present(self) -> None:
         name = self.p["name"]
         with self.connect("postgres") as conn:
-            self.converge_role(conn)
-            if not self.p["login"]:  # before anything that could wait for a lock one of them holds
-                self.close_sessions(conn)
             database = conn.execute(
                 "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = %s", (name,)
             ).fetchone()
+            if database is None and self.p["template"]:
+                self.require_template(conn)
+            self.converge_role(conn)
+            if not self.p["login"]:  # before anything that could wait for a lock one of them holds
+                self.close_sessions(conn)
             if database is None:
                 template = sql.Identifier(self.p["template"] or "template0")
                 create = "CREATE DATABASE {} OWNER {} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE {}"
@@ -186,6 +188,20 @@ class TenantDatabase:
                 conn.execute("SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtextextended(%s, 0))",
                              (f"saasodoo template {self.p['template']}",))  # fmt: skip
             self.converge_inside(name)
+
+    def require_template(self, conn) -> None:
+        """A golden template is a template database with its build's comment (roles/odoo_template): one whose build
+        did not finish has none. Nothing is made without it."""
+        ready = conn.execute(
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s AND datistemplate"
+            " AND pg_catalog.shobj_description(oid, 'pg_database') IS NOT NULL",
+            (self.p["template"],),
+        ).fetchone()
+        if ready is None:
+            self.module.fail_json(
+                msg=f"the server on port {self.p['login_port']} has no golden template {self.p['template']}: run "
+                "playbooks/site.yml, which builds the templates the plan catalog needs, then run this again"
+            )
 
     def converge_role(self, conn) -> None:
         p = self.p
