@@ -1,54 +1,105 @@
-"""Time a no-change `site.yml` run on inventories/local beside the floor Ansible itself sets.
+"""Time a no-change `site.yml` run on inventories/local, before and after N tenants, beside Ansible's own floor.
 
-Baseline, same run, same hosts: `ansible postgres_servers -m ansible.builtin.ping` (process start-up,
-inventory, one module per host). The difference is what the roles' probes cost when nothing changes.
-Usage: bench/site_noop.py [runs]   (needs the platform converged once: make demo)
+A no-change run must cost the same whatever the number of tenants: the tenants' hosts (the registry inventory
+plugin lists them) add no task. So the run is timed, and its tasks counted, with the fleet as it is, then again
+with N more tenants (runtime none, provisioned in parallel; pools sized for them with
+saasodoo_pool_capacity_tenants, set back at the end). Baseline, same run, same hosts: `ansible postgres_servers
+-m ansible.builtin.ping` (process start-up, inventory, one module per host).
+Usage: bench/site_noop.py [--runs N] [--tenants N] [--quick]   (needs the platform converged once: make demo)
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
+from tests.integration.conftest import PlaybookRun, remove_tenants  # noqa: E402
+
 ENV = {**os.environ, "PATH": f"{REPO / '.venv/bin'}:{os.environ['PATH']}", "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
+GOAL_SECONDS, GOAL_SERVERS, GOAL_TENANTS = 10.0, 5, 50
+TASKS = re.compile(r"\sok=(\d+)\s.*\sskipped=(\d+)\s")  # a recap line's tasks run and skipped on one host
 
 
-def timed(argv: list[str]) -> float:
+def run(argv: list[str]) -> tuple[float, PlaybookRun]:
     started = time.perf_counter()
     result = subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"{' '.join(argv)} failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
-    if "site.yml" in argv[-1] and " changed=0 " not in result.stdout:
-        sys.exit("site.yml changed something: not a no-change run; converge first (make demo)")
-    return elapsed
+    return elapsed, PlaybookRun(result.returncode, result.stdout)
 
 
-def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    print("converging once so the timed runs change nothing ...", flush=True)
-    subprocess.run(["ansible-playbook", "playbooks/site.yml"], cwd=REPO, env=ENV, capture_output=True, check=True)
-    cases = {
-        "site.yml, no change": ["ansible-playbook", "playbooks/site.yml"],
-        "baseline: ansible -m ping": ["ansible", "postgres_servers", "-m", "ansible.builtin.ping"],
-    }
-    listed = subprocess.run(
-        ["ansible", "postgres_servers", "--list-hosts"], cwd=REPO, env=ENV, capture_output=True, text=True, check=True
-    ).stdout
-    hosts = len(listed.splitlines()) - 1  # after the "hosts (N):" header
-    print(f"{'case':32} {'median s':>9} {'min s':>7} {'max s':>7}   ({runs} runs each, {hosts} servers)")
-    for name, argv in cases.items():
-        times = []
-        for i in range(runs):
-            times.append(timed(argv))
-            print(f"  {name}: run {i + 1}/{runs} {times[-1]:.2f} s", file=sys.stderr, flush=True)
-        print(f"{name:32} {statistics.median(times):9.2f} {min(times):7.2f} {max(times):7.2f}")
+def no_change_site(capacity: list[str], runs: int, label: str) -> tuple[list[float], int]:
+    """Seconds of each no-change site.yml run, and the tasks one run went through (ok + skipped, every host)."""
+    times, tasks = [], 0
+    for i in range(runs):
+        seconds, result = run(["ansible-playbook", "playbooks/site.yml", *capacity])
+        recap = result.recap
+        if any(stats["changed"] for stats in recap.values()):
+            sys.exit(f"site.yml changed something ({label}): not a no-change run")
+        times.append(seconds)
+        tasks = sum(int(ok) + int(skipped) for ok, skipped in TASKS.findall(result.output))
+        print(f"  site.yml, {label}: run {i + 1}/{runs} {seconds:.2f} s, {tasks} tasks", file=sys.stderr, flush=True)
+    return times, tasks
+
+
+def provision(tenant: str, capacity: list[str]) -> None:
+    run(["ansible-playbook", "playbooks/tenant_provision.yml", "-e", f"tenant_id={tenant}", "-e", "plan=basic-monthly",
+         "-e", "saasodoo_runtime_backend=none", *capacity])  # fmt: skip
+
+
+def line(label: str, times: list[float], tasks: int | str) -> str:
+    return f"{label:44} {statistics.median(times):9.2f} {min(times):7.2f} {max(times):7.2f} {tasks:>7}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tenants", type=int, default=GOAL_TENANTS)
+    parser.add_argument("--quick", action="store_true", help="1 run each, 2 tenants (tests/integration)")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.tenants = 1, 2
+    capacity = ["-e", f"saasodoo_pool_capacity_tenants={args.tenants + 3}"]  # every pool fits them: no growth
+    print("converging once (pools sized for the tenants) so the timed runs change nothing ...", flush=True)
+    run(["ansible-playbook", "playbooks/site.yml", *capacity])
+    servers = len(run(["ansible", "postgres_servers", "--list-hosts"])[1].output.splitlines()) - 1
+    before, tasks_before = no_change_site(capacity, args.runs, "the fleet as it is")
+    run_id = uuid.uuid4().hex[:6]
+    tenants = [f"site-{run_id}-{n}" for n in range(args.tenants)]
+    created = []
+    try:
+        print(f"provisioning {args.tenants} tenants (runtime none, 2 at a time) ...", flush=True)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for tenant, _ in zip(tenants, pool.map(lambda t: provision(t, capacity), tenants), strict=True):
+                created.append(tenant)
+        after, tasks_after = no_change_site(capacity, args.runs, f"{args.tenants} more tenants")
+        pings = [run(["ansible", "postgres_servers", "-m", "ansible.builtin.ping"])[0] for _ in range(args.runs)]
+    finally:
+        removed = remove_tenants(created or tenants, parallel=2)
+        run(["ansible-playbook", "playbooks/site.yml"])  # the pools' capacity back to the inventory's
+    print(f"{'case':44} {'median s':>9} {'min s':>7} {'max s':>7} {'tasks':>7}   ({args.runs} runs, {servers} servers)")
+    print(line("site.yml, no change, the fleet as it is", before, tasks_before))
+    print(line(f"site.yml, no change, {args.tenants} more tenants", after, tasks_after))
+    print(line("baseline: ansible postgres_servers -m ping", pings, "-"))
+    seconds = statistics.median(after)
+    verdict = "met" if seconds <= GOAL_SECONDS else "NOT met"
+    print(f"goal no-change site.yml ({servers} servers, {args.tenants} more tenants): {seconds:.1f} s vs "
+          f"{GOAL_SECONDS:.0f} s ({GOAL_SERVERS} servers, {GOAL_TENANTS} tenants) — {verdict}")  # fmt: skip
+    added = tasks_after - tasks_before
+    print(f"goal tasks the tenants add to a no-change site.yml: {added} vs 0 — {'met' if added <= 0 else 'NOT met'}")
+    return 0 if removed else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -78,3 +78,19 @@ def test_lifecycle_benchmark_quick_run_prints_every_transition_beside_the_startu
             "SELECT tenant_id FROM registry.tenants WHERE tenant_id LIKE 'lc-%' AND status <> 'purged'"
         ).fetchall()
     assert left == [], "the benchmark leaves its tenants behind"
+
+
+def test_site_noop_benchmark_quick_run_counts_the_tasks_tenants_add(local_platform: LocalPlatform):
+    output = run_bench("bench/site_noop.py", timeout=900)
+    assert "site.yml, no change, the fleet as it is" in output and "site.yml, no change, 2 more tenants" in output
+    assert "baseline: ansible postgres_servers -m ping" in output
+    assert output.count("goal ") == 2
+    with local_platform.registry() as registry:
+        left = registry.execute(
+            "SELECT tenant_id FROM registry.tenants WHERE tenant_id LIKE 'site-%' AND status <> 'purged'"
+        ).fetchall()
+        capacity = registry.execute(
+            "SELECT DISTINCT capacity_tenants FROM registry.db_servers WHERE kind = 'shared'"
+        ).fetchall()
+    assert left == [], "the benchmark leaves its tenants behind"
+    assert capacity == [(3,)], "the benchmark leaves the pools' capacity changed"
