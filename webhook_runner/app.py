@@ -80,7 +80,7 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
     def require_admin():
         require_token(settings.admin_token, "admin")
 
-    metrics_registry = exposition_registry(registry)
+    metrics_registry = exposition_registry(registry, limited=tuple(settings.job_limits))
 
     @app.post("/killbill/<token>")
     def killbill_notification(token: str):

@@ -24,8 +24,9 @@ OTHER = "other"  # the label of an event type Kill Bill does not define
 
 
 class RegistryCollector(Collector):
-    def __init__(self, registry: Callable[[], AbstractContextManager]):
+    def __init__(self, registry: Callable[[], AbstractContextManager], limited: tuple[str, ...] = ()):
         self.registry = registry
+        self.limited = limited  # actions with a job limit: their gauges are always there, 0 when idle
 
     def describe(self):
         return []  # registered without a scrape (the registry may be down when the app starts)
@@ -60,7 +61,7 @@ class RegistryCollector(Collector):
             "Queued jobs a per-server job limit (settings job_limits) holds back, by action.",
             labels=["action"],
         )
-        for action in sorted(set(snapshot["running"]) | set(snapshot["waiting"])):
+        for action in sorted(set(snapshot["running"]) | set(snapshot["waiting"]) | set(self.limited)):
             running.add_metric([action], snapshot["running"].get(action, 0))
             waiting.add_metric([action], snapshot["waiting"].get(action, 0))
         yield running
@@ -82,10 +83,10 @@ def _folded(counts: dict[str, int], known: frozenset[str]) -> dict[str, int]:
     return folded
 
 
-def exposition_registry(registry: Callable[[], AbstractContextManager]) -> CollectorRegistry:
+def exposition_registry(registry: Callable[[], AbstractContextManager], limited=()) -> CollectorRegistry:
     """One CollectorRegistry per app, holding only the runner's collector."""
     metrics = CollectorRegistry(auto_describe=False)
-    metrics.register(RegistryCollector(registry))
+    metrics.register(RegistryCollector(registry, limited))
     return metrics
 
 

@@ -141,6 +141,8 @@ def test_the_callback_stores_kill_bill_bodies_and_refuses_anything_else(runner: 
     families = scrape_metrics(runner)
     jobs = {s.labels["state"]: s.value for s in families["saasodoo_runner_jobs"].samples}
     assert jobs["skipped"] >= 1
+    limited = {s.labels["action"] for s in families["saasodoo_runner_jobs_waiting_for_limit"].samples}
+    assert {"provision", "change_plan"} <= limited  # the default limits' gauges, 0 when nothing waits
     assert next(s.value for s in families["saasodoo_runner_events_received"].samples) >= 2
     by_type = {s.labels["event_type"] for s in families["saasodoo_runner_events_received_by_type"].samples}
     assert "TENANT_CONFIG_CHANGE" in by_type and "other" in by_type and "SUBSCRIPTION_TELEPORT" not in by_type
