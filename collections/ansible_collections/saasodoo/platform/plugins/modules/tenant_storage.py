@@ -158,7 +158,8 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 CLIENT = re.compile(r"client\.[A-Za-z0-9_.-]+")
 SUBDIRS = ("filestore", "sessions", "addons")
 CEPHFS_TYPES = ("fuse.ceph-fuse", "fuse.ceph", "ceph")
-QUOTA, RBYTES = "ceph.quota.max_bytes", "ceph.dir.rbytes"
+QUOTA = "ceph.quota.max_bytes"
+RBYTES = "ceph.dir.rbytes"
 
 
 class Storage:
