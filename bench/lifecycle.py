@@ -5,6 +5,10 @@ nginx), the run time of provision, suspend, resume, an in-place plan change (bas
 same db_type and modules) and terminate, p50/p95, beside ansible-runner's start-up with a one-task playbook
 measured in the same run: the floor under any job. The tenants are purged at the end.
 
+A provision that finds every shared pool full brings up a new server first (placement's auto-grow: initdb, a
+PgBouncer, the template), a one-off cost of the fleet rather than of the tenant: such runs are counted and shown
+in a row of their own, and the provision goals are read from the others.
+
 Usage: bench/lifecycle.py [--tenants N] [--quick]   (needs the local platform up: playbooks/site.yml)
 """
 
@@ -18,10 +22,11 @@ import uuid
 from pathlib import Path
 
 import ansible_runner
+import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
-from bench.runner import percentile, row  # noqa: E402
+from bench.runner import percentile, registry_conninfo, row  # noqa: E402
 from tests.integration.conftest import remove_tenants  # noqa: E402
 
 PLAYBOOK_COMMAND = REPO / "webhook_runner/ansible-playbook"  # the runner's own, as its jobs run
@@ -41,6 +46,12 @@ GOALS = {  # (runtime, transition): p95 seconds
     ("process", "resume"): 4.0,
 }
 GOAL_STARTUP_FACTOR = 3.0  # suspend and resume within 3x ansible-runner's one-task start-up
+REGISTRY_PORT = 55432  # inventories/local/host_vars/platform-db.yml
+
+
+def server_count() -> int:
+    with psycopg.connect(registry_conninfo(REGISTRY_PORT), autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM registry.db_servers").fetchone()[0]
 
 
 def run(scratch: Path, playbook: Path, extravars: dict, inventory: str) -> float:
@@ -80,7 +91,10 @@ def main() -> int:
                     created[runtime].append(tenant)
                     for label, playbook, extra in TRANSITIONS:
                         extravars = {"tenant_id": tenant, "saasodoo_runtime_backend": runtime, **extra}
+                        servers = server_count()
                         seconds = run(Path(scratch), REPO / "playbooks" / playbook, extravars, inventory)
+                        if server_count() > servers:
+                            label = f"{label}, with a new server"
                         times.setdefault((runtime, label), []).append(seconds)
                         print(f"  {tenant}: {label} {seconds:.1f} s", flush=True)
     finally:
@@ -92,6 +106,9 @@ def main() -> int:
     print(row("baseline: ansible-runner start-up, a one no-op task playbook", startups, "s", 1.0))
     floor = percentile(startups, 0.5)
     for (runtime, label), goal in GOALS.items():
+        if (runtime, label) not in times:  # every provision of the run brought up a server
+            print(f"goal {label}-{runtime}-p95: no run without a new server — NOT met")
+            continue
         p95 = percentile(times[(runtime, label)], 0.95)
         print(f"goal {label}-{runtime}-p95: {p95:.1f} s vs {goal:g} s — {'met' if p95 <= goal else 'NOT met'}")
     for runtime in ("none", "process"):

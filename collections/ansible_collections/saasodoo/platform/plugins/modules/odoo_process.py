@@ -12,15 +12,20 @@ description:
     renders the files (odoo.conf, the program, the vhost) and this module does in one call what a dozen tasks did,
     each paying ansible's cost per module call.
   - Writes each file atomically with its owner and mode, only when its content, owner or mode differ.
-  - Tells supervisord of the tenant's program with C(supervisorctl update <program>) when its file changed, was
-    removed, or is unknown to supervisord (a run killed between writing it and applying it); named, the update
-    touches only this tenant's group.
+  - Speaks to supervisord through its XML-RPC interface on the Unix socket (supervisor's own C(SupervisorTransport)),
+    as supervisorctl does, without paying a Python start-up per command.
+  - Tells supervisord of the tenant's program as C(supervisorctl update <program>) does (C(reloadConfig), then remove
+    and add only this tenant's group) when its file changed, was removed, or is unknown to supervisord (a run killed
+    between writing it and applying it).
   - C(started) starts the program, or restarts it when only its odoo.conf changed, and waits until Odoo shows its
-    login form; if it does not, fails with the end of its log. C(stopped) stops it, keeping its files.
+    login form and supervisord calls it C(RUNNING) (up past C(startsecs)), both polled while it starts; if it does
+    not, fails with the end of its log. C(stopped) stops it, keeping its files.
     C(absent) stops it and removes its program, its directory and its route.
   - A changed route is checked (C(nginx -t)) before nginx reloads; then the module waits until nginx routes the
     tenant as it should (its login form when started, 503 otherwise), since nginx swaps workers in the background.
 version_added: 0.4.0
+requirements:
+  - supervisor (the Python package; the host that runs supervisord has it)
 author: SaaSOdoo ops maintainers
 options:
   state:
@@ -32,10 +37,9 @@ options:
     description: The supervisord program's name.
     type: str
     required: true
-  supervisorctl:
-    description: The supervisorctl command, with its C(-c <config>).
-    type: list
-    elements: str
+  supervisor_socket:
+    description: The Unix socket of the host's supervisord (its C([unix_http_server] file)).
+    type: path
     required: true
   nginx_conf:
     description: The nginx configuration the route belongs to.
@@ -131,19 +135,26 @@ import grp
 import http.client
 import os
 import pwd
-import re
 import shutil
 import time
 import urllib.error
+import xmlrpc.client
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.files import holds, write_atomically
 
+try:
+    from supervisor.xmlrpc import Faults, SupervisorTransport
+except ImportError:
+    Faults = SupervisorTransport = None
+
 ROLES = ("config", "program", "route")
+ACTIVE_STATES = ("RUNNING", "STARTING", "BACKOFF")  # states that need no start, and a stop before files change
 LOGIN_FORM = "oe_login_form"
 MAX_BODY = 65536  # the tenant's Odoo answers: read no more than a login page
+POLL_SECONDS = 0.2
 
 
 def fetch(url: str, host: str | None = None) -> tuple[int, str]:
@@ -168,35 +179,56 @@ class OdooProcess:
         self.changed_roles: set[str] = set()
         self.reloaded = False
 
-    def ctl(self, *args: str) -> tuple[int, str]:
-        """supervisorctl's exit code and stdout (a warning on stderr is no answer)."""
-        rc, out, _ = self.module.run_command([*self.p["supervisorctl"], *args])
-        return rc, out
+        self.supervisor = xmlrpc.client.ServerProxy(
+            "http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{self.p['supervisor_socket']}")
+        ).supervisor
 
-    def act(self, action: str, *argv: str, ok=lambda rc, out: rc == 0) -> None:
+    def rpc(self, method: str, *args, ok_faults: tuple[int, ...] = ()):
+        """A supervisord XML-RPC call's answer; None for a fault the caller expects (e.g. NOT_RUNNING)."""
+        try:
+            return getattr(self.supervisor, method)(*args)
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode in ok_faults:
+                return None
+            self.fail(f"supervisord refused {method}{args}: {fault.faultString}")
+        except OSError as error:
+            self.fail(f"supervisord does not answer on {self.p['supervisor_socket']} ({error}): converge the"
+                      " runtime host first (playbooks/site.yml)")  # fmt: skip
+
+    def state(self) -> str | None:
+        """supervisord's state of the program (RUNNING, STARTING, BACKOFF, STOPPED, EXITED, FATAL, ...); None when
+        supervisord does not know it."""
+        info = self.rpc("getProcessInfo", self.p["program"], ok_faults=(Faults.BAD_NAME,))
+        return info["statename"] if info else None
+
+    def act(self, action: str, method: str, *args, ok_faults: tuple[int, ...] = ()) -> None:
         self.actions.append(action)
+        if not self.check_mode:
+            self.rpc(method, *args, ok_faults=ok_faults)
+
+    def update(self) -> None:
+        """supervisorctl's `update <program>` (supervisor/supervisorctl.py, do_update): reread the configuration
+        and apply what changed for this tenant's group only."""
+        self.actions.append("supervisord updated")
         if self.check_mode:
             return
-        rc, out, err = self.module.run_command(list(argv))
-        if not ok(rc, out + err):
-            self.fail(f"{action} failed ({' '.join(argv)}): {(out + err).strip()}")
+        group = self.p["program"]
+        added, changed, removed = self.rpc("reloadConfig")[0]
+        if group in removed or group in changed:
+            self.rpc("stopProcessGroup", group)
+            self.rpc("removeProcessGroup", group)
+        if group in added or group in changed:
+            self.rpc("addProcessGroup", group)
 
     def fail(self, msg: str) -> None:
         self.module.fail_json(msg=msg, actions=self.actions, changed=bool(self.actions))
 
     def run(self) -> None:
         p = self.p
-        rc, out = self.ctl("pid")
-        if rc != 0 or not out.strip().isdigit():
-            self.fail(
-                f"supervisord is not set up ({' '.join(p['supervisorctl'])}) for program {p['program']}: converge"
-                " the runtime host first (playbooks/site.yml)"
-            )
-        status_rc, status = self.ctl("status", p["program"])
-        # `status` exits 0 when RUNNING, 3 when stopped/exited/fatal, 4 when supervisord has no such program.
+        state = self.state()
         # A stop comes first: nothing is read or written in the tenant's directory while its Odoo may still run.
-        if p["state"] != "started" and re.search(r"\s(RUNNING|STARTING|BACKOFF)\s", status + "\n"):
-            self.act("stopped", *p["supervisorctl"], "stop", p["program"])
+        if p["state"] != "started" and state in ACTIVE_STATES:
+            self.act("stopped", "stopProcess", p["program"], True, ok_faults=(Faults.NOT_RUNNING,))
         config = {"path": p["config_path"], "content": p["config"], "mode": "0600", "private": True, "role": "config"}
         route = [file for file in p["files"] if file.get("role") == "route"]
         if p["state"] == "absent":
@@ -205,10 +237,8 @@ class OdooProcess:
             self.ensure_dir(p["tenant_dir"], p["owner"], 0o700)
             for file in [config, *(file for file in p["files"] if file.get("role") != "route")]:
                 self.ensure_file(file)
-        if "program" in self.changed_roles or (p["state"] != "absent" and status_rc == 4):
-            # A removed program's group may be gone already (supervisord reloaded since).
-            self.act("supervisord updated", *p["supervisorctl"], "update", p["program"],
-                     ok=lambda rc, out: rc == 0 or (p["state"] == "absent" and "no such group" in out))  # fmt: skip
+        if "program" in self.changed_roles or (p["state"] != "absent" and state is None):
+            self.update()
         if p["state"] == "started":
             self.start()
         # The route changes once Odoo answers behind it (a failed start leaves the old one in place).
@@ -219,38 +249,41 @@ class OdooProcess:
         if p["state"] != "absent":
             self.wait_for_route()
 
-    def running(self) -> bool:
-        """Whether supervisord calls the program RUNNING (up past startsecs), not STARTING or BACKOFF."""
-        return re.search(r"\sRUNNING\s", self.ctl("status", self.p["program"])[1] + "\n") is not None
-
     def reload_nginx(self) -> None:
-        self.act("nginx configuration checked", "nginx", "-t", "-q", "-c", self.p["nginx_conf"])
-        self.act("nginx reloaded", "nginx", "-s", "reload", "-c", self.p["nginx_conf"])
+        for action, argv in (("nginx configuration checked", ["-t", "-q"]), ("nginx reloaded", ["-s", "reload"])):
+            self.actions.append(action)
+            if self.check_mode:
+                continue
+            rc, out, err = self.module.run_command(["nginx", *argv, "-c", self.p["nginx_conf"]])
+            if rc != 0:
+                self.fail(f"{action} failed (nginx {' '.join(argv)}): {(out + err).strip()}")
         self.reloaded = True
 
     def start(self) -> None:
         p = self.p
+        state = self.state()
+        # An update just now may have started it already (autostart); STARTING and BACKOFF need no start.
+        if state not in ACTIVE_STATES:
+            # Not waiting for startsecs here: the loop below waits for RUNNING and the login form together.
+            self.act("started", "startProcess", p["program"], False, ok_faults=(Faults.ALREADY_STARTED,))
+        elif "config" in self.changed_roles and "program" not in self.changed_roles:
+            self.act(
+                "stopped for its new odoo.conf", "stopProcess", p["program"], True, ok_faults=(Faults.NOT_RUNNING,)
+            )
+            self.act("restarted for its new odoo.conf", "startProcess", p["program"], False)
         if self.check_mode:
-            if self.ctl("status", p["program"])[0] != 0:
-                self.actions.append("started")
             return
-        # `status` exits 3 for STOPPED, EXITED or FATAL (and 0 for STARTING and BACKOFF, which need no start).
-        status_rc, _ = self.ctl("status", p["program"])
-        if status_rc != 0:
-            self.act("started", *p["supervisorctl"], "start", p["program"])
-        elif status_rc == 0 and "config" in self.changed_roles and "program" not in self.changed_roles:
-            self.act("restarted for its new odoo.conf", *p["supervisorctl"], "restart", p["program"])
         # /web/health answers before the database is usable (and for an Odoo never initialised, 500 from then on):
         # the login form is what the customer needs, and supervisord calling it RUNNING (past startsecs) is what
         # the next run reads.
         deadline = time.monotonic() + p["health_timeout"]
         while True:
             status, body = fetch(p["login_url"])
-            if status == 200 and LOGIN_FORM in body and self.running():
+            if status == 200 and LOGIN_FORM in body and self.state() == "RUNNING":
                 return
             if time.monotonic() > deadline:
                 break
-            time.sleep(0.5)
+            time.sleep(POLL_SECONDS)
         try:
             with open(p["log_path"], errors="replace") as log:
                 tail = "".join(log.readlines()[-20:])
@@ -275,7 +308,7 @@ class OdooProcess:
             if time.monotonic() > deadline:
                 want = "its login form" if p["state"] == "started" else "503"
                 self.fail(f"nginx does not route {p['route_host']} as it should ({want}): it answered {status}")
-            time.sleep(0.2)
+            time.sleep(POLL_SECONDS)
 
     def ids(self, owner: str) -> tuple[int, int] | None:
         """The uid and gid of `owner`; None in check mode for a user a real run would have made first."""
@@ -284,7 +317,7 @@ class OdooProcess:
         except KeyError:
             if self.check_mode:
                 return None
-            self.fail(f"no OS user and group {owner}: the role makes them first (tasks_from: tenant_user)")
+            self.fail(f"no OS user and group {owner}: provisioning makes them (odoo_runtime, tasks_from: tenant_user)")
 
     def ensure_dir(self, path: str, owner: str, mode: int) -> None:
         ids = self.ids(owner)
@@ -333,7 +366,7 @@ def main() -> None:
         argument_spec=dict(
             state=dict(type="str", choices=["started", "stopped", "absent"], required=True),
             program=dict(type="str", required=True),
-            supervisorctl=dict(type="list", elements="str", required=True),
+            supervisor_socket=dict(type="path", required=True),
             nginx_conf=dict(type="path", required=True),
             tenant_dir=dict(type="path", required=True),
             owner=dict(type="str", required=True),
@@ -351,6 +384,8 @@ def main() -> None:
         required_if=[("state", "started", ["config"]), ("state", "stopped", ["config"])],
         supports_check_mode=True,
     )
+    if SupervisorTransport is None:
+        module.fail_json(msg=missing_required_lib("supervisor"))
     process = OdooProcess(module)
     try:
         process.run()
