@@ -4,6 +4,7 @@ server, every tenant's credentials open its own database only, and failures leav
 from __future__ import annotations
 
 import re
+import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,7 +14,17 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from .conftest import LOCAL_STATE, LocalPlatform, PlaybookRun, run_ansible_tool, run_playbook, superuser
+from .conftest import (
+    LOCAL_STATE,
+    VENV_BIN,
+    LocalPlatform,
+    PlaybookRun,
+    ansible_env,
+    run_ansible_tool,
+    run_playbook,
+    superuser,
+)
+from conftest import REPO
 
 BASIC_TENANTS = [f"t{n:02d}" for n in range(1, 10)]  # 9: fills pool-shared-01..03
 RETRIED_TENANT = "t09"  # its first run breaks midway, a second run succeeds
@@ -360,3 +371,23 @@ def test_the_admins_one_time_link_sets_a_password_once_and_nothing_else_opens(fl
     admin = "admin@t02.odoo.localhost"
     assert post("/web/login", {"login": admin, "password": "first password"}) == 303
     assert post("/web/login", {"login": admin, "password": "admin"}) == 200  # the template's password opens nothing
+
+
+def test_a_server_without_the_plans_template_refuses_and_makes_nothing(fleet: Fleet):
+    server = fleet.platform.servers["pool-shared-01"]
+    args = (
+        "name=t_untemplated password=not-used template=tpl_missing"
+        f" login_unix_socket={(LOCAL_STATE / 'pg/pool-shared-01/run').resolve()} login_port={server.port}"
+    )
+    result = subprocess.run(
+        [str(VENV_BIN / "ansible"), "pool-shared-01", "-m", "saasodoo.platform.tenant_database", "-a", args],
+        cwd=REPO, env=ansible_env(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "has no golden template tpl_missing: run playbooks/site.yml" in " ".join(result.stdout.split())
+    with superuser("pool-shared-01", server.port) as conn:
+        made = conn.execute(
+            "SELECT (SELECT count(*) FROM pg_database WHERE datname = 't_untemplated'),"
+            " (SELECT count(*) FROM pg_roles WHERE rolname = 't_untemplated')"
+        ).fetchone()
+    assert made == (0, 0)

@@ -135,6 +135,10 @@ def password_matches(stored: str | None, password: str) -> bool:
     return scram_sha_256_verifier(password, salt, SCRAM_ITERATIONS) == stored
 
 
+class RefusedError(Exception):
+    """Nothing was made: the server is not ready for the tenant (the message says what to run)."""
+
+
 class TenantDatabase:
     def __init__(self, params: dict, check_mode: bool):
         self.p = params
@@ -198,8 +202,8 @@ class TenantDatabase:
             (self.p["template"],),
         ).fetchone()
         if ready is None:
-            self.module.fail_json(
-                msg=f"the server on port {self.p['login_port']} has no golden template {self.p['template']}: run "
+            raise RefusedError(
+                f"the server on port {self.p['login_port']} has no golden template {self.p['template']}: run "
                 "playbooks/site.yml, which builds the templates the plan catalog needs, then run this again"
             )
 
@@ -314,7 +318,7 @@ def main() -> None:
     tenant = TenantDatabase(module.params, module.check_mode)
     try:
         tenant.present() if module.params["state"] == "present" else tenant.absent()
-    except psycopg.Error as error:
+    except (psycopg.Error, RefusedError) as error:
         module.fail_json(msg=f"tenant database {module.params['name']}: {error}", actions=tenant.actions)
     module.exit_json(changed=bool(tenant.actions), actions=tenant.actions, sessions_closed=tenant.sessions_closed)
 
