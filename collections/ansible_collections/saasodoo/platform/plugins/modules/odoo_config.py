@@ -8,9 +8,9 @@ DOCUMENTATION = r"""
 module: odoo_config
 short_description: Converge one tenant's config directory and odoo.conf (the runtime C(none))
 description:
-  - The implementation of C(roles/odoo_runtime)'s C(none) backend, which is where playbooks call it from: the tenant
-    gets its database, storage and an odoo.conf for an Odoo run elsewhere, nothing else. The role renders the
-    odoo.conf; this module does in one call what C(file) and C(template) did in three module runs.
+  - The implementation of C(roles/odoo_runtime)'s C(none) backend, which is where playbooks call it from. With it
+    the tenant gets its database, storage and an odoo.conf for an Odoo run elsewhere, nothing else. The role renders
+    the odoo.conf; this module does in one call what C(file) and C(template) did in three module runs.
   - The directory is made C(0750) and the file written atomically C(0600), both root's, only when they differ.
     C(absent) removes the directory.
 version_added: 0.5.0
