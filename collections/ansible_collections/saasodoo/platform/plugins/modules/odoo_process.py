@@ -108,10 +108,10 @@ EXAMPLES = r"""
   saasodoo.platform.odoo_process:
     state: stopped
     program: odoo-acme
-    supervisorctl: [supervisorctl, -c, /var/lib/saasodoo/runtime/supervisor/supervisord.conf]
+    supervisor_socket: /var/lib/saasodoo/runtime/supervisor/supervisor.sock
     nginx_conf: /var/lib/saasodoo/runtime/nginx/nginx.conf
     tenant_dir: /var/lib/saasodoo/runtime/tenants/acme
-    owner: so-acme
+    owner: odoo_acme
     config: "{{ lookup('ansible.builtin.template', 'odoo.conf.j2') }}"
     config_path: /var/lib/saasodoo/runtime/tenants/acme/odoo.conf
     files:
@@ -139,6 +139,7 @@ import shutil
 import time
 import urllib.error
 import xmlrpc.client
+from xml.parsers.expat import ExpatError
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.urls import open_url
@@ -191,9 +192,9 @@ class OdooProcess:
             if fault.faultCode in ok_faults:
                 return None
             self.fail(f"supervisord refused {method}{args}: {fault.faultString}")
-        except OSError as error:
-            self.fail(f"supervisord does not answer on {self.p['supervisor_socket']} ({error}): converge the"
-                      " runtime host first (playbooks/site.yml)")  # fmt: skip
+        except (xmlrpc.client.Error, ExpatError, http.client.HTTPException, OSError) as error:  # Fault: above
+            self.fail(f"supervisord does not answer as it should on {self.p['supervisor_socket']} ({error}):"
+                      " converge the runtime host first (playbooks/site.yml)")  # fmt: skip
 
     def state(self) -> str | None:
         """supervisord's state of the program (RUNNING, STARTING, BACKOFF, STOPPED, EXITED, FATAL, ...); None when
@@ -214,6 +215,8 @@ class OdooProcess:
             return
         group = self.p["program"]
         added, changed, removed = self.rpc("reloadConfig")[0]
+        if self.p["state"] != "absent" and group not in added + changed and self.state() is None:
+            self.fail(f"supervisord does not load program {group} from its file: is it under supervisord's [include]?")
         if group in removed or group in changed:
             self.rpc("stopProcessGroup", group)
             self.rpc("removeProcessGroup", group)
@@ -278,10 +281,12 @@ class OdooProcess:
         # the next run reads.
         deadline = time.monotonic() + p["health_timeout"]
         while True:
+            state = self.state()
             status, body = fetch(p["login_url"])
-            if status == 200 and LOGIN_FORM in body and self.state() == "RUNNING":
+            if status == 200 and LOGIN_FORM in body and state == "RUNNING":
                 return
-            if time.monotonic() > deadline:
+            # supervisord gave up (FATAL after startretries), or something else stopped it: no use waiting.
+            if state not in ACTIVE_STATES or time.monotonic() > deadline:
                 break
             time.sleep(POLL_SECONDS)
         try:
@@ -289,8 +294,9 @@ class OdooProcess:
                 tail = "".join(log.readlines()[-20:])
         except OSError:
             tail = "(no log)"
-        self.fail(f"Odoo of program {p['program']} did not show its login form in {p['health_timeout']} s"
-                  f" (last answer: {status}). Last lines of {p['log_path']}:\n{tail}")  # fmt: skip
+        self.fail(f"Odoo of program {p['program']} did not show its login form (supervisord: {state}, waited"
+                  f" up to {p['health_timeout']} s; last answer: {status}). Last lines of {p['log_path']}:"
+                  f"\n{tail}")  # fmt: skip
 
     def wait_for_route(self) -> None:
         if self.check_mode:
@@ -311,13 +317,13 @@ class OdooProcess:
             time.sleep(POLL_SECONDS)
 
     def ids(self, owner: str) -> tuple[int, int] | None:
-        """The uid and gid of `owner`; None in check mode for a user a real run would have made first."""
+        """The uid and gid of `owner`; None in check mode, where provisioning has not made it yet."""
         try:
             return pwd.getpwnam(owner).pw_uid, grp.getgrnam(owner).gr_gid
         except KeyError:
             if self.check_mode:
                 return None
-            self.fail(f"no OS user and group {owner}: provisioning makes them (odoo_runtime, tasks_from: tenant_user)")
+            self.fail(f"no OS user and group {owner}: tenant_resume.yml (or provisioning) makes them")
 
     def ensure_dir(self, path: str, owner: str, mode: int) -> None:
         ids = self.ids(owner)
