@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from importlib import metadata
 
 from conftest import REPO, load_yaml
 
@@ -24,3 +25,19 @@ def test_every_python_requirement_is_pinned_exactly():
     assert requirements
     unpinned = [r for r in requirements if not re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][0-9A-Za-z.]*", r)]
     assert not unpinned, f"not pinned with ==: {unpinned}"
+
+
+def test_the_kubernetes_client_kubernetes_core_needs_is_installed():
+    """kubernetes.core.k8s, which the kubernetes runtime applies tenants with, imports it on the controller."""
+    needs = (REPO / "collections/ansible_collections/kubernetes/core/requirements.txt").read_text()
+    minimum = re.search(r"^kubernetes>=([0-9.]+)$", needs, re.MULTILINE)
+    assert minimum, f"kubernetes.core no longer names its client's minimum version:\n{needs}"
+    try:
+        installed = metadata.version("kubernetes")
+    except metadata.PackageNotFoundError:
+        raise AssertionError("the kubernetes Python client is not installed: requirements.txt must pin it") from None
+
+    def numbers(v: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in v.split("."))
+
+    assert numbers(installed) >= numbers(minimum.group(1)), f"kubernetes {installed} < {minimum.group(1)}"
