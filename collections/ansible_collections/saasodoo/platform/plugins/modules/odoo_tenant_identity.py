@@ -129,8 +129,8 @@ admin_link:
   returned: when requested
   type: str
 warnings:
-  description: Inputs the database could not take (a language it lacks, an unknown country).
-  returned: success
+  description: Inputs the database could not take (a language it lacks, an unknown country), as Ansible's warnings.
+  returned: when there are any
   type: list
   elements: str
 executed:
@@ -209,7 +209,6 @@ def run_module(module: AnsibleModule) -> dict:
         changed=changed,
         identity_reset=outcome.identity_reset,
         admin_login=outcome.admin_login,
-        warnings=outcome.warnings,
         executed=outcome.executed,
     )
     if outcome.admin_link:
