@@ -3,9 +3,9 @@
 Stock Ansible starts a new Python for every task on every host, about 0.4 s of a 2-core machine each time; a
 no-change site.yml is ~150 of them. Mitogen (requirements.txt) runs the same modules in an interpreter it keeps
 (one for all the local-connection hosts, which then take turns), so task results are the same and only the cost
-per task drops. ansible.cfg selects this strategy;
-`ANSIBLE_STRATEGY=linear` runs any playbook without it. ansible-core 2.19 warns that strategy plugins from outside
-ansible.builtin carry no compatibility guarantee: the price of the speed, paid by pinning both.
+per task drops. ansible.cfg selects this strategy; `ANSIBLE_STRATEGY=linear` runs any playbook without it.
+ansible-core 2.19 warns that strategy plugins from outside ansible.builtin carry no compatibility guarantee: the
+price of the speed, paid by pinning both.
 """
 
 from ansible_mitogen.plugins.strategy.mitogen_linear import StrategyModule
