@@ -134,12 +134,12 @@ def baseline(tenant: Tenant) -> Result:
         source_admin.execute(
             "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = %s", (tenant.db,)
         )
-        socket = str((STATE / "pg" / source["name"] / "run").resolve())
+        # pg_dump and pg_restore go through the superuser connections' own sockets (conftest's superuser).
         subprocess.run(
             [
                 PG_BIN / "pg_dump",
                 "-h",
-                socket,
+                source_admin.info.host,
                 "-p",
                 str(source["port"]),
                 "-U",
@@ -152,12 +152,11 @@ def baseline(tenant: Tenant) -> Result:
             check=True,
         )
         target_admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch_db)))
-        target_socket = str((STATE / "pg" / scratch_server / "run").resolve())
         subprocess.run(
             [
                 PG_BIN / "pg_restore",
                 "-h",
-                target_socket,
+                target_admin.info.host,
                 "-p",
                 str(scratch_port),
                 "-U",

@@ -118,7 +118,8 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
     @app.get("/metrics")
     def metrics():
         require_token(settings.metrics_token, "metrics")
-        return Response(exposition(metrics_registry), mimetype="text/plain; version=0.0.4")
+        body, content_type = exposition(metrics_registry, request.headers.get("Accept"))
+        return Response(body, content_type=content_type)
 
     @app.get("/jobs")
     def jobs():

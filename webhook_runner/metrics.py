@@ -1,7 +1,8 @@
-"""GET /metrics: the runner's figures in Prometheus' text format, written by prometheus_client.
+"""GET /metrics: the runner's figures in Prometheus' text format or OpenMetrics, written by prometheus_client.
 
 Every figure is read from the registry at scrape time, so each gunicorn worker (and each runner host)
 answers the same: nothing is counted in a process's memory, and no multiprocess directory is needed.
+No process_* figures either: each scrape would describe whichever gunicorn worker answered it.
 Label values come only from fixed sets: Kill Bill's event types (any other is `other`), job states, and the
 actions the runner itself names its jobs with.
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from . import store
@@ -90,5 +92,8 @@ def exposition_registry(registry: Callable[[], AbstractContextManager], limited=
     return metrics
 
 
-def exposition(metrics: CollectorRegistry) -> bytes:
-    return generate_latest(metrics)
+def exposition(metrics: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The body and its Content-Type: OpenMetrics when the scraper's Accept header asks for it (Prometheus does),
+    else the classic text format 0.0.4."""
+    encode, content_type = choose_encoder(accept or "")
+    return encode(metrics), content_type

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n== Audit trail of {globex}, event by event (registry.audit, hash-chained)")
     for row in reversed(runner.get(f"/tenants/{globex}")["audit"]):
-        print(f"   {row['id']:>5} {row['kind']:<9} {row['subject'] or '':<22} {_detail(row)}")
+        print(f"   {row['id']:>5} {row['kind']:<9} {row['subject'] or '':<22} {audit_line(row)}")
     return 0
 
 
@@ -205,19 +205,132 @@ def _seconds(job: dict) -> str:
     return f"{took.total_seconds():.1f}s"
 
 
-def _detail(row: dict) -> str:
-    detail = row["detail"]
-    if row["kind"] == "event":
-        return f"{detail.get('event_type')} {detail.get('action_type') or ''}".strip()
-    if row["kind"] == "decision":
-        kb = detail.get("killbill", {})
-        return f"Kill Bill says {kb.get('state')} {kb.get('planName')}{' (blocked)' if detail.get('blocked') else ''}" \
-               f" -> {', '.join(detail.get('actions') or ['nothing to do'])}"  # fmt: skip
-    if row["kind"] == "job":
-        return f"run {detail.get('playbook')} (attempt {detail.get('attempt')})"
-    if row["kind"] == "result":
-        return f"{detail.get('state')} in {detail.get('seconds')} s"
-    return json.dumps(detail)[:100]
+# Keys a summary leaves out: long (a traceback, a job's extra vars) or a link (the run id the trigger adds).
+NOT_SHOWN = {"traceback", "extravars", "run"}
+
+
+def audit_line(row: dict) -> str:
+    """What one audit row says, from the keys its detail holds: the trail mixes the runner's rows (event, decision,
+    job, result, replay, error), the modules' (decision and result rows naming an action) and the audit callback's
+    run rows, so the kind alone does not tell the shape. A missing fact is left out, never printed as None."""
+    detail = row.get("detail") or {}
+    kind = row.get("kind")
+    if kind == "run":
+        line = _run_line(detail)
+    elif kind == "event" and "event_type" in detail:
+        line = _join(detail["event_type"], detail.get("action_type"))
+    elif "killbill" in detail:  # the runner's decision
+        line = _killbill_line(detail)
+    elif kind == "job" and "playbook" in detail:
+        line = _join(detail.get("action"), "run", detail["playbook"], _attempt(detail))
+    elif "chosen" in detail:  # db_placement's decision
+        line = _with_reason(_join("place on", detail["chosen"], _parenthesised(detail.get("db_type"))), detail)
+    elif "changes" in detail:  # registry_tenant's result
+        changes = _changes(detail["changes"]) or "no change"
+        line = _join(f"{detail.get('action') or 'record'}:", changes, _facts(detail, "action", "changes"))
+    elif detail.get("action") == "move":  # db_migrate's decision and its phases
+        line = _move_line(detail)
+    elif detail.get("action"):  # another module's row naming its action (a backup, a restore), or a replay
+        facts = _facts(detail, "action")
+        line = f"{detail['action']}: {facts}" if facts else str(detail["action"])
+    elif kind == "result" and "state" in detail:  # the runner's job result
+        took = f"in {detail['seconds']} s" if detail.get("seconds") is not None else None
+        rc = f"rc {detail['rc']}" if detail.get("rc") not in (None, 0) else None
+        line = _join(detail["state"], took, rc) + (f": {detail['error']}" if detail.get("error") else "")
+    elif kind == "error" and "traceback" in detail:
+        line = _error_line(detail)
+    else:
+        line = _facts(detail)
+    return _shorten(line or "(no detail)")
+
+
+def _run_line(detail: dict) -> str:
+    """A playbook run's start or end row (plugins/callback/saasodoo_audit.py): who ran what, and how it ended."""
+    outcome = detail.get("outcome")
+    if isinstance(outcome, dict):
+        outcome = _facts(outcome)
+    hosts = detail.get("hosts") if isinstance(detail.get("hosts"), dict) else {}
+    failed = [name for name, counts in hosts.items() if isinstance(counts, dict) and
+              (counts.get("failed") or counts.get("unreachable"))]  # fmt: skip
+    shown = ("phase", "playbook", "outcome", "seconds", "user", "job", "limit", "check_mode", "hosts", "extra_vars",
+             "inventory")  # fmt: skip
+    return _join(
+        detail.get("phase"),
+        detail.get("playbook") or "a playbook",
+        f"-> {outcome}" if outcome not in (None, "") else None,
+        f"({', '.join(failed)})" if failed else None,  # the hosts that failed or were unreachable
+        f"in {detail['seconds']} s" if detail.get("seconds") is not None else None,
+        f"by {detail['user']}" if detail.get("user") else None,
+        f"(job {detail['job']})" if detail.get("job") else None,
+        f"limit {detail['limit']}" if detail.get("limit") else None,
+        "in check mode" if detail.get("check_mode") else None,
+        f"with {', '.join(map(str, detail['extra_vars']))}" if detail.get("extra_vars") else None,
+        f"on {len(hosts)} hosts" if hosts else None,
+        _facts(detail, *shown),
+    )
+
+
+def _killbill_line(detail: dict) -> str:
+    killbill = detail["killbill"] or {}
+    says = _join(killbill.get("state"), killbill.get("planName"), killbill.get("phaseType")) or "nothing"
+    blocked = " (blocked)" if detail.get("blocked") else ""
+    return f"Kill Bill says {says}{blocked} -> {', '.join(detail.get('actions') or ['nothing to do'])}"
+
+
+def _move_line(detail: dict) -> str:
+    route = f"{detail['from']} -> {detail['to']}" if detail.get("from") and detail.get("to") else None
+    how = ", ".join(str(detail[key]) for key in ("method", "plan", "db_type") if detail.get(key) is not None)
+    shown = ("action", "phase", "from", "to", "method", "plan", "db_type", "reason")
+    line = _join("move", detail.get("phase"), route, _parenthesised(how), _facts(detail, *shown))
+    return _with_reason(line, detail)
+
+
+def _error_line(detail: dict) -> str:
+    labels = {"events": "events failed", "jobs_parked": "jobs parked"}
+    counts = [f"{len(detail[key])} {label}" for key, label in labels.items() if isinstance(detail.get(key), list)]
+    last = [line for line in str(detail["traceback"]).splitlines() if line.strip()][-1:]  # the exception itself
+    return ": ".join(part for part in (", ".join(counts), *last) if part)
+
+
+def _changes(changes: dict) -> str:
+    def shown(value) -> str:
+        return "unset" if value is None else str(value)
+
+    return ", ".join(
+        f"{field} {shown(change.get('before'))} -> {shown(change.get('after'))}"
+        if isinstance(change, dict) else f"{field} {shown(change)}"
+        for field, change in changes.items()
+    )  # fmt: skip
+
+
+def _facts(detail: dict, *shown: str) -> str:
+    """The keys a summary did not show already, as key=value: empty values and NOT_SHOWN left out."""
+    return " ".join(
+        f"{key}={value if isinstance(value, str | int | float) else json.dumps(value, default=str)}"
+        for key, value in detail.items()
+        if key not in shown and key not in NOT_SHOWN and value not in (None, "", [], {})
+    )
+
+
+def _attempt(detail: dict) -> str | None:
+    return f"(attempt {detail['attempt']})" if detail.get("attempt") is not None else None
+
+
+def _with_reason(line: str, detail: dict) -> str:
+    return f"{line}: {detail['reason']}" if detail.get("reason") else line
+
+
+def _parenthesised(text: str | None) -> str | None:
+    return f"({text})" if text else None
+
+
+def _join(*parts) -> str:
+    """The parts that are there, space-separated."""
+    return " ".join(str(part) for part in parts if part not in (None, ""))
+
+
+def _shorten(text: str, width: int = 110) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,87 @@
+"""/metrics as prometheus_client writes it, read back by prometheus_client's own parsers, without a registry:
+the snapshot the registry would give is stubbed."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.parser import text_string_to_metric_families
+
+from webhook_runner import metrics, store
+
+# An action name the runner never uses, as a row written by hand could hold: its label must come back intact.
+ODD_ACTION = 'hand "made" \\ job\nsecond line'
+
+SNAPSHOT = {
+    "received": 7,
+    "pending": 2,
+    "by_type": {"SUBSCRIPTION_CREATION": 4, "INVOICE_CREATION": 1, 'TELEPORT"}\n': 1, "SUBSCRIPTION_ZAP": 1},
+    "jobs": {"succeeded": 3, "running": 1, "queued": 1},
+    "running": {"provision": 1, ODD_ACTION: 0},
+    "waiting": {"provision": 1, ODD_ACTION: 1},
+    "durations": [{"action": "provision", "n": 3, "total": 95.5, "le": [0, 0, 0, 0, 1, 2, 3, 3, 3, 3]}],
+}
+
+
+@pytest.fixture
+def runner_metrics(monkeypatch):
+    monkeypatch.setattr(store, "metrics_snapshot", lambda conn, buckets: SNAPSHOT)
+    return metrics.exposition_registry(lambda: nullcontext(), limited=("provision", "change_plan"))
+
+
+def samples(families, name: str, label: str | None = None) -> dict:
+    return {(s.labels[label] if label else s.name): s.value for s in families[name].samples}
+
+
+def test_the_text_format_parses_back_with_every_family_and_escaped_labels(runner_metrics):
+    body, content_type = metrics.exposition(runner_metrics, None)
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    assert b'{action="hand \\"made\\" \\\\ job\\nsecond line"}' in body  # escaped on one line
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert {name: f.type for name, f in families.items()} == {
+        "saasodoo_runner_events_received": "counter",
+        "saasodoo_runner_events_received_by_type": "counter",
+        "saasodoo_runner_events_pending": "gauge",
+        "saasodoo_runner_jobs": "gauge",
+        "saasodoo_runner_jobs_running": "gauge",
+        "saasodoo_runner_jobs_waiting_for_limit": "gauge",
+        "saasodoo_runner_job_duration_seconds": "histogram",
+    }
+    assert samples(families, "saasodoo_runner_events_received") == {"saasodoo_runner_events_received_total": 7}
+    # Kill Bill's own types keep their name; any other, however odd, is one `other`.
+    assert samples(families, "saasodoo_runner_events_received_by_type", "event_type") == {
+        "SUBSCRIPTION_CREATION": 4, "INVOICE_CREATION": 1, "other": 2,
+    }  # fmt: skip
+    assert samples(families, "saasodoo_runner_events_pending") == {"saasodoo_runner_events_pending": 2}
+    assert samples(families, "saasodoo_runner_jobs", "state") == {
+        "queued": 1, "running": 1, "succeeded": 3, "failed": 0, "parked": 0, "skipped": 0,
+    }  # fmt: skip
+    # A limited action's gauges are there at 0 when idle; a label holding ", \ and a newline reads back as written.
+    assert samples(families, "saasodoo_runner_jobs_running", "action") == {
+        "change_plan": 0, "provision": 1, ODD_ACTION: 0,
+    }  # fmt: skip
+    assert samples(families, "saasodoo_runner_jobs_waiting_for_limit", "action") == {
+        "change_plan": 0, "provision": 1, ODD_ACTION: 1,
+    }  # fmt: skip
+    histogram = {
+        (s.name, s.labels.get("le")): s.value
+        for s in families["saasodoo_runner_job_duration_seconds"].samples
+        if s.labels["action"] == "provision"
+    }
+    assert histogram[("saasodoo_runner_job_duration_seconds_bucket", "30")] == 1
+    assert histogram[("saasodoo_runner_job_duration_seconds_bucket", "+Inf")] == 3
+    assert histogram[("saasodoo_runner_job_duration_seconds_count", None)] == 3
+    assert histogram[("saasodoo_runner_job_duration_seconds_sum", None)] == 95.5
+
+
+def test_a_scraper_that_asks_for_openmetrics_gets_it(runner_metrics):
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"  # Prometheus'
+    body, content_type = metrics.exposition(runner_metrics, accept)
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert body.endswith(b"# EOF\n")
+    families = {f.name: f for f in openmetrics_families(body.decode())}
+    assert samples(families, "saasodoo_runner_events_received") == {"saasodoo_runner_events_received_total": 7}
+    assert samples(families, "saasodoo_runner_jobs_waiting_for_limit", "action")[ODD_ACTION] == 1
+    assert families["saasodoo_runner_job_duration_seconds"].type == "histogram"
