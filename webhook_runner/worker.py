@@ -233,10 +233,11 @@ class Worker:
         """Run the job's playbook with ansible-runner; record success, a retry with backoff, or parking."""
         settings = self.settings
         private_dir = settings.artifacts_dir / f"job-{job['id']:08d}"
+        run_id = f"job-{job['id']}-{job['attempts']}"  # the playbook run's id in the audit chain
         store.audit(
             self.conn, actor=self.actor, tenant_id=job["tenant_id"], kind="job", subject=f"job:{job['id']}",
             detail={"action": job["action"], "playbook": job["playbook"], "extravars": job["extravars"],
-                    "attempt": job["attempts"]},
+                    "attempt": job["attempts"], "run": run_id},
         )  # fmt: skip
         log.info("job %s: %s %s (attempt %s)", job["id"], job["playbook"], job["tenant_id"], job["attempts"])
         started = time.monotonic()
@@ -252,6 +253,11 @@ class Worker:
                 extravars={**settings.playbook_extravars, **job["extravars"]},
                 envvars={
                     "ANSIBLE_CONFIG": str(settings.project_dir / "ansible.cfg"),
+                    # ansible-runner sets the callback path, so ansible.cfg's would be lost: the audit callback's
+                    # directory goes first; the run is recorded as this job's attempt.
+                    "ANSIBLE_CALLBACK_PLUGINS": str(settings.project_dir / "plugins/callback"),
+                    "SAASODOO_AUDIT_JOB": str(job["id"]),
+                    "SAASODOO_AUDIT_RUN": run_id,
                     # ansible-playbook from this venv, whatever PATH the worker was started with
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                 },

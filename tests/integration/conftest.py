@@ -17,7 +17,7 @@ import pytest
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import derive_password
 
-from conftest import REPO
+from conftest import REPO, load_yaml
 
 VENV_BIN = REPO / ".venv/bin"
 LOCAL_STATE = REPO / ".state/local"
@@ -41,6 +41,7 @@ def ansible_env() -> dict[str, str]:
 class PlaybookRun:
     returncode: int
     output: str
+    run_id: str = ""  # its id in the registry's audit chain
 
     @property
     def recap(self) -> dict[str, dict[str, int]]:
@@ -53,16 +54,54 @@ class PlaybookRun:
 def ansible_playbook(
     path: str, *args: str, inventory: str = "inventories/local", env: dict[str, str] | None = None
 ) -> PlaybookRun:
-    """Run a playbook (path from the repository root) with the repository's ansible.cfg."""
+    """Run a playbook (path from the repository root) with the repository's ansible.cfg.
+
+    On the local inventory, every run must then be in the registry's audit chain with its outcome (the
+    saasodoo_audit callback), or have warned that the registry could not take it.
+    """
+    run_id = f"test-{uuid.uuid4().hex}"
     result = subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "-i", inventory, path, *args],
         cwd=REPO,
-        env={**ansible_env(), **(env or {})},
+        env={**ansible_env(), "SAASODOO_AUDIT_RUN": run_id, **(env or {})},
         capture_output=True,
         text=True,
         check=False,
     )
-    return PlaybookRun(result.returncode, result.stdout + result.stderr)
+    run = PlaybookRun(result.returncode, result.stdout + result.stderr, run_id)
+    if inventory == "inventories/local":
+        assert_audited(run)
+    return run
+
+
+def recorded_outcome(run_id: str) -> str | None:
+    """The outcome the audit callback recorded at the end of a run; None without an end row or a registry."""
+    port = load_yaml(REPO / "inventories/local/saasodoo.registry.yml")["registry_port"]
+    try:
+        with superuser("platform-db", port, "saasodoo_registry") as conn:
+            row = conn.execute(
+                "SELECT detail ->> 'outcome' FROM registry.audit"
+                " WHERE detail ? 'run' AND detail ->> 'run' = %s AND kind = 'run' AND detail ->> 'phase' = 'end'",
+                (run_id,),
+            ).fetchone()
+    except psycopg.Error:  # no registry (down, or not created yet)
+        return None
+    return row[0] if row else None
+
+
+def assert_audited(run: PlaybookRun) -> None:
+    outcome = recorded_outcome(run.run_id)
+    if outcome is None:
+        # No end row: the callback warned (the registry was down or not there yet), or the run failed before any
+        # play (a syntax error), so there was nothing to record.
+        assert "saasodoo_audit: the end of run" in run.output or "PLAY RECAP" not in run.output, (
+            f"run {run.run_id} (rc {run.returncode}) is not in the audit chain and nothing said why:\n"
+            + run.output[-2000:]
+        )
+    else:
+        assert (outcome == "ok") == (run.returncode == 0), (
+            f"run {run.run_id} is recorded as {outcome} but ended with rc {run.returncode}"
+        )
 
 
 def run_playbook(playbook: str, *args: str, inventory: str = "inventories/local") -> PlaybookRun:

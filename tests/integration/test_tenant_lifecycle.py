@@ -201,7 +201,8 @@ def change_plan_backup_restore_terminate_purge(tenant: Tenant, bigger_plan: str,
             (tenant.tenant_id,),
         ).fetchall()
     assert len(backups) == 2
-    for _, location, manifest_sha256 in backups:
+    for backup_id, location, manifest_sha256 in backups:
+        assert Path(location).name == backup_id, "a backup's directory is named by its id"
         manifest_path = Path(location) / "manifest.json"
         assert hashlib.sha256(manifest_path.read_bytes()).hexdigest() == manifest_sha256
         parts = json.loads(manifest_path.read_text())["parts"]

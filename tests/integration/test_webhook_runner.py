@@ -16,6 +16,7 @@ from collections import Counter
 
 import psycopg
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.killbill_api import KillBillAPI
@@ -146,6 +147,12 @@ def test_the_callback_stores_kill_bill_bodies_and_refuses_anything_else(runner: 
     assert next(s.value for s in families["saasodoo_runner_events_received"].samples) >= 2
     by_type = {s.labels["event_type"] for s in families["saasodoo_runner_events_received_by_type"].samples}
     assert "TENANT_CONFIG_CHANGE" in by_type and "other" in by_type and "SUBSCRIPTION_TELEPORT" not in by_type
+    # Prometheus asks for OpenMetrics first: same families, in that format.
+    openmetrics = {"Authorization": f"Bearer {METRICS_TOKEN}", "Accept": "application/openmetrics-text;version=1.0.0"}
+    scrape = urllib.request.Request(f"{runner.url}/metrics", headers=openmetrics)
+    with urllib.request.urlopen(scrape, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+        assert {f.name for f in openmetrics_families(response.read().decode())} == set(families)
     request = urllib.request.Request(f"{runner.url}/jobs")
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=5)
@@ -201,6 +208,23 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
     assert {"event", "decision", "job", "result"} <= {row["kind"] for row in view["audit"]}
     with runner.registry() as conn:
         assert conn.execute("SELECT count(*) AS n FROM registry.audit_chain_breaks()").fetchone()["n"] == 0
+        # Each job's playbook run is on the record as that job's run, ended as the job did, and the tenant's own
+        # rows of the run name it.
+        runs = conn.execute(
+            "SELECT j.id, j.action, r.actor, r.detail ->> 'outcome' AS outcome, r.detail ->> 'playbook' AS playbook,"
+            " (SELECT count(*) FROM registry.audit AS t WHERE t.tenant_id = j.tenant_id AND t.kind <> 'run'"
+            "   AND t.detail ->> 'run' = r.detail ->> 'run') AS tenant_rows"
+            " FROM registry.jobs AS j JOIN registry.audit AS r ON r.kind = 'run' AND r.detail ? 'run'"
+            "  AND r.detail ->> 'run' = 'job-' || j.id || '-' || j.attempts AND r.detail ->> 'phase' = 'end'"
+            " WHERE j.tenant_id = 'life-01' AND j.state = 'succeeded'"
+        ).fetchall()
+    assert sorted(run["action"] for run in runs) == sorted(
+        ("provision", "suspend", "resume", "change_plan", "terminate")
+    )
+    for run in runs:
+        assert run["actor"] == f"job:{run['id']}" and run["outcome"] == "ok", run
+        assert run["playbook"].endswith(f"tenant_{run['action']}.yml"), run
+        assert run["tenant_rows"] >= 2, run  # the runner's job row and the playbook's own result
 
     # No secret in the artifacts or the runner's logs.
     secrets = [

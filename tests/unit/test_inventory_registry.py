@@ -209,7 +209,16 @@ def test_server_record_is_the_registry_row_without_timestamps(row, extra):
 
 
 def test_tenant_record_holds_the_non_secret_fields():
-    assert own_vars(fleet(servers=[], tenants=[ACME]), "tenant-acme") == {"saasodoo_tenant": ACME}
+    assert own_vars(fleet(servers=[], tenants=[ACME]), "tenant-acme") == {
+        "saasodoo_tenant": ACME,
+        "saasodoo_tenant_last_run": None,
+    }
+
+
+def test_tenant_names_its_last_run_outside_its_record():
+    host_vars = fleet(servers=[], tenants=[{**ACME, "last_run": "job-7-1"}]).hosts["tenant-acme"].vars
+    assert host_vars["saasodoo_tenant_last_run"] == "job-7-1"
+    assert "last_run" not in host_vars["saasodoo_tenant"]
 
 
 def test_tenant_without_quotas_gets_an_empty_mapping():

@@ -26,6 +26,12 @@ options:
     description: The owner role's password.
     type: str
     required: true
+  audit_run:
+    description:
+      - The playbook run this module works for; every audit row it writes names it (C(detail.run)).
+      - Playbooks pass C(saasodoo_audit_run), which the C(saasodoo_audit) callback sets for every play.
+    type: str
+    default: ""
 requirements:
   - psycopg >= 3.1
 """

@@ -15,7 +15,8 @@ description:
     letters, digits and underscores in group names become underscores (C(plan_basic_monthly),
     C(pool_pool_shared_01)).
   - Host variables are non-secret and marked unsafe (registry data is never templated). Servers get
-    C(saasodoo_registry_db_server), tenants C(saasodoo_tenant). No password, and no input of one
+    C(saasodoo_registry_db_server), tenants C(saasodoo_tenant) and C(saasodoo_tenant_last_run) (the last playbook
+    run whose audit rows name the tenant, as C(playbooks/registry_audit.yml) lists it). No password, and no input of one
     (C(credential_version)), is ever read into the inventory.
   - A server the inventory already declares (a static source parsed before this one) keeps its own variables;
     only servers the platform created at run time get C(postgres_server_port),
@@ -172,7 +173,11 @@ SELECT
       WHERE s.status <> 'retired'),
     (SELECT coalesce(json_agg(t ORDER BY t.tenant_id), '[]')
        FROM (SELECT tenant_id, customer_id, subscription_id, plan_name AS plan, plan_version, db_type, db_server,
-                    db_name, db_role, status, billing_status, storage_path, quotas
+                    db_name, db_role, status, billing_status, storage_path, quotas,
+                    -- the newest audit row of the tenant that names a playbook run (the index on tenant, id)
+                    (SELECT a.detail ->> 'run' FROM registry.audit AS a
+                      WHERE a.tenant_id = tenants.tenant_id AND a.detail ? 'run'
+                      ORDER BY a.id DESC LIMIT 1) AS last_run
                FROM registry.tenants
               WHERE status <> 'purged') AS t)
 """
@@ -274,7 +279,7 @@ def add_tenant(inventory: InventoryLike, row: Mapping[str, Any]) -> str:
     for group in tenant_groups(row):
         inventory.add_group(group)
         inventory.add_host(name, group=group)
-    _set_vars(inventory, name, {"saasodoo_tenant": tenant_record(row)})
+    _set_vars(inventory, name, {"saasodoo_tenant": tenant_record(row), "saasodoo_tenant_last_run": row.get("last_run")})
     return name
 
 
@@ -389,6 +394,12 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         self.display.vvv(f"{self.NAME}: {len(servers)} servers, {len(tenants)} tenants from {settings.where}")
         for host in add_fleet(self.inventory, servers, tenants):
             self._construct(host)
+
+    def registry_settings(self, loader: Any, path: str) -> RegistrySettings:
+        """The registry a configuration file of this plugin names, with its password (the audit callback's too)."""
+        self.loader = loader
+        self._read_config_data(path)
+        return self._settings(path)
 
     def _settings(self, path: str) -> RegistrySettings:
         settings = RegistrySettings(

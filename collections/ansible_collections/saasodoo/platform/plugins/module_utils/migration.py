@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import scram_sha_256_verifier
 
 try:
@@ -222,10 +223,13 @@ class Move:
             threading.Event().wait()  # held until killed
 
     def audit(self, kind: str, detail: dict) -> None:
-        self.registry.execute(
-            "INSERT INTO registry.audit (actor, tenant_id, kind, subject, detail)"
-            " VALUES ('db_migrate', %s, %s, %s, %s)",
-            (self.tenant["tenant_id"], kind, f"migration:{self.id}", json.dumps(detail, default=str)),
+        record_audit(
+            self.registry,
+            actor="db_migrate",
+            tenant_id=self.tenant["tenant_id"],
+            kind=kind,
+            subject=f"migration:{self.id}",
+            detail=detail,
         )
 
     # -- the move ---------------------------------------------------------------------------------

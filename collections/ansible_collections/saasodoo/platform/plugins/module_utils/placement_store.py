@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import (
     POLICIES,
     Candidate,
@@ -415,14 +416,13 @@ class PlacementStore:
             ),
         )
         placement = cur.fetchone()
-        cur.execute(
-            "INSERT INTO registry.audit (actor, tenant_id, kind, subject, detail) VALUES"
-            " ('db_placement', %s, 'decision', %s, %s)",
-            (
-                request.tenant_id,
-                f"placement:{placement['id']}",
-                json.dumps({"chosen": decision.chosen, "reason": decision.reason, "db_type": db_type}),
-            ),
+        record_audit(
+            cur.connection,
+            actor="db_placement",
+            tenant_id=request.tenant_id,
+            kind="decision",
+            subject=f"placement:{placement['id']}",
+            detail={"chosen": decision.chosen, "reason": decision.reason, "db_type": db_type},
         )
         self.executed.append(f"recorded placement {placement['id']}: {decision.chosen} ({decision.reason})")
         return placement

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # Options every registry-backed module takes; documented by the saasodoo.platform.registry_login fragment.
 REGISTRY_LOGIN_OPTIONS = dict(
     login_host=dict(type="str", default="127.0.0.1"),
@@ -9,7 +11,12 @@ REGISTRY_LOGIN_OPTIONS = dict(
     login_db=dict(type="str", default="saasodoo_registry"),
     login_user=dict(type="str", default="saasodoo_registry"),
     login_password=dict(type="str", required=True, no_log=True),
+    audit_run=dict(type="str", default=""),
 )
+
+
+# What a playbook run's id may be: it travels in a connection option (-c saasodoo.audit_run=<id>).
+AUDIT_RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class RegistryUnreachable(Exception):
@@ -17,8 +24,16 @@ class RegistryUnreachable(Exception):
 
 
 def connect_registry(params: dict):
-    """An autocommit psycopg connection to the registry; callers open their own transactions."""
+    """An autocommit psycopg connection to the registry; callers open their own transactions.
+
+    With an audit_run (the playbook run's id, set by the saasodoo_audit callback), every audit row this session
+    writes names that run: the registry's audit trigger reads it from the session setting saasodoo.audit_run.
+    """
     import psycopg
+
+    run = params.get("audit_run") or ""
+    if run and not AUDIT_RUN_ID.fullmatch(run):
+        raise ValueError(f"audit_run must be a run id (letters, digits, _.:-), not {run!r}")
 
     try:
         return psycopg.connect(
@@ -27,9 +42,10 @@ def connect_registry(params: dict):
             dbname=params["login_db"],
             user=params["login_user"],
             password=params["login_password"],
-            connect_timeout=10,
+            connect_timeout=params.get("connect_timeout", 10),
             prepare_threshold=None,
             autocommit=True,
+            options=f"-c saasodoo.audit_run={run}" if run else None,
         )
     except psycopg.OperationalError as e:
         raise RegistryUnreachable(

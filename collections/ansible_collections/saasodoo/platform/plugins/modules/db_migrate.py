@@ -158,6 +158,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import PlacementError
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
     PLACEMENT_OPTIONS,
@@ -256,23 +257,20 @@ def place(module, registry, p: dict, options: MoveOptions) -> dict:
             " jsonb_build_array(jsonb_build_object('phase', 'placed', 'at', clock_timestamp()))) RETURNING *",
             (tenant["tenant_id"], tenant["db_server"], target["name"], p["method"], p["plan"]),
         ).fetchone()
-        cur.execute(
-            "INSERT INTO registry.audit (actor, tenant_id, kind, subject, detail)"
-            " VALUES ('db_migrate', %s, 'decision', %s, %s)",
-            (
-                tenant["tenant_id"],
-                f"migration:{row['id']}",
-                psycopg.types.json.Jsonb(
-                    {
-                        "action": "move",
-                        "from": tenant["db_server"],
-                        "to": target["name"],
-                        "plan": p["plan"],
-                        "method": p["method"],
-                        "reason": placement["reason"],
-                    }
-                ),
-            ),
+        record_audit(
+            registry,
+            actor="db_migrate",
+            tenant_id=tenant["tenant_id"],
+            kind="decision",
+            subject=f"migration:{row['id']}",
+            detail={
+                "action": "move",
+                "from": tenant["db_server"],
+                "to": target["name"],
+                "plan": p["plan"],
+                "method": p["method"],
+                "reason": placement["reason"],
+            },
         )
     result["executed"].append(f"placed migration {row['id']}: {tenant['db_server']} -> {target['name']}")
     return {**result, "changed": True, "moving": True, "target": target, "migration": row}

@@ -16,7 +16,8 @@ description:
     values; nothing changes when the tenant already is as asked (a second run reports no change).
   - I(status) moves the tenant; C(terminated) also sets C(retain_until) to now plus the plan's
     C(retention_days) (or I(retain_days)), C(active) and C(suspended) clear it, C(purged) frees its port and
-    records its backups as removed.
+    records its backups as removed, C(failed) (a provision that left nothing behind) frees its place on its
+    database server (C(db_server) becomes null, so placement chooses again).
   - I(plan) moves the tenant to that plan's newest version (entitlements become its quotas). A plan whose
     C(db_type) differs is refused unless I(allow_db_type_change), since the database must move first.
   - I(http_port_range) gives the tenant a port for its Odoo (process runtime) if it has none, the lowest free
@@ -102,6 +103,16 @@ EXAMPLES = r"""
     actor: tenant_suspend
     expect_status: [active, suspended]
     status: suspended
+    login_password: "{{ registry_password }}"
+
+- name: Record a provision that failed and left nothing behind, with what failed
+  saasodoo.platform.registry_tenant:
+    tenant_id: acme
+    action: provision
+    actor: tenant_provision
+    expect_status: [provisioning, failed]
+    status: failed
+    detail: {task: "Ensure the tenant's database and role exist", error: "..."}
     login_password: "{{ registry_password }}"
 
 - name: Resize within the same db_type
@@ -232,6 +243,9 @@ def planned_changes(conn, tenant: dict, p: dict) -> dict:
             changes["retain_until"] = None
         if status == "purged" and tenant["http_port"] is not None:
             changes["http_port"] = None
+        if status == "failed" and tenant["db_server"] is not None:
+            # Nothing of the tenant's is left on the server: the server no longer counts it, a retry places it anew.
+            changes["db_server"] = None
     if p["storage_path"] and p["storage_path"] != tenant["storage_path"]:
         changes["storage_path"] = p["storage_path"]
     version = p["credential_version"]

@@ -1,0 +1,161 @@
+"""A tenant's backups and restores in the registry (module registry_backup): what is kept, what retention
+removes, which backup a restore takes, and the record (with its audit row) of each backup and restore.
+
+Every function takes an open psycopg connection; the caller holds the transaction.
+"""
+
+from __future__ import annotations
+
+import json
+
+try:
+    from psycopg.rows import dict_row
+except ImportError:  # reported by the module with missing_required_lib
+    dict_row = None
+
+BACKUP_COLUMNS = (
+    "b.backup_id, b.tenant_id, b.kind, b.taken_at::text AS taken_at, b.location, b.db_name, b.plan_name, b.bytes,"
+    " b.manifest_sha256, b.removed_at::text AS removed_at"
+)
+
+# The facts a backup is recorded with; recording it again with the same ones changes nothing.
+RECORDED_FACTS = ("tenant_id", "kind", "location", "db_name", "plan_name", "bytes", "manifest_sha256")
+
+
+class BackupError(Exception):
+    """A request the registry refuses; the message names the backup or tenant and what to do."""
+
+
+def _rows(conn, query: str, params) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, params).fetchall()
+
+
+def read_backup(conn, backup_id: str) -> dict | None:
+    """The backup's row, removed or not; None for an unknown id."""
+    rows = _rows(
+        conn,
+        f"SELECT {BACKUP_COLUMNS} FROM registry.backups AS b WHERE b.backup_id = %s",  # noqa: S608 - fixed columns
+        (backup_id,),
+    )
+    return rows[0] if rows else None
+
+
+def last_restored(conn, tenant_id: str) -> str | None:
+    """The backup the tenant was restored from last, if it ever was."""
+    row = conn.execute(
+        "SELECT backup_id FROM registry.restores WHERE tenant_id = %s ORDER BY id DESC LIMIT 1", (tenant_id,)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def backup_to_restore(conn, tenant_id: str, backup_id: str | None, from_tenant: str | None) -> dict | None:
+    """The backup a restore into tenant_id takes: backup_id (any tenant's), or else the newest of from_tenant
+    (default: tenant_id itself); never a removed one. restored_last says whether tenant_id was last restored
+    from it. None when there is no such backup."""
+    if backup_id:
+        where, params = "b.backup_id = %s", (backup_id,)
+    else:
+        where, params = "b.tenant_id = %s", (from_tenant or tenant_id,)
+    rows = _rows(
+        conn,
+        f"SELECT {BACKUP_COLUMNS} FROM registry.backups AS b WHERE b.removed_at IS NULL AND {where}"  # noqa: S608
+        " ORDER BY b.taken_at DESC, b.backup_id DESC LIMIT 1",
+        params,
+    )
+    if not rows:
+        return None
+    return {**rows[0], "restored_last": rows[0]["backup_id"] == last_restored(conn, tenant_id)}
+
+
+def expired_backups(conn, tenant_id: str, keep: int) -> list[dict]:
+    """The tenant's manual backups not yet removed beyond its newest `keep`, newest first. Final backups
+    (tenant_terminate.yml) are never among them: they stay until the purge."""
+    if keep < 0:
+        raise BackupError(f"keep must be 0 or more, not {keep}")
+    return _rows(
+        conn,
+        f"SELECT {BACKUP_COLUMNS} FROM registry.backups AS b"  # noqa: S608 - fixed columns
+        " WHERE b.tenant_id = %s AND b.kind = 'manual' AND b.removed_at IS NULL"
+        " ORDER BY b.taken_at DESC, b.backup_id DESC OFFSET %s",
+        (tenant_id, keep),
+    )
+
+
+def audit(conn, actor: str, tenant_id: str, backup_id: str, detail: dict) -> None:
+    conn.execute(
+        "INSERT INTO registry.audit (actor, tenant_id, kind, subject, detail) VALUES (%s, %s, 'result', %s, %s)",
+        (actor, tenant_id, f"backup:{backup_id}", json.dumps(detail, default=str)),
+    )
+
+
+def differing_facts(recorded: dict, wanted: dict) -> list[str]:
+    """The facts of an already recorded backup that differ from those asked for."""
+    return [fact for fact in RECORDED_FACTS if recorded[fact] != wanted[fact]]
+
+
+def record_backup(conn, backup: dict, actor: str) -> tuple[bool, dict]:
+    """Records the backup (RECORDED_FACTS plus backup_id) and its audit row; (changed, its row). A backup
+    already recorded with the same facts is left as it is; with other facts it is refused."""
+    inserted = conn.execute(
+        "INSERT INTO registry.backups (backup_id, tenant_id, kind, location, db_name, plan_name, bytes,"
+        " manifest_sha256) VALUES (%(backup_id)s, %(tenant_id)s, %(kind)s, %(location)s, %(db_name)s,"
+        " %(plan_name)s, %(bytes)s, %(manifest_sha256)s) ON CONFLICT (backup_id) DO NOTHING RETURNING backup_id",
+        backup,
+    ).fetchone()
+    recorded = read_backup(conn, backup["backup_id"])
+    if not inserted:
+        differing = differing_facts(recorded, backup)
+        if differing:
+            raise BackupError(
+                f"backup {backup['backup_id']} is already recorded with another {', '.join(differing)}: "
+                "a backup's record never changes; take a new backup (a new backup_id)"
+            )
+        return False, recorded
+    audit(
+        conn,
+        actor,
+        backup["tenant_id"],
+        backup["backup_id"],
+        {
+            "action": "backup",
+            "kind": backup["kind"],
+            "bytes": backup["bytes"],
+            "manifest_sha256": backup["manifest_sha256"],
+        },
+    )
+    return True, recorded
+
+
+def mark_removed(conn, tenant_id: str, backup_ids: list[str]) -> list[str]:
+    """Records the tenant's backups among backup_ids as removed (their files deleted); the ids newly marked."""
+    if not backup_ids:
+        return []
+    rows = conn.execute(
+        "UPDATE registry.backups SET removed_at = now()"
+        " WHERE tenant_id = %s AND backup_id = ANY(%s::text[]) AND removed_at IS NULL RETURNING backup_id",
+        (tenant_id, list(backup_ids)),
+    ).fetchall()
+    return sorted(row[0] for row in rows)
+
+
+def record_restore(conn, tenant_id: str, backup_id: str, forced: bool, actor: str) -> tuple[bool, dict, dict | None]:
+    """Records that backup_id was restored into tenant_id, with its audit row; (changed, the backup, the
+    restore's row). Unless forced, nothing is recorded when the tenant was last restored from that backup."""
+    backup = read_backup(conn, backup_id)
+    if backup is None:
+        raise BackupError(f"unknown backup {backup_id!r}: the registry has no such backup to record a restore of")
+    # One restore record at a time per tenant, so two runs cannot both see "not restored last".
+    if conn.execute("SELECT 1 FROM registry.tenants WHERE tenant_id = %s FOR UPDATE", (tenant_id,)).fetchone() is None:
+        raise BackupError(f"unknown tenant {tenant_id!r}: the registry has no such tenant to record a restore into")
+    if not forced and last_restored(conn, tenant_id) == backup_id:
+        return False, backup, None
+    restore = _rows(
+        conn,
+        "INSERT INTO registry.restores (tenant_id, backup_id, forced) VALUES (%s, %s, %s)"
+        " RETURNING id, tenant_id, backup_id, restored_at::text AS restored_at, forced",
+        (tenant_id, backup_id, forced),
+    )[0]
+    detail = {"action": "restore", "from_tenant": backup["tenant_id"], "forced": forced}
+    audit(conn, actor, tenant_id, backup_id, detail)
+    return True, backup, restore

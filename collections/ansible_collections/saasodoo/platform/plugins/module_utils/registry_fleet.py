@@ -1,0 +1,49 @@
+"""What the registry records about the fleet, read-only (module registry_info): its servers with the tenants
+each holds, its tenants, and the current version of every plan."""
+
+from __future__ import annotations
+
+try:
+    from psycopg.rows import dict_row
+except ImportError:  # reported by the module with missing_required_lib
+    dict_row = None
+
+# tenants counts every tenant whose database the registry places there, whatever its status.
+SERVERS_QUERY = """
+SELECT s.name, s.kind, s.status, s.health, s.host, s.port, s.pgbouncer_host, s.pgbouncer_port, s.pg_major,
+       s.capacity_tenants, s.capacity_storage_gb, s.storage_committed_gb, s.dedicated_to,
+       (SELECT count(*) FROM registry.tenants AS t WHERE t.db_server = s.name)::int AS tenants
+FROM registry.db_servers AS s
+ORDER BY s.name
+"""
+
+# No secret is stored in a tenant's row.
+TENANTS_QUERY = """
+SELECT tenant_id, customer_id, subscription_id, plan_name, plan_version, db_type, db_server, db_name, db_role,
+       status, billing_status, storage_path, http_port, credential_version, created_at::text AS created_at,
+       retain_until::text AS retain_until
+FROM registry.tenants
+ORDER BY tenant_id
+"""
+
+PLANS_QUERY = """
+SELECT DISTINCT ON (name) name, version, db_type, effective_from::text AS effective_from, entitlements
+FROM registry.plans
+ORDER BY name, version DESC
+"""
+
+QUERIES = {"servers": SERVERS_QUERY, "tenants": TENANTS_QUERY, "plans": PLANS_QUERY}
+
+
+def read_fleet(conn, subsets: list[str]) -> dict[str, list[dict]]:
+    """Each asked subset (servers, tenants, plans) as a list of rows, read in one snapshot."""
+    unknown = set(subsets) - set(QUERIES)
+    if unknown:
+        raise ValueError(f"unknown subsets {sorted(unknown)}: choose among {sorted(QUERIES)}")
+    fleet = {}
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        for subset in QUERIES:
+            if subset in subsets:
+                fleet[subset] = cur.execute(QUERIES[subset]).fetchall()
+    return fleet

@@ -1,0 +1,114 @@
+"""Queries on registry.db_servers: the inventory's record of a server, its bring-up, its draining."""
+
+from __future__ import annotations
+
+# The columns the inventory owns (platform_registry_db_servers); status, health, dedicated_to and the bring-up
+# claim are the platform's and no sync touches them.
+INVENTORY_COLUMNS = (
+    "kind",
+    "host",
+    "port",
+    "pgbouncer_host",
+    "pgbouncer_port",
+    "pg_major",
+    "capacity_tenants",
+    "capacity_storage_gb",
+)
+
+SERVER_QUERY = """
+SELECT name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major, capacity_tenants, capacity_storage_gb,
+       status, health, dedicated_to, tenant_count, bring_up_by, bring_up_until::text AS bring_up_until
+FROM registry.db_servers WHERE name = %s
+"""
+
+# The WHERE makes an unchanged server update nothing, so the row's updated_at only moves on a real change.
+RECORD_QUERY = """
+INSERT INTO registry.db_servers AS s
+    (name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major, capacity_tenants, capacity_storage_gb)
+VALUES (%(name)s, %(kind)s, %(host)s, %(port)s, %(pgbouncer_host)s, %(pgbouncer_port)s, %(pg_major)s,
+        %(capacity_tenants)s, %(capacity_storage_gb)s)
+ON CONFLICT (name) DO UPDATE
+SET kind = excluded.kind,
+    host = excluded.host,
+    port = excluded.port,
+    pgbouncer_host = excluded.pgbouncer_host,
+    pgbouncer_port = excluded.pgbouncer_port,
+    pg_major = excluded.pg_major,
+    capacity_tenants = excluded.capacity_tenants,
+    capacity_storage_gb = excluded.capacity_storage_gb
+WHERE (s.kind, s.host, s.port, s.pgbouncer_host, s.pgbouncer_port,
+       s.pg_major, s.capacity_tenants, s.capacity_storage_gb)
+      IS DISTINCT FROM
+      (excluded.kind, excluded.host, excluded.port, excluded.pgbouncer_host, excluded.pgbouncer_port,
+       excluded.pg_major, excluded.capacity_tenants, excluded.capacity_storage_gb)
+"""
+
+# Those whose move a killed drain left open count too: after the repoint they already point elsewhere.
+TENANTS_TO_MOVE_QUERY = """
+SELECT t.tenant_id, t.plan_name FROM registry.tenants t
+WHERE t.status IN ('active', 'suspended')
+  AND (t.db_server = %(name)s OR EXISTS (
+        SELECT 1 FROM registry.migrations m
+        WHERE m.tenant_id = t.tenant_id AND m.source_server = %(name)s AND m.finished_at IS NULL))
+ORDER BY t.tenant_id
+"""
+
+
+def read_server(conn, name: str, lock: bool = False) -> dict | None:
+    from psycopg.rows import dict_row
+
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(SERVER_QUERY + (" FOR UPDATE" if lock else ""), (name,)).fetchone()
+
+
+def record_server(conn, name: str, inventory: dict) -> bool:
+    """Insert the server or update the columns the inventory owns; whether a row was written."""
+    values = {column: inventory.get(column) for column in INVENTORY_COLUMNS}
+    return conn.execute(RECORD_QUERY, {"name": name, **values}).rowcount > 0
+
+
+def claim_bring_up(conn, name: str, claimant: str, minutes: int) -> bool:
+    """Claim a provisioning server's bring-up for minutes: free, already this claimant's, or expired."""
+    return (
+        conn.execute(
+            "UPDATE registry.db_servers SET bring_up_by = %(by)s,"
+            " bring_up_until = now() + make_interval(mins => %(minutes)s::integer)"
+            " WHERE name = %(name)s AND status = 'provisioning'"
+            " AND (bring_up_by IS NULL OR bring_up_by = %(by)s OR bring_up_until < now())",
+            {"name": name, "by": claimant, "minutes": minutes},
+        ).rowcount
+        > 0
+    )
+
+
+def mark_brought_up(conn, name: str, claimant: str | None) -> bool:
+    """Record a provisioning server active and healthy, if claimant (still) holds its bring-up."""
+    return (
+        conn.execute(
+            "UPDATE registry.db_servers SET status = 'active', health = 'healthy', health_checked_at = now(),"
+            " bring_up_by = NULL, bring_up_until = NULL"
+            " WHERE name = %s AND status = 'provisioning' AND bring_up_by IS NOT DISTINCT FROM %s",
+            (name, claimant),
+        ).rowcount
+        > 0
+    )
+
+
+def mark_draining(conn, name: str) -> bool:
+    """Take an active shared pool out of placement; a pool in any other state stays as it is."""
+    return (
+        conn.execute(
+            "UPDATE registry.db_servers SET status = 'draining'"
+            " WHERE name = %s AND kind = 'shared' AND status = 'active'",
+            (name,),
+        ).rowcount
+        > 0
+    )
+
+
+def tenants_to_move(conn, name: str) -> list[dict]:
+    """The active and suspended tenants on the server, and those with a move from it still open."""
+    from psycopg.rows import dict_row
+
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(TENANTS_TO_MOVE_QUERY, {"name": name}).fetchall()

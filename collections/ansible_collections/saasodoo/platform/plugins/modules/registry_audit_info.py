@@ -1,0 +1,157 @@
+#!/usr/bin/python
+"""Read the registry's audit chain: the playbook runs since a time, and whether the chain is intact."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: registry_audit_info
+short_description: Read the playbook runs from the registry's audit chain and verify the chain
+description:
+  - The registry's audit trail (C(registry.audit)) is append-only and hash-chained. Every playbook run, typed by a
+    person or started by the webhook runner, is recorded there by the C(saasodoo_audit) callback plugin as C(run)
+    rows (one when it starts, one when it ends); every row a module writes during the run names the run.
+  - With I(since), returns the runs that started since then, oldest first, each with who ran it, the playbook,
+    inventory, limit, check mode, the names of the extra variables (never their values), per-host counts, the
+    outcome and the tenants whose audit rows name it.
+  - With I(verify), recomputes every row's hash from its content and the hash before it, and returns where the
+    chain breaks and its head (last row id and hash). I(expect_head) checks that a head recorded earlier is still
+    in the chain.
+  - Only reads; never reports a change.
+version_added: 0.2.0
+author: SaaSOdoo ops maintainers
+options:
+  since:
+    description: A timestamp such as C(2026-11-23T10:00Z), or an interval back from now such as C(-1d), C(-6h) or
+      C(-30min) (PostgreSQL's interval syntax, with a unit). Runs that started at or after it are returned.
+    type: str
+  verify:
+    description: Verify the whole chain and return its head.
+    type: bool
+    default: false
+  expect_head:
+    description: A head hash printed by an earlier verification; I(head.has_expected) says whether it is still in
+      the chain.
+    type: str
+    default: ""
+attributes:
+  check_mode:
+    support: full
+extends_documentation_fragment:
+  - saasodoo.platform.registry_login
+"""
+
+EXAMPLES = r"""
+- name: Read the runs of the last day
+  saasodoo.platform.registry_audit_info:
+    since: -1d
+    login_password: "{{ registry_password }}"
+  register: audit
+
+- name: Verify the chain
+  saasodoo.platform.registry_audit_info:
+    verify: true
+    expect_head: "{{ expect_head | default('') }}"
+    login_password: "{{ registry_password }}"
+  register: audit
+"""
+
+RETURN = r"""
+runs:
+  description: The runs since I(since), oldest first. C(outcome) is C(ok), C(failed) or C(unfinished) (interrupted,
+    or the registry was unreachable when it ended).
+  returned: when since is given
+  type: list
+  elements: dict
+  sample: [{"run": "3f2a…", "started_at": "2026-11-23T10:00:01+00:00", "actor": "alice", "job": null,
+            "playbook": "playbooks/tenant_suspend.yml", "inventory": ["inventories/local"], "limit": null,
+            "check_mode": false, "extra_vars": ["tenant_id"], "outcome": "ok", "seconds": 4.2,
+            "hosts": {"platform-db": {"ok": 5, "changed": 1, "failed": 0}}, "tenants": ["acme"]}]
+breaks:
+  description: Each row where the chain breaks, with the problem found.
+  returned: when verify is true
+  type: list
+  elements: dict
+head:
+  description: The chain's length (C(rows)), its last row (C(head_id), C(head_hash)) and C(has_expected).
+  returned: when verify is true
+  type: dict
+"""
+
+import re
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.audit import chain_breaks, chain_head, runs_since
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
+    REGISTRY_LOGIN_OPTIONS,
+    RegistryUnreachable,
+    connect_registry,
+)
+
+try:
+    import psycopg
+except ImportError:
+    psycopg = None
+    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
+else:
+    PSYCOPG_IMPORT_ERROR = None
+
+RELATIVE = re.compile(r"^\s*-\s*(.+)$")
+
+
+class SinceError(ValueError):
+    """`since` is neither a timestamp nor an interval with a unit."""
+
+
+def since_timestamp(conn, since: str) -> str:
+    """`since` as a timestamp: '-1d' counts back from now, anything else is read as a timestamp."""
+    relative = RELATIVE.match(since)
+    if relative and not re.search(r"[A-Za-z]", relative.group(1)):
+        raise SinceError("an interval needs a unit")  # '1' alone would be one second
+    query = "SELECT now() - %s::interval" if relative else "SELECT %s::timestamptz"
+    return conn.execute(query, (relative.group(1) if relative else since,)).fetchone()[0].isoformat()
+
+
+def run_module(module: AnsibleModule) -> dict:
+    p = module.params
+    result: dict = dict(changed=False)
+    with connect_registry(p) as conn:
+        if p["since"] is not None:
+            try:
+                since = since_timestamp(conn, p["since"])
+            except (psycopg.DataError, SinceError):
+                module.fail_json(
+                    msg=f"since must be a timestamp or an interval back from now such as -1d, -6h or -30min, "
+                    f"not {p['since']!r}"
+                )
+            result.update(since=since, runs=runs_since(conn, since))
+        if p["verify"]:
+            result.update(breaks=chain_breaks(conn), head=chain_head(conn, p["expect_head"]))
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            since=dict(type="str"),
+            verify=dict(type="bool", default=False),
+            expect_head=dict(type="str", default="", no_log=False),
+            **REGISTRY_LOGIN_OPTIONS,
+        ),
+        required_one_of=[("since", "verify")],
+        supports_check_mode=True,
+    )
+    if PSYCOPG_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
+    try:
+        module.exit_json(**run_module(module))
+    except RegistryUnreachable as e:
+        module.fail_json(msg=str(e))
+    except psycopg.Error as e:
+        module.fail_json(msg=f"registry error reading the audit chain: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+#!/usr/bin/python
+"""Read what the registry records about the fleet: servers, tenants, plans."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: registry_info
+short_description: Read the registry's servers (with their tenant counts), tenants and current plans
+description:
+  - Returns what the registry records, as C(playbooks/platform_status.yml) shows it beside what it probes live.
+  - C(servers) are every database server the registry knows, by name, each with the number of tenants whose
+    database it holds (C(tenants), whatever their status); C(tenants) are every tenant, by id; C(plans) are the
+    newest version of every plan, by name.
+  - Read-only, in one read-only snapshot; it never changes anything, in check mode or not.
+version_added: 0.6.0
+author: SaaSOdoo ops maintainers
+options:
+  gather_subset:
+    description: What to read; the others are returned as empty lists.
+    type: list
+    elements: str
+    choices: [servers, tenants, plans]
+    default: [servers, tenants, plans]
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+extends_documentation_fragment:
+  - saasodoo.platform.registry_login
+"""
+
+EXAMPLES = r"""
+- name: Read the registry's servers, tenants and plans
+  saasodoo.platform.registry_info:
+    login_password: "{{ registry_password }}"
+  register: registry
+
+- name: Read the servers only
+  saasodoo.platform.registry_info:
+    gather_subset: [servers]
+    login_password: "{{ registry_password }}"
+  register: registry
+"""
+
+RETURN = r"""
+servers:
+  description: Every server the registry knows, by name, with C(tenants) the number of tenants placed there. No
+    secret is stored there.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"name": "pool-shared-01", "kind": "shared", "status": "active", "health": "healthy",
+            "host": "127.0.0.1", "port": 55433, "pgbouncer_host": "127.0.0.1", "pgbouncer_port": 56433,
+            "pg_major": 15, "capacity_tenants": 50, "capacity_storage_gb": 500, "storage_committed_gb": 15,
+            "dedicated_to": null, "tenants": 3}]
+tenants:
+  description: Every tenant, by id; C(db_server) is null until the tenant is placed.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"tenant_id": "acme", "customer_id": "6c1f...", "subscription_id": "0b7e...",
+            "plan_name": "basic-monthly", "plan_version": 1, "db_type": "shared", "db_server": "pool-shared-01",
+            "db_name": "t_acme", "db_role": "t_acme", "status": "active", "billing_status": null,
+            "storage_path": "/srv/tenants/acme", "http_port": 58100, "credential_version": 1,
+            "created_at": "2026-11-21 10:15:02.5+00", "retain_until": null}]
+plans:
+  description: The newest version of every plan, by name, with its entitlements.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"name": "basic-monthly", "version": 1, "db_type": "shared", "effective_from": "2026-11-21 10:00:00+00",
+            "entitlements": {"db_type": "shared", "odoo_workers": 2, "storage_gb": 5}}]
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
+    REGISTRY_LOGIN_OPTIONS,
+    RegistryUnreachable,
+    connect_registry,
+)
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry_fleet import QUERIES, read_fleet
+
+try:
+    import psycopg
+
+    PSYCOPG_IMPORT_ERROR = None
+except ImportError:
+    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            gather_subset=dict(type="list", elements="str", choices=list(QUERIES), default=list(QUERIES)),
+            **REGISTRY_LOGIN_OPTIONS,
+        ),
+        supports_check_mode=True,
+    )
+    if PSYCOPG_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
+    try:
+        with connect_registry(module.params) as conn:
+            fleet = read_fleet(conn, module.params["gather_subset"])
+    except (RegistryUnreachable, ValueError) as e:
+        module.fail_json(msg=str(e))
+    except psycopg.Error as e:
+        module.fail_json(msg=f"registry error reading the fleet: {e}")
+    module.exit_json(changed=False, **{subset: fleet.get(subset, []) for subset in QUERIES})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+#!/usr/bin/python
+"""Record a database server in the registry: as the inventory describes it, its bring-up, its draining."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: registry_server
+short_description: Record a database server in the registry, its bring-up and its draining
+description:
+  - Returns the server's registry row (C(registry.db_servers)); an unknown server fails with what to do, unless
+    I(inventory) records it.
+  - I(inventory) records the server as the inventory describes it (C(platform_registry_db_servers)), inserting it
+    or updating the columns the inventory owns; C(status), C(health), C(dedicated_to) and the bring-up claim are
+    the platform's and stay as they are. An unchanged server writes nothing.
+  - I(claim_bring_up) claims a provisioning server's bring-up for I(bring_up_by) for I(bring_up_minutes) (C(claimed)
+    says whether it did) if it is free, already this claimant's, or expired (its run was killed).
+    Any other run waits for the server to become active (C(playbooks/tasks/server_up.yml) retries until then).
+  - I(status=active) records a provisioning server active and healthy and gives its claim back, if
+    I(bring_up_by) (still) holds the claim; any other server is left as it is.
+  - I(status=draining) takes an active shared pool out of placement (C(playbooks/pool_drain.yml)); one already
+    draining stays so. An unknown or dedicated server is refused.
+  - I(list_tenants) returns the tenants to move off the server (C(tenants)), with those whose move from it a killed
+    run left open.
+  - All of it in one transaction; check mode computes the same answer and rolls it back.
+  - The platform_registry role logs in as C(postgres) over the Unix socket (I(login_host) the socket directory, peer
+    authentication, no password) and acts as the registry owner with I(session_role).
+version_added: 0.6.0
+author: SaaSOdoo ops maintainers
+options:
+  name:
+    description: The server's name (its inventory host name).
+    type: str
+    required: true
+  inventory:
+    description: The server as the inventory describes it; records it.
+    type: dict
+    suboptions:
+      kind:
+        description: A shared pool or a dedicated server.
+        type: str
+        required: true
+        choices: [shared, dedicated]
+      host:
+        description: The address its PostgreSQL listens on.
+        type: str
+        required: true
+      port:
+        description: Its PostgreSQL port.
+        type: int
+        required: true
+      pgbouncer_host:
+        description: Its PgBouncer's address (with I(pgbouncer_port), or neither).
+        type: str
+      pgbouncer_port:
+        description: Its PgBouncer's port.
+        type: int
+      pg_major:
+        description: Its PostgreSQL major version.
+        type: int
+        required: true
+      capacity_tenants:
+        description: How many tenants placement may put on it.
+        type: int
+        required: true
+      capacity_storage_gb:
+        description: How much storage (plans' C(storage_gb)) placement may commit to it.
+        type: int
+        required: true
+  claim_bring_up:
+    description: Claim the provisioning server's bring-up for I(bring_up_by).
+    type: bool
+    default: false
+  bring_up_by:
+    description: Who brings the server up (a tenant id, or C(pool_drain:<pool>)); the same claimant takes its
+      claim back at once.
+    type: str
+  bring_up_minutes:
+    description: How long a claim holds if its run never finishes; then another run takes it over.
+    type: int
+    default: 15
+  status:
+    description: The status to record (see above for what each may change).
+    type: str
+    choices: [active, draining]
+  list_tenants:
+    description: Return the tenants to move off the server in C(tenants).
+    type: bool
+    default: false
+  login_password:
+    description: The login role's password; not needed for a login the server admits without one (C(postgres) over
+      the Unix socket, peer authentication).
+    type: str
+    required: false
+  session_role:
+    description: The role to act as once logged in (C(SET ROLE)), for example the registry owner when logged in as
+      C(postgres).
+    type: str
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+extends_documentation_fragment:
+  - saasodoo.platform.registry_login
+"""
+
+EXAMPLES = r"""
+- name: Record the pool as the inventory describes it, as the owner over the admin socket
+  saasodoo.platform.registry_server:
+    name: pool-shared-01
+    inventory: "{{ hostvars['pool-shared-01'].saasodoo_db_server }}"
+    login_host: /var/run/postgresql
+    login_user: postgres
+    session_role: saasodoo_registry
+
+- name: Claim the bring-up, or wait until another run has brought the server up
+  saasodoo.platform.registry_server:
+    name: pool-shared-03
+    claim_bring_up: true
+    bring_up_by: acme
+    login_password: "{{ registry_password }}"
+  register: claim
+  until: claim.claimed or claim.server.status != 'provisioning'
+  retries: 192
+  delay: 5
+
+- name: Record it active once converged
+  saasodoo.platform.registry_server:
+    name: pool-shared-03
+    status: active
+    bring_up_by: acme
+    login_password: "{{ registry_password }}"
+
+- name: Mark the pool draining and read the tenants to move off it
+  saasodoo.platform.registry_server:
+    name: pool-shared-01
+    status: draining
+    list_tenants: true
+    login_password: "{{ registry_password }}"
+  register: pool
+"""
+
+RETURN = r"""
+server:
+  description: The server's registry row after the change.
+  returned: success
+  type: dict
+  sample: {"name": "pool-shared-03", "kind": "shared", "host": "127.0.0.1", "port": 55435,
+           "pgbouncer_host": "127.0.0.1", "pgbouncer_port": 56435, "pg_major": 16, "capacity_tenants": 3,
+           "capacity_storage_gb": 200,
+           "status": "provisioning", "health": "unknown", "dedicated_to": null, "tenant_count": 2,
+           "bring_up_by": "acme", "bring_up_until": "2026-01-01 10:15:00+00"}
+claimed:
+  description: Whether this run holds the bring-up now (with I(claim_bring_up)).
+  returned: success
+  type: bool
+tenants:
+  description: With I(list_tenants), the active and suspended tenants to move off the server, by id.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"tenant_id": "acme", "plan_name": "basic-monthly"}]
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import RegistryUnreachable
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry_servers import (
+    claim_bring_up,
+    mark_brought_up,
+    mark_draining,
+    read_server,
+    record_server,
+    tenants_to_move,
+)
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry_session import (
+    SESSION_LOGIN_OPTIONS,
+    connect_registry_session,
+)
+
+try:
+    import psycopg
+
+    PSYCOPG_IMPORT_ERROR = None
+except ImportError:
+    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
+
+
+class ServerError(Exception):
+    """A request the registry refuses; the message names the server and what to do."""
+
+
+def check_draining(name: str, server: dict | None) -> None:
+    # pool_drain.yml shows these as they are: nothing is marked or moved.
+    if server is None:
+        raise ServerError(f"{name} is not a server the registry knows; nothing was moved.")
+    if server["kind"] != "shared":
+        raise ServerError(
+            f"{name} is a dedicated server: its tenant moves with its plan (tenant_change_plan.yml); nothing was moved."
+        )
+
+
+def run_module(module: AnsibleModule) -> dict:
+    p = module.params
+    name = p["name"]
+    changed = claimed = False
+    with connect_registry_session(p) as conn, conn.transaction(force_rollback=module.check_mode):
+        if p["inventory"] is not None:
+            changed |= record_server(conn, name, p["inventory"])
+        server = read_server(conn, name, lock=True)
+        if p["status"] == "draining":
+            check_draining(name, server)
+        elif server is None:
+            raise ServerError(
+                f"{name} is not a server the registry knows: check its name (the registry has the inventory's "
+                "servers once playbooks/site.yml ran, and those placement made)"
+            )
+        if p["claim_bring_up"]:
+            claimed = claim_bring_up(conn, name, p["bring_up_by"], p["bring_up_minutes"])
+            changed |= claimed
+        if p["status"] == "active":
+            changed |= mark_brought_up(conn, name, p["bring_up_by"])
+        elif p["status"] == "draining":
+            changed |= mark_draining(conn, name)
+        if changed:
+            server = read_server(conn, name)
+        tenants = tenants_to_move(conn, name) if p["list_tenants"] else []
+    return dict(changed=changed, server=server, claimed=claimed, tenants=tenants)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str", required=True),
+            inventory=dict(
+                type="dict",
+                options=dict(
+                    kind=dict(type="str", required=True, choices=["shared", "dedicated"]),
+                    host=dict(type="str", required=True),
+                    port=dict(type="int", required=True),
+                    pgbouncer_host=dict(type="str"),
+                    pgbouncer_port=dict(type="int"),
+                    pg_major=dict(type="int", required=True),
+                    capacity_tenants=dict(type="int", required=True),
+                    capacity_storage_gb=dict(type="int", required=True),
+                ),
+            ),
+            claim_bring_up=dict(type="bool", default=False),
+            bring_up_by=dict(type="str"),
+            bring_up_minutes=dict(type="int", default=15),
+            status=dict(type="str", choices=["active", "draining"]),
+            list_tenants=dict(type="bool", default=False),
+            **SESSION_LOGIN_OPTIONS,
+        ),
+        required_if=[("claim_bring_up", True, ("bring_up_by",))],
+        supports_check_mode=True,
+    )
+    if PSYCOPG_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
+    try:
+        module.exit_json(**run_module(module))
+    except (ServerError, RegistryUnreachable) as e:
+        module.fail_json(msg=str(e), name=module.params["name"])
+    except psycopg.Error as e:
+        module.fail_json(msg=f"registry error for server {module.params['name']}: {e}")
+
+
+if __name__ == "__main__":
+    main()

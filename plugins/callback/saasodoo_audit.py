@@ -1,0 +1,200 @@
+"""Callback plugin: every playbook run becomes a `run` in the platform registry's audit chain."""
+
+# ruff: noqa: E402 - the documentation comes first, as in every Ansible plugin; the imports follow it.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: saasodoo_audit
+type: notification
+short_description: Record every playbook run in the SaaSOdoo registry's audit chain
+description:
+  - Records each C(ansible-playbook) run, typed by a person or started by the webhook runner, as two C(run) rows
+    in the registry's hash-chained audit trail (C(registry.audit), subject C(run:<run id>)), one when its first
+    play starts and one when it ends.
+  - The rows name who ran it (the OS user, and the runner's job when the runner started it), the playbook, the
+    inventory sources, the limit, check mode, the names of the extra variables (never their values), and at the
+    end the per-host ok/changed/failed/unreachable/skipped/rescued counts, the duration and the outcome
+    (C(ok) or C(failed)). A run with a start and no end was interrupted.
+  - Every play gets the variable C(saasodoo_audit_run), the run id. C(saasodoo_registry_login) passes it to the
+    registry modules, whose audit rows then name the run (C(detail.run)), so an auditor goes from a run to the
+    tenant rows it wrote and back (C(playbooks/registry_audit.yml)).
+  - The registry is the one the run's inventory reads with the C(saasodoo.platform.registry) inventory plugin (its
+    first source whose name ends in C(registry.yml)), with that configuration's login.
+  - A registry that cannot be reached, or an inventory without one, makes the callback warn; it never fails a
+    run. A fresh install's first C(site.yml) creates the registry midway, so its start is not recorded, its end is.
+requirements:
+  - psycopg >= 3.1 on the controller
+  - enabled in ansible.cfg (C(callbacks_enabled = saasodoo_audit), C(callback_plugins = plugins/callback))
+options:
+  registry_config:
+    description: The C(saasodoo.platform.registry) inventory configuration naming the registry, instead of the
+      first such source of the run's inventory.
+    type: path
+    env:
+      - name: SAASODOO_AUDIT_REGISTRY_CONFIG
+    ini:
+      - section: callback_saasodoo_audit
+        key: registry_config
+  run_id:
+    description: The run's id, instead of a new random one (letters, digits and C(_.:-), at most 64).
+    type: str
+    env:
+      - name: SAASODOO_AUDIT_RUN
+  job:
+    description: The webhook runner's job this run executes; recorded as the run's actor C(job:<id>).
+    type: str
+    env:
+      - name: SAASODOO_AUDIT_JOB
+"""
+
+import getpass
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ansible import constants as C
+from ansible import context
+from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.callback import CallbackBase
+from ansible.plugins.loader import inventory_loader
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.audit import RUN_KIND, record_audit, run_subject
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import AUDIT_RUN_ID, connect_registry
+
+RUN_VAR = "saasodoo_audit_run"
+REGISTRY_INVENTORY_PLUGIN = "saasodoo.platform.registry"
+REGISTRY_CONFIG_SUFFIXES = ("registry.yml", "registry.yaml")
+
+
+def registry_config_in(sources: list[str]) -> str | None:
+    """The first inventory source (or file of a source directory) that configures the registry plugin."""
+    for source in sources:
+        path = Path(source)
+        candidates = sorted(path.iterdir()) if path.is_dir() else [path]
+        for candidate in candidates:
+            if candidate.is_file() and candidate.name.endswith(REGISTRY_CONFIG_SUFFIXES):
+                return str(candidate)
+    return None
+
+
+def os_user() -> str:
+    user = getpass.getuser()
+    sudo_user = os.environ.get("SUDO_USER")
+    return f"{sudo_user} (as {user})" if sudo_user and sudo_user != user else user
+
+
+def host_counts(stats: Any) -> dict[str, dict[str, int]]:
+    counts = {}
+    for host in sorted(stats.processed):
+        summary = stats.summarize(host)
+        counts[host] = {
+            "ok": summary["ok"],
+            "changed": summary["changed"],
+            "failed": summary["failures"],
+            "unreachable": summary["unreachable"],
+            "skipped": summary["skipped"],
+            "rescued": summary["rescued"],
+        }
+    return counts
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "notification"
+    CALLBACK_NAME = "saasodoo_audit"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.run_id = ""
+        self.facts: dict[str, Any] | None = None  # what the start row says; known at the first play
+        self.started = 0.0
+        self.playbook = ""
+
+    def set_options(self, *args: Any, **kwargs: Any) -> None:
+        super().set_options(*args, **kwargs)
+        given = self.get_option("run_id")
+        if given and not AUDIT_RUN_ID.fullmatch(given):
+            self._display.warning(f"saasodoo_audit: ignoring SAASODOO_AUDIT_RUN {given!r}: not a run id")
+            given = None
+        self.run_id = given or uuid.uuid4().hex
+
+    # -- the run ------------------------------------------------------------------------------------------------
+
+    def v2_playbook_on_start(self, playbook: Any) -> None:
+        self.started = time.monotonic()
+        self.playbook = os.path.relpath(playbook._file_name)
+
+    def v2_playbook_on_play_start(self, play: Any) -> None:
+        play.vars[RUN_VAR] = self.run_id  # every play's registry modules name the run (saasodoo_registry_login)
+        if self.facts is None:
+            self.facts = self._run_facts(play)
+            self._record("start", self.facts, warn=False)
+
+    def v2_playbook_on_stats(self, stats: Any) -> None:
+        hosts = host_counts(stats)
+        failed = any(c["failed"] or c["unreachable"] for c in hosts.values())
+        self._record(
+            "end",
+            {
+                **(self.facts or {"playbook": self.playbook}),
+                "hosts": hosts,
+                "seconds": round(time.monotonic() - self.started, 2),
+                "outcome": "failed" if failed else "ok",
+            },
+            warn=True,
+        )
+
+    def _run_facts(self, play: Any) -> dict[str, Any]:
+        args = context.CLIARGS
+        job = self.get_option("job")
+        return {
+            "playbook": self.playbook,
+            "user": os_user(),
+            "job": job,
+            "inventory": list(args.get("inventory") or C.DEFAULT_HOST_LIST or []),
+            "limit": args.get("subset"),
+            "check_mode": bool(args.get("check")),
+            # Names only: an extra variable may carry a secret or a customer's data.
+            "extra_vars": sorted(play.get_variable_manager().extra_vars),
+        }
+
+    # -- the registry -------------------------------------------------------------------------------------------
+
+    def _record(self, phase: str, facts: dict[str, Any], warn: bool) -> None:
+        job = facts.get("job")
+        try:
+            with self._connect() as conn:
+                record_audit(
+                    conn,
+                    actor=f"job:{job}" if job else facts.get("user") or os_user(),
+                    kind=RUN_KIND,
+                    subject=run_subject(self.run_id),
+                    detail={"run": self.run_id, "phase": phase, **facts},
+                )
+        except Exception as e:  # never fail the run over its record
+            message = f"saasodoo_audit: the {phase} of run {self.run_id} ({self.playbook}) was not recorded: {e}"
+            if warn:
+                self._display.warning(message)
+            else:
+                self._display.vv(message)
+
+    def _connect(self) -> Any:
+        config = self.get_option("registry_config") or registry_config_in(
+            list(context.CLIARGS.get("inventory") or C.DEFAULT_HOST_LIST or [])
+        )
+        if not config:
+            raise LookupError(f"the inventory has no {REGISTRY_INVENTORY_PLUGIN} source (a *registry.yml file)")
+        settings = inventory_loader.get(REGISTRY_INVENTORY_PLUGIN).registry_settings(DataLoader(), config)
+        return connect_registry(
+            {
+                "login_host": settings.host,
+                "login_port": settings.port,
+                "login_db": settings.database,
+                "login_user": settings.user,
+                "login_password": settings.password,
+                "connect_timeout": settings.connect_timeout,
+            }
+        )

@@ -1,0 +1,106 @@
+"""Every playbook run is audited as a run (plugins/callback/saasodoo_audit.py), and its tenant rows name it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+
+from .conftest import LocalPlatform, ansible_playbook, inventory_hosts, remove_tenants, run_playbook
+
+
+def registry(platform: LocalPlatform) -> psycopg.Connection:
+    return platform.connect(
+        platform.servers["platform-db"].port,
+        "saasodoo_registry",
+        platform.password("registry@saasodoo_registry"),
+        dbname="saasodoo_registry",
+    )
+
+
+def run_rows(platform: LocalPlatform, run_id: str) -> dict[str, dict]:
+    """The run's own rows by phase (start, end), with their actor."""
+    with registry(platform) as conn:
+        rows = conn.execute(
+            "SELECT actor, subject, detail FROM registry.audit WHERE kind = 'run' AND detail ->> 'run' = %s",
+            (run_id,),
+        ).fetchall()
+    return {detail["phase"]: {**detail, "actor": actor, "subject": subject} for actor, subject, detail in rows}
+
+
+def test_a_run_is_recorded_with_who_what_options_counts_and_outcome(local_platform: LocalPlatform):
+    secret_value = "s3cret-never-recorded"
+    run = run_playbook("registry_audit_verify.yml", "-e", f"unused_token={secret_value}", "--limit", "platform")
+    assert run.returncode == 0, run.output[-2000:]
+
+    rows = run_rows(local_platform, run.run_id)
+    assert set(rows) == {"start", "end"}
+    end = rows["end"]
+    assert end["subject"] == f"run:{run.run_id}"
+    assert end["actor"] == end["user"] and end["job"] is None
+    assert end["playbook"] == "playbooks/registry_audit_verify.yml"
+    assert end["limit"] == "platform" and end["check_mode"] is False
+    assert [Path(source).name for source in end["inventory"]] == ["local"]
+    assert "unused_token" in end["extra_vars"]
+    assert end["outcome"] == "ok" and end["seconds"] > 0
+    assert end["hosts"] == {
+        "platform-db": {"ok": 3, "changed": 0, "failed": 0, "unreachable": 0, "skipped": 0, "rescued": 0}
+    }
+    assert secret_value not in json.dumps(rows), "an extra variable's value reached the audit chain"
+
+
+def test_a_failed_run_is_recorded_as_failed_with_the_failing_host(local_platform: LocalPlatform):
+    run = run_playbook("registry_audit_verify.yml", "-e", f"expect_head={'0' * 64}", "--check")
+    assert run.returncode != 0
+
+    end = run_rows(local_platform, run.run_id)["end"]
+    assert end["outcome"] == "failed" and end["check_mode"] is True
+    assert end["hosts"]["platform-db"]["failed"] == 1
+
+
+def test_an_unreachable_registry_warns_and_never_fails_the_run(local_platform: LocalPlatform, tmp_path: Path):
+    nowhere = tmp_path / "nowhere.registry.yml"
+    nowhere.write_text(
+        "plugin: saasodoo.platform.registry\nregistry_port: 1\nregistry_password: x\nconnect_timeout: 1\n"
+    )
+    run = ansible_playbook("playbooks/registry_audit_verify.yml", env={"SAASODOO_AUDIT_REGISTRY_CONFIG": str(nowhere)})
+
+    assert run.returncode == 0, run.output[-2000:]
+    assert f"saasodoo_audit: the end of run {run.run_id}" in run.output
+    assert run_rows(local_platform, run.run_id) == {}
+
+
+def test_a_tenant_playbook_links_its_rows_to_the_run_and_the_auditor_sees_them(local_platform: LocalPlatform):
+    tenant = "audit-link"
+    provision = run_playbook(
+        "tenant_provision.yml",
+        *("-e", f"tenant_id={tenant}", "-e", "plan=basic-monthly", "-e", f"customer_id=acct-{tenant}"),
+        *("-e", f"subscription_id=sub-{tenant}", "-e", "saasodoo_runtime_backend=none"),
+    )
+    try:
+        assert provision.returncode == 0, provision.output[-3000:]
+        with registry(local_platform) as conn:
+            linked = conn.execute(
+                "SELECT count(*) FROM registry.audit WHERE tenant_id = %s AND detail ->> 'run' = %s",
+                (tenant, provision.run_id),
+            ).fetchone()[0]
+        assert linked >= 2, "the placement decision and the tenant's result should both name the run"
+
+        hostvars, _ = inventory_hosts()
+        assert hostvars[f"tenant-{tenant}"]["saasodoo_tenant_last_run"] == {"__ansible_unsafe": provision.run_id}
+
+        report = run_playbook("registry_audit.yml", "-e", "since=-1h")
+        assert report.returncode == 0, report.output[-2000:]
+        # Each run's entry starts "- <date>": the provision's reads OK, and lists the tenant it touched.
+        before, after = report.output.split(provision.run_id, 1)
+        assert "OK playbooks/tenant_provision.yml" in before.rsplit("\n    - 2", 1)[1]
+        assert f"tenants: {tenant}" in after.split("\n    - 2", 1)[0]
+    finally:
+        assert remove_tenants([tenant])
+
+
+def test_a_since_without_a_unit_is_refused_with_the_forms_it_takes(local_platform: LocalPlatform):
+    run = run_playbook("registry_audit.yml", "-e", "since=-1")
+    assert run.returncode != 0
+    assert "such as -1d, -6h or -30min, not '-1'" in run.output
