@@ -293,10 +293,16 @@ def tenant_view(conn, tenant_id: str) -> dict | None:
     jobs = list_jobs(conn, tenant_id=tenant_id, limit=20)
     if tenant is None and not jobs:
         return None
+    # The tenant's rows, and the playbook runs that wrote them (run rows name no tenant: a run may touch many).
     audit = conn.execute(
-        """SELECT id, at, actor, kind, subject, detail FROM registry.audit
-            WHERE tenant_id = %s ORDER BY id DESC LIMIT 50""",
-        (tenant_id,),
+        """WITH own AS (SELECT * FROM registry.audit WHERE tenant_id = %(tenant)s ORDER BY id DESC LIMIT 50)
+           SELECT id, at, actor, kind, subject, detail FROM own
+           UNION ALL
+           SELECT a.id, a.at, a.actor, a.kind, a.subject, a.detail FROM registry.audit AS a
+            WHERE a.kind = 'run' AND a.detail ? 'run' AND a.tenant_id IS NULL
+              AND a.detail ->> 'run' IN (SELECT detail ->> 'run' FROM own WHERE detail ? 'run')
+           ORDER BY id DESC""",
+        {"tenant": tenant_id},
     ).fetchall()
     moves = conn.execute(
         """SELECT id, source_server, target_server, plan_name, method, phase, started_at, finished_at, copy_ms,

@@ -80,7 +80,10 @@ def registry_config_in(sources: list[str]) -> str | None:
 
 
 def os_user() -> str:
-    user = getpass.getuser()
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (a container)
+        user = f"uid {os.getuid()}"
     sudo_user = os.environ.get("SUDO_USER")
     return f"{sudo_user} (as {user})" if sudo_user and sudo_user != user else user
 
@@ -109,6 +112,8 @@ class CallbackModule(CallbackBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.run_id = ""
+        self.base_run_id = ""
+        self.playbooks = 0  # `ansible-playbook a.yml b.yml` runs each as its own run: <id>, <id>.2, ...
         self.facts: dict[str, Any] | None = None  # what the start row says; known at the first play
         self.started = 0.0
         self.playbook = ""
@@ -119,11 +124,14 @@ class CallbackModule(CallbackBase):
         if given and not AUDIT_RUN_ID.fullmatch(given):
             self._display.warning(f"saasodoo_audit: ignoring SAASODOO_AUDIT_RUN {given!r}: not a run id")
             given = None
-        self.run_id = given or uuid.uuid4().hex
+        self.run_id = self.base_run_id = given or uuid.uuid4().hex
 
     # -- the run ------------------------------------------------------------------------------------------------
 
     def v2_playbook_on_start(self, playbook: Any) -> None:
+        self.playbooks += 1
+        if self.playbooks > 1:
+            self.run_id, self.facts = f"{self.base_run_id}.{self.playbooks}", None
         self.started = time.monotonic()
         self.playbook = os.path.relpath(playbook._file_name)
 
@@ -164,7 +172,7 @@ class CallbackModule(CallbackBase):
     # -- the registry -------------------------------------------------------------------------------------------
 
     def _record(self, phase: str, facts: dict[str, Any], warn: bool) -> None:
-        job = facts.get("job")
+        job = self.get_option("job")
         try:
             with self._connect() as conn:
                 record_audit(

@@ -247,11 +247,8 @@ def audit_line(row: dict) -> str:
 def _run_line(detail: dict) -> str:
     """A playbook run's start or end row (plugins/callback/saasodoo_audit.py): who ran what, and how it ended."""
     outcome = detail.get("outcome")
-    if isinstance(outcome, dict):
-        outcome = _facts(outcome)
-    hosts = detail.get("hosts") if isinstance(detail.get("hosts"), dict) else {}
-    failed = [name for name, counts in hosts.items() if isinstance(counts, dict) and
-              (counts.get("failed") or counts.get("unreachable"))]  # fmt: skip
+    hosts = detail.get("hosts") or {}
+    failed = [name for name, counts in hosts.items() if counts.get("failed") or counts.get("unreachable")]
     shown = ("phase", "playbook", "outcome", "seconds", "user", "job", "limit", "check_mode", "hosts", "extra_vars",
              "inventory")  # fmt: skip
     return _join(

@@ -59,11 +59,12 @@ def ansible_playbook(
     On the local inventory, every run must then be in the registry's audit chain with its outcome (the
     saasodoo_audit callback), or have warned that the registry could not take it.
     """
-    run_id = f"test-{uuid.uuid4().hex}"
+    env = {"SAASODOO_AUDIT_RUN": f"test-{uuid.uuid4().hex}", **(env or {})}
+    run_id = env["SAASODOO_AUDIT_RUN"]
     result = subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "-i", inventory, path, *args],
         cwd=REPO,
-        env={**ansible_env(), "SAASODOO_AUDIT_RUN": run_id, **(env or {})},
+        env={**ansible_env(), **env},
         capture_output=True,
         text=True,
         check=False,

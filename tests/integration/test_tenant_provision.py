@@ -251,6 +251,14 @@ def test_a_provision_that_fails_midway_leaves_nothing_and_can_be_retried(fleet: 
     assert "Nothing was left behind" in broken.run.output
     assert (broken.tenant_status, broken.tenant_server) == ("failed", None)
     assert set(broken.leftovers.values()) == {(0, 0)}, broken.leftovers
+    # The failure is on the record as a row of that run, though it was written from the pool's play.
+    with fleet.registry() as conn:
+        failed_rows = conn.execute(
+            "SELECT count(*) FROM registry.audit WHERE tenant_id = %s AND detail ->> 'run' = %s"
+            " AND detail -> 'changes' -> 'status' ->> 'after' = 'failed'",
+            (RETRIED_TENANT, broken.run.run_id),
+        ).fetchone()[0]
+    assert failed_rows == 1
     # The retry in the fixture succeeded: the tenant is active where the failed run had placed it.
     tenant = fleet.tenants()[RETRIED_TENANT]
     assert (tenant.status, tenant.server) == ("active", "pool-shared-03")

@@ -205,7 +205,7 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
     )
     status, view = runner.admin("GET", "/tenants/life-01")
     assert status == 200 and view["tenant"]["status"] == "terminated"
-    assert {"event", "decision", "job", "result"} <= {row["kind"] for row in view["audit"]}
+    assert {"event", "decision", "job", "result", "run"} <= {row["kind"] for row in view["audit"]}
     with runner.registry() as conn:
         assert conn.execute("SELECT count(*) AS n FROM registry.audit_chain_breaks()").fetchone()["n"] == 0
         # Each job's playbook run is on the record as that job's run, ended as the job did, and the tenant's own

@@ -24,7 +24,7 @@ BEGIN
 END
 $$;
 
--- A run's rows, and each tenant's last run (the inventory plugin's saasodoo_tenant_last_run).
+-- A run's rows (registry_audit.yml); a tenant's last run comes from audit_tenant_idx.
 CREATE INDEX audit_run_idx ON registry.audit ((detail ->> 'run'), id) WHERE detail ? 'run';
 
 INSERT INTO registry.schema_migrations (version, name) VALUES (11, '0011_audit_runs');

@@ -36,7 +36,7 @@ def record_audit(
 
 
 def runs_since(conn, since: str) -> list[dict[str, Any]]:
-    """The playbook runs that started (or, unstarted, ended) at or after `since`, oldest first.
+    """The playbook runs recorded at or after `since` (a start or an end row), oldest first.
 
     Each run: its id, who ran what, the start and end rows merged (outcome 'unfinished' when it never ended:
     interrupted, or the registry was unreachable at its end), and the tenants whose rows name it.
@@ -49,13 +49,12 @@ def runs_since(conn, since: str) -> list[dict[str, Any]]:
                    jsonb_object_agg(a.detail ->> 'phase', a.detail || jsonb_build_object('at', a.at, 'actor', a.actor))
                        AS phases
             FROM registry.audit AS a
-            WHERE a.kind = %(kind)s AND a.detail ? 'run'
-            GROUP BY a.detail ->> 'run'
-            HAVING min(a.at) >= %(since)s::timestamptz)
+            WHERE a.kind = %(kind)s AND a.detail ? 'run' AND a.at >= %(since)s::timestamptz
+            GROUP BY a.detail ->> 'run')
         SELECT r.run_id, r.first_at, r.phases,
                (SELECT coalesce(jsonb_agg(DISTINCT t.tenant_id), '[]')
                   FROM registry.audit AS t
-                 WHERE t.detail ->> 'run' = r.run_id AND t.tenant_id IS NOT NULL) AS tenants
+                 WHERE t.detail ? 'run' AND t.detail ->> 'run' = r.run_id AND t.tenant_id IS NOT NULL) AS tenants
         FROM runs AS r ORDER BY r.first_at, r.run_id
         """,
         {"kind": RUN_KIND, "since": since},

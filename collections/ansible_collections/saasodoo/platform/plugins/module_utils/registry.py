@@ -20,7 +20,7 @@ AUDIT_RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class RegistryUnreachable(Exception):
-    """The registry cannot be reached; the message says where it was looked for and what to do."""
+    """The registry cannot be reached (or not with these options); the message says where and what to do."""
 
 
 def connect_registry(params: dict):
@@ -33,7 +33,7 @@ def connect_registry(params: dict):
 
     run = params.get("audit_run") or ""
     if run and not AUDIT_RUN_ID.fullmatch(run):
-        raise ValueError(f"audit_run must be a run id (letters, digits, _.:-), not {run!r}")
+        raise RegistryUnreachable(f"audit_run must be a run id (at most 64 letters, digits and _.:-), not {run!r}")
 
     try:
         return psycopg.connect(

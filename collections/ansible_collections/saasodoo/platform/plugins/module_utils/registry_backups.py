@@ -6,7 +6,7 @@ Every function takes an open psycopg connection; the caller holds the transactio
 
 from __future__ import annotations
 
-import json
+from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
 
 try:
     from psycopg.rows import dict_row
@@ -83,10 +83,7 @@ def expired_backups(conn, tenant_id: str, keep: int) -> list[dict]:
 
 
 def audit(conn, actor: str, tenant_id: str, backup_id: str, detail: dict) -> None:
-    conn.execute(
-        "INSERT INTO registry.audit (actor, tenant_id, kind, subject, detail) VALUES (%s, %s, 'result', %s, %s)",
-        (actor, tenant_id, f"backup:{backup_id}", json.dumps(detail, default=str)),
-    )
+    record_audit(conn, actor=actor, tenant_id=tenant_id, kind="result", subject=f"backup:{backup_id}", detail=detail)
 
 
 def differing_facts(recorded: dict, wanted: dict) -> list[str]:
@@ -141,15 +138,12 @@ def mark_removed(conn, tenant_id: str, backup_ids: list[str]) -> list[str]:
 
 def record_restore(conn, tenant_id: str, backup_id: str, forced: bool, actor: str) -> tuple[bool, dict, dict | None]:
     """Records that backup_id was restored into tenant_id, with its audit row; (changed, the backup, the
-    restore's row). Unless forced, nothing is recorded when the tenant was last restored from that backup."""
+    restore's row). Every call is a restore that was done: whether one was wanted is the caller's question."""
     backup = read_backup(conn, backup_id)
     if backup is None:
         raise BackupError(f"unknown backup {backup_id!r}: the registry has no such backup to record a restore of")
-    # One restore record at a time per tenant, so two runs cannot both see "not restored last".
-    if conn.execute("SELECT 1 FROM registry.tenants WHERE tenant_id = %s FOR UPDATE", (tenant_id,)).fetchone() is None:
+    if conn.execute("SELECT 1 FROM registry.tenants WHERE tenant_id = %s", (tenant_id,)).fetchone() is None:
         raise BackupError(f"unknown tenant {tenant_id!r}: the registry has no such tenant to record a restore into")
-    if not forced and last_restored(conn, tenant_id) == backup_id:
-        return False, backup, None
     restore = _rows(
         conn,
         "INSERT INTO registry.restores (tenant_id, backup_id, forced) VALUES (%s, %s, %s)"

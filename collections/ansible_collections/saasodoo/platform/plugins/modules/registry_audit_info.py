@@ -18,7 +18,7 @@ description:
     chain breaks and its head (last row id and hash). I(expect_head) checks that a head recorded earlier is still
     in the chain.
   - Only reads; never reports a change.
-version_added: 0.2.0
+version_added: 0.6.0
 author: SaaSOdoo ops maintainers
 options:
   since:

@@ -20,8 +20,9 @@ description:
   - C(state=absent) records the tenant's backups I(backup_ids) as removed (their files were deleted); those
     already removed are left as they are.
   - C(state=restored) records that I(backup_id) was restored into I(tenant_id), with an audit row
-    (C(action=restore)) naming the tenant the backup is of. Unless I(forced), nothing is recorded when the tenant
-    was last restored from that backup already, so a second run changes nothing.
+    (C(action=restore)) naming the tenant the backup is of. It records every restore it is told of, so call it once
+    the restore was done (C(playbooks/tenant_restore.yml) restores only a backup the tenant was not last restored
+    from, unless forced, so its second run neither restores nor records).
   - Every write is one transaction. Check mode computes the same answer and rolls it back.
 version_added: 0.6.0
 author: SaaSOdoo ops maintainers
@@ -76,7 +77,7 @@ options:
     elements: str
   forced:
     description:
-      - The restore was forced (C(restored)); recorded as such, even when the tenant was last restored from that backup.
+      - The restore was forced (C(restored)), even though the tenant was last restored from that backup.
     type: bool
     default: false
   actor:
@@ -160,7 +161,7 @@ removed:
   type: list
   elements: str
 restore:
-  description: With C(state=restored), the restore's row when one was recorded (null otherwise).
+  description: With C(state=restored), the restore's row (null otherwise).
   returned: success
   type: dict
   sample: {"id": 12, "tenant_id": "acme-copy", "backup_id": "acme-20261121T101500123456Z",

@@ -140,11 +140,11 @@ changes:
   sample: {"status": {"before": "active", "after": "suspended"}}
 """
 
-import json
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
     REGISTRY_LOGIN_OPTIONS,
     RegistryUnreachable,
@@ -291,9 +291,8 @@ def apply_changes(conn, tenant: dict, changes: dict) -> None:
 def audit(conn, tenant_id: str, p: dict, before: dict, after: dict) -> None:
     changed = {k: {"before": before.get(k), "after": after.get(k)} for k in after}
     detail = {**p["detail"], "action": p["action"], "changes": changed}
-    conn.execute(
-        "INSERT INTO registry.audit (actor, tenant_id, kind, subject, detail) VALUES (%s, %s, 'result', %s, %s)",
-        (p["actor"], tenant_id, f"tenant:{tenant_id}", json.dumps(detail, default=str)),
+    record_audit(
+        conn, actor=p["actor"], tenant_id=tenant_id, kind="result", subject=f"tenant:{tenant_id}", detail=detail
     )
 
 
