@@ -59,6 +59,7 @@ def test_migration_benchmark_quick_run_prints_both_methods_and_the_baseline(loca
     for label in ("logical (db_migrate", "baseline: stop, pg_dump -Fc, pg_restore, start", "dump (db_migrate"):
         assert label in output
     assert "logical vs baseline: downtime" in output
+    assert output.count("\ngoal ") == 3
 
 
 def test_provision_benchmark_quick_run_prints_both_paths_and_its_goals(local_platform: LocalPlatform):

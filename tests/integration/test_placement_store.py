@@ -190,3 +190,48 @@ def test_bad_input_fails_clearly_and_writes_nothing(scratch_registry, plan, mess
         place(scratch_registry, "acme", plan=plan)
     with scratch_registry.connect() as conn:
         assert conn.execute("SELECT count(*) FROM registry.tenants").fetchone()[0] == 0
+
+
+def test_a_move_holds_its_place_on_the_target_until_it_is_repointed_or_ends(scratch_registry):
+    """Two tenants moved off a pool at once, one free place elsewhere: the second move is refused."""
+    seed(scratch_registry, pools=2, capacity=2)
+    for tenant in ("a", "b", "c"):  # fill-first: a and b on pool-shared-01, c on pool-shared-02
+        place(scratch_registry, tenant)
+    config = PlacementConfig(odoo_pg_majors=PG_MAJORS, probe_health=False, shared_growth=GROWTH, dedicated=DEDICATED)
+
+    def place_move(tenant: str) -> int:
+        with scratch_registry.connect() as conn, conn.transaction():
+            target, _ = PlacementStore(conn, config).place_move(
+                PlacementRequest(tenant, "basic-monthly"), "pool-shared-01"
+            )
+            return conn.execute(  # as db_migrate records a placed move, in the placement's transaction
+                "INSERT INTO registry.migrations (tenant_id, source_server, target_server, method, phase, plan_name)"
+                " VALUES (%s, 'pool-shared-01', %s, 'logical', 'placed', 'basic-monthly') RETURNING id",
+                (tenant, target["name"]),
+            ).fetchone()[0]
+
+    first = place_move("a")
+    assert counts(scratch_registry)["pool-shared-02"] == (2, 1, 2)  # c, and a's move
+    with pytest.raises(PlacementError, match="pool-shared-02: full: 2/2 tenants"):
+        place_move("b")
+    with scratch_registry.connect() as conn:
+        storage = conn.execute("SELECT storage_committed_gb FROM registry.db_servers WHERE name = 'pool-shared-02'")
+        assert storage.fetchone()[0] == 2 * BASIC["storage_gb"]
+        # Repointed: the tenant itself counts there now, the move no longer does.
+        with conn.transaction():
+            conn.execute("UPDATE registry.tenants SET db_server = 'pool-shared-02' WHERE tenant_id = 'a'")
+            conn.execute("UPDATE registry.migrations SET phase = 'repointed' WHERE id = %s", (first,))
+    assert counts(scratch_registry)["pool-shared-02"] == (2, 2, 2)
+    # Switched back and rolled back: its place is free again.
+    with scratch_registry.connect() as conn, conn.transaction():
+        conn.execute("UPDATE registry.tenants SET db_server = 'pool-shared-01' WHERE tenant_id = 'a'")
+        conn.execute(
+            "UPDATE registry.migrations SET phase = 'rolled_back', finished_at = now() WHERE id = %s", (first,)
+        )
+    assert counts(scratch_registry)["pool-shared-02"] == (1, 1, 2)
+    second = place_move("b")
+    with scratch_registry.connect() as conn:
+        conn.execute(
+            "UPDATE registry.migrations SET phase = 'rolled_back', finished_at = now() WHERE id = %s", (second,)
+        )
+    assert counts(scratch_registry)["pool-shared-02"] == (1, 1, 2)

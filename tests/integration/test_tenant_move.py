@@ -2,10 +2,10 @@
 
 A tenant with an Odoo-shaped database and a client committing every 100 ms through PgBouncer (following the
 registry, as Odoo follows its config) is upgraded basic -> premium (shared pool -> its dedicated server) and
-downgraded back, then moved again with the run SIGKILLed at each of five points and the playbook run again
-(once per point in `make test`; `make soak` kills three times at each). Every time: the tenant on exactly one
-server, the registry pointing at it, every committed row there, verification clean, nothing of the move left
-behind.
+downgraded back, then moved again with the run SIGKILLed at each point of FAULT_CASES and the playbook run again
+(once per case in `make test`; `make soak` three times). Every time: the tenant on exactly one server, the
+registry pointing at it, every committed row there, verification clean, nothing of the move left behind. A copy
+found to differ after the switch is switched back, every write the tenant made on the target kept.
 """
 
 from __future__ import annotations
@@ -28,7 +28,18 @@ from .conftest import REPO, VENV_BIN, LocalPlatform, PlaybookRun, ansible_env, r
 TENANT = "mover"
 DB = "t_mover"
 RUNTIME_NONE = ("-e", "saasodoo_runtime_backend=none")
-FAULT_POINTS = ("copying", "catching_up", "cutover", "verified", "repointed")
+# The points successive runs are SIGKILLed at, before one more runs through. A logical move switches first
+# (turned: replication runs target -> source; repointed: the tenant works on the target) and verifies after.
+FAULT_CASES = (
+    ("copying",),
+    ("catching_up",),
+    ("cutover",),
+    ("turned",),
+    ("repointed",),
+    ("verifying",),
+    ("verified",),
+    ("repointed", "switching_back"),  # and again while the next run switches back
+)
 FAILPOINT_ENV = "SAASODOO_DB_MIGRATE_FAILPOINT"
 FAULT_ROUNDS = int(os.environ.get("FAULT_ROUNDS", "1"))  # kills per point
 
@@ -178,26 +189,78 @@ def test_upgrade_moves_the_tenant_to_its_dedicated_server_and_downgrade_brings_i
 def test_a_move_killed_at_any_point_is_finished_or_rolled_back_by_the_next_run(mover: Mover, tmp_path: Path):
     plans = {"shared": ("premium-monthly", "dedicated"), "dedicated": ("basic-monthly", "shared")}
     for attempt in range(FAULT_ROUNDS):
-        for point in FAULT_POINTS:
+        for points in FAULT_CASES:
             plan, kind = plans[mover.record()["db_type"]]
-            signal_file = tmp_path / f"{point}-{attempt}"
             writer = mover.writer()
             writer.start()
-            killed = kill_at(point, signal_file, plan)
+            killed = [kill_at(point, tmp_path / f"{point}-{attempt}-{len(points)}", plan) for point in points]
             rerun = mover.change_plan(plan)
             report = writer.stop()
-            assert rerun.returncode == 0, f"after a kill at {point}:\n{killed}\n{rerun.output[-5000:]}"
+            assert rerun.returncode == 0, f"after kills at {points}:\n{killed}\n{rerun.output[-5000:]}"
             mover.assert_moved_cleanly(report, kind)
 
 
-def kill_at(point: str, signal_file: Path, plan: str) -> str:
-    """Run the plan change until db_migrate holds at `point`, then SIGKILL the run's whole process group."""
-    run = subprocess.Popen(
+def test_a_copy_found_different_after_the_switch_is_switched_back_with_every_write(mover: Mover, tmp_path: Path):
+    """The verification after the switch finds the copies differ: the tenant goes back to the source, nothing lost.
+
+    The run is paused once replication is turned round and both copies are frozen, and the source is spoiled
+    behind the move's back (a table that only it has), as a faulty copy would differ.
+    """
+    plan = "premium-monthly" if mover.record()["db_type"] == "shared" else "basic-monthly"
+    source = mover.record()["db_server"]
+    turned, verifying = tmp_path / "turned", tmp_path / "verifying"
+    writer = mover.writer()
+    writer.start()
+    run = start_change_plan(plan, f"pause-turned:{turned},pause-verifying:{verifying}")
+    wait_for_file(run, turned, "turned")
+    with mover.admin(source, DB) as conn:
+        conn.execute("CREATE TABLE public.spoiled_by_the_test (id integer PRIMARY KEY)")
+        conn.execute("INSERT INTO public.spoiled_by_the_test VALUES (1)")
+        frozen = {r[0] for r in conn.execute("SELECT id FROM bench_writer")}  # every write before the switch
+    turned.unlink()
+    wait_for_file(run, verifying, "verifying")
+    target = mover.record()["db_server"]  # switched: the tenant works there while the copies are compared
+    assert target != source
+    deadline = time.monotonic() + 60
+    with mover.admin(target, DB) as conn:
+        while not conn.execute("SELECT 1 FROM bench_writer WHERE id > %s", (max(frozen),)).fetchone():
+            if time.monotonic() > deadline:
+                pytest.fail(f"the writer wrote nothing on {target} in 60 s: {writer.error_count} errors")
+            time.sleep(0.1)  # the writer commits every 100 ms: poll for one of its rows on the target
+    verifying.unlink()
+    output = run.communicate()[0]
+    report = writer.stop()
+    try:
+        assert run.returncode != 0 and "Switched back" in output, output[-5000:]
+        assert mover.record()["db_server"] == source
+        move = mover.last_move()
+        assert move["phase"] == "rolled_back" and "verification failed" in move["error"], move
+        assert move["verification"]["differing_tables"] == ["public.spoiled_by_the_test"]
+        assert [p["phase"] for p in move["phase_history"]][-3:] == ["repointed", "switching_back", "rolled_back"]
+        missing = set(report.committed_ids) - mover.rows()
+        assert not missing, f"{len(missing)} committed rows lost"
+        assert set(report.committed_ids) - frozen, "the writer committed nothing on the target"
+        copies = mover.copies()
+        assert [name for name, c in copies.items() if c["live"]] == [source]
+        for name, c in copies.items():
+            assert not (c["slots"] or c["move_roles"] or c["subscriptions"] or c.get("publications")), (name, c)
+            if c["can_login"] is not None:
+                assert c["can_login"][0] == (name == source), (name, c)
+    finally:
+        with mover.admin(source, DB) as conn:
+            conn.execute("DROP TABLE IF EXISTS public.spoiled_by_the_test")
+
+
+def start_change_plan(plan: str, failpoint: str) -> subprocess.Popen:
+    return subprocess.Popen(
         [str(VENV_BIN / "ansible-playbook"), "-i", "inventories/local", "playbooks/tenant_change_plan.yml",
          "-e", f"tenant_id={TENANT}", "-e", f"plan={plan}", *RUNTIME_NONE],
-        cwd=REPO, env={**ansible_env(), FAILPOINT_ENV: f"{point}:{signal_file}"},
+        cwd=REPO, env={**ansible_env(), FAILPOINT_ENV: failpoint},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
+
+
+def wait_for_file(run: subprocess.Popen, signal_file: Path, point: str) -> None:
     deadline = time.monotonic() + 300
     while not signal_file.exists():
         if run.poll() is not None:
@@ -206,6 +269,12 @@ def kill_at(point: str, signal_file: Path, plan: str) -> str:
             os.killpg(run.pid, signal.SIGKILL)
             pytest.fail(f"the run did not reach {point} within 300 s")
         time.sleep(0.05)  # polling for the file the held run writes
+
+
+def kill_at(point: str, signal_file: Path, plan: str) -> str:
+    """Run the plan change until db_migrate holds at `point`, then SIGKILL the run's whole process group."""
+    run = start_change_plan(plan, f"{point}:{signal_file}")
+    wait_for_file(run, signal_file, point)
     # The held module's process group goes too, as in a crash (under Mitogen the module runs in the run's own
     # interpreter, in the run's group; Ansible's stock workers run in sessions of their own).
     module_pid = int(signal_file.read_text().split()[0])

@@ -11,19 +11,25 @@ description:
   - Moves a tenant's database when its new plan needs another C(db_type) (shared pool or dedicated server), or
     off a server being drained. Every phase is recorded in C(registry.migrations) before its work starts.
   - I(step=place) chooses the target (as M(saasodoo.platform.db_placement) would, never the current server) and
-    records the move. A move left unfinished by a killed run is dealt with first. Before C(repointed) it is rolled
-    back (target database, role, subscription, publication and slot dropped; the source opened again), after it
-    it is kept for I(step=move) to finish.
+    records the move. A move left unfinished by a killed run is dealt with first. Before the switch (the registry
+    pointing at the target) it is rolled back (target database, role, subscriptions, publications and slots
+    dropped; the source opened again); switched but not yet verified, it is switched back (the target blocked,
+    its last writes applied on the source, the registry pointed back), then rolled back; verified, it is kept for
+    I(step=move) to finish.
   - The playbook then readies the target (server up, the tenant's role and empty database, role unable to log in).
   - I(step=move) copies (I(method=logical) - schema, publication and subscription, wait for the initial copy; or
     I(method=dump) - parallel directory-format dump and restore with writes blocked), blocks writes on the source
-    (the tenant's role may not log in, its sessions end), waits for zero lag, syncs every sequence, verifies
-    (per-table row counts and checksums, sequences at least the source's), and repoints the registry (server,
-    db_type and plan in one transaction), the target's role allowed to log in just before; the write downtime
-    (block to repoint) is recorded. Cleanup drops subscription, publication, slot and the move's replication
-    role, and renames the source copy to C(<db>_old<id>), kept until C(retain_until).
-  - Any failure before the repoint rolls back and fails with the reason; the tenant stays on its source as before.
-  - The source stays authoritative until the target is verified; never are both copies writable.
+    (the tenant's role may not log in, its sessions end), waits for zero lag and syncs every sequence.
+  - I(method=logical) then switches at once - replication turned round (target to source, its slot made before the
+    target opens), both copies frozen in a snapshot, the target's role allowed to log in and the registry
+    repointed (server, db_type and plan in one transaction) - and verifies the two snapshots (per-table row counts
+    and checksums) while the tenant works on the target. Verified, the way back is dropped; a mismatch switches
+    back, and the module fails saying why. I(method=dump) verifies first and repoints after. The write downtime
+    (block to repoint) is recorded.
+  - Cleanup drops what is left of the replication and the move's roles, and renames the source copy to
+    C(<db>_old<id>), kept until C(retain_until).
+  - Any failure before the switch rolls back and fails with the reason; the tenant stays on its source as before.
+  - Only one copy at a time lets the tenant's role log in, and no committed write is lost by a switch back.
   - Two runs for one tenant never overlap (a session advisory lock on the registry, released if a run dies).
 version_added: 0.2.0
 author: SaaSOdoo ops maintainers
@@ -232,13 +238,21 @@ def place(module, registry, p: dict, options: MoveOptions) -> dict:
     tenant = read_tenant(registry, p["tenant_id"])
     result: dict = {"changed": False, "moving": False, "rolled_back": None, "executed": []}
     row = open_move(registry, p["tenant_id"])
-    if row and row["phase"] in ("placed", "repointed"):
+    if row and row["phase"] == "placed":  # the playbook readies the target next
         return {**result, "moving": True, "target": target_of(registry, row), "migration": row}
     if row:
-        # Nobody runs it (this run holds the tenant's move lock): a killed run. Before the repoint the
-        # source is still the tenant's database, so the move starts again from scratch.
         move = as_move(registry, row, tenant, p["servers"], options)
-        move.roll_back(f"interrupted in {row['phase']}: rolled back by the next run", finish=True)
+        if move.finishable():
+            return {**result, "moving": True, "target": target_of(registry, row), "migration": row}
+        # Nobody runs it (this run holds the tenant's move lock): a killed run. Before the switch the source is
+        # still the tenant's database; switched but not verified, the source has every write the target took.
+        # Either way the tenant goes back to the source and the move starts again from scratch.
+        reason = f"interrupted in {row['phase']}"
+        if move.switched():
+            move.switch_back(f"{reason}, before the copies were verified: switched back by the next run")
+        else:
+            move.roll_back(f"{reason}: rolled back by the next run", finish=True)
+        tenant = read_tenant(registry, p["tenant_id"])
         result.update(changed=True, rolled_back=move.row, executed=move.executed)
     with registry.cursor(row_factory=dict_row) as cur:
         plan = cur.execute(

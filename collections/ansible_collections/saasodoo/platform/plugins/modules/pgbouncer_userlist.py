@@ -12,7 +12,7 @@ description:
     one module call where a query, a template and a handler cost three.
   - PgBouncer checks each client against these SCRAM verifiers and reuses the client's SCRAM keys towards the
     server, so it never needs a plaintext password. Superusers and replication roles never go through it; a role
-    that may not log in is not listed, so PgBouncer refuses it.
+    that may not log in is not listed, so PgBouncer refuses it, unless it is one of I(incoming_roles).
   - The file is written atomically (owner PgBouncer's user, mode C(0600)) only when it changes; then PgBouncer is
     sent SIGHUP, which rereads it and keeps client connections. A PgBouncer not running reads it when it starts.
 version_added: 0.4.0
@@ -42,6 +42,13 @@ options:
     description: The server's port.
     type: int
     required: true
+  incoming_roles:
+    description:
+      - Roles moving here that may not log in yet (a database move's target before its switch), listed all the same:
+        PgBouncer knows them the moment the move opens them, and until then the server refuses them.
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     support: full
@@ -85,7 +92,8 @@ except ImportError:  # reported by main()
 
 HEADER = ";; written by saasodoo.platform.pgbouncer_userlist from the server's SCRAM login roles\n"
 LOGIN_ROLES = (
-    "SELECT rolname, rolpassword FROM pg_catalog.pg_authid WHERE rolcanlogin AND NOT rolsuper AND NOT rolreplication"
+    "SELECT rolname, rolpassword FROM pg_catalog.pg_authid"
+    " WHERE (rolcanlogin OR rolname = ANY (%s::pg_catalog.text[])) AND NOT rolsuper AND NOT rolreplication"
     " AND pg_catalog.starts_with(rolpassword, 'SCRAM-SHA-256$') ORDER BY rolname"
 )
 
@@ -114,6 +122,7 @@ def main() -> None:
             login_user=dict(type="str", default="postgres"),
             login_unix_socket=dict(type="path", required=True),
             login_port=dict(type="int", required=True),
+            incoming_roles=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )
@@ -125,7 +134,7 @@ def main() -> None:
             host=p["login_unix_socket"], port=p["login_port"], user=p["login_user"], dbname="postgres",
             connect_timeout=10, prepare_threshold=None, options="-c search_path=pg_catalog,pg_temp",
         ) as conn:  # fmt: skip
-            roles = conn.execute(LOGIN_ROLES).fetchall()
+            roles = conn.execute(LOGIN_ROLES, (p["incoming_roles"],)).fetchall()
     except psycopg.Error as error:
         module.fail_json(msg=f"cannot read the login roles of the server on port {p['login_port']}: {error}")
     content = (HEADER + "".join(f"{quoted(name)} {quoted(verifier)}\n" for name, verifier in roles)).encode()
