@@ -193,7 +193,8 @@ def test_bad_input_fails_clearly_and_writes_nothing(scratch_registry, plan, mess
 
 
 def test_a_move_holds_its_place_on_the_target_until_it_is_repointed_or_ends(scratch_registry):
-    """Two tenants moved off a pool at once, one free place elsewhere: the second move is refused."""
+    """Two tenants moved off a pool at once, one free place elsewhere: the second move is refused. Switched, the
+    move keeps the tenant's place on the source until it is verified."""
     seed(scratch_registry, pools=2, capacity=2)
     for tenant in ("a", "b", "c"):  # fill-first: a and b on pool-shared-01, c on pool-shared-02
         place(scratch_registry, tenant)
@@ -222,6 +223,8 @@ def test_a_move_holds_its_place_on_the_target_until_it_is_repointed_or_ends(scra
             conn.execute("UPDATE registry.tenants SET db_server = 'pool-shared-02' WHERE tenant_id = 'a'")
             conn.execute("UPDATE registry.migrations SET phase = 'repointed' WHERE id = %s", (first,))
     assert counts(scratch_registry)["pool-shared-02"] == (2, 2, 2)
+    # Until it is verified, a logical move keeps the tenant's place on its source, where a switch back brings it.
+    assert counts(scratch_registry)["pool-shared-01"] == (2, 1, 2)
     # Switched back and rolled back: its place is free again.
     with scratch_registry.connect() as conn, conn.transaction():
         conn.execute("UPDATE registry.tenants SET db_server = 'pool-shared-01' WHERE tenant_id = 'a'")
@@ -229,6 +232,7 @@ def test_a_move_holds_its_place_on_the_target_until_it_is_repointed_or_ends(scra
             "UPDATE registry.migrations SET phase = 'rolled_back', finished_at = now() WHERE id = %s", (first,)
         )
     assert counts(scratch_registry)["pool-shared-02"] == (1, 1, 2)
+    assert counts(scratch_registry)["pool-shared-01"] == (2, 2, 2)
     second = place_move("b")
     with scratch_registry.connect() as conn:
         conn.execute(

@@ -16,11 +16,15 @@ COMMENT ON COLUMN registry.migrations.write_downtime_ms IS
 
 -- A move counts on its target from the placement on: two moves placed at once cannot overfill a pool (the
 -- tenants trigger counts the tenant on the target only from the repoint). The reservation (the plan's storage
--- with it) is released when the move is repointed or ends without.
+-- with it) is released when the move is repointed or ends without. Likewise a logical move, from its repoint
+-- until it is verified, keeps the tenant's place on its source, where a switch back would bring it.
 ALTER TABLE registry.migrations
-    ADD COLUMN reserved_storage_gb integer CHECK (reserved_storage_gb >= 0);  -- NULL: nothing held on the target
+    ADD COLUMN reserved_storage_gb integer CHECK (reserved_storage_gb >= 0),  -- NULL: nothing held on the target
+    ADD COLUMN source_held_storage_gb integer CHECK (source_held_storage_gb >= 0);  -- NULL: nothing on the source
 COMMENT ON COLUMN registry.migrations.reserved_storage_gb IS
     'Set while the move holds a tenant''s place (and this storage) on its target: placed until repointed or ended.';
+COMMENT ON COLUMN registry.migrations.source_held_storage_gb IS
+    'Set while a logical move keeps the tenant''s place (and this storage) on its source: repointed until verified.';
 
 CREATE FUNCTION registry.reserve_move_targets() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -38,6 +42,19 @@ BEGIN
            SET tenant_count = tenant_count - 1, storage_committed_gb = storage_committed_gb - OLD.reserved_storage_gb
          WHERE name = OLD.target_server;
         NEW.reserved_storage_gb := NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.phase = 'repointed' AND OLD.phase <> 'repointed' AND NEW.method = 'logical'
+       AND NEW.finished_at IS NULL AND NEW.source_held_storage_gb IS NULL THEN
+        NEW.source_held_storage_gb := coalesce((NEW.switched_from -> 'quotas' ->> 'storage_gb')::integer, 0);
+        UPDATE registry.db_servers
+           SET tenant_count = tenant_count + 1, storage_committed_gb = storage_committed_gb + NEW.source_held_storage_gb
+         WHERE name = NEW.source_server;
+    ELSIF TG_OP = 'UPDATE' AND OLD.source_held_storage_gb IS NOT NULL
+          AND (NEW.phase IN ('verified', 'done', 'rolled_back') OR NEW.finished_at IS NOT NULL) THEN
+        UPDATE registry.db_servers
+           SET tenant_count = tenant_count - 1, storage_committed_gb = storage_committed_gb - OLD.source_held_storage_gb
+         WHERE name = OLD.source_server;
+        NEW.source_held_storage_gb := NULL;
     END IF;
     RETURN NEW;
 END

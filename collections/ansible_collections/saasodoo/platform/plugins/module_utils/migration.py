@@ -60,6 +60,13 @@ QUIET_STATEMENT_LOGGING = (
 )
 
 
+# How a verification session prints values (record_out): the same on both sides whatever the servers' defaults.
+VERIFICATION_SETTINGS = (
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres';"
+    " SET extra_float_digits = 1; SET bytea_output = 'hex'"
+)
+
+
 # What the apply of a logical move would run of the tenant's own making: triggers set to fire in
 # replication (ENABLE ALWAYS / REPLICA), row-level security forced on the owner, and functions or operators
 # written by a non-superuser in CHECK and domain constraints, defaults and generated columns, and index
@@ -286,7 +293,12 @@ class Move:
 
     def finishable(self) -> bool:
         """Switched, and verified (a logical move verifies after the switch, a dump move before it)."""
-        unverified = self.row["method"] == "logical" and self.row["phase"] in ("repointed", "switching_back")
+        # A logical move repointed before this release (switched_from unset) was verified before its repoint.
+        unverified = (
+            self.row["method"] == "logical"
+            and self.row["phase"] in ("repointed", "switching_back")
+            and self.row["switched_from"] is not None
+        )
         return self.switched() and not unverified
 
     def _switch(self) -> tuple[psycopg.Connection, psycopg.Connection] | None:
@@ -299,7 +311,10 @@ class Move:
             downtime_started = self._block_writes()
             self._copy_dump()
             self._sync_sequences(self.source, self.target)
-            self._verify(self.source.connect(self.db_name), self.target.connect(self.db_name))
+            with self.source.connect(self.db_name) as source, self.target.connect(self.db_name) as target:
+                for conn in (source, target):
+                    conn.execute(VERIFICATION_SETTINGS)
+                self._verify(source, target)
             self.enter("verified")
             self._failpoint("verified")
             self._repoint(downtime_started)
@@ -349,6 +364,7 @@ class Move:
             self._failpoint("catching_up")
             # Secondary indexes and foreign keys are built once the data is in, in parallel (pgcopydb's way).
             self._restore("-L", rest, "-j", str(self.options.jobs), schema)
+        self._prepare_way_back()
         self._record(copy_ms=round((time.monotonic() - copy_started) * 1000))
 
     def _copy_dump(self) -> None:
@@ -383,7 +399,7 @@ class Move:
                 conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, verifier))  # a rerun's new password
             else:
                 conn.execute(
-                    sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER IN ROLE {}, {} PASSWORD {}").format(
+                    sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER BYPASSRLS IN ROLE {}, {} PASSWORD {}").format(
                         role, sql.Identifier(self.tenant["db_role"]), movers, verifier
                     )
                 )
@@ -415,6 +431,13 @@ class Move:
                 )
             ]
             tenant_code = [r[0] for r in conn.execute(TENANT_CODE_IN_APPLY)]
+            unlogged = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class c"
+                    " WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'u' ORDER BY 1"
+                )
+            ]
             with self.target.connect(self.db_name) as target:
                 tables = target.execute(
                     "SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c"
@@ -426,6 +449,8 @@ class Move:
             problems.append(f"{objects} large objects (logical replication does not carry them)")
         if keyless:
             problems.append(f"tables without a primary key or replica identity: {', '.join(keyless[:10])}")
+        if unlogged:
+            problems.append(f"unlogged tables (logical replication does not carry them): {', '.join(unlogged[:10])}")
         if tables:
             problems.append(f"the target database on {self.target.name} already holds {tables} tables")
         if tenant_code:
@@ -485,7 +510,7 @@ class Move:
             )
             conn.execute(sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(role))
 
-    def _subscribe(self, way: Replication, copy_data: bool) -> None:
+    def _subscribe(self, way: Replication, copy_data: bool, create_slot: bool = True) -> None:
         """Subscribe `way`'s subscriber, applying the tenant's rows as a role with the tenant's rights only.
 
         The apply runs as the subscription's owner and fires what the tenant put on its tables: CHECK and
@@ -522,8 +547,10 @@ class Move:
             conn.execute(
                 sql.SQL(
                     "CREATE SUBSCRIPTION {0} CONNECTION {1} PUBLICATION {0}"
-                    " WITH (slot_name = {2}, enabled = false, copy_data = {3})"
-                ).format(name, sql.Literal(conninfo), sql.Literal(way.name), sql.Literal(copy_data))
+                    " WITH (slot_name = {2}, enabled = false, copy_data = {3}, create_slot = {4})"
+                ).format(
+                    name, sql.Literal(conninfo), sql.Literal(way.name), sql.Literal(copy_data), sql.Literal(create_slot)
+                )
             )
             with conn.transaction():  # the superuser bit is never committed
                 conn.execute(sql.SQL("ALTER ROLE {} SUPERUSER").format(apply_role))
@@ -616,13 +643,31 @@ class Move:
         self.sequences_checked = len(values)
         self.executed.append(f"synced {len(values)} sequences to {copy.name}")
 
+    def _prepare_way_back(self) -> None:
+        """The way back's publication and slot on the target, made before writes are blocked.
+
+        Making a logical slot waits for every transaction running on the target's server (another tenant's long
+        one included): done here, that wait is not downtime. The slot sees the forward apply's writes too; the
+        switch moves it past them before anything reads it.
+        """
+        self._publish(self.backward)
+        with self.target.connect(self.db_name) as conn:
+            if not conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (self.backward.name,)
+            ).fetchone():
+                conn.execute(
+                    "SELECT pg_catalog.pg_create_logical_replication_slot(%s, 'pgoutput')", (self.backward.name,)
+                )
+
     def _turn_replication_round(self) -> None:
         """Replication from the target back to the source, ready before the target opens.
 
         The forward subscription goes first: PostgreSQL 15 has no origin filter, and both ways at once would send
-        every row round in a loop. The way back's slot is made now, before the tenant can write on the target,
-        so the source receives every write made after the switch. The apply on the source runs the source's
-        code, which the tenant could change until the block: it is checked again.
+        every row round in a loop. The way back's slot is then moved past everything the forward apply wrote, and
+        the tenant cannot write on the target yet: the source receives every write made after the switch, and
+        only those. The apply on the source runs the source's code, which the tenant could change until the
+        block: it is checked again. Schema changes on the target are refused until the copies are verified:
+        the way back carries rows, not DDL.
         """
         self._drop_replication_way(self.forward)
         with self.source.connect(self.db_name) as conn:
@@ -633,16 +678,40 @@ class Move:
                 + ", ".join(tenant_code[:10])
                 + " (method dump moves such a database)"
             )
-        self._publish(self.backward)
-        self._subscribe(self.backward, copy_data=False)
+        with self.target.connect(self.db_name) as conn:
+            conn.execute(
+                "SELECT pg_catalog.pg_replication_slot_advance(%s, pg_catalog.pg_current_wal_lsn())",
+                (self.backward.name,),
+            )
+            schema = sql.Identifier(MARKER_SCHEMA)
+            conn.execute(
+                sql.SQL(
+                    "CREATE FUNCTION {}.refuse_ddl() RETURNS event_trigger LANGUAGE plpgsql"
+                    " SET search_path = pg_catalog, pg_temp AS $$ BEGIN"
+                    " IF NOT pg_catalog.current_setting('is_superuser')::pg_catalog.bool THEN"
+                    " RAISE EXCEPTION 'this database is being moved: schema changes wait until the move is verified';"
+                    " END IF; END $$"
+                ).format(schema)
+            )
+            conn.execute(
+                sql.SQL("CREATE EVENT TRIGGER {} ON ddl_command_start EXECUTE FUNCTION {}.refuse_ddl()").format(
+                    sql.Identifier(f"{MARKER_SCHEMA}_refuse_ddl"), schema
+                )
+            )
+        self._subscribe(self.backward, copy_data=False, create_slot=False)
 
     def _snapshots(self) -> tuple[psycopg.Connection, psycopg.Connection]:
-        """A REPEATABLE READ transaction on each copy, its snapshot taken while both are frozen and equal."""
+        """A REPEATABLE READ transaction on each copy, its snapshot taken while both are frozen and equal.
+
+        The target's is read while the tenant works there and owns its catalog (it could put a view of its own
+        in a table's place): it is the move's unprivileged role's, a member of the tenant's role (BYPASSRLS, so
+        no policy hides a row), never a superuser's.
+        """
         opened: list[psycopg.Connection] = []
         try:
-            for server in (self.source, self.target):
-                conn = server.connect(self.db_name)
+            for conn in (self.source.connect(self.db_name), self._connect_as_restorer()):
                 opened.append(conn)
+                conn.execute(VERIFICATION_SETTINGS)
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 conn.execute("SELECT pg_catalog.txid_current_snapshot()")  # the snapshot is taken by a first query
         except BaseException:
@@ -650,6 +719,13 @@ class Move:
                 conn.close()
             raise
         return opened[0], opened[1]
+
+    def _connect_as_restorer(self) -> psycopg.Connection:
+        return psycopg.connect(
+            host=self.target.host, port=self.target.port, dbname=self.db_name, user=self.restore_role,
+            password=self.restore_password, autocommit=True, connect_timeout=10, prepare_threshold=None,
+            options=PINNED_SESSION,
+        )  # fmt: skip
 
     def _verify_after_switch(self, source: psycopg.Connection, target: psycopg.Connection) -> None:
         """The snapshots compared while the tenant works on the target; a mismatch switches back."""
@@ -659,8 +735,7 @@ class Move:
         except Exception as e:
             reason = str(e) if isinstance(e, MoveError) else f"verification could not finish: {type(e).__name__}: {e}"
             self._switch_back_and_fail(reason)
-        self._drop_replication_way(self.backward)
-        self.enter("verified")
+        self.enter("verified")  # the way back is dropped by the clean-up, by this run or the next
         self._failpoint("verified")
 
     def _verify(self, source: psycopg.Connection, target: psycopg.Connection) -> None:
@@ -775,7 +850,7 @@ class Move:
         try:
             self._wait_for_marker(self.backward)
             self._sync_sequences(self.target, self.source)
-        except MoveError as e:
+        except Exception as e:
             self._allow_login(self.target)
             raise MoveError(
                 f"{reason}; switching back to {self.source.name} failed ({e}): the tenant stays on"
@@ -799,6 +874,8 @@ class Move:
                 "result",
                 {"action": "move", "phase": "switched_back", "from": self.target.name, "to": self.source.name},
             )
+        if self.row["source_could_login"]:
+            self._allow_login(self.source)  # at once: the clean-up below takes its time
         self.roll_back(f"switched back: {reason}", finish=True)
 
     def _clean_up(self) -> None:
