@@ -26,43 +26,43 @@ COMMENT ON COLUMN registry.migrations.reserved_storage_gb IS
 COMMENT ON COLUMN registry.migrations.source_held_storage_gb IS
     'Set while a logical move keeps the tenant''s place (and this storage) on its source: repointed until verified.';
 
-CREATE FUNCTION registry.reserve_move_targets() RETURNS trigger
+-- A tenant's place (and its storage) taken on a server, or given back: delta +1 or -1.
+CREATE FUNCTION registry.hold_place(server text, delta integer, storage_gb integer) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE registry.db_servers
+       SET tenant_count = tenant_count + delta, storage_committed_gb = storage_committed_gb + delta * storage_gb
+     WHERE name = server;
+$$;
+
+CREATE FUNCTION registry.reserve_move_places() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' AND NEW.finished_at IS NULL AND NEW.phase = 'placed' THEN
         NEW.reserved_storage_gb := coalesce((
             SELECT (p.entitlements ->> 'storage_gb')::integer FROM registry.plans AS p
              WHERE p.name = NEW.plan_name ORDER BY p.version DESC LIMIT 1), 0);
-        UPDATE registry.db_servers
-           SET tenant_count = tenant_count + 1, storage_committed_gb = storage_committed_gb + NEW.reserved_storage_gb
-         WHERE name = NEW.target_server;
+        PERFORM registry.hold_place(NEW.target_server, 1, NEW.reserved_storage_gb);
     ELSIF TG_OP = 'UPDATE' AND OLD.reserved_storage_gb IS NOT NULL
           AND (NEW.phase IN ('repointed', 'done', 'rolled_back') OR NEW.finished_at IS NOT NULL) THEN
-        UPDATE registry.db_servers
-           SET tenant_count = tenant_count - 1, storage_committed_gb = storage_committed_gb - OLD.reserved_storage_gb
-         WHERE name = OLD.target_server;
+        PERFORM registry.hold_place(OLD.target_server, -1, OLD.reserved_storage_gb);
         NEW.reserved_storage_gb := NULL;
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.phase = 'repointed' AND OLD.phase <> 'repointed' AND NEW.method = 'logical'
        AND NEW.finished_at IS NULL AND NEW.source_held_storage_gb IS NULL THEN
         NEW.source_held_storage_gb := coalesce((NEW.switched_from -> 'quotas' ->> 'storage_gb')::integer, 0);
-        UPDATE registry.db_servers
-           SET tenant_count = tenant_count + 1, storage_committed_gb = storage_committed_gb + NEW.source_held_storage_gb
-         WHERE name = NEW.source_server;
+        PERFORM registry.hold_place(NEW.source_server, 1, NEW.source_held_storage_gb);
     ELSIF TG_OP = 'UPDATE' AND OLD.source_held_storage_gb IS NOT NULL
           AND (NEW.phase IN ('verified', 'done', 'rolled_back') OR NEW.finished_at IS NOT NULL) THEN
-        UPDATE registry.db_servers
-           SET tenant_count = tenant_count - 1, storage_committed_gb = storage_committed_gb - OLD.source_held_storage_gb
-         WHERE name = OLD.source_server;
+        PERFORM registry.hold_place(OLD.source_server, -1, OLD.source_held_storage_gb);
         NEW.source_held_storage_gb := NULL;
     END IF;
     RETURN NEW;
 END
 $$;
 
-CREATE TRIGGER migrations_reserve_targets
+CREATE TRIGGER migrations_reserve_places
     BEFORE INSERT OR UPDATE OF phase, finished_at ON registry.migrations
-    FOR EACH ROW EXECUTE FUNCTION registry.reserve_move_targets();
+    FOR EACH ROW EXECUTE FUNCTION registry.reserve_move_places();
 
 -- Moves open now, not yet repointed, hold their place from here on.
 UPDATE registry.migrations AS m
