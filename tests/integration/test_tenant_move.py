@@ -111,6 +111,12 @@ class Mover:
                         found[name]["publications"] = [r[0] for r in db.execute("SELECT pubname FROM pg_publication")]
         return found
 
+    def as_tenant(self, server: str) -> psycopg.Connection:
+        """The tenant's own session on `server`, straight to PostgreSQL."""
+        return psycopg.connect(
+            host="127.0.0.1", port=self.servers()[server], dbname=DB, user=DB, password=self.password(), autocommit=True
+        )
+
     def rows(self) -> set[int]:
         """The writer's rows, read with the tenant's own credentials where the registry says it is."""
         host, port = self.locate()
@@ -158,9 +164,7 @@ def mover(local_platform: LocalPlatform) -> Mover:
     assert provisioned.returncode == 0, provisioned.output[-4000:]
     mover = Mover(local_platform)
     record = mover.record()
-    with psycopg.connect(
-        host="127.0.0.1", port=record["port"], dbname=DB, user=DB, password=mover.password(), autocommit=True
-    ) as conn:
+    with mover.as_tenant(record["db_server"]) as conn:
         generate(conn, 40)
     mover.writer().prepare()
     return mover
@@ -227,6 +231,11 @@ def test_a_copy_found_different_after_the_switch_is_switched_back_with_every_wri
             if time.monotonic() > deadline:
                 pytest.fail(f"the writer wrote nothing on {target} in 60 s: {writer.error_count} errors")
             time.sleep(0.1)  # the writer commits every 100 ms: poll for one of its rows on the target
+    # The tenant owns the target's catalog by now, but may not change it until the copies are verified: the way
+    # back carries rows, not DDL, and the verification must read the tables it listed.
+    refused = pytest.raises(psycopg.errors.RaiseException, match="schema changes wait until the move is verified")
+    with mover.as_tenant(target) as conn, refused:
+        conn.execute("ALTER TABLE bench_writer RENAME TO bench_writer_elsewhere")
     verifying.unlink()
     output = run.communicate()[0]
     report = writer.stop()

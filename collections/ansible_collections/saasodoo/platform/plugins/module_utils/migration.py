@@ -133,13 +133,21 @@ class Server:
             options=PINNED_SESSION,
         )
 
-    def drop_pgbouncer_clients(self, dbname: str) -> None:
-        """KILL the database's client connections in this server's PgBouncer (then RESUME it).
+    def close_pgbouncer_door(self, dbname: str) -> None:
+        """This server's PgBouncer rejects new clients of the database and drops the ones it has (console DISABLE,
+        KILL, RESUME).
 
-        A client that logged in to PgBouncer before the tenant's role was refused waits there for a server
-        connection (up to query_wait_timeout), retried every server_login_retry: dropped, it reconnects and
-        finds where the tenant's database is now.
+        A client that logged in to PgBouncer after the tenant's role was refused would wait there for a server
+        connection, retried every server_login_retry; rejected at once, it tries again and finds where the
+        tenant's database is now.
         """
+        self._pgbouncer_console(dbname, "DISABLE", "KILL", "RESUME")
+
+    def open_pgbouncer_door(self, dbname: str) -> None:
+        """This server's PgBouncer takes the database's clients again (console ENABLE): a move may bring it back."""
+        self._pgbouncer_console(dbname, "ENABLE")
+
+    def _pgbouncer_console(self, dbname: str, *commands: str) -> None:
         if not self.pgbouncer_port or not self.admin.get("pgbouncer_admin_password"):
             return
         with psycopg.connect(
@@ -150,8 +158,14 @@ class Server:
         ) as console:  # fmt: skip
             # The console takes no parameters; the name is quoted as an identifier.
             name = sql.Identifier(dbname).as_string(console)
-            console.execute(f"KILL {name}")
-            console.execute(f"RESUME {name}")
+            for command in commands:
+                try:
+                    console.execute(f"{command} {name}")
+                except psycopg.Error as e:
+                    # PgBouncer knows a database (from its `*` entry) only while clients use it: none to act on.
+                    if "no such database" not in str(e):
+                        raise
+                    return
 
     def libpq_args(self) -> tuple[list[str], dict]:
         """pg_dump / pg_restore connection arguments and environment (the password never on argv)."""
@@ -273,6 +287,8 @@ class Move:
             try:
                 snapshots = self._switch()
             except Exception as e:  # every failure before the switch is rolled back
+                if self.switched():
+                    raise  # after it (a registry error once repointed): the next run switches back
                 failed_in = self.row["phase"]
                 reason = str(e) if isinstance(e, MoveError) else f"{type(e).__name__}: {e}"
                 self.roll_back(f"failed in {failed_in}: {reason}", finish=True)
@@ -597,7 +613,7 @@ class Move:
             for _ in range(50):
                 pids = [pid for (pid,) in conn.execute(sessions, (role,))]
                 if not pids:
-                    server.drop_pgbouncer_clients(self.db_name)
+                    server.close_pgbouncer_door(self.db_name)
                     return
                 for pid in pids:
                     conn.execute("SELECT pg_catalog.pg_terminate_backend(%s, 1000)", (pid,))
@@ -824,10 +840,14 @@ class Move:
         self._failpoint("repointed")
 
     def _allow_login(self, server: Server) -> None:
-        if self.tenant["status"] != "active":
-            return  # a suspended tenant stays unable to log in, on its new server as on the old one
-        with server.connect() as conn:
-            conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(self.tenant["db_role"])))
+        """The role may log in on `server` (an active tenant's), and its PgBouncer takes the database's clients.
+
+        PgBouncer's door opens for a suspended tenant too: its role is what keeps it out, and a resume opens only that.
+        """
+        if self.tenant["status"] == "active":
+            with server.connect() as conn:
+                conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(self.tenant["db_role"])))
+        server.open_pgbouncer_door(self.db_name)
 
     def _switch_back_and_fail(self, reason: str) -> None:
         self.switch_back(reason)
@@ -934,6 +954,7 @@ class Move:
         if self.row["source_could_login"]:
             with self.source.connect() as conn:
                 conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(self.tenant["db_role"])))
+        self.source.open_pgbouncer_door(self.db_name)
         with self.registry.transaction():
             self.enter("rolled_back", error=reason, **({"finished_at": _now(self.registry)} if finish else {}))
             self.audit("result", {"action": "move", "phase": "rolled_back", "reason": reason})
