@@ -44,7 +44,7 @@ options:
     required: true
   incoming_roles:
     description:
-      - Roles moving here that may not log in yet (a database move's target before its switch), listed all the same:
+      - Roles moving here that may not log in yet (a database move's target before its switch), listed all the same;
         PgBouncer knows them the moment the move opens them, and until then the server refuses them.
     type: list
     elements: str
