@@ -130,7 +130,7 @@ bench: setup
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/lifecycle.py
 
-# The long version of the move fault test: SIGKILLed three times at each of its five points (make test: once).
+# The long version of the move fault test: each of its eight kill cases three times (make test: once).
 soak: setup
 	FAULT_ROUNDS=3 pytest tests/integration/test_tenant_move.py -k killed
 

@@ -108,7 +108,11 @@ class Mover:
                 }
                 if found[name]["live"]:
                     with self.admin(name, DB) as db:
-                        found[name]["publications"] = [r[0] for r in db.execute("SELECT pubname FROM pg_publication")]
+                        for key, query in (
+                            ("publications", "SELECT pubname FROM pg_publication"),
+                            ("event_triggers", "SELECT evtname FROM pg_event_trigger"),  # the DDL refusal
+                        ):
+                            found[name][key] = [r[0] for r in db.execute(query)]
         return found
 
     def as_tenant(self, server: str) -> psycopg.Connection:
@@ -133,7 +137,7 @@ class Mover:
         assert live == [record["db_server"]], f"the tenant's database is live on {live}"
         for name, c in copies.items():
             leftovers = {k: c[k] for k in ("slots", "move_roles", "subscriptions")} | {
-                "publications": c.get("publications", [])
+                k: c.get(k, []) for k in ("publications", "event_triggers")
             }
             assert all(not v for v in leftovers.values()), f"{name} keeps {leftovers}"
             # Never two writable copies: only the tenant's current server lets its role log in.
@@ -253,6 +257,7 @@ def test_a_copy_found_different_after_the_switch_is_switched_back_with_every_wri
         assert [name for name, c in copies.items() if c["live"]] == [source]
         for name, c in copies.items():
             assert not (c["slots"] or c["move_roles"] or c["subscriptions"] or c.get("publications")), (name, c)
+            assert not c.get("event_triggers"), (name, c)
             if c["can_login"] is not None:
                 assert c["can_login"][0] == (name == source), (name, c)
     finally:

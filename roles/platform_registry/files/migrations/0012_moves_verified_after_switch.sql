@@ -2,7 +2,7 @@
 -- the two copies after the switch, while the tenant works on the target and replication carries its writes
 -- back to the source (README: Moving a tenant's database). A mismatch, or a run killed before `verified`,
 -- switches back: the phase `switching_back`, and what the tenant row held before the switch to put back.
--- And a move holds its place on the target from the placement on.
+-- And a move holds its place on its target from the placement on, and on its source until it is verified.
 
 ALTER TABLE registry.migrations
     ADD COLUMN switched_from jsonb;  -- the tenant's db_server, db_type, plan and quotas before the repoint
