@@ -211,7 +211,7 @@ class Move:
     options: MoveOptions
     executed: list[str] = field(default_factory=list)
     sequences_checked: int = 0  # how many sequences the last copy of them set and read back equal
-    # The password of the role pg_restore logs in as on the target, for this run's restores only.
+    # The password of the move's unprivileged role on the target (restores, and a logical move's snapshot there).
     restore_password: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
     @property
@@ -234,7 +234,7 @@ class Move:
 
     @property
     def restore_role(self) -> str:
-        """The role pg_restore logs in as on the target (see _make_restorer)."""
+        """The move's unprivileged role on the target: pg_restore's, and the reader of its snapshot (_make_restorer)."""
         return f"saasodoo_move_{self.id}_restore"
 
     # -- the registry record ----------------------------------------------------------------------
