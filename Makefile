@@ -18,7 +18,7 @@ COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_
 APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr curl python3-psycopg
 ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner
 
-.PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration acceptance bench soak down clean
+.PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone acceptance bench soak down clean
 
 help:
 	@echo "make demo   set up, converge the local platform, play three customers' lives through Kill Bill and the runner"
@@ -79,7 +79,7 @@ demo: setup
 	ansible-playbook playbooks/platform_status.yml
 
 # Each stage's time is printed at the end (and as far as it got when one fails).
-TEST_STAGES := lint unit molecule integration
+TEST_STAGES := lint unit molecule integration-streams integration-alone
 test: setup
 	@times=""; for stage in $(TEST_STAGES); do \
 	  started=$$(date +%s); \
@@ -108,8 +108,13 @@ molecule: setup
 	     echo "== molecule test: roles/{} passed in $$(( $$(date +%s) - started ))s"; \
 	   else echo "== molecule test: roles/{} FAILED, the end of $$log:"; tail -n 80 $$log; exit 255; fi'
 
-integration: setup
-	pytest tests/integration --durations=20
+# Two passes over one local platform (tests/integration/conftest.py says which test runs where): two streams of
+# tests side by side, then the tests that need the platform to themselves.
+integration: integration-streams integration-alone
+integration-streams: setup
+	pytest tests/integration -n 2 -m "not alone" --durations=15
+integration-alone: setup
+	pytest tests/integration -m alone --durations=10
 
 # The customers' lives against a real Odoo 18 instead of the stand-in (tests/acceptance). It resets the local platform.
 ODOO_BIN ?=

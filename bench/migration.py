@@ -230,10 +230,10 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--moves", type=int, default=5, help="logical moves, alternating shared <-> dedicated")
     parser.add_argument("--registry-port", type=int, default=55432)
-    parser.add_argument("--quick", action="store_true", help="2 moves of a 40 MB tenant (tests/integration)")
+    parser.add_argument("--quick", action="store_true", help="1 logical move of a 40 MB tenant (tests/integration)")
     args = parser.parse_args()
     if args.quick:
-        args.size_mb, args.moves = 40, 2
+        args.size_mb, args.moves = 40, 1
     if args.moves < 1:
         parser.error("--moves must be at least 1")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -75,6 +76,37 @@ def ansible_playbook(
     return run
 
 
+TASK_HEADER = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(?:[^\]]* : )?(?P<task>[^\]]*)\]", re.MULTILINE)
+CHANGED_LINE = re.compile(r"^changed: \[(?P<host>[^\]\s]*)", re.MULTILINE)
+# A PgBouncer's auth file lists every login role on its server, so a tenant playbook run again rewrites it when
+# a tenant of another test stream came or went on the same pool meanwhile (make integration runs two streams at
+# once). That task alone may then report a change; run alone (pytest without -n), nothing may.
+POOL_USERLIST_TASK = "Ensure the auth file holds exactly the server's login roles"
+
+
+def changed_tasks(run: PlaybookRun) -> list[tuple[str, str]]:
+    """(task name, host) for each task a run reports changed, from the default callback's output."""
+    headers = list(TASK_HEADER.finditer(run.output))
+    ends = [header.start() for header in headers[1:]] + [len(run.output)] * bool(headers)
+    return [
+        (header["task"], changed["host"])
+        for header, end in zip(headers, ends, strict=True)
+        for changed in CHANGED_LINE.finditer(run.output, header.end(), end)
+    ]
+
+
+def assert_nothing_changed(run: PlaybookRun) -> None:
+    """The run succeeded and changed nothing: a second run of the same playbook with the same input."""
+    assert run.returncode == 0, run.output[-5000:]
+    beside_other_streams = "PYTEST_XDIST_WORKER" in os.environ
+    changed = [
+        (task, host) for task, host in changed_tasks(run) if not (beside_other_streams and task == POOL_USERLIST_TASK)
+    ]
+    assert changed == [], f"the second run changed {changed}:\n{run.output[-5000:]}"
+    # Each changed task shows as a line (an item of a loop, one each): the output was read in full.
+    assert len(changed_tasks(run)) >= sum(counts["changed"] for counts in run.recap.values()), run.output[-5000:]
+
+
 def recorded_outcome(run_id: str) -> str | None:
     """The outcome the audit callback recorded at the end of a run; None without an end row or a registry."""
     port = load_yaml(REPO / "inventories/local/saasodoo.registry.yml")["registry_port"]
@@ -144,8 +176,8 @@ class Server:
 
 @dataclass
 class LocalPlatform:
-    first_run: PlaybookRun
-    second_run: PlaybookRun
+    first_run: PlaybookRun | None  # site.yml's two runs, when this session started the platform
+    second_run: PlaybookRun | None
     servers: dict[str, Server]
     groups: dict[str, list[str]]
 
@@ -202,15 +234,113 @@ def reset_local_platform() -> None:
         shutil.rmtree(LOCAL_STATE / kind, ignore_errors=True)
 
 
+# `make integration` runs this suite in two passes over one local platform. First `pytest -n 2 -m "not alone"`: two
+# streams side by side, each stream's tests one after another in a worker of its own. What the two streams may see
+# of each other, and what the tests allow for: roles of other tenants coming and going on the same pools
+# (assert_nothing_changed lets the PgBouncer userlist follow them), other tenants' moves (the move tests look for
+# their own moves' leftovers), the fleet growing. Then `pytest -m alone`: what needs the platform to itself (it
+# counts the fleet, converges it with site.yml, drains a pool or stops everything), in this order.
+STREAMS = {
+    # Every runner stack (they share the Kill Bill inbox and pause the deployed runner), the checks that read the
+    # platform host in check mode (a paused runner shows there), and the move tests.
+    "runner": (
+        "test_registry.py",
+        "test_webhook_runner.py",
+        "test_bench.py::test_runner_benchmark",
+        "test_bench.py::test_provision_benchmark",
+        "test_tenant_move.py",
+    ),
+    # Both Ceph users, in one worker: the cluster is started and stopped by whoever uses it.
+    "tenants": (
+        "test_kubernetes_manifests.py",
+        "test_inventories.py",
+        "test_odoo_standin.py",
+        "test_placement_store.py",
+        "test_storage_cephfs.py",
+        "test_tenant_lifecycle.py",
+        "test_hostile_tenant.py",
+        "test_audit_runs.py",
+        "test_inventory_plugin.py",
+        "test_bench.py",
+    ),
+}
+ALONE = (
+    "test_tenant_provision.py",  # first: the platform as the session started it (fresh_local_platform)
+    "test_bench.py::test_site_noop_benchmark",
+    "test_local_platform.py",
+    "test_tenant_move.py::test_draining_a_pool",  # last: it leaves its pool draining
+)
+
+
+def _place(nodeid: str) -> tuple[str, int]:
+    """The stream (or "alone") a test runs in, and its rank there: the first listed prefix its id starts with."""
+    path = nodeid.split("tests/integration/", 1)[-1]
+    for stream, prefixes in (("alone", ALONE), *STREAMS.items()):
+        for rank, prefix in enumerate(prefixes):
+            if path.startswith(prefix):
+                return stream, rank
+    raise pytest.UsageError(f"{nodeid} is in no stream of tests/integration/conftest.py: add its module")
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if _place(item.nodeid)[0] == "alone":
+        item.add_marker(pytest.mark.alone)  # as collected: before -m selects
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    order = {stream: n for n, stream in enumerate(("alone", *STREAMS))}
+    places = {item.nodeid: _place(item.nodeid) for item in items}
+    items.sort(key=lambda item: (order[places[item.nodeid][0]], places[item.nodeid][1]))  # stable: file order within
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """pytest -n: each stream to a worker of its own, its tests in the order above."""
+    from xdist.scheduler import LoadScopeScheduling  # called under pytest -n only, where xdist is loaded
+
+    class StreamScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _place(nodeid)[0]
+
+    return StreamScheduling(config, log)
+
+
+# Which test run (pytest -n: its workers share one id) last reset and converged the platform.
+STARTED_FOR_RUN = LOCAL_STATE / "started-for-test-run"
+
+
 @pytest.fixture(scope="session")
 def local_platform() -> LocalPlatform:
-    return start_local_platform()
+    """The local platform reset and converged once per test run: by the first of the run's workers to need it."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:
+        return start_local_platform()
+    LOCAL_STATE.mkdir(parents=True, exist_ok=True)
+    with (LOCAL_STATE / "start.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits here while the platform starts
+        if STARTED_FOR_RUN.exists() and STARTED_FOR_RUN.read_text() == run:
+            return local_platform_as_it_is()
+        platform = start_local_platform()
+        STARTED_FOR_RUN.write_text(run)
+        return platform
+
+
+# The modules whose tests have used the session's platform so far (pytest_runtest_setup below).
+PLATFORM_USERS: set[str] = set()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if "local_platform" in item.fixturenames:
+        PLATFORM_USERS.add(item.module.__name__)
 
 
 @pytest.fixture(scope="module")
-def fresh_local_platform() -> LocalPlatform:
-    """For tests that count the fleet (which pool fills first): the platform reset, as a fresh clone has it."""
-    return start_local_platform()
+def fresh_local_platform(request: pytest.FixtureRequest, local_platform: LocalPlatform) -> LocalPlatform:
+    """For tests that count the fleet (which pool fills first): the platform as a fresh clone has it. That is the
+    session's own when this process started it and no other module has used it yet (make integration runs such
+    modules first)."""
+    if local_platform.first_run is None or PLATFORM_USERS - {request.module.__name__}:
+        return start_local_platform()
+    return local_platform
 
 
 def start_local_platform() -> LocalPlatform:
@@ -219,6 +349,10 @@ def start_local_platform() -> LocalPlatform:
     assert first.returncode == 0, first.output[-4000:]
     second = run_playbook("site.yml")
     assert second.returncode == 0, second.output[-4000:]
+    return local_platform_as_it_is(first, second)
+
+
+def local_platform_as_it_is(first: PlaybookRun | None = None, second: PlaybookRun | None = None) -> LocalPlatform:
     hostvars, groups = inventory_hosts()
     servers = {
         name: Server(

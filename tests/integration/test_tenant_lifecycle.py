@@ -21,8 +21,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
-from .conftest import LOCAL_STATE, LocalPlatform, PlaybookRun, run_playbook
+from .conftest import LOCAL_STATE, LocalPlatform, PlaybookRun, assert_nothing_changed, run_playbook
 from .test_storage_cephfs import PROPAGATION_TIMEOUT, rbytes_of, wait_until, write_chunks
 
 NGINX = ("127.0.0.1", 58080)
@@ -42,9 +43,7 @@ def get(tenant_id: str, path: str) -> int:
 
 def assert_idempotent(first: PlaybookRun, second: PlaybookRun) -> None:
     assert first.returncode == 0, first.output[-5000:]
-    assert second.returncode == 0, second.output[-5000:]
-    changed = {host: counts["changed"] for host, counts in second.recap.items() if counts["changed"]}
-    assert changed == {}, f"second run changed something: {changed}\n{second.output[-5000:]}"
+    assert_nothing_changed(second)
 
 
 @dataclass
@@ -83,11 +82,21 @@ class Tenant:
     def db_name(self) -> str:
         return self.record()["db_name"]
 
+    def server(self) -> dict:
+        """The tenant's server as the registry has it: it may be one the fleet grew after the session began."""
+        with self.registry() as conn:
+            conn.row_factory = dict_row
+            return conn.execute(
+                "SELECT s.name, s.port, s.pgbouncer_port FROM registry.tenants t"
+                " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
+                (self.tenant_id,),
+            ).fetchone()
+
     def admin(self, dbname: str = "postgres") -> psycopg.Connection:
-        server = self.record()["db_server"]
+        server = self.server()
         return psycopg.connect(
-            host=str(LOCAL_STATE / "pg" / server / "run"),
-            port=self.platform.servers[server].port,
+            host=str(LOCAL_STATE / "pg" / server["name"] / "run"),
+            port=server["port"],
             user="postgres",
             dbname=dbname,
             autocommit=True,
@@ -95,10 +104,9 @@ class Tenant:
 
     def as_tenant(self) -> psycopg.Connection:
         """The tenant's own credentials, through its pool's PgBouncer as its Odoo connects."""
-        record = self.record()
-        server = self.platform.servers[record["db_server"]]
+        record, server = self.record(), self.server()
         password = self.platform.password(f"tenant:{self.tenant_id}:v{record['credential_version']}")
-        return self.platform.connect(server.pgbouncer_port, record["db_role"], password, record["db_name"])
+        return self.platform.connect(server["pgbouncer_port"], record["db_role"], password, record["db_name"])
 
     @property
     def data_dir(self) -> Path:

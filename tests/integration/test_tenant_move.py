@@ -11,6 +11,7 @@ found to differ after the switch is switched back, every write the tenant made o
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -23,7 +24,16 @@ from psycopg.rows import dict_row
 
 from bench.odoo_tenant import TenantWriter, WriterReport, generate
 
-from .conftest import REPO, VENV_BIN, LocalPlatform, PlaybookRun, ansible_env, run_playbook, superuser
+from .conftest import (
+    REPO,
+    VENV_BIN,
+    LocalPlatform,
+    PlaybookRun,
+    ansible_env,
+    assert_nothing_changed,
+    run_playbook,
+    superuser,
+)
 
 TENANT = "mover"
 DB = "t_mover"
@@ -88,7 +98,13 @@ class Mover:
         return superuser(server, self.servers()[server], dbname)
 
     def copies(self) -> dict[str, dict]:
-        """Per server: the tenant's databases, its role's LOGIN, and what a move could leave behind."""
+        """Per server: the tenant's databases, its role's LOGIN, and what its moves could leave behind (other
+        tests move their own tenants meanwhile: make integration runs two streams at once)."""
+        with self.registry() as conn:
+            ids = conn.execute(
+                "SELECT string_agg(id::text, '|') AS ids FROM registry.migrations WHERE tenant_id = %s", (TENANT,)
+            ).fetchone()["ids"]
+        ours = re.compile(rf"saasodoo_move_({ids or 'none'})(_|$)")
         found = {}
         for name in self.servers():
             try:
@@ -100,12 +116,11 @@ class Mover:
                     "live": bool(conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)).fetchone()),
                     "can_login": conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (DB,)).fetchone(),
                     "slots": [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots")],
-                    "move_roles": [
-                        r[0]
-                        for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'saasodoo\\_move\\_%'")
-                    ],
+                    "move_roles": [r[0] for r in conn.execute("SELECT rolname FROM pg_roles")],
                     "subscriptions": [r[0] for r in conn.execute("SELECT subname FROM pg_subscription")],
                 }
+                for key in ("slots", "move_roles", "subscriptions"):
+                    found[name][key] = [n for n in found[name][key] if ours.match(n)]
                 if found[name]["live"]:
                     with self.admin(name, DB) as db:
                         for key, query in (
@@ -150,12 +165,6 @@ class Mover:
         missing = set(report.committed_ids) - self.rows()
         assert not missing, f"{len(missing)} committed rows lost"
         assert report.commits > 0
-
-
-def assert_nothing_changed(run: PlaybookRun) -> None:
-    assert run.returncode == 0, run.output[-4000:]
-    changed = {host: counts["changed"] for host, counts in run.recap.items() if counts["changed"]}
-    assert changed == {}, f"second run changed something: {changed}\n{run.output[-4000:]}"
 
 
 @pytest.fixture(scope="module")
