@@ -23,7 +23,8 @@ ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_templa
 help:
 	@echo "make demo   set up, converge the local platform, play three customers' lives through Kill Bill and the runner"
 	@echo "make test   set up, lint, unit tests, molecule scenarios, integration tests"
-	@echo "make setup | lint | unit | molecule | integration | acceptance ODOO_BIN=… | bench | soak | down | clean"
+	@echo "make setup | lint | unit | molecule | integration (= integration-streams, integration-alone) | acceptance ODOO_BIN=…"
+	@echo "     | bench | soak | down | clean"
 
 setup: system-packages state-access reserved-ports $(VENV)/.installed $(COLLECTIONS_STAMP)
 
@@ -108,9 +109,11 @@ molecule: setup
 	     echo "== molecule test: roles/{} passed in $$(( $$(date +%s) - started ))s"; \
 	   else echo "== molecule test: roles/{} FAILED, the end of $$log:"; tail -n 80 $$log; exit 255; fi'
 
-# Two passes over one local platform (tests/integration/conftest.py says which test runs where): two streams of
-# tests side by side, then the tests that need the platform to themselves.
-integration: integration-streams integration-alone
+# Two passes, each on the local platform reset as a fresh clone has it (tests/integration/conftest.py says which
+# test runs where): two streams of tests side by side, then the tests that need the platform to themselves.
+integration: setup
+	$(MAKE) --no-print-directory integration-streams
+	$(MAKE) --no-print-directory integration-alone
 integration-streams: setup
 	pytest tests/integration -n 2 -m "not alone" --durations=15
 integration-alone: setup

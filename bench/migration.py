@@ -7,9 +7,10 @@ the registry, as Odoo finds it in its config). In one run, on the same data:
    premium (shared pool -> dedicated server) and premium -> basic (back to a shared pool).
 2. baseline: stop, pg_dump -Fc, pg_restore, start, the way a hand-written script moves a database: the tenant's
    role refused on its server for the whole of a custom-format dump and its restore into a scratch database on
-   another server, then allowed again (the registry is not repointed, which flatters it). The writer reaches it
-   through the pool's PgBouncer, which after a refused login waits server_login_retry (15 s by default) before it
-   tries the server again: the client-seen gap can exceed stop -> start (its total) by up to that.
+   another server, then allowed again (the registry is not repointed, which flatters it). On a shared pool (an
+   even number of logical moves brought the tenant back to one) the writer reaches it through the pool's
+   PgBouncer, which after a refused login waits server_login_retry (15 s by default) before it tries the server
+   again: the client-seen gap can exceed stop -> start (its total) by up to that.
 3. dump: one more plan change with migration_method=dump (db_migrate, parallel directory-format dump/restore
    with writes blocked throughout), to the other kind of server.
 Each move's row: the client-seen write downtime (the writer's longest gap between successful commits), the one

@@ -264,7 +264,7 @@ STREAMS = {
         "test_bench.py",
     ),
 }
-ALONE = (
+ALONE = (  # after the streams when pytest runs both in one session
     "test_tenant_provision.py",  # first: the platform as the session started it (fresh_local_platform)
     "test_bench.py::test_site_noop_benchmark",
     "test_local_platform.py",
@@ -272,10 +272,13 @@ ALONE = (
 )
 
 
+INTEGRATION = "tests/integration/"
+
+
 def _place(nodeid: str) -> tuple[str, int]:
     """The stream (or "alone") a test runs in, and its rank there: the first listed prefix its id starts with."""
-    path = nodeid.split("tests/integration/", 1)[-1]
-    for stream, prefixes in (("alone", ALONE), *STREAMS.items()):
+    path = nodeid.split(INTEGRATION, 1)[-1]
+    for stream, prefixes in (("alone", ALONE), *STREAMS.items()):  # an alone test of a module in a stream
         for rank, prefix in enumerate(prefixes):
             if path.startswith(prefix):
                 return stream, rank
@@ -287,19 +290,25 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         item.add_marker(pytest.mark.alone)  # as collected: before -m selects
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    order = {stream: n for n, stream in enumerate(("alone", *STREAMS))}
-    places = {item.nodeid: _place(item.nodeid) for item in items}
-    items.sort(key=lambda item: (order[places[item.nodeid][0]], places[item.nodeid][1]))  # stable: file order within
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The streams in their order, then the alone tests in theirs (this hook sees a whole session's items)."""
+    order = {stream: n for n, stream in enumerate((*STREAMS, "alone"))}
+    ours = [item for item in items if INTEGRATION in item.nodeid]
+    places = {item.nodeid: _place(item.nodeid) for item in ours}
+    if "PYTEST_XDIST_WORKER" in os.environ and any(place[0] == "alone" for place in places.values()):
+        raise pytest.UsageError("the tests marked alone need the platform to themselves: pytest -m alone, without -n")
+    ours.sort(key=lambda item: (order[places[item.nodeid][0]], places[item.nodeid][1]))  # stable: file order within
+    items[:] = [item for item in items if INTEGRATION not in item.nodeid] + ours
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: pytest without it never calls this
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """pytest -n: each stream to a worker of its own, its tests in the order above."""
     from xdist.scheduler import LoadScopeScheduling  # called under pytest -n only, where xdist is loaded
 
     class StreamScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return _place(nodeid)[0]
+            return _place(nodeid)[0] if INTEGRATION in nodeid else super()._split_scope(nodeid)
 
     return StreamScheduling(config, log)
 

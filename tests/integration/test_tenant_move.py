@@ -98,13 +98,15 @@ class Mover:
         return superuser(server, self.servers()[server], dbname)
 
     def copies(self) -> dict[str, dict]:
-        """Per server: the tenant's databases, its role's LOGIN, and what its moves could leave behind (other
-        tests move their own tenants meanwhile: make integration runs two streams at once)."""
+        """Per server: the tenant's databases, its role's LOGIN, and what its moves could leave behind: replication
+        slots and subscriptions in its databases (a table copy's own slots too), its moves' roles. Other tests move
+        their own tenants meanwhile (make integration runs two streams at once)."""
         with self.registry() as conn:
             ids = conn.execute(
                 "SELECT string_agg(id::text, '|') AS ids FROM registry.migrations WHERE tenant_id = %s", (TENANT,)
             ).fetchone()["ids"]
-        ours = re.compile(rf"saasodoo_move_({ids or 'none'})(_|$)")
+        its_moves = re.compile(rf"saasodoo_move_({ids or 'none'})(_|$)")
+        ours = rf"^{DB}(_old\d+)?$"  # its database, and the copies a move kept, renamed
         found = {}
         for name in self.servers():
             try:
@@ -115,12 +117,20 @@ class Mover:
                 found[name] = {
                     "live": bool(conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)).fetchone()),
                     "can_login": conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (DB,)).fetchone(),
-                    "slots": [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots")],
-                    "move_roles": [r[0] for r in conn.execute("SELECT rolname FROM pg_roles")],
-                    "subscriptions": [r[0] for r in conn.execute("SELECT subname FROM pg_subscription")],
+                    "slots": [
+                        r[0]
+                        for r in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database ~ %s", (ours,))
+                    ],
+                    "move_roles": [r[0] for r in conn.execute("SELECT rolname FROM pg_roles") if its_moves.match(r[0])],
+                    "subscriptions": [
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT s.subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid"
+                            " WHERE d.datname ~ %s",
+                            (ours,),
+                        )
+                    ],
                 }
-                for key in ("slots", "move_roles", "subscriptions"):
-                    found[name][key] = [n for n in found[name][key] if ours.match(n)]
                 if found[name]["live"]:
                     with self.admin(name, DB) as db:
                         for key, query in (
@@ -327,6 +337,6 @@ def test_draining_a_pool_moves_its_tenants_to_other_pools(mover: Mover):
     assert unknown.returncode != 0 and "not a server the registry knows" in unknown.output
     with mover.registry() as conn:
         dedicated = conn.execute("SELECT name FROM registry.db_servers WHERE kind = 'dedicated' LIMIT 1").fetchone()
-    if dedicated:  # the upgrade test made one
+    if dedicated:  # the premium tenants of other tests made one
         refused = run_playbook("pool_drain.yml", "-e", f"server={dedicated['name']}", *RUNTIME_NONE)
         assert refused.returncode != 0 and "its tenant moves with its plan" in refused.output

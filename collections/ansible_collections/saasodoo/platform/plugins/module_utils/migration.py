@@ -406,11 +406,7 @@ class Move:
         role, movers = sql.Identifier(self.restore_role), sql.Identifier(MOVERS_GROUP)
         verifier = sql.Literal(scram_sha_256_verifier(self.restore_password))
         with self.target.connect() as conn:
-            conn.execute(
-                sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$").format(
-                    movers
-                )
-            )
+            _ensure_movers_group(conn)
             if conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (self.restore_role,)).fetchone():
                 conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, verifier))  # a rerun's new password
             else:
@@ -502,11 +498,7 @@ class Move:
         """On the publisher: the move's replication role (reaching it through +saasodoo_movers) and the publication."""
         role = sql.Identifier(way.name)
         with way.publisher.connect() as conn:
-            conn.execute(
-                sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$").format(
-                    sql.Identifier(MOVERS_GROUP)
-                )
-            )
+            _ensure_movers_group(conn)
             # A SCRAM verifier, not the password: no clear password in a statement the server may log.
             conn.execute(
                 # BYPASSRLS: the initial copy reads the tenant's tables as this role, and a FORCEd row-level
@@ -1109,6 +1101,16 @@ def table_fingerprints(conn: psycopg.Connection) -> dict[str, tuple[int, str]]:
         ).fetchone()
         found[table] = (count, checksum)
     return found
+
+
+def _ensure_movers_group(conn: psycopg.Connection) -> None:
+    """The group every move's roles join. Two moves making it at once: the second CREATE waits for the first and
+    fails on the unique index (unique_violation), not on the catalog check (duplicate_object)."""
+    conn.execute(
+        sql.SQL(
+            "DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        ).format(sql.Identifier(MOVERS_GROUP))
+    )
 
 
 def _now(conn) -> object:
