@@ -234,12 +234,13 @@ def reset_local_platform() -> None:
         shutil.rmtree(LOCAL_STATE / kind, ignore_errors=True)
 
 
-# `make integration` runs this suite in two passes over one local platform. First `pytest -n 2 -m "not alone"`: two
-# streams side by side, each stream's tests one after another in a worker of its own. What the two streams may see
-# of each other, and what the tests allow for: roles of other tenants coming and going on the same pools
-# (assert_nothing_changed lets the PgBouncer userlist follow them), other tenants' moves (the move tests look for
-# their own moves' leftovers), the fleet growing. Then `pytest -m alone`: what needs the platform to itself (it
-# counts the fleet, converges it with site.yml, drains a pool or stops everything), in this order.
+# `make integration` runs this suite in two passes, each on the local platform reset as a fresh clone has it.
+# First `pytest -n 2 -m "not alone"`: two streams side by side, each stream's tests one after another in a worker of
+# its own. What the two streams may see of each other, and what the tests allow for: roles of other tenants coming
+# and going on the same pools (assert_nothing_changed lets the PgBouncer userlist follow them), other tenants' moves
+# (the move tests look for their own moves' leftovers), the fleet growing. Then `pytest -m alone`: what needs the
+# platform to itself (it counts the fleet, converges it with site.yml, drains a pool or stops everything), in this
+# order.
 STREAMS = {
     # Every runner stack (they share the Kill Bill inbox and pause the deployed runner), the checks that read the
     # platform host in check mode (a paused runner shows there), and the move tests.
@@ -345,7 +346,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(scope="module")
 def fresh_local_platform(request: pytest.FixtureRequest, local_platform: LocalPlatform) -> LocalPlatform:
     """For tests that count the fleet (which pool fills first): the platform as a fresh clone has it. That is the
-    session's own when this process started it and no other module has used it yet (make integration runs such
+    session's own when this process started it and no other module has used it yet (the alone pass runs such
     modules first)."""
     if local_platform.first_run is None or PLATFORM_USERS - {request.module.__name__}:
         return start_local_platform()
