@@ -296,8 +296,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     order = {stream: n for n, stream in enumerate((*STREAMS, "alone"))}
     ours = [item for item in items if INTEGRATION in item.nodeid]
     places = {item.nodeid: _place(item.nodeid) for item in ours}
-    if "PYTEST_XDIST_WORKER" in os.environ and any(place[0] == "alone" for place in places.values()):
-        raise pytest.UsageError("the tests marked alone need the platform to themselves: pytest -m alone, without -n")
     ours.sort(key=lambda item: (order[places[item.nodeid][0]], places[item.nodeid][1]))  # stable: file order within
     items[:] = [item for item in items if INTEGRATION not in item.nodeid] + ours
 
@@ -309,7 +307,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
     class StreamScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return _place(nodeid)[0] if INTEGRATION in nodeid else super()._split_scope(nodeid)
+            if INTEGRATION not in nodeid:
+                return super()._split_scope(nodeid)
+            stream = _place(nodeid)[0]
+            if stream == "alone":  # never beside a stream
+                raise pytest.UsageError(f"{nodeid} needs the platform to itself: pytest -m alone, without -n")
+            return stream
 
     return StreamScheduling(config, log)
 
