@@ -94,10 +94,10 @@ def main() -> int:
                     created[runtime].append(tenant)
                     for label, playbook, extra in TRANSITIONS:
                         extravars = {"tenant_id": tenant, "saasodoo_runtime_backend": runtime, **extra}
-                        servers = server_count()
-                        seconds = run(Path(scratch), REPO / "playbooks" / playbook, extravars, inventory)
                         # Only its own provision grows the fleet (make integration runs other tests meanwhile).
-                        if label == "provision" and server_count() > servers:
+                        servers = server_count() if label == "provision" else None
+                        seconds = run(Path(scratch), REPO / "playbooks" / playbook, extravars, inventory)
+                        if servers is not None and server_count() > servers:
                             label = f"{label}, with a new server"
                         times.setdefault((runtime, label), []).append(seconds)
                         print(f"  {tenant}: {label} {seconds:.1f} s", flush=True)

@@ -11,7 +11,6 @@ found to differ after the switch is switched back, every write the tenant made o
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import time
@@ -105,7 +104,7 @@ class Mover:
             ids = conn.execute(
                 "SELECT string_agg(id::text, '|') AS ids FROM registry.migrations WHERE tenant_id = %s", (TENANT,)
             ).fetchone()["ids"]
-        its_moves = re.compile(rf"saasodoo_move_({ids or 'none'})(_|$)")
+        its_moves = rf"^saasodoo_move_({ids or 'none'})(_|$)"
         ours = rf"^{DB}(_old\d+)?$"  # its database, and the copies a move kept, renamed
         found = {}
         for name in self.servers():
@@ -121,7 +120,9 @@ class Mover:
                         r[0]
                         for r in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database ~ %s", (ours,))
                     ],
-                    "move_roles": [r[0] for r in conn.execute("SELECT rolname FROM pg_roles") if its_moves.match(r[0])],
+                    "move_roles": [
+                        r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname ~ %s", (its_moves,))
+                    ],
                     "subscriptions": [
                         r[0]
                         for r in conn.execute(
