@@ -8,6 +8,12 @@ ansible-core 2.19 warns that strategy plugins from outside ansible.builtin carry
 price of the speed, paid by pinning both.
 """
 
+import ansible_mitogen.affinity
 from ansible_mitogen.plugins.strategy.mitogen_linear import StrategyModule
+
+# Mitogen pins its processes to CPUs and keeps CPU 0 for its multiplexer: on a 2-core host the controller, the
+# modules and everything they start (PostgreSQL, PgBouncer, supervisord through the local connection) inherit
+# CPU 1 alone, and the platform runs on half the machine. The base Policy pins nothing: the kernel balances.
+ansible_mitogen.affinity.policy = ansible_mitogen.affinity.Policy()
 
 __all__ = ["StrategyModule"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import psycopg
@@ -28,6 +29,15 @@ def test_every_server_answers_the_monitor_role_with_logical_decoding(local_platf
         with local_platform.connect(server.port, "saasodoo_monitor", password) as conn:
             wal_level, port = conn.execute("SELECT current_setting('wal_level'), inet_server_port()").fetchone()
         assert (wal_level, port) == ("logical", server.port), server.name
+
+
+def test_every_server_runs_on_every_cpu_of_the_host(local_platform: LocalPlatform):
+    """Daemons a playbook starts inherit its CPU affinity: Mitogen's pinning once put them all on one core."""
+    for server in local_platform.servers.values():
+        password = local_platform.password(f"monitor@{server.name}")
+        with local_platform.connect(server.port, "saasodoo_monitor", password) as conn:
+            backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            assert os.sched_getaffinity(backend) == os.sched_getaffinity(0), server.name
 
 
 def test_every_pgbouncer_forwards_to_its_own_pool(local_platform: LocalPlatform):
