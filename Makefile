@@ -140,7 +140,7 @@ bench: setup
 
 # The long version of the move fault test: each of its eight kill cases three times (make test: once).
 soak: setup
-	FAULT_ROUNDS=3 pytest tests/integration/test_tenant_move.py -k killed
+	FAULT_ROUNDS=3 pytest tests/integration/test_tenant_move_faults.py -k killed
 
 # The test Ceph cluster first: it is mounted under .state, which `clean` then deletes.
 down:

@@ -242,13 +242,13 @@ def reset_local_platform() -> None:
 # order.
 STREAMS = {
     # Every runner stack (they share the Kill Bill inbox and pause the deployed runner), the checks that read the
-    # platform host in check mode (a paused runner shows there), and the move tests.
+    # platform host in check mode (a paused runner shows there), and the move fault tests.
     "runner": (
         "test_registry.py",
         "test_webhook_runner.py",
         "test_bench.py::test_runner_benchmark",
         "test_bench.py::test_provision_benchmark",
-        "test_tenant_move.py",
+        "test_tenant_move_faults.py",
     ),
     # Both Ceph users, in one worker: the cluster is started and stopped by whoever uses it.
     "tenants": (
@@ -259,6 +259,7 @@ STREAMS = {
         "test_storage_cephfs.py",
         "test_tenant_lifecycle.py",
         "test_hostile_tenant.py",
+        "test_tenant_move.py",
         "test_audit_runs.py",
         "test_inventory_plugin.py",
         "test_bench.py",

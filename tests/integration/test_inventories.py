@@ -26,9 +26,9 @@ def test_production_example_is_a_real_fleet():
 
 
 @pytest.mark.parametrize("inventory", INVENTORIES)
-@pytest.mark.parametrize("playbook", PLAYBOOKS)
-def test_playbook_syntax(inventory, playbook):
-    run_ansible_tool("ansible-playbook", "-i", inventory, "--syntax-check", f"playbooks/{playbook}")
+def test_every_playbook_passes_syntax_check(inventory):
+    # One ansible-playbook for all of them (it names the one that fails): a start-up each cost 40 s of CPU.
+    run_ansible_tool("ansible-playbook", "-i", inventory, "--syntax-check", *(f"playbooks/{p}" for p in PLAYBOOKS))
 
 
 def test_graph_shows_the_pools():

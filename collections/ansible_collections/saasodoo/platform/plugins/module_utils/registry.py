@@ -19,6 +19,19 @@ REGISTRY_LOGIN_OPTIONS = dict(
 AUDIT_RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
+# A tenant's move lock: a session advisory lock on the registry that db_migrate holds for as long as it runs, so
+# two runs never move one tenant and a move row no session holds is one whose run died.
+MOVE_LOCK = "saasodoo.move:"
+
+
+def try_move_lock(conn, tenant_id: str) -> bool:
+    return conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (MOVE_LOCK + tenant_id,)).fetchone()[0]
+
+
+def release_move_lock(conn, tenant_id: str) -> None:
+    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (MOVE_LOCK + tenant_id,))
+
+
 class RegistryUnreachable(Exception):
     """The registry cannot be reached (or not with these options); the message says where and what to do."""
 

@@ -30,7 +30,8 @@ description:
     C(<db>_old<id>), kept until C(retain_until).
   - Any failure before the switch rolls back and fails with the reason; the tenant stays on its source as before.
   - Only one copy at a time lets the tenant's role log in, and no committed write is lost by a switch back.
-  - Two runs for one tenant never overlap (a session advisory lock on the registry, released if a run dies).
+  - Two runs for one tenant never overlap (a session advisory lock on the registry, released if a run dies). The
+    other tenant playbooks wait while a move runs (registry_tenant's I(move_wait_seconds)).
 version_added: 0.2.0
 author: SaaSOdoo ops maintainers
 options:
@@ -176,6 +177,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry import 
     REGISTRY_LOGIN_OPTIONS,
     RegistryUnreachable,
     connect_registry,
+    try_move_lock,
 )
 
 try:
@@ -192,8 +194,6 @@ try:
     PSYCOPG_IMPORT_ERROR = None
 except ImportError:
     PSYCOPG_IMPORT_ERROR = traceback.format_exc()
-
-MOVE_LOCK = "saasodoo.move:"
 
 
 def open_move(registry, tenant_id: str) -> dict | None:
@@ -350,9 +350,7 @@ def main() -> None:
     )
     try:
         with connect_registry(p) as registry:
-            if not registry.execute(
-                "SELECT pg_try_advisory_lock(hashtext(%s))", (MOVE_LOCK + p["tenant_id"],)
-            ).fetchone()[0]:
+            if not try_move_lock(registry, p["tenant_id"]):
                 raise MoveError(f"another db_migrate run is moving tenant {p['tenant_id']}; let it finish")
             step = place if p["step"] == "place" else move
             result = step(module, registry, p, options)

@@ -26,6 +26,9 @@ description:
     C(playbooks/tenant_rotate_credentials.yml)); it never goes back.
   - I(customer_id) and I(subscription_id) bind the tenant to another Kill Bill account and subscription (a
     transfer made on purpose, C(playbooks/tenant_transfer.yml)); the webhook runner acts for no other.
+  - With I(move_wait_seconds), one operation at a time. When the tenant has an open move (registry.migrations),
+    waits up to that long for the run moving it to finish, then reads the tenant where the move left it. A move
+    that no run holds (its run died) is refused at once, with the playbook that finishes it.
   - Check mode computes the same answer and rolls it back.
 version_added: 0.1.0
 author: SaaSOdoo ops maintainers
@@ -75,6 +78,10 @@ options:
     description: First and last port the tenant's Odoo may take; allocates one when the tenant has none.
     type: list
     elements: int
+  move_wait_seconds:
+    description: Wait up to this many seconds for a running move of the tenant to end before reading it; without
+      it an open move is not looked at (tenant_change_plan.yml finishes moves itself).
+    type: int
   detail:
     description: Extra facts for the audit row (never a secret).
     type: dict
@@ -140,6 +147,7 @@ changes:
   sample: {"status": {"before": "active", "after": "suspended"}}
 """
 
+import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -149,6 +157,8 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry import 
     REGISTRY_LOGIN_OPTIONS,
     RegistryUnreachable,
     connect_registry,
+    release_move_lock,
+    try_move_lock,
 )
 
 try:
@@ -196,6 +206,47 @@ def newest_plan(conn, name: str) -> dict | None:
             " ORDER BY version DESC LIMIT 1",
             (name,),
         ).fetchone()
+
+
+OPEN_MOVE_QUERY = (
+    "SELECT id, phase, plan_name, source_server, target_server, started_at::text AS started_at"
+    " FROM registry.migrations WHERE tenant_id = %s AND finished_at IS NULL"
+)
+
+
+def waiting_for(migration_id: int) -> str:
+    return f"saasodoo: waits for move {migration_id}"
+
+
+def await_no_open_move(conn, tenant_id: str, wait_seconds: int) -> None:
+    """Return once the tenant has no open move: a running one is waited for, one no run holds is refused."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        with conn.cursor(row_factory=dict_row) as cur:
+            move = cur.execute(OPEN_MOVE_QUERY, (tenant_id,)).fetchone()
+            if move is None:
+                return
+            if try_move_lock(conn, tenant_id):
+                try:  # no run moves it now; it may have just finished
+                    move = cur.execute(OPEN_MOVE_QUERY, (tenant_id,)).fetchone()
+                finally:
+                    release_move_lock(conn, tenant_id)
+                if move is None:
+                    return
+                raise TenantError(
+                    f"tenant {tenant_id} has a move that no run is finishing (migration {move['id']}, "
+                    f"{move['source_server']} -> {move['target_server']}, in {move['phase']} since "
+                    f"{move['started_at']}): run playbooks/tenant_change_plan.yml -e tenant_id={tenant_id} "
+                    f"-e plan={move['plan_name']}, which finishes it or rolls it back, then this again"
+                )
+        # What the session waits for shows in pg_stat_activity (for an operator; the tests wait on it).
+        conn.execute("SELECT pg_catalog.set_config('application_name', %s, false)", (waiting_for(move["id"]),))
+        if time.monotonic() >= deadline:
+            raise TenantError(
+                f"tenant {tenant_id} is still being moved after {wait_seconds} s (migration {move['id']}, "
+                f"in {move['phase']}); nothing was changed: run this again once the move is done"
+            )
+        time.sleep(0.5)  # the move's run is another process: poll the registry
 
 
 def free_http_port(conn, low: int, high: int) -> int:
@@ -302,7 +353,15 @@ def run_module(module: AnsibleModule) -> dict:
         low_high = p["http_port_range"]
         if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] <= 65535:
             raise TenantError(f"http_port_range must be [first, last], got {low_high}")
-    with connect_registry(p) as conn, conn.transaction(force_rollback=module.check_mode):
+    with connect_registry(p) as conn:
+        if p["move_wait_seconds"] is not None:
+            await_no_open_move(conn, p["tenant_id"], p["move_wait_seconds"])
+        return record(module, conn)
+
+
+def record(module: AnsibleModule, conn) -> dict:
+    p = module.params
+    with conn.transaction(force_rollback=module.check_mode):
         tenant = read_tenant(conn, p["tenant_id"], lock=True)
         if tenant is None:
             raise TenantError(
@@ -344,6 +403,7 @@ def main() -> None:
             subscription_id=dict(type="str"),
             credential_version=dict(type="int"),
             http_port_range=dict(type="list", elements="int"),
+            move_wait_seconds=dict(type="int"),
             detail=dict(type="dict", default={}),
             **REGISTRY_LOGIN_OPTIONS,
         ),
