@@ -192,13 +192,15 @@ class Mover:
 
 
 def kill_the_rest(marker: str) -> None:
-    """SIGKILL whatever of a killed run escaped its process group (Mitogen's multiplexer starts a session of its own
-    and outlives its parent): every process whose environment holds `marker`, which names the run's signal file."""
+    """SIGKILL what of a killed run's Ansible escaped its process group (Mitogen's multiplexer starts a session of its
+    own and outlives its parent): the Ansible processes whose environment holds `marker`, which names the run's
+    signal file. Not the daemons the run started (a new server's PostgreSQL has that environment too)."""
     needle = marker.encode() + b"\0"
-    for environ in Path("/proc").glob("[0-9]*/environ"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if needle in environ.read_bytes():
-                os.kill(int(environ.parent.name), signal.SIGKILL)
+            ansible = any(name in (proc / "cmdline").read_bytes() for name in (b"ansible-playbook", b"(mitogen:"))
+            if ansible and needle in (proc / "environ").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue  # gone meanwhile
 

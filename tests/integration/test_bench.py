@@ -37,12 +37,12 @@ def test_runner_benchmark_quick_run_prints_both_latencies(local_platform: LocalP
     assert "baseline: same POST, wrong token, 401, no write" in output
     assert "sign-up at Kill Bill -> tenant's credentials open its DB" in output
     assert "ansible-runner start-up" in output
-    assert "all 3 tenants active after the sign-ups" in output and "baseline: 3 x one provision job" in output
+    assert "all 2 tenants active after the sign-ups" in output and "baseline: 2 x one provision job" in output
     goals = output.splitlines()[-3:]  # the last lines, one per goal
     assert [g.split(":")[0] for g in goals] == [
         "goal acknowledgement-p99",
         "goal event-to-database-ready-p95",
-        "goal 3 sign-ups all active",
+        "goal 2 sign-ups all active",
     ], goals
     with local_platform.connect(
         int(port), "saasodoo_registry", local_platform.password("registry@saasodoo_registry"), "saasodoo_registry"
