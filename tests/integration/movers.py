@@ -17,6 +17,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from bench.odoo_tenant import TenantWriter, WriterReport, generate
+from webhook_runner.desired import database_name
 
 from .conftest import REPO, VENV_BIN, LocalPlatform, PlaybookRun, ansible_env, run_playbook, superuser
 
@@ -34,7 +35,7 @@ class Mover:
 
     @property
     def db(self) -> str:
-        return "t_" + self.tenant.replace("-", "_")
+        return database_name(self.tenant)
 
     def registry(self) -> psycopg.Connection:
         conn = self.platform.registry()

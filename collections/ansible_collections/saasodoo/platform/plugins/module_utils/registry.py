@@ -32,6 +32,16 @@ def release_move_lock(conn, tenant_id: str) -> None:
     conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (MOVE_LOCK + tenant_id,))
 
 
+def open_move(conn, tenant_id: str) -> dict | None:
+    """The tenant's unfinished move (registry.migrations allows one), or None."""
+    from psycopg.rows import dict_row
+
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT * FROM registry.migrations WHERE tenant_id = %s AND finished_at IS NULL", (tenant_id,)
+        ).fetchone()
+
+
 class RegistryUnreachable(Exception):
     """The registry cannot be reached (or not with these options); the message says where and what to do."""
 

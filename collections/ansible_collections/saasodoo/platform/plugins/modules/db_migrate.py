@@ -177,6 +177,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry import 
     REGISTRY_LOGIN_OPTIONS,
     RegistryUnreachable,
     connect_registry,
+    open_move,
     try_move_lock,
 )
 
@@ -194,13 +195,6 @@ try:
     PSYCOPG_IMPORT_ERROR = None
 except ImportError:
     PSYCOPG_IMPORT_ERROR = traceback.format_exc()
-
-
-def open_move(registry, tenant_id: str) -> dict | None:
-    with registry.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            "SELECT * FROM registry.migrations WHERE tenant_id = %s AND finished_at IS NULL", (tenant_id,)
-        ).fetchone()
 
 
 def read_tenant(registry, tenant_id: str) -> dict:

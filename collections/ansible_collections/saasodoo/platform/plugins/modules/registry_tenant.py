@@ -157,6 +157,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry import 
     REGISTRY_LOGIN_OPTIONS,
     RegistryUnreachable,
     connect_registry,
+    open_move,
     release_move_lock,
     try_move_lock,
 )
@@ -208,12 +209,6 @@ def newest_plan(conn, name: str) -> dict | None:
         ).fetchone()
 
 
-OPEN_MOVE_QUERY = (
-    "SELECT id, phase, plan_name, source_server, target_server, started_at::text AS started_at"
-    " FROM registry.migrations WHERE tenant_id = %s AND finished_at IS NULL"
-)
-
-
 def waiting_for(migration_id: int) -> str:
     return f"saasodoo: waits for move {migration_id}"
 
@@ -222,23 +217,22 @@ def await_no_open_move(conn, tenant_id: str, wait_seconds: int) -> None:
     """Return once the tenant has no open move: a running one is waited for, one no run holds is refused."""
     deadline = time.monotonic() + wait_seconds
     while True:
-        with conn.cursor(row_factory=dict_row) as cur:
-            move = cur.execute(OPEN_MOVE_QUERY, (tenant_id,)).fetchone()
+        move = open_move(conn, tenant_id)
+        if move is None:
+            return
+        if try_move_lock(conn, tenant_id):
+            try:  # no run moves it now; it may have just finished
+                move = open_move(conn, tenant_id)
+            finally:
+                release_move_lock(conn, tenant_id)
             if move is None:
                 return
-            if try_move_lock(conn, tenant_id):
-                try:  # no run moves it now; it may have just finished
-                    move = cur.execute(OPEN_MOVE_QUERY, (tenant_id,)).fetchone()
-                finally:
-                    release_move_lock(conn, tenant_id)
-                if move is None:
-                    return
-                raise TenantError(
-                    f"tenant {tenant_id} has a move that no run is finishing (migration {move['id']}, "
-                    f"{move['source_server']} -> {move['target_server']}, in {move['phase']} since "
-                    f"{move['started_at']}): run playbooks/tenant_change_plan.yml -e tenant_id={tenant_id} "
-                    f"-e plan={move['plan_name']}, which finishes it or rolls it back, then this again"
-                )
+            raise TenantError(
+                f"tenant {tenant_id} has a move that no run is finishing (migration {move['id']}, "
+                f"{move['source_server']} -> {move['target_server']}, in {move['phase']} since "
+                f"{move['started_at']}): run playbooks/tenant_change_plan.yml -e tenant_id={tenant_id} "
+                f"-e plan={move['plan_name']}, which finishes it or rolls it back, then this again"
+            )
         # What the session waits for shows in pg_stat_activity (for an operator; the tests wait on it).
         conn.execute("SELECT pg_catalog.set_config('application_name', %s, false)", (waiting_for(move["id"]),))
         if time.monotonic() >= deadline:
