@@ -49,6 +49,9 @@ class RunnerSettings:
     retention_days: float = 90  # finished jobs, processed events and old placements kept this long; 0: forever
     housekeeping_interval_seconds: float = 3600  # the periodic pass that prunes them; 0 turns it off
     poll_seconds: float = 5.0  # a worker wakes at least this often (NOTIFY wakes it sooner)
+    # A worker holds an account this long past its last renewal (it renews every third of it): how long an
+    # account waits after its worker died, and how long a stalled worker may go unheard before losing it.
+    lease_seconds: float = 30.0
     # At most this many jobs of an action run at once per PostgreSQL server (the tenant's when the job starts;
     # new tenants count together); an action not named has no limit. Sized for 2 cores.
     job_limits: dict = field(default_factory=lambda: {"provision": 4, "change_plan": 2})
@@ -109,6 +112,8 @@ def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
             f"{source}: job_limits maps actions ({', '.join(PLAYBOOKS)}) to a number of jobs of at least 1;"
             f" not {', '.join(bad)}"
         )
+    if optional.get("lease_seconds", 30) < 3:
+        raise ConfigError(f"{source}: lease_seconds must be at least 3 (renewed every third of it)")
     if optional.get("limit_wait_seconds", 1) <= 0:
         raise ConfigError(f"{source}: limit_wait_seconds must be above 0 (a held-back job would be retried at once)")
     if "backoff_seconds" in optional:

@@ -12,9 +12,9 @@ from psycopg.types.json import Jsonb
 from .desired import Tenant
 
 NOTIFY_CHANNEL = "saasodoo_runner"  # the webhook NOTIFYs it after each stored event; idle workers LISTEN
-# pg_try_advisory_lock(class, key) classes: one account's convergence, the periodic reconcile and housekeeping
-# passes; pg_advisory_xact_lock(class, key): one job limit's count-and-start.
-ACCOUNT_LOCK = 0x5A0D
+# pg_try_advisory_lock(class, key) classes: the periodic reconcile and housekeeping passes (a pass a restart
+# interrupts is simply run again); pg_advisory_xact_lock(class, key): one job limit's count-and-start. An
+# account's convergence is held by a lease row instead (registry.account_leases), which a restart does not free.
 RECONCILE_LOCK = 0x5A0E
 HOUSEKEEPING_LOCK = 0x5A0F
 LIMIT_LOCK = 0x5A10
@@ -46,7 +46,7 @@ def insert_event(conn: psycopg.Connection, body: str, event_type, object_type, o
 
 def pending_accounts(conn: psycopg.Connection, limit: int = 50) -> list[str]:
     """Accounts with unprocessed events, a retry that is due, or a running job (its worker may have died: the
-    account's lock tells, and the one who takes it requeues the job), oldest first ('' = events with no
+    account's lease tells, and the one who takes it requeues the job), oldest first ('' = events with no
     account)."""
     rows = conn.execute(
         """SELECT account, min(since) FROM (
@@ -72,6 +72,51 @@ def unlock(conn: psycopg.Connection, lock_class: int, key: str) -> None:
     conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (lock_class, key))
 
 
+# -- account leases (migration 0013) ---------------------------------------------------------------------
+
+FENCED = "SAF01"  # the SQLSTATE registry.lease_fence() raises for a write carrying a lease taken over since
+
+
+def is_fenced(error: BaseException) -> bool:
+    return isinstance(error, psycopg.Error) and error.sqlstate == FENCED
+
+
+def take_lease(conn: psycopg.Connection, account: str, worker: str, seconds: float) -> int | None:
+    """The account for `seconds`, with a new fencing token, unless another worker's lease has not expired."""
+    row = conn.execute(
+        """INSERT INTO registry.account_leases AS held (account_id, worker, token, expires_at)
+           VALUES (%(account)s, %(worker)s, nextval('registry.lease_token_seq'),
+                   now() + make_interval(secs => %(seconds)s))
+           ON CONFLICT (account_id) DO UPDATE
+                 SET worker = EXCLUDED.worker, token = EXCLUDED.token, taken_at = now(),
+                     expires_at = EXCLUDED.expires_at
+               WHERE held.expires_at < now()
+           RETURNING token""",
+        {"account": account, "worker": worker, "seconds": seconds},
+    ).fetchone()
+    return row["token"] if row else None
+
+
+def renew_lease(conn: psycopg.Connection, token: int, seconds: float) -> bool:
+    """Push the lease's expiry `seconds` ahead; False when another worker has taken the account over."""
+    return bool(
+        conn.execute(
+            """UPDATE registry.account_leases SET expires_at = now() + make_interval(secs => %s)
+                WHERE token = %s RETURNING 1""",
+            (seconds, token),
+        ).fetchone()
+    )
+
+
+def release_lease(conn: psycopg.Connection, token: int) -> None:
+    conn.execute("DELETE FROM registry.account_leases WHERE token = %s", (token,))
+
+
+def carry_lease(conn: psycopg.Connection, token: int | None) -> None:
+    """Make every later write of this session carry the lease's token (None: carry none)."""
+    conn.execute("SELECT set_config('saasodoo.lease', %s, false)", (str(token or ""),))
+
+
 def unprocessed_events(conn: psycopg.Connection, account: str) -> list[dict]:
     return conn.execute(
         """SELECT id, event_type, object_type, object_id, meta_data FROM registry.events
@@ -92,7 +137,7 @@ def mark_processed(conn: psycopg.Connection, event_ids: list[int], outcome: str)
 
 
 def requeue_orphans(conn: psycopg.Connection, account: str, max_attempts: int) -> list[dict]:
-    """Jobs left 'running' by a worker that died: the caller holds the account's lock, so nobody runs them. Each
+    """Jobs left 'running' by a worker that died: the caller holds the account's lease, so nobody runs them. Each
     such run was an attempt: a job that has had its `max_attempts` (one that kills its worker) is parked."""
     return conn.execute(
         f"""UPDATE registry.jobs
@@ -107,7 +152,7 @@ def requeue_orphans(conn: psycopg.Connection, account: str, max_attempts: int) -
 
 def park_due_jobs(conn: psycopg.Connection, account: str, error: str) -> list[int]:
     """The account's due queued jobs (and the one its failed pass left running), parked with the error: replayed
-    by hand once it is understood. The caller holds the account's lock."""
+    by hand once it is understood. The caller holds the account's lease."""
     rows = conn.execute(
         """UPDATE registry.jobs SET state = 'parked', error = %s, finished_at = now(), waiting_for = NULL
             WHERE coalesce(account_id, '') = %s AND (state = 'running' OR state = 'queued' AND run_after <= now())

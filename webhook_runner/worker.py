@@ -1,10 +1,12 @@
 """The worker: take the inbox per Kill Bill account, read the account back, run what its tenants need.
 
 Several workers may run, on several machines; they coordinate only through the registry. A worker takes
-an account with `pg_try_advisory_lock`, so one account's events are handled by one worker at a time, in
-arrival order, and one job runs at a time per tenant (the registry's unique index backs this up). The
-lock is tied to the worker's connection: a worker killed mid-job frees it, and the next worker to take
-the account finds the job still 'running', queues it again and reruns it (playbooks are idempotent).
+an account with a lease (registry.account_leases), so one account's events are handled by one worker at a
+time, in arrival order, and one job runs at a time per tenant (the registry's unique index backs this up).
+The worker renews the lease while it works; a registry restart or a dropped connection does not free it. A
+worker killed mid-job stops renewing: once the lease expires the next worker takes the account, finds the job
+still 'running', queues it again and reruns it (playbooks are idempotent). Each take has a new fencing token
+that the worker's writes and its playbook's carry, so a worker that lost the account writes nothing more.
 
 What happens is decided by Kill Bill's state read back (module desired), never by the event itself, so
 duplicate, late and reordered events lead to no second effect: once a job ran, the registry matches
@@ -14,6 +16,7 @@ Kill Bill and the same comparison asks for nothing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import ansible_runner
@@ -49,14 +53,20 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.actor = f"webhook_runner {self.name}"
         self.killbill = killbill or KillBill(settings.killbill)
-        self.conn = store.connect(settings.registry_conninfo, application_name="saasodoo-runner-worker")
+        self.conn = self._connect("worker")
         self._last_reconcile = self._last_housekeeping = time.monotonic()
+        self.lease: AccountLease | None = None  # the account this worker converges now
+
+    def _connect(self, purpose: str) -> psycopg.Connection:
+        """A registry session that pg_stat_activity shows as this worker's (purpose: worker, listen, lease)."""
+        name = f"saasodoo-runner-{purpose} {self.name}"[:63]  # PostgreSQL's limit for application_name
+        return store.connect(self.settings.registry_conninfo, application_name=name)
 
     # -- the loop ------------------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Work until `stop` is set: handle what is pending, then wait for a NOTIFY or the poll interval."""
-        listener = store.connect(self.settings.registry_conninfo, application_name="saasodoo-runner-listen")
+        listener = self._connect("listen")
         listener.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
         log.info("worker %s started", self.name)
         while not stop.is_set():
@@ -80,16 +90,26 @@ class Worker:
     def run_once(self) -> bool:
         """Converge the first pending account no other worker holds; False when there was none."""
         for account in store.pending_accounts(self.conn):
-            if not store.try_lock(self.conn, store.ACCOUNT_LOCK, account):
+            token = store.take_lease(self.conn, account, self.name, self.settings.lease_seconds)
+            if token is None:
                 continue  # another worker has it
+            self.lease = AccountLease(lambda: self._connect("lease"), account, token, self.settings.lease_seconds)
             try:
+                store.carry_lease(self.conn, token)
                 self.converge_account(account)
             except psycopg.OperationalError:
-                raise  # the registry is gone: serve() connects again
-            except Exception as error:  # a bug, or a reply of a shape nobody foresaw: not the others' problem
-                self._fail_account(account, error)
+                raise  # the registry is gone: serve() connects again (the lease expires if nobody renews it)
+            except Exception as error:
+                if store.is_fenced(error) or self.lease.lost.is_set():
+                    log.warning("account %s: lease %s taken over by another worker; left to it", account, token)
+                else:  # a bug, or a reply of a shape nobody foresaw: not the others' problem
+                    self._fail_account(account, error)
             finally:
-                store.unlock(self.conn, store.ACCOUNT_LOCK, account)
+                self.lease.stop()
+                self.lease = None
+                with contextlib.suppress(psycopg.OperationalError):
+                    store.carry_lease(self.conn, None)
+                    store.release_lease(self.conn, token)
             return True
         return False
 
@@ -250,7 +270,6 @@ class Worker:
                 binary=str(PLAYBOOK_COMMAND),
                 cmdline=shlex.quote(str(settings.project_dir / "playbooks" / job["playbook"])),
                 inventory=str(settings.inventory),
-                extravars={**settings.playbook_extravars, **job["extravars"]},
                 envvars={
                     "ANSIBLE_CONFIG": str(settings.project_dir / "ansible.cfg"),
                     # ansible-runner sets the callback path, so ansible.cfg's would be lost: the audit callback's
@@ -266,14 +285,17 @@ class Worker:
                 suppress_env_files=True,  # no copy of the environment or the extra vars in the artifacts
                 timeout=settings.job_timeout_seconds,
                 quiet=True,
-                # With no cancel_callback, ansible-runner installs its own SIGTERM handler for good: the
-                # worker's own (finish this job, then stop) would be lost after the first job.
-                cancel_callback=lambda: False,
+                # Stop the run once another worker has taken the account over (its writes are fenced anyway).
+                # With no cancel_callback, ansible-runner would also install its own SIGTERM handler for good:
+                # the worker's own (finish this job, then stop) would be lost after the first job.
+                cancel_callback=lambda: self.lease is not None and self.lease.lost.is_set(),
+                extravars={**settings.playbook_extravars, **job["extravars"], "saasodoo_lease": self.lease.token},
             )
             rc, error = result.rc, None if result.status == "successful" else _failure(result)
         except Exception as exc:  # ansible-runner could not start the run at all
             rc, error = None, f"ansible-runner: {exc}"
         seconds = time.monotonic() - started
+        self._reconnect_if_dropped()
         outcome = {"rc": rc, "error": error, "artifacts_dir": str(private_dir)}
         if error is None:
             finished = store.finish_job(self.conn, job["id"], state="succeeded", **outcome)
@@ -290,6 +312,17 @@ class Worker:
         )  # fmt: skip
         self._rotate_artifacts()
         return finished
+
+    def _reconnect_if_dropped(self) -> None:
+        """After a playbook run, which may take an hour: a registry restart meanwhile dropped the worker's
+        connection. Connect again, carrying the lease (its fencing decides whether this worker may still write)."""
+        try:
+            self.conn.execute("SELECT 1")
+        except psycopg.OperationalError as error:
+            log.warning("registry connection lost during the run (%s): connecting again", error)
+            self.conn.close()
+            self.conn = self._connect("worker")
+            store.carry_lease(self.conn, self.lease.token if self.lease else None)
 
     def _skip(self, account, tenant_id, event_id, reason) -> dict:
         log.info("skipped (%s): %s", account or "no account", reason)
@@ -396,6 +429,40 @@ class Worker:
     def periodic_housekeeping(self) -> None:
         if self.settings.retention_days > 0 and (pruned := self.housekeeping()):
             log.info("housekeeping: pruned %s", ", ".join(f"{n} {table}" for table, n in pruned.items()))
+
+
+class AccountLease:
+    """The renewal of a taken lease: a thread on a connection of its own renews it every third of lease_seconds
+    while the worker works, riding out registry outages (a lease outlives its sessions). When another worker has
+    taken the account over, `lost` is set and the worker's run is cancelled."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection], account: str, token: int, seconds: float):
+        self.account, self.token, self.seconds = account, token, seconds
+        self.lost, self._stopped = threading.Event(), threading.Event()
+        self._connect = connect
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{token}", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        conn = None
+        while not self._stopped.wait(self.seconds / 3):
+            try:
+                conn = conn or self._connect()
+                if not store.renew_lease(conn, self.token, self.seconds):
+                    log.warning("account %s: lease %s was taken over: cancelling the run", self.account, self.token)
+                    self.lost.set()
+                    break
+            except psycopg.OperationalError as error:
+                log.warning("account %s: cannot renew lease %s yet: %s", self.account, self.token, error)
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
 
 
 def _failure(result) -> str:

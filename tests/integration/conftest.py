@@ -12,6 +12,7 @@ import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -156,6 +157,21 @@ def remove_tenants(tenants: list[str], runtime: str | None = "none", parallel: i
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         return all(list(pool.map(remove, tenants)))
+
+
+def ansible_processes(marker: str) -> list[int]:
+    """The pids of the Ansible processes (ansible-playbook, Mitogen's) whose environment holds `marker` (NAME=value):
+    one run's, including what escaped its process group (Mitogen's multiplexer starts a session of its own). Not
+    the daemons a run started, which inherit its environment too."""
+    needle, found = marker.encode() + b"\0", []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ansible = any(name in (proc / "cmdline").read_bytes() for name in (b"ansible-playbook", b"(mitogen:"))
+            if ansible and needle in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # gone meanwhile
+    return found
 
 
 def run_ansible_tool(tool: str, *args: str) -> str:

@@ -5,6 +5,7 @@ committed row there, verification clean, nothing of the move left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +20,16 @@ from psycopg.rows import dict_row
 from bench.odoo_tenant import TenantWriter, WriterReport, generate
 from webhook_runner.desired import database_name
 
-from .conftest import REPO, VENV_BIN, LocalPlatform, PlaybookRun, ansible_env, run_playbook, superuser
+from .conftest import (
+    REPO,
+    VENV_BIN,
+    LocalPlatform,
+    PlaybookRun,
+    ansible_env,
+    ansible_processes,
+    run_playbook,
+    superuser,
+)
 
 RUNTIME_NONE = ("-e", "saasodoo_runtime_backend=none")
 FAILPOINT_ENV = "SAASODOO_DB_MIGRATE_FAILPOINT"
@@ -193,17 +203,11 @@ class Mover:
 
 
 def kill_the_rest(marker: str) -> None:
-    """SIGKILL what of a killed run's Ansible escaped its process group (Mitogen's multiplexer starts a session of its
-    own and outlives its parent): the Ansible processes whose environment holds `marker`, which names the run's
-    signal file. Not the daemons the run started (a new server's PostgreSQL has that environment too)."""
-    needle = marker.encode() + b"\0"
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            ansible = any(name in (proc / "cmdline").read_bytes() for name in (b"ansible-playbook", b"(mitogen:"))
-            if ansible and needle in (proc / "environ").read_bytes():
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue  # gone meanwhile
+    """SIGKILL what of a killed run's Ansible escaped its process group (Mitogen's multiplexer). `marker` names the
+    run's signal file."""
+    for pid in ansible_processes(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def provision_mover(platform: LocalPlatform, tenant: str) -> Mover:

@@ -144,6 +144,7 @@ def runner_settings(platform: LocalPlatform, killbill_url: str, state_dir: Path,
         "backoff_seconds": [0.5, 1],
         "reconcile_interval_seconds": 0,
         "poll_seconds": 0.5,
+        "lease_seconds": 3,  # a killed worker's accounts wait this long for the next
         **overrides,
     }  # fmt: skip
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
+import psycopg.rows
 import pytest
 import yaml
+from psycopg import sql
+
+from webhook_runner import store
 
 from .conftest import LocalPlatform, run_playbook
 from conftest import INVENTORIES, ROLES
@@ -85,6 +89,42 @@ def test_the_audit_trail_refuses_rewrites(local_platform: LocalPlatform):
         conn.execute("INSERT INTO registry.audit (actor, kind, subject, detail) VALUES ('test', 'probe', 'x', '{}')")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"), conn.transaction():
             conn.execute("UPDATE registry.audit SET subject = 'y'")
+
+
+def test_a_lease_taken_over_fences_its_old_holders_writes(local_platform: LocalPlatform):
+    """The runner's account leases (migration 0013): a takeover only after expiry, a new token each time, the old
+    token's writes refused on every fenced table, and a takeover waiting for a write under the old token to end."""
+    account, write = "fence-probe", "UPDATE registry.tenants SET status = status WHERE false"
+    with registry(local_platform) as old, registry(local_platform) as new, registry(local_platform) as other:
+        for conn in (old, new, other):
+            conn.row_factory = psycopg.rows.dict_row
+        try:
+            first = store.take_lease(old, account, "worker-1", 60)
+            assert first is not None and store.take_lease(new, account, "worker-2", 60) is None  # not expired
+            store.carry_lease(old, first)
+            old.execute(write)
+            # A write under the current token holds the lease: a takeover waits for it, here past lock_timeout.
+            old.execute("UPDATE registry.account_leases SET expires_at = now() - interval '1 s' WHERE token = %s",
+                        (first,))  # fmt: skip
+            with old.transaction():
+                old.execute(write)
+                other.execute("SET lock_timeout = '300ms'")
+                with pytest.raises(psycopg.errors.LockNotAvailable):
+                    store.take_lease(other, account, "worker-3", 60)
+            second = store.take_lease(new, account, "worker-2", 60)
+            assert second is not None and second > first
+            for table in ("tenants", "migrations", "placements", "jobs", "events", "db_servers"):
+                with pytest.raises(psycopg.DatabaseError, match=f"lease {first} is no longer held.*{table}") as refused:
+                    old.execute(sql.SQL("DELETE FROM registry.{} WHERE false").format(sql.Identifier(table)))
+                assert store.is_fenced(refused.value)
+            with pytest.raises(psycopg.DatabaseError, match="no longer held"):
+                old.execute("INSERT INTO registry.audit (actor, kind, subject, detail) VALUES ('t', 'p', 'x', '{}')")
+            store.carry_lease(new, second)
+            new.execute(write)  # the holder writes
+            other.execute(write)  # so does a session that carries no lease (an operator's playbook)
+            assert not store.renew_lease(old, first, 60) and store.renew_lease(new, second, 60)
+        finally:
+            other.execute("DELETE FROM registry.account_leases WHERE account_id = %s", (account,))
 
 
 def test_a_plan_without_db_type_is_refused_by_name(local_platform: LocalPlatform, tmp_path: Path):

@@ -4,10 +4,12 @@ database and storage), Kill Bill's state read back over its REST API."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
 import random
+import signal
 import subprocess
 import threading
 import time
@@ -22,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.killbill_api import KillBillAPI
 from tests.standins.killbill.killbill_standin import KillBillStandin, encode_notification, post_notification
 
-from .conftest import LOCAL_STATE, REPO, VENV_BIN, LocalPlatform
+from .conftest import LOCAL_STATE, REPO, VENV_BIN, LocalPlatform, ansible_processes, run_playbook
 from .runner_stack import (
     ADMIN_TOKEN,
     INBOUND_TOKEN,
@@ -339,6 +341,150 @@ def test_a_job_that_keeps_killing_its_worker_is_parked(runner: RunnerStack, kill
     runner.start()
     runner.settle()
     assert tenant_rows(runner, "crash-")["crash-01"]["status"] == "active"
+
+
+def running_job(runner: RunnerStack, tenant_id: str) -> dict:
+    with runner.registry() as conn:
+        return conn.execute(
+            "SELECT id, account_id, worker, attempts FROM registry.jobs WHERE tenant_id = %s AND state = 'running'",
+            (tenant_id,),
+        ).fetchone()
+
+
+@contextlib.contextmanager
+def playbook_held(job_id: int):
+    """The job's playbook run stopped (SIGSTOP) until the block ends: a run that is slow, deterministically."""
+    held = []
+    deadline = time.monotonic() + 60
+    while not held:  # the worker has marked the job running; ansible-runner is starting the playbook
+        assert time.monotonic() < deadline, f"job {job_id}: no playbook process appeared"
+        held = ansible_processes(f"SAASODOO_AUDIT_JOB={job_id}")
+    for pid in held:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield held
+    finally:
+        for pid in held + ansible_processes(f"SAASODOO_AUDIT_JOB={job_id}"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def running(pid: int) -> bool:
+    """Whether the process exists and has not exited (an exited child its parent has not reaped yet is a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def job_audit_rows(runner: RunnerStack, job_id: int) -> list[str]:
+    with runner.registry() as conn:
+        rows = conn.execute(
+            "SELECT kind FROM registry.audit WHERE subject = %s ORDER BY id", (f"job:{job_id}",)
+        ).fetchall()
+    return [row["kind"] for row in rows]
+
+
+def test_a_registry_restart_mid_job_neither_frees_the_account_nor_runs_the_job_twice(
+    runner: RunnerStack, killbill: KillBillStandin
+):
+    """Every registry session of the runner dropped while a job's playbook runs (what a registry restart does):
+    the account's lease outlives them. The other worker, connected again, is refused the account while the run
+    goes on (a session advisory lock would have been freed: it would have requeued and rerun the job), and the
+    job's own worker connects again and records its one run."""
+    api = kb_api(killbill)
+    api.register_callback(runner.callback)
+    api.sign_up("Lease One", "lease-01", "basic-monthly")
+    wait_for_attempt(runner, "lease-01", 1)
+    job = running_job(runner, "lease-01")
+    other = next(name for name in ("test-worker-1", "test-worker-2") if name != job["worker"])
+    with playbook_held(job["id"]), runner.registry() as conn:
+        dropped = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
+            " WHERE application_name LIKE 'saasodoo-runner-%% test-worker-_'"
+        ).fetchone()["n"]
+        assert dropped >= 4  # each worker's own and listening sessions, and the holder's renewal session
+        # The other worker back (after serve()'s 5 s pause) and refused the account twice: each refused take
+        # draws a token from the sequence.
+        deadline = time.monotonic() + 60
+        back = None
+        while True:
+            if (
+                back is None
+                and conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = %s",
+                    (f"saasodoo-runner-worker {other}",),
+                ).fetchone()
+            ):
+                back = conn.execute("SELECT last_value FROM registry.lease_token_seq").fetchone()["last_value"]
+            refused = back is not None and (
+                conn.execute("SELECT last_value FROM registry.lease_token_seq").fetchone()["last_value"] >= back + 2
+            )
+            rerun = running_job(runner, "lease-01") is None or running_job(runner, "lease-01")["attempts"] > 1
+            if refused or rerun:
+                break
+            assert time.monotonic() < deadline, "the other worker never came back to the account"
+            time.sleep(0.1)  # the workers are other processes: poll the registry
+        assert not rerun, "a second worker took the account while its job's playbook still ran"
+        lease = conn.execute(
+            "SELECT worker FROM registry.account_leases WHERE account_id = %s", (job["account_id"],)
+        ).fetchone()
+        assert lease == {"worker": job["worker"]}  # renewed over a new session
+    runner.settle()
+    with runner.registry() as conn:
+        finished = conn.execute("SELECT state, attempts FROM registry.jobs WHERE id = %s", (job["id"],)).fetchone()
+    assert finished == {"state": "succeeded", "attempts": 1}
+    assert job_audit_rows(runner, job["id"]) == ["job", "result"]
+    assert tenant_rows(runner, "lease-01")["lease-01"]["status"] == "active"
+
+
+def test_a_worker_whose_account_was_taken_over_writes_nothing_more(runner: RunnerStack, killbill: KillBillStandin):
+    """A worker stalled past its lease (its playbook held here, the lease handed to another worker in the registry
+    as a takeover after expiry does) is fenced: its renewal fails, its run is cancelled, it records nothing about
+    the job or the tenant; once the account is free the next worker reruns the job, which succeeds. A playbook
+    carrying a lease no longer held is refused its first registry write."""
+    api = kb_api(killbill)
+    api.register_callback(runner.callback)
+    api.sign_up("Lease Two", "lease-02", "basic-monthly")
+    wait_for_attempt(runner, "lease-02", 1)
+    job = running_job(runner, "lease-02")
+    with playbook_held(job["id"]) as held, runner.registry() as conn:
+        taken = conn.execute(
+            """UPDATE registry.account_leases SET token = nextval('registry.lease_token_seq'), worker = 'intruder',
+                      taken_at = now(), expires_at = now() + interval '1 hour'
+                WHERE account_id = %s RETURNING token""",
+            (job["account_id"],),
+        ).fetchone()
+        assert taken is not None
+        mark = conn.execute("SELECT max(id) AS id FROM registry.audit").fetchone()["id"]
+    deadline = time.monotonic() + 60
+    while any(map(running, held)):  # cancelled, or failed at its first fenced write
+        assert time.monotonic() < deadline, "the fenced run went on"
+        time.sleep(0.1)
+    with runner.registry() as conn:
+        assert conn.execute("SELECT state, attempts FROM registry.jobs WHERE id = %s", (job["id"],)).fetchone() == {
+            "state": "running", "attempts": 1,
+        }  # fmt: skip
+        written = conn.execute(
+            "SELECT kind, subject FROM registry.audit WHERE id > %s AND (tenant_id = %s OR subject = %s)",
+            (mark, "lease-02", f"job:{job['id']}"),
+        ).fetchall()
+        assert written == []
+        conn.execute("DELETE FROM registry.account_leases WHERE token = %s", (taken["token"],))  # the intruder done
+    runner.settle()
+    with runner.registry() as conn:
+        finished = conn.execute("SELECT state, attempts FROM registry.jobs WHERE id = %s", (job["id"],)).fetchone()
+    assert finished == {"state": "succeeded", "attempts": 2}
+    assert tenant_rows(runner, "lease-02")["lease-02"]["status"] == "active"
+
+    # The same fence, through a playbook: the token in saasodoo_lease reaches every registry module.
+    refused = run_playbook(
+        "tenant_record.yml", "-e", "tenant_id=lease-02", "-e", "tenant_action=probe", "-e", "tenant_status=suspended",
+        "-e", f"saasodoo_lease={taken['token']}",
+    )  # fmt: skip
+    assert refused.returncode != 0 and "is no longer held" in refused.output, refused.output[-3000:]
+    assert tenant_rows(runner, "lease-02")["lease-02"]["status"] == "active"
 
 
 class MaintenancePage(http.server.BaseHTTPRequestHandler):

@@ -182,6 +182,12 @@ def test_job_limits_default_to_two_cores_and_refuse_unknown_actions_and_non_posi
         settings_from_dict({**SETTINGS, "limit_wait_seconds": 0})
 
 
+def test_a_lease_too_short_to_renew_is_refused():
+    assert settings_from_dict(SETTINGS).lease_seconds == 30
+    with pytest.raises(ConfigError, match="lease_seconds must be at least 3"):
+        settings_from_dict({**SETTINGS, "lease_seconds": 1})
+
+
 def test_a_settings_file_others_can_read_is_refused(tmp_path):
     path = tmp_path / "runner.json"
     path.write_text(json.dumps(SETTINGS))

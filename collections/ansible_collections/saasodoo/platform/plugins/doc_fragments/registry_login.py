@@ -32,6 +32,13 @@ options:
       - Playbooks pass C(saasodoo_audit_run), which the C(saasodoo_audit) callback sets for every play.
     type: str
     default: ""
+  lease:
+    description:
+      - The fencing token of the webhook runner's lease on the Kill Bill account this run works for (the runner
+        passes it as the extra variable C(saasodoo_lease)). Once another worker has taken the account over, the
+        registry refuses every write this module makes. Empty for a run an operator started.
+    type: str
+    default: ""
 requirements:
   - psycopg >= 3.1
 """

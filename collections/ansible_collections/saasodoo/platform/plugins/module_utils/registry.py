@@ -12,6 +12,7 @@ REGISTRY_LOGIN_OPTIONS = dict(
     login_user=dict(type="str", default="saasodoo_registry"),
     login_password=dict(type="str", required=True, no_log=True),
     audit_run=dict(type="str", default=""),
+    lease=dict(type="str", default=""),
 )
 
 
@@ -51,12 +52,19 @@ def connect_registry(params: dict):
 
     With an audit_run (the playbook run's id, set by the saasodoo_audit callback), every audit row this session
     writes names that run: the registry's audit trigger reads it from the session setting saasodoo.audit_run.
+    With a lease (the fencing token of the runner's lease on the account the run works for), every write is
+    refused once another worker has taken that account over: the registry's lease_fence trigger reads it from
+    the session setting saasodoo.lease.
     """
     import psycopg
 
     run = params.get("audit_run") or ""
     if run and not AUDIT_RUN_ID.fullmatch(run):
         raise RegistryUnreachable(f"audit_run must be a run id (at most 64 letters, digits and _.:-), not {run!r}")
+    lease = str(params.get("lease") or "")
+    if lease and not lease.isdigit():
+        raise RegistryUnreachable(f"lease must be a runner lease's fencing token (digits), not {lease!r}")
+    options = [f"-c saasodoo.audit_run={run}"] * bool(run) + [f"-c saasodoo.lease={lease}"] * bool(lease)
 
     try:
         return psycopg.connect(
@@ -68,7 +76,7 @@ def connect_registry(params: dict):
             connect_timeout=params.get("connect_timeout", 10),
             prepare_threshold=None,
             autocommit=True,
-            options=f"-c saasodoo.audit_run={run}" if run else None,
+            options=" ".join(options) or None,
         )
     except psycopg.OperationalError as e:
         raise RegistryUnreachable(
