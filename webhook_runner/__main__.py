@@ -3,6 +3,8 @@
 worker [--drain]       take the inbox until SIGTERM (or, with --drain, until nothing is pending)
 reconcile [--check]    compare Kill Bill with the registry; queue repairs (--check: report only)
 housekeeping           prune finished work older than retention_days (also a periodic worker pass)
+recover                queue a job for each move no run finishes; run moves_cleanup.yml when an old copy is due
+                       (also a periodic worker pass)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     reconcile = commands.add_parser("reconcile", help="compare Kill Bill with the registry and repair drift")
     reconcile.add_argument("--check", action="store_true", help="report drift only, queue nothing")
     commands.add_parser("housekeeping", help="prune finished jobs, events and placements past retention_days")
+    commands.add_parser("recover", help="queue the recovery of moves no run finishes; drop old copies that are due")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -60,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"pruned (older than {settings.retention_days:g} days): "
               + ", ".join(f"{n} {table}" for table, n in pruned.items()))  # fmt: skip
+        return 0
+    if args.command == "recover":
+        lines = runner.recover()
+        for line in lines:
+            print(line)
+        if not lines:
+            print(f"recover: no move stuck for over {settings.move_stuck_seconds:g} s, no old copy due"
+                  " (or a worker's pass is at it now)")  # fmt: skip
         return 0
     runner.drain()
     return 0

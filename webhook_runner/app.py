@@ -153,6 +153,8 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
                 existing = store.get_job(conn, job_id)
                 if existing is None:
                     abort(404, f"no job {job_id}")
+                if existing["account_id"] is None and existing["state"] == "failed":
+                    abort(409, f"job {job_id} is a periodic pass's ({existing['action']}): the next pass runs it again")
                 abort(409, f"job {job_id} is {existing['state']}: only a parked or failed job can be replayed")
             store.audit(
                 conn, actor="webhook_runner admin", tenant_id=row["tenant_id"], kind="replay",

@@ -48,6 +48,8 @@ class RunnerSettings:
     reconcile_interval_seconds: float = 300  # the periodic reconcile pass; 0 turns it off
     retention_days: float = 90  # finished jobs, processed events and old placements kept this long; 0: forever
     housekeeping_interval_seconds: float = 3600  # the periodic pass that prunes them; 0 turns it off
+    recovery_interval_seconds: float = 60  # the periodic pass recovering stuck moves (and moves_cleanup); 0: off
+    move_stuck_seconds: float = 900  # an open move no run holds, in one phase this long, is recovered
     poll_seconds: float = 5.0  # a worker wakes at least this often (NOTIFY wakes it sooner)
     # A worker holds an account this long past its last renewal (it renews every third of it): how long an
     # account waits after its worker died, and how long a stalled worker may go unheard before losing it.
@@ -111,6 +113,10 @@ def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
         raise ConfigError(
             f"{source}: job_limits maps actions ({', '.join(PLAYBOOKS)}) to a number of jobs of at least 1;"
             f" not {', '.join(bad)}"
+        )
+    if optional.get("move_stuck_seconds", 900) < 60:
+        raise ConfigError(
+            f"{source}: move_stuck_seconds must be at least 60 (a live plan change may rest between its steps)"
         )
     if optional.get("lease_seconds", 30) < 3:
         raise ConfigError(f"{source}: lease_seconds must be at least 3 (renewed every third of it)")

@@ -12,12 +12,15 @@ from psycopg.types.json import Jsonb
 from .desired import Tenant
 
 NOTIFY_CHANNEL = "saasodoo_runner"  # the webhook NOTIFYs it after each stored event; idle workers LISTEN
-# pg_try_advisory_lock(class, key) classes: the periodic reconcile and housekeeping passes (a pass a restart
+# pg_try_advisory_lock(class, key) classes: the periodic reconcile, housekeeping and recovery passes (a pass a restart
 # interrupts is simply run again); pg_advisory_xact_lock(class, key): one job limit's count-and-start. An
 # account's convergence is held by a lease row instead (registry.account_leases), which a restart does not free.
 RECONCILE_LOCK = 0x5A0E
 HOUSEKEEPING_LOCK = 0x5A0F
 LIMIT_LOCK = 0x5A10
+RECOVERY_LOCK = 0x5A11
+
+RECOVER_MOVE = "recover_move"  # a job finishing or rolling back a move no run finishes (the recovery pass queues it)
 
 JOB_COLUMNS = (
     "id, tenant_id, account_id, event_id, action, playbook, extravars, state, attempts, run_after, created_at,"
@@ -162,6 +165,42 @@ def park_due_jobs(conn: psycopg.Connection, account: str, error: str) -> list[in
     return [row["id"] for row in rows]
 
 
+def stuck_moves(conn: psycopg.Connection, seconds: float) -> list[dict]:
+    """Open moves no run holds (db_migrate holds the tenant's move lock while it runs) whose current phase began
+    over `seconds` ago, with their tenant's Kill Bill account and whether a recovery job is open for it already."""
+    return conn.execute(
+        """SELECT m.id, m.tenant_id, m.phase, m.plan_name, m.source_server, m.target_server, m.since,
+                  t.customer_id AS account_id,
+                  EXISTS (SELECT 1 FROM registry.jobs AS j WHERE j.tenant_id = m.tenant_id AND j.action = %(action)s
+                             AND j.state IN ('queued', 'running', 'parked')) AS queued
+             FROM (SELECT *, greatest(started_at, (phase_history -> -1 ->> 'at')::timestamptz) AS since
+                     FROM registry.migrations WHERE finished_at IS NULL) AS m
+             JOIN registry.tenants AS t USING (tenant_id)
+            WHERE m.since < now() - make_interval(secs => %(seconds)s) AND NOT registry.move_is_held(m.tenant_id)
+            ORDER BY m.id""",
+        {"seconds": seconds, "action": RECOVER_MOVE},
+    ).fetchall()
+
+
+def old_copies_due(conn: psycopg.Connection) -> bool:
+    """Whether a moved tenant's old copy has outlived its retention (what playbooks/moves_cleanup.yml drops; the
+    registry_move module lists them)."""
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM registry.migrations WHERE retained_db IS NOT NULL AND retained_dropped_at IS NULL"
+            " AND retain_until < now() LIMIT 1"
+        ).fetchone()
+    )
+
+
+def due_jobs(conn: psycopg.Connection, account: str, action: str) -> list[dict]:
+    return conn.execute(
+        f"""SELECT {JOB_COLUMNS} FROM registry.jobs
+             WHERE account_id = %s AND action = %s AND state = 'queued' AND run_after <= now() ORDER BY id""",
+        (account, action),
+    ).fetchall()
+
+
 def open_jobs(conn: psycopg.Connection, account: str) -> list[dict]:
     """The account's queued (retry pending) and parked jobs."""
     return conn.execute(
@@ -285,11 +324,12 @@ def close_job(conn, job_id: int, state: str, reason: str) -> None:
 
 
 def replay_job(conn, job_id: int) -> dict | None:
-    """A parked (or failed) job back in the queue, its attempts reset; None when it is not parked."""
+    """A parked (or failed) job of an account back in the queue, its attempts reset; None when it is not one (a
+    periodic pass's job, which has no account, runs again at the next pass)."""
     return conn.execute(
         f"""UPDATE registry.jobs SET state = 'queued', attempts = 0, run_after = now(), finished_at = NULL,
                    waiting_for = NULL
-             WHERE id = %s AND state IN ('parked', 'failed') RETURNING {JOB_COLUMNS}""",
+             WHERE id = %s AND state IN ('parked', 'failed') AND account_id IS NOT NULL RETURNING {JOB_COLUMNS}""",
         (job_id,),
     ).fetchone()
 

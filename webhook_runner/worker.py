@@ -35,7 +35,16 @@ import psycopg
 
 from . import store
 from .config import RunnerSettings
-from .desired import Action, Skip, customer_profile, database_name, desired_actions, is_blocked, tenant_id_of
+from .desired import (
+    PLAYBOOKS,
+    Action,
+    Skip,
+    customer_profile,
+    database_name,
+    desired_actions,
+    is_blocked,
+    tenant_id_of,
+)
 from .killbill import KillBill, KillBillError, KillBillNotFound
 from .metrics import DURATION_BUCKETS
 from .notification import IGNORED_EVENT_TYPES, KNOWN_EVENT_TYPES
@@ -45,6 +54,7 @@ PLAYBOOK_COMMAND = Path(__file__).with_name("ansible-playbook")  # dies with the
 
 # Jobs that only ask for an account to be read again (Kill Bill was unreachable, or reconcile found drift).
 CONVERGE, RECONCILE = "converge", "reconcile"
+CLEANUP = "moves_cleanup"  # the recovery pass's run of playbooks/moves_cleanup.yml (no account: never retried)
 
 
 class Worker:
@@ -54,7 +64,7 @@ class Worker:
         self.actor = f"webhook_runner {self.name}"
         self.killbill = killbill or KillBill(settings.killbill)
         self.conn = self._connect("worker")
-        self._last_reconcile = self._last_housekeeping = time.monotonic()
+        self._last_reconcile = self._last_housekeeping = self._last_recovery = time.monotonic()
         self.lease: AccountLease | None = None  # the account this worker converges now
 
     def _connect(self, purpose: str) -> psycopg.Connection:
@@ -76,6 +86,11 @@ class Worker:
             if interval and time.monotonic() - self._last_reconcile >= interval:
                 self._last_reconcile = time.monotonic()
                 self.periodic_reconcile()
+                continue
+            interval = self.settings.recovery_interval_seconds
+            if interval and time.monotonic() - self._last_recovery >= interval:
+                self._last_recovery = time.monotonic()
+                self.periodic_recovery()
                 continue
             interval = self.settings.housekeeping_interval_seconds
             if interval and time.monotonic() - self._last_housekeeping >= interval:
@@ -153,6 +168,11 @@ class Worker:
                 triggers.append(event)
         if not account or not (triggers or store.has_due_job(conn, account)):
             return
+        # A move no run finishes comes first: whatever Kill Bill asks for next assumes the tenant on one server.
+        for recovery in store.due_jobs(conn, account, store.RECOVER_MOVE):
+            self._execute(store.start_job(conn, recovery["id"], self.name, recovery["extravars"], recovery["reason"]))
+        if not (triggers or store.has_due_job(conn, account)):
+            return  # the recovery was all: Kill Bill need not be read
         limits = self.settings.job_limits
         if not triggers and store.still_held_back(conn, account, limits, self.settings.limit_wait_seconds):
             return
@@ -228,8 +248,8 @@ class Worker:
             outcomes.append(f"{decision.action} {tenant_id}: job {job['id']} {job['state']}")
             if job["state"] != "succeeded":
                 return outcomes
-        for job in tenant_jobs:
-            if job["state"] == "queued" and job["action"] not in wanted:
+        for job in tenant_jobs:  # a move's recovery is wanted whatever Kill Bill says
+            if job["state"] == "queued" and job["action"] not in wanted | {store.RECOVER_MOVE}:
                 store.close_job(conn, job["id"], "succeeded", "nothing left to do: the registry matches Kill Bill")
         return outcomes
 
@@ -249,8 +269,9 @@ class Worker:
 
     # -- jobs ------------------------------------------------------------------------------------------------
 
-    def _execute(self, job: dict) -> dict:
-        """Run the job's playbook with ansible-runner; record success, a retry with backoff, or parking."""
+    def _execute(self, job: dict, retry: bool = True) -> dict:
+        """Run the job's playbook with ansible-runner; record success, a retry with backoff, or parking (without
+        `retry`: failure, for a periodic pass's job, which the next pass runs again)."""
         settings = self.settings
         private_dir = settings.artifacts_dir / f"job-{job['id']:08d}"
         run_id = f"job-{job['id']}-{job['attempts']}"  # the playbook run's id in the audit chain
@@ -289,7 +310,7 @@ class Worker:
                 # With no cancel_callback, ansible-runner would also install its own SIGTERM handler for good:
                 # the worker's own (finish this job, then stop) would be lost after the first job.
                 cancel_callback=lambda: self.lease is not None and self.lease.lost.is_set(),
-                extravars={**settings.playbook_extravars, **job["extravars"], "saasodoo_lease": self.lease.token},
+                extravars={**settings.playbook_extravars, **job["extravars"], **self._lease_vars()},
             )
             rc, error = result.rc, None if result.status == "successful" else _failure(result)
         except Exception as exc:  # ansible-runner could not start the run at all
@@ -299,6 +320,8 @@ class Worker:
         outcome = {"rc": rc, "error": error, "artifacts_dir": str(private_dir)}
         if error is None:
             finished = store.finish_job(self.conn, job["id"], state="succeeded", **outcome)
+        elif not retry:
+            finished = store.finish_job(self.conn, job["id"], state="failed", **outcome)
         elif job["attempts"] >= settings.max_attempts:
             finished = store.finish_job(self.conn, job["id"], state="parked", **outcome)
         else:
@@ -312,6 +335,10 @@ class Worker:
         )  # fmt: skip
         self._rotate_artifacts()
         return finished
+
+    def _lease_vars(self) -> dict:
+        """What passes the lease's fencing token to the playbook's registry modules (saasodoo_registry_login)."""
+        return {"saasodoo_lease": self.lease.token} if self.lease else {}
 
     def _reconnect_if_dropped(self) -> None:
         """After a playbook run, which may take an hour: a registry restart meanwhile dropped the worker's
@@ -425,6 +452,51 @@ class Worker:
             return store.prune(self.conn, self.settings.retention_days, DURATION_BUCKETS)
         finally:
             store.unlock(self.conn, store.HOUSEKEEPING_LOCK, "housekeeping")
+
+    def recover(self) -> list[str]:
+        """The recovery pass (one worker at a time): a job for each move no run has finished for move_stuck_seconds
+        (tenant_change_plan.yml with the move's plan, which finishes it or rolls it back, in its tenant's account,
+        so it runs under the account's lease before the account's next action), and moves_cleanup.yml when a
+        moved tenant's old copy is due. What it found and did, one line each."""
+        if not store.try_lock(self.conn, store.RECOVERY_LOCK, "recovery"):
+            return []
+        conn, lines = self.conn, []
+        try:
+            for move in store.stuck_moves(conn, self.settings.move_stuck_seconds):
+                tenant_id, plan = move["tenant_id"], move["plan_name"]
+                found = (
+                    f"{tenant_id}: move {move['id']} ({move['source_server']} -> {move['target_server']}) in"
+                    f" {move['phase']} since {move['since']:%Y-%m-%d %H:%M:%S %Z}, no run finishing it"
+                )
+                if move["queued"]:
+                    lines.append(f"{found}: its recovery job is open already (GET /jobs?tenant={tenant_id})")
+                elif not move["account_id"]:
+                    by_hand = f"playbooks/tenant_change_plan.yml -e tenant_id={tenant_id} -e plan={plan}"
+                    lines.append(f"{found}: the tenant names no Kill Bill account, so no job: run {by_hand}")
+                else:
+                    job = store.insert_job(
+                        conn, account=move["account_id"], tenant_id=tenant_id, event_id=None,
+                        action=store.RECOVER_MOVE, playbook=PLAYBOOKS["change_plan"],
+                        extravars={"tenant_id": tenant_id, "plan": plan}, state="queued",
+                        reason=f"recovery: {found}; the playbook finishes it or rolls it back",
+                    )  # fmt: skip
+                    lines.append(f"{found}: job {job['id']} queued")
+                    conn.execute(f"NOTIFY {store.NOTIFY_CHANNEL}")
+            if store.old_copies_due(conn):
+                job = store.insert_job(
+                    conn, account=None, tenant_id=None, event_id=None, action=CLEANUP, playbook="moves_cleanup.yml",
+                    extravars={}, state="running", reason="recovery: moved tenants' old copies past retention",
+                    worker=self.name,
+                )  # fmt: skip
+                job = self._execute(job, retry=False)
+                lines.append(f"moves_cleanup.yml: job {job['id']} {job['state']}")
+            return lines
+        finally:
+            store.unlock(conn, store.RECOVERY_LOCK, "recovery")
+
+    def periodic_recovery(self) -> None:
+        for line in self.recover():
+            log.info("recovery: %s", line)
 
     def periodic_housekeeping(self) -> None:
         if self.settings.retention_days > 0 and (pruned := self.housekeeping()):

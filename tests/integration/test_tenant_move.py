@@ -63,6 +63,8 @@ def test_a_suspend_and_a_resume_during_a_move_act_where_the_move_leaves_the_tena
         move = mover.start_change_plan(PLANS[mover.record()["db_type"]][0], f"pause-turned:{held}")
         try:
             wait_for_file(move, held, "turned")
+            with mover.registry() as conn:  # held by its run: the runner's recovery pass leaves it alone
+                assert conn.execute("SELECT registry.move_is_held(%s)", (mover.tenant,)).fetchone()[0]
             operation = mover.start_playbook(action)
             wait_until_waiting(operation, mover.last_move()["id"], mover)
         finally:

@@ -2,22 +2,25 @@
 database), on a tenant of its own with a client writing throughout (tests/integration/movers.py).
 
 The move is SIGKILLed at each point of FAULT_CASES and the playbook run again (once per case in `make test`; `make
-soak` three times): the next run finishes it or rolls it back and makes it again, and the tenant ends on exactly
-one server with every committed row. A copy found to differ after the switch is switched back, every write the
-tenant made on the target kept.
+soak` three times), or, after one of them, the webhook runner's recovery pass runs it: the next run finishes it or
+rolls it back and makes it again, and the tenant ends on exactly one server with every committed row. A copy found
+to differ after the switch is switched back, every write the tenant made on the target kept.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from .conftest import LocalPlatform, run_playbook
+from .conftest import REPO, VENV_BIN, LocalPlatform, ansible_env, run_playbook
 from .movers import PLANS, RUNTIME_NONE, Mover, provision_mover, wait_for_file
+from .runner_stack import pause_deployed_runner, resume_deployed_runner, runner_settings, write_settings
 
 # The points successive runs are SIGKILLed at, before one more runs through. A logical move switches first
 # (turned: replication runs target -> source; repointed: the tenant works on the target) and verifies after.
@@ -32,6 +35,9 @@ FAULT_CASES = (
     ("repointed", "switching_back"),  # and again while the next run switches back
 )
 FAULT_ROUNDS = int(os.environ.get("FAULT_ROUNDS", "1"))  # kills per point
+# Writes blocked on the source when the run died: the tenant cannot work until the move is finished or rolled back.
+# After this kill, the webhook runner's recovery pass does it instead of an operator.
+RECOVERED_BY_THE_RUNNER = ("cutover",)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +45,9 @@ def mover(local_platform: LocalPlatform) -> Mover:
     return provision_mover(local_platform, "mover-faults")
 
 
-def test_a_move_killed_at_any_point_is_finished_or_rolled_back_by_the_next_run(mover: Mover, tmp_path: Path):
+def test_a_move_killed_at_any_point_is_finished_or_rolled_back_by_the_next_run(
+    mover: Mover, local_platform: LocalPlatform, tmp_path: Path
+):
     for attempt in range(FAULT_ROUNDS):
         for points in FAULT_CASES:
             plan, kind = PLANS[mover.record()["db_type"]]
@@ -51,10 +59,59 @@ def test_a_move_killed_at_any_point_is_finished_or_rolled_back_by_the_next_run(m
                 refused = run_playbook("tenant_suspend.yml", "-e", f"tenant_id={mover.tenant}", *RUNTIME_NONE)
                 assert refused.returncode != 0, refused.output[-3000:]
                 assert f"tenant_change_plan.yml -e tenant_id={mover.tenant} -e plan={plan}" in refused.output
-            rerun = mover.change_plan(plan)
-            report = writer.stop()
-            assert rerun.returncode == 0, f"after kills at {points}:\n{killed}\n{rerun.output[-5000:]}"
+            if points == RECOVERED_BY_THE_RUNNER and attempt == 0:
+                job = recovered_by_the_runner(mover, local_platform, tmp_path / "runner")
+                report = writer.stop()
+                assert job["state"] == "succeeded", f"after kills at {points}:\n{killed}\n{job}"
+            else:
+                rerun = mover.change_plan(plan)
+                report = writer.stop()
+                assert rerun.returncode == 0, f"after kills at {points}:\n{killed}\n{rerun.output[-5000:]}"
             mover.assert_moved_cleanly(report, kind)
+
+
+def recovered_by_the_runner(mover: Mover, platform: LocalPlatform, state: Path) -> dict:
+    """The webhook runner's recovery pass (`python -m webhook_runner recover`) finds the move no run finishes, once
+    it has rested in its phase past move_stuck_seconds (aged here rather than waited for), and queues a job in the
+    tenant's account that a worker (`worker --drain`) runs: tenant_change_plan.yml with the move's plan. The job
+    as it ended."""
+    state.mkdir()
+    write_settings(state / "settings.json", runner_settings(platform, "http://127.0.0.1:9", state))
+    env = {**ansible_env(), "SAASODOO_RUNNER_CONFIG": str(state / "settings.json")}
+
+    def runner(*args: str) -> str:
+        done = subprocess.run([str(VENV_BIN / "python"), "-m", "webhook_runner", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    with mover.registry() as conn:
+        move = conn.execute(
+            "SELECT id, registry.move_is_held(tenant_id) AS held FROM registry.migrations"
+            " WHERE tenant_id = %s AND finished_at IS NULL",
+            (mover.tenant,),
+        ).fetchone()
+        assert move is not None and not move["held"]  # its run was killed
+        assert f"move {move['id']} " not in runner("recover")  # not stuck yet: a live run may rest between steps
+        conn.execute(
+            """UPDATE registry.migrations SET started_at = started_at - interval '1 hour',
+                      phase_history = jsonb_set(phase_history, '{-1,at}', to_jsonb(now() - interval '1 hour'))
+                WHERE id = %s""",
+            (move["id"],),
+        )
+    deployed = pause_deployed_runner()  # its worker would take the job as well; one is enough here
+    try:
+        found = runner("recover")
+        assert re.search(rf"{mover.tenant}: move {move['id']} .* no run finishing it: job \d+ queued", found), found
+        runner("worker", "--drain")
+    finally:
+        resume_deployed_runner(deployed)
+    with mover.registry() as conn:
+        return conn.execute(
+            "SELECT id, action, state, attempts, error, account_id FROM registry.jobs"
+            " WHERE tenant_id = %s AND action = 'recover_move' ORDER BY id DESC LIMIT 1",
+            (mover.tenant,),
+        ).fetchone()
 
 
 def test_a_copy_found_different_after_the_switch_is_switched_back_with_every_write(mover: Mover, tmp_path: Path):

@@ -188,6 +188,12 @@ def test_a_lease_too_short_to_renew_is_refused():
         settings_from_dict({**SETTINGS, "lease_seconds": 1})
 
 
+def test_a_move_is_not_called_stuck_before_a_minute():
+    assert settings_from_dict(SETTINGS).move_stuck_seconds == 900
+    with pytest.raises(ConfigError, match="move_stuck_seconds must be at least 60"):
+        settings_from_dict({**SETTINGS, "move_stuck_seconds": 5})
+
+
 def test_a_settings_file_others_can_read_is_refused(tmp_path):
     path = tmp_path / "runner.json"
     path.write_text(json.dumps(SETTINGS))

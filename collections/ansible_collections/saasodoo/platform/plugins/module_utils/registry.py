@@ -21,16 +21,18 @@ AUDIT_RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 # A tenant's move lock: a session advisory lock on the registry that db_migrate holds for as long as it runs, so
-# two runs never move one tenant and a move row no session holds is one whose run died.
-MOVE_LOCK = "saasodoo.move:"
+# two runs never move one tenant and a move row no session holds is one whose run died. Its key is the registry's
+# move_lock_key(tenant) (migration 0014), which the webhook runner's recovery pass asks about too.
 
 
 def try_move_lock(conn, tenant_id: str) -> bool:
-    return conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (MOVE_LOCK + tenant_id,)).fetchone()[0]
+    return conn.execute("SELECT pg_catalog.pg_try_advisory_lock(registry.move_lock_key(%s))", (tenant_id,)).fetchone()[
+        0
+    ]
 
 
 def release_move_lock(conn, tenant_id: str) -> None:
-    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (MOVE_LOCK + tenant_id,))
+    conn.execute("SELECT pg_catalog.pg_advisory_unlock(registry.move_lock_key(%s))", (tenant_id,))
 
 
 def open_move(conn, tenant_id: str) -> dict | None:
