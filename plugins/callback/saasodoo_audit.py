@@ -20,6 +20,11 @@ description:
     tenant rows it wrote and back (C(playbooks/registry_audit.yml)).
   - The registry is the one the run's inventory reads with the C(saasodoo.platform.registry) inventory plugin (its
     first source whose name ends in C(registry.yml)), with that configuration's login.
+  - A run given a C(tenant_id) extra variable keeps a registry session of its own open until it ends, its
+    C(application_name) C(saasodoo-run <run id>). While it lives, the tenant the run took
+    (C(saasodoo.platform.registry_tenant) I(hold_seconds)) stays the run's, and other runs wait. It lives in the
+    C(ansible-playbook) process itself, and the processes that one forks lose their copy of it, so it ends when
+    the run ends, however it ends; at the end the callback also releases the run's tenants.
   - A registry that cannot be reached, or an inventory without one, makes the callback warn; it never fails a
     run. A fresh install's first C(site.yml) creates the registry midway, so its start is not recorded, its end is.
 requirements:
@@ -61,7 +66,11 @@ from ansible.plugins.callback import CallbackBase
 from ansible.plugins.loader import inventory_loader
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.audit import RUN_KIND, record_audit, run_subject
-from ansible_collections.saasodoo.platform.plugins.module_utils.registry import AUDIT_RUN_ID, connect_registry
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
+    AUDIT_RUN_ID,
+    connect_registry,
+    run_holder,
+)
 
 RUN_VAR = "saasodoo_audit_run"
 REGISTRY_INVENTORY_PLUGIN = "saasodoo.platform.registry"
@@ -103,6 +112,21 @@ def host_counts(stats: Any) -> dict[str, dict[str, int]]:
     return counts
 
 
+_HOLDER_FD: int | None = None  # the socket of the run's holder session, while there is one
+
+
+def _holder_not_inherited() -> None:
+    """In a forked child: the holder session's socket becomes /dev/null (closing it would free the descriptor's
+    number for the child's next file, which psycopg would then write its goodbye to)."""
+    if _HOLDER_FD is not None:
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, _HOLDER_FD)
+        os.close(null)
+
+
+os.register_at_fork(after_in_child=_holder_not_inherited)
+
+
 class CallbackModule(CallbackBase):
     CALLBACK_VERSION = 2.0
     CALLBACK_TYPE = "notification"
@@ -117,6 +141,7 @@ class CallbackModule(CallbackBase):
         self.facts: dict[str, Any] | None = None  # what the start row says; known at the first play
         self.started = 0.0
         self.playbook = ""
+        self.holder: Any = None  # the run's holder session (a psycopg connection), for a run given a tenant_id
 
     def set_options(self, *args: Any, **kwargs: Any) -> None:
         super().set_options(*args, **kwargs)
@@ -131,6 +156,7 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_start(self, playbook: Any) -> None:
         self.playbooks += 1
         if self.playbooks > 1:
+            self._release_run()
             self.run_id, self.facts = f"{self.base_run_id}.{self.playbooks}", None
         self.started = time.monotonic()
         self.playbook = os.path.relpath(playbook._file_name)
@@ -140,8 +166,11 @@ class CallbackModule(CallbackBase):
         if self.facts is None:
             self.facts = self._run_facts(play)
             self._record("start", self.facts, warn=False)
+            if "tenant_id" in play.get_variable_manager().extra_vars:
+                self._hold_run()
 
     def v2_playbook_on_stats(self, stats: Any) -> None:
+        self._release_run()
         hosts = host_counts(stats)
         failed = any(c["failed"] or c["unreachable"] for c in hosts.values())
         self._record(
@@ -188,6 +217,33 @@ class CallbackModule(CallbackBase):
                 self._display.warning(message)
             else:
                 self._display.vv(message)
+
+    def _hold_run(self) -> None:
+        """Open the run's holder session (registry.tenant_runs): it lives as long as this process does."""
+        try:
+            holder = self._connect()
+            holder.execute("SELECT pg_catalog.set_config('application_name', %s, false)", (run_holder(self.run_id),))
+        except Exception as e:  # the modules then warn that the run holds nothing
+            self._display.warning(f"saasodoo_audit: run {self.run_id} has no holder session in the registry: {e}")
+            return
+        self.holder = holder
+        # Ansible forks its workers (and Mitogen its multiplexer, which may outlive a killed run) from this
+        # process: a child's copy of the holder's socket would keep the session, and the run's tenants, alive.
+        # Each child's copy is replaced with /dev/null; the session stays this process's alone.
+        global _HOLDER_FD
+        _HOLDER_FD = holder.fileno()
+
+    def _release_run(self) -> None:
+        global _HOLDER_FD
+        if self.holder is None:
+            return
+        _HOLDER_FD = None
+        try:
+            self.holder.execute("DELETE FROM registry.tenant_runs WHERE run_id = %s", (self.run_id,))
+            self.holder.close()
+        except Exception as e:  # the session ends with the process anyway, and frees the tenants with it
+            self._display.vv(f"saasodoo_audit: run {self.run_id}: releasing its tenants: {e}")
+        self.holder = None
 
     def _connect(self) -> Any:
         config = self.get_option("registry_config") or registry_config_in(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.saasodoo.platform.plugins.modules.registry_tenant import waiting_for
+from ansible_collections.saasodoo.platform.plugins.modules.registry_tenant import waiting_for_run
 
 from .conftest import LocalPlatform, assert_nothing_changed, run_playbook
 from .movers import PLANS, RUNTIME_NONE, Mover, provision_mover, wait_for_file
@@ -47,14 +47,12 @@ def test_upgrade_moves_the_tenant_to_its_dedicated_server_and_downgrade_brings_i
 
 
 def test_a_suspend_and_a_resume_during_a_move_act_where_the_move_leaves_the_tenant(mover: Mover, tmp_path: Path):
-    """One operation per tenant at a time. A suspend, then a resume, started while a move is held after its switch
-    (before the registry points at the target) wait for the move and act on the server it leaves the tenant on: the
-    source never lets the tenant in again (a resume acting at once re-opened it, and the writes made there were left
-    in the copy the move then retired), and every committed write is on the target.
-
-    Not asserted: the target's login state. tenant_change_plan.yml resizes the role after the move with the status it
-    read then, and can undo a resume (or a suspend) that ran in between: only a lock held for a whole playbook run
-    closes that (README: A tenant's life)."""
+    """One run per tenant at a time. A suspend, then a resume, started while a move is held after its switch (before
+    the registry points at the target) wait for the whole plan change, move and resize, and act where it leaves the
+    tenant: the source never lets the tenant in again (a resume acting at once re-opened it, and the writes made
+    there were left in the copy the move then retired), the target's login is what the operation made it (the
+    resize after the move, reading the status before the operation ran, undid it), and every committed write is
+    on the target."""
     for action, status in (("tenant_suspend.yml", "suspended"), ("tenant_resume.yml", "active")):
         source = mover.record()["db_server"]
         held = tmp_path / f"turned-{status}"
@@ -64,9 +62,9 @@ def test_a_suspend_and_a_resume_during_a_move_act_where_the_move_leaves_the_tena
         try:
             wait_for_file(move, held, "turned")
             with mover.registry() as conn:  # held by its run: the runner's recovery pass leaves it alone
-                assert conn.execute("SELECT registry.move_is_held(%s)", (mover.tenant,)).fetchone()[0]
+                assert conn.execute("SELECT registry.move_is_held(%s) AS held", (mover.tenant,)).fetchone()["held"]
             operation = mover.start_playbook(action)
-            wait_until_waiting(operation, mover.last_move()["id"], mover)
+            wait_until_waiting(operation, mover)
         finally:
             held.unlink(missing_ok=True)  # the move goes on, to its end: the next test finds no open move
         moved, operated = move.communicate()[0], operation.communicate()[0]
@@ -76,25 +74,26 @@ def test_a_suspend_and_a_resume_during_a_move_act_where_the_move_leaves_the_tena
         record = mover.record()
         assert record["db_server"] != source and record["status"] == status, record
         for name, copy in mover.copies().items():
-            if copy["can_login"] is not None and name != record["db_server"]:
-                assert not copy["can_login"][0], (name, copy)
+            if copy["can_login"] is not None:
+                assert copy["can_login"][0] == (name == record["db_server"] and status == "active"), (name, copy)
         with mover.admin(record["db_server"], mover.db) as conn:  # the tenant's own login is refused while suspended
             kept = {r[0] for r in conn.execute("SELECT id FROM public.bench_writer")}
         missing = set(report.committed_ids) - kept
         assert not missing, f"{len(missing)} committed rows lost"
 
 
-def wait_until_waiting(operation: subprocess.Popen, migration_id: int, mover: Mover) -> None:
-    """Until the operation's registry session says it waits for the held move; it must not end first."""
+def wait_until_waiting(operation: subprocess.Popen, mover: Mover) -> None:
+    """Until the operation's registry session says it waits for the run that has the tenant; it must not end
+    first."""
     deadline = time.monotonic() + 120
     with mover.registry() as conn:
         while not conn.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (waiting_for(migration_id),)
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (waiting_for_run(mover.tenant),)
         ).fetchone():
             if operation.poll() is not None:
-                pytest.fail(f"it did not wait for move {migration_id}:\n{operation.stdout.read()[-3000:]}")
+                pytest.fail(f"it did not wait for the plan change:\n{operation.stdout.read()[-3000:]}")
             if time.monotonic() > deadline:
-                pytest.fail(f"it was not waiting for move {migration_id} after 120 s")
+                pytest.fail("it was not waiting for the plan change after 120 s")
             time.sleep(0.1)  # the playbook is another process: poll the registry
 
 

@@ -45,6 +45,45 @@ def open_move(conn, tenant_id: str) -> dict | None:
         ).fetchone()
 
 
+# A playbook run's holder session (plugins/callback/saasodoo_audit.py keeps one open for every run given a
+# tenant_id, for as long as the run lives): registry.tenant_runs rows (migration 0015) whose holder is gone are free.
+RUN_HOLDER_PREFIX = "saasodoo-run "
+
+
+def run_holder(run_id: str) -> str:
+    """The holder session's application_name (PostgreSQL keeps 63 bytes of it; run ids are ASCII)."""
+    return (RUN_HOLDER_PREFIX + run_id)[:63]
+
+
+def hold_tenant(conn, tenant_id: str, run_id: str) -> dict:
+    """Take the tenant for the run, unless another run whose holder session lives has it. {'held': True} once it is
+    the run's; {'held': False, 'run_id', 'taken_at'} naming the run that has it; {'held': None} when the run has no
+    holder session (the callback is not enabled, or could not reach the registry): nothing to hold it by."""
+    me = conn.execute(
+        "SELECT min(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = %s", (run_holder(run_id),)
+    ).fetchone()[0]
+    if not run_id or me is None:
+        return {"held": None}
+    taken = conn.execute(
+        """INSERT INTO registry.tenant_runs AS held (tenant_id, run_id, holder_pid)
+           VALUES (%(tenant)s, %(run)s, %(pid)s)
+           ON CONFLICT (tenant_id) DO UPDATE
+                 SET run_id = EXCLUDED.run_id, holder_pid = EXCLUDED.holder_pid, taken_at = now()
+               WHERE held.run_id = EXCLUDED.run_id
+                  OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a
+                                  WHERE a.pid = held.holder_pid
+                                    AND a.application_name = left(%(prefix)s || held.run_id, 63))
+           RETURNING run_id""",
+        {"tenant": tenant_id, "run": run_id, "pid": me, "prefix": RUN_HOLDER_PREFIX},
+    ).fetchone()
+    if taken:
+        return {"held": True}
+    other = conn.execute(
+        "SELECT run_id, taken_at::text FROM registry.tenant_runs WHERE tenant_id = %s", (tenant_id,)
+    ).fetchone()
+    return {"held": False, "run_id": other[0], "taken_at": other[1]} if other else hold_tenant(conn, tenant_id, run_id)
+
+
 class RegistryUnreachable(Exception):
     """The registry cannot be reached (or not with these options); the message says where and what to do."""
 

@@ -26,6 +26,8 @@ description:
     C(playbooks/tenant_rotate_credentials.yml)); it never goes back.
   - I(customer_id) and I(subscription_id) bind the tenant to another Kill Bill account and subscription (a
     transfer made on purpose, C(playbooks/tenant_transfer.yml)); the webhook runner acts for no other.
+  - With I(hold_seconds), one playbook run per tenant at a time. The tenant is this run's until it ends, and a
+    run that had it first ends before this one reads the tenant.
   - With I(move_wait_seconds), one operation at a time. When the tenant has an open move (registry.migrations),
     waits up to that long for the run moving it to finish, then reads the tenant where the move left it. A move
     that no run holds (its run died) is refused at once, with the playbook that finishes it.
@@ -81,6 +83,13 @@ options:
   move_wait_seconds:
     description: Wait up to this many seconds for a running move of the tenant to end before reading it; without
       it an open move is not looked at (tenant_change_plan.yml finishes moves itself).
+    type: int
+  hold_seconds:
+    description:
+      - Make the tenant this playbook run's (I(audit_run)) until the run ends, before anything else. While another
+        run that is still alive has it, wait up to this many seconds, then fail naming that run.
+      - A run is alive while the registry session the C(saasodoo_audit) callback keeps for it is; a run without one
+        (the callback not enabled) holds nothing and is warned.
     type: int
   detail:
     description: Extra facts for the audit row (never a secret).
@@ -157,6 +166,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry import 
     REGISTRY_LOGIN_OPTIONS,
     RegistryUnreachable,
     connect_registry,
+    hold_tenant,
     open_move,
     release_move_lock,
     try_move_lock,
@@ -211,6 +221,34 @@ def newest_plan(conn, name: str) -> dict | None:
 
 def waiting_for(migration_id: int) -> str:
     return f"saasodoo: waits for move {migration_id}"
+
+
+def waiting_for_run(tenant_id: str) -> str:
+    return f"saasodoo: waits for the run that has tenant {tenant_id}"[:63]
+
+
+def hold_for_run(module: AnsibleModule, conn, tenant_id: str, wait_seconds: int) -> None:
+    """Make the tenant this run's until it ends, waiting while another run that is still alive has it."""
+    run = module.params["audit_run"]
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        hold = hold_tenant(conn, tenant_id, run)
+        if hold["held"]:
+            return
+        if hold["held"] is None:
+            module.warn(
+                f"run {run or '(no id)'} has no holder session in the registry (is the saasodoo_audit callback"
+                f" enabled?): tenant {tenant_id} is not held for it, and another run may act on it meanwhile"
+            )
+            return
+        conn.execute("SELECT pg_catalog.set_config('application_name', %s, false)", (waiting_for_run(tenant_id),))
+        if time.monotonic() >= deadline:
+            raise TenantError(
+                f"tenant {tenant_id} is still in the hands of run {hold['run_id']} (since {hold['taken_at']}) after"
+                f" {wait_seconds} s; nothing was changed: run this again once it has ended"
+                f" (playbooks/registry_audit.yml -e run={hold['run_id']} shows what it did)"
+            )
+        time.sleep(0.5)  # the other run is another process: poll the registry
 
 
 def await_no_open_move(conn, tenant_id: str, wait_seconds: int) -> None:
@@ -348,6 +386,8 @@ def run_module(module: AnsibleModule) -> dict:
         if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] <= 65535:
             raise TenantError(f"http_port_range must be [first, last], got {low_high}")
     with connect_registry(p) as conn:
+        if p["hold_seconds"] is not None and not module.check_mode:  # a check run changes nothing: it holds nothing
+            hold_for_run(module, conn, p["tenant_id"], p["hold_seconds"])
         if p["move_wait_seconds"] is not None:
             await_no_open_move(conn, p["tenant_id"], p["move_wait_seconds"])
         return record(module, conn)
@@ -398,6 +438,7 @@ def main() -> None:
             credential_version=dict(type="int"),
             http_port_range=dict(type="list", elements="int"),
             move_wait_seconds=dict(type="int"),
+            hold_seconds=dict(type="int"),
             detail=dict(type="dict", default={}),
             **REGISTRY_LOGIN_OPTIONS,
         ),
