@@ -1,6 +1,7 @@
 """python -m webhook_runner worker|reconcile (gunicorn serves the app: see README "Webhook runner").
 
-worker [--drain]       take the inbox until SIGTERM (or, with --drain, until nothing is pending)
+worker [--drain [--account ID]]
+                       take the inbox until SIGTERM (with --drain: until nothing, or nothing of ID, is pending)
 reconcile [--check]    compare Kill Bill with the registry; queue repairs (--check: report only)
 housekeeping           prune finished work older than retention_days (also a periodic worker pass)
 recover                queue a job for each move no run finishes; run moves_cleanup.yml when an old copy is due
@@ -28,11 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     worker = commands.add_parser("worker", help="take the inbox and run playbooks")
     worker.add_argument("--drain", action="store_true", help="stop once nothing is pending or due")
     worker.add_argument("--name", help="worker name in jobs and the audit trail (default host:pid)")
+    worker.add_argument("--account", help="with --drain: that Kill Bill account's work only")
     reconcile = commands.add_parser("reconcile", help="compare Kill Bill with the registry and repair drift")
     reconcile.add_argument("--check", action="store_true", help="report drift only, queue nothing")
     commands.add_parser("housekeeping", help="prune finished jobs, events and placements past retention_days")
     commands.add_parser("recover", help="queue the recovery of moves no run finishes; drop old copies that are due")
     args = parser.parse_args(argv)
+    if getattr(args, "account", None) and not args.drain:
+        parser.error("--account goes with --drain (a serving worker takes every account)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         settings = load_settings()
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recover: no move stuck for over {settings.move_stuck_seconds:g} s, no old copy due"
                   " (or a worker's pass is at it now)")  # fmt: skip
         return 0
-    runner.drain()
+    runner.drain(only=args.account)
     return 0
 
 

@@ -70,7 +70,8 @@ class Worker:
     def _connect(self, purpose: str) -> psycopg.Connection:
         """A registry session that pg_stat_activity shows as this worker's (purpose: worker, listen, lease)."""
         name = f"saasodoo-runner-{purpose} {self.name}"[:63]  # PostgreSQL's limit for application_name
-        return store.connect(self.settings.registry_conninfo, application_name=name)
+        # A bounded connect: the lease's renewal must not hang past the lease on an unreachable registry.
+        return store.connect(self.settings.registry_conninfo, application_name=name, connect_timeout=10)
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -102,9 +103,11 @@ class Worker:
         listener.close()
         log.info("worker %s stopped", self.name)
 
-    def run_once(self) -> bool:
-        """Converge the first pending account no other worker holds; False when there was none."""
+    def run_once(self, only: str | None = None) -> bool:
+        """Converge the first pending account (`only` that one) no other worker holds; False when there was none."""
         for account in store.pending_accounts(self.conn):
+            if only is not None and account != only:
+                continue
             token = store.take_lease(self.conn, account, self.name, self.settings.lease_seconds)
             if token is None:
                 continue  # another worker has it
@@ -143,10 +146,11 @@ class Worker:
             detail={"events": events, "jobs_parked": parked, "traceback": trace},
         )  # fmt: skip
 
-    def drain(self, timeout: float = 900.0) -> None:
-        """Run until nothing is pending or due (tests, `python -m webhook_runner worker --drain`)."""
+    def drain(self, timeout: float = 900.0, only: str | None = None) -> None:
+        """Run until nothing is pending or due, of one account with `only` (`python -m webhook_runner worker
+        --drain [--account ID]`)."""
         deadline = time.monotonic() + timeout
-        while self.run_once():
+        while self.run_once(only):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the inbox did not drain within {timeout:.0f} s")
 

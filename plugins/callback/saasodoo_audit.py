@@ -20,8 +20,8 @@ description:
     tenant rows it wrote and back (C(playbooks/registry_audit.yml)).
   - The registry is the one the run's inventory reads with the C(saasodoo.platform.registry) inventory plugin (its
     first source whose name ends in C(registry.yml)), with that configuration's login.
-  - A run given a C(tenant_id) extra variable keeps a registry session of its own open until it ends, its
-    C(application_name) C(saasodoo-run <run id>). While it lives, the tenant the run took
+  - Each run keeps a registry session of its own open until it ends, its C(application_name)
+    C(saasodoo-run <run id>). While it lives, the tenant the run took
     (C(saasodoo.platform.registry_tenant) I(hold_seconds)) stays the run's, and other runs wait. It lives in the
     C(ansible-playbook) process itself, and the processes that one forks lose their copy of it, so it ends when
     the run ends, however it ends; at the end the callback also releases the run's tenants.
@@ -141,7 +141,7 @@ class CallbackModule(CallbackBase):
         self.facts: dict[str, Any] | None = None  # what the start row says; known at the first play
         self.started = 0.0
         self.playbook = ""
-        self.holder: Any = None  # the run's holder session (a psycopg connection), for a run given a tenant_id
+        self.holder: Any = None  # the run's holder session (a psycopg connection)
 
     def set_options(self, *args: Any, **kwargs: Any) -> None:
         super().set_options(*args, **kwargs)
@@ -166,8 +166,7 @@ class CallbackModule(CallbackBase):
         if self.facts is None:
             self.facts = self._run_facts(play)
             self._record("start", self.facts, warn=False)
-            if "tenant_id" in play.get_variable_manager().extra_vars:
-                self._hold_run()
+            self._hold_run()
 
     def v2_playbook_on_stats(self, stats: Any) -> None:
         self._release_run()
@@ -223,8 +222,8 @@ class CallbackModule(CallbackBase):
         try:
             holder = self._connect()
             holder.execute("SELECT pg_catalog.set_config('application_name', %s, false)", (run_holder(self.run_id),))
-        except Exception as e:  # the modules then warn that the run holds nothing
-            self._display.warning(f"saasodoo_audit: run {self.run_id} has no holder session in the registry: {e}")
+        except Exception as e:  # a module asked to hold a tenant then warns that the run holds nothing
+            self._display.vv(f"saasodoo_audit: run {self.run_id} has no holder session in the registry: {e}")
             return
         self.holder = holder
         # Ansible forks its workers (and Mitogen its multiplexer, which may outlive a killed run) from this

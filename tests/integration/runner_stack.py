@@ -143,6 +143,7 @@ def runner_settings(platform: LocalPlatform, killbill_url: str, state_dir: Path,
         "max_attempts": 3,
         "backoff_seconds": [0.5, 1],
         "reconcile_interval_seconds": 0,
+        "recovery_interval_seconds": 0,  # tests run the recovery pass themselves (python -m webhook_runner recover)
         "poll_seconds": 0.5,
         "lease_seconds": 3,  # a killed worker's accounts wait this long for the next
         **overrides,

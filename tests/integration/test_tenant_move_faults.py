@@ -73,8 +73,8 @@ def test_a_move_killed_at_any_point_is_finished_or_rolled_back_by_the_next_run(
 def recovered_by_the_runner(mover: Mover, platform: LocalPlatform, state: Path) -> dict:
     """The webhook runner's recovery pass (`python -m webhook_runner recover`) finds the move no run finishes, once
     it has rested in its phase past move_stuck_seconds (aged here rather than waited for), and queues a job in the
-    tenant's account that a worker (`worker --drain`) runs: tenant_change_plan.yml with the move's plan. The job
-    as it ended."""
+    tenant's account that a worker (`worker --drain --account`) runs: tenant_change_plan.yml with the move's plan.
+    The job as it ended."""
     state.mkdir()
     write_settings(state / "settings.json", runner_settings(platform, "http://127.0.0.1:9", state))
     env = {**ansible_env(), "SAASODOO_RUNNER_CONFIG": str(state / "settings.json")}
@@ -85,25 +85,25 @@ def recovered_by_the_runner(mover: Mover, platform: LocalPlatform, state: Path) 
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
-    with mover.registry() as conn:
-        move = conn.execute(
-            "SELECT id, registry.move_is_held(tenant_id) AS held FROM registry.migrations"
-            " WHERE tenant_id = %s AND finished_at IS NULL",
-            (mover.tenant,),
-        ).fetchone()
-        assert move is not None and not move["held"]  # its run was killed
-        assert f"move {move['id']} " not in runner("recover")  # not stuck yet: a live run may rest between steps
-        conn.execute(
-            """UPDATE registry.migrations SET started_at = started_at - interval '1 hour',
-                      phase_history = jsonb_set(phase_history, '{-1,at}', to_jsonb(now() - interval '1 hour'))
-                WHERE id = %s""",
-            (move["id"],),
-        )
-    deployed = pause_deployed_runner()  # its worker would take the job as well; one is enough here
+    deployed = pause_deployed_runner()  # its worker's recovery pass would queue the same job; one runner is enough
     try:
+        with mover.registry() as conn:
+            move = conn.execute(
+                "SELECT id, registry.move_is_held(tenant_id) AS held FROM registry.migrations"
+                " WHERE tenant_id = %s AND finished_at IS NULL",
+                (mover.tenant,),
+            ).fetchone()
+            assert move is not None and not move["held"]  # its run was killed
+            assert f"move {move['id']} " not in runner("recover")  # not stuck yet: a live run may rest between steps
+            conn.execute(
+                """UPDATE registry.migrations SET started_at = started_at - interval '1 hour',
+                          phase_history = jsonb_set(phase_history, '{-1,at}', to_jsonb(now() - interval '1 hour'))
+                    WHERE id = %s""",
+                (move["id"],),
+            )
         found = runner("recover")
         assert re.search(rf"{mover.tenant}: move {move['id']} .* no run finishing it: job \d+ queued", found), found
-        runner("worker", "--drain")
+        runner("worker", "--drain", "--account", mover.record()["customer_id"])  # nobody else's work
     finally:
         resume_deployed_runner(deployed)
     with mover.registry() as conn:
