@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import subprocess
+import time
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from .conftest import PSQL, LocalPlatform, run_playbook
+from .conftest import LOCAL_STATE, PSQL, REPO, VENV_BIN, LocalPlatform, run_playbook, superuser
 
 
 def test_second_site_run_changes_nothing(local_platform: LocalPlatform):
@@ -49,6 +53,50 @@ def test_every_pgbouncer_forwards_to_its_own_pool(local_platform: LocalPlatform)
             # Repeat past psycopg's auto-prepare threshold: transaction pooling must keep working.
             ports = {conn.execute("SELECT inet_server_port()").fetchone()[0] for _ in range(10)}
         assert ports == {pool.port}, pool.name
+
+
+def test_auth_file_rewrites_of_one_pgbouncer_wait_for_each_other(local_platform: LocalPlatform, tmp_path: Path):
+    """Runs for different tenants of a pool rewrite its PgBouncer's auth file: one that read the login roles just
+    before another added its role would write the file without it. A rewrite holds <file>.lock while it reads and
+    writes: one started while another holds it waits (the kernel lists it blocked on the lock), then reads the role
+    created meanwhile."""
+    pool = next(s for s in local_platform.servers.values() if s.pgbouncer_port)
+    base = LOCAL_STATE / "pgbouncer" / pool.name
+    userlist, role = base / "userlist.txt", "userlist_lock_probe"
+    params = tmp_path / "args.json"
+    params.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {
+        "path": str(userlist), "owner": "postgres", "pidfile": str(base / "run/pgbouncer.pid"),
+        "login_unix_socket": str((LOCAL_STATE / "pg" / pool.name / "run").resolve()), "login_port": pool.port,
+    }}))  # fmt: skip
+    module = REPO / "collections/ansible_collections/saasodoo/platform/plugins/modules/pgbouncer_userlist.py"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "collections")}
+
+    def rewrite() -> subprocess.Popen:
+        return subprocess.Popen([str(VENV_BIN / "python"), str(module), str(params)], env=env,
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+
+    def blocked_on(path: Path) -> bool:
+        inode = f":{os.stat(path).st_ino} "
+        return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
+
+    try:
+        with open(f"{userlist}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another run, between its read and its write
+            waiting = rewrite()
+            deadline = time.monotonic() + 30
+            while not blocked_on(Path(f"{userlist}.lock")):
+                assert waiting.poll() is None, f"it did not wait for the lock: {waiting.stdout.read()}"
+                assert time.monotonic() < deadline, "it never asked for the lock"
+                time.sleep(0.05)  # the rewrite is another process: poll the kernel's lock table
+            with superuser(pool.name, pool.port) as conn:
+                conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'probe-only'")
+        assert json.loads(waiting.communicate(timeout=60)[0])["changed"]
+        assert f'"{role}"' in userlist.read_text()
+    finally:
+        with superuser(pool.name, pool.port) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+        rewrite().communicate(timeout=60)
+    assert f'"{role}"' not in userlist.read_text()
 
 
 def test_psql_reaches_every_server_and_every_pgbouncer(local_platform: LocalPlatform):

@@ -15,6 +15,8 @@ description:
     that may not log in is not listed, so PgBouncer refuses it, unless it is one of I(incoming_roles).
   - The file is written atomically (owner PgBouncer's user, mode C(0600)) only when it changes; then PgBouncer is
     sent SIGHUP, which rereads it and keeps client connections. A PgBouncer not running reads it when it starts.
+  - Runs for different tenants of one server rewrite the same file; each reads the roles and writes the file
+    holding an exclusive lock on I(path)C(.lock), so none writes a list read before another run's role existed.
 version_added: 0.4.0
 author: SaaSOdoo ops maintainers
 options:
@@ -75,6 +77,7 @@ reloaded:
   type: bool
 """
 
+import fcntl
 import os
 import pwd
 import signal
@@ -129,6 +132,14 @@ def main() -> None:
     if psycopg is None:
         module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
     p = module.params
+    # Runs for other tenants on this server (a provision, a move) rewrite the same file: each reads the roles and
+    # writes the file under this lock, so none writes what it read before another's role was added.
+    with open(p["path"] + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        module.exit_json(**write_userlist(module, p))
+
+
+def write_userlist(module: AnsibleModule, p: dict) -> dict:
     try:
         with psycopg.connect(
             host=p["login_unix_socket"], port=p["login_port"], user=p["login_user"], dbname="postgres",
@@ -144,7 +155,7 @@ def main() -> None:
     if changed and not module.check_mode:
         write_atomically(p["path"], content, user.pw_uid, user.pw_gid, 0o600)
         reloaded = reload(p["pidfile"])
-    module.exit_json(changed=changed, roles=len(roles), reloaded=reloaded)
+    return dict(changed=changed, roles=len(roles), reloaded=reloaded)
 
 
 if __name__ == "__main__":
