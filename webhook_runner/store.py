@@ -166,8 +166,9 @@ def park_due_jobs(conn: psycopg.Connection, account: str, error: str) -> list[in
 
 
 def stuck_moves(conn: psycopg.Connection, seconds: float) -> list[dict]:
-    """Open moves no run holds (db_migrate holds the tenant's move lock while it runs) whose current phase began
-    over `seconds` ago, with their tenant's Kill Bill account and whether a recovery job is open for it already."""
+    """Open moves no run holds (db_migrate holds the tenant's move lock while it runs, the playbook run the tenant
+    while it lives) whose current phase began over `seconds` ago, with their tenant's Kill Bill account and whether
+    a recovery job is open for it already."""
     return conn.execute(
         """SELECT m.id, m.tenant_id, m.phase, m.plan_name, m.source_server, m.target_server, m.since,
                   t.customer_id AS account_id,
@@ -177,6 +178,7 @@ def stuck_moves(conn: psycopg.Connection, seconds: float) -> list[dict]:
                      FROM registry.migrations WHERE finished_at IS NULL) AS m
              JOIN registry.tenants AS t USING (tenant_id)
             WHERE m.since < now() - make_interval(secs => %(seconds)s) AND NOT registry.move_is_held(m.tenant_id)
+              AND NOT registry.tenant_run_is_alive(m.tenant_id)
             ORDER BY m.id""",
         {"seconds": seconds, "action": RECOVER_MOVE},
     ).fetchall()
@@ -191,6 +193,16 @@ def old_copies_due(conn: psycopg.Connection) -> bool:
             " AND retain_until < now() LIMIT 1"
         ).fetchone()
     )
+
+
+def fail_orphaned_cleanups(conn: psycopg.Connection) -> list[dict]:
+    """moves_cleanup jobs left running by a recovery pass that died (the caller holds the recovery lock, so no pass
+    runs one now): failed, for the next pass runs the playbook again."""
+    return conn.execute(
+        f"""UPDATE registry.jobs SET state = 'failed', finished_at = now(),
+                   error = 'the worker running it stopped (' || coalesce(worker, '?') || '): the next pass runs it'
+             WHERE account_id IS NULL AND action = 'moves_cleanup' AND state = 'running' RETURNING {JOB_COLUMNS}"""
+    ).fetchall()
 
 
 def due_jobs(conn: psycopg.Connection, account: str, action: str) -> list[dict]:

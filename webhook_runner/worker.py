@@ -67,11 +67,19 @@ class Worker:
         self._last_reconcile = self._last_housekeeping = self._last_recovery = time.monotonic()
         self.lease: AccountLease | None = None  # the account this worker converges now
 
-    def _connect(self, purpose: str) -> psycopg.Connection:
+    def _connect(self, purpose: str, **options) -> psycopg.Connection:
         """A registry session that pg_stat_activity shows as this worker's (purpose: worker, listen, lease)."""
         name = f"saasodoo-runner-{purpose} {self.name}"[:63]  # PostgreSQL's limit for application_name
-        # A bounded connect: the lease's renewal must not hang past the lease on an unreachable registry.
-        return store.connect(self.settings.registry_conninfo, application_name=name, connect_timeout=10)
+        options.setdefault("connect_timeout", 10)
+        return store.connect(self.settings.registry_conninfo, application_name=name, **options)
+
+    def _lease_connection(self) -> psycopg.Connection:
+        """The renewal's session: no call on it may outlast a third of the lease (a half-open connection, a lock)."""
+        third = max(1, int(self.settings.lease_seconds / 3))
+        return self._connect(
+            "lease", connect_timeout=third, keepalives=1, keepalives_idle=third, keepalives_interval=1,
+            keepalives_count=3, tcp_user_timeout=third * 1000, options=f"-c statement_timeout={third * 1000}",
+        )  # fmt: skip
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -80,6 +88,13 @@ class Worker:
         listener = self._connect("listen")
         listener.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
         log.info("worker %s started", self.name)
+        try:
+            self._work(stop, listener)
+        finally:
+            listener.close()
+        log.info("worker %s stopped", self.name)
+
+    def _work(self, stop: threading.Event, listener: psycopg.Connection) -> None:
         while not stop.is_set():
             if self.run_once():
                 continue
@@ -100,8 +115,6 @@ class Worker:
                 continue
             for _ in listener.notifies(timeout=self.settings.poll_seconds, stop_after=1):
                 pass
-        listener.close()
-        log.info("worker %s stopped", self.name)
 
     def run_once(self, only: str | None = None) -> bool:
         """Converge the first pending account (`only` that one) no other worker holds; False when there was none."""
@@ -111,7 +124,7 @@ class Worker:
             token = store.take_lease(self.conn, account, self.name, self.settings.lease_seconds)
             if token is None:
                 continue  # another worker has it
-            self.lease = AccountLease(lambda: self._connect("lease"), account, token, self.settings.lease_seconds)
+            self.lease = AccountLease(self._lease_connection, account, token, self.settings.lease_seconds)
             try:
                 store.carry_lease(self.conn, token)
                 self.converge_account(account)
@@ -466,6 +479,8 @@ class Worker:
             return []
         conn, lines = self.conn, []
         try:
+            for job in store.fail_orphaned_cleanups(conn):  # this pass alone runs them: a running one is a dead pass's
+                lines.append(f"moves_cleanup.yml: job {job['id']} failed: {job['error']}")
             for move in store.stuck_moves(conn, self.settings.move_stuck_seconds):
                 tenant_id, plan = move["tenant_id"], move["plan_name"]
                 found = (
@@ -495,8 +510,9 @@ class Worker:
                 job = self._execute(job, retry=False)
                 lines.append(f"moves_cleanup.yml: job {job['id']} {job['state']}")
             return lines
-        finally:
-            store.unlock(conn, store.RECOVERY_LOCK, "recovery")
+        finally:  # on the connection the pass ends with (a run may have connected again); a lost one freed it
+            with contextlib.suppress(psycopg.OperationalError):
+                store.unlock(self.conn, store.RECOVERY_LOCK, "recovery")
 
     def periodic_recovery(self) -> None:
         for line in self.recover():
@@ -509,8 +525,10 @@ class Worker:
 
 class AccountLease:
     """The renewal of a taken lease: a thread on a connection of its own renews it every third of lease_seconds
-    while the worker works, riding out registry outages (a lease outlives its sessions). When another worker has
-    taken the account over, `lost` is set and the worker's run is cancelled."""
+    while the worker works, riding out short registry outages (a lease outlives its sessions). `lost` is set, and
+    the worker's run cancelled, when another worker has taken the account over, and also when no renewal has
+    succeeded for two thirds of lease_seconds: the lease may expire before this worker hears of it, and the run
+    must stop before another worker may start the job again."""
 
     def __init__(self, connect: Callable[[], psycopg.Connection], account: str, token: int, seconds: float):
         self.account, self.token, self.seconds = account, token, seconds
@@ -520,7 +538,7 @@ class AccountLease:
         self._thread.start()
 
     def _renew(self) -> None:
-        conn = None
+        conn, renewed = None, time.monotonic()
         while not self._stopped.wait(self.seconds / 3):
             try:
                 conn = conn or self._connect()
@@ -528,11 +546,17 @@ class AccountLease:
                     log.warning("account %s: lease %s was taken over: cancelling the run", self.account, self.token)
                     self.lost.set()
                     break
-            except psycopg.OperationalError as error:
-                log.warning("account %s: cannot renew lease %s yet: %s", self.account, self.token, error)
+                renewed = time.monotonic()
+            except Exception as error:  # any failure is a missed renewal; the thread must go on renewing
+                log.warning("account %s: cannot renew lease %s: %s", self.account, self.token, error)
                 if conn is not None:
                     conn.close()
                 conn = None
+                if time.monotonic() - renewed >= self.seconds * 2 / 3:
+                    log.warning("account %s: lease %s not renewed for %.0f s: cancelling the run", self.account,
+                                self.token, time.monotonic() - renewed)  # fmt: skip
+                    self.lost.set()
+                    break
         if conn is not None:
             conn.close()
 

@@ -66,11 +66,7 @@ from ansible.plugins.callback import CallbackBase
 from ansible.plugins.loader import inventory_loader
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.audit import RUN_KIND, record_audit, run_subject
-from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
-    AUDIT_RUN_ID,
-    connect_registry,
-    run_holder,
-)
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import AUDIT_RUN_ID, connect_registry
 
 RUN_VAR = "saasodoo_audit_run"
 REGISTRY_INVENTORY_PLUGIN = "saasodoo.platform.registry"
@@ -219,10 +215,15 @@ class CallbackModule(CallbackBase):
 
     def _hold_run(self) -> None:
         """Open the run's holder session (registry.tenant_runs): it lives as long as this process does."""
+        holder = None
         try:
             holder = self._connect()
-            holder.execute("SELECT pg_catalog.set_config('application_name', %s, false)", (run_holder(self.run_id),))
+            holder.execute(
+                "SELECT pg_catalog.set_config('application_name', registry.run_holder_name(%s), false)", (self.run_id,)
+            )
         except Exception as e:  # a module asked to hold a tenant then warns that the run holds nothing
+            if holder is not None:
+                holder.close()
             self._display.vv(f"saasodoo_audit: run {self.run_id} has no holder session in the registry: {e}")
             return
         self.holder = holder

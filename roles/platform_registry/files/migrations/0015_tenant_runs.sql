@@ -1,7 +1,7 @@
 -- 0015_tenant_runs: one playbook run per tenant at a time, for the whole run. A tenant playbook's first registry
 -- read (saasodoo.platform.registry_tenant, hold_seconds) takes its tenant for the run; another run's waits until
 -- that run ends. A run is alive while its holder session is: the saasodoo_audit callback keeps one registry
--- session open for each run with a tenant_id (application_name 'saasodoo-run <run id>'), in the ansible-playbook
+-- session open for each run (application_name 'saasodoo-run <run id>'), in the ansible-playbook
 -- process itself, so the session ends when the run ends, however it ends (a killed run's is closed by the kernel).
 -- A row whose holder session is gone is free: there is nothing to release by hand.
 

@@ -45,14 +45,9 @@ def open_move(conn, tenant_id: str) -> dict | None:
         ).fetchone()
 
 
-# A playbook run's holder session (plugins/callback/saasodoo_audit.py keeps one open for every run given a
-# tenant_id, for as long as the run lives): registry.tenant_runs rows (migration 0015) whose holder is gone are free.
-RUN_HOLDER_PREFIX = "saasodoo-run "
-
-
-def run_holder(run_id: str) -> str:
-    """The holder session's application_name (PostgreSQL keeps 63 bytes of it; run ids are ASCII)."""
-    return (RUN_HOLDER_PREFIX + run_id)[:63]
+# A playbook run's holder session (plugins/callback/saasodoo_audit.py keeps one open for every run, for as long as
+# the run lives, named registry.run_holder_name(run)): registry.tenant_runs rows (migration 0015) whose holder is
+# gone (registry.run_is_alive, 0016) are free.
 
 
 def hold_tenant(conn, tenant_id: str, run_id: str) -> dict:
@@ -60,7 +55,8 @@ def hold_tenant(conn, tenant_id: str, run_id: str) -> dict:
     the run's; {'held': False, 'run_id', 'taken_at'} naming the run that has it; {'held': None} when the run has no
     holder session (the callback is not enabled, or could not reach the registry): nothing to hold it by."""
     me = conn.execute(
-        "SELECT min(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = %s", (run_holder(run_id),)
+        "SELECT min(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = registry.run_holder_name(%s)",
+        (run_id,),
     ).fetchone()[0]
     if not run_id or me is None:
         return {"held": None}
@@ -69,12 +65,9 @@ def hold_tenant(conn, tenant_id: str, run_id: str) -> dict:
            VALUES (%(tenant)s, %(run)s, %(pid)s)
            ON CONFLICT (tenant_id) DO UPDATE
                  SET run_id = EXCLUDED.run_id, holder_pid = EXCLUDED.holder_pid, taken_at = now()
-               WHERE held.run_id = EXCLUDED.run_id
-                  OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a
-                                  WHERE a.pid = held.holder_pid
-                                    AND a.application_name = left(%(prefix)s || held.run_id, 63))
+               WHERE held.run_id = EXCLUDED.run_id OR NOT registry.run_is_alive(held.holder_pid, held.run_id)
            RETURNING run_id""",
-        {"tenant": tenant_id, "run": run_id, "pid": me, "prefix": RUN_HOLDER_PREFIX},
+        {"tenant": tenant_id, "run": run_id, "pid": me},
     ).fetchone()
     if taken:
         return {"held": True}
