@@ -17,7 +17,7 @@ description:
     sent SIGHUP, which rereads it and keeps client connections. A PgBouncer not running reads it when it starts.
   - Runs for different tenants of one server rewrite the same file; each reads the roles and writes the file
     holding an exclusive lock on I(path)C(.lock), so none writes a list read before another run's login role
-    existed. A role that may not log in yet is listed only by the run that names it in I(incoming_roles): another
+    existed. A role that may not log in yet is listed only by the run that names it in I(incoming_roles), so another
     run's rewrite in between drops it, until the moving run writes the file again after its switch.
 version_added: 0.4.0
 author: SaaSOdoo ops maintainers
