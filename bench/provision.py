@@ -121,10 +121,10 @@ def main() -> int:
     parser.add_argument("--tenants", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3, help="-i initialisations timed against as many clones")
     parser.add_argument("--registry-port", type=int, default=55432)
-    parser.add_argument("--quick", action="store_true", help="2 tenants, 1 round (tests/integration)")
+    parser.add_argument("--quick", action="store_true", help="1 tenant, 1 round (tests/integration)")
     args = parser.parse_args()
     if args.quick:
-        args.tenants, args.rounds = 2, 1
+        args.tenants, args.rounds = 1, 1
     odoo_bin = os.environ.get("SAASODOO_ODOO_BIN") or STANDIN
     print(f"Odoo: {odoo_bin}{'' if os.environ.get('SAASODOO_ODOO_BIN') else ' (the stand-in)'}")
 

@@ -217,10 +217,10 @@ def main() -> int:
     parser.add_argument("--tenants", type=int, default=10)
     parser.add_argument("--registry-port", type=int, default=55432)
     parser.add_argument("--burst", type=int, default=40, help="sign-ups posted at once (throughput)")
-    parser.add_argument("--quick", action="store_true", help="100 notifications, 2 tenants, a burst of 2")
+    parser.add_argument("--quick", action="store_true", help="100 notifications, 1 tenant, a burst of 2")
     args = parser.parse_args()
     if args.quick:
-        args.notifications, args.tenants, args.burst = 100, 2, 2
+        args.notifications, args.tenants, args.burst = 100, 1, 2
 
     deployed = pause_deployed_runner()
     standin = KillBillStandin(**KILLBILL, retries=[1, 2]).start()

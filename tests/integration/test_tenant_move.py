@@ -2,9 +2,9 @@
 
 A tenant with an Odoo-shaped database and a client writing throughout (tests/integration/movers.py) is upgraded
 basic -> premium (shared pool -> its dedicated server) and downgraded back; a suspend and a resume arrive while it
-is being moved; its pool is drained. Every time: the tenant on exactly one server, the registry pointing at it,
-every committed row there, verification clean, nothing of the move left behind. The kill points and a copy found
-different after the switch: test_tenant_move_faults.py.
+is being moved; a copy found different after the switch is switched back; its pool is drained. Every time: the
+tenant on exactly one server, the registry pointing at it, every committed row there, verification clean (but where
+it was spoiled on purpose), nothing of the move left behind. The kill points: test_tenant_move_faults.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ansible_collections.saasodoo.platform.plugins.modules.registry_tenant import waiting_for_run
@@ -80,6 +81,63 @@ def test_a_suspend_and_a_resume_during_a_move_act_where_the_move_leaves_the_tena
             kept = {r[0] for r in conn.execute("SELECT id FROM public.bench_writer")}
         missing = set(report.committed_ids) - kept
         assert not missing, f"{len(missing)} committed rows lost"
+
+
+def test_a_copy_found_different_after_the_switch_is_switched_back_with_every_write(mover: Mover, tmp_path: Path):
+    """The verification after the switch finds the copies differ: the tenant goes back to the source, nothing lost.
+
+    The run is paused once replication is turned round and both copies are frozen, and the source is spoiled
+    behind the move's back (a table that only it has), as a faulty copy would differ.
+    """
+    plan = PLANS[mover.record()["db_type"]][0]
+    source = mover.record()["db_server"]
+    turned, verifying = tmp_path / "turned", tmp_path / "verifying"
+    writer = mover.writer()
+    writer.start()
+    run = mover.start_change_plan(plan, f"pause-turned:{turned},pause-verifying:{verifying}")
+    wait_for_file(run, turned, "turned")
+    with mover.admin(source, mover.db) as conn:
+        conn.execute("CREATE TABLE public.spoiled_by_the_test (id integer PRIMARY KEY)")
+        conn.execute("INSERT INTO public.spoiled_by_the_test VALUES (1)")
+        frozen = {r[0] for r in conn.execute("SELECT id FROM bench_writer")}  # every write before the switch
+    turned.unlink()
+    wait_for_file(run, verifying, "verifying")
+    target = mover.record()["db_server"]  # switched: the tenant works there while the copies are compared
+    assert target != source
+    deadline = time.monotonic() + 60
+    with mover.admin(target, mover.db) as conn:
+        while not conn.execute("SELECT 1 FROM bench_writer WHERE id > %s", (max(frozen),)).fetchone():
+            if time.monotonic() > deadline:
+                pytest.fail(f"the writer wrote nothing on {target} in 60 s: {writer.error_count} errors")
+            time.sleep(0.1)  # the writer commits every 100 ms: poll for one of its rows on the target
+    # The tenant owns the target's catalog by now, but may not change it until the copies are verified: the way
+    # back carries rows, not DDL, and the verification must read the tables it listed.
+    refused = pytest.raises(psycopg.errors.RaiseException, match="schema changes wait until the move is verified")
+    with mover.as_tenant(target) as conn, refused:
+        conn.execute("ALTER TABLE bench_writer RENAME TO bench_writer_elsewhere")
+    verifying.unlink()
+    output = run.communicate()[0]
+    report = writer.stop()
+    try:
+        assert run.returncode != 0 and "Switched back" in output, output[-5000:]
+        assert mover.record()["db_server"] == source
+        move = mover.last_move()
+        assert move["phase"] == "rolled_back" and "verification failed" in move["error"], move
+        assert move["verification"]["differing_tables"] == ["public.spoiled_by_the_test"]
+        assert [p["phase"] for p in move["phase_history"]][-3:] == ["repointed", "switching_back", "rolled_back"]
+        missing = set(report.committed_ids) - mover.rows()
+        assert not missing, f"{len(missing)} committed rows lost"
+        assert set(report.committed_ids) - frozen, "the writer committed nothing on the target"
+        copies = mover.copies()
+        assert [name for name, c in copies.items() if c["live"]] == [source]
+        for name, c in copies.items():
+            assert not (c["slots"] or c["move_roles"] or c["subscriptions"] or c.get("publications")), (name, c)
+            assert not c.get("event_triggers"), (name, c)
+            if c["can_login"] is not None:
+                assert c["can_login"][0] == (name == source), (name, c)
+    finally:
+        with mover.admin(source, mover.db) as conn:
+            conn.execute("DROP TABLE IF EXISTS public.spoiled_by_the_test")
 
 
 def wait_until_waiting(operation: subprocess.Popen, mover: Mover) -> None:

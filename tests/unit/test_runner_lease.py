@@ -33,26 +33,26 @@ def test_a_lease_its_worker_cannot_renew_is_given_up_within_two_thirds_of_it():
         raise psycopg.OperationalError("connection refused")
 
     started = time.monotonic()
-    lease = AccountLease(unreachable, "acct", 7, seconds=3)
+    lease = AccountLease(unreachable, "acct", 7, seconds=0.9)
     try:
         assert lease.lost.wait(timeout=30)
-        assert 2 <= time.monotonic() - started < 3  # renewals are tried each second; none succeeds
+        assert 0.6 <= time.monotonic() - started < 0.9  # renewals are tried every 0.3 s; none succeeds
     finally:
         lease.stop()
 
 
 def test_a_lease_taken_over_is_given_up_at_the_first_renewal_and_a_held_one_is_kept():
     renewed = threading.Event()
-    taken_over = AccountLease(lambda: Registry(False, renewed), "acct", 7, seconds=3)
+    taken_over = AccountLease(lambda: Registry(False, renewed), "acct", 7, seconds=0.9)
     try:
         assert taken_over.lost.wait(timeout=30) and renewed.is_set()
     finally:
         taken_over.stop()
 
     renewals = threading.Event()
-    kept = AccountLease(lambda: Registry(True, renewals), "acct", 8, seconds=3)
+    kept = AccountLease(lambda: Registry(True, renewals), "acct", 8, seconds=0.9)
     try:
-        for _ in range(3):  # three renewals, each a second apart: the lease stays the worker's
+        for _ in range(4):  # four renewals, past two thirds of the lease: it stays the worker's
             assert renewals.wait(timeout=30)
             renewals.clear()
         assert not kept.lost.is_set()
