@@ -21,6 +21,7 @@ LIMIT_LOCK = 0x5A10
 RECOVERY_LOCK = 0x5A11
 
 RECOVER_MOVE = "recover_move"  # a job finishing or rolling back a move no run finishes (the recovery pass queues it)
+CLEANUP = "moves_cleanup"  # the recovery pass's run of playbooks/moves_cleanup.yml (no account: never retried)
 
 JOB_COLUMNS = (
     "id, tenant_id, account_id, event_id, action, playbook, extravars, state, attempts, run_after, created_at,"
@@ -201,7 +202,8 @@ def fail_orphaned_cleanups(conn: psycopg.Connection) -> list[dict]:
     return conn.execute(
         f"""UPDATE registry.jobs SET state = 'failed', finished_at = now(),
                    error = 'the worker running it stopped (' || coalesce(worker, '?') || '): the next pass runs it'
-             WHERE account_id IS NULL AND action = 'moves_cleanup' AND state = 'running' RETURNING {JOB_COLUMNS}"""
+             WHERE account_id IS NULL AND action = %s AND state = 'running' RETURNING {JOB_COLUMNS}""",
+        (CLEANUP,),
     ).fetchall()
 
 

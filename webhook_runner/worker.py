@@ -54,7 +54,6 @@ PLAYBOOK_COMMAND = Path(__file__).with_name("ansible-playbook")  # dies with the
 
 # Jobs that only ask for an account to be read again (Kill Bill was unreachable, or reconcile found drift).
 CONVERGE, RECONCILE = "converge", "reconcile"
-CLEANUP = "moves_cleanup"  # the recovery pass's run of playbooks/moves_cleanup.yml (no account: never retried)
 
 
 class Worker:
@@ -477,7 +476,7 @@ class Worker:
         moved tenant's old copy is due. What it found and did, one line each."""
         if not store.try_lock(self.conn, store.RECOVERY_LOCK, "recovery"):
             return []
-        conn, lines = self.conn, []
+        conn, lines, queued = self.conn, [], False
         try:
             for job in store.fail_orphaned_cleanups(conn):  # this pass alone runs them: a running one is a dead pass's
                 lines.append(f"moves_cleanup.yml: job {job['id']} failed: {job['error']}")
@@ -500,12 +499,14 @@ class Worker:
                         reason=f"recovery: {found}; the playbook finishes it or rolls it back",
                     )  # fmt: skip
                     lines.append(f"{found}: job {job['id']} queued")
-                    conn.execute(f"NOTIFY {store.NOTIFY_CHANNEL}")
+                    queued = True
+            if queued:
+                conn.execute(f"NOTIFY {store.NOTIFY_CHANNEL}")  # the accounts' workers, at once
             if store.old_copies_due(conn):
                 job = store.insert_job(
-                    conn, account=None, tenant_id=None, event_id=None, action=CLEANUP, playbook="moves_cleanup.yml",
-                    extravars={}, state="running", reason="recovery: moved tenants' old copies past retention",
-                    worker=self.name,
+                    conn, account=None, tenant_id=None, event_id=None, action=store.CLEANUP,
+                    playbook="moves_cleanup.yml", extravars={}, state="running", worker=self.name,
+                    reason="recovery: moved tenants' old copies past retention",
                 )  # fmt: skip
                 job = self._execute(job, retry=False)
                 lines.append(f"moves_cleanup.yml: job {job['id']} {job['state']}")

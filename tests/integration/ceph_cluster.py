@@ -142,8 +142,8 @@ def mounts_below(directory: Path) -> list[tuple[Path, str]]:
     return sorted(found, key=lambda m: len(str(m[0])), reverse=True)
 
 
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (PID 1 reaps killed daemons a little later)."""
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (an exited child its parent, or PID 1, has not reaped yet)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -430,9 +430,9 @@ class CephCluster:
                 os.kill(pid, signal.SIGKILL)
         _wait_for(
             "the Ceph processes gone after SIGKILL",
-            lambda: not any(_alive(pid) for pid in pids) and all(p.poll() is not None for p in self._daemons.values()),
+            lambda: not any(alive(pid) for pid in pids) and all(p.poll() is not None for p in self._daemons.values()),
             10,
-            lambda: f"still alive: {sorted(pid for pid in pids if _alive(pid))}",
+            lambda: f"still alive: {sorted(pid for pid in pids if alive(pid))}",
         )
         self._daemons.clear()
 

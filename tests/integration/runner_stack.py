@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
-from .conftest import LOCAL_STATE, VENV_BIN, LocalPlatform
+from .conftest import LOCAL_STATE, VENV_BIN, LocalPlatform, ansible_env
 from conftest import REPO
 
 RUNNER_STATE = LOCAL_STATE / "runner"  # the site-deployed runner (roles/webhook_runner)
@@ -148,6 +148,16 @@ def runner_settings(platform: LocalPlatform, killbill_url: str, state_dir: Path,
         "lease_seconds": 3,  # a killed worker's accounts wait this long for the next
         **overrides,
     }  # fmt: skip
+
+
+def runner_command(settings_path: Path, *args: str) -> str:
+    """`python -m webhook_runner <args>` with these settings, as an operator runs it: its output (it must succeed)."""
+    done = subprocess.run(
+        [str(VENV_BIN / "python"), "-m", "webhook_runner", *args], cwd=REPO, capture_output=True, text=True,
+        env={**ansible_env(), "SAASODOO_RUNNER_CONFIG": str(settings_path)}, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def write_settings(path: Path, settings: dict) -> None:

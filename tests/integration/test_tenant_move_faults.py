@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, VENV_BIN, LocalPlatform, ansible_env, run_playbook
+from .conftest import LocalPlatform, run_playbook
 from .movers import PLANS, RUNTIME_NONE, Mover, provision_mover
-from .runner_stack import pause_deployed_runner, resume_deployed_runner, runner_settings, write_settings
+from .runner_stack import (
+    pause_deployed_runner,
+    resume_deployed_runner,
+    runner_command,
+    runner_settings,
+    write_settings,
+)
 
 # The points successive runs are SIGKILLed at, before one more runs through. A logical move switches first
 # (turned: replication runs target -> source; repointed: the tenant works on the target) and verifies after.
@@ -73,14 +78,8 @@ def recovered_by_the_runner(mover: Mover, platform: LocalPlatform, state: Path) 
     tenant's account that a worker (`worker --drain --account`) runs: tenant_change_plan.yml with the move's plan.
     The job as it ended."""
     state.mkdir()
-    write_settings(state / "settings.json", runner_settings(platform, "http://127.0.0.1:9", state))
-    env = {**ansible_env(), "SAASODOO_RUNNER_CONFIG": str(state / "settings.json")}
-
-    def runner(*args: str) -> str:
-        done = subprocess.run([str(VENV_BIN / "python"), "-m", "webhook_runner", *args], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
+    settings = state / "settings.json"
+    write_settings(settings, runner_settings(platform, "http://127.0.0.1:9", state))
 
     deployed = pause_deployed_runner()  # its worker's recovery pass would queue the same job; one runner is enough
     try:
@@ -91,16 +90,18 @@ def recovered_by_the_runner(mover: Mover, platform: LocalPlatform, state: Path) 
                 (mover.tenant,),
             ).fetchone()
             assert move is not None and not move["held"]  # its run was killed
-            assert f"move {move['id']} " not in runner("recover")  # not stuck yet: a live run may rest between steps
+            assert f"move {move['id']} " not in runner_command(
+                settings, "recover"
+            )  # not stuck yet: a live run may rest between steps
             conn.execute(
                 """UPDATE registry.migrations SET started_at = started_at - interval '1 hour',
                           phase_history = jsonb_set(phase_history, '{-1,at}', to_jsonb(now() - interval '1 hour'))
                     WHERE id = %s""",
                 (move["id"],),
             )
-        found = runner("recover")
+        found = runner_command(settings, "recover")
         assert re.search(rf"{mover.tenant}: move {move['id']} .* no run finishing it: job \d+ queued", found), found
-        runner("worker", "--drain", "--account", mover.record()["customer_id"])  # nobody else's work
+        runner_command(settings, "worker", "--drain", "--account", mover.record()["customer_id"])  # nobody else's work
     finally:
         resume_deployed_runner(deployed)
     with mover.registry() as conn:

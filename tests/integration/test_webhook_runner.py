@@ -10,7 +10,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
 import urllib.request
@@ -24,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.killbill_api import KillBillAPI
 from tests.standins.killbill.killbill_standin import KillBillStandin, encode_notification, post_notification
 
-from .conftest import LOCAL_STATE, REPO, VENV_BIN, LocalPlatform, ansible_processes, run_playbook
+from .ceph_cluster import alive
+from .conftest import LOCAL_STATE, LocalPlatform, ansible_processes, run_playbook
 from .runner_stack import (
     ADMIN_TOKEN,
     INBOUND_TOKEN,
@@ -32,6 +32,7 @@ from .runner_stack import (
     RunnerStack,
     pause_deployed_runner,
     resume_deployed_runner,
+    runner_command,
     runner_settings,
     write_settings,
 )
@@ -369,15 +370,6 @@ def playbook_held(job_id: int):
                 os.kill(pid, signal.SIGCONT)
 
 
-def running(pid: int) -> bool:
-    """Whether the process exists and has not exited (an exited child its parent has not reaped yet is a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def job_audit_rows(runner: RunnerStack, job_id: int) -> list[str]:
     with runner.registry() as conn:
         rows = conn.execute(
@@ -459,7 +451,7 @@ def test_a_worker_whose_account_was_taken_over_writes_nothing_more(runner: Runne
         assert taken is not None
         mark = conn.execute("SELECT max(id) AS id FROM registry.audit").fetchone()["id"]
     deadline = time.monotonic() + 60
-    while any(map(running, held)):  # cancelled, or failed at its first fenced write
+    while any(map(alive, held)):  # cancelled, or failed at its first fenced write
         assert time.monotonic() < deadline, "the fenced run went on"
         time.sleep(0.1)
     with runner.registry() as conn:
@@ -798,10 +790,8 @@ def test_housekeeping_prunes_old_finished_work_and_no_counter_goes_down(runner: 
     counters = scrape_counters(runner)
     assert before["jobs"] > before["kept"] > 0  # the parked jobs of the tests above stay
 
-    command = [str(VENV_BIN / "python"), "-m", "webhook_runner", "housekeeping"]
-    environment = {**os.environ, "SAASODOO_RUNNER_CONFIG": str(runner.settings_path)}
-    first = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, check=True)
-    again = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, check=True)
+    first = runner_command(runner.settings_path, "housekeeping")
+    again = runner_command(runner.settings_path, "housekeeping")
 
     with runner.registry() as conn:
         after = conn.execute(
@@ -812,6 +802,6 @@ def test_housekeeping_prunes_old_finished_work_and_no_counter_goes_down(runner: 
             (ours,),
         ).fetchone()
     assert (after["jobs"], after["loose"], after["placements"]) == (before["kept"], 0, before["placed"])
-    assert f": {before['jobs'] - before['kept']} jobs, " in first.stdout, first.stdout
-    assert "pruned (older than 90 days): 0 jobs, 0 events, 0 placements" in again.stdout, again.stdout
+    assert f": {before['jobs'] - before['kept']} jobs, " in first, first
+    assert "pruned (older than 90 days): 0 jobs, 0 events, 0 placements" in again, again
     assert scrape_counters(runner) == pytest.approx(counters)

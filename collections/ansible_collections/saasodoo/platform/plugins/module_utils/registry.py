@@ -26,9 +26,8 @@ AUDIT_RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def try_move_lock(conn, tenant_id: str) -> bool:
-    return conn.execute("SELECT pg_catalog.pg_try_advisory_lock(registry.move_lock_key(%s))", (tenant_id,)).fetchone()[
-        0
-    ]
+    taken = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(registry.move_lock_key(%s))", (tenant_id,))
+    return taken.fetchone()[0]
 
 
 def release_move_lock(conn, tenant_id: str) -> None:
