@@ -1,7 +1,8 @@
 """GET /metrics: the runner's figures in Prometheus' text format or OpenMetrics, written by prometheus_client.
 
-Every figure is read from the registry at scrape time, so each gunicorn worker (and each runner host)
-answers the same: nothing is counted in a process's memory, and no multiprocess directory is needed.
+Every figure is read from the registry at scrape time, from counters its triggers keep as events and jobs change
+(a few rows, however many the tables hold), so each gunicorn worker (and each runner host) answers the same:
+nothing is counted in a process's memory, and no multiprocess directory is needed.
 No process_* figures either: each scrape would describe whichever gunicorn worker answered it.
 Label values come only from fixed sets: Kill Bill's event types (any other is `other`), job states, and the
 actions the runner itself names its jobs with.
@@ -21,7 +22,6 @@ from . import store
 from .notification import KNOWN_EVENT_TYPES
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "parked", "skipped")
-DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 OTHER = "other"  # the label of an event type Kill Bill does not define
 
 
@@ -35,7 +35,7 @@ class RegistryCollector(Collector):
 
     def collect(self):
         with self.registry() as conn:
-            snapshot = store.metrics_snapshot(conn, DURATION_BUCKETS)
+            snapshot = store.metrics_snapshot(conn)
         received = CounterMetricFamily(
             "saasodoo_runner_events_received", "Kill Bill notifications stored in the inbox."
         )
@@ -72,7 +72,7 @@ class RegistryCollector(Collector):
             "saasodoo_runner_job_duration_seconds", "Playbook run time of jobs that succeeded.", labels=["action"]
         )
         for row in snapshot["durations"]:
-            buckets = [(str(b), n) for b, n in zip(DURATION_BUCKETS, row["le"], strict=True)]
+            buckets = [(str(b), n) for b, n in zip(snapshot["bounds"], row["le"], strict=True)]
             durations.add_metric([row["action"]], [*buckets, ("+Inf", row["n"])], sum_value=float(row["total"]))
         yield durations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -419,103 +418,61 @@ def audit(conn, *, actor: str, tenant_id, kind: str, subject: str, detail: dict)
     )
 
 
-def prune(conn: psycopg.Connection, days: float, duration_buckets: tuple[float, ...]) -> dict[str, int]:
+def prune(conn: psycopg.Connection, days: float) -> dict[str, int]:
     """Delete finished work older than `days`: jobs that succeeded, were skipped or failed (queued, running and
     parked ones stay), processed events no remaining job refers to, and placements older than the latest one
     that placed their tenant.
-    The audit trail is never pruned (its chain holds). What the deleted rows counted in /metrics goes to
-    registry.runner_totals first, in the same transaction, so no counter goes down."""
+    The audit trail is never pruned (its chain holds). /metrics' counters are rows of their own
+    (registry.runner_counters, registry.job_durations), so what the deleted rows counted stays counted."""
     params = {"days": days}
     with conn.transaction():
         jobs = conn.execute(
             """DELETE FROM registry.jobs WHERE state IN ('succeeded', 'skipped', 'failed')
-                   AND finished_at < now() - make_interval(secs => %(days)s * 86400)
-               RETURNING action, state, extract(epoch FROM finished_at - started_at)::float8 AS seconds""",
+                   AND finished_at < now() - make_interval(secs => %(days)s * 86400)""",
             params,
-        ).fetchall()
-        timed = [job for job in jobs if job["state"] == "succeeded" and job["seconds"] is not None]
-        totals = []
-        for action in sorted({job["action"] for job in timed}):
-            seconds = [job["seconds"] for job in timed if job["action"] == action]
-            totals += [("job_duration_count", action, len(seconds)), ("job_duration_sum", action, sum(seconds))]
-            totals += [
-                ("job_duration_le", f"{action} {float(bound)}", sum(s <= bound for s in seconds))
-                for bound in duration_buckets
-            ]
+        ).rowcount
         events = conn.execute(
             """DELETE FROM registry.events e WHERE processed_at IS NOT NULL
                    AND received_at < now() - make_interval(secs => %(days)s * 86400)
-                   AND NOT EXISTS (SELECT 1 FROM registry.jobs j WHERE j.event_id = e.id)
-               RETURNING event_type""",
+                   AND NOT EXISTS (SELECT 1 FROM registry.jobs j WHERE j.event_id = e.id)""",
             params,
-        ).fetchall()
-        by_type: dict[str, int] = {}
-        for event in events:
-            by_type[event["event_type"]] = by_type.get(event["event_type"], 0) + 1
-        totals += [("events_received_by_type", event_type, n) for event_type, n in by_type.items()]
-        with conn.cursor() as cur:
-            cur.executemany(
-                """INSERT INTO registry.runner_totals (metric, label, value) VALUES (%s, %s, %s)
-                   ON CONFLICT (metric, label) DO UPDATE SET value = runner_totals.value + EXCLUDED.value""",
-                totals,
-            )
+        ).rowcount
         placements = conn.execute(
             """DELETE FROM registry.placements p WHERE decided_at < now() - make_interval(secs => %(days)s * 86400)
                    AND id < (SELECT max(id) FROM registry.placements q
                               WHERE q.tenant_id = p.tenant_id AND q.chosen_server IS NOT NULL)""",
             params,
         ).rowcount
-    return {"jobs": len(jobs), "events": len(events), "placements": placements}
+    return {"jobs": jobs, "events": events, "placements": placements}
 
 
-def metrics_snapshot(conn, duration_buckets: tuple[float, ...]) -> dict:
-    """What /metrics reports: inbox counts, jobs by state, succeeded jobs' run times per action (cumulative
-    counts at each bucket bound; a parked or failed job may be replayed, so its run time is not final). The
-    counters add what pruned rows counted (registry.runner_totals)."""
-    # One snapshot: a housekeeping pass committing between the reads would count its rows twice.
-    with conn.transaction():
+def metrics_snapshot(conn) -> dict:
+    """What /metrics reports, from the counters the registry's triggers keep (migration 0017) and the open jobs
+    only: notifications received by type and pending, jobs by state, jobs running and waiting by action, and
+    succeeded jobs' run times per action (cumulative counts at each bound of `bounds`; a parked or failed job may
+    be replayed, so its run time is not final)."""
+    with conn.transaction():  # one snapshot
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        events = conn.execute("SELECT count(*) AS pending FROM registry.events WHERE processed_at IS NULL").fetchone()
-        by_type = conn.execute("SELECT event_type, count(*) AS n FROM registry.events GROUP BY 1").fetchall()
-        jobs = conn.execute("SELECT state, count(*) AS n FROM registry.jobs GROUP BY 1").fetchall()
+        counters = conn.execute("SELECT metric, label, value FROM registry.runner_counters").fetchall()
         by_action = conn.execute(
             """SELECT action, count(*) FILTER (WHERE state = 'running') AS running,
                       count(*) FILTER (WHERE state = 'queued' AND waiting_for IS NOT NULL) AS waiting
                  FROM registry.jobs WHERE state IN ('running', 'queued') GROUP BY 1"""
         ).fetchall()
-        at_most = sql.SQL(", ").join(
-            sql.SQL("count(*) FILTER (WHERE s <= {})").format(sql.Literal(float(b))) for b in duration_buckets
-        )
+        bounds = conn.execute("SELECT registry.job_duration_bounds() AS bounds").fetchone()["bounds"]
         durations = conn.execute(
-            sql.SQL(
-                """SELECT action, count(*) AS n, coalesce(sum(s), 0) AS total, array[{}] AS le
-                     FROM (SELECT action, extract(epoch FROM finished_at - started_at)::float8 AS s FROM registry.jobs
-                            WHERE state = 'succeeded' AND finished_at IS NOT NULL AND started_at IS NOT NULL) AS done
-                    GROUP BY action ORDER BY action"""
-            ).format(at_most)
+            "SELECT action, count AS n, seconds AS total, at_most AS le FROM registry.job_durations ORDER BY action"
         ).fetchall()
-        kept = {(r["metric"], r["label"]): r["value"] for r in conn.execute("SELECT * FROM registry.runner_totals")}
-    by_type = {r["event_type"]: r["n"] for r in by_type}
-    for (metric, label), value in kept.items():
-        if metric == "events_received_by_type":
-            by_type[label] = by_type.get(label, 0) + int(value)
-    live = {row["action"]: row for row in durations}
-    merged = []
-    for action in sorted(set(live) | {label for metric, label in kept if metric == "job_duration_count"}):
-        row = live.get(action) or {"n": 0, "total": 0, "le": [0] * len(duration_buckets)}
-        merged.append({
-            "action": action,
-            "n": row["n"] + int(kept.get(("job_duration_count", action), 0)),
-            "total": float(row["total"]) + kept.get(("job_duration_sum", action), 0.0),
-            "le": [n + int(kept.get(("job_duration_le", f"{action} {float(b)}"), 0))
-                   for n, b in zip(row["le"], duration_buckets, strict=True)],
-        })  # fmt: skip
+    counted = {metric: {} for metric in ("events_received", "events_pending", "jobs")}
+    for row in counters:
+        counted[row["metric"]][row["label"]] = row["value"]
     return {
-        "received": sum(by_type.values()),
-        "pending": events["pending"],
-        "by_type": by_type,
-        "jobs": {r["state"]: r["n"] for r in jobs},
+        "received": sum(counted["events_received"].values()),
+        "pending": counted["events_pending"].get("", 0),
+        "by_type": counted["events_received"],
+        "jobs": counted["jobs"],
         "running": {r["action"]: r["running"] for r in by_action},
         "waiting": {r["action"]: r["waiting"] for r in by_action},
-        "durations": merged,
+        "bounds": bounds,
+        "durations": durations,
     }

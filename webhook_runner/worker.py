@@ -46,7 +46,6 @@ from .desired import (
     tenant_id_of,
 )
 from .killbill import KillBill, KillBillError, KillBillNotFound
-from .metrics import DURATION_BUCKETS
 from .notification import IGNORED_EVENT_TYPES, KNOWN_EVENT_TYPES
 
 log = logging.getLogger("webhook_runner.worker")
@@ -465,7 +464,7 @@ class Worker:
         if not store.try_lock(self.conn, store.HOUSEKEEPING_LOCK, "housekeeping"):
             return {}
         try:
-            return store.prune(self.conn, self.settings.retention_days, DURATION_BUCKETS)
+            return store.prune(self.conn, self.settings.retention_days)
         finally:
             store.unlock(self.conn, store.HOUSEKEEPING_LOCK, "housekeeping")
 

@@ -417,9 +417,22 @@ class ScratchRegistry:
             autocommit=True,
         )
 
+    def migrate(self, migrations: list[Path]) -> None:
+        """Apply these migrations, in one transaction as the role applies its pending ones."""
+        with self.connect() as conn, conn.transaction():
+            for migration in migrations:
+                conn.execute(migration.read_text())
+
 
 @pytest.fixture
-def scratch_registry(local_platform: LocalPlatform):
+def scratch_registry(unmigrated_scratch_registry: ScratchRegistry) -> ScratchRegistry:
+    unmigrated_scratch_registry.migrate(MIGRATIONS)
+    return unmigrated_scratch_registry
+
+
+@pytest.fixture
+def unmigrated_scratch_registry(local_platform: LocalPlatform):
+    """A scratch registry with an empty `registry` schema: no migration applied yet."""
     port = local_platform.servers["platform-db"].port
     dbname = f"saasodoo_scratch_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(
@@ -428,10 +441,8 @@ def scratch_registry(local_platform: LocalPlatform):
         admin.execute(f'CREATE DATABASE "{dbname}"')
     registry = ScratchRegistry(dbname, port)
     try:
-        with registry.connect() as conn, conn.transaction():
+        with registry.connect() as conn:
             conn.execute("CREATE SCHEMA registry")
-            for migration in MIGRATIONS:
-                conn.execute(migration.read_text())
         yield registry
     finally:
         with psycopg.connect(

@@ -127,6 +127,77 @@ def test_a_lease_taken_over_fences_its_old_holders_writes(local_platform: LocalP
             other.execute("DELETE FROM registry.account_leases WHERE account_id = %s", (account,))
 
 
+def test_metrics_counters_keep_what_rows_counted_before_and_after_they_are_pruned(unmigrated_scratch_registry):
+    """/metrics' counters (migration 0017): seeded from the rows there are and from what pruned rows counted
+    (runner_totals, which it replaces), then kept by triggers through inserts, state changes and pruning."""
+    before = [m for m in MIGRATIONS if m.name < "0017"]
+    unmigrated_scratch_registry.migrate(before)
+    bounds = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+    pruned_runs = [1.5, 5.5]  # what the runner's earlier pruning moved into runner_totals
+    with unmigrated_scratch_registry.connect() as conn:
+        conn.row_factory = psycopg.rows.dict_row
+        totals = [
+            ("events_received_by_type", "SUBSCRIPTION_CREATION", 5.0),
+            ("job_duration_count", "provision", 2.0),
+            ("job_duration_sum", "provision", sum(pruned_runs)),
+        ]
+        totals += [
+            ("job_duration_le", f"provision {float(b)}", float(sum(s <= b for s in pruned_runs))) for b in bounds
+        ]
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO registry.runner_totals (metric, label, value) VALUES (%s, %s, %s)", totals)
+        add_event = """INSERT INTO registry.events (event_type, object_type, body, processed_at)
+                       VALUES (%s, 'SUBSCRIPTION', '{}', %s) RETURNING id"""
+        conn.execute(add_event, ("SUBSCRIPTION_CREATION", "2026-01-01"))
+        conn.execute(add_event, ("INVOICE_CREATION", None))
+        add_job = """INSERT INTO registry.jobs (action, playbook, state, started_at, finished_at)
+                     VALUES (%s, 'p.yml', %s, now() - make_interval(secs => %s), now()) RETURNING id"""
+        conn.execute(add_job, ("provision", "succeeded", 3))
+        conn.execute(add_job, ("provision", "succeeded", 40))
+        conn.execute(add_job, ("suspend", "parked", 1))
+
+    unmigrated_scratch_registry.migrate([m for m in MIGRATIONS if m not in before])
+    with unmigrated_scratch_registry.connect() as conn:
+        conn.row_factory = psycopg.rows.dict_row
+        seeded = store.metrics_snapshot(conn)
+        assert seeded["by_type"] == {"SUBSCRIPTION_CREATION": 6, "INVOICE_CREATION": 1} and seeded["pending"] == 1
+        assert seeded["jobs"] == {"succeeded": 2, "parked": 1}
+
+        # Through the triggers: two events in one statement, one handled; a job queued, run, timed; one skipped.
+        conn.execute("""INSERT INTO registry.events (event_type, object_type, body)
+                        VALUES ('SUBSCRIPTION_CANCEL', 'SUBSCRIPTION', '{}'), ('INVOICE_CREATION', 'INVOICE', '{}')""")
+        conn.execute("UPDATE registry.events SET processed_at = now() WHERE event_type = 'SUBSCRIPTION_CANCEL'")
+        job = conn.execute("INSERT INTO registry.jobs (action, playbook) VALUES ('provision', 'p.yml') RETURNING id")
+        job = job.fetchone()["id"]
+        conn.execute("UPDATE registry.jobs SET state = 'running', started_at = now() - interval '12 s' WHERE id = %s",
+                     (job,))  # fmt: skip
+        conn.execute("UPDATE registry.jobs SET state = 'succeeded', finished_at = now() WHERE id = %s", (job,))
+        conn.execute("UPDATE registry.jobs SET error = 'seen' WHERE id = %s", (job,))  # not timed twice
+        conn.execute("INSERT INTO registry.jobs (action, playbook, state, finished_at)"
+                     " VALUES ('suspend', 'p.yml', 'skipped', now())")  # fmt: skip
+        live = store.metrics_snapshot(conn)
+
+        # Everything finished is pruned: the counters stay, the gauges follow the rows that are left.
+        conn.execute("UPDATE registry.jobs SET finished_at = now() - interval '100 days' WHERE finished_at IS NOT NULL")
+        conn.execute("UPDATE registry.events SET received_at = now() - interval '100 days'")
+        pruned = store.prune(conn, 90)
+        after = store.metrics_snapshot(conn)
+        rows = conn.execute("""SELECT (SELECT count(*) FROM registry.events WHERE processed_at IS NULL) AS pending,
+                                      (SELECT count(*) FROM registry.jobs) AS jobs""").fetchone()
+
+    received = {"SUBSCRIPTION_CREATION": 6, "INVOICE_CREATION": 2, "SUBSCRIPTION_CANCEL": 1}
+    runs = [*pruned_runs, 3, 40, 12]
+    timed = [{"action": "provision", "n": len(runs), "total": pytest.approx(sum(runs), abs=0.1),
+              "le": [sum(s <= b for s in runs) for b in bounds]}]  # fmt: skip
+    assert live["by_type"] == received and live["received"] == 9 and live["pending"] == 2
+    assert live["jobs"] == {"succeeded": 3, "parked": 1, "skipped": 1, "queued": 0, "running": 0}
+    assert live["durations"] == timed and live["bounds"] == [float(b) for b in bounds]
+    assert pruned == {"jobs": 4, "events": 2, "placements": 0}
+    assert (after["by_type"], after["durations"]) == (received, timed)
+    assert after["jobs"] == {"succeeded": 0, "parked": 1, "skipped": 0, "queued": 0, "running": 0} and rows["jobs"] == 1
+    assert after["pending"] == rows["pending"] == 2
+
+
 def test_a_plan_without_db_type_is_refused_by_name(local_platform: LocalPlatform, tmp_path: Path):
     catalog = yaml.safe_load((INVENTORIES / "local/group_vars/all/plans.yml").read_text())
     catalog["saasodoo_plans"]["mystery-monthly"] = {

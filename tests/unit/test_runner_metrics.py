@@ -21,13 +21,14 @@ SNAPSHOT = {
     "jobs": {"succeeded": 3, "running": 1, "queued": 1},
     "running": {"provision": 1, ODD_ACTION: 0},
     "waiting": {"provision": 1, ODD_ACTION: 1},
+    "bounds": [1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0],
     "durations": [{"action": "provision", "n": 3, "total": 95.5, "le": [0, 0, 0, 0, 1, 2, 3, 3, 3, 3]}],
 }
 
 
 @pytest.fixture
 def runner_metrics(monkeypatch):
-    monkeypatch.setattr(store, "metrics_snapshot", lambda conn, buckets: SNAPSHOT)
+    monkeypatch.setattr(store, "metrics_snapshot", lambda conn: SNAPSHOT)
     return metrics.exposition_registry(lambda: nullcontext(), limited=("provision", "change_plan"))
 
 
@@ -70,7 +71,7 @@ def test_the_text_format_parses_back_with_every_family_and_escaped_labels(runner
         for s in families["saasodoo_runner_job_duration_seconds"].samples
         if s.labels["action"] == "provision"
     }
-    assert histogram[("saasodoo_runner_job_duration_seconds_bucket", "30")] == 1
+    assert histogram[("saasodoo_runner_job_duration_seconds_bucket", "30.0")] == 1
     assert histogram[("saasodoo_runner_job_duration_seconds_bucket", "+Inf")] == 3
     assert histogram[("saasodoo_runner_job_duration_seconds_count", None)] == 3
     assert histogram[("saasodoo_runner_job_duration_seconds_sum", None)] == 95.5
