@@ -18,7 +18,7 @@ COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_
 APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr curl python3-psycopg
 ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner
 
-.PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone acceptance bench soak down clean
+.PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-alone-beside-molecule acceptance bench soak down clean
 
 help:
 	@echo "make demo   set up, converge the local platform, play three customers' lives through Kill Bill and the runner"
@@ -80,7 +80,7 @@ demo: setup
 	ansible-playbook playbooks/platform_status.yml
 
 # Each stage's time is printed at the end (and as far as it got when one fails).
-TEST_STAGES := lint unit molecule integration-streams integration-alone
+TEST_STAGES := lint unit integration-streams integration-alone-beside-molecule
 test: setup
 	@times=""; for stage in $(TEST_STAGES); do \
 	  started=$$(date +%s); \
@@ -118,6 +118,15 @@ integration-streams: setup
 	pytest tests/integration -n 2 -m "not alone" --durations=15
 integration-alone: setup
 	pytest tests/integration -m alone --durations=10
+
+# The alone pass runs one test at a time and leaves a core idle: the molecule scenarios use it meanwhile, one after
+# another (their own ports and .state/molecule, which the tests' down.yml leaves running). Their lines come after.
+integration-alone-beside-molecule: setup
+	@mkdir -p .state/logs; \
+	$(MAKE) --no-print-directory molecule MOLECULE_JOBS=1 > .state/logs/molecule.log 2>&1 & molecule=$$!; \
+	alone=0; $(MAKE) --no-print-directory integration-alone || alone=$$?; \
+	scenarios=0; wait $$molecule || scenarios=$$?; cat .state/logs/molecule.log; \
+	[ $$alone -eq 0 ] && [ $$scenarios -eq 0 ]
 
 # The customers' lives against a real Odoo 18 instead of the stand-in (tests/acceptance). It resets the local platform.
 ODOO_BIN ?=

@@ -482,6 +482,7 @@ def generate(
     size_mb: int,
     progress: Callable[[str], None] | None = None,
     seed: float = 0.42,
+    small_tables: int = SMALL_TABLES,
 ) -> dict:
     """Build the Odoo-shaped tenant in conn's database until it is about size_mb; return a summary.
 
@@ -490,8 +491,11 @@ def generate(
 
     The schema alone makes the database ~30 MB (300 tables, each with its pages, indexes and sequence, and the
     catalog rows of 1,100 foreign keys), so a smaller target yields just that, with a few rows in every large table.
-    Same seed, same size_mb, same server version: the same rows.
+    Same seed, same size_mb, same server version: the same rows. `small_tables` below 300 keeps every kind of
+    object (the tables the large ones point at first) with fewer of them, for tests where the count does not matter.
     """
+    if small_tables < len(CORE):
+        raise ValueError(f"small_tables must be at least {len(CORE)}: the large tables point at {', '.join(CORE)}")
     say = progress or (lambda _message: None)
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         conn.commit()
@@ -500,16 +504,18 @@ def generate(
     # Everything the tenant owns goes; the public schema stays as it is (pg_database_owner's, as pg_dump expects).
     conn.execute("DROP OWNED BY CURRENT_USER")
     try:
-        return _generate(conn, size_mb * MB, say, seed)
+        return _generate(conn, size_mb * MB, say, seed, small_tables)
     finally:
         conn.autocommit = autocommit
 
 
-def _generate(conn: psycopg.Connection, target: int, say: Callable[[str], None], seed: float) -> dict:
+def _generate(
+    conn: psycopg.Connection, target: int, say: Callable[[str], None], seed: float, small_tables: int
+) -> dict:
     started = time.monotonic()
     conn.execute("SELECT setseed(%s)", (seed,))
 
-    schema = _create_schema(conn)
+    schema = _create_schema(conn, small_tables)
     rows = _fill_small(conn, schema)
     base = _db_size(conn)
     tables = len(schema.small) + len(LARGE_INDEXES)
@@ -555,10 +561,10 @@ def _db_size(conn: psycopg.Connection) -> int:
     return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
 
 
-def _create_schema(conn: psycopg.Connection) -> Schema:
+def _create_schema(conn: psycopg.Connection, small_tables: int) -> Schema:
     schema = Schema()
     names = list(CORE) + [t for t in ODOO_TABLES if t not in COUNTS]
-    names += [f"x_model_{n:03d}" for n in range(1, SMALL_TABLES - len(names) + 1)]
+    names = names[:small_tables] + [f"x_model_{n:03d}" for n in range(1, small_tables - len(names) + 1)]
     statements: list[sql.Composable] = []
     for i, table in enumerate(names):
         statements.append(_small_table(schema, table, i))

@@ -237,13 +237,17 @@ def inventory_hosts(inventory: str = "inventories/local") -> tuple[dict[str, dic
     return hostvars, groups
 
 
+# down.yml as the tests call it: the molecule scenarios `make test` runs beside the alone pass stay up.
+DOWN = ("down.yml", "-e", '{"down_leave": ["molecule"]}')
+
+
 def reset_local_platform() -> None:
     """Stop the local platform and drop its servers' state (keeping the platform secret).
 
     Integration tests start from the platform `make demo` builds on a fresh clone, so what they
     assert (which pool fills first, when the fleet grows) does not depend on earlier runs.
     """
-    down = run_playbook("down.yml")
+    down = run_playbook(*DOWN)
     assert down.returncode == 0, down.output[-3000:]
     for kind in ("pg", "pgbouncer", "runtime", "storage", "backups"):
         shutil.rmtree(LOCAL_STATE / kind, ignore_errors=True)

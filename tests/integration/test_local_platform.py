@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from .conftest import LOCAL_STATE, PSQL, REPO, VENV_BIN, LocalPlatform, run_playbook, superuser
+from .conftest import DOWN, LOCAL_STATE, PSQL, REPO, VENV_BIN, LocalPlatform, run_playbook, superuser
 
 
 def test_second_site_run_changes_nothing(local_platform: LocalPlatform):
@@ -146,7 +146,7 @@ def test_the_monitor_role_cannot_reach_the_registry(local_platform: LocalPlatfor
 
 
 def test_down_stops_everything_and_site_brings_it_back(local_platform: LocalPlatform):
-    down = run_playbook("down.yml")
+    down = run_playbook(*DOWN)
     assert down.returncode == 0, down.output[-3000:]
     for server in local_platform.servers.values():
         for port in filter(None, (server.port, server.pgbouncer_port)):
