@@ -80,6 +80,7 @@ iap_account auth_totp_device
 """
 ODOO_TABLES = ODOO_TABLE_NAMES.split()
 CORE = tuple(COUNTS)  # res_company, res_users, ... first: every other table points at them
+ODOO_MODELS = list(CORE) + [t for t in ODOO_TABLES if t not in COUNTS]
 SMALL_TABLES = 300
 
 # Extra columns of the small tables the large ones point at: (column, type, value expression over g, the row number).
@@ -491,11 +492,11 @@ def generate(
 
     The schema alone makes the database ~30 MB (300 tables, each with its pages, indexes and sequence, and the
     catalog rows of 1,100 foreign keys), so a smaller target yields just that, with a few rows in every large table.
-    Same seed, same size_mb, same server version: the same rows. `small_tables` below 300 keeps every kind of
-    object (the tables the large ones point at first) with fewer of them, for tests where the count does not matter.
+    Same seed, same size_mb, same server version: the same rows. `small_tables` below 300 makes fewer custom models
+    (x_model_NNN), for tests where the count does not matter; Odoo's own tables are always there.
     """
-    if small_tables < len(CORE):
-        raise ValueError(f"small_tables must be at least {len(CORE)}: the large tables point at {', '.join(CORE)}")
+    if small_tables < len(ODOO_MODELS):
+        raise ValueError(f"small_tables must be at least {len(ODOO_MODELS)}: Odoo's own model tables")
     say = progress or (lambda _message: None)
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         conn.commit()
@@ -563,8 +564,7 @@ def _db_size(conn: psycopg.Connection) -> int:
 
 def _create_schema(conn: psycopg.Connection, small_tables: int) -> Schema:
     schema = Schema()
-    names = list(CORE) + [t for t in ODOO_TABLES if t not in COUNTS]
-    names = names[:small_tables] + [f"x_model_{n:03d}" for n in range(1, small_tables - len(names) + 1)]
+    names = ODOO_MODELS + [f"x_model_{n:03d}" for n in range(1, small_tables - len(ODOO_MODELS) + 1)]
     statements: list[sql.Composable] = []
     for i, table in enumerate(names):
         statements.append(_small_table(schema, table, i))
