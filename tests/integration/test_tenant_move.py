@@ -9,6 +9,7 @@ it was spoiled on purpose), nothing of the move left behind. The kill points: te
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from ansible_collections.saasodoo.platform.plugins.modules.registry_tenant import waiting_for_run
 
-from .conftest import LocalPlatform, assert_nothing_changed, run_playbook
+from .conftest import LocalPlatform, assert_nothing_changed, run_ansible_tool, run_playbook
 from .movers import PLANS, RUNTIME_NONE, Mover, provision_mover, wait_for_file
 
 
@@ -45,6 +46,32 @@ def test_upgrade_moves_the_tenant_to_its_dedicated_server_and_downgrade_brings_i
     with mover.admin(source) as conn:
         retained = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 't_mover_old%'")]
     assert retained, "the source copy was not kept"
+
+
+def test_db_migrate_logs_in_to_every_server_over_verified_tls_as_its_admin_login(mover: Mover, tmp_path: Path):
+    """playbooks/vars/move.yml: db_migrate runs on the platform host and reaches each server at the address the
+    registry records, never through a socket (on a host of its own, that would be the platform host's server), as
+    the server's administrative login, over TLS with the platform CA; that login gets nowhere without TLS."""
+    rendered = tmp_path / "logins.json"
+    content = "{{ saasodoo_db_admin_logins | to_json }}"
+    run_ansible_tool(
+        "ansible", "platform", "-i", "inventories/local", "-e", "@playbooks/vars/move.yml",
+        "-m", "ansible.builtin.copy", "-a", f"content={content} dest={rendered} mode=0600",
+    )  # fmt: skip
+    logins = json.loads(rendered.read_text())
+    servers = mover.servers()
+    assert set(logins) >= set(servers) - {"platform-db"}, logins.keys()
+    for name, login in logins.items():
+        assert "login_unix_socket" not in login and login["sslmode"] == "verify-full", (name, login.keys())
+        address = {"host": "127.0.0.1", "port": servers[name], "dbname": "postgres", "user": login["login_user"]}
+        with psycopg.connect(**address, password=login["login_password"], sslmode=login["sslmode"],
+                             sslrootcert=login["sslrootcert"]) as conn:  # fmt: skip
+            assert conn.execute(
+                "SELECT s.ssl, r.rolsuper FROM pg_stat_ssl s, pg_roles r"
+                " WHERE s.pid = pg_backend_pid() AND r.rolname = current_user"
+            ).fetchone() == (True, True), name
+        with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):
+            psycopg.connect(**address, password=login["login_password"], sslmode="disable")
 
 
 def test_a_suspend_and_a_resume_during_a_move_act_where_the_move_leaves_the_tenant(mover: Mover, tmp_path: Path):

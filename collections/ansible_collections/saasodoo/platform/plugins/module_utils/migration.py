@@ -115,7 +115,8 @@ class Server:
     name: str
     host: str
     port: int
-    admin: dict  # login_user, login_unix_socket / login_host, login_port, login_password; pgbouncer_admin_*
+    # login_user, login_password, login_unix_socket / login_host, login_port, sslmode, sslrootcert; pgbouncer_admin_*
+    admin: dict
     pgbouncer_host: str | None = None
     pgbouncer_port: int | None = None
 
@@ -126,6 +127,8 @@ class Server:
             port=a.get("login_port") or self.port,
             user=a.get("login_user") or "postgres",
             password=a.get("login_password") or None,
+            sslmode=a.get("sslmode") or "prefer",
+            sslrootcert=a.get("sslrootcert") or None,
             dbname=dbname,
             autocommit=True,
             connect_timeout=10,
@@ -179,8 +182,10 @@ class Server:
             a.get("login_user") or "postgres",
         ]
         env = {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGOPTIONS": PINNED_SESSION}
-        if a.get("login_password"):
-            env["PGPASSWORD"] = a["login_password"]
+        libpq_variables = {"login_password": "PGPASSWORD", "sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT"}
+        for key, variable in libpq_variables.items():
+            if a.get(key):
+                env[variable] = a[key]
         return args, env
 
 

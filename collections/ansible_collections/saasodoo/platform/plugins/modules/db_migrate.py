@@ -59,8 +59,9 @@ options:
     default: logical
   servers:
     description:
-      - Database server name to how this module reaches it as its superuser (C(login_user), C(login_unix_socket)
-        or C(login_host), C(login_port), C(login_password)) and its PgBouncer's console (C(pgbouncer_admin_user),
+      - Database server name to how this module reaches it as a superuser (C(login_user), C(login_password),
+        C(login_unix_socket) or C(login_host) and C(login_port), else the registry's address and port; C(sslmode)
+        and C(sslrootcert) as libpq takes them) and its PgBouncer's console (C(pgbouncer_admin_user),
         C(pgbouncer_admin_password)). Must hold the source and the target.
     type: dict
     required: true
