@@ -51,7 +51,7 @@ state-access:
 # The local platform, the tests and the benchmarks listen on fixed loopback ports inside the kernel's ephemeral range
 # (32768-60999): a client connection that took one as its source port (in TIME_WAIT too) makes a server's bind
 # fail with "Address already in use". Reserved, no connection takes them; ports reserved before are kept.
-RESERVED_PORTS := 55400-56999,58000-59999
+RESERVED_PORTS := 54400-54799,55400-56999,58000-59999
 reserved-ports:
 	@ports=/proc/sys/net/ipv4/ip_local_reserved_ports; current=$$(cat $$ports 2>/dev/null); \
 	case ",$$current," in *",$(RESERVED_PORTS),"*) exit 0;; esac; \
@@ -124,6 +124,7 @@ integration-alone: setup
 integration-alone-beside-molecule: setup
 	@mkdir -p .state/logs; \
 	$(MAKE) --no-print-directory molecule MOLECULE_JOBS=1 > .state/logs/molecule.log 2>&1 & molecule=$$!; \
+	trap 'kill $$molecule 2>/dev/null' INT TERM; \
 	alone=0; $(MAKE) --no-print-directory integration-alone || alone=$$?; \
 	scenarios=0; wait $$molecule || scenarios=$$?; cat .state/logs/molecule.log; \
 	[ $$alone -eq 0 ] && [ $$scenarios -eq 0 ]

@@ -72,7 +72,7 @@ class RegistryCollector(Collector):
             "saasodoo_runner_job_duration_seconds", "Playbook run time of jobs that succeeded.", labels=["action"]
         )
         for row in snapshot["durations"]:
-            buckets = [(str(b), n) for b, n in zip(snapshot["bounds"], row["le"], strict=True)]
+            buckets = [(f"{b:g}", n) for b, n in zip(snapshot["bounds"], row["le"], strict=True)]
             durations.add_metric([row["action"]], [*buckets, ("+Inf", row["n"])], sum_value=float(row["total"]))
         yield durations
 

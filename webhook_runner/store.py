@@ -423,26 +423,27 @@ def prune(conn: psycopg.Connection, days: float) -> dict[str, int]:
     parked ones stay), processed events no remaining job refers to, and placements older than the latest one
     that placed their tenant.
     The audit trail is never pruned (its chain holds). /metrics' counters are rows of their own
-    (registry.runner_counters, registry.job_durations), so what the deleted rows counted stays counted."""
+    (registry.runner_counters, registry.job_durations): notifications received and job run times stay counted.
+    Each delete commits on its own (the connection autocommits), so the counter rows it changes stay locked no
+    longer than it runs: a worker finishing a job meanwhile waits for one delete at most."""
     params = {"days": days}
-    with conn.transaction():
-        jobs = conn.execute(
-            """DELETE FROM registry.jobs WHERE state IN ('succeeded', 'skipped', 'failed')
-                   AND finished_at < now() - make_interval(secs => %(days)s * 86400)""",
-            params,
-        ).rowcount
-        events = conn.execute(
-            """DELETE FROM registry.events e WHERE processed_at IS NOT NULL
-                   AND received_at < now() - make_interval(secs => %(days)s * 86400)
-                   AND NOT EXISTS (SELECT 1 FROM registry.jobs j WHERE j.event_id = e.id)""",
-            params,
-        ).rowcount
-        placements = conn.execute(
-            """DELETE FROM registry.placements p WHERE decided_at < now() - make_interval(secs => %(days)s * 86400)
-                   AND id < (SELECT max(id) FROM registry.placements q
-                              WHERE q.tenant_id = p.tenant_id AND q.chosen_server IS NOT NULL)""",
-            params,
-        ).rowcount
+    jobs = conn.execute(
+        """DELETE FROM registry.jobs WHERE state IN ('succeeded', 'skipped', 'failed')
+               AND finished_at < now() - make_interval(secs => %(days)s * 86400)""",
+        params,
+    ).rowcount
+    events = conn.execute(
+        """DELETE FROM registry.events e WHERE processed_at IS NOT NULL
+               AND received_at < now() - make_interval(secs => %(days)s * 86400)
+               AND NOT EXISTS (SELECT 1 FROM registry.jobs j WHERE j.event_id = e.id)""",
+        params,
+    ).rowcount
+    placements = conn.execute(
+        """DELETE FROM registry.placements p WHERE decided_at < now() - make_interval(secs => %(days)s * 86400)
+               AND id < (SELECT max(id) FROM registry.placements q
+                          WHERE q.tenant_id = p.tenant_id AND q.chosen_server IS NOT NULL)""",
+        params,
+    ).rowcount
     return {"jobs": jobs, "events": events, "placements": placements}
 
 

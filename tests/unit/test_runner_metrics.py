@@ -71,7 +71,7 @@ def test_the_text_format_parses_back_with_every_family_and_escaped_labels(runner
         for s in families["saasodoo_runner_job_duration_seconds"].samples
         if s.labels["action"] == "provision"
     }
-    assert histogram[("saasodoo_runner_job_duration_seconds_bucket", "30.0")] == 1
+    assert histogram[("saasodoo_runner_job_duration_seconds_bucket", "30")] == 1
     assert histogram[("saasodoo_runner_job_duration_seconds_bucket", "+Inf")] == 3
     assert histogram[("saasodoo_runner_job_duration_seconds_count", None)] == 3
     assert histogram[("saasodoo_runner_job_duration_seconds_sum", None)] == 95.5

@@ -4,6 +4,10 @@
 -- without the other, and pruning deletes rows without touching what a counter counted (runner_totals, which
 -- kept what pruned rows had counted, is folded in and dropped).
 
+-- No write lands between the seeding below and the triggers: a runner still running the previous release keeps
+-- writing while site.yml migrates (it is converged after the registry).
+LOCK TABLE registry.events, registry.jobs, registry.runner_totals IN EXCLUSIVE MODE;
+
 CREATE TABLE registry.runner_counters (
     metric text NOT NULL,  -- events_received (label: event type), events_pending (label ''), jobs (label: state)
     label  text NOT NULL,
@@ -84,6 +88,16 @@ BEGIN
 END
 $$;
 
+-- A TRUNCATE (the owner's; the application role may not) leaves no row to count.
+CREATE FUNCTION registry.count_nothing_left() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE registry.runner_counters AS c SET value = 0
+     WHERE (TG_TABLE_NAME = 'events' AND c.metric = 'events_pending') OR (TG_TABLE_NAME = 'jobs' AND c.metric = 'jobs');
+    RETURN NULL;
+END
+$$;
+
 -- Row level: a job is timed once, when it becomes succeeded (a replayed job that succeeds again ran again).
 CREATE FUNCTION registry.time_job() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -153,6 +167,10 @@ CREATE TRIGGER count_updated AFTER UPDATE ON registry.jobs REFERENCING OLD TABLE
     FOR EACH STATEMENT EXECUTE FUNCTION registry.count_jobs();
 CREATE TRIGGER count_deleted AFTER DELETE ON registry.jobs REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION registry.count_jobs();
+CREATE TRIGGER count_truncated AFTER TRUNCATE ON registry.events
+    FOR EACH STATEMENT EXECUTE FUNCTION registry.count_nothing_left();
+CREATE TRIGGER count_truncated AFTER TRUNCATE ON registry.jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION registry.count_nothing_left();
 CREATE TRIGGER time_succeeded AFTER INSERT ON registry.jobs FOR EACH ROW
     WHEN (NEW.state = 'succeeded' AND NEW.started_at IS NOT NULL AND NEW.finished_at IS NOT NULL)
     EXECUTE FUNCTION registry.time_job();

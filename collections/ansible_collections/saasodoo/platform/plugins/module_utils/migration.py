@@ -116,7 +116,7 @@ class Server:
     host: str
     port: int
     # login_user, login_password, login_unix_socket / login_host, login_port, sslmode, sslrootcert; pgbouncer_admin_*
-    admin: dict
+    admin: dict = field(repr=False)
     pgbouncer_host: str | None = None
     pgbouncer_port: int | None = None
 
