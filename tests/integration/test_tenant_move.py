@@ -53,7 +53,7 @@ def test_db_migrate_logs_in_to_every_server_over_verified_tls_as_its_admin_login
     registry records, never through a socket (on a host of its own, that would be the platform host's server), as
     the server's administrative login, over TLS with the platform CA; that login gets nowhere without TLS."""
     rendered = tmp_path / "logins.json"
-    content = "{{ saasodoo_db_admin_logins | to_json }}"
+    content = "{{ saasodoo_db_admin_logins | string }}"  # a JSON string already (playbooks/vars/move.yml)
     run_ansible_tool(
         "ansible", "platform", "-i", "inventories/local", "-e", "@playbooks/vars/move.yml",
         "-m", "ansible.builtin.copy", "-a", f"content={content} dest={rendered} mode=0600",
