@@ -44,7 +44,7 @@ FAULT_ROUNDS = int(os.environ.get("FAULT_ROUNDS", "1"))  # kills per point
 RECOVERED_BY_THE_RUNNER = ("cutover",)
 
 
-# Odoo's own tables without test_tenant_move.py's custom models (136 model tables instead of 300): each case copies
+# Odoo's own tables without test_tenant_move.py's custom models (133 model tables instead of 300): each case copies
 # the tenant once or twice, and what a kill proves does not grow with the tables.
 MODEL_TABLES = len(ODOO_MODELS)
 
