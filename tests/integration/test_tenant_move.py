@@ -91,6 +91,8 @@ def test_a_suspend_and_a_resume_during_a_move_act_where_the_move_leaves_the_tena
             wait_for_file(move, held, "turned")
             with mover.registry() as conn:  # held by its run: the runner's recovery pass leaves it alone
                 assert conn.execute("SELECT registry.move_is_held(%s) AS held", (mover.tenant,)).fetchone()["held"]
+            if status == "suspended":  # once is enough
+                assert_replication_checks_certificates(mover, source, mover.last_move()["target_server"])
             operation = mover.start_playbook(action)
             wait_until_waiting(operation, mover)
         finally:
@@ -165,6 +167,28 @@ def test_a_copy_found_different_after_the_switch_is_switched_back_with_every_wri
     finally:
         with mover.admin(source, mover.db) as conn:
             conn.execute("DROP TABLE IF EXISTS public.spoiled_by_the_test")
+
+
+def assert_replication_checks_certificates(mover: Mover, source: str, target: str) -> None:
+    """Replication turned round (the target publishes, the source subscribes): the source's subscription checks
+    the target's certificate against the platform CA beside its own (replication_sslmode verify-full), and the
+    target streams to it over TLS."""
+    with mover.admin(source) as conn:
+        subscriptions = [r[0] for r in conn.execute("SELECT subconninfo FROM pg_subscription")]
+        ca = conn.execute("SELECT regexp_replace(current_setting('ssl_cert_file'), '[^/]*$', 'ca.crt')").fetchone()[0]
+    ours = [info for info in subscriptions if f"dbname={mover.db}" in info]
+    assert ours and all("sslmode=verify-full" in info and f"sslrootcert={ca}" in info for info in ours), ours
+    streaming = (
+        "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)"
+        " WHERE a.backend_type = 'walsender' AND a.datname = %s"
+    )
+    deadline = time.monotonic() + 60
+    with mover.admin(target) as conn:
+        streams = conn.execute(streaming, (mover.db,)).fetchall()
+        while not streams and time.monotonic() < deadline:  # the subscription's worker connects on its own
+            time.sleep(0.2)  # another process's connection: poll the server
+            streams = conn.execute(streaming, (mover.db,)).fetchall()
+    assert streams and all(ssl for (ssl,) in streams), streams
 
 
 def wait_until_waiting(operation: subprocess.Popen, mover: Mover) -> None:

@@ -106,6 +106,7 @@ class MoveOptions:
     sync_timeout: float = 3600.0
     catchup_timeout: float = 60.0
     retain_days: int = 7
+    replication_sslmode: str = "prefer"
 
 
 @dataclass
@@ -523,6 +524,21 @@ class Move:
             )
             conn.execute(sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(role))
 
+    @staticmethod
+    def _subscriber_ca(conn: psycopg.Connection) -> str:
+        """The CA file the subscriber's apply worker verifies its publisher with: ca.crt beside the server's own
+        certificate (roles/postgres_server, postgres_server_tls_ca_certificate), read on the subscriber's host."""
+        ca = conn.execute(
+            "SELECT f.path FROM (SELECT pg_catalog.regexp_replace(pg_catalog.current_setting('ssl_cert_file'),"
+            " '[^/]*$', 'ca.crt') AS path) AS f WHERE (pg_catalog.pg_stat_file(f.path, true)).size > 0"
+        ).fetchone()
+        if ca is None:
+            raise MoveError(
+                f"{conn.info.host}:{conn.info.port} has no ca.crt beside its certificate to verify the other server"
+                " with (postgres_server_tls_ca_certificate); nothing was moved"
+            )
+        return ca[0]
+
     def _subscribe(self, way: Replication, copy_data: bool, create_slot: bool = True) -> None:
         """Subscribe `way`'s subscriber, applying the tenant's rows as a role with the tenant's rights only.
 
@@ -535,15 +551,18 @@ class Move:
         as it. The subscription is created disabled and enabled only once its owner is unprivileged.
         """
         name, apply_role = sql.Identifier(way.name), sql.Identifier(way.apply_role)
-        conninfo = psycopg.conninfo.make_conninfo(
-            host=way.publisher.host,
-            port=way.publisher.port,
-            dbname=self.db_name,
-            user=way.name,
-            password=way.password,
-            connect_timeout=10,
-        )
+        verify = self.options.replication_sslmode.startswith("verify")
         with way.subscriber.connect(self.db_name) as conn:
+            conninfo = psycopg.conninfo.make_conninfo(
+                host=way.publisher.host,
+                port=way.publisher.port,
+                dbname=self.db_name,
+                user=way.name,
+                password=way.password,
+                connect_timeout=10,
+                sslmode=self.options.replication_sslmode,
+                sslrootcert=self._subscriber_ca(conn) if verify else None,
+            )
             conn.execute(
                 sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER VALID UNTIL '-infinity' IN ROLE {}").format(
                     apply_role, sql.Identifier(self.tenant["db_role"])

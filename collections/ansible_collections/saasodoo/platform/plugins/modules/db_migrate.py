@@ -85,6 +85,14 @@ options:
     description: Days the source copy is kept after the move.
     type: int
     default: 7
+  replication_sslmode:
+    description:
+      - How a subscription reaches the other server (libpq C(sslmode)). With C(verify-ca) or C(verify-full) it checks
+        the other server's certificate against the C(ca.crt) beside the subscriber's own certificate, and refuses to
+        move if that file is missing.
+    type: str
+    choices: [disable, prefer, require, verify-ca, verify-full]
+    default: prefer
   policy:
     description: As in M(saasodoo.platform.db_placement).
     type: str
@@ -328,6 +336,9 @@ def main() -> None:
             sync_timeout=dict(type="int", default=3600),
             catchup_timeout=dict(type="int", default=60),
             retain_days=dict(type="int", default=7),
+            replication_sslmode=dict(
+                type="str", choices=["disable", "prefer", "require", "verify-ca", "verify-full"], default="prefer"
+            ),
             **PLACEMENT_OPTIONS,
             **REGISTRY_LOGIN_OPTIONS,
         ),
@@ -342,6 +353,7 @@ def main() -> None:
         sync_timeout=p["sync_timeout"],
         catchup_timeout=p["catchup_timeout"],
         retain_days=p["retain_days"],
+        replication_sslmode=p["replication_sslmode"],
     )
     try:
         with connect_registry(p) as registry:
