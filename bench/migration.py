@@ -39,7 +39,7 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import derive_password  # noqa: E402
-from bench.odoo_tenant import TenantWriter, WriterReport, generate  # noqa: E402
+from bench.odoo_tenant import ODOO_MODELS, SMALL_TABLES, TenantWriter, WriterReport, generate  # noqa: E402
 from bench.runner import goal, percentile, row  # noqa: E402
 from tests.integration.conftest import remove_tenants, run_playbook, superuser  # noqa: E402
 
@@ -231,10 +231,14 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--moves", type=int, default=5, help="logical moves, alternating shared <-> dedicated")
     parser.add_argument("--registry-port", type=int, default=55432)
-    parser.add_argument("--quick", action="store_true", help="1 logical move of a 40 MB tenant (tests/integration)")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="1 logical move of a 40 MB tenant with Odoo's own tables and no custom models (tests/integration)",
+    )  # fmt: skip
     args = parser.parse_args()
+    small_tables = SMALL_TABLES
     if args.quick:
-        args.size_mb, args.moves = 40, 1
+        args.size_mb, args.moves, small_tables = 40, 1, len(ODOO_MODELS)
     if args.moves < 1:
         parser.error("--moves must be at least 1")
 
@@ -256,7 +260,10 @@ def main() -> int:
             password=tenant.password,
             autocommit=True,
         ) as conn:
-            shape = generate(conn, args.size_mb, progress=lambda message: print(f"  generating: {message}", flush=True))
+            shape = generate(
+                conn, args.size_mb, progress=lambda message: print(f"  generating: {message}", flush=True),
+                small_tables=small_tables,
+            )  # fmt: skip
         tenant.writer().prepare()
         print(
             f"Tenant database: {shape['size_bytes'] / 2**20:.0f} MB, {shape['tables']} tables, {shape['indexes']} "
