@@ -39,7 +39,7 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import derive_password  # noqa: E402
-from bench.odoo_tenant import ODOO_MODELS, SMALL_TABLES, TenantWriter, WriterReport, generate  # noqa: E402
+from bench.odoo_tenant import TenantWriter, WriterReport, generate  # noqa: E402
 from bench.runner import goal, percentile, row  # noqa: E402
 from tests.integration.conftest import remove_tenants, run_playbook, superuser  # noqa: E402
 
@@ -236,9 +236,8 @@ def main() -> int:
         help="1 logical move of a 40 MB tenant with Odoo's own tables and no custom models (tests/integration)",
     )  # fmt: skip
     args = parser.parse_args()
-    small_tables = SMALL_TABLES
     if args.quick:
-        args.size_mb, args.moves, small_tables = 40, 1, len(ODOO_MODELS)
+        args.size_mb, args.moves = 40, 1
     if args.moves < 1:
         parser.error("--moves must be at least 1")
 
@@ -262,7 +261,7 @@ def main() -> int:
         ) as conn:
             shape = generate(
                 conn, args.size_mb, progress=lambda message: print(f"  generating: {message}", flush=True),
-                small_tables=small_tables,
+                custom_models=not args.quick,
             )  # fmt: skip
         tenant.writer().prepare()
         print(

@@ -483,7 +483,7 @@ def generate(
     size_mb: int,
     progress: Callable[[str], None] | None = None,
     seed: float = 0.42,
-    small_tables: int = SMALL_TABLES,
+    custom_models: bool = True,
 ) -> dict:
     """Build the Odoo-shaped tenant in conn's database until it is about size_mb; return a summary.
 
@@ -492,11 +492,9 @@ def generate(
 
     The schema alone makes the database ~30 MB (300 tables, each with its pages, indexes and sequence, and the
     catalog rows of 1,100 foreign keys), so a smaller target yields just that, with a few rows in every large table.
-    Same seed, same size_mb, same server version: the same rows. `small_tables` below 300 makes fewer custom models
-    (x_model_NNN), for tests where the count does not matter; Odoo's own tables are always there.
+    Same seed, same size_mb, same server version: the same rows. Without `custom_models`, Odoo's own model tables
+    only (no x_model_NNN), for tests where the count does not matter.
     """
-    if small_tables < len(ODOO_MODELS):
-        raise ValueError(f"small_tables must be at least {len(ODOO_MODELS)}: Odoo's own model tables")
     say = progress or (lambda _message: None)
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         conn.commit()
@@ -505,18 +503,18 @@ def generate(
     # Everything the tenant owns goes; the public schema stays as it is (pg_database_owner's, as pg_dump expects).
     conn.execute("DROP OWNED BY CURRENT_USER")
     try:
-        return _generate(conn, size_mb * MB, say, seed, small_tables)
+        return _generate(conn, size_mb * MB, say, seed, custom_models)
     finally:
         conn.autocommit = autocommit
 
 
 def _generate(
-    conn: psycopg.Connection, target: int, say: Callable[[str], None], seed: float, small_tables: int
+    conn: psycopg.Connection, target: int, say: Callable[[str], None], seed: float, custom_models: bool
 ) -> dict:
     started = time.monotonic()
     conn.execute("SELECT setseed(%s)", (seed,))
 
-    schema = _create_schema(conn, small_tables)
+    schema = _create_schema(conn, custom_models)
     rows = _fill_small(conn, schema)
     base = _db_size(conn)
     tables = len(schema.small) + len(LARGE_INDEXES)
@@ -562,9 +560,9 @@ def _db_size(conn: psycopg.Connection) -> int:
     return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
 
 
-def _create_schema(conn: psycopg.Connection, small_tables: int) -> Schema:
+def _create_schema(conn: psycopg.Connection, custom_models: bool) -> Schema:
     schema = Schema()
-    names = ODOO_MODELS + [f"x_model_{n:03d}" for n in range(1, small_tables - len(ODOO_MODELS) + 1)]
+    names = ODOO_MODELS + [f"x_model_{n:03d}" for n in range(1, SMALL_TABLES - len(ODOO_MODELS) + 1) if custom_models]
     statements: list[sql.Composable] = []
     for i, table in enumerate(names):
         statements.append(_small_table(schema, table, i))

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from bench.odoo_tenant import SMALL_TABLES, TenantWriter, WriterReport, generate
+from bench.odoo_tenant import TenantWriter, WriterReport, generate
 from webhook_runner.desired import database_name
 
 from .conftest import (
@@ -211,9 +211,9 @@ def kill_the_rest(marker: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def provision_mover(platform: LocalPlatform, tenant: str, small_tables: int = SMALL_TABLES) -> Mover:
+def provision_mover(platform: LocalPlatform, tenant: str, custom_models: bool = True) -> Mover:
     """The tenant provisioned on a shared pool (runtime none), its database Odoo-shaped (300 model tables, or
-    `small_tables` of them), the writer's table made."""
+    Odoo's own 133 without `custom_models`), the writer's table made."""
     provisioned = run_playbook(
         "tenant_provision.yml",
         *("-e", f"tenant_id={tenant}", "-e", "plan=basic-monthly", "-e", f"customer_id=acct-{tenant}"),
@@ -222,7 +222,7 @@ def provision_mover(platform: LocalPlatform, tenant: str, small_tables: int = SM
     assert provisioned.returncode == 0, provisioned.output[-4000:]
     mover = Mover(platform, tenant, tables=0)
     with mover.as_tenant(mover.record()["db_server"]) as conn:
-        mover.tables = generate(conn, 40, small_tables=small_tables)["tables"]
+        mover.tables = generate(conn, 40, custom_models=custom_models)["tables"]
     mover.writer().prepare()
     return mover
 

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.odoo_tenant import ODOO_MODELS
-
 from .conftest import LocalPlatform, run_playbook
 from .movers import PLANS, RUNTIME_NONE, Mover, provision_mover
 from .runner_stack import (
@@ -46,12 +44,9 @@ RECOVERED_BY_THE_RUNNER = ("cutover",)
 
 # Odoo's own tables without test_tenant_move.py's custom models (133 model tables instead of 300): each case copies
 # the tenant once or twice, and what a kill proves does not grow with the tables.
-MODEL_TABLES = len(ODOO_MODELS)
-
-
 @pytest.fixture(scope="module")
 def mover(local_platform: LocalPlatform) -> Mover:
-    return provision_mover(local_platform, "mover-faults", small_tables=MODEL_TABLES)
+    return provision_mover(local_platform, "mover-faults", custom_models=False)
 
 
 def test_a_move_killed_at_any_point_is_finished_or_rolled_back_by_the_next_run(
