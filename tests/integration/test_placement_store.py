@@ -239,3 +239,21 @@ def test_a_move_holds_its_place_on_the_target_until_it_is_repointed_or_ends(scra
             "UPDATE registry.migrations SET phase = 'rolled_back', finished_at = now() WHERE id = %s", (second,)
         )
     assert counts(scratch_registry)["pool-shared-02"] == (1, 1, 2)
+
+
+def test_ports_are_taken_per_host(scratch_registry):
+    """Servers on machines of their own all listen on 5432: a new server's port is free unless its host uses it."""
+    seed(scratch_registry, pools=1)
+    with scratch_registry.connect() as conn:
+        conn.execute(
+            "INSERT INTO registry.db_servers (name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major,"
+            " capacity_tenants, capacity_storage_gb) VALUES ('pool-shared-09', 'shared', '10.0.0.9', 5432,"
+            " '10.0.0.9', 6432, 15, 3, 200)"
+        )
+    own_host = NewServerSpec("pool-dedicated-", (5432, 5432), host="10.0.0.20", capacity_storage_gb=500)
+    first = place(scratch_registry, "globex", plan="premium-monthly", dedicated=own_host)
+    assert (first.server["host"], first.server["port"]) == ("10.0.0.20", 5432)
+    with pytest.raises(PlacementError, match="no free port left in 5432-5432"):
+        place(scratch_registry, "initech", plan="premium-monthly", dedicated=own_host)
+    same_host_as_pool = NewServerSpec("pool-dedicated-", (5432, 5433), host="10.0.0.9", capacity_storage_gb=500)
+    assert place(scratch_registry, "hooli", plan="premium-monthly", dedicated=same_host_as_pool).server["port"] == 5433

@@ -19,7 +19,7 @@ import pytest
 
 from ansible_collections.saasodoo.platform.plugins.modules.registry_tenant import waiting_for_run
 
-from .conftest import LocalPlatform, assert_nothing_changed, run_ansible_tool, run_playbook
+from .conftest import LOCAL_STATE, LocalPlatform, assert_nothing_changed, run_ansible_tool, run_playbook
 from .movers import PLANS, RUNTIME_NONE, Mover, provision_mover, wait_for_file
 
 
@@ -65,7 +65,7 @@ def test_db_migrate_logs_in_to_every_server_over_verified_tls_as_its_admin_login
         assert "login_unix_socket" not in login and login["sslmode"] == "verify-full", (name, login.keys())
         address = {"host": "127.0.0.1", "port": servers[name], "dbname": "postgres", "user": login["login_user"]}
         with psycopg.connect(**address, password=login["login_password"], sslmode=login["sslmode"],
-                             sslrootcert=login["sslrootcert"]) as conn:  # fmt: skip
+                             sslrootcert=str(LOCAL_STATE / "secrets/tls/ca.crt")) as conn:  # fmt: skip
             assert conn.execute(
                 "SELECT s.ssl, r.rolsuper FROM pg_stat_ssl s, pg_roles r"
                 " WHERE s.pid = pg_backend_pid() AND r.rolname = current_user"

@@ -332,10 +332,13 @@ class PlacementStore:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (ALLOCATION_LOCK,))
 
     def _create_server(self, cur, kind: str, spec: NewServerSpec) -> dict:
-        cur.execute("SELECT name, port, pgbouncer_port FROM registry.db_servers")
+        cur.execute("SELECT name, host, port, pgbouncer_host, pgbouncer_port FROM registry.db_servers")
         rows = cur.fetchall()
         names = {r["name"] for r in rows}
-        taken = {r["port"] for r in rows} | {r["pgbouncer_port"] for r in rows if r["pgbouncer_port"]}
+        # Ports are per host: a pool on a machine of its own listens on 5432 like every other.
+        taken = {r["port"] for r in rows if r["host"] == spec.host} | {
+            r["pgbouncer_port"] for r in rows if r["pgbouncer_port"] and r["pgbouncer_host"] == spec.host
+        }
         if spec.pgbouncer_port_offset:
             # A server port whose PgBouncer port would collide is taken too.
             taken |= {p - spec.pgbouncer_port_offset for p in taken}

@@ -65,6 +65,13 @@ options:
         C(pgbouncer_admin_password)). Must hold the source and the target.
     type: dict
     required: true
+  ca_certificate:
+    description:
+      - The CA (PEM) the servers' certificates are checked against, for the logins in I(servers) without a
+        C(sslrootcert). Given as content, not a path, because the controller that holds it is not always the host
+        this module runs on; written to a private file for the run's length.
+    type: str
+    default: ""
   pg_bin_dir:
     description: Where C(pg_dump) and C(pg_restore) are.
     type: path
@@ -170,6 +177,7 @@ executed:
   elements: str
 """
 
+import tempfile
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -339,6 +347,7 @@ def main() -> None:
             replication_sslmode=dict(
                 type="str", choices=["disable", "prefer", "require", "verify-ca", "verify-full"], default="prefer"
             ),
+            ca_certificate=dict(type="str", default=""),
             **PLACEMENT_OPTIONS,
             **REGISTRY_LOGIN_OPTIONS,
         ),
@@ -356,11 +365,17 @@ def main() -> None:
         replication_sslmode=p["replication_sslmode"],
     )
     try:
-        with connect_registry(p) as registry:
-            if not try_move_lock(registry, p["tenant_id"]):
-                raise MoveError(f"another db_migrate run is moving tenant {p['tenant_id']}; let it finish")
-            step = place if p["step"] == "place" else move
-            result = step(module, registry, p, options)
+        with tempfile.NamedTemporaryFile("w", prefix="db_migrate-ca-", suffix=".crt") as ca_file:
+            if p["ca_certificate"]:
+                ca_file.write(p["ca_certificate"].strip() + "\n")
+                ca_file.flush()
+                for login in p["servers"].values():
+                    login["sslrootcert"] = login.get("sslrootcert") or ca_file.name
+            with connect_registry(p) as registry:
+                if not try_move_lock(registry, p["tenant_id"]):
+                    raise MoveError(f"another db_migrate run is moving tenant {p['tenant_id']}; let it finish")
+                step = place if p["step"] == "place" else move
+                result = step(module, registry, p, options)
         module.exit_json(**result)
     except (MoveError, PlacementError, RegistryUnreachable) as e:
         module.fail_json(msg=str(e), tenant_id=p["tenant_id"])
