@@ -286,6 +286,7 @@ STREAMS = {
     ),
 }
 ALONE = (  # after the streams when pytest runs both in one session
+    "test_miniature.py",  # its own hosts, not the local platform: here for the CPU the streams leave none of
     "test_tenant_provision.py",  # first: the platform as the session started it (fresh_local_platform)
     "test_bench.py::test_site_noop_benchmark",
     "test_local_platform.py",

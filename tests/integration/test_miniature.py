@@ -1,0 +1,188 @@
+"""The production shape in miniature (tests/miniature): the registry, two shared pools, a dedicated server's host and
+an Odoo host, each a network namespace with its own sshd, converged by site.yml over SSH from
+tests/miniature/inventory (the shape of inventories/production.example). Tenants are provisioned, moved to a
+dedicated server, drained off a pool and purged across hosts, their rows followed from server to server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import derive_password
+
+from conftest import REPO, load_yaml
+
+from .conftest import PlaybookRun, VENV_BIN, ansible_playbook, assert_nothing_changed
+
+MINIATURE = REPO / "tests/miniature"
+INVENTORY = "tests/miniature/inventory"
+STATE = REPO / ".state/miniature"
+CONTROLLER = "10.77.4.1"
+
+
+def hosts_script(action: str) -> str:
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), str(MINIATURE / "hosts.py"), action], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def play(playbook: str, *args: str) -> PlaybookRun:
+    return ansible_playbook(f"playbooks/{playbook}", *args, inventory=INVENTORY)
+
+
+def ok(run: PlaybookRun) -> PlaybookRun:
+    assert run.returncode == 0, run.output[-5000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def miniature():
+    if sys.platform != "linux":
+        pytest.skip("network namespaces are Linux's")
+    addresses = dict(line.split() for line in hosts_script("up").splitlines())
+    try:
+        yield addresses
+    finally:
+        hosts_script("down")
+
+
+def password(purpose: str) -> str:
+    return derive_password((STATE / "secrets/platform_secret").read_text().strip(), purpose)
+
+
+def connect(host: str, port: int, user: str, password: str, dbname: str = "postgres") -> psycopg.Connection:
+    """Over TCP from the controller, the server's certificate checked against the miniature's CA."""
+    return psycopg.connect(
+        host=host, port=port, user=user, password=password, dbname=dbname, connect_timeout=5, autocommit=True,
+        sslmode="verify-full", sslrootcert=str(STATE / "secrets/tls/ca.crt"), prepare_threshold=None,
+    )  # fmt: skip
+
+
+def registry() -> psycopg.Connection:
+    return connect("10.77.1.10", 5432, "saasodoo_registry", password("registry@saasodoo_registry"), "saasodoo_registry")
+
+
+def tenant_place(tenant: str) -> dict:
+    """Where the registry says the tenant's database is, with its server's address and PgBouncer."""
+    with registry() as conn:
+        row = conn.execute(
+            "SELECT t.status, t.db_name, t.db_role, s.name, s.host, s.port, s.pgbouncer_host, s.pgbouncer_port"
+            " FROM registry.tenants t LEFT JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
+            (tenant,),
+        ).fetchone()
+    keys = ("status", "db_name", "db_role", "server", "host", "port", "pgbouncer_host", "pgbouncer_port")
+    return dict(zip(keys, row, strict=True))
+
+
+def tenant_connection(tenant: str) -> psycopg.Connection:
+    """The tenant's own login, as its Odoo has it: through its server's PgBouncer when it has one."""
+    place = tenant_place(tenant)
+    host, port = (place["pgbouncer_host"], place["pgbouncer_port"]) if place["pgbouncer_port"] else (
+        place["host"], place["port"])  # fmt: skip
+    return connect(host, port, place["db_role"], password(f"tenant:{tenant}:v1"), place["db_name"])
+
+
+def odoo_health(tenant: str) -> str:
+    """The tenant's Odoo through nginx on odoo-node-01, as its customers reach it."""
+    result = subprocess.run(
+        ["curl", "-s", "-m", "10", "-H", f"Host: {tenant}.odoo.miniature", "http://10.77.3.10/web/health"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return result.stdout
+
+
+def namespace_commands(host: str) -> list[str]:
+    """The command lines of the processes running in a host's namespaces."""
+    pids = subprocess.run(["ip", "netns", "pids", f"mini-{host}"], capture_output=True, text=True).stdout.split()
+    commands = []
+    for pid in pids:
+        try:
+            commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except FileNotFoundError:
+            continue
+    return commands
+
+
+def test_the_miniature_has_the_names_and_addresses_of_its_inventory(miniature):
+    inventory = load_yaml(REPO / INVENTORY / "hosts.yml")
+    declared = {}
+    for group in inventory["all"]["children"].values():
+        for child in group.get("children", {"": group}).values():
+            declared |= {name: body["ansible_host"] for name, body in (child.get("hosts") or {}).items()}
+    placement = load_yaml(REPO / INVENTORY / "group_vars/all/placement.yml")
+    declared["pool-dedicated"] = placement["saasodoo_dedicated_servers"]["host"]
+    assert declared == miniature
+
+
+def test_site_converges_every_host_over_ssh_and_a_second_run_changes_nothing(miniature):
+    first = ok(play("site.yml"))
+    assert set(first.recap) == {"platform-db-01", "pool-shared-01", "pool-shared-02", "odoo-node-01"}, first.recap
+    assert_nothing_changed(play("site.yml"))
+    # Each server is its host's: the registry's PostgreSQL and a pool's PgBouncer run in their namespaces only.
+    assert any("postgres" in c and "/15/main" in c for c in namespace_commands("platform-db-01"))
+    assert any("pgbouncer" in c for c in namespace_commands("pool-shared-01"))
+    assert not any("pgbouncer" in c for c in namespace_commands("platform-db-01"))
+
+
+def test_the_pools_admin_login_opens_nothing_from_another_host(miniature):
+    """db_migrate's superuser login is admitted from the platform's host alone: the controller, on the private
+    network with the right password and TLS, is refused before any password is checked."""
+    with pytest.raises(psycopg.OperationalError, match=r"pg_hba\.conf rejects connection for host \"10\.77\.4\.1\""):
+        connect("10.77.1.11", 5432, "saasodoo_db_admin", password("db-admin@pool-shared-01"))
+    with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):  # not even a monitor from outside
+        psycopg.connect(host="10.77.1.11", port=5432, user="saasodoo_monitor", dbname="postgres", sslmode="disable",
+                        password=password("monitor@pool-shared-01"), connect_timeout=5)  # fmt: skip
+
+
+def test_tenants_are_provisioned_moved_drained_and_purged_across_hosts(miniature):
+    tenants = ("alpha", "beta", "gamma")
+    for tenant in tenants:
+        ok(play("tenant_provision.yml", "-e", f"tenant_id={tenant}", "-e", f"customer_id=c-{tenant}",
+                "-e", f"subscription_id=s-{tenant}", "-e", "plan=basic-monthly"))  # fmt: skip
+    assert {tenant_place(t)["server"] for t in tenants} == {"pool-shared-01"}  # fill_first, three to a pool
+    for tenant in tenants:
+        assert odoo_health(tenant) == '{"status": "pass"}', tenant
+        with tenant_connection(tenant) as conn:  # through pool-shared-01's PgBouncer, from another host
+            conn.execute("CREATE TABLE kept (id serial PRIMARY KEY, note text)")
+            conn.execute("INSERT INTO kept (note) VALUES (%s)", (f"{tenant} before any move",))
+    odoo = namespace_commands("odoo-node-01")
+    assert all(any("odoo-bin" in c and f"/tenants/{t}/" in c for c in odoo) for t in tenants), odoo
+    assert_nothing_changed(play("tenant_provision.yml", "-e", "tenant_id=gamma", "-e", "customer_id=c-gamma",
+                                "-e", "subscription_id=s-gamma", "-e", "plan=basic-monthly"))  # fmt: skip
+
+    # An upgrade: a dedicated server brought up on its own host, the database moved there over the network.
+    ok(play("tenant_change_plan.yml", "-e", "tenant_id=alpha", "-e", "plan=premium-monthly"))
+    alpha = tenant_place("alpha")
+    assert (alpha["server"], alpha["host"], alpha["port"]) == ("pool-dedicated-01", "10.77.2.100", 5432), alpha
+    assert any("postgres" in c for c in namespace_commands("pool-dedicated"))
+    with tenant_connection("alpha") as conn:
+        assert conn.execute("SELECT note FROM kept").fetchall() == [("alpha before any move",)]
+    assert odoo_health("alpha") == '{"status": "pass"}'
+
+    # A drain: the pool's two other tenants move to the other pool's host.
+    ok(play("pool_drain.yml", "-e", "server=pool-shared-01"))
+    for tenant in ("beta", "gamma"):
+        assert tenant_place(tenant)["server"] == "pool-shared-02", tenant
+        with tenant_connection(tenant) as conn:
+            assert conn.execute("SELECT note FROM kept").fetchall() == [(f"{tenant} before any move",)]
+        assert odoo_health(tenant) == '{"status": "pass"}', tenant
+
+    # Terminated and purged: nothing of the tenant left on any host that held it.
+    for tenant in ("alpha", "beta"):
+        ok(play("tenant_terminate.yml", "-e", f"tenant_id={tenant}"))
+        ok(play("tenant_purge.yml", "-e", f"tenant_id={tenant}", "-e", "force=true"))
+        assert tenant_place(tenant)["status"] == "purged"
+        with pytest.raises(psycopg.OperationalError):
+            tenant_connection(tenant)
+    servers = (("pool-shared-01", "10.77.1.11"), ("pool-shared-02", "10.77.1.12"), ("pool-dedicated-01", "10.77.2.100"))
+    for server, host in servers:
+        with connect(host, 5432, "saasodoo_monitor", password(f"monitor@{server}")) as conn:
+            left = conn.execute("SELECT datname FROM pg_database WHERE datname ~ '^t_(alpha|beta)'").fetchall()
+        assert left == [], (server, left)
+    assert odoo_health("gamma") == '{"status": "pass"}'
