@@ -15,7 +15,8 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core community/crypto
 COLLECTIONS_DIR := collections/ansible_collections
 COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_VERSION)
-APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr curl python3-psycopg
+APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr curl python3-psycopg \
+  openssh-server iproute2
 ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner
 
 .PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-alone-beside-molecule acceptance bench soak down clean
@@ -155,6 +156,7 @@ soak: setup
 # The test Ceph cluster first: it is mounted under .state, which `clean` then deletes.
 down:
 	$(PYTHON) tests/integration/ceph_cluster.py down
+	$(PYTHON) tests/miniature/hosts.py down
 	@if [ -x $(BIN)/ansible-playbook ]; then ansible-playbook playbooks/down.yml; else echo "Nothing to stop: no .venv"; fi
 
 clean: down

@@ -20,6 +20,7 @@ The programs are the machine's own (Debian's postgresql-15, pgbouncer, superviso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -88,7 +89,8 @@ def host_script(host: Host) -> str:
         source = host.dir / "root" / path
         lines.append(f"mkdir -p /{path} {source} && mount --bind {source} /{path}")
     for path in PRIVATE_TMPFS:
-        lines.append(f"mkdir -p /{path} && mount -t tmpfs -o mode=2775 tmpfs /{path} && chown postgres:postgres /{path}")
+        lines.append(f"mkdir -p /{path} && mount -t tmpfs -o mode=2775 tmpfs /{path}")
+        lines.append(f"chown postgres:postgres /{path}")
     for path, source in SHARED_DIRS.items():
         lines.append(f"mkdir -p /{path} {source} && mount --bind {source} /{path}")
     lines.append(f"mkdir -p /run/sshd {SSHD_DIR} && mount --bind {host.dir / 'sshd'} {SSHD_DIR}")
@@ -167,8 +169,18 @@ def wait_for_ssh(host: Host, timeout: float = 20) -> None:
 def ssh_command(host: Host) -> list[str]:
     """ssh to the host as Ansible does: the controller's key, host key checked against the known_hosts file."""
     return [
-        "ssh", "-i", str(KEY), "-o", f"UserKnownHostsFile={KNOWN_HOSTS}", "-o", "StrictHostKeyChecking=yes",
-        "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", f"root@{host.address}",
+        "ssh",
+        "-i",
+        str(KEY),
+        "-o",
+        f"UserKnownHostsFile={KNOWN_HOSTS}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=5",
+        f"root@{host.address}",
     ]
 
 
@@ -178,10 +190,8 @@ def down() -> None:
         if host.namespace in present:
             pids = run("ip", "netns", "pids", host.namespace, check=False).stdout.split()
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):  # gone meanwhile
                     os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             run("ip", "netns", "del", host.namespace, check=False)
         run("ip", "link", "del", host.veth, check=False)
     run("ip", "link", "del", BRIDGE, check=False)
