@@ -19,7 +19,7 @@ APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds cep
   openssh-server iproute2
 ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner
 
-.PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-alone-beside-molecule acceptance bench soak down clean
+.PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-beside integration-alone-and-beside acceptance bench soak down clean
 
 help:
 	@echo "make demo   set up, converge the local platform, play three customers' lives through Kill Bill and the runner"
@@ -81,7 +81,7 @@ demo: setup
 	ansible-playbook playbooks/platform_status.yml
 
 # Each stage's time is printed at the end (and as far as it got when one fails).
-TEST_STAGES := lint unit integration-streams integration-alone-beside-molecule
+TEST_STAGES := lint unit integration-streams integration-alone-and-beside
 test: setup
 	@times=""; for stage in $(TEST_STAGES); do \
 	  started=$$(date +%s); \
@@ -111,24 +111,32 @@ molecule: setup
 	   else echo "== molecule test: roles/{} FAILED, the end of $$log:"; tail -n 80 $$log; exit 255; fi'
 
 # Two passes, each on the local platform reset as a fresh clone has it (tests/integration/conftest.py says which
-# test runs where): two streams of tests side by side, then the tests that need the platform to themselves.
+# test runs where): two streams of tests side by side, then the tests that need the platform to themselves; and the
+# tests that use none of it.
 integration: setup
 	$(MAKE) --no-print-directory integration-streams
 	$(MAKE) --no-print-directory integration-alone
+	$(MAKE) --no-print-directory integration-beside
 integration-streams: setup
-	pytest tests/integration -n 2 -m "not alone" --durations=15
+	pytest tests/integration -n 2 -m "not alone and not beside" --durations=15
 integration-alone: setup
 	pytest tests/integration -m alone --durations=10
+# What uses none of the local platform: the miniature of the production shape (tests/miniature), hosts of its own.
+integration-beside: setup
+	pytest tests/integration -m beside --durations=5
 
-# The alone pass runs one test at a time and leaves a core idle: the molecule scenarios use it meanwhile, one after
-# another (their own ports and .state/molecule, which the tests' down.yml leaves running). Their lines come after.
-integration-alone-beside-molecule: setup
+# The alone pass runs one test at a time and leaves a core idle: the molecule scenarios (one after another, their
+# own ports and .state/molecule) and the beside pass (the miniature's own hosts) use it meanwhile; the tests'
+# down.yml leaves both running. Their lines come after.
+integration-alone-and-beside: setup
 	@mkdir -p .state/logs; \
 	$(MAKE) --no-print-directory molecule MOLECULE_JOBS=1 > .state/logs/molecule.log 2>&1 & molecule=$$!; \
-	trap 'kill $$molecule 2>/dev/null' INT TERM; \
+	$(MAKE) --no-print-directory integration-beside > .state/logs/integration-beside.log 2>&1 & beside=$$!; \
+	trap 'kill $$molecule $$beside 2>/dev/null' INT TERM; \
 	alone=0; $(MAKE) --no-print-directory integration-alone || alone=$$?; \
 	scenarios=0; wait $$molecule || scenarios=$$?; cat .state/logs/molecule.log; \
-	[ $$alone -eq 0 ] && [ $$scenarios -eq 0 ]
+	others=0; wait $$beside || others=$$?; cat .state/logs/integration-beside.log; \
+	[ $$alone -eq 0 ] && [ $$scenarios -eq 0 ] && [ $$others -eq 0 ]
 
 # The customers' lives against a real Odoo 18 instead of the stand-in (tests/acceptance). It resets the local platform.
 ODOO_BIN ?=

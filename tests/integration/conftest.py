@@ -237,8 +237,9 @@ def inventory_hosts(inventory: str = "inventories/local") -> tuple[dict[str, dic
     return hostvars, groups
 
 
-# down.yml as the tests call it: the molecule scenarios `make test` runs beside the alone pass stay up.
-DOWN = ("down.yml", "-e", '{"down_leave": ["molecule"]}')
+# down.yml as the tests call it: the molecule scenarios and the miniature `make test` runs beside the alone pass
+# stay up.
+DOWN = ("down.yml", "-e", '{"down_leave": ["molecule", "miniature"]}')
 
 
 def reset_local_platform() -> None:
@@ -286,21 +287,24 @@ STREAMS = {
     ),
 }
 ALONE = (  # after the streams when pytest runs both in one session
-    "test_miniature.py",  # its own hosts, not the local platform: here for the CPU the streams leave none of
     "test_tenant_provision.py",  # first: the platform as the session started it (fresh_local_platform)
     "test_bench.py::test_site_noop_benchmark",
     "test_local_platform.py",
     "test_tenant_move.py::test_draining_a_pool",  # last: it leaves its pool draining
 )
 
+# What uses none of the local platform (its own hosts, tests/miniature): `pytest -m beside`, beside the alone pass.
+BESIDE = ("test_miniature.py",)
 
 INTEGRATION = "tests/integration/"
 
 
 def _place(nodeid: str) -> tuple[str, int]:
-    """The stream (or "alone") a test runs in, and its rank there: the first listed prefix its id starts with."""
+    """The stream (or "alone", "beside") a test runs in, and its rank there: the first listed prefix its id starts
+    with."""
     path = nodeid.split(INTEGRATION, 1)[-1]
-    for stream, prefixes in (("alone", ALONE), *STREAMS.items()):  # an alone test of a module in a stream
+    # An alone test of a module in a stream is alone.
+    for stream, prefixes in (("alone", ALONE), ("beside", BESIDE), *STREAMS.items()):
         for rank, prefix in enumerate(prefixes):
             if path.startswith(prefix):
                 return stream, rank
@@ -308,13 +312,14 @@ def _place(nodeid: str) -> tuple[str, int]:
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    if _place(item.nodeid)[0] == "alone":
-        item.add_marker(pytest.mark.alone)  # as collected: before -m selects
+    stream = _place(item.nodeid)[0]
+    if stream in ("alone", "beside"):
+        item.add_marker(getattr(pytest.mark, stream))  # as collected: before -m selects
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The streams in their order, then the alone tests in theirs (this hook sees a whole session's items)."""
-    order = {stream: n for n, stream in enumerate((*STREAMS, "alone"))}
+    order = {stream: n for n, stream in enumerate((*STREAMS, "alone", "beside"))}
     ours = [item for item in items if INTEGRATION in item.nodeid]
     places = {item.nodeid: _place(item.nodeid) for item in ours}
     ours.sort(key=lambda item: (order[places[item.nodeid][0]], places[item.nodeid][1]))  # stable: file order within
@@ -333,6 +338,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
             stream = _place(nodeid)[0]
             if stream == "alone":  # never beside a stream
                 raise pytest.UsageError(f"{nodeid} needs the platform to itself: pytest -m alone, without -n")
+            if stream == "beside":
+                raise pytest.UsageError(f"{nodeid} runs in a pass of its own: pytest -m beside, without -n")
             return stream
 
     return StreamScheduling(config, log)

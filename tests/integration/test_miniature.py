@@ -161,6 +161,14 @@ def test_tenants_are_provisioned_moved_drained_and_purged_across_hosts(miniature
             assert conn.execute("SELECT note FROM kept").fetchall() == [(f"{tenant} before any move",)]
         assert odoo_health(tenant) == '{"status": "pass"}', tenant
 
+    # Suspended: its login refused on its new pool's host; resumed: its rows there as they were.
+    ok(play("tenant_suspend.yml", "-e", "tenant_id=gamma"))
+    with pytest.raises(psycopg.OperationalError):
+        tenant_connection("gamma")
+    ok(play("tenant_resume.yml", "-e", "tenant_id=gamma"))
+    with tenant_connection("gamma") as conn:
+        assert conn.execute("SELECT note FROM kept").fetchall() == [("gamma before any move",)]
+
     # Terminated and purged: nothing of the tenant left on any host that held it.
     for tenant in ("alpha", "beta"):
         ok(play("tenant_terminate.yml", "-e", f"tenant_id={tenant}"))

@@ -195,6 +195,9 @@ def down() -> None:
             run("ip", "netns", "del", host.namespace, check=False)
         run("ip", "link", "del", host.veth, check=False)
     run("ip", "link", "del", BRIDGE, check=False)
+    # The hosts' disks go with them: no pid file outlives its process for down.yml to find.
+    shutil.rmtree(STATE / "hosts", ignore_errors=True)
+    shutil.rmtree(STATE / "shared", ignore_errors=True)
 
 
 def main() -> None:
