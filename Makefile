@@ -24,8 +24,8 @@ ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_templa
 help:
 	@echo "make demo   set up, converge the local platform, play three customers' lives through Kill Bill and the runner"
 	@echo "make test   set up, lint, unit tests, molecule scenarios, integration tests"
-	@echo "make setup | lint | unit | molecule | integration (= integration-streams, integration-alone) | acceptance ODOO_BIN=…"
-	@echo "     | bench | soak | down | clean"
+	@echo "make setup | lint | unit | molecule | integration (= integration-streams, integration-alone, integration-beside)"
+	@echo "     | acceptance ODOO_BIN=… | bench | soak | down | clean"
 
 setup: system-packages state-access reserved-ports $(VENV)/.installed $(COLLECTIONS_STAMP)
 
@@ -132,7 +132,7 @@ integration-alone-and-beside: setup
 	@mkdir -p .state/logs; \
 	$(MAKE) --no-print-directory molecule MOLECULE_JOBS=1 > .state/logs/molecule.log 2>&1 & molecule=$$!; \
 	$(MAKE) --no-print-directory integration-beside > .state/logs/integration-beside.log 2>&1 & beside=$$!; \
-	trap 'kill $$molecule $$beside 2>/dev/null' INT TERM; \
+	trap 'kill $$molecule $$beside 2>/dev/null; $(PYTHON) tests/miniature/hosts.py down' INT TERM; \
 	alone=0; $(MAKE) --no-print-directory integration-alone || alone=$$?; \
 	scenarios=0; wait $$molecule || scenarios=$$?; cat .state/logs/molecule.log; \
 	others=0; wait $$beside || others=$$?; cat .state/logs/integration-beside.log; \
@@ -160,6 +160,7 @@ bench: setup
 # The long version of the move fault test: each of its eight kill cases three times (make test: once).
 soak: setup
 	FAULT_ROUNDS=3 pytest tests/integration/test_tenant_move_faults.py -k killed
+	RELIABILITY_ACCOUNTS=8 pytest tests/integration/test_webhook_runner.py -k reliability
 
 # The test Ceph cluster first: it is mounted under .state, which `clean` then deletes.
 down:

@@ -44,9 +44,8 @@ def ok(run: PlaybookRun) -> PlaybookRun:
 def miniature():
     if sys.platform != "linux":
         pytest.skip("network namespaces are Linux's")
-    addresses = dict(line.split() for line in hosts_script("up").splitlines())
     try:
-        yield addresses
+        yield dict(line.split() for line in hosts_script("up").splitlines())
     finally:
         hosts_script("down")
 
@@ -119,17 +118,28 @@ def test_site_converges_every_host_over_ssh_and_a_second_run_changes_nothing(min
 
 
 def test_the_pools_admin_login_opens_nothing_from_another_host(miniature):
-    """db_migrate's superuser login is admitted from the platform's host alone: the controller, on the private
-    network with the right password and TLS, is refused before any password is checked."""
+    """db_migrate's superuser login is admitted from the platform's host alone: the controller and the Odoo host
+    (where tenants' code runs), on the private network with the right password and TLS, are refused before any
+    password is checked."""
     with pytest.raises(psycopg.OperationalError, match=r"pg_hba\.conf rejects connection for host \"10\.77\.4\.1\""):
         connect("10.77.1.11", 5432, "saasodoo_db_admin", password("db-admin@pool-shared-01"))
+    from_odoo_host = subprocess.run(
+        ["ip", "netns", "exec", "mini-odoo-node-01", "/usr/lib/postgresql/15/bin/psql", "-c", "SELECT 1",
+         "host=10.77.1.11 port=5432 dbname=postgres user=saasodoo_db_admin sslmode=require connect_timeout=5"],
+        env={"PGPASSWORD": password("db-admin@pool-shared-01"), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert from_odoo_host.returncode != 0
+    assert 'pg_hba.conf rejects connection for host "10.77.3.10"' in from_odoo_host.stderr, from_odoo_host.stderr
     with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):  # not even a monitor from outside
         psycopg.connect(host="10.77.1.11", port=5432, user="saasodoo_monitor", dbname="postgres", sslmode="disable",
                         password=password("monitor@pool-shared-01"), connect_timeout=5)  # fmt: skip
 
 
 def test_tenants_are_provisioned_moved_drained_and_purged_across_hosts(miniature):
-    tenants = ("alpha", "beta", "gamma")
+    # Named apart from the local platform's tenants: the hosts share this machine's /etc/passwd, where each
+    # tenant's Odoo gets an OS user of its own.
+    tenants = ("mini-alpha", "mini-beta", "mini-gamma")
     for tenant in tenants:
         ok(play("tenant_provision.yml", "-e", f"tenant_id={tenant}", "-e", f"customer_id=c-{tenant}",
                 "-e", f"subscription_id=s-{tenant}", "-e", "plan=basic-monthly"))  # fmt: skip
@@ -141,36 +151,36 @@ def test_tenants_are_provisioned_moved_drained_and_purged_across_hosts(miniature
             conn.execute("INSERT INTO kept (note) VALUES (%s)", (f"{tenant} before any move",))
     odoo = namespace_commands("odoo-node-01")
     assert all(any("odoo-bin" in c and f"/tenants/{t}/" in c for c in odoo) for t in tenants), odoo
-    assert_nothing_changed(play("tenant_provision.yml", "-e", "tenant_id=gamma", "-e", "customer_id=c-gamma",
+    assert_nothing_changed(play("tenant_provision.yml", "-e", "tenant_id=mini-gamma", "-e", "customer_id=c-gamma",
                                 "-e", "subscription_id=s-gamma", "-e", "plan=basic-monthly"))  # fmt: skip
 
     # An upgrade: a dedicated server brought up on its own host, the database moved there over the network.
-    ok(play("tenant_change_plan.yml", "-e", "tenant_id=alpha", "-e", "plan=premium-monthly"))
-    alpha = tenant_place("alpha")
+    ok(play("tenant_change_plan.yml", "-e", "tenant_id=mini-alpha", "-e", "plan=premium-monthly"))
+    alpha = tenant_place("mini-alpha")
     assert (alpha["server"], alpha["host"], alpha["port"]) == ("pool-dedicated-01", "10.77.2.100", 5432), alpha
     assert any("postgres" in c for c in namespace_commands("pool-dedicated"))
-    with tenant_connection("alpha") as conn:
-        assert conn.execute("SELECT note FROM kept").fetchall() == [("alpha before any move",)]
-    assert odoo_health("alpha") == '{"status": "pass"}'
+    with tenant_connection("mini-alpha") as conn:
+        assert conn.execute("SELECT note FROM kept").fetchall() == [("mini-alpha before any move",)]
+    assert odoo_health("mini-alpha") == '{"status": "pass"}'
 
     # A drain: the pool's two other tenants move to the other pool's host.
     ok(play("pool_drain.yml", "-e", "server=pool-shared-01"))
-    for tenant in ("beta", "gamma"):
+    for tenant in ("mini-beta", "mini-gamma"):
         assert tenant_place(tenant)["server"] == "pool-shared-02", tenant
         with tenant_connection(tenant) as conn:
             assert conn.execute("SELECT note FROM kept").fetchall() == [(f"{tenant} before any move",)]
         assert odoo_health(tenant) == '{"status": "pass"}', tenant
 
     # Suspended: its login refused on its new pool's host; resumed: its rows there as they were.
-    ok(play("tenant_suspend.yml", "-e", "tenant_id=gamma"))
+    ok(play("tenant_suspend.yml", "-e", "tenant_id=mini-gamma"))
     with pytest.raises(psycopg.OperationalError):
-        tenant_connection("gamma")
-    ok(play("tenant_resume.yml", "-e", "tenant_id=gamma"))
-    with tenant_connection("gamma") as conn:
-        assert conn.execute("SELECT note FROM kept").fetchall() == [("gamma before any move",)]
+        tenant_connection("mini-gamma")
+    ok(play("tenant_resume.yml", "-e", "tenant_id=mini-gamma"))
+    with tenant_connection("mini-gamma") as conn:
+        assert conn.execute("SELECT note FROM kept").fetchall() == [("mini-gamma before any move",)]
 
     # Terminated and purged: nothing of the tenant left on any host that held it.
-    for tenant in ("alpha", "beta"):
+    for tenant in ("mini-alpha", "mini-beta"):
         ok(play("tenant_terminate.yml", "-e", f"tenant_id={tenant}"))
         ok(play("tenant_purge.yml", "-e", f"tenant_id={tenant}", "-e", "force=true"))
         assert tenant_place(tenant)["status"] == "purged"
@@ -179,6 +189,6 @@ def test_tenants_are_provisioned_moved_drained_and_purged_across_hosts(miniature
     servers = (("pool-shared-01", "10.77.1.11"), ("pool-shared-02", "10.77.1.12"), ("pool-dedicated-01", "10.77.2.100"))
     for server, host in servers:
         with connect(host, 5432, "saasodoo_monitor", password(f"monitor@{server}")) as conn:
-            left = conn.execute("SELECT datname FROM pg_database WHERE datname ~ '^t_(alpha|beta)'").fetchall()
+            left = conn.execute("SELECT datname FROM pg_database WHERE datname ~ '^t_mini_(alpha|beta)'").fetchall()
         assert left == [], (server, left)
-    assert odoo_health("gamma") == '{"status": "pass"}'
+    assert odoo_health("mini-gamma") == '{"status": "pass"}'

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -84,18 +85,22 @@ def namespaces() -> set[str]:
 
 def host_script(host: Host) -> str:
     """What runs in the host's fresh mount namespace: its own directories mounted, then its sshd."""
+    q = shlex.quote
     lines = ["set -e", "mount --make-rprivate /"]
     for path in PRIVATE_DIRS:
         source = host.dir / "root" / path
-        lines.append(f"mkdir -p /{path} {source} && mount --bind {source} /{path}")
+        lines.append(f"mkdir -p /{path} {q(str(source))} && mount --bind {q(str(source))} /{path}")
     for path in PRIVATE_TMPFS:
         lines.append(f"mkdir -p /{path} && mount -t tmpfs -o mode=2775 tmpfs /{path}")
         lines.append(f"chown postgres:postgres /{path}")
     for path, source in SHARED_DIRS.items():
-        lines.append(f"mkdir -p /{path} {source} && mount --bind {source} /{path}")
-    lines.append(f"mkdir -p /run/sshd {SSHD_DIR} && mount --bind {host.dir / 'sshd'} {SSHD_DIR}")
+        lines.append(f"mkdir -p /{path} {q(str(source))} && mount --bind {q(str(source))} /{path}")
+    # Without this machine's systemd: pg_ctlcluster would hand a start to systemctl, which starts the cluster of
+    # this machine, not the host's.
+    lines.append("if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd; fi")
+    lines.append(f"mkdir -p /run/sshd {SSHD_DIR} && mount --bind {q(str(host.dir / 'sshd'))} {SSHD_DIR}")
     # Last: the controller's state (platform secret, CA key, SSH key) and the other hosts' disks are out of sight.
-    lines.append(f"mount -t tmpfs -o mode=0755 tmpfs {REPO / '.state'}")
+    lines.append(f"mount -t tmpfs -o mode=0755 tmpfs {q(str(REPO / '.state'))}")
     lines.append(f"exec {SSHD} -f {SSHD_DIR}/sshd_config")
     return "\n".join(lines)
 
@@ -185,6 +190,8 @@ def ssh_command(host: Host) -> list[str]:
 
 
 def down() -> None:
+    if not shutil.which("ip"):  # no iproute2: no namespace was ever made here
+        return
     present = namespaces()
     for host in HOSTS:
         if host.namespace in present:

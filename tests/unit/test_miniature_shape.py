@@ -14,13 +14,13 @@ PRODUCTION = INVENTORIES / "production.example"
 MINIATURE = REPO / "tests/miniature/inventory"
 
 
-def hba_shape(inventory, group: str) -> list[tuple[str, str, str, str]]:
-    """A group's pg_hba lines without their addresses: who may log in to what, how, in which order."""
+def hba_shape(inventory, group: str) -> list[tuple[str, str, str, str, str]]:
+    """A group's pg_hba lines: who may log in to what, from where (the same variables), how, in which order."""
     variables = {}
     for path in sorted((inventory / "group_vars" / group).glob("*.yml")):
         variables |= load_yaml(path) or {}
     entries = variables.get("postgres_server_hba_entries", []) + variables.get("postgres_server_group_hba_entries", [])
-    return [(e["type"], e["database"], e["user"], e["method"]) for e in entries]
+    return [(e["type"], e["database"], e["user"], e["address"], e["method"]) for e in entries]
 
 
 @pytest.mark.parametrize("group", ["postgres_servers", "platform", "pools_shared", "pools_dedicated"])
@@ -74,3 +74,12 @@ def test_the_bring_up_makes_the_hosts_the_inventory_names():
         platform["saasodoo_controller_network_cidr"]
     )
     assert platform["saasodoo_platform_host_cidr"] == f"{declared[platform['saasodoo_registry_host']]}/32"
+
+
+def test_the_platform_host_is_the_registrys_host_in_both():
+    """The address the pools' admin login and the registry admit for the platform's plays is the registry host's."""
+    for inventory in (PRODUCTION, MINIATURE):
+        platform = load_yaml(inventory / "group_vars/all/platform.yml")
+        registry_host = platform["saasodoo_registry_host"]
+        listen = load_yaml(inventory / f"host_vars/{registry_host}.yml")["postgres_server_listen_addresses"]
+        assert platform["saasodoo_platform_host_cidr"] == f"{listen}/32", inventory
