@@ -73,7 +73,9 @@ def run(scratch: Path, playbook: Path, extravars: dict, inventory: str) -> float
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="1 tenant per runtime (tests/integration)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 tenant per runtime, 1 start-up each (tests/integration)"
+    )
     args = parser.parse_args()
     tenants = 1 if args.quick else args.tenants
     run_id = uuid.uuid4().hex[:6]
@@ -85,7 +87,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="lifecycle-bench-") as scratch:
             noop = Path(scratch) / "noop.yml"
             noop.write_text("- hosts: localhost\n  gather_facts: false\n  tasks:\n    - ansible.builtin.meta: noop\n")
-            for _ in range(max(3, tenants)):
+            for _ in range(1 if args.quick else max(3, tenants)):
                 startups["jobs"].append(run(Path(scratch), noop, {}, inventory))
                 startups["localhost"].append(run(Path(scratch), noop, {}, "localhost,"))
             for runtime in ("none", "process"):

@@ -1,9 +1,10 @@
 """tenant_change_plan.yml killed mid-move (README: Moving a tenant's database), on a tenant of its own with a client
 writing throughout (tests/integration/movers.py).
 
-The move is SIGKILLed at each point of FAULT_CASES and the playbook run again (once per case in `make test`; `make
-soak` three times), or, after one of them, the webhook runner's recovery pass runs it: the next run finishes it or
-rolls it back and makes it again, and the tenant ends on exactly one server with every committed row.
+The move is SIGKILLed at each point of FAULT_CASES and the playbook run again (`make soak`: three times each; `make
+test`: once at each of TEST_FAULT_CASES), or, after one of them, the webhook runner's recovery pass runs it: the
+next run finishes it or rolls it back and makes it again, and the tenant ends on exactly one server with every
+committed row.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ FAULT_CASES = (
     ("repointed", "switching_back"),  # and again while the next run switches back
 )
 FAULT_ROUNDS = int(os.environ.get("FAULT_ROUNDS", "1"))  # kills per point
+# `make test` leaves out the two points whose next run takes the same path as a neighbour's (`make soak`,
+# FAULT_ROUNDS=3, kills at every point): catching_up rolls back as copying does (nothing turned round yet), and
+# verifying switches back as repointed does (switched, unverified).
+TEST_FAULT_CASES = tuple(case for case in FAULT_CASES if case not in (("catching_up",), ("verifying",)))
 # Writes blocked on the source when the run died: the tenant cannot work until the move is finished or rolled back.
 # After this kill, the webhook runner's recovery pass does it instead of an operator.
 RECOVERED_BY_THE_RUNNER = ("cutover",)
@@ -53,7 +58,7 @@ def test_a_move_killed_at_any_point_is_finished_or_rolled_back_by_the_next_run(
     mover: Mover, local_platform: LocalPlatform, tmp_path: Path
 ):
     for attempt in range(FAULT_ROUNDS):
-        for points in FAULT_CASES:
+        for points in FAULT_CASES if FAULT_ROUNDS > 1 else TEST_FAULT_CASES:
             plan, kind = PLANS[mover.record()["db_type"]]
             writer = mover.writer()
             writer.start()
