@@ -259,6 +259,8 @@ class CallbackModule(CallbackBase):
                 "login_db": settings.database,
                 "login_user": settings.user,
                 "login_password": settings.password,
+                "login_sslmode": settings.sslmode,
+                "login_sslrootcert": settings.sslrootcert,
                 "connect_timeout": settings.connect_timeout,
             }
         )

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import psycopg
 import psycopg.rows
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from psycopg import sql
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import RegistryUnreachable, connect_registry
 from webhook_runner import store
 
-from .conftest import LocalPlatform, run_playbook
+from .conftest import LOCAL_STATE, LocalPlatform, run_playbook
 from conftest import INVENTORIES, ROLES
 
 MIGRATIONS = sorted((ROLES / "platform_registry/files/migrations").glob("*.sql"))
@@ -208,3 +214,31 @@ def test_a_plan_without_db_type_is_refused_by_name(local_platform: LocalPlatform
     run = run_playbook("site.yml", "--check", "--limit", "platform", "-e", f"@{overrides}")
     assert run.returncode != 0
     assert "Plan mystery-monthly needs db_type shared or dedicated in its entitlements (got nothing)" in run.output
+
+
+def test_the_platforms_registry_logins_check_the_registrys_certificate(local_platform: LocalPlatform, tmp_path: Path):
+    """The modules' login (content of the platform CA, as the platform group's saasodoo_registry_login gives it) and
+    the inventory plugin's and the audit callback's (the CA's path) take the registry only with a certificate the
+    platform CA signed for its address: another CA's is refused."""
+    ca = (LOCAL_STATE / "secrets/tls/ca.crt").read_text()
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the platform CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    other_ca = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(other_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(other_key, hashes.SHA256())
+    ).public_bytes(serialization.Encoding.PEM).decode()  # fmt: skip
+    login = {
+        "login_host": "127.0.0.1", "login_port": local_platform.servers["platform-db"].port,
+        "login_db": "saasodoo_registry", "login_user": "saasodoo_registry_app",
+        "login_password": local_platform.password("registry-app@saasodoo_registry"), "login_sslmode": "verify-full",
+    }  # fmt: skip
+    with connect_registry({**login, "login_ca_certificate": ca}) as conn:
+        assert conn.pgconn.ssl_in_use
+    with connect_registry({**login, "login_sslrootcert": str(LOCAL_STATE / "secrets/tls/ca.crt")}) as conn:
+        assert conn.pgconn.ssl_in_use
+    with pytest.raises(RegistryUnreachable, match="certificate verify failed"):
+        connect_registry({**login, "login_ca_certificate": other_ca})
+    inventory = yaml.safe_load((INVENTORIES / "local/saasodoo.registry.yml").read_text())
+    assert inventory["registry_sslmode"] == "verify-full"

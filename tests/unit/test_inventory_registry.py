@@ -386,6 +386,8 @@ def parse_with(monkeypatch, tmp_path: Path, options: dict[str, Any], fetched=Non
         "registry_user": "saasodoo_registry",
         "registry_password": "pw",
         "platform_secret_file": None,
+        "registry_sslmode": "prefer",
+        "registry_sslrootcert": None,
         "connect_timeout": 5,
         "strict": False,
         "compose": {},
@@ -442,6 +444,8 @@ def test_parse_maps_registry_errors_to_parser_errors(monkeypatch, tmp_path: Path
             registry_user="saasodoo_registry",
             registry_password="pw",
             platform_secret_file=None,
+            registry_sslmode="prefer",
+            registry_sslrootcert=None,
             connect_timeout=1,
         ),
     )
@@ -491,3 +495,20 @@ def test_production_config_points_at_platform_db_01_without_a_password():
 def test_parse_without_a_password_names_the_registry_and_the_fix(monkeypatch, tmp_path: Path, options, message):
     with pytest.raises(AnsibleParserError, match=message):
         parse_with(monkeypatch, tmp_path, options)
+
+
+def test_the_registry_certificate_is_checked_against_a_ca_beside_the_configuration(monkeypatch, tmp_path: Path):
+    seen = []
+    monkeypatch.setattr(registry, "fetch_fleet", lambda settings: seen.append(settings) or ([SHARED], []))
+    plugin = registry.InventoryModule()
+    config = {
+        "registry_host": "10.0.0.1", "registry_port": 5432, "registry_database": "saasodoo_registry",
+        "registry_user": "saasodoo_registry", "registry_password": "pw", "platform_secret_file": None,
+        "registry_sslmode": "verify-full", "registry_sslrootcert": "../secrets/tls/ca.crt", "connect_timeout": 5,
+        "strict": False, "compose": {}, "groups": {}, "keyed_groups": [], "leading_separator": True,
+        "use_extra_vars": False,
+    }  # fmt: skip
+    monkeypatch.setattr(plugin, "_read_config_data", lambda path: plugin._options.update(config))
+    plugin.parse(InventoryData(), DataLoader(), str(tmp_path / "inventory/saasodoo.registry.yml"))
+    [settings] = seen
+    assert (settings.sslmode, settings.sslrootcert) == ("verify-full", str(tmp_path / "secrets/tls/ca.crt"))

@@ -26,6 +26,17 @@ options:
     description: The owner role's password.
     type: str
     required: true
+  login_sslmode:
+    description: libpq C(sslmode) of the login; C(verify-full) checks the registry's certificate and name.
+    type: str
+    choices: [disable, prefer, require, verify-ca, verify-full]
+    default: prefer
+  login_ca_certificate:
+    description:
+      - The CA (PEM) the registry's certificate is checked against, as content (the module may run on a host
+        without the controller's files); written to a private file while the module connects.
+    type: str
+    default: ""
   audit_run:
     description:
       - The playbook run this module works for; every audit row it writes names it (C(detail.run)).

@@ -64,6 +64,16 @@ options:
         (purpose C(registry@<registry_database>)) when O(registry_password) is not set.
       - A relative path is resolved against the directory of this configuration file.
     type: str
+  registry_sslmode:
+    description: libpq C(sslmode) of the login; C(verify-full) checks the registry's certificate and name.
+    type: str
+    choices: [disable, prefer, require, verify-ca, verify-full]
+    default: prefer
+  registry_sslrootcert:
+    description:
+      - The CA file the registry's certificate is checked against (the platform CA, on the controller).
+      - A relative path is resolved against the directory of this configuration file.
+    type: str
   connect_timeout:
     description: Seconds to wait for the registry before giving up on this source.
     type: int
@@ -205,6 +215,8 @@ class RegistrySettings:
     user: str
     password: str = dataclasses.field(repr=False)
     connect_timeout: int = 5
+    sslmode: str = "prefer"
+    sslrootcert: str | None = None
 
     @property
     def where(self) -> str:
@@ -352,6 +364,8 @@ def fetch_fleet(settings: RegistrySettings) -> tuple[list[dict[str, Any]], list[
             dbname=settings.database,
             user=settings.user,
             password=settings.password,
+            sslmode=settings.sslmode,
+            sslrootcert=settings.sslrootcert,
             connect_timeout=settings.connect_timeout,
             application_name="saasodoo.platform.registry inventory",
             options="-c default_transaction_read_only=on",
@@ -409,6 +423,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             user=self.get_option("registry_user"),
             password="",
             connect_timeout=self.get_option("connect_timeout"),
+            sslmode=self.get_option("registry_sslmode"),
+            sslrootcert=resolve_secret_path(self.get_option("registry_sslrootcert"), path)
+            if self.get_option("registry_sslrootcert")
+            else None,
         )
         try:
             password = resolve_password(

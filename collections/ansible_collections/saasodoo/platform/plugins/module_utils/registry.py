@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 
 # Options every registry-backed module takes; documented by the saasodoo.platform.registry_login fragment.
 REGISTRY_LOGIN_OPTIONS = dict(
@@ -11,6 +12,10 @@ REGISTRY_LOGIN_OPTIONS = dict(
     login_db=dict(type="str", default="saasodoo_registry"),
     login_user=dict(type="str", default="saasodoo_registry"),
     login_password=dict(type="str", required=True, no_log=True),
+    login_sslmode=dict(
+        type="str", default="prefer", choices=["disable", "prefer", "require", "verify-ca", "verify-full"]
+    ),
+    login_ca_certificate=dict(type="str", default=""),
     audit_run=dict(type="str", default=""),
     lease=dict(type="str", default=""),
 )
@@ -100,17 +105,26 @@ def connect_registry(params: dict):
     options = [f"-c saasodoo.audit_run={run}"] * bool(run) + [f"-c saasodoo.lease={lease}"] * bool(lease)
 
     try:
-        return psycopg.connect(
-            host=params["login_host"],
-            port=params["login_port"],
-            dbname=params["login_db"],
-            user=params["login_user"],
-            password=params["login_password"],
-            connect_timeout=params.get("connect_timeout", 10),
-            prepare_threshold=None,
-            autocommit=True,
-            options=" ".join(options) or None,
-        )
+        # The CA comes as content (a module runs on a host that may not hold the controller's file) or as a path
+        # (the inventory plugin and the audit callback, on the controller); libpq reads it only while connecting.
+        with tempfile.NamedTemporaryFile("w", prefix="registry-ca-", suffix=".crt") as ca_file:
+            ca = params.get("login_ca_certificate") or ""
+            if ca:
+                ca_file.write(ca.strip() + "\n")
+                ca_file.flush()
+            return psycopg.connect(
+                host=params["login_host"],
+                port=params["login_port"],
+                dbname=params["login_db"],
+                user=params["login_user"],
+                password=params["login_password"],
+                sslmode=params.get("login_sslmode") or "prefer",
+                sslrootcert=ca_file.name if ca else params.get("login_sslrootcert") or None,
+                connect_timeout=params.get("connect_timeout", 10),
+                prepare_threshold=None,
+                autocommit=True,
+                options=" ".join(options) or None,
+            )
     except psycopg.OperationalError as e:
         raise RegistryUnreachable(
             f"cannot reach the registry {params['login_db']} at {params['login_host']}:{params['login_port']}: "
