@@ -269,6 +269,7 @@ STREAMS = {
         "test_webhook_runner.py",
         "test_bench.py::test_runner_benchmark",
         "test_bench.py::test_provision_benchmark",
+        "test_bench.py::test_migration_benchmark",  # here since make test kills fewer moves and runs fewer accounts
         "test_tenant_move_faults.py",
         "test_audit_runs.py",  # here rather than below: it keeps the two streams about as long
     ),
