@@ -20,7 +20,6 @@ from conftest import REPO
 MINIATURE = REPO / "tests/miniature"
 INVENTORY = "tests/miniature/inventory"
 STATE = REPO / ".state/miniature"
-CONTROLLER = "10.77.4.1"
 
 
 def hosts_script(action: str) -> str:

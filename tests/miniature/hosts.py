@@ -79,10 +79,6 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=check)
 
 
-def namespaces() -> set[str]:
-    return set(run("ip", "netns", "list").stdout.split()) if shutil.which("ip") else set()
-
-
 def host_script(host: Host) -> str:
     """What runs in the host's fresh mount namespace: its own directories mounted, then its sshd."""
     q = shlex.quote
@@ -192,7 +188,7 @@ def ssh_command(host: Host) -> list[str]:
 def down() -> None:
     if not shutil.which("ip"):  # no iproute2: no namespace was ever made here
         return
-    present = namespaces()
+    present = set(run("ip", "netns", "list").stdout.split())
     for host in HOSTS:
         if host.namespace in present:
             pids = run("ip", "netns", "pids", host.namespace, check=False).stdout.split()
