@@ -5,7 +5,10 @@ SHELL := /bin/bash
 
 VENV := .venv
 BIN := $(VENV)/bin
-PYTHON ?= python3
+# Debian's own Python 3.11, built with profile-guided and link-time optimisation: Ansible's controller, Mitogen's
+# children on the local hosts and the tests run pure-Python code through it about 1.7 times faster than through a
+# plain source build (a pyenv one on PATH: a tenant suspend 6.5 s against 3.9 s on this machine).
+PYTHON ?= /usr/bin/python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
@@ -16,7 +19,7 @@ THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core community/crypto
 COLLECTIONS_DIR := collections/ansible_collections
 COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_VERSION)
 APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr curl python3-psycopg \
-  openssh-server iproute2
+  python3-venv openssh-server iproute2
 ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner
 
 .PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-beside integration-alone-and-beside acceptance bench soak down clean
@@ -27,7 +30,10 @@ help:
 	@echo "make setup | lint | unit | molecule | integration (= integration-streams, integration-alone, integration-beside)"
 	@echo "     | acceptance ODOO_BIN=… | bench | soak | down | clean"
 
-setup: system-packages state-access reserved-ports $(VENV)/.installed $(COLLECTIONS_STAMP)
+# The stamp names the interpreter: a venv made from another Python is rebuilt on this one.
+VENV_STAMP := $(VENV)/.installed-with$(subst /,-,$(PYTHON))
+
+setup: system-packages state-access reserved-ports $(VENV_STAMP) $(COLLECTIONS_STAMP)
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -60,10 +66,12 @@ reserved-ports:
 	  echo "Reserved the platform's ports $(RESERVED_PORTS)"; \
 	else echo "warning: could not reserve ports $(RESERVED_PORTS) (root can): a service may find its port taken" >&2; fi
 
-$(VENV)/.installed: requirements.txt
+$(VENV_STAMP): requirements.txt
+	@if [ -x $(BIN)/python ] && ! $(BIN)/python -c 'import os, sys; sys.exit(os.path.realpath(sys._base_executable) != os.path.realpath("$(PYTHON)"))'; then \
+	  echo "Rebuilding $(VENV) on $(PYTHON)"; rm -rf $(VENV); fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
-	@touch $@
+	@rm -f $(VENV)/.installed*; touch $@
 
 $(COLLECTIONS_STAMP): collections/requirements.yml
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
