@@ -1,10 +1,13 @@
-"""Files a module writes as root into directories others may write to (a tenant's own, PgBouncer's)."""
+"""Files a module writes: as root into directories others may write to (a tenant's own, PgBouncer's), and the
+certificates libpq must read from a file."""
 
 from __future__ import annotations
 
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def holds(path: str, content: bytes, uid: int, gid: int, mode: int) -> bool:
@@ -41,3 +44,17 @@ def write_atomically(path: str, content: bytes, uid: int, gid: int, mode: int) -
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+@contextmanager
+def certificate_file(content: str | None, prefix: str) -> Iterator[str | None]:
+    """A certificate given as content (a module runs on a host that may not hold the controller's file) as the
+    path libpq's sslrootcert takes, for as long as the block runs (libpq reads it while connecting); None, and no
+    file, without content."""
+    if not content:
+        yield None
+        return
+    with tempfile.NamedTemporaryFile("w", prefix=prefix, suffix=".crt") as certificate:
+        certificate.write(content.strip() + "\n")
+        certificate.flush()
+        yield certificate.name

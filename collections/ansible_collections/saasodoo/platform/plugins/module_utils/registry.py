@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-import tempfile
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.files import certificate_file
 
 # Options every registry-backed module takes; documented by the saasodoo.platform.registry_login fragment.
 REGISTRY_LOGIN_OPTIONS = dict(
@@ -105,13 +106,9 @@ def connect_registry(params: dict):
     options = [f"-c saasodoo.audit_run={run}"] * bool(run) + [f"-c saasodoo.lease={lease}"] * bool(lease)
 
     try:
-        # The CA comes as content (a module runs on a host that may not hold the controller's file) or as a path
-        # (the inventory plugin and the audit callback, on the controller); libpq reads it only while connecting.
-        with tempfile.NamedTemporaryFile("w", prefix="registry-ca-", suffix=".crt") as ca_file:
-            ca = params.get("login_ca_certificate") or ""
-            if ca:
-                ca_file.write(ca.strip() + "\n")
-                ca_file.flush()
+        # The CA comes as content (the modules) or as a path (the inventory plugin and the audit callback, on the
+        # controller).
+        with certificate_file(params.get("login_ca_certificate"), "registry-ca-") as ca_file:
             return psycopg.connect(
                 host=params["login_host"],
                 port=params["login_port"],
@@ -119,7 +116,7 @@ def connect_registry(params: dict):
                 user=params["login_user"],
                 password=params["login_password"],
                 sslmode=params.get("login_sslmode") or "prefer",
-                sslrootcert=ca_file.name if ca else params.get("login_sslrootcert") or None,
+                sslrootcert=ca_file or params.get("login_sslrootcert") or None,
                 connect_timeout=params.get("connect_timeout", 10),
                 prepare_threshold=None,
                 autocommit=True,

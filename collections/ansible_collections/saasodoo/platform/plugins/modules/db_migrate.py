@@ -177,12 +177,12 @@ executed:
   elements: str
 """
 
-import tempfile
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
+from ansible_collections.saasodoo.platform.plugins.module_utils.files import certificate_file
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import PlacementError
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
     PLACEMENT_OPTIONS,
@@ -365,12 +365,9 @@ def main() -> None:
         replication_sslmode=p["replication_sslmode"],
     )
     try:
-        with tempfile.NamedTemporaryFile("w", prefix="db_migrate-ca-", suffix=".crt") as ca_file:
-            if p["ca_certificate"]:
-                ca_file.write(p["ca_certificate"].strip() + "\n")
-                ca_file.flush()
-                for login in p["servers"].values():
-                    login["sslrootcert"] = login.get("sslrootcert") or ca_file.name
+        with certificate_file(p["ca_certificate"], "db_migrate-ca-") as ca_file:
+            for login in p["servers"].values():
+                login["sslrootcert"] = login.get("sslrootcert") or ca_file
             with connect_registry(p) as registry:
                 if not try_move_lock(registry, p["tenant_id"]):
                     raise MoveError(f"another db_migrate run is moving tenant {p['tenant_id']}; let it finish")
