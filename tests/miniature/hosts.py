@@ -185,16 +185,27 @@ def ssh_command(host: Host) -> list[str]:
     ]
 
 
+def kill_everything_in(namespace: str, seconds: float = 10.0) -> None:
+    """SIGKILL every process in the host's namespace. A parent may fork a replacement for a child killed before it
+    (nginx's master respawns its workers): each round stops them all, then kills them, until none is left."""
+    deadline = time.monotonic() + seconds
+    while pids := [int(pid) for pid in run("ip", "netns", "pids", namespace, check=False).stdout.split()]:
+        if time.monotonic() > deadline:
+            print(f"hosts.py down: {pids} in {namespace} outlived SIGKILL for {seconds:.0f} s", file=sys.stderr)
+            return
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):  # gone meanwhile
+                    os.kill(pid, sig)
+
+
 def down() -> None:
     if not shutil.which("ip"):  # no iproute2: no namespace was ever made here
         return
     present = set(run("ip", "netns", "list").stdout.split())
     for host in HOSTS:
         if host.namespace in present:
-            pids = run("ip", "netns", "pids", host.namespace, check=False).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):  # gone meanwhile
-                    os.kill(int(pid), signal.SIGKILL)
+            kill_everything_in(host.namespace)
             run("ip", "netns", "del", host.namespace, check=False)
         run("ip", "link", "del", host.veth, check=False)
     run("ip", "link", "del", BRIDGE, check=False)
