@@ -26,7 +26,7 @@ ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_templa
 
 help:
 	@echo "make demo   set up, converge the local platform, play three customers' lives through Kill Bill and the runner"
-	@echo "make test   set up, lint, unit tests, molecule scenarios, integration tests"
+	@echo "make test   set up, unit tests, integration tests with molecule scenarios and lint beside them"
 	@echo "make setup | lint | unit | molecule | integration (= integration-streams, integration-alone, integration-beside)"
 	@echo "     | acceptance ODOO_BIN=… | bench | soak | down | clean"
 
@@ -141,7 +141,7 @@ integration-streams-lint-molecule: setup
 	@mkdir -p .state/logs; \
 	nice -n 10 $(MAKE) --no-print-directory lint > .state/logs/lint.log 2>&1 & lint=$$!; \
 	nice -n 10 $(MAKE) --no-print-directory molecule MOLECULE_JOBS=1 > .state/logs/molecule.log 2>&1 & molecule=$$!; \
-	trap 'kill $$lint $$molecule 2>/dev/null' INT TERM; \
+	trap 'kill $$lint $$molecule 2>/dev/null || true' INT TERM; \
 	streams=0; SAASODOO_TEST_PLATFORM=as-left $(MAKE) --no-print-directory integration-streams || streams=$$?; \
 	linted=0; wait $$lint || linted=$$?; cat .state/logs/lint.log; \
 	[ $$linted -eq 0 ] || echo "make lint failed: its output is above"; \
@@ -154,7 +154,7 @@ integration-streams-lint-molecule: setup
 integration-alone-and-beside: setup
 	@mkdir -p .state/logs; \
 	nice -n 10 $(MAKE) --no-print-directory integration-beside > .state/logs/integration-beside.log 2>&1 & beside=$$!; \
-	trap 'kill $$beside 2>/dev/null; $(PYTHON) tests/miniature/hosts.py down' INT TERM; \
+	trap 'kill $$beside 2>/dev/null || true; $(PYTHON) tests/miniature/hosts.py down' INT TERM; \
 	alone=0; $(MAKE) --no-print-directory integration-alone || alone=$$?; \
 	others=0; wait $$beside || others=$$?; cat .state/logs/integration-beside.log; \
 	[ $$alone -eq 0 ] && [ $$others -eq 0 ]

@@ -237,7 +237,7 @@ def inventory_hosts(inventory: str = "inventories/local") -> tuple[dict[str, dic
     return hostvars, groups
 
 
-# down.yml as the tests call it: the molecule scenarios and the miniature `make test` runs beside the alone pass
+# down.yml as the tests call it: the molecule scenarios and the miniature, which `make test` runs beside the passes,
 # stay up.
 DOWN = ("down.yml", "-e", '{"down_leave": ["molecule", "miniature"]}')
 
