@@ -107,11 +107,16 @@ def assert_nothing_changed(run: PlaybookRun) -> None:
     assert len(reported) >= sum(counts["changed"] for counts in run.recap.values()), run.output[-5000:]
 
 
+def registry_superuser() -> psycopg.Connection:
+    """The local platform's registry database as its server's superuser, over the Unix socket."""
+    port = load_yaml(REPO / "inventories/local/saasodoo.registry.yml")["registry_port"]
+    return superuser("platform-db", port, "saasodoo_registry")
+
+
 def recorded_outcome(run_id: str) -> str | None:
     """The outcome the audit callback recorded at the end of a run; None without an end row or a registry."""
-    port = load_yaml(REPO / "inventories/local/saasodoo.registry.yml")["registry_port"]
     try:
-        with superuser("platform-db", port, "saasodoo_registry") as conn:
+        with registry_superuser() as conn:
             row = conn.execute(
                 "SELECT detail ->> 'outcome' FROM registry.audit"
                 " WHERE detail ? 'run' AND detail ->> 'run' = %s AND kind = 'run' AND detail ->> 'phase' = 'end'",
@@ -395,9 +400,8 @@ def fresh_local_platform(request: pytest.FixtureRequest, local_platform: LocalPl
 
 
 def registry_answers() -> bool:
-    port = load_yaml(REPO / "inventories/local/saasodoo.registry.yml")["registry_port"]
     try:
-        superuser("platform-db", port, "saasodoo_registry").close()
+        registry_superuser().close()
     except psycopg.Error:
         return False
     return True
