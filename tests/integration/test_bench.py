@@ -38,6 +38,7 @@ def test_runner_benchmark_quick_run_prints_both_latencies(local_platform: LocalP
     assert "sign-up at Kill Bill -> tenant's credentials open its DB" in output
     assert "ansible-runner start-up" in output
     assert "all 2 tenants active after the sign-ups" in output and "baseline: 2 x one provision job" in output
+    assert "database servers brought up meanwhile" in output
     goals = output.splitlines()[-3:]  # the last lines, one per goal
     assert [g.split(":")[0] for g in goals] == [
         "goal acknowledgement-p99",
