@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import zoneinfo
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 # The tenant id is the bundle's external key (the customer's instance name); the same rule as the
 # collection's placement (module_utils/placement.py) and the tenant playbooks.
@@ -97,6 +98,19 @@ def tenant_id_of(subscription: dict) -> str | None:
 def is_blocked(subscription: dict, overdue: dict | None) -> bool:
     """Entitlement blocked: a paused bundle or a blocking overdue state (e.g. after failed payments)."""
     return subscription.get("state") == "BLOCKED" or bool((overdue or {}).get("isDisableEntitlementAndChangesBlocked"))
+
+
+def billing_status(subscription: dict, overdue: dict | None, balance) -> str:
+    """registry.tenants.billing_status, from Kill Bill's state read back, the most pressing first: the account's
+    overdue stage (`overdue:<state>`, from its overdue configuration: a warning stage, a blocking one), else
+    `payment_required` while an invoice is unpaid (a balance above zero), else `trial` in a trial phase, else
+    `paid`."""
+    state = (overdue or {}).get("name")
+    if state and state != OVERDUE_CLEAR_STATE and not (overdue or {}).get("isClearState"):
+        return f"overdue:{state}"
+    if balance is not None and Decimal(str(balance)) > 0:
+        return "payment_required"
+    return "trial" if subscription.get("phaseType") == "TRIAL" else "paid"
 
 
 def foreign_claim(subscription: dict, tenant: Tenant) -> str | None:

@@ -59,6 +59,10 @@ class KillBill:
         """The account itself: name, email, locale, timeZone, country (a new tenant's company and admin)."""
         return self._get(f"/accounts/{_segment(account_id)}")
 
+    def account_balance(self, account_id: str):
+        """What the account owes: the sum of its unpaid invoices' balances (accountBalance), a JSON number."""
+        return self._get(f"/accounts/{_segment(account_id)}", accountWithBalance="true").get("accountBalance")
+
     def account_overdue(self, account_id: str) -> dict:
         """{name, isDisableEntitlementAndChangesBlocked, …}: blocked after unpaid invoices."""
         return self._get(f"/accounts/{_segment(account_id)}/overdue")

@@ -374,6 +374,19 @@ def tenants_by_database(conn, db_names: list[str]) -> dict[str, Tenant]:
     return {row.pop("db_name"): Tenant(**row) for row in rows}
 
 
+def record_billing_status(conn, tenant_id: str, subscription: dict, status: str) -> None:
+    """The tenant's billing status as Kill Bill's state says, written only for the account and subscription the
+    tenant was provisioned for (desired.foreign_claim), and only when it changed."""
+    conn.execute(
+        """UPDATE registry.tenants SET billing_status = %(status)s
+            WHERE tenant_id = %(tenant)s AND customer_id = %(account)s
+              AND (subscription_id IS NULL OR subscription_id = %(subscription)s)
+              AND billing_status IS DISTINCT FROM %(status)s""",
+        {"status": status, "tenant": tenant_id, "account": subscription.get("accountId"),
+         "subscription": subscription.get("subscriptionId")},
+    )  # fmt: skip
+
+
 def plan_names(conn) -> set[str]:
     return {row["name"] for row in conn.execute("SELECT DISTINCT name FROM registry.plans").fetchall()}
 

@@ -39,6 +39,7 @@ from .desired import (
     PLAYBOOKS,
     Action,
     Skip,
+    billing_status,
     customer_profile,
     database_name,
     desired_actions,
@@ -198,6 +199,7 @@ class Worker:
         try:
             bundles = self.killbill.account_bundles(account)
             overdue = self.killbill.account_overdue(account)
+            balance = self.killbill.account_balance(account)
         except KillBillNotFound as error:
             job = self._skip(account, None, trigger_ids[0] if trigger_ids else None, f"unknown to Kill Bill: {error}")
             for stale in account_jobs:
@@ -214,6 +216,9 @@ class Worker:
             tenant_jobs = [job for job in open_jobs if tenant_id and job["tenant_id"] == tenant_id]
             self._audit_decision(tenant_id, triggers, subscription, overdue, decisions)
             outcomes += self._carry_out(account, tenant_id, decisions, tenant_jobs, trigger_ids)
+            if tenant_id:  # after the actions: a new tenant's row exists once its provision ran
+                status = billing_status(subscription, overdue, balance)
+                store.record_billing_status(conn, tenant_id, subscription, status)
         for job in account_jobs:
             store.close_job(conn, job["id"], "succeeded", "Kill Bill read back; the account's tenants converged")
         store.mark_processed(conn, trigger_ids, "; ".join(outcomes) or "no change: the tenants match Kill Bill")

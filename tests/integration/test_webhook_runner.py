@@ -79,7 +79,8 @@ def kb_api(standin: KillBillStandin) -> KillBillAPI:
 def tenant_rows(runner: RunnerStack, prefix: str) -> dict[str, dict]:
     with runner.registry() as conn:
         rows = conn.execute(
-            "SELECT t.tenant_id, t.plan_name, t.db_type, t.status, t.db_name, s.port FROM registry.tenants t"
+            "SELECT t.tenant_id, t.plan_name, t.db_type, t.status, t.billing_status, t.db_name, s.port"
+            " FROM registry.tenants t"
             " LEFT JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id LIKE %s",
             (prefix + "%",),
         ).fetchall()
@@ -179,6 +180,7 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
 
     tenants = settled()
     assert tenants["life-01"]["status"] == "active" and tenants["life-01"]["plan_name"] == "basic-monthly"
+    assert tenants["life-01"]["billing_status"] == "trial"
     port = tenants["life-01"]["port"]
     with local_platform.connect(port, "t_life_01", local_platform.password("tenant:life-01:v1"), "t_life_01") as conn:
         company, login = conn.execute(
@@ -190,14 +192,14 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
     _, listing = runner.admin("GET", "/jobs?tenant=life-02")
     assert any("gold-yearly" in job["reason"] for job in listing["jobs"] if job["state"] == "skipped")
 
-    api.move_clock(15)  # the trial ends and is paid: nothing changes for the tenant
-    assert settled()["life-01"]["status"] == "active"
+    api.move_clock(15)  # the trial ends and is paid: nothing changes for the tenant but its billing status
+    assert settled()["life-01"].items() >= {"status": "active", "billing_status": "paid"}.items()
     api.payments_fail(account)
     api.move_clock(31)
-    assert settled()["life-01"]["status"] == "suspended"
+    assert settled()["life-01"].items() >= {"status": "suspended", "billing_status": "overdue:BLOCKED"}.items()
     api.payments_fail(account, fail=False)
     api.pay(account)
-    assert settled()["life-01"]["status"] == "active"
+    assert settled()["life-01"].items() >= {"status": "active", "billing_status": "paid"}.items()
     api.change_plan(subscription, "standard-monthly")
     assert settled()["life-01"]["plan_name"] == "standard-monthly"
     api.cancel(subscription)
@@ -207,7 +209,7 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
         {("life-01", action): 1 for action in ("provision", "suspend", "resume", "change_plan", "terminate")}
     )
     status, view = runner.admin("GET", "/tenants/life-01")
-    assert status == 200 and view["tenant"]["status"] == "terminated"
+    assert status == 200 and view["tenant"]["status"] == "terminated" and view["tenant"]["billing_status"]
     assert {"event", "decision", "job", "result", "run"} <= {row["kind"] for row in view["audit"]}
     with runner.registry() as conn:
         assert conn.execute("SELECT count(*) AS n FROM registry.audit_chain_breaks()").fetchone()["n"] == 0

@@ -8,7 +8,15 @@ import pytest
 
 from ansible_collections.saasodoo.platform.plugins.module_utils import placement
 from webhook_runner.config import ConfigError, load_settings, settings_from_dict
-from webhook_runner.desired import Action, Skip, Tenant, customer_profile, database_name, desired_actions
+from webhook_runner.desired import (
+    Action,
+    Skip,
+    Tenant,
+    billing_status,
+    customer_profile,
+    database_name,
+    desired_actions,
+)
 from webhook_runner.notification import InvalidNotification, parse_notification
 
 # Kill Bill's own capture (https://docs.killbill.io/latest/push_notifications.html) and an INVOICE_PAYMENT_FAILED
@@ -133,6 +141,26 @@ def test_a_tenant_matching_kill_bill_needs_nothing():
 )  # fmt: skip
 def test_kill_bill_state_decides(sub, overdue, tenant, expected):
     assert actions(desired_actions(sub, overdue, tenant, PLANS)) == expected
+
+
+WARNING = {"name": "WARNING", "isClearState": False, "isDisableEntitlementAndChangesBlocked": False}
+
+
+@pytest.mark.parametrize(
+    ("sub", "overdue", "balance", "expected"),
+    [
+        (subscription(phaseType="TRIAL"), CLEAR, 0, "trial"),
+        (subscription(), CLEAR, 0, "paid"),
+        (subscription(), CLEAR, None, "paid"),  # an account read without its balance owes nothing known
+        (subscription(), CLEAR, 29.9, "payment_required"),  # an invoice not paid yet, no overdue stage reached
+        (subscription(phaseType="TRIAL"), CLEAR, 0.01, "payment_required"),
+        (subscription(), WARNING, 29.9, "overdue:WARNING"),  # the stage named by the overdue configuration
+        (subscription(), BLOCKED, 59.8, "overdue:BLOCKED"),
+        (subscription(), None, -5, "paid"),  # a credit is no debt
+    ],
+)  # fmt: skip
+def test_billing_status_says_the_most_pressing_of_kill_bills_states(sub, overdue, balance, expected):
+    assert billing_status(sub, overdue, balance) == expected
 
 
 def test_unknown_plans_invalid_keys_and_terminated_tenants_are_skipped_with_a_reason():
