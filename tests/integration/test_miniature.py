@@ -189,3 +189,16 @@ def test_tenants_are_provisioned_moved_drained_and_purged_across_hosts(miniature
             left = conn.execute("SELECT datname FROM pg_database WHERE datname ~ '^t_mini_alpha'").fetchall()
         assert left == [], (server, left)
     assert [odoo_health(t) for t in ("mini-beta", "mini-gamma")] == ['{"status": "pass"}'] * 2
+
+    # Its dedicated server, which nothing holds any more, retired: recorded so, its cluster stopped on its host with
+    # start.conf manual (no boot starts it), its data kept; a second run changes nothing.
+    retire = ("servers_retire.yml", "-e", "server=pool-dedicated-01", "-e", "saasodoo_dedicated_retire_idle_hours=0")
+    ok(play(*retire))
+    with registry() as conn:
+        status = conn.execute("SELECT status FROM registry.db_servers WHERE name = 'pool-dedicated-01'").fetchone()
+    assert status == ("retired",)
+    assert not any("postgres" in c for c in namespace_commands("pool-dedicated"))
+    disk = STATE / "hosts/pool-dedicated/root"  # the host's own /etc/postgresql and /var/lib/postgresql
+    assert (disk / "etc/postgresql/15/main/start.conf").read_text() == "manual\n"
+    assert (disk / "var/lib/postgresql/15/main/PG_VERSION").exists()
+    assert_nothing_changed(play(*retire))

@@ -1,4 +1,4 @@
-"""Queries on registry.db_servers: the inventory's record of a server, its bring-up, its draining."""
+"""Queries on registry.db_servers: the inventory's record of a server, its bring-up, its draining, its retirement."""
 
 from __future__ import annotations
 
@@ -112,3 +112,30 @@ def tenants_to_move(conn, name: str) -> list[dict]:
 
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(TENANTS_TO_MOVE_QUERY, {"name": name}).fetchall()
+
+
+# What still holds a dedicated server: a tenant's database (terminated ones keep theirs until purged), a move to or
+# from it, an old copy a move kept there (moves_cleanup.yml drops it when its retention ends), a change within
+# idle_hours (its last tenant left since: updated_at moves with its tenant count). Read after the row lock, so a
+# placement that chose the server first has committed its move by then.
+HOLDS_QUERY = """
+SELECT concat_ws('; ',
+    (SELECT 'tenants ' || string_agg(t.tenant_id || ' (' || t.status || ')', ', ' ORDER BY t.tenant_id)
+       FROM registry.tenants AS t WHERE t.db_server = %(name)s AND t.status <> 'purged'),
+    (SELECT 'moves of ' || string_agg(m.tenant_id, ', ' ORDER BY m.id) FROM registry.migrations AS m
+      WHERE %(name)s IN (m.source_server, m.target_server) AND m.finished_at IS NULL),
+    (SELECT 'old copies ' || string_agg(m.retained_db, ', ' ORDER BY m.id) FROM registry.migrations AS m
+      WHERE m.source_server = %(name)s AND m.retained_db IS NOT NULL AND m.retained_dropped_at IS NULL),
+    (SELECT 'a change at ' || s.updated_at::text FROM registry.db_servers AS s
+      WHERE s.name = %(name)s AND s.updated_at > now() - make_interval(secs => %(idle_hours)s::double precision * 3600))
+) AS holds
+"""
+
+
+def retire(conn, name: str, idle_hours: float) -> str:
+    """Retire the active dedicated server (locked by the caller) if nothing holds it: '' once retired, else what
+    holds it. Placement never chooses a retired server, and the registry inventory plugin lists none."""
+    holds = conn.execute(HOLDS_QUERY, {"name": name, "idle_hours": idle_hours}).fetchone()[0]
+    if not holds:
+        conn.execute("UPDATE registry.db_servers SET status = 'retired' WHERE name = %s AND status = 'active'", (name,))
+    return holds

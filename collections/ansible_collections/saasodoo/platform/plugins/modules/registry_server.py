@@ -1,12 +1,13 @@
 #!/usr/bin/python
-"""Record a database server in the registry: as the inventory describes it, its bring-up, its draining."""
+"""Record a database server in the registry: as the inventory describes it, its bring-up, its draining, its
+retirement."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: registry_server
-short_description: Record a database server in the registry, its bring-up and its draining
+short_description: Record a database server in the registry, its bring-up, its draining and its retirement
 description:
   - Returns the server's registry row (C(registry.db_servers)); an unknown server fails with what to do, unless
     I(inventory) records it.
@@ -20,6 +21,11 @@ description:
     I(bring_up_by) (still) holds the claim; any other server is left as it is.
   - I(status=draining) takes an active shared pool out of placement (C(playbooks/pool_drain.yml)); one already
     draining stays so. An unknown or dedicated server is refused.
+  - I(status=retired) retires an active dedicated server nothing holds any more (C(playbooks/servers_retire.yml)),
+    that is with no tenant's database (a terminated tenant keeps its own until purged), no move to or from it, no
+    old copy a move kept there, and no change for I(idle_hours). Placement never chooses a retired server again
+    (the tenant gets a new one), and the registry inventory plugin lists none. A server something holds stays as
+    it is, and C(kept) says what holds it; a shared pool is refused (C(playbooks/pool_drain.yml) empties one).
   - I(list_tenants) returns the tenants to move off the server (C(tenants)), with those whose move from it a killed
     run left open.
   - All of it in one transaction; check mode computes the same answer and rolls it back.
@@ -82,7 +88,11 @@ options:
   status:
     description: The status to record (see above for what each may change).
     type: str
-    choices: [active, draining]
+    choices: [active, draining, retired]
+  idle_hours:
+    description: With I(status=retired), how long the server must have been unchanged (its last tenant gone).
+    type: float
+    default: 24
   list_tenants:
     description: Return the tenants to move off the server in C(tenants).
     type: bool
@@ -132,6 +142,14 @@ EXAMPLES = r"""
     bring_up_by: acme
     login_password: "{{ registry_password }}"
 
+- name: Retire the dedicated server if its tenant left more than a day ago and nothing else holds it
+  saasodoo.platform.registry_server:
+    name: pool-dedicated-03
+    status: retired
+    idle_hours: 24
+    login_password: "{{ registry_password }}"
+  register: retirement
+
 - name: Mark the pool draining and read the tenants to move off it
   saasodoo.platform.registry_server:
     name: pool-shared-01
@@ -151,6 +169,11 @@ server:
            "capacity_storage_gb": 200,
            "status": "provisioning", "health": "unknown", "dedicated_to": null, "tenant_count": 2,
            "bring_up_by": "acme", "bring_up_until": "2026-01-01 10:15:00+00"}
+kept:
+  description: With I(status=retired), what holds the server (it was not retired), or an empty string.
+  returned: success
+  type: str
+  sample: "old copies t_acme_old12"
 claimed:
   description: Whether this run holds the bring-up now (with I(claim_bring_up)).
   returned: success
@@ -174,6 +197,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry_servers
     mark_draining,
     read_server,
     record_server,
+    retire,
     tenants_to_move,
 )
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry_session import (
@@ -203,10 +227,21 @@ def check_draining(name: str, server: dict | None) -> None:
         )
 
 
+def check_retiring(name: str, server: dict) -> str:
+    """'' when the server may be retired now, else why it stays; a shared pool is refused."""
+    if server["kind"] != "dedicated":
+        raise ServerError(
+            f"{name} is a shared pool: only a dedicated server is retired; empty a pool with pool_drain.yml and "
+            "take it out of the inventory"
+        )
+    return "" if server["status"] in ("active", "retired") else f"it is {server['status']}"
+
+
 def run_module(module: AnsibleModule) -> dict:
     p = module.params
     name = p["name"]
     changed = claimed = False
+    kept = ""
     with connect_registry_session(p) as conn, conn.transaction(force_rollback=module.check_mode):
         if p["inventory"] is not None:
             changed |= record_server(conn, name, p["inventory"])
@@ -225,10 +260,15 @@ def run_module(module: AnsibleModule) -> dict:
             changed |= mark_brought_up(conn, name, p["bring_up_by"])
         elif p["status"] == "draining":
             changed |= mark_draining(conn, name)
+        elif p["status"] == "retired":
+            kept = check_retiring(name, server)
+            if not kept and server["status"] == "active":
+                kept = retire(conn, name, p["idle_hours"])
+                changed |= not kept
         if changed:
             server = read_server(conn, name)
         tenants = tenants_to_move(conn, name) if p["list_tenants"] else []
-    return dict(changed=changed, server=server, claimed=claimed, tenants=tenants)
+    return dict(changed=changed, server=server, claimed=claimed, tenants=tenants, kept=kept)
 
 
 def main() -> None:
@@ -251,7 +291,8 @@ def main() -> None:
             claim_bring_up=dict(type="bool", default=False),
             bring_up_by=dict(type="str"),
             bring_up_minutes=dict(type="int", default=15),
-            status=dict(type="str", choices=["active", "draining"]),
+            status=dict(type="str", choices=["active", "draining", "retired"]),
+            idle_hours=dict(type="float", default=24),
             list_tenants=dict(type="bool", default=False),
             **SESSION_LOGIN_OPTIONS,
         ),
