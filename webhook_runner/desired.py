@@ -100,15 +100,19 @@ def is_blocked(subscription: dict, overdue: dict | None) -> bool:
     return subscription.get("state") == "BLOCKED" or bool((overdue or {}).get("isDisableEntitlementAndChangesBlocked"))
 
 
-def billing_status(subscription: dict, overdue: dict | None, balance) -> str:
+def billing_status(subscription: dict, overdue: dict | None, balance: Decimal | None) -> str | None:
     """registry.tenants.billing_status, from Kill Bill's state read back, the most pressing first: the account's
     overdue stage (`overdue:<state>`, from its overdue configuration: a warning stage, a blocking one), else
     `payment_required` while an invoice is unpaid (a balance above zero), else `trial` in a trial phase, else
-    `paid`."""
+    `paid`. None for an add-on (the tenant is its base subscription's) and when the balance could not be read."""
+    if subscription.get("productCategory", "BASE") != "BASE":
+        return None
     state = (overdue or {}).get("name")
     if state and state != OVERDUE_CLEAR_STATE and not (overdue or {}).get("isClearState"):
         return f"overdue:{state}"
-    if balance is not None and Decimal(str(balance)) > 0:
+    if balance is None:
+        return None
+    if balance > 0:
         return "payment_required"
     return "trial" if subscription.get("phaseType") == "TRIAL" else "paid"
 

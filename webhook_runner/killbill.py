@@ -11,6 +11,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from decimal import Decimal, InvalidOperation
 
 from .config import KillBillSettings
 
@@ -59,9 +60,16 @@ class KillBill:
         """The account itself: name, email, locale, timeZone, country (a new tenant's company and admin)."""
         return self._get(f"/accounts/{_segment(account_id)}")
 
-    def account_balance(self, account_id: str):
-        """What the account owes: the sum of its unpaid invoices' balances (accountBalance), a JSON number."""
-        return self._get(f"/accounts/{_segment(account_id)}", accountWithBalance="true").get("accountBalance")
+    def account_balance(self, account_id: str) -> Decimal:
+        """What the account owes: the sum of its unpaid invoices' balances (accountBalance, a JSON number)."""
+        value = self._get(f"/accounts/{_segment(account_id)}", accountWithBalance="true").get("accountBalance")
+        try:
+            balance = Decimal(str(value))
+        except InvalidOperation:
+            raise KillBillError(f"GET /accounts/{account_id}: accountBalance {value!r} is not a number") from None
+        if not balance.is_finite():
+            raise KillBillError(f"GET /accounts/{account_id}: accountBalance {value!r} is not a number")
+        return balance
 
     def account_overdue(self, account_id: str) -> dict:
         """{name, isDisableEntitlementAndChangesBlocked, …}: blocked after unpaid invoices."""

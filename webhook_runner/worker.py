@@ -199,7 +199,6 @@ class Worker:
         try:
             bundles = self.killbill.account_bundles(account)
             overdue = self.killbill.account_overdue(account)
-            balance = self.killbill.account_balance(account)
         except KillBillNotFound as error:
             job = self._skip(account, None, trigger_ids[0] if trigger_ids else None, f"unknown to Kill Bill: {error}")
             for stale in account_jobs:
@@ -211,13 +210,21 @@ class Worker:
             store.mark_processed(conn, trigger_ids, f"Kill Bill unreachable: read again by job {job['id']}")
             return
 
+        # Only what billing_status shows: unread, the tenants' statuses stay as they were, and the actions go on.
+        try:
+            balance = self.killbill.account_balance(account)
+        except KillBillError as error:
+            log.warning("account %s: its balance was not read (%s); billing statuses left as they are", account, error)
+            balance = None
         outcomes = []
         for subscription, tenant_id, decisions in self._decide(bundles, overdue, store.plan_names(conn)):
             tenant_jobs = [job for job in open_jobs if tenant_id and job["tenant_id"] == tenant_id]
             self._audit_decision(tenant_id, triggers, subscription, overdue, decisions)
             outcomes += self._carry_out(account, tenant_id, decisions, tenant_jobs, trigger_ids)
-            if tenant_id:  # after the actions: a new tenant's row exists once its provision ran
-                status = billing_status(subscription, overdue, balance)
+            # After the actions (a new tenant's row exists once its provision ran); not for a subscription the
+            # decision skipped (another account's claim, say).
+            status = billing_status(subscription, overdue, balance)
+            if tenant_id and status and not any(isinstance(decision, Skip) for decision in decisions):
                 store.record_billing_status(conn, tenant_id, subscription, status)
         for job in account_jobs:
             store.close_job(conn, job["id"], "succeeded", "Kill Bill read back; the account's tenants converged")

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from decimal import Decimal
 
 import pytest
 
@@ -149,14 +150,15 @@ WARNING = {"name": "WARNING", "isClearState": False, "isDisableEntitlementAndCha
 @pytest.mark.parametrize(
     ("sub", "overdue", "balance", "expected"),
     [
-        (subscription(phaseType="TRIAL"), CLEAR, 0, "trial"),
-        (subscription(), CLEAR, 0, "paid"),
-        (subscription(), CLEAR, None, "paid"),  # an account read without its balance owes nothing known
-        (subscription(), CLEAR, 29.9, "payment_required"),  # an invoice not paid yet, no overdue stage reached
-        (subscription(phaseType="TRIAL"), CLEAR, 0.01, "payment_required"),
-        (subscription(), WARNING, 29.9, "overdue:WARNING"),  # the stage named by the overdue configuration
-        (subscription(), BLOCKED, 59.8, "overdue:BLOCKED"),
-        (subscription(), None, -5, "paid"),  # a credit is no debt
+        (subscription(phaseType="TRIAL"), CLEAR, Decimal(0), "trial"),
+        (subscription(), CLEAR, Decimal(0), "paid"),
+        (subscription(), CLEAR, Decimal("29.90"), "payment_required"),  # an invoice unpaid, no overdue stage yet
+        (subscription(phaseType="TRIAL"), CLEAR, Decimal("0.01"), "payment_required"),
+        (subscription(), WARNING, Decimal("29.90"), "overdue:WARNING"),  # the stage the overdue configuration names
+        (subscription(), BLOCKED, None, "overdue:BLOCKED"),  # known without the balance
+        (subscription(), None, Decimal(-5), "paid"),  # a credit is no debt
+        (subscription(), CLEAR, None, None),  # the balance unread: nothing to say
+        (subscription(productCategory="ADD_ON"), BLOCKED, Decimal(9), None),  # the base subscription's say
     ],
 )  # fmt: skip
 def test_billing_status_says_the_most_pressing_of_kill_bills_states(sub, overdue, balance, expected):

@@ -25,7 +25,7 @@ description:
     that is with no tenant's database (a terminated tenant keeps its own until purged), no move to or from it, no
     old copy a move kept there, and no change for I(idle_hours). Placement never chooses a retired server again
     (the tenant gets a new one), and the registry inventory plugin lists none. A server something holds stays as
-    it is, and C(kept) says what holds it; a shared pool is refused (C(playbooks/pool_drain.yml) empties one).
+    it is, and C(held_by) says what holds it; a shared pool is refused (C(playbooks/pool_drain.yml) empties one).
   - I(list_tenants) returns the tenants to move off the server (C(tenants)), with those whose move from it a killed
     run left open.
   - All of it in one transaction; check mode computes the same answer and rolls it back.
@@ -169,7 +169,7 @@ server:
            "capacity_storage_gb": 200,
            "status": "provisioning", "health": "unknown", "dedicated_to": null, "tenant_count": 2,
            "bring_up_by": "acme", "bring_up_until": "2026-01-01 10:15:00+00"}
-kept:
+held_by:
   description: With I(status=retired), what holds the server (it was not retired), or an empty string.
   returned: success
   type: str
@@ -241,7 +241,7 @@ def run_module(module: AnsibleModule) -> dict:
     p = module.params
     name = p["name"]
     changed = claimed = False
-    kept = ""
+    held_by = ""
     with connect_registry_session(p) as conn, conn.transaction(force_rollback=module.check_mode):
         if p["inventory"] is not None:
             changed |= record_server(conn, name, p["inventory"])
@@ -261,14 +261,14 @@ def run_module(module: AnsibleModule) -> dict:
         elif p["status"] == "draining":
             changed |= mark_draining(conn, name)
         elif p["status"] == "retired":
-            kept = check_retiring(name, server)
-            if not kept and server["status"] == "active":
-                kept = retire(conn, name, p["idle_hours"])
-                changed |= not kept
+            held_by = check_retiring(name, server)
+            if not held_by and server["status"] == "active":
+                held_by = retire(conn, name, p["idle_hours"])
+                changed |= not held_by
         if changed:
             server = read_server(conn, name)
         tenants = tenants_to_move(conn, name) if p["list_tenants"] else []
-    return dict(changed=changed, server=server, claimed=claimed, tenants=tenants, kept=kept)
+    return dict(changed=changed, server=server, claimed=claimed, tenants=tenants, held_by=held_by)
 
 
 def main() -> None:
