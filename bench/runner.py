@@ -48,6 +48,7 @@ from tests.standins.killbill.killbill_standin import (  # noqa: E402
     encode_notification,
     post_notification,
 )
+from webhook_runner.schedules import SCHEDULES  # noqa: E402
 
 STATE = REPO / ".state/local"
 KILLBILL = {"username": "admin", "password": "bench-password", "api_key": "saasodoo", "api_secret": "bench-secret"}
@@ -78,7 +79,7 @@ def start_stack(
         "admin_token": ADMIN_TOKEN, "metrics_token": METRICS_TOKEN, "killbill": {"url": standin.url, **KILLBILL},
         "project_dir": str(REPO), "inventory": str(REPO / "inventories/local"),
         "artifacts_dir": str(state / "artifacts"), "playbook_extravars": extravars, "reconcile_interval_seconds": 0,
-        "poll_seconds": 1,
+        "poll_seconds": 1, "schedules": dict.fromkeys(SCHEDULES, 0),  # no periodic job within the figures
     }  # fmt: skip
     write_settings(state / "settings.json", settings)
     stack = RunnerStack(state / "settings.json", port, workers=workers, registry_conninfo=settings["registry_conninfo"],

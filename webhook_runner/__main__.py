@@ -1,11 +1,12 @@
-"""python -m webhook_runner worker|reconcile (gunicorn serves the app: see README "Webhook runner").
+"""python -m webhook_runner COMMAND: the workers and their passes (gunicorn serves the app: README "Webhook runner").
 
 worker [--drain [--account ID]]
                        take the inbox until SIGTERM (with --drain: until nothing, or nothing of ID, is pending)
 reconcile [--check]    compare Kill Bill with the registry; queue repairs (--check: report only)
 housekeeping           prune finished work older than retention_days (also a periodic worker pass)
-recover                queue a job for each move no run finishes; run moves_cleanup.yml when an old copy is due
-                       (also a periodic worker pass)
+recover                queue a job for each move no run finishes (also a periodic worker pass)
+schedule [--now TIME]  run the periodic jobs that are due (also a worker pass; --now: as if it were TIME, an
+                       ISO 8601 time with its offset, to catch up or to test)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import datetime
 
 import psycopg
 
@@ -33,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     reconcile = commands.add_parser("reconcile", help="compare Kill Bill with the registry and repair drift")
     reconcile.add_argument("--check", action="store_true", help="report drift only, queue nothing")
     commands.add_parser("housekeeping", help="prune finished jobs, events and placements past retention_days")
-    commands.add_parser("recover", help="queue the recovery of moves no run finishes; drop old copies that are due")
+    commands.add_parser("recover", help="queue the recovery of moves no run finishes")
+    schedule = commands.add_parser("schedule", help="run the periodic jobs that are due")
+    schedule.add_argument("--now", type=_aware_time, help="run what is due at this time (ISO 8601, with offset)")
+    schedule.add_argument("--name", help="worker name in jobs and the audit trail (default host:pid)")
     args = parser.parse_args(argv)
     if getattr(args, "account", None) and not args.drain:
         parser.error("--account goes with --drain (a serving worker takes every account)")
@@ -73,11 +78,26 @@ def main(argv: list[str] | None = None) -> int:
         for line in lines:
             print(line)
         if not lines:
-            print(f"recover: no move stuck for over {settings.move_stuck_seconds:g} s, no old copy due"
+            print(f"recover: no move stuck for over {settings.move_stuck_seconds:g} s"
                   " (or a worker's pass is at it now)")  # fmt: skip
+        return 0
+    if args.command == "schedule":
+        lines = runner.run_schedules(args.now)
+        for line in lines:
+            print(line)
+        if not lines:
+            print("schedule: nothing due (or another worker is running it now); GET /schedules shows the next runs")
         return 0
     runner.drain(only=args.account)
     return 0
+
+
+def _aware_time(text: str) -> datetime:
+    """--now: an ISO 8601 time with its UTC offset (a naive one would be read in whatever zone the host has)."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset: add one, e.g. {text}+00:00")
+    return moment
 
 
 def serve(settings, name: str | None) -> int:

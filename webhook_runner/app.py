@@ -163,6 +163,13 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
             conn.execute(f"NOTIFY {store.NOTIFY_CHANNEL}")
         return jsonify(row), 202
 
+    @app.get("/schedules")
+    def schedules():
+        require_admin()
+        with registry() as conn:
+            rows = store.schedules_view(conn)
+        return jsonify(schedules=rows)
+
     @app.get("/tenants/<tenant_id>")
     def tenant(tenant_id: str):
         require_admin()

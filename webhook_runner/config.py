@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .desired import PLAYBOOKS
+from .schedules import DEFAULT_INTERVALS, intervals_problem
 
 CONFIG_ENV = "SAASODOO_RUNNER_CONFIG"
 
@@ -48,7 +49,10 @@ class RunnerSettings:
     reconcile_interval_seconds: float = 300  # the periodic reconcile pass; 0 turns it off
     retention_days: float = 90  # finished jobs, processed events and old placements kept this long; 0: forever
     housekeeping_interval_seconds: float = 3600  # the periodic pass that prunes them; 0 turns it off
-    recovery_interval_seconds: float = 60  # the periodic pass recovering stuck moves (and moves_cleanup); 0: off
+    recovery_interval_seconds: float = 60  # the periodic pass recovering stuck moves; 0 turns it off
+    # Seconds between runs of each periodic job (webhook_runner/schedules.py); 0 turns one off. Given, it is laid
+    # over the defaults: a schedule it does not name keeps its default.
+    schedules: dict = field(default_factory=lambda: dict(DEFAULT_INTERVALS))
     move_stuck_seconds: float = 900  # an open move no run holds, in one phase this long, is recovered
     poll_seconds: float = 5.0  # a worker wakes at least this often (NOTIFY wakes it sooner)
     # A worker holds an account this long past its last renewal (it renews every third of it): how long an
@@ -114,6 +118,10 @@ def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
             f"{source}: job_limits maps actions ({', '.join(PLAYBOOKS)}) to a number of jobs of at least 1;"
             f" not {', '.join(bad)}"
         )
+    if "schedules" in optional:
+        if problem := intervals_problem(optional["schedules"]):
+            raise ConfigError(f"{source}: {problem}")
+        optional["schedules"] = {**DEFAULT_INTERVALS, **optional["schedules"]}
     if optional.get("move_stuck_seconds", 900) < 60:
         raise ConfigError(
             f"{source}: move_stuck_seconds must be at least 60 (a live plan change may rest between its steps)"

@@ -4,8 +4,8 @@ Every figure is read from the registry at scrape time, from counters its trigger
 (a few rows, however many the tables hold), so each gunicorn worker (and each runner host) answers the same:
 nothing is counted in a process's memory, and no multiprocess directory is needed.
 No process_* figures either: each scrape would describe whichever gunicorn worker answered it.
-Label values come only from fixed sets: Kill Bill's event types (any other is `other`), job states, and the
-actions the runner itself names its jobs with.
+Label values come only from fixed sets: Kill Bill's event types (any other is `other`), job states, the
+actions the runner itself names its jobs with, and its schedules' names.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from . import store
 from .notification import KNOWN_EVENT_TYPES
+from .schedules import SCHEDULES
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "parked", "skipped")
 OTHER = "other"  # the label of an event type Kill Bill does not define
@@ -75,6 +76,23 @@ class RegistryCollector(Collector):
             buckets = [(f"{b:g}", n) for b, n in zip(snapshot["bounds"], row["le"], strict=True)]
             durations.add_metric([row["action"]], [*buckets, ("+Inf", row["n"])], sum_value=float(row["total"]))
         yield durations
+        last = GaugeMetricFamily(
+            "saasodoo_runner_schedule_last_run_timestamp_seconds",
+            "When each periodic job last ran (the due time its run was claimed at), as a Unix time.",
+            labels=["schedule"],
+        )
+        after = GaugeMetricFamily(
+            "saasodoo_runner_schedule_next_run_timestamp_seconds",
+            "When each periodic job is next due, as a Unix time.",
+            labels=["schedule"],
+        )
+        for row in snapshot["schedules"]:
+            if row["name"] in SCHEDULES:
+                if row["last_run_at"] is not None:
+                    last.add_metric([row["name"]], row["last_run_at"].timestamp())
+                after.add_metric([row["name"]], row["next_run_at"].timestamp())
+        yield last
+        yield after
 
 
 def _folded(counts: dict[str, int], known: frozenset[str]) -> dict[str, int]:

@@ -9,18 +9,23 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from .desired import Tenant
+from .schedules import TENANT_ACTIONS
 
 NOTIFY_CHANNEL = "saasodoo_runner"  # the webhook NOTIFYs it after each stored event; idle workers LISTEN
-# pg_try_advisory_lock(class, key) classes: the periodic reconcile, housekeeping and recovery passes (a pass a restart
-# interrupts is simply run again); pg_advisory_xact_lock(class, key): one job limit's count-and-start. An
-# account's convergence is held by a lease row instead (registry.account_leases), which a restart does not free.
+# pg_try_advisory_lock(class, key) classes: the periodic reconcile, housekeeping and recovery passes and each
+# schedule's run (a pass a restart interrupts is simply run again); pg_advisory_xact_lock(class, key): one job
+# limit's count-and-start. An account's convergence is held by a lease row instead (registry.account_leases),
+# which a restart does not free.
 RECONCILE_LOCK = 0x5A0E
 HOUSEKEEPING_LOCK = 0x5A0F
 LIMIT_LOCK = 0x5A10
 RECOVERY_LOCK = 0x5A11
+SCHEDULE_LOCK = 0x5A12  # held by the worker running a schedule's job, for its length (key: the schedule's name)
 
 RECOVER_MOVE = "recover_move"  # a job finishing or rolling back a move no run finishes (the recovery pass queues it)
-CLEANUP = "moves_cleanup"  # the recovery pass's run of playbooks/moves_cleanup.yml (no account: never retried)
+# Jobs an account's worker runs whatever Kill Bill says, before reading it: a move's recovery, and what a tenant
+# schedule queued (webhook_runner/schedules.py).
+CHORES = (RECOVER_MOVE, *TENANT_ACTIONS)
 
 JOB_COLUMNS = (
     "id, tenant_id, account_id, event_id, action, playbook, extravars, state, attempts, run_after, created_at,"
@@ -136,6 +141,119 @@ def mark_processed(conn: psycopg.Connection, event_ids: list[int], outcome: str)
         )
 
 
+# -- schedules (migration 0018, webhook_runner/schedules.py) ------------------------------------------------
+# `now` is the scheduler's time: the registry's now() (registry_now), or a later one a test passes to advance
+# the clock.
+
+
+def registry_now(conn: psycopg.Connection):
+    return conn.execute("SELECT now() AS now").fetchone()["now"]
+
+
+def sync_schedules(conn: psycopg.Connection, intervals: dict[str, float], now) -> None:
+    """Record the configured intervals (0: off, left out). A new schedule first comes due one interval from now;
+    a shorter interval brings the next run forward. Writes only what changed."""
+    recorded = {
+        r["name"]: r["interval_seconds"] for r in conn.execute("SELECT name, interval_seconds FROM registry.schedules")
+    }
+    for name, seconds in intervals.items():
+        if seconds and recorded.get(name) != seconds:
+            conn.execute(
+                """INSERT INTO registry.schedules AS s (name, interval_seconds, next_run_at)
+                   VALUES (%(name)s, %(seconds)s, %(now)s + make_interval(secs => %(seconds)s))
+                   ON CONFLICT (name) DO UPDATE SET interval_seconds = EXCLUDED.interval_seconds,
+                                                    next_run_at = least(s.next_run_at, EXCLUDED.next_run_at)""",
+                {"name": name, "seconds": seconds, "now": now},
+            )
+
+
+def due_schedules(conn: psycopg.Connection, names: list[str], now) -> list[str]:
+    """The schedules to look at: those due, and those with a job running (a live worker holds its lock; else
+    the worker died and the job is an orphan, fail_orphaned_schedule_jobs)."""
+    return [
+        r["name"]
+        for r in conn.execute(
+            """SELECT s.name FROM registry.schedules AS s
+                WHERE s.name = ANY(%s)
+                  AND (s.next_run_at <= %s
+                       OR EXISTS (SELECT 1 FROM registry.jobs AS j
+                                   WHERE j.account_id IS NULL AND j.action = s.name AND j.state = 'running'))
+                ORDER BY s.name""",
+            (names, now),
+        )
+    ]
+
+
+def fail_orphaned_schedule_jobs(conn: psycopg.Connection, name: str) -> list[dict]:
+    """The schedule's jobs left running by a worker that died (the caller holds the schedule's lock, so none runs
+    now): failed, and the schedule due again, so its next pass runs the work again."""
+    orphans = conn.execute(
+        f"""UPDATE registry.jobs SET state = 'failed', finished_at = now(),
+                   error = 'the worker running it stopped (' || coalesce(worker, '?') || '): run again'
+             WHERE account_id IS NULL AND action = %s AND state = 'running' RETURNING {JOB_COLUMNS}""",
+        (name,),
+    ).fetchall()
+    if orphans:
+        conn.execute("UPDATE registry.schedules SET next_run_at = least(next_run_at, now()) WHERE name = %s", (name,))
+    return orphans
+
+
+def claim_schedule(conn: psycopg.Connection, name: str, now) -> dict | None:
+    """The schedule's run due at `now`, or None when it is not due (another worker claimed it, or it was run). The
+    next run comes one interval after `now`, however many were missed. Under READ COMMITTED a concurrent claim
+    waits for this one and then finds the row no longer due: one claim per due time."""
+    return conn.execute(
+        """UPDATE registry.schedules
+              SET last_run_at = %(now)s,
+                  next_run_at = %(now)s + make_interval(secs => interval_seconds)
+            WHERE name = %(name)s AND next_run_at <= %(now)s
+        RETURNING name, interval_seconds, last_run_at""",
+        {"name": name, "now": now},
+    ).fetchone()
+
+
+def record_schedule_job(conn: psycopg.Connection, name: str, job_id: int) -> None:
+    conn.execute("UPDATE registry.schedules SET last_job_id = %s WHERE name = %s", (job_id, name))
+
+
+def queue_tenant_chores(conn: psycopg.Connection, schedule, reason: str, now) -> tuple[list[dict], list[str]]:
+    """One queued job of the schedule's tenant action for each tenant it is due for (schedules.Schedule) and that
+    has no such job open, in the tenant's account; and the tenants due that name no Kill Bill account."""
+    due = conn.execute(
+        f"""SELECT t.tenant_id, t.customer_id FROM registry.tenants AS t
+             WHERE {schedule.tenants_due}
+               AND NOT EXISTS (SELECT 1 FROM registry.jobs AS j WHERE j.tenant_id = t.tenant_id
+                                  AND j.action = %(action)s AND j.state IN ('queued', 'running', 'parked'))
+             ORDER BY t.tenant_id""",
+        {"now": now, "action": schedule.tenant_action},
+    ).fetchall()
+    queued = []
+    for row in due:
+        if row["customer_id"]:
+            queued.append(
+                insert_job(
+                    conn,
+                    account=row["customer_id"],
+                    tenant_id=row["tenant_id"],
+                    event_id=None,
+                    action=schedule.tenant_action,
+                    playbook=schedule.playbook,
+                    extravars={"tenant_id": row["tenant_id"]},
+                    state="queued",
+                    reason=reason,
+                )
+            )
+    return queued, [row["tenant_id"] for row in due if not row["customer_id"]]
+
+
+def schedules_view(conn: psycopg.Connection) -> list[dict]:
+    """GET /schedules and /metrics: each recorded schedule, its last run's time and job, and its next run."""
+    return conn.execute(
+        """SELECT s.name, s.interval_seconds, s.last_run_at, s.next_run_at, s.last_job_id, j.state AS last_job_state
+             FROM registry.schedules AS s LEFT JOIN registry.jobs AS j ON j.id = s.last_job_id ORDER BY s.name"""
+    ).fetchall()
+
+
 # -- jobs --------------------------------------------------------------------------------------------------
 
 
@@ -184,33 +302,13 @@ def stuck_moves(conn: psycopg.Connection, seconds: float) -> list[dict]:
     ).fetchall()
 
 
-def old_copies_due(conn: psycopg.Connection) -> bool:
-    """Whether a moved tenant's old copy has outlived its retention (what playbooks/moves_cleanup.yml drops; the
-    registry_move module lists them)."""
-    return bool(
-        conn.execute(
-            "SELECT 1 FROM registry.migrations WHERE retained_db IS NOT NULL AND retained_dropped_at IS NULL"
-            " AND retain_until < now() LIMIT 1"
-        ).fetchone()
-    )
-
-
-def fail_orphaned_cleanups(conn: psycopg.Connection) -> list[dict]:
-    """moves_cleanup jobs left running by a recovery pass that died (the caller holds the recovery lock, so no pass
-    runs one now): failed, for the next pass runs the playbook again."""
-    return conn.execute(
-        f"""UPDATE registry.jobs SET state = 'failed', finished_at = now(),
-                   error = 'the worker running it stopped (' || coalesce(worker, '?') || '): the next pass runs it'
-             WHERE account_id IS NULL AND action = %s AND state = 'running' RETURNING {JOB_COLUMNS}""",
-        (CLEANUP,),
-    ).fetchall()
-
-
-def due_jobs(conn: psycopg.Connection, account: str, action: str) -> list[dict]:
+def due_chores(conn: psycopg.Connection, account: str) -> list[dict]:
+    """The account's due jobs of CHORES, a move's recovery first (whatever else runs assumes one server)."""
     return conn.execute(
         f"""SELECT {JOB_COLUMNS} FROM registry.jobs
-             WHERE account_id = %s AND action = %s AND state = 'queued' AND run_after <= now() ORDER BY id""",
-        (account, action),
+             WHERE account_id = %s AND action = ANY(%s) AND state = 'queued' AND run_after <= now()
+             ORDER BY action <> %s, id""",
+        (account, list(CHORES), RECOVER_MOVE),
     ).fetchall()
 
 
@@ -464,7 +562,7 @@ def metrics_snapshot(conn) -> dict:
     """What /metrics reports, from the counters the registry's triggers keep (migration 0017) and the open jobs
     only: notifications received by type and pending, jobs by state, jobs running and waiting by action, and
     succeeded jobs' run times per action (cumulative counts at each bound of `bounds`; a parked or failed job may
-    be replayed, so its run time is not final)."""
+    be replayed, so its run time is not final), and each schedule's last and next run."""
     with conn.transaction():  # one snapshot
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         counters = conn.execute("SELECT metric, label, value FROM registry.runner_counters").fetchall()
@@ -477,6 +575,7 @@ def metrics_snapshot(conn) -> dict:
         durations = conn.execute(
             "SELECT action, count AS n, seconds AS total, at_most AS le FROM registry.job_durations ORDER BY action"
         ).fetchall()
+        schedules = schedules_view(conn)
     counted = {metric: {} for metric in ("events_received", "events_pending", "jobs")}
     for row in counters:
         counted[row["metric"]][row["label"]] = row["value"]
@@ -489,4 +588,5 @@ def metrics_snapshot(conn) -> dict:
         "waiting": {r["action"]: r["waiting"] for r in by_action},
         "bounds": bounds,
         "durations": durations,
+        "schedules": schedules,
     }

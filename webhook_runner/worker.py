@@ -28,6 +28,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import ansible_runner
@@ -48,6 +49,7 @@ from .desired import (
 )
 from .killbill import KillBill, KillBillError, KillBillNotFound
 from .notification import IGNORED_EVENT_TYPES, KNOWN_EVENT_TYPES
+from .schedules import SCHEDULES
 
 log = logging.getLogger("webhook_runner.worker")
 PLAYBOOK_COMMAND = Path(__file__).with_name("ansible-playbook")  # dies with the worker (see the script)
@@ -64,6 +66,7 @@ class Worker:
         self.killbill = killbill or KillBill(settings.killbill)
         self.conn = self._connect("worker")
         self._last_reconcile = self._last_housekeeping = self._last_recovery = time.monotonic()
+        self._last_schedules = 0.0  # the first idle moment looks at once
         self.lease: AccountLease | None = None  # the account this worker converges now
 
     def _connect(self, purpose: str, **options) -> psycopg.Connection:
@@ -112,6 +115,10 @@ class Worker:
                 self._last_housekeeping = time.monotonic()
                 self.periodic_housekeeping()
                 continue
+            if time.monotonic() - self._last_schedules >= self.settings.poll_seconds:
+                self._last_schedules = time.monotonic()
+                if self.periodic_schedules():
+                    continue
             for _ in listener.notifies(timeout=self.settings.poll_seconds, stop_after=1):
                 pass
 
@@ -185,10 +192,11 @@ class Worker:
         if not account or not (triggers or store.has_due_job(conn, account)):
             return
         # A move no run finishes comes first: whatever Kill Bill asks for next assumes the tenant on one server.
-        for recovery in store.due_jobs(conn, account, store.RECOVER_MOVE):
-            self._execute(store.start_job(conn, recovery["id"], self.name, recovery["extravars"], recovery["reason"]))
+        # Then what the schedules queued (a backup, a purge), which Kill Bill's state does not decide.
+        for chore in store.due_chores(conn, account):
+            self._execute(store.start_job(conn, chore["id"], self.name, chore["extravars"], chore["reason"]))
         if not (triggers or store.has_due_job(conn, account)):
-            return  # the recovery was all: Kill Bill need not be read
+            return  # the chores were all: Kill Bill need not be read
         limits = self.settings.job_limits
         if not triggers and store.still_held_back(conn, account, limits, self.settings.limit_wait_seconds):
             return
@@ -275,8 +283,8 @@ class Worker:
             outcomes.append(f"{decision.action} {tenant_id}: job {job['id']} {job['state']}")
             if job["state"] != "succeeded":
                 return outcomes
-        for job in tenant_jobs:  # a move's recovery is wanted whatever Kill Bill says
-            if job["state"] == "queued" and job["action"] not in wanted | {store.RECOVER_MOVE}:
+        for job in tenant_jobs:  # a chore (a move's recovery, a backup) is wanted whatever Kill Bill says
+            if job["state"] == "queued" and job["action"] not in wanted | set(store.CHORES):
                 store.close_job(conn, job["id"], "succeeded", "nothing left to do: the registry matches Kill Bill")
         return outcomes
 
@@ -483,14 +491,12 @@ class Worker:
     def recover(self) -> list[str]:
         """The recovery pass (one worker at a time): a job for each move no run has finished for move_stuck_seconds
         (tenant_change_plan.yml with the move's plan, which finishes it or rolls it back, in its tenant's account,
-        so it runs under the account's lease before the account's next action), and moves_cleanup.yml when a
-        moved tenant's old copy is due. What it found and did, one line each."""
+        so it runs under the account's lease before the account's next action). What it found and did, one line
+        each."""
         if not store.try_lock(self.conn, store.RECOVERY_LOCK, "recovery"):
             return []
         conn, lines, queued = self.conn, [], False
         try:
-            for job in store.fail_orphaned_cleanups(conn):  # this pass alone runs them: a running one is a dead pass's
-                lines.append(f"moves_cleanup.yml: job {job['id']} failed: {job['error']}")
             for move in store.stuck_moves(conn, self.settings.move_stuck_seconds):
                 tenant_id, plan = move["tenant_id"], move["plan_name"]
                 found = (
@@ -513,16 +519,8 @@ class Worker:
                     queued = True
             if queued:
                 conn.execute(f"NOTIFY {store.NOTIFY_CHANNEL}")  # the accounts' workers, at once
-            if store.old_copies_due(conn):
-                job = store.insert_job(
-                    conn, account=None, tenant_id=None, event_id=None, action=store.CLEANUP,
-                    playbook="moves_cleanup.yml", extravars={}, state="running", worker=self.name,
-                    reason="recovery: moved tenants' old copies past retention",
-                )  # fmt: skip
-                job = self._execute(job, retry=False)
-                lines.append(f"moves_cleanup.yml: job {job['id']} {job['state']}")
             return lines
-        finally:  # on the connection the pass ends with (a run may have connected again); a lost one freed it
+        finally:  # a lost connection freed it
             with contextlib.suppress(psycopg.OperationalError):
                 store.unlock(self.conn, store.RECOVERY_LOCK, "recovery")
 
@@ -533,6 +531,73 @@ class Worker:
     def periodic_housekeeping(self) -> None:
         if self.settings.retention_days > 0 and (pruned := self.housekeeping()):
             log.info("housekeeping: pruned %s", ", ".join(f"{n} {table}" for table, n in pruned.items()))
+
+    # -- schedules -------------------------------------------------------------------------------------------
+
+    def run_schedules(self, now: datetime | None = None) -> list[str]:
+        """Run each schedule whose time has come (webhook_runner/schedules.py) at `now` (the registry's now unless
+        given: a test advances the clock with it): one line each. A schedule another worker is running is left
+        to it; a due time another worker claimed is not run again."""
+        conn, lines = self.conn, []
+        now = now or store.registry_now(conn)
+        store.sync_schedules(conn, self.settings.schedules, now)
+        configured = [name for name, seconds in self.settings.schedules.items() if seconds]
+        for name in store.due_schedules(conn, configured, now):
+            if not store.try_lock(conn, store.SCHEDULE_LOCK, name):
+                continue  # another worker's run of it
+            try:
+                lines += self._run_schedule(name, now)
+            finally:  # on the connection the run ends with (a playbook run may have connected again)
+                with contextlib.suppress(psycopg.OperationalError):
+                    store.unlock(self.conn, store.SCHEDULE_LOCK, name)
+        return lines
+
+    def _run_schedule(self, name: str, now: datetime) -> list[str]:
+        conn, schedule, lines = self.conn, SCHEDULES[name], []
+        for orphan in store.fail_orphaned_schedule_jobs(conn, name):  # this worker holds its lock: none runs
+            lines.append(f"{name}: job {orphan['id']} failed: {orphan['error']}")
+        with conn.transaction():  # the claim and its job together: a worker dying between them loses no run
+            claimed = store.claim_schedule(conn, name, now)
+            if claimed is None:
+                return lines  # claimed meanwhile by another worker, which ran it before this one took the lock
+            reason = f"schedule {name} (every {claimed['interval_seconds']:g} s), due {now:%Y-%m-%d %H:%M:%S %Z}"
+            job = store.insert_job(
+                conn, account=None, tenant_id=None, event_id=None, action=name,
+                playbook="" if schedule.tenant_action else schedule.playbook, extravars={}, state="running",
+                reason=reason, worker=self.name,
+            )  # fmt: skip
+            store.record_schedule_job(conn, name, job["id"])
+            if schedule.tenant_action:
+                queued, unowned = store.queue_tenant_chores(conn, schedule, reason, now)
+        if not schedule.tenant_action:
+            job = self._execute(job, retry=False)
+            return [*lines, f"{name}: {schedule.playbook} job {job['id']} {job['state']}"]
+        outcome = f"{schedule.tenant_action} jobs queued in their tenants' accounts: {len(queued)}"
+        if queued:
+            ids = [str(queued_job["id"]) for queued_job in queued]
+            outcome += f" (jobs {', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''})"
+            conn.execute(f"NOTIFY {store.NOTIFY_CHANNEL}")  # the accounts' workers, at once
+        if unowned:
+            outcome += (
+                f"; no Kill Bill account names {', '.join(unowned)}, so no job: run playbooks/{schedule.playbook}"
+                " -e tenant_id=<id> for each"
+            )
+        store.close_job(conn, job["id"], "succeeded", f"{reason}: {outcome}")
+        return [*lines, f"{name}: job {job['id']}: {outcome}"]
+
+    def periodic_schedules(self) -> bool:
+        """The schedules' pass of the worker loop: whether it ran anything. A bug in it is logged, and the worker
+        goes on with the inbox (the registry gone is serve()'s to handle)."""
+        try:
+            lines = self.run_schedules()
+        except psycopg.OperationalError:
+            raise
+        except Exception:
+            log.exception("the schedules' pass failed")
+            return False
+        for line in lines:
+            log.info("schedule %s", line)
+        return bool(lines)
 
 
 class AccountLease:

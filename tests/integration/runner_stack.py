@@ -18,6 +18,8 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
+from webhook_runner.schedules import SCHEDULES
+
 from .conftest import LOCAL_STATE, VENV_BIN, LocalPlatform, ansible_env
 from conftest import REPO
 
@@ -144,6 +146,7 @@ def runner_settings(platform: LocalPlatform, killbill_url: str, state_dir: Path,
         "backoff_seconds": [0.5, 1],
         "reconcile_interval_seconds": 0,
         "recovery_interval_seconds": 0,  # tests run the recovery pass themselves (python -m webhook_runner recover)
+        "schedules": dict.fromkeys(SCHEDULES, 0),  # the same: python -m webhook_runner schedule
         "poll_seconds": 0.5,
         "lease_seconds": 3,  # a killed worker's accounts wait this long for the next
         **overrides,

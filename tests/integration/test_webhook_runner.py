@@ -10,10 +10,12 @@ import json
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
 from collections import Counter
+from datetime import datetime, timedelta
 
 import psycopg
 import pytest
@@ -22,9 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.killbill_api import KillBillAPI
 from tests.standins.killbill.killbill_standin import KillBillStandin, encode_notification, post_notification
+from webhook_runner import store
+from webhook_runner.schedules import SCHEDULES
 
 from .ceph_cluster import alive
-from .conftest import LOCAL_STATE, LocalPlatform, ansible_processes, run_playbook
+from .conftest import LOCAL_STATE, REPO, VENV_BIN, LocalPlatform, ansible_env, ansible_processes, run_playbook
 from .runner_stack import (
     ADMIN_TOKEN,
     INBOUND_TOKEN,
@@ -763,6 +767,125 @@ def scrape_counters(runner: RunnerStack) -> dict[tuple, float]:
         for sample in family.samples
         if not sample.name.endswith("_created")
     }
+
+
+def run_schedules_on_two_hosts(settings_path, at: datetime) -> dict[str, str]:
+    """`python -m webhook_runner schedule --now <at>` on two runner hosts at once: what each printed."""
+    hosts = {
+        host: subprocess.Popen(
+            [str(VENV_BIN / "python"), "-m", "webhook_runner", "schedule", "--now", at.isoformat(), "--name", host],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**ansible_env(), "SAASODOO_RUNNER_CONFIG": str(settings_path)},
+        )
+        for host in ("host-a", "host-b")
+    }
+    printed = {host: process.communicate(timeout=600)[0] for host, process in hosts.items()}
+    assert all(process.returncode == 0 for process in hosts.values()), printed
+    return printed
+
+
+def test_each_periodic_job_runs_once_per_due_time_across_two_runner_hosts(
+    runner: RunnerStack, killbill: KillBillStandin, tmp_path
+):
+    """The schedules (every 600 s here) with the scheduler's clock advanced: two hosts looking at once run each
+    schedule's job once per due time, and never again for the same time; the backup and the purge they queue run
+    in the tenant's account (its workers), and GET /schedules and /metrics show the last and next runs."""
+    api = kb_api(killbill)
+    api.register_callback(runner.callback)
+    _, subscription = api.sign_up("Clock One", "clock-01", "basic-monthly")
+    assert killbill.wait_idle(timeout=30) == (True, 0)
+    runner.settle()
+    assert tenant_rows(runner, "clock-")["clock-01"]["status"] == "active"
+    settings = tmp_path / "settings.json"
+    write_settings(
+        settings, {**json.loads(runner.settings_path.read_text()), "schedules": dict.fromkeys(SCHEDULES, 600)}
+    )
+    with runner.registry() as conn:
+        conn.execute("DELETE FROM registry.schedules")  # the deployed runner's (paused), if it wrote them
+        start = conn.execute("SELECT now() AS now").fetchone()["now"]
+        first_job = conn.execute("SELECT coalesce(max(id), 0) AS id FROM registry.jobs").fetchone()["id"]
+
+    def scheduled() -> Counter:
+        """The schedules' jobs the two hosts ran (each succeeded)."""
+        with runner.registry() as conn:
+            rows = conn.execute(
+                "SELECT action, state FROM registry.jobs WHERE id > %s AND action = ANY(%s) AND worker = ANY(%s)",
+                (first_job, list(SCHEDULES), ["host-a", "host-b"]),
+            ).fetchall()
+        assert all(row["state"] == "succeeded" for row in rows), rows
+        return Counter(row["action"] for row in rows)
+
+    def tenant_jobs(action: str) -> list[dict]:
+        with runner.registry() as conn:
+            return conn.execute(
+                "SELECT state, worker FROM registry.jobs WHERE id > %s AND tenant_id = 'clock-01' AND action = %s",
+                (first_job, action),
+            ).fetchall()
+
+    try:
+        run_schedules_on_two_hosts(settings, start)  # first seen: due one interval later
+        assert scheduled() == Counter()
+        due = start + timedelta(seconds=601)
+        printed = run_schedules_on_two_hosts(settings, due)
+        assert scheduled() == Counter(dict.fromkeys(SCHEDULES, 1))
+        for name in SCHEDULES:  # each run by one host only
+            assert sum(f"{name}: " in output for output in printed.values()) == 1, printed
+        for output in run_schedules_on_two_hosts(settings, due + timedelta(seconds=5)).values():
+            assert output.strip().endswith("GET /schedules shows the next runs") and ": job " not in output, output
+        assert scheduled() == Counter(dict.fromkeys(SCHEDULES, 1))
+        runner.settle()  # the account's workers run the backup the schedule queued
+        assert [job["state"] for job in tenant_jobs("backup")] == ["succeeded"]
+        with runner.registry() as conn:
+            assert (
+                conn.execute(
+                    "SELECT count(*) AS n FROM registry.backups WHERE tenant_id = 'clock-01' AND taken_at > %s",
+                    (start,),
+                ).fetchone()["n"]
+                == 1
+            )
+
+        api.cancel(subscription)
+        assert killbill.wait_idle(timeout=30) == (True, 0)
+        runner.settle()
+        with runner.registry() as conn:  # the retention ends (it is days): the purge is due
+            conn.execute(
+                "UPDATE registry.tenants SET retain_until = now() - interval '1 minute' WHERE tenant_id = 'clock-01'"
+                " AND status = 'terminated'"
+            )
+        again = due + timedelta(seconds=601)
+        run_schedules_on_two_hosts(settings, again)
+        assert scheduled() == Counter(dict.fromkeys(SCHEDULES, 2))
+        runner.settle()
+        assert [job["state"] for job in tenant_jobs("purge")] == ["succeeded"]
+        assert [job["state"] for job in tenant_jobs("backup")] == ["succeeded"]  # a terminated tenant: no backup
+        assert tenant_rows(runner, "clock-")["clock-01"]["status"] == "purged"
+
+        status, view = runner.admin("GET", "/schedules")
+        assert status == 200
+        shown = {row["name"]: row for row in view["schedules"]}
+        assert set(shown) == set(SCHEDULES)
+        assert all(row["last_job_state"] == "succeeded" for row in shown.values()), shown
+        family = scrape_metrics(runner)["saasodoo_runner_schedule_next_run_timestamp_seconds"]
+        next_runs = {sample.labels["schedule"]: sample.value for sample in family.samples}
+        assert next_runs == dict.fromkeys(SCHEDULES, pytest.approx((again + timedelta(seconds=600)).timestamp()))
+
+        with runner.registry() as conn:  # a third host died running moves_cleanup: its job is left running
+            dead = store.insert_job(
+                conn, account=None, tenant_id=None, event_id=None, action="moves_cleanup",
+                playbook="moves_cleanup.yml", extravars={}, state="running", reason="a host that died", worker="host-c",
+            )  # fmt: skip
+        printed = run_schedules_on_two_hosts(settings, again + timedelta(seconds=5))  # not due: but run again
+        assert scheduled() == Counter({**dict.fromkeys(SCHEDULES, 2), "moves_cleanup": 3})
+        with runner.registry() as conn:
+            left = store.get_job(conn, dead["id"])
+        assert left["state"] == "failed" and "the worker running it stopped (host-c)" in left["error"], left
+        assert sum(f"moves_cleanup: job {dead['id']} failed" in output for output in printed.values()) == 1, printed
+    finally:
+        with runner.registry() as conn:  # the deployed runner starts its own afresh
+            conn.execute("DELETE FROM registry.schedules")
 
 
 def test_housekeeping_prunes_old_finished_work_and_no_counter_goes_down(runner: RunnerStack):

@@ -19,6 +19,7 @@ from webhook_runner.desired import (
     desired_actions,
 )
 from webhook_runner.notification import InvalidNotification, parse_notification
+from webhook_runner.schedules import DEFAULT_INTERVALS
 
 # Kill Bill's own capture (https://docs.killbill.io/latest/push_notifications.html) and an INVOICE_PAYMENT_FAILED
 # body as killbill-plugin-api's InvoicePaymentMetadata serializes it, byte for byte.
@@ -285,3 +286,16 @@ def test_the_runner_names_databases_as_placement_does():
 )  # fmt: skip
 def test_an_accounts_profile_keeps_only_well_shaped_fields(account, profile):
     assert customer_profile(account) == profile
+
+
+def test_schedules_lay_over_the_defaults_and_refuse_unknown_names_and_short_intervals():
+    assert settings_from_dict(SETTINGS).schedules == DEFAULT_INTERVALS
+    given = settings_from_dict({**SETTINGS, "schedules": {"tenant_backups": 0, "moves_cleanup": 600}}).schedules
+    assert given == {**DEFAULT_INTERVALS, "tenant_backups": 0, "moves_cleanup": 600}
+    for bad, named in (({"tenant_backups": 30}, "tenant_backups=30"), ({"dns_refresh": 600}, "dns_refresh=600"),
+                       ({"tenant_purges": True}, "tenant_purges=True"), ({"tenant_purges": "1h"}, "tenant_purges='1h'"),
+                       ({"moves_cleanup": -60}, "moves_cleanup=-60")):  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(f"not {named}")):
+            settings_from_dict({**SETTINGS, "schedules": bad})
+    with pytest.raises(ConfigError, match="schedules maps schedule names"):
+        settings_from_dict({**SETTINGS, "schedules": [3600]})

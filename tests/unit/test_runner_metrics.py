@@ -4,6 +4,7 @@ the snapshot the registry would give is stubbed."""
 from __future__ import annotations
 
 from contextlib import nullcontext
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
@@ -23,6 +24,16 @@ SNAPSHOT = {
     "waiting": {"provision": 1, ODD_ACTION: 1},
     "bounds": [1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0],
     "durations": [{"action": "provision", "n": 3, "total": 95.5, "le": [0, 0, 0, 0, 1, 2, 3, 3, 3, 3]}],
+    # One never run yet; one row of a schedule this runner does not know (a newer version's): not shown.
+    "schedules": [
+        {
+            "name": "tenant_backups",
+            "last_run_at": datetime(2026, 11, 24, tzinfo=UTC),
+            "next_run_at": datetime(2026, 11, 25, tzinfo=UTC),
+        },
+        {"name": "moves_cleanup", "last_run_at": None, "next_run_at": datetime(2026, 11, 24, 1, tzinfo=UTC)},
+        {"name": "dns_refresh", "last_run_at": None, "next_run_at": datetime(2026, 11, 24, tzinfo=UTC)},
+    ],
 }
 
 
@@ -49,6 +60,15 @@ def test_the_text_format_parses_back_with_every_family_and_escaped_labels(runner
         "saasodoo_runner_jobs_running": "gauge",
         "saasodoo_runner_jobs_waiting_for_limit": "gauge",
         "saasodoo_runner_job_duration_seconds": "histogram",
+        "saasodoo_runner_schedule_last_run_timestamp_seconds": "gauge",
+        "saasodoo_runner_schedule_next_run_timestamp_seconds": "gauge",
+    }
+    assert samples(families, "saasodoo_runner_schedule_last_run_timestamp_seconds", "schedule") == {
+        "tenant_backups": datetime(2026, 11, 24, tzinfo=UTC).timestamp(),
+    }
+    assert samples(families, "saasodoo_runner_schedule_next_run_timestamp_seconds", "schedule") == {
+        "tenant_backups": datetime(2026, 11, 25, tzinfo=UTC).timestamp(),
+        "moves_cleanup": datetime(2026, 11, 24, 1, tzinfo=UTC).timestamp(),
     }
     assert samples(families, "saasodoo_runner_events_received") == {"saasodoo_runner_events_received_total": 7}
     # Kill Bill's own types keep their name; any other, however odd, is one `other`.

@@ -1,0 +1,61 @@
+"""The runner's periodic jobs: what each schedule runs. How often is the settings' `schedules` (seconds between
+runs, by name; 0 turns one off); when, and by whom, the registry's registry.schedules decides (migration 0018).
+
+Each run is an ordinary job in registry.jobs whose action is the schedule's name, shown by GET /jobs and counted
+in /metrics like any other:
+- a platform schedule runs its playbook once, in the worker that claimed the run (no account, never retried: the
+  next run does the same work again);
+- a tenant schedule queues one job of its tenant action for each tenant due, in the tenant's Kill Bill account,
+  where the account's worker runs it like any other job (under the account's lease, one job per tenant at a
+  time, retried with backoff, parked when it keeps failing). Its own job says what it queued. A tenant no
+  Kill Bill account names gets no job: the schedule's job lists it, for an operator to run the playbook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    playbook: str  # the platform playbook, or the one each tenant job runs
+    tenant_action: str | None = None  # a tenant schedule: the action of the jobs it queues
+    tenants_due: str = ""  # a tenant schedule: the registry.tenants rows it is due for (SQL, %(now)s = the run's time)
+
+
+_TERMINATED_AND_DUE = "t.status = 'terminated' AND t.retain_until <= %(now)s"
+SCHEDULES = {
+    schedule.name: schedule
+    for schedule in (
+        Schedule("moves_cleanup", "moves_cleanup.yml"),  # old copies past retention
+        Schedule("servers_retire", "servers_retire.yml"),  # dedicated servers nothing holds
+        # The plan's backup_keep newest backups are kept (tenant_backup.yml).
+        Schedule("tenant_backups", "tenant_backup.yml", tenant_action="backup", tenants_due="t.status = 'active'"),
+        Schedule("tenant_purges", "tenant_purge.yml", tenant_action="purge", tenants_due=_TERMINATED_AND_DUE),
+    )
+}
+TENANT_ACTIONS = {s.tenant_action: s.playbook for s in SCHEDULES.values() if s.tenant_action}
+# The runner's defaults: hourly housekeeping of the fleet and the purges, a backup of each tenant a day.
+DEFAULT_INTERVALS = {"moves_cleanup": 3600, "servers_retire": 3600, "tenant_backups": 86400, "tenant_purges": 3600}
+MIN_INTERVAL_SECONDS = 60
+
+
+def intervals_problem(intervals) -> str | None:
+    """Why the settings' `schedules` cannot be used, or None."""
+    if not isinstance(intervals, dict):
+        return f"schedules maps schedule names ({', '.join(SCHEDULES)}) to seconds between runs, not {intervals!r}"
+    bad = [
+        f"{name}={seconds!r}"
+        for name, seconds in intervals.items()
+        if name not in SCHEDULES
+        or isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not (seconds == 0 or seconds >= MIN_INTERVAL_SECONDS)
+    ]
+    if bad:
+        return (
+            f"schedules maps {', '.join(SCHEDULES)} to seconds between runs (0: off, else at least"
+            f" {MIN_INTERVAL_SECONDS}); not {', '.join(bad)}"
+        )
+    return None
