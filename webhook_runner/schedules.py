@@ -30,14 +30,22 @@ SCHEDULES = {
     for schedule in (
         Schedule("moves_cleanup", "moves_cleanup.yml"),  # old copies past retention
         Schedule("servers_retire", "servers_retire.yml"),  # dedicated servers nothing holds
+        Schedule("servers_probe", "servers_probe.yml"),  # each server's and PgBouncer's health, for placement
         # The plan's backup_keep newest backups are kept (tenant_backup.yml).
         Schedule("tenant_backups", "tenant_backup.yml", tenant_action="backup", tenants_due="t.status = 'active'"),
         Schedule("tenant_purges", "tenant_purge.yml", tenant_action="purge", tenants_due=_TERMINATED_AND_DUE),
     )
 }
 TENANT_ACTIONS = {s.tenant_action: s.playbook for s in SCHEDULES.values() if s.tenant_action}
-# The runner's defaults: hourly housekeeping of the fleet and the purges, a backup of each tenant a day.
-DEFAULT_INTERVALS = {"moves_cleanup": 3600, "servers_retire": 3600, "tenant_backups": 86400, "tenant_purges": 3600}
+# The runner's defaults: health every 5 minutes, hourly housekeeping of the fleet and the purges, a backup of
+# each tenant a day.
+DEFAULT_INTERVALS = {
+    "moves_cleanup": 3600,
+    "servers_retire": 3600,
+    "servers_probe": 300,
+    "tenant_backups": 86400,
+    "tenant_purges": 3600,
+}
 MIN_INTERVAL_SECONDS = 60
 
 

@@ -178,6 +178,39 @@ def test_an_unreachable_pool_is_refused_and_marked_unhealthy(scratch_registry):
     assert any("pool-shared-01: unhealthy" in f"{c['name']}: {c['reason']}" for c in result.placement["candidates"])
 
 
+@pytest.mark.parametrize(("checked_minutes_ago", "refused_unprobed"), [(2, True), (30, False)])
+def test_a_recent_unhealthy_verdict_is_refused_without_a_probe_and_an_old_one_probed_again(
+    scratch_registry, checked_minutes_ago, refused_unprobed
+):
+    """servers_probe.yml found pool-shared-01 (which fill_first wants next) unhealthy: within HEALTH_VERDICT_MINUTES
+    it is refused and not probed; after, it is probed, and being up again, chosen and recorded healthy."""
+    seed(scratch_registry, pools=2)
+    place(scratch_registry, "first")
+    with scratch_registry.connect() as conn:
+        conn.execute(
+            "UPDATE registry.db_servers SET health = 'unhealthy', health_detail = 'PgBouncer refused the login',"
+            " health_checked_at = now() - make_interval(mins => %s) WHERE name = 'pool-shared-01'",
+            (checked_minutes_ago,),
+        )
+    probed = []
+
+    def probe(host: str, port: int) -> str | None:
+        probed.append(port)
+        return None
+
+    with scratch_registry.connect() as conn:
+        result = PlacementStore(conn, PlacementConfig(odoo_pg_majors=PG_MAJORS), probe=probe).place(
+            PlacementRequest("second", "basic-monthly")
+        )
+        health = dict(conn.execute("SELECT name, health_detail FROM registry.db_servers").fetchall())
+    if refused_unprobed:
+        assert (result.server["name"], probed) == ("pool-shared-02", [56002])
+        assert health["pool-shared-01"] == "PgBouncer refused the login"
+    else:
+        assert (result.server["name"], probed) == ("pool-shared-01", [56001])
+        assert health["pool-shared-01"] is None
+
+
 @pytest.mark.parametrize(
     ("plan", "message"),
     [

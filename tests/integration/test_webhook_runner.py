@@ -836,6 +836,14 @@ def test_each_periodic_job_runs_once_per_due_time_across_two_runner_hosts(
         for output in run_schedules_on_two_hosts(settings, due + timedelta(seconds=5)).values():
             assert output.strip().endswith("GET /schedules shows the next runs") and ": job " not in output, output
         assert scheduled() == Counter(dict.fromkeys(SCHEDULES, 1))
+        with runner.registry() as conn:  # servers_probe.yml found the inventory's pools well
+            probed = conn.execute(
+                "SELECT name, health FROM registry.db_servers WHERE name = ANY(%s) AND health_checked_at > %s",
+                (["pool-shared-01", "pool-shared-02"], start),
+            ).fetchall()
+        assert sorted((row["name"], row["health"]) for row in probed) == [
+            ("pool-shared-01", "healthy"), ("pool-shared-02", "healthy")
+        ]  # fmt: skip
         runner.settle()  # the account's workers run the backup the schedule queued
         assert [job["state"] for job in tenant_jobs("backup")] == ["succeeded"]
         with runner.registry() as conn:

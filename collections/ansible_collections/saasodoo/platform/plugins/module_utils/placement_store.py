@@ -35,9 +35,14 @@ except ImportError:  # reported by the module with missing_required_lib
     dict_row = None
 
 ALLOCATION_LOCK = "saasodoo.db_servers.allocate"
+# How long a verdict of unhealthy stands (the runner's servers_probe schedule probes every 5 minutes, placement's
+# own probe its chosen pool): a server found unhealthy within it is refused without a probe of its own.
+HEALTH_VERDICT_MINUTES = 10
 SERVER_COLUMNS = (
     "name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major, capacity_tenants, capacity_storage_gb,"
-    " status, health, dedicated_to, tenant_count, storage_committed_gb"
+    " status, health, dedicated_to, tenant_count, storage_committed_gb,"
+    f" (health = 'unhealthy' AND health_checked_at > now() - interval '{HEALTH_VERDICT_MINUTES} minutes')"
+    " AS recently_unhealthy"
 )
 
 
@@ -268,14 +273,16 @@ class PlacementStore:
             if failure is None:
                 if chosen["health"] != "healthy":
                     cur.execute(
-                        "UPDATE registry.db_servers SET health = 'healthy', health_checked_at = now() WHERE name = %s",
+                        "UPDATE registry.db_servers SET health = 'healthy', health_detail = NULL,"
+                        " health_checked_at = now() WHERE name = %s",
                         (chosen["name"],),
                     )
                 return decision, rows
             unreachable[chosen["name"]] = failure
             cur.execute(
-                "UPDATE registry.db_servers SET health = 'unhealthy', health_checked_at = now() WHERE name = %s",
-                (chosen["name"],),
+                "UPDATE registry.db_servers SET health = 'unhealthy', health_detail = %s, health_checked_at = now()"
+                " WHERE name = %s",
+                (f"placement's probe: {failure}", chosen["name"]),
             )
             self.executed.append(f"marked {chosen['name']} unhealthy: {failure}")
 
@@ -432,14 +439,17 @@ class PlacementStore:
 
 
 def _server_state(row: dict, unreachable: dict[str, str], live_health: bool) -> Server:
-    # With live probes on, only this placement's probes count: a server that was down and is back
-    # is not refused for an old verdict.
-    stored = "unknown" if live_health else row["health"]
+    # With live probes on, only recent verdicts count (this placement's probes, and those of the last
+    # HEALTH_VERDICT_MINUTES): a server that was down and is back is not refused for an old one.
+    if row["name"] in unreachable or (live_health and row["recently_unhealthy"]):
+        health = "unhealthy"
+    else:
+        health = "unknown" if live_health else row["health"]
     return Server(
         name=row["name"],
         kind=row["kind"],
         status=row["status"],
-        health="unhealthy" if row["name"] in unreachable else stored,
+        health=health,
         pg_major=row["pg_major"],
         capacity_tenants=row["capacity_tenants"],
         tenant_count=row["tenant_count"],

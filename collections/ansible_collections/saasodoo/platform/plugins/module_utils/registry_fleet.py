@@ -10,7 +10,9 @@ except ImportError:  # reported by the module with missing_required_lib
 
 # tenants counts every tenant whose database the registry places there, whatever its status.
 SERVERS_QUERY = """
-SELECT s.name, s.kind, s.status, s.health, s.host, s.port, s.pgbouncer_host, s.pgbouncer_port, s.pg_major,
+SELECT s.name, s.kind, s.status, s.health,
+       to_char(s.health_checked_at, 'YYYY-MM-DD HH24:MI:SS TZ') AS health_checked_at, s.health_detail,
+       s.host, s.port, s.pgbouncer_host, s.pgbouncer_port, s.pg_major,
        s.capacity_tenants, s.capacity_storage_gb, s.storage_committed_gb, s.dedicated_to,
        (SELECT count(*) FROM registry.tenants AS t WHERE t.db_server = s.name)::int AS tenants
 FROM registry.db_servers AS s

@@ -17,7 +17,8 @@ INVENTORY_COLUMNS = (
 
 SERVER_QUERY = """
 SELECT name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major, capacity_tenants, capacity_storage_gb,
-       status, health, dedicated_to, tenant_count, bring_up_by, bring_up_until::text AS bring_up_until
+       status, health, health_checked_at::text AS health_checked_at, health_detail, dedicated_to, tenant_count,
+       bring_up_by, bring_up_until::text AS bring_up_until
 FROM registry.db_servers WHERE name = %s
 """
 
@@ -92,6 +93,17 @@ def mark_brought_up(conn, name: str, claimant: str | None) -> bool:
         ).rowcount
         > 0
     )
+
+
+def record_health(conn, server: dict, health: str, detail: str | None) -> bool:
+    """Record a probe's verdict on the server (its row, read locked): healthy, or unhealthy and why, and when it was
+    made (every probe: placement goes by a recent verdict only). Whether the verdict changed."""
+    detail = detail if health == "unhealthy" else None
+    conn.execute(
+        "UPDATE registry.db_servers SET health = %s, health_detail = %s, health_checked_at = now() WHERE name = %s",
+        (health, detail, server["name"]),
+    )
+    return (server["health"], server["health_detail"]) != (health, detail)
 
 
 def mark_draining(conn, name: str) -> bool:

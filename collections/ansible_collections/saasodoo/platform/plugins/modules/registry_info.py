@@ -52,6 +52,7 @@ servers:
   type: list
   elements: dict
   sample: [{"name": "pool-shared-01", "kind": "shared", "status": "active", "health": "healthy",
+            "health_checked_at": "2026-11-25 01:05:00 UTC", "health_detail": null,
             "host": "127.0.0.1", "port": 55433, "pgbouncer_host": "127.0.0.1", "pgbouncer_port": 56433,
             "pg_major": 15, "capacity_tenants": 50, "capacity_storage_gb": 500, "storage_committed_gb": 15,
             "dedicated_to": null, "tenants": 3}]

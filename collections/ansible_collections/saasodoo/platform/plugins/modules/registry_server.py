@@ -26,6 +26,11 @@ description:
     old copy a move kept there, and no change for I(idle_hours). Placement never chooses a retired server again
     (the tenant gets a new one), and the registry inventory plugin lists none. A server something holds stays as
     it is, and C(held_by) says what holds it; a shared pool is refused (C(playbooks/pool_drain.yml) empties one).
+  - I(health) records what a probe found (C(playbooks/servers_probe.yml)), C(healthy) or C(unhealthy) with
+    I(health_detail) saying why, and the time of the probe, which placement reads to know how recent the verdict
+    is; a server unhealthy within the last 10 minutes is refused without being probed again. Changed only when
+    the verdict changes; the probe's time is written each time. A probe does not count as a change for
+    I(idle_hours).
   - I(list_tenants) returns the tenants to move off the server (C(tenants)), with those whose move from it a killed
     run left open.
   - All of it in one transaction; check mode computes the same answer and rolls it back.
@@ -93,6 +98,13 @@ options:
     description: With I(status=retired), how long the server must have been unchanged (its last tenant gone).
     type: float
     default: 24
+  health:
+    description: A probe's verdict on the server to record.
+    type: str
+    choices: [healthy, unhealthy]
+  health_detail:
+    description: With I(health=unhealthy), what failed (recorded as C(health_detail)).
+    type: str
   list_tenants:
     description: Return the tenants to move off the server in C(tenants).
     type: bool
@@ -150,6 +162,13 @@ EXAMPLES = r"""
     login_password: "{{ registry_password }}"
   register: retirement
 
+- name: Record that the pool's PgBouncer refused the probe's login
+  saasodoo.platform.registry_server:
+    name: pool-shared-02
+    health: unhealthy
+    health_detail: "PgBouncer 127.0.0.1:56433: connection refused"
+    login_password: "{{ registry_password }}"
+
 - name: Mark the pool draining and read the tenants to move off it
   saasodoo.platform.registry_server:
     name: pool-shared-01
@@ -167,7 +186,8 @@ server:
   sample: {"name": "pool-shared-03", "kind": "shared", "host": "127.0.0.1", "port": 55435,
            "pgbouncer_host": "127.0.0.1", "pgbouncer_port": 56435, "pg_major": 16, "capacity_tenants": 3,
            "capacity_storage_gb": 200,
-           "status": "provisioning", "health": "unknown", "dedicated_to": null, "tenant_count": 2,
+           "status": "provisioning", "health": "unknown", "health_checked_at": null, "health_detail": null,
+           "dedicated_to": null, "tenant_count": 2,
            "bring_up_by": "acme", "bring_up_until": "2026-01-01 10:15:00+00"}
 held_by:
   description: With I(status=retired), what holds the server (it was not retired), or an empty string.
@@ -196,6 +216,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry_servers
     mark_brought_up,
     mark_draining,
     read_server,
+    record_health,
     record_server,
     retire,
     tenants_to_move,
@@ -265,6 +286,8 @@ def run_module(module: AnsibleModule) -> dict:
             if not held_by and server["status"] == "active":
                 held_by = retire(conn, name, p["idle_hours"])
                 changed |= not held_by
+        if p["health"]:
+            changed |= record_health(conn, server, p["health"], p["health_detail"])
         if changed:
             server = read_server(conn, name)
         tenants = tenants_to_move(conn, name) if p["list_tenants"] else []
@@ -293,6 +316,8 @@ def main() -> None:
             bring_up_minutes=dict(type="int", default=15),
             status=dict(type="str", choices=["active", "draining", "retired"]),
             idle_hours=dict(type="float", default=24),
+            health=dict(type="str", choices=["healthy", "unhealthy"]),
+            health_detail=dict(type="str"),
             list_tenants=dict(type="bool", default=False),
             **SESSION_LOGIN_OPTIONS,
         ),
