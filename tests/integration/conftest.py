@@ -286,6 +286,7 @@ STREAMS = {
         "test_inventories.py",
         "test_odoo_standin.py",
         "test_placement_store.py",
+        "test_killbill_setup.py",
         "test_storage_cephfs.py",
         "test_tenant_lifecycle.py",
         "test_hostile_tenant.py",

@@ -96,6 +96,18 @@ class Api:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.headers, exc.read()
 
+    def upload(self, path: str, text: str, content_type: str = "text/xml"):
+        """POST an XML document, as Kill Bill's catalog and overdue resources take it."""
+        headers = {"X-Killbill-ApiKey": self.key, "X-Killbill-ApiSecret": self.secret,
+                   "X-Killbill-CreatedBy": self.created_by, "Content-Type": content_type,
+                   "Authorization": "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()}  # fmt: skip
+        request = urllib.request.Request(self.base + "/1.0/kb" + path, data=text.encode(), headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers, exc.read()
+
     def json(self, path: str):
         status, _, raw = self.call("GET", path)
         assert status == 200, raw
@@ -545,6 +557,73 @@ def test_register_callback_replaces_the_url_and_emits_tenant_config_change(stand
     )
     assert api.call("DELETE", "/tenants/registerNotificationCallback")[0] == 204
     assert api.json("/tenants/registerNotificationCallback")["values"] == []
+
+
+def catalog_xml(name: str = "SaaSOdoo", effective: str = "2026-01-01T00:00:00+00:00", trial: int = 30) -> str:
+    return f"""<catalog>
+  <effectiveDate>{effective}</effectiveDate><catalogName>{name}</catalogName>
+  <recurringBillingMode>IN_ADVANCE</recurringBillingMode><currencies><currency>USD</currency></currencies>
+  <products><product name="Basic"><category>BASE</category></product></products>
+  <rules><changePolicy><changePolicyCase><policy>IMMEDIATE</policy></changePolicyCase></changePolicy>
+    <cancelPolicy><cancelPolicyCase><policy>END_OF_TERM</policy></cancelPolicyCase></cancelPolicy></rules>
+  <plans><plan name="basic-monthly"><product>Basic</product>
+    <initialPhases><phase type="TRIAL"><duration><unit>DAYS</unit><number>{trial}</number></duration>
+      <fixed><fixedPrice/></fixed></phase></initialPhases>
+    <finalPhase type="EVERGREEN"><duration><unit>UNLIMITED</unit></duration><recurring>
+      <billingPeriod>MONTHLY</billingPeriod><recurringPrice><price><currency>USD</currency><value>12.50</value>
+      </price></recurringPrice></recurring></finalPhase></plan></plans>
+  <priceLists><defaultPriceList name="DEFAULT"><plans><plan>basic-monthly</plan></plans></defaultPriceList></priceLists>
+</catalog>"""
+
+
+def test_a_catalog_version_is_added_never_replaced_and_bills_its_trial(standin, api):
+    """DefaultCatalogUserApi.uploadCatalog: a version per upload; the same effectiveDate, or another catalogName,
+    is refused with 400, code 2080 (CAT_INVALID_FOR_TENANT). The plan's trial comes from the catalog."""
+    assert api.json("/catalog") == []  # the tenant's template catalog is never shown
+    status, headers, _ = api.upload("/catalog/xml", catalog_xml())
+    assert (status, headers["Location"]) == (201, f"{standin.url}/1.0/kb/catalog")
+    for refused in (catalog_xml(), catalog_xml(trial=7), catalog_xml("Other", "2026-06-01T00:00:00Z")):
+        status, _, raw = api.upload("/catalog/xml", refused)
+        assert status == 400 and json.loads(raw)["code"] == 2080, raw
+        assert json.loads(raw)["message"] == "Invalid catalog for tenant : 1"
+    assert api.upload("/catalog/xml", catalog_xml(), content_type="application/json")[0] == 415
+    assert api.upload("/catalog/xml", catalog_xml(effective="2026-06-01T00:00:00Z", trial=7))[0] == 201
+    versions = api.json("/catalog")
+    assert [v["effectiveDate"] for v in versions] == ["2026-01-01T00:00:00.000Z", "2026-06-01T00:00:00.000Z"]
+    (plan,) = versions[0]["products"][0]["plans"]
+    assert [(p["type"], p["duration"]["number"]) for p in plan["phases"]] == [("TRIAL", 30), ("EVERGREEN", -1)]
+    assert plan["phases"][1]["prices"] == [{"currency": "USD", "value": Decimal("12.50")}]
+    assert [json.loads(e.body)["metaData"] for e in standin.drain_notifications()] == ['{"key":"CATALOG"}'] * 2
+    # The version in effect now (2026-10-01) has the 7-day trial, not the constructor's 14 days.
+    account = api.create_account()
+    status, headers, _ = api.call("POST", "/subscriptions", {"accountId": account, "planName": "basic-monthly",
+                                                             "bundleExternalKey": "acme"})  # fmt: skip
+    subscription = headers["Location"].rsplit("/", 1)[1]
+    api.call("PUT", "/test/clock?days=6")
+    assert api.json(f"/subscriptions/{subscription}")["phaseType"] == "TRIAL"
+    api.call("PUT", "/test/clock?days=1")
+    assert api.json(f"/subscriptions/{subscription}")["phaseType"] == "EVERGREEN"
+
+
+def test_an_overdue_upload_replaces_the_last_and_is_stored_as_given(standin, api):
+    """DefaultOverdueApi.uploadOverdueConfig: always 201, the single-valued key deleted then added; before any
+    upload, NoOverdueConfig.xml's one clear state."""
+    assert [s["name"] for s in api.json("/overdue")["overdueStates"]] == ["Clear"]
+    config = """<overdueConfig><accountOverdueStates>
+  <initialReevaluationInterval><unit>DAYS</unit><number>10</number></initialReevaluationInterval>
+  <state name="LOCKED"><condition><timeSinceEarliestUnpaidInvoiceEqualsOrExceeds><unit>DAYS</unit><number>10</number>
+  </timeSinceEarliestUnpaidInvoiceEqualsOrExceeds></condition><externalMessage>Locked</externalMessage>
+  <blockChanges>true</blockChanges><disableEntitlementAndChangesBlocked>true</disableEntitlementAndChangesBlocked>
+  </state></accountOverdueStates></overdueConfig>"""
+    for _ in range(2):
+        assert api.upload("/overdue/xml", config)[0] == 201
+    assert api.json("/tenants/userKeyValue/OVERDUE_CONFIG") == {"key": "OVERDUE_CONFIG", "values": [config]}
+    (state,) = api.json("/overdue")["overdueStates"]
+    condition = state["condition"]["timeSinceEarliestUnpaidInvoiceEqualsOrExceeds"]
+    assert (state["name"], state["isDisableEntitlement"], condition) == ("LOCKED", True, {"unit": "DAYS", "number": 10})
+    assert types(standin.drain_notifications()) == [
+        "TENANT_CONFIG_CHANGE", "TENANT_CONFIG_DELETION", "TENANT_CONFIG_CHANGE"
+    ]  # fmt: skip
 
 
 def test_test_clock_get_and_set(api):

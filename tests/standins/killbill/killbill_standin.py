@@ -17,13 +17,16 @@ as Kill Bill's own sources and docs define them:
   TenantKV.java) and the test clock (TestResource.java).
 
 Simplified on purpose (documented in README.md):
-- No catalog XML. Any plan name is accepted: `basic-monthly` is product "Basic", MONTHLY, price list DEFAULT,
-  with an optional trial (days) and a recurring price given to the constructor. BASE subscriptions only.
+- Catalog: an uploaded catalog XML (tenant_config.py) gives a plan's product, trial and recurring price; a plan it
+  does not have (or any plan before an upload) is still accepted: `basic-monthly` is product "Basic", MONTHLY,
+  price list DEFAULT, with an optional trial (days) and a recurring price given to the constructor. BASE
+  subscriptions only.
 - No proration: a plan change out of trial charges the new plan's full price up to the current charged-through date.
-- Overdue: any invoice with a balance > 0 puts the account at once into state `BLOCKED` (entitlement and
-  changes blocked); paying everything clears it. No grace period, no AUTO_INVOICING_OFF tag, no payment retries
-  (use the stand-in's `/standin/accounts/{id}/pay`); changes are not refused while BLOCKED. Every account has a
-  pretend default payment method.
+- Overdue: with an uploaded overdue configuration (tenant_config.py), its states by the age of the earliest unpaid
+  invoice, reevaluated at each invoice, payment and clock move; without one, any invoice with a balance > 0 puts
+  the account at once into state `BLOCKED` (entitlement and changes blocked). Paying everything clears it. No
+  AUTO_INVOICING_OFF tag, no payment retries (use the stand-in's `/standin/accounts/{id}/pay`); changes are not
+  refused while BLOCKED. Every account has a pretend default payment method.
 - Plan changes are immediate; pause/resume ignore requestedDate; each subscription keeps its own bill cycle day.
 - The test clock only moves when it is set.
 """
@@ -52,6 +55,11 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from werkzeug.exceptions import HTTPException, UnsupportedMediaType
+
+try:  # a package import (tests), or the file run as a script (make demo, the CLI)
+    from .tenant_config import ConfigRefused, TenantConfig
+except ImportError:
+    from tenant_config import ConfigRefused, TenantConfig
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
@@ -73,6 +81,7 @@ SUBSCRIPTION_EXC = "org.killbill.billing.entitlement.api.SubscriptionApiExceptio
 ENTITLEMENT_EXC = "org.killbill.billing.entitlement.api.EntitlementApiException"
 INVOICE_EXC = "org.killbill.billing.invoice.api.InvoiceApiException"
 ARGUMENT_EXC = "java.lang.IllegalArgumentException"
+CATALOG_EXC = "org.killbill.billing.catalog.api.CatalogApiException"
 
 
 # ---------------------------------------------------------------------------------------------- wire format
@@ -252,7 +261,8 @@ class Account:
     payment_method_id: str = field(default_factory=_new_id)
     bcd: int = 0
     fail_payments: bool = False
-    overdue_blocked: bool = False
+    overdue_blocked: bool = False  # entitlement and changes blocked by the overdue state
+    overdue_state: str = CLEAR_STATE
     # Kept as given (AccountJson); Kill Bill's DefaultAccount falls back to UTC for a missing time zone.
     locale: str | None = None
     time_zone: str = "UTC"
@@ -354,7 +364,8 @@ class KillBillStandin:
     ):
         self._credentials = (username, password, api_key, api_secret)
         self.retries = [r.total_seconds() if isinstance(r, timedelta) else float(r) for r in retries]
-        self.trials = dict(trials or {})
+        self.trials = dict(trials or {})  # used for a plan no uploaded catalog has (there is none at first)
+        self.config = TenantConfig()  # the uploaded catalog and overdue configuration
         self.prices = {plan: Decimal(str(price)).quantize(Decimal("0.01")) for plan, price in (prices or {}).items()}
         self.deliver, self.dispatch_threads = deliver, dispatch_threads
         self.timeout, self.h2c_headers = timeout, h2c_headers
@@ -529,7 +540,16 @@ class KillBillStandin:
         return invoice
 
     def _price(self, plan: str) -> Decimal:
-        return self.prices.get(plan, DEFAULT_PRICE)
+        defined = self.config.plan(plan, self._now)
+        return defined.price if defined else self.prices.get(plan, DEFAULT_PRICE)
+
+    def _product(self, plan: str) -> str:
+        defined = self.config.plan(plan, self._now)
+        return defined.product if defined else product_name(plan)
+
+    def _trial_days(self, plan: str) -> int:
+        defined = self.config.plan(plan, self._now)
+        return (defined.trial_days or 0) if defined else int(self.trials.get(plan, 0))
 
     def _state(self, sub: Subscription) -> str:
         if sub.ent_done:
@@ -565,7 +585,7 @@ class KillBillStandin:
         bundle = Bundle(_new_id(), account.id, "")
         bundle.external_key = bundle_key or bundle.id
         self._bundles[bundle.id] = bundle
-        sub_id, now, trial_days = _new_id(), self._now, int(self.trials.get(plan, 0))
+        sub_id, now, trial_days = _new_id(), self._now, self._trial_days(plan)
         trial_end = now + timedelta(days=trial_days) if trial_days > 0 else None
         first_bill = trial_end or now
         sub = Subscription(
@@ -676,6 +696,9 @@ class KillBillStandin:
     def set_clock(self, target: datetime) -> None:
         self._advance(target)
         self._now = target
+        if self.config.overdue:  # the states are reached by time (Kill Bill reevaluates on its schedule)
+            for account in self._accounts.values():
+                self._reevaluate_overdue(account)
         self._fire_retries_due_on_test_clock()
 
     # ------------------------------------------------------------------ billing engine (lock held)
@@ -720,11 +743,17 @@ class KillBillStandin:
                        payment_meta(transaction_id, amount, currency, "SUCCESS", now))  # fmt: skip
 
     def _reevaluate_overdue(self, account: Account) -> None:
-        blocked = any(i.account_id == account.id and i.balance > 0 for i in self._invoices.values())
-        if blocked == account.overdue_blocked:
+        unpaid = [i.created for i in self._invoices.values() if i.account_id == account.id and i.balance > 0]
+        if self.config.overdue:  # the uploaded states, by the age of the earliest unpaid invoice
+            days = (self._now - min(unpaid)).total_seconds() / 86400 if unpaid else None
+            reached = self.config.overdue_state(days)
+            state, blocked = (reached.name, reached.disable_entitlement) if reached else (CLEAR_STATE, False)
+        else:  # none uploaded: BLOCKED at once (the simplification README.md documents)
+            blocked = bool(unpaid)
+            state = BLOCKED_STATE if blocked else CLEAR_STATE
+        if state == account.overdue_state:
             return
-        account.overdue_blocked = blocked
-        state = BLOCKED_STATE if blocked else CLEAR_STATE
+        account.overdue_blocked, account.overdue_state = blocked, state
         for sub in self._subs.values():
             if sub.account_id == account.id and not sub.ent_done:
                 self._add_event(sub, self._now, "SERVICE_STATE_CHANGE", OVERDUE_SERVICE, state, entitlement=blocked)
@@ -804,7 +833,7 @@ class KillBillStandin:
         return {
             "eventId": event.id, "billingPeriod": "MONTHLY", "effectiveDate": kb_datetime(event.when),
             "catalogEffectiveDate": kb_datetime(CATALOG_EFFECTIVE), "plan": event.plan,
-            "product": product_name(event.plan), "priceList": "DEFAULT", "eventType": event.type,
+            "product": self._product(event.plan), "priceList": "DEFAULT", "eventType": event.type,
             "isBlockedBilling": event.blocks_billing, "isBlockedEntitlement": event.blocks_entitlement,
             "serviceName": event.service, "serviceStateName": event.state, "phase": event.phase, "auditLogs": [],
         }  # fmt: skip
@@ -817,8 +846,9 @@ class KillBillStandin:
         return {
             "accountId": sub.account_id, "bundleId": sub.bundle_id,
             "bundleExternalKey": self._bundles[sub.bundle_id].external_key, "subscriptionId": sub.id,
-            "externalKey": sub.external_key, "startDate": kb_datetime(sub.start), "productName": product_name(sub.plan),
-            "productCategory": "BASE", "billingPeriod": "MONTHLY", "phaseType": sub.phase, "priceList": "DEFAULT",
+            "externalKey": sub.external_key, "startDate": kb_datetime(sub.start),
+            "productName": self._product(sub.plan), "productCategory": "BASE", "billingPeriod": "MONTHLY",
+            "phaseType": sub.phase, "priceList": "DEFAULT",
             "planName": sub.plan, "state": self._state(sub), "sourceType": "NATIVE",
             "cancelledDate": sub.ent_end and kb_datetime(sub.ent_end), "chargedThroughDate": sub.ctd.date().isoformat(),
             "billingStartDate": kb_datetime(sub.start), "billingEndDate": sub.bill_end and kb_datetime(sub.bill_end),
@@ -842,7 +872,7 @@ class KillBillStandin:
         items = [{
             "invoiceItemId": item["id"], "invoiceId": invoice.id, "linkedInvoiceItemId": None,
             "accountId": invoice.account_id, "childAccountId": None, "bundleId": item["sub"].bundle_id,
-            "subscriptionId": item["sub"].id, "productName": product_name(item["plan"]), "planName": item["plan"],
+            "subscriptionId": item["sub"].id, "productName": self._product(item["plan"]), "planName": item["plan"],
             "phaseName": item["phase"], "usageName": None, "prettyProductName": None, "prettyPlanName": None,
             "prettyPhaseName": None, "prettyUsageName": None, "itemType": item["type"], "description": item["phase"],
             "startDate": item["start"].isoformat(), "endDate": item["end"] and item["end"].isoformat(),
@@ -859,11 +889,18 @@ class KillBillStandin:
             "parentInvoiceId": None, "parentAccountId": None, "auditLogs": [],
         }  # fmt: skip
 
-    @staticmethod
-    def overdue_json(account: Account) -> dict:
+    def overdue_json(self, account: Account) -> dict:
+        reached = next((s for s in self.config.overdue if s.name == account.overdue_state), None)
+        if reached:
+            return {
+                "name": reached.name, "externalMessage": reached.external_message,
+                "isDisableEntitlementAndChangesBlocked": reached.disable_entitlement,
+                "isBlockChanges": reached.block_changes, "isClearState": False,
+                "reevaluationIntervalDays": reached.auto_reevaluation_days,
+            }  # fmt: skip
         blocked = account.overdue_blocked
         return {
-            "name": BLOCKED_STATE if blocked else CLEAR_STATE,
+            "name": account.overdue_state,
             "externalMessage": "Reached BLOCKED" if blocked else "",
             "isDisableEntitlementAndChangesBlocked": blocked,
             "isBlockChanges": blocked,
@@ -1001,6 +1038,31 @@ class KillBillStandin:
         self._emit("TENANT_CONFIG_CHANGE", None, "TENANT_KVS", _new_id(), key)
         return _created(request, "tenants/registerNotificationCallback")
 
+    def _ep_upload_catalog(self, request):
+        try:
+            self.config.upload_catalog(_xml_body(request))
+        except ConfigRefused as exc:
+            raise KbError(400, CATALOG_EXC, exc.code, str(exc)) from exc
+        self._emit("TENANT_CONFIG_CHANGE", None, "TENANT_KVS", _new_id(), {"key": "CATALOG"})
+        return _created(request, "catalog")
+
+    def _ep_catalog(self, request):
+        return self.config.catalog_json()
+
+    def _ep_upload_overdue(self, request):
+        replacing = self.config.overdue_xml is not None
+        self.config.upload_overdue(_xml_body(request))
+        if replacing:  # the single-valued key is deleted, then added (DefaultOverdueApi.uploadOverdueConfig)
+            self._emit("TENANT_CONFIG_DELETION", None, "TENANT_KVS", None, {"key": "OVERDUE_CONFIG"})
+        self._emit("TENANT_CONFIG_CHANGE", None, "TENANT_KVS", _new_id(), {"key": "OVERDUE_CONFIG"})
+        return _created(request, "overdue")
+
+    def _ep_overdue(self, request):
+        return self.config.overdue_json()
+
+    def _ep_user_key_value(self, request, key):
+        return self.config.user_key_values(key)
+
     def _ep_clock(self, request):
         args = request.args
         with self._lock:
@@ -1044,6 +1106,11 @@ _ROUTES = [
     (f"{API}/bundles/<bundle_id>/resume", ["PUT"], "resume_bundle"),
     (f"{API}/invoices/<invoice_id>", ["GET"], "get_invoice"),
     (f"{API}/tenants/registerNotificationCallback", ["GET", "POST", "DELETE"], "callback"),
+    (f"{API}/catalog/xml", ["POST"], "upload_catalog"),
+    (f"{API}/catalog", ["GET"], "catalog"),
+    (f"{API}/overdue/xml", ["POST"], "upload_overdue"),
+    (f"{API}/overdue", ["GET"], "overdue"),
+    (f"{API}/tenants/userKeyValue/<key>", ["GET"], "user_key_value"),
     (f"{API}/test/clock", ["GET", "POST", "PUT"], "clock"),
     (f"{API}/test/queues", ["GET"], "queues"),
     ("/standin/accounts/<account_id>/payment_behaviour", ["POST"], "payment_behaviour"),
@@ -1071,6 +1138,12 @@ def _body(request: Request) -> dict:
     if not isinstance(body, dict):
         raise _bad_request("Expected a JSON object")
     return body
+
+
+def _xml_body(request: Request) -> str:
+    if request.mimetype != "text/xml":  # the resources consume text/xml only
+        raise UnsupportedMediaType()
+    return request.get_data(as_text=True)
 
 
 def _ordered(events: list[SubEvent]) -> list[SubEvent]:
