@@ -23,6 +23,9 @@ PLAYBOOKS = {
     "suspend": "tenant_suspend.yml",
     "resume": "tenant_resume.yml",
     "terminate": "tenant_terminate.yml",
+    # A terminated tenant whose account subscribes again: its retained database and files opened again as they
+    # were at its termination (tenant_resume.yml -e reactivate=true), under the new subscription.
+    "reactivate": "tenant_resume.yml",
 }
 
 OVERDUE_CLEAR_STATE = "__KILLBILL__CLEAR__OVERDUE_STATE__"
@@ -162,11 +165,16 @@ def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | N
                 f"{tenant.tenant_id!r}'s: ids that differ only in case or '-'/'_' are one tenant; nothing done",
             )
         ]
-    if tenant is not None and (claim := foreign_claim(subscription, tenant)):
-        return [Skip(tenant_id, claim)]
     state = subscription.get("state")
     plan = subscription.get("planName")
     status = tenant.status if tenant else None
+    account = subscription.get("accountId")
+    same_account = tenant is not None and account is not None and tenant.customer_id == account
+    if tenant is not None and (claim := foreign_claim(subscription, tenant)):
+        if same_account and state in ("CANCELLED", "EXPIRED"):
+            return []  # the account's earlier subscription, which a new one for the same tenant replaced
+        if not (same_account and status == "terminated"):  # a returning customer's new subscription: below
+            return [Skip(tenant_id, claim)]
 
     if state in ("CANCELLED", "EXPIRED"):
         if status in ("active", "suspended"):
@@ -174,12 +182,28 @@ def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | N
         return []  # never provisioned, or already terminated
     if state not in ("ACTIVE", "BLOCKED"):
         return []  # PENDING: starts later, its EFFECTIVE event will come
-    if status in ("terminated", "purged"):
-        return [Skip(tenant_id, f"Kill Bill says {state} but the tenant is {status}: restore it by hand (README)")]
+    if status == "purged":
+        return [
+            Skip(
+                tenant_id,
+                f"Kill Bill says {state} but tenant {tenant_id} was purged (its retention ended, its data is gone): "
+                "nothing done; the customer subscribes under another bundle key for a new tenant",
+            )
+        ]
     if plan not in plans:
         return [Skip(tenant_id, f"plan {plan!r} is not in the catalog (inventory group_vars/all/plans.yml)")]
 
     blocked = is_blocked(subscription, overdue)
+    if status == "terminated":
+        if blocked:
+            return []  # reactivated once Kill Bill unblocks it (paid)
+        ids = {"customer_id": account, "subscription_id": subscription.get("subscriptionId")}
+        reason = f"Kill Bill: {plan} again for the account of terminated tenant {tenant_id}"
+        actions = [Action(tenant_id, "reactivate", {"tenant_id": tenant_id, "reactivate": True, **ids}, reason)]
+        if plan != tenant.plan_name:
+            reason = f"Kill Bill: plan {tenant.plan_name} -> {plan}"
+            actions.append(Action(tenant_id, "change_plan", {"tenant_id": tenant_id, "plan": plan}, reason))
+        return actions
     if status in (None, "provisioning", "failed"):
         if blocked:
             return []  # a paid-first tenant: provisioned once the payment unblocks it

@@ -361,6 +361,11 @@ def tenant_server(conn, tenant_id: str | None) -> str | None:
     return row["db_server"] if row else None
 
 
+def tenant_status(conn, tenant_id: str | None) -> str | None:
+    row = conn.execute("SELECT status FROM registry.tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
+    return row["status"] if row else None
+
+
 def running_jobs(conn, action: str, server: str | None) -> int:
     """Jobs of `action` running on `server` (None: for tenants not placed when they started)."""
     return conn.execute(

@@ -56,6 +56,7 @@ PLAYBOOK_COMMAND = Path(__file__).with_name("ansible-playbook")  # dies with the
 
 # Jobs that only ask for an account to be read again (Kill Bill was unreachable, or reconcile found drift).
 CONVERGE, RECONCILE = "converge", "reconcile"
+PURGEABLE = ("terminated", "purged")  # what tenant_purge.yml takes: a purge queued before a reactivation is moot
 
 
 class Worker:
@@ -194,6 +195,9 @@ class Worker:
         # A move no run finishes comes first: whatever Kill Bill asks for next assumes the tenant on one server.
         # Then what the schedules queued (a backup, a purge), which Kill Bill's state does not decide.
         for chore in store.due_chores(conn, account):
+            if chore["action"] == "purge" and store.tenant_status(conn, chore["tenant_id"]) not in PURGEABLE:
+                store.close_job(conn, chore["id"], "skipped", "the tenant is no longer terminated (reactivated)")
+                continue
             self._execute(store.start_job(conn, chore["id"], self.name, chore["extravars"], chore["reason"]))
         if not (triggers or store.has_due_job(conn, account)):
             return  # the chores were all: Kill Bill need not be read

@@ -44,13 +44,17 @@ class KillBillAPI:
         account_id = self.call(
             "POST", "/1.0/kb/accounts", {"name": name, "externalKey": name, "currency": "USD", **account}
         )
-        subscription_id = self.call(
+        return account_id, self.subscribe(account_id, tenant_id, plan)
+
+    def subscribe(self, account_id: str, tenant_id: str, plan: str) -> str:
+        """A new subscription of the account whose bundle external key is the tenant id (a bundle of that key
+        must have no active subscription)."""
+        return self.call(
             "POST",
             "/1.0/kb/subscriptions",
             {"accountId": account_id, "externalKey": f"{tenant_id}-base", "bundleExternalKey": tenant_id,
              "planName": plan},
         )  # fmt: skip
-        return account_id, subscription_id
 
     def change_plan(self, subscription_id: str, plan: str) -> None:
         self.call("PUT", f"/1.0/kb/subscriptions/{subscription_id}", {"planName": plan}, billingPolicy="IMMEDIATE")

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.killbill_api import KillBillAPI
 from tests.standins.killbill.killbill_standin import KillBillStandin, encode_notification, post_notification
 from webhook_runner import store
+from webhook_runner.desired import PLAYBOOKS
 from webhook_runner.schedules import SCHEDULES
 
 from .ceph_cluster import alive
@@ -208,12 +209,23 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
     assert settled()["life-01"]["plan_name"] == "standard-monthly"
     api.cancel(subscription)
     assert settled()["life-01"]["status"] == "terminated"
+    with pytest.raises(psycopg.OperationalError):  # a terminated tenant's credentials open nothing
+        local_platform.connect(port, "t_life_01", local_platform.password("tenant:life-01:v1"), "t_life_01")
+    # The customer comes back, same account, a new subscription: the tenant is reactivated with its data.
+    again = api.subscribe(account, "life-01", "standard-monthly")
+    tenants = settled()
+    assert tenants["life-01"].items() >= {"status": "active", "plan_name": "standard-monthly"}.items()
+    with local_platform.connect(port, "t_life_01", local_platform.password("tenant:life-01:v1"), "t_life_01") as conn:
+        assert conn.execute("SELECT name FROM public.res_company WHERE id = 1").fetchone() == (company,)
+    _, view = runner.admin("GET", "/tenants/life-01")
+    assert view["tenant"]["subscription_id"] == again and view["tenant"]["retain_until"] is None
 
     assert succeeded_jobs(runner, "life-") == Counter(
-        {("life-01", action): 1 for action in ("provision", "suspend", "resume", "change_plan", "terminate")}
-    )
+        {("life-01", action): 1 for action in ("provision", "suspend", "resume", "change_plan", "terminate",
+                                               "reactivate")}
+    )  # fmt: skip
     status, view = runner.admin("GET", "/tenants/life-01")
-    assert status == 200 and view["tenant"]["status"] == "terminated" and view["tenant"]["billing_status"]
+    assert status == 200 and view["tenant"]["status"] == "active" and view["tenant"]["billing_status"]
     assert {"event", "decision", "job", "result", "run"} <= {row["kind"] for row in view["audit"]}
     with runner.registry() as conn:
         assert conn.execute("SELECT count(*) AS n FROM registry.audit_chain_breaks()").fetchone()["n"] == 0
@@ -228,11 +240,11 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
             " WHERE j.tenant_id = 'life-01' AND j.state = 'succeeded'"
         ).fetchall()
     assert sorted(run["action"] for run in runs) == sorted(
-        ("provision", "suspend", "resume", "change_plan", "terminate")
+        ("provision", "suspend", "resume", "change_plan", "terminate", "reactivate")
     )
     for run in runs:
         assert run["actor"] == f"job:{run['id']}" and run["outcome"] == "ok", run
-        assert run["playbook"].endswith(f"tenant_{run['action']}.yml"), run
+        assert run["playbook"].endswith(PLAYBOOKS[run["action"]]), run
         assert run["tenant_rows"] >= 2, run  # the runner's job row and the playbook's own result
 
     # No secret in the artifacts or the runner's logs.

@@ -171,8 +171,26 @@ def test_unknown_plans_invalid_keys_and_terminated_tenants_are_skipped_with_a_re
     assert isinstance(skip, Skip) and "gold-yearly" in skip.reason and skip.tenant_id == "acme"
     [skip] = desired_actions(subscription(key="no spaces allowed"), CLEAR, None, PLANS)
     assert isinstance(skip, Skip) and skip.tenant_id is None and "not a tenant id" in skip.reason
-    [skip] = desired_actions(subscription(), CLEAR, owned("terminated", "basic-monthly"), PLANS)
-    assert "terminated" in skip.reason
+    [skip] = desired_actions(subscription(), CLEAR, owned("purged", "basic-monthly"), PLANS)
+    assert "was purged" in skip.reason
+
+
+def test_a_terminated_tenant_whose_account_subscribes_again_is_reactivated_never_for_another_account():
+    again = subscription(subscriptionId="s-2", planName="standard-monthly")
+    assert actions(desired_actions(again, CLEAR, owned("terminated", "basic-monthly"), PLANS)) == [
+        ("reactivate", None), ("change_plan", "standard-monthly")
+    ]  # fmt: skip
+    [reactivate] = desired_actions(subscription(), CLEAR, owned("terminated", "basic-monthly"), PLANS)
+    assert reactivate.extravars == {"tenant_id": "acme", "reactivate": True, "customer_id": "a-1",
+                                    "subscription_id": "s-1"}  # fmt: skip
+    assert desired_actions(again, BLOCKED, owned("terminated", "basic-monthly"), PLANS) == []  # once paid
+    [skip] = desired_actions(subscription(accountId="a-2"), CLEAR, owned("terminated", "basic-monthly"), PLANS)
+    assert isinstance(skip, Skip) and "belongs to account a-1" in skip.reason
+    # Once reactivated under s-2, the cancelled s-1 of the same account asks for nothing; an active s-1 is refused.
+    reactivated = Tenant("acme", "active", "standard-monthly", "a-1", "s-2")
+    assert desired_actions(subscription("CANCELLED"), CLEAR, reactivated, PLANS) == []
+    [skip] = desired_actions(subscription(), CLEAR, reactivated, PLANS)
+    assert isinstance(skip, Skip) and "subscription s-2 of the same account" in skip.reason
 
 
 def test_add_ons_make_no_tenant():
@@ -246,7 +264,11 @@ def test_a_settings_file_others_can_read_is_refused(tmp_path):
 @pytest.mark.parametrize("state", ["ACTIVE", "BLOCKED", "CANCELLED"])
 def test_a_subscription_acts_only_on_the_tenant_provisioned_for_it(owner, subscription_id, says, state):
     tenant = Tenant("acme", "active", "basic-monthly", owner, subscription_id)
-    [decision] = desired_actions(subscription(state, plan="premium-monthly"), BLOCKED, tenant, PLANS)
+    decisions = desired_actions(subscription(state, plan="premium-monthly"), BLOCKED, tenant, PLANS)
+    if (owner, state) == ("a-1", "CANCELLED"):  # the account's earlier subscription, replaced: nothing to say
+        assert decisions == []
+        return
+    [decision] = decisions
     assert isinstance(decision, Skip)
     assert "subscription s-1 of account a-1 claims tenant acme" in decision.reason and says in decision.reason
     assert "tenant_transfer.yml" in decision.reason
