@@ -6,7 +6,7 @@ reconcile [--check]    compare Kill Bill with the registry; queue repairs (--che
 housekeeping           prune finished work older than retention_days (also a periodic worker pass)
 recover                queue a job for each move no run finishes (also a periodic worker pass)
 schedule [--now TIME]  run the periodic jobs that are due (also a worker pass; --now: as if it were TIME, an
-                       ISO 8601 time with its offset, to catch up or to test)
+                       ISO 8601 time with its offset, for tests: the schedules it runs count from then)
 """
 
 from __future__ import annotations

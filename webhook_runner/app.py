@@ -80,7 +80,8 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
     def require_admin():
         require_token(settings.admin_token, "admin")
 
-    metrics_registry = exposition_registry(registry, limited=tuple(settings.job_limits))
+    scheduled = [name for name, seconds in settings.schedules.items() if seconds]  # the schedules turned on
+    metrics_registry = exposition_registry(registry, limited=tuple(settings.job_limits), scheduled=scheduled)
 
     @app.post("/killbill/<token>")
     def killbill_notification(token: str):
@@ -167,7 +168,7 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
     def schedules():
         require_admin()
         with registry() as conn:
-            rows = store.schedules_view(conn)
+            rows = store.schedules_view(conn, scheduled)
         return jsonify(schedules=rows)
 
     @app.get("/tenants/<tenant_id>")

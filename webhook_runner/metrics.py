@@ -27,16 +27,17 @@ OTHER = "other"  # the label of an event type Kill Bill does not define
 
 
 class RegistryCollector(Collector):
-    def __init__(self, registry: Callable[[], AbstractContextManager], limited: tuple[str, ...] = ()):
+    def __init__(self, registry: Callable[[], AbstractContextManager], limited: tuple[str, ...] = (), scheduled=()):
         self.registry = registry
         self.limited = limited  # actions with a job limit: their gauges are always there, 0 when idle
+        self.scheduled = [name for name in scheduled if name in SCHEDULES]  # the schedules turned on
 
     def describe(self):
         return []  # registered without a scrape (the registry may be down when the app starts)
 
     def collect(self):
         with self.registry() as conn:
-            snapshot = store.metrics_snapshot(conn)
+            snapshot = store.metrics_snapshot(conn, self.scheduled)
         received = CounterMetricFamily(
             "saasodoo_runner_events_received", "Kill Bill notifications stored in the inbox."
         )
@@ -87,10 +88,9 @@ class RegistryCollector(Collector):
             labels=["schedule"],
         )
         for row in snapshot["schedules"]:
-            if row["name"] in SCHEDULES:
-                if row["last_run_at"] is not None:
-                    last.add_metric([row["name"]], row["last_run_at"].timestamp())
-                after.add_metric([row["name"]], row["next_run_at"].timestamp())
+            if row["last_run_at"] is not None:
+                last.add_metric([row["name"]], row["last_run_at"].timestamp())
+            after.add_metric([row["name"]], row["next_run_at"].timestamp())
         yield last
         yield after
 
@@ -103,10 +103,10 @@ def _folded(counts: dict[str, int], known: frozenset[str]) -> dict[str, int]:
     return folded
 
 
-def exposition_registry(registry: Callable[[], AbstractContextManager], limited=()) -> CollectorRegistry:
+def exposition_registry(registry: Callable[[], AbstractContextManager], limited=(), scheduled=()) -> CollectorRegistry:
     """One CollectorRegistry per app, holding only the runner's collector."""
     metrics = CollectorRegistry(auto_describe=False)
-    metrics.register(RegistryCollector(registry, limited))
+    metrics.register(RegistryCollector(registry, limited, scheduled))
     return metrics
 
 

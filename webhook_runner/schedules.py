@@ -21,10 +21,14 @@ class Schedule:
     name: str
     playbook: str  # the platform playbook, or the one each tenant job runs
     tenant_action: str | None = None  # a tenant schedule: the action of the jobs it queues
-    tenants_due: str = ""  # a tenant schedule: the registry.tenants rows it is due for (SQL, %(now)s = the run's time)
+    # A tenant schedule: the registry.tenants rows (t) it is due for, an SQL condition written here, never configured
+    # (%(now)s: the run's time).
+    tenants_due: str = ""
 
 
-_TERMINATED_AND_DUE = "t.status = 'terminated' AND t.retain_until <= %(now)s"
+# Never by a later clock than the registry's (python -m webhook_runner schedule --now): a purge needs the retention
+# over for real, or tenant_purge.yml refuses it.
+_TERMINATED_AND_DUE = "t.status = 'terminated' AND t.retain_until <= least(%(now)s, now())"
 SCHEDULES = {
     schedule.name: schedule
     for schedule in (

@@ -151,8 +151,9 @@ def registry_now(conn: psycopg.Connection):
 
 
 def sync_schedules(conn: psycopg.Connection, intervals: dict[str, float], now) -> None:
-    """Record the configured intervals (0: off, left out). A new schedule first comes due one interval from now;
-    a shorter interval brings the next run forward. Writes only what changed."""
+    """Record the configured intervals (a schedule turned off, 0, keeps its row, and GET /schedules and /metrics
+    leave it out). A new schedule first comes due one interval from now; a shorter interval brings the next run
+    forward. Writes only what changed."""
     recorded = {
         r["name"]: r["interval_seconds"] for r in conn.execute("SELECT name, interval_seconds FROM registry.schedules")
     }
@@ -185,12 +186,18 @@ def due_schedules(conn: psycopg.Connection, names: list[str], now) -> list[str]:
 
 
 def fail_orphaned_schedule_jobs(conn: psycopg.Connection, name: str) -> list[dict]:
-    """The schedule's jobs left running by a worker that died (the caller holds the schedule's lock, so none runs
-    now): failed, and the schedule due again, so its next pass runs the work again."""
+    """The schedule's jobs left running by a worker that died: the caller holds the schedule's lock, and no
+    playbook run of the job keeps its holder session (the saasodoo_audit callback's, 'saasodoo-run job-<id>-<n>').
+    Failed, and the schedule due again, so its next pass runs the work again."""
     orphans = conn.execute(
-        f"""UPDATE registry.jobs SET state = 'failed', finished_at = now(),
+        f"""UPDATE registry.jobs AS j SET state = 'failed', finished_at = now(),
                    error = 'the worker running it stopped (' || coalesce(worker, '?') || '): run again'
-             WHERE account_id IS NULL AND action = %s AND state = 'running' RETURNING {JOB_COLUMNS}""",
+             WHERE account_id IS NULL AND action = %s AND state = 'running'
+               -- a playbook still running (its worker lost its session, not its run) keeps its audit holder
+               AND NOT EXISTS (
+                   SELECT 1 FROM pg_catalog.pg_stat_activity AS a
+                    WHERE a.application_name = registry.run_holder_name('job-' || j.id || '-' || j.attempts))
+         RETURNING {JOB_COLUMNS}""",
         (name,),
     ).fetchall()
     if orphans:
@@ -216,9 +223,12 @@ def record_schedule_job(conn: psycopg.Connection, name: str, job_id: int) -> Non
     conn.execute("UPDATE registry.schedules SET last_job_id = %s WHERE name = %s", (job_id, name))
 
 
-def queue_tenant_chores(conn: psycopg.Connection, schedule, reason: str, now) -> tuple[list[dict], list[str]]:
+def queue_tenant_chores(
+    conn: psycopg.Connection, schedule, reason: str, now, spread_seconds: float
+) -> tuple[list[dict], list[str]]:
     """One queued job of the schedule's tenant action for each tenant it is due for (schedules.Schedule) and that
-    has no such job open, in the tenant's account; and the tenants due that name no Kill Bill account."""
+    has no such job open, in the tenant's account, their starts spread evenly over spread_seconds (a thousand
+    backups do not start at once); and the tenants due that name no Kill Bill account."""
     due = conn.execute(
         f"""SELECT t.tenant_id, t.customer_id FROM registry.tenants AS t
              WHERE {schedule.tenants_due}
@@ -227,30 +237,37 @@ def queue_tenant_chores(conn: psycopg.Connection, schedule, reason: str, now) ->
              ORDER BY t.tenant_id""",
         {"now": now, "action": schedule.tenant_action},
     ).fetchall()
+    owned = [row for row in due if row["customer_id"]]
     queued = []
-    for row in due:
-        if row["customer_id"]:
-            queued.append(
-                insert_job(
-                    conn,
-                    account=row["customer_id"],
-                    tenant_id=row["tenant_id"],
-                    event_id=None,
-                    action=schedule.tenant_action,
-                    playbook=schedule.playbook,
-                    extravars={"tenant_id": row["tenant_id"]},
-                    state="queued",
-                    reason=reason,
-                )
+    for n, row in enumerate(owned):
+        job = insert_job(
+            conn,
+            account=row["customer_id"],
+            tenant_id=row["tenant_id"],
+            event_id=None,
+            action=schedule.tenant_action,
+            playbook=schedule.playbook,
+            extravars={"tenant_id": row["tenant_id"]},
+            state="queued",
+            reason=reason,
+        )
+        if n:
+            conn.execute(
+                "UPDATE registry.jobs SET run_after = now() + make_interval(secs => %s) WHERE id = %s",
+                (spread_seconds * n / len(owned), job["id"]),
             )
+        queued.append(job)
     return queued, [row["tenant_id"] for row in due if not row["customer_id"]]
 
 
-def schedules_view(conn: psycopg.Connection) -> list[dict]:
-    """GET /schedules and /metrics: each recorded schedule, its last run's time and job, and its next run."""
+def schedules_view(conn: psycopg.Connection, names: list[str]) -> list[dict]:
+    """GET /schedules and /metrics: each of these schedules (the runner's own, turned on), its last run's time and
+    job, and its next run."""
     return conn.execute(
         """SELECT s.name, s.interval_seconds, s.last_run_at, s.next_run_at, s.last_job_id, j.state AS last_job_state
-             FROM registry.schedules AS s LEFT JOIN registry.jobs AS j ON j.id = s.last_job_id ORDER BY s.name"""
+             FROM registry.schedules AS s LEFT JOIN registry.jobs AS j ON j.id = s.last_job_id
+            WHERE s.name = ANY(%s) ORDER BY s.name""",
+        (names,),
     ).fetchall()
 
 
@@ -302,13 +319,12 @@ def stuck_moves(conn: psycopg.Connection, seconds: float) -> list[dict]:
     ).fetchall()
 
 
-def due_chores(conn: psycopg.Connection, account: str) -> list[dict]:
-    """The account's due jobs of CHORES, a move's recovery first (whatever else runs assumes one server)."""
+def due_chores(conn: psycopg.Connection, account: str, actions) -> list[dict]:
+    """The account's due jobs of these CHORES, in the order they were queued."""
     return conn.execute(
         f"""SELECT {JOB_COLUMNS} FROM registry.jobs
-             WHERE account_id = %s AND action = ANY(%s) AND state = 'queued' AND run_after <= now()
-             ORDER BY action <> %s, id""",
-        (account, list(CHORES), RECOVER_MOVE),
+             WHERE account_id = %s AND action = ANY(%s) AND state = 'queued' AND run_after <= now() ORDER BY id""",
+        (account, list(actions)),
     ).fetchall()
 
 
@@ -563,11 +579,11 @@ def prune(conn: psycopg.Connection, days: float) -> dict[str, int]:
     return {"jobs": jobs, "events": events, "placements": placements}
 
 
-def metrics_snapshot(conn) -> dict:
+def metrics_snapshot(conn, schedules: list[str] = ()) -> dict:
     """What /metrics reports, from the counters the registry's triggers keep (migration 0017) and the open jobs
     only: notifications received by type and pending, jobs by state, jobs running and waiting by action, and
     succeeded jobs' run times per action (cumulative counts at each bound of `bounds`; a parked or failed job may
-    be replayed, so its run time is not final), and each schedule's last and next run."""
+    be replayed, so its run time is not final), and the last and next run of each of `schedules`."""
     with conn.transaction():  # one snapshot
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         counters = conn.execute("SELECT metric, label, value FROM registry.runner_counters").fetchall()
@@ -580,7 +596,7 @@ def metrics_snapshot(conn) -> dict:
         durations = conn.execute(
             "SELECT action, count AS n, seconds AS total, at_most AS le FROM registry.job_durations ORDER BY action"
         ).fetchall()
-        schedules = schedules_view(conn)
+        scheduled = schedules_view(conn, list(schedules))
     counted = {metric: {} for metric in ("events_received", "events_pending", "jobs")}
     for row in counters:
         counted[row["metric"]][row["label"]] = row["value"]
@@ -593,5 +609,5 @@ def metrics_snapshot(conn) -> dict:
         "waiting": {r["action"]: r["waiting"] for r in by_action},
         "bounds": bounds,
         "durations": durations,
-        "schedules": schedules,
+        "schedules": scheduled,
     }

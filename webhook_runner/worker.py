@@ -49,7 +49,7 @@ from .desired import (
 )
 from .killbill import KillBill, KillBillError, KillBillNotFound
 from .notification import IGNORED_EVENT_TYPES, KNOWN_EVENT_TYPES
-from .schedules import SCHEDULES
+from .schedules import SCHEDULES, TENANT_ACTIONS
 
 log = logging.getLogger("webhook_runner.worker")
 PLAYBOOK_COMMAND = Path(__file__).with_name("ansible-playbook")  # dies with the worker (see the script)
@@ -193,12 +193,10 @@ class Worker:
         if not account or not (triggers or store.has_due_job(conn, account)):
             return
         # A move no run finishes comes first: whatever Kill Bill asks for next assumes the tenant on one server.
-        # Then what the schedules queued (a backup, a purge), which Kill Bill's state does not decide.
-        for chore in store.due_chores(conn, account):
-            if chore["action"] == "purge" and store.tenant_status(conn, chore["tenant_id"]) not in PURGEABLE:
-                store.close_job(conn, chore["id"], "skipped", "the tenant is no longer terminated (reactivated)")
-                continue
-            self._execute(store.start_job(conn, chore["id"], self.name, chore["extravars"], chore["reason"]))
+        for recovery in store.due_chores(conn, account, (store.RECOVER_MOVE,)):
+            self._execute(store.start_job(conn, recovery["id"], self.name, recovery["extravars"], recovery["reason"]))
+        if not triggers:  # what the schedules queued (a backup, a purge) waits for no event of the account
+            self._run_tenant_chores(account)
         if not (triggers or store.has_due_job(conn, account)):
             return  # the chores were all: Kill Bill need not be read
         limits = self.settings.job_limits
@@ -241,6 +239,17 @@ class Worker:
         for job in account_jobs:
             store.close_job(conn, job["id"], "succeeded", "Kill Bill read back; the account's tenants converged")
         store.mark_processed(conn, trigger_ids, "; ".join(outcomes) or "no change: the tenants match Kill Bill")
+        self._run_tenant_chores(account)  # after what Kill Bill asked for: a customer who paid is not kept waiting
+
+    def _run_tenant_chores(self, account: str) -> None:
+        """The account's due jobs the schedules queued (webhook_runner/schedules.py): a backup, a purge (closed
+        unrun when the tenant is no longer terminated: it was reactivated)."""
+        conn = self.conn
+        for chore in store.due_chores(conn, account, TENANT_ACTIONS):
+            if chore["action"] == "purge" and store.tenant_status(conn, chore["tenant_id"]) not in PURGEABLE:
+                store.close_job(conn, chore["id"], "skipped", "the tenant is no longer terminated (reactivated)")
+                continue
+            self._execute(store.start_job(conn, chore["id"], self.name, chore["extravars"], chore["reason"]))
 
     def _decide(self, bundles: list[dict], overdue: dict, plans: set[str]) -> list[tuple[dict, str | None, list]]:
         """(subscription, tenant id, decisions) for each of an account's subscriptions, against the registry."""
@@ -312,7 +321,7 @@ class Worker:
         """Run the job's playbook with ansible-runner; record success, a retry with backoff, or parking (without
         `retry`: failure, for a periodic pass's job, which the next pass runs again)."""
         settings = self.settings
-        private_dir = settings.artifacts_dir / f"job-{job['id']:08d}"
+        private_dir = self._artifacts_home(job) / f"job-{job['id']:08d}"
         run_id = f"job-{job['id']}-{job['attempts']}"  # the playbook run's id in the audit chain
         store.audit(
             self.conn, actor=self.actor, tenant_id=job["tenant_id"], kind="job", subject=f"job:{job['id']}",
@@ -372,7 +381,7 @@ class Worker:
             self.conn, actor=self.actor, tenant_id=job["tenant_id"], kind="result", subject=f"job:{job['id']}",
             detail={"state": finished["state"], "rc": rc, "error": error, "seconds": round(seconds, 2)},
         )  # fmt: skip
-        self._rotate_artifacts()
+        self._rotate_artifacts(private_dir.parent)
         return finished
 
     def _lease_vars(self) -> dict:
@@ -414,9 +423,16 @@ class Worker:
             conn, job["id"], state=state, error=reason, run_after_seconds=self.settings.backoff(job["attempts"])
         )
 
-    def _rotate_artifacts(self) -> None:
-        """Keep the newest `artifacts_keep` job directories (names sort by job id)."""
-        directories = sorted(self.settings.artifacts_dir.glob("job-*"))
+    def _artifacts_home(self, job: dict) -> Path:
+        """Where a job's artifacts go: a schedule's runs (servers_probe alone makes 288 a day) apart from the
+        tenants' jobs, so that they never push a parked tenant job's artifacts out."""
+        if job["account_id"] is None and job["action"] in SCHEDULES:
+            return self.settings.artifacts_dir / "schedules" / job["action"]
+        return self.settings.artifacts_dir
+
+    def _rotate_artifacts(self, home: Path) -> None:
+        """Keep the newest `artifacts_keep` job directories in home (names sort by job id)."""
+        directories = sorted(home.glob("job-*"))
         for old in directories[: max(0, len(directories) - self.settings.artifacts_keep)]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -542,16 +558,16 @@ class Worker:
         """Run each schedule whose time has come (webhook_runner/schedules.py) at `now` (the registry's now unless
         given: a test advances the clock with it): one line each. A schedule another worker is running is left
         to it; a due time another worker claimed is not run again."""
-        conn, lines = self.conn, []
-        now = now or store.registry_now(conn)
-        store.sync_schedules(conn, self.settings.schedules, now)
+        lines = []
+        store.sync_schedules(self.conn, self.settings.schedules, now or store.registry_now(self.conn))
         configured = [name for name, seconds in self.settings.schedules.items() if seconds]
-        for name in store.due_schedules(conn, configured, now):
-            if not store.try_lock(conn, store.SCHEDULE_LOCK, name):
+        for name in store.due_schedules(self.conn, configured, now or store.registry_now(self.conn)):
+            # self.conn each time: a playbook run may have connected it again (and freed the lock it held)
+            if not store.try_lock(self.conn, store.SCHEDULE_LOCK, name):
                 continue  # another worker's run of it
             try:
-                lines += self._run_schedule(name, now)
-            finally:  # on the connection the run ends with (a playbook run may have connected again)
+                lines += self._run_schedule(name, now or store.registry_now(self.conn))  # after the last run
+            finally:
                 with contextlib.suppress(psycopg.OperationalError):
                     store.unlock(self.conn, store.SCHEDULE_LOCK, name)
         return lines
@@ -571,8 +587,9 @@ class Worker:
                 reason=reason, worker=self.name,
             )  # fmt: skip
             store.record_schedule_job(conn, name, job["id"])
-            if schedule.tenant_action:
-                queued, unowned = store.queue_tenant_chores(conn, schedule, reason, now)
+            if schedule.tenant_action:  # their starts spread over half the interval
+                spread = claimed["interval_seconds"] / 2
+                queued, unowned = store.queue_tenant_chores(conn, schedule, reason, now, spread)
         if not schedule.tenant_action:
             job = self._execute(job, retry=False)
             return [*lines, f"{name}: {schedule.playbook} job {job['id']} {job['state']}"]

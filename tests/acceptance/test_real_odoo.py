@@ -4,8 +4,9 @@ The local platform is reset and converged with SAASODOO_ODOO_BIN pointing at tha
 built by it), then, the way an operator types them: three customers sign up (two on shared pools, one on its own
 server); each one's login page answers through nginx; the admin's one-time link sets a password and logs in, once;
 a plan change moves one database to a dedicated server and a suspension and a resumption stop and start another,
-and both still log in afterwards. Beside that, the -i path: a database initialised by odoo-bin itself, timed
-against a clone. Nothing here runs without ODOO_BIN: the run is skipped, never faked.
+and both still log in afterwards; a third is terminated and reactivated, and logs in as before. Beside that, the
+-i path: a database initialised by odoo-bin itself, timed against a clone. Nothing here runs without ODOO_BIN:
+the run is skipped, never faked.
 """
 
 from __future__ import annotations
@@ -162,6 +163,21 @@ def test_a_move_and_a_suspension_keep_the_customers_odoo_working(signed_up):
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert login_page("globex") == 200
     assert Browser("globex").login(CUSTOMERS["globex"][2], PASSWORD)[0] in (302, 303)
+
+
+def test_a_customer_who_cancelled_and_comes_back_finds_their_odoo_as_they_left_it(signed_up):
+    """Terminated: Odoo stopped, the login refused. Reactivated (the runner's reactivate job, by hand here): the
+    same Odoo answers and the password the admin set before the termination still logs in."""
+    email = CUSTOMERS["initech"][2]
+    terminated = run_playbook("tenant_terminate.yml", "-e", "tenant_id=initech")
+    assert terminated.returncode == 0, terminated.output[-3000:]
+    assert login_page("initech") != 200
+    reactivated = run_playbook(
+        "tenant_resume.yml", "-e", "tenant_id=initech", "-e", "reactivate=true", "-e", "subscription_id=sub-initech-2"
+    )
+    assert reactivated.returncode == 0, reactivated.output[-3000:]
+    assert login_page("initech") == 200
+    assert Browser("initech").login(email, PASSWORD)[0] in (302, 303)
 
 
 def test_the_template_path_beside_the_i_path(signed_up, fresh_local_platform, tmp_path):

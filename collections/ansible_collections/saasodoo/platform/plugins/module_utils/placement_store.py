@@ -41,7 +41,8 @@ HEALTH_VERDICT_MINUTES = 10
 SERVER_COLUMNS = (
     "name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major, capacity_tenants, capacity_storage_gb,"
     " status, health, dedicated_to, tenant_count, storage_committed_gb,"
-    f" (health = 'unhealthy' AND health_checked_at > now() - interval '{HEALTH_VERDICT_MINUTES} minutes')"
+    f" (status = 'active' AND health = 'unhealthy'"
+    f"  AND health_checked_at > now() - interval '{HEALTH_VERDICT_MINUTES} minutes')"
     " AS recently_unhealthy"
 )
 

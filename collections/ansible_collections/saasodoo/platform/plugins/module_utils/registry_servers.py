@@ -86,8 +86,8 @@ def mark_brought_up(conn, name: str, claimant: str | None) -> bool:
     """Record a provisioning server active and healthy, if claimant (still) holds its bring-up."""
     return (
         conn.execute(
-            "UPDATE registry.db_servers SET status = 'active', health = 'healthy', health_checked_at = now(),"
-            " bring_up_by = NULL, bring_up_until = NULL"
+            "UPDATE registry.db_servers SET status = 'active', health = 'healthy', health_detail = NULL,"
+            " health_checked_at = now(), bring_up_by = NULL, bring_up_until = NULL"
             " WHERE name = %s AND status = 'provisioning' AND bring_up_by IS NOT DISTINCT FROM %s",
             (name, claimant),
         ).rowcount
@@ -99,6 +99,8 @@ def record_health(conn, server: dict, health: str, detail: str | None) -> bool:
     """Record a probe's verdict on the server (its row, read locked): healthy, or unhealthy and why, and when it was
     made (every probe: placement goes by a recent verdict only). Whether the verdict changed."""
     detail = detail if health == "unhealthy" else None
+    if server["status"] == "provisioning":
+        return False  # not up yet: its bring-up records it healthy (mark_brought_up)
     conn.execute(
         "UPDATE registry.db_servers SET health = %s, health_detail = %s, health_checked_at = now() WHERE name = %s",
         (health, detail, server["name"]),

@@ -30,7 +30,7 @@ description:
     I(health_detail) saying why, and the time of the probe, which placement reads to know how recent the verdict
     is; a server unhealthy within the last 10 minutes is refused without being probed again. Changed only when
     the verdict changes; the probe's time is written each time. A probe does not count as a change for
-    I(idle_hours).
+    I(idle_hours). A server still being brought up is left as it is (its bring-up records it healthy).
   - I(list_tenants) returns the tenants to move off the server (C(tenants)), with those whose move from it a killed
     run left open.
   - All of it in one transaction; check mode computes the same answer and rolls it back.
