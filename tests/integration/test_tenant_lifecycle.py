@@ -179,6 +179,30 @@ def suspend_and_resume(tenant: Tenant) -> None:
         assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 500
 
 
+def restore_drills(tenant: Tenant, tampered_backup: str, newest_backup: str) -> None:
+    """backups_drill.yml restores a backup into a scratch database beside the tenant's, which it leaves alone: the
+    newest backup passes; a tampered one fails, saying why; each is recorded, and the scratch database is gone."""
+    passed = tenant.run("backups_drill.yml", "-e", f"drill_tenant={tenant.tenant_id}")
+    assert passed.returncode == 0 and "passed in" in passed.output, passed.output[-5000:]
+    failed = tenant.run(
+        "backups_drill.yml", "-e", f"drill_tenant={tenant.tenant_id}", "-e", f"drill_backup={tampered_backup}"
+    )
+    assert failed.returncode != 0 and "does not match its manifest" in failed.output, failed.output[-5000:]
+    with tenant.registry() as conn:
+        drills = conn.execute(
+            "SELECT backup_id, passed, detail, seconds FROM registry.restore_drills WHERE tenant_id = %s ORDER BY id",
+            (tenant.tenant_id,),
+        ).fetchall()
+    assert [(backup, ok) for backup, ok, _, _ in drills] == [(newest_backup, True), (tampered_backup, False)]
+    assert drills[0][2].startswith("restored ") and "does not match its manifest" in drills[1][2]
+    assert all(seconds > 0 for *_, seconds in drills)
+    with tenant.admin() as conn:
+        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE %s", (f"{tenant.db_name}\_\_%",))
+        assert left.fetchone()[0] == 0
+    with tenant.as_tenant() as conn:  # the tenant's own data as it was
+        assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 101
+
+
 def change_plan_backup_restore_terminate_purge(tenant: Tenant, bigger_plan: str, cephfs: bool) -> None:
     # change plan within shared: new limits in its config, its role and its quota
     workers_before = tenant.odoo_conf()["workers"]
@@ -233,6 +257,9 @@ def change_plan_backup_restore_terminate_purge(tenant: Tenant, bigger_plan: str,
     assert tampered.returncode != 0 and "does not match its manifest" in tampered.output
     with tenant.as_tenant() as conn:
         assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 101
+
+    if not cephfs:  # the drill reads backups as restores do: proven once
+        restore_drills(tenant, tampered_backup=backups[0][0], newest_backup=backups[1][0])
 
     # restore (the newest backup): data and files back, checksums verified
     tenant.run_twice("tenant_restore.yml")

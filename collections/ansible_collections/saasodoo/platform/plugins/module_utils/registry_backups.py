@@ -153,3 +153,19 @@ def record_restore(conn, tenant_id: str, backup_id: str, forced: bool, actor: st
     detail = {"action": "restore", "from_tenant": backup["tenant_id"], "forced": forced}
     audit(conn, actor, tenant_id, backup_id, detail)
     return True, backup, restore
+
+
+def record_drill(conn, tenant_id: str, backup_id: str | None, passed: bool, seconds: float, detail: str, actor: str):
+    """Records a restore drill of tenant_id's backup_id (None: it had none) and its audit row; the drill's row."""
+    drill = _rows(
+        conn,
+        "INSERT INTO registry.restore_drills (tenant_id, backup_id, passed, seconds, detail)"
+        " VALUES (%s, %s, %s, %s, %s)"
+        " RETURNING id, tenant_id, backup_id, drilled_at::text AS drilled_at, seconds, passed, detail",
+        (tenant_id, backup_id, passed, seconds, detail),
+    )[0]
+    record_audit(
+        conn, actor=actor, tenant_id=tenant_id, kind="result", subject=f"drill:{drill['id']}",
+        detail={"action": "restore_drill", "backup_id": backup_id, "passed": passed, "seconds": seconds},
+    )  # fmt: skip
+    return drill

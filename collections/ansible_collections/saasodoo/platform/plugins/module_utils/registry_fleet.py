@@ -34,11 +34,18 @@ FROM registry.plans
 ORDER BY name, version DESC
 """
 
-QUERIES = {"servers": SERVERS_QUERY, "tenants": TENANTS_QUERY, "plans": PLANS_QUERY}
+# The newest restore drill (backups_drill.yml), as platform_status.yml shows it.
+DRILLS_QUERY = """
+SELECT id, tenant_id, backup_id, to_char(drilled_at, 'YYYY-MM-DD HH24:MI:SS TZ') AS drilled_at, seconds, passed, detail
+FROM registry.restore_drills
+ORDER BY id DESC LIMIT 1
+"""
+
+QUERIES = {"servers": SERVERS_QUERY, "tenants": TENANTS_QUERY, "plans": PLANS_QUERY, "drills": DRILLS_QUERY}
 
 
 def read_fleet(conn, subsets: list[str]) -> dict[str, list[dict]]:
-    """Each asked subset (servers, tenants, plans) as a list of rows, read in one snapshot."""
+    """Each asked subset (servers, tenants, plans, drills) as a list of rows, read in one snapshot."""
     unknown = set(subsets) - set(QUERIES)
     if unknown:
         raise ValueError(f"unknown subsets {sorted(unknown)}: choose among {sorted(QUERIES)}")

@@ -23,6 +23,10 @@ description:
     (C(action=restore)) naming the tenant the backup is of. It records every restore it is told of, so call it once
     the restore was done (C(playbooks/tenant_restore.yml) restores only a backup the tenant was not last restored
     from, unless forced, so its second run neither restores nor records).
+  - C(state=drilled) records a restore drill of I(tenant_id) (C(playbooks/backups_drill.yml)), that is the backup
+    it restored into a scratch database (I(backup_id), unset when the tenant had none), whether it passed
+    (I(drill_passed)), how long it took (I(drill_seconds)) and what it found (I(drill_detail)), with an audit row
+    (C(action=restore_drill)). Every call is a drill that was done.
   - Every write is one transaction. Check mode computes the same answer and rolls it back.
 version_added: 0.6.0
 author: SaaSOdoo ops maintainers
@@ -37,7 +41,7 @@ options:
       - C(present) records a backup, C(absent) records backups as removed, C(restored) records a restore.
       - Unset, the module only reads.
     type: str
-    choices: [present, absent, restored]
+    choices: [present, absent, restored, drilled]
   backup_id:
     description:
       - The backup to record (C(present)) or whose restore to record (C(restored)).
@@ -46,6 +50,15 @@ options:
   from_tenant:
     description:
       - When reading without I(backup_id), the tenant whose newest backup a restore takes; defaults to I(tenant_id).
+    type: str
+  drill_passed:
+    description: With C(state=drilled), whether the drill passed.
+    type: bool
+  drill_seconds:
+    description: With C(state=drilled), how long the drill took.
+    type: float
+  drill_detail:
+    description: With C(state=drilled), what the drill restored, or what failed.
     type: str
   keep:
     description:
@@ -143,12 +156,19 @@ backup:
     - Reading, the backup a restore into I(tenant_id) takes, with C(restored_last) (whether the tenant was last
       restored from it); null when there is none.
     - With C(state=present), the recorded backup; with C(state=restored), the restored one.
-  returned: always, except with C(state=absent)
+  returned: always, except with C(state=absent) and C(state=drilled)
   type: dict
   sample: {"backup_id": "acme-20261121T101500123456Z", "tenant_id": "acme", "kind": "manual",
            "taken_at": "2026-11-21 10:15:02.5+00", "location": "/srv/backups/acme/acme-20261121T101500123456Z",
            "db_name": "t_acme", "plan_name": "basic-monthly", "bytes": 1048576, "manifest_sha256": "9f2c...",
            "removed_at": null, "restored_last": false}
+drill:
+  description: With C(state=drilled), the drill's record.
+  returned: with C(state=drilled)
+  type: dict
+  sample: {"id": 7, "tenant_id": "acme", "backup_id": "acme-20261121T101500123456Z",
+           "drilled_at": "2026-11-22 03:00:05.1+00", "seconds": 4.2, "passed": true,
+           "detail": "restored 12 tables, 3410 rows"}
 expired:
   description: Reading with I(keep), the tenant's manual backups beyond its newest I(keep), newest first, each
     with the fields of C(backup) (no C(restored_last)); an empty list otherwise.
@@ -183,6 +203,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry_backups
     expired_backups,
     mark_removed,
     record_backup,
+    record_drill,
     record_restore,
 )
 
@@ -213,6 +234,12 @@ def run_module(module: AnsibleModule) -> dict:
             result["changed"], result["backup"], result["restore"] = record_restore(
                 conn, tenant_id, p["backup_id"], p["forced"], p["actor"]
             )
+        elif state == "drilled":
+            result["drill"] = record_drill(
+                conn, tenant_id, p["backup_id"] or None, p["drill_passed"], p["drill_seconds"], p["drill_detail"],
+                p["actor"],
+            )  # fmt: skip
+            result["changed"] = True
         else:
             result["backup"] = backup_to_restore(conn, tenant_id, p["backup_id"], p["from_tenant"])
             if p["keep"] is not None:
@@ -224,7 +251,10 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             tenant_id=dict(type="str", required=True),
-            state=dict(type="str", choices=["present", "absent", "restored"]),
+            state=dict(type="str", choices=["present", "absent", "restored", "drilled"]),
+            drill_passed=dict(type="bool"),
+            drill_seconds=dict(type="float"),
+            drill_detail=dict(type="str"),
             backup_id=dict(type="str"),
             from_tenant=dict(type="str"),
             keep=dict(type="int"),
@@ -243,6 +273,7 @@ def main() -> None:
             ("state", "present", ("backup_id", "location", "db_name", "plan_name", "bytes", "manifest_sha256")),
             ("state", "absent", ("backup_ids",)),
             ("state", "restored", ("backup_id",)),
+            ("state", "drilled", ("drill_passed", "drill_seconds", "drill_detail")),
         ],
         supports_check_mode=True,
     )

@@ -20,8 +20,8 @@ options:
     description: What to read; the others are returned as empty lists.
     type: list
     elements: str
-    choices: [servers, tenants, plans]
-    default: [servers, tenants, plans]
+    choices: [servers, tenants, plans, drills]
+    default: [servers, tenants, plans, drills]
 attributes:
   check_mode:
     support: full
@@ -66,6 +66,14 @@ tenants:
             "db_name": "t_acme", "db_role": "t_acme", "status": "active", "billing_status": null,
             "storage_path": "/srv/tenants/acme", "http_port": 58100, "credential_version": 1,
             "created_at": "2026-11-21 10:15:02.5+00", "retain_until": null}]
+drills:
+  description: The newest restore drill (C(playbooks/backups_drill.yml)), in a list of at most one.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"id": 7, "tenant_id": "acme", "backup_id": "acme-20261121T101500123456Z",
+            "drilled_at": "2026-11-22 03:00:05 UTC", "seconds": 4.2, "passed": true,
+            "detail": "restored 12 tables, 3410 rows"}]
 plans:
   description: The newest version of every plan, by name, with its entitlements.
   returned: success
