@@ -290,8 +290,11 @@ def test_platform_status_shows_servers_and_tenants(fleet: Fleet):
     def row(first_column: str) -> list[str]:
         return next(line.strip(" -'").split() for line in lines if line.strip(" -'").startswith(first_column + " "))
 
-    assert row("pool-shared-03")[1:] == ["shared", "pool", "127.0.0.1:55440", "up", "127.0.0.1:56440", "up", "3/3"]
-    assert row("pool-dedicated-01")[-1] == "1/1"
+    # HEALTH: as the registry records it (servers_probe.yml's verdict, or the bring-up's, or a placement's probe)
+    assert row("pool-shared-03")[1:] == [
+        "shared", "pool", "127.0.0.1:55440", "up", "127.0.0.1:56440", "up", "3/3", "healthy"
+    ]  # fmt: skip
+    assert row("pool-dedicated-01")[-2:] == ["1/1", "healthy"]
     assert row("t07")[1:] == ["basic-monthly", "v1", "shared", "pool-shared-03", "t_t07", "active"]
     assert row(PREMIUM_TENANT)[3:5] == ["dedicated", "pool-dedicated-01"]
 
