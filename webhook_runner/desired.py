@@ -23,8 +23,8 @@ PLAYBOOKS = {
     "suspend": "tenant_suspend.yml",
     "resume": "tenant_resume.yml",
     "terminate": "tenant_terminate.yml",
-    # A terminated tenant whose account subscribes again: its retained database and files opened again as they
-    # were at its termination (tenant_resume.yml -e reactivate=true), under the new subscription.
+    # A terminated tenant whose account subscribes again (a new subscription): its retained database and files
+    # opened again as they were at its termination (tenant_resume.yml -e reactivate=true), under the new one.
     "reactivate": "tenant_resume.yml",
 }
 
@@ -195,6 +195,14 @@ def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | N
 
     blocked = is_blocked(subscription, overdue)
     if status == "terminated":
+        if subscription.get("subscriptionId") == tenant.subscription_id:  # Kill Bill never revives a cancelled one
+            return [
+                Skip(
+                    tenant_id,
+                    f"Kill Bill says {state} but tenant {tenant_id} was terminated (by hand?): nothing done; "
+                    "tenant_resume.yml -e reactivate=true reopens it, or cancel the subscription",
+                )
+            ]
         if blocked:
             return []  # reactivated once Kill Bill unblocks it (paid)
         ids = {"customer_id": account, "subscription_id": subscription.get("subscriptionId")}

@@ -377,6 +377,16 @@ def tenant_server(conn, tenant_id: str | None) -> str | None:
     return row["db_server"] if row else None
 
 
+def reads_waiting(conn, account: str, actions) -> bool:
+    """Whether a queued job of these actions (a read of the account again) waits for the account."""
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM registry.jobs WHERE account_id = %s AND action = ANY(%s) AND state = 'queued'",
+            (account, list(actions)),
+        ).fetchone()
+    )
+
+
 def tenant_status(conn, tenant_id: str | None) -> str | None:
     row = conn.execute("SELECT status FROM registry.tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
     return row["status"] if row else None

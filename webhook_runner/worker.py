@@ -195,7 +195,9 @@ class Worker:
         # A move no run finishes comes first: whatever Kill Bill asks for next assumes the tenant on one server.
         for recovery in store.due_chores(conn, account, (store.RECOVER_MOVE,)):
             self._execute(store.start_job(conn, recovery["id"], self.name, recovery["extravars"], recovery["reason"]))
-        if not triggers:  # what the schedules queued (a backup, a purge) waits for no event of the account
+        # What the schedules queued (a backup, a purge) goes first only when Kill Bill need not be read: no event,
+        # no read of the account waiting (one queued when Kill Bill was unreachable may be a customer coming back).
+        if not triggers and not store.reads_waiting(conn, account, (CONVERGE, RECONCILE)):
             self._run_tenant_chores(account)
         if not (triggers or store.has_due_job(conn, account)):
             return  # the chores were all: Kill Bill need not be read
@@ -226,16 +228,30 @@ class Worker:
         except KillBillError as error:
             log.warning("account %s: its balance was not read (%s); billing statuses left as they are", account, error)
             balance = None
-        outcomes = []
+        outcomes, wanted, through = [], {}, {}
         for subscription, tenant_id, decisions in self._decide(bundles, overdue, store.plan_names(conn)):
             tenant_jobs = [job for job in open_jobs if tenant_id and job["tenant_id"] == tenant_id]
             self._audit_decision(tenant_id, triggers, subscription, overdue, decisions)
-            outcomes += self._carry_out(account, tenant_id, decisions, tenant_jobs, trigger_ids)
+            done, wants, went_through = self._carry_out(account, tenant_id, decisions, tenant_jobs, trigger_ids)
+            outcomes += done
+            if tenant_id:  # a tenant may have several subscriptions (a returning customer's old, cancelled one)
+                wanted.setdefault(tenant_id, set()).update(wants)
+                through[tenant_id] = through.get(tenant_id, True) and went_through
             # After the actions (a new tenant's row exists once its provision ran); not for a subscription the
             # decision skipped (another account's claim, say).
             status = billing_status(subscription, overdue, balance)
             if tenant_id and status and not any(isinstance(decision, Skip) for decision in decisions):
                 store.record_billing_status(conn, tenant_id, subscription, status)
+        # A tenant's queued jobs that none of its subscriptions wants any more, once they all went through; a chore
+        # (a move's recovery, a backup) is wanted whatever Kill Bill says.
+        for job in open_jobs:
+            tenant_id = job["tenant_id"]
+            if (
+                job["state"] == "queued"
+                and through.get(tenant_id)
+                and job["action"] not in wanted[tenant_id] | set(store.CHORES)
+            ):
+                store.close_job(conn, job["id"], "succeeded", "nothing left to do: the registry matches Kill Bill")
         for job in account_jobs:
             store.close_job(conn, job["id"], "succeeded", "Kill Bill read back; the account's tenants converged")
         store.mark_processed(conn, trigger_ids, "; ".join(outcomes) or "no change: the tenants match Kill Bill")
@@ -261,9 +277,10 @@ class Worker:
             for sub, tid in zip(subscriptions, tenant_ids, strict=True)
         ]
 
-    def _carry_out(self, account, tenant_id, decisions, tenant_jobs, trigger_ids) -> list[str]:
-        """Run one tenant's actions in order, stopping at the first failure or parked action (a parked plan change,
-        the last action, holds up nothing); close its moot jobs."""
+    def _carry_out(self, account, tenant_id, decisions, tenant_jobs, trigger_ids) -> tuple[list[str], set, bool]:
+        """Run one subscription's actions on its tenant in order, stopping at the first failure, parked or waiting
+        action (a parked plan change, the last action, holds up nothing): (outcomes, the actions wanted, whether
+        it went through)."""
         conn, outcomes = self.conn, []
         wanted = {decision.action for decision in decisions if isinstance(decision, Action)}
         event_id = trigger_ids[0] if trigger_ids else None
@@ -280,7 +297,7 @@ class Worker:
                 outcomes.append(f"{decision.action} {tenant_id}: job {parked[0]['id']} is parked, replay it")
                 if decision.action == "change_plan":
                     continue  # a plan change comes last: nothing after it depends on it
-                return outcomes  # the tenant's later actions assume this one happened
+                return outcomes, wanted, False  # the tenant's later actions assume this one happened
             job = store.start_within_limit(
                 conn, limit=self.settings.job_limits.get(decision.action),
                 wait_seconds=self.settings.limit_wait_seconds, queued=same[0] if same else None,
@@ -291,15 +308,12 @@ class Worker:
             if job["state"] != "running":  # the tenant's later actions wait with it: they assume this one happened
                 log.info("job %s: waits (%s)", job["id"], job["waiting_for"])
                 outcomes.append(f"{decision.action} {tenant_id}: job {job['id']} waits ({job['waiting_for']})")
-                return outcomes
+                return outcomes, wanted, False
             job = self._execute(job)
             outcomes.append(f"{decision.action} {tenant_id}: job {job['id']} {job['state']}")
             if job["state"] != "succeeded":
-                return outcomes
-        for job in tenant_jobs:  # a chore (a move's recovery, a backup) is wanted whatever Kill Bill says
-            if job["state"] == "queued" and job["action"] not in wanted | set(store.CHORES):
-                store.close_job(conn, job["id"], "succeeded", "nothing left to do: the registry matches Kill Bill")
-        return outcomes
+                return outcomes, wanted, False
+        return outcomes, wanted, True
 
     def _customer(self, account: str) -> dict:
         """A new tenant's company and admin, as Kill Bill knows the account: fields of a bad shape are dropped (the

@@ -136,7 +136,9 @@ def test_database_name_is_a_safe_identifier(tenant_id, name):
     assert len(name) <= 63
 
 
-@pytest.mark.parametrize("tenant_id", ["", "-acme", "acme corp", "acme;drop", "x" * 49, "ünïcode"])
+@pytest.mark.parametrize(
+    "tenant_id", ["", "-acme", "acme corp", "acme;drop", "x" * 49, "ünïcode", "acme__restore", "Acme--PreRestore"]
+)
 def test_bad_tenant_ids_are_refused(tenant_id):
     with pytest.raises(PlacementError, match="tenant_id"):
         database_name(tenant_id)

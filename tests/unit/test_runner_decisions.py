@@ -180,9 +180,12 @@ def test_a_terminated_tenant_whose_account_subscribes_again_is_reactivated_never
     assert actions(desired_actions(again, CLEAR, owned("terminated", "basic-monthly"), PLANS)) == [
         ("reactivate", None), ("change_plan", "standard-monthly")
     ]  # fmt: skip
-    [reactivate] = desired_actions(subscription(), CLEAR, owned("terminated", "basic-monthly"), PLANS)
+    [reactivate, _] = desired_actions(again, CLEAR, owned("terminated", "basic-monthly"), PLANS)
     assert reactivate.extravars == {"tenant_id": "acme", "reactivate": True, "customer_id": "a-1",
-                                    "subscription_id": "s-1"}  # fmt: skip
+                                    "subscription_id": "s-2"}  # fmt: skip
+    # Its own subscription active: Kill Bill never revives a cancelled one, so the tenant was terminated by hand.
+    [skip] = desired_actions(subscription(), CLEAR, owned("terminated", "basic-monthly"), PLANS)
+    assert isinstance(skip, Skip) and "terminated (by hand?)" in skip.reason
     assert desired_actions(again, BLOCKED, owned("terminated", "basic-monthly"), PLANS) == []  # once paid
     [skip] = desired_actions(subscription(accountId="a-2"), CLEAR, owned("terminated", "basic-monthly"), PLANS)
     assert isinstance(skip, Skip) and "belongs to account a-1" in skip.reason

@@ -7,7 +7,7 @@ CREATE TABLE registry.restore_drills (
     drilled_at timestamptz NOT NULL DEFAULT now(),
     seconds    double precision NOT NULL CHECK (seconds >= 0),
     passed     boolean NOT NULL,
-    detail     text NOT NULL  -- what was restored (tables, rows), or what failed
+    detail     text NOT NULL  -- what was restored (its tables), or what failed
 );
 COMMENT ON TABLE registry.restore_drills IS
     'Restore drills: a backup restored into a scratch database and checked; whether it passed, how long it took.';

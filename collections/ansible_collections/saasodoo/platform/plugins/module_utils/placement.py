@@ -64,6 +64,10 @@ class Decision:
         }
 
 
+# The scratch databases of a tenant's restore (playbooks/tenant_restore.yml): <db>__restore, <db>__prerestore.
+RESERVED_SUFFIXES = ("__restore", "__prerestore")
+
+
 def database_name(tenant_id: str) -> str:
     """The tenant's database and login role name (one name: pg_hba's `sameuser` ties them)."""
     if not _TENANT_ID.fullmatch(tenant_id or ""):
@@ -71,7 +75,13 @@ def database_name(tenant_id: str) -> str:
             f"tenant_id {tenant_id!r} is not valid: use 1-48 letters, digits, '-' or '_',"
             " starting with a letter or digit"
         )
-    return "t_" + tenant_id.lower().replace("-", "_")
+    name = "t_" + tenant_id.lower().replace("-", "_")
+    if name.endswith(RESERVED_SUFFIXES):
+        raise PlacementError(
+            f"tenant_id {tenant_id!r} is not valid: a database name ending in {' or '.join(RESERVED_SUFFIXES)} is"
+            " the scratch name of another tenant's restore"
+        )
+    return name
 
 
 def db_type_of(plan_name: str, entitlements: dict) -> str:

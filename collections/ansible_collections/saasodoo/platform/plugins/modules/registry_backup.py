@@ -168,7 +168,7 @@ drill:
   type: dict
   sample: {"id": 7, "tenant_id": "acme", "backup_id": "acme-20261121T101500123456Z",
            "drilled_at": "2026-11-22 03:00:05.1+00", "seconds": 4.2, "passed": true,
-           "detail": "restored 12 tables, 3410 rows"}
+           "detail": "restored 12 tables from backup acme-20261121T101500123456Z"}
 expired:
   description: Reading with I(keep), the tenant's manual backups beyond its newest I(keep), newest first, each
     with the fields of C(backup) (no C(restored_last)); an empty list otherwise.

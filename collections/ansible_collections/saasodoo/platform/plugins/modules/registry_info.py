@@ -73,7 +73,7 @@ drills:
   elements: dict
   sample: [{"id": 7, "tenant_id": "acme", "backup_id": "acme-20261121T101500123456Z",
             "drilled_at": "2026-11-22 03:00:05 UTC", "seconds": 4.2, "passed": true,
-            "detail": "restored 12 tables, 3410 rows"}]
+            "detail": "restored 12 tables from backup acme-20261121T101500123456Z"}]
 plans:
   description: The newest version of every plan, by name, with its entitlements.
   returned: success
