@@ -55,19 +55,21 @@ def insert_event(conn: psycopg.Connection, body: str, event_type, object_type, o
 def pending_accounts(conn: psycopg.Connection, limit: int = 50) -> list[str]:
     """Accounts with unprocessed events, a retry that is due, or a running job (its worker may have died: the
     account's lease tells, and the one who takes it requeues the job), oldest first ('' = events with no
-    account)."""
+    account); those with only a schedule's chores due (a backup, a purge) after every other, so that a daily
+    wave of backups never holds up a customer's event."""
     rows = conn.execute(
-        """SELECT account, min(since) FROM (
-               SELECT coalesce(account_id, '') AS account, min(received_at) AS since
+        """SELECT account, min(chores_only::int), min(since) FROM (
+               SELECT coalesce(account_id, '') AS account, min(received_at) AS since, false AS chores_only
                  FROM registry.events WHERE processed_at IS NULL GROUP BY 1
                UNION ALL
-               SELECT account_id, min(run_after)
-                 FROM registry.jobs WHERE state = 'queued' AND run_after <= now() AND account_id IS NOT NULL GROUP BY 1
+               SELECT account_id, min(run_after), action = ANY(%(chores)s)
+                 FROM registry.jobs WHERE state = 'queued' AND run_after <= now() AND account_id IS NOT NULL
+                GROUP BY account_id, action = ANY(%(chores)s)
                UNION ALL
-               SELECT account_id, min(started_at)
+               SELECT account_id, min(started_at), false
                  FROM registry.jobs WHERE state = 'running' AND account_id IS NOT NULL GROUP BY 1
-           ) AS work GROUP BY account ORDER BY 2 LIMIT %s""",
-        (limit,),
+           ) AS work GROUP BY account ORDER BY 2, 3 LIMIT %(limit)s""",
+        {"limit": limit, "chores": list(TENANT_ACTIONS)},
     ).fetchall()
     return [row["account"] for row in rows]
 
@@ -223,12 +225,10 @@ def record_schedule_job(conn: psycopg.Connection, name: str, job_id: int) -> Non
     conn.execute("UPDATE registry.schedules SET last_job_id = %s WHERE name = %s", (job_id, name))
 
 
-def queue_tenant_chores(
-    conn: psycopg.Connection, schedule, reason: str, now, spread_seconds: float
-) -> tuple[list[dict], list[str]]:
+def queue_tenant_chores(conn: psycopg.Connection, schedule, reason: str, now) -> tuple[list[dict], list[str]]:
     """One queued job of the schedule's tenant action for each tenant it is due for (schedules.Schedule) and that
-    has no such job open, in the tenant's account, their starts spread evenly over spread_seconds (a thousand
-    backups do not start at once); and the tenants due that name no Kill Bill account."""
+    has no such job open, in the tenant's account (the workers take them after every account with other work:
+    pending_accounts); and the tenants due that name no Kill Bill account."""
     due = conn.execute(
         f"""SELECT t.tenant_id, t.customer_id FROM registry.tenants AS t
              WHERE {schedule.tenants_due}
@@ -237,26 +237,15 @@ def queue_tenant_chores(
              ORDER BY t.tenant_id""",
         {"now": now, "action": schedule.tenant_action},
     ).fetchall()
-    owned = [row for row in due if row["customer_id"]]
     queued = []
-    for n, row in enumerate(owned):
-        job = insert_job(
-            conn,
-            account=row["customer_id"],
-            tenant_id=row["tenant_id"],
-            event_id=None,
-            action=schedule.tenant_action,
-            playbook=schedule.playbook,
-            extravars={"tenant_id": row["tenant_id"]},
-            state="queued",
-            reason=reason,
-        )
-        if n:
-            conn.execute(
-                "UPDATE registry.jobs SET run_after = now() + make_interval(secs => %s) WHERE id = %s",
-                (spread_seconds * n / len(owned), job["id"]),
-            )
-        queued.append(job)
+    for row in due:
+        if row["customer_id"]:
+            job = insert_job(
+                conn, account=row["customer_id"], tenant_id=row["tenant_id"], event_id=None,
+                action=schedule.tenant_action, playbook=schedule.playbook, extravars={"tenant_id": row["tenant_id"]},
+                state="queued", reason=reason,
+            )  # fmt: skip
+            queued.append(job)
     return queued, [row["tenant_id"] for row in due if not row["customer_id"]]
 
 

@@ -601,9 +601,8 @@ class Worker:
                 reason=reason, worker=self.name,
             )  # fmt: skip
             store.record_schedule_job(conn, name, job["id"])
-            if schedule.tenant_action:  # their starts spread over half the interval
-                spread = claimed["interval_seconds"] / 2
-                queued, unowned = store.queue_tenant_chores(conn, schedule, reason, now, spread)
+            if schedule.tenant_action:
+                queued, unowned = store.queue_tenant_chores(conn, schedule, reason, now)
         if not schedule.tenant_action:
             job = self._execute(job, retry=False)
             return [*lines, f"{name}: {schedule.playbook} job {job['id']} {job['state']}"]
