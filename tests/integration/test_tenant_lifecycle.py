@@ -196,9 +196,13 @@ def restore_drills(tenant: Tenant, tampered_backup: str, newest_backup: str) -> 
     assert [(backup, ok) for backup, ok, _, _ in drills] == [(newest_backup, True), (tampered_backup, False)]
     assert drills[0][2].startswith("restored ") and "does not match its manifest" in drills[1][2]
     assert all(seconds > 0 for *_, seconds in drills)
-    with tenant.admin() as conn:
-        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE %s", (f"{tenant.db_name}\_\_%",))
-        assert left.fetchone()[0] == 0
+    with tenant.admin() as conn:  # neither the scratch database nor the restore's role is left
+        left = conn.execute(
+            "SELECT (SELECT count(*) FROM pg_database WHERE datname = %(drill)s),"
+            " (SELECT count(*) FROM pg_roles WHERE rolname = %(role)s)",
+            {"drill": f"drill_{tenant.db_name}", "role": f"saasodoo_restore_{tenant.db_name}"},
+        )
+        assert left.fetchone() == (0, 0)
     with tenant.as_tenant() as conn:  # the tenant's own data as it was
         assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 101
 
