@@ -36,19 +36,22 @@ SCHEDULES = {
         Schedule("servers_retire", "servers_retire.yml"),  # dedicated servers nothing holds
         Schedule("servers_probe", "servers_probe.yml"),  # each server's and PgBouncer's health, for placement
         Schedule("restore_drill", "backups_drill.yml"),  # a random tenant's newest backup restored and checked
-        # The plan's backup_keep newest backups are kept (tenant_backup.yml).
+        # Each server's base backup, the start of its point-in-time recovery (with its archived WAL).
+        Schedule("base_backups", "servers_base_backup.yml"),
+        # The plan's backup_keep says which backups stay (tenant_backup.yml).
         Schedule("tenant_backups", "tenant_backup.yml", tenant_action="backup", tenants_due="t.status = 'active'"),
         Schedule("tenant_purges", "tenant_purge.yml", tenant_action="purge", tenants_due=_TERMINATED_AND_DUE),
     )
 }
 TENANT_ACTIONS = {s.tenant_action: s.playbook for s in SCHEDULES.values() if s.tenant_action}
-# The runner's defaults: health every 5 minutes, hourly housekeeping of the fleet and the purges, a backup of
-# each tenant a day, a restore drill a week.
+# The runner's defaults: health every 5 minutes, hourly housekeeping of the fleet and the purges, a base backup of
+# each server and a backup of each tenant a day, a restore drill a week.
 DEFAULT_INTERVALS = {
     "moves_cleanup": 3600,
     "servers_retire": 3600,
     "servers_probe": 300,
     "restore_drill": 604800,
+    "base_backups": 86400,
     "tenant_backups": 86400,
     "tenant_purges": 3600,
 }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry_backups import retention_problem
+
 from conftest import INVENTORIES, load_yaml
 
 KILL_BILL_PLANS = {"basic-monthly", "basic-immediate", "basic-test-trial", "standard-monthly", "premium-monthly"}
@@ -16,7 +18,7 @@ ENTITLEMENTS = {
     "db_connection_limit": int,
     "odoo_version": str,
     "odoo_modules": list,
-    "backup_keep": int,
+    "backup_keep": (int, dict),
     "retention_days": int,
 }
 INVENTORY_NAMES = sorted(p.name for p in INVENTORIES.iterdir() if (p / "group_vars/all/plans.yml").exists())
@@ -43,6 +45,7 @@ def test_every_plan_has_complete_typed_entitlements(inventory):
         for key, kind in ENTITLEMENTS.items():
             assert isinstance(plan[key], kind) and not isinstance(plan[key], bool), f"{inventory}: {name}.{key}"
         assert plan["db_type"] in {"shared", "dedicated"}, f"{inventory}: {name}.db_type"
+        assert retention_problem(plan["backup_keep"]) is None, f"{inventory}: {name}.backup_keep"
         assert plan["db_connection_limit"] > 0 and plan["odoo_workers"] > 0
 
 

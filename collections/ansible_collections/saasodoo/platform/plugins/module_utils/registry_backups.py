@@ -6,6 +6,8 @@ Every function takes an open psycopg connection; the caller holds the transactio
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
 
 try:
@@ -50,13 +52,13 @@ def last_restored(conn, tenant_id: str) -> str | None:
 
 
 def backup_to_restore(conn, tenant_id: str, backup_id: str | None, from_tenant: str | None) -> dict | None:
-    """The backup a restore into tenant_id takes: backup_id (any tenant's), or else the newest of from_tenant
-    (default: tenant_id itself); never a removed one. restored_last says whether tenant_id was last restored
-    from it. None when there is no such backup."""
+    """The backup a restore into tenant_id takes: backup_id (any tenant's), or else the newest whole backup of
+    from_tenant (default: tenant_id itself; a point-in-time one holds no filestore); never a removed one.
+    restored_last says whether tenant_id was last restored from it. None when there is no such backup."""
     if backup_id:
         where, params = "b.backup_id = %s", (backup_id,)
     else:
-        where, params = "b.tenant_id = %s", (from_tenant or tenant_id,)
+        where, params = "b.tenant_id = %s AND b.kind <> 'point_in_time'", (from_tenant or tenant_id,)
     rows = _rows(
         conn,
         f"SELECT {BACKUP_COLUMNS} FROM registry.backups AS b WHERE b.removed_at IS NULL AND {where}"  # noqa: S608
@@ -68,18 +70,62 @@ def backup_to_restore(conn, tenant_id: str, backup_id: str | None, from_tenant: 
     return {**rows[0], "restored_last": rows[0]["backup_id"] == last_restored(conn, tenant_id)}
 
 
-def expired_backups(conn, tenant_id: str, keep: int) -> list[dict]:
-    """The tenant's manual backups not yet removed beyond its newest `keep`, newest first. Final backups
-    (tenant_terminate.yml) are never among them: they stay until the purge."""
-    if keep < 0:
-        raise BackupError(f"keep must be 0 or more, not {keep}")
-    return _rows(
+GFS_PERIODS = {  # backup_keep's keys: the period each newest backup stands for, from its taken_at
+    "daily": lambda taken: taken.date(),
+    "weekly": lambda taken: taken.isocalendar()[:2],
+    "monthly": lambda taken: (taken.year, taken.month),
+}
+
+
+def retention_problem(keep) -> str | None:
+    """What is wrong with a plan's backup_keep, or None: a count of newest backups, or GFS counts
+    {daily, weekly, monthly} (each 0 or more, at least one given)."""
+    if isinstance(keep, bool):
+        return f"backup_keep must be a count or {{daily, weekly, monthly}} counts, not {keep!r}"
+    if isinstance(keep, int):
+        return None if keep >= 0 else f"backup_keep must be 0 or more, not {keep}"
+    if not isinstance(keep, dict) or not keep or set(keep) - set(GFS_PERIODS):
+        return (
+            f"backup_keep must be a count of newest backups or counts per period ({', '.join(GFS_PERIODS)}), "
+            f"not {keep!r}"
+        )
+    bad = [f"{period}={count!r}" for period, count in keep.items() if type(count) is not int or count < 0]
+    return f"backup_keep counts must be whole numbers, 0 or more: {', '.join(bad)}" if bad else None
+
+
+def kept_ids(backups: list[dict], keep) -> set[str]:
+    """Of `backups` (newest first, taken_at a datetime), the ids `keep` keeps: its count of newest ones; or, GFS, the
+    newest backup of each of the `daily` latest days with a backup, of each of the `weekly` latest ISO weeks and of
+    each of the `monthly` latest months (one backup may stand for all three)."""
+    if isinstance(keep, int):
+        return {backup["backup_id"] for backup in backups[:keep]}
+    kept: set[str] = set()
+    for period, count in keep.items():
+        newest_of_period: dict = {}
+        for backup in backups:
+            newest_of_period.setdefault(GFS_PERIODS[period](backup["taken_at"]), backup["backup_id"])
+        kept.update(list(newest_of_period.values())[:count])
+    return kept
+
+
+def expired_backups(conn, tenant_id: str, keep) -> list[dict]:
+    """The tenant's backups not yet removed that retention no longer keeps, newest first: manual ones beyond what
+    the plan's `keep` (retention_problem) keeps, and point-in-time ones but the newest (a restore's record, kept for
+    its audit and until the next). Final backups (tenant_terminate.yml) are never among them: they stay until the
+    purge."""
+    problem = retention_problem(keep)
+    if problem:
+        raise BackupError(problem)
+    backups = _rows(
         conn,
-        f"SELECT {BACKUP_COLUMNS} FROM registry.backups AS b"  # noqa: S608 - fixed columns
-        " WHERE b.tenant_id = %s AND b.kind = 'manual' AND b.removed_at IS NULL"
-        " ORDER BY b.taken_at DESC, b.backup_id DESC OFFSET %s",
-        (tenant_id, keep),
+        f"SELECT {BACKUP_COLUMNS}, b.taken_at AS taken FROM registry.backups AS b"  # noqa: S608 - fixed columns
+        " WHERE b.tenant_id = %s AND b.kind IN ('manual', 'point_in_time') AND b.removed_at IS NULL"
+        " ORDER BY b.taken_at DESC, b.backup_id DESC",
+        (tenant_id,),
     )
+    manual = [{**b, "taken_at": b["taken"].astimezone(UTC)} for b in backups if b["kind"] == "manual"]
+    kept = kept_ids(manual, keep) | {next((b["backup_id"] for b in backups if b["kind"] == "point_in_time"), None)}
+    return [{k: v for k, v in backup.items() if k != "taken"} for backup in backups if backup["backup_id"] not in kept]
 
 
 def audit(conn, actor: str, tenant_id: str, backup_id: str, detail: dict) -> None:

@@ -12,8 +12,8 @@ description:
     written and verified by M(saasodoo.platform.backup_manifest).
   - Without I(state) the module only reads. It returns in C(backup) the backup a restore into I(tenant_id) takes
     (I(backup_id), any tenant's, or else the newest backup of I(from_tenant)), never a removed one, and whether
-    the tenant was last restored from it; with I(keep), in C(expired) the tenant's manual backups beyond its
-    newest I(keep) that are not removed yet (final backups stay until the purge).
+    the tenant was last restored from it; with I(keep), in C(expired) the tenant's backups not removed yet that
+    retention no longer keeps (final backups stay until the purge).
   - C(state=present) records the backup I(backup_id) of I(tenant_id) with an audit row (C(action=backup)).
     Recording it again with the same facts changes nothing; with other facts it fails, since a backup's record
     never changes.
@@ -62,12 +62,17 @@ options:
     type: str
   keep:
     description:
-      - When reading, how many of the tenant's newest manual backups retention keeps; the others are in C(expired).
-    type: int
+      - When reading, the plan's C(backup_keep); the manual backups it does not keep are in C(expired).
+      - A count keeps the newest that many. GFS counts C({daily, weekly, monthly}) keep the newest backup of each
+        of the latest C(daily) days with one, of the latest C(weekly) ISO weeks and of the latest C(monthly) months.
+      - Of the point-in-time backups only the newest is kept.
+    type: raw
   kind:
-    description: The backup's kind (C(present)); C(final) is the one C(playbooks/tenant_terminate.yml) takes.
+    description:
+      - The backup's kind (C(present)); C(final) is the one C(playbooks/tenant_terminate.yml) takes.
+      - C(point_in_time) is a database as it was at a moment (C(tenant_restore.yml -e at=...)), without filestore.
     type: str
-    choices: [manual, final]
+    choices: [manual, final, point_in_time]
     default: manual
   location:
     description: The directory holding the backup's parts and manifest (C(present)).
@@ -170,8 +175,8 @@ drill:
            "drilled_at": "2026-11-22 03:00:05.1+00", "seconds": 4.2, "passed": true,
            "detail": "restored 12 tables from backup acme-20261121T101500123456Z"}
 expired:
-  description: Reading with I(keep), the tenant's manual backups beyond its newest I(keep), newest first, each
-    with the fields of C(backup) (no C(restored_last)); an empty list otherwise.
+  description: Reading with I(keep), the tenant's backups retention no longer keeps (see I(keep)), newest first,
+    each with the fields of C(backup) (no C(restored_last)); an empty list otherwise.
   returned: success
   type: list
   elements: dict
@@ -243,7 +248,9 @@ def run_module(module: AnsibleModule) -> dict:
         else:
             result["backup"] = backup_to_restore(conn, tenant_id, p["backup_id"], p["from_tenant"])
             if p["keep"] is not None:
-                result["expired"] = expired_backups(conn, tenant_id, p["keep"])
+                # A count templated from a plan may arrive as its text.
+                keep = int(p["keep"]) if isinstance(p["keep"], str) and p["keep"].isdigit() else p["keep"]
+                result["expired"] = expired_backups(conn, tenant_id, keep)
     return result
 
 
@@ -257,8 +264,8 @@ def main() -> None:
             drill_detail=dict(type="str"),
             backup_id=dict(type="str"),
             from_tenant=dict(type="str"),
-            keep=dict(type="int"),
-            kind=dict(type="str", choices=["manual", "final"], default="manual"),
+            keep=dict(type="raw"),
+            kind=dict(type="str", choices=["manual", "final", "point_in_time"], default="manual"),
             location=dict(type="str"),
             db_name=dict(type="str"),
             plan_name=dict(type="str"),
