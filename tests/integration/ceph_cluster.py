@@ -1,38 +1,29 @@
-"""A real single-node Ceph cluster with CephFS, for tests: mon, mgr, memstore OSD and MDS on 127.0.0.1.
+"""A real single-node Ceph cluster with CephFS, for tests: roles/ceph_cluster in local mode (mon, mgr, memstore OSD
+and MDS on 127.0.0.1, cephx on), brought up and torn down through tests/integration/playbooks/ceph_cluster.yml.
 
-The bring-up follows Ceph's manual deployment, as measured in reference/feasibility-ceph.md: every
-daemon runs in the foreground (`-f`: a self-daemonized ceph-mgr has no usable stderr), detached in its
-own session, its output in `<base>/log/`; cephx is on; everything (conf, keyrings, daemon data, admin
-sockets, logs, mount points) lives under one base directory, `.state/ceph` in this checkout by default.
-The admin's ceph-fuse mount of the CephFS root is `<base>/mnt`.
+Everything (conf, keyrings, daemon data, admin sockets, logs, mount points) lives under one base directory,
+`.state/ceph` in this checkout by default. The admin's ceph-fuse mount of the CephFS root is `<base>/mnt`; mounts for
+other clients belong under `mount_point()`, so teardown unmounts them too. Teardown SIGKILLs every process started
+with the cluster's conf (the role says why), even after the run that started them was killed.
 
-Teardown is SIGKILL, on purpose: a graceful stop takes 5-10 s (the MDS and OSD shutdown waits) against
-0.1 s, and nothing in the base directory needs to survive. Every process this module starts is given
-`--conf <base>/ceph.conf`, which is how teardown finds them again, even after the run that started them
-was killed; mounts for other clients belong under `mount_point()`, so teardown unmounts them too.
-
-Ports are fixed (3300 and 6789 for the mon, 6800+ for the others): one cluster per machine.
+The mon listens on 3300 and 6789 (the role's default ports): one such cluster per machine. The molecule scenario of
+roles/ceph_cluster uses other ports, so it runs beside.
 
     python tests/integration/ceph_cluster.py up [basedir]     # tears down a leftover cluster first
     python tests/integration/ceph_cluster.py down [basedir]
 
-Only the standard library is needed, so the command line runs from any Python 3.11; the `ceph_cluster`
-pytest fixture is defined when pytest is importable.
+Only the standard library is imported, so the command line runs from any Python 3.11 (the playbook runs with this
+checkout's venv, `make setup`); the `ceph_cluster` pytest fixture is defined when pytest is importable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,77 +34,16 @@ except ModuleNotFoundError:  # the command line needs no pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BASE = REPO / ".state/ceph"
+PLAYBOOK = REPO / "tests/integration/playbooks/ceph_cluster.yml"
+ANSIBLE_PLAYBOOK = REPO / ".venv/bin/ansible-playbook"
 FS_NAME = "cephfs"
-MON_PORTS = (3300, 6789)
-MEMSTORE_DEVICE_BYTES = 4 * 1024**3  # memstore keeps only what is written in RAM
-# sun_path is 108 bytes with its terminating NUL. The longest socket is a client's:
-# run/client.<name>.<pid>.asok; leave room for a 32-character client name and a 7-digit pid.
-SOCKET_PATH_MAX = 107
-CLIENT_NAME_ROOM = 32
-READY_TIMEOUT = 60.0
-POLL_INTERVAL = 0.2
 CEPH_TIMEOUT = 30.0
+PLAYBOOK_TIMEOUT = 300
 CEPH_FUSE_TYPE = "fuse.ceph-fuse"
-
-CONF_TEMPLATE = """\
-[global]
-fsid = {fsid}
-mon host = v2:127.0.0.1:{mon_v2},v1:127.0.0.1:{mon_v1}
-mon initial members = a
-public addr = 127.0.0.1
-cluster addr = 127.0.0.1
-auth cluster required = cephx
-auth service required = cephx
-auth client required = cephx
-run dir = {base}/run
-admin socket = {base}/run/$name.asok
-pid file = {base}/run/$name.pid
-log file = {base}/log/$name.log
-crash dir = {base}/crash
-osd pool default size = 1
-osd pool default min size = 1
-osd pool default pg autoscale mode = off
-osd crush chooseleaf type = 0
-mon allow pool size one = true
-mon allow pool delete = true
-mon warn on pool no redundancy = false
-mon warn on insecure global id reclaim allowed = false
-auth allow insecure global id reclaim = false
-mon data avail warn = 2
-mon data avail crit = 1
-[mon]
-mon data = {base}/mon/$id
-mon cluster log file = {base}/log/$cluster.$channel.log
-[mgr]
-mgr data = {base}/mgr/$id
-[osd]
-osd data = {base}/osd/$id
-osd objectstore = memstore
-memstore device bytes = {memstore_bytes}
-osd memory target = 939524096
-osd crush update on start = true
-osd crush initial weight = 1
-[mds]
-mds data = {base}/mds/$id
-mds cache memory limit = 134217728
-[client]
-keyring = {base}/keyring
-admin socket = {base}/run/$name.$pid.asok
-pid file = {base}/run/$name.$pid.pid
-client mount timeout = 30
-"""
 
 
 class CephClusterError(RuntimeError):
     """The cluster could not be brought up or torn down; the message says why and where to look."""
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return f"  ({path}: no such file)"
-    return "\n".join(f"  {line}" for line in text) or f"  ({path}: empty)"
 
 
 def _unescape_mount_path(field: str) -> str:
@@ -142,53 +72,12 @@ def mounts_below(directory: Path) -> list[tuple[Path, str]]:
     return sorted(found, key=lambda m: len(str(m[0])), reverse=True)
 
 
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (an exited child its parent, or PID 1, has not reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def processes_using(conf: Path) -> list[int]:
-    """Every live process started with `conf` as an argument: the cluster's daemons, ceph-fuse, CLIs."""
-    wanted = os.fsencode(str(conf))
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if wanted in argv:
-            pids.append(int(entry.name))
-    return pids
-
-
-def _wait_for(what: str, condition: Callable[[], bool], timeout: float, hint: Callable[[], str]) -> float:
-    """Poll `condition` until it holds; raise with `hint()` once `timeout` seconds have passed."""
-    start = time.monotonic()
-    deadline = start + timeout
-    while True:
-        if condition():
-            return time.monotonic() - start
-        if time.monotonic() >= deadline:
-            raise CephClusterError(f"{what}: not reached within {timeout:.0f} s.\n{hint()}")
-        time.sleep(POLL_INTERVAL)
-
-
 class CephCluster:
     """One single-node Ceph cluster with a CephFS, all of it under `base`."""
 
-    def __init__(self, base: Path | str = DEFAULT_BASE, fs_name: str = FS_NAME, ready_timeout: float = READY_TIMEOUT):
+    def __init__(self, base: Path | str = DEFAULT_BASE, fs_name: str = FS_NAME):
         self.base = Path(base).absolute()
         self.fs_name = fs_name
-        self.ready_timeout = ready_timeout
-        self._daemons: dict[str, subprocess.Popen] = {}
-
-    # Paths ------------------------------------------------------------------------------------
 
     @property
     def conf(self) -> Path:
@@ -222,8 +111,6 @@ class CephCluster:
         """The environment for Ceph tools run by hand against this cluster."""
         return {**os.environ, "CEPH_CONF": str(self.conf)}
 
-    # Commands ---------------------------------------------------------------------------------
-
     def ceph(
         self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = CEPH_TIMEOUT
     ) -> subprocess.CompletedProcess[str]:
@@ -242,212 +129,38 @@ class CephCluster:
     def ceph_json(self, *args: str) -> Any:
         return json.loads(self.ceph(*args, "--format", "json").stdout)
 
-    def _tool(self, *argv: str) -> str:
+    def _apply(self, state: str) -> None:
+        """Run roles/ceph_cluster with this base dir; a failure raises with the playbook's output's end."""
+        if not ANSIBLE_PLAYBOOK.exists():
+            raise CephClusterError(f"{ANSIBLE_PLAYBOOK} is missing: run `make setup` first")
+        extra_vars = {"ceph_cluster_base_dir": str(self.base), "ceph_cluster_fs_name": self.fs_name,
+                      "ceph_cluster_state": state}  # fmt: skip
+        argv = [str(ANSIBLE_PLAYBOOK), str(PLAYBOOK), "-i", "localhost,", "-e", json.dumps(extra_vars)]
+        # host_list parses `-i localhost,` (ansible.cfg enables file inventories only).
+        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_INVENTORY_ENABLED": "host_list"}
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+            result = subprocess.run(
+                argv, capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, check=False, env=env, cwd=REPO
+            )
         except subprocess.TimeoutExpired as exc:
-            raise CephClusterError(f"`{' '.join(argv)}` did not return within 60 s") from exc
+            raise CephClusterError(f"roles/ceph_cluster ({state}) did not finish within {PLAYBOOK_TIMEOUT} s") from exc
         if result.returncode != 0:
             raise CephClusterError(
-                f"`{' '.join(argv)}` failed (exit {result.returncode}):\n{result.stdout}{result.stderr}"
+                f"roles/ceph_cluster ({state}) failed (exit {result.returncode}); the daemons' logs are in "
+                f"{self.log_dir}. The playbook's output ends:\n{(result.stdout + result.stderr)[-4000:]}"
             )
-        return result.stdout
-
-    def _start(self, name: str, *argv: str) -> None:
-        """Start a daemon in the foreground, detached in its own session, its output in log/<name>.stdout."""
-        with open(self.log_dir / f"{name}.stdout", "ab") as log:
-            self._daemons[name] = subprocess.Popen(
-                [*argv, "--conf", str(self.conf), "-f"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def _daemon_hint(self) -> str:
-        parts = []
-        for name, proc in self._daemons.items():
-            state = "running" if proc.poll() is None else f"exited with {proc.returncode}"
-            parts.append(f"{name} ({state}), {self.log_dir}/{name}.log:\n{_tail(self.log_dir / f'{name}.log')}")
-            if proc.returncode is not None:
-                parts.append(f"{self.log_dir}/{name}.stdout:\n{_tail(self.log_dir / f'{name}.stdout')}")
-        return "\n".join(parts)
-
-    def _check_daemons(self) -> None:
-        dead = [name for name, proc in self._daemons.items() if proc.poll() is not None]
-        if dead:
-            raise CephClusterError(f"Ceph daemon(s) {', '.join(dead)} exited during bring-up.\n{self._daemon_hint()}")
-
-    def _answers(self, *args: str) -> bool:
-        self._check_daemons()
-        return self.ceph(*args, check=False, timeout=5).returncode == 0
-
-    # Bring-up ---------------------------------------------------------------------------------
-
-    def _check_socket_paths(self) -> None:
-        longest = self.run_dir / f"client.{'x' * CLIENT_NAME_ROOM}.4194304.asok"
-        if len(os.fsencode(str(longest))) > SOCKET_PATH_MAX:
-            room = SOCKET_PATH_MAX - (len(os.fsencode(str(longest))) - len(os.fsencode(str(self.base))))
-            raise CephClusterError(
-                f"The Ceph base dir {self.base} is too long for Unix socket paths: admin sockets such as "
-                f"{longest} must stay within {SOCKET_PATH_MAX} bytes. Use a base dir of at most {room} bytes "
-                "(or a checkout with a shorter path)."
-            )
-
-    def _check_ports_free(self) -> None:
-        for port in MON_PORTS:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError as exc:
-                    raise CephClusterError(
-                        f"127.0.0.1:{port} (the Ceph mon's port) is taken: is another Ceph cluster running, "
-                        "e.g. from another checkout? Stop it with `python tests/integration/ceph_cluster.py "
-                        f"down <its base dir>` ({exc.strerror})."
-                    ) from exc
 
     def up(self) -> float:
         """Tear down whatever is left in the base dir, bring a fresh cluster up, mount CephFS; return seconds."""
         start = time.monotonic()
-        self._check_socket_paths()
         self.down()
-        self._check_ports_free()
-        for sub in ("run", "log", "crash", "mon/a", "mgr/x", "osd", "mds/a", "mnt"):
-            (self.base / sub).mkdir(parents=True, exist_ok=True)
-        try:
-            self._bring_up()
-        except BaseException:
-            # Leave the logs for reading but no process or mount behind.
-            self._stop_everything()
-            raise
+        self._apply("present")
         return time.monotonic() - start
-
-    def _bring_up(self) -> None:
-        base = self.base
-        fsid = str(uuid.uuid4())
-        self.conf.write_text(
-            CONF_TEMPLATE.format(
-                fsid=fsid, base=base, mon_v2=MON_PORTS[0], mon_v1=MON_PORTS[1], memstore_bytes=MEMSTORE_DEVICE_BYTES
-            )
-        )
-        mon_keyring = base / "mon.keyring"
-        self._tool(
-            "ceph-authtool", "--create-keyring", str(mon_keyring), "--gen-key", "-n", "mon.", "--cap", "mon", "allow *"
-        )
-        self._tool(
-            "ceph-authtool", "--create-keyring", str(self.admin_keyring), "--gen-key", "-n", "client.admin",
-            "--cap", "mon", "allow *", "--cap", "osd", "allow *", "--cap", "mds", "allow *", "--cap", "mgr", "allow *",
-        )  # fmt: skip
-        self._tool("ceph-authtool", str(mon_keyring), "--import-keyring", str(self.admin_keyring))
-        monmap = base / "monmap"
-        mon_addrs = f"[v2:127.0.0.1:{MON_PORTS[0]},v1:127.0.0.1:{MON_PORTS[1]}]"
-        self._tool("monmaptool", "--create", "--fsid", fsid, "--addv", "a", mon_addrs, str(monmap))
-        self._tool(
-            "ceph-mon", "--conf", str(self.conf), "--mkfs", "-i", "a", "--monmap", str(monmap),
-            "--keyring", str(mon_keyring),
-        )  # fmt: skip
-        self._start("mon.a", "ceph-mon", "-i", "a")
-        _wait_for("the Ceph mon answering", lambda: self._answers("mon", "stat"), self.ready_timeout, self._daemon_hint)
-
-        self.ceph(
-            "auth", "get-or-create", "mgr.x", "mon", "allow profile mgr", "osd", "allow *", "mds", "allow *",
-            "-o", str(base / "mgr/x/keyring"),
-        )  # fmt: skip
-        self._start("mgr.x", "ceph-mgr", "-i", "x")
-
-        osd_uuid = str(uuid.uuid4())
-        secret = self._tool("ceph-authtool", "--gen-print-key").strip()
-        osd_id = self.ceph("osd", "new", osd_uuid, "-i", "-", stdin=json.dumps({"cephx_secret": secret})).stdout.strip()
-        osd_dir = base / "osd" / osd_id
-        osd_dir.mkdir(parents=True, exist_ok=True)
-        self._tool(
-            "ceph-authtool",
-            "--create-keyring",
-            str(osd_dir / "keyring"),
-            "--name",
-            f"osd.{osd_id}",
-            "--add-key",
-            secret,
-        )
-        self._tool("ceph-osd", "--conf", str(self.conf), "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid)
-        self._start(f"osd.{osd_id}", "ceph-osd", "-i", osd_id)
-
-        self.ceph(
-            "auth", "get-or-create", "mds.a", "mon", "allow profile mds", "osd", "allow rwx", "mds", "allow *",
-            "mgr", "allow profile mds", "-o", str(base / "mds/a/keyring"),
-        )  # fmt: skip
-        self._start("mds.a", "ceph-mds", "-i", "a")
-
-        self.ceph("osd", "pool", "create", f"{self.fs_name}_metadata", "8", "8")
-        self.ceph("osd", "pool", "create", f"{self.fs_name}_data", "8", "8")
-        self.ceph("fs", "new", self.fs_name, f"{self.fs_name}_metadata", f"{self.fs_name}_data")
-        _wait_for("Ceph ready (OSD up, MDS active, mgr available)", self._ready, self.ready_timeout, self._status_hint)
-
-        self._tool("ceph-fuse", "--conf", str(self.conf), "--id", "admin", str(self.mount))
-        _wait_for(
-            f"the admin ceph-fuse mount at {self.mount}",
-            lambda: (self.mount, CEPH_FUSE_TYPE) in mounts_below(self.mount),
-            self.ready_timeout,
-            lambda: f"{self.log_dir}/client.admin.log:\n{_tail(self.log_dir / 'client.admin.log')}",
-        )
-
-    def _ready(self) -> bool:
-        self._check_daemons()
-        result = self.ceph("status", "--format", "json", check=False, timeout=5)
-        if result.returncode != 0:
-            return False
-        status = json.loads(result.stdout)
-        ranks = status.get("fsmap", {}).get("by_rank", [])
-        return (
-            status.get("osdmap", {}).get("num_up_osds") == 1
-            and any(rank.get("status") == "up:active" for rank in ranks)
-            and status.get("mgrmap", {}).get("available") is True
-        )
-
-    def _status_hint(self) -> str:
-        result = self.ceph("status", check=False, timeout=5)
-        return f"ceph status:\n{result.stdout}{result.stderr}\n{self._daemon_hint()}"
-
-    # Teardown ---------------------------------------------------------------------------------
-
-    def _stop_everything(self) -> None:
-        """Unmount every mount below the base dir and SIGKILL every process using its conf."""
-        for target, fstype in mounts_below(self.base):
-            if fstype != CEPH_FUSE_TYPE:
-                continue
-            try:
-                unmounted = subprocess.run(
-                    ["fusermount", "-u", str(target)], capture_output=True, timeout=10
-                ).returncode
-            except subprocess.TimeoutExpired:
-                unmounted = 1
-            if unmounted != 0:
-                subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=10, check=False)
-        pids = set(processes_using(self.conf)) | {p.pid for p in self._daemons.values() if p.poll() is None}
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _wait_for(
-            "the Ceph processes gone after SIGKILL",
-            lambda: not any(alive(pid) for pid in pids) and all(p.poll() is not None for p in self._daemons.values()),
-            10,
-            lambda: f"still alive: {sorted(pid for pid in pids if alive(pid))}",
-        )
-        self._daemons.clear()
 
     def down(self) -> None:
         """Unmount, SIGKILL every daemon and client of this cluster, then delete the base dir."""
-        if not self.base.exists():
-            return
-        self._stop_everything()
-        left = mounts_below(self.base)
-        if left:
-            raise CephClusterError(
-                f"Still mounted below {self.base}, so it was not deleted: "
-                f"{', '.join(f'{t} ({fs})' for t, fs in left)}. Unmount them (umount -l) and run down again."
-            )
-        shutil.rmtree(self.base)
+        if self.base.exists():
+            self._apply("absent")
 
 
 if pytest is not None:
