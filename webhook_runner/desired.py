@@ -173,7 +173,7 @@ def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | N
     if tenant is not None and (claim := foreign_claim(subscription, tenant)):
         if same_account and state in ("CANCELLED", "EXPIRED"):
             return []  # the account's earlier subscription, which a new one for the same tenant replaced
-        if not (same_account and status == "terminated"):  # a returning customer's new subscription: below
+        if not (same_account and status in ("terminated", "purged")):  # a returning customer's new subscription
             return [Skip(tenant_id, claim)]
 
     if state in ("CANCELLED", "EXPIRED"):
@@ -182,18 +182,27 @@ def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | N
         return []  # never provisioned, or already terminated
     if state not in ("ACTIVE", "BLOCKED"):
         return []  # PENDING: starts later, its EFFECTIVE event will come
-    if status == "purged":
-        return [
-            Skip(
-                tenant_id,
-                f"Kill Bill says {state} but tenant {tenant_id} was purged (its retention ended, its data is gone): "
-                "nothing done; the customer subscribes under another bundle key for a new tenant",
-            )
-        ]
     if plan not in plans:
         return [Skip(tenant_id, f"plan {plan!r} is not in the catalog (inventory group_vars/all/plans.yml)")]
 
     blocked = is_blocked(subscription, overdue)
+    if status == "purged":
+        if subscription.get("subscriptionId") == tenant.subscription_id:  # Kill Bill never revives a cancelled one
+            return [
+                Skip(
+                    tenant_id,
+                    f"Kill Bill says {state} but tenant {tenant_id} was purged (its retention ended, its data is "
+                    "gone) while its subscription is active: nothing done; cancel the subscription",
+                )
+            ]
+        if blocked:
+            return []  # provisioned once Kill Bill unblocks it (paid)
+        ids = {"customer_id": account, "subscription_id": subscription.get("subscriptionId")}
+        reason = (
+            f"Kill Bill: {plan} again for the account of tenant {tenant_id}, purged (its retention ended, its data "
+            "is gone): provisioned anew, empty"
+        )
+        return [Action(tenant_id, "provision", {"tenant_id": tenant_id, "plan": plan, **ids}, reason)]
     if status == "terminated":
         if subscription.get("subscriptionId") == tenant.subscription_id:  # Kill Bill never revives a cancelled one
             return [

@@ -179,6 +179,15 @@ def ansible_processes(marker: str) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (an exited child its parent, or PID 1, has not reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def run_ansible_tool(tool: str, *args: str) -> str:
     result = subprocess.run(
         [str(VENV_BIN / tool), *args], cwd=REPO, env=ansible_env(), capture_output=True, text=True, check=False

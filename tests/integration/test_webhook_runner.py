@@ -30,8 +30,7 @@ from webhook_runner.config import load_settings
 from webhook_runner.desired import PLAYBOOKS
 from webhook_runner.schedules import SCHEDULES
 
-from .ceph_cluster import alive
-from .conftest import LOCAL_STATE, REPO, VENV_BIN, LocalPlatform, ansible_env, ansible_processes, run_playbook
+from .conftest import LOCAL_STATE, REPO, VENV_BIN, LocalPlatform, alive, ansible_env, ansible_processes, run_playbook
 from .runner_stack import (
     ADMIN_TOKEN,
     INBOUND_TOKEN,
@@ -802,17 +801,22 @@ def run_schedules_on_two_hosts(settings_path, at: datetime) -> dict[str, str]:
 
 
 def test_each_periodic_job_runs_once_per_due_time_across_two_runner_hosts(
-    runner: RunnerStack, killbill: KillBillStandin, tmp_path
+    runner: RunnerStack, killbill: KillBillStandin, local_platform: LocalPlatform, tmp_path
 ):
     """The schedules (every 600 s here) with the scheduler's clock advanced: two hosts looking at once run each
     schedule's job once per due time, and never again for the same time; the backup and the purge they queue run
-    in the tenant's account (its workers), and GET /schedules and /metrics show the last and next runs."""
+    in the tenant's account (its workers), and GET /schedules and /metrics show the last and next runs. The
+    customer who comes back after the purge gets a new, empty tenant, and the job says so."""
     api = kb_api(killbill)
     api.register_callback(runner.callback)
-    _, subscription = api.sign_up("Clock One", "clock-01", "basic-monthly")
+    account, subscription = api.sign_up("Clock One", "clock-01", "basic-monthly")
     assert killbill.wait_idle(timeout=30) == (True, 0)
     runner.settle()
-    assert tenant_rows(runner, "clock-")["clock-01"]["status"] == "active"
+    first_life = tenant_rows(runner, "clock-")["clock-01"]
+    assert first_life["status"] == "active"
+    tenant_v1 = ("t_clock_01", local_platform.password("tenant:clock-01:v1"), "t_clock_01")
+    with local_platform.connect(first_life["port"], *tenant_v1) as conn:
+        conn.execute("CREATE TABLE public.first_life (note text)")
     settings = tmp_path / "settings.json"
     # The restore drill picks a tenant at random (other tests' tenants too): test_tenant_lifecycle.py drills one.
     every_600_s = {**dict.fromkeys(SCHEDULES, 600), "restore_drill": 0}
@@ -885,6 +889,26 @@ def test_each_periodic_job_runs_once_per_due_time_across_two_runner_hosts(
         assert [job["state"] for job in tenant_jobs("purge")] == ["succeeded"]
         assert [job["state"] for job in tenant_jobs("backup")] == ["succeeded"]  # a terminated tenant: no backup
         assert tenant_rows(runner, "clock-")["clock-01"]["status"] == "purged"
+
+        # Back after the purge, same account: provisioned anew under the same id, empty, with new credentials.
+        api.subscribe(account, "clock-01", "basic-monthly")
+        assert killbill.wait_idle(timeout=30) == (True, 0)
+        runner.settle()
+        second_life = tenant_rows(runner, "clock-")["clock-01"]
+        assert second_life["status"] == "active"
+        tenant_v2 = ("t_clock_01", local_platform.password("tenant:clock-01:v2"), "t_clock_01")
+        with local_platform.connect(second_life["port"], *tenant_v2) as conn:
+            assert conn.execute("SELECT to_regclass('public.first_life')").fetchone() == (None,)
+        with pytest.raises(psycopg.OperationalError):  # the first life's password stays dead
+            local_platform.connect(second_life["port"], *tenant_v1).close()
+        with runner.registry() as conn:
+            provisions = conn.execute(
+                "SELECT state, reason FROM registry.jobs WHERE id > %s AND tenant_id = 'clock-01'"
+                " AND action = 'provision'",
+                (first_job,),
+            ).fetchall()
+        assert [job["state"] for job in provisions] == ["succeeded"]
+        assert "purged (its retention ended, its data is gone): provisioned anew, empty" in provisions[0]["reason"]
 
         # The API of a runner with these schedules (the stack's own has them off): in process, Flask's test client.
         client = create_app(load_settings(settings)).test_client()

@@ -172,7 +172,21 @@ def test_unknown_plans_invalid_keys_and_terminated_tenants_are_skipped_with_a_re
     [skip] = desired_actions(subscription(key="no spaces allowed"), CLEAR, None, PLANS)
     assert isinstance(skip, Skip) and skip.tenant_id is None and "not a tenant id" in skip.reason
     [skip] = desired_actions(subscription(), CLEAR, owned("purged", "basic-monthly"), PLANS)
-    assert "was purged" in skip.reason
+    assert "was purged" in skip.reason and "cancel the subscription" in skip.reason
+
+
+def test_a_purged_tenant_whose_account_subscribes_again_is_provisioned_anew_never_for_another_account():
+    again = subscription(subscriptionId="s-2", planName="standard-monthly")
+    [provision] = desired_actions(again, CLEAR, owned("purged", "basic-monthly"), PLANS)
+    assert (provision.action, provision.extravars) == (
+        "provision", {"tenant_id": "acme", "plan": "standard-monthly", "customer_id": "a-1", "subscription_id": "s-2"}
+    )  # fmt: skip
+    assert "provisioned anew, empty" in provision.reason, "the job says the data is gone"
+    assert desired_actions(again, BLOCKED, owned("purged", "basic-monthly"), PLANS) == []  # once paid
+    [skip] = desired_actions(
+        subscription(accountId="a-2", subscriptionId="s-9"), CLEAR, owned("purged", "basic-monthly"), PLANS
+    )
+    assert isinstance(skip, Skip) and "belongs to account a-1" in skip.reason
 
 
 def test_a_terminated_tenant_whose_account_subscribes_again_is_reactivated_never_for_another_account():

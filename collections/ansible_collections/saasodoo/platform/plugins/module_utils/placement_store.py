@@ -162,8 +162,9 @@ class PlacementStore:
                     "choose another id"
                 )
             tenant = self._tenant(cur, request.tenant_id)
-            if tenant and tenant["db_server"]:
+            if tenant and tenant["db_server"] and tenant["status"] != "purged":
                 return self._existing(cur, tenant)
+            # A purged tenant (nothing of it is left anywhere) is placed anew, like a new one.
             plan = self._plan(cur, request.plan)
             entitlements = plan["entitlements"]
             db_type = db_type_of(request.plan, entitlements)
@@ -384,7 +385,12 @@ class PlacementStore:
             " ON CONFLICT (tenant_id) DO UPDATE SET customer_id = EXCLUDED.customer_id,"
             " subscription_id = EXCLUDED.subscription_id, plan_name = EXCLUDED.plan_name,"
             " plan_version = EXCLUDED.plan_version, db_type = EXCLUDED.db_type, quotas = EXCLUDED.quotas,"
-            " status = 'provisioning'",
+            " status = 'provisioning',"
+            # A purged tenant's new life: new credentials (its old password must stay dead), nothing retained.
+            " credential_version = registry.tenants.credential_version"
+            "   + CASE WHEN registry.tenants.status = 'purged' THEN 1 ELSE 0 END,"
+            " retain_until = NULL, storage_path = CASE WHEN registry.tenants.status = 'purged' THEN NULL"
+            "   ELSE registry.tenants.storage_path END",
             (
                 request.tenant_id,
                 request.customer_id,
