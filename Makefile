@@ -183,9 +183,11 @@ soak: setup
 	FAULT_ROUNDS=3 pytest tests/integration/test_tenant_move_faults.py -k killed
 	RELIABILITY_ACCOUNTS=8 pytest tests/integration/test_webhook_runner.py -k reliability
 
-# The test Ceph cluster first: it is mounted under .state, which `clean` then deletes.
+# The Ceph clusters first (the tests' and the molecule scenario's, if a run was cut short): they are mounted under
+# .state, which `clean` then deletes.
 down:
 	$(PYTHON) tests/integration/ceph_cluster.py down
+	$(PYTHON) tests/integration/ceph_cluster.py down .state/molecule/ceph
 	$(PYTHON) tests/miniature/hosts.py down
 	@if [ -x $(BIN)/ansible-playbook ]; then ansible-playbook playbooks/down.yml; else echo "Nothing to stop: no .venv"; fi
 
