@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -33,6 +34,55 @@ def test_every_server_answers_the_monitor_role_with_logical_decoding(local_platf
         with local_platform.connect(server.port, "saasodoo_monitor", password) as conn:
             wal_level, port = conn.execute("SELECT current_setting('wal_level'), inet_server_port()").fetchone()
         assert (wal_level, port) == ("logical", server.port), server.name
+
+
+def test_every_server_archives_its_wal_and_one_whose_archiving_fails_is_found_unhealthy(local_platform: LocalPlatform):
+    """Each server archives its completed WAL segments (point-in-time recovery starts there); one whose archiving
+    fails is unhealthy to servers_probe.yml and platform_status.yml says so, until archiving works again."""
+    server = local_platform.servers["pool-shared-02"]
+    archive = LOCAL_STATE / "backups/_servers" / server.name / "wal"
+
+    def archiver(conn) -> tuple:
+        return conn.execute(
+            "SELECT last_archived_wal, failed_count, last_failed_time > coalesce(last_archived_time, '-infinity')"
+            " FROM pg_stat_archiver"
+        ).fetchone()
+
+    def wait_for(conn, condition, what: str) -> tuple:
+        deadline = time.monotonic() + 30
+        while not condition(state := archiver(conn)):
+            assert time.monotonic() < deadline, f"{what}: not within 30 s ({state})"
+            time.sleep(0.2)
+        return state
+
+    def health() -> tuple[str, str]:
+        with local_platform.registry() as conn:
+            return conn.execute(
+                "SELECT health, coalesce(health_detail, '') FROM registry.db_servers WHERE name = %s", (server.name,)
+            ).fetchone()
+
+    with superuser(server.name, server.port) as conn:
+        conn.execute("SELECT pg_logical_emit_message(false, 'test', 'a segment with writes')")
+        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+        wait_for(conn, lambda state: (state[0] or "") >= segment, "the segment archived")
+        assert (archive / segment).stat().st_size == 16 * 1024**2
+        try:
+            conn.execute("ALTER SYSTEM SET archive_command = 'false'")
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute("SELECT pg_logical_emit_message(false, 'test', 'a segment that cannot be archived')")
+            conn.execute("SELECT pg_switch_wal()")
+            wait_for(conn, lambda state: state[2], "archiving failing")
+            assert run_playbook("servers_probe.yml").returncode == 0
+            verdict, detail = health()
+            assert verdict == "unhealthy" and "WAL archiving fails: segment" in detail, detail
+            shown = " ".join(run_playbook("platform_status.yml").output.split())  # its lines as YAML wraps them
+            assert re.search(rf"{server.name}: [^;]*; WAL archiving FAILS since", shown), shown
+        finally:
+            conn.execute("ALTER SYSTEM RESET archive_command")
+            conn.execute("SELECT pg_reload_conf()")
+        wait_for(conn, lambda state: not state[2], "archiving working again")
+    assert run_playbook("servers_probe.yml").returncode == 0
+    assert health() == ("healthy", "")
 
 
 def test_every_server_runs_on_every_cpu_of_the_host(local_platform: LocalPlatform):
