@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,48 +334,72 @@ def test_lifecycle_on_cephfs(local_platform: LocalPlatform, ceph_cluster) -> Non
 
 def test_point_in_time_restore(local_platform: LocalPlatform) -> None:
     """tenant_restore.yml -e at=T brings the tenant's database back as it was at T, from its server's base backup
-    and archived WAL: a row deleted after T is back, a row written after T is not; running it again changes
-    nothing, and neither the server's scratch copy nor its files are left."""
+    and archived WAL: a row deleted after T is back, a row written after T is not; a moment after the last write
+    (no commit after it to stop at) is reached too; running it again changes nothing, and neither the server's
+    scratch copy nor its files are left."""
     tenant = Tenant("pitr-01", local_platform, ())
     provisioned = tenant.run("tenant_provision.yml", "-e", "plan=basic-monthly")
     assert provisioned.returncode == 0, provisioned.output[-5000:]
     server = tenant.server()["name"]
+    with tenant.as_tenant() as conn:
+        placed_and_no_base_backup_yet = conn.execute("SELECT clock_timestamp()").fetchone()[0].isoformat()
+    for left in (LOCAL_STATE / "backups/_servers" / server / "base").glob("2*Z"):  # other tests' (the schedules')
+        shutil.rmtree(left)
     before_any = run_playbook("servers_base_backup.yml", "--limit", server)
     assert before_any.returncode == 0, before_any.output[-5000:]
+    whole = tenant.run("tenant_backup.yml")  # the files a point-in-time restore fills in come from it
+    assert whole.returncode == 0, whole.output[-5000:]
+    files = filestore_digest(tenant.filestore)
+    assert files, "the Odoo double writes its boot marker into the filestore"
+
+    def notes() -> list[tuple]:
+        with tenant.as_tenant() as conn:
+            return conn.execute("SELECT id, body FROM notes ORDER BY id").fetchall()
+
+    def now(conn) -> str:
+        return conn.execute("SELECT clock_timestamp()").fetchone()[0].isoformat()
 
     with tenant.as_tenant() as conn:
         conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
         conn.execute("INSERT INTO notes VALUES (1, 'kept'), (2, 'deleted after the moment')")
     with tenant.as_tenant() as conn:
-        moment = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        moment = now(conn)
     with tenant.as_tenant() as conn:  # committed after the moment, by the server's clock
         conn.execute("DELETE FROM notes WHERE id = 2")
         conn.execute("INSERT INTO notes VALUES (3, 'written after the moment')")
+        after_the_last_write = now(conn)
 
-    at = moment.isoformat()
-    restored = tenant.run("tenant_restore.yml", "-e", f"at={at}")
+    for name in files:  # as Odoo's file store garbage collection does with an unlinked attachment's file
+        (tenant.filestore / name).unlink()
+    (tenant.filestore / "written after the moment").write_text("kept: a restore never deletes a file")
+
+    latest = tenant.run("tenant_restore.yml", "-e", f"at={after_the_last_write}")
+    assert latest.returncode == 0, latest.output[-5000:]
+    assert notes() == [(1, "kept"), (3, "written after the moment")]
+    assert filestore_digest(tenant.filestore).items() >= files.items(), "the deleted files are back"
+    assert (tenant.filestore / "written after the moment").exists()
+    restored = tenant.run("tenant_restore.yml", "-e", f"at={moment}")
     assert restored.returncode == 0, restored.output[-5000:]
-    with tenant.as_tenant() as conn:
-        assert conn.execute("SELECT id, body FROM notes ORDER BY id").fetchall() == [
-            (1, "kept"),
-            (2, "deleted after the moment"),
-        ]
+    assert notes() == [(1, "kept"), (2, "deleted after the moment")]
     assert get(tenant.tenant_id, "/web/health") == 200
-    assert_nothing_changed(tenant.run("tenant_restore.yml", "-e", f"at={at}"))
+    assert_nothing_changed(tenant.run("tenant_restore.yml", "-e", f"at={moment}"))
 
     with tenant.registry() as conn:
-        kinds = conn.execute(
-            "SELECT b.kind, b.backup_id = r.backup_id FROM registry.backups b"
-            " JOIN registry.restores r ON r.tenant_id = b.tenant_id WHERE b.tenant_id = %s",
+        restores = conn.execute(
+            "SELECT b.kind FROM registry.restores r JOIN registry.backups b ON b.backup_id = r.backup_id"
+            " WHERE r.tenant_id = %s ORDER BY r.id",
             (tenant.tenant_id,),
         ).fetchall()
-    assert kinds == [("point_in_time", True)], "one point-in-time backup, recorded and restored once"
+    assert restores == [("point_in_time",), ("point_in_time",)], "each moment a backup of its own, restored once"
     assert not any((LOCAL_STATE / "point-in-time" / server).iterdir()), "the server's scratch copy is gone"
 
-    # Refused, saying why, with the tenant untouched: a moment without offset, one before any base backup.
-    naive = tenant.run("tenant_restore.yml", "-e", f"at={moment.replace(tzinfo=None).isoformat()}")
+    # Refused, saying why, with the tenant untouched: a moment without offset, one before the tenant was placed on
+    # its server, one before its server's oldest base backup.
+    without_offset = re.sub(r"[+-]\d\d:\d\d$", "", moment)
+    naive = tenant.run("tenant_restore.yml", "-e", f"at={without_offset}")
     assert naive.returncode != 0 and "has no UTC offset" in naive.output
-    too_early = tenant.run("tenant_restore.yml", "-e", "at=2020-01-01T00:00:00Z")
-    assert too_early.returncode != 0 and "No base backup of" in too_early.output, too_early.output[-3000:]
-    with tenant.as_tenant() as conn:
-        assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 2
+    before_placed = tenant.run("tenant_restore.yml", "-e", "at=2020-01-01T00:00:00Z")
+    assert before_placed.returncode != 0 and "(placed or moved there)" in before_placed.output, before_placed.output
+    before_base = tenant.run("tenant_restore.yml", "-e", f"at={placed_and_no_base_backup_yet}")
+    assert before_base.returncode != 0 and "No base backup of" in before_base.output, before_base.output[-3000:]
+    assert notes() == [(1, "kept"), (2, "deleted after the moment")]

@@ -56,6 +56,7 @@ def test_gfs_counts_days_with_a_backup_not_calendar_days():
         ({"yearly": 1}, "counts per period"),
         ({"daily": -1}, "daily=-1"),
         ({"daily": "7"}, "daily='7'"),
+        ({"daily": 0, "weekly": 0}, "keeps no backup"),
         ("7", "counts per period"),
     ],
 )

@@ -90,13 +90,16 @@ def retention_problem(keep) -> str | None:
             f"not {keep!r}"
         )
     bad = [f"{period}={count!r}" for period, count in keep.items() if type(count) is not int or count < 0]
-    return f"backup_keep counts must be whole numbers, 0 or more: {', '.join(bad)}" if bad else None
+    if bad:
+        return f"backup_keep counts must be whole numbers, 0 or more: {', '.join(bad)}"
+    return None if any(keep.values()) else f"backup_keep {keep!r} keeps no backup: give one count above 0"
 
 
 def kept_ids(backups: list[dict], keep) -> set[str]:
     """Of `backups` (newest first, taken_at a datetime), the ids `keep` keeps: its count of newest ones; or, GFS, the
     newest backup of each of the `daily` latest days with a backup, of each of the `weekly` latest ISO weeks and of
-    each of the `monthly` latest months (one backup may stand for all three)."""
+    each of the `monthly` latest months (one backup may stand for all three). Days, weeks and months are taken_at's
+    own (expired_backups gives UTC)."""
     if isinstance(keep, int):
         return {backup["backup_id"] for backup in backups[:keep]}
     kept: set[str] = set()
@@ -106,6 +109,36 @@ def kept_ids(backups: list[dict], keep) -> set[str]:
             newest_of_period.setdefault(GFS_PERIODS[period](backup["taken_at"]), backup["backup_id"])
         kept.update(list(newest_of_period.values())[:count])
     return kept
+
+
+def point_in_time_reach(conn, tenant_id: str, at: str) -> dict:
+    """Whether the tenant's database can be brought back to `at` from its current server's archive: {'since': when
+    its database came onto that server in its current life (its latest placement, or the end of its latest move
+    there), 'reachable': `at` is not before that, 'filestore_backup': the newest whole backup taken by then, or
+    None}. Before `since`, the database was another server's, or another life's (a purged tenant provisioned
+    anew), or a move's copy in the making."""
+    row = _rows(
+        conn,
+        "SELECT since::text AS since, %(at)s::timestamptz >= since AS reachable FROM ("
+        " SELECT greatest("
+        "  (SELECT max(p.decided_at) FROM registry.placements AS p WHERE p.tenant_id = t.tenant_id),"
+        "  (SELECT max(m.finished_at) FROM registry.migrations AS m WHERE m.tenant_id = t.tenant_id"
+        "    AND m.target_server = t.db_server AND m.phase = 'done')) AS since"
+        " FROM registry.tenants AS t WHERE t.tenant_id = %(tenant)s) AS s",
+        {"at": at, "tenant": tenant_id},
+    )
+    if not row or row[0]["since"] is None:
+        raise BackupError(f"tenant {tenant_id!r} has no placement on record: there is no moment to go back to")
+    # Odoo deletes the file of an attachment unlinked since (its file store's garbage collection): the newest whole
+    # backup taken before the moment has the files the database of that moment names, as far as any backup does.
+    filestore = _rows(
+        conn,
+        f"SELECT {BACKUP_COLUMNS} FROM registry.backups AS b WHERE b.tenant_id = %s"  # noqa: S608 - fixed columns
+        " AND b.kind IN ('manual', 'final') AND b.removed_at IS NULL AND b.taken_at <= %s::timestamptz"
+        " ORDER BY b.taken_at DESC, b.backup_id DESC LIMIT 1",
+        (tenant_id, at),
+    )
+    return {**row[0], "filestore_backup": filestore[0] if filestore else None}
 
 
 def expired_backups(conn, tenant_id: str, keep) -> list[dict]:
@@ -147,6 +180,15 @@ def record_backup(conn, backup: dict, actor: str) -> tuple[bool, dict]:
         backup,
     ).fetchone()
     recorded = read_backup(conn, backup["backup_id"])
+    if not inserted and recorded["removed_at"] and recorded["kind"] == backup["kind"] == "point_in_time":
+        # The same moment asked for again after retention removed its dump: taken anew under its id.
+        conn.execute(
+            "UPDATE registry.backups SET location = %(location)s, bytes = %(bytes)s,"
+            " manifest_sha256 = %(manifest_sha256)s, taken_at = now(), removed_at = NULL"
+            " WHERE backup_id = %(backup_id)s AND tenant_id = %(tenant_id)s",
+            backup,
+        )
+        inserted, recorded = True, read_backup(conn, backup["backup_id"])
     if not inserted:
         differing = differing_facts(recorded, backup)
         if differing:

@@ -60,6 +60,13 @@ options:
   drill_detail:
     description: With C(state=drilled), what the drill restored, or what failed.
     type: str
+  at:
+    description:
+      - When reading, a moment (a timestamp with offset) to bring the tenant's database back to; C(point_in_time)
+        then says since when its database has been on its current server in its current life (its latest
+        placement, or the end of its latest move there), whether the moment is not before that, and the newest
+        whole backup taken by then (whose filestore a point-in-time restore adds the files missing since from).
+    type: str
   keep:
     description:
       - When reading, the plan's C(backup_keep); the manual backups it does not keep are in C(expired).
@@ -174,6 +181,12 @@ drill:
   sample: {"id": 7, "tenant_id": "acme", "backup_id": "acme-20261121T101500123456Z",
            "drilled_at": "2026-11-22 03:00:05.1+00", "seconds": 4.2, "passed": true,
            "detail": "restored 12 tables from backup acme-20261121T101500123456Z"}
+point_in_time:
+  description: Reading with I(at), C(since) (text), C(reachable) (bool) and C(filestore_backup) (a backup or null),
+    as I(at) says.
+  returned: with I(at)
+  type: dict
+  sample: {"since": "2026-11-21 10:15:00.1+00", "reachable": true, "filestore_backup": null}
 expired:
   description: Reading with I(keep), the tenant's backups retention no longer keeps (see I(keep)), newest first,
     each with the fields of C(backup) (no C(restored_last)); an empty list otherwise.
@@ -207,6 +220,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry_backups
     backup_to_restore,
     expired_backups,
     mark_removed,
+    point_in_time_reach,
     record_backup,
     record_drill,
     record_restore,
@@ -247,6 +261,8 @@ def run_module(module: AnsibleModule) -> dict:
             result["changed"] = True
         else:
             result["backup"] = backup_to_restore(conn, tenant_id, p["backup_id"], p["from_tenant"])
+            if p["at"]:
+                result["point_in_time"] = point_in_time_reach(conn, tenant_id, p["at"])
             if p["keep"] is not None:
                 # A count templated from a plan may arrive as its text.
                 keep = int(p["keep"]) if isinstance(p["keep"], str) and p["keep"].isdigit() else p["keep"]
@@ -264,6 +280,7 @@ def main() -> None:
             drill_detail=dict(type="str"),
             backup_id=dict(type="str"),
             from_tenant=dict(type="str"),
+            at=dict(type="str"),
             keep=dict(type="raw"),
             kind=dict(type="str", choices=["manual", "final", "point_in_time"], default="manual"),
             location=dict(type="str"),
