@@ -34,3 +34,20 @@ def test_every_playbook_passes_syntax_check(inventory):
 def test_graph_shows_the_pools():
     graph = run_ansible_tool("ansible-inventory", "-i", "inventories/local", "--graph")
     assert "@pools_shared:" in graph and "pool-shared-01" in graph
+
+
+def test_the_production_ceph_cluster_is_three_monitors_and_size_three_pools():
+    """roles/ceph_cluster's hosts mode (not run here: it needs block devices and systemd) accepts the production
+    example's inputs and writes a ceph.conf naming its three monitors by address."""
+    output = run_ansible_tool(
+        "ansible-playbook",
+        "-i",
+        "inventories/production.example/hosts.yml",
+        "tests/integration/playbooks/ceph_conf.yml",
+    )
+    conf = {line.split(" = ")[0].strip(): line.split(" = ", 1)[1] for line in output.splitlines() if " = " in line}
+    addresses = ",".join(f"[v2:10.20.3.1{n}:3300,v1:10.20.3.1{n}:6789]" for n in (1, 2, 3))
+    assert conf["mon host"] == addresses, output
+    assert conf["mon initial members"] == "ceph-mon-01,ceph-mon-02,ceph-mon-03", output
+    assert conf["public network"] == "10.20.3.0/24", output
+    assert (conf["osd pool default size"], conf["osd pool default min size"]) == ("3", "2"), output
