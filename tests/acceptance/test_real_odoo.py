@@ -4,7 +4,8 @@ The local platform is reset and converged with SAASODOO_ODOO_BIN pointing at tha
 built by it), then, the way an operator types them: three customers sign up (two on shared pools, one on its own
 server); each one's login page answers through nginx; the admin's one-time link sets a password and logs in, once;
 a plan change moves one database to a dedicated server and a suspension and a resumption stop and start another,
-and both still log in afterwards; a third is terminated and reactivated, and logs in as before. Beside that, the
+and both still log in afterwards; a third is terminated and reactivated, and logs in as before; the second is
+brought back to a moment before its company was renamed, and logs in as before. Beside that, the
 -i path: a database initialised by odoo-bin itself, timed against a clone. Nothing here runs without ODOO_BIN:
 the run is skipped, never faked.
 """
@@ -178,6 +179,27 @@ def test_a_customer_who_cancelled_and_comes_back_finds_their_odoo_as_they_left_i
     assert reactivated.returncode == 0, reactivated.output[-3000:]
     assert login_page("initech") == 200
     assert Browser("initech").login(email, PASSWORD)[0] in (302, 303)
+
+
+def test_a_point_in_time_restore_brings_the_customers_odoo_back_to_that_moment(signed_up, fresh_local_platform):
+    """The company renamed after a moment: tenant_restore.yml -e at=<that moment> (from the server's base backup
+    and archived WAL) brings back the name it had, and the same Odoo logs the admin in as before."""
+    with fresh_local_platform.registry() as conn:
+        server, port = conn.execute(
+            "SELECT s.name, s.port FROM registry.tenants t JOIN registry.db_servers s ON s.name = t.db_server"
+            " WHERE t.tenant_id = 'globex'"
+        ).fetchone()
+    based = run_playbook("servers_base_backup.yml", "--limit", server)
+    assert based.returncode == 0, based.output[-3000:]
+    with superuser(server, port, "t_globex") as conn:
+        moment = conn.execute("SELECT clock_timestamp()").fetchone()[0].isoformat()
+        conn.execute("UPDATE public.res_company SET name = 'Globex, renamed after the moment' WHERE id = 1")
+    restored = run_playbook("tenant_restore.yml", "-e", "tenant_id=globex", "-e", f"at={moment}")
+    assert restored.returncode == 0, restored.output[-4000:]
+    with superuser(server, port, "t_globex") as conn:
+        assert conn.execute("SELECT name FROM public.res_company WHERE id = 1").fetchone() == ("Globex",)
+    assert login_page("globex") == 200
+    assert Browser("globex").login(CUSTOMERS["globex"][2], PASSWORD)[0] in (302, 303)
 
 
 def test_the_template_path_beside_the_i_path(signed_up, fresh_local_platform, tmp_path):
