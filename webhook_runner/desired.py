@@ -186,35 +186,23 @@ def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | N
         return [Skip(tenant_id, f"plan {plan!r} is not in the catalog (inventory group_vars/all/plans.yml)")]
 
     blocked = is_blocked(subscription, overdue)
-    if status == "purged":
+    if status in ("terminated", "purged"):  # the customer of an ended tenant comes back
+        ended = "purged (its retention ended, its data is gone)" if status == "purged" else "terminated"
         if subscription.get("subscriptionId") == tenant.subscription_id:  # Kill Bill never revives a cancelled one
+            reopen = "" if status == "purged" else "tenant_resume.yml -e reactivate=true reopens it, or "
             return [
                 Skip(
                     tenant_id,
-                    f"Kill Bill says {state} but tenant {tenant_id} was purged (its retention ended, its data is "
-                    "gone) while its subscription is active: nothing done; cancel the subscription",
+                    f"Kill Bill says {state} but tenant {tenant_id} was {ended} (by hand?): nothing done; "
+                    f"{reopen}cancel the subscription",
                 )
             ]
         if blocked:
-            return []  # provisioned once Kill Bill unblocks it (paid)
+            return []  # once Kill Bill unblocks it (paid)
         ids = {"customer_id": account, "subscription_id": subscription.get("subscriptionId")}
-        reason = (
-            f"Kill Bill: {plan} again for the account of tenant {tenant_id}, purged (its retention ended, its data "
-            "is gone): provisioned anew, empty"
-        )
-        return [Action(tenant_id, "provision", {"tenant_id": tenant_id, "plan": plan, **ids}, reason)]
-    if status == "terminated":
-        if subscription.get("subscriptionId") == tenant.subscription_id:  # Kill Bill never revives a cancelled one
-            return [
-                Skip(
-                    tenant_id,
-                    f"Kill Bill says {state} but tenant {tenant_id} was terminated (by hand?): nothing done; "
-                    "tenant_resume.yml -e reactivate=true reopens it, or cancel the subscription",
-                )
-            ]
-        if blocked:
-            return []  # reactivated once Kill Bill unblocks it (paid)
-        ids = {"customer_id": account, "subscription_id": subscription.get("subscriptionId")}
+        if status == "purged":
+            reason = f"Kill Bill: {plan} again for the account of tenant {tenant_id}, {ended}: provisioned anew, empty"
+            return [Action(tenant_id, "provision", {"tenant_id": tenant_id, "plan": plan, **ids}, reason)]
         reason = f"Kill Bill: {plan} again for the account of terminated tenant {tenant_id}"
         actions = [Action(tenant_id, "reactivate", {"tenant_id": tenant_id, "reactivate": True, **ids}, reason)]
         if plan != tenant.plan_name:
