@@ -70,11 +70,12 @@ def test_db_migrate_logs_in_to_every_server_over_verified_tls_as_its_admin_login
             conn = psycopg.connect(**address, password=login["login_password"], sslmode=login["sslmode"],
                                    sslrootcert=str(LOCAL_STATE / "secrets/tls/ca.crt"))  # fmt: skip
         except psycopg.OperationalError:
-            # The runner stream's servers_retire schedule may have retired (recorded, then stopped) an idle
-            # dedicated server since the logins were rendered: only a server still in service must answer.
+            # The other stream may be bringing a new server up (placement records it `provisioning` before its
+            # cluster starts: the migration bench's dedicated server), or its servers_retire schedule may have
+            # retired an idle one since the logins were rendered: only a server in service must answer.
             with mover.platform.registry() as registry:
                 status = registry.execute("SELECT status FROM registry.db_servers WHERE name = %s", (name,)).fetchone()
-            if status == ("retired",):
+            if status in (("provisioning",), ("retired",)):
                 continue
             raise
         with conn:
