@@ -299,11 +299,12 @@ def two_process_tenants(local_platform: LocalPlatform):
 def test_a_tenants_odoo_runs_as_its_own_user_and_reads_nothing_of_another_tenant(two_process_tenants):
     runtime, storage = LOCAL_STATE / "runtime", LOCAL_STATE / "storage/odoo_instances"
     a, b = (tenant_os_user(t) for t in ISOLATED)
-    pid = subprocess.run(
-        ["supervisorctl", "-c", str(runtime / "supervisor/supervisord.conf"), "pid", "odoo-iso-a"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    assert subprocess.run(["ps", "-o", "user=", "-p", pid], capture_output=True, text=True).stdout.strip() == a
+    for program in ("odoo-iso-a", "pgbouncer-iso-a"):  # its Odoo and the PgBouncer its Odoo reaches its database by
+        pid = subprocess.run(
+            ["supervisorctl", "-c", str(runtime / "supervisor/supervisord.conf"), "pid", program],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert subprocess.run(["ps", "-o", "user=", "-p", pid], capture_output=True, text=True).stdout.strip() == a
 
     own = as_user(a, "cat", str(runtime / "tenants/iso-a/odoo.conf"))
     assert own.returncode == 0 and "db_password" in own.stdout  # the user works: it reads its own config
@@ -311,6 +312,7 @@ def test_a_tenants_odoo_runs_as_its_own_user_and_reads_nothing_of_another_tenant
     others = {
         "B's odoo.conf": ["cat", str(runtime / "tenants/iso-b/odoo.conf")],
         "B's runtime directory": ["ls", str(runtime / "tenants/iso-b")],
+        "B's PgBouncer's socket": ["test", "-e", str(runtime / "tenants/iso-b/run/.s.PGSQL.6432")],
         "B's files": ["ls", str(storage / "odoo_data_t_iso_b_iso-b")],
         "B's filestore": ["find", str(storage / "odoo_data_t_iso_b_iso-b/filestore")],
         "B's log": ["cat", str(runtime / "logs/odoo-iso-b.log")],
@@ -318,6 +320,7 @@ def test_a_tenants_odoo_runs_as_its_own_user_and_reads_nothing_of_another_tenant
         "supervisord's socket and programs": ["ls", str(runtime / "supervisor")],
         "the list of tenants' directories": ["ls", str(storage)],
     }
+    assert (runtime / "tenants/iso-b/run/.s.PGSQL.6432").is_socket()  # there, for root
     readable = [what for what, argv in others.items() if as_user(a, *argv).returncode == 0]
     assert readable == [], f"{a} can read {readable}"
     assert b != a and as_user(b, "cat", str(runtime / "tenants/iso-a/odoo.conf")).returncode != 0
@@ -381,8 +384,8 @@ def test_the_platform_role_may_only_append_to_the_audit_chain_which_verifies_end
 
 
 def test_a_tenants_odoo_reaches_its_database_over_verified_tls(local_platform: LocalPlatform):
-    """Odoo on sslmode=verify-full, checking PgBouncer's certificate against the platform CA; a client that
-    expects another name is refused, so the check is real."""
+    """Odoo's own PgBouncer on server_tls_sslmode=verify-full, checking the pool PgBouncer's certificate against the
+    platform CA; a client that expects another name is refused, so the check is real."""
     tenant, db = "tls-a", "t_tls_a"
     common = ("-e", f"tenant_id={tenant}")
     provisioned = run_playbook(
@@ -391,15 +394,19 @@ def test_a_tenants_odoo_reaches_its_database_over_verified_tls(local_platform: L
     )  # fmt: skip
     assert provisioned.returncode == 0, provisioned.output[-4000:]
     try:
-        config = (LOCAL_STATE / "runtime/tenants" / tenant / "odoo.conf").read_text()
-        assert "db_sslmode = verify-full" in config
+        # Odoo reaches its own PgBouncer over a socket in its directory; that PgBouncer does the TLS.
+        tenant_dir = LOCAL_STATE / "runtime/tenants" / tenant
+        assert f"db_host = {tenant_dir}/run\n" in (tenant_dir / "odoo.conf").read_text()
+        pgbouncer = (tenant_dir / "pgbouncer.ini").read_text()
+        assert "server_tls_sslmode = verify-full\n" in pgbouncer
+        assert f"server_tls_ca_file = {tenant_dir}/db-ca.crt\n" in pgbouncer
         with local_platform.registry() as registry:
             server, http_port, pgbouncer_port = registry.execute(
                 "SELECT t.db_server, t.http_port, s.pgbouncer_port FROM registry.tenants t"
                 " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
                 (tenant,),
             ).fetchone()
-        # The login page needs the database: Odoo reached it, through PgBouncer, having checked its certificate.
+        # The login page needs the database: Odoo reached it, through two PgBouncers, the pool's certificate checked.
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/web/login", timeout=10) as page:
             assert page.status == 200
         admin_password = local_platform.password(f"pgbouncer-admin@{server}")

@@ -85,25 +85,35 @@ def tenant_connection(tenant: str) -> psycopg.Connection:
     return connect(host, port, place["db_role"], password(f"tenant:{tenant}:v1"), place["db_name"])
 
 
-def odoo_health(tenant: str) -> str:
+def odoo_health(tenant: str, query: str = "") -> str:
     """The tenant's Odoo through nginx on odoo-node-01, as its customers reach it."""
     result = subprocess.run(
-        ["curl", "-s", "-m", "10", "-H", f"Host: {tenant}.odoo.miniature", "http://10.77.3.10/web/health"],
+        ["curl", "-s", "-m", "10", "-H", f"Host: {tenant}.odoo.miniature", f"http://10.77.3.10/web/health{query}"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     return result.stdout
 
 
-def namespace_commands(host: str) -> list[str]:
-    """The command lines of the processes running in a host's namespaces."""
+def namespace_processes(host: str) -> dict[int, str]:
+    """The processes running in a host's namespaces, each pid's command line."""
     pids = subprocess.run(["ip", "netns", "pids", f"mini-{host}"], capture_output=True, text=True).stdout.split()
-    commands = []
+    processes = {}
     for pid in pids:
         try:
-            commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            processes[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except FileNotFoundError:
             continue
-    return commands
+    return processes
+
+
+def namespace_commands(host: str) -> list[str]:
+    return list(namespace_processes(host).values())
+
+
+def odoo_pids(*tenants: str) -> dict[str, list[int]]:
+    """The pids of each tenant's Odoo on odoo-node-01."""
+    processes = namespace_processes("odoo-node-01")
+    return {t: sorted(p for p, c in processes.items() if "odoo-bin" in c and f"/tenants/{t}/" in c) for t in tenants}
 
 
 def test_site_converges_every_host_over_ssh_and_a_second_run_changes_nothing(miniature):
@@ -160,13 +170,19 @@ def test_tenants_are_provisioned_moved_drained_and_purged_across_hosts(miniature
         assert conn.execute("SELECT note FROM kept").fetchall() == [("mini-alpha before any move",)]
     assert odoo_health("mini-alpha") == '{"status": "pass"}'
 
-    # A drain: the pool's two other tenants move to the other pool's host.
+    # A drain: the pool's two other tenants move to the other pool's host. Same plan, so nothing in their odoo.conf
+    # changes: their Odoo keeps running (the same process), its own PgBouncer now forwarding to the new pool.
+    before = odoo_pids("mini-beta", "mini-gamma")
+    assert all(len(pids) == 1 for pids in before.values()), before
     ok(play("pool_drain.yml", "-e", "server=pool-shared-01"))
+    assert odoo_pids("mini-beta", "mini-gamma") == before
     for tenant in ("mini-beta", "mini-gamma"):
         assert tenant_place(tenant)["server"] == "pool-shared-02", tenant
         with tenant_connection(tenant) as conn:
             assert conn.execute("SELECT note FROM kept").fetchall() == [(f"{tenant} before any move",)]
         assert odoo_health(tenant) == '{"status": "pass"}', tenant
+        # Odoo opens `postgres` on its database's server (through its PgBouncer): the new pool answers.
+        assert odoo_health(tenant, "?db_server_status=1") == '{"status": "pass", "db_server_status": true}', tenant
 
     # Suspended: its login refused on its new pool's host; resumed: its rows there as they were.
     ok(play("tenant_suspend.yml", "-e", "tenant_id=mini-gamma"))

@@ -12,6 +12,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import (
     WeakSecretError,
     derive_password,
     scram_sha_256_verifier,
+    stable_scram_sha_256_verifier,
 )
 
 SECRET = "s" * 32
@@ -67,3 +68,14 @@ def test_a_scram_verifier_holds_no_password_and_is_postgresql_s_shape():
     assert "correct horse" not in verifier
     assert verifier == scram_sha_256_verifier("correct horse", salt=b"0123456789abcdef")
     assert verifier != scram_sha_256_verifier("correct horse")  # a fresh salt each time
+
+
+def test_a_tenant_s_verifier_is_the_same_wherever_it_is_computed_and_another_password_s_differs():
+    # Every server and PgBouncer in a tenant's path must hold the same verifier for PgBouncer to pass SCRAM on.
+    password = derive_password(SECRET, "tenant:acme:v1")
+    verifier = stable_scram_sha_256_verifier(password)
+    assert verifier == stable_scram_sha_256_verifier(password)
+    assert re.fullmatch(r"SCRAM-SHA-256\$4096:[A-Za-z0-9+/=]{24}\$[A-Za-z0-9+/=]{44}:[A-Za-z0-9+/=]{44}", verifier)
+    assert password not in verifier
+    other = stable_scram_sha_256_verifier(derive_password(SECRET, "tenant:acme:v2"))
+    assert other != verifier and other.split("$")[1] != verifier.split("$")[1]  # the salt differs too

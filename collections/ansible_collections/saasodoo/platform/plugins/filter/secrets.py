@@ -8,6 +8,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import (
     WeakSecretError,
     derive_password,
     scram_sha_256_verifier,
+    stable_scram_sha_256_verifier,
 )
 
 
@@ -21,4 +22,8 @@ def derived_password(purpose: str, platform_secret: str) -> str:
 
 class FilterModule:
     def filters(self):
-        return {"derived_password": derived_password, "scram_sha_256_verifier": scram_sha_256_verifier}
+        return {
+            "derived_password": derived_password,
+            "scram_sha_256_verifier": scram_sha_256_verifier,
+            "stable_scram_sha_256_verifier": stable_scram_sha_256_verifier,
+        }

@@ -39,3 +39,12 @@ def scram_sha_256_verifier(password: str, salt: bytes | None = None, iterations:
     stored_key = hashlib.sha256(client_key).digest()
     b64 = base64.b64encode
     return f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}${b64(stored_key).decode()}:{b64(server_key).decode()}"
+
+
+def stable_scram_sha_256_verifier(password: str) -> str:
+    """The one verifier of a tenant's password, the same wherever it is computed: every server the tenant's role is
+    on and every PgBouncer in its path hold the same, which PgBouncer needs to pass the client's SCRAM keys on to
+    the next hop (a runtime host's PgBouncer, then the pool's, then PostgreSQL). The salt is derived from the
+    password: nothing new to keep, and a derived password (43 random characters) leaks nothing through it."""
+    salt = hmac.new(password.encode(), _DOMAIN + b"scram-sha-256 salt", hashlib.sha256).digest()[:16]
+    return scram_sha_256_verifier(password, salt)

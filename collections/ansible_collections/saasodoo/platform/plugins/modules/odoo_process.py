@@ -24,6 +24,12 @@ description:
     C(absent) stops it and removes its program, its directory and its route.
   - A changed route is checked (C(nginx -t)) before nginx reloads; then the module waits until nginx routes the
     tenant as it should (its login form when started, 503 otherwise), since nginx swaps workers in the background.
+  - The tenant's Odoo reaches its database through a PgBouncer of its own (I(pgbouncer_program), run as the
+    tenant's user, its socket in the tenant's directory): the files of role C(database) are its configuration.
+    A change to them reloads that PgBouncer (C(SIGHUP)) and does not restart Odoo, so a database move, which
+    changes only where that PgBouncer forwards, leaves Odoo running. It runs while the tenant is there, started or
+    stopped (an install of modules goes through it), starts before Odoo (the module waits for its socket), and
+    stops after it when absent.
 version_added: 0.4.0
 requirements:
   - supervisor (the Python package; the host that runs supervisord has it)
@@ -66,7 +72,7 @@ options:
       - The other files to write when not absent (nothing secret), each C(path), C(content) and C(mode), and
         C(private) for those owned by the tenant's user (the others are root's).
       - C(role) says what a change calls for, C(config) (a restart, like odoo.conf's), C(program) (an update),
-        C(route) (a reload).
+        C(route) (a reload of nginx), C(database) (a reload of the tenant's PgBouncer).
     type: list
     elements: dict
     default: []
@@ -99,6 +105,14 @@ options:
     description: Seconds to wait for nginx to route the tenant as it should.
     type: int
     default: 20
+  pgbouncer_program:
+    description: The supervisord program of the tenant's PgBouncer (its program file is one of I(files)).
+    type: str
+    required: true
+  pgbouncer_socket:
+    description: The Unix socket the tenant's PgBouncer listens on (C(<dir>/.s.PGSQL.<port>)); its directory is made.
+    type: path
+    required: true
 attributes:
   check_mode:
     support: full
@@ -121,6 +135,8 @@ EXAMPLES = r"""
     route_url: http://127.0.0.1:80/web/login
     route_host: acme.odoo.example.com
     log_path: /var/lib/saasodoo/runtime/logs/odoo-acme.log
+    pgbouncer_program: pgbouncer-acme
+    pgbouncer_socket: /var/lib/saasodoo/runtime/tenants/acme/run/.s.PGSQL.6432
 """
 
 RETURN = r"""
@@ -132,11 +148,13 @@ actions:
   sample: [wrote odoo.conf, restarted]
 """
 
+import contextlib
 import grp
 import http.client
 import os
 import pwd
 import shutil
+import stat
 import time
 import urllib.error
 import xmlrpc.client
@@ -152,7 +170,7 @@ try:
 except ImportError:
     Faults = SupervisorTransport = None
 
-ROLES = ("config", "program", "route")
+ROLES = ("config", "program", "route", "database")
 ACTIVE_STATES = ("RUNNING", "STARTING", "BACKOFF")  # states that need no start, and a stop before files change
 LOGIN_FORM = "oe_login_form"
 MAX_BODY = 65536  # the tenant's Odoo answers: read no more than a login page
@@ -197,10 +215,10 @@ class OdooProcess:
             self.fail(f"supervisord does not answer as it should on {self.p['supervisor_socket']} ({error}):"
                       " converge the runtime host first (playbooks/site.yml)")  # fmt: skip
 
-    def state(self) -> str | None:
-        """supervisord's state of the program (RUNNING, STARTING, BACKOFF, STOPPED, EXITED, FATAL, ...); None when
-        supervisord does not know it."""
-        info = self.rpc("getProcessInfo", self.p["program"], ok_faults=(Faults.BAD_NAME,))
+    def state(self, program: str | None = None) -> str | None:
+        """supervisord's state of the program (RUNNING, STARTING, BACKOFF, STOPPED, EXITED, FATAL, ...), Odoo's
+        unless another is named; None when supervisord does not know it."""
+        info = self.rpc("getProcessInfo", program or self.p["program"], ok_faults=(Faults.BAD_NAME,))
         return info["statename"] if info else None
 
     def act(self, action: str, method: str, *args, ok_faults: tuple[int, ...] = ()) -> None:
@@ -209,40 +227,49 @@ class OdooProcess:
             self.rpc(method, *args, ok_faults=ok_faults)
 
     def update(self) -> None:
-        """supervisorctl's `update <program>` (supervisor/supervisorctl.py, do_update): reread the configuration
-        and apply what changed for this tenant's group only."""
+        """supervisorctl's `update <program> <pgbouncer program>` (supervisor/supervisorctl.py, do_update): reread
+        the configuration and apply what changed for this tenant's groups only."""
         self.actions.append("supervisord updated")
         if self.check_mode:
             return
-        group = self.p["program"]
         added, changed, removed = self.rpc("reloadConfig")[0]
-        if self.p["state"] != "absent" and group not in added + changed and self.state() is None:
-            self.fail(f"supervisord does not load program {group} from its file: is it under supervisord's [include]?")
-        if group in removed or group in changed:
-            self.rpc("stopProcessGroup", group)
-            self.rpc("removeProcessGroup", group)
-        if group in added or group in changed:
-            self.rpc("addProcessGroup", group)
+        for group in (self.p["pgbouncer_program"], self.p["program"]):  # Odoo's database first
+            if self.p["state"] != "absent" and group not in added + changed and self.state(group) is None:
+                self.fail(
+                    f"supervisord does not load program {group} from its file: is it under supervisord's [include]?"
+                )
+            if group in removed or group in changed:
+                self.rpc("stopProcessGroup", group)
+                self.rpc("removeProcessGroup", group)
+            if group in added or group in changed:
+                self.rpc("addProcessGroup", group)
 
     def fail(self, msg: str) -> None:
         self.module.fail_json(msg=msg, actions=self.actions, changed=bool(self.actions))
 
     def run(self) -> None:
         p = self.p
-        state = self.state()
+        state, pgbouncer_state = self.state(), self.state(p["pgbouncer_program"])
         # A stop comes first: nothing is read or written in the tenant's directory while its Odoo may still run.
+        # Its PgBouncer runs while the tenant is there, stopped or not (an install of modules uses it): it goes last.
         if p["state"] != "started" and state in ACTIVE_STATES:
             self.act("stopped", "stopProcess", p["program"], True, ok_faults=(Faults.NOT_RUNNING,))
+        if p["state"] == "absent" and pgbouncer_state in ACTIVE_STATES:
+            self.act("its PgBouncer stopped", "stopProcess", p["pgbouncer_program"], True,
+                     ok_faults=(Faults.NOT_RUNNING,))  # fmt: skip
         config = {"path": p["config_path"], "content": p["config"], "mode": "0600", "private": True, "role": "config"}
         route = [file for file in p["files"] if file.get("role") == "route"]
         if p["state"] == "absent":
             self.remove_files()
         else:
             self.ensure_dir(p["tenant_dir"], p["owner"], 0o700)
+            self.ensure_dir(os.path.dirname(p["pgbouncer_socket"]), p["owner"], 0o700)
             for file in [config, *(file for file in p["files"] if file.get("role") != "route")]:
                 self.ensure_file(file)
-        if "program" in self.changed_roles or (p["state"] != "absent" and state is None):
+        if "program" in self.changed_roles or (p["state"] != "absent" and None in (state, pgbouncer_state)):
             self.update()
+        if p["state"] != "absent":
+            self.start_pgbouncer()
         if p["state"] == "started":
             self.start()
         # The route changes once Odoo answers behind it (a failed start leaves the old one in place).
@@ -262,6 +289,32 @@ class OdooProcess:
             if rc != 0:
                 self.fail(f"{action} failed (nginx {' '.join(argv)}): {(out + err).strip()}")
         self.reloaded = True
+
+    def start_pgbouncer(self) -> None:
+        """The tenant's PgBouncer runs with its current files (reloaded when they changed: Odoo's connections
+        stay), and listens before Odoo, which opens its database as it starts, is started."""
+        p = self.p
+        if self.state(p["pgbouncer_program"]) not in ACTIVE_STATES:
+            # A socket left by a PgBouncer that was killed would look like one listening.
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(os.lstat(p["pgbouncer_socket"]).st_mode) and not self.check_mode:
+                    os.unlink(p["pgbouncer_socket"])
+            self.act("its PgBouncer started", "startProcess", p["pgbouncer_program"], False,
+                     ok_faults=(Faults.ALREADY_STARTED,))  # fmt: skip
+        elif "database" in self.changed_roles:
+            # PgBouncer sends each transaction after the reload to the new server (and closes the old server
+            # connections as they are released): Odoo is not restarted.
+            self.act("its PgBouncer reloaded", "signalProcess", p["pgbouncer_program"], "HUP")
+        if self.check_mode:
+            return
+        deadline = time.monotonic() + p["health_timeout"]
+        while not os.path.exists(p["pgbouncer_socket"]):
+            state = self.state(p["pgbouncer_program"])
+            if state not in ACTIVE_STATES or time.monotonic() > deadline:
+                log = os.path.join(os.path.dirname(p["log_path"]), f"{p['pgbouncer_program']}.log")
+                self.fail(f"the PgBouncer of program {p['program']} does not listen on {p['pgbouncer_socket']}"
+                          f" (supervisord: {state}): see {log}")  # fmt: skip
+            time.sleep(POLL_SECONDS)
 
     def start(self) -> None:
         p = self.p
@@ -387,6 +440,8 @@ def main() -> None:
             log_path=dict(type="path", required=True),
             health_timeout=dict(type="int", default=60),
             route_timeout=dict(type="int", default=20),
+            pgbouncer_program=dict(type="str", required=True),
+            pgbouncer_socket=dict(type="path", required=True),
         ),
         required_if=[("state", "started", ["config"]), ("state", "stopped", ["config"])],
         supports_check_mode=True,

@@ -17,7 +17,8 @@ description:
     template database and its role share a name), so the tenant owns every object as if its Odoo had made them.
     PUBLIC loses every privilege on the database and on its C(public) schema.
   - The password is sent as a SCRAM-SHA-256 verifier made here, with the statement kept out of the server's log,
-    and only when the stored verifier does not match it.
+    and only when the stored verifier is not it. The verifier is stable (its salt derived from the password), so
+    every server the role is on, and every PgBouncer between the tenant's Odoo and its database, holds the same.
   - With I(login=false) the role is NOLOGIN and its open sessions are closed (PgBouncer's server connections too).
   - C(absent) drops the database (closing its connections) and then the role.
   - Every session pins C(search_path) and the settings a tenant could set on its database, and qualifies what
@@ -90,12 +91,11 @@ sessions_closed:
   type: int
 """
 
-import base64
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import scram_sha_256_verifier
+from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import stable_scram_sha_256_verifier
 
 try:
     import psycopg
@@ -109,7 +109,6 @@ except ImportError:  # reported by main()
     psycopg = None
     PSYCOPG_IMPORT_ERROR = traceback.format_exc()
 
-SCRAM_ITERATIONS = 4096  # PostgreSQL's default (scram_iterations), and scram_sha_256_verifier's
 # A privileged session waits this long at most for a lock the tenant's own sessions may hold.
 LOCK_TIMEOUT = "-c lock_timeout=60s"
 # The attributes a tenant's role must not have, as pg_roles names them and as ALTER ROLE writes them.
@@ -123,16 +122,10 @@ REFUSED_ATTRIBUTES = {
 
 
 def password_matches(stored: str | None, password: str) -> bool:
-    """Whether `stored` (pg_authid.rolpassword) is the SCRAM-SHA-256 verifier of `password` this module would write.
-    A role may set its own password: one with another iteration count (2**31 would keep this busy for an hour) is
-    simply written again, never hashed here."""
-    if not stored or not stored.startswith(f"SCRAM-SHA-256${SCRAM_ITERATIONS}:"):
-        return False
-    try:
-        salt = base64.b64decode(stored.split("$")[1].split(":")[1], validate=True)
-    except (ValueError, IndexError):
-        return False
-    return scram_sha_256_verifier(password, salt, SCRAM_ITERATIONS) == stored
+    """Whether `stored` (pg_authid.rolpassword) is the verifier this module writes: the stable one, the same on
+    every server and in the runtime host's PgBouncer. Anything else (a role that set its own password, a verifier
+    with a random salt from an earlier release) is written again, never hashed here."""
+    return stored == stable_scram_sha_256_verifier(password)
 
 
 class RefusedError(Exception):
@@ -233,7 +226,8 @@ class TenantDatabase:
     def set_password(self, conn, action: str, template, attributes) -> None:
         # The verifier, not the password, goes to the server; the statement stays out of its log all the same
         # (this session is the module's own and ends with it).
-        statement = template.format(self.role, attributes, sql.Literal(scram_sha_256_verifier(self.p["password"])))
+        verifier = sql.Literal(stable_scram_sha_256_verifier(self.p["password"]))
+        statement = template.format(self.role, attributes, verifier)
         self.actions.append(action)
         if not self.check_mode:
             conn.execute(QUIET_STATEMENT_LOGGING)
