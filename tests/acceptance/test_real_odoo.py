@@ -5,7 +5,8 @@ built by it), then, the way an operator types them: three customers sign up (two
 server); each one's login page answers through nginx; the admin's one-time link sets a password and logs in, once;
 a plan change moves one database to a dedicated server and a suspension and a resumption stop and start another,
 and both still log in afterwards; a third is terminated and reactivated, and logs in as before; the second is
-brought back to a moment before its company was renamed, and logs in as before. Beside that, the
+brought back to a moment before its company was renamed, and logs in as before; its pool is drained under its
+running Odoo, whose open session goes on working. Beside that, the
 -i path: a database initialised by odoo-bin itself, timed against a clone. Nothing here runs without ODOO_BIN:
 the run is skipped, never faked.
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.integration.conftest import LocalPlatform, run_playbook, superuser
+from tests.integration.conftest import LOCAL_STATE, LocalPlatform, run_playbook, superuser
 
 ODOO_BIN = os.environ.get("SAASODOO_ODOO_BIN", "")
 pytestmark = pytest.mark.skipif(not ODOO_BIN, reason="set ODOO_BIN=<a real odoo-bin> (make acceptance says how)")
@@ -200,6 +201,28 @@ def test_a_point_in_time_restore_brings_the_customers_odoo_back_to_that_moment(s
         assert conn.execute("SELECT name FROM public.res_company WHERE id = 1").fetchone() == ("Globex",)
     assert login_page("globex") == 200
     assert Browser("globex").login(CUSTOMERS["globex"][2], PASSWORD)[0] in (302, 303)
+
+
+def test_a_drain_moves_the_customers_database_under_its_running_odoo(signed_up, fresh_local_platform):
+    """Its pool drained: the database moves to the other pool, and the same Odoo process (its own PgBouncer reloaded,
+    pointing there) serves the customer's open session, which needs the database, without a new login."""
+    with fresh_local_platform.registry() as conn:
+        (pool,) = conn.execute("SELECT db_server FROM registry.tenants WHERE tenant_id = 'globex'").fetchone()
+    browser = Browser("globex")
+    assert browser.login(CUSTOMERS["globex"][2], PASSWORD)[0] in (302, 303)
+    assert browser.request("/odoo")[0] == 200  # the web client: a logged-in session, read from the database
+    pid = supervisor_pid("odoo-globex")
+    drained = run_playbook("pool_drain.yml", "-e", f"server={pool}")
+    assert drained.returncode == 0, drained.output[-4000:]
+    with fresh_local_platform.registry() as conn:
+        assert conn.execute("SELECT db_server FROM registry.tenants WHERE tenant_id = 'globex'").fetchone() != (pool,)
+    assert supervisor_pid("odoo-globex") == pid
+    assert browser.request("/odoo")[0] == 200
+
+
+def supervisor_pid(program: str) -> int:
+    supervisorctl = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf"), "pid", program]
+    return int(subprocess.run(supervisorctl, capture_output=True, text=True, check=True).stdout)
 
 
 def test_the_template_path_beside_the_i_path(signed_up, fresh_local_platform, tmp_path):
