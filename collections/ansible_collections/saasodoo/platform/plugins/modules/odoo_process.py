@@ -242,7 +242,12 @@ class OdooProcess:
                 self.rpc("stopProcessGroup", group)
                 self.rpc("removeProcessGroup", group)
             if group in added or group in changed:
-                self.rpc("addProcessGroup", group)
+                pgbouncer = group == self.p["pgbouncer_program"] and self.p["state"] != "absent"
+                if pgbouncer:
+                    self.remove_stale_socket()
+                self.rpc("addProcessGroup", group)  # started at once (autostart)
+                if pgbouncer:
+                    self.wait_for_pgbouncer()  # before Odoo's group starts: Odoo opens its database as it starts
 
     def fail(self, msg: str) -> None:
         self.module.fail_json(msg=msg, actions=self.actions, changed=bool(self.actions))
@@ -295,18 +300,25 @@ class OdooProcess:
         stay), and listens before Odoo, which opens its database as it starts, is started."""
         p = self.p
         if self.state(p["pgbouncer_program"]) not in ACTIVE_STATES:
-            # A socket left by a PgBouncer that was killed would look like one listening.
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(os.lstat(p["pgbouncer_socket"]).st_mode) and not self.check_mode:
-                    os.unlink(p["pgbouncer_socket"])
+            if not self.check_mode:
+                self.remove_stale_socket()
             self.act("its PgBouncer started", "startProcess", p["pgbouncer_program"], False,
                      ok_faults=(Faults.ALREADY_STARTED,))  # fmt: skip
         elif "database" in self.changed_roles:
             # PgBouncer sends each transaction after the reload to the new server (and closes the old server
             # connections as they are released): Odoo is not restarted.
             self.act("its PgBouncer reloaded", "signalProcess", p["pgbouncer_program"], "HUP")
-        if self.check_mode:
-            return
+        if not self.check_mode:
+            self.wait_for_pgbouncer()
+
+    def remove_stale_socket(self) -> None:
+        """A socket left by a PgBouncer that was killed would look like one listening (it is not running)."""
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.lstat(self.p["pgbouncer_socket"]).st_mode):
+                os.unlink(self.p["pgbouncer_socket"])
+
+    def wait_for_pgbouncer(self) -> None:
+        p = self.p
         deadline = time.monotonic() + p["health_timeout"]
         while not os.path.exists(p["pgbouncer_socket"]):
             state = self.state(p["pgbouncer_program"])
