@@ -304,6 +304,7 @@ def drain_under_odoo(registry_port: int) -> bool:
     """Section 4 of the docstring; whether the tenant was removed."""
     tenant = Tenant(f"bench-odoo-{uuid.uuid4().hex[:6]}", registry_port)
     supervisorctl = ["supervisorctl", "-c", str(STATE / "runtime/supervisor/supervisord.conf"), "pid"]
+    pool = None
     try:
         run = run_playbook(
             "tenant_provision.yml", "-e", f"tenant_id={tenant.tenant_id}", "-e", f"plan={PLANS['shared']}",
@@ -329,13 +330,14 @@ def drain_under_odoo(registry_port: int) -> bool:
         print(f"Drain of {pool} under a running Odoo (process runtime): {seconds:.1f} s; its login page answered"
               f" {answers} times, {failures} failed, longest gap between good answers {gap:.2f} s;"
               f" Odoo pid {pid.strip()} before, {same.strip()} after")  # fmt: skip
-        verdict = "met" if same.strip() and same == pid else "NOT met"
+        verdict = "met" if int(pid or 0) > 0 and same == pid else "NOT met"  # supervisorctl says 0 when stopped
         print(f"goal Odoo not restarted by a move: pid {pid.strip()} vs {same.strip()} — {verdict}")
     finally:
         removed = remove_tenants([tenant.tenant_id], runtime="process")
         # The pool back in placement, as the bench found it (a drain has no undo: an operator's would be an edit).
-        with superuser("platform-db", registry_port, "saasodoo_registry") as conn:
-            conn.execute("UPDATE registry.db_servers SET status = 'active' WHERE status = 'draining'")
+        if pool:
+            with superuser("platform-db", registry_port, "saasodoo_registry") as conn:
+                conn.execute("UPDATE registry.db_servers SET status = 'active' WHERE name = %s", (pool,))
     return removed
 
 

@@ -14,6 +14,7 @@ back to a shared pool, which runs the CHECK function).
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -312,7 +313,12 @@ def test_a_tenants_odoo_runs_as_its_own_user_and_reads_nothing_of_another_tenant
     others = {
         "B's odoo.conf": ["cat", str(runtime / "tenants/iso-b/odoo.conf")],
         "B's runtime directory": ["ls", str(runtime / "tenants/iso-b")],
-        "B's PgBouncer's socket": ["test", "-e", str(runtime / "tenants/iso-b/run/.s.PGSQL.6432")],
+        "B's PgBouncer": [
+            "python3",
+            "-c",
+            "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])",
+            str(runtime / "tenants/iso-b/run/.s.PGSQL.6432"),
+        ],
         "B's files": ["ls", str(storage / "odoo_data_t_iso_b_iso-b")],
         "B's filestore": ["find", str(storage / "odoo_data_t_iso_b_iso-b/filestore")],
         "B's log": ["cat", str(runtime / "logs/odoo-iso-b.log")],
@@ -324,6 +330,39 @@ def test_a_tenants_odoo_runs_as_its_own_user_and_reads_nothing_of_another_tenant
     readable = [what for what, argv in others.items() if as_user(a, *argv).returncode == 0]
     assert readable == [], f"{a} can read {readable}"
     assert b != a and as_user(b, "cat", str(runtime / "tenants/iso-a/odoo.conf")).returncode != 0
+
+
+def test_a_link_the_tenant_puts_where_its_pgbouncer_socket_goes_is_not_followed_by_root(two_process_tenants, tmp_path):
+    """The socket directory is in the tenant's own directory: its user may swap it for a link to anything. The next
+    run of the tenant's runtime removes the link and makes the directory again; root changes nothing where it
+    pointed (no chmod, no chown, no socket removed there)."""
+    a, tenant_dir = tenant_os_user("iso-a"), LOCAL_STATE / "runtime/tenants/iso-a"
+    target = tmp_path / "someone-elses"
+    target.mkdir(mode=0o755)
+    with socket.socket(socket.AF_UNIX) as theirs:  # a real socket of the same name: the one root would remove
+        theirs.bind(str(target / ".s.PGSQL.6432"))
+    supervisorctl = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf")]
+    try:
+        assert as_user(a, "mv", str(tenant_dir / "run"), str(tenant_dir / "run.moved")).returncode == 0
+        assert as_user(a, "ln", "-s", str(target), str(tenant_dir / "run")).returncode == 0
+        subprocess.run([*supervisorctl, "stop", "pgbouncer-iso-a"], capture_output=True, check=True)
+        run = run_playbook("tenant_resume.yml", "-e", "tenant_id=iso-a", "-v")  # starts its PgBouncer again
+        assert run.returncode == 0, run.output[-4000:]
+        assert "removed what stood at" in run.output
+        run_dir = tenant_dir / "run"
+        assert run_dir.is_dir() and not run_dir.is_symlink() and (run_dir / ".s.PGSQL.6432").is_socket()
+        assert (run_dir.stat().st_mode & 0o7777, run_dir.owner()) == (0o700, a)
+        assert (target.stat().st_mode & 0o7777, target.owner()) == (0o755, "root")
+        assert (target / ".s.PGSQL.6432").is_socket()
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port('iso-a')}/web/login", timeout=10) as page:
+            assert page.status == 200  # its Odoo reaches its database through the PgBouncer started anew
+    finally:
+        subprocess.run(["rm", "-rf", str(tenant_dir / "run.moved")], check=False)
+
+
+def http_port(tenant: str) -> int:
+    conf = (LOCAL_STATE / "runtime/tenants" / tenant / "odoo.conf").read_text()
+    return int(re.search(r"^http_port = (\d+)$", conf, re.MULTILINE)[1])
 
 
 def test_a_rotated_credential_opens_the_tenants_database_and_the_old_one_nothing(local_platform: LocalPlatform):

@@ -76,6 +76,5 @@ def test_a_tenant_s_verifier_is_the_same_wherever_it_is_computed_and_another_pas
     verifier = stable_scram_sha_256_verifier(password)
     assert verifier == stable_scram_sha_256_verifier(password)
     assert re.fullmatch(r"SCRAM-SHA-256\$4096:[A-Za-z0-9+/=]{24}\$[A-Za-z0-9+/=]{44}:[A-Za-z0-9+/=]{44}", verifier)
-    assert password not in verifier
     other = stable_scram_sha_256_verifier(derive_password(SECRET, "tenant:acme:v2"))
     assert other != verifier and other.split("$")[1] != verifier.split("$")[1]  # the salt differs too

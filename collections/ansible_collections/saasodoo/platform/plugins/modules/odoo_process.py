@@ -18,9 +18,10 @@ description:
     and add only this tenant's group) when its file changed, was removed, or is unknown to supervisord (a run killed
     between writing it and applying it).
   - C(started) starts the program, or restarts it when only its odoo.conf changed, and waits until Odoo shows its
-    login form while supervisord still has it running (C(STARTING) or C(RUNNING)), both polled; if it does not,
-    fails with the end of its log. It does not wait out C(startsecs): a program that dies later is supervisord's
-    to restart, and the next run sees it. C(stopped) stops it, keeping its files.
+    login form from a listener of the tenant's own user while supervisord still has it running (C(STARTING) or
+    C(RUNNING)), all polled; if it does not, fails with the end of its log. It does not wait out C(startsecs): a
+    program that dies later is supervisord's to restart, and the next run sees it. C(stopped) stops it, keeping
+    its files.
     C(absent) stops it and removes its program, its directory and its route.
   - A changed route is checked (C(nginx -t)) before nginx reloads; then the module waits until nginx routes the
     tenant as it should (its login form when started, 503 otherwise), since nginx swaps workers in the background.
@@ -157,6 +158,7 @@ import shutil
 import stat
 import time
 import urllib.error
+import urllib.parse
 import xmlrpc.client
 from xml.parsers.expat import ExpatError
 
@@ -190,6 +192,18 @@ def fetch(url: str, host: str | None = None) -> tuple[int, str]:
         return 0, str(error)
 
 
+def listener_uids(port: int) -> set[int]:
+    """The uids of the TCP sockets listening on `port` in this network namespace (/proc/net/tcp and tcp6: the local
+    address's port in hex, state 0A is LISTEN, the owner's uid in the eighth column)."""
+    uids = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for fields in (row.split() for row in list(rows)[1:]):
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    uids.add(int(fields[7]))
+    return uids
+
+
 class OdooProcess:
     def __init__(self, module: AnsibleModule):
         self.module = module
@@ -198,6 +212,7 @@ class OdooProcess:
         self.actions: list[str] = []
         self.changed_roles: set[str] = set()
         self.reloaded = False
+        self.pgbouncer_ready = self.pgbouncer_fresh = False
 
         self.supervisor = xmlrpc.client.ServerProxy(
             "http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{self.p['supervisor_socket']}")
@@ -242,12 +257,12 @@ class OdooProcess:
                 self.rpc("stopProcessGroup", group)
                 self.rpc("removeProcessGroup", group)
             if group in added or group in changed:
-                pgbouncer = group == self.p["pgbouncer_program"] and self.p["state"] != "absent"
-                if pgbouncer:
+                if group == self.p["pgbouncer_program"]:
                     self.remove_stale_socket()
+                    self.pgbouncer_fresh = True  # started with its files as they are now: nothing to reload
+                elif self.p["state"] != "absent":
+                    self.start_pgbouncer()  # listening before Odoo's group starts (autostart) and opens its database
                 self.rpc("addProcessGroup", group)  # started at once (autostart)
-                if pgbouncer:
-                    self.wait_for_pgbouncer()  # before Odoo's group starts: Odoo opens its database as it starts
 
     def fail(self, msg: str) -> None:
         self.module.fail_json(msg=msg, actions=self.actions, changed=bool(self.actions))
@@ -297,30 +312,63 @@ class OdooProcess:
 
     def start_pgbouncer(self) -> None:
         """The tenant's PgBouncer runs with its current files (reloaded when they changed: Odoo's connections
-        stay), and listens before Odoo, which opens its database as it starts, is started."""
-        p = self.p
-        if self.state(p["pgbouncer_program"]) not in ACTIVE_STATES:
+        stay), once per run. Started again when it cannot take a reload (supervisord's BACKOFF) or runs without its
+        socket (the tenant may delete it). With Odoo to start, the module waits until it listens; a stopped tenant's
+        run does not wait on anything the tenant controls."""
+        if self.pgbouncer_ready:
+            return
+        self.pgbouncer_ready = True
+        p, program = self.p, self.p["pgbouncer_program"]
+        state = self.state(program)
+        if state == "BACKOFF" or (state == "RUNNING" and not self.check_mode and not self.socket_exists()):
+            self.act(f"its PgBouncer stopped ({state}: crashing, or without its socket)", "stopProcess", program,
+                     True, ok_faults=(Faults.NOT_RUNNING,))  # fmt: skip
+            state = None
+        if state not in ACTIVE_STATES:
             if not self.check_mode:
                 self.remove_stale_socket()
-            self.act("its PgBouncer started", "startProcess", p["pgbouncer_program"], False,
-                     ok_faults=(Faults.ALREADY_STARTED,))  # fmt: skip
-        elif "database" in self.changed_roles:
+            self.act("its PgBouncer started", "startProcess", program, False, ok_faults=(Faults.ALREADY_STARTED,))
+        elif "database" in self.changed_roles and not self.pgbouncer_fresh:
             # PgBouncer sends each transaction after the reload to the new server (and closes the old server
             # connections as they are released): Odoo is not restarted.
-            self.act("its PgBouncer reloaded", "signalProcess", p["pgbouncer_program"], "HUP")
-        if not self.check_mode:
+            self.act("its PgBouncer reloaded", "signalProcess", program, "HUP")
+        if p["state"] == "started" and not self.check_mode:
             self.wait_for_pgbouncer()
 
+    def socket_exists(self) -> bool:
+        """Whether PgBouncer's socket is there, looked up without following links (the directory is the tenant's)."""
+        directory, name = os.path.split(self.p["pgbouncer_socket"])
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            return stat.S_ISSOCK(os.lstat(name, dir_fd=fd).st_mode)
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(fd)
+
     def remove_stale_socket(self) -> None:
-        """A socket left by a PgBouncer that was killed would look like one listening (it is not running)."""
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.lstat(self.p["pgbouncer_socket"]).st_mode):
-                os.unlink(self.p["pgbouncer_socket"])
+        """Whatever is where the socket goes while PgBouncer is not running: a socket a killed PgBouncer left (it
+        would look like one listening), or anything the tenant put there. Looked up from the socket directory
+        opened without following links: the tenant owns it and could have made it a link to another service's."""
+        directory, name = os.path.split(self.p["pgbouncer_socket"])
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return  # gone, or not a directory: ensure_dir makes it again before PgBouncer starts
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
+                    os.unlink(name, dir_fd=fd)
+        finally:
+            os.close(fd)
 
     def wait_for_pgbouncer(self) -> None:
         p = self.p
         deadline = time.monotonic() + p["health_timeout"]
-        while not os.path.exists(p["pgbouncer_socket"]):
+        while not self.socket_exists():
             state = self.state(p["pgbouncer_program"])
             if state not in ACTIVE_STATES or time.monotonic() > deadline:
                 log = os.path.join(os.path.dirname(p["log_path"]), f"{p['pgbouncer_program']}.log")
@@ -333,7 +381,7 @@ class OdooProcess:
         state = self.state()
         # An update just now may have started it already (autostart); STARTING and BACKOFF need no start.
         if state not in ACTIVE_STATES:
-            # Not waiting for startsecs here: the loop below waits for RUNNING and the login form together.
+            # Not waiting for startsecs: the loop below waits for the login form from the tenant's own listener.
             self.act("started", "startProcess", p["program"], False, ok_faults=(Faults.ALREADY_STARTED,))
         elif "config" in self.changed_roles and "program" not in self.changed_roles:
             self.act(
@@ -343,14 +391,21 @@ class OdooProcess:
         if self.check_mode:
             return
         # /web/health answers before the database is usable (and for an Odoo never initialised, 500 from then on):
-        # the login form is what the customer needs. Waiting for RUNNING too would add startsecs (1 s) to every
-        # start for nothing the login form has not shown; supervisord still restarts a program that dies after.
+        # the login form is what the customer needs. It must come from a listener of the tenant's own user: another
+        # tenant could have bound the port first, and then this Odoo fails to bind and dies within startsecs while
+        # the squatter answers. Waiting for RUNNING (past startsecs) would add 1 s to every start; supervisord still
+        # restarts a program that dies later.
         deadline = time.monotonic() + p["health_timeout"]
+        port, uid = urllib.parse.urlsplit(p["login_url"]).port, self.ids(p["owner"])[0]
         while True:
             status, body = fetch(p["login_url"])
             state = self.state()  # after the answer: the one that answered is still the one supervisord runs
             if status == 200 and LOGIN_FORM in body and state in ("STARTING", "RUNNING"):
-                return
+                owners = listener_uids(port)
+                if owners == {uid}:
+                    return
+                if owners and state == "RUNNING":
+                    self.fail(f"port {port} of program {p['program']} is held by another user (uid {owners - {uid}})")
             # supervisord gave up (FATAL after startretries), or something else stopped it: no use waiting.
             if state not in ACTIVE_STATES or time.monotonic() > deadline:
                 break
@@ -392,21 +447,36 @@ class OdooProcess:
             self.fail(f"no OS user and group {owner}: tenant_resume.yml (or provisioning) makes them")
 
     def ensure_dir(self, path: str, owner: str, mode: int) -> None:
+        """A directory of `owner`'s with `mode`. The socket directory sits in the tenant's own directory, where the
+        tenant may have put a link or a file instead: that is removed, and the directory is changed through a
+        descriptor opened without following links, so root never chmods or chowns where a link points."""
         ids = self.ids(owner)
         try:
-            st = os.lstat(path)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except FileNotFoundError:
+            fd = None
+        except OSError:  # ELOOP (a link) or ENOTDIR (anything else): not ours to keep
+            self.actions.append(f"removed what stood at {path}")
+            if self.check_mode:
+                return
+            os.unlink(path)
+            fd = None
+        if fd is None:
             self.actions.append(f"made {path}")
-            if not self.check_mode:
-                os.makedirs(path, mode)
-                os.chown(path, *ids)
-                os.chmod(path, mode)
-            return
-        if ids is None or (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (*ids, mode):
-            self.actions.append(f"set owner and mode of {path}")
-            if not self.check_mode:
-                os.chown(path, *ids, follow_symlinks=False)
-                os.chmod(path, mode)
+            if self.check_mode:
+                return
+            os.mkdir(path, mode)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if ids is None or (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (*ids, mode):
+                if not self.actions or self.actions[-1] != f"made {path}":
+                    self.actions.append(f"set owner and mode of {path}")
+                if not self.check_mode:
+                    os.fchown(fd, *ids)
+                    os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
 
     def ensure_file(self, file: dict) -> None:
         path, content, mode = file["path"], file["content"].encode(), int(str(file["mode"]), 8)
