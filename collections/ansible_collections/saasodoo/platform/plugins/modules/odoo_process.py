@@ -19,14 +19,14 @@ description:
     between writing it and applying it).
   - C(started) starts the program, or restarts it when only its odoo.conf changed, and waits until Odoo shows its
     login form from a listener of the tenant's own user while supervisord still has it running (C(STARTING) or
-    C(RUNNING)), all polled; if it does not, fails with the end of its log. It does not wait out C(startsecs): a
+    C(RUNNING)), all polled; if it does not, fails with the end of its log. It does not wait out C(startsecs), since a
     program that dies later is supervisord's to restart, and the next run sees it. C(stopped) stops it, keeping
     its files.
     C(absent) stops it and removes its program, its directory and its route.
   - A changed route is checked (C(nginx -t)) before nginx reloads; then the module waits until nginx routes the
     tenant as it should (its login form when started, 503 otherwise), since nginx swaps workers in the background.
   - The tenant's Odoo reaches its database through a PgBouncer of its own (I(pgbouncer_program), run as the
-    tenant's user, its socket in the tenant's directory): the files of role C(database) are its configuration.
+    tenant's user, its socket in the tenant's directory), configured by the files of role C(database).
     A change to them reloads that PgBouncer (C(SIGHUP)) and does not restart Odoo, so a database move, which
     changes only where that PgBouncer forwards, leaves Odoo running. It runs while the tenant is there, started or
     stopped (an install of modules goes through it), starts before Odoo (the module waits for its socket), and

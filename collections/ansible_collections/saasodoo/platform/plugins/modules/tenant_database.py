@@ -38,8 +38,8 @@ options:
   password:
     description:
       - The role's password (derived, never stored). Required with I(state=present).
-      - It must be a high-entropy secret like the derived ones (43 random characters): the stable verifier's salt
-        is derived from it, so a guess can be checked without the 4096 rounds a random salt would cost.
+      - It must be a high-entropy secret like the derived ones (43 random characters), since the stable verifier's
+        salt is derived from it and a guess can be checked without the 4096 rounds a random salt would cost.
     type: str
   login:
     description: Whether the role may log in.
