@@ -465,7 +465,7 @@ class OdooProcess:
             self.actions.append(f"made {path}")
             if self.check_mode:
                 return
-            os.mkdir(path, mode)
+            os.makedirs(path, mode)  # its parents are root's, or the tenant's directory just checked
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             st = os.fstat(fd)
