@@ -335,35 +335,34 @@ class OdooProcess:
         if p["state"] == "started" and not self.check_mode:
             self.wait_for_pgbouncer()
 
-    def socket_exists(self) -> bool:
-        """Whether PgBouncer's socket is there, looked up without following links (the directory is the tenant's)."""
+    @contextlib.contextmanager
+    def socket_directory(self):
+        """The socket's directory, opened without following links (the tenant owns it and could have made it a link
+        to another service's), and the socket's name in it; None when it is gone or not a directory (ensure_dir
+        makes it again before PgBouncer starts)."""
         directory, name = os.path.split(self.p["pgbouncer_socket"])
         try:
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:
-            return False
+            yield None
+            return
         try:
-            return stat.S_ISSOCK(os.lstat(name, dir_fd=fd).st_mode)
-        except FileNotFoundError:
-            return False
+            yield fd, name
         finally:
             os.close(fd)
 
+    def socket_exists(self) -> bool:
+        """Whether PgBouncer's socket is there."""
+        with self.socket_directory() as found, contextlib.suppress(FileNotFoundError):
+            return found is not None and stat.S_ISSOCK(os.lstat(found[1], dir_fd=found[0]).st_mode)
+        return False
+
     def remove_stale_socket(self) -> None:
         """Whatever is where the socket goes while PgBouncer is not running: a socket a killed PgBouncer left (it
-        would look like one listening), or anything the tenant put there. Looked up from the socket directory
-        opened without following links: the tenant owns it and could have made it a link to another service's."""
-        directory, name = os.path.split(self.p["pgbouncer_socket"])
-        try:
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            return  # gone, or not a directory: ensure_dir makes it again before PgBouncer starts
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                if not stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
-                    os.unlink(name, dir_fd=fd)
-        finally:
-            os.close(fd)
+        would look like one listening), or anything the tenant put there."""
+        with self.socket_directory() as found, contextlib.suppress(FileNotFoundError):
+            if found is not None and not stat.S_ISDIR(os.lstat(found[1], dir_fd=found[0]).st_mode):
+                os.unlink(found[1], dir_fd=found[0])
 
     def wait_for_pgbouncer(self) -> None:
         p = self.p
