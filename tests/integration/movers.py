@@ -177,17 +177,19 @@ class Mover:
         assert not missing, f"{len(missing)} committed rows lost"
         assert report.commits > 0
 
-    def start_playbook(self, playbook: str, *args: str, failpoint: str = "") -> subprocess.Popen:
+    def start_playbook(
+        self, playbook: str, *args: str, failpoint: str = "", runtime: tuple[str, ...] = RUNTIME_NONE
+    ) -> subprocess.Popen:
         """A playbook run for this tenant in the background, its output piped, in a process group of its own."""
         return subprocess.Popen(
             [str(VENV_BIN / "ansible-playbook"), "-i", "inventories/local", f"playbooks/{playbook}",
-             "-e", f"tenant_id={self.tenant}", *args, *RUNTIME_NONE],
+             "-e", f"tenant_id={self.tenant}", *args, *runtime],
             cwd=REPO, env={**ansible_env(), FAILPOINT_ENV: failpoint},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
 
-    def start_change_plan(self, plan: str, failpoint: str) -> subprocess.Popen:
-        return self.start_playbook("tenant_change_plan.yml", "-e", f"plan={plan}", failpoint=failpoint)
+    def start_change_plan(self, plan: str, failpoint: str, runtime: tuple[str, ...] = RUNTIME_NONE) -> subprocess.Popen:
+        return self.start_playbook("tenant_change_plan.yml", "-e", f"plan={plan}", failpoint=failpoint, runtime=runtime)
 
     def kill_at(self, point: str, signal_file: Path, plan: str) -> str:
         """Run the plan change until db_migrate holds at `point`, then SIGKILL the run's whole process group."""

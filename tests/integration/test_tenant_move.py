@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -123,6 +124,54 @@ def test_a_suspend_and_a_resume_during_a_move_act_where_the_move_leaves_the_tena
             kept = {r[0] for r in conn.execute("SELECT id FROM public.bench_writer")}
         missing = set(report.committed_ids) - kept
         assert not missing, f"{len(missing)} committed rows lost"
+
+
+def test_a_process_tenants_odoo_follows_its_database_before_the_copies_are_verified(
+    local_platform: LocalPlatform, tmp_path: Path
+):
+    """The tenant's own PgBouncer is pointed at the new server as soon as the registry is, while the move still
+    compares the two copies: Odoo answers from its database there, and was not restarted for it."""
+    tenant = "mover-odoo"
+    tenant_dir = LOCAL_STATE / "runtime/tenants" / tenant
+    supervisorctl = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf"), "pid"]
+    provisioned = run_playbook(
+        "tenant_provision.yml", "-e", f"tenant_id={tenant}", "-e", "plan=basic-monthly", "-e", "customer_id=acct-odoo"
+    )
+    assert provisioned.returncode == 0, provisioned.output[-4000:]
+    mover = Mover(local_platform, tenant, tables=0)
+    try:
+        pid = subprocess.run([*supervisorctl, f"odoo-{tenant}"], capture_output=True, text=True).stdout.strip()
+        assert int(pid) > 0
+        source, verifying = mover.record()["db_server"], tmp_path / "verifying"
+        run = mover.start_change_plan(PLANS["shared"][0], f"pause-verifying:{verifying}", runtime=())
+        wait_for_file(run, verifying, "verifying")
+        with local_platform.registry() as registry:
+            target, port, http_port = registry.execute(
+                "SELECT t.db_server, coalesce(s.pgbouncer_port, s.port), t.http_port FROM registry.tenants t"
+                " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
+                (tenant,),
+            ).fetchone()
+        assert target != source
+        # Still verifying (the module holds there): the runtime follows the registry, its PgBouncer pointed at the
+        # new server's (or at the server, which has none) by the playbook's next tasks.
+        deadline = time.monotonic() + 60
+        while f"{mover.db} = host=127.0.0.1 port={port} " not in (tenant_dir / "pgbouncer.ini").read_text():
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"the tenant's PgBouncer still points elsewhere:\n{(tenant_dir / 'pgbouncer.ini').read_text()}"
+                )
+            time.sleep(0.1)  # the playbook is another process: poll the file it writes
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/web/health?db_server_status=1", timeout=10) as page:
+            assert page.status == 200  # Odoo's query reached the database, on the new server
+        assert subprocess.run([*supervisorctl, f"odoo-{tenant}"], capture_output=True, text=True).stdout.strip() == pid
+        verifying.unlink()
+        output = run.communicate()[0]  # then the new plan's odoo.conf (more workers) restarts it
+        assert run.returncode == 0, output[-5000:]
+        assert mover.last_move()["phase"] == "done"
+    finally:
+        for playbook, *extra in (("tenant_terminate.yml",), ("tenant_purge.yml", "-e", "force=true")):
+            removed = run_playbook(playbook, "-e", f"tenant_id={tenant}", *extra)
+            assert removed.returncode == 0, removed.output[-4000:]
 
 
 def test_a_copy_found_different_after_the_switch_is_switched_back_with_every_write(mover: Mover, tmp_path: Path):

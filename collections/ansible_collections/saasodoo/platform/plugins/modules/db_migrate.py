@@ -32,6 +32,11 @@ description:
   - Only one copy at a time lets the tenant's role log in, and no committed write is lost by a switch back.
   - Two runs for one tenant never overlap (a session advisory lock on the registry, released if a run dies). The
     other tenant playbooks wait while a move runs (registry_tenant's I(move_wait_seconds)).
+  - I(step=wait) watches a I(step=move) started as an Ansible async task (I(job), on the same host) without taking
+    the lock, so the playbook can act between the repoint and the end of the verification. With
+    I(wait_for=repointed) it returns once the registry points at the target, or once the move ended or its
+    process died (then C(repointed) is false). With I(wait_for=finished) it returns the move's own result, or fails
+    as the move failed, or fails if the move's process died (its next run finishes or rolls it back).
 version_added: 0.2.0
 author: SaaSOdoo ops maintainers
 options:
@@ -44,10 +49,24 @@ options:
     type: str
     required: true
   step:
-    description: C(place) chooses and records the target; C(move) moves the database to it.
+    description: C(place) chooses and records the target; C(move) moves the database to it; C(wait) watches a move.
     type: str
-    choices: [place, move]
+    choices: [place, move, wait]
     default: move
+  wait_for:
+    description: With I(step=wait), what to wait for.
+    type: str
+    choices: [repointed, finished]
+    default: finished
+  job:
+    description:
+      - With I(step=wait), the C(ansible_job_id) of the async I(step=move) task. Its status file (in
+        C(ANSIBLE_ASYNC_DIR), C(~/.ansible_async) by default) says whether the move still runs and holds its result.
+    type: str
+  wait_timeout:
+    description: With I(step=wait), seconds to wait before failing.
+    type: int
+    default: 7200
   drain:
     description: Move even when the plan's C(db_type) is the tenant's (moving it off its current server).
     type: bool
@@ -166,6 +185,14 @@ migration:
   description: The C(registry.migrations) row - phases with their times, write_downtime_ms, copy_ms, verification.
   returned: when moving or moved
   type: dict
+repointed:
+  description: With I(step=wait) and I(wait_for=repointed), whether the registry points at the target now.
+  returned: step=wait
+  type: bool
+tenant:
+  description: With I(wait_for=repointed), the tenant as M(saasodoo.platform.registry_tenant) returns it.
+  returned: step=wait
+  type: dict
 rolled_back:
   description: The unfinished move this run rolled back before placing again, if any.
   returned: success
@@ -177,6 +204,9 @@ executed:
   elements: str
 """
 
+import json
+import os
+import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -197,6 +227,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry import 
     open_move,
     try_move_lock,
 )
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import read_tenant as tenant_record
 
 try:
     import psycopg
@@ -330,12 +361,87 @@ def move(module, registry, p: dict, options: MoveOptions) -> dict:
     }
 
 
+WAIT_POLL_SECONDS = 0.1
+
+
+def async_job_path(job_id: str) -> str:
+    async_dir = os.path.expanduser(os.environ.get("ANSIBLE_ASYNC_DIR", "~/.ansible_async"))
+    return os.path.join(async_dir, os.path.basename(job_id))
+
+
+def async_job(job_id: str) -> dict:
+    """The async task's status file as Ansible's async_status reads it: {"started": 1, "finished": 0} while the move
+    runs (with its "pid" under Mitogen), then the module's result."""
+    try:
+        with open(async_job_path(job_id)) as status:
+            return json.load(status)
+    except FileNotFoundError:
+        raise MoveError(f"no async job {job_id} on this host: step=wait runs where step=move was started") from None
+    except json.JSONDecodeError:
+        return {"started": 1, "finished": 0}  # caught between write and rename: look again
+
+
+def job_state(job: dict) -> str:
+    """finished, died (its process is gone without a result: killed) or running."""
+    if job.get("finished") or "started" not in job:  # Ansible's async_wrapper writes the bare result (async_status)
+        return "finished"
+    if job.get("pid"):
+        try:
+            os.kill(int(job["pid"]), 0)
+        except ProcessLookupError:
+            return "died"
+        except PermissionError:
+            pass  # alive, as another user
+    return "running"
+
+
+def wait(module, registry, p: dict) -> dict:
+    """Watch the move an async step=move task runs (see the module's docstring)."""
+    if not p["job"]:
+        raise MoveError("step=wait needs job: the ansible_job_id of the async step=move task")
+    deadline = time.monotonic() + p["wait_timeout"]
+    while True:
+        state = job_state(async_job(p["job"]))
+        if p["wait_for"] == "repointed":
+            with registry.cursor(row_factory=dict_row) as cur:
+                row = cur.execute(
+                    "SELECT m.target_server, t.db_server FROM registry.migrations m"
+                    " JOIN registry.tenants t USING (tenant_id) WHERE m.tenant_id = %s ORDER BY m.id DESC LIMIT 1",
+                    (p["tenant_id"],),
+                ).fetchone()
+            repointed = bool(row) and row["db_server"] == row["target_server"]
+            if repointed or state != "running":
+                tenant = tenant_record(registry, p["tenant_id"])  # registry_tenant's shape: the runtime's input
+                return {"changed": False, "repointed": repointed, "tenant": tenant, "executed": []}
+        elif state == "finished":
+            result = async_job(p["job"])
+            os.remove(async_job_path(p["job"]))  # read once, as async_status's cleanup does
+            if result.get("failed"):
+                module.fail_json(msg=result.get("msg", "the move failed"), tenant_id=p["tenant_id"],
+                                 migration=result.get("migration"))  # fmt: skip
+            keep = ("changed", "moving", "target", "migration", "executed")
+            return {key: result[key] for key in keep if key in result}
+        elif state == "died":
+            os.remove(async_job_path(p["job"]))
+            row = open_move(registry, p["tenant_id"])
+            raise MoveError(
+                f"the move of tenant {p['tenant_id']} died in phase {row['phase'] if row else 'unknown'}: "
+                "run the playbook again to finish or roll it back"
+            )
+        if time.monotonic() > deadline:
+            raise MoveError(f"the move of tenant {p['tenant_id']} did not end within {p['wait_timeout']} s")
+        time.sleep(WAIT_POLL_SECONDS)  # the move runs in another process: poll its status file and the registry
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             tenant_id=dict(type="str", required=True),
             plan=dict(type="str", required=True),
-            step=dict(type="str", choices=["place", "move"], default="move"),
+            step=dict(type="str", choices=["place", "move", "wait"], default="move"),
+            wait_for=dict(type="str", choices=["repointed", "finished"], default="finished"),
+            job=dict(type="str"),
+            wait_timeout=dict(type="int", default=7200),
             drain=dict(type="bool", default=False),
             method=dict(type="str", choices=["logical", "dump"], default="logical"),
             servers=dict(type="dict", required=True, no_log=True),
@@ -369,10 +475,12 @@ def main() -> None:
             for login in p["servers"].values():
                 login["sslrootcert"] = login.get("sslrootcert") or ca_file
             with connect_registry(p) as registry:
-                if not try_move_lock(registry, p["tenant_id"]):
+                if p["step"] == "wait":  # the move it watches holds the lock
+                    result = wait(module, registry, p)
+                elif not try_move_lock(registry, p["tenant_id"]):
                     raise MoveError(f"another db_migrate run is moving tenant {p['tenant_id']}; let it finish")
-                step = place if p["step"] == "place" else move
-                result = step(module, registry, p, options)
+                else:
+                    result = (place if p["step"] == "place" else move)(module, registry, p, options)
         module.exit_json(**result)
     except (MoveError, PlacementError, RegistryUnreachable) as e:
         module.fail_json(msg=str(e), tenant_id=p["tenant_id"])

@@ -168,6 +168,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry import 
     connect_registry,
     hold_tenant,
     open_move,
+    read_tenant,
     release_move_lock,
     try_move_lock,
 )
@@ -182,20 +183,6 @@ try:
 except ImportError:
     PSYCOPG_IMPORT_ERROR = traceback.format_exc()
 
-TENANT_QUERY = """
-SELECT t.tenant_id, t.customer_id, t.subscription_id, t.plan_name, t.plan_version, t.db_type, t.db_server,
-       t.db_name, t.db_role, t.status, t.billing_status, t.storage_path, t.quotas, t.credential_version,
-       t.http_port, t.created_at::text AS created_at, t.updated_at::text AS updated_at,
-       t.retain_until::text AS retain_until, (t.retain_until > now()) AS retention_running,
-       p.entitlements AS plan,
-       CASE WHEN s.name IS NULL THEN NULL ELSE jsonb_build_object(
-           'name', s.name, 'kind', s.kind, 'host', s.host, 'port', s.port, 'pgbouncer_host', s.pgbouncer_host,
-           'pgbouncer_port', s.pgbouncer_port, 'pg_major', s.pg_major, 'status', s.status) END AS server
-FROM registry.tenants AS t
-JOIN registry.plans AS p ON (p.name, p.version) = (t.plan_name, t.plan_version)
-LEFT JOIN registry.db_servers AS s ON s.name = t.db_server
-WHERE t.tenant_id = %(tenant_id)s
-"""
 
 # Serialises port allocation across runs (any fixed key; 'saasodoo.http_port').
 HTTP_PORT_LOCK = 0x5AA5_0D00_0001
@@ -203,11 +190,6 @@ HTTP_PORT_LOCK = 0x5AA5_0D00_0001
 
 class TenantError(Exception):
     """A request the registry refuses; the message names the tenant and what to do."""
-
-
-def read_tenant(conn, tenant_id: str, lock: bool = False) -> dict | None:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(TENANT_QUERY + (" FOR UPDATE OF t" if lock else ""), {"tenant_id": tenant_id}).fetchone()
 
 
 def newest_plan(conn, name: str) -> dict | None:
