@@ -361,7 +361,7 @@ def move(module, registry, p: dict, options: MoveOptions) -> dict:
     }
 
 
-WAIT_POLL_SECONDS = 0.1
+WAIT_POLL_SECONDS = 0.05  # the repoint starts the runtime step: every tenth of a second is downtime
 
 
 def async_job_path(job_id: str) -> str:
