@@ -4,19 +4,21 @@ writing throughout (tests/integration/movers.py).
 The move is SIGKILLed at each point of FAULT_CASES and the playbook run again (`make soak`: three times each; `make
 test`: once at each of TEST_FAULT_CASES), or, after one of them, the webhook runner's recovery pass runs it: the
 next run finishes it or rolls it back and makes it again, and the tenant ends on exactly one server with every
-committed row.
+committed row. A playbook run killed alone (its async move lives on) has its move roll itself back.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from .conftest import LocalPlatform, run_playbook
-from .movers import PLANS, RUNTIME_NONE, Mover, provision_mover
+from .movers import PLANS, RUNTIME_NONE, Mover, provision_mover, wait_for_file
 from .runner_stack import (
     pause_deployed_runner,
     resume_deployed_runner,
@@ -117,3 +119,30 @@ def recovered_by_the_runner(mover: Mover, platform: LocalPlatform, state: Path) 
             " WHERE tenant_id = %s AND action = 'recover_move' ORDER BY id DESC LIMIT 1",
             (mover.tenant,),
         ).fetchone()
+
+
+def test_a_move_whose_playbook_run_is_killed_rolls_itself_back_before_the_block(mover: Mover, tmp_path: Path):
+    """The move runs as an async task, which a killed playbook does not take down with it: before blocking writes it
+    finds that no live run holds its tenant any more, and rolls back, the tenant never blocked and nothing lost."""
+    plan = PLANS[mover.record()["db_type"]][0]
+    source, held = mover.record()["db_server"], tmp_path / "catching_up"
+    writer = mover.writer()
+    writer.start()
+    run = mover.start_change_plan(plan, f"pause-catching_up:{held}")
+    wait_for_file(run, held, "catching_up")
+    module_pid = int(held.read_text().split()[0])
+    os.killpg(run.pid, signal.SIGKILL)  # the playbook run only
+    run.communicate()
+    os.kill(module_pid, 0)  # its move lives on, detached by Ansible's async wrapper
+    held.unlink()
+    deadline = time.monotonic() + 120
+    while (move := mover.last_move())["finished_at"] is None:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the move did not end on its own: {move}")
+        time.sleep(0.2)  # the move is another process: poll the registry row it writes
+    report = writer.stop()
+    assert move["phase"] == "rolled_back" and "the playbook run that started the move is gone" in move["error"], move
+    assert "cutover" not in [p["phase"] for p in move["phase_history"]]  # writes were never blocked
+    assert mover.record()["db_server"] == source
+    missing = set(report.committed_ids) - mover.rows()
+    assert not missing and report.commits > 0, f"{len(missing)} committed rows lost"

@@ -107,6 +107,9 @@ class MoveOptions:
     catchup_timeout: float = 60.0
     retain_days: int = 7
     replication_sslmode: str = "prefer"
+    # Run as an async task (tasks/move_database.yml), the move outlives a killed playbook run unless it stops too:
+    # with this, it stops where a crash would once no live run holds its tenant (see Move.stop_if_run_is_gone).
+    stop_with_run: bool = False
 
 
 @dataclass
@@ -604,10 +607,28 @@ class Move:
                     return
                 if time.monotonic() > deadline:
                     raise MoveError(f"initial copy not done after {self.options.sync_timeout:.0f} s ({pending} tables)")
+                self.stop_if_run_is_gone("cutover")  # a long copy whose run died is rolled back now, not at its end
                 time.sleep(0.2)
+
+    def stop_if_run_is_gone(self, before: str) -> None:
+        """With stop_with_run, once no live playbook run holds the tenant (registry.tenant_run_is_alive): during the
+        copy and before the block, a MoveError (rolled back, the tenant never blocked); before `verified`, an exit as
+        a crash's (the recovery pass then has the next run switch back, and point the runtime where the tenant is).
+        A move nobody watches never finishes on its own, with the tenant's runtime left on the old server."""
+        if not self.options.stop_with_run:
+            return
+        (alive,) = self.registry.execute(
+            "SELECT registry.tenant_run_is_alive(%s)", (self.tenant["tenant_id"],)
+        ).fetchone()
+        if alive:
+            return
+        if before == "cutover":
+            raise MoveError("the playbook run that started the move is gone")
+        os._exit(3)  # as if killed: the registry keeps the phase, the lock goes with the session
 
     def _block_writes(self) -> float:
         """No session of the tenant's role on the source from here on; returns when it started."""
+        self.stop_if_run_is_gone("cutover")
         with self.source.connect() as conn:
             could_login = conn.execute(
                 "SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = %s", (self.tenant["db_role"],)
@@ -767,6 +788,7 @@ class Move:
         except Exception as e:
             reason = str(e) if isinstance(e, MoveError) else f"verification could not finish: {type(e).__name__}: {e}"
             self._switch_back_and_fail(reason)
+        self.stop_if_run_is_gone("verified")
         self.enter("verified")  # the way back is dropped by the clean-up, by this run or the next
         self._failpoint("verified")
 

@@ -34,9 +34,11 @@ description:
     other tenant playbooks wait while a move runs (registry_tenant's I(move_wait_seconds)).
   - I(step=wait) watches a I(step=move) started as an Ansible async task (I(job), on the same host) without taking
     the lock, so the playbook can act between the repoint and the end of the verification. With
-    I(wait_for=repointed) it returns once the registry points at the target, or once the move ended or its
-    process died (then C(repointed) is false). With I(wait_for=finished) it returns the move's own result, or fails
-    as the move failed, or fails if the move's process died (its next run finishes or rolls it back).
+    I(wait_for=repointed) it returns once the registry points at the target (C(repointed) true, with the tenant as
+    M(saasodoo.platform.registry_tenant) returns it), or once the move ended or died first (C(repointed) says
+    where the registry points then). With I(wait_for=finished) it returns the move's own result, or fails as the
+    move failed, or fails if the move died (its process gone, or its lock released without a result; the next run
+    finishes or rolls it back).
 version_added: 0.2.0
 author: SaaSOdoo ops maintainers
 options:
@@ -67,6 +69,13 @@ options:
     description: With I(step=wait), seconds to wait before failing.
     type: int
     default: 7200
+  stop_with_run:
+    description:
+      - With I(step=move) run as an async task, stop once no live playbook run holds the tenant (its run was
+        killed) - during the copy and before the block, rolled back; before C(verified), as a crash, for the next
+        run to switch back.
+    type: bool
+    default: false
   drain:
     description: Move even when the plan's C(db_type) is the tenant's (moving it off its current server).
     type: bool
@@ -186,12 +195,12 @@ migration:
   returned: when moving or moved
   type: dict
 repointed:
-  description: With I(step=wait) and I(wait_for=repointed), whether the registry points at the target now.
-  returned: step=wait
+  description: Whether the registry points at the target now.
+  returned: step=wait and wait_for=repointed
   type: bool
 tenant:
-  description: With I(wait_for=repointed), the tenant as M(saasodoo.platform.registry_tenant) returns it.
-  returned: step=wait
+  description: The tenant as M(saasodoo.platform.registry_tenant) returns it.
+  returned: step=wait and wait_for=repointed
   type: dict
 rolled_back:
   description: The unfinished move this run rolled back before placing again, if any.
@@ -382,7 +391,7 @@ def async_job(job_id: str) -> dict:
 
 
 def job_state(job: dict) -> str:
-    """finished, died (its process is gone without a result: killed) or running."""
+    """finished, died (its process is gone without a result: killed; Mitogen writes its pid) or running."""
     if job.get("finished") or "started" not in job:  # Ansible's async_wrapper writes the bare result (async_status)
         return "finished"
     if job.get("pid"):
@@ -395,13 +404,38 @@ def job_state(job: dict) -> str:
     return "running"
 
 
+class MoveWatch:
+    """Whether the watched move still runs. Ansible's own async_wrapper writes no pid and, killed with its module,
+    no result either: the move's lock then tells, once it has been seen held and has stayed released for a grace
+    (the wrapper writes the result of a module that ended on its own just after the module's session closes)."""
+
+    GRACE_SECONDS = 5.0
+
+    def __init__(self, registry, tenant_id: str, job_id: str):
+        self.registry, self.tenant_id, self.job_id = registry, tenant_id, job_id
+        self.seen_held, self.released_at = False, None
+
+    def state(self) -> str:
+        state = job_state(async_job(self.job_id))
+        if state != "running":
+            return state
+        (held,) = self.registry.execute("SELECT registry.move_is_held(%s)", (self.tenant_id,)).fetchone()
+        if held:
+            self.seen_held, self.released_at = True, None
+        elif self.seen_held:
+            self.released_at = self.released_at or time.monotonic()
+            if time.monotonic() - self.released_at > self.GRACE_SECONDS:
+                return "died"
+        return "running"
+
+
 def wait(module, registry, p: dict) -> dict:
     """Watch the move an async step=move task runs (see the module's docstring)."""
     if not p["job"]:
         raise MoveError("step=wait needs job: the ansible_job_id of the async step=move task")
-    deadline = time.monotonic() + p["wait_timeout"]
+    deadline, watch = time.monotonic() + p["wait_timeout"], MoveWatch(registry, p["tenant_id"], p["job"])
     while True:
-        state = job_state(async_job(p["job"]))
+        state = watch.state()
         if p["wait_for"] == "repointed":
             with registry.cursor(row_factory=dict_row) as cur:
                 row = cur.execute(
@@ -442,6 +476,7 @@ def main() -> None:
             wait_for=dict(type="str", choices=["repointed", "finished"], default="finished"),
             job=dict(type="str"),
             wait_timeout=dict(type="int", default=7200),
+            stop_with_run=dict(type="bool", default=False),
             drain=dict(type="bool", default=False),
             method=dict(type="str", choices=["logical", "dump"], default="logical"),
             servers=dict(type="dict", required=True, no_log=True),
@@ -469,6 +504,7 @@ def main() -> None:
         catchup_timeout=p["catchup_timeout"],
         retain_days=p["retain_days"],
         replication_sslmode=p["replication_sslmode"],
+        stop_with_run=p["stop_with_run"],
     )
     try:
         with certificate_file(p["ca_certificate"], "db_migrate-ca-") as ca_file:
