@@ -108,8 +108,9 @@ class MoveOptions:
     retain_days: int = 7
     replication_sslmode: str = "prefer"
     # Run as an async task (tasks/move_database.yml), the move outlives a killed playbook run unless it stops too:
-    # with this, it stops where a crash would once no live run holds its tenant (see Move.stop_if_run_is_gone).
-    stop_with_run: bool = False
+    # with the run's id (its audit run, whose holder session holds the tenant), it stops once that run is gone (see
+    # Move.stop_if_run_is_gone).
+    run_id: str = ""
 
 
 @dataclass
@@ -222,6 +223,7 @@ class Move:
     sequences_checked: int = 0  # how many sequences the last copy of them set and read back equal
     # The password of the move's unprivileged role on the target (restores, and a logical move's snapshot there).
     restore_password: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    watched_run: bool = False  # run() sets it: the run in options.run_id had the tenant (stop_if_run_is_gone)
 
     @property
     def id(self) -> int:
@@ -292,6 +294,7 @@ class Move:
 
     def run(self) -> None:
         """Take the move from where it is to done (see the module's docstring)."""
+        self.watched_run = bool(self.options.run_id) and self.run_holds_the_tenant()
         if not self.switched():
             try:
                 snapshots = self._switch()
@@ -342,6 +345,7 @@ class Move:
                 self._verify(source, target)
             self.enter("verified")
             self._failpoint("verified")
+            self.stop_if_run_is_gone()  # not switched yet: rolled back and reopened
             self._repoint(downtime_started)
             return None
         self._copy_logical()
@@ -607,28 +611,33 @@ class Move:
                     return
                 if time.monotonic() > deadline:
                     raise MoveError(f"initial copy not done after {self.options.sync_timeout:.0f} s ({pending} tables)")
-                self.stop_if_run_is_gone("cutover")  # a long copy whose run died is rolled back now, not at its end
+                self.stop_if_run_is_gone()  # a long copy whose run died is rolled back now, not at its end
                 time.sleep(0.2)
 
-    def stop_if_run_is_gone(self, before: str) -> None:
-        """With stop_with_run, once no live playbook run holds the tenant (registry.tenant_run_is_alive): during the
-        copy and before the block, a MoveError (rolled back, the tenant never blocked); before `verified`, an exit as
-        a crash's (the recovery pass then has the next run switch back, and point the runtime where the tenant is).
-        A move nobody watches never finishes on its own, with the tenant's runtime left on the old server."""
-        if not self.options.stop_with_run:
-            return
+    def run_holds_the_tenant(self) -> bool:
+        """Whether the move's playbook run (options.run_id) lives and has the tenant (registry.tenant_runs)."""
         (alive,) = self.registry.execute(
-            "SELECT registry.tenant_run_is_alive(%s)", (self.tenant["tenant_id"],)
+            "SELECT pg_catalog.count(*) > 0 FROM registry.tenant_runs"
+            " WHERE tenant_id = %s AND run_id = %s AND registry.run_is_alive(holder_pid, run_id)",
+            (self.tenant["tenant_id"], self.options.run_id),
         ).fetchone()
-        if alive:
+        return alive
+
+    def stop_if_run_is_gone(self, crash: bool = False) -> None:
+        """Once the run that watches this move is gone (watched_run: it had the tenant when the move began; a run
+        without the audit callback's holder has none and is not watched): a MoveError (before the switch: rolled
+        back, reopened if it was blocked) or, with `crash`, an exit as a crash's (switched and verified: the
+        recovery pass's run finishes the move and points the runtime at it). A move its playbook no longer watches
+        never leaves the tenant's runtime on the old server by itself."""
+        if not self.watched_run or self.run_holds_the_tenant():
             return
-        if before == "cutover":
-            raise MoveError("the playbook run that started the move is gone")
-        os._exit(3)  # as if killed: the registry keeps the phase, the lock goes with the session
+        if crash:
+            os._exit(3)  # as if killed: the registry keeps the phase, the lock goes with the session
+        raise MoveError("the playbook run that started the move is gone")
 
     def _block_writes(self) -> float:
         """No session of the tenant's role on the source from here on; returns when it started."""
-        self.stop_if_run_is_gone("cutover")
+        self.stop_if_run_is_gone()
         with self.source.connect() as conn:
             could_login = conn.execute(
                 "SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = %s", (self.tenant["db_role"],)
@@ -788,8 +797,8 @@ class Move:
         except Exception as e:
             reason = str(e) if isinstance(e, MoveError) else f"verification could not finish: {type(e).__name__}: {e}"
             self._switch_back_and_fail(reason)
-        self.stop_if_run_is_gone("verified")
         self.enter("verified")  # the way back is dropped by the clean-up, by this run or the next
+        self.stop_if_run_is_gone(crash=True)
         self._failpoint("verified")
 
     def _verify(self, source: psycopg.Connection, target: psycopg.Connection) -> None:

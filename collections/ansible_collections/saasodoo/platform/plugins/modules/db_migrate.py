@@ -71,9 +71,10 @@ options:
     default: 7200
   stop_with_run:
     description:
-      - With I(step=move) run as an async task, stop once no live playbook run holds the tenant (its run was
-        killed) - during the copy and before the block, rolled back; before C(verified), as a crash, for the next
-        run to switch back.
+      - With I(step=move) run as an async task, stop once the playbook run that started it (I(audit_run), which
+        held the tenant then) is gone - before the switch (during the copy, before the block, before a dump move's
+        repoint), rolled back; switched and verified, as a crash, for the recovery pass's run to finish the move
+        and point the tenant's runtime at it.
     type: bool
     default: false
   drain:
@@ -444,6 +445,9 @@ def wait(module, registry, p: dict) -> dict:
                     (p["tenant_id"],),
                 ).fetchone()
             repointed = bool(row) and row["db_server"] == row["target_server"]
+            if state == "died":
+                raise MoveError(f"the move of tenant {p['tenant_id']} died before its repoint was seen: run the"
+                                " playbook again to finish or roll it back")  # fmt: skip
             if repointed or state != "running":
                 tenant = tenant_record(registry, p["tenant_id"])  # registry_tenant's shape: the runtime's input
                 return {"changed": False, "repointed": repointed, "tenant": tenant, "executed": []}
@@ -504,7 +508,7 @@ def main() -> None:
         catchup_timeout=p["catchup_timeout"],
         retain_days=p["retain_days"],
         replication_sslmode=p["replication_sslmode"],
-        stop_with_run=p["stop_with_run"],
+        run_id=p["audit_run"] if p["stop_with_run"] else "",
     )
     try:
         with certificate_file(p["ca_certificate"], "db_migrate-ca-") as ca_file:
