@@ -236,6 +236,16 @@ class LocalPlatform:
             "saasodoo_registry",
         )
 
+    def tenant_server(self, tenant: str) -> tuple[str, int, int, int | None]:
+        """Where the registry has the tenant: its server, its Odoo's HTTP port, the server's port and its PgBouncer's
+        (None for a server without one)."""
+        with self.registry() as registry:
+            return registry.execute(
+                "SELECT t.db_server, t.http_port, s.port, s.pgbouncer_port FROM registry.tenants t"
+                " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
+                (tenant,),
+            ).fetchone()
+
 
 def superuser(server: str, port: int, dbname: str = "postgres") -> psycopg.Connection:
     """A local server's superuser, over its Unix socket (as the roles and db_migrate reach it)."""

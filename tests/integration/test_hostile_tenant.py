@@ -439,12 +439,7 @@ def test_a_tenants_odoo_reaches_its_database_over_verified_tls(local_platform: L
         pgbouncer = (tenant_dir / "pgbouncer.ini").read_text()
         assert "server_tls_sslmode = verify-full\n" in pgbouncer
         assert f"server_tls_ca_file = {tenant_dir}/db-ca.crt\n" in pgbouncer
-        with local_platform.registry() as registry:
-            server, http_port, pgbouncer_port = registry.execute(
-                "SELECT t.db_server, t.http_port, s.pgbouncer_port FROM registry.tenants t"
-                " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
-                (tenant,),
-            ).fetchone()
+        server, http_port, _, pgbouncer_port = local_platform.tenant_server(tenant)
         # The login page needs the database: Odoo reached it, through two PgBouncers, the pool's certificate checked.
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/web/login", timeout=10) as page:
             assert page.status == 200

@@ -145,12 +145,8 @@ def test_a_process_tenants_odoo_follows_its_database_before_the_copies_are_verif
         source, verifying = mover.record()["db_server"], tmp_path / "verifying"
         run = mover.start_change_plan(PLANS["shared"][0], f"pause-verifying:{verifying}", runtime=())
         wait_for_file(run, verifying, "verifying")
-        with local_platform.registry() as registry:
-            target, port, http_port = registry.execute(
-                "SELECT t.db_server, coalesce(s.pgbouncer_port, s.port), t.http_port FROM registry.tenants t"
-                " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
-                (tenant,),
-            ).fetchone()
+        target, http_port, server_port, pgbouncer_port = local_platform.tenant_server(tenant)
+        port = pgbouncer_port or server_port
         assert target != source
         # Still verifying (the module holds there): the runtime follows the registry, its PgBouncer pointed at the
         # new server's (or at the server, which has none) by the playbook's next tasks.
