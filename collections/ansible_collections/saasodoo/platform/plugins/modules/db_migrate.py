@@ -35,10 +35,9 @@ description:
   - I(step=wait) watches a I(step=move) started as an Ansible async task (I(job), on the same host) without taking
     the lock, so the playbook can act between the repoint and the end of the verification. With
     I(wait_for=repointed) it returns once the registry points at the target (C(repointed) true, with the tenant as
-    M(saasodoo.platform.registry_tenant) returns it), or once the move ended or died first (C(repointed) says
-    where the registry points then). With I(wait_for=finished) it returns the move's own result, or fails as the
-    move failed, or fails if the move died (its process gone, or its lock released without a result; the next run
-    finishes or rolls it back).
+    M(saasodoo.platform.registry_tenant) returns it), or once the move ended first (C(repointed) false). With
+    I(wait_for=finished) it returns the move's own result, or fails as the move failed. Either fails if the move
+    died (its process gone, or its lock released without a result; the next run finishes or rolls it back).
 version_added: 0.2.0
 author: SaaSOdoo ops maintainers
 options:
@@ -371,7 +370,7 @@ def move(module, registry, p: dict, options: MoveOptions) -> dict:
     }
 
 
-WAIT_POLL_SECONDS = 0.05  # the repoint starts the runtime step: every tenth of a second is downtime
+WAIT_POLL_SECONDS = 0.05  # the runtime step starts when the repoint is seen: the wait is the tenant's downtime
 
 
 def async_job_path(job_id: str) -> str:
@@ -446,6 +445,7 @@ def wait(module, registry, p: dict) -> dict:
                 ).fetchone()
             repointed = bool(row) and row["db_server"] == row["target_server"]
             if state == "died":
+                os.remove(async_job_path(p["job"]))
                 raise MoveError(f"the move of tenant {p['tenant_id']} died before its repoint was seen: run the"
                                 " playbook again to finish or roll it back")  # fmt: skip
             if repointed or state != "running":
