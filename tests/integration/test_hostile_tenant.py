@@ -119,12 +119,8 @@ def escalations(platform: LocalPlatform) -> dict[str, list]:
 
 
 def tenant_server(platform: LocalPlatform) -> tuple[str, int]:
-    with platform.registry() as registry:
-        return registry.execute(
-            "SELECT s.name, s.port FROM registry.tenants t JOIN registry.db_servers s ON s.name = t.db_server"
-            " WHERE t.tenant_id = %s",
-            (TENANT,),
-        ).fetchone()
+    name, _, port, _ = platform.tenant_server(TENANT)
+    return name, port
 
 
 def as_tenant(platform: LocalPlatform, *statements: str) -> None:
@@ -371,12 +367,7 @@ def test_a_rotated_credential_opens_the_tenants_database_and_the_old_one_nothing
     provisioned = run_playbook("tenant_provision.yml", *common, "-e", "plan=basic-monthly", "-e", "customer_id=a-r")
     assert provisioned.returncode == 0, provisioned.output[-4000:]
     try:
-        with local_platform.registry() as registry:
-            ports = registry.execute(
-                "SELECT s.port, s.pgbouncer_port FROM registry.tenants t"
-                " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
-                (tenant,),
-            ).fetchone()
+        ports = local_platform.tenant_server(tenant)[2:]
         old, new = (local_platform.password(f"tenant:{tenant}:v{n}") for n in (1, 2))
 
         rotated = run_playbook("tenant_rotate_credentials.yml", *common, "-e", "credential_version=2")

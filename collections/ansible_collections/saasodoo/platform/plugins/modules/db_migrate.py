@@ -436,6 +436,13 @@ def wait(module, registry, p: dict) -> dict:
     deadline, watch = time.monotonic() + p["wait_timeout"], MoveWatch(registry, p["tenant_id"], p["job"])
     while True:
         state = watch.state()
+        if state == "died":
+            os.remove(async_job_path(p["job"]))
+            row = open_move(registry, p["tenant_id"])
+            raise MoveError(
+                f"the move of tenant {p['tenant_id']} died in phase {row['phase'] if row else 'unknown'}: "
+                "run the playbook again to finish or roll it back"
+            )
         if p["wait_for"] == "repointed":
             with registry.cursor(row_factory=dict_row) as cur:
                 row = cur.execute(
@@ -444,10 +451,6 @@ def wait(module, registry, p: dict) -> dict:
                     (p["tenant_id"],),
                 ).fetchone()
             repointed = bool(row) and row["db_server"] == row["target_server"]
-            if state == "died":
-                os.remove(async_job_path(p["job"]))
-                raise MoveError(f"the move of tenant {p['tenant_id']} died before its repoint was seen: run the"
-                                " playbook again to finish or roll it back")  # fmt: skip
             if repointed or state != "running":
                 tenant = tenant_record(registry, p["tenant_id"])  # registry_tenant's shape: the runtime's input
                 return {"changed": False, "repointed": repointed, "tenant": tenant, "executed": []}
@@ -459,13 +462,6 @@ def wait(module, registry, p: dict) -> dict:
                                  migration=result.get("migration"))  # fmt: skip
             keep = ("changed", "moving", "target", "migration", "executed")
             return {key: result[key] for key in keep if key in result}
-        elif state == "died":
-            os.remove(async_job_path(p["job"]))
-            row = open_move(registry, p["tenant_id"])
-            raise MoveError(
-                f"the move of tenant {p['tenant_id']} died in phase {row['phase'] if row else 'unknown'}: "
-                "run the playbook again to finish or roll it back"
-            )
         if time.monotonic() > deadline:
             raise MoveError(f"the move of tenant {p['tenant_id']} did not end within {p['wait_timeout']} s")
         time.sleep(WAIT_POLL_SECONDS)  # the move runs in another process: poll its status file and the registry
