@@ -1,8 +1,8 @@
 """Moving a tenant's database to another PostgreSQL server (README: Moving a tenant's database), every phase recorded.
 
-Methods: `logical` copies the schema (pg_dump --schema-only: tables and keys first, the other indexes and
-constraints once the data is in), then publication + subscription, while the tenant keeps writing; writes are
-blocked only until the target has caught up. Then the switch: replication is turned round (target -> source),
+Methods: `logical` copies the schema (pg_dump --schema-only: bare tables first), the rows from the snapshot of
+the move's slot in parallel COPY streams, the keys, then subscribes on that slot and builds the other indexes and
+constraints, while the tenant keeps writing; writes are blocked only until the target has caught up. Then the switch: replication is turned round (target -> source),
 both copies are frozen in a snapshot, the target opens and the registry points at it, in one transaction that
 records the phase `repointed`. The two snapshots are verified after that, while the tenant works on the target and
 the source receives every write it makes: a mismatch, or a run killed before `verified`, switches back (target
@@ -92,6 +92,20 @@ SELECT pg_catalog.format('function %s', p.oid::pg_catalog.regprocedure)
                      'pg_catalog.pg_class'::pg_catalog.regclass)
    AND NOT r.rolsuper
 ORDER BY 1
+"""
+
+
+# The tables a logical move copies (those FOR ALL TABLES publishes, less the marker), the largest first, and
+# whether all their columns have built-in types (copied in binary: see Move._copy_rows).
+TABLES_TO_COPY = """
+SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname),
+       NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                      AND a.atttypid >= 16384::pg_catalog.oid)
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', %s)
+   AND n.nspname NOT LIKE 'pg\\_%%'
+ ORDER BY pg_catalog.pg_relation_size(c.oid) DESC, 1
 """
 
 
@@ -376,6 +390,7 @@ class Move:
     def _copy_logical(self) -> None:
         self.enter("copying")
         copy_started = time.monotonic()
+        jobs = str(self.options.jobs)
         self._check_replicable()
         with tempfile.TemporaryDirectory(prefix="db_migrate-") as scratch:
             schema = os.path.join(scratch, "schema.dump")
@@ -383,18 +398,123 @@ class Move:
             tables_and_keys, rest = self._split_post_data(schema, scratch)
             self._make_restorer()
             self._restore("--section=pre-data", schema)
-            self._restore("-L", tables_and_keys, schema)
             self._prepare_marker()
             self._publish(self.forward)
-            self._subscribe(self.forward, copy_data=True)
-            self._failpoint("copying")
-            self._wait_for_sync()
+            self._copy_rows()
+            # Keys are built once the rows are in (pgcopydb's way), before the apply needs them to find rows.
+            self._restore("-L", tables_and_keys, "-j", jobs, schema)
+            self._subscribe(self.forward, copy_data=False, create_slot=False)
             self.enter("catching_up")
             self._failpoint("catching_up")
-            # Secondary indexes and foreign keys are built once the data is in, in parallel (pgcopydb's way).
-            self._restore("-L", rest, "-j", str(self.options.jobs), schema)
+            self._restore("-L", rest, "-j", jobs, schema)
         self._prepare_way_back()
         self._record(copy_ms=round((time.monotonic() - copy_started) * 1000))
+
+    def _copy_rows(self) -> None:
+        """Every table's rows as of the forward slot's snapshot, in options.jobs streams, the largest tables first.
+
+        The slot is made with its snapshot exported and every stream imports it: the copy holds exactly what
+        precedes the slot's changes, and the subscription made afterwards on that slot (copy_data = false)
+        applies the rest. The target has no index yet (keys are built after, once, not row by row) and no
+        trigger (post-data). Rows are read as the move's replication role and written as its restore role,
+        neither a superuser. Binary where every column's type is built in; text otherwise, as a binary array or
+        record carries its element type's oid, which differs between servers for the tenant's own types.
+        """
+        streams: list[tuple[psycopg.Connection, psycopg.Connection]] = []
+        started = time.monotonic()
+        try:
+            # The exported snapshot lives while the session that made the slot stays idle: every stream imports
+            # it before that session ends.
+            with self._connect_as_replicator(replication="database") as slot_session:
+                snapshot = slot_session.execute(
+                    sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')").format(
+                        sql.Identifier(self.forward.name)
+                    )
+                ).fetchone()[2]
+                for _ in range(max(1, self.options.jobs)):
+                    reader = self._connect_as_replicator()
+                    try:
+                        writer = self._connect_as_restorer()
+                    except BaseException:
+                        reader.close()
+                        raise
+                    streams.append((reader, writer))
+                    for conn in (reader, writer):
+                        conn.execute(VERIFICATION_SETTINGS)  # how text values print and parse, the same both sides
+                    reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    reader.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            self._failpoint("copying")
+            tables = streams[0][0].execute(TABLES_TO_COPY, (MARKER_SCHEMA,)).fetchall()
+            copied = self._stream_tables(streams, tables)
+        finally:
+            for reader, writer in streams:
+                reader.close()
+                writer.close()
+        binary = sum(1 for _, is_binary in tables if is_binary)
+        self.executed.append(
+            f"copied {len(tables)} tables ({binary} binary), {copied / 2**20:.0f} MB in"
+            f" {time.monotonic() - started:.1f} s over {len(streams)} streams"
+        )
+
+    def _stream_tables(
+        self, streams: list[tuple[psycopg.Connection, psycopg.Connection]], tables: list[tuple[str, bool]]
+    ) -> int:
+        """COPY each table out of its reader into its writer, a thread per stream; bytes copied.
+
+        The calling thread watches meanwhile: a copy whose run is gone, or that outlasts options.sync_timeout,
+        stops at its next chunk.
+        """
+        deadline = time.monotonic() + self.options.sync_timeout
+        pending = list(reversed(tables))  # popped from the end: the largest first
+        lock, stop = threading.Lock(), threading.Event()
+        failures: list[str] = []
+        copied = [0] * len(streams)
+
+        def stream(index: int, reader: psycopg.Connection, writer: psycopg.Connection) -> None:
+            table = None
+            try:
+                while not stop.is_set():
+                    with lock:
+                        if not pending:
+                            return
+                        table, is_binary = pending.pop()
+                    form = sql.SQL("binary" if is_binary else "text")
+                    copy_out = sql.SQL("COPY {} TO STDOUT (FORMAT {})").format(sql.SQL(table), form)
+                    copy_in = sql.SQL("COPY {} FROM STDIN (FORMAT {})").format(sql.SQL(table), form)
+                    with (
+                        writer.transaction(),
+                        reader.cursor().copy(copy_out) as rows,
+                        writer.cursor().copy(copy_in) as sink,
+                    ):
+                        for chunk in rows:
+                            if stop.is_set():
+                                raise MoveError("stopped")
+                            sink.write(chunk)
+                            copied[index] += len(chunk)
+            except Exception as e:  # reported by the calling thread
+                with lock:
+                    failures.append(f"copying {table}: {type(e).__name__}: {e}")
+                stop.set()
+
+        threads = [
+            threading.Thread(target=stream, args=(i, reader, writer), daemon=True)
+            for i, (reader, writer) in enumerate(streams)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while any(thread.is_alive() for thread in threads):
+                threads[0].join(0.2)
+                if time.monotonic() > deadline:
+                    raise MoveError(f"the copy of the rows is not done after {self.options.sync_timeout:.0f} s")
+                self.stop_if_run_is_gone()  # a long copy whose run died is rolled back now, not at its end
+        finally:
+            stop.set()  # a no-op once every stream is done
+            for thread in threads:
+                thread.join()
+        if failures:
+            raise MoveError(failures[0])
+        return sum(copied)
 
     def _copy_dump(self) -> None:
         self.enter("copying")
@@ -597,23 +717,6 @@ class Move:
                 conn.execute(sql.SQL("ALTER ROLE {} NOSUPERUSER").format(apply_role))
             conn.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(name))
 
-    def _wait_for_sync(self) -> None:
-        deadline = time.monotonic() + self.options.sync_timeout
-        with self.target.connect(self.db_name) as conn:
-            while True:
-                pending = conn.execute(
-                    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_subscription_rel r"
-                    " JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid"
-                    " WHERE s.subname = %s AND r.srsubstate NOT IN ('r', 's')",
-                    (self.forward.name,),
-                ).fetchone()[0]
-                if pending == 0:
-                    return
-                if time.monotonic() > deadline:
-                    raise MoveError(f"initial copy not done after {self.options.sync_timeout:.0f} s ({pending} tables)")
-                self.stop_if_run_is_gone()  # a long copy whose run died is rolled back now, not at its end
-                time.sleep(0.2)
-
     def run_holds_the_tenant(self) -> bool:
         """Whether the move's playbook run (options.run_id) lives and has the tenant (registry.tenant_runs)."""
         (alive,) = self.registry.execute(
@@ -781,6 +884,16 @@ class Move:
                 conn.close()
             raise
         return opened[0], opened[1]
+
+    def _connect_as_replicator(self, **kwargs) -> psycopg.Connection:
+        """The forward way's replication role on the source, in the tenant's database: a member of the tenant's
+        role with BYPASSRLS (no policy hides a row from the copy), never a superuser."""
+        way = self.forward
+        return psycopg.connect(
+            host=way.publisher.host, port=way.publisher.port, dbname=self.db_name, user=way.name,
+            password=way.password, autocommit=True, connect_timeout=10, prepare_threshold=None,
+            options=PINNED_SESSION, **kwargs,
+        )  # fmt: skip
 
     def _connect_as_restorer(self) -> psycopg.Connection:
         return psycopg.connect(

@@ -17,8 +17,9 @@ description:
     its last writes applied on the source, the registry pointed back), then rolled back; verified, it is kept for
     I(step=move) to finish.
   - The playbook then readies the target (server up, the tenant's role and empty database, role unable to log in).
-  - I(step=move) copies (I(method=logical) - schema, publication and subscription, wait for the initial copy; or
-    I(method=dump) - parallel directory-format dump and restore with writes blocked), blocks writes on the source
+  - I(step=move) copies (I(method=logical) - the tables without their indexes, the rows from the snapshot of a
+    slot made for the move in I(jobs) parallel COPY streams, the keys, a subscription on that slot, the other
+    indexes and constraints; or I(method=dump) - parallel directory-format dump and restore with writes blocked), blocks writes on the source
     (the tenant's role may not log in, its sessions end), waits for zero lag and syncs every sequence.
   - I(method=logical) then switches at once - replication turned round (target to source, its slot made before the
     target opens), both copies frozen in a snapshot, the target's role allowed to log in and the registry
@@ -105,11 +106,11 @@ options:
     type: path
     default: /usr/lib/postgresql/15/bin
   jobs:
-    description: Parallel jobs for dump, restore and index builds.
+    description: Parallel jobs for dump, restore and index builds, and a logical move's COPY streams.
     type: int
     default: 2
   sync_timeout:
-    description: Seconds the initial copy may take.
+    description: Seconds a logical move's copy of the rows may take.
     type: int
     default: 3600
   catchup_timeout:
