@@ -2,11 +2,12 @@
 
 Methods: `logical` copies the schema (pg_dump --schema-only: bare tables first), the rows from the snapshot of
 the move's slot in parallel COPY streams, the keys, then subscribes on that slot and builds the other indexes and
-constraints, while the tenant keeps writing; writes are blocked only until the target has caught up. Then the switch: replication is turned round (target -> source),
-both copies are frozen in a snapshot, the target opens and the registry points at it, in one transaction that
-records the phase `repointed`. The two snapshots are verified after that, while the tenant works on the target and
-the source receives every write it makes: a mismatch, or a run killed before `verified`, switches back (target
-blocked, its last writes applied on the source, the registry pointed back), nothing lost either way.
+constraints, while the tenant keeps writing; writes are blocked only until the target has caught up. Then the
+switch: replication is turned round (target -> source), both copies are frozen in a snapshot, the target opens
+and the registry points at it, in one transaction that records the phase `repointed`. The two snapshots are
+verified after that, while the tenant works on the target and the source receives every write it makes: a
+mismatch, or a run killed before `verified`, switches back (target blocked, its last writes applied on the
+source, the registry pointed back), nothing lost either way.
 `dump` blocks writes, copies with parallel directory-format pg_dump / pg_restore and verifies before the switch.
 
 Only one copy at a time lets the tenant's role log in. A run that finds a move nobody is running (killed,
@@ -44,6 +45,8 @@ MOVERS_GROUP = "saasodoo_movers"  # pg_hba lets its members (one per move, dropp
 # Fault injection for the tests, comma-separated: "<point>:<file>" makes a run write <file> and hold at that point
 # until killed; "pause-<point>:<file>" holds it until <file> is removed.
 FAILPOINT_ENV = "SAASODOO_DB_MIGRATE_FAILPOINT"
+# How long a logical move's copy waits for a lock on the tenant's tables (held or queued by the tenant's own DDL).
+LOCK_TABLES_TIMEOUT_MS = 60_000
 # Every tenant is hostile: it owns its database and can plant functions, operators, casts and per-database
 # settings (ALTER DATABASE ... SET search_path, role, default_transaction_read_only) there. Every session this
 # module opens, a superuser's inside the tenant's database above all, pins those settings (a startup option
@@ -63,7 +66,7 @@ QUIET_STATEMENT_LOGGING = (
 # How a verification session prints values (record_out): the same on both sides whatever the servers' defaults.
 VERIFICATION_SETTINGS = (
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres';"
-    " SET extra_float_digits = 1; SET bytea_output = 'hex'"
+    " SET extra_float_digits = 1; SET bytea_output = 'hex'; SET lc_monetary = 'C'; SET client_encoding = 'UTF8'"
 )
 
 
@@ -95,17 +98,28 @@ ORDER BY 1
 """
 
 
-# The tables a logical move copies (those FOR ALL TABLES publishes, less the marker), the largest first, and
-# whether all their columns have built-in types (copied in binary: see Move._copy_rows).
+# The tables a logical move copies (those FOR ALL TABLES publishes, less the marker), the largest first by the
+# catalog's estimate (no function that would wait on a tenant's lock), each with its columns by name (COPY goes by
+# position, and pg_dump can order an inheritance child's columns differently on the target) and whether every
+# column's type, or its element type, is one whose binary form means the same on any server (see Move._copy_rows).
 TABLES_TO_COPY = """
 SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname),
-       NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                      AND a.atttypid >= 16384::pg_catalog.oid)
+       (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+          FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+       NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                      AND CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END <> ALL (ARRAY[
+                          'boolean', 'smallint', 'integer', 'bigint', 'real', 'double precision', 'numeric',
+                          'money', 'text', 'character varying', 'character', '"char"', 'name', 'bytea', 'uuid',
+                          'json', 'jsonb', 'date', 'time', 'time with time zone', 'timestamp',
+                          'timestamp with time zone', 'interval', 'inet', 'cidr', 'macaddr'
+                      ]::pg_catalog.regtype[]::pg_catalog.oid[]))
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_catalog.pg_class toast ON toast.oid = c.reltoastrelid
  WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', %s)
    AND n.nspname NOT LIKE 'pg\\_%%'
- ORDER BY pg_catalog.pg_relation_size(c.oid) DESC, 1
+ ORDER BY c.relpages + coalesce(toast.relpages, 0) DESC, 1
 """
 
 
@@ -146,14 +160,17 @@ class Server:
             port=a.get("login_port") or self.port,
             user=a.get("login_user") or "postgres",
             password=a.get("login_password") or None,
-            sslmode=a.get("sslmode") or "prefer",
-            sslrootcert=a.get("sslrootcert") or None,
+            **self.tls(),
             dbname=dbname,
             autocommit=True,
             connect_timeout=10,
             prepare_threshold=None,
             options=PINNED_SESSION,
         )
+
+    def tls(self) -> dict:
+        """How the move's own roles reach this server over TCP: with the TLS checks of its admin login."""
+        return {"sslmode": self.admin.get("sslmode") or "prefer", "sslrootcert": self.admin.get("sslrootcert") or None}
 
     def close_pgbouncer_door(self, dbname: str) -> None:
         """This server's PgBouncer rejects new clients of the database and drops the ones it has (console DISABLE,
@@ -259,7 +276,8 @@ class Move:
 
     @property
     def restore_role(self) -> str:
-        """The move's unprivileged role on the target: pg_restore's, and the reader of its snapshot (_make_restorer)."""
+        """The move's unprivileged role on the target: pg_restore's, the writer of a logical move's rows and the reader
+        of its snapshot after the switch (_make_restorer)."""
         return f"saasodoo_move_{self.id}_restore"
 
     # -- the registry record ----------------------------------------------------------------------
@@ -415,12 +433,15 @@ class Move:
 
         The slot is made with its snapshot exported and every stream imports it: the copy holds exactly what
         precedes the slot's changes, and the subscription made afterwards on that slot (copy_data = false)
-        applies the rest. The target has no index yet (keys are built after, once, not row by row) and no
-        trigger (post-data). Rows are read as the move's replication role and written as its restore role,
-        neither a superuser. Binary where every column's type is built in; text otherwise, as a binary array or
-        record carries its element type's oid, which differs between servers for the tenant's own types.
+        applies the rest. The first stream then takes ACCESS SHARE on every table, as pg_dump does, so that no
+        table is rewritten under the snapshot (the tenant's ALTER TABLE waits for the copy). The target has no
+        index yet (keys are built after, once, not row by row) and no trigger (post-data). Rows are read as the
+        move's replication role and written as its restore role, neither a superuser. Binary where every column's
+        type is a plain built-in one; text otherwise: a binary array or record carries its element type's oid, and
+        a reg* value is an oid, both of which differ between servers.
         """
         streams: list[tuple[psycopg.Connection, psycopg.Connection]] = []
+        tables: list[tuple[str, str, bool]] = []
         started = time.monotonic()
         try:
             # The exported snapshot lives while the session that made the slot stays idle: every stream imports
@@ -443,26 +464,43 @@ class Move:
                         conn.execute(VERIFICATION_SETTINGS)  # how text values print and parse, the same both sides
                     reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     reader.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+                    # Bounded: a tenant's ALTER TABLE queued behind the first stream's locks would hold this
+                    # stream's COPY behind it, and the first stream waits for the whole copy.
+                    reader.execute(f"SET LOCAL lock_timeout = {LOCK_TABLES_TIMEOUT_MS}")
             self._failpoint("copying")
-            tables = streams[0][0].execute(TABLES_TO_COPY, (MARKER_SCHEMA,)).fetchall()
+            first = streams[0][0]
+            tables = first.execute(TABLES_TO_COPY, (MARKER_SCHEMA,)).fetchall()
+            if tables:
+                try:
+                    first.execute(
+                        sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                            sql.SQL(", ").join(sql.SQL(table) for table, _, _ in tables)
+                        )
+                    )
+                except psycopg.errors.LockNotAvailable as e:
+                    raise MoveError(
+                        f"the tenant's tables stayed locked against reading for {LOCK_TABLES_TIMEOUT_MS / 1000:.0f} s"
+                        f" ({e.diag.message_primary}); nothing was moved, try again later"
+                    ) from None
             copied = self._stream_tables(streams, tables)
         finally:
             for reader, writer in streams:
                 reader.close()
                 writer.close()
-        binary = sum(1 for _, is_binary in tables if is_binary)
+        binary = sum(1 for *_, is_binary in tables if is_binary)
         self.executed.append(
             f"copied {len(tables)} tables ({binary} binary), {copied / 2**20:.0f} MB in"
             f" {time.monotonic() - started:.1f} s over {len(streams)} streams"
         )
 
     def _stream_tables(
-        self, streams: list[tuple[psycopg.Connection, psycopg.Connection]], tables: list[tuple[str, bool]]
+        self, streams: list[tuple[psycopg.Connection, psycopg.Connection]], tables: list[tuple[str, str, bool]]
     ) -> int:
         """COPY each table out of its reader into its writer, a thread per stream; bytes copied.
 
-        The calling thread watches meanwhile: a copy whose run is gone, or that outlasts options.sync_timeout,
-        stops at its next chunk.
+        The calling thread watches meanwhile: a copy whose run is gone, or that outlasts options.sync_timeout, or
+        whose other stream failed, is stopped, its statements cancelled (a stream waiting on a lock never reads
+        a chunk to stop at).
         """
         deadline = time.monotonic() + self.options.sync_timeout
         pending = list(reversed(tables))  # popped from the end: the largest first
@@ -477,14 +515,15 @@ class Move:
                     with lock:
                         if not pending:
                             return
-                        table, is_binary = pending.pop()
+                        table, columns, is_binary = pending.pop()
                     form = sql.SQL("binary" if is_binary else "text")
-                    copy_out = sql.SQL("COPY {} TO STDOUT (FORMAT {})").format(sql.SQL(table), form)
-                    copy_in = sql.SQL("COPY {} FROM STDIN (FORMAT {})").format(sql.SQL(table), form)
+                    target = sql.SQL("{} ({})").format(sql.SQL(table), sql.SQL(columns or ""))
+                    if not columns:  # a table without columns has its rows still
+                        target = sql.SQL(table)
                     with (
                         writer.transaction(),
-                        reader.cursor().copy(copy_out) as rows,
-                        writer.cursor().copy(copy_in) as sink,
+                        reader.cursor().copy(sql.SQL("COPY {} TO STDOUT (FORMAT {})").format(target, form)) as rows,
+                        writer.cursor().copy(sql.SQL("COPY {} FROM STDIN (FORMAT {})").format(target, form)) as sink,
                     ):
                         for chunk in rows:
                             if stop.is_set():
@@ -492,8 +531,10 @@ class Move:
                             sink.write(chunk)
                             copied[index] += len(chunk)
             except Exception as e:  # reported by the calling thread
+                # The primary message only: a COPY error's context quotes the tenant's row.
+                message = e.diag.message_primary if isinstance(e, psycopg.Error) and e.diag.message_primary else e
                 with lock:
-                    failures.append(f"copying {table}: {type(e).__name__}: {e}")
+                    failures.append(f"copying {table}: {type(e).__name__}: {message}")
                 stop.set()
 
         threads = [
@@ -503,13 +544,19 @@ class Move:
         for thread in threads:
             thread.start()
         try:
-            while any(thread.is_alive() for thread in threads):
-                threads[0].join(0.2)
+            while running := [thread for thread in threads if thread.is_alive()]:
+                running[0].join(0.2)
+                if stop.is_set():
+                    break
                 if time.monotonic() > deadline:
                     raise MoveError(f"the copy of the rows is not done after {self.options.sync_timeout:.0f} s")
                 self.stop_if_run_is_gone()  # a long copy whose run died is rolled back now, not at its end
         finally:
-            stop.set()  # a no-op once every stream is done
+            if any(thread.is_alive() for thread in threads):
+                stop.set()
+                for reader, writer in streams:
+                    reader.cancel_safe()
+                    writer.cancel_safe()
             for thread in threads:
                 thread.join()
         if failures:
@@ -557,6 +604,7 @@ class Move:
             "PGCONNECT_TIMEOUT": "10",
             "PGOPTIONS": PINNED_SESSION,
             "PGPASSWORD": self.restore_password,
+            **{f"PG{key.upper()}": value for key, value in self.target.tls().items() if value},
         }
         as_tenant = ["--role", self.tenant["db_role"], "--exit-on-error", "-d", self.db_name]
         self._run_tool("pg_restore", conn_args, [*as_tenant, *args], env)
@@ -892,14 +940,14 @@ class Move:
         return psycopg.connect(
             host=way.publisher.host, port=way.publisher.port, dbname=self.db_name, user=way.name,
             password=way.password, autocommit=True, connect_timeout=10, prepare_threshold=None,
-            options=PINNED_SESSION, **kwargs,
+            options=PINNED_SESSION, **way.publisher.tls(), **kwargs,
         )  # fmt: skip
 
     def _connect_as_restorer(self) -> psycopg.Connection:
         return psycopg.connect(
             host=self.target.host, port=self.target.port, dbname=self.db_name, user=self.restore_role,
             password=self.restore_password, autocommit=True, connect_timeout=10, prepare_threshold=None,
-            options=PINNED_SESSION,
+            options=PINNED_SESSION, **self.target.tls(),
         )  # fmt: skip
 
     def _verify_after_switch(self, source: psycopg.Connection, target: psycopg.Connection) -> None:
@@ -1249,23 +1297,30 @@ def sequence_states(conn: psycopg.Connection) -> dict[str, tuple[int, bool]]:
 
 
 def table_fingerprints(conn: psycopg.Connection) -> dict[str, tuple[int, str]]:
-    """Per table of the tenant's: row count and an order-free checksum of its rows, in `conn`'s snapshot."""
+    """Per table of the tenant's: row count and an order-free checksum of its rows, in `conn`'s snapshot.
+
+    A row is printed with its columns in name order: the two copies may order them differently (pg_dump recreates
+    an inheritance child with the columns its parent got after it last).
+    """
     tables = conn.execute(
-        """SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+        """SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname),
+                  (SELECT pg_catalog.string_agg('t.' || pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attname)
+                     FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+             FROM pg_catalog.pg_class c
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', %s)
               AND n.nspname NOT LIKE 'pg\\_%%' ORDER BY 1""",
         (MARKER_SCHEMA,),
     ).fetchall()
     found = {}
-    for (table,) in tables:
+    for table, columns in tables:
         count, checksum = conn.execute(
             sql.SQL(
                 # record_out, not a cast to text: a tenant may CREATE CAST (its_table AS text) WITH FUNCTION.
                 "SELECT pg_catalog.count(*), coalesce(pg_catalog.sum(pg_catalog.hashtextextended("
-                "pg_catalog.textin(pg_catalog.record_out(t)), 0::pg_catalog.int8)), 0)::pg_catalog.text"
+                "pg_catalog.textin(pg_catalog.record_out(ROW({}))), 0::pg_catalog.int8)), 0)::pg_catalog.text"
                 " FROM {} AS t"
-            ).format(sql.SQL(table))
+            ).format(sql.SQL(columns or ""), sql.SQL(table))
         ).fetchone()
         found[table] = (count, checksum)
     return found

@@ -19,8 +19,9 @@ description:
   - The playbook then readies the target (server up, the tenant's role and empty database, role unable to log in).
   - I(step=move) copies (I(method=logical) - the tables without their indexes, the rows from the snapshot of a
     slot made for the move in I(jobs) parallel COPY streams, the keys, a subscription on that slot, the other
-    indexes and constraints; or I(method=dump) - parallel directory-format dump and restore with writes blocked), blocks writes on the source
-    (the tenant's role may not log in, its sessions end), waits for zero lag and syncs every sequence.
+    indexes and constraints; or I(method=dump) - parallel directory-format dump and restore with writes
+    blocked), blocks writes on the source (the tenant's role may not log in, its sessions end), waits for zero
+    lag and syncs every sequence.
   - I(method=logical) then switches at once - replication turned round (target to source, its slot made before the
     target opens), both copies frozen in a snapshot, the target's role allowed to log in and the registry
     repointed (server, db_type and plan in one transaction) - and verifies the two snapshots (per-table row counts
