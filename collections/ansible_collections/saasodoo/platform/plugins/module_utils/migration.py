@@ -17,6 +17,7 @@ finishes the rest.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -47,6 +48,7 @@ MOVERS_GROUP = "saasodoo_movers"  # pg_hba lets its members (one per move, dropp
 FAILPOINT_ENV = "SAASODOO_DB_MIGRATE_FAILPOINT"
 # How long a logical move's copy waits for a lock on the tenant's tables (held or queued by the tenant's own DDL).
 LOCK_TABLES_TIMEOUT_MS = 60_000
+STREAM_STOP_SECONDS = 30  # how long a cancelled copy stream gets to stop
 # Every tenant is hostile: it owns its database and can plant functions, operators, casts and per-database
 # settings (ALTER DATABASE ... SET search_path, role, default_transaction_read_only) there. Every session this
 # module opens, a superuser's inside the tenant's database above all, pins those settings (a startup option
@@ -434,7 +436,9 @@ class Move:
         The slot is made with its snapshot exported and every stream imports it: the copy holds exactly what
         precedes the slot's changes, and the subscription made afterwards on that slot (copy_data = false)
         applies the rest. The first stream then takes ACCESS SHARE on every table, as pg_dump does, so that no
-        table is rewritten under the snapshot (the tenant's ALTER TABLE waits for the copy). The target has no
+        table is rewritten under the snapshot from then on: the tenant's ALTER TABLE waits for the copy, its later
+        queries on that table queue behind the ALTER, and a stream that has that table still to copy fails the
+        move after LOCK_TABLES_TIMEOUT_MS (rolled back). The target has no
         index yet (keys are built after, once, not row by row) and no trigger (post-data). Rows are read as the
         move's replication role and written as its restore role, neither a superuser. Binary where every column's
         type is a plain built-in one; text otherwise: a binary array or record carries its element type's oid, and
@@ -554,11 +558,18 @@ class Move:
         finally:
             if any(thread.is_alive() for thread in threads):
                 stop.set()
-                for reader, writer in streams:
-                    reader.cancel_safe()
-                    writer.cancel_safe()
+                for conn in (conn for pair in streams for conn in pair):
+                    with contextlib.suppress(psycopg.Error):  # a server that is gone: its stream fails on its own
+                        conn.cancel_safe(timeout=STREAM_STOP_SECONDS)
             for thread in threads:
-                thread.join()
+                thread.join(STREAM_STOP_SECONDS)
+            # A stream still blocked (a peer gone without a word) keeps its connections: closing them under it
+            # would free what libpq is using. The module's process ends soon after, taking them along.
+            stuck = [i for i, thread in enumerate(threads) if thread.is_alive()]
+            for i in reversed(stuck):
+                del streams[i]
+        if stuck:
+            raise MoveError(f"{len(stuck)} copy streams did not stop within {STREAM_STOP_SECONDS} s of being cancelled")
         if failures:
             raise MoveError(failures[0])
         return sum(copied)
