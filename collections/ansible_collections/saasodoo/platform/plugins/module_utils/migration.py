@@ -438,11 +438,11 @@ class Move:
         applies the rest. The first stream then takes ACCESS SHARE on every table, as pg_dump does, so that no
         table is rewritten under the snapshot from then on: the tenant's ALTER TABLE waits for the copy, its later
         queries on that table queue behind the ALTER, and a stream that has that table still to copy fails the
-        move after LOCK_TABLES_TIMEOUT_MS (rolled back). The target has no
-        index yet (keys are built after, once, not row by row) and no trigger (post-data). Rows are read as the
-        move's replication role and written as its restore role, neither a superuser. Binary where every column's
-        type is a plain built-in one; text otherwise: a binary array or record carries its element type's oid, and
-        a reg* value is an oid, both of which differ between servers.
+        move after LOCK_TABLES_TIMEOUT_MS (rolled back). The target has no index yet (keys are built after, once,
+        not row by row) and no trigger (post-data). Rows are read as the move's replication role and written as
+        its restore role, neither a superuser. Binary where every column's type is a plain built-in one; text
+        otherwise: a binary array or record carries its element type's oid, and a reg* value is an oid, both of
+        which differ between servers.
         """
         streams: list[tuple[psycopg.Connection, psycopg.Connection]] = []
         tables: list[tuple[str, str, bool]] = []
@@ -521,9 +521,8 @@ class Move:
                             return
                         table, columns, is_binary = pending.pop()
                     form = sql.SQL("binary" if is_binary else "text")
-                    target = sql.SQL("{} ({})").format(sql.SQL(table), sql.SQL(columns or ""))
-                    if not columns:  # a table without columns has its rows still
-                        target = sql.SQL(table)
+                    # A table without columns (or only generated ones) has its rows still: COPY it whole.
+                    target = sql.SQL("{} ({})").format(sql.SQL(table), sql.SQL(columns)) if columns else sql.SQL(table)
                     with (
                         writer.transaction(),
                         reader.cursor().copy(sql.SQL("COPY {} TO STDOUT (FORMAT {})").format(target, form)) as rows,
