@@ -29,9 +29,10 @@ def mover(local_platform: LocalPlatform) -> Mover:
     return provision_mover(local_platform, "mover")
 
 
-# What a tenant may make that a copy by column position or in binary would get wrong, and the verification (each
-# side's record_out, in its own column order) would not see: an inheritance child whose parent got a column after
-# it (pg_dump recreates it as (id, a, c, b)), and values whose binary form is an oid of the source's catalog.
+# What a tenant may make that a copy by column position or in binary would get wrong, and a verification printing
+# each side's columns in its own order would take for a difference: an inheritance child whose parent got a column
+# after it (pg_dump recreates it as (id, a, c, b)), and values whose binary form is an oid of the source's catalog.
+# The test reads them back by name.
 ODD_TABLES = """
 CREATE TYPE mood AS ENUM ('calm', 'cross');
 CREATE DOMAIN positive AS integer CHECK (VALUE > 0);
