@@ -35,8 +35,10 @@ EXPECTED_FILES = [
     "05-deployment.yml",
     "06-service.yml",
     "07-networkpolicy.yml",
-    "08-ingress.yml",
+    "08-endpointslice.yml",
+    "09-ingress.yml",
 ]
+DB_HOST, DB_PORT = "10.20.1.11", 6432  # the playbook's defaults: the tenant's server before a move
 
 
 def kubernetes_versions() -> list[str]:
@@ -106,6 +108,17 @@ class Rendered:
     def container(self) -> dict:
         (container,) = self.one("Deployment")["spec"]["template"]["spec"]["containers"]
         return container
+
+    @property
+    def sidecar(self) -> dict:
+        (pgbouncer,) = self.one("Deployment")["spec"]["template"]["spec"]["initContainers"]
+        return pgbouncer
+
+    @property
+    def pgbouncer_ini(self) -> configparser.ConfigParser:
+        parser = configparser.ConfigParser(interpolation=None, delimiters=("=",))
+        parser.read_string(self.one("ConfigMap")["data"]["pgbouncer.ini"])
+        return parser
 
 
 def render(render_dir: Path, case: Case, *extra: str) -> PlaybookRun:
@@ -186,7 +199,9 @@ def test_one_file_per_kind_in_apply_order(manifests):
         ("PersistentVolumeClaim", manifests.case.name),
         ("Deployment", manifests.case.name),
         ("Service", manifests.case.name),
+        ("Service", f"{manifests.case.name}-db"),
         ("NetworkPolicy", manifests.case.name),
+        ("EndpointSlice", f"{manifests.case.name}-db"),
         ("Ingress", manifests.case.name),
     ]
 
@@ -204,12 +219,16 @@ def test_names_namespaces_and_labels(manifests):
         metadata = doc["metadata"]
         assert DNS_LABEL.fullmatch(metadata["name"].removesuffix("-cephfs"))
         assert metadata.get("namespace") == (None if doc["kind"] == "PersistentVolume" else NAMESPACE)
+        slice_labels = {
+            "kubernetes.io/service-name": f"{case.name}-db",  # the Service it belongs to
+            "endpointslice.kubernetes.io/managed-by": "saasodoo.io",  # not the cluster's EndpointSlice controller
+        }
         assert metadata["labels"] == {
             "app.kubernetes.io/name": "odoo",
             "app.kubernetes.io/instance": case.tenant,
             "saasodoo.io/tenant": case.tenant,
             "saasodoo.io/plan": case.plan,
-        }
+        } | (slice_labels if doc["kind"] == "EndpointSlice" else {})
 
 
 def test_config_has_no_password_and_the_secret_has_it(manifests):
@@ -223,21 +242,91 @@ def test_config_has_no_password_and_the_secret_has_it(manifests):
     assert options["http_port"] == "8069"
     assert options["data_dir"] == "/var/lib/odoo"
     assert options["workers"] == str(PLANS[manifests.case.plan]["odoo_workers"])
+    # Its own PgBouncer, on the pod's loopback: no network in between, nothing to check.
+    assert (options["db_host"], options["db_port"], options["db_sslmode"]) == ("127.0.0.1", "6432", "disable")
 
     secret = manifests.one("Secret")
     assert secret["type"] == "Opaque"
     assert base64.b64decode(secret["data"]["PGPASSWORD"]).decode() == PASSWORD
-    env, *ca = manifests.container["env"]
-    if manifests.case.issuer:  # libpq checks the database's certificate against the CA beside odoo.conf
-        assert options["db_sslmode"] == "verify-full"
+    # The PgBouncer's auth file: the role's stable SCRAM verifier, never the password.
+    users = base64.b64decode(secret["data"]["pgbouncer-users.txt"]).decode()
+    assert re.fullmatch(r'"t_acme(_corp)?" "SCRAM-SHA-256\$4096:[^"]+"\n', users), users
+    assert PASSWORD not in users
+    assert manifests.container["env"] == [
+        {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": manifests.case.name, "key": "PGPASSWORD"}}}
+    ]
+    pgbouncer = manifests.pgbouncer_ini["pgbouncer"]
+    if manifests.case.issuer:  # the PgBouncer checks the database's certificate against the CA beside its config
         assert manifests.one("ConfigMap")["data"]["db-ca.crt"].strip() == DB_CA
-        assert ca == [{"name": "PGSSLROOTCERT", "value": "/etc/odoo/db-ca.crt"}]
+        # verify-full asked for: the chain only, as it dials the Service, a name no server certificate carries.
+        assert pgbouncer["server_tls_sslmode"] == "verify-ca"
+        assert pgbouncer["server_tls_ca_file"] == "/etc/pgbouncer/db-ca.crt"
     else:
-        assert ca == [] and "db-ca.crt" not in manifests.one("ConfigMap")["data"]
-    assert env == {
-        "name": "PGPASSWORD",
-        "valueFrom": {"secretKeyRef": {"name": manifests.case.name, "key": "PGPASSWORD"}},
+        assert "db-ca.crt" not in manifests.one("ConfigMap")["data"] and "server_tls_ca_file" not in pgbouncer
+
+
+def test_odoo_reaches_its_database_through_its_own_pgbouncer(manifests):
+    """A native sidecar (an init container that keeps running, listening before Odoo starts) forwards the
+    tenant's database and `postgres` to the tenant's database Service, which has no selector: its EndpointSlice
+    names the server."""
+    name = manifests.case.name
+    sidecar = manifests.sidecar
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["command"] == ["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"]
+    assert sidecar["startupProbe"]["tcpSocket"] == {"port": "pgbouncer"}
+    assert {"name": "pgbouncer", "containerPort": 6432, "protocol": "TCP"} in sidecar["ports"]
+    ini = manifests.pgbouncer_ini
+    db = "t_" + manifests.case.tenant.lower()
+    target = f"host={name}-db.{NAMESPACE}.svc port=5432"
+    assert dict(ini["databases"]) == {
+        db: f"{target} dbname={db}",
+        "postgres": f"{target} dbname=postgres pool_mode=session",
     }
+    assert (ini["pgbouncer"]["listen_addr"], ini["pgbouncer"]["listen_port"]) == ("127.0.0.1", "6432")
+    assert ini["pgbouncer"]["auth_file"] == "/etc/pgbouncer/pgbouncer-users.txt"
+    (mount,) = sidecar["volumeMounts"]
+    volumes = {v["name"]: v for v in manifests.one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    sources = volumes[mount["name"]]["projected"]["sources"]
+    assert mount == {"name": "pgbouncer", "mountPath": "/etc/pgbouncer", "readOnly": True}
+    assert [s["configMap"]["items"][0]["key"] for s in sources if "configMap" in s] == ["pgbouncer.ini"]
+    assert [s["secret"]["items"] for s in sources if "secret" in s] == [
+        [{"key": "pgbouncer-users.txt", "path": "pgbouncer-users.txt"}]
+    ]
+    service = manifests.one("Service", f"{name}-db")["spec"]
+    assert "selector" not in service and service["ports"] == [{"name": "postgres", "port": 5432, "protocol": "TCP"}]
+    endpoints = manifests.one("EndpointSlice", f"{name}-db")
+    assert endpoints["addressType"] == "IPv4"
+    assert [e["addresses"] for e in endpoints["endpoints"]] == [[DB_HOST]]
+    assert endpoints["ports"] == [{"name": "postgres", "port": DB_PORT, "protocol": "TCP"}]
+
+
+def test_a_database_move_restarts_nothing(rendered, tmp_path):
+    """The same tenant with its database on another server: only the EndpointSlice and the NetworkPolicy's egress
+    (the new server's port; its address too without peers of its own) change. The Deployment, its ConfigMap and its
+    Secret are the same, so applying them rolls no pod: Odoo keeps running, its PgBouncer's next server connections
+    going to the new server."""
+    before = rendered[CASES[0].id]
+    after_run = render(tmp_path, before.case, "-e", "db_host=10.20.1.12", "-e", "db_port=6433")
+    assert after_run.returncode == 0, after_run.output
+    after = Rendered(before.case, tmp_path / before.case.tenant, after_run)
+    changed = {(d["kind"], d["metadata"]["name"]) for d in after.docs if d not in before.docs}
+    assert changed == {("EndpointSlice", f"{before.case.name}-db"), ("NetworkPolicy", before.case.name)}
+    endpoints = after.one("EndpointSlice", f"{before.case.name}-db")
+    assert (endpoints["endpoints"][0]["addresses"], endpoints["ports"][0]["port"]) == (["10.20.1.12"], 6433)
+    assert after.one("NetworkPolicy")["spec"]["egress"][1]["ports"] == [{"protocol": "TCP", "port": 6433}]
+
+    own_address = render(tmp_path / "no-peers", before.case, "-e", "db_host=10.20.1.12", "-e", '{"db_peers": []}')
+    assert own_address.returncode == 0, own_address.output
+    policy = Rendered(before.case, tmp_path / "no-peers" / before.case.tenant, own_address).one("NetworkPolicy")
+    assert policy["spec"]["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.20.1.12/32"}}]
+
+
+def test_a_database_host_that_is_not_an_address_is_refused(tmp_path):
+    """An EndpointSlice holds addresses: a name is refused before anything is written, saying so."""
+    run = render(tmp_path, CASES[0], "-e", "db_host=pgbouncer.saasodoo.svc")
+    assert run.returncode != 0
+    assert "pgbouncer.saasodoo.svc is not one" in run.output
+    assert not (tmp_path / CASES[0].tenant).exists()
 
 
 def test_deployment_runs_the_plan(manifests):
@@ -264,10 +353,10 @@ def test_deployment_is_locked_down(manifests):
     assert pod["securityContext"]["runAsUser"] == 101
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
-    container = manifests.container["securityContext"]
-    assert container["allowPrivilegeEscalation"] is False
-    assert container["readOnlyRootFilesystem"] is True
-    assert container["capabilities"] == {"drop": ["ALL"]}
+    for container in (manifests.container["securityContext"], manifests.sidecar["securityContext"]):
+        assert container["allowPrivilegeEscalation"] is False
+        assert container["readOnlyRootFilesystem"] is True
+        assert container["capabilities"] == {"drop": ["ALL"]}
 
 
 def test_plans_roll_the_pods(rendered):
@@ -376,8 +465,9 @@ def test_tenants_pods_reach_only_their_ingress_dns_and_database(manifests):
     dns, database = policy["egress"]
     assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
     assert {p["port"] for p in dns["ports"]} == {53}
-    assert database["to"][0]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "pgbouncer"}}
-    assert database["ports"] == [{"protocol": "TCP", "port": 6432}]
+    # The server's own address and port: a policy applies to where the Service's connections really go.
+    assert database["to"] == [{"ipBlock": {"cidr": "10.20.1.0/24"}}]
+    assert database["ports"] == [{"protocol": "TCP", "port": DB_PORT}]
 
 
 def test_without_the_tenants_key_its_ceph_secret_is_left_as_it_is(tmp_path):
