@@ -32,10 +32,10 @@ EXPECTED_FILES = [
     "02-configmap.yml",
     "03-persistentvolume.yml",
     "04-persistentvolumeclaim.yml",
-    "05-deployment.yml",
-    "06-service.yml",
-    "07-networkpolicy.yml",
-    "08-endpointslice.yml",
+    "05-service.yml",
+    "06-networkpolicy.yml",
+    "07-endpointslice.yml",
+    "08-deployment.yml",
     "09-ingress.yml",
 ]
 DB_HOST, DB_PORT = "10.20.1.11", 6432  # the playbook's defaults: the tenant's server before a move
@@ -197,11 +197,11 @@ def test_one_file_per_kind_in_apply_order(manifests):
         ("ConfigMap", manifests.case.name),
         ("PersistentVolume", manifests.case.name),
         ("PersistentVolumeClaim", manifests.case.name),
-        ("Deployment", manifests.case.name),
         ("Service", manifests.case.name),
         ("Service", f"{manifests.case.name}-db"),
         ("NetworkPolicy", manifests.case.name),
         ("EndpointSlice", f"{manifests.case.name}-db"),
+        ("Deployment", manifests.case.name),
         ("Ingress", manifests.case.name),
     ]
 
@@ -282,7 +282,8 @@ def test_odoo_reaches_its_database_through_its_own_pgbouncer(manifests):
         db: f"{target} dbname={db}",
         "postgres": f"{target} dbname=postgres pool_mode=session",
     }
-    assert (ini["pgbouncer"]["listen_addr"], ini["pgbouncer"]["listen_port"]) == ("127.0.0.1", "6432")
+    # Every address of the pod: the kubelet probes the pod's; the NetworkPolicy admits no other pod to 6432.
+    assert (ini["pgbouncer"]["listen_addr"], ini["pgbouncer"]["listen_port"]) == ("*", "6432")
     assert ini["pgbouncer"]["auth_file"] == "/etc/pgbouncer/pgbouncer-users.txt"
     (mount,) = sidecar["volumeMounts"]
     volumes = {v["name"]: v for v in manifests.one("Deployment")["spec"]["template"]["spec"]["volumes"]}
