@@ -7,11 +7,17 @@ import base64
 import configparser
 import os
 import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import kubernetes_validate
+import psycopg
 import pytest
 import yaml
 from packaging.version import Version
@@ -299,6 +305,60 @@ def test_odoo_reaches_its_database_through_its_own_pgbouncer(manifests):
     assert endpoints["addressType"] == "IPv4"
     assert [e["addresses"] for e in endpoints["endpoints"]] == [[DB_HOST]]
     assert endpoints["ports"] == [{"name": "postgres", "port": DB_PORT, "protocol": "TCP"}]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_the_sidecars_config_runs_in_a_real_pgbouncer(rendered):
+    """Debian's PgBouncer loads the sidecar's rendered config and auth file (moved into a scratch directory, on a free
+    loopback port, run as the postgres user as PgBouncer refuses root): it takes the tenant's password against the
+    stable verifier and refuses another one, before it ever dials the database Service (no such name here)."""
+    manifests = rendered[CASES[-1].id]  # without TLS: no CA file to load
+    secret = manifests.one("Secret")["data"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scratch = Path(tempfile.mkdtemp(prefix="sidecar-pgbouncer-"))
+    try:
+        scratch.chmod(0o755)
+        ini = manifests.one("ConfigMap")["data"]["pgbouncer.ini"].replace("/etc/pgbouncer", str(scratch))
+        ini = ini.replace("listen_addr = *", "listen_addr = 127.0.0.1").replace(
+            "listen_port = 6432", f"listen_port = {port}"
+        )
+        (scratch / "pgbouncer.ini").write_text(ini)
+        (scratch / "pgbouncer-users.txt").write_bytes(base64.b64decode(secret["pgbouncer-users.txt"]))
+        for name in ("pgbouncer.ini", "pgbouncer-users.txt"):
+            shutil.chown(scratch / name, "postgres")
+            (scratch / name).chmod(0o400)
+        pgbouncer = subprocess.Popen(
+            ["runuser", "-u", "postgres", "--", "/usr/sbin/pgbouncer", str(scratch / "pgbouncer.ini")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while pgbouncer.poll() is None and not listening(port):
+                assert time.monotonic() < deadline, "PgBouncer did not listen within 10 s"
+                time.sleep(0.05)  # another process: poll its port
+            assert pgbouncer.poll() is None, pgbouncer.communicate()[0]
+
+            def login_error(password: str) -> str:
+                db = "t_acme_corp"
+                with pytest.raises(psycopg.OperationalError) as failed:
+                    psycopg.connect(host="127.0.0.1", port=port, dbname=db, user=db, password=password,
+                                    sslmode="disable", connect_timeout=3).close()  # fmt: skip
+                return str(failed.value)
+
+            assert "SASL authentication failed" in login_error("not-the-tenants-password")
+            assert "SASL authentication failed" not in login_error(PASSWORD)
+        finally:
+            pgbouncer.terminate()
+            log = pgbouncer.communicate(timeout=10)[0]
+        assert "odoo-acme-corp-db.saasodoo-tenants.svc" in log, log  # it went on to dial the Service
+    finally:
+        shutil.rmtree(scratch)
 
 
 def test_a_database_move_restarts_nothing(rendered, tmp_path):
