@@ -724,7 +724,7 @@ class Move:
             )
         return ca[0]
 
-    def _subscribe(self, way: Replication, copy_data: bool, create_slot: bool = True) -> None:
+    def _subscribe(self, way: Replication, copy_data: bool, create_slot: bool = True, enable: bool = True) -> None:
         """Subscribe `way`'s subscriber, applying the tenant's rows as a role with the tenant's rights only.
 
         The apply runs as the subscription's owner and fires what the tenant put on its tables: CHECK and
@@ -733,7 +733,8 @@ class Move:
         owner's privilege checks. So the owner is a role made for this move, a member of the tenant's role
         (its tables' rights), superuser only inside the one transaction that hands it the subscription. It
         needs LOGIN (the apply worker starts as it) and has no password nor any pg_hba rule: nobody logs in
-        as it. The subscription is created disabled and enabled only once its owner is unprivileged.
+        as it. The subscription is created disabled and enabled (with `enable`) only once its owner is
+        unprivileged.
         """
         name, apply_role = sql.Identifier(way.name), sql.Identifier(way.apply_role)
         verify = self.options.replication_sslmode.startswith("verify")
@@ -773,7 +774,8 @@ class Move:
                 conn.execute(sql.SQL("ALTER ROLE {} SUPERUSER").format(apply_role))
                 conn.execute(sql.SQL("ALTER SUBSCRIPTION {} OWNER TO {}").format(name, apply_role))
                 conn.execute(sql.SQL("ALTER ROLE {} NOSUPERUSER").format(apply_role))
-            conn.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(name))
+            if enable:
+                conn.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(name))
 
     def run_holds_the_tenant(self) -> bool:
         """Whether the move's playbook run (options.run_id) lives and has the tenant (registry.tenant_runs)."""
@@ -867,11 +869,13 @@ class Move:
         self.executed.append(f"synced {len(values)} sequences to {copy.name}")
 
     def _prepare_way_back(self) -> None:
-        """The way back's publication and slot on the target, made before writes are blocked.
+        """The way back's publication and slot on the target and its subscription on the source (disabled), made
+        before writes are blocked.
 
         Making a logical slot waits for every transaction running on the target's server (another tenant's long
-        one included): done here, that wait is not downtime. The slot sees the forward apply's writes too; the
-        switch moves it past them before anything reads it.
+        one included), and a subscription takes its own role and a connection to the publisher: done here, none
+        of it is downtime. The slot sees the forward apply's writes too; the switch moves it past them before the
+        subscription is enabled.
         """
         self._publish(self.backward)
         with self.target.connect(self.db_name) as conn:
@@ -881,18 +885,20 @@ class Move:
                 conn.execute(
                     "SELECT pg_catalog.pg_create_logical_replication_slot(%s, 'pgoutput')", (self.backward.name,)
                 )
+        self._subscribe(self.backward, copy_data=False, create_slot=False, enable=False)
 
     def _turn_replication_round(self) -> None:
         """Replication from the target back to the source, ready before the target opens.
 
         The forward subscription goes first: PostgreSQL 15 has no origin filter, and both ways at once would send
-        every row round in a loop. The way back's slot is then moved past everything the forward apply wrote, and
-        the tenant cannot write on the target yet: the source receives every write made after the switch, and
-        only those. The apply on the source runs the source's code, which the tenant could change until the
-        block: it is checked again. Schema changes on the target are refused until the copies are verified:
-        the way back carries rows, not DDL.
+        every row round in a loop (its slot, publication and roles go with the move's other leftovers, after the
+        switch). The way back's slot is then moved past everything the forward apply wrote, and the tenant cannot
+        write on the target yet: the source receives every write made after the switch, and only those. The apply
+        on the source runs the source's code, which the tenant could change until the block: it is checked again
+        before the way back's subscription, made beforehand, is enabled. Schema changes on the target are refused
+        until the copies are verified: the way back carries rows, not DDL.
         """
-        self._drop_replication_way(self.forward)
+        self._drop_subscription(self.forward)
         with self.source.connect(self.db_name) as conn:
             tenant_code = [r[0] for r in conn.execute(TENANT_CODE_IN_APPLY)]
         if tenant_code:
@@ -921,7 +927,8 @@ class Move:
                     sql.Identifier(f"{MARKER_SCHEMA}_refuse_ddl"), schema
                 )
             )
-        self._subscribe(self.backward, copy_data=False, create_slot=False)
+        with self.source.connect(self.db_name) as conn:
+            conn.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(sql.Identifier(self.backward.name)))
 
     def _snapshots(self) -> tuple[psycopg.Connection, psycopg.Connection]:
         """A REPEATABLE READ transaction on each copy, its snapshot taken while both are frozen and equal.
@@ -1193,9 +1200,9 @@ class Move:
                     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(MARKER_SCHEMA)))
         self._drop_roles(self.target, self.restore_role)
 
-    def _drop_replication_way(self, way: Replication) -> None:
-        """One way's subscription (detached from its slot first, so the drop never depends on reaching the
-        publisher), its apply role, slot, publication and replication role: whichever exist."""
+    def _drop_subscription(self, way: Replication) -> None:
+        """One way's subscription, if there: detached from its slot first, so the drop never depends on reaching
+        the publisher. Its apply worker has stopped once this returns."""
         if self._has_database(way.subscriber):
             with way.subscriber.connect(self.db_name) as conn:
                 if conn.execute("SELECT 1 FROM pg_catalog.pg_subscription WHERE subname = %s", (way.name,)).fetchone():
@@ -1204,6 +1211,10 @@ class Move:
                         sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(sql.Identifier(way.name))
                     )
                     conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(way.name)))
+
+    def _drop_replication_way(self, way: Replication) -> None:
+        """One way's subscription, its apply role, slot, publication and replication role: whichever exist."""
+        self._drop_subscription(way)
         self._drop_roles(way.subscriber, way.apply_role)
         with way.publisher.connect() as conn:
             for _ in range(50):  # a walsender still exiting keeps its slot active for a moment
