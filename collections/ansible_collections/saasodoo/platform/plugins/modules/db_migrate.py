@@ -22,8 +22,9 @@ description:
     indexes and constraints; or I(method=dump) - parallel directory-format dump and restore with writes
     blocked), blocks writes on the source (the tenant's role may not log in, its sessions end), waits for zero
     lag and syncs every sequence.
-  - I(method=logical) then switches at once - replication turned round (target to source, its slot made before the
-    target opens), both copies frozen in a snapshot, the target's role allowed to log in and the registry
+  - I(method=logical) then switches at once - replication turned round (target to source, its slot and its
+    subscription made before writes were blocked, the subscription enabled once the forward one is gone), both
+    copies frozen in a snapshot, the target's role allowed to log in and the registry
     repointed (server, db_type and plan in one transaction) - and verifies the two snapshots (per-table row counts
     and checksums) while the tenant works on the target. Verified, the way back is dropped; a mismatch switches
     back, and the module fails saying why. I(method=dump) verifies first and repoints after. The write downtime
