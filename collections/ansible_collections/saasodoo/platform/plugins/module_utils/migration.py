@@ -154,8 +154,31 @@ class Server:
     admin: dict = field(repr=False)
     pgbouncer_host: str | None = None
     pgbouncer_port: int | None = None
+    # While keeping() (a switch): the connections opened, by database, reused by connect() and closed at its end.
+    _kept: dict | None = field(default=None, init=False, repr=False, compare=False)
 
-    def connect(self, dbname: str = "postgres") -> psycopg.Connection:
+    @contextlib.contextmanager
+    def keeping(self):
+        """connect() opens one connection per database and reuses it until this ends (`with` leaves it open):
+        each new one is a TLS handshake and a SCRAM exchange, while the tenant waits during a switch."""
+        self._kept = {}
+        try:
+            yield
+        finally:
+            kept, self._kept = self._kept, None
+            for conn in kept.values():
+                conn.close()
+
+    def connect(self, dbname: str = "postgres", fresh: bool = False):
+        """An autocommit superuser session in `dbname`; a kept one while keeping(), unless `fresh`."""
+        if self._kept is None or fresh:
+            return self._open(dbname)
+        conn = self._kept.get(dbname)
+        if conn is None or conn.closed:
+            conn = self._kept[dbname] = self._open(dbname)
+        return contextlib.nullcontext(conn)
+
+    def _open(self, dbname: str) -> psycopg.Connection:
         a = self.admin
         return psycopg.connect(
             host=a.get("login_unix_socket") or a.get("login_host") or self.host,
@@ -383,27 +406,29 @@ class Move:
             self._repoint(downtime_started)
             return None
         self._copy_logical()
-        downtime_started = self._block_writes()
         laps = []  # each step of the switch, ms since the block: the module's output shows where downtime goes
 
         def lap(step: str) -> None:
             laps.append(f"{step} {round((time.monotonic() - downtime_started) * 1000)}")
 
-        self._wait_for_marker(self.forward)
-        lap("caught up")
-        self._sync_sequences(self.source, self.target)
-        lap("sequences copied")
-        self._turn_replication_round()
-        lap("replication turned round")
-        self._failpoint("turned")
-        snapshots = self._snapshots()
-        try:
-            self._repoint(downtime_started)
-        except BaseException:
-            for conn in snapshots:
-                conn.close()
-            raise
-        lap("repointed")
+        with self.source.keeping(), self.target.keeping():  # one admin session per server and database
+            downtime_started = self._block_writes()
+            lap("sessions ended")
+            self._wait_for_marker(self.forward)
+            lap("caught up")
+            self._sync_sequences(self.source, self.target)
+            lap("sequences copied")
+            self._turn_replication_round()
+            lap("replication turned round")
+            self._failpoint("turned")
+            snapshots = self._snapshots()
+            try:
+                self._repoint(downtime_started)
+            except BaseException:
+                for conn in snapshots:
+                    conn.close()
+                raise
+            lap("repointed")
         self.executed.append(f"switch, ms after writes were blocked: {', '.join(laps)}")
         return snapshots
 
@@ -939,7 +964,7 @@ class Move:
         """
         opened: list[psycopg.Connection] = []
         try:
-            for conn in (self.source.connect(self.db_name), self._connect_as_restorer()):
+            for conn in (self.source.connect(self.db_name, fresh=True), self._connect_as_restorer()):
                 opened.append(conn)
                 conn.execute(VERIFICATION_SETTINGS)
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

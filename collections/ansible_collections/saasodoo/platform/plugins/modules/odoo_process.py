@@ -62,7 +62,10 @@ options:
     type: str
     required: true
   config:
-    description: The content of the tenant's odoo.conf (it holds the database password), written C(0600), its user's.
+    description:
+      - The content of the tenant's odoo.conf (it holds the database password), written C(0600), its user's.
+      - Left out, odoo.conf stays as it is (a database move's repoint, which passes only the files of role
+        C(database)).
     type: str
   config_path:
     description: Where the tenant's odoo.conf goes.
@@ -277,14 +280,17 @@ class OdooProcess:
         if p["state"] == "absent" and pgbouncer_state in ACTIVE_STATES:
             self.act("its PgBouncer stopped", "stopProcess", p["pgbouncer_program"], True,
                      ok_faults=(Faults.NOT_RUNNING,))  # fmt: skip
-        config = {"path": p["config_path"], "content": p["config"], "mode": "0600", "private": True, "role": "config"}
+        written = [file for file in p["files"] if file.get("role") != "route"]
+        if p["config"] is not None:  # a move's repoint leaves it out: odoo.conf stays as it is
+            written.insert(0, {"path": p["config_path"], "content": p["config"], "mode": "0600", "private": True,
+                               "role": "config"})  # fmt: skip
         route = [file for file in p["files"] if file.get("role") == "route"]
         if p["state"] == "absent":
             self.remove_files()
         else:
             self.ensure_dir(p["tenant_dir"], p["owner"], 0o700)
             self.ensure_dir(os.path.dirname(p["pgbouncer_socket"]), p["owner"], 0o700)
-            for file in [config, *(file for file in p["files"] if file.get("role") != "route")]:
+            for file in written:
                 self.ensure_file(file)
         if "program" in self.changed_roles or (p["state"] != "absent" and None in (state, pgbouncer_state)):
             self.update()
@@ -524,7 +530,6 @@ def main() -> None:
             pgbouncer_program=dict(type="str", required=True),
             pgbouncer_socket=dict(type="path", required=True),
         ),
-        required_if=[("state", "started", ["config"]), ("state", "stopped", ["config"])],
         supports_check_mode=True,
     )
     if SupervisorTransport is None:
