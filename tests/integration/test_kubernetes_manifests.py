@@ -382,6 +382,25 @@ def test_a_database_move_restarts_nothing(rendered, tmp_path):
     assert policy["spec"]["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.20.1.12/32"}}]
 
 
+def test_a_moves_repoint_writes_only_where_the_database_is(tmp_path):
+    """The role's repoint entry point, which a move runs the moment the registry points at the new server, renders
+    the NetworkPolicy and the EndpointSlice for it and leaves every other object as it was; the main entry point,
+    run after the move, then finds nothing left to change."""
+    case = CASES[0]
+    assert render(tmp_path, case).returncode == 0
+    before = {path.name: path.read_text() for path in (tmp_path / case.tenant).iterdir()}
+    new_server = ("-e", "db_host=10.20.1.12", "-e", "db_port=6433")
+    repointed = render(tmp_path, case, "-e", "entry=repoint", *new_server)
+    assert repointed.returncode == 0, repointed.output
+    after = {path.name: path.read_text() for path in (tmp_path / case.tenant).iterdir()}
+    assert after.keys() == before.keys()
+    changed = sorted(name.split("-", 1)[1] for name in after if after[name] != before[name])
+    assert changed == ["endpointslice.yml", "networkpolicy.yml"]
+    main = render(tmp_path, case, *new_server)
+    assert main.returncode == 0, main.output
+    assert main.recap["localhost"]["changed"] == 0, main.output
+
+
 def test_a_database_host_that_is_not_an_address_is_refused(tmp_path):
     """An EndpointSlice holds addresses: a name is refused before anything is written, saying so."""
     run = render(tmp_path, CASES[0], "-e", "db_host=pgbouncer.saasodoo.svc")
