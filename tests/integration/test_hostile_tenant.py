@@ -214,11 +214,17 @@ def test_a_new_sign_in_link_runs_the_tenants_triggers_as_the_tenant_only(hostile
 
 
 def test_a_logical_move_refuses_to_run_the_tenants_code_as_the_subscriptions_owner(hostile: LocalPlatform):
-    run, moved, hooks = change_plan(hostile, "premium-monthly", "logical")
+    with hostile.registry() as registry:
+        moves_before = registry.execute("SELECT count(*) FROM registry.migrations WHERE tenant_id = %s", (TENANT,))
+        moves_before = moves_before.fetchone()[0]
+    run, _, hooks = change_plan(hostile, "premium-monthly", "logical")
     assert run.returncode != 0
-    for named in ("trigger hostile on public.hostile_rows", "function public.hostile_hook(text)", "Rolled back"):
+    for named in ("trigger hostile on public.hostile_rows", "function public.hostile_hook(text)", "Nothing was placed"):
         assert named in run.output, run.output[-4000:]
-    assert moved == ("logical", "rolled_back", "shared")
+    with hostile.registry() as registry:  # refused before a server was chosen: no move, the tenant where it was
+        moves = registry.execute("SELECT count(*) FROM registry.migrations WHERE tenant_id = %s", (TENANT,))
+        db_type = registry.execute("SELECT db_type FROM registry.tenants WHERE tenant_id = %s", (TENANT,))
+        assert (moves.fetchone()[0], db_type.fetchone()[0]) == (moves_before, "shared")
     assert_nothing_ran_as_a_superuser(hostile, hooks)
 
 

@@ -645,47 +645,18 @@ class Move:
         self._run_tool("pg_restore", conn_args, [*as_tenant, *args], env)
 
     def _check_replicable(self) -> None:
+        """What logical replication cannot carry, checked again as the copy starts (db_migrate's place step checked
+        before anything was placed; the tenant may have changed its database since), and an empty target."""
         with self.source.connect(self.db_name) as conn:
-            objects = conn.execute("SELECT pg_catalog.count(*) FROM pg_catalog.pg_largeobject_metadata").fetchone()[0]
-            keyless = [
-                r[0]
-                for r in conn.execute(
-                    """SELECT c.oid::pg_catalog.regclass::pg_catalog.text
-                         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                    WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                      AND (c.relreplident = 'n' OR c.relreplident = 'd' AND NOT EXISTS (
-                            SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
-                    ORDER BY 1"""
-                )
-            ]
-            tenant_code = [r[0] for r in conn.execute(TENANT_CODE_IN_APPLY)]
-            unlogged = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class c"
-                    " WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'u' ORDER BY 1"
-                )
-            ]
-            with self.target.connect(self.db_name) as target:
-                tables = target.execute(
-                    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c"
-                    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-                    " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
-                ).fetchone()[0]
-        problems = []
-        if objects:
-            problems.append(f"{objects} large objects (logical replication does not carry them)")
-        if keyless:
-            problems.append(f"tables without a primary key or replica identity: {', '.join(keyless[:10])}")
-        if unlogged:
-            problems.append(f"unlogged tables (logical replication does not carry them): {', '.join(unlogged[:10])}")
+            problems = replication_problems(conn)
+        with self.target.connect(self.db_name) as target:
+            tables = target.execute(
+                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c"
+                " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            ).fetchone()[0]
         if tables:
             problems.append(f"the target database on {self.target.name} already holds {tables} tables")
-        if tenant_code:
-            problems.append(
-                "the tenant's own code would run as the subscription's owner while rows are applied: "
-                + ", ".join(tenant_code[:10])
-            )
         if problems:
             raise MoveError("; ".join(problems) + " (method dump moves such a database)")
 
@@ -1310,6 +1281,44 @@ class Move:
             raise MoveError(f"{tool} failed ({run.returncode}): {run.stderr.strip()[-1500:]}")
         self.executed.append(f"{tool} {' '.join(a for a in args if not a.startswith('/'))}")
         return run.stdout
+
+
+def replication_problems(conn: psycopg.Connection) -> list[str]:
+    """What in the tenant's database (conn: a superuser session in it) logical replication cannot carry, or must
+    not run: large objects, tables without a key, unlogged tables, the tenant's own code in the apply."""
+    objects = conn.execute("SELECT pg_catalog.count(*) FROM pg_catalog.pg_largeobject_metadata").fetchone()[0]
+    keyless = [
+        r[0]
+        for r in conn.execute(
+            """SELECT c.oid::pg_catalog.regclass::pg_catalog.text
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+              AND (c.relreplident = 'n' OR c.relreplident = 'd' AND NOT EXISTS (
+                    SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
+            ORDER BY 1"""
+        )
+    ]
+    tenant_code = [r[0] for r in conn.execute(TENANT_CODE_IN_APPLY)]
+    unlogged = [
+        r[0]
+        for r in conn.execute(
+            "SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class c"
+            " WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'u' ORDER BY 1"
+        )
+    ]
+    problems = []
+    if objects:
+        problems.append(f"{objects} large objects (logical replication does not carry them)")
+    if keyless:
+        problems.append(f"tables without a primary key or replica identity: {', '.join(keyless[:10])}")
+    if unlogged:
+        problems.append(f"unlogged tables (logical replication does not carry them): {', '.join(unlogged[:10])}")
+    if tenant_code:
+        problems.append(
+            "the tenant's own code would run as the subscription's owner while rows are applied: "
+            + ", ".join(tenant_code[:10])
+        )
+    return problems
 
 
 def split_post_data(listing: str) -> tuple[list[str], list[str]]:

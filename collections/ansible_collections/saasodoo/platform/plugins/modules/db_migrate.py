@@ -11,11 +11,13 @@ description:
   - Moves a tenant's database when its new plan needs another C(db_type) (shared pool or dedicated server), or
     off a server being drained. Every phase is recorded in C(registry.migrations) before its work starts.
   - I(step=place) chooses the target (as M(saasodoo.platform.db_placement) would, never the current server) and
-    records the move. A move left unfinished by a killed run is dealt with first. Before the switch (the registry
-    pointing at the target) it is rolled back (target database, role, subscriptions, publications and slots
-    dropped; the source opened again); switched but not yet verified, it is switched back (the target blocked,
-    its last writes applied on the source, the registry pointed back), then rolled back; verified, it is kept for
-    I(step=move) to finish.
+    records the move. With I(method=logical) it first looks for what logical replication cannot carry or must not
+    run (large objects, tables without a key, unlogged tables, the tenant's own code in the apply) and refuses,
+    naming them, before any server is chosen or brought up; the copy checks again. A move left unfinished by a
+    killed run is dealt with first. Before the switch (the registry pointing at the target) it is rolled back
+    (target database, role, subscriptions, publications and slots dropped; the source opened again); switched but
+    not yet verified, it is switched back (the target blocked, its last writes applied on the source, the
+    registry pointed back), then rolled back; verified, it is kept for I(step=move) to finish.
   - The playbook then readies the target (server up, the tenant's role and empty database, role unable to log in).
   - I(step=move) copies (I(method=logical) - the tables without their indexes, the rows from the snapshot of a
     slot made for the move in I(jobs) parallel COPY streams, the keys, a subscription on that slot, the other
@@ -250,6 +252,7 @@ try:
         MoveError,
         MoveOptions,
         Server,
+        replication_problems,
     )
 
     PSYCOPG_IMPORT_ERROR = None
@@ -316,6 +319,14 @@ def place(module, registry, p: dict, options: MoveOptions) -> dict:
         raise MoveError(f"unknown plan {p['plan']!r} for tenant {p['tenant_id']}: it is not in registry.plans")
     if plan["db_type"] == tenant["db_type"] and not p["drain"]:
         return result
+    if p["method"] == "logical":  # refused before a server is chosen or brought up for it
+        with server(registry, tenant["db_server"], p["servers"]).connect(tenant["db_name"]) as conn:
+            problems = replication_problems(conn)
+        if problems:
+            raise MoveError(
+                f"tenant {tenant['tenant_id']} cannot be moved by logical replication: {'; '.join(problems)}."
+                f" Nothing was placed: it stays on {tenant['db_server']} (method dump moves such a database)"
+            )
     request = PlacementRequest(tenant["tenant_id"], p["plan"], tenant["customer_id"], tenant["subscription_id"])
     with registry.transaction(), registry.cursor(row_factory=dict_row) as cur:
         target, placement = PlacementStore(registry, placement_config(p)).place_move(request, tenant["db_server"])
