@@ -291,8 +291,8 @@ STREAMS = {
     # Every runner stack (they share the Kill Bill inbox and pause the deployed runner), the checks that read the
     # platform host in check mode (a paused runner shows there), and the move fault tests.
     "runner": (
-        # First, while the only tenants in Kill Bill accounts are its own: its schedules back up every tenant in an
-        # account (and every server), which later, after this stream's other tests, takes three times as long.
+        # First: its schedules back up every server and every tenant in a Kill Bill account, fewest before this
+        # stream's other tests have made theirs.
         "test_webhook_runner.py::test_each_periodic_job_runs_once_per_due_time",
         "test_webhook_runner.py",
         "test_registry.py",
