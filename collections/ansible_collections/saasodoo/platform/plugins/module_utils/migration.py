@@ -176,6 +176,8 @@ class Server:
         conn = self._kept.get(dbname)
         if conn is None or conn.closed:
             conn = self._kept[dbname] = self._open(dbname)
+            if conn.info.server_version >= 140000:  # idle between steps: the tenant's database may set a timeout
+                conn.execute("SET idle_session_timeout = 0")
         return contextlib.nullcontext(conn)
 
     def _open(self, dbname: str) -> psycopg.Connection:

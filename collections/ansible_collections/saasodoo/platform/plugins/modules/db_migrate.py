@@ -13,11 +13,12 @@ description:
   - I(step=place) chooses the target (as M(saasodoo.platform.db_placement) would, never the current server) and
     records the move. With I(method=logical) it first looks for what logical replication cannot carry or must not
     run (large objects, tables without a key, unlogged tables, the tenant's own code in the apply) and refuses,
-    naming them, before any server is chosen or brought up; the copy checks again. A move left unfinished by a
-    killed run is dealt with first. Before the switch (the registry pointing at the target) it is rolled back
-    (target database, role, subscriptions, publications and slots dropped; the source opened again); switched but
-    not yet verified, it is switched back (the target blocked, its last writes applied on the source, the
-    registry pointed back), then rolled back; verified, it is kept for I(step=move) to finish.
+    naming them, before any server is chosen or brought up; not in a drain (its other tenants go on) nor right after
+    undoing a killed run's move (the playbook points the runtime back first): the copy checks again in any case, and
+    refuses. A move left unfinished by a killed run is dealt with first. Before the switch (the registry pointing at
+    the target) it is rolled back (target database, role, subscriptions, publications and slots dropped; the source
+    opened again); switched but not yet verified, it is switched back (the target blocked, its last writes applied
+    on the source, the registry pointed back), then rolled back; verified, it is kept for I(step=move) to finish.
   - The playbook then readies the target (server up, the tenant's role and empty database, role unable to log in).
   - I(step=move) copies (I(method=logical) - the tables without their indexes, the rows from the snapshot of a
     slot made for the move in I(jobs) parallel COPY streams, the keys, a subscription on that slot, the other
@@ -319,7 +320,10 @@ def place(module, registry, p: dict, options: MoveOptions) -> dict:
         raise MoveError(f"unknown plan {p['plan']!r} for tenant {p['tenant_id']}: it is not in registry.plans")
     if plan["db_type"] == tenant["db_type"] and not p["drain"]:
         return result
-    if p["method"] == "logical":  # refused before a server is chosen or brought up for it
+    # A logical move that cannot work is refused before a server is chosen or brought up for it. Not in a drain,
+    # whose other tenants go on (that one's copy refuses it), nor after a move a killed run left was undone just
+    # now: the playbook then points the tenant's runtime back, and the copy refuses it.
+    if p["method"] == "logical" and not p["drain"] and result["rolled_back"] is None:
         with server(registry, tenant["db_server"], p["servers"]).connect(tenant["db_name"]) as conn:
             problems = replication_problems(conn)
         if problems:
