@@ -14,7 +14,7 @@ description:
     records the move. With I(method=logical) it first looks for what logical replication cannot carry or must not
     run (large objects, tables without a key, unlogged tables, the tenant's own code in the apply) and refuses,
     naming them, before any server is chosen or brought up; not in a drain (its other tenants go on) nor right after
-    undoing a killed run's move (the playbook points the runtime back first): the copy checks again in any case, and
+    undoing a killed run's move (the playbook points the runtime back first); the copy checks again in any case, and
     refuses. A move left unfinished by a killed run is dealt with first. Before the switch (the registry pointing at
     the target) it is rolled back (target database, role, subscriptions, publications and slots dropped; the source
     opened again); switched but not yet verified, it is switched back (the target blocked, its last writes applied
