@@ -647,8 +647,9 @@ class Move:
         self._run_tool("pg_restore", conn_args, [*as_tenant, *args], env)
 
     def _check_replicable(self) -> None:
-        """What logical replication cannot carry, checked again as the copy starts (db_migrate's place step checked
-        before anything was placed; the tenant may have changed its database since), and an empty target."""
+        """What logical replication cannot carry, checked as the copy starts (a plan change's place step checked it
+        before anything was placed, a drain's did not, and the tenant may have changed its database since), and an
+        empty target."""
         with self.source.connect(self.db_name) as conn:
             problems = replication_problems(conn)
         with self.target.connect(self.db_name) as target:
