@@ -213,18 +213,24 @@ def test_a_new_sign_in_link_runs_the_tenants_triggers_as_the_tenant_only(hostile
     assert_nothing_ran_as_a_superuser(hostile, hooks)
 
 
+def moves_and_db_type(platform: LocalPlatform) -> tuple[int, str]:
+    """How many moves the registry has recorded for the tenant, and its db_type."""
+    with platform.registry() as registry:
+        return registry.execute(
+            "SELECT (SELECT count(*) FROM registry.migrations WHERE tenant_id = %(t)s),"
+            " (SELECT db_type FROM registry.tenants WHERE tenant_id = %(t)s)",
+            {"t": TENANT},
+        ).fetchone()
+
+
 def test_a_logical_move_refuses_to_run_the_tenants_code_as_the_subscriptions_owner(hostile: LocalPlatform):
-    with hostile.registry() as registry:
-        moves_before = registry.execute("SELECT count(*) FROM registry.migrations WHERE tenant_id = %s", (TENANT,))
-        moves_before = moves_before.fetchone()[0]
+    moves_before, _ = moves_and_db_type(hostile)
     run, _, hooks = change_plan(hostile, "premium-monthly", "logical")
     assert run.returncode != 0
     for named in ("trigger hostile on public.hostile_rows", "function public.hostile_hook(text)", "Nothing was placed"):
         assert named in run.output, run.output[-4000:]
-    with hostile.registry() as registry:  # refused before a server was chosen: no move, the tenant where it was
-        moves = registry.execute("SELECT count(*) FROM registry.migrations WHERE tenant_id = %s", (TENANT,))
-        db_type = registry.execute("SELECT db_type FROM registry.tenants WHERE tenant_id = %s", (TENANT,))
-        assert (moves.fetchone()[0], db_type.fetchone()[0]) == (moves_before, "shared")
+    # Refused before a server was chosen: no move recorded, the tenant where it was.
+    assert moves_and_db_type(hostile) == (moves_before, "shared")
     assert_nothing_ran_as_a_superuser(hostile, hooks)
 
 
