@@ -1,4 +1,5 @@
-"""db_migrate's pure parts: which post-data entries the logical copy restores before the data."""
+"""db_migrate's pure parts: which post-data entries the logical copy restores before the data, and how a switch
+reuses its admin sessions."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from ansible_collections.saasodoo.platform.plugins.module_utils.migration import PINNED_SESSION, split_post_data
+from ansible_collections.saasodoo.platform.plugins.module_utils.migration import PINNED_SESSION, Server, split_post_data
 
 # The shape of `pg_restore -l --section=post-data` on an Odoo-shaped dump (PostgreSQL 15).
 LISTING = """;
@@ -50,3 +51,62 @@ def test_every_privileged_session_in_a_tenant_database_pins_the_same_settings():
     assert playbooks["saasodoo_pinned_session_options"] == PINNED_SESSION
     settings = dict(option.split("=", 1) for option in PINNED_SESSION.removeprefix("-c ").split(" -c "))
     assert settings["role"] == "none" and settings["search_path"] == "pg_catalog,pg_temp"
+
+
+class FakeSession:
+    """What Server.connect() needs of a psycopg connection: closing, a server version and execute."""
+
+    def __init__(self, dbname: str):
+        self.dbname, self.closed, self.executed = dbname, False, []
+        self.info = type("Info", (), {"server_version": 150000})()
+
+    def execute(self, query: str):
+        self.executed.append(query)
+
+    def close(self):
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def sessions_server(opened: list) -> Server:
+    server = Server("pool-shared-01", "127.0.0.1", 55432, {})
+
+    def open_session(dbname: str) -> FakeSession:
+        opened.append(FakeSession(dbname))
+        return opened[-1]
+
+    server._open = open_session
+    return server
+
+
+def test_a_switch_keeps_one_session_per_database_and_closes_them_at_its_end():
+    opened: list[FakeSession] = []
+    server = sessions_server(opened)
+    with server.keeping():
+        with server.connect("t_a") as first:
+            pass
+        with server.connect("t_a") as again, server.connect() as postgres:
+            assert again is first and not first.closed  # `with` left it open for the next step
+            assert postgres is not first
+        with server.connect("t_a", fresh=True) as snapshot:
+            assert snapshot is not first  # a snapshot's transaction is its own
+        assert snapshot.closed
+        # The tenant's database may set an idle timeout: a kept session, idle between steps, turns it off.
+        assert first.executed == ["SET idle_session_timeout = 0"]
+    assert [session.dbname for session in opened] == ["t_a", "postgres", "t_a"]
+    assert all(session.closed for session in opened)
+
+
+def test_outside_a_switch_each_connect_is_a_new_session():
+    opened: list[FakeSession] = []
+    server = sessions_server(opened)
+    with server.connect("t_a") as one:
+        pass
+    with server.connect("t_a") as two:
+        pass
+    assert one is not two and one.closed and two.closed and two.executed == []
