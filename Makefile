@@ -174,7 +174,7 @@ bench: setup
 	$(BIN)/python bench/placement.py
 	$(BIN)/python bench/runner.py
 	$(BIN)/python bench/migration.py
-	$(BIN)/python bench/migration.py --size-mb 4096
+	$(BIN)/python bench/migration.py --size-mb 4096 --drains 0
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/lifecycle.py
 

@@ -291,8 +291,9 @@ def park_due_jobs(conn: psycopg.Connection, account: str, error: str) -> list[in
 
 def stuck_moves(conn: psycopg.Connection, seconds: float) -> list[dict]:
     """Open moves no run holds (db_migrate holds the tenant's move lock while it runs, the playbook run the tenant
-    while it lives) whose current phase began over `seconds` ago, with their tenant's Kill Bill account and whether
-    a recovery job is open for it already."""
+    while it lives) whose current phase began over `seconds` ago, or that are rolled back but left open (a logical
+    move that failed after its block once its run was gone: the tenant's runtime may point at the dropped target),
+    with their tenant's Kill Bill account and whether a recovery job is open for it already."""
     return conn.execute(
         """SELECT m.id, m.tenant_id, m.phase, m.plan_name, m.source_server, m.target_server, m.since,
                   t.customer_id AS account_id,
@@ -301,7 +302,8 @@ def stuck_moves(conn: psycopg.Connection, seconds: float) -> list[dict]:
              FROM (SELECT *, greatest(started_at, (phase_history -> -1 ->> 'at')::timestamptz) AS since
                      FROM registry.migrations WHERE finished_at IS NULL) AS m
              JOIN registry.tenants AS t USING (tenant_id)
-            WHERE m.since < now() - make_interval(secs => %(seconds)s) AND NOT registry.move_is_held(m.tenant_id)
+            WHERE (m.since < now() - make_interval(secs => %(seconds)s) OR m.phase = 'rolled_back')
+              AND NOT registry.move_is_held(m.tenant_id)
               AND NOT registry.tenant_run_is_alive(m.tenant_id)
             ORDER BY m.id""",
         {"seconds": seconds, "action": RECOVER_MOVE},

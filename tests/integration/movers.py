@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.migration import FAILPOINT_ENV
 from bench.odoo_tenant import TenantWriter, WriterReport, generate
 from webhook_runner.desired import database_name
 
@@ -32,7 +33,6 @@ from .conftest import (
 )
 
 RUNTIME_NONE = ("-e", "saasodoo_runtime_backend=none")
-FAILPOINT_ENV = "SAASODOO_DB_MIGRATE_FAILPOINT"
 PLANS = {"shared": ("premium-monthly", "dedicated"), "dedicated": ("basic-monthly", "shared")}  # the other db_type
 
 
@@ -64,6 +64,11 @@ class Mover:
     def servers(self) -> dict[str, int]:
         with self.registry() as conn:
             return {r["name"]: r["port"] for r in conn.execute("SELECT name, port FROM registry.db_servers")}
+
+    def move_is_held(self) -> bool:
+        """Whether a db_migrate process runs the tenant's move (its lock, registry.move_is_held)."""
+        with self.registry() as conn:
+            return conn.execute("SELECT registry.move_is_held(%s) AS held", (self.tenant,)).fetchone()["held"]
 
     def last_move(self) -> dict:
         with self.registry() as conn:

@@ -7,8 +7,9 @@ table's row type to text, settings of its database (`search_path`, `role`, read-
 ENABLE ALWAYS triggers on its tables that run whenever a row is copied in and first try `RESET ROLE` (which
 undoes a superuser's `SET ROLE`). Each hook tries to make the tenant's role SUPERUSER and to create a superuser of
 its own, and reports to the server log who it ran as. Its plan is upgraded (a logical move to a dedicated server,
-refused while its code would run in the apply, then done once it removed that code) and downgraded (a dump move
-back to a shared pool, which runs the CHECK function).
+refused before anything is placed while its code would run in the apply, rolled back at the switch when it plants
+that code again during the copy, then done once it removed it) and downgraded (a dump move back to a shared pool,
+which runs the CHECK function).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,12 +26,13 @@ import psycopg
 import pytest
 
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
-from ansible_collections.saasodoo.platform.plugins.module_utils.migration import Server
+from ansible_collections.saasodoo.platform.plugins.module_utils.migration import FAILPOINT_ENV, Server
 
 from .conftest import (
     LOCAL_STATE,
     LocalPlatform,
     PlaybookRun,
+    ansible_playbook,
     assert_nothing_changed,
     remove_tenants,
     run_playbook,
@@ -213,6 +216,13 @@ def test_a_new_sign_in_link_runs_the_tenants_triggers_as_the_tenant_only(hostile
     assert_nothing_ran_as_a_superuser(hostile, hooks)
 
 
+# What the tenant runs in a logical move's apply, taken out (the refused moves put it in).
+TAKE_CODE_OUT = (
+    "ALTER TABLE public.hostile_rows DROP CONSTRAINT IF EXISTS hostile_check;"
+    " ALTER TABLE public.hostile_rows ENABLE TRIGGER hostile"
+)
+
+
 def moves_and_db_type(platform: LocalPlatform) -> tuple[int, str]:
     """How many moves the registry has recorded for the tenant, and its db_type."""
     with platform.registry() as registry:
@@ -234,13 +244,55 @@ def test_a_logical_move_refuses_to_run_the_tenants_code_as_the_subscriptions_own
     assert_nothing_ran_as_a_superuser(hostile, hooks)
 
 
+def test_code_the_tenant_plants_during_the_copy_stops_the_switch_and_the_tenant_stays(
+    hostile: LocalPlatform, tmp_path: Path
+):
+    """The place step found nothing to refuse; the tenant plants its code again while the copy catches up. The
+    switch looks at the source again before the way back's apply would run it there: rolled back, the tenant where
+    it was and able to log in there, and none of its code ran as a superuser."""
+    as_tenant(hostile, TAKE_CODE_OUT)
+    moves_before, _ = moves_and_db_type(hostile)
+    since, held = server_logs(), tmp_path / "catching_up"
+    with ThreadPoolExecutor(max_workers=1) as background:
+        running = background.submit(
+            ansible_playbook,
+            "playbooks/tenant_change_plan.yml",
+            *("-e", f"tenant_id={TENANT}", "-e", "plan=premium-monthly", "-e", "migration_method=logical"),
+            *RUNTIME_NONE,
+            env={FAILPOINT_ENV: f"pause-catching_up:{held}"},
+        )
+        deadline = time.monotonic() + 300
+        while not held.exists():  # the move writes it once it holds, caught up and about to block
+            assert not running.done(), running.result().output[-4000:]
+            assert time.monotonic() < deadline, "the move did not reach catching_up within 300 s"
+            time.sleep(0.05)
+        as_tenant(
+            hostile,
+            "ALTER TABLE public.hostile_rows ADD CONSTRAINT hostile_check CHECK (public.hostile_hook('check'));"
+            " ALTER TABLE public.hostile_rows ENABLE ALWAYS TRIGGER hostile",
+        )
+        held.unlink()
+        run = running.result()
+    assert run.returncode != 0
+    with hostile.registry() as registry:
+        phase, error = registry.execute(
+            "SELECT phase, error FROM registry.migrations WHERE tenant_id = %s ORDER BY id DESC LIMIT 1", (TENANT,)
+        ).fetchone()
+    assert phase == "rolled_back", (phase, error, run.output[-4000:])
+    assert "the tenant's own code would run as the subscription's owner" in error, error
+    assert "trigger hostile on public.hostile_rows" in error, error
+    assert moves_and_db_type(hostile) == (moves_before + 1, "shared")
+    as_tenant(hostile, "SELECT 1")  # open again where it stays
+    # Its runtime followed the move from the block, and was pointed back (runtime none: its odoo.conf).
+    _, _, port, pgbouncer_port = hostile.tenant_server(TENANT)
+    odoo_conf = (LOCAL_STATE / "runtime/tenants" / TENANT / "odoo.conf").read_text()
+    assert f"db_port = {pgbouncer_port or port}\n" in odoo_conf, odoo_conf
+    assert_nothing_ran_as_a_superuser(hostile, hook_lines(since))
+
+
 def test_a_logical_move_runs_none_of_the_tenants_code_as_a_superuser(hostile: LocalPlatform):
     # The tenant takes its code out of the apply's way, keeping its shadows, its cast and its sequence.
-    as_tenant(
-        hostile,
-        "ALTER TABLE public.hostile_rows DROP CONSTRAINT hostile_check;"
-        " ALTER TABLE public.hostile_rows ENABLE TRIGGER hostile",
-    )
+    as_tenant(hostile, TAKE_CODE_OUT)
     run, moved, hooks = change_plan(hostile, "premium-monthly", "logical")
     assert run.returncode == 0, run.output[-5000:]
     assert moved == ("logical", "done", "dedicated")

@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.migration import Server
 from ansible_collections.saasodoo.platform.plugins.modules.registry_tenant import waiting_for_run
 
 from .conftest import LOCAL_STATE, LocalPlatform, assert_nothing_changed, run_ansible_tool, run_playbook
@@ -71,6 +72,38 @@ def test_upgrade_moves_the_tenant_to_its_dedicated_server_and_downgrade_brings_i
     with mover.admin(source) as conn:
         retained = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 't_mover_old%'")]
     assert retained, "the source copy was not kept"
+
+
+def test_a_pool_pgbouncer_turns_an_early_client_away_itself_and_takes_it_once_the_switch_lets_it_in(mover: Mover):
+    """A tenant's runtime follows a move from its block, so it may reach the new pool's PgBouncer while the role may
+    not log in there yet. A login the server refused would be held against the tenant's pool for
+    server_login_retry (15 s) after the role may log in; with its door closed from the block (as db_migrate does on
+    the target), PgBouncer turns the client away itself, and takes it once the door opens."""
+    record = mover.record()
+    name, role = record["db_server"], mover.db
+    assert record["pgbouncer_port"], f"{name} has no PgBouncer: the upgrade test brings the tenant back to a pool"
+    admin = {
+        "login_unix_socket": str((LOCAL_STATE / "pg" / name / "run").resolve()),
+        "pgbouncer_admin_password": mover.platform.password(f"pgbouncer-admin@{name}"),
+    }
+    server = Server(name, "127.0.0.1", record["port"], admin, "127.0.0.1", record["pgbouncer_port"])
+    through_pgbouncer = {
+        "host": "127.0.0.1", "port": record["pgbouncer_port"], "dbname": mover.db, "user": role,
+        "password": mover.password(), "prepare_threshold": None, "connect_timeout": 20,
+    }  # fmt: skip
+    with mover.admin(name) as conn:
+        conn.execute(f'ALTER ROLE "{role}" NOLOGIN')  # as the target's role until the switch
+    try:
+        server.close_pgbouncer_door(mover.db)
+        with pytest.raises(psycopg.OperationalError, match="disabled"):
+            psycopg.connect(**through_pgbouncer)  # the runtime that came early, turned away before the server
+    finally:
+        with mover.admin(name) as conn:
+            conn.execute(f'ALTER ROLE "{role}" LOGIN')
+        server.open_pgbouncer_door(mover.db)
+    # At once: a login the server had refused would get "server login has been failing, try again later".
+    with psycopg.connect(**through_pgbouncer) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (role,)
 
 
 def test_db_migrate_logs_in_to_every_server_over_verified_tls_as_its_admin_login(mover: Mover, tmp_path: Path):
@@ -150,11 +183,10 @@ def test_a_suspend_and_a_resume_during_a_move_act_where_the_move_leaves_the_tena
         assert not missing, f"{len(missing)} committed rows lost"
 
 
-def test_a_process_tenants_odoo_follows_its_database_before_the_copies_are_verified(
-    local_platform: LocalPlatform, tmp_path: Path
-):
-    """The tenant's own PgBouncer is pointed at the new server as soon as the registry is, while the move still
-    compares the two copies: Odoo answers from its database there, and was not restarted for it."""
+def test_a_process_tenants_odoo_follows_its_database_from_the_block_on(local_platform: LocalPlatform, tmp_path: Path):
+    """The tenant's own PgBouncer is pointed at the new server once the move has blocked writes on the old one, before
+    the switch has opened the new one or repointed the registry; the move then compares the two copies while Odoo
+    answers from its database there, not restarted for it."""
     tenant = "mover-odoo"
     tenant_dir = LOCAL_STATE / "runtime/tenants" / tenant
     supervisorctl = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf"), "pid"]
@@ -166,14 +198,20 @@ def test_a_process_tenants_odoo_follows_its_database_before_the_copies_are_verif
     try:
         pid = subprocess.run([*supervisorctl, f"odoo-{tenant}"], capture_output=True, text=True).stdout.strip()
         assert int(pid) > 0
-        source, verifying = mover.record()["db_server"], tmp_path / "verifying"
-        run = mover.start_change_plan(PLANS["shared"][0], f"pause-verifying:{verifying}", runtime=())
-        wait_for_file(run, verifying, "verifying")
-        target, http_port, server_port, pgbouncer_port = local_platform.tenant_server(tenant)
-        port = pgbouncer_port or server_port
-        assert target != source
-        # Still verifying (the module holds there): the runtime follows the registry, its PgBouncer pointed at the
-        # new server's (or at the server, which has none) by the playbook's next tasks.
+        source, turned, verifying = mover.record()["db_server"], tmp_path / "turned", tmp_path / "verifying"
+        run = mover.start_change_plan(
+            PLANS["shared"][0], f"pause-turned:{turned},pause-verifying:{verifying}", runtime=()
+        )
+        wait_for_file(run, turned, "turned")
+        with local_platform.registry() as registry:
+            port = registry.execute(
+                "SELECT coalesce(s.pgbouncer_port, s.port) FROM registry.migrations m"
+                " JOIN registry.db_servers s ON s.name = m.target_server WHERE m.tenant_id = %s ORDER BY m.id DESC",
+                (tenant,),
+            ).fetchone()[0]
+        # Writes blocked and replication turned round, the module holding there: the target does not let the role in
+        # yet, nor does the registry point there, but the runtime follows already, its PgBouncer pointed at the new
+        # server's (or at the server, which has none) by the playbook's next tasks.
         deadline = time.monotonic() + 60
         while f"{mover.db} = host=127.0.0.1 port={port} " not in (tenant_dir / "pgbouncer.ini").read_text():
             if time.monotonic() > deadline:
@@ -181,6 +219,11 @@ def test_a_process_tenants_odoo_follows_its_database_before_the_copies_are_verif
                     f"the tenant's PgBouncer still points elsewhere:\n{(tenant_dir / 'pgbouncer.ini').read_text()}"
                 )
             time.sleep(0.1)  # the playbook is another process: poll the file it writes
+        assert local_platform.tenant_server(tenant)[0] == source
+        turned.unlink()
+        wait_for_file(run, verifying, "verifying")
+        target, http_port, _, _ = local_platform.tenant_server(tenant)
+        assert target != source
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/web/health?db_server_status=1", timeout=10) as page:
             assert page.status == 200  # Odoo's query reached the database, on the new server
         assert subprocess.run([*supervisorctl, f"odoo-{tenant}"], capture_output=True, text=True).stdout.strip() == pid

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import LocalPlatform, run_playbook
+from .conftest import LOCAL_STATE, LocalPlatform, run_playbook
 from .movers import PLANS, RUNTIME_NONE, Mover, provision_mover, wait_for_file
 from .runner_stack import (
     pause_deployed_runner,
@@ -146,3 +146,61 @@ def test_a_move_whose_playbook_run_is_killed_rolls_itself_back_before_the_block(
     assert mover.record()["db_server"] == source
     missing = set(report.committed_ids) - mover.rows()
     assert not missing and report.commits > 0, f"{len(missing)} committed rows lost"
+
+
+def test_a_switch_that_fails_once_its_run_is_gone_is_left_for_the_recovery_pass(
+    mover: Mover, local_platform: LocalPlatform, tmp_path: Path
+):
+    """The tenant's runtime follows a logical move from its block, and the move goes on through its switch when the
+    playbook run is killed there. If the switch then fails, the tenant is back on its source, but nobody would point
+    its runtime back from the target: the move is left open, rolled back, and the recovery pass takes it up at once;
+    its job's run points the runtime back (runtime none: odoo.conf) and moves the tenant."""
+    plan, kind = PLANS[mover.record()["db_type"]]
+    source, held, planted = mover.record()["db_server"], tmp_path / "cutover", "planted_by_the_test"
+    state = tmp_path / "runner"
+    state.mkdir()
+    settings = state / "settings.json"
+    write_settings(settings, runner_settings(local_platform, "http://127.0.0.1:9", state))
+    deployed = pause_deployed_runner()  # its recovery pass would take the move up too; one runner is enough
+    try:
+        run = mover.start_change_plan(plan, f"pause-cutover:{held}")
+        wait_for_file(run, held, "cutover")
+        os.killpg(run.pid, signal.SIGKILL)  # the playbook run only: its async move lives on, writes blocked
+        run.communicate()
+        with mover.admin(source, mover.db) as conn:  # what the switch refuses to run in the way back's apply
+            conn.execute(
+                f"CREATE FUNCTION public.{planted}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;"
+                f" CREATE TRIGGER {planted} BEFORE INSERT ON bench_writer FOR EACH ROW"
+                f" EXECUTE FUNCTION public.{planted}(); ALTER TABLE bench_writer ENABLE ALWAYS TRIGGER {planted}"
+            )
+        held.unlink()
+        deadline = time.monotonic() + 120
+        while (move := mover.last_move())["phase"] != "rolled_back" or mover.move_is_held():
+            if time.monotonic() > deadline:
+                pytest.fail(f"the switch did not fail, roll back and end: {move}")
+            time.sleep(0.2)  # the move is another process: poll the registry it writes
+        assert "the tenant's own code would run" in move["error"] and move["finished_at"] is None, move
+        assert mover.record()["db_server"] == source
+        with mover.as_tenant(source) as conn:  # open again where it stays
+            conn.execute("SELECT 1")
+        found = runner_command(settings, "recover")  # at once, not after move_stuck_seconds
+        assert re.search(rf"{mover.tenant}: move {move['id']} .* in rolled_back .*: job \d+ queued", found), found
+        with mover.admin(source, mover.db) as conn:
+            conn.execute(f"DROP TRIGGER {planted} ON bench_writer; DROP FUNCTION public.{planted}()")
+        writer = mover.writer()
+        writer.start()
+        runner_command(settings, "worker", "--drain", "--account", mover.record()["customer_id"])
+        report = writer.stop()
+    finally:
+        resume_deployed_runner(deployed)
+    with mover.registry() as conn:
+        job = conn.execute(
+            "SELECT state, error FROM registry.jobs WHERE tenant_id = %s AND action = 'recover_move'"
+            " ORDER BY id DESC LIMIT 1",
+            (mover.tenant,),
+        ).fetchone()
+    assert job["state"] == "succeeded", job
+    mover.assert_moved_cleanly(report, kind)
+    record = mover.record()
+    odoo_conf = (LOCAL_STATE / "runtime/tenants" / mover.tenant / "odoo.conf").read_text()
+    assert f"db_port = {record['pgbouncer_port'] or record['port']}\n" in odoo_conf, odoo_conf

@@ -205,16 +205,27 @@ class Server:
 
         A client that logged in to PgBouncer after the tenant's role was refused would wait there for a server
         connection, retried every server_login_retry; rejected at once, it tries again and finds where the
-        tenant's database is now.
+        tenant's database is now. On a move's target it is closed from the block until the switch lets the role in:
+        a client that comes early (the tenant's runtime follows the move from its block) is turned away by PgBouncer
+        itself, where a login the server refused would be held against the tenant's pool for server_login_retry
+        (15 s). DISABLE registers a database PgBouncer has not seen yet. A move rolled back leaves it closed there,
+        on a database dropped there: a later move's switch to that server opens it.
         """
-        self._pgbouncer_console(dbname, "DISABLE", "KILL", "RESUME")
+        with self._pgbouncer_console() as console:
+            if console is not None:
+                self._pgbouncer_commands(console, dbname, "DISABLE", "KILL", "RESUME")
 
     def open_pgbouncer_door(self, dbname: str) -> None:
         """This server's PgBouncer takes the database's clients again (console ENABLE): a move may bring it back."""
-        self._pgbouncer_console(dbname, "ENABLE")
+        with self._pgbouncer_console() as console:
+            if console is not None:
+                self._pgbouncer_commands(console, dbname, "ENABLE")
 
-    def _pgbouncer_console(self, dbname: str, *commands: str) -> None:
+    @contextlib.contextmanager
+    def _pgbouncer_console(self):
+        """The admin console of this server's PgBouncer, or None for a server without one (or without its login)."""
         if not self.pgbouncer_port or not self.admin.get("pgbouncer_admin_password"):
+            yield None
             return
         with psycopg.connect(
             host=self.pgbouncer_host or self.host, port=self.pgbouncer_port, dbname="pgbouncer",
@@ -222,16 +233,20 @@ class Server:
             password=self.admin["pgbouncer_admin_password"], autocommit=True, connect_timeout=10,
             prepare_threshold=None,
         ) as console:  # fmt: skip
-            # The console takes no parameters; the name is quoted as an identifier.
-            name = sql.Identifier(dbname).as_string(console)
-            for command in commands:
-                try:
-                    console.execute(f"{command} {name}")
-                except psycopg.Error as e:
-                    # PgBouncer knows a database (from its `*` entry) only while clients use it: none to act on.
-                    if "no such database" not in str(e):
-                        raise
-                    return
+            yield console
+
+    @staticmethod
+    def _pgbouncer_commands(console: psycopg.Connection, dbname: str, *commands: str) -> None:
+        # The console takes no parameters; the name is quoted as an identifier.
+        name = sql.Identifier(dbname).as_string(console)
+        for command in commands:
+            try:
+                console.execute(f"{command} {name}")
+            except psycopg.Error as e:
+                # PgBouncer knows a database (from its `*` entry) only while clients use it: none to act on.
+                if "no such database" not in str(e):
+                    raise
+                return
 
     def libpq_args(self) -> tuple[list[str], dict]:
         """pg_dump / pg_restore connection arguments and environment (the password never on argv)."""
@@ -362,7 +377,16 @@ class Move:
                     raise  # after it (a registry error once repointed): the next run switches back
                 failed_in = self.row["phase"]
                 reason = str(e) if isinstance(e, MoveError) else f"{type(e).__name__}: {e}"
-                self.roll_back(f"failed in {failed_in}: {reason}", finish=True)
+                # The tenant's runtime follows a logical move from its block. With the run that would point it back
+                # gone, the move is left open once rolled back: the recovery pass runs the plan change again at once
+                # (webhook_runner's stuck_moves), whose place step points the runtime back first.
+                astray = (
+                    self.watched_run
+                    and self.row["method"] == "logical"
+                    and failed_in == "cutover"
+                    and not self.run_holds_the_tenant()
+                )
+                self.roll_back(f"failed in {failed_in}: {reason}", finish=not astray)
                 raise MoveError(
                     f"moving tenant {self.tenant['tenant_id']} to {self.target.name} failed in {failed_in}: "
                     f"{reason}. Rolled back: the tenant is served from {self.source.name} as before; "
@@ -790,7 +814,8 @@ class Move:
         without the audit callback's holder has none and is not watched): a MoveError (before the switch: rolled
         back, reopened if it was blocked) or, with `crash`, an exit as a crash's (switched and verified: the
         recovery pass's run finishes the move and points the runtime at it). A move its playbook no longer watches
-        never leaves the tenant's runtime on the old server by itself."""
+        never leaves the tenant's runtime on the old server by itself, nor on a target it failed to switch to (run():
+        left open for the recovery pass)."""
         if not self.watched_run or self.run_holds_the_tenant():
             return
         if crash:
@@ -804,6 +829,9 @@ class Move:
             could_login = conn.execute(
                 "SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = %s", (self.tenant["db_role"],)
             ).fetchone()[0]
+        # The target's PgBouncer turns the tenant's clients away until the switch lets the role in (before the phase
+        # that sends the tenant's runtime there: close_pgbouncer_door).
+        self.target.close_pgbouncer_door(self.db_name)
         # Recorded first: whoever rolls this move back opens the source again only if it was open.
         self.enter("cutover", source_could_login=could_login)
         started = time.monotonic()
@@ -1016,13 +1044,16 @@ class Move:
             raise MoveError(f"verification failed: {len(differing)} tables differ ({', '.join(differing[:5])})")
 
     def _repoint(self, downtime_started: float) -> None:
-        """The registry points at the target from here on: one transaction, with the phase and the plan.
+        """The registry points at the target from here on: one transaction, with the phase and the plan; then the
+        target lets the tenant in.
 
-        The target's role may log in just before: a client sent there by the registry must find it open
-        (PgBouncer would refuse the pool for server_login_retry after one failed login). Nobody is sent
-        there before the commit; a run killed in between is rolled back, which closes it again.
+        Its role may log in, and its PgBouncer's door (closed since the block) opens, only once the registry says so:
+        the tenant's runtime may have followed the move there since its block, and a write it made there before a
+        failed commit would be lost to a roll back. A client that came early was turned away without a login the
+        server refused (close_pgbouncer_door), and gets in at its next try. A failure between the commit and the
+        login leaves the move switched, as a run killed there does: the next run switches it back (logical) or
+        finishes it (dump, verified before).
         """
-        self._allow_login(self.target)
         with self.registry.transaction(), self.registry.cursor(row_factory=dict_row) as cur:
             before = cur.execute(
                 "SELECT db_server, db_type, plan_name, plan_version, quotas FROM registry.tenants"
@@ -1059,6 +1090,7 @@ class Move:
                     "db_type": plan["db_type"],
                 },
             )
+        self._allow_login(self.target)
         if self.tenant["status"] == "active":
             self._record(write_downtime_ms=round((time.monotonic() - downtime_started) * 1000))
         self._failpoint("repointed")

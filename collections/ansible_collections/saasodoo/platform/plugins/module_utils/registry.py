@@ -40,9 +40,11 @@ def release_move_lock(conn, tenant_id: str) -> None:
     conn.execute("SELECT pg_catalog.pg_advisory_unlock(registry.move_lock_key(%s))", (tenant_id,))
 
 
-# A tenant as the playbooks use it (registry_tenant's `tenant`): its row, its plan's entitlements, its server.
+# A tenant as the playbooks use it (registry_tenant's `tenant`): its row, its plan's entitlements, its server; or,
+# with at_server, the server a move is taking it to (db_server and server that one's).
 TENANT_QUERY = """
-SELECT t.tenant_id, t.customer_id, t.subscription_id, t.plan_name, t.plan_version, t.db_type, t.db_server,
+SELECT t.tenant_id, t.customer_id, t.subscription_id, t.plan_name, t.plan_version, t.db_type,
+       coalesce(%(at_server)s::text, t.db_server) AS db_server,
        t.db_name, t.db_role, t.status, t.billing_status, t.storage_path, t.quotas, t.credential_version,
        t.http_port, t.created_at::text AS created_at, t.updated_at::text AS updated_at,
        t.retain_until::text AS retain_until, (t.retain_until > now()) AS retention_running,
@@ -52,16 +54,18 @@ SELECT t.tenant_id, t.customer_id, t.subscription_id, t.plan_name, t.plan_versio
            'pgbouncer_port', s.pgbouncer_port, 'pg_major', s.pg_major, 'status', s.status) END AS server
 FROM registry.tenants AS t
 JOIN registry.plans AS p ON (p.name, p.version) = (t.plan_name, t.plan_version)
-LEFT JOIN registry.db_servers AS s ON s.name = t.db_server
+LEFT JOIN registry.db_servers AS s ON s.name = coalesce(%(at_server)s::text, t.db_server)
 WHERE t.tenant_id = %(tenant_id)s
 """
 
 
-def read_tenant(conn, tenant_id: str, lock: bool = False) -> dict | None:
+def read_tenant(conn, tenant_id: str, lock: bool = False, at_server: str | None = None) -> dict | None:
     from psycopg.rows import dict_row
 
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(TENANT_QUERY + (" FOR UPDATE OF t" if lock else ""), {"tenant_id": tenant_id}).fetchone()
+        return cur.execute(
+            TENANT_QUERY + (" FOR UPDATE OF t" if lock else ""), {"tenant_id": tenant_id, "at_server": at_server}
+        ).fetchone()
 
 
 def open_move(conn, tenant_id: str) -> dict | None:

@@ -39,11 +39,15 @@ description:
   - Two runs for one tenant never overlap (a session advisory lock on the registry, released if a run dies). The
     other tenant playbooks wait while a move runs (registry_tenant's I(move_wait_seconds)).
   - I(step=wait) watches a I(step=move) started as an Ansible async task (I(job), on the same host) without taking
-    the lock, so the playbook can act between the repoint and the end of the verification. With
-    I(wait_for=repointed) it returns once the registry points at the target (C(repointed) true, with the tenant as
-    M(saasodoo.platform.registry_tenant) returns it), or once the move ended first (C(repointed) false). With
-    I(wait_for=finished) it returns the move's own result, or fails as the move failed. Either fails if the move
-    died (its process gone, or its lock released without a result; the next run finishes or rolls it back).
+    the lock, so the playbook can point the tenant's runtime at the target while the move goes on. With
+    I(wait_for=block) it returns once that can be done (C(follow) true, with the tenant as
+    M(saasodoo.platform.registry_tenant) returns it, at the target), which is from the block of a
+    I(method=logical) move, whose switch opens the target once the target has caught up (until then the target's
+    PgBouncer turns the tenant away and the runtime tries again), and from the repoint of a I(method=dump) one,
+    whose copy comes after its block; or once the move ended first (C(follow) true if it was repointed, with the
+    tenant as the registry has it). With I(wait_for=finished) it returns the move's own result, or fails as the move
+    failed. Either fails if the move died (its process gone, or
+    its lock released without a result; the next run finishes or rolls it back).
 version_added: 0.2.0
 author: SaaSOdoo ops maintainers
 options:
@@ -63,7 +67,7 @@ options:
   wait_for:
     description: With I(step=wait), what to wait for.
     type: str
-    choices: [repointed, finished]
+    choices: [block, finished]
     default: finished
   job:
     description:
@@ -79,7 +83,8 @@ options:
       - With I(step=move) run as an async task, stop once the playbook run that started it (I(audit_run), which
         held the tenant then) is gone - before the switch (during the copy, before the block, before a dump move's
         repoint), rolled back; switched and verified, as a crash, for the recovery pass's run to finish the move
-        and point the tenant's runtime at it.
+        and point the tenant's runtime at it. A I(method=logical) move goes on between its block and its repoint;
+        if its switch fails, it is rolled back and left open, for the recovery pass's run to point the runtime back.
     type: bool
     default: false
   drain:
@@ -200,13 +205,15 @@ migration:
   description: The C(registry.migrations) row - phases with their times, write_downtime_ms, copy_ms, verification.
   returned: when moving or moved
   type: dict
-repointed:
-  description: Whether the registry points at the target now.
-  returned: step=wait and wait_for=repointed
+follow:
+  description: Whether the tenant's runtime is to point at the target now (see I(wait_for=block)).
+  returned: step=wait and wait_for=block
   type: bool
 tenant:
-  description: The tenant as M(saasodoo.platform.registry_tenant) returns it.
-  returned: step=wait and wait_for=repointed
+  description:
+    - The tenant as M(saasodoo.platform.registry_tenant) returns it; at the target (its C(db_server) and C(server))
+      when C(follow) is true.
+  returned: step=wait and wait_for=block
   type: dict
 rolled_back:
   description: The unfinished move this run rolled back before placing again, if any.
@@ -388,7 +395,9 @@ def move(module, registry, p: dict, options: MoveOptions) -> dict:
     }
 
 
-WAIT_POLL_SECONDS = 0.05  # the runtime step starts when the repoint is seen: the wait is the tenant's downtime
+WAIT_POLL_SECONDS = 0.05  # the runtime step starts when the block is seen: the wait is the tenant's downtime
+# A logical move's phases from its block on, on its way forward: the tenant's runtime follows it to the target then.
+LOGICAL_SWITCH_ON = ("cutover", "repointed", "verified", "done")
 
 
 def async_job_path(job_id: str) -> str:
@@ -461,17 +470,20 @@ def wait(module, registry, p: dict) -> dict:
                 f"the move of tenant {p['tenant_id']} died in phase {row['phase'] if row else 'unknown'}: "
                 "run the playbook again to finish or roll it back"
             )
-        if p["wait_for"] == "repointed":
+        if p["wait_for"] == "block":
             with registry.cursor(row_factory=dict_row) as cur:
                 row = cur.execute(
-                    "SELECT m.target_server, t.db_server FROM registry.migrations m"
+                    "SELECT m.method, m.phase, m.target_server, t.db_server FROM registry.migrations m"
                     " JOIN registry.tenants t USING (tenant_id) WHERE m.tenant_id = %s ORDER BY m.id DESC LIMIT 1",
                     (p["tenant_id"],),
                 ).fetchone()
-            repointed = bool(row) and row["db_server"] == row["target_server"]
-            if repointed or state != "running":
-                tenant = tenant_record(registry, p["tenant_id"])  # registry_tenant's shape: the runtime's input
-                return {"changed": False, "repointed": repointed, "tenant": tenant, "executed": []}
+            repointed = bool(row) and row["db_server"] == row["target_server"] and row["phase"] != "switching_back"
+            blocked = bool(row) and row["method"] == "logical" and row["phase"] in LOGICAL_SWITCH_ON
+            if state != "running" or repointed or blocked:
+                follow = repointed or (blocked and state == "running")
+                # registry_tenant's shape, the runtime's input: at the target if the runtime goes there now.
+                tenant = tenant_record(registry, p["tenant_id"], at_server=row["target_server"] if follow else None)
+                return {"changed": False, "follow": follow, "tenant": tenant, "executed": []}
         elif state == "finished":
             result = async_job(p["job"])
             os.remove(async_job_path(p["job"]))  # read once, as async_status's cleanup does
@@ -491,7 +503,7 @@ def main() -> None:
             tenant_id=dict(type="str", required=True),
             plan=dict(type="str", required=True),
             step=dict(type="str", choices=["place", "move", "wait"], default="move"),
-            wait_for=dict(type="str", choices=["repointed", "finished"], default="finished"),
+            wait_for=dict(type="str", choices=["block", "finished"], default="finished"),
             job=dict(type="str"),
             wait_timeout=dict(type="int", default=7200),
             stop_with_run=dict(type="bool", default=False),
