@@ -292,7 +292,7 @@ def park_due_jobs(conn: psycopg.Connection, account: str, error: str) -> list[in
 def stuck_moves(conn: psycopg.Connection, seconds: float) -> list[dict]:
     """Open moves no run holds (db_migrate holds the tenant's move lock while it runs, the playbook run the tenant
     while it lives) whose current phase began over `seconds` ago, or that are rolled back but left open (a logical
-    move that failed after its block once its run was gone: the tenant's runtime may point at the dropped target),
+    move undone after its block once its run was gone: the tenant's runtime may point at the dropped target),
     with their tenant's Kill Bill account and whether a recovery job is open for it already."""
     return conn.execute(
         """SELECT m.id, m.tenant_id, m.phase, m.plan_name, m.source_server, m.target_server, m.since,

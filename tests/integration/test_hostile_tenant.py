@@ -252,26 +252,33 @@ def test_code_the_tenant_plants_during_the_copy_stops_the_switch_and_the_tenant_
     it was and able to log in there, and none of its code ran as a superuser."""
     as_tenant(hostile, TAKE_CODE_OUT)
     moves_before, _ = moves_and_db_type(hostile)
-    since, held = server_logs(), tmp_path / "catching_up"
+    since, held, blocked = server_logs(), tmp_path / "catching_up", tmp_path / "cutover"
+    odoo_conf = LOCAL_STATE / "runtime/tenants" / TENANT / "odoo.conf"
     with ThreadPoolExecutor(max_workers=1) as background:
         running = background.submit(
             ansible_playbook,
             "playbooks/tenant_change_plan.yml",
             *("-e", f"tenant_id={TENANT}", "-e", "plan=premium-monthly", "-e", "migration_method=logical"),
             *RUNTIME_NONE,
-            env={FAILPOINT_ENV: f"pause-catching_up:{held}"},
+            env={FAILPOINT_ENV: f"pause-catching_up:{held},pause-cutover:{blocked}"},
         )
-        deadline = time.monotonic() + 300
-        while not held.exists():  # the move writes it once it holds, caught up and about to block
-            assert not running.done(), running.result().output[-4000:]
-            assert time.monotonic() < deadline, "the move did not reach catching_up within 300 s"
-            time.sleep(0.05)
+        wait_while_running(running, held.exists, "the move did not reach catching_up")  # about to block
         as_tenant(
             hostile,
             "ALTER TABLE public.hostile_rows ADD CONSTRAINT hostile_check CHECK (public.hostile_hook('check'));"
             " ALTER TABLE public.hostile_rows ENABLE ALWAYS TRIGGER hostile",
         )
         held.unlink()
+        wait_while_running(running, blocked.exists, "the move did not block the tenant's writes")
+        with hostile.registry() as registry:
+            (target_port,) = registry.execute(
+                "SELECT coalesce(s.pgbouncer_port, s.port) FROM registry.migrations m JOIN registry.db_servers s"
+                " ON s.name = m.target_server WHERE m.tenant_id = %s ORDER BY m.id DESC LIMIT 1",
+                (TENANT,),
+            ).fetchone()
+        # Writes blocked: its runtime follows the move (runtime none: its odoo.conf names the target).
+        wait_while_running(running, lambda: f"db_port = {target_port}\n" in odoo_conf.read_text(), "no follow")
+        blocked.unlink()
         run = running.result()
     assert run.returncode != 0
     with hostile.registry() as registry:
@@ -283,11 +290,19 @@ def test_code_the_tenant_plants_during_the_copy_stops_the_switch_and_the_tenant_
     assert "trigger hostile on public.hostile_rows" in error, error
     assert moves_and_db_type(hostile) == (moves_before + 1, "shared")
     as_tenant(hostile, "SELECT 1")  # open again where it stays
-    # Its runtime followed the move from the block, and was pointed back (runtime none: its odoo.conf).
+    # Its runtime, which followed the move from the block, was pointed back by the playbook's rescue.
     _, _, port, pgbouncer_port = hostile.tenant_server(TENANT)
-    odoo_conf = (LOCAL_STATE / "runtime/tenants" / TENANT / "odoo.conf").read_text()
-    assert f"db_port = {pgbouncer_port or port}\n" in odoo_conf, odoo_conf
+    assert f"db_port = {pgbouncer_port or port}\n" in odoo_conf.read_text(), odoo_conf.read_text()
     assert_nothing_ran_as_a_superuser(hostile, hook_lines(since))
+
+
+def wait_while_running(running, condition, failure: str) -> None:
+    """Until `condition()` holds, while the playbook run in the background goes on (300 s at most)."""
+    deadline = time.monotonic() + 300
+    while not condition():
+        assert not running.done(), running.result().output[-4000:]
+        assert time.monotonic() < deadline, f"{failure} within 300 s"
+        time.sleep(0.05)  # the playbook and its move are other processes: poll what they write
 
 
 def test_a_logical_move_runs_none_of_the_tenants_code_as_a_superuser(hostile: LocalPlatform):

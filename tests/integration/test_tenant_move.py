@@ -13,6 +13,7 @@ import json
 import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -104,6 +105,14 @@ def test_a_pool_pgbouncer_turns_an_early_client_away_itself_and_takes_it_once_th
     # At once: a login the server had refused would get "server login has been failing, try again later".
     with psycopg.connect(**through_pgbouncer) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (role,)
+    # On a move's target PgBouncer has never seen the database: closing its door registers it, closed.
+    unseen = f"t_never_seen_{uuid.uuid4().hex[:8]}"
+    server.close_pgbouncer_door(unseen)
+    try:
+        with pytest.raises(psycopg.OperationalError, match="disabled"):
+            psycopg.connect(**{**through_pgbouncer, "dbname": unseen})
+    finally:
+        server.open_pgbouncer_door(unseen)
 
 
 def test_db_migrate_logs_in_to_every_server_over_verified_tls_as_its_admin_login(mover: Mover, tmp_path: Path):

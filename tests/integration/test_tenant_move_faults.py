@@ -114,6 +114,11 @@ def recovered_by_the_runner(mover: Mover, platform: LocalPlatform, state: Path) 
         runner_command(settings, "worker", "--drain", "--account", mover.record()["customer_id"])  # nobody else's work
     finally:
         resume_deployed_runner(deployed)
+    return last_recovery_job(mover)
+
+
+def last_recovery_job(mover: Mover) -> dict:
+    """The tenant's last recover_move job, as it ended."""
     with mover.registry() as conn:
         return conn.execute(
             "SELECT id, action, state, attempts, error, account_id FROM registry.jobs"
@@ -166,6 +171,8 @@ def test_a_switch_that_fails_once_its_run_is_gone_is_left_for_the_recovery_pass(
     try:
         run = mover.start_change_plan(plan, f"pause-cutover:{held}")
         wait_for_file(run, held, "cutover")
+        target = mover.last_move()["target_server"]
+        wait_for_odoo_conf(mover, target)  # the runtime followed the move from its block
         os.killpg(run.pid, signal.SIGKILL)  # the playbook run only: its async move lives on, writes blocked
         run.communicate()
         with mover.admin(source, mover.db) as conn:  # what the switch refuses to run in the way back's apply
@@ -182,6 +189,7 @@ def test_a_switch_that_fails_once_its_run_is_gone_is_left_for_the_recovery_pass(
             time.sleep(0.2)  # the move is another process: poll the registry it writes
         assert "the tenant's own code would run" in move["error"] and move["finished_at"] is None, move
         assert mover.record()["db_server"] == source
+        assert odoo_conf_port(mover) == server_port(mover, target)  # stranded there until the recovery
         with mover.as_tenant(source) as conn:  # open again where it stays
             conn.execute("SELECT 1")
         found = runner_command(settings, "recover")  # at once, not after move_stuck_seconds
@@ -194,14 +202,29 @@ def test_a_switch_that_fails_once_its_run_is_gone_is_left_for_the_recovery_pass(
         report = writer.stop()
     finally:
         resume_deployed_runner(deployed)
-    with mover.registry() as conn:
-        job = conn.execute(
-            "SELECT state, error FROM registry.jobs WHERE tenant_id = %s AND action = 'recover_move'"
-            " ORDER BY id DESC LIMIT 1",
-            (mover.tenant,),
-        ).fetchone()
+    job = last_recovery_job(mover)
     assert job["state"] == "succeeded", job
     mover.assert_moved_cleanly(report, kind)
-    record = mover.record()
+    assert odoo_conf_port(mover) == server_port(mover, mover.record()["db_server"])
+
+
+def server_port(mover: Mover, server: str) -> int:
+    """Where a client of the tenant reaches `server`: its PgBouncer, or the server itself without one."""
+    with mover.registry() as conn:
+        return conn.execute(
+            "SELECT coalesce(pgbouncer_port, port) AS port FROM registry.db_servers WHERE name = %s", (server,)
+        ).fetchone()["port"]
+
+
+def odoo_conf_port(mover: Mover) -> int:
+    """The database port the tenant's odoo.conf names (runtime none: its runtime is that file)."""
     odoo_conf = (LOCAL_STATE / "runtime/tenants" / mover.tenant / "odoo.conf").read_text()
-    assert f"db_port = {record['pgbouncer_port'] or record['port']}\n" in odoo_conf, odoo_conf
+    return int(re.search(r"^db_port = (\d+)$", odoo_conf, re.MULTILINE).group(1))
+
+
+def wait_for_odoo_conf(mover: Mover, server: str) -> None:
+    deadline = time.monotonic() + 60
+    while odoo_conf_port(mover) != server_port(mover, server):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the tenant's odoo.conf never named {server}")
+        time.sleep(0.1)  # the playbook is another process: poll the file it writes

@@ -375,18 +375,10 @@ class Move:
             except Exception as e:  # every failure before the switch is rolled back
                 if self.switched():
                     raise  # after it (a registry error once repointed): the next run switches back
+                self.row = self._current_row()  # the phase as committed (a failed commit's is not)
                 failed_in = self.row["phase"]
                 reason = str(e) if isinstance(e, MoveError) else f"{type(e).__name__}: {e}"
-                # The tenant's runtime follows a logical move from its block. With the run that would point it back
-                # gone, the move is left open once rolled back: the recovery pass runs the plan change again at once
-                # (webhook_runner's stuck_moves), whose place step points the runtime back first.
-                astray = (
-                    self.watched_run
-                    and self.row["method"] == "logical"
-                    and failed_in == "cutover"
-                    and not self.run_holds_the_tenant()
-                )
-                self.roll_back(f"failed in {failed_in}: {reason}", finish=not astray)
+                self.roll_back(f"failed in {failed_in}: {reason}", finish=self._finish_when_undone(failed_in))
                 raise MoveError(
                     f"moving tenant {self.tenant['tenant_id']} to {self.target.name} failed in {failed_in}: "
                     f"{reason}. Rolled back: the tenant is served from {self.source.name} as before; "
@@ -397,6 +389,23 @@ class Move:
         elif not self.finishable():
             self._switch_back_and_fail(f"interrupted in {self.row['phase']}, before the copies were verified")
         self._clean_up()
+
+    def _finish_when_undone(self, phase: str) -> bool:
+        """Whether a move undone in `phase` (rolled back, or switched back) is finished.
+
+        Not a logical move undone from its block on once the run that watched it is gone: the tenant's runtime
+        follows such a move from its block, and that run's rescue would have pointed it back. Left open, the move is
+        taken up at once by the recovery pass (webhook_runner's stuck_moves), whose run's place step finishes it and
+        points the runtime back.
+        """
+        after_block = phase not in ("placed", "copying", "catching_up")
+        return not (
+            self.watched_run and self.row["method"] == "logical" and after_block and not self.run_holds_the_tenant()
+        )
+
+    def _current_row(self) -> dict:
+        with self.registry.cursor(row_factory=dict_row) as cur:
+            return cur.execute("SELECT * FROM registry.migrations WHERE id = %s", (self.id,)).fetchone()
 
     def switched(self) -> bool:
         """The registry points at the target: the tenant works there."""
@@ -814,8 +823,8 @@ class Move:
         without the audit callback's holder has none and is not watched): a MoveError (before the switch: rolled
         back, reopened if it was blocked) or, with `crash`, an exit as a crash's (switched and verified: the
         recovery pass's run finishes the move and points the runtime at it). A move its playbook no longer watches
-        never leaves the tenant's runtime on the old server by itself, nor on a target it failed to switch to (run():
-        left open for the recovery pass)."""
+        never leaves the tenant's runtime on the old server by itself, nor on a target it undid the move from
+        (_finish_when_undone: left open for the recovery pass)."""
         if not self.watched_run or self.run_holds_the_tenant():
             return
         if crash:
@@ -1090,7 +1099,14 @@ class Move:
                     "db_type": plan["db_type"],
                 },
             )
-        self._allow_login(self.target)
+        for attempt in range(3):  # a moment's trouble on the target would leave the tenant out until the next run
+            try:
+                self._allow_login(self.target)
+                break
+            except psycopg.OperationalError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)  # another session, a moment later
         if self.tenant["status"] == "active":
             self._record(write_downtime_ms=round((time.monotonic() - downtime_started) * 1000))
         self._failpoint("repointed")
@@ -1152,7 +1168,7 @@ class Move:
             )
         if self.row["source_could_login"]:
             self._allow_login(self.source)  # at once: the clean-up below takes its time
-        self.roll_back(f"switched back: {reason}", finish=True)
+        self.roll_back(f"switched back: {reason}", finish=self._finish_when_undone("switching_back"))
 
     def _clean_up(self) -> None:
         self._allow_login(self.target)  # already open, unless a playbook run since closed it

@@ -83,8 +83,8 @@ options:
       - With I(step=move) run as an async task, stop once the playbook run that started it (I(audit_run), which
         held the tenant then) is gone - before the switch (during the copy, before the block, before a dump move's
         repoint), rolled back; switched and verified, as a crash, for the recovery pass's run to finish the move
-        and point the tenant's runtime at it. A I(method=logical) move goes on between its block and its repoint;
-        if its switch fails, it is rolled back and left open, for the recovery pass's run to point the runtime back.
+        and point the tenant's runtime at it. A I(method=logical) move goes on from its block to its verdict; undone
+        then (rolled back or switched back), it is left open, for the recovery pass's run to point the runtime back.
     type: bool
     default: false
   drain:
@@ -315,6 +315,8 @@ def place(module, registry, p: dict, options: MoveOptions) -> dict:
         reason = f"interrupted in {row['phase']}"
         if move.switched():
             move.switch_back(f"{reason}, before the copies were verified: switched back by the next run")
+        elif row["phase"] == "rolled_back":  # left open once its run was gone: finished here, keeping why
+            move.roll_back(row["error"], finish=True)
         else:
             move.roll_back(f"{reason}: rolled back by the next run", finish=True)
         tenant = read_tenant(registry, p["tenant_id"])
