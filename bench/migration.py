@@ -249,6 +249,8 @@ def main() -> int:
         args.size_mb, args.moves, args.drains = 40, 1, 0
     if args.moves < 1:
         parser.error("--moves must be at least 1")
+    if args.drains < 0:
+        parser.error("--drains must be 0 or more")
 
     tenant = Tenant(f"bench-move-{uuid.uuid4().hex[:6]}", args.registry_port)
     try:

@@ -46,8 +46,8 @@ description:
     PgBouncer turns the tenant away and the runtime tries again), and from the repoint of a I(method=dump) one,
     whose copy comes after its block; or once the move ended first (C(follow) true if it was repointed, with the
     tenant as the registry has it). With I(wait_for=finished) it returns the move's own result, or fails as the move
-    failed. Either fails if the move died (its process gone, or
-    its lock released without a result; the next run finishes or rolls it back).
+    failed. Either fails if the move died (its process gone, or its lock released without a result; the next run
+    finishes or rolls it back).
 version_added: 0.2.0
 author: SaaSOdoo ops maintainers
 options:
