@@ -211,21 +211,14 @@ class Server:
         (15 s). DISABLE registers a database PgBouncer has not seen yet. A move rolled back leaves it closed there,
         on a database dropped there: a later move's switch to that server opens it.
         """
-        with self._pgbouncer_console() as console:
-            if console is not None:
-                self._pgbouncer_commands(console, dbname, "DISABLE", "KILL", "RESUME")
+        self._pgbouncer_console(dbname, "DISABLE", "KILL", "RESUME")
 
     def open_pgbouncer_door(self, dbname: str) -> None:
         """This server's PgBouncer takes the database's clients again (console ENABLE): a move may bring it back."""
-        with self._pgbouncer_console() as console:
-            if console is not None:
-                self._pgbouncer_commands(console, dbname, "ENABLE")
+        self._pgbouncer_console(dbname, "ENABLE")
 
-    @contextlib.contextmanager
-    def _pgbouncer_console(self):
-        """The admin console of this server's PgBouncer, or None for a server without one (or without its login)."""
+    def _pgbouncer_console(self, dbname: str, *commands: str) -> None:
         if not self.pgbouncer_port or not self.admin.get("pgbouncer_admin_password"):
-            yield None
             return
         with psycopg.connect(
             host=self.pgbouncer_host or self.host, port=self.pgbouncer_port, dbname="pgbouncer",
@@ -233,20 +226,16 @@ class Server:
             password=self.admin["pgbouncer_admin_password"], autocommit=True, connect_timeout=10,
             prepare_threshold=None,
         ) as console:  # fmt: skip
-            yield console
-
-    @staticmethod
-    def _pgbouncer_commands(console: psycopg.Connection, dbname: str, *commands: str) -> None:
-        # The console takes no parameters; the name is quoted as an identifier.
-        name = sql.Identifier(dbname).as_string(console)
-        for command in commands:
-            try:
-                console.execute(f"{command} {name}")
-            except psycopg.Error as e:
-                # PgBouncer knows a database (from its `*` entry) only while clients use it: none to act on.
-                if "no such database" not in str(e):
-                    raise
-                return
+            # The console takes no parameters; the name is quoted as an identifier.
+            name = sql.Identifier(dbname).as_string(console)
+            for command in commands:
+                try:
+                    console.execute(f"{command} {name}")
+                except psycopg.Error as e:
+                    # PgBouncer knows a database (from its `*` entry) only while clients use it: none to act on.
+                    if "no such database" not in str(e):
+                        raise
+                    return
 
     def libpq_args(self) -> tuple[list[str], dict]:
         """pg_dump / pg_restore connection arguments and environment (the password never on argv)."""
