@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
 
 REPO = Path(__file__).resolve().parent.parent
 INVENTORIES = REPO / "inventories"
@@ -14,6 +16,26 @@ ROLES = REPO / "roles"
 
 def load_yaml(path: Path):
     return yaml.safe_load(path.read_text())
+
+
+def trusted(value):
+    """Role files as Ansible reads them: their strings are templates (ansible-core 2.19 renders only trusted ones)."""
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, dict):
+        return {key: trusted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [trusted(item) for item in value]
+    return value
+
+
+def role_templar(role: str, inputs: dict) -> Templar:
+    """A templar with the role's defaults, then its vars, as Ansible layers them, and `inputs` over both."""
+    loader = DataLoader()
+    variables = {"ansible_managed": "Ansible managed", "inventory_hostname": "pool-shared-01"}
+    for layer in ("defaults", "vars"):
+        variables |= trusted(loader.load_from_file(str(ROLES / role / layer / "main.yml")))
+    return Templar(loader=loader, variables=variables | inputs)
 
 
 @pytest.fixture(scope="session")

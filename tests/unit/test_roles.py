@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from ansible.template import trust_as_template
 
-from conftest import ROLES, load_yaml
+from conftest import ROLES, load_yaml, role_templar
 
 ROLE_NAMES = sorted(p.name for p in ROLES.iterdir() if (p / "tasks").is_dir())
 
@@ -41,3 +42,41 @@ def test_every_role_has_a_full_molecule_scenario(role):
     assert (scenario / "converge.yml").exists() and (scenario / "verify.yml").exists()
     sequence = load_yaml(scenario / "molecule.yml")["scenario"]["test_sequence"]
     assert {"converge", "idempotence", "verify"} <= set(sequence)
+
+
+def postgres_server_input_errors(**inputs) -> list[str]:
+    """What postgres_server's one input check (tasks/validate.yml) reports, on a local_cluster server's inputs."""
+    valid = {
+        "postgres_server_mode": "local_cluster",
+        "postgres_server_base_dir": "/srv/pool",
+        "postgres_server_port": 5432,
+        "postgres_server_login_roles": [{"name": "app", "password": "x"}],
+        "postgres_server_wal_archive_dir": "/srv/wal",
+    }
+    templar = role_templar("postgres_server", valid | inputs)
+    return templar.template(trust_as_template("{{ __postgres_server_input_errors }}"))
+
+
+def test_postgres_server_reports_every_broken_input_rule_at_once_and_no_password():
+    assert postgres_server_input_errors() == []
+    errors = postgres_server_input_errors(
+        postgres_server_base_dir="",
+        postgres_server_admin_login={"name": "admin"},
+        postgres_server_login_roles=[
+            {"name": "app", "password": "s3cret"},
+            {"name": "nopass"},
+            {"password": "hidden"},
+            {"name": "empty", "password": ""},
+        ],
+        postgres_server_wal_archive_dir="wal; rm -rf /",
+    )
+    assert errors == [
+        "postgres_server_mode=local_cluster needs postgres_server_base_dir (where data/, run/ and log/ live)",
+        "postgres_server_admin_login needs name and password",
+        "postgres_server_wal_archive_dir must be an absolute path of letters, digits and _./- (it is written into"
+        ' archive_command), not "wal; rm -rf /"',
+        "postgres_server_login_roles entry (no name) needs name and password",
+        "postgres_server_login_roles entry nopass needs name and password",
+        "postgres_server_login_roles entry empty needs name and password",
+    ]
+    assert not any(secret in " ".join(errors) for secret in ("s3cret", "hidden"))

@@ -9,8 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
+from ansible.template import trust_as_template
+
+from conftest import role_templar
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,28 +46,9 @@ UNITS = {
 }
 
 
-def trusted(value):
-    """Role files as Ansible reads them: their strings are templates (ansible-core 2.19 renders only trusted ones)."""
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, dict):
-        return {key: trusted(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [trusted(item) for item in value]
-    return value
-
-
-def templar(role: str, inputs: dict) -> Templar:
-    loader = DataLoader()
-    variables = {"ansible_managed": "Ansible managed", "inventory_hostname": "pool-shared-01"}
-    for layer in ("defaults", "vars"):  # role defaults, then its vars, as Ansible layers them
-        variables |= trusted(loader.load_from_file(str(REPO / "roles" / role / layer / "main.yml")))
-    return Templar(loader=loader, variables=variables | inputs)
-
-
 def render(role: str, template: str, inputs: dict) -> str:
     source = (REPO / "roles" / role / "templates" / template).read_text()
-    return templar(role, inputs).template(trust_as_template(source))
+    return role_templar(role, inputs).template(trust_as_template(source))
 
 
 def verify(unit: Path) -> str:
@@ -102,9 +84,9 @@ def test_each_unit_restarts_its_daemon_and_starts_at_boot(name: str):
 
 def test_the_roles_install_each_unit_under_the_name_checked_here():
     installed = {
-        templar("pgbouncer", {}).template(trust_as_template("{{ __pgbouncer_systemd_unit }}")),
-        templar("webhook_runner", {}).template(trust_as_template("{{ __webhook_runner_systemd_unit }}")),
-        *(unit["name"] for unit in templar("odoo_runtime", {}).template(
+        role_templar("pgbouncer", {}).template(trust_as_template("{{ __pgbouncer_systemd_unit }}")),
+        role_templar("webhook_runner", {}).template(trust_as_template("{{ __webhook_runner_systemd_unit }}")),
+        *(unit["name"] for unit in role_templar("odoo_runtime", {}).template(
             trust_as_template("{{ __odoo_runtime_systemd_units }}"))),
     }  # fmt: skip
     assert installed == set(UNITS)
