@@ -86,7 +86,7 @@ options:
     elements: dict
     default: []
   login_url:
-    description: The tenant's Odoo login page, straight from its port.
+    description: The tenant's Odoo login page, straight from its port (a start refuses a URL without one).
     type: str
     required: true
   route_url:
@@ -114,7 +114,9 @@ options:
     type: str
     required: true
   pgbouncer_socket:
-    description: The Unix socket the tenant's PgBouncer listens on (C(<dir>/.s.PGSQL.<port>)); its directory is made.
+    description:
+      - The Unix socket the tenant's PgBouncer listens on (C(<dir>/.s.PGSQL.<port>)); its directory is made.
+      - At most 107 bytes (a Unix socket's path), or the module refuses to start or stop the tenant.
     type: path
     required: true
 attributes:
@@ -180,6 +182,7 @@ ACTIVE_STATES = ("RUNNING", "STARTING", "BACKOFF")  # states that need no start,
 LOGIN_FORM = "oe_login_form"
 MAX_BODY = 65536  # the tenant's Odoo answers: read no more than a login page
 POLL_SECONDS = 0.05  # a start is over in tenths of a second: poll as often
+SUN_PATH_MAX = 107  # bytes of a Unix socket's path (sockaddr_un.sun_path, less its NUL)
 
 
 def fetch(url: str, host: str | None = None) -> tuple[int, str]:
@@ -532,6 +535,14 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
+    p = module.params
+    # A Unix socket's path fits in 107 bytes (sun_path): PgBouncer would not start.
+    if p["state"] != "absent" and len(os.fsencode(p["pgbouncer_socket"])) > SUN_PATH_MAX:
+        module.fail_json(msg=f"program {p['program']}: its PgBouncer's socket path {p['pgbouncer_socket']} is longer"
+                             f" than a Unix socket's {SUN_PATH_MAX} bytes: choose a shorter odoo_runtime_process_dir")
+    if p["state"] == "started" and not urllib.parse.urlsplit(p["login_url"]).port:
+        module.fail_json(msg=f"program {p['program']}: {p['login_url']} names no port: a start needs the tenant's HTTP"
+                             " port (odoo_runtime_http_port, from the registry)")  # fmt: skip
     if SupervisorTransport is None:
         module.fail_json(msg=missing_required_lib("supervisor"))
     process = OdooProcess(module)

@@ -37,7 +37,7 @@ options:
     default: present
   password:
     description:
-      - The role's password (derived, never stored). Required with I(state=present).
+      - The role's password (derived, never stored). Required, and not empty, with I(state=present).
       - It must be a high-entropy secret like the derived ones (43 random characters), since the stable verifier's
         salt is derived from it and a guess can be checked without the 4096 rounds a random salt would cost.
     type: str
@@ -310,6 +310,8 @@ def main() -> None:
         required_if=[("state", "present", ["password"])],
         supports_check_mode=True,
     )
+    if module.params["state"] == "present" and not module.params["password"]:
+        module.fail_json(msg=f"tenant database {module.params['name']}: a password is required to create it")
     if psycopg is None:
         module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
     tenant = TenantDatabase(module.params, module.check_mode)

@@ -1,0 +1,53 @@
+"""Inputs the modules refuse before they touch anything: the checks that used to be a task of their own in every
+tenant playbook run (an assert costs a run about as much as a module call)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+MODULES = REPO / "collections/ansible_collections/saasodoo/platform/plugins/modules"
+PROCESS_ARGS = {  # a process-runtime tenant as roles/odoo_runtime passes it
+    "state": "started", "program": "odoo-acme", "supervisor_socket": "/nonexistent/supervisor.sock",
+    "nginx_conf": "/nonexistent/nginx.conf", "tenant_dir": "/nonexistent/acme", "owner": "odoo_acme",
+    "config_path": "/nonexistent/acme/odoo.conf", "login_url": "http://127.0.0.1:58100/web/login",
+    "route_url": "http://127.0.0.1:58080/web/login", "route_host": "acme.localhost",
+    "log_path": "/nonexistent/odoo-acme.log", "pgbouncer_program": "pgbouncer-acme",
+    "pgbouncer_socket": "/nonexistent/acme/run/.s.PGSQL.6432",
+}  # fmt: skip
+
+
+def run_module(name: str, args: dict, tmp_path: Path) -> dict:
+    params = tmp_path / "args.json"
+    params.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "collections")}
+    run = subprocess.run([sys.executable, str(MODULES / f"{name}.py"), str(params)], env=env, capture_output=True,
+                         text=True, check=False, timeout=60)  # fmt: skip
+    return json.loads(run.stdout)
+
+
+def test_a_start_without_the_tenants_http_port_is_refused(tmp_path: Path):
+    result = run_module("odoo_process", PROCESS_ARGS | {"login_url": "http://127.0.0.1:0/web/login"}, tmp_path)
+    assert result["failed"] and "a start needs the tenant's HTTP port" in result["msg"], result
+
+
+def test_a_pgbouncer_socket_path_longer_than_a_unix_socket_takes_is_refused(tmp_path: Path):
+    too_long = "/nonexistent/" + "d" * 80 + "/run/.s.PGSQL.6432"  # 111 bytes
+    for state in ("started", "stopped"):
+        result = run_module("odoo_process", PROCESS_ARGS | {"state": state, "pgbouncer_socket": too_long}, tmp_path)
+        assert result["failed"] and "longer than a Unix socket's 107 bytes" in result["msg"], result
+    # 107 bytes pass the check and go on to supervisord, which is not there.
+    just_fits = "/nonexistent/" + "d" * 76 + "/run/.s.PGSQL.6432"
+    result = run_module("odoo_process", PROCESS_ARGS | {"pgbouncer_socket": just_fits}, tmp_path)
+    assert len(just_fits) == 107 and "Unix socket" not in result.get("msg", ""), result
+
+
+def test_a_tenant_database_without_a_password_is_refused(tmp_path: Path):
+    args = {"name": "t_acme", "password": "", "login_unix_socket": "/nonexistent", "login_port": 5432}
+    result = run_module("tenant_database", args, tmp_path)
+    assert result["failed"] and result["msg"] == "tenant database t_acme: a password is required to create it"
