@@ -3,7 +3,8 @@
 A no-change run must cost the same whatever the number of tenants: the tenants' hosts (the registry inventory
 plugin lists them) add no task. So the run is timed, and its tasks counted, with the fleet as it is, then again
 with N more tenants (runtime none, provisioned in parallel; pools sized for them with
-saasodoo_pool_capacity_tenants, set back at the end; --quick leaves the pools as they are). Baseline, same run,
+saasodoo_pool_capacity_tenants, set back at the end; --quick leaves the pools as they are). A fleet smaller than the
+goal's five servers is first brought to five, a dedicated tenant's server at a time (not --quick). Baseline, same run,
 same hosts: `ansible postgres_servers -m ansible.builtin.ping` (process start-up, inventory, one module per host).
 Usage: bench/site_noop.py [--runs N] [--tenants N] [--quick]   (needs the platform converged once: make demo)
 """
@@ -53,8 +54,12 @@ def no_change_site(capacity: list[str], runs: int, label: str) -> tuple[list[flo
     return times, tasks
 
 
-def provision(tenant: str, capacity: list[str]) -> None:
-    run(["ansible-playbook", "playbooks/tenant_provision.yml", "-e", f"tenant_id={tenant}", "-e", "plan=basic-monthly",
+def server_count() -> int:
+    return len(run(["ansible", "postgres_servers", "--list-hosts"])[1].output.splitlines()) - 1
+
+
+def provision(tenant: str, capacity: list[str], plan: str = "basic-monthly") -> None:
+    run(["ansible-playbook", "playbooks/tenant_provision.yml", "-e", f"tenant_id={tenant}", "-e", f"plan={plan}",
          "-e", "saasodoo_runtime_backend=none", *capacity])  # fmt: skip
 
 
@@ -73,23 +78,32 @@ def main() -> int:
     # Every pool sized to fit them, so none grows the fleet: the servers stay the same. Not in a quick run, which
     # proves the benchmark, not the figure: the pools as they are (a server grown meanwhile is converged by then).
     capacity = [] if args.quick else ["-e", f"saasodoo_pool_capacity_tenants={args.tenants + 3}"]
-    if capacity:
-        print("converging once (pools sized for the tenants) so the timed runs change nothing ...", flush=True)
-        run(["ansible-playbook", "playbooks/site.yml", *capacity])
-    servers = len(run(["ansible", "postgres_servers", "--list-hosts"])[1].output.splitlines()) - 1
-    before, tasks_before = no_change_site(capacity, args.runs, "the fleet as it is")
     run_id = uuid.uuid4().hex[:6]
+    created: list[str] = []  # removed at the end, whichever provisions got anywhere
     tenants = [f"site-{run_id}-{n}" for n in range(args.tenants)]
-    created = []
     try:
+        # The goal's fleet: a dedicated tenant's provision brings up a server of its own (not --quick: a fresh local
+        # platform has three). The servers stay up after the benchmark, as placement's do; their tenants go.
+        missing = 0 if args.quick else GOAL_SERVERS - server_count()
+        for n in range(missing):
+            print(
+                f"bringing the fleet to {GOAL_SERVERS} servers: a dedicated tenant, {n + 1}/{missing} ...", flush=True
+            )
+            created.append(f"site-{run_id}-dedicated-{n}")
+            provision(created[-1], capacity, plan="premium-monthly")
+        if capacity:
+            print("converging once (pools sized for the tenants) so the timed runs change nothing ...", flush=True)
+            run(["ansible-playbook", "playbooks/site.yml", *capacity])
+        servers = server_count()
+        before, tasks_before = no_change_site(capacity, args.runs, "the fleet as it is")
         print(f"provisioning {args.tenants} tenants (runtime none, 2 at a time) ...", flush=True)
+        created += tenants
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for tenant, _ in zip(tenants, pool.map(lambda t: provision(t, capacity), tenants), strict=True):
-                created.append(tenant)
+            list(pool.map(lambda t: provision(t, capacity), tenants))
         after, tasks_after = no_change_site(capacity, args.runs, f"{args.tenants} more tenants")
         pings = [run(["ansible", "postgres_servers", "-m", "ansible.builtin.ping"])[0] for _ in range(args.runs)]
     finally:
-        removed = remove_tenants(created or tenants, parallel=2)
+        removed = remove_tenants(created, parallel=2)
         if capacity:
             run(["ansible-playbook", "playbooks/site.yml"])  # the pools' capacity back to the inventory's
     print(f"{'case':44} {'median s':>9} {'min s':>7} {'max s':>7} {'tasks':>7}   ({args.runs} runs, {servers} servers)")
