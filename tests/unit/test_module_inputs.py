@@ -32,8 +32,9 @@ def run_module(name: str, args: dict, tmp_path: Path) -> dict:
 
 
 def test_a_start_without_the_tenants_http_port_is_refused(tmp_path: Path):
-    result = run_module("odoo_process", PROCESS_ARGS | {"login_url": "http://127.0.0.1:0/web/login"}, tmp_path)
-    assert result["failed"] and "a start needs the tenant's HTTP port" in result["msg"], result
+    for url in ("http://127.0.0.1:0/web/login", "http://127.0.0.1:None/web/login", "http://127.0.0.1/web/login"):
+        result = run_module("odoo_process", PROCESS_ARGS | {"login_url": url}, tmp_path)
+        assert result["failed"] and "a start needs the tenant's HTTP port" in result["msg"], result
 
 
 def test_a_pgbouncer_socket_path_longer_than_a_unix_socket_takes_is_refused(tmp_path: Path):

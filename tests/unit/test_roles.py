@@ -67,6 +67,8 @@ def test_postgres_server_reports_every_broken_input_rule_at_once_and_no_password
             {"name": "nopass"},
             {"password": "hidden"},
             {"name": "empty", "password": ""},
+            {"name": "null", "password": None},
+            {"name": "number", "password": 1234},
         ],
         postgres_server_wal_archive_dir="wal; rm -rf /",
     )
@@ -77,6 +79,13 @@ def test_postgres_server_reports_every_broken_input_rule_at_once_and_no_password
         ' archive_command), not "wal; rm -rf /"',
         "postgres_server_login_roles entry (no name) needs name and password",
         "postgres_server_login_roles entry nopass needs name and password",
+        "postgres_server_login_roles entry null needs name and password",
+        "postgres_server_login_roles entry number needs name and password",
         "postgres_server_login_roles entry empty needs name and password",
     ]
     assert not any(secret in " ".join(errors) for secret in ("s3cret", "hidden"))
+    # A line break would end archive_command's line in postgresql.conf: refused, even a trailing one.
+    assert postgres_server_input_errors(postgres_server_wal_archive_dir="/srv/wal\n") == [
+        "postgres_server_wal_archive_dir must be an absolute path of letters, digits and _./- (it is written into"
+        ' archive_command), not "/srv/wal\\n"'
+    ]

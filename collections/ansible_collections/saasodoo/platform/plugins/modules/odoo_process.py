@@ -198,6 +198,14 @@ def fetch(url: str, host: str | None = None) -> tuple[int, str]:
         return 0, str(error)
 
 
+def login_port(url: str) -> int | None:
+    """The port `url` names; None when it names none, or one that is not a port (a record without its http_port)."""
+    try:
+        return urllib.parse.urlsplit(url).port
+    except ValueError:
+        return None
+
+
 def listener_uids(port: int) -> set[int]:
     """The uids of the TCP sockets listening on `port` in this network namespace (/proc/net/tcp and tcp6: the local
     address's port in hex, state 0A is LISTEN, the owner's uid in the eighth column)."""
@@ -540,7 +548,7 @@ def main() -> None:
     if p["state"] != "absent" and len(os.fsencode(p["pgbouncer_socket"])) > SUN_PATH_MAX:
         module.fail_json(msg=f"program {p['program']}: its PgBouncer's socket path {p['pgbouncer_socket']} is longer"
                              f" than a Unix socket's {SUN_PATH_MAX} bytes: choose a shorter odoo_runtime_process_dir")
-    if p["state"] == "started" and not urllib.parse.urlsplit(p["login_url"]).port:
+    if p["state"] == "started" and not login_port(p["login_url"]):
         module.fail_json(msg=f"program {p['program']}: {p['login_url']} names no port: a start needs the tenant's HTTP"
                              " port (odoo_runtime_http_port, from the registry)")  # fmt: skip
     if SupervisorTransport is None:
