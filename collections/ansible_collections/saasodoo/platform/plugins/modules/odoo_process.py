@@ -546,8 +546,10 @@ def main() -> None:
     p = module.params
     # A Unix socket's path fits in 107 bytes (sun_path): PgBouncer would not start.
     if p["state"] != "absent" and len(os.fsencode(p["pgbouncer_socket"])) > SUN_PATH_MAX:
-        module.fail_json(msg=f"program {p['program']}: its PgBouncer's socket path {p['pgbouncer_socket']} is longer"
-                             f" than a Unix socket's {SUN_PATH_MAX} bytes: choose a shorter odoo_runtime_process_dir")
+        module.fail_json(
+            msg=f"program {p['program']}: its PgBouncer's socket path {p['pgbouncer_socket']} is longer"
+            f" than a Unix socket's {SUN_PATH_MAX} bytes: choose a shorter odoo_runtime_process_dir"
+        )
     if p["state"] == "started" and not login_port(p["login_url"]):
         module.fail_json(msg=f"program {p['program']}: {p['login_url']} names no port: a start needs the tenant's HTTP"
                              " port (odoo_runtime_http_port, from the registry)")  # fmt: skip
