@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 from ansible.template import trust_as_template
 
-from conftest import role_templar
-
-REPO = Path(__file__).resolve().parents[2]
+from conftest import ROLES, role_templar
 
 # Each unit: its role, its template, the name the role installs it under, and inputs as production's would be.
 UNITS = {
@@ -47,7 +45,7 @@ UNITS = {
 
 
 def render(role: str, template: str, inputs: dict) -> str:
-    source = (REPO / "roles" / role / "templates" / template).read_text()
+    source = (ROLES / role / "templates" / template).read_text()
     return role_templar(role, inputs).template(trust_as_template(source))
 
 

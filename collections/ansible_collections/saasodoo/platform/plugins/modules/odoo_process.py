@@ -412,7 +412,7 @@ class OdooProcess:
         # the squatter answers. Waiting for RUNNING (past startsecs) would add 1 s to every start; supervisord still
         # restarts a program that dies later.
         deadline = time.monotonic() + p["health_timeout"]
-        port, uid = urllib.parse.urlsplit(p["login_url"]).port, self.ids(p["owner"])[0]
+        port, uid = login_port(p["login_url"]), self.ids(p["owner"])[0]
         while True:
             status, body = fetch(p["login_url"])
             state = self.state()  # after the answer: the one that answered is still the one supervisord runs
