@@ -10,7 +10,7 @@ short_description: Give a cloned Odoo database its own identity and its admin a 
 description:
   - A tenant's database is cloned from a golden template (roles/odoo_template). While it still carries the
     template's C(database.uuid), it gets a new C(database.secret), C(database.uuid) and C(database.create_date) (as
-    Odoo's own duplicate does) and its admin a password nobody knows.
+    Odoo's own duplicate does) and its admin no password (a NULL one, which nothing verifies, as an invited user has).
   - Every run then brings C(web.base.url) (frozen), the company's name, language, time zone and country and the
     admin's login (the customer's e-mail) in line with the inputs; a second run with the same inputs changes nothing.
   - Per I(admin_link), a new one-time sign-in link (auth_signup's reset token, valid I(admin_link_hours)) is
@@ -117,7 +117,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 identity_reset:
-  description: Whether this run gave the database its own secret, uuid and admin password.
+  description: Whether this run gave the database its own secret and uuid and took its admin's password away.
   returned: success
   type: bool
 admin_login:
