@@ -24,7 +24,8 @@ description:
     C(saasodoo-run <run id>). While it lives, the tenant the run took
     (C(saasodoo.platform.registry_tenant) I(hold_seconds)) stays the run's, and other runs wait. It lives in the
     C(ansible-playbook) process itself, and the processes that one forks lose their copy of it, so it ends when
-    the run ends, however it ends; at the end the callback also releases the run's tenants.
+    the run ends, however it ends; at the end the callback also releases the run's tenants. The run's two rows are
+    written through it (one login per run), or through a session of their own when it is not there.
   - A registry that cannot be reached, or an inventory without one, makes the callback warn; it never fails a
     run. A fresh install's first C(site.yml) creates the registry midway, so its start is not recorded, its end is.
 requirements:
@@ -52,6 +53,7 @@ options:
       - name: SAASODOO_AUDIT_JOB
 """
 
+import contextlib
 import getpass
 import os
 import time
@@ -161,11 +163,10 @@ class CallbackModule(CallbackBase):
         play.vars[RUN_VAR] = self.run_id  # every play's registry modules name the run (saasodoo_registry_login)
         if self.facts is None:
             self.facts = self._run_facts(play)
-            self._record("start", self.facts, warn=False)
             self._hold_run()
+            self._record("start", self.facts, warn=False)
 
     def v2_playbook_on_stats(self, stats: Any) -> None:
-        self._release_run()
         hosts = host_counts(stats)
         failed = any(c["failed"] or c["unreachable"] for c in hosts.values())
         self._record(
@@ -178,6 +179,7 @@ class CallbackModule(CallbackBase):
             },
             warn=True,
         )
+        self._release_run()
 
     def _run_facts(self, play: Any) -> dict[str, Any]:
         args = context.CLIARGS
@@ -197,15 +199,21 @@ class CallbackModule(CallbackBase):
 
     def _record(self, phase: str, facts: dict[str, Any], warn: bool) -> None:
         job = self.get_option("job")
+        row = {
+            "actor": f"job:{job}" if job else facts.get("user") or os_user(),
+            "kind": RUN_KIND,
+            "subject": run_subject(self.run_id),
+            "detail": {"run": self.run_id, "phase": phase, **facts},
+        }
+        # Through the run's holder session while there is one: one login per run (TLS, SCRAM, a backend) where each
+        # row used to pay its own. A holder the registry lost meanwhile: a session of its own, as without one.
+        if self.holder is not None:
+            with contextlib.suppress(Exception):
+                record_audit(self.holder, **row)
+                return
         try:
             with self._connect() as conn:
-                record_audit(
-                    conn,
-                    actor=f"job:{job}" if job else facts.get("user") or os_user(),
-                    kind=RUN_KIND,
-                    subject=run_subject(self.run_id),
-                    detail={"run": self.run_id, "phase": phase, **facts},
-                )
+                record_audit(conn, **row)
         except Exception as e:  # never fail the run over its record
             message = f"saasodoo_audit: the {phase} of run {self.run_id} ({self.playbook}) was not recorded: {e}"
             if warn:
