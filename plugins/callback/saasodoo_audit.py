@@ -53,7 +53,6 @@ options:
       - name: SAASODOO_AUDIT_JOB
 """
 
-import contextlib
 import getpass
 import os
 import time
@@ -208,9 +207,11 @@ class CallbackModule(CallbackBase):
         # Through the run's holder session while there is one: one login per run (TLS, SCRAM, a backend) where each
         # row used to pay its own. A holder the registry lost meanwhile: a session of its own, as without one.
         if self.holder is not None:
-            with contextlib.suppress(Exception):
+            try:
                 record_audit(self.holder, **row)
                 return
+            except Exception as e:
+                self._display.vv(f"saasodoo_audit: run {self.run_id}: its holder session failed ({e}), a new one")
         try:
             with self._connect() as conn:
                 record_audit(conn, **row)

@@ -80,3 +80,31 @@ def test_a_run_id_from_the_environment_is_kept(callback, monkeypatch):
     plugin = callback_loader.get(CALLBACK.stem)
     plugin.set_options()
     assert plugin.run_id == "job-12-3"
+
+
+def test_a_row_goes_through_the_runs_holder_session_and_else_through_one_of_its_own(callback, monkeypatch):
+    written = []
+
+    class Session:
+        def __init__(self, name: str, lost: bool = False):
+            self.name, self.lost = name, lost
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def record_audit(conn, **row):
+        if conn.lost:
+            raise OSError("server closed the connection unexpectedly")
+        written.append((conn.name, row["detail"]["phase"]))
+
+    monkeypatch.setattr(callback, "record_audit", record_audit)
+    plugin = callback_loader.get(CALLBACK.stem)
+    plugin.set_options()
+    monkeypatch.setattr(plugin, "_connect", lambda: Session("its own"))
+    for holder, phase in ((Session("holder"), "start"), (Session("holder", lost=True), "end"), (None, "end")):
+        plugin.holder = holder
+        plugin._record(phase, {"user": "ops"}, warn=True)
+    assert written == [("holder", "start"), ("its own", "end"), ("its own", "end")]
