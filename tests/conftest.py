@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ from ansible.template import Templar, trust_as_template
 REPO = Path(__file__).resolve().parent.parent
 INVENTORIES = REPO / "inventories"
 ROLES = REPO / "roles"
+MODULES = REPO / "collections/ansible_collections/saasodoo/platform/plugins/modules"
 
 
 def load_yaml(path: Path):
@@ -36,6 +41,16 @@ def role_templar(role: str, inputs: dict) -> Templar:
     for layer in ("defaults", "vars"):
         variables |= trusted(loader.load_from_file(str(ROLES / role / layer / "main.yml")))
     return Templar(loader=loader, variables=variables | inputs)
+
+
+def run_module(name: str, args: dict, tmp_path: Path, check_mode: bool = False) -> dict:
+    """One of the collection's modules run as Ansible runs it (its arguments in a file), its JSON result."""
+    params = tmp_path / f"{name}-args.json"
+    params.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args | ({"_ansible_check_mode": True} if check_mode else {})}))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "collections")}
+    run = subprocess.run([sys.executable, str(MODULES / f"{name}.py"), str(params)], env=env, capture_output=True,
+                         text=True, check=False, timeout=60)  # fmt: skip
+    return json.loads(run.stdout)
 
 
 @pytest.fixture(scope="session")

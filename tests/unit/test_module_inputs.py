@@ -3,15 +3,10 @@ tenant playbook run (an assert costs a run about as much as a module call)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import REPO
+from conftest import run_module
 
-MODULES = REPO / "collections/ansible_collections/saasodoo/platform/plugins/modules"
 PROCESS_ARGS = {  # a process-runtime tenant as roles/odoo_runtime passes it
     "state": "started", "program": "odoo-acme", "supervisor_socket": "/nonexistent/supervisor.sock",
     "nginx_conf": "/nonexistent/nginx.conf", "tenant_dir": "/nonexistent/acme", "owner": "odoo_acme",
@@ -20,15 +15,6 @@ PROCESS_ARGS = {  # a process-runtime tenant as roles/odoo_runtime passes it
     "log_path": "/nonexistent/odoo-acme.log", "pgbouncer_program": "pgbouncer-acme",
     "pgbouncer_socket": "/nonexistent/acme/run/.s.PGSQL.6432",
 }  # fmt: skip
-
-
-def run_module(name: str, args: dict, tmp_path: Path) -> dict:
-    params = tmp_path / "args.json"
-    params.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "collections")}
-    run = subprocess.run([sys.executable, str(MODULES / f"{name}.py"), str(params)], env=env, capture_output=True,
-                         text=True, check=False, timeout=60)  # fmt: skip
-    return json.loads(run.stdout)
 
 
 def test_a_start_without_the_tenants_http_port_is_refused(tmp_path: Path):
