@@ -14,7 +14,7 @@ ME = {"owner": pwd.getpwuid(os.getuid()).pw_name, "group": grp.getgrgid(os.getgi
 
 def files(directory: Path) -> list[dict]:
     return [
-        {"path": str(directory / "server.crt"), "content": "CERTIFICATE\n", "mode": "0644"},
+        {"path": str(directory / "server.crt"), "content": "CERTIFICATE", "mode": "0644"},  # the line break is added
         {"path": str(directory / "server.key"), "content": "PRIVATE KEY\n", "mode": "0600"},
     ]
 
@@ -24,9 +24,9 @@ def test_it_writes_what_differs_once_and_then_nothing(tmp_path: Path):
     (tmp_path / "server.crt").chmod(0o600)  # the right content, the wrong mode
     first = run_module("config_files", {"files": files(tmp_path), **ME}, tmp_path)
     assert first["changed"] and first["written"] == [str(tmp_path / "server.crt"), str(tmp_path / "server.key")]
-    assert (tmp_path / "server.key").read_text() == "PRIVATE KEY\n"
-    modes = [(tmp_path / name).stat().st_mode & 0o7777 for name in ("server.crt", "server.key")]
-    assert modes == [0o644, 0o600]
+    written = [tmp_path / "server.crt", tmp_path / "server.key"]
+    assert [path.read_text() for path in written] == ["CERTIFICATE\n", "PRIVATE KEY\n"]
+    assert [path.stat().st_mode & 0o7777 for path in written] == [0o644, 0o600]
     second = run_module("config_files", {"files": files(tmp_path), **ME}, tmp_path)
     assert not second["changed"] and second["written"] == []
 
@@ -49,11 +49,24 @@ def test_check_mode_says_what_it_would_write_and_writes_nothing(tmp_path: Path):
     result = run_module("config_files", {"files": files(tmp_path), **ME}, tmp_path, check_mode=True)
     assert result["changed"] and len(result["written"]) == 2
     assert not (tmp_path / "server.crt").exists()
+    # A host not converged yet: no directory, no owner. Check mode says what the run would write.
+    fresh = {"files": files(tmp_path / "nowhere"), "owner": "no_such_user_here", "group": "no_such_group_here"}
+    result = run_module("config_files", fresh, tmp_path, check_mode=True)
+    assert not result.get("failed") and result["written"] == [entry["path"] for entry in fresh["files"]], result
 
 
-def test_a_missing_directory_or_a_mode_that_is_not_octal_is_refused(tmp_path: Path):
+def test_a_missing_directory_or_a_file_mode_out_of_range_is_refused_before_anything_is_written(tmp_path: Path):
     missing = run_module("config_files", {"files": files(tmp_path / "nowhere"), **ME}, tmp_path)
     assert missing["failed"] and missing["msg"] == f"{tmp_path / 'nowhere' / 'server.crt'}: its directory is not there"
-    bad_mode = [{"path": str(tmp_path / "server.crt"), "content": "x", "mode": "rw-r--r--"}]
-    result = run_module("config_files", {"files": bad_mode, **ME}, tmp_path)
-    assert result["failed"] and result["msg"] == f"{tmp_path / 'server.crt'}: mode 'rw-r--r--' is not octal"
+    for mode in ("rw-r--r--", "-1", "100644", "+644"):
+        entries = files(tmp_path)
+        entries[1]["mode"] = mode
+        result = run_module("config_files", {"files": entries, **ME}, tmp_path)
+        assert result["failed"] and result["msg"].endswith(f"mode {mode!r} is not an octal mode (0644)"), result
+        assert not (tmp_path / "server.crt").exists()  # the first entry was fine, and is not written either
+
+
+def test_a_directory_where_a_file_goes_fails_with_its_path(tmp_path: Path):
+    (tmp_path / "server.key").mkdir()
+    result = run_module("config_files", {"files": files(tmp_path), **ME}, tmp_path)
+    assert result["failed"] and result["msg"].startswith(f"{tmp_path / 'server.key'}: "), result

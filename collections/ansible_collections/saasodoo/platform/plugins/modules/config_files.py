@@ -12,7 +12,9 @@ description:
     module runs per file even when nothing changes (a stat, then the file's attributes), and the roles' TLS files,
     three per server, made that loop the longest task of a no-change C(site.yml).
   - Each file is written atomically (beside it, then renamed over it) only when its content, owner, group or mode
-    differ. A link or anything else found at a file's path is replaced, never followed. The directory must exist.
+    differ. A link, a FIFO or another file found at a file's path is replaced, never followed. The directories must
+    exist (in check mode, on a host not converged yet, a file whose directory or owner is missing would be written).
+  - Every entry is checked before anything is written.
   - The contents are never returned or logged (they hold private keys).
 version_added: 0.7.0
 author: SaaSOdoo ops maintainers
@@ -28,7 +30,7 @@ options:
         type: path
         required: true
       content:
-        description: Its whole content.
+        description: Its content; a line break ends the file (one is added when the content has none).
         type: str
         required: true
       mode:
@@ -57,8 +59,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 written:
-  description: The paths written, in the order given.
-  returned: always
+  description: The paths written (in check mode, those that would be), in the order given.
+  returned: success
   type: list
   elements: str
 """
@@ -70,6 +72,15 @@ import pwd
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.files import holds, write_atomically
+
+
+def file_mode(text: str) -> int | None:
+    """An octal mode from 0 to 07777 ("0644", "644", "0o644"); None for anything else."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        return None
+    return mode if 0 <= mode <= 0o7777 and not text.startswith(("-", "+")) else None
 
 
 def main() -> None:
@@ -91,27 +102,31 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
+    # Every entry is checked before any file is written: a refused run leaves them all as they were.
+    for file in p["files"]:
+        if file_mode(file["mode"]) is None:
+            module.fail_json(msg=f"{file['path']}: mode {file['mode']!r} is not an octal mode (0644)")
     try:
         uid, gid = pwd.getpwnam(p["owner"]).pw_uid, grp.getgrnam(p["group"]).gr_gid
     except KeyError as error:
-        module.fail_json(msg=f"no such owner or group: {error}")
+        if not module.check_mode:
+            module.fail_json(msg=f"no such owner or group: {error}")
+        uid = gid = None  # a host not converged yet (check mode): every file would be written
+    missing = [file["path"] for file in p["files"] if not os.path.isdir(os.path.dirname(file["path"]))]
+    if missing and not module.check_mode:
+        module.fail_json(msg=f"{missing[0]}: its directory is not there")
     written = []
     for file in p["files"]:
-        path, content = file["path"], file["content"].encode()
+        path, content, mode = file["path"], file["content"].encode(), file_mode(file["mode"])
+        content += b"" if content.endswith(b"\n") else b"\n"
         try:
-            mode = int(file["mode"], 8)
-        except ValueError:
-            module.fail_json(msg=f"{path}: mode {file['mode']!r} is not octal")
-        if not os.path.isdir(os.path.dirname(path)):
-            module.fail_json(msg=f"{path}: its directory is not there", written=written)
-        if holds(path, content, uid, gid, mode):
-            continue
-        written.append(path)
-        if not module.check_mode:
-            try:
+            if uid is not None and path not in missing and holds(path, content, uid, gid, mode):
+                continue
+            written.append(path)
+            if not module.check_mode:
                 write_atomically(path, content, uid, gid, mode)
-            except OSError as error:
-                module.fail_json(msg=f"{path}: {error}", written=written[:-1])
+        except OSError as error:  # e.g. a directory where the file goes
+            module.fail_json(msg=f"{path}: {error}")
     module.exit_json(changed=bool(written), written=written)
 
 
