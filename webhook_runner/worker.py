@@ -595,14 +595,17 @@ class Worker:
             if claimed is None:
                 return lines  # claimed meanwhile by another worker, which ran it before this one took the lock
             reason = f"schedule {name} (every {claimed['interval_seconds']:g} s), due {now:%Y-%m-%d %H:%M:%S %Z}"
+            # The queued jobs before the running one: each job write updates the runner's counters (registry
+            # count_jobs), whose rows a worker starting a job locks queued first, then running. Taken in the other
+            # order here, the two transactions could deadlock (seen with two runner hosts).
+            if schedule.tenant_action:
+                queued, unowned = store.queue_tenant_chores(conn, schedule, reason, now)
             job = store.insert_job(
                 conn, account=None, tenant_id=None, event_id=None, action=name,
                 playbook="" if schedule.tenant_action else schedule.playbook, extravars={}, state="running",
                 reason=reason, worker=self.name,
             )  # fmt: skip
             store.record_schedule_job(conn, name, job["id"])
-            if schedule.tenant_action:
-                queued, unowned = store.queue_tenant_chores(conn, schedule, reason, now)
         if not schedule.tenant_action:
             job = self._execute(job, retry=False)
             return [*lines, f"{name}: {schedule.playbook} job {job['id']} {job['state']}"]
