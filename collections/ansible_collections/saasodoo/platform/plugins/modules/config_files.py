@@ -103,8 +103,9 @@ def main() -> None:
     )
     p = module.params
     # Every entry is checked before any file is written: a refused run leaves them all as they were.
-    for file in p["files"]:
-        if file_mode(file["mode"]) is None:
+    modes = [file_mode(file["mode"]) for file in p["files"]]
+    for file, mode in zip(p["files"], modes, strict=True):
+        if mode is None:
             module.fail_json(msg=f"{file['path']}: mode {file['mode']!r} is not an octal mode (0644)")
     try:
         uid, gid = pwd.getpwnam(p["owner"]).pw_uid, grp.getgrnam(p["group"]).gr_gid
@@ -116,8 +117,8 @@ def main() -> None:
     if missing and not module.check_mode:
         module.fail_json(msg=f"{missing[0]}: its directory is not there")
     written = []
-    for file in p["files"]:
-        path, content, mode = file["path"], file["content"].encode(), file_mode(file["mode"])
+    for file, mode in zip(p["files"], modes, strict=True):
+        path, content = file["path"], file["content"].encode()
         content += b"" if content.endswith(b"\n") else b"\n"
         try:
             if uid is not None and path not in missing and holds(path, content, uid, gid, mode):
