@@ -6,14 +6,23 @@ no-change site.yml is ~150 of them. Mitogen (requirements.txt) runs the same mod
 per task drops. ansible.cfg selects this strategy; `ANSIBLE_STRATEGY=linear` runs any playbook without it.
 ansible-core 2.19 warns that strategy plugins from outside ansible.builtin carry no compatibility guarantee: the
 price of the speed, paid by pinning both.
+
+Loading this strategy also turns on the saasodoo.platform Jinja code cache (plugin_utils/jinja_code_cache.py) for
+the run: a template compiled by one task's process is loaded, not compiled again, by the next (.state/jinja-code).
 """
+
+from pathlib import Path
 
 import ansible_mitogen.affinity
 from ansible_mitogen.plugins.strategy.mitogen_linear import StrategyModule
+
+from ansible_collections.saasodoo.platform.plugins.plugin_utils import jinja_code_cache
 
 # Mitogen pins its processes to CPUs and keeps CPU 0 for its multiplexer: on a 2-core host the controller, the
 # modules and everything they start (PostgreSQL, PgBouncer, supervisord through the local connection) inherit
 # CPU 1 alone, and the platform runs on half the machine. The base Policy pins nothing: the kernel balances.
 ansible_mitogen.affinity.policy = ansible_mitogen.affinity.Policy()
+
+jinja_code_cache.install(str(Path(__file__).resolve().parents[2] / ".state" / "jinja-code"))
 
 __all__ = ["StrategyModule"]
