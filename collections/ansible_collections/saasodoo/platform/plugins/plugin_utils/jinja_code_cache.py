@@ -9,14 +9,15 @@ disk, keyed by those, and loaded in a tenth of a millisecond by the next process
 What the code depends on, and how each is kept:
 - the text, the backslash escaping of the call (`_TemplateCompileContext`), the embedded-templates setting, the
   environment's syntax settings, and the ansible-core, Jinja and Python versions: in the key;
-- an overlay environment (a template's own `#jinja2:` settings) or the template debugger: not cached, compiled as
-  before;
 - the filters and tests it calls: Jinja writes a filter's calling convention (whether it takes the context) into the
   code. Each entry lists the filters and tests with their conventions; a hit whose list no longer matches the
   plugins now loaded is compiled again.
 A template is compiled only after ansible-core's trust check passed, as before: the cache changes what a compile
-costs, never what is compiled. The directory is its owner's alone (0700, refused otherwise): its files are code
-this controller runs. A read or write that fails compiles as before.
+costs, never what is compiled. The directory is its owner's alone (0700, refused otherwise, and reached through a
+descriptor opened once): its files are code this controller runs. A read or write that fails, or an entry that is
+not whole, compiles as before. Not cached: a template with Jinja settings of its own (an overlay), the template
+debugger, Jinja extensions (ansible.cfg's jinja2_extensions change the syntax), and vault-encrypted text (its plain
+text would stay on disk).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import hashlib
 import importlib.util
 import marshal
 import os
+import types
 import typing as t
 
 import jinja2
@@ -39,6 +41,7 @@ from jinja2.utils import _PassArg
 display = Display()
 
 try:  # ansible-core's private templating: the pinned version's (requirements.txt), checked by the unit tests
+    from ansible._internal._datatag._tags import SourceWasEncrypted, VaultedValue
     from ansible._internal._templating import _jinja_bits
     from ansible._internal._templating._jinja_common import _TemplateConfig
 except ImportError:  # another ansible-core: nothing is cached
@@ -54,9 +57,12 @@ def _convention(plugin: t.Callable | None) -> str:
 
 
 class JinjaCodeCache:
-    def __init__(self, directory: str):
-        self.directory = directory
-        self.loaded: dict[str, tuple[t.Any, tuple]] = {}  # this process's entries: key -> (code, plugins)
+    """Entries in one directory, reached through a descriptor opened once (install): a directory renamed or replaced
+    afterwards, even by someone who may write to the ones above it, is never read."""
+
+    def __init__(self, directory_fd: int):
+        self.directory_fd = directory_fd
+        self.loaded: dict[str, tuple[types.CodeType, tuple]] = {}  # this process's entries: key -> (code, plugins)
 
     def key(self, env: t.Any, kind: str, source: str) -> str:
         compiling = _jinja_bits._TemplateCompileContext.current(optional=True)
@@ -86,14 +92,25 @@ class JinjaCodeCache:
             )
         )
 
-    def get(self, env: t.Any, key: str) -> t.Any:
-        entry = self.loaded.get(key)
+    def read(self, key: str) -> tuple[types.CodeType, tuple] | None:
+        """The entry on disk, if it is whole: a code object and its (kind, name, convention) strings."""
+        try:
+            descriptor = os.open(key, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self.directory_fd)
+            with os.fdopen(descriptor, "rb") as file:
+                code, plugins = marshal.load(file)  # noqa: S302 - this user's own 0700 directory (install)
+        except (OSError, EOFError, ValueError, TypeError):
+            return None
+        whole = (
+            type(code) is types.CodeType
+            and type(plugins) is tuple
+            and all(type(p) is tuple and len(p) == 3 and all(type(part) is str for part in p) for p in plugins)
+        )
+        return (code, plugins) if whole else None
+
+    def get(self, env: t.Any, key: str) -> types.CodeType | None:
+        entry = self.loaded.get(key) or self.read(key)
         if entry is None:
-            try:
-                with open(os.path.join(self.directory, key), "rb") as file:
-                    entry = marshal.load(file)  # noqa: S302 - this user's own 0700 directory (install)
-            except (OSError, EOFError, ValueError, TypeError):
-                return None
+            return None
         code, plugins = entry
         try:
             current = tuple(
@@ -107,26 +124,33 @@ class JinjaCodeCache:
         self.loaded[key] = entry
         return code
 
-    def put(self, key: str, code: t.Any, list_plugins: t.Callable[[], tuple]) -> None:
+    def put(self, key: str, code: types.CodeType, list_plugins: t.Callable[[], tuple]) -> None:
         try:
             plugins = list_plugins()
         except Exception:  # the compile succeeded: it is used, not kept
             return
         self.loaded[key] = (code, plugins)
-        path = os.path.join(self.directory, key)
-        partial = f"{path}.{os.getpid()}.{os.urandom(4).hex()}"
+        partial = f"{key}.{os.getpid()}.{os.urandom(4).hex()}"
         try:
-            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self.directory_fd)
             with os.fdopen(descriptor, "wb") as file:
                 marshal.dump((code, plugins), file)
-            os.replace(partial, path)
+            os.replace(partial, key, src_dir_fd=self.directory_fd, dst_dir_fd=self.directory_fd)
         except OSError:
             with contextlib.suppress(OSError):
-                os.unlink(partial)
+                os.unlink(partial, dir_fd=self.directory_fd)
 
 
-def _cacheable(env: t.Any) -> bool:
-    return not env.overlayed and not env._debuggable_template_source
+def _cacheable(env: t.Any, source: str) -> bool:
+    """Not an overlay (a template's own Jinja settings), not the template debugger, no Jinja extensions (which
+    change the syntax and the text), and not text that was vault-encrypted (its plain text would be kept on disk)."""
+    return (
+        not env.overlayed
+        and not env._debuggable_template_source
+        and not env.extensions
+        and not SourceWasEncrypted.is_tagged_on(source)
+        and not VaultedValue.is_tagged_on(source)
+    )
 
 
 def install(directory: str) -> bool:
@@ -140,15 +164,17 @@ def install(directory: str) -> bool:
     )
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        status = os.stat(directory)
+        directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as e:
         display.vvv(f"Jinja code cache off: {e}")
         return False
+    status = os.fstat(directory_fd)
     if status.st_uid != os.geteuid() or status.st_mode & 0o077:
+        os.close(directory_fd)
         display.vvv(f"Jinja code cache off: {directory} is not this user's alone")
         return False
 
-    cache = JinjaCodeCache(directory)
+    cache = JinjaCodeCache(directory_fd)  # the task processes forked later inherit the descriptor
     environment = _jinja_bits.AnsibleEnvironment
     compile_template, compile_expression = environment.compile, environment.compile_expression
 
@@ -157,7 +183,7 @@ def install(directory: str) -> bool:
             code = compile_template(self, source, name, filename, raw, defer_init)
             caught.append((code, source))
             return code
-        if not isinstance(source, str) or name or filename or raw or defer_init or not _cacheable(self):
+        if not isinstance(source, str) or name or filename or raw or defer_init or not _cacheable(self, source):
             return compile_template(self, source, name, filename, raw, defer_init)
         key = cache.key(self, "template", source)
         code = cache.get(self, key)
@@ -167,7 +193,7 @@ def install(directory: str) -> bool:
         return code
 
     def compile_expression_cached(self, source, undefined_to_none=True):
-        if not isinstance(source, str) or not _cacheable(self):
+        if not isinstance(source, str) or not _cacheable(self, source):
             return compile_expression(self, source, undefined_to_none)
         key = cache.key(self, "expression", source)
         code = cache.get(self, key)
