@@ -40,7 +40,9 @@ from jinja2.utils import _PassArg
 
 display = Display()
 
-try:  # ansible-core's private templating: the pinned version's (requirements.txt), checked by the unit tests
+# Written against ansible-core 2.19's private templating (requirements.txt pins it; tests/unit check it): another
+# series compiles as before.
+try:
     from ansible._internal._datatag._tags import SourceWasEncrypted, VaultedValue
     from ansible._internal._templating import _jinja_bits
     from ansible._internal._templating._jinja_common import _TemplateConfig
@@ -157,7 +159,9 @@ def install(directory: str) -> bool:
     """Cache the compiles of every AnsibleEnvironment in this process and the task processes it forks, in
     `directory` (made 0700 if missing). False, and nothing changed, when the directory is not this user's alone or
     this ansible-core is not the one it was written for."""
-    if _jinja_bits is None or getattr(_jinja_bits.AnsibleEnvironment, "_jinja_code_cache", None):
+    if _jinja_bits is None or not ansible_core_version.startswith("2.19."):
+        return False
+    if getattr(_jinja_bits.AnsibleEnvironment, "_jinja_code_cache", None):  # installed already
         return False
     directory = os.path.join(
         directory, "-".join((ansible_core_version, jinja2.__version__, importlib.util.MAGIC_NUMBER.hex()))
