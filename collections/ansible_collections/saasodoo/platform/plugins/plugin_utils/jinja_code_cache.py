@@ -4,7 +4,7 @@ ansible-core runs every task in a process forked for it, and compiles each templ
 same `vars/` expression is compiled once per task per host, 12 ms on average on this platform's hosts (the
 postgres_server role's input rules, 42 templates, cost 0.5 s of CPU per server before anything is done). The
 compiled code is a pure function of the template's text and of the settings it is compiled under, so it is kept on
-disk, keyed by those, and loaded in a tenth of a millisecond by the next process that needs it.
+disk, keyed by those, and the next process that needs it loads it instead of compiling it again.
 
 What the code depends on, and how each is kept:
 - the text, the backslash escaping of the call (`_TemplateCompileContext`), the embedded-templates setting, the
