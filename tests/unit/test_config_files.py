@@ -70,3 +70,49 @@ def test_a_directory_where_a_file_goes_fails_with_its_path(tmp_path: Path):
     (tmp_path / "server.key").mkdir()
     result = run_module("config_files", {"files": files(tmp_path), **ME}, tmp_path)
     assert result["failed"] and result["msg"].startswith(f"{tmp_path / 'server.key'}: "), result
+
+
+def test_directories_come_first_with_their_modes_and_their_missing_parents_as_mkdir_makes_them(tmp_path: Path):
+    archive, conf = tmp_path / "backups" / "wal", tmp_path / "conf.d"
+    conf.mkdir(mode=0o755)  # there already, the wrong mode
+    arguments = {
+        "directories": [{"path": str(archive), "mode": "0700"}, {"path": str(conf), "mode": "0750"}],
+        "files": [{"path": str(conf / "10-site.conf"), "content": "port = 5432", "mode": "0640"}],
+        **ME,
+    }
+    first = run_module("config_files", arguments, tmp_path)
+    assert first["changed"] and first["made"] == [str(archive), str(conf)], first
+    assert first["written"] == [str(conf / "10-site.conf")]
+    assert [path.stat().st_mode & 0o7777 for path in (archive, conf)] == [0o700, 0o750]
+    assert (archive.parent.stat().st_mode & 0o7777) == 0o777 & ~current_umask()
+    second = run_module("config_files", arguments, tmp_path)
+    assert not second["changed"] and second["made"] == [] and second["written"] == []
+
+
+def test_check_mode_names_the_directories_it_would_make_and_the_files_in_them(tmp_path: Path):
+    arguments = {
+        "directories": [{"path": str(tmp_path / "new"), "mode": "0700"}],
+        "files": files(tmp_path / "new"),
+        **ME,
+    }
+    result = run_module("config_files", arguments, tmp_path, check_mode=True)
+    assert not result.get("failed") and result["made"] == [str(tmp_path / "new")] and len(result["written"]) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_link_or_a_file_where_a_directory_goes_is_refused_and_nothing_is_followed(tmp_path: Path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    (tmp_path / "linked").symlink_to(elsewhere)
+    (tmp_path / "plain").write_text("")
+    for name, what in (("linked", "a link"), ("plain", "a file")):
+        arguments = {"directories": [{"path": str(tmp_path / name), "mode": "0700"}], **ME}
+        result = run_module("config_files", arguments, tmp_path)
+        assert result["failed"] and result["msg"] == f"{tmp_path / name}: not a directory ({what} is there)", result
+    assert elsewhere.stat().st_mode & 0o7777 == 0o755
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
