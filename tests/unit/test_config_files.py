@@ -80,11 +80,15 @@ def test_directories_come_first_with_their_modes_and_their_missing_parents_as_mk
         "files": [{"path": str(conf / "10-site.conf"), "content": "port = 5432", "mode": "0640"}],
         **ME,
     }
-    first = run_module("config_files", arguments, tmp_path)
+    umask = os.umask(0o077)  # a hardened host's: the module inherits it
+    try:
+        first = run_module("config_files", arguments, tmp_path)
+    finally:
+        os.umask(umask)
     assert first["changed"] and first["made"] == [str(archive), str(conf)], first
     assert first["written"] == [str(conf / "10-site.conf")]
     assert [path.stat().st_mode & 0o7777 for path in (archive, conf)] == [0o700, 0o750]
-    assert (archive.parent.stat().st_mode & 0o7777) == 0o777 & ~current_umask()
+    assert (archive.parent.stat().st_mode & 0o7777) == 0o755  # the umask's 077 below, yet others may pass
     second = run_module("config_files", arguments, tmp_path)
     assert not second["changed"] and second["made"] == [] and second["written"] == []
 
@@ -112,7 +116,27 @@ def test_a_link_or_a_file_where_a_directory_goes_is_refused_and_nothing_is_follo
     assert elsewhere.stat().st_mode & 0o7777 == 0o755
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def test_a_link_is_followed_only_where_no_one_but_root_could_have_put_it(tmp_path: Path):
+    # tmp_path is root's, 0700: a link there is root's own. In a directory the postgres user (here: nobody) owns,
+    # a link planted in place of the cluster's data directory must not take root's writes elsewhere.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    cluster, elsewhere = tmp_path / "cluster", tmp_path / "elsewhere"
+    cluster.mkdir()
+    elsewhere.mkdir()
+    (cluster / "data").symlink_to(elsewhere)
+    os.chown(cluster, 65534, 65534)
+    followed = run_module("config_files", {"files": files(tmp_path / "linked"), **ME}, tmp_path)
+    assert followed["changed"] and (tmp_path / "real" / "server.key").read_text() == "PRIVATE KEY\n", followed
+    for arguments in (
+        {"files": files(cluster / "data")},
+        {"directories": [{"path": str(cluster / "data" / "conf.d"), "mode": "0750"}]},
+    ):
+        refused = run_module("config_files", arguments | ME, tmp_path)
+        assert refused["failed"] and "data is a link where another user may write, not followed" in refused["msg"]
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_relative_path_is_refused(tmp_path: Path):
+    result = run_module("config_files", {"files": [{"path": "server.key", "content": "x", "mode": "0600"}]}, tmp_path)
+    assert result["failed"] and result["msg"] == "server.key: not an absolute path", result

@@ -3,19 +3,21 @@ certificates libpq must read from a file."""
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 import stat
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 
-def holds(path: str, content: bytes, uid: int, gid: int, mode: int) -> bool:
+def holds(path: str, content: bytes, uid: int, gid: int, mode: int, dir_fd: int | None = None) -> bool:
     """Whether `path` is a regular file with that content, owner and mode. Whoever may write beside it could have
     planted a link, a FIFO or a huge file there: links are not followed, nothing blocks, and no more bytes are read
-    than expected."""
+    than expected. With `dir_fd`, `path` is a name in that directory."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:  # missing, or a link (ELOOP)
         return False
     with os.fdopen(fd, "rb") as f:
@@ -28,10 +30,14 @@ def holds(path: str, content: bytes, uid: int, gid: int, mode: int) -> bool:
         )
 
 
-def write_atomically(path: str, content: bytes, uid: int, gid: int, mode: int) -> None:
+def write_atomically(path: str, content: bytes, uid: int, gid: int, mode: int, dir_fd: int | None = None) -> None:
     """Write beside `path`, then rename over it: no reader ever sees half a file, and a link planted at `path` is
-    replaced, not followed."""
-    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".saasodoo-")
+    replaced, not followed. With `dir_fd`, `path` is a name in that directory."""
+    if dir_fd is None:
+        fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".saasodoo-")
+    else:
+        temporary = f".saasodoo-{secrets.token_hex(8)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
     try:
         os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
@@ -39,11 +45,48 @@ def write_atomically(path: str, content: bytes, uid: int, gid: int, mode: int) -
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(temporary, path)
+        os.replace(temporary, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        with suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=dir_fd)
         raise
+
+
+def open_directory(path: str, make: bool = False) -> int:
+    """A descriptor of the directory at absolute `path`, reached one name at a time from /. A link is followed only
+    where no one but root could have put it (in a directory root owns and no one else may write to): under a
+    directory another user owns (the postgres user's cluster directory, PgBouncer's), a link planted in place of a
+    directory cannot send root's writes elsewhere. With `make`, missing directories are made, mode 0755 whatever the
+    umask (the services' users pass through them). OSError when a name is missing (without `make`), a link not
+    followed, or not a directory."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in [part for part in os.path.normpath(path).split("/") if part]:
+            child = _open_child(fd, name, make)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_child(fd: int, name: str, make: bool) -> int:
+    st = os.fstat(fd)
+    trusted = st.st_uid == 0 and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | (0 if trusted else os.O_NOFOLLOW), dir_fd=fd)
+    except FileNotFoundError:
+        if not make:
+            raise
+    except OSError:  # ENOTDIR or ELOOP: say which
+        if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+            raise OSError(errno.ELOOP, f"{name} is a link where another user may write, not followed") from None
+        raise
+    os.mkdir(name, 0o700, dir_fd=fd)
+    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+    os.fchmod(child, 0o755)
+    return child
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: config_files
-short_description: Ensure a few directories and files exist with exactly the given content, owner and mode
+short_description: Ensure a few directories and files exist with exactly the given content, owner, group and mode
 description:
   - Makes what C(ansible.builtin.file) with C(state=directory) makes, then writes what C(ansible.builtin.copy) with
     C(content) (or C(ansible.builtin.template), given its rendering) writes, for several at once. Each of those is a
@@ -18,9 +18,12 @@ description:
     differ. A link, a FIFO or another file found at a file's path is replaced, never followed. A file's directory
     must exist or be one of O(directories) (in check mode, on a host not converged yet, a file whose directory or
     owner is missing would be written).
-  - A directory's missing parents are made as C(mkdir --parents) makes them (this user, the umask's mode) and left
-    as they are when they exist. A link where a directory goes is refused, never followed.
-  - Every entry is checked before anything is made or written.
+  - A directory's missing parents are made this user's, mode 0755 whatever the umask (the services' users must
+    pass through them), and left as they are when they exist. A link where a directory goes is refused.
+  - Every path is reached one name at a time from C(/). A link on the way is followed only where no one but root
+    could have put it (in a directory root owns and no one else may write to), so a user who owns a directory on
+    the way (the postgres user, its cluster directory) cannot send the writes elsewhere.
+  - The paths (absolute) and modes are checked before anything is made or written.
   - The contents are never returned or logged (they hold private keys).
 version_added: 0.7.0
 author: SaaSOdoo ops maintainers
@@ -99,7 +102,7 @@ import stat
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.saasodoo.platform.plugins.module_utils.files import holds, write_atomically
+from ansible_collections.saasodoo.platform.plugins.module_utils.files import holds, open_directory, write_atomically
 
 
 def file_mode(text: str) -> int | None:
@@ -113,28 +116,35 @@ def file_mode(text: str) -> int | None:
 
 def ensure_directory(path: str, uid: int | None, gid: int | None, mode: int, check_mode: bool) -> bool:
     """Whether the directory was made or its owner, group or mode set (in check mode: would be)."""
+    parent, name = os.path.split(os.path.normpath(path))
     try:
-        st = os.lstat(path)
+        parent_fd = open_directory(parent, make=not check_mode)
     except FileNotFoundError:
         if check_mode:
-            return True
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.mkdir(path, 0o700)  # no wider than asked for until its owner and mode are set below
-        st, made = os.lstat(path), True
-    else:
-        made = False
-    if not stat.S_ISDIR(st.st_mode):
-        raise NotADirectoryError(f"not a directory ({'a link' if stat.S_ISLNK(st.st_mode) else 'a file'} is there)")
-    if (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, mode):
-        return made
-    if not check_mode:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            return True  # its parents would be made, and it
+        raise
+    try:
         try:
-            os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-    return True
+            st, made = os.stat(name, dir_fd=parent_fd, follow_symlinks=False), False
+        except FileNotFoundError:
+            if check_mode:
+                return True
+            os.mkdir(name, 0o700, dir_fd=parent_fd)  # no wider than asked for until its owner and mode are set
+            st, made = os.stat(name, dir_fd=parent_fd, follow_symlinks=False), True
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(f"not a directory ({'a link' if stat.S_ISLNK(st.st_mode) else 'a file'} is there)")
+        if (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, mode):
+            return made
+        if not check_mode:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+            try:
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+        return True
+    finally:
+        os.close(parent_fd)
 
 
 def main() -> None:
@@ -162,8 +172,11 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    # Every entry is checked before anything is made or written: a refused run leaves them all as they were.
+    # The modes and paths are checked before anything is made or written.
     entries = p["directories"] + p["files"]
+    for entry in entries:
+        if not os.path.isabs(entry["path"]):
+            module.fail_json(msg=f"{entry['path']}: not an absolute path")
     modes = [file_mode(entry["mode"]) for entry in entries]
     for entry, mode in zip(entries, modes, strict=True):
         if mode is None:
@@ -183,26 +196,42 @@ def main() -> None:
                 made.append(directory["path"])
         except OSError as error:
             module.fail_json(msg=f"{directory['path']}: {error}", made=made)
-    # In check mode a directory that would be made holds its files.
-    missing = [
-        file["path"]
-        for file in p["files"]
-        if os.path.dirname(file["path"]) not in made and not os.path.isdir(os.path.dirname(file["path"]))
-    ]
-    if missing and not module.check_mode:
-        module.fail_json(msg=f"{missing[0]}: its directory is not there", made=made)
-    written = []
-    for file, mode in zip(p["files"], file_modes, strict=True):
-        path, content = file["path"], file["content"].encode()
-        content += b"" if content.endswith(b"\n") else b"\n"
-        try:
-            if uid is not None and path not in missing and holds(path, content, uid, gid, mode):
+    # Each file's directory, reached as open_directory reaches it. In check mode a directory that would be made
+    # holds its files.
+    would_be_made = {os.path.normpath(path) for path in made}
+    directories = {}
+    try:
+        for file in p["files"]:
+            directory = os.path.dirname(os.path.normpath(file["path"]))
+            if directory in directories:
                 continue
-            written.append(path)
-            if not module.check_mode:
-                write_atomically(path, content, uid, gid, mode)
-        except OSError as error:  # e.g. a directory where the file goes
-            module.fail_json(msg=f"{path}: {error}", made=made, written=written[:-1])
+            try:
+                directories[directory] = open_directory(directory)
+            except FileNotFoundError:
+                if not module.check_mode:
+                    module.fail_json(msg=f"{file['path']}: its directory is not there", made=made)
+                directories[directory] = None
+            except OSError as error:
+                if not (module.check_mode and directory in would_be_made):
+                    module.fail_json(msg=f"{file['path']}: {error}", made=made)
+                directories[directory] = None
+        written = []
+        for file, mode in zip(p["files"], file_modes, strict=True):
+            directory, name = os.path.split(os.path.normpath(file["path"]))
+            dir_fd, content = directories[directory], file["content"].encode()
+            content += b"" if content.endswith(b"\n") else b"\n"
+            try:
+                if uid is not None and dir_fd is not None and holds(name, content, uid, gid, mode, dir_fd=dir_fd):
+                    continue
+                written.append(file["path"])
+                if not module.check_mode:
+                    write_atomically(name, content, uid, gid, mode, dir_fd=dir_fd)
+            except OSError as error:  # e.g. a directory where the file goes
+                module.fail_json(msg=f"{file['path']}: {error}", made=made, written=written[:-1])
+    finally:
+        for dir_fd in directories.values():
+            if dir_fd is not None:
+                os.close(dir_fd)
     module.exit_json(changed=bool(made or written), made=made, written=written)
 
 
