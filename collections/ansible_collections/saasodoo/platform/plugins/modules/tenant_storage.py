@@ -14,7 +14,8 @@ description:
     and C(addons), owned and moded as asked; seeds the filestore from its template's once (copied aside by the
     tenant's owner, then renamed into place); on CephFS sets the directory's quota (live, no remount) and makes the
     tenant's cephx client limited to that directory (C(ceph fs authorize)), refusing an existing client with other
-    capabilities; then measures the usage (C(du -sb) locally, C(ceph.dir.rbytes) on CephFS).
+    capabilities; then measures the usage (C(du -sb) locally, C(ceph.dir.rbytes) on CephFS), with a warning when
+    it is over the quota.
   - I(state=absent) deletes the cephx client and the tenant's directory tree.
   - On CephFS the root must be the admin mount (C(ceph-fuse) or the kernel client); anything else is refused, so a
     missing mount never puts a tenant's files on the disk under the mount point.
@@ -351,7 +352,13 @@ class Storage:
         if self.cephfs:
             self.quota()
             self.ensure_client()
-        return {"storage": self.report(p["quota_bytes"], self.used_bytes())}
+        used = self.used_bytes()
+        if used > p["quota_bytes"]:
+            self.module.warn(
+                f"tenant {p['tenant_id']} uses {used} bytes in {self.path}, over its quota of {p['quota_bytes']} bytes "
+                f"({'CephFS refuses further writes' if self.cephfs else 'not enforced on the local backend'})"
+            )
+        return {"storage": self.report(p["quota_bytes"], used)}
 
     def absent(self) -> dict:
         if self.cephfs:
