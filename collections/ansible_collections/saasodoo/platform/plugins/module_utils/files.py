@@ -54,11 +54,11 @@ def write_atomically(path: str, content: bytes, uid: int, gid: int, mode: int, d
 
 def open_directory(path: str, make: bool = False) -> int:
     """A descriptor of the directory at absolute `path`, reached one name at a time from /. A link is followed only
-    where no one but root could have put it (in a directory root owns and no one else may write to): under a
-    directory another user owns (the postgres user's cluster directory, PgBouncer's), a link planted in place of a
-    directory cannot send root's writes elsewhere. With `make`, missing directories are made, mode 0755 whatever the
-    umask (the services' users pass through them). OSError when a name is missing (without `make`), a link not
-    followed, or not a directory."""
+    where no one but root and this user could have put it (in a directory one of them owns and no one else may write
+    to): under a directory another user owns (the postgres user's cluster directory, PgBouncer's), a link planted in
+    place of a directory cannot send root's writes elsewhere. With `make`, missing directories are made, mode 0755
+    whatever the umask (the services' users pass through them). OSError when a name is missing (without `make`), a
+    link not followed, or not a directory."""
     fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
     try:
         for name in [part for part in os.path.normpath(path).split("/") if part]:
@@ -73,7 +73,7 @@ def open_directory(path: str, make: bool = False) -> int:
 
 def _open_child(fd: int, name: str, make: bool) -> int:
     st = os.fstat(fd)
-    trusted = st.st_uid == 0 and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    trusted = st.st_uid in (0, os.geteuid()) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     try:
         return os.open(name, os.O_RDONLY | os.O_DIRECTORY | (0 if trusted else os.O_NOFOLLOW), dir_fd=fd)
     except FileNotFoundError:

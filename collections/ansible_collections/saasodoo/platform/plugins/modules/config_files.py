@@ -21,8 +21,8 @@ description:
   - A directory's missing parents are made this user's, mode 0755 whatever the umask (the services' users must
     pass through them), and left as they are when they exist. A link where a directory goes is refused.
   - Every path is reached one name at a time from C(/). A link on the way is followed only where no one but root
-    could have put it (in a directory root owns and no one else may write to), so a user who owns a directory on
-    the way (the postgres user, its cluster directory) cannot send the writes elsewhere.
+    and this user could have put it (in a directory one of them owns and no one else may write to), so another user
+    who owns a directory on the way (the postgres user, its cluster directory) cannot send the writes elsewhere.
   - The paths (absolute) and modes are checked before anything is made or written.
   - The contents are never returned or logged (they hold private keys).
 version_added: 0.7.0
