@@ -100,6 +100,9 @@ def main() -> int:
         created += tenants
         with ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(lambda t: provision(t, capacity), tenants))
+        if (grown := server_count()) != servers:  # a new server's tasks are not the tenants'
+            sys.exit(f"placing the {args.tenants} tenants took the fleet from {servers} to {grown} servers: "
+                     "no like-for-like run (the pools were fuller than the capacity given allows)")  # fmt: skip
         after, tasks_after = no_change_site(capacity, args.runs, f"{args.tenants} more tenants")
         pings = [run(["ansible", "postgres_servers", "-m", "ansible.builtin.ping"])[0] for _ in range(args.runs)]
     finally:
