@@ -100,9 +100,7 @@ def main() -> int:
         created += tenants
         with ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(lambda t: provision(t, capacity), tenants))
-        if (grown := server_count()) != servers:  # a new server's tasks are not the tenants'
-            sys.exit(f"placing the {args.tenants} tenants took the fleet from {servers} to {grown} servers: "
-                     "no like-for-like run (the pools were fuller than the capacity given allows)")  # fmt: skip
+        grown = server_count()  # placing the tenants may have made a server: its tasks are not the tenants'
         after, tasks_after = no_change_site(capacity, args.runs, f"{args.tenants} more tenants")
         pings = [run(["ansible", "postgres_servers", "-m", "ansible.builtin.ping"])[0] for _ in range(args.runs)]
     finally:
@@ -118,7 +116,9 @@ def main() -> int:
     print(f"goal no-change site.yml ({servers} servers, {args.tenants} more tenants): {seconds:.1f} s vs "
           f"{GOAL_SECONDS:.0f} s ({GOAL_SERVERS} servers, {GOAL_TENANTS} tenants) — {verdict}")  # fmt: skip
     added = tasks_after - tasks_before
-    print(f"goal tasks the tenants add to a no-change site.yml: {added} vs 0 — {'met' if added <= 0 else 'NOT met'}")
+    grew = f" (not like for like: placing the tenants took the fleet from {servers} to {grown} servers)"
+    print(f"goal tasks the tenants add to a no-change site.yml: {added} vs 0 — {'met' if added <= 0 else 'NOT met'}"
+          f"{grew if grown != servers else ''}")  # fmt: skip
     return 0 if removed else 1
 
 
