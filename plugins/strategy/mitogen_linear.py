@@ -7,8 +7,10 @@ per task drops. ansible.cfg selects this strategy; `ANSIBLE_STRATEGY=linear` run
 ansible-core 2.19 warns that strategy plugins from outside ansible.builtin carry no compatibility guarantee: the
 price of the speed, paid by pinning both.
 
-Loading this strategy also turns on the saasodoo.platform Jinja code cache (plugin_utils/jinja_code_cache.py) for
-the run: a template compiled by one task's process is loaded, not compiled again, by the next (.state/jinja-code).
+Loading this strategy also turns on two saasodoo.platform code caches for the run: the Jinja code cache
+(plugin_utils/jinja_code_cache.py, .state/jinja-code): a template compiled by one task's process is loaded, not
+compiled again, by the next; and the Mitogen scan cache (plugin_utils/mitogen_scan_cache.py, .state/mitogen-scan):
+the Python files Mitogen compiles to read their imports are compiled once, not once per module and run.
 """
 
 from pathlib import Path
@@ -16,13 +18,15 @@ from pathlib import Path
 import ansible_mitogen.affinity
 from ansible_mitogen.plugins.strategy.mitogen_linear import StrategyModule
 
-from ansible_collections.saasodoo.platform.plugins.plugin_utils import jinja_code_cache
+from ansible_collections.saasodoo.platform.plugins.plugin_utils import jinja_code_cache, mitogen_scan_cache
 
 # Mitogen pins its processes to CPUs and keeps CPU 0 for its multiplexer: on a 2-core host the controller, the
 # modules and everything they start (PostgreSQL, PgBouncer, supervisord through the local connection) inherit
 # CPU 1 alone, and the platform runs on half the machine. The base Policy pins nothing: the kernel balances.
 ansible_mitogen.affinity.policy = ansible_mitogen.affinity.Policy()
 
-jinja_code_cache.install(str(Path(__file__).resolve().parents[2] / ".state" / "jinja-code"))
+STATE = Path(__file__).resolve().parents[2] / ".state"
+jinja_code_cache.install(str(STATE / "jinja-code"))
+mitogen_scan_cache.install(str(STATE / "mitogen-scan"))  # before the multiplexer is forked, which scans
 
 __all__ = ["StrategyModule"]

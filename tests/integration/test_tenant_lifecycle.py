@@ -15,14 +15,18 @@ import hashlib
 import http.client
 import json
 import os
+import pwd
 import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+
+from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
 
 from .conftest import LOCAL_STATE, LocalPlatform, PlaybookRun, assert_nothing_changed, run_playbook
 from .test_storage_cephfs import PROPAGATION_TIMEOUT, rbytes_of, wait_until, write_chunks
@@ -172,8 +176,11 @@ def suspend_and_resume(tenant: Tenant) -> None:
     with tenant.admin(tenant.db_name) as conn:
         assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 500
 
-    # resume
+    # resume; a start that finds the tenant's OS user other than provisioning made it makes it again
+    os_user = tenant_os_user(tenant.tenant_id)
+    subprocess.run(["usermod", "--shell", "/bin/sh", os_user], check=True)
     tenant.run_twice("tenant_resume.yml")
+    assert pwd.getpwnam(os_user).pw_shell == "/usr/sbin/nologin"
     assert tenant.record()["status"] == "active"
     assert get(tenant.tenant_id, "/web/health") == 200
     with tenant.as_tenant() as conn:

@@ -158,6 +158,7 @@ def test_a_directory_swapped_after_it_was_opened_is_never_read(tmp_path):
 
 def test_the_strategy_plugin_keeps_the_cache_in_the_checkouts_state_directory():
     source = (REPO / "plugins/strategy/mitogen_linear.py").read_text()
-    assert 'jinja_code_cache.install(str(Path(__file__).resolve().parents[2] / ".state" / "jinja-code"))' in source
+    assert 'STATE = Path(__file__).resolve().parents[2] / ".state"' in source
+    assert 'jinja_code_cache.install(str(STATE / "jinja-code"))' in source
     assert Path(REPO / "plugins/strategy/mitogen_linear.py").resolve().parents[2] == REPO
     assert os.path.exists(REPO / ".gitignore") and "/.state/" in (REPO / ".gitignore").read_text()

@@ -162,13 +162,11 @@ import pwd
 import shutil
 import stat
 import time
-import urllib.error
 import urllib.parse
 import xmlrpc.client
 from xml.parsers.expat import ExpatError
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.urls import open_url
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.files import holds, write_atomically
 
@@ -186,15 +184,16 @@ SUN_PATH_MAX = 107  # bytes of a Unix socket's path (sockaddr_un.sun_path, less 
 
 
 def fetch(url: str, host: str | None = None) -> tuple[int, str]:
-    """The status and body of a GET, without following redirects; (0, reason) when nothing answered. Loopback
-    addresses and the tenant's own name: never through a proxy the environment may name."""
+    """The status and body of a GET of an http:// URL, as the server answered it (http.client neither follows
+    redirects nor goes through a proxy the environment may name: loopback addresses and the tenant's own name);
+    (0, reason) when nothing answered."""
     try:
-        response = open_url(url, headers={"Host": host} if host else None, use_proxy=False,
-                            follow_redirects="none", timeout=5)  # fmt: skip
-        return response.status, response.read(MAX_BODY).decode(errors="replace")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read(MAX_BODY).decode(errors="replace")
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+        parts = urllib.parse.urlsplit(url)
+        with contextlib.closing(http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)) as connection:
+            connection.request("GET", parts.path or "/", headers={"Host": host} if host else {})
+            response = connection.getresponse()
+            return response.status, response.read(MAX_BODY).decode(errors="replace")
+    except (http.client.HTTPException, OSError, ValueError) as error:  # ValueError: a port that is not one
         return 0, str(error)
 
 

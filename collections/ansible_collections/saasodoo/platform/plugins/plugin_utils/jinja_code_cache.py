@@ -22,23 +22,20 @@ text would stay on disk).
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import hashlib
 import importlib.util
-import marshal
 import os
 import types
 import typing as t
 
 import jinja2
 from ansible.release import __version__ as ansible_core_version
-from ansible.utils.display import Display
 from jinja2 import nodes
 from jinja2.environment import TemplateExpression
 from jinja2.utils import _PassArg
 
-display = Display()
+from ansible_collections.saasodoo.platform.plugins.plugin_utils import code_directory
 
 # Written against ansible-core 2.19's private templating (requirements.txt pins it; tests/unit check it): another
 # series compiles as before.
@@ -59,8 +56,7 @@ def _convention(plugin: t.Callable | None) -> str:
 
 
 class JinjaCodeCache:
-    """Entries in one directory, reached through a descriptor opened once (install): a directory renamed or replaced
-    afterwards, even by someone who may write to the ones above it, is never read."""
+    """Entries in one directory (plugin_utils/code_directory.py), reached through a descriptor opened once."""
 
     def __init__(self, directory_fd: int):
         self.directory_fd = directory_fd
@@ -96,12 +92,10 @@ class JinjaCodeCache:
 
     def read(self, key: str) -> tuple[types.CodeType, tuple] | None:
         """The entry on disk, if it is whole: a code object and its (kind, name, convention) strings."""
-        try:
-            descriptor = os.open(key, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self.directory_fd)
-            with os.fdopen(descriptor, "rb") as file:
-                code, plugins = marshal.load(file)  # noqa: S302 - this user's own 0700 directory (install)
-        except (OSError, EOFError, ValueError, TypeError):
+        entry = code_directory.load(self.directory_fd, key)
+        if type(entry) is not tuple or len(entry) != 2:
             return None
+        code, plugins = entry
         whole = (
             type(code) is types.CodeType
             and type(plugins) is tuple
@@ -132,15 +126,7 @@ class JinjaCodeCache:
         except Exception:  # the compile succeeded: it is used, not kept
             return
         self.loaded[key] = (code, plugins)
-        partial = f"{key}.{os.getpid()}.{os.urandom(4).hex()}"
-        try:
-            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self.directory_fd)
-            with os.fdopen(descriptor, "wb") as file:
-                marshal.dump((code, plugins), file)
-            os.replace(partial, key, src_dir_fd=self.directory_fd, dst_dir_fd=self.directory_fd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(partial, dir_fd=self.directory_fd)
+        code_directory.keep(self.directory_fd, key, (code, plugins))
 
 
 def _cacheable(env: t.Any, source: str) -> bool:
@@ -166,16 +152,8 @@ def install(directory: str) -> bool:
     directory = os.path.join(
         directory, "-".join((ansible_core_version, jinja2.__version__, importlib.util.MAGIC_NUMBER.hex()))
     )
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError as e:
-        display.vvv(f"Jinja code cache off: {e}")
-        return False
-    status = os.fstat(directory_fd)
-    if status.st_uid != os.geteuid() or status.st_mode & 0o077:
-        os.close(directory_fd)
-        display.vvv(f"Jinja code cache off: {directory} is not this user's alone")
+    directory_fd = code_directory.open_private(directory, "Jinja code cache")
+    if directory_fd is None:
         return False
 
     cache = JinjaCodeCache(directory_fd)  # the task processes forked later inherit the descriptor
