@@ -38,3 +38,12 @@ def test_a_tenant_database_without_a_password_is_refused(tmp_path: Path):
     args = {"name": "t_acme", "password": "", "login_unix_socket": "/nonexistent", "login_port": 5432}
     result = run_module("tenant_database", args, tmp_path)
     assert result["failed"] and result["msg"] == "tenant database t_acme: a password is required to create it"
+
+
+def test_a_tenant_run_without_its_id_or_plan_says_what_it_needs(tmp_path: Path):
+    read = {"action": "tenant_suspend", "login_host": "127.0.0.1", "login_port": 1, "login_password": "x"}  # never used
+    result = run_module("registry_tenant", read | {"tenant_id": ""}, tmp_path)
+    assert result["failed"] and result["msg"] == "tenant_suspend needs -e tenant_id=<id>.", result
+    for plan_and_id in ({"tenant_id": "", "plan": "basic-monthly"}, {"tenant_id": "acme", "plan": ""}):
+        result = run_module("registry_tenant", read | {"action": "tenant_change_plan"} | plan_and_id, tmp_path)
+        assert result["msg"] == "tenant_change_plan needs -e tenant_id=<id> -e plan=<Kill Bill plan name>.", result

@@ -36,7 +36,8 @@ version_added: 0.1.0
 author: SaaSOdoo ops maintainers
 options:
   tenant_id:
-    description: The tenant's id.
+    description: The tenant's id. Empty fails, naming what the playbook needs (C(-e tenant_id=<id>), and
+      C(-e plan=<Kill Bill plan name>) when I(plan) is given).
     type: str
     required: true
   actor:
@@ -55,7 +56,7 @@ options:
     type: str
     choices: [provisioning, active, suspended, terminated, purged, failed]
   plan:
-    description: Kill Bill plan name to move the tenant to (its newest version).
+    description: Kill Bill plan name to move the tenant to (its newest version). Empty fails as an empty I(tenant_id).
     type: str
   allow_db_type_change:
     description: Accept a plan whose C(db_type) differs from where the database is (a migration moves it).
@@ -426,6 +427,10 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
+    p = module.params
+    if not p["tenant_id"] or p["plan"] == "":  # a playbook run without -e tenant_id= (or with an empty plan)
+        plan = " -e plan=<Kill Bill plan name>" if p["plan"] is not None else ""
+        module.fail_json(msg=f"{p['action'] or 'registry_tenant'} needs -e tenant_id=<id>{plan}.")
     if PSYCOPG_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
     try:
