@@ -60,3 +60,8 @@ def test_nothing_listening_is_status_0_with_the_reason():
 
 def test_a_url_whose_port_is_not_one_is_status_0():
     assert fetch("http://127.0.0.1:notaport/web/login")[0] == 0
+
+
+def test_a_url_without_an_http_host_is_status_0():
+    for url in ("http://:58100/web/login", "https://127.0.0.1:58100/web/login", "127.0.0.1:58100/web/login"):
+        assert fetch(url) == (0, f"{url} is not an http:// URL with a host")

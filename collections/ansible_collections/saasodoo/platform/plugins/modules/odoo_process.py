@@ -189,8 +189,13 @@ def fetch(url: str, host: str | None = None) -> tuple[int, str]:
     (0, reason) when nothing answered."""
     try:
         parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            return 0, f"{url} is not an http:// URL with a host"
         with contextlib.closing(http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)) as connection:
-            connection.request("GET", parts.path or "/", headers={"Host": host} if host else {})
+            # One request a connection, as urllib makes it: the answer ends where the server closes it at the latest.
+            connection.request(
+                "GET", parts.path or "/", headers={"Connection": "close"} | ({"Host": host} if host else {})
+            )
             response = connection.getresponse()
             return response.status, response.read(MAX_BODY).decode(errors="replace")
     except (http.client.HTTPException, OSError, ValueError) as error:  # ValueError: a port that is not one

@@ -14,9 +14,9 @@ What the code depends on, and how each is kept:
   plugins now loaded is compiled again.
 A template is compiled only after ansible-core's trust check passed, as before: the cache changes what a compile
 costs, never what is compiled. The directory is its owner's alone (plugin_utils/code_directory.py): its files are
-code this controller runs. A read or write that fails, or an entry that is not whole, compiles as before. Not cached: a template with Jinja settings of its own (an overlay), the template
-debugger, Jinja extensions (ansible.cfg's jinja2_extensions change the syntax), and vault-encrypted text (its plain
-text would stay on disk).
+code this controller runs. A read or write that fails, or an entry that is not whole, compiles as before. Not
+cached: a template with Jinja settings of its own (an overlay), the template debugger, Jinja extensions (ansible.cfg's
+jinja2_extensions change the syntax), and vault-encrypted text (its plain text would stay on disk).
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ Mitogen's multiplexer compiles Python source only to read the imports out of the
 know which to send), `mitogen.master.ModuleFinder.find_related_imports` for every module a host's interpreter asks
 for (to send the ones it will ask for next with it). Neither keeps what it compiled for the next module or the next
 run: every distinct module in a run compiled ansible.module_utils.basic and the forty files under it again, 50-75 ms
-each on this machine, and every run (a tenant job is one) started from nothing. The compiled code is a pure function
-of the source and the compile's arguments, so it is kept, keyed by those and the interpreter's bytecode version
-(the directory's name), in memory for the run and on disk (plugin_utils/code_directory.py) for the next one.
+each on this machine, and every run (a tenant job is one) started from nothing. The imports read out of the code
+depend on the source, the compile's arguments and the optimisation level only, so the code is kept, keyed by those
+and the interpreter's bytecode version (the directory's name), in memory for the run and on disk
+(plugin_utils/code_directory.py) for the next one.
 
 Mitogen never runs this code: it reads its import instructions, and sends the host the source. So a wrong entry could
 only change which modules go with another, never what runs. A failed read or write compiles as before.
@@ -19,6 +20,7 @@ import builtins
 import hashlib
 import importlib.util
 import os
+import sys
 import types
 
 from ansible_collections.saasodoo.platform.plugins.plugin_utils import code_directory
@@ -34,14 +36,17 @@ def cached_compile(directory_fd: int) -> types.FunctionType:
     def compile(source, filename, mode, flags=0, dont_inherit=False, optimize=-1, **kwargs):  # noqa: A001
         if kwargs or not isinstance(source, (str, bytes)):  # an AST, or a newer argument: compiled as asked
             return builtins.compile(source, filename, mode, flags, dont_inherit, optimize, **kwargs)
+        # Compiled without this module's own __future__ flags (no future flag changes what an import compiles to),
+        # at the optimisation level the run's interpreter would use (-O drops `if __debug__:` blocks, imports too).
+        optimize = sys.flags.optimize if optimize == -1 else optimize
         text = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
-        arguments = repr((type(source).__name__, filename, mode, flags, dont_inherit, optimize)).encode()
+        arguments = repr((type(source).__name__, filename, mode, flags, optimize)).encode()
         key = hashlib.sha256(arguments + b"\0" + text).hexdigest()
         code = kept.get(key)
         if code is None:
             code = code_directory.load(directory_fd, key)
             if type(code) is not types.CodeType:
-                code = builtins.compile(source, filename, mode, flags, dont_inherit, optimize)
+                code = builtins.compile(source, filename, mode, flags, True, optimize)
                 code_directory.keep(directory_fd, key, code)
             kept[key] = code
         return code
