@@ -164,19 +164,19 @@ import stat
 import time
 import urllib.parse
 import xmlrpc.client
-from xml.parsers.expat import ExpatError
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.files import holds, write_atomically
-
-try:
-    from supervisor.xmlrpc import Faults, SupervisorTransport
-except ImportError:
-    Faults = SupervisorTransport = None
+from ansible_collections.saasodoo.platform.plugins.module_utils.supervisor import (
+    ACTIVE_STATES,
+    UNANSWERED,
+    Faults,
+    SupervisorTransport,
+    supervisor_api,
+)
 
 ROLES = ("config", "program", "route", "database")
-ACTIVE_STATES = ("RUNNING", "STARTING", "BACKOFF")  # states that need no start, and a stop before files change
 LOGIN_FORM = "oe_login_form"
 MAX_BODY = 65536  # the tenant's Odoo answers: read no more than a login page
 POLL_SECONDS = 0.05  # a start is over in tenths of a second: poll as often
@@ -232,9 +232,7 @@ class OdooProcess:
         self.reloaded = False
         self.pgbouncer_ready = self.pgbouncer_fresh = False
 
-        self.supervisor = xmlrpc.client.ServerProxy(
-            "http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{self.p['supervisor_socket']}")
-        ).supervisor
+        self.supervisor = supervisor_api(self.p["supervisor_socket"])
 
     def rpc(self, method: str, *args, ok_faults: tuple[int, ...] = ()):
         """A supervisord XML-RPC call's answer; None for a fault the caller expects (e.g. NOT_RUNNING)."""
@@ -244,7 +242,7 @@ class OdooProcess:
             if fault.faultCode in ok_faults:
                 return None
             self.fail(f"supervisord refused {method}{args}: {fault.faultString}")
-        except (xmlrpc.client.Error, ExpatError, http.client.HTTPException, OSError) as error:  # Fault: above
+        except UNANSWERED as error:  # a Fault: above
             self.fail(f"supervisord does not answer as it should on {self.p['supervisor_socket']} ({error}):"
                       " converge the runtime host first (playbooks/site.yml)")  # fmt: skip
 

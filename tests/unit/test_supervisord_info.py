@@ -1,0 +1,85 @@
+"""supervisord_info against a real supervisord: what supervisorctl's pid and status say, in one module call."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_module
+
+BIN = Path(sys.executable).parent
+CONF = """\
+[unix_http_server]
+file = {dir}/s.sock
+[supervisord]
+pidfile = {dir}/supervisord.pid
+logfile = {dir}/supervisord.log
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[supervisorctl]
+serverurl = unix://{dir}/s.sock
+[program:web]
+command = sleep 600
+startsecs = 0
+[program:worker]
+command = sleep 600
+process_name = %(program_name)s-%(process_num)d
+numprocs = 2
+startsecs = 0
+[program:idle]
+command = sleep 600
+autostart = false
+"""
+
+
+@pytest.fixture
+def supervisord(tmp_path: Path):
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(CONF.format(dir=tmp_path))
+    daemon = subprocess.Popen([BIN / "supervisord", "-n", "-c", conf], stdout=subprocess.DEVNULL)
+    args = {"socket": str(tmp_path / "s.sock"), "names": ["web", "worker:*"]}
+    deadline = time.monotonic() + 30
+    while run_module("supervisord_info", args, tmp_path)["not_running"]:  # up, and its programs started
+        assert daemon.poll() is None and time.monotonic() < deadline, "supervisord did not start its programs"
+    yield daemon, conf
+    daemon.terminate()
+    daemon.wait(timeout=30)
+
+
+def test_the_states_supervisorctl_shows_in_one_call(supervisord, tmp_path: Path):
+    daemon, conf = supervisord
+    names = ["web", "worker:*", "idle", "nope", "worker:worker-1"]
+    result = run_module("supervisord_info", {"socket": str(tmp_path / "s.sock"), "names": names}, tmp_path)
+    assert result["running"] and result["pid"] == daemon.pid and not result["changed"], result
+    assert result["processes"] == [
+        {"name": "web", "state": "RUNNING"},
+        {"name": "worker:worker-0", "state": "RUNNING"},
+        {"name": "worker:worker-1", "state": "RUNNING"},
+        {"name": "idle", "state": "STOPPED"},
+        {"name": "nope", "state": None},
+        {"name": "worker:worker-1", "state": "RUNNING"},
+    ]
+    assert result["not_running"] == ["idle", "nope"]
+    # As supervisorctl itself shows them, and its exit status says not all run.
+    status = subprocess.run([BIN / "supervisorctl", "-c", conf, "status", "web", "worker:*", "idle"],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    shown = [line.split()[:2] for line in status.stdout.splitlines()]
+    assert status.returncode == 3 and shown == [[p["name"], p["state"]] for p in result["processes"][:4]], status
+
+
+def test_a_supervisord_that_does_not_answer_is_not_running(tmp_path: Path):
+    stale = tmp_path / "stale.sock"  # a socket file nobody listens on any more
+    with socket.socket(socket.AF_UNIX) as unbound:
+        unbound.bind(str(stale))
+    for path in (stale, tmp_path / "missing.sock"):
+        result = run_module("supervisord_info", {"socket": str(path), "names": ["web"]}, tmp_path)
+        del result["invocation"]
+        assert result == {
+            "changed": False, "running": False, "pid": None, "processes": [{"name": "web", "state": None}],
+            "not_running": ["web"],
+        }  # fmt: skip
