@@ -47,3 +47,16 @@ def test_a_tenant_run_without_its_id_or_plan_says_what_it_needs(tmp_path: Path):
     for plan_and_id in ({"tenant_id": "", "plan": "basic-monthly"}, {"tenant_id": "acme", "plan": ""}):
         result = run_module("registry_tenant", read | {"action": "tenant_change_plan"} | plan_and_id, tmp_path)
         assert result["msg"] == "tenant_change_plan needs -e tenant_id=<id> -e plan=<Kill Bill plan name>.", result
+
+
+def test_a_catalog_with_a_plan_without_its_db_type_is_refused_before_anything_is_written(tmp_path: Path):
+    login = {"login_host": "/nonexistent", "login_user": "postgres"}  # never reached
+    plans = {"basic-monthly": {"db_type": "shared"}, "odd": {"storage_gb": 5}, "flat": "dedicated"}
+    result = run_module("registry_plan", login | {"plans": plans}, tmp_path)
+    assert (
+        result["failed"]
+        and result["msg"] == "Plan flat needs db_type shared or dedicated in its entitlements (got str, not a mapping)."
+    ), result
+    del plans["flat"]
+    result = run_module("registry_plan", login | {"plans": plans}, tmp_path)
+    assert result["msg"] == "Plan odd needs db_type shared or dedicated in its entitlements (got None).", result

@@ -1,30 +1,28 @@
 #!/usr/bin/python
-"""Record a plan's entitlements in the registry's catalog, a new version when they change."""
+"""Record the plans' entitlements in the registry's catalog, a new version of each plan whose entitlements changed."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: registry_plan
-short_description: Record a plan's entitlements in the registry, a new version when they change
+short_description: Record the plans' entitlements in the registry, a new version of each plan that changed
 description:
-  - Makes the latest version of the plan in C(registry.plans) carry I(entitlements) (the inventory's
-    C(saasodoo_plans) entry). A new plan becomes version 1, changed entitlements become the next version
-    (C(effective_from) now), and entitlements equal to the latest version's (jsonb equality) change nothing.
+  - Makes the latest version of each plan of I(plans) in C(registry.plans) carry its entitlements (the inventory's
+    C(saasodoo_plans)), in one transaction and one module call. A new plan becomes version 1, changed entitlements
+    become the next version (C(effective_from) now), and entitlements equal to the latest version's (jsonb
+    equality) change nothing. Plans the registry has and I(plans) does not name stay as they are.
   - Versions are never updated or deleted, since tenants point at the version they run on. C(db_type) is the
-    entitlements' own (a check constraint keeps them equal); one without C(db_type) shared or dedicated is refused.
+    entitlements' own (a check constraint keeps them equal); a plan without C(db_type) shared or dedicated is
+    refused before anything is written.
   - Check mode computes the same answer and rolls it back.
   - The platform_registry role logs in as C(postgres) over the Unix socket (I(login_host) the socket directory, peer
     authentication, no password) and acts as the registry owner with I(session_role).
 version_added: 0.6.0
 author: SaaSOdoo ops maintainers
 options:
-  name:
-    description: The plan's name (its Kill Bill plan name).
-    type: str
-    required: true
-  entitlements:
-    description: What the plan gives, with its C(db_type).
+  plans:
+    description: The catalog - each plan's name (its Kill Bill plan name) with what it gives, its C(db_type) included.
     type: dict
     required: true
   login_password:
@@ -48,26 +46,26 @@ extends_documentation_fragment:
 EXAMPLES = r"""
 - name: Ensure each plan's latest version has the catalog's entitlements
   saasodoo.platform.registry_plan:
-    name: "{{ item.key }}"
-    entitlements: "{{ item.value }}"
+    plans: "{{ saasodoo_plans }}"
     login_host: /var/run/postgresql
     login_user: postgres
     session_role: saasodoo_registry
-  loop: "{{ saasodoo_plans | dict2items }}"
 """
 
 RETURN = r"""
-plan:
-  description: The plan's latest version after the change.
+plans:
+  description: Each plan's latest version after the change, by name.
   returned: success
   type: dict
-  sample: {"name": "basic-monthly", "version": 2, "db_type": "shared", "effective_from": "2026-01-01 10:00:00+00",
-           "entitlements": {"db_type": "shared", "odoo_workers": 3, "storage_gb": 5}}
-previous_version:
-  description: The version that was the latest before, or null for a new plan (same as C(plan.version) when
-    nothing changed).
+  sample: {"basic-monthly": {"name": "basic-monthly", "version": 2, "db_type": "shared",
+           "effective_from": "2026-01-01 10:00:00+00",
+           "entitlements": {"db_type": "shared", "odoo_workers": 3, "storage_gb": 5}}}
+changed_plans:
+  description: The plans that got a new version (a new plan's first), in name order.
   returned: success
-  type: int
+  type: list
+  elements: str
+  sample: [basic-monthly]
 """
 
 import traceback
@@ -100,29 +98,30 @@ class PlanError(Exception):
 
 def run_module(module: AnsibleModule) -> dict:
     p = module.params
-    name, entitlements = p["name"], p["entitlements"]
-    if entitlements.get("db_type") not in DB_TYPES:
-        raise PlanError(
-            f"Plan {name} needs db_type shared or dedicated in its entitlements (got {entitlements.get('db_type')!r})."
-        )
+    plans = dict(sorted(p["plans"].items()))
+    for name, entitlements in plans.items():
+        db_type = entitlements.get("db_type") if isinstance(entitlements, dict) else None
+        if db_type not in DB_TYPES:
+            got = repr(db_type) if isinstance(entitlements, dict) else f"{type(entitlements).__name__}, not a mapping"
+            raise PlanError(f"Plan {name} needs db_type shared or dedicated in its entitlements (got {got}).")
+    latest, before, after = {}, {}, {}
     with connect_registry_session(p) as conn, conn.transaction(force_rollback=module.check_mode):
-        before = latest_plan(conn, name)
-        new = record_plan_version(conn, name, entitlements)
-    result = dict(
-        changed=new is not None,
-        plan=new or before,
-        previous_version=before["version"] if before else None,
-    )
-    if module._diff and new is not None:
-        result["diff"] = dict(before=before["entitlements"] if before else {}, after=new["entitlements"])
+        for name, entitlements in plans.items():
+            previous = latest_plan(conn, name)
+            new = record_plan_version(conn, name, entitlements)
+            latest[name] = new or previous
+            if new is not None:
+                before[name], after[name] = previous["entitlements"] if previous else {}, new["entitlements"]
+    result = dict(changed=bool(after), plans=latest, changed_plans=list(after))
+    if module._diff and after:
+        result["diff"] = dict(before=before, after=after)
     return result
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            name=dict(type="str", required=True),
-            entitlements=dict(type="dict", required=True),
+            plans=dict(type="dict", required=True),
             **SESSION_LOGIN_OPTIONS,
         ),
         supports_check_mode=True,
@@ -132,9 +131,9 @@ def main() -> None:
     try:
         module.exit_json(**run_module(module))
     except (PlanError, RegistryUnreachable) as e:
-        module.fail_json(msg=str(e), name=module.params["name"])
+        module.fail_json(msg=str(e))
     except psycopg.Error as e:
-        module.fail_json(msg=f"registry error for plan {module.params['name']}: {e}")
+        module.fail_json(msg=f"registry error while recording the plans: {e}")
 
 
 if __name__ == "__main__":
