@@ -6,9 +6,11 @@ import socket
 import subprocess
 import sys
 import time
+import xmlrpc.client
 from pathlib import Path
 
 import pytest
+from supervisor.xmlrpc import SupervisorTransport
 
 from conftest import run_module
 
@@ -34,6 +36,10 @@ startsecs = 0
 [program:idle]
 command = sleep 600
 autostart = false
+[program:stubborn]
+command = sh -c 'trap "" TERM; while :; do sleep 1; done'
+startsecs = 0
+stopwaitsecs = 3
 """
 
 
@@ -49,6 +55,12 @@ def supervisord(tmp_path: Path):
     yield daemon, conf
     daemon.terminate()
     daemon.wait(timeout=30)
+
+
+def api(tmp_path: Path):
+    return xmlrpc.client.ServerProxy(
+        "http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{tmp_path}/s.sock")
+    ).supervisor
 
 
 def test_the_states_supervisorctl_shows_in_one_call(supervisord, tmp_path: Path):
@@ -83,3 +95,18 @@ def test_a_supervisord_that_does_not_answer_is_not_running(tmp_path: Path):
             "changed": False, "running": False, "pid": None, "processes": [{"name": "web", "state": None}],
             "not_running": ["web"],
         }  # fmt: skip
+
+
+def test_a_process_stopping_or_a_supervisord_shutting_down_as_supervisorctl_sees_them(supervisord, tmp_path: Path):
+    daemon, conf = supervisord
+    args = {"socket": str(tmp_path / "s.sock"), "names": ["stubborn"]}
+    api(tmp_path).stopProcess("stubborn", False)  # it ignores SIGTERM: STOPPING until stopwaitsecs
+    result = run_module("supervisord_info", args, tmp_path)
+    status = subprocess.run([BIN / "supervisorctl", "-c", conf, "status", "stubborn"], capture_output=True, check=False)
+    assert result["processes"] == [{"name": "stubborn", "state": "STOPPING"}] and result["not_running"] == []
+    assert status.returncode == 0, status  # supervisorctl's status: not stopped either
+    api(tmp_path).shutdown()  # supervisord waits for it to go: SHUTDOWN, and every call refused
+    result = run_module("supervisord_info", args, tmp_path)
+    pid = subprocess.run([BIN / "supervisorctl", "-c", conf, "pid"], capture_output=True, text=True, check=False)
+    assert not result["running"] and result["not_running"] == ["stubborn"], result
+    assert daemon.poll() is None and pid.returncode != 0, pid  # still there, and supervisorctl pid says no too

@@ -12,8 +12,10 @@ try:
 except ImportError:  # the module says so with missing_required_lib("supervisor")
     Faults = SupervisorTransport = None
 
-# supervisorctl's RUNNING_STATES (supervisor/states.py): a process in one needs no start.
+# supervisor/states.py's RUNNING_STATES: a process in one needs no start (startProcess refuses it).
 ACTIVE_STATES = ("RUNNING", "STARTING", "BACKOFF")
+# supervisor/states.py's STOPPED_STATES: the states for which `supervisorctl status` exits 3 (NOT_RUNNING).
+STOPPED_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")
 # What a call raises when supervisord does not answer as it should; a Fault (an xmlrpc.client.Error) is a refusal.
 UNANSWERED = (xmlrpc.client.Error, ExpatError, http.client.HTTPException, OSError)
 

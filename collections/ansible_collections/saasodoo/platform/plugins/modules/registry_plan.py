@@ -107,8 +107,11 @@ def run_module(module: AnsibleModule) -> dict:
     latest, before, after = {}, {}, {}
     with connect_registry_session(p) as conn, conn.transaction(force_rollback=module.check_mode):
         for name, entitlements in plans.items():
-            previous = latest_plan(conn, name)
-            new = record_plan_version(conn, name, entitlements)
+            try:
+                previous = latest_plan(conn, name)
+                new = record_plan_version(conn, name, entitlements)
+            except psycopg.Error as e:
+                raise PlanError(f"registry error for plan {name}: {e}") from e
             latest[name] = new or previous
             if new is not None:
                 before[name], after[name] = previous["entitlements"] if previous else {}, new["entitlements"]

@@ -11,8 +11,10 @@ description:
   - Reads what C(supervisorctl pid) and C(supervisorctl status <name>...) print, through supervisord's XML-RPC
     interface on its Unix socket (supervisor's own C(SupervisorTransport)) in one module call, where each
     supervisorctl command costs a Python start-up (about 0.15 s).
-  - Changes nothing. A supervisord that does not answer on the socket (no socket, a refused connection, a stale
-    socket file) is reported as not running, as C(supervisorctl pid) exits non-zero then.
+  - Changes nothing. A supervisord that is not there (no socket, or a stale socket file, which refuses the
+    connection) or that is shutting down is reported as not running, as C(supervisorctl pid) exits non-zero then.
+    Any other failure to reach it (a permission, an answer that is not supervisord's) fails the module with the
+    reason.
 options:
   socket:
     description: supervisord's Unix socket (the C(file) of its C([unix_http_server]) section).
@@ -22,12 +24,13 @@ options:
     description:
       - The processes to report, named as supervisorctl names them (supervisor/options.py, C(split_namespec)).
       - C(<program>) for the process of a program, C(<group>:*) for every process of a group, C(<group>:<process>)
-        for one.
+        for one. No name reports no process (C(all), or none, do not mean every process as in supervisorctl).
     type: list
     elements: str
     default: []
 requirements: [supervisor (in the Python that runs the module)]
-author: SaaSOdoo ops
+version_added: 0.9.0
+author: SaaSOdoo ops maintainers
 """
 
 EXAMPLES = r"""
@@ -60,8 +63,9 @@ processes:
     - {name: "webhook-runner-worker:webhook-runner-worker-1", state: FATAL}
 not_running:
   description:
-    - The names among I(processes) that are not RUNNING, STARTING or BACKOFF (or not known), those for which
-      C(supervisorctl status) exits non-zero; all the names when supervisord does not run.
+    - The names among I(processes) that are STOPPED, EXITED, FATAL or UNKNOWN, or not known to supervisord, those
+      for which C(supervisorctl status) exits non-zero (a process STOPPING is not among them); all the names when
+      supervisord does not run.
   returned: always
   type: list
   elements: str
@@ -72,8 +76,8 @@ import xmlrpc.client
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.supervisor import (
-    ACTIVE_STATES,
-    UNANSWERED,
+    STOPPED_STATES,
+    Faults,
     SupervisorTransport,
     supervisor_api,
 )
@@ -105,20 +109,26 @@ def main() -> None:
     )
     if SupervisorTransport is None:
         module.fail_json(msg=missing_required_lib("supervisor"))
-    api = supervisor_api(module.params["socket"])
+    socket, names = module.params["socket"], module.params["names"]
+    api = supervisor_api(socket)
     try:
-        pid, infos = api.getPID(), api.getAllProcessInfo()
-    except xmlrpc.client.Fault as fault:
-        module.fail_json(msg=f"supervisord on {module.params['socket']} refused: {fault.faultString}")
-    except UNANSWERED:
+        pid = api.getPID()
+        infos = api.getAllProcessInfo() if names else []
+    except (FileNotFoundError, ConnectionRefusedError):  # not started, or gone and its socket file left
         pid, infos = None, []
-    processes = select(infos, module.params["names"])
+    except xmlrpc.client.Fault as fault:
+        if fault.faultCode != Faults.SHUTDOWN_STATE:
+            module.fail_json(msg=f"supervisord on {socket} refused: {fault.faultString}")
+        pid, infos = None, []
+    except Exception as error:  # a permission, a socket that is not supervisord's: say so, decide nothing
+        module.fail_json(msg=f"supervisord on {socket} does not answer as it should: {error!r}")
+    processes = select(infos, names)
     module.exit_json(
         changed=False,
         running=pid is not None,
         pid=pid,
         processes=processes,
-        not_running=[process["name"] for process in processes if process["state"] not in ACTIVE_STATES],
+        not_running=[process["name"] for process in processes if process["state"] in (*STOPPED_STATES, None)],
     )
 
 
