@@ -172,10 +172,18 @@ def pause_deployed_runner():
     """The runner site.yml deploys takes the same inbox: stop its workers while a test runs its own."""
     conf = RUNNER_STATE / "supervisord.conf"
     if conf.exists():
-        subprocess.run(["supervisorctl", "-c", str(conf), "stop", "all"], capture_output=True, check=False)
+        supervisorctl = [str(VENV_BIN / "supervisorctl"), "-c", str(conf)]
+        subprocess.run([*supervisorctl, "stop", "all"], capture_output=True, check=False)
+        # Checked, not assumed: a worker of the deployed runner left running takes the test's jobs from under it.
+        status = subprocess.run([*supervisorctl, "status"], capture_output=True, text=True, check=False).stdout
+        running = [
+            line for line in status.splitlines() if line.split()[1:2] in (["RUNNING"], ["STARTING"], ["BACKOFF"])
+        ]
+        assert not running, f"the deployed runner did not stop:\n{status}"
     return conf
 
 
 def resume_deployed_runner(conf: Path) -> None:
     if conf.exists():
-        subprocess.run(["supervisorctl", "-c", str(conf), "start", "all"], capture_output=True, check=False)
+        supervisorctl = [str(VENV_BIN / "supervisorctl"), "-c", str(conf)]
+        subprocess.run([*supervisorctl, "start", "all"], capture_output=True, check=False)

@@ -114,7 +114,12 @@ def recovered_by_the_runner(mover: Mover, platform: LocalPlatform, state: Path) 
         runner_command(settings, "worker", "--drain", "--account", mover.record()["customer_id"])  # nobody else's work
     finally:
         resume_deployed_runner(deployed)
-    return last_recovery_job(mover)
+    # Should a worker other than the drained one have taken the job (a deployed one some other test started again),
+    # the job as it ends is still the runner's answer.
+    deadline = time.monotonic() + 600
+    while (job := last_recovery_job(mover))["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return job
 
 
 def last_recovery_job(mover: Mover) -> dict:
