@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,9 +39,10 @@ startsecs = 0
 command = sleep 600
 autostart = false
 [program:stubborn]
-command = sh -c 'trap "" TERM; while :; do sleep 1; done'
+command = sh -c 'trap "" TERM; touch {dir}/stubborn.ready; while :; do sleep 1; done'
+autostart = false
 startsecs = 0
-stopwaitsecs = 3
+stopwaitsecs = 120
 """
 
 
@@ -100,13 +103,19 @@ def test_a_supervisord_that_does_not_answer_is_not_running(tmp_path: Path):
 def test_a_process_stopping_or_a_supervisord_shutting_down_as_supervisorctl_sees_them(supervisord, tmp_path: Path):
     daemon, conf = supervisord
     args = {"socket": str(tmp_path / "s.sock"), "names": ["stubborn"]}
-    api(tmp_path).stopProcess("stubborn", False)  # it ignores SIGTERM: STOPPING until stopwaitsecs
+    api(tmp_path).startProcess("stubborn")
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "stubborn.ready").exists():  # its trap set: a SIGTERM before it would end it
+        assert time.monotonic() < deadline, "the stubborn program did not start"
+    pid = api(tmp_path).getProcessInfo("stubborn")["pid"]
+    api(tmp_path).stopProcess("stubborn", False)  # it ignores SIGTERM: STOPPING until stopwaitsecs (or killed below)
     result = run_module("supervisord_info", args, tmp_path)
     status = subprocess.run([BIN / "supervisorctl", "-c", conf, "status", "stubborn"], capture_output=True, check=False)
     assert result["processes"] == [{"name": "stubborn", "state": "STOPPING"}] and result["not_running"] == []
     assert status.returncode == 0, status  # supervisorctl's status: not stopped either
     api(tmp_path).shutdown()  # supervisord waits for it to go: SHUTDOWN, and every call refused
     result = run_module("supervisord_info", args, tmp_path)
-    pid = subprocess.run([BIN / "supervisorctl", "-c", conf, "pid"], capture_output=True, text=True, check=False)
+    asked = subprocess.run([BIN / "supervisorctl", "-c", conf, "pid"], capture_output=True, text=True, check=False)
     assert not result["running"] and result["not_running"] == ["stubborn"], result
-    assert daemon.poll() is None and pid.returncode != 0, pid  # still there, and supervisorctl pid says no too
+    assert daemon.poll() is None and asked.returncode != 0, asked  # still there, and supervisorctl pid says no too
+    os.kill(pid, signal.SIGKILL)  # supervisord may go now
