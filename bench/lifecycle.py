@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
 from bench.runner import percentile, registry_conninfo, row  # noqa: E402
 from tests.integration.conftest import remove_tenants  # noqa: E402
+from webhook_runner.worker import JOB_ENVIRONMENT  # noqa: E402
 
 PLAYBOOK_COMMAND = REPO / "webhook_runner/ansible-playbook"  # the runner's own, as its jobs run
 TRANSITIONS = (  # (label, playbook, extra vars)
@@ -63,8 +64,8 @@ def run(scratch: Path, playbook: Path, extravars: dict, inventory: str) -> float
     started = time.perf_counter()
     result = ansible_runner.run(
         private_data_dir=str(scratch), project_dir=str(REPO), binary=str(PLAYBOOK_COMMAND), cmdline=str(playbook),
-        inventory=inventory, extravars=extravars, envvars={"ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
-        quiet=True, suppress_env_files=True,
+        inventory=inventory, extravars=extravars, quiet=True, suppress_env_files=True,
+        envvars={"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), **JOB_ENVIRONMENT},  # the runner's jobs' own
     )  # fmt: skip
     seconds = time.perf_counter() - started
     if result.rc != 0:

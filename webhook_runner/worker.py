@@ -53,6 +53,9 @@ from .schedules import SCHEDULES, TENANT_ACTIONS
 
 log = logging.getLogger("webhook_runner.worker")
 PLAYBOOK_COMMAND = Path(__file__).with_name("ansible-playbook")  # dies with the worker (see the script)
+# Every job's environment beside its own: no tenant hosts in the inventory (saasodoo.platform.registry's `tenants`).
+# No playbook targets one, and each would cost every job's start.
+JOB_ENVIRONMENT = {"SAASODOO_INVENTORY_TENANTS": "false"}
 
 # Jobs that only ask for an account to be read again (Kill Bill was unreachable, or reconcile found drift).
 CONVERGE, RECONCILE = "converge", "reconcile"
@@ -358,6 +361,7 @@ class Worker:
                     # ansible-runner sets the callback path, so ansible.cfg's would be lost: the audit callback's
                     # directory goes first; the run is recorded as this job's attempt.
                     "ANSIBLE_CALLBACK_PLUGINS": str(settings.project_dir / "plugins/callback"),
+                    **JOB_ENVIRONMENT,
                     "SAASODOO_AUDIT_JOB": str(job["id"]),
                     "SAASODOO_AUDIT_RUN": run_id,
                     # ansible-playbook from this venv, whatever PATH the worker was started with

@@ -123,6 +123,23 @@ def test_graph_shows_the_tenants(throwaway_tenants: list[str]):
         assert f"--tenant-{tenant_id}\n" in graph
 
 
+def test_the_runners_jobs_leave_the_tenants_out(listing, throwaway_tenants: list[str]):
+    """SAASODOO_INVENTORY_TENANTS=false (the webhook runner's jobs): the servers, with what the registry says of
+    them, and not one tenant host or group."""
+    done = subprocess.run(
+        [str(VENV_BIN / "ansible-inventory"), "-i", "inventories/local", "--list"], cwd=REPO, capture_output=True,
+        env={**ansible_env(), "SAASODOO_INVENTORY_TENANTS": "false"}, text=True, check=True,
+    )  # fmt: skip
+    without = plain(json.loads(done.stdout))
+    assert not [host for host in without["_meta"]["hostvars"] if host.startswith("tenant-")]
+    assert "tenants" not in without and "status_active" not in without
+    servers = hosts_of(listing[1], "pools_shared")
+    assert servers and hosts_of(without, "pools_shared") == servers
+    for server in servers:
+        registry_view = listing[1]["_meta"]["hostvars"][server]["saasodoo_registry_db_server"]
+        assert without["_meta"]["hostvars"][server]["saasodoo_registry_db_server"] == registry_view
+
+
 @pytest.mark.parametrize("group", ["tenants", "plan_basic_monthly", "pool_pool_shared_01", "status_active"])
 def test_tenants_are_in_their_groups(listing, throwaway_tenants: list[str], group: str):
     assert {f"tenant-{t}" for t in throwaway_tenants} <= hosts_of(listing[1], group)

@@ -316,7 +316,8 @@ class FakeConnection:
     def __exit__(self, *exc: Any) -> None:
         return None
 
-    def execute(self, query: str) -> FakeConnection:
+    def execute(self, query: str, params: dict | None = None) -> FakeConnection:
+        self.params = params
         self._row = self._results.pop(0)
         return self
 
@@ -335,6 +336,14 @@ def test_a_registry_without_schema_asks_for_site_yml(monkeypatch):
 def test_fetch_returns_servers_and_tenants(monkeypatch):
     monkeypatch.setattr(registry.psycopg, "connect", lambda **kw: FakeConnection([(True,), ([SHARED], [ACME])]))
     assert registry.fetch_fleet(SETTINGS) == ([SHARED], [ACME])
+
+
+@pytest.mark.parametrize("tenants", [True, False])
+def test_fetch_asks_for_the_tenants_only_when_wanted(monkeypatch, tenants: bool):
+    conn = FakeConnection([(True,), ([SHARED], [ACME] if tenants else [])])
+    monkeypatch.setattr(registry.psycopg, "connect", lambda **kw: conn)
+    registry.fetch_fleet(SETTINGS, tenants=tenants)
+    assert conn.params == {"tenants": tenants}
 
 
 @pytest.mark.parametrize(
@@ -389,6 +398,7 @@ def parse_with(monkeypatch, tmp_path: Path, options: dict[str, Any], fetched=Non
         "registry_sslmode": "prefer",
         "registry_sslrootcert": None,
         "connect_timeout": 5,
+        "tenants": True,
         "strict": False,
         "compose": {},
         "groups": {},
@@ -398,7 +408,7 @@ def parse_with(monkeypatch, tmp_path: Path, options: dict[str, Any], fetched=Non
         **options,
     }
     monkeypatch.setattr(plugin, "_read_config_data", lambda path: plugin._options.update(config))
-    monkeypatch.setattr(registry, "fetch_fleet", lambda settings: fetched or ([SHARED], [ACME, GLOBEX]))
+    monkeypatch.setattr(registry, "fetch_fleet", lambda settings, tenants: fetched or ([SHARED], [ACME, GLOBEX]))
     inventory = InventoryData()
     plugin.parse(inventory, DataLoader(), str(tmp_path / "saasodoo.registry.yml"))
     return inventory
@@ -430,7 +440,7 @@ def test_parse_in_strict_mode_fails_on_a_bad_expression(monkeypatch, tmp_path: P
 
 
 def test_parse_maps_registry_errors_to_parser_errors(monkeypatch, tmp_path: Path):
-    def unreachable(settings: registry.RegistrySettings) -> None:
+    def unreachable(settings: registry.RegistrySettings, tenants: bool) -> None:
         raise registry.RegistryError(f"cannot connect to the platform registry at {settings.where}")
 
     plugin = registry.InventoryModule()
@@ -447,6 +457,7 @@ def test_parse_maps_registry_errors_to_parser_errors(monkeypatch, tmp_path: Path
             registry_sslmode="prefer",
             registry_sslrootcert=None,
             connect_timeout=1,
+            tenants=True,
         ),
     )
     monkeypatch.setattr(registry, "fetch_fleet", unreachable)
@@ -499,13 +510,13 @@ def test_parse_without_a_password_names_the_registry_and_the_fix(monkeypatch, tm
 
 def test_the_registry_certificate_is_checked_against_a_ca_beside_the_configuration(monkeypatch, tmp_path: Path):
     seen = []
-    monkeypatch.setattr(registry, "fetch_fleet", lambda settings: seen.append(settings) or ([SHARED], []))
+    monkeypatch.setattr(registry, "fetch_fleet", lambda settings, tenants: seen.append(settings) or ([SHARED], []))
     plugin = registry.InventoryModule()
     config = {
         "registry_host": "10.0.0.1", "registry_port": 5432, "registry_database": "saasodoo_registry",
         "registry_user": "saasodoo_registry", "registry_password": "pw", "platform_secret_file": None,
         "registry_sslmode": "verify-full", "registry_sslrootcert": "../secrets/tls/ca.crt", "connect_timeout": 5,
-        "strict": False, "compose": {}, "groups": {}, "keyed_groups": [], "leading_separator": True,
+        "tenants": True, "strict": False, "compose": {}, "groups": {}, "keyed_groups": [], "leading_separator": True,
         "use_extra_vars": False,
     }  # fmt: skip
     monkeypatch.setattr(plugin, "_read_config_data", lambda path: plugin._options.update(config))

@@ -78,6 +78,16 @@ options:
     description: Seconds to wait for the registry before giving up on this source.
     type: int
     default: 5
+  tenants:
+    description:
+      - Whether the tenants become hosts. The servers always do.
+      - No playbook targets a tenant host, and each one costs every run that loads this inventory (the registry's
+        lookup of its last run, and Ansible's work for a host in four groups). The webhook runner's jobs leave them
+        out with C(SAASODOO_INVENTORY_TENANTS=false); ops and auditors see them.
+    type: bool
+    default: true
+    env:
+      - name: SAASODOO_INVENTORY_TENANTS
 notes:
   - When the registry cannot be reached, has no schema yet or refuses the login, parsing fails with a message
     naming C(host:port/database) (never the password). Ansible then warns and goes on with the other inventory
@@ -189,7 +199,7 @@ SELECT
                       WHERE a.tenant_id = tenants.tenant_id AND a.detail ? 'run'
                       ORDER BY a.id DESC LIMIT 1) AS last_run
                FROM registry.tenants
-              WHERE status <> 'purged') AS t)
+              WHERE %(tenants)s AND status <> 'purged') AS t)
 """
 
 
@@ -352,8 +362,9 @@ def connect_hint(reason: str) -> str:
     return "Is the platform up? Run playbooks/site.yml to create and start the registry"
 
 
-def fetch_fleet(settings: RegistrySettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Read the non-retired servers and non-purged tenants, read-only, in one snapshot."""
+def fetch_fleet(settings: RegistrySettings, tenants: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Read the non-retired servers and (unless `tenants` is false) the non-purged tenants, read-only, in one
+    snapshot."""
     if psycopg is None:
         raise RegistryError(f"the psycopg package (3.1 or later) is needed on the controller: {PSYCOPG_IMPORT_ERROR}")
     try:
@@ -376,7 +387,7 @@ def fetch_fleet(settings: RegistrySettings) -> tuple[list[dict[str, Any]], list[
                 raise RegistryError(
                     f"the registry at {settings.where} has no schema yet (fresh install): run playbooks/site.yml first"
                 )
-            servers, tenants = conn.execute(_FLEET_QUERY).fetchone()
+            servers, tenant_rows = conn.execute(_FLEET_QUERY, {"tenants": tenants}).fetchone()
     # The messages carry libpq's reason already: chaining would make Ansible print it a second time.
     except psycopg.OperationalError as e:
         reason = _first_line(e, settings.password)
@@ -388,7 +399,7 @@ def fetch_fleet(settings: RegistrySettings) -> tuple[list[dict[str, Any]], list[
         raise RegistryError(
             f"cannot read the platform registry at {settings.where}: {_first_line(e, settings.password)}"
         ) from None
-    return servers, tenants
+    return servers, tenant_rows
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):
@@ -402,7 +413,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         self._read_config_data(path)
         try:
             settings = self._settings(path)
-            servers, tenants = fetch_fleet(settings)
+            servers, tenants = fetch_fleet(settings, tenants=self.get_option("tenants"))
         except RegistryError as e:
             raise AnsibleParserError(f"{self.NAME}: {e}") from e
         self.display.vvv(f"{self.NAME}: {len(servers)} servers, {len(tenants)} tenants from {settings.where}")
