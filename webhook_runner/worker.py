@@ -53,13 +53,25 @@ from .schedules import SCHEDULES, TENANT_ACTIONS
 
 log = logging.getLogger("webhook_runner.worker")
 PLAYBOOK_COMMAND = Path(__file__).with_name("ansible-playbook")  # dies with the worker (see the script)
-# Every job's environment beside its own: no tenant hosts in the inventory (saasodoo.platform.registry's `tenants`).
-# No playbook targets one, and each would cost every job's start.
-JOB_ENVIRONMENT = {"SAASODOO_INVENTORY_TENANTS": "false"}
 
 # Jobs that only ask for an account to be read again (Kill Bill was unreachable, or reconcile found drift).
 CONVERGE, RECONCILE = "converge", "reconcile"
 PURGEABLE = ("terminated", "purged")  # what tenant_purge.yml takes: a purge queued before a reactivation is moot
+
+
+def job_environment(project_dir: Path) -> dict[str, str]:
+    """The environment of every job's ansible-playbook (bench/lifecycle.py runs its playbooks with it too)."""
+    return {
+        "ANSIBLE_CONFIG": str(project_dir / "ansible.cfg"),
+        # ansible-runner sets the callback path, so ansible.cfg's would be lost: the audit callback's directory
+        # goes first.
+        "ANSIBLE_CALLBACK_PLUGINS": str(project_dir / "plugins/callback"),
+        # No tenant hosts in the inventory (saasodoo.platform.registry's `tenants`): no playbook targets one, and
+        # each would cost every job's start.
+        "SAASODOO_INVENTORY_TENANTS": "false",
+        # ansible-playbook from this venv, whatever PATH the worker was started with
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 class Worker:
@@ -357,15 +369,10 @@ class Worker:
                 cmdline=shlex.quote(str(settings.project_dir / "playbooks" / job["playbook"])),
                 inventory=str(settings.inventory),
                 envvars={
-                    "ANSIBLE_CONFIG": str(settings.project_dir / "ansible.cfg"),
-                    # ansible-runner sets the callback path, so ansible.cfg's would be lost: the audit callback's
-                    # directory goes first; the run is recorded as this job's attempt.
-                    "ANSIBLE_CALLBACK_PLUGINS": str(settings.project_dir / "plugins/callback"),
-                    **JOB_ENVIRONMENT,
+                    **job_environment(settings.project_dir),
+                    # the run is recorded as this job's attempt
                     "SAASODOO_AUDIT_JOB": str(job["id"]),
                     "SAASODOO_AUDIT_RUN": run_id,
-                    # ansible-playbook from this venv, whatever PATH the worker was started with
-                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                 },
                 ident=f"attempt-{job['attempts']}",
                 rotate_artifacts=settings.max_attempts,

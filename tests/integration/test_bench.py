@@ -77,7 +77,7 @@ def test_lifecycle_benchmark_quick_run_prints_every_transition_beside_the_startu
         for transition in ("provision", "suspend", "resume", "change plan, in place", "terminate"):
             # A provision that found the pools full shows in a row of its own.
             assert re.search(rf"{transition}(, with a new server)? \(runtime {runtime}\)", output), transition
-    assert "baseline: ansible-runner start-up, a one-task playbook (ping)" in output and "meta: noop" in output
+    assert "baseline: one-task playbook (ping) start-up" in output and "meta: noop" in output
     assert output.count("goal ") == 10
     with local_platform.connect(
         local_platform.servers["platform-db"].port, "saasodoo_registry",

@@ -114,22 +114,23 @@ def recovered_by_the_runner(mover: Mover, platform: LocalPlatform, state: Path) 
         runner_command(settings, "worker", "--drain", "--account", mover.record()["customer_id"])  # nobody else's work
     finally:
         resume_deployed_runner(deployed)
-    # Should a worker other than the drained one have taken the job (a deployed one some other test started again),
-    # the job as it ends is still the runner's answer.
-    deadline = time.monotonic() + 600
-    while (job := last_recovery_job(mover))["state"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return job
+    return last_recovery_job(mover)
 
 
 def last_recovery_job(mover: Mover) -> dict:
-    """The tenant's last recover_move job, as it ended."""
-    with mover.registry() as conn:
-        return conn.execute(
-            "SELECT id, action, state, attempts, error, account_id FROM registry.jobs"
-            " WHERE tenant_id = %s AND action = 'recover_move' ORDER BY id DESC LIMIT 1",
-            (mover.tenant,),
-        ).fetchone()
+    """The tenant's last recover_move job, once it has ended. The drained worker ends it; should another worker
+    have taken it (a deployed one some other test started again), its end is still the runner's answer."""
+    deadline = time.monotonic() + 600
+    while True:
+        with mover.registry() as conn:
+            job = conn.execute(
+                "SELECT id, action, state, attempts, error, account_id FROM registry.jobs"
+                " WHERE tenant_id = %s AND action = 'recover_move' ORDER BY id DESC LIMIT 1",
+                (mover.tenant,),
+            ).fetchone()
+        if job["state"] not in ("queued", "running") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.5)
 
 
 def test_a_move_whose_playbook_run_is_killed_rolls_itself_back_before_the_block(mover: Mover, tmp_path: Path):
@@ -204,10 +205,10 @@ def test_a_switch_that_fails_once_its_run_is_gone_is_left_for_the_recovery_pass(
         writer = mover.writer()
         writer.start()
         runner_command(settings, "worker", "--drain", "--account", mover.record()["customer_id"])
+        job = last_recovery_job(mover)
         report = writer.stop()
     finally:
         resume_deployed_runner(deployed)
-    job = last_recovery_job(mover)
     assert job["state"] == "succeeded", job
     mover.assert_moved_cleanly(report, kind)
     assert odoo_conf_port(mover) == server_port(mover, mover.record()["db_server"])

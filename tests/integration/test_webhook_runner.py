@@ -247,6 +247,11 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
         assert run["actor"] == f"job:{run['id']}" and run["outcome"] == "ok", run
         assert run["playbook"].endswith(PLAYBOOKS[run["action"]]), run
         assert run["tenant_rows"] >= 2, run  # the runner's job row and the playbook's own result
+    # Each ran without a tenant host in its inventory (worker.job_environment): ansible-runner's record of its command.
+    commands = [path for path in runner.log_dir.rglob("command") if path.parent.parent.name == "artifacts"]
+    assert len(commands) >= len(runs)
+    for path in commands:
+        assert json.loads(path.read_text())["env"]["SAASODOO_INVENTORY_TENANTS"] == "false", path
 
     # No secret in the artifacts or the runner's logs.
     secrets = [

@@ -107,15 +107,19 @@ def test_a_process_stopping_or_a_supervisord_shutting_down_as_supervisorctl_sees
     deadline = time.monotonic() + 30
     while not (tmp_path / "stubborn.ready").exists():  # its trap set: a SIGTERM before it would end it
         assert time.monotonic() < deadline, "the stubborn program did not start"
+        time.sleep(0.05)
     pid = api(tmp_path).getProcessInfo("stubborn")["pid"]
-    api(tmp_path).stopProcess("stubborn", False)  # it ignores SIGTERM: STOPPING until stopwaitsecs (or killed below)
-    result = run_module("supervisord_info", args, tmp_path)
-    status = subprocess.run([BIN / "supervisorctl", "-c", conf, "status", "stubborn"], capture_output=True, check=False)
-    assert result["processes"] == [{"name": "stubborn", "state": "STOPPING"}] and result["not_running"] == []
-    assert status.returncode == 0, status  # supervisorctl's status: not stopped either
-    api(tmp_path).shutdown()  # supervisord waits for it to go: SHUTDOWN, and every call refused
-    result = run_module("supervisord_info", args, tmp_path)
-    asked = subprocess.run([BIN / "supervisorctl", "-c", conf, "pid"], capture_output=True, text=True, check=False)
-    assert not result["running"] and result["not_running"] == ["stubborn"], result
-    assert daemon.poll() is None and asked.returncode != 0, asked  # still there, and supervisorctl pid says no too
-    os.kill(pid, signal.SIGKILL)  # supervisord may go now
+    try:
+        api(tmp_path).stopProcess("stubborn", False)  # it ignores SIGTERM: STOPPING until stopwaitsecs (or killed)
+        result = run_module("supervisord_info", args, tmp_path)
+        status = subprocess.run([BIN / "supervisorctl", "-c", conf, "status", "stubborn"], capture_output=True,
+                                check=False)  # fmt: skip
+        assert result["processes"] == [{"name": "stubborn", "state": "STOPPING"}] and result["not_running"] == []
+        assert status.returncode == 0, status  # supervisorctl's status: not stopped either
+        api(tmp_path).shutdown()  # supervisord waits for it to go: SHUTDOWN, and every call refused
+        result = run_module("supervisord_info", args, tmp_path)
+        asked = subprocess.run([BIN / "supervisorctl", "-c", conf, "pid"], capture_output=True, text=True, check=False)
+        assert not result["running"] and result["not_running"] == ["stubborn"], result
+        assert daemon.poll() is None and asked.returncode != 0, asked  # still there, and supervisorctl pid says no
+    finally:
+        os.kill(pid, signal.SIGKILL)  # supervisord may go now

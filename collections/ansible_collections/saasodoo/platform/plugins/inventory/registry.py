@@ -84,6 +84,7 @@ options:
       - No playbook targets a tenant host, and each one costs every run that loads this inventory (the registry's
         lookup of its last run, and Ansible's work for a host in four groups). The webhook runner's jobs leave them
         out with C(SAASODOO_INVENTORY_TENANTS=false); ops and auditors see them.
+      - Ansible reads any value other than a true one (C(true), C(yes), C(on), C(1)) as false.
     type: bool
     default: true
     env:
