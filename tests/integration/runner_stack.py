@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.supervisor import ACTIVE_STATES
 from webhook_runner.schedules import SCHEDULES
 
 from .conftest import LOCAL_STATE, VENV_BIN, LocalPlatform, ansible_env
@@ -168,22 +169,24 @@ def write_settings(path: Path, settings: dict) -> None:
     path.chmod(0o600)
 
 
+def deployed_supervisorctl(conf: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(VENV_BIN / "supervisorctl"), "-c", str(conf), *args], capture_output=True, text=True, check=False
+    )
+
+
 def pause_deployed_runner():
     """The runner site.yml deploys takes the same inbox: stop its workers while a test runs its own."""
     conf = RUNNER_STATE / "supervisord.conf"
     if conf.exists():
-        supervisorctl = [str(VENV_BIN / "supervisorctl"), "-c", str(conf)]
-        subprocess.run([*supervisorctl, "stop", "all"], capture_output=True, check=False)
+        deployed_supervisorctl(conf, "stop", "all")
         # Checked, not assumed: a worker of the deployed runner left running takes the test's jobs from under it.
-        status = subprocess.run([*supervisorctl, "status"], capture_output=True, text=True, check=False).stdout
-        running = [
-            line for line in status.splitlines() if line.split()[1:2] in (["RUNNING"], ["STARTING"], ["BACKOFF"])
-        ]
+        status = deployed_supervisorctl(conf, "status").stdout
+        running = [line for line in status.splitlines() if line.split()[1:2] in ([state] for state in ACTIVE_STATES)]
         assert not running, f"the deployed runner did not stop:\n{status}"
     return conf
 
 
 def resume_deployed_runner(conf: Path) -> None:
     if conf.exists():
-        supervisorctl = [str(VENV_BIN / "supervisorctl"), "-c", str(conf)]
-        subprocess.run([*supervisorctl, "start", "all"], capture_output=True, check=False)
+        deployed_supervisorctl(conf, "start", "all")
