@@ -11,8 +11,10 @@ Loading this strategy also turns on two saasodoo.platform code caches for the ru
 (plugin_utils/jinja_code_cache.py, .state/jinja-code): a template compiled by one task's process is loaded, not
 compiled again, by the next; and the Mitogen scan cache (plugin_utils/mitogen_scan_cache.py, .state/mitogen-scan):
 the Python files Mitogen compiles to read their imports are compiled once, not once per module and run.
+And it freezes the run's objects out of the garbage collector (below).
 """
 
+import gc
 from pathlib import Path
 
 import ansible_mitogen.affinity
@@ -28,5 +30,12 @@ ansible_mitogen.affinity.policy = ansible_mitogen.affinity.Policy()
 STATE = Path(__file__).resolve().parents[2] / ".state"
 jinja_code_cache.install(str(STATE / "jinja-code"))
 mitogen_scan_cache.install(str(STATE / "mitogen-scan"))  # before the multiplexer is forked, which scans
+
+# A strategy is loaded once the playbook is parsed and the inventory read: the objects made so far (ansible's modules
+# and plugins, the plays, the hosts: about 90,000 in a tenant job) live until the process exits. Frozen, the collector
+# never walks them again, and above all not in the collections of the interpreter's exit, which took 0.35-0.41 s of
+# every run's CPU on this machine (0.07 s frozen; a suspend or resume job 0.4 s shorter). The objects made later are
+# collected as before; a frozen one that becomes garbage in a cycle is freed with the process (the run keeps them).
+gc.freeze()
 
 __all__ = ["StrategyModule"]
