@@ -26,8 +26,9 @@ POOL = "pool-shared-01"
 PLAN = "basic-monthly"
 # Stored as a tenant's customer id: proves registry data is never templated on its way into hostvars.
 TEMPLATE_BAIT = "{{ 6 * 7 }}"
-# What a server's registry record counts of its tenants now, rather than what describes it.
-LIVE_COUNTERS = ("tenant_count", "storage_committed_gb")
+# What a server's registry record says of it now rather than what describes it: the other test stream's placements
+# change these (a tenant placed, a pool grown and brought up, probed healthy) between two listings.
+LIVE_FIELDS = ("tenant_count", "storage_committed_gb", "status", "health")
 
 
 def platform_secret() -> str:
@@ -114,8 +115,8 @@ def listing(throwaway_tenants: list[str]) -> tuple[str, dict[str, Any]]:
     return text, plain(json.loads(text))
 
 
-def without_counters(server: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in server.items() if key not in LIVE_COUNTERS}
+def described(server: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in server.items() if key not in LIVE_FIELDS}
 
 
 def hosts_of(listing: dict[str, Any], group: str) -> set[str]:
@@ -140,13 +141,11 @@ def test_the_runners_jobs_leave_the_tenants_out(listing, throwaway_tenants: list
     assert not [host for host in without["_meta"]["hostvars"] if host.startswith("tenant-")]
     assert "tenants" not in without and "status_active" not in without
     servers = hosts_of(listing[1], "pools_shared")
-    assert servers and hosts_of(without, "pools_shared") == servers
+    assert servers and servers <= hosts_of(without, "pools_shared")  # the other stream may grow a pool meanwhile
     for server in servers:
         registry_view = listing[1]["_meta"]["hostvars"][server]["saasodoo_registry_db_server"]
         runner_view = without["_meta"]["hostvars"][server]["saasodoo_registry_db_server"]
-        # The live counters follow tenants that the other test stream places between the two listings.
-        assert all(isinstance(view[counter], int) for view in (registry_view, runner_view) for counter in LIVE_COUNTERS)
-        assert without_counters(runner_view) == without_counters(registry_view)
+        assert runner_view.keys() == registry_view.keys() and described(runner_view) == described(registry_view)
 
 
 @pytest.mark.parametrize("group", ["tenants", "plan_basic_monthly", "pool_pool_shared_01", "status_active"])

@@ -9,6 +9,7 @@ it was spoiled on purpose), nothing of the move left behind. The kill points: te
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import time
@@ -92,16 +93,20 @@ def test_a_pool_pgbouncer_turns_an_early_client_away_itself_and_takes_it_once_th
         "host": "127.0.0.1", "port": record["pgbouncer_port"], "dbname": mover.db, "user": role,
         "password": mover.password(), "prepare_threshold": None, "connect_timeout": 20,
     }  # fmt: skip
-    with mover.admin(name) as conn:
-        conn.execute(f'ALTER ROLE "{role}" NOLOGIN')  # as the target's role until the switch
-    try:
-        server.close_pgbouncer_door(mover.db)
-        with pytest.raises(psycopg.OperationalError, match="disabled"):
-            psycopg.connect(**through_pgbouncer)  # the runtime that came early, turned away before the server
-    finally:
+    # Held as pgbouncer_userlist holds it: the other stream's runs on this pool would rewrite the auth file without
+    # the role while it may not log in, and no moving run writes it back here.
+    with open(LOCAL_STATE / "pgbouncer" / name / "userlist.txt.lock", "a") as auth_file_lock:
+        fcntl.flock(auth_file_lock, fcntl.LOCK_EX)
         with mover.admin(name) as conn:
-            conn.execute(f'ALTER ROLE "{role}" LOGIN')
-        server.open_pgbouncer_door(mover.db)
+            conn.execute(f'ALTER ROLE "{role}" NOLOGIN')  # as the target's role until the switch
+        try:
+            server.close_pgbouncer_door(mover.db)
+            with pytest.raises(psycopg.OperationalError, match="disabled"):
+                psycopg.connect(**through_pgbouncer)  # the runtime that came early, turned away before the server
+        finally:
+            with mover.admin(name) as conn:
+                conn.execute(f'ALTER ROLE "{role}" LOGIN')
+            server.open_pgbouncer_door(mover.db)
     # At once: a login the server had refused would get "server login has been failing, try again later".
     with psycopg.connect(**through_pgbouncer) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (role,)

@@ -182,7 +182,7 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
     def settled() -> dict[str, dict]:
         assert killbill.wait_idle(timeout=30) == (True, 0)
         runner.settle()
-        return tenant_rows(runner, "life-")
+        return tenant_rows(runner, "life-0")  # not test_tenant_lifecycle.py's life-local, life-ceph
 
     tenants = settled()
     assert tenants["life-01"]["status"] == "active" and tenants["life-01"]["plan_name"] == "basic-monthly"
@@ -221,7 +221,7 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
     _, view = runner.admin("GET", "/tenants/life-01")
     assert view["tenant"]["subscription_id"] == again and view["tenant"]["retain_until"] is None
 
-    assert succeeded_jobs(runner, "life-") == Counter(
+    assert succeeded_jobs(runner, "life-0") == Counter(
         {("life-01", action): 1 for action in ("provision", "suspend", "resume", "change_plan", "terminate",
                                                "reactivate")}
     )  # fmt: skip
