@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from ansible_collections.saasodoo.platform.plugins.modules.pgbouncer_userlist import auth_file_lock
 
 from .conftest import DOWN, LOCAL_STATE, PSQL, REPO, VENV_BIN, LocalPlatform, run_playbook, superuser
 
@@ -130,8 +131,7 @@ def test_auth_file_rewrites_of_one_pgbouncer_wait_for_each_other(local_platform:
         return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
 
     try:
-        with open(f"{userlist}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another run, between its read and its write
+        with auth_file_lock(str(userlist)):  # another run, between its read and its write
             waiting = rewrite()
             deadline = time.monotonic() + 30
             while not blocked_on(Path(f"{userlist}.lock")):

@@ -9,7 +9,6 @@ it was spoiled on purpose), nothing of the move left behind. The kill points: te
 
 from __future__ import annotations
 
-import fcntl
 import json
 import subprocess
 import time
@@ -21,6 +20,7 @@ import psycopg
 import pytest
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.migration import Server
+from ansible_collections.saasodoo.platform.plugins.modules.pgbouncer_userlist import auth_file_lock
 from ansible_collections.saasodoo.platform.plugins.modules.registry_tenant import waiting_for_run
 
 from .conftest import LOCAL_STATE, LocalPlatform, assert_nothing_changed, run_ansible_tool, run_playbook
@@ -95,8 +95,7 @@ def test_a_pool_pgbouncer_turns_an_early_client_away_itself_and_takes_it_once_th
     }  # fmt: skip
     # Held as pgbouncer_userlist holds it: the other stream's runs on this pool would rewrite the auth file without
     # the role while it may not log in, and no moving run writes it back here.
-    with open(LOCAL_STATE / "pgbouncer" / name / "userlist.txt.lock", "a") as auth_file_lock:
-        fcntl.flock(auth_file_lock, fcntl.LOCK_EX)
+    with auth_file_lock(str(LOCAL_STATE / "pgbouncer" / name / "userlist.txt")):
         with mover.admin(name) as conn:
             conn.execute(f'ALTER ROLE "{role}" NOLOGIN')  # as the target's role until the switch
         try:

@@ -84,6 +84,8 @@ import os
 import pwd
 import signal
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
@@ -134,11 +136,18 @@ def main() -> None:
     if psycopg is None:
         module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
     p = module.params
-    # Runs for other tenants on this server (a provision, a move) rewrite the same file: each reads the roles and
-    # writes the file under this lock, so none writes what it read before another's role was added.
-    with open(p["path"] + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with auth_file_lock(p["path"]):
         module.exit_json(**write_userlist(module, p))
+
+
+@contextmanager
+def auth_file_lock(path: str) -> Iterator[None]:
+    """Held while the roles are read and the file at path written. Runs for other tenants on this server (a
+    provision, a move) rewrite the same file: under this lock, none writes what it read before another's role was
+    added."""
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def write_userlist(module: AnsibleModule, p: dict) -> dict:
