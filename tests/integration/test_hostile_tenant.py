@@ -27,17 +27,21 @@ import pytest
 
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
 from ansible_collections.saasodoo.platform.plugins.module_utils.migration import FAILPOINT_ENV, Server
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement import kept_copy_name
 
 from .conftest import (
     LOCAL_STATE,
+    VENV_BIN,
     LocalPlatform,
     PlaybookRun,
+    ansible_env,
     ansible_playbook,
     assert_nothing_changed,
     remove_tenants,
     run_playbook,
     superuser,
 )
+from conftest import REPO
 
 TENANT = "hostile"
 DB = "t_hostile"
@@ -433,6 +437,90 @@ def test_a_link_the_tenant_puts_where_its_pgbouncer_socket_goes_is_not_followed_
             assert page.status == 200  # its Odoo reaches its database through the PgBouncer started anew
     finally:
         subprocess.run(["rm", "-rf", str(tenant_dir / "run.moved")], check=False)
+
+
+@pytest.mark.parametrize("planted", ["filestore", "filestore/t_iso_a"])
+def test_a_link_the_tenant_puts_in_its_tree_is_not_followed_by_a_backup_or_a_restore(
+    two_process_tenants, tmp_path, planted
+):
+    """The tenant swaps a directory of its tree for a link to one of root's. Root's backup and restore change nothing
+    where it points (owner, mode, content): before, the backup's `file` task made the directory the tenant's, mode
+    0700. The backup refuses the link; the restore replaces a linked filestore/<db> with the backup's and the filestore
+    works again."""
+    a, tenant_dir = tenant_os_user("iso-a"), LOCAL_STATE / "storage/odoo_instances/odoo_data_t_iso_a_iso-a"
+    clean = run_playbook("tenant_backup.yml", "-e", "tenant_id=iso-a")  # the restore's backup, taken before
+    assert clean.returncode == 0, clean.output[-4000:]
+    roots = tmp_path / "roots"
+    (roots / "t_iso_a").mkdir(mode=0o755, parents=True)  # what a followed filestore link would reach as <db>
+    roots.chmod(0o755)
+    (roots / "t_iso_a/precious").write_text("root's\n")
+
+    def roots_state() -> list:
+        return sorted((str(p), p.stat().st_mode, p.owner(), p.is_file() and p.read_text()) for p in roots.rglob("*"))
+
+    before, linked, aside = roots_state(), tenant_dir / planted, tenant_dir / f"{planted}.aside"
+    try:
+        assert as_user(a, "mv", str(linked), str(aside)).returncode == 0
+        assert (
+            as_user(a, "ln", "-s", str(roots if planted == "filestore" else roots / "t_iso_a"), str(linked)).returncode
+            == 0
+        )
+        backup = run_playbook("tenant_backup.yml", "-e", "tenant_id=iso-a")
+        assert backup.returncode != 0 and "is a link, not followed" in backup.output, backup.output[-4000:]
+        assert roots_state() == before and (roots.stat().st_mode & 0o7777, roots.owner()) == (0o755, "root")
+        restore = run_playbook("tenant_restore.yml", "-e", "tenant_id=iso-a", "-e", "force=true")
+        assert roots_state() == before and (roots.stat().st_mode & 0o7777, roots.owner()) == (0o755, "root")
+        if planted == "filestore":
+            assert restore.returncode != 0 and "is a link, not followed" in restore.output, restore.output[-4000:]
+        else:  # the link is swapped out for the backup's filestore, the tenant's own
+            assert restore.returncode == 0, restore.output[-4000:]
+            assert linked.is_dir() and not linked.is_symlink() and linked.owner() == a
+            assert {p.owner() for p in linked.rglob("*")} <= {a} and any(linked.rglob("*"))
+    finally:
+        subprocess.run(["rm", "-rf", "--", str(linked)], check=True)
+        if aside.exists():
+            subprocess.run(["mv", "--", str(aside), str(linked)], check=True)
+
+
+def test_no_customer_takes_another_tenants_kept_copy_by_naming_its_tenant_after_it(local_platform: LocalPlatform):
+    """A move keeps the source database as <db>_old<move id>, owned by the tenant's role. A newcomer whose tenant id
+    names it is refused before anything is placed; and were it placed, tenant_database neither adopts nor drops a
+    database another role owns (before, it re-owned the copy, and the failed provision's rescue dropped it)."""
+    server = local_platform.servers["pool-shared-01"]
+    kept = kept_copy_name("t_keeper", 9)
+    refused = run_playbook("tenant_provision.yml", "-e", f"tenant_id={kept.removeprefix('t_')}", *RUNTIME_NONE,
+                           "-e", "plan=basic-monthly", "-e", "customer_id=acct-squatter")  # fmt: skip
+    assert refused.returncode != 0 and "the name the platform gives the copy another tenant's move keeps" in " ".join(
+        refused.output.split()
+    ), refused.output[-3000:]
+    with superuser("pool-shared-01", server.port) as conn:
+        conn.execute("CREATE ROLE t_keeper NOLOGIN")
+        conn.execute(f"CREATE DATABASE {kept} OWNER t_keeper")
+    try:
+        socket_dir = (LOCAL_STATE / "pg/pool-shared-01/run").resolve()
+        for state in ("present", "absent"):
+            args = (
+                f"name={kept} state={state} password=squatter login_unix_socket={socket_dir} login_port={server.port}"
+            )
+            result = subprocess.run(
+                [str(VENV_BIN / "ansible"), "pool-shared-01", "-m", "saasodoo.platform.tenant_database", "-a", args],
+                cwd=REPO, env=ansible_env(), capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            assert result.returncode != 0, result.stdout[-2000:]
+            assert f"owned by t_keeper exists on the server on port {server.port}: it was not made for this tenant" in (
+                " ".join(result.stdout.split())
+            )
+        with superuser("pool-shared-01", server.port) as conn:
+            owner = conn.execute(
+                "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = %s", (kept,)
+            ).fetchone()
+            squatter = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (kept,)).fetchone()
+        assert owner == ("t_keeper",) and squatter is None
+    finally:
+        with superuser("pool-shared-01", server.port) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {kept}")
+            conn.execute(f"DROP ROLE IF EXISTS {kept}")
+            conn.execute("DROP ROLE IF EXISTS t_keeper")
 
 
 def http_port(tenant: str) -> int:

@@ -12,6 +12,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.placement import
     database_name,
     db_type_of,
     evaluate,
+    kept_copy_name,
     next_server,
     refusal_message,
 )
@@ -142,6 +143,26 @@ def test_database_name_is_a_safe_identifier(tenant_id, name):
 def test_bad_tenant_ids_are_refused(tenant_id):
     with pytest.raises(PlacementError, match="tenant_id"):
         database_name(tenant_id)
+
+
+# Every name the platform gives a database of its own beside tenant acme's, as the code that makes it does.
+PLATFORM_DATABASE_NAMES = [kept_copy_name("t_acme", 7), kept_copy_name("t_" + "a" * 48, 12), "t_acme__restore",
+                           "t_acme__prerestore"]  # fmt: skip
+
+
+@pytest.mark.parametrize("platform_name", PLATFORM_DATABASE_NAMES)
+@pytest.mark.parametrize("spelling", [str, str.upper, lambda id_: id_.replace("_", "-")])
+def test_no_tenant_id_names_a_database_the_platform_makes_for_itself(platform_name, spelling):
+    tenant_id = spelling(platform_name.removeprefix("t_"))
+    if len(tenant_id) > 48:  # a long database's kept copy: the id of that length is refused as too long already
+        tenant_id = tenant_id[-48:]
+    with pytest.raises(PlacementError, match=r"tenant_id .* not valid: .* the name the platform gives"):
+        database_name(tenant_id)
+
+
+def test_names_near_the_platforms_stay_allowed():
+    assert [database_name(t) for t in ("bold1", "old7", "acme_older", "acme_old")] == [
+        "t_bold1", "t_old7", "t_acme_older", "t_acme_old"]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -89,6 +89,43 @@ def _open_child(fd: int, name: str, make: bool) -> int:
     return child
 
 
+def open_beneath(fd: int, relative: str, make: tuple[int, int, int] | None = None) -> int:
+    """A descriptor of the directory `relative` below the one open at `fd`, reached one name at a time and following
+    no link at all: for the trees a tenant owns (it may swap any of its directories for a link, whoever owns the tree
+    on paper). With `make` as (uid, gid, mode), a missing directory is made with that owner and mode. OSError when a
+    name is missing (without `make`), a link, or not a directory."""
+    fd = os.dup(fd)
+    try:
+        for name in [part for part in relative.split("/") if part]:
+            if name == "..":
+                raise OSError(errno.EPERM, f"{relative} climbs out of its directory")
+            try:
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                if make is None:
+                    raise
+                child = make_directory(fd, name, *make)
+            except OSError as error:  # ENOTDIR, or ELOOP for a link: say which
+                if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, f"{name} is a link, not followed") from None
+                raise OSError(error.errno, f"{name} is not a directory") from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_directory(fd: int, name: str, uid: int, gid: int, mode: int) -> int:
+    """Make the directory `name` in the one open at `fd` with that owner and mode, and return its descriptor."""
+    os.mkdir(name, 0o700, dir_fd=fd)
+    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+    os.fchown(child, uid, gid)
+    os.fchmod(child, mode)
+    return child
+
+
 @contextmanager
 def certificate_file(content: str | None, prefix: str) -> Iterator[str | None]:
     """A certificate given as content (a module runs on a host that may not hold the controller's file) as the

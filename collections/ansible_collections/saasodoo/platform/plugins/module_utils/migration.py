@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement import kept_copy_name
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import scram_sha_256_verifier
 
 try:
@@ -1162,7 +1163,7 @@ class Move:
     def _clean_up(self) -> None:
         self._allow_login(self.target)  # already open, unless a playbook run since closed it
         self._drop_replication()
-        retained = f"{self.db_name[:48]}_old{self.id}"
+        retained = kept_copy_name(self.db_name, self.id)
         with self.source.connect() as conn:
             exists = conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (self.db_name,)).fetchone()
             if exists:

@@ -64,8 +64,14 @@ class Decision:
         }
 
 
-# The scratch databases of a tenant's restore (playbooks/tenant_restore.yml): <db>__restore, <db>__prerestore.
-RESERVED_SUFFIXES = ("__restore", "__prerestore")
+# The names the platform gives databases of its own beside a tenant's, which no tenant's may take: the scratch
+# databases of a restore (playbooks/tenant_restore.yml, <db>__restore and <db>__prerestore) and the copy a move keeps
+# (module_utils/migration.py, <db>_old<move id>). Roles and templates the platform makes start with saasodoo_ or tpl_,
+# never with a tenant's t_.
+RESERVED_NAMES = {
+    "the scratch copy of another tenant's restore": re.compile(r"__(pre)?restore$"),
+    "the copy another tenant's move keeps": re.compile(r"^t_.+_old[0-9]+$"),
+}
 
 
 def database_name(tenant_id: str) -> str:
@@ -76,12 +82,18 @@ def database_name(tenant_id: str) -> str:
             " starting with a letter or digit"
         )
     name = "t_" + tenant_id.lower().replace("-", "_")
-    if name.endswith(RESERVED_SUFFIXES):
-        raise PlacementError(
-            f"tenant_id {tenant_id!r} is not valid: a database name ending in {' or '.join(RESERVED_SUFFIXES)} is"
-            " the scratch name of another tenant's restore"
-        )
+    for whose, shape in RESERVED_NAMES.items():
+        if shape.search(name):
+            raise PlacementError(
+                f"tenant_id {tenant_id!r} is not valid: its database would be named {name}, the name the platform"
+                f" gives {whose}"
+            )
     return name
+
+
+def kept_copy_name(db_name: str, move_id: int) -> str:
+    """The name a move gives the source database it keeps for its retention (RESERVED_NAMES refuses it to tenants)."""
+    return f"{db_name[:48]}_old{move_id}"
 
 
 def db_type_of(plan_name: str, entitlements: dict) -> str:

@@ -21,6 +21,8 @@ description:
     every server the role is on, and every PgBouncer between the tenant's Odoo and its database, holds the same.
   - With I(login=false) the role is NOLOGIN and its open sessions are closed (PgBouncer's server connections too).
   - C(absent) drops the database (closing its connections) and then the role.
+  - A database of that name owned by another role was not made for this tenant (another tenant's kept copy, say);
+    both states refuse it and leave it as it is, never re-owned or dropped.
   - Every session pins C(search_path) and the settings a tenant could set on its database, and qualifies what
     it calls, since the tenant owns that database and may have planted functions there.
 version_added: 0.4.0
@@ -166,6 +168,8 @@ class TenantDatabase:
             database = conn.execute(
                 "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = %s", (name,)
             ).fetchone()
+            if database is not None and database[0] != name:
+                raise RefusedError(self.not_ours(database[0]))  # before anything is made: no role either
             if database is None and self.p["template"]:
                 self.require_template(conn)
             self.converge_role(conn)
@@ -176,9 +180,6 @@ class TenantDatabase:
                 create = "CREATE DATABASE {} OWNER {} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE {}"
                 self.run(conn, f"database created from {self.p['template'] or 'template0'}",
                          sql.SQL(create).format(self.role, self.role, template))  # fmt: skip
-            elif database[0] != name:
-                owner = sql.SQL("ALTER DATABASE {} OWNER TO {}").format(self.role, self.role)
-                self.run(conn, "database owner set", owner)
             if database is None and self.check_mode:
                 return  # nothing to look into yet
             if self.p["template"]:
@@ -188,6 +189,15 @@ class TenantDatabase:
                 conn.execute("SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtextextended(%s, 0))",
                              (f"saasodoo template {self.p['template']}",))  # fmt: skip
             self.converge_inside(name)
+
+    def not_ours(self, owner: str) -> str:
+        # A database of this name that another role owns was not made for this tenant (a kept copy of another
+        # tenant's move, <db>_old<N>, before such names were refused): it is never adopted, re-owned or dropped.
+        return (
+            f"a database {self.p['name']} owned by {owner} exists on the server on port {self.p['login_port']}: it was "
+            "not made for this tenant and is left as it is. Find whose it is (registry.migrations for a kept copy) "
+            "before anything else"
+        )
 
     def require_template(self, conn) -> None:
         """A golden template is a template database with its build's comment (roles/odoo_template): one whose build
@@ -288,7 +298,12 @@ class TenantDatabase:
     def absent(self) -> None:
         name = self.p["name"]
         with self.connect("postgres") as conn:
-            if conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (name,)).fetchone():
+            database = conn.execute(
+                "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            if database is not None and database[0] != name:
+                raise RefusedError(self.not_ours(database[0]))
+            if database is not None:
                 self.run(conn, "database dropped", sql.SQL("DROP DATABASE {} WITH (FORCE)").format(self.role))
             if conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (name,)).fetchone():
                 self.run(conn, "role dropped", sql.SQL("DROP ROLE {}").format(self.role))
