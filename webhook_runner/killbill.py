@@ -24,8 +24,17 @@ class KillBillNotFound(KillBillError):
     """404 with a BillingExceptionJson body: the object does not exist in Kill Bill."""
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib would follow a redirect with the request's headers, the credentials among them, to wherever it points:
+    Kill Bill's API answers without one, so a redirect is an error, and nothing is sent on."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
+
+
 class KillBill:
     def __init__(self, settings: KillBillSettings):
+        self._opener = urllib.request.build_opener(_RefuseRedirects())
         self._base = settings.url.rstrip("/") + "/1.0/kb"
         self._timeout = settings.timeout_seconds
         basic = base64.b64encode(f"{settings.username}:{settings.password}".encode()).decode()
@@ -42,7 +51,7 @@ class KillBill:
             url += "?" + urllib.parse.urlencode(query)
         request = urllib.request.Request(url, headers=self._headers)  # noqa: S310 - an http(s) URL from settings
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+            with self._opener.open(request, timeout=self._timeout) as response:
                 return json.load(response)
         except urllib.error.HTTPError as error:
             detail = _error_message(error)

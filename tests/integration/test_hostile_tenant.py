@@ -22,12 +22,15 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import ansible_runner
 import psycopg
 import pytest
 
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
 from ansible_collections.saasodoo.platform.plugins.module_utils.migration import FAILPOINT_ENV, Server
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import kept_copy_name
+from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import stable_scram_sha_256_verifier
+from webhook_runner.worker import job_environment
 
 from .conftest import (
     LOCAL_STATE,
@@ -521,6 +524,27 @@ def test_no_customer_takes_another_tenants_kept_copy_by_naming_its_tenant_after_
             conn.execute(f"DROP DATABASE IF EXISTS {kept}")
             conn.execute(f"DROP ROLE IF EXISTS {kept}")
             conn.execute("DROP ROLE IF EXISTS t_keeper")
+
+
+def test_a_process_tenants_job_leaves_none_of_its_secrets_in_the_runners_artifacts(two_process_tenants, tmp_path):
+    """A job as the runner runs it (ansible-runner, the job's environment) on a process tenant, whose runtime writes
+    its PgBouncer's auth file: nothing in the artifacts holds the tenant's password or its SCRAM verifier (before, the
+    module's invocation in the job events carried the verifier)."""
+    password = two_process_tenants.password("tenant:iso-b:v1")
+    verifier = stable_scram_sha_256_verifier(password)
+    assert verifier in (LOCAL_STATE / "runtime/tenants/iso-b/pgbouncer-users.txt").read_text()  # what is looked for
+    result = ansible_runner.run(
+        private_data_dir=str(tmp_path), project_dir=str(REPO), playbook=str(REPO / "playbooks/tenant_resume.yml"),
+        inventory=str(REPO / "inventories/local"), envvars=job_environment(REPO), extravars={"tenant_id": "iso-b"},
+        suppress_env_files=True, quiet=True,
+    )  # fmt: skip
+    assert result.rc == 0 and result.status == "successful"
+    actions = [event.get("event_data", {}).get("task_action", "") for event in result.events]
+    assert "saasodoo.platform.odoo_process" in actions, "the job ran no odoo_process task: nothing was checked"
+    secrets = {"password": password, "verifier": verifier, "its keys": verifier.split("$")[-1]}
+    leaks = [(str(path.relative_to(tmp_path)), what) for path in tmp_path.rglob("*") if path.is_file()
+             for what, secret in secrets.items() if secret.encode() in path.read_bytes()]  # fmt: skip
+    assert leaks == []
 
 
 def http_port(tenant: str) -> int:

@@ -72,19 +72,45 @@ options:
     type: path
     required: true
   files:
-    description:
-      - The other files to write when not absent (nothing secret), each C(path), C(content) and C(mode), and
-        C(private) for those owned by the tenant's user (the others are root's).
-      - C(role) says what a change calls for, C(config) (a restart, like odoo.conf's), C(program) (an update),
-        C(route) (a reload of nginx), C(database) (a reload of the tenant's PgBouncer).
+    description: The other files to write when not absent.
     type: list
     elements: dict
     default: []
+    suboptions:
+      path:
+        description: Where the file goes.
+        type: path
+        required: true
+      content:
+        description: What it holds; kept out of the logs (the tenant PgBouncer's auth file holds a verifier).
+        type: str
+        required: true
+      mode:
+        description: Its mode, in octal.
+        type: str
+        required: true
+      private:
+        description: Owned by the tenant's user (otherwise root's).
+        type: bool
+        default: false
+      role:
+        description:
+          - What a change calls for, C(config) (a restart, like odoo.conf's), C(program) (an update), C(route) (a
+            reload of nginx), C(database) (a reload of the tenant's PgBouncer).
+        type: str
   remove:
     description: The files removed when absent (the program and the route); C(tenant_dir) goes with them.
     type: list
     elements: dict
     default: []
+    suboptions:
+      path:
+        description: The file.
+        type: path
+        required: true
+      role:
+        description: What its removal calls for, as in I(files).
+        type: str
   login_url:
     description: The tenant's Odoo login page, straight from its port (a start refuses a URL without one).
     type: str
@@ -532,8 +558,26 @@ def main() -> None:
             owner=dict(type="str", required=True),
             config=dict(type="str", no_log=True),
             config_path=dict(type="path", required=True),
-            files=dict(type="list", elements="dict", default=[]),
-            remove=dict(type="list", elements="dict", default=[]),
+            # A file's content may hold a secret (the PgBouncer auth file's verifier): kept out of the module's
+            # invocation, which ansible-runner's job events record.
+            files=dict(
+                type="list",
+                elements="dict",
+                default=[],
+                options=dict(
+                    path=dict(type="path", required=True),
+                    content=dict(type="str", required=True, no_log=True),
+                    mode=dict(type="str", required=True),
+                    private=dict(type="bool", default=False),
+                    role=dict(type="str"),
+                ),
+            ),
+            remove=dict(
+                type="list",
+                elements="dict",
+                default=[],
+                options=dict(path=dict(type="path", required=True), role=dict(type="str")),
+            ),
             login_url=dict(type="str", required=True),
             route_url=dict(type="str", required=True),
             route_host=dict(type="str", required=True),
