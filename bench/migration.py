@@ -49,7 +49,7 @@ sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import derive_password  # noqa: E402
 from bench.odoo_tenant import TenantWriter, WriterReport, generate  # noqa: E402
 from bench.runner import goal, percentile, row  # noqa: E402
-from tests.integration.conftest import remove_tenants, run_playbook, superuser  # noqa: E402
+from tests.integration.conftest import odoo_url, remove_tenants, run_playbook, superuser  # noqa: E402
 
 STATE = REPO / ".state/local"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -317,17 +317,13 @@ def drain_under_odoo(registry_port: int, drains: int) -> bool:
         )  # fmt: skip
         if run.returncode != 0:
             raise RuntimeError(f"provisioning the Odoo tenant failed:\n{run.output[-3000:]}")
-        with psycopg.connect(**tenant.registry_conninfo) as conn:
-            (http_port,) = conn.execute(
-                "SELECT http_port FROM registry.tenants WHERE tenant_id = %s", (tenant.tenant_id,)
-            ).fetchone()
         pid = subprocess.run([*supervisorctl, f"odoo-{tenant.tenant_id}"], capture_output=True, text=True).stdout
         print(f"Drains of the pool a tenant on the process runtime is on, under its running Odoo: {drains}")
         gaps = []
         for n in range(1, drains + 1):
             pool = tenant.server()["name"]
             drained_pools.add(pool)
-            poller = LoginPoller(f"http://127.0.0.1:{http_port}/web/login")
+            poller = LoginPoller(odoo_url(tenant.tenant_id))
             poller.start()
             started = time.monotonic()
             drained = run_playbook("pool_drain.yml", "-e", f"server={pool}", "-e", "saasodoo_runtime_backend=process")

@@ -247,6 +247,14 @@ class LocalPlatform:
             ).fetchone()
 
 
+def odoo_url(tenant: str, path: str = "/web/login") -> str:
+    """A process tenant's Odoo, straight from where it listens as its odoo.conf says (with the process runtime, the
+    address of its own network namespace)."""
+    conf = (LOCAL_STATE / "runtime/tenants" / tenant / "odoo.conf").read_text()
+    address, port = (re.search(rf"^{key} = (\S+)$", conf, re.MULTILINE)[1] for key in ("http_interface", "http_port"))
+    return f"http://{address}:{port}{path}"
+
+
 def superuser(server: str, port: int, dbname: str = "postgres") -> psycopg.Connection:
     """A local server's superuser, over its Unix socket (as the roles and db_migrate reach it)."""
     socket_dir = (LOCAL_STATE / "pg" / server / "run").resolve()

@@ -18,6 +18,7 @@ import re
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +41,7 @@ from .conftest import (
     ansible_env,
     ansible_playbook,
     assert_nothing_changed,
+    odoo_url,
     remove_tenants,
     run_playbook,
     superuser,
@@ -436,7 +438,7 @@ def test_a_link_the_tenant_puts_where_its_pgbouncer_socket_goes_is_not_followed_
         assert (run_dir.stat().st_mode & 0o7777, run_dir.owner()) == (0o700, a)
         assert (target.stat().st_mode & 0o7777, target.owner()) == (0o755, "root")
         assert (target / ".s.PGSQL.6432").is_socket()
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port('iso-a')}/web/login", timeout=10) as page:
+        with urllib.request.urlopen(odoo_url("iso-a"), timeout=10) as page:
             assert page.status == 200  # its Odoo reaches its database through the PgBouncer started anew
     finally:
         subprocess.run(["rm", "-rf", str(tenant_dir / "run.moved")], check=False)
@@ -547,9 +549,72 @@ def test_a_process_tenants_job_leaves_none_of_its_secrets_in_the_runners_artifac
     assert leaks == []
 
 
-def http_port(tenant: str) -> int:
-    conf = (LOCAL_STATE / "runtime/tenants" / tenant / "odoo.conf").read_text()
-    return int(re.search(r"^http_port = (\d+)$", conf, re.MULTILINE)[1])
+# Run as tenant A's OS user: keeps trying to listen on the ports given on every address, and writes a line for each
+# connection it takes (with the first bytes, a Cookie header among them).
+SQUATTER = """
+import socket, sys, time
+ports, log = [int(p) for p in sys.argv[1:]], open(sys.stdout.fileno(), "w", buffering=1)
+held = []
+while True:
+    for port in ports:
+        for address in ("0.0.0.0", "127.0.0.1"):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((address, port)); s.listen(); s.setblocking(False); held.append(s)
+                log.write(f"holds {address}:{port}\\n")
+            except OSError:
+                s.close()
+    for s in held:
+        try:
+            conn, _ = s.accept()
+            log.write(f"took {conn.recv(200)!r}\\n"); conn.close()
+        except BlockingIOError:
+            pass
+    time.sleep(0.05)
+"""
+
+
+def test_no_tenant_takes_another_tenants_ports_or_its_requests(two_process_tenants, tmp_path):
+    """Tenant A's OS user keeps trying to listen on tenant B's HTTP and websocket ports, on the host and inside A's own
+    network namespace, while B is suspended and resumed. B's Odoo listens in its own namespace again, and B's
+    customers' requests (its login page, its websocket, with their session cookie) reach B and never A (before,
+    A held B's websocket port on the shared loopback after the resume and read B's cookies)."""
+    a = tenant_os_user("iso-a")
+    conf = (LOCAL_STATE / "runtime/tenants/iso-b/odoo.conf").read_text()
+    b_ports = [re.search(rf"^{key} = (\d+)$", conf, re.MULTILINE)[1] for key in ("http_port", "gevent_port")]
+    a_namespace = re.search(r"--net=(\S+)", (LOCAL_STATE / "runtime/supervisor/programs/odoo-iso-a.conf").read_text())
+    assert a_namespace, "tenant A's Odoo does not run in a network namespace of its own"
+    log = tmp_path / "squatter.log"
+    as_a = ["setpriv", f"--reuid={a}", f"--regid={a}", "--init-groups", "/usr/bin/python3", "-c", SQUATTER]
+    with log.open("w") as out:  # written through the descriptor: the tenant's user cannot open tmp_path
+        squatters = [
+            subprocess.Popen([*as_a, *b_ports], stdout=out, stderr=out),  # on the host's network
+            subprocess.Popen(["nsenter", a_namespace[0], "--", *as_a, *b_ports], stdout=out, stderr=out),  # A's own
+        ]
+    try:
+        for playbook in ("tenant_suspend.yml", "tenant_resume.yml"):
+            run = run_playbook(playbook, "-e", "tenant_id=iso-b")
+            assert run.returncode == 0, run.output[-4000:]
+        cookie = {"Cookie": "session_id=b-customers-session", "Host": "iso-b.odoo.localhost"}
+        for path in ("/web/login", "/websocket"):
+            request = urllib.request.Request(f"http://127.0.0.1:58080{path}", headers=cookie)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as page:
+                    status, body = page.status, page.read()
+            except urllib.error.HTTPError as error:
+                status, body = error.code, error.read()
+            assert status < 500, (path, status, body[:300])
+        with urllib.request.urlopen(odoo_url("iso-b"), timeout=10) as page:
+            assert page.status == 200
+    finally:
+        for squatter in squatters:
+            squatter.kill()
+            squatter.wait()
+    lines = log.read_text().splitlines()
+    assert not [line for line in lines if not line.startswith(("holds", "took"))], lines  # the squatter ran
+    took = [line for line in lines if line.startswith("took")]
+    assert took == [], took
 
 
 def test_a_rotated_credential_opens_the_tenants_database_and_the_old_one_nothing(local_platform: LocalPlatform):
@@ -621,9 +686,9 @@ def test_a_tenants_odoo_reaches_its_database_over_verified_tls(local_platform: L
         pgbouncer = (tenant_dir / "pgbouncer.ini").read_text()
         assert "server_tls_sslmode = verify-full\n" in pgbouncer
         assert f"server_tls_ca_file = {tenant_dir}/db-ca.crt\n" in pgbouncer
-        server, http_port, _, pgbouncer_port = local_platform.tenant_server(tenant)
+        server, _, _, pgbouncer_port = local_platform.tenant_server(tenant)
         # The login page needs the database: Odoo reached it, through two PgBouncers, the pool's certificate checked.
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/web/login", timeout=10) as page:
+        with urllib.request.urlopen(odoo_url(tenant), timeout=10) as page:
             assert page.status == 200
         admin_password = local_platform.password(f"pgbouncer-admin@{server}")
         with local_platform.connect(pgbouncer_port, "saasodoo_pgbouncer_admin", admin_password, "pgbouncer") as console:

@@ -157,7 +157,7 @@ def render_conf(
         odoo_runtime_db_name=db.name,
         odoo_runtime_db_sslmode="prefer",
         odoo_runtime_data_dir=str(path.parent / "data"),
-        odoo_runtime_http_interface="127.0.0.1",
+        __odoo_runtime_http_address="127.0.0.1",  # the role's vars/main.yml: runtime none's, the interface
         odoo_runtime_http_port=http_port,
         odoo_runtime_gevent_port=gevent_port,
         odoo_runtime_limit_time_cpu=60,

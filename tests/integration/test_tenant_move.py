@@ -23,7 +23,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.migration import
 from ansible_collections.saasodoo.platform.plugins.modules.pgbouncer_userlist import auth_file_lock
 from ansible_collections.saasodoo.platform.plugins.modules.registry_tenant import waiting_for_run
 
-from .conftest import LOCAL_STATE, LocalPlatform, assert_nothing_changed, run_ansible_tool, run_playbook
+from .conftest import LOCAL_STATE, LocalPlatform, assert_nothing_changed, odoo_url, run_ansible_tool, run_playbook
 from .movers import PLANS, RUNTIME_NONE, Mover, provision_mover, wait_for_file
 
 
@@ -235,9 +235,9 @@ def test_a_process_tenants_odoo_follows_its_database_from_the_block_on(local_pla
         assert local_platform.tenant_server(tenant)[0] == source
         turned.unlink()
         wait_for_file(run, verifying, "verifying")
-        target, http_port, _, _ = local_platform.tenant_server(tenant)
+        target = local_platform.tenant_server(tenant)[0]
         assert target != source
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/web/health?db_server_status=1", timeout=10) as page:
+        with urllib.request.urlopen(odoo_url(tenant, "/web/health?db_server_status=1"), timeout=10) as page:
             assert page.status == 200  # Odoo's query reached the database, on the new server
         assert subprocess.run([*supervisorctl, f"odoo-{tenant}"], capture_output=True, text=True).stdout.strip() == pid
         verifying.unlink()

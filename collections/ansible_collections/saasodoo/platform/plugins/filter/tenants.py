@@ -7,6 +7,7 @@ import hashlib
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import PlacementError, database_name
+from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_network import tenant_network as network_of
 
 MAX_USER_NAME = 32  # useradd's limit
 
@@ -24,6 +25,14 @@ def tenant_os_user(tenant_id: str) -> str:
     return f"odoo_{key[:18]}_{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
+def tenant_network(http_port: int, scope: str) -> dict:
+    """The network namespace and addresses of a process-runtime tenant (module_utils/tenant_network.py)."""
+    try:
+        return network_of(http_port, scope)
+    except ValueError as e:
+        raise AnsibleFilterError(str(e)) from None
+
+
 class FilterModule:
     def filters(self):
-        return {"tenant_os_user": tenant_os_user}
+        return {"tenant_os_user": tenant_os_user, "tenant_network": tenant_network}

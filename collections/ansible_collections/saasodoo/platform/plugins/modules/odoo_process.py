@@ -31,6 +31,9 @@ description:
     changes only where that PgBouncer forwards, leaves Odoo running. It runs while the tenant is there, started or
     stopped (an install of modules goes through it), starts before Odoo (the module waits for its socket), and
     stops after it when absent.
+  - With I(network), the tenant's Odoo listens in a network namespace of its own, which C(started) makes (with a veth
+    pair, the host's end and the tenant's, each with its address) when it is missing or not as given, and
+    C(absent) removes. The listener checked at a start is the one in that namespace.
 version_added: 0.4.0
 requirements:
   - supervisor (the Python package; the host that runs supervisord has it)
@@ -145,6 +148,36 @@ options:
       - At most 107 bytes (a Unix socket's path), or the module refuses to start or stop the tenant.
     type: path
     required: true
+  network:
+    description:
+      - The tenant's network namespace, as the C(saasodoo.platform.tenant_network) filter gives it; the program's
+        command enters it. Omitted, the tenant's Odoo listens on the host's network.
+    type: dict
+    suboptions:
+      namespace:
+        description: "The namespace's name (C(ip netns))."
+        type: str
+        required: true
+      host_interface:
+        description: "The veth pair's end on the host."
+        type: str
+        required: true
+      tenant_interface:
+        description: "Its end in the namespace."
+        type: str
+        required: true
+      host_address:
+        description: "The host end's address."
+        type: str
+        required: true
+      tenant_address:
+        description: "The tenant end's address, where its Odoo listens."
+        type: str
+        required: true
+      prefix:
+        description: "The link's prefix length."
+        type: int
+        required: true
 attributes:
   check_mode:
     support: full
@@ -183,6 +216,7 @@ actions:
 import contextlib
 import grp
 import http.client
+import json
 import os
 import pwd
 import shutil
@@ -236,11 +270,13 @@ def login_port(url: str) -> int | None:
         return None
 
 
-def listener_uids(port: int) -> set[int]:
-    """The uids of the TCP sockets listening on `port` in this network namespace (/proc/net/tcp and tcp6: the local
-    address's port in hex, state 0A is LISTEN, the owner's uid in the eighth column)."""
+def listener_uids(port: int, pid: int | None = None) -> set[int]:
+    """The uids of the TCP sockets listening on `port` in this network namespace, or in the one process `pid` is in
+    (/proc/net/tcp and tcp6: the local address's port in hex, state 0A is LISTEN, the owner's uid in the eighth
+    column)."""
     uids = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    proc = f"/proc/{pid}" if pid else "/proc"
+    for table in (f"{proc}/net/tcp", f"{proc}/net/tcp6"):
         with contextlib.suppress(FileNotFoundError), open(table) as rows:
             for fields in (row.split() for row in list(rows)[1:]):
                 if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
@@ -271,6 +307,11 @@ class OdooProcess:
         except UNANSWERED as error:  # a Fault: above
             self.fail(f"supervisord does not answer as it should on {self.p['supervisor_socket']} ({error}):"
                       " converge the runtime host first (playbooks/site.yml)")  # fmt: skip
+
+    def pid(self) -> int | None:
+        """The pid of the tenant's Odoo as supervisord started it (0 when it does not run)."""
+        info = self.rpc("getProcessInfo", self.p["program"], ok_faults=(Faults.BAD_NAME,))
+        return info["pid"] if info else None
 
     def state(self, program: str | None = None) -> str | None:
         """supervisord's state of the program (RUNNING, STARTING, BACKOFF, STOPPED, EXITED, FATAL, ...), Odoo's
@@ -331,6 +372,8 @@ class OdooProcess:
             self.ensure_dir(os.path.dirname(p["pgbouncer_socket"]), p["owner"], 0o700)
             for file in written:
                 self.ensure_file(file)
+        if p["network"] and p["state"] == "started":
+            self.ensure_network()  # before supervisord may start the program, whose command enters it
         if "program" in self.changed_roles or (p["state"] != "absent" and None in (state, pgbouncer_state)):
             self.update()
         if p["state"] != "absent":
@@ -344,6 +387,60 @@ class OdooProcess:
             self.reload_nginx()
         if p["state"] != "absent":
             self.wait_for_route()
+        elif p["network"]:
+            self.remove_network()
+
+    def ip(self, *args: str, check: bool = True) -> str:
+        rc, out, err = self.module.run_command(["ip", *args])
+        if rc != 0 and check:
+            self.fail(f"ip {' '.join(args)} failed for program {self.p['program']}: {err.strip()}")
+        return out
+
+    def network_ready(self) -> bool:
+        """Whether the namespace is there with both ends of the pair up and addressed as given, its loopback up."""
+        n = self.p["network"]
+        if not os.path.exists(f"/run/netns/{n['namespace']}"):
+            return False
+
+        def up_with(links: list, name: str, address: str | None) -> bool:
+            return any(
+                link.get("ifname") == name and "UP" in link.get("flags", [])
+                and (address is None or any(a.get("local") == address for a in link.get("addr_info", [])))
+                for link in links
+            )  # fmt: skip
+
+        host = json.loads(self.ip("-j", "addr", "show", "dev", n["host_interface"], check=False) or "[]")
+        inside = json.loads(self.ip("-n", n["namespace"], "-j", "addr", "show", check=False) or "[]")
+        return (up_with(host, n["host_interface"], n["host_address"]) and up_with(inside, "lo", None)
+                and up_with(inside, n["tenant_interface"], n["tenant_address"]))  # fmt: skip
+
+    def ensure_network(self) -> None:
+        n = self.p["network"]
+        if self.network_ready():
+            return
+        self.actions.append(f"made its network namespace {n['namespace']}")
+        if self.check_mode:
+            return
+        if not os.path.exists(f"/run/netns/{n['namespace']}"):
+            self.ip("netns", "add", n["namespace"])
+        self.ip("link", "del", n["host_interface"], check=False)  # half made by a run cut short: made again
+        ns, host, tenant = n["namespace"], n["host_interface"], n["tenant_interface"]
+        self.ip("link", "add", host, "type", "veth", "peer", "name", tenant, "netns", ns)
+        self.ip("addr", "add", f"{n['host_address']}/{n['prefix']}", "dev", host)
+        self.ip("link", "set", host, "up")
+        self.ip("-n", ns, "addr", "add", f"{n['tenant_address']}/{n['prefix']}", "dev", tenant)
+        self.ip("-n", ns, "link", "set", tenant, "up")
+        self.ip("-n", ns, "link", "set", "lo", "up")
+
+    def remove_network(self) -> None:
+        n = self.p["network"]
+        if os.path.exists(f"/run/netns/{n['namespace']}"):
+            self.actions.append(f"removed its network namespace {n['namespace']}")
+            if not self.check_mode:
+                # The kernel cleans a deleted namespace up later, its end of the pair with it: the host's end is
+                # deleted first (taking the other), so a tenant given this port next finds the name free.
+                self.ip("link", "del", n["host_interface"], check=False)
+                self.ip("netns", "del", n["namespace"])
 
     def reload_nginx(self) -> None:
         for action, argv in (("nginx configuration checked", ["-t", "-q"]), ("nginx reloaded", ["-s", "reload"])):
@@ -445,7 +542,7 @@ class OdooProcess:
             status, body = fetch(p["login_url"])
             state = self.state()  # after the answer: the one that answered is still the one supervisord runs
             if status == 200 and LOGIN_FORM in body and state in ("STARTING", "RUNNING"):
-                owners = listener_uids(port)
+                owners = listener_uids(port, self.pid() if p["network"] else None)
                 if owners == {uid}:
                     return
                 if owners and state == "RUNNING":
@@ -586,6 +683,17 @@ def main() -> None:
             route_timeout=dict(type="int", default=20),
             pgbouncer_program=dict(type="str", required=True),
             pgbouncer_socket=dict(type="path", required=True),
+            network=dict(
+                type="dict",
+                options=dict(
+                    namespace=dict(type="str", required=True),
+                    host_interface=dict(type="str", required=True),
+                    tenant_interface=dict(type="str", required=True),
+                    host_address=dict(type="str", required=True),
+                    tenant_address=dict(type="str", required=True),
+                    prefix=dict(type="int", required=True),
+                ),
+            ),
         ),
         supports_check_mode=True,
     )
