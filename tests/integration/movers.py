@@ -22,6 +22,7 @@ from bench.odoo_tenant import TenantWriter, WriterReport, generate
 from webhook_runner.desired import database_name
 
 from .conftest import (
+    LOCAL_STATE,
     REPO,
     VENV_BIN,
     LocalPlatform,
@@ -174,6 +175,11 @@ class Mover:
             # Never two writable copies: only the tenant's current server lets its role log in.
             if c["can_login"] is not None:
                 assert c["can_login"][0] == (name == record["db_server"]), (name, c)
+            # And each server's PgBouncer knows it as it is (a site.yml would otherwise change the auth file).
+            userlist = LOCAL_STATE / "pgbouncer" / name / "userlist.txt"
+            if userlist.exists():
+                listed = f'"{self.db}" ' in userlist.read_text()
+                assert listed == bool(c["can_login"] and c["can_login"][0]), f"{name}'s PgBouncer auth file: {listed=}"
         move = self.last_move()
         assert move["phase"] == "done" and move["finished_at"] is not None, move
         assert move["verification"]["differing_tables"] == [] and move["verification"]["sequences_behind"] == []

@@ -206,6 +206,32 @@ def test_a_privileged_session_ignores_the_settings_the_tenant_gave_its_database(
         )
 
 
+def test_a_privileged_session_reads_no_view_the_tenant_swapped_in_for_a_table(hostile: LocalPlatform):
+    """A verification lists the tenant's tables, then reads each by name: a tenant that turns one into a view calling
+    its function in between would run it as the superuser. Every platform session refuses the tenant's views (the
+    server's release has restrict_nonsystem_relation_kind: postgres_server checks it)."""
+    as_tenant(
+        hostile,
+        "CREATE TABLE public.swapped (id int)",
+        "ALTER TABLE public.swapped RENAME TO swapped_aside",
+        "CREATE VIEW public.swapped AS SELECT 1 AS id WHERE public.hostile_hook('view')",
+    )
+    try:
+        since = server_logs()
+        name, port = tenant_server(hostile)
+        socket_dir = str((LOCAL_STATE / "pg" / name / "run").resolve())
+        server = Server(name=name, host="127.0.0.1", port=port, admin={"login_unix_socket": socket_dir})
+        with (
+            server.connect(DB) as conn,
+            pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="non-system view"),
+        ):
+            conn.execute('SELECT count(*) FROM public."swapped"')
+        assert [h for h in hook_lines(since) if h["hook"] == "view"] == []
+        assert_nothing_ran_as_a_superuser(hostile, hook_lines(since))
+    finally:
+        as_tenant(hostile, "DROP VIEW public.swapped", "DROP TABLE public.swapped_aside")
+
+
 def test_a_new_sign_in_link_runs_the_tenants_triggers_as_the_tenant_only(hostile: LocalPlatform):
     """The link writes the admin's partner row, which the tenant owns: its trigger there runs, with a RESET ROLE."""
     as_tenant(
@@ -656,6 +682,7 @@ def test_the_platform_role_may_only_append_to_the_audit_chain_which_verifies_end
             "TRUNCATE registry.audit",
             "ALTER TABLE registry.audit DISABLE TRIGGER audit_append_only",
             "DROP TRIGGER audit_chain ON registry.audit",
+            "SELECT pg_catalog.setval('registry.audit_id_seq', 1000000)",  # a gap in the ids, or an id again
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 app.execute(tampering)

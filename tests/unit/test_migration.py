@@ -51,6 +51,7 @@ def test_every_privileged_session_in_a_tenant_database_pins_the_same_settings():
     assert playbooks["saasodoo_pinned_session_options"] == PINNED_SESSION
     settings = dict(option.split("=", 1) for option in PINNED_SESSION.removeprefix("-c ").split(" -c "))
     assert settings["role"] == "none" and settings["search_path"] == "pg_catalog,pg_temp"
+    assert settings["restrict_nonsystem_relation_kind"] == "view,foreign-table"
 
 
 class FakeSession:
