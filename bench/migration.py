@@ -109,16 +109,17 @@ class Tenant:
         """The tenant's latest registry.migrations row, its times in seconds (None where not recorded)."""
         with psycopg.connect(**self.registry_conninfo) as conn:
             move = conn.execute(
-                "SELECT id, method, phase, copy_ms, total_ms, write_downtime_ms, (verification ->> 'seconds')::float"
+                "SELECT id, method, phase, held_timeline, copy_ms, total_ms, write_downtime_ms,"
+                " (verification ->> 'seconds')::float"
                 " FROM registry.migrations WHERE tenant_id = %s ORDER BY id DESC LIMIT 1",
                 (self.tenant_id,),
             ).fetchone()
         if move is None:
             return None
-        move_id, method, phase, *times = move
+        move_id, method, phase, held_timeline, *times = move
         copy_s, total_s, downtime_s = (None if ms is None else ms / 1000 for ms in times[:3])
         return {"id": move_id, "method": method, "phase": phase, "copy_s": copy_s, "total_s": total_s,
-                "downtime_s": downtime_s, "verification_s": times[3]}  # fmt: skip
+                "downtime_s": downtime_s, "verification_s": times[3], "held_timeline": held_timeline or {}}  # fmt: skip
 
     def writer(self) -> TenantWriter:
         def locate() -> tuple[str, int]:
@@ -319,7 +320,7 @@ def drain_under_odoo(registry_port: int, drains: int) -> bool:
             raise RuntimeError(f"provisioning the Odoo tenant failed:\n{run.output[-3000:]}")
         pid = subprocess.run([*supervisorctl, f"odoo-{tenant.tenant_id}"], capture_output=True, text=True).stdout
         print(f"Drains of the pool a tenant on the process runtime is on, under its running Odoo: {drains}")
-        gaps = []
+        gaps, helds = [], []
         for n in range(1, drains + 1):
             pool = tenant.server()["name"]
             drained_pools.add(pool)
@@ -332,11 +333,16 @@ def drain_under_odoo(registry_port: int, drains: int) -> bool:
             if drained.returncode != 0:
                 raise RuntimeError(f"draining {pool} failed:\n{drained.output[-3000:]}")
             gaps.append(gap)
+            moved = tenant.last_move()  # the registry's record of the held window: block -> let in, step by step
+            helds.append(moved["downtime_s"] or 0.0)
+            steps = ", ".join(f"{step} {ms}" for step, ms in moved["held_timeline"].items())
             print(f"  drain {n} of {pool}: {seconds:.1f} s; its login page answered {answers} times, {failures} failed,"
-                  f" longest gap between good answers {gap:.2f} s", flush=True)  # fmt: skip
+                  f" longest gap between good answers {gap:.2f} s; held {helds[-1]:.2f} s (ms after the block:"
+                  f" {steps})", flush=True)  # fmt: skip
             set_active(registry_port, pool)  # drained again later, as the tenant comes back to it
         same = subprocess.run([*supervisorctl, f"odoo-{tenant.tenant_id}"], capture_output=True, text=True).stdout
         print(row("Odoo-seen downtime (the login page's longest gap)", gaps, "s", 1.0))
+        print(row("held window (the move's write_downtime_ms)", helds, "s", 1.0))
         print(f"  Odoo pid {pid.strip()} before the first drain, {same.strip()} after the last")
         verdict = "met" if int(pid or 0) > 0 and same == pid else "NOT met"  # supervisorctl says 0 when stopped
         print(f"goal Odoo not restarted by a move: pid {pid.strip()} vs {same.strip()} — {verdict}")

@@ -554,6 +554,35 @@ def test_no_customer_takes_another_tenants_kept_copy_by_naming_its_tenant_after_
             conn.execute("DROP ROLE IF EXISTS t_keeper")
 
 
+@pytest.mark.parametrize("planted", ["filestore", "filestore/t_iso_a", "sessions", "addons"])
+def test_a_link_the_tenant_puts_in_its_tree_is_not_followed_by_a_plan_change(two_process_tenants, tmp_path, planted):
+    """The plan change's storage step (tenant_storage, root) and the backups of every root-run playbook that touches
+    the tree: whichever directory the tenant swapped for a link, the root-owned directory it points at keeps its owner,
+    mode and content (the run may fail: the tenant broke its own tree)."""
+    a, tenant_dir = tenant_os_user("iso-a"), LOCAL_STATE / "storage/odoo_instances/odoo_data_t_iso_a_iso-a"
+    roots = tmp_path / "roots"
+    (roots / "t_iso_a").mkdir(mode=0o755, parents=True)
+    roots.chmod(0o755)
+    (roots / "t_iso_a/precious").write_text("root's\n")
+
+    def roots_state() -> list:
+        return sorted((str(p), p.stat().st_mode, p.owner(), p.is_file() and p.read_text()) for p in roots.rglob("*"))
+
+    before, linked, aside = roots_state(), tenant_dir / planted, tenant_dir / f"{planted}.aside"
+    try:
+        assert as_user(a, "mv", str(linked), str(aside)).returncode == 0
+        assert as_user(a, "ln", "-s", str(roots), str(linked)).returncode == 0
+        run = run_playbook("tenant_change_plan.yml", "-e", "tenant_id=iso-a", "-e", "plan=basic-monthly")
+        assert roots_state() == before and (roots.stat().st_mode & 0o7777, roots.owner()) == (0o755, "root")
+        if planted == "filestore/t_iso_a":  # below what the storage step ensures: the run leaves it be
+            assert run.returncode == 0, run.output[-4000:]
+        else:
+            assert run.returncode != 0 and "exists and is not a directory" in run.output, run.output[-4000:]
+    finally:
+        subprocess.run(["rm", "-f", "--", str(linked)], check=True)
+        subprocess.run(["mv", "--", str(aside), str(linked)], check=True)
+
+
 def test_a_process_tenants_job_leaves_none_of_its_secrets_in_the_runners_artifacts(two_process_tenants, tmp_path):
     """A job as the runner runs it (ansible-runner, the job's environment) on a process tenant, whose runtime writes
     its PgBouncer's auth file: nothing in the artifacts holds the tenant's password or its SCRAM verifier (before, the

@@ -421,24 +421,29 @@ class Move:
         Logical: returns the two copies' snapshots, taken while both were frozen and equal, for the verification
         after the switch. Dump: verifies before the switch, and returns None.
         """
+        laps: dict[str, int] = {}  # each step of the held window, ms since the block (registry: held_timeline)
+
+        def lap(step: str) -> None:
+            laps[step] = round((time.monotonic() - downtime_started) * 1000)
+
         if self.row["method"] == "dump":
             downtime_started = self._block_writes()
+            lap("sessions ended")
             self._copy_dump()
+            lap("copied")
             self._sync_sequences(self.source, self.target)
+            lap("sequences copied")
             with self.source.connect(self.db_name) as source, self.target.connect(self.db_name) as target:
                 for conn in (source, target):
                     conn.execute(VERIFICATION_SETTINGS)
                 self._verify(source, target)
+            lap("verified")
             self.enter("verified")
             self._failpoint("verified")
             self.stop_if_run_is_gone()  # not switched yet: rolled back and reopened
-            self._repoint(downtime_started)
+            self._repoint(downtime_started, laps)
             return None
         self._copy_logical()
-        laps = []  # each step of the switch, ms since the block: the module's output shows where downtime goes
-
-        def lap(step: str) -> None:
-            laps.append(f"{step} {round((time.monotonic() - downtime_started) * 1000)}")
 
         with self.source.keeping(), self.target.keeping():  # one admin session per server and database
             downtime_started = self._block_writes()
@@ -451,14 +456,13 @@ class Move:
             lap("replication turned round")
             self._failpoint("turned")
             snapshots = self._snapshots()
+            lap("snapshots taken")
             try:
-                self._repoint(downtime_started)
+                self._repoint(downtime_started, laps)
             except BaseException:
                 for conn in snapshots:
                     conn.close()
                 raise
-            lap("repointed")
-        self.executed.append(f"switch, ms after writes were blocked: {', '.join(laps)}")
         return snapshots
 
     def _copy_logical(self) -> None:
@@ -1046,9 +1050,12 @@ class Move:
         if differing:
             raise MoveError(f"verification failed: {len(differing)} tables differ ({', '.join(differing[:5])})")
 
-    def _repoint(self, downtime_started: float) -> None:
+    def _repoint(self, downtime_started: float, laps: dict[str, int]) -> None:
         """The registry points at the target from here on: one transaction, with the phase and the plan; then the
         target lets the tenant in.
+
+        `laps` is the held window's steps so far (ms since the block): the repoint's are added, and the whole is
+        recorded with how long the tenant was held.
 
         Its role may log in, and its PgBouncer's door (closed since the block) opens, only once the registry says so:
         the tenant's runtime may have followed the move there since its block, and a write it made there before a
@@ -1082,6 +1089,7 @@ class Move:
                 ),
             )
             self.enter("repointed")
+            laps["repointed"] = round((time.monotonic() - downtime_started) * 1000)
             self.audit(
                 "result",
                 {
@@ -1101,8 +1109,13 @@ class Move:
                 if attempt == 2:
                     raise
                 time.sleep(0.2)  # another session, a moment later
+        held_ms = round((time.monotonic() - downtime_started) * 1000)
+        laps["let in"] = held_ms
+        self.executed.append(f"held window, ms after writes were blocked: {json.dumps(laps)}")
         if self.tenant["status"] == "active":
-            self._record(write_downtime_ms=round((time.monotonic() - downtime_started) * 1000))
+            self._record(write_downtime_ms=held_ms, held_timeline=json.dumps(laps))
+        else:  # a suspended tenant writes nothing, and is not held: the steps are kept all the same
+            self._record(held_timeline=json.dumps(laps))
         self._failpoint("repointed")
 
     def _allow_login(self, server: Server) -> None:

@@ -41,11 +41,20 @@ FROM registry.restore_drills
 ORDER BY id DESC LIMIT 1
 """
 
-QUERIES = {"servers": SERVERS_QUERY, "tenants": TENANTS_QUERY, "plans": PLANS_QUERY, "drills": DRILLS_QUERY}
+# The ten latest moves, with how long each held its tenant (block -> let in) and where that time went.
+MOVES_QUERY = """
+SELECT id, tenant_id, source_server, target_server, method, phase,
+       to_char(started_at, 'YYYY-MM-DD HH24:MI:SS TZ') AS started_at, write_downtime_ms, held_timeline
+FROM registry.migrations
+ORDER BY id DESC LIMIT 10
+"""
+
+QUERIES = {"servers": SERVERS_QUERY, "tenants": TENANTS_QUERY, "plans": PLANS_QUERY, "drills": DRILLS_QUERY,
+           "moves": MOVES_QUERY}  # fmt: skip
 
 
 def read_fleet(conn, subsets: list[str]) -> dict[str, list[dict]]:
-    """Each asked subset (servers, tenants, plans, drills) as a list of rows, read in one snapshot."""
+    """Each asked subset (servers, tenants, plans, drills, moves) as a list of rows, read in one snapshot."""
     unknown = set(subsets) - set(QUERIES)
     if unknown:
         raise ValueError(f"unknown subsets {sorted(unknown)}: choose among {sorted(QUERIES)}")

@@ -20,8 +20,8 @@ options:
     description: What to read; the others are returned as empty lists.
     type: list
     elements: str
-    choices: [servers, tenants, plans, drills]
-    default: [servers, tenants, plans, drills]
+    choices: [servers, tenants, plans, drills, moves]
+    default: [servers, tenants, plans, drills, moves]
 attributes:
   check_mode:
     support: full
@@ -74,6 +74,17 @@ drills:
   sample: [{"id": 7, "tenant_id": "acme", "backup_id": "acme-20261121T101500123456Z",
             "drilled_at": "2026-11-22 03:00:05 UTC", "seconds": 4.2, "passed": true,
             "detail": "restored 12 tables from backup acme-20261121T101500123456Z"}]
+moves:
+  description:
+    - The ten latest database moves, newest first, with how long each held its tenant (C(write_downtime_ms), from
+      the block of its writes to the target letting it in; null for a suspended tenant) and that window's steps
+      (C(held_timeline), ms after the block).
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"id": 12, "tenant_id": "acme", "source_server": "pool-shared-01", "target_server": "pool-dedicated-01",
+            "method": "logical", "phase": "done", "started_at": "2026-11-22 03:00:05 UTC", "write_downtime_ms": 612,
+            "held_timeline": {"sessions ended": 38, "caught up": 240, "repointed": 590, "let in": 612}}]
 plans:
   description: The newest version of every plan, by name, with its entitlements.
   returned: success
