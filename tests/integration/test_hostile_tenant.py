@@ -15,7 +15,6 @@ which runs the CHECK function).
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import time
 import urllib.error
@@ -410,12 +409,13 @@ def two_process_tenants(local_platform: LocalPlatform):
 def test_a_tenants_odoo_runs_as_its_own_user_and_reads_nothing_of_another_tenant(two_process_tenants):
     runtime, storage = LOCAL_STATE / "runtime", LOCAL_STATE / "storage/odoo_instances"
     a, b = (tenant_os_user(t) for t in ISOLATED)
-    for program in ("odoo-iso-a", "pgbouncer-iso-a"):  # its Odoo and the PgBouncer its Odoo reaches its database by
+    # Its Odoo as its own user; the PgBouncer its Odoo reaches its database by as one the tenant is not.
+    for program, user in (("odoo-iso-a", a), ("pgbouncer-iso-a", "saasodoo_pgbouncer")):
         pid = subprocess.run(
             ["supervisorctl", "-c", str(runtime / "supervisor/supervisord.conf"), "pid", program],
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
-        assert subprocess.run(["ps", "-o", "user=", "-p", pid], capture_output=True, text=True).stdout.strip() == a
+        assert subprocess.run(["ps", "-o", "user=", "-p", pid], capture_output=True, text=True).stdout.strip() == user
 
     own = as_user(a, "cat", str(runtime / "tenants/iso-a/odoo.conf"))
     assert own.returncode == 0 and "db_password" in own.stdout  # the user works: it reads its own config
@@ -427,7 +427,7 @@ def test_a_tenants_odoo_runs_as_its_own_user_and_reads_nothing_of_another_tenant
             "python3",
             "-c",
             "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])",
-            str(runtime / "tenants/iso-b/run/.s.PGSQL.6432"),
+            str(runtime / "pgbouncer/iso-b/run/.s.PGSQL.6432"),
         ],
         "B's files": ["ls", str(storage / "odoo_data_t_iso_b_iso-b")],
         "B's filestore": ["find", str(storage / "odoo_data_t_iso_b_iso-b/filestore")],
@@ -436,38 +436,39 @@ def test_a_tenants_odoo_runs_as_its_own_user_and_reads_nothing_of_another_tenant
         "supervisord's socket and programs": ["ls", str(runtime / "supervisor")],
         "the list of tenants' directories": ["ls", str(storage)],
     }
-    assert (runtime / "tenants/iso-b/run/.s.PGSQL.6432").is_socket()  # there, for root
+    assert (runtime / "pgbouncer/iso-b/run/.s.PGSQL.6432").is_socket()  # there, for root
     readable = [what for what, argv in others.items() if as_user(a, *argv).returncode == 0]
     assert readable == [], f"{a} can read {readable}"
     assert b != a and as_user(b, "cat", str(runtime / "tenants/iso-a/odoo.conf")).returncode != 0
 
 
-def test_a_link_the_tenant_puts_where_its_pgbouncer_socket_goes_is_not_followed_by_root(two_process_tenants, tmp_path):
-    """The socket directory is in the tenant's own directory: its user may swap it for a link to anything. The next
-    run of the tenant's runtime removes the link and makes the directory again; root changes nothing where it
-    pointed (no chmod, no chown, no socket removed there)."""
-    a, tenant_dir = tenant_os_user("iso-a"), LOCAL_STATE / "runtime/tenants/iso-a"
-    target = tmp_path / "someone-elses"
-    target.mkdir(mode=0o755)
-    with socket.socket(socket.AF_UNIX) as theirs:  # a real socket of the same name: the one root would remove
-        theirs.bind(str(target / ".s.PGSQL.6432"))
+def test_the_tenant_can_neither_change_nor_take_over_its_own_pgbouncer(two_process_tenants):
+    """Its PgBouncer runs on the host's network, which the tenant's Odoo is kept out of: were it the tenant's (its
+    files, its user), the tenant could rewrite its pgbouncer.ini to listen on any port of the host, or trace it and
+    run its own code there. Its files are root's in root's directory, it runs as another user, and its socket's
+    directory lets the tenant's group in and nothing more; a resume starts it again as it should be."""
+    a, home = tenant_os_user("iso-a"), LOCAL_STATE / "runtime/pgbouncer/iso-a"
     supervisorctl = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf")]
-    try:
-        assert as_user(a, "mv", str(tenant_dir / "run"), str(tenant_dir / "run.moved")).returncode == 0
-        assert as_user(a, "ln", "-s", str(target), str(tenant_dir / "run")).returncode == 0
-        subprocess.run([*supervisorctl, "stop", "pgbouncer-iso-a"], capture_output=True, check=True)
-        run = run_playbook("tenant_resume.yml", "-e", "tenant_id=iso-a", "-v")  # starts its PgBouncer again
-        assert run.returncode == 0, run.output[-4000:]
-        assert "removed what stood at" in run.output
-        run_dir = tenant_dir / "run"
-        assert run_dir.is_dir() and not run_dir.is_symlink() and (run_dir / ".s.PGSQL.6432").is_socket()
-        assert (run_dir.stat().st_mode & 0o7777, run_dir.owner()) == (0o700, a)
-        assert (target.stat().st_mode & 0o7777, target.owner()) == (0o755, "root")
-        assert (target / ".s.PGSQL.6432").is_socket()
-        with urllib.request.urlopen(odoo_url("iso-a"), timeout=10) as page:
-            assert page.status == 200  # its Odoo reaches its database through the PgBouncer started anew
-    finally:
-        subprocess.run(["rm", "-rf", str(tenant_dir / "run.moved")], check=False)
+    pid = subprocess.run([*supervisorctl, "pid", "pgbouncer-iso-a"], capture_output=True, text=True).stdout.strip()
+    attempts = {
+        "rewrite its pgbouncer.ini": ["sh", "-c", f"echo 'listen_addr = 127.0.0.1' >> {home}/pgbouncer.ini"],
+        "put another pgbouncer.ini in its place": ["mv", "-f", f"{home}/pgbouncer-users.txt", f"{home}/pgbouncer.ini"],
+        "plant a file beside it": ["touch", f"{home}/planted"],
+        "plant a file where its socket goes": ["touch", f"{home}/run/planted"],
+        "signal it": ["kill", "-STOP", pid],
+        "trace it": ["cat", f"/proc/{pid}/environ"],
+    }
+    done = [what for what, argv in attempts.items() if as_user(a, *argv).returncode == 0]
+    assert done == [], f"{a} could {done}"
+    assert as_user(a, "test", "-w", f"{home}/run/.s.PGSQL.6432").returncode == 0  # its Odoo's way in stays open
+    subprocess.run([*supervisorctl, "stop", "pgbouncer-iso-a"], capture_output=True, check=True)
+    run = run_playbook("tenant_resume.yml", "-e", "tenant_id=iso-a")  # starts its PgBouncer again
+    assert run.returncode == 0, run.output[-4000:]
+    assert (home / "run/.s.PGSQL.6432").is_socket()
+    assert ((home / "run").stat().st_mode & 0o7777, (home / "run").owner(), (home / "run").group()) == (
+        0o750, "saasodoo_pgbouncer", a)  # fmt: skip
+    with urllib.request.urlopen(odoo_url("iso-a"), timeout=10) as page:
+        assert page.status == 200  # its Odoo reaches its database through the PgBouncer started anew
 
 
 @pytest.mark.parametrize("planted", ["filestore", "filestore/t_iso_a"])
@@ -589,7 +590,7 @@ def test_a_process_tenants_job_leaves_none_of_its_secrets_in_the_runners_artifac
     module's invocation in the job events carried the verifier)."""
     password = two_process_tenants.password("tenant:iso-b:v1")
     verifier = stable_scram_sha_256_verifier(password)
-    assert verifier in (LOCAL_STATE / "runtime/tenants/iso-b/pgbouncer-users.txt").read_text()  # what is looked for
+    assert verifier in (LOCAL_STATE / "runtime/pgbouncer/iso-b/pgbouncer-users.txt").read_text()  # what is looked for
     result = ansible_runner.run(
         private_data_dir=str(tmp_path), project_dir=str(REPO), playbook=str(REPO / "playbooks/tenant_resume.yml"),
         inventory=str(REPO / "inventories/local"), envvars=job_environment(REPO), extravars={"tenant_id": "iso-b"},
@@ -736,12 +737,12 @@ def test_a_tenants_odoo_reaches_its_database_over_verified_tls(local_platform: L
     )  # fmt: skip
     assert provisioned.returncode == 0, provisioned.output[-4000:]
     try:
-        # Odoo reaches its own PgBouncer over a socket in its directory; that PgBouncer does the TLS.
-        tenant_dir = LOCAL_STATE / "runtime/tenants" / tenant
-        assert f"db_host = {tenant_dir}/run\n" in (tenant_dir / "odoo.conf").read_text()
-        pgbouncer = (tenant_dir / "pgbouncer.ini").read_text()
+        # Odoo reaches its own PgBouncer over a socket only its group may reach; that PgBouncer does the TLS.
+        tenant_dir, pgbouncer_dir = (LOCAL_STATE / "runtime" / kind / tenant for kind in ("tenants", "pgbouncer"))
+        assert f"db_host = {pgbouncer_dir}/run\n" in (tenant_dir / "odoo.conf").read_text()
+        pgbouncer = (pgbouncer_dir / "pgbouncer.ini").read_text()
         assert "server_tls_sslmode = verify-full\n" in pgbouncer
-        assert f"server_tls_ca_file = {tenant_dir}/db-ca.crt\n" in pgbouncer
+        assert f"server_tls_ca_file = {pgbouncer_dir}/db-ca.crt\n" in pgbouncer
         server, _, _, pgbouncer_port = local_platform.tenant_server(tenant)
         # The login page needs the database: Odoo reached it, through two PgBouncers, the pool's certificate checked.
         with urllib.request.urlopen(odoo_url(tenant), timeout=10) as page:

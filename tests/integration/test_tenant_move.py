@@ -201,7 +201,7 @@ def test_a_process_tenants_odoo_follows_its_database_from_the_block_on(local_pla
     the switch has opened the new one or repointed the registry; the move then compares the two copies while Odoo
     answers from its database there, not restarted for it."""
     tenant = "mover-odoo"
-    tenant_dir = LOCAL_STATE / "runtime/tenants" / tenant
+    pgbouncer_dir = LOCAL_STATE / "runtime/pgbouncer" / tenant  # the tenant PgBouncer's files
     supervisorctl = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf"), "pid"]
     provisioned = run_playbook(
         "tenant_provision.yml", "-e", f"tenant_id={tenant}", "-e", "plan=basic-monthly", "-e", "customer_id=acct-odoo"
@@ -226,10 +226,10 @@ def test_a_process_tenants_odoo_follows_its_database_from_the_block_on(local_pla
         # yet, nor does the registry point there, but the runtime follows already, its PgBouncer pointed at the new
         # server's (or at the server, which has none) by the playbook's next tasks.
         deadline = time.monotonic() + 60
-        while f"{mover.db} = host=127.0.0.1 port={port} " not in (tenant_dir / "pgbouncer.ini").read_text():
+        while f"{mover.db} = host=127.0.0.1 port={port} " not in (pgbouncer_dir / "pgbouncer.ini").read_text():
             if time.monotonic() > deadline:
                 pytest.fail(
-                    f"the tenant's PgBouncer still points elsewhere:\n{(tenant_dir / 'pgbouncer.ini').read_text()}"
+                    f"the tenant's PgBouncer still points elsewhere:\n{(pgbouncer_dir / 'pgbouncer.ini').read_text()}"
                 )
             time.sleep(0.1)  # the playbook is another process: poll the file it writes
         assert local_platform.tenant_server(tenant)[0] == source

@@ -25,8 +25,9 @@ description:
     C(absent) stops it and removes its program, its directory and its route.
   - A changed route is checked (C(nginx -t)) before nginx reloads; then the module waits until nginx routes the
     tenant as it should (its login form when started, 503 otherwise), since nginx swaps workers in the background.
-  - The tenant's Odoo reaches its database through a PgBouncer of its own (I(pgbouncer_program), run as the
-    tenant's user, its socket in the tenant's directory), configured by the files of role C(database).
+  - The tenant's Odoo reaches its database through a PgBouncer of its own (I(pgbouncer_program), run as
+    I(pgbouncer_user), not the tenant's user, from root's files; its socket in a directory only the tenant's group may
+    enter), configured by the files of role C(database).
     A change to them reloads that PgBouncer (C(SIGHUP)) and does not restart Odoo, so a database move, which
     changes only where that PgBouncer forwards, leaves Odoo running. It runs while the tenant is there, started or
     stopped (an install of modules goes through it), starts before Odoo (the module waits for its socket), and
@@ -96,6 +97,9 @@ options:
         description: Owned by the tenant's user (otherwise root's).
         type: bool
         default: false
+      group:
+        description: The group of a file of root's (the tenant PgBouncer's, readable by its user's group).
+        type: str
       role:
         description:
           - What a change calls for, C(config) (a restart, like odoo.conf's), C(program) (an update), C(route) (a
@@ -144,10 +148,16 @@ options:
     required: true
   pgbouncer_socket:
     description:
-      - The Unix socket the tenant's PgBouncer listens on (C(<dir>/.s.PGSQL.<port>)); its directory is made.
+      - The Unix socket the tenant's PgBouncer listens on (C(<home>/run/.s.PGSQL.<port>)); C(<home>) (root's, 0711,
+        its files) and C(<home>/run) (I(pgbouncer_user)'s, the tenant's group's, 0750) are made, and removed when
+        absent.
       - At most 107 bytes (a Unix socket's path), or the module refuses to start or stop the tenant.
     type: path
     required: true
+  pgbouncer_user:
+    description: The OS user the tenant's PgBouncer runs as, which no tenant is (its program names it too).
+    type: str
+    default: saasodoo_pgbouncer
   network:
     description:
       - The tenant's network namespace, as the C(saasodoo.platform.tenant_network) filter gives it; the program's
@@ -235,6 +245,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.supervisor impor
     SupervisorTransport,
     supervisor_api,
 )
+from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_network import NETWORK as TENANTS_NETWORK
 
 ROLES = ("config", "program", "route", "database")
 LOGIN_FORM = "oe_login_form"
@@ -369,7 +380,10 @@ class OdooProcess:
             self.remove_files()
         else:
             self.ensure_dir(p["tenant_dir"], p["owner"], 0o700)
-            self.ensure_dir(os.path.dirname(p["pgbouncer_socket"]), p["owner"], 0o700)
+            # The tenant's PgBouncer runs as a user the tenant is not, from root's files: the tenant can neither
+            # change what it runs nor trace it, and its socket's directory lets only the tenant's group in.
+            self.ensure_dir(self.pgbouncer_home(), "root", 0o711)
+            self.ensure_dir(os.path.dirname(p["pgbouncer_socket"]), p["pgbouncer_user"], 0o750, group=p["owner"])
             for file in written:
                 self.ensure_file(file)
         if p["network"] and p["state"] == "started":
@@ -425,6 +439,9 @@ class OdooProcess:
             self.ip("netns", "add", n["namespace"])
         self.ip("link", "del", n["host_interface"], check=False)  # half made by a run cut short: made again
         ns, host, tenant = n["namespace"], n["host_interface"], n["tenant_interface"]
+        # Where a tenant's link is missing (a host rebooted, its namespaces gone), its address is unreachable: never
+        # sent on by the default route, with its customers' requests, to whatever holds that range outside.
+        self.ip("route", "replace", "unreachable", str(TENANTS_NETWORK))
         self.ip("link", "add", host, "type", "veth", "peer", "name", tenant, "netns", ns)
         self.ip("addr", "add", f"{n['host_address']}/{n['prefix']}", "dev", host)
         self.ip("link", "set", host, "up")
@@ -587,11 +604,22 @@ class OdooProcess:
                 return None
             self.fail(f"no OS user and group {owner}: tenant_resume.yml (or provisioning) makes them")
 
-    def ensure_dir(self, path: str, owner: str, mode: int) -> None:
-        """A directory of `owner`'s with `mode`. The socket directory sits in the tenant's own directory, where the
-        tenant may have put a link or a file instead: that is removed, and the directory is changed through a
-        descriptor opened without following links, so root never chmods or chowns where a link points."""
+    def group_id(self, group: str) -> int | None:
+        try:
+            return grp.getgrnam(group).gr_gid
+        except KeyError:
+            if self.check_mode:
+                return None
+            self.fail(f"no OS group {group}: playbooks/site.yml (the runtime host) or provisioning makes it")
+
+    def ensure_dir(self, path: str, owner: str, mode: int, group: str | None = None) -> None:
+        """A directory of `owner`'s (and `group`'s, else its own group's) with `mode`. Where another user could have
+        put a link or a file instead, that is removed, and the directory is changed through a descriptor opened
+        without following links, so root never chmods or chowns where a link points."""
         ids = self.ids(owner)
+        if group is not None and ids is not None:
+            gid = self.group_id(group)
+            ids = None if gid is None else (ids[0], gid)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -622,6 +650,9 @@ class OdooProcess:
     def ensure_file(self, file: dict) -> None:
         path, content, mode = file["path"], file["content"].encode(), int(str(file["mode"]), 8)
         ids = self.ids(self.p["owner"] if file.get("private") else "root")
+        if file.get("group") and ids is not None:  # root's, readable by that group (the tenant PgBouncer's files)
+            gid = self.group_id(file["group"])
+            ids = None if gid is None else (ids[0], gid)
         if ids is not None and holds(path, content, *ids, mode):
             return
         self.actions.append(f"wrote {os.path.basename(path)}")
@@ -638,10 +669,15 @@ class OdooProcess:
                 self.changed_roles.add(file.get("role"))
                 if not self.check_mode:
                     os.unlink(file["path"])
-        if os.path.lexists(self.p["tenant_dir"]):
-            self.actions.append(f"removed {self.p['tenant_dir']}")
-            if not self.check_mode:
-                shutil.rmtree(self.p["tenant_dir"])
+        for directory in (self.p["tenant_dir"], self.pgbouncer_home()):
+            if os.path.lexists(directory):
+                self.actions.append(f"removed {directory}")
+                if not self.check_mode:
+                    shutil.rmtree(directory)
+
+    def pgbouncer_home(self) -> str:
+        """The tenant PgBouncer's directory (<runtime>/pgbouncer/<tenant>): its files, and its socket's directory."""
+        return os.path.dirname(os.path.dirname(self.p["pgbouncer_socket"]))
 
 
 def main() -> None:
@@ -666,6 +702,7 @@ def main() -> None:
                     content=dict(type="str", required=True, no_log=True),
                     mode=dict(type="str", required=True),
                     private=dict(type="bool", default=False),
+                    group=dict(type="str"),
                     role=dict(type="str"),
                 ),
             ),
@@ -683,6 +720,7 @@ def main() -> None:
             route_timeout=dict(type="int", default=20),
             pgbouncer_program=dict(type="str", required=True),
             pgbouncer_socket=dict(type="path", required=True),
+            pgbouncer_user=dict(type="str", default="saasodoo_pgbouncer"),
             network=dict(
                 type="dict",
                 options=dict(

@@ -10,16 +10,19 @@ short_description: Archive or restore one tenant's filestore by descriptor, tar 
 description:
   - The filestore work of C(playbooks/tenant_backup.yml) and C(playbooks/tenant_restore.yml), which run as root in a
     tree the tenant owns. The tenant may swap any of its directories for a link to one of root's; this module reaches
-    C(<data_dir>/filestore/<db_name>) one name at a time and follows no link below I(data_dir), and C(tar) runs as
-    the tenant's OS user (I(owner)), so it reads and writes nothing the tenant could not.
+    C(<data_dir>/filestore/<db_name>) one name at a time and follows no link below I(data_dir).
   - I(state=archived) writes I(archive) (a gzipped tar of C(<db_name>/)) once; the filestore directory is made, the
-    tenant's own, when the tenant never started. The archive's directory is the platform's; the tenant's C(tar)
-    writes through a descriptor root opened there. A file changing while it is read (an attachment added after the
-    database dump) is not an error.
-  - I(state=restored) extracts the archive's C(<archive_db_name>/) into a new directory beside the filestore, then
-    swaps it in as C(<db_name>) and removes what was there.
+    tenant's own, when the tenant never started. C(tar) runs as I(archiver), a user the tenant is not, with only the
+    capability to read any file (C(CAP_DAC_READ_SEARCH)), so the tenant can neither stop, trace nor starve it, nor hide
+    a file from it by its mode, and C(tar) follows no link it finds. Its output goes through a pipe to root, which
+    writes the archive. A file changing while it is read (an attachment added after the database dump) is not an
+    error.
+  - I(state=restored) extracts the archive's C(<archive_db_name>/) into a new directory beside the filestore, C(tar)
+    running as I(owner) (in the tenant's network namespace, I(namespace), where it has one), then swaps it in as
+    C(<db_name>) and removes what was there, as I(owner) too.
   - I(state=filled) extracts it the same way, then moves in only the files the filestore lacks (a point-in-time
     restore keeps the current filestore and fills in the files deleted since).
+  - Every C(tar) and C(rm) is bounded by I(timeout); what a failed run left beside the filestore is removed.
 version_added: 0.10.0
 author: SaaSOdoo ops maintainers
 options:
@@ -56,6 +59,18 @@ options:
     description: Mode of a filestore directory this module makes.
     type: str
     default: "0750"
+  archiver:
+    description: The OS user (and its group) C(tar) archives as, given only C(CAP_DAC_READ_SEARCH); never a tenant's.
+    type: str
+    default: nobody
+  namespace:
+    description: The tenant's network namespace (C(ip netns) name), which its extraction runs in; none by default.
+    type: str
+    default: ""
+  timeout:
+    description: Seconds each C(tar) or C(rm) may take before it is killed and the module fails.
+    type: int
+    default: 3600
 attributes:
   check_mode:
     support: full
@@ -91,9 +106,10 @@ import os
 import pwd
 import re
 import secrets
-import shutil
+import signal
 import stat
 import subprocess
+import threading
 from contextlib import suppress
 
 from ansible.module_utils.basic import AnsibleModule
@@ -105,6 +121,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.files import (
 )
 
 NAME = re.compile(r"[A-Za-z0-9_]+")
+STDERR_KEPT = 4096  # what of a tool's stderr a failure reports (the rest is read and dropped: it may be the tenant's)
 
 
 class FilestoreError(Exception):
@@ -123,6 +140,8 @@ class TenantFilestore:
         except KeyError:
             raise FilestoreError(f"no OS user {params['owner']} or group {params['group']} on this host") from None
         self.owned = (uid, gid, int(params["mode"], 8))
+        if not re.fullmatch(r"[A-Za-z0-9_.-]*", params["namespace"]) or params["namespace"].startswith("."):
+            raise FilestoreError(f"the namespace {params['namespace']!r} is not a network namespace's name")
         self.path = os.path.join(params["data_dir"], "filestore", params["db_name"])
 
     def filestore(self) -> int:
@@ -133,14 +152,68 @@ class TenantFilestore:
         finally:
             os.close(base)
 
-    def tar(self, cwd: int, *args: str, stdin: int | None = None, stdout: int | None = None) -> int:
-        """tar as the tenant's user in the directory open at `cwd` (chdir through the descriptor, not a name)."""
-        argv = ["runuser", "-u", self.p["owner"], "--", "tar", *args]
-        done = subprocess.run(argv, cwd=f"/proc/self/fd/{cwd}", stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
-                              check=False)  # fmt: skip
-        if done.returncode not in (0, 1) or (done.returncode == 1 and "--create" not in args):
-            raise FilestoreError(f"tar {args[0]} failed (exit {done.returncode}): {done.stderr.decode().strip()}")
-        return done.returncode
+    def as_owner(self) -> list[str]:
+        """The tenant's user and groups, in its network namespace if it has one (made when missing: after a reboot,
+        before the tenant's Odoo started again), no way back to more privileges."""
+        namespace = self.p["namespace"]
+        if namespace and not os.path.exists(f"/run/netns/{namespace}"):
+            made = subprocess.run(["ip", "netns", "add", namespace], capture_output=True, text=True, check=False)  # noqa: S607
+            if made.returncode != 0 and not os.path.exists(f"/run/netns/{namespace}"):
+                raise FilestoreError(f"ip netns add {namespace} failed: {made.stderr.strip()}")
+        enter = ["nsenter", f"--net=/run/netns/{namespace}", "--"] if namespace else []
+        return [*enter, "setpriv", f"--reuid={self.p['owner']}", f"--regid={self.p['group']}", "--init-groups",
+                "--no-new-privs", "--"]  # fmt: skip
+
+    def as_archiver(self) -> list[str]:
+        """A user the tenant is not, able to read every file and nothing more."""
+        try:
+            archiver = pwd.getpwnam(self.p["archiver"])
+        except KeyError:
+            raise FilestoreError(f"no OS user {self.p['archiver']} (archiver) on this host") from None
+        read_any = "dac_read_search"
+        return [
+            "setpriv", f"--reuid={archiver.pw_uid}", f"--regid={archiver.pw_gid}", "--clear-groups",
+            f"--inh-caps=-all,+{read_any}", f"--ambient-caps=+{read_any}", f"--bounding-set=-all,+{read_any}",
+            "--no-new-privs", "--",
+        ]  # fmt: skip
+
+    def run(self, cwd: int, argv: list[str], stdin: int | None = None, stdout: int | None = None) -> int:
+        """argv in the directory open at `cwd` (chdir through the descriptor, not a name), in a session of its own,
+        killed with it after the timeout; its exit code. Only the start of its stderr is kept."""
+        process = subprocess.Popen(argv, cwd=f"/proc/self/fd/{cwd}", stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+                                   start_new_session=True)  # fmt: skip
+        kept = bytearray()
+
+        def read_stderr() -> None:
+            while chunk := process.stderr.read(65536):
+                kept.extend(chunk[: max(0, STDERR_KEPT - len(kept))])
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
+        try:
+            rc = process.wait(timeout=self.p["timeout"])
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise FilestoreError(f"{argv[argv.index('--') + 1]} did not end within {self.p['timeout']} s") from None
+        finally:
+            reader.join(timeout=5)
+        self.stderr = kept.decode(errors="replace").strip()
+        return rc
+
+    def tar_extract(self, cwd: int, source: int, *args: str) -> None:
+        rc = self.run(cwd, [*self.as_owner(), "tar", "--extract", "--gzip", "--no-same-owner", "--no-same-permissions",
+                            "--file=-", *args], stdin=source)  # fmt: skip
+        if rc != 0:
+            raise FilestoreError(f"tar --extract failed (exit {rc}): {self.stderr}")
+
+    def remove(self, name: str, fd: int) -> None:
+        """Remove `name` from the directory open at `fd` as the tenant's user: its tree, its links not followed
+        (whatever the tenant swaps in meanwhile, root opens none of it)."""
+        rc = self.run(fd, [*self.as_owner(), "rm", "-rf", "--one-file-system", "--", name])
+        if rc != 0:
+            raise FilestoreError(f"rm -rf {name} failed (exit {rc}): {self.stderr}")
 
     def archived(self) -> None:
         archive = self.p["archive"]
@@ -155,11 +228,14 @@ class TenantFilestore:
                 filestore = self.filestore()
                 try:
                     os.close(open_beneath(filestore, self.p["db_name"], make=self.owned))  # Odoo makes it at start
-                    # rc 1: a file changed while it was read (Odoo's filestore is write-once: an attachment added
-                    # after the database dump, which the dump does not reference); the archive is usable.
-                    self.tar(filestore, "--create", "--gzip", "--file=-", "--", self.p["db_name"], stdout=out.fileno())
+                    argv = [*self.as_archiver(), "tar", "--create", "--gzip", "--file=-", "--", self.p["db_name"]]
+                    rc = self.run(filestore, argv, stdout=out.fileno())
                 finally:
                     os.close(filestore)
+                # 1: a file changed while it was read (Odoo's filestore is write-once: an attachment added after the
+                # database dump, which the dump does not reference); the archive is usable.
+                if rc not in (0, 1):
+                    raise FilestoreError(f"tar --create failed (exit {rc}): {self.stderr}")
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(partial, archive)
@@ -171,21 +247,17 @@ class TenantFilestore:
     def extracted(self, filestore: int) -> tuple[str, int]:
         """The archive's directory extracted by the tenant's tar into a new directory beside the filestore, renamed
         after the tenant's database; returns the new directory's name and descriptor (the tenant owns it and could
-        swap the name for a link: what follows goes through the descriptor)."""
+        swap the name for a link: what follows goes through the descriptor). Removed again if the extraction fails."""
         fresh = f".restore-{secrets.token_hex(8)}"
         source = os.open(self.p["archive"], os.O_RDONLY | os.O_NOFOLLOW)
         try:
             into = make_directory(filestore, fresh, *self.owned[:2], 0o700)
             try:
                 archived_as, db_name = self.p["archive_db_name"], self.p["db_name"]
-                self.tar(into, "--extract", "--gzip", "--no-same-owner", "--file=-",
-                         f"--transform=s,^{archived_as},{db_name},", "--", archived_as, stdin=source)  # fmt: skip
-                try:  # an archive of an empty filestore still holds its directory; a hand-made one may not
-                    os.close(open_beneath(into, db_name))
-                except FileNotFoundError:
-                    os.close(make_directory(into, db_name, *self.owned))
+                self.tar_extract(into, source, f"--transform=s,^{archived_as},{db_name},", "--", archived_as)
             except BaseException:
                 os.close(into)
+                self.remove(fresh, filestore)
                 raise
         finally:
             os.close(source)
@@ -209,7 +281,7 @@ class TenantFilestore:
                 os.close(into)
             for leftover in (fresh, old):
                 if leftover:
-                    remove(leftover, filestore)
+                    self.remove(leftover, filestore)
         finally:
             os.close(filestore)
 
@@ -223,27 +295,20 @@ class TenantFilestore:
             fresh, into = self.extracted(filestore)
             try:
                 current = open_beneath(filestore, db_name, make=self.owned)
-                restored = open_beneath(into, db_name)
                 try:
-                    moved = move_missing(restored, current)
+                    restored = open_beneath(into, db_name)
+                    try:
+                        moved = move_missing(restored, current)
+                    finally:
+                        os.close(restored)
                 finally:
                     os.close(current)
-                    os.close(restored)
             finally:
                 os.close(into)
-            remove(fresh, filestore)
+                self.remove(fresh, filestore)
             return moved
         finally:
             os.close(filestore)
-
-
-def remove(name: str, fd: int) -> None:
-    """Remove `name` from the directory open at `fd`: a tree by descriptor (rmtree with a dir_fd removes the links in
-    it without following them), anything else (a link the tenant put there) unlinked."""
-    if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
-        shutil.rmtree(name, dir_fd=fd)
-    else:
-        os.unlink(name, dir_fd=fd)
 
 
 def move_missing(source: int, target: int) -> int:
@@ -279,6 +344,9 @@ def main() -> None:
             owner=dict(type="str", default="root"),
             group=dict(type="str", default="root"),
             mode=dict(type="str", default="0750"),
+            archiver=dict(type="str", default="nobody"),
+            namespace=dict(type="str", default=""),
+            timeout=dict(type="int", default=3600),
         ),
         supports_check_mode=True,
     )
