@@ -5,6 +5,7 @@ dedicated server, drained off a pool and purged across hosts, their rows followe
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,15 +95,28 @@ def odoo_health(tenant: str, query: str = "") -> str:
     return result.stdout
 
 
+# odoo-node-01's runtime directory (tests/miniature/inventory): its tenants' Odoo run in network namespaces of their
+# own, made inside that host's mount namespace (which `ip netns` here does not see): they are found by their command.
+MINIATURE_RUNTIME = "/var/lib/saasodoo/runtime/"
+
+
+def command_line(pid: str) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def namespace_processes(host: str) -> dict[int, str]:
-    """The processes running in a host's namespaces, each pid's command line."""
+    """The processes running in a host's network namespace, each pid's command line; for odoo-node-01, its tenants'
+    Odoo in their own namespaces too."""
     pids = subprocess.run(["ip", "netns", "pids", f"mini-{host}"], capture_output=True, text=True).stdout.split()
-    processes = {}
-    for pid in pids:
-        try:
-            processes[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except FileNotFoundError:
-            continue
+    processes = {int(pid): command for pid in pids if (command := command_line(pid)) is not None}
+    if host == "odoo-node-01":
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            command = command_line(pid)
+            if command and "odoo-bin" in command and MINIATURE_RUNTIME in command:
+                processes[int(pid)] = command
     return processes
 
 

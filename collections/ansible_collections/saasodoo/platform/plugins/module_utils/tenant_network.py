@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import subprocess
 
 # RFC 6598 shared address space, private to the host: a /30 per port (host end .1, tenant end .2).
 NETWORK = ipaddress.IPv4Network("100.64.0.0/10")
 MAX_PORT = 65535
+IP = "/sbin/ip"  # iproute2's, where Debian puts it
 
 
 def tenant_network(http_port: int, scope: str) -> dict:
@@ -32,3 +34,15 @@ def tenant_network(http_port: int, scope: str) -> dict:
         "tenant_address": str(base + 2),
         "prefix": 30,
     }
+
+
+def ensure_namespace(name: str) -> bool:
+    """The network namespace `name` exists and can be entered; whether it had to be made. A name whose mount is gone
+    (made inside a mount namespace that ended: a host of tests/miniature) is a stale file, deleted and made again."""
+    if subprocess.run([IP, "-n", name, "link", "show", "lo"], capture_output=True, check=False).returncode == 0:
+        return False
+    subprocess.run([IP, "netns", "delete", name], capture_output=True, check=False)
+    made = subprocess.run([IP, "netns", "add", name], capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        raise OSError(f"ip netns add {name} failed: {made.stderr.strip()}")
+    return True

@@ -246,6 +246,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.supervisor impor
     supervisor_api,
 )
 from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_network import NETWORK as TENANTS_NETWORK
+from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_network import ensure_namespace
 
 ROLES = ("config", "program", "route", "database")
 LOGIN_FORM = "oe_login_form"
@@ -435,8 +436,10 @@ class OdooProcess:
         self.actions.append(f"made its network namespace {n['namespace']}")
         if self.check_mode:
             return
-        if not os.path.exists(f"/run/netns/{n['namespace']}"):
-            self.ip("netns", "add", n["namespace"])
+        try:
+            ensure_namespace(n["namespace"])
+        except OSError as error:
+            self.fail(f"program {self.p['program']}: {error}")
         self.ip("link", "del", n["host_interface"], check=False)  # half made by a run cut short: made again
         ns, host, tenant = n["namespace"], n["host_interface"], n["tenant_interface"]
         # Where a tenant's link is missing (a host rebooted, its namespaces gone), its address is unreachable: never

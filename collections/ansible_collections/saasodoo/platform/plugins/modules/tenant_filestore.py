@@ -12,11 +12,10 @@ description:
     tree the tenant owns. The tenant may swap any of its directories for a link to one of root's; this module reaches
     C(<data_dir>/filestore/<db_name>) one name at a time and follows no link below I(data_dir).
   - I(state=archived) writes I(archive) (a gzipped tar of C(<db_name>/)) once; the filestore directory is made, the
-    tenant's own, when the tenant never started. C(tar) runs as I(archiver), a user the tenant is not, with only the
-    capability to read any file (C(CAP_DAC_READ_SEARCH)), so the tenant can neither stop, trace nor starve it, nor hide
-    a file from it by its mode, and C(tar) follows no link it finds. Its output goes through a pipe to root, which
-    writes the archive. A file changing while it is read (an attachment added after the database dump) is not an
-    error.
+    tenant's own, when the tenant never started. C(tar) runs as root with no capability but reading any file
+    (C(CAP_DAC_READ_SEARCH)), so the tenant can neither stop nor trace it, nor hide a file from it by its mode, and
+    C(tar) follows no link it finds; it writes to the archive root opened. A file changing while it is read (an
+    attachment added after the database dump) is not an error.
   - I(state=restored) extracts the archive's C(<archive_db_name>/) into a new directory beside the filestore, C(tar)
     running as I(owner) (in the tenant's network namespace, I(namespace), where it has one), then swaps it in as
     C(<db_name>) and removes what was there, as I(owner) too.
@@ -59,10 +58,6 @@ options:
     description: Mode of a filestore directory this module makes.
     type: str
     default: "0750"
-  archiver:
-    description: The OS user (and its group) C(tar) archives as, given only C(CAP_DAC_READ_SEARCH); never a tenant's.
-    type: str
-    default: nobody
   namespace:
     description: The tenant's network namespace (C(ip netns) name), which its extraction runs in; none by default.
     type: str
@@ -119,6 +114,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.files import (
     open_beneath,
     open_directory,
 )
+from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_network import ensure_namespace
 
 NAME = re.compile(r"[A-Za-z0-9_]+")
 STDERR_KEPT = 4096  # what of a tool's stderr a failure reports (the rest is read and dropped: it may be the tenant's)
@@ -156,26 +152,19 @@ class TenantFilestore:
         """The tenant's user and groups, in its network namespace if it has one (made when missing: after a reboot,
         before the tenant's Odoo started again), no way back to more privileges."""
         namespace = self.p["namespace"]
-        if namespace and not os.path.exists(f"/run/netns/{namespace}"):
-            made = subprocess.run(["ip", "netns", "add", namespace], capture_output=True, text=True, check=False)  # noqa: S607
-            if made.returncode != 0 and not os.path.exists(f"/run/netns/{namespace}"):
-                raise FilestoreError(f"ip netns add {namespace} failed: {made.stderr.strip()}")
+        if namespace:
+            ensure_namespace(namespace)
         enter = ["nsenter", f"--net=/run/netns/{namespace}", "--"] if namespace else []
         return [*enter, "setpriv", f"--reuid={self.p['owner']}", f"--regid={self.p['group']}", "--init-groups",
                 "--no-new-privs", "--"]  # fmt: skip
 
-    def as_archiver(self) -> list[str]:
-        """A user the tenant is not, able to read every file and nothing more."""
-        try:
-            archiver = pwd.getpwnam(self.p["archiver"])
-        except KeyError:
-            raise FilestoreError(f"no OS user {self.p['archiver']} (archiver) on this host") from None
+    @staticmethod
+    def as_archiver() -> list[str]:
+        """Root's user (the tenant can neither signal nor trace it; CephFS lets it read what the tenant hid by its
+        modes) with no capability but reading any file: it may write nothing but the output root gave it."""
         read_any = "dac_read_search"
-        return [
-            "setpriv", f"--reuid={archiver.pw_uid}", f"--regid={archiver.pw_gid}", "--clear-groups",
-            f"--inh-caps=-all,+{read_any}", f"--ambient-caps=+{read_any}", f"--bounding-set=-all,+{read_any}",
-            "--no-new-privs", "--",
-        ]  # fmt: skip
+        return ["setpriv", "--clear-groups", f"--inh-caps=-all,+{read_any}", f"--bounding-set=-all,+{read_any}",
+                "--no-new-privs", "--"]  # fmt: skip
 
     def run(self, cwd: int, argv: list[str], stdin: int | None = None, stdout: int | None = None) -> int:
         """argv in the directory open at `cwd` (chdir through the descriptor, not a name), in a session of its own,
@@ -344,7 +333,6 @@ def main() -> None:
             owner=dict(type="str", default="root"),
             group=dict(type="str", default="root"),
             mode=dict(type="str", default="0750"),
-            archiver=dict(type="str", default="nobody"),
             namespace=dict(type="str", default=""),
             timeout=dict(type="int", default=3600),
         ),
