@@ -25,7 +25,7 @@ ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_templa
 .PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-beside integration-streams-lint-molecule integration-alone-and-beside acceptance bench soak down clean
 
 help:
-	@echo "make demo   set up, converge the local platform, play three customers' lives through Kill Bill and the runner"
+	@echo "make demo   set up, converge the local platform, play four customers' lives through Kill Bill and the runner"
 	@echo "make test   set up, unit tests, integration tests with molecule scenarios and lint beside them"
 	@echo "make setup | lint | unit | molecule | integration (= integration-streams, integration-alone, integration-beside)"
 	@echo "     | acceptance ODOO_BIN=… | bench | soak | down | clean"
@@ -83,9 +83,16 @@ $(COLLECTIONS_STAMP): collections/requirements.yml
 	@touch $@
 	@echo "Collections: $(THIRD_PARTY_COLLECTIONS) from ansible $(ANSIBLE_WHEEL_VERSION)"
 
+# The customers' lives leave the platform as site.yml keeps it: a site.yml after them must change nothing.
 demo: setup
 	ansible-playbook playbooks/site.yml
 	$(BIN)/python tests/e2e/demo.py
+	@mkdir -p .state/logs; ansible-playbook playbooks/site.yml > .state/logs/demo-site.log 2>&1 || \
+	  { tail -n 40 .state/logs/demo-site.log; exit 1; }; \
+	if grep -E 'changed=[1-9]' .state/logs/demo-site.log; then \
+	  grep -B2 '^changed:' .state/logs/demo-site.log; \
+	  echo "make demo: site.yml changed the platform after the customers' lives (above)" >&2; exit 1; \
+	fi; echo "site.yml after the customers' lives: nothing changed"
 	ansible-playbook playbooks/platform_status.yml
 
 # Each stage's time is printed at the end (and as far as it got when one fails).

@@ -335,7 +335,7 @@ def drain_under_odoo(registry_port: int, drains: int) -> bool:
             gaps.append(gap)
             moved = tenant.last_move()  # the registry's record of the held window: block -> let in, step by step
             helds.append(moved["downtime_s"] or 0.0)
-            steps = ", ".join(f"{step} {ms}" for step, ms in moved["held_timeline"].items())
+            steps = ", ".join(f"{step} {ms}" for step, ms in sorted(moved["held_timeline"].items(), key=lambda s: s[1]))
             print(f"  drain {n} of {pool}: {seconds:.1f} s; its login page answered {answers} times, {failures} failed,"
                   f" longest gap between good answers {gap:.2f} s; held {helds[-1]:.2f} s (ms after the block:"
                   f" {steps})", flush=True)  # fmt: skip

@@ -185,11 +185,28 @@ def ssh_command(host: Host) -> list[str]:
     ]
 
 
+def host_pids(namespace: str) -> list[int]:
+    """The processes of a host: those in its network namespace, and those in the mount namespace its own have (the
+    tenants' Odoo, each in a network namespace of its own, that a host's runtime made)."""
+    pids = {int(pid) for pid in run("ip", "netns", "pids", namespace, check=False).stdout.split()}
+    ours = os.readlink("/proc/self/ns/mnt")
+    mounts = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            mounts.add(os.readlink(f"/proc/{pid}/ns/mnt"))
+    mounts.discard(ours)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/ns/mnt") in mounts:
+                pids.add(int(pid))
+    return sorted(pids)
+
+
 def kill_everything_in(namespace: str, seconds: float = 10.0) -> None:
-    """SIGKILL every process in the host's namespace. A parent may fork a replacement for a child killed before it
+    """SIGKILL every process of the host (host_pids). A parent may fork a replacement for a child killed before it
     (nginx's master respawns its workers): each round stops them all, then kills them, until none is left."""
     deadline = time.monotonic() + seconds
-    while pids := [int(pid) for pid in run("ip", "netns", "pids", namespace, check=False).stdout.split()]:
+    while pids := host_pids(namespace):
         if time.monotonic() > deadline:
             print(f"hosts.py down: {pids} in {namespace} outlived SIGKILL for {seconds:.0f} s", file=sys.stderr)
             return
@@ -209,6 +226,11 @@ def down() -> None:
             run("ip", "netns", "del", host.namespace, check=False)
         run("ip", "link", "del", host.veth, check=False)
     run("ip", "link", "del", BRIDGE, check=False)
+    # The names of the tenants' network namespaces a host's runtime made in its mount namespace: mounted there only,
+    # plain files here, stale once it is gone (odoo_process makes them again where one stands).
+    for stale in Path("/run/netns").glob("saasodoo-*"):
+        if not os.path.ismount(stale):
+            stale.unlink(missing_ok=True)
     # The hosts' disks go with them: no pid file outlives its process for down.yml to find.
     shutil.rmtree(STATE / "hosts", ignore_errors=True)
     shutil.rmtree(STATE / "shared", ignore_errors=True)
