@@ -201,6 +201,10 @@ target:
   description: The target server as the registry records it (C(status) C(provisioning) when newly recorded).
   returned: when moving
   type: dict
+source:
+  description: The server the move leaves, as the registry records it (a move a killed run left switched included).
+  returned: when moving (step=place)
+  type: dict
 migration:
   description: The C(registry.migrations) row - phases with their times, write_downtime_ms, copy_ms, verification.
   returned: when moving or moved
@@ -304,11 +308,13 @@ def place(module, registry, p: dict, options: MoveOptions) -> dict:
     result: dict = {"changed": False, "moving": False, "rolled_back": None, "executed": []}
     row = open_move(registry, p["tenant_id"])
     if row and row["phase"] == "placed":  # the playbook readies the target next
-        return {**result, "moving": True, "target": target_of(registry, row), "migration": row}
+        return {**result, "moving": True, "target": target_of(registry, row), "source": source_of(registry, row),
+                "migration": row}  # fmt: skip
     if row:
         move = as_move(registry, row, tenant, p["servers"], options)
         if move.finishable():
-            return {**result, "moving": True, "target": target_of(registry, row), "migration": row}
+            return {**result, "moving": True, "target": target_of(registry, row), "source": source_of(registry, row),
+                "migration": row}  # fmt: skip
         # Nobody runs it (this run holds the tenant's move lock): a killed run. Before the switch the source is
         # still the tenant's database; switched but not verified, the source has every write the target took.
         # Either way the tenant goes back to the source and the move starts again from scratch.
@@ -365,16 +371,26 @@ def place(module, registry, p: dict, options: MoveOptions) -> dict:
             },
         )
     result["executed"].append(f"placed migration {row['id']}: {tenant['db_server']} -> {target['name']}")
-    return {**result, "changed": True, "moving": True, "target": target, "migration": row}
+    return {**result, "changed": True, "moving": True, "target": target, "source": source_of(registry, row),
+            "migration": row}  # fmt: skip
 
 
-def target_of(registry, row: dict) -> dict:
+def server_record(registry, name: str) -> dict:
     with registry.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             "SELECT name, kind, host, port, pgbouncer_host, pgbouncer_port, status FROM registry.db_servers"
             " WHERE name = %s",
-            (row["target_server"],),
+            (name,),
         ).fetchone()
+
+
+def target_of(registry, row: dict) -> dict:
+    return server_record(registry, row["target_server"])
+
+
+def source_of(registry, row: dict) -> dict:
+    """The server the move leaves (its PgBouncer must forget the tenant's role once it is done)."""
+    return server_record(registry, row["source_server"])
 
 
 def move(module, registry, p: dict, options: MoveOptions) -> dict:

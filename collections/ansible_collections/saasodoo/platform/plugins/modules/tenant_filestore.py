@@ -18,7 +18,7 @@ description:
     attachment added after the database dump) is not an error.
   - I(state=restored) extracts the archive's C(<archive_db_name>/) into a new directory beside the filestore, C(tar)
     running as I(owner) (in the tenant's network namespace, I(namespace), where it has one), then swaps it in as
-    C(<db_name>) and removes what was there, as I(owner) too.
+    C(<db_name>) and removes what was there (root's C(rm), which follows no link).
   - I(state=filled) extracts it the same way, then moves in only the files the filestore lacks (a point-in-time
     restore keeps the current filestore and fills in the files deleted since).
   - Every C(tar) and C(rm) is bounded by I(timeout); what a failed run left beside the filestore is removed.
@@ -198,9 +198,10 @@ class TenantFilestore:
             raise FilestoreError(f"tar --extract failed (exit {rc}): {self.stderr}")
 
     def remove(self, name: str, fd: int) -> None:
-        """Remove `name` from the directory open at `fd` as the tenant's user: its tree, its links not followed
-        (whatever the tenant swaps in meanwhile, root opens none of it)."""
-        rc = self.run(fd, [*self.as_owner(), "rm", "-rf", "--one-file-system", "--", name])
+        """Remove `name` from the directory open at `fd`, with root's `rm` (the tenant's tree may hold what its user
+        cannot remove): GNU rm walks by descriptor and opens every directory without following a link or blocking,
+        so whatever the tenant swaps in meanwhile is removed or left, never followed; the tenant cannot signal it."""
+        rc = self.run(fd, ["rm", "-rf", "--one-file-system", "--", name])
         if rc != 0:
             raise FilestoreError(f"rm -rf {name} failed (exit {rc}): {self.stderr}")
 
