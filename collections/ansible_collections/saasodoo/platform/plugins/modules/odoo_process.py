@@ -206,12 +206,13 @@ EXAMPLES = r"""
     config_path: /var/lib/saasodoo/runtime/tenants/acme/odoo.conf
     files:
       - {path: /var/lib/saasodoo/runtime/nginx/sites/acme.conf, content: "...", mode: "0644", role: route}
-    login_url: http://127.0.0.1:8069/web/login
+    login_url: http://100.64.126.22:8069/web/login
     route_url: http://127.0.0.1:80/web/login
     route_host: acme.odoo.example.com
     log_path: /var/lib/saasodoo/runtime/logs/odoo-acme.log
     pgbouncer_program: pgbouncer-acme
-    pgbouncer_socket: /var/lib/saasodoo/runtime/tenants/acme/run/.s.PGSQL.6432
+    pgbouncer_socket: /var/lib/saasodoo/runtime/pgbouncer/acme/run/.s.PGSQL.6432
+    network: "{{ 8069 | saasodoo.platform.tenant_network('/var/lib/saasodoo/runtime') }}"
 """
 
 RETURN = r"""
