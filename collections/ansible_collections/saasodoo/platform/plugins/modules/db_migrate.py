@@ -221,6 +221,10 @@ tenant:
   type: dict
 rolled_back:
   description: The unfinished move this run rolled back before placing again, if any.
+left:
+  description: That move's target server, as the registry records it (its PgBouncer still lists the tenant's role).
+  returned: when rolled_back is not null
+  type: dict
   returned: success
   type: dict
 executed:
@@ -326,7 +330,8 @@ def place(module, registry, p: dict, options: MoveOptions) -> dict:
         else:
             move.roll_back(f"{reason}: rolled back by the next run", finish=True)
         tenant = read_tenant(registry, p["tenant_id"])
-        result.update(changed=True, rolled_back=move.row, executed=move.executed)
+        # Its target's PgBouncer was told of the role, moving there: the playbook brings it in step again.
+        result.update(changed=True, rolled_back=move.row, left=target_of(registry, move.row), executed=move.executed)
     with registry.cursor(row_factory=dict_row) as cur:
         plan = cur.execute(
             "SELECT db_type FROM registry.plans WHERE name = %s ORDER BY version DESC LIMIT 1", (p["plan"],)
