@@ -74,15 +74,11 @@ def open_directory(path: str, make: bool = False) -> int:
 def _open_child(fd: int, name: str, make: bool) -> int:
     st = os.fstat(fd)
     trusted = st.st_uid in (0, os.geteuid()) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    try:
-        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | (0 if trusted else os.O_NOFOLLOW), dir_fd=fd)
-    except FileNotFoundError:
-        if not make:
-            raise
-    except OSError:  # ENOTDIR or ELOOP: say which
-        if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
-            raise OSError(errno.ELOOP, f"{name} is a link where another user may write, not followed") from None
-        raise
+    child = _open_subdirectory(fd, name, follow=trusted, not_followed=" where another user may write")
+    if child is not None:
+        return child
+    if not make:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
     os.mkdir(name, 0o700, dir_fd=fd)
     child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
     os.fchmod(child, 0o755)
@@ -100,21 +96,34 @@ def open_beneath(fd: int, relative: str, make: tuple[int, int, int] | None = Non
             if name == "..":
                 raise OSError(errno.EPERM, f"{relative} climbs out of its directory")
             try:
-                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            except FileNotFoundError:
-                if make is None:
+                child = _open_subdirectory(fd, name, follow=False)
+            except OSError as error:
+                if error.errno == errno.ELOOP:
                     raise
-                child = make_directory(fd, name, *make)
-            except OSError as error:  # ENOTDIR, or ELOOP for a link: say which
-                if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
-                    raise OSError(errno.ELOOP, f"{name} is a link, not followed") from None
                 raise OSError(error.errno, f"{name} is not a directory") from None
+            if child is None:
+                if make is None:
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+                child = make_directory(fd, name, *make)
             os.close(fd)
             fd = child
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _open_subdirectory(fd: int, name: str, follow: bool, not_followed: str = "") -> int | None:
+    """The directory `name` in the one open at `fd`, opened (following a link there only with `follow`); None when
+    it is missing. OSError for anything else: ELOOP, saying so, for a link not followed."""
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | (0 if follow else os.O_NOFOLLOW), dir_fd=fd)
+    except FileNotFoundError:
+        return None
+    except OSError:  # ENOTDIR or ELOOP: say which
+        if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+            raise OSError(errno.ELOOP, f"{name} is a link{not_followed}, not followed") from None
+        raise
 
 
 def make_directory(fd: int, name: str, uid: int, gid: int, mode: int) -> int:

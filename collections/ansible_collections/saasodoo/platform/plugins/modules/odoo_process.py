@@ -599,31 +599,24 @@ class OdooProcess:
                 self.fail(f"nginx does not route {p['route_host']} as it should ({want}): it answered {status}")
             time.sleep(POLL_SECONDS)
 
-    def ids(self, owner: str) -> tuple[int, int] | None:
-        """The uid and gid of `owner`; None in check mode, where provisioning has not made it yet."""
+    def ids(self, owner: str, group: str | None = None) -> tuple[int, int] | None:
+        """The uid of `owner` and the gid of `group` (by default `owner`'s own group); None in check mode, where
+        provisioning has not made them yet."""
         try:
-            return pwd.getpwnam(owner).pw_uid, grp.getgrnam(owner).gr_gid
+            return pwd.getpwnam(owner).pw_uid, grp.getgrnam(group or owner).gr_gid
         except KeyError:
             if self.check_mode:
                 return None
+            if group:
+                self.fail(f"no OS user {owner} or group {group}: playbooks/site.yml (the runtime host) or provisioning"
+                          " makes them")  # fmt: skip
             self.fail(f"no OS user and group {owner}: tenant_resume.yml (or provisioning) makes them")
-
-    def group_id(self, group: str) -> int | None:
-        try:
-            return grp.getgrnam(group).gr_gid
-        except KeyError:
-            if self.check_mode:
-                return None
-            self.fail(f"no OS group {group}: playbooks/site.yml (the runtime host) or provisioning makes it")
 
     def ensure_dir(self, path: str, owner: str, mode: int, group: str | None = None) -> None:
         """A directory of `owner`'s (and `group`'s, else its own group's) with `mode`. Where another user could have
         put a link or a file instead, that is removed, and the directory is changed through a descriptor opened
         without following links, so root never chmods or chowns where a link points."""
-        ids = self.ids(owner)
-        if group is not None and ids is not None:
-            gid = self.group_id(group)
-            ids = None if gid is None else (ids[0], gid)
+        ids = self.ids(owner, group)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -653,10 +646,8 @@ class OdooProcess:
 
     def ensure_file(self, file: dict) -> None:
         path, content, mode = file["path"], file["content"].encode(), int(str(file["mode"]), 8)
-        ids = self.ids(self.p["owner"] if file.get("private") else "root")
-        if file.get("group") and ids is not None:  # root's, readable by that group (the tenant PgBouncer's files)
-            gid = self.group_id(file["group"])
-            ids = None if gid is None else (ids[0], gid)
+        # A file with a group is root's, readable by that group (the tenant PgBouncer's files).
+        ids = self.ids(self.p["owner"] if file.get("private") else "root", file.get("group"))
         if ids is not None and holds(path, content, *ids, mode):
             return
         self.actions.append(f"wrote {os.path.basename(path)}")
