@@ -18,11 +18,13 @@ db_migrate recorded (registry.migrations.write_downtime_ms), copy (copy_ms), ver
 seconds, if recorded) and total time (the playbook's wall time, and db_migrate's total_ms); the baseline's where
 they apply; then p50/p95 over the logical moves. Goals: client-seen downtime p95 <= 1.5 s up to 1 GB (<= 2 s
 above) and >= 50x below the baseline's; copy (the logical moves' median) >= 3x faster than the baseline's.
-4. (not with --quick, which runs beside other tests: a drain moves every tenant of a pool) a tenant on the process
+4. (with --quick, only if --drains is given: a drain moves every tenant of a pool, so make test drains in its pass
+   alone, --quick --moves 0 --drains 5, and moves beside other tests with --quick) a tenant on the process
    runtime (the stand-in Odoo under supervisord, its own PgBouncer) whose pool is drained --drains times, each
    time the pool it is on: whether its Odoo kept its process (goal: the same pid), and per drain the longest gap
    between good answers of its login page, which reads its database through its PgBouncer, polled every 50 ms
-   (what its users see; goal: p95 within the client-seen 1.5 s). The pools are put back in placement.
+   (what its users see; goal: p95 within the client-seen 1.5 s), with that gap's ends on the move's timeline and
+   the requests that got no answer within 5 s (goal: none). The pools are put back in placement.
 Usage: bench/migration.py [--size-mb 1024] [--moves 5] [--drains 5] [--quick]
 (needs the local platform up: ansible-playbook playbooks/site.yml; the tenant is purged afterwards)
 """
@@ -110,16 +112,19 @@ class Tenant:
         with psycopg.connect(**self.registry_conninfo) as conn:
             move = conn.execute(
                 "SELECT id, method, phase, held_timeline, copy_ms, total_ms, write_downtime_ms,"
-                " (verification ->> 'seconds')::float"
+                " (verification ->> 'seconds')::float,"
+                " (SELECT extract(epoch FROM (entry ->> 'at')::timestamptz) FROM jsonb_array_elements(phase_history)"
+                "  AS entry WHERE entry ->> 'phase' = 'cutover' ORDER BY 1 DESC LIMIT 1)"
                 " FROM registry.migrations WHERE tenant_id = %s ORDER BY id DESC LIMIT 1",
                 (self.tenant_id,),
             ).fetchone()
         if move is None:
             return None
-        move_id, method, phase, held_timeline, *times = move
+        move_id, method, phase, held_timeline, *times, blocked_at = move
         copy_s, total_s, downtime_s = (None if ms is None else ms / 1000 for ms in times[:3])
         return {"id": move_id, "method": method, "phase": phase, "copy_s": copy_s, "total_s": total_s,
-                "downtime_s": downtime_s, "verification_s": times[3], "held_timeline": held_timeline or {}}  # fmt: skip
+                "downtime_s": downtime_s, "verification_s": times[3], "held_timeline": held_timeline or {},
+                "blocked_at": None if blocked_at is None else float(blocked_at)}  # fmt: skip
 
     def writer(self) -> TenantWriter:
         def locate() -> tuple[str, int]:
@@ -238,20 +243,35 @@ def wait_for_commits(writer: TenantWriter, count: int, timeout: float = 60.0) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1024)
-    parser.add_argument("--moves", type=int, default=5, help="logical moves, alternating shared <-> dedicated")
-    parser.add_argument("--drains", type=int, default=5, help="drains under a running Odoo (section 4); 0: none")
+    parser.add_argument(
+        "--moves", type=int, default=5, help="logical moves, alternating shared <-> dedicated; 0: sections 1-3 skipped"
+    )
+    parser.add_argument(
+        "--drains", type=int, help="drains under a running Odoo (section 4; default 5, with --quick 0); 0: none"
+    )
     parser.add_argument("--registry-port", type=int, default=55432)
     parser.add_argument(
         "--quick", action="store_true",
-        help="1 logical move of a 40 MB tenant with Odoo's own tables and no custom models (tests/integration)",
+        help="1 logical move (or --moves 0) of a 40 MB tenant with Odoo's own tables and no custom models, no drain"
+        " unless --drains is given (tests/integration)",
     )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
-        args.size_mb, args.moves, args.drains = 40, 1, 0
-    if args.moves < 1:
-        parser.error("--moves must be at least 1")
-    if args.drains < 0:
-        parser.error("--drains must be 0 or more")
+        args.size_mb, args.moves = 40, min(args.moves, 1)
+    if args.drains is None:
+        args.drains = 0 if args.quick else 5
+    if args.moves < 0 or args.drains < 0:
+        parser.error("--moves and --drains must be 0 or more")
+    if args.moves == 0 and args.drains == 0:
+        parser.error("nothing to measure: --moves 0 and --drains 0")
+    removed = moves_beside_a_writer(args) if args.moves else True
+    if args.drains:
+        removed = drain_under_odoo(args.registry_port, args.drains) and removed
+    return 0 if removed else 1
+
+
+def moves_beside_a_writer(args: argparse.Namespace) -> bool:
+    """Sections 1-3 of the docstring; whether the tenant was removed."""
 
     tenant = Tenant(f"bench-move-{uuid.uuid4().hex[:6]}", args.registry_port)
     try:
@@ -300,9 +320,7 @@ def main() -> int:
         print_summary(args.size_mb, logical, base)
     finally:
         removed = remove_tenants([tenant.tenant_id])
-    if args.drains:
-        removed = drain_under_odoo(args.registry_port, args.drains) and removed
-    return 0 if removed else 1
+    return removed
 
 
 def drain_under_odoo(registry_port: int, drains: int) -> bool:
@@ -320,7 +338,7 @@ def drain_under_odoo(registry_port: int, drains: int) -> bool:
             raise RuntimeError(f"provisioning the Odoo tenant failed:\n{run.output[-3000:]}")
         pid = subprocess.run([*supervisorctl, f"odoo-{tenant.tenant_id}"], capture_output=True, text=True).stdout
         print(f"Drains of the pool a tenant on the process runtime is on, under its running Odoo: {drains}")
-        gaps, helds = [], []
+        gaps, helds, timeouts = [], [], 0
         for n in range(1, drains + 1):
             pool = tenant.server()["name"]
             drained_pools.add(pool)
@@ -333,12 +351,18 @@ def drain_under_odoo(registry_port: int, drains: int) -> bool:
             if drained.returncode != 0:
                 raise RuntimeError(f"draining {pool} failed:\n{drained.output[-3000:]}")
             gaps.append(gap)
+            timeouts += poller.timeouts
             moved = tenant.last_move()  # the registry's record of the held window: block -> let in, step by step
             helds.append(moved["downtime_s"] or 0.0)
-            steps = ", ".join(f"{step} {ms}" for step, ms in sorted(moved["held_timeline"].items(), key=lambda s: s[1]))
+            # One timeline, in ms after the block: the move's steps, then the gap Odoo's users saw around them.
+            steps = dict(moved["held_timeline"])
+            if moved["blocked_at"] is not None:
+                last_good, next_good = (round((at - moved["blocked_at"]) * 1000) for at in poller.gap_between)
+                steps |= {"last good answer": last_good, "next good answer": next_good}
+            timeline = ", ".join(f"{step} {ms}" for step, ms in sorted(steps.items(), key=lambda s: s[1]))
             print(f"  drain {n} of {pool}: {seconds:.1f} s; its login page answered {answers} times, {failures} failed,"
-                  f" longest gap between good answers {gap:.2f} s; held {helds[-1]:.2f} s (ms after the block:"
-                  f" {steps})", flush=True)  # fmt: skip
+                  f" {poller.timeouts} timed out ({poller.TIMEOUT_S:.0f} s), longest gap between good answers"
+                  f" {gap:.2f} s; held {helds[-1]:.2f} s (ms after the block: {timeline})", flush=True)  # fmt: skip
             set_active(registry_port, pool)  # drained again later, as the tenant comes back to it
         same = subprocess.run([*supervisorctl, f"odoo-{tenant.tenant_id}"], capture_output=True, text=True).stdout
         print(row("Odoo-seen downtime (the login page's longest gap)", gaps, "s", 1.0))
@@ -349,6 +373,8 @@ def drain_under_odoo(registry_port: int, drains: int) -> bool:
         p95 = percentile(gaps, 0.95)
         seen = "met" if p95 <= GOAL_DOWNTIME_S else "NOT met"
         print(f"goal Odoo-seen downtime of a drain (its login page), p95: {p95:.2f} s vs {GOAL_DOWNTIME_S} s — {seen}")
+        hung = "met" if timeouts == 0 else "NOT met"
+        print(f"goal no login-page request timed out during the drains: {timeouts} vs 0 — {hung}")
     finally:
         removed = remove_tenants([tenant.tenant_id], runtime="process")
         for pool in drained_pools:
@@ -363,29 +389,42 @@ def set_active(registry_port: int, pool: str) -> None:
 
 
 class LoginPoller(threading.Thread):
-    """GET a login page every 50 ms until stopped: the longest time between two good answers (200 with the form)."""
+    """GET a login page every 50 ms until stopped: the longest time between two good answers (200 with the form),
+    when it began and ended (wall clock), and how many requests got no answer within TIMEOUT_S."""
+
+    TIMEOUT_S = 5.0
 
     def __init__(self, url: str):
         super().__init__(daemon=True)
         self.url, self.halt = url, threading.Event()
-        self.answers = self.failures = 0
+        self.answers = self.failures = self.timeouts = 0
         self.gap = 0.0
+        self.gap_between: tuple[float, float] = (0.0, 0.0)  # time.time() of the good answers around the longest gap
 
     def run(self) -> None:
-        last_good = time.monotonic()
+        last_good = time.time()
         while not self.halt.wait(0.05):
             try:
-                with urllib.request.urlopen(self.url, timeout=5) as page:  # noqa: S310 - http, loopback
+                with urllib.request.urlopen(self.url, timeout=self.TIMEOUT_S) as page:  # noqa: S310 - http, loopback
                     good = page.status == 200 and b"oe_login_form" in page.read()
-            except (urllib.error.URLError, OSError):
+            except TimeoutError:
+                good, self.timeouts = False, self.timeouts + 1
+            except urllib.error.URLError as e:
                 good = False
-            now = time.monotonic()
+                self.timeouts += isinstance(e.reason, TimeoutError)
+            except OSError:
+                good = False
+            now = time.time()
             self.answers += 1
             if good:
-                self.gap, last_good = max(self.gap, now - last_good), now
+                if now - last_good > self.gap:
+                    self.gap, self.gap_between = now - last_good, (last_good, now)
+                last_good = now
             else:
                 self.failures += 1
-        self.gap = max(self.gap, time.monotonic() - last_good)
+        now = time.time()
+        if now - last_good > self.gap:
+            self.gap, self.gap_between = now - last_good, (last_good, now)
 
     def stop(self) -> tuple[float, int, int]:
         self.halt.set()

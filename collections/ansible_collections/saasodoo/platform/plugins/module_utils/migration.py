@@ -847,8 +847,15 @@ class Move:
         return started
 
     def _end_sessions(self, server: Server) -> None:
-        """The tenant's role refused on `server`, its sessions ended and waited for, its PgBouncer clients dropped."""
+        """The tenant's PgBouncer clients on `server` turned away, its role refused there, its sessions ended and
+        waited for.
+
+        PgBouncer's door closes first. A client it still had once the role was refused would make it ask the server
+        for a login: refused, and held against the tenant's pool there for server_login_retry (15 s), which a move
+        back within that time would find (its let-in stalled until then).
+        """
         role = self.tenant["db_role"]
+        server.close_pgbouncer_door(self.db_name)
         with server.connect() as conn:
             conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
             # Wait for each session to be gone: a commit still in flight must land before the marker.
@@ -856,7 +863,6 @@ class Move:
             for _ in range(50):
                 pids = [pid for (pid,) in conn.execute(sessions, (role,))]
                 if not pids:
-                    server.close_pgbouncer_door(self.db_name)
                     return
                 for pid in pids:
                     conn.execute("SELECT pg_catalog.pg_terminate_backend(%s, 1000)", (pid,))
