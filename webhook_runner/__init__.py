@@ -1,4 +1,4 @@
-"""SaaSOdoo webhook runner: Kill Bill push notifications in, idempotent playbook runs out (README: Webhook runner).
+"""SaaSOdoo webhook runner: Kill Bill push notifications in, idempotent playbook runs out (docs/runner.md).
 
 - ``app``: the Flask app gunicorn serves: ``POST /killbill/<token>`` stores each notification in the
   registry inbox before answering; ``/healthz``, ``/metrics`` and the admin API (``/jobs``, ``/tenants``).

@@ -1,4 +1,4 @@
-"""python -m webhook_runner COMMAND: the workers and their passes (gunicorn serves the app: README "Webhook runner").
+"""python -m webhook_runner COMMAND: the workers and their passes (gunicorn serves the app: docs/runner.md).
 
 worker [--drain [--account ID]]
                        take the inbox until SIGTERM (with --drain: until nothing, or nothing of ID, is pending)

@@ -1,4 +1,4 @@
-"""What a tenant should be, from what Kill Bill says now (README: Webhook runner).
+"""What a tenant should be, from what Kill Bill says now (docs/runner.md).
 
 Events are triggers: they come twice, late and out of order, and two different events can have the same
 bytes. So the worker reads the account back from Kill Bill and this module compares each subscription

@@ -1,5 +1,5 @@
 """One tenant through its whole life on the local platform, every step run twice
-(README: A tenant's life).
+(docs/lifecycle.md).
 
 provision -> reachable through nginx by Host header -> suspend -> resume -> change plan within shared ->
 backup -> data changed -> restore -> terminate -> purge with `local` storage; and on a real CephFS

@@ -1,4 +1,4 @@
-"""tenant_change_plan.yml across db_types on the local platform (README: Moving a tenant's database).
+"""tenant_change_plan.yml across db_types on the local platform (docs/moves.md).
 
 A tenant with an Odoo-shaped database and a client writing throughout (tests/integration/movers.py) is upgraded
 basic -> premium (shared pool -> its dedicated server) and downgraded back; a suspend and a resume arrive while it

@@ -1,4 +1,4 @@
-"""tenant_change_plan.yml killed mid-move (README: Moving a tenant's database), on a tenant of its own with a client
+"""tenant_change_plan.yml killed mid-move (docs/moves.md), on a tenant of its own with a client
 writing throughout (tests/integration/movers.py).
 
 The move is SIGKILLed at each point of FAULT_CASES and the playbook run again (`make soak`: three times each; `make

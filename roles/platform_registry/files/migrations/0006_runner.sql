@@ -1,4 +1,4 @@
--- 0006_runner: what the webhook runner (webhook_runner/, README: Webhook runner) needs beyond the inbox and job tables
+-- 0006_runner: what the webhook runner (webhook_runner/, docs/runner.md) needs beyond the inbox and job tables
 -- of 0002. Work is per Kill Bill account: every event of an account is a trigger to read that account
 -- back from Kill Bill and converge its tenants, so events are queued by account_id, and a job remembers
 -- the account it converges.

@@ -1,4 +1,4 @@
--- 0007_moves: what db_migrate (README: Moving a tenant's database) records about a move beyond 0002's phases and timings.
+-- 0007_moves: what db_migrate (docs/moves.md) records about a move beyond 0002's phases and timings.
 -- A move is placed (target chosen), copied, cut over, verified, repointed, cleaned up; an interrupted
 -- or failed one is rolled back. The phases a run went through are in phase_history.
 

@@ -1,6 +1,6 @@
 -- 0012_moves_verified_after_switch: a logical move opens the target as soon as it has caught up and verifies
 -- the two copies after the switch, while the tenant works on the target and replication carries its writes
--- back to the source (README: Moving a tenant's database). A mismatch, or a run killed before `verified`,
+-- back to the source (docs/moves.md). A mismatch, or a run killed before `verified`,
 -- switches back: the phase `switching_back`, and what the tenant row held before the switch to put back.
 -- And a move holds its place on its target from the placement on, and on its source until it is verified.
 

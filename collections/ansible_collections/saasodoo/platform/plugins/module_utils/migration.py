@@ -1,4 +1,4 @@
-"""Moving a tenant's database to another PostgreSQL server (README: Moving a tenant's database), every phase recorded.
+"""Moving a tenant's database to another PostgreSQL server (docs/moves.md), every phase recorded.
 
 Methods: `logical` copies the schema (pg_dump --schema-only: bare tables first), the rows from the snapshot of
 the move's slot in parallel COPY streams, the keys, then subscribes on that slot and builds the other indexes and

@@ -1,4 +1,4 @@
-"""A tenant's Odoo identity, given to a database cloned from a golden template (README: Golden templates).
+"""A tenant's Odoo identity, given to a database cloned from a golden template (docs/templates.md).
 
 Odoo's own "duplicate database" (odoo/service/db.py exp_duplicate_database) clones a database and resets
 ir.config_parameter's `database.secret`, `database.uuid` and `database.create_date`

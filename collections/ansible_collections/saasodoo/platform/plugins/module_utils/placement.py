@@ -1,4 +1,4 @@
-"""Where a tenant database goes: the pure decision, no database (README: Placing and provisioning tenants).
+"""Where a tenant database goes: the pure decision, no database (docs/placement.md).
 
 The registry side (locks, records) is in placement_store.py; this module only ranks and explains.
 """

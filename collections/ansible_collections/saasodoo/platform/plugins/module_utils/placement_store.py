@@ -1,5 +1,5 @@
 """Placement against the registry: one transaction, row locks, every decision recorded
-(README: Placing and provisioning tenants).
+(docs/placement.md).
 
 Concurrent placements queue on the shared servers' rows (SELECT ... FOR UPDATE in name order); the
 tenant counters those rows carry are kept by a trigger on registry.tenants (migration 0004), so the
