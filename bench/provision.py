@@ -34,17 +34,16 @@ from tests.e2e.killbill_api import KillBillAPI  # noqa: E402
 from tests.integration.conftest import remove_tenants, superuser  # noqa: E402
 from tests.integration.runner_stack import RunnerStack, pause_deployed_runner, resume_deployed_runner  # noqa: E402
 from tests.standins.killbill.killbill_standin import KillBillStandin  # noqa: E402
+from tests.tenant_web import opener, tenant_url  # noqa: E402
 
-NGINX = "http://127.0.0.1:58080/web/login"
 STANDIN = f"/usr/bin/python3 {REPO}/tests/standins/odoo/odoo-bin"
 GOAL_P95_SECONDS = 15.0
 GOAL_SPEEDUP = 4.0
 
 
 def login_form(tenant_id: str) -> bool:
-    request = urllib.request.Request(NGINX, headers={"Host": f"{tenant_id}.odoo.localhost"})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+        with opener().open(tenant_url(tenant_id), timeout=5) as response:
             return response.status == 200 and "oe_login_form" in response.read().decode(errors="replace")
     except (urllib.error.URLError, OSError):
         return False

@@ -27,18 +27,18 @@ from dataclasses import dataclass
 import pytest
 
 from tests.integration.conftest import LOCAL_STATE, LocalPlatform, run_playbook, superuser
+from tests.tenant_web import opener, tenant_url
 
 ODOO_BIN = os.environ.get("SAASODOO_ODOO_BIN", "")
 pytestmark = pytest.mark.skipif(not ODOO_BIN, reason="set ODOO_BIN=<a real odoo-bin> (make acceptance says how)")
 
-NGINX = "http://127.0.0.1:58080"
 CUSTOMERS = {  # tenant id: (plan, company, admin e-mail, time zone, country)
     "acme": ("basic-monthly", "Acme Corp", "admin@acme.example", "America/New_York", "US"),
     "globex": ("standard-monthly", "Globex", "it@globex.example", "Europe/Paris", "FR"),
     "initech": ("premium-monthly", "Initech", "bill@initech.example", "America/Chicago", "US"),
 }
 PASSWORD = "a long passphrase nobody guesses"
-LINK = re.compile(r"signs in at (http\S+/web/reset_password\?\S+)")
+LINK = re.compile(r"signs in at (https://\S+/web/reset_password\?\S+)")
 
 
 @dataclass
@@ -48,17 +48,15 @@ class Signed:
 
 
 class Browser:
-    """One customer's browser on their tenant's host name, through nginx, with cookies."""
+    """One customer's browser on their tenant's URL (HTTPS through nginx, its certificate checked), with cookies."""
 
     def __init__(self, tenant_id: str):
-        self.host = f"{tenant_id}.odoo.localhost"
-        self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), NoRedirect()
-        )
+        self.tenant_id, self.cookies = tenant_id, http.cookiejar.CookieJar()
+        self.opener = opener(urllib.request.HTTPCookieProcessor(self.cookies), NoRedirect())
 
     def request(self, path: str, form: dict | None = None) -> tuple[int, str, str]:
         data = urllib.parse.urlencode(form).encode() if form is not None else None
-        request = urllib.request.Request(f"{NGINX}{path}", data=data, headers={"Host": self.host})
+        request = urllib.request.Request(tenant_url(self.tenant_id, path), data=data)
         try:
             with self.opener.open(request, timeout=60) as response:
                 return response.status, response.headers.get("Location", ""), response.read().decode(errors="replace")
@@ -116,7 +114,9 @@ def test_the_admins_one_time_link_sets_a_password_that_logs_in_and_is_dead_after
     for tenant_id, signed in signed_up.items():
         email = CUSTOMERS[tenant_id][2]
         browser = Browser(tenant_id)
-        path = signed.link.split("58080", 1)[1]
+        link = urllib.parse.urlsplit(signed.link)
+        assert f"{link.scheme}://{link.netloc}" == tenant_url(tenant_id, ""), signed.link  # the tenant's HTTPS URL
+        path = f"{link.path}?{link.query}"
         status, _, page = browser.request(path)
         assert status == 200 and "Invalid signup token" not in page, (tenant_id, page[:500])
         token = urllib.parse.parse_qs(urllib.parse.urlsplit(signed.link).query)["token"][0]

@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.e2e.killbill_api import KillBillAPI  # noqa: E402
 from tests.standins.killbill.killbill_standin import KillBillStandin  # noqa: E402
+from tests.tenant_web import opener, tenant_url  # noqa: E402
 
 SECRETS = REPO / ".state/local/secrets"
 CUSTOMERS = [("Acme Corp", "acme", "basic-monthly"), ("Globex", "globex", "standard-monthly"),
@@ -38,7 +39,6 @@ PROFILES = {"acme": {"timeZone": "America/New_York", "country": "US"},
             "initech": {"timeZone": "America/Chicago", "country": "US"},
             "hooli": {"timeZone": "America/Los_Angeles", "country": "US"}}  # fmt: skip
 TRIAL_DAYS = 14
-LOGIN_URL = "http://{}.odoo.localhost:58080/web/login"
 
 
 class Runner:
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n== How each customer signs in (the admin's one-time link: tenant_admin_link.yml -e tenant_id=…)")
     for _, tenant_id, _ in customers:
-        print(f"   {LOGIN_URL.format(tenant_id)}   admin: {emails[tenant_id]}")
+        print(f"   {tenant_url(tenant_id)}   admin: {emails[tenant_id]}")
 
     print(f"\n== Audit trail of {globex}, event by event (registry.audit, hash-chained)")
     for row in reversed(runner.get(f"/tenants/{globex}")["audit"]):
@@ -182,12 +182,9 @@ def print_moves(runner: Runner, tenant_id: str) -> None:
 
 
 def _login_page(tenant_id: str) -> str:
-    """The tenant's login page through the local nginx, by Host header (the process runtime's route)."""
-    request = urllib.request.Request(
-        "http://127.0.0.1:58080/web/login", headers={"Host": f"{tenant_id}.odoo.localhost"}
-    )
+    """The tenant's login page through the local nginx, over HTTPS as its host name (the process runtime's route)."""
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with opener().open(tenant_url(tenant_id), timeout=5) as response:
             page = response.read().decode(errors="replace")
             return f"{response.status} {'login form' if 'oe_login_form' in page else 'no login form'}"
     except urllib.error.HTTPError as error:

@@ -14,6 +14,7 @@ which runs the CHECK function).
 
 from __future__ import annotations
 
+import pwd
 import re
 import subprocess
 import time
@@ -25,6 +26,8 @@ from pathlib import Path
 import ansible_runner
 import psycopg
 import pytest
+from tenant_web import opener as tenant_web_opener
+from tenant_web import tenant_url
 
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
 from ansible_collections.saasodoo.platform.plugins.module_utils.migration import FAILPOINT_ENV, Server
@@ -654,11 +657,11 @@ def test_no_tenant_takes_another_tenants_ports_or_its_requests(two_process_tenan
         for playbook in ("tenant_suspend.yml", "tenant_resume.yml"):
             run = run_playbook(playbook, "-e", "tenant_id=iso-b")
             assert run.returncode == 0, run.output[-4000:]
-        cookie = {"Cookie": "session_id=b-customers-session", "Host": "iso-b.odoo.localhost"}
+        cookie = {"Cookie": "session_id=b-customers-session"}
         for path in ("/web/login", "/websocket"):
-            request = urllib.request.Request(f"http://127.0.0.1:58080{path}", headers=cookie)
+            request = urllib.request.Request(tenant_url("iso-b", path), headers=cookie)
             try:
-                with urllib.request.urlopen(request, timeout=10) as page:
+                with tenant_web_opener().open(request, timeout=10) as page:
                     status, body = page.status, page.read()
             except urllib.error.HTTPError as error:
                 status, body = error.code, error.read()
@@ -673,6 +676,30 @@ def test_no_tenant_takes_another_tenants_ports_or_its_requests(two_process_tenan
     assert not [line for line in lines if not line.startswith(("holds", "took"))], lines  # the squatter ran
     took = [line for line in lines if line.startswith("took")]
     assert took == [], took
+
+
+def test_no_tenant_takes_an_os_user_that_is_not_its_own(local_platform: LocalPlatform):
+    """A user already has the name a newcomer's OS user would get (another tenant's, the host's own): the provision is
+    refused before the user is touched, and the user keeps its uid, comment and home (before, useradd's `present`
+    took it over, and the newcomer's Odoo ran as it). A purge of the newcomer leaves it too."""
+    newcomer = "squat-user"
+    user = tenant_os_user(newcomer)
+    subprocess.run(["useradd", "--system", "--no-create-home", "--comment", "SaaSOdoo tenant someone-else",
+                    "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", user], check=True)  # fmt: skip
+    try:
+        before = pwd.getpwnam(user)
+        refused = run_playbook(
+            "tenant_provision.yml", "-e", f"tenant_id={newcomer}", "-e", "plan=basic-monthly",
+            "-e", "saasodoo_runtime_backend=process", "-e", "customer_id=acct-squat-user",
+        )  # fmt: skip
+        assert refused.returncode != 0, refused.output[-3000:]
+        assert f"The OS user {user} exists and is not tenant {newcomer}'s" in " ".join(refused.output.split())
+        assert pwd.getpwnam(user) == before
+        remove_tenants([newcomer], runtime="process")  # its purge is refused as well
+        assert pwd.getpwnam(user) == before
+    finally:
+        subprocess.run(["userdel", user], check=False)
+    assert remove_tenants([newcomer], runtime="process"), "the newcomer is not purged once the user is gone"
 
 
 def test_a_rotated_credential_opens_the_tenants_database_and_the_old_one_nothing(local_platform: LocalPlatform):

@@ -18,6 +18,7 @@ import os
 import pwd
 import re
 import shutil
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,23 +26,28 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from tenant_web import NGINX_HTTP, get_status, host_name, tenant_url
 
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
 
 from .conftest import LOCAL_STATE, LocalPlatform, PlaybookRun, assert_nothing_changed, run_playbook
 from .test_storage_cephfs import PROPAGATION_TIMEOUT, rbytes_of, wait_until, write_chunks
 
-NGINX = ("127.0.0.1", 58080)
-BASE_DOMAIN = "odoo.localhost"
 GIB = 1 << 30
 
 
 def get(tenant_id: str, path: str) -> int:
-    """Status of GET path through nginx, as the tenant's host name."""
-    conn = http.client.HTTPConnection(*NGINX, timeout=10)
+    """Status of GET path through nginx, over HTTPS as the tenant's host name."""
+    return get_status(tenant_id, path)
+
+
+def get_plain(tenant_id: str, path: str) -> tuple[int, str | None]:
+    """Status and Location of GET path through nginx's plain HTTP listener, as the tenant's host name."""
+    conn = http.client.HTTPConnection(*NGINX_HTTP, timeout=10)
     try:
-        conn.request("GET", path, headers={"Host": f"{tenant_id}.{BASE_DOMAIN}"})
-        return conn.getresponse().status
+        conn.request("GET", path, headers={"Host": host_name(tenant_id)})
+        response = conn.getresponse()
+        return response.status, response.getheader("Location")
     finally:
         conn.close()
 
@@ -135,13 +141,16 @@ def filestore_digest(root: Path) -> dict[str, str]:
 
 
 def lifecycle(tenant: Tenant, first_plan: str, bigger_plan: str, cephfs: bool) -> None:
-    # provision: reachable through nginx by its Host header
+    # provision: reachable through nginx over HTTPS by its host name; plain HTTP only redirects there
     tenant.run_twice("tenant_provision.yml", "-e", f"plan={first_plan}")
     assert tenant.record()["status"] == "active"
     assert get(tenant.tenant_id, "/web/health") == 200
     assert get(tenant.tenant_id, "/web/login") == 200
-    with pytest.raises(http.client.RemoteDisconnected):  # an unknown host name gets nothing at all (444)
+    assert get_plain(tenant.tenant_id, "/web/login?x=1") == (308, tenant_url(tenant.tenant_id, "/web/login?x=1"))
+    with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):  # an unknown host name gets no handshake
         get("someone-else", "/web/health")
+    with pytest.raises(http.client.RemoteDisconnected):  # nor a plain answer (444)
+        get_plain("someone-else", "/web/health")
     with tenant.as_tenant() as conn:
         conn.execute("CREATE TABLE invoices (id serial PRIMARY KEY, amount numeric NOT NULL)")
         conn.execute("INSERT INTO invoices (amount) SELECT g FROM generate_series(1, 500) AS g")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
+import tenant_web
+from tenant_web import tenant_url
 
 from .conftest import (
     LOCAL_STATE,
@@ -314,7 +316,7 @@ def test_clones_of_one_template_each_have_their_own_identity(fleet: Fleet):
                 " ON d.res_id = u.id AND d.module = 'base' AND d.name = 'user_admin'"
             ).fetchone()
         identities[tenant_id] = (params["database.uuid"], params["database.secret"])
-        assert params["web.base.url"] == f"http://{tenant_id}.odoo.localhost:58080"
+        assert params["web.base.url"] == tenant_url(tenant_id, "")
         assert params["web.base.url.freeze"] == "True"
         assert admin == (f"admin@{tenant_id}.odoo.localhost", None)  # the template's password gone, none in its place
     for column in range(2):  # uuid and secret: three of each
@@ -358,20 +360,16 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def test_the_admins_one_time_link_sets_a_password_once_and_nothing_else_opens(fleet: Fleet):
-    link = re.search(r"signs in at (http\S+/web/reset_password\?\S+)", fleet.runs["t02"].output)
+    link = re.search(r"signs in at (https://\S+/web/reset_password\?\S+)", fleet.runs["t02"].output)
     assert link, fleet.runs["t02"].output[-2000:]
     url = urllib.parse.urlsplit(link[1])
     token = urllib.parse.parse_qs(url.query)["token"][0]
 
     def post(path: str, form: dict) -> int:
-        """Through nginx, by the tenant's host name, as the customer's browser."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{url.port}{path}",
-            data=urllib.parse.urlencode(form).encode(),
-            headers={"Host": url.hostname},
-        )
+        """Through nginx, over HTTPS by the tenant's host name, as the customer's browser."""
+        request = urllib.request.Request(f"https://{url.netloc}{path}", data=urllib.parse.urlencode(form).encode())
         try:
-            with urllib.request.build_opener(NoRedirect()).open(request, timeout=10) as response:
+            with tenant_web.opener(NoRedirect()).open(request, timeout=10) as response:
                 return response.status
         except urllib.error.HTTPError as error:
             return error.code

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from ansible.errors import AnsibleFilterError
 
@@ -17,6 +19,17 @@ def test_long_ids_fit_and_stay_apart():
     users = {tenant_os_user(first), tenant_os_user(second)}
     assert len(users) == 2 and all(len(u) <= MAX_USER_NAME for u in users)
     assert tenant_os_user("x" * 48) == tenant_os_user("X" * 48)
+
+
+def test_no_chosen_id_is_named_like_a_long_ones_user():
+    """A long id's user is a cut name: an id spelling that cut name (27 characters, so not cut itself) must get
+    another user, or its Odoo would run as the long id's tenant."""
+    victim = "acme-corporation-production-eu"
+    cut = tenant_os_user(victim)
+    assert len(cut) <= MAX_USER_NAME
+    for spelling in (cut.removeprefix("odoo_"), cut.removeprefix("odoo-"), cut[5:].replace("-", "_")):
+        with contextlib.suppress(AnsibleFilterError):  # an id that cannot be a tenant's takes nothing
+            assert tenant_os_user(spelling) != cut, spelling
 
 
 @pytest.mark.parametrize("bad", ["", "-acme", "a b", "a/b", "x" * 49])

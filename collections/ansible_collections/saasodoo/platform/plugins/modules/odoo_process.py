@@ -123,13 +123,18 @@ options:
     type: str
     required: true
   route_url:
-    description: The login page through nginx; I(route_host) is sent as C(Host).
+    description:
+      - The login page through nginx; I(route_host) is sent as C(Host) and, over C(https://), as the TLS server
+        name, whose certificate must be valid for it (checked against I(route_ca)).
     type: str
     required: true
   route_host:
     description: The tenant's host name.
     type: str
     required: true
+  route_ca:
+    description: The CA certificates (a PEM file) that check nginx's certificate; by default the system's.
+    type: path
   log_path:
     description: The program's log, whose end a failed start reports.
     type: path
@@ -231,6 +236,8 @@ import json
 import os
 import pwd
 import shutil
+import socket
+import ssl
 import stat
 import time
 import urllib.parse
@@ -256,15 +263,36 @@ POLL_SECONDS = 0.05  # a start is over in tenths of a second: poll as often
 SUN_PATH_MAX = 107  # bytes of a Unix socket's path (sockaddr_un.sun_path, less its NUL)
 
 
-def fetch(url: str, host: str | None = None) -> tuple[int, str]:
-    """The status and body of a GET of an http:// URL, as the server answered it (http.client neither follows
-    redirects nor goes through a proxy the environment may name: loopback addresses and the tenant's own name);
-    (0, reason) when nothing answered."""
+class _NamedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to an address, with another name as the TLS server name (SNI) and the name the certificate must bear:
+    nginx's listener, as the tenant's host name."""
+
+    def __init__(self, address: str, port: int | None, server_name: str, context: ssl.SSLContext, timeout: float):
+        super().__init__(address, port, timeout=timeout, context=context)
+        self.server_name = server_name
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.server_name)
+
+
+def fetch(url: str, host: str | None = None, ca_file: str | None = None) -> tuple[int, str]:
+    """The status and body of a GET of an http:// or https:// URL, as the server answered it (http.client neither
+    follows redirects nor goes through a proxy the environment may name: loopback addresses and the tenant's own
+    name); over https, `host` is the server name its certificate must bear, checked against `ca_file` (by default
+    the system's CAs). (0, reason) when nothing answered, or the certificate failed."""
     try:
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             return 0, f"{url} is not an http:// URL with a host"
-        with contextlib.closing(http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)) as connection:
+        if parts.scheme == "https" and not host:
+            return 0, f"{url} is https:// with no server name to check its certificate for"
+        if parts.scheme == "https":
+            context = ssl.create_default_context(cafile=ca_file)
+            connection = _NamedHTTPSConnection(parts.hostname, parts.port, host, context, timeout=5)
+        else:
+            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+        with contextlib.closing(connection):
             # One request a connection, as urllib makes it: the answer ends where the server closes it at the latest.
             connection.request(
                 "GET", parts.path or "/", headers={"Connection": "close"} | ({"Host": host} if host else {})
@@ -587,7 +615,7 @@ class OdooProcess:
         p = self.p
         deadline = time.monotonic() + p["route_timeout"]
         while True:
-            status, body = fetch(p["route_url"], p["route_host"])
+            status, body = fetch(p["route_url"], p["route_host"], p["route_ca"])
             if (status == 200 and LOGIN_FORM in body) if p["state"] == "started" else status == 503:
                 return
             if not self.reloaded:
@@ -596,7 +624,8 @@ class OdooProcess:
                 continue
             if time.monotonic() > deadline:
                 want = "its login form" if p["state"] == "started" else "503"
-                self.fail(f"nginx does not route {p['route_host']} as it should ({want}): it answered {status}")
+                answer = f"{status}" if status else f"nothing ({body})"
+                self.fail(f"nginx does not route {p['route_host']} as it should ({want}): it answered {answer}")
             time.sleep(POLL_SECONDS)
 
     def ids(self, owner: str, group: str | None = None) -> tuple[int, int] | None:
@@ -710,6 +739,7 @@ def main() -> None:
             login_url=dict(type="str", required=True),
             route_url=dict(type="str", required=True),
             route_host=dict(type="str", required=True),
+            route_ca=dict(type="path"),
             log_path=dict(type="path", required=True),
             health_timeout=dict(type="int", default=60),
             route_timeout=dict(type="int", default=20),
