@@ -281,6 +281,26 @@ def test_a_logical_move_refuses_to_run_the_tenants_code_as_the_subscriptions_own
     assert_nothing_ran_as_a_superuser(hostile, hooks)
 
 
+def test_a_logical_move_refuses_a_builtin_that_runs_the_tenants_sql_text(hostile: LocalPlatform):
+    """A CHECK may call the tenant's function through a superuser's built-in that runs SQL given as text
+    (query_to_xml): no dependency names the tenant's function, so the built-in itself is refused (before, the
+    move's apply ran it as the subscription's owner, which may rewrite its subscription)."""
+    as_tenant(
+        hostile, TAKE_CODE_OUT,
+        "ALTER TABLE public.hostile_rows ADD CONSTRAINT hostile_xml CHECK (pg_catalog.query_to_xml("
+        "'SELECT public.hostile_hook(''query_to_xml'')', false, false, '') IS NOT NULL)",
+    )  # fmt: skip
+    try:
+        moves_before, _ = moves_and_db_type(hostile)
+        run, _, hooks = change_plan(hostile, "premium-monthly", "logical")
+        assert run.returncode != 0
+        assert "function query_to_xml(text,boolean,boolean,text)" in run.output, run.output[-4000:]
+        assert moves_and_db_type(hostile) == (moves_before, "shared")
+        assert_nothing_ran_as_a_superuser(hostile, hooks)
+    finally:
+        as_tenant(hostile, "ALTER TABLE public.hostile_rows DROP CONSTRAINT IF EXISTS hostile_xml")
+
+
 def test_code_the_tenant_plants_during_the_copy_stops_the_switch_and_the_tenant_stays(
     hostile: LocalPlatform, tmp_path: Path
 ):

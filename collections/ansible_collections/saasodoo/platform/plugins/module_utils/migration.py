@@ -80,10 +80,18 @@ VERIFICATION_SETTINGS = (
 # What the apply of a logical move would run of the tenant's own making: triggers set to fire in
 # replication (ENABLE ALWAYS / REPLICA), row-level security forced on the owner, and functions or operators
 # written by a non-superuser in CHECK and domain constraints, defaults and generated columns, and index
-# expressions. PostgreSQL 15 runs them as the subscription's owner, which may ALTER its subscription (its
-# connection, its slot): a logical move refuses them, and method dump (its restore runs as an unprivileged
-# role) moves such a database.
-TENANT_CODE_IN_APPLY = """
+# expressions, or built-in ones that run SQL given as text or read a relation, which may be the tenant's view
+# (query_to_xml('SELECT its_function()', ...), ts_stat, table_to_xml of a view). PostgreSQL 15 runs them as the
+# subscription's owner, which may ALTER its subscription (its connection, its slot): a logical move refuses them,
+# and method dump (its restore runs as an unprivileged role) moves such a database.
+SQL_RUNNING_BUILTINS = (
+    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml", "cursor_to_xmlschema",
+    "table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema", "schema_to_xml", "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema", "database_to_xml", "database_to_xmlschema", "database_to_xml_and_xmlschema",
+    "ts_stat", "ts_rewrite",
+)  # fmt: skip
+TENANT_CODE_IN_APPLY = (
+    """
 SELECT pg_catalog.format('trigger %s on %s', t.tgname, t.tgrelid::pg_catalog.regclass)
   FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgenabled IN ('A', 'R')
 UNION
@@ -100,9 +108,12 @@ SELECT pg_catalog.format('function %s', p.oid::pg_catalog.regprocedure)
   JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
  WHERE d.classid IN ('pg_catalog.pg_constraint'::pg_catalog.regclass, 'pg_catalog.pg_attrdef'::pg_catalog.regclass,
                      'pg_catalog.pg_class'::pg_catalog.regclass)
-   AND NOT r.rolsuper
+   AND (NOT r.rolsuper OR p.proname OPERATOR(pg_catalog.=) ANY ('{"""
+    + ",".join(SQL_RUNNING_BUILTINS)
+    + """}'::pg_catalog.name[]))
 ORDER BY 1
 """
+)
 
 
 # The tables a logical move copies (those FOR ALL TABLES publishes, less the marker), the largest first by the
@@ -481,10 +492,15 @@ class Move:
             self._copy_rows()
             # Keys are built once the rows are in (pgcopydb's way), before the apply needs them to find rows.
             self._restore("-L", tables_and_keys, "-j", jobs, schema)
-            self._subscribe(self.forward, copy_data=False, create_slot=False)
+            self._subscribe(self.forward, copy_data=False, create_slot=False, enable=False)
             self.enter("catching_up")
             self._failpoint("catching_up")
             self._restore("-L", rest, "-j", jobs, schema)
+            # The apply runs the target's schema, whole now: the tenant may have changed the source's since the
+            # check as the copy started, and the dump took that in.
+            self._refuse_tenant_code(self.target)
+            with self.target.connect(self.db_name) as conn:
+                conn.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(sql.Identifier(self.forward.name)))
         self._prepare_way_back()
         self._record(copy_ms=round((time.monotonic() - copy_started) * 1000))
 
@@ -939,14 +955,7 @@ class Move:
         until the copies are verified: the way back carries rows, not DDL.
         """
         self._drop_subscription(self.forward)
-        with self.source.connect(self.db_name) as conn:
-            tenant_code = [r[0] for r in conn.execute(TENANT_CODE_IN_APPLY)]
-        if tenant_code:
-            raise MoveError(
-                "the tenant's own code would run as the subscription's owner while rows are applied: "
-                + ", ".join(tenant_code[:10])
-                + " (method dump moves such a database)"
-            )
+        self._refuse_tenant_code(self.source)
         with self.target.connect(self.db_name) as conn:
             conn.execute(
                 "SELECT pg_catalog.pg_replication_slot_advance(%s, pg_catalog.pg_current_wal_lsn())",
@@ -969,6 +978,16 @@ class Move:
             )
         with self.source.connect(self.db_name) as conn:
             conn.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(sql.Identifier(self.backward.name)))
+
+    def _refuse_tenant_code(self, subscriber: Server) -> None:
+        """Fails the move if the apply on `subscriber` would run code of the tenant's (TENANT_CODE_IN_APPLY)."""
+        with subscriber.connect(self.db_name) as conn:
+            tenant_code = [r[0] for r in conn.execute(TENANT_CODE_IN_APPLY)]
+        if tenant_code:
+            raise MoveError(
+                f"the tenant's own code would run as the subscription's owner while rows are applied on"
+                f" {subscriber.name}: " + ", ".join(tenant_code[:10]) + " (method dump moves such a database)"
+            )
 
     def _snapshots(self) -> tuple[psycopg.Connection, psycopg.Connection]:
         """A REPEATABLE READ transaction on each copy, its snapshot taken while both are frozen and equal.
