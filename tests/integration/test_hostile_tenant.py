@@ -439,6 +439,9 @@ def test_a_tenants_odoo_runs_as_its_own_user_and_reads_nothing_of_another_tenant
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
         assert subprocess.run(["ps", "-o", "user=", "-p", pid], capture_output=True, text=True).stdout.strip() == user
+        if program == "odoo-iso-a":  # its code cannot fork the host out of processes
+            limits = Path(f"/proc/{pid}/limits").read_text()
+            assert re.search(r"^Max processes\s+512\s+512\s", limits, re.MULTILINE), limits
 
     own = as_user(a, "cat", str(runtime / "tenants/iso-a/odoo.conf"))
     assert own.returncode == 0 and "db_password" in own.stdout  # the user works: it reads its own config
