@@ -704,25 +704,27 @@ def test_no_tenant_takes_another_tenants_ports_or_its_requests(two_process_tenan
 def test_no_tenant_takes_an_os_user_that_is_not_its_own(local_platform: LocalPlatform):
     """A user already has the name a newcomer's OS user would get (another tenant's, the host's own): the provision is
     refused before the user is touched, and the user keeps its uid, comment and home (before, useradd's `present`
-    took it over, and the newcomer's Odoo ran as it). A purge of the newcomer leaves it too."""
+    took it over, and the newcomer's Odoo ran as it). Once the name is free, the provision goes through."""
     newcomer = "squat-user"
     user = tenant_os_user(newcomer)
+    provision = (
+        "tenant_provision.yml", "-e", f"tenant_id={newcomer}", "-e", "plan=basic-monthly",
+        "-e", "saasodoo_runtime_backend=process", "-e", "customer_id=acct-squat-user",
+    )  # fmt: skip
     subprocess.run(["useradd", "--system", "--no-create-home", "--comment", "SaaSOdoo tenant someone-else",
                     "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", user], check=True)  # fmt: skip
     try:
         before = pwd.getpwnam(user)
-        refused = run_playbook(
-            "tenant_provision.yml", "-e", f"tenant_id={newcomer}", "-e", "plan=basic-monthly",
-            "-e", "saasodoo_runtime_backend=process", "-e", "customer_id=acct-squat-user",
-        )  # fmt: skip
+        refused = run_playbook(*provision)
         assert refused.returncode != 0, refused.output[-3000:]
         assert f"The OS user {user} exists and is not tenant {newcomer}'s" in " ".join(refused.output.split())
         assert pwd.getpwnam(user) == before
-        remove_tenants([newcomer], runtime="process")  # its purge is refused as well
-        assert pwd.getpwnam(user) == before
     finally:
         subprocess.run(["userdel", user], check=False)
-    assert remove_tenants([newcomer], runtime="process"), "the newcomer is not purged once the user is gone"
+    provisioned = run_playbook(*provision)
+    assert provisioned.returncode == 0, provisioned.output[-3000:]
+    assert pwd.getpwnam(user).pw_gecos == f"SaaSOdoo tenant {newcomer}"
+    assert remove_tenants([newcomer], runtime="process")
 
 
 def test_a_rotated_credential_opens_the_tenants_database_and_the_old_one_nothing(local_platform: LocalPlatform):

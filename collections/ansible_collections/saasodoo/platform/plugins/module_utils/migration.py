@@ -80,18 +80,13 @@ VERIFICATION_SETTINGS = (
 # What the apply of a logical move would run of the tenant's own making: triggers set to fire in
 # replication (ENABLE ALWAYS / REPLICA), row-level security forced on the owner, and functions or operators
 # written by a non-superuser in CHECK and domain constraints, defaults and generated columns, and index
-# expressions, or built-in ones that run SQL given as text or read a relation, which may be the tenant's view
-# (query_to_xml('SELECT its_function()', ...), ts_stat, table_to_xml of a view). PostgreSQL 15 runs them as the
-# subscription's owner, which may ALTER its subscription (its connection, its slot): a logical move refuses them,
-# and method dump (its restore runs as an unprivileged role) moves such a database.
-SQL_RUNNING_BUILTINS = (
-    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml", "cursor_to_xmlschema",
-    "table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema", "schema_to_xml", "schema_to_xmlschema",
-    "schema_to_xml_and_xmlschema", "database_to_xml", "database_to_xmlschema", "database_to_xml_and_xmlschema",
-    "ts_stat", "ts_rewrite",
-)  # fmt: skip
-TENANT_CODE_IN_APPLY = (
-    """
+# expressions (pg_depend names them). Also built-ins that run SQL given as text or read a relation, which may be the
+# tenant's view (query_to_xml('SELECT its_function()', ...), ts_stat, table_to_xml of a view): pg_depend records no
+# dependency on a built-in, so the expressions' stored trees are searched for them, called or behind an operator.
+# PostgreSQL 15 runs all of it as the subscription's owner, which may ALTER its subscription (its connection, its
+# slot): a logical move refuses them, and method dump (its restore runs as an unprivileged role) moves such a
+# database.
+TENANT_CODE_IN_APPLY = """
 SELECT pg_catalog.format('trigger %s on %s', t.tgname, t.tgrelid::pg_catalog.regclass)
   FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgenabled IN ('A', 'R')
 UNION
@@ -108,12 +103,28 @@ SELECT pg_catalog.format('function %s', p.oid::pg_catalog.regprocedure)
   JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
  WHERE d.classid IN ('pg_catalog.pg_constraint'::pg_catalog.regclass, 'pg_catalog.pg_attrdef'::pg_catalog.regclass,
                      'pg_catalog.pg_class'::pg_catalog.regclass)
-   AND (NOT r.rolsuper OR p.proname OPERATOR(pg_catalog.=) ANY ('{"""
-    + ",".join(SQL_RUNNING_BUILTINS)
-    + """}'::pg_catalog.name[]))
+   AND NOT r.rolsuper
+UNION
+SELECT pg_catalog.format('function %s in %s', p.oid::pg_catalog.regprocedure, e.what)
+  FROM (SELECT pg_catalog.format('constraint %s', c.conname), c.conbin::pg_catalog.text
+          FROM pg_catalog.pg_constraint c WHERE c.conbin IS NOT NULL
+        UNION ALL
+        SELECT pg_catalog.format('the default of %s column %s', a.adrelid::pg_catalog.regclass, a.adnum),
+               a.adbin::pg_catalog.text
+          FROM pg_catalog.pg_attrdef a
+        UNION ALL
+        SELECT pg_catalog.format('index %s', i.indexrelid::pg_catalog.regclass),
+               pg_catalog.concat(i.indexprs::pg_catalog.text, ' ', i.indpred::pg_catalog.text)
+          FROM pg_catalog.pg_index i WHERE i.indexprs IS NOT NULL OR i.indpred IS NOT NULL) AS e (what, tree)
+  JOIN pg_catalog.pg_proc p ON p.proname OPERATOR(pg_catalog.=) ANY ('{query_to_xml, query_to_xmlschema,
+         query_to_xml_and_xmlschema, cursor_to_xml, cursor_to_xmlschema, table_to_xml, table_to_xmlschema,
+         table_to_xml_and_xmlschema, schema_to_xml, schema_to_xmlschema, schema_to_xml_and_xmlschema, database_to_xml,
+         database_to_xmlschema, database_to_xml_and_xmlschema, ts_stat, ts_rewrite}'::pg_catalog.name[])
+ WHERE e.tree OPERATOR(pg_catalog.~) pg_catalog.format(':funcid %s ', p.oid)
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_operator o WHERE o.oprcode OPERATOR(pg_catalog.=) p.oid
+                  AND e.tree OPERATOR(pg_catalog.~) pg_catalog.format(':opno %s ', o.oid))
 ORDER BY 1
 """
-)
 
 
 # The tables a logical move copies (those FOR ALL TABLES publishes, less the marker), the largest first by the
