@@ -1,8 +1,9 @@
 """Moving a tenant's database to another PostgreSQL server (docs/moves.md), every phase recorded.
 
 Methods: `logical` copies the schema (pg_dump --schema-only: bare tables first), the rows from the snapshot of
-the move's slot in parallel COPY streams, the keys, then subscribes on that slot and builds the other indexes and
-constraints, while the tenant keeps writing; writes are blocked only until the target has caught up. Then the
+the move's slot in parallel COPY streams, the keys, then subscribes on that slot, builds the other indexes and
+constraints, checks that the apply would run none of the tenant's code, and starts it, while the tenant keeps
+writing; writes are blocked only until the target has caught up. Then the
 switch: replication is turned round (target -> source), both copies are frozen in a snapshot, the target opens
 and the registry points at it, in one transaction that records the phase `repointed`. The two snapshots are
 verified after that, while the tenant works on the target and the source receives every write it makes: a
