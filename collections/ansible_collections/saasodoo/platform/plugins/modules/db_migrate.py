@@ -221,11 +221,11 @@ tenant:
   type: dict
 rolled_back:
   description: The unfinished move this run rolled back before placing again, if any.
+  returned: success
+  type: dict
 left:
   description: That move's target server, as the registry records it (its PgBouncer still lists the tenant's role).
   returned: when rolled_back is not null
-  type: dict
-  returned: success
   type: dict
 executed:
   description: What the module did, in order.
