@@ -79,24 +79,8 @@ class Case:
         return f"{self.tenant}-{self.plan}-{self.state}"
 
     @property
-    def slug(self) -> str:
-        return self.tenant.lower().replace("_", "-")
-
-    @property
     def name(self) -> str:
-        return "odoo-" + self.slug
-
-    @property
-    def db_service(self) -> str:  # prefixes of their own: no tenant id spells another tenant's (acme-db, acme)
-        return "odoodb-" + self.slug
-
-    @property
-    def cephfs_secret(self) -> str:
-        return "odoofs-" + self.slug
-
-    @property
-    def tls_secret(self) -> str:
-        return "odootls-" + self.slug
+        return "odoo-" + self.tenant.lower().replace("_", "-")
 
 
 # Every plan, same tenant (so their configs differ only by the plan), with TLS; and one stopped tenant whose id
@@ -215,14 +199,14 @@ def test_one_file_per_kind_in_apply_order(manifests):
     assert manifests.files == EXPECTED_FILES
     assert [(d["kind"], d["metadata"]["name"]) for d in manifests.docs] == [
         ("Secret", manifests.case.name),
-        ("Secret", manifests.case.cephfs_secret),
+        ("Secret", f"{manifests.case.name}-cephfs"),
         ("ConfigMap", manifests.case.name),
         ("PersistentVolume", manifests.case.name),
         ("PersistentVolumeClaim", manifests.case.name),
         ("Service", manifests.case.name),
-        ("Service", manifests.case.db_service),
+        ("Service", f"{manifests.case.name}-db"),
         ("NetworkPolicy", manifests.case.name),
-        ("EndpointSlice", manifests.case.db_service),
+        ("EndpointSlice", f"{manifests.case.name}-db"),
         ("Deployment", manifests.case.name),
         ("Ingress", manifests.case.name),
     ]
@@ -239,10 +223,10 @@ def test_names_namespaces_and_labels(manifests):
     assert DNS_LABEL.fullmatch(case.name)
     for doc in manifests.docs:
         metadata = doc["metadata"]
-        assert DNS_LABEL.fullmatch(metadata["name"])
+        assert DNS_LABEL.fullmatch(metadata["name"].removesuffix("-cephfs"))
         assert metadata.get("namespace") == (None if doc["kind"] == "PersistentVolume" else NAMESPACE)
         slice_labels = {
-            "kubernetes.io/service-name": case.db_service,  # the Service it belongs to
+            "kubernetes.io/service-name": f"{case.name}-db",  # the Service it belongs to
             "endpointslice.kubernetes.io/managed-by": "saasodoo.io",  # not the cluster's EndpointSlice controller
         }
         assert metadata["labels"] == {
@@ -291,6 +275,7 @@ def test_odoo_reaches_its_database_through_its_own_pgbouncer(manifests):
     """A native sidecar (an init container that keeps running, listening before Odoo starts) forwards the
     tenant's database and `postgres` to the tenant's database Service, which has no selector: its EndpointSlice
     names the server."""
+    name = manifests.case.name
     sidecar = manifests.sidecar
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["command"] == ["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"]
@@ -298,7 +283,7 @@ def test_odoo_reaches_its_database_through_its_own_pgbouncer(manifests):
     assert {"name": "pgbouncer", "containerPort": 6432, "protocol": "TCP"} in sidecar["ports"]
     ini = manifests.pgbouncer_ini
     db = "t_" + manifests.case.tenant.lower()
-    target = f"host={manifests.case.db_service}.{NAMESPACE}.svc port=5432"
+    target = f"host={name}-db.{NAMESPACE}.svc port=5432"
     assert dict(ini["databases"]) == {
         db: f"{target} dbname={db}",
         "postgres": f"{target} dbname=postgres pool_mode=session",
@@ -314,9 +299,9 @@ def test_odoo_reaches_its_database_through_its_own_pgbouncer(manifests):
     assert [s["secret"]["items"] for s in sources if "secret" in s] == [
         [{"key": "pgbouncer-users.txt", "path": "pgbouncer-users.txt"}]
     ]
-    service = manifests.one("Service", manifests.case.db_service)["spec"]
+    service = manifests.one("Service", f"{name}-db")["spec"]
     assert "selector" not in service and service["ports"] == [{"name": "postgres", "port": 5432, "protocol": "TCP"}]
-    endpoints = manifests.one("EndpointSlice", manifests.case.db_service)
+    endpoints = manifests.one("EndpointSlice", f"{name}-db")
     assert endpoints["addressType"] == "IPv4"
     assert [e["addresses"] for e in endpoints["endpoints"]] == [[DB_HOST]]
     assert endpoints["ports"] == [{"name": "postgres", "port": DB_PORT, "protocol": "TCP"}]
@@ -371,7 +356,7 @@ def test_the_sidecars_config_runs_in_a_real_pgbouncer(rendered):
         finally:
             pgbouncer.terminate()
             log = pgbouncer.communicate(timeout=10)[0]
-        assert "odoodb-acme-corp.saasodoo-tenants.svc" in log, log  # it went on to dial the Service
+        assert "odoo-acme-corp-db.saasodoo-tenants.svc" in log, log  # it went on to dial the Service
     finally:
         shutil.rmtree(scratch)
 
@@ -386,8 +371,8 @@ def test_a_database_move_restarts_nothing(rendered, tmp_path):
     assert after_run.returncode == 0, after_run.output
     after = Rendered(before.case, tmp_path / before.case.tenant, after_run)
     changed = {(d["kind"], d["metadata"]["name"]) for d in after.docs if d not in before.docs}
-    assert changed == {("EndpointSlice", before.case.db_service), ("NetworkPolicy", before.case.name)}
-    endpoints = after.one("EndpointSlice", before.case.db_service)
+    assert changed == {("EndpointSlice", f"{before.case.name}-db"), ("NetworkPolicy", before.case.name)}
+    endpoints = after.one("EndpointSlice", f"{before.case.name}-db")
     assert (endpoints["endpoints"][0]["addresses"], endpoints["ports"][0]["port"]) == (["10.20.1.12"], 6433)
     assert after.one("NetworkPolicy")["spec"]["egress"][1]["ports"] == [{"protocol": "TCP", "port": 6433}]
 
@@ -480,8 +465,8 @@ def test_volume_is_the_tenants_cephfs_subtree(manifests):
         "staticVolume": "true",
         "rootPath": f"/tenants/{case.tenant}",
     }
-    assert csi["nodeStageSecretRef"] == {"name": case.cephfs_secret, "namespace": NAMESPACE}
-    cephx = manifests.one("Secret", case.cephfs_secret)["data"]
+    assert csi["nodeStageSecretRef"] == {"name": f"{case.name}-cephfs", "namespace": NAMESPACE}
+    cephx = manifests.one("Secret", f"{case.name}-cephfs")["data"]
     assert base64.b64decode(cephx["userID"]).decode() == f"saasodoo-tenant-{case.tenant}"  # its own client
     assert base64.b64decode(cephx["userKey"]).decode() == CEPHX_KEY
     # Bound both ways: the claim names the volume, the volume is reserved for the claim.
@@ -517,7 +502,7 @@ def test_service_and_ingress_route_the_tenant(manifests):
     annotations = manifests.one("Ingress")["metadata"]["annotations"]
     assert all(isinstance(v, str) for v in annotations.values())
     if case.issuer:
-        assert ingress["tls"] == [{"hosts": [host], "secretName": case.tls_secret}]
+        assert ingress["tls"] == [{"hosts": [host], "secretName": f"{case.name}-tls"}]
         assert annotations["cert-manager.io/cluster-issuer"] == case.issuer
     else:
         assert "tls" not in ingress and "cert-manager.io/cluster-issuer" not in annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import (
     Needs,
     PlacementError,
@@ -147,7 +148,11 @@ def test_bad_tenant_ids_are_refused(tenant_id):
 
 # Every name the platform gives a database of its own beside tenant acme's, as the code that makes it does.
 PLATFORM_DATABASE_NAMES = [kept_copy_name("t_acme", 7), kept_copy_name("t_" + "a" * 48, 12), "t_acme__restore",
-                           "t_acme__prerestore"]  # fmt: skip
+                           "t_acme__prerestore",
+                           # the database of an id spelling a long id's OS user (odoo_<key[:18]>_<hash8>), and of
+                           # ids naming a Kubernetes tenant's database Service and Secrets (odoo-acme-db, ...)
+                           "t_" + tenant_os_user("acme-corporation-production-eu").removeprefix("odoo_"),
+                           "t_acme_db", "t_acme_cephfs", "t_acme_tls"]  # fmt: skip
 
 
 @pytest.mark.parametrize("platform_name", PLATFORM_DATABASE_NAMES)
@@ -161,8 +166,8 @@ def test_no_tenant_id_names_a_database_the_platform_makes_for_itself(platform_na
 
 
 def test_names_near_the_platforms_stay_allowed():
-    assert [database_name(t) for t in ("bold1", "old7", "acme_older", "acme_old")] == [
-        "t_bold1", "t_old7", "t_acme_older", "t_acme_old"]  # fmt: skip
+    assert [database_name(t) for t in ("bold1", "old7", "acme_older", "acme_old", "acme-dbs", "db", "tls-acme")] == [
+        "t_bold1", "t_old7", "t_acme_older", "t_acme_old", "t_acme_dbs", "t_db", "t_tls_acme"]  # fmt: skip
 
 
 @pytest.mark.parametrize(

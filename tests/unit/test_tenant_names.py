@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 from ansible.errors import AnsibleFilterError
 
@@ -22,14 +20,13 @@ def test_long_ids_fit_and_stay_apart():
 
 
 def test_no_chosen_id_is_named_like_a_long_ones_user():
-    """A long id's user is a cut name: an id spelling that cut name (27 characters, so not cut itself) must get
-    another user, or its Odoo would run as the long id's tenant."""
-    victim = "acme-corporation-production-eu"
-    cut = tenant_os_user(victim)
-    assert len(cut) <= MAX_USER_NAME
-    for spelling in (cut.removeprefix("odoo_"), cut.removeprefix("odoo-"), cut[5:].replace("-", "_")):
-        with contextlib.suppress(AnsibleFilterError):  # an id that cannot be a tenant's takes nothing
-            assert tenant_os_user(spelling) != cut, spelling
+    """A long id's user is a cut name: an id spelling that cut name (27 characters, so not cut itself) would get the
+    same user, and its Odoo would run as the long id's tenant. Its shape is refused."""
+    cut = tenant_os_user("acme-corporation-production-eu")
+    assert len(cut) <= MAX_USER_NAME and cut != "odoo_acme_corporation_production_eu"
+    for spelling in (cut.removeprefix("odoo_"), cut.removeprefix("odoo_").upper(), cut[5:].replace("_", "-")):
+        with pytest.raises(AnsibleFilterError, match="the OS user of another tenant"):
+            tenant_os_user(spelling)
 
 
 @pytest.mark.parametrize("bad", ["", "-acme", "a b", "a/b", "x" * 49])

@@ -16,8 +16,9 @@ def tenant_os_user(tenant_id: str) -> str:
     """The OS user (and group) a tenant's Odoo runs as: named after its database, so ids that differ only in
     case or '-'/'_' (one tenant, one database) never get two; a long id is cut and told apart by a hash.
 
-    The cut form is joined with '-', which a database name's key never holds: no tenant id, however chosen, is
-    named like another's cut one (with '_' an id of 27 characters could spell it, and take that tenant's user)."""
+    No id may spell the cut form (an id of 27 characters could, and take that tenant's user): placement refuses its
+    shape (module_utils/placement.py RESERVED_NAMES), and roles/odoo_runtime/tasks/tenant_user.yml takes over no
+    user that is not the tenant's."""
     try:
         key = database_name(tenant_id).removeprefix("t_")
     except PlacementError as e:
@@ -25,7 +26,7 @@ def tenant_os_user(tenant_id: str) -> str:
     name = f"odoo_{key}"
     if len(name) <= MAX_USER_NAME:
         return name
-    return f"odoo-{key[:17]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    return f"odoo_{key[:18]}_{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 def tenant_network(http_port: int, scope: str) -> dict:

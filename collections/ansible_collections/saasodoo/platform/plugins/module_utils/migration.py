@@ -80,8 +80,9 @@ VERIFICATION_SETTINGS = (
 
 # What the apply of a logical move would run of the tenant's own making: triggers set to fire in
 # replication (ENABLE ALWAYS / REPLICA), row-level security forced on the owner, and functions or operators
-# written by a non-superuser in CHECK and domain constraints, defaults and generated columns, and index
-# expressions (pg_depend names them). Also built-ins that run SQL given as text or read a relation, which may be the
+# written by a non-superuser in CHECK and domain constraints, defaults (a domain's too) and generated columns, index
+# expressions, and types (a range's subtype_diff, which a GiST index on it calls for every row) (pg_depend names
+# them). Also built-ins that run SQL given as text or read a relation, which may be the
 # tenant's view (query_to_xml('SELECT its_function()', ...), ts_stat, table_to_xml of a view): pg_depend records no
 # dependency on a built-in, so the expressions' stored trees are searched for them, called or behind an operator.
 # PostgreSQL 15 runs all of it as the subscription's owner, which may ALTER its subscription (its connection, its
@@ -103,7 +104,7 @@ SELECT pg_catalog.format('function %s', p.oid::pg_catalog.regprocedure)
                     ELSE o.oprcode::pg_catalog.oid END
   JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
  WHERE d.classid IN ('pg_catalog.pg_constraint'::pg_catalog.regclass, 'pg_catalog.pg_attrdef'::pg_catalog.regclass,
-                     'pg_catalog.pg_class'::pg_catalog.regclass)
+                     'pg_catalog.pg_class'::pg_catalog.regclass, 'pg_catalog.pg_type'::pg_catalog.regclass)
    AND NOT r.rolsuper
 UNION
 SELECT pg_catalog.format('function %s in %s', p.oid::pg_catalog.regprocedure, e.what)
@@ -113,6 +114,10 @@ SELECT pg_catalog.format('function %s in %s', p.oid::pg_catalog.regprocedure, e.
         SELECT pg_catalog.format('the default of %s column %s', a.adrelid::pg_catalog.regclass, a.adnum),
                a.adbin::pg_catalog.text
           FROM pg_catalog.pg_attrdef a
+        UNION ALL
+        SELECT pg_catalog.format('the default of domain %s', t.oid::pg_catalog.regtype),
+               t.typdefaultbin::pg_catalog.text
+          FROM pg_catalog.pg_type t WHERE t.typdefaultbin IS NOT NULL
         UNION ALL
         SELECT pg_catalog.format('index %s', i.indexrelid::pg_catalog.regclass),
                pg_catalog.concat(i.indexprs::pg_catalog.text, ' ', i.indpred::pg_catalog.text)

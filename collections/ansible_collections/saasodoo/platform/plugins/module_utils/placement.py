@@ -64,13 +64,18 @@ class Decision:
         }
 
 
-# The names the platform gives databases of its own beside a tenant's, which no tenant's may take: the scratch
-# databases of a restore (playbooks/tenant_restore.yml, <db>__restore and <db>__prerestore) and the copy a move keeps
-# (module_utils/migration.py, <db>_old<move id>). Roles and templates the platform makes start with saasodoo_ or tpl_,
+# The names the platform gives things of its own beside a tenant's, which no tenant's may take: the scratch
+# databases of a restore (playbooks/tenant_restore.yml, <db>__restore and <db>__prerestore), the copy a move keeps
+# (module_utils/migration.py, <db>_old<move id>), the OS user of a tenant whose id is long (plugins/filter/tenants.py:
+# odoo_<18 characters>_<8 hex digits>, which an id of that shape would get too), and a Kubernetes tenant's database
+# Service and Secrets (roles/odoo_runtime/tasks/kubernetes.yml: odoo-<id>-db, -cephfs, -tls, which the objects of a
+# tenant with that suffix would be named). Roles and templates the platform makes start with saasodoo_ or tpl_,
 # never with a tenant's t_.
 RESERVED_NAMES = {
     "the scratch copy of another tenant's restore": re.compile(r"__(pre)?restore$"),
     "the copy another tenant's move keeps": re.compile(r"^t_.+_old[0-9]+$"),
+    "the OS user of another tenant, whose id is long": re.compile(r"^t_[a-z0-9_]{18}_[0-9a-f]{8}$"),
+    "another tenant's database Service or Secrets on Kubernetes": re.compile(r"^t_.+_(db|cephfs|tls)$"),
 }
 
 
