@@ -281,49 +281,50 @@ def test_a_logical_move_refuses_to_run_the_tenants_code_as_the_subscriptions_own
     assert_nothing_ran_as_a_superuser(hostile, hooks)
 
 
+def assert_a_logical_move_refuses(
+    platform: LocalPlatform, planted: tuple[str, ...], named: str, taken_out: tuple[str, ...]
+):
+    """The tenant plants code (`planted`, its other code taken out first): a logical move to premium is refused
+    before anything is placed, naming `named`, and nothing ran as a superuser; then `taken_out` undoes it."""
+    as_tenant(platform, TAKE_CODE_OUT, *planted)
+    try:
+        moves_before, _ = moves_and_db_type(platform)
+        run, _, hooks = change_plan(platform, "premium-monthly", "logical")
+        assert run.returncode != 0
+        assert named in run.output, run.output[-4000:]
+        assert moves_and_db_type(platform) == (moves_before, "shared")
+        assert_nothing_ran_as_a_superuser(platform, hooks)
+    finally:
+        as_tenant(platform, *taken_out)
+
+
 def test_a_logical_move_refuses_a_builtin_that_runs_the_tenants_sql_text(hostile: LocalPlatform):
     """A CHECK may call the tenant's function through a superuser's built-in that runs SQL given as text
     (query_to_xml): no dependency names the tenant's function, so the built-in itself is refused (before, the
     move's apply ran it as the subscription's owner, which may rewrite its subscription)."""
-    as_tenant(
-        hostile, TAKE_CODE_OUT,
-        "ALTER TABLE public.hostile_rows ADD CONSTRAINT hostile_xml CHECK (pg_catalog.query_to_xml("
-        "'SELECT public.hostile_hook(''query_to_xml'')', false, false, '') IS NOT NULL)",
+    assert_a_logical_move_refuses(
+        hostile,
+        ("ALTER TABLE public.hostile_rows ADD CONSTRAINT hostile_xml CHECK (pg_catalog.query_to_xml("
+         "'SELECT public.hostile_hook(''query_to_xml'')', false, false, '') IS NOT NULL)",),
+        "function query_to_xml(text,boolean,boolean,text)",
+        ("ALTER TABLE public.hostile_rows DROP CONSTRAINT IF EXISTS hostile_xml",),
     )  # fmt: skip
-    try:
-        moves_before, _ = moves_and_db_type(hostile)
-        run, _, hooks = change_plan(hostile, "premium-monthly", "logical")
-        assert run.returncode != 0
-        assert "function query_to_xml(text,boolean,boolean,text)" in run.output, run.output[-4000:]
-        assert moves_and_db_type(hostile) == (moves_before, "shared")
-        assert_nothing_ran_as_a_superuser(hostile, hooks)
-    finally:
-        as_tenant(hostile, "ALTER TABLE public.hostile_rows DROP CONSTRAINT IF EXISTS hostile_xml")
 
 
 def test_a_logical_move_refuses_a_range_types_function_that_its_index_calls(hostile: LocalPlatform):
     """A range type's subtype_diff, which a GiST index on that type calls for every row the apply writes, is the
     tenant's code in the apply too: refused (pg_depend records it under the type, which the check did not read)."""
-    as_tenant(
-        hostile, TAKE_CODE_OUT,
-        "CREATE FUNCTION public.hostile_diff(a int, b int) RETURNS float8 IMMUTABLE LANGUAGE plpgsql AS"
-        " $$ BEGIN PERFORM public.hostile_hook('subtype_diff'); RETURN b - a; END $$",
-        "CREATE TYPE public.hostile_range AS RANGE (subtype = int4, subtype_diff = public.hostile_diff)",
-        "CREATE TABLE public.hostile_ranges (id int PRIMARY KEY, span public.hostile_range)",
-        "CREATE INDEX ON public.hostile_ranges USING gist (span)",
+    assert_a_logical_move_refuses(
+        hostile,
+        ("CREATE FUNCTION public.hostile_diff(a int, b int) RETURNS float8 IMMUTABLE LANGUAGE plpgsql AS"
+         " $$ BEGIN PERFORM public.hostile_hook('subtype_diff'); RETURN b - a; END $$",
+         "CREATE TYPE public.hostile_range AS RANGE (subtype = int4, subtype_diff = public.hostile_diff)",
+         "CREATE TABLE public.hostile_ranges (id int PRIMARY KEY, span public.hostile_range)",
+         "CREATE INDEX ON public.hostile_ranges USING gist (span)"),
+        "function public.hostile_diff(integer,integer)",
+        ("DROP TABLE IF EXISTS public.hostile_ranges", "DROP TYPE IF EXISTS public.hostile_range",
+         "DROP FUNCTION IF EXISTS public.hostile_diff(integer, integer)"),
     )  # fmt: skip
-    try:
-        moves_before, _ = moves_and_db_type(hostile)
-        run, _, hooks = change_plan(hostile, "premium-monthly", "logical")
-        assert run.returncode != 0
-        assert "function public.hostile_diff(integer,integer)" in run.output, run.output[-4000:]
-        assert moves_and_db_type(hostile) == (moves_before, "shared")
-        assert_nothing_ran_as_a_superuser(hostile, hooks)
-    finally:
-        as_tenant(
-            hostile, "DROP TABLE IF EXISTS public.hostile_ranges", "DROP TYPE IF EXISTS public.hostile_range",
-            "DROP FUNCTION IF EXISTS public.hostile_diff(integer, integer)",
-        )  # fmt: skip
 
 
 def test_code_the_tenant_plants_during_the_copy_stops_the_switch_and_the_tenant_stays(
