@@ -398,8 +398,17 @@ class LoginPoller(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.halt = url, threading.Event()
         self.answers = self.failures = self.timeouts = 0
-        self.gap = 0.0
         self.gap_between: tuple[float, float] = (0.0, 0.0)  # time.time() of the good answers around the longest gap
+
+    @property
+    def gap(self) -> float:
+        return self.gap_between[1] - self.gap_between[0]
+
+    def _answered_well(self, last_good: float, now: float) -> float:
+        """`now` is a good answer's time (or the end): the gap since `last_good` is kept if the longest; `now`."""
+        if now - last_good > self.gap:
+            self.gap_between = (last_good, now)
+        return now
 
     def run(self) -> None:
         last_good = time.time()
@@ -414,17 +423,12 @@ class LoginPoller(threading.Thread):
                 self.timeouts += isinstance(e.reason, TimeoutError)
             except OSError:
                 good = False
-            now = time.time()
             self.answers += 1
             if good:
-                if now - last_good > self.gap:
-                    self.gap, self.gap_between = now - last_good, (last_good, now)
-                last_good = now
+                last_good = self._answered_well(last_good, time.time())
             else:
                 self.failures += 1
-        now = time.time()
-        if now - last_good > self.gap:
-            self.gap, self.gap_between = now - last_good, (last_good, now)
+        self._answered_well(last_good, time.time())  # a gap still open when stopped counts up to now
 
     def stop(self) -> tuple[float, int, int]:
         self.halt.set()

@@ -51,8 +51,8 @@ class Browser:
     """One customer's browser on their tenant's URL (HTTPS through nginx, its certificate checked), with cookies."""
 
     def __init__(self, tenant_id: str):
-        self.tenant_id, self.cookies = tenant_id, http.cookiejar.CookieJar()
-        self.opener = opener(urllib.request.HTTPCookieProcessor(self.cookies), NoRedirect())
+        self.tenant_id = tenant_id
+        self.opener = opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), NoRedirect())
 
     def request(self, path: str, form: dict | None = None) -> tuple[int, str, str]:
         data = urllib.parse.urlencode(form).encode() if form is not None else None
@@ -119,7 +119,7 @@ def test_the_admins_one_time_link_sets_a_password_that_logs_in_and_is_dead_after
         path = f"{link.path}?{link.query}"
         status, _, page = browser.request(path)
         assert status == 200 and "Invalid signup token" not in page, (tenant_id, page[:500])
-        token = urllib.parse.parse_qs(urllib.parse.urlsplit(signed.link).query)["token"][0]
+        token = urllib.parse.parse_qs(link.query)["token"][0]
         form = {"token": token, "login": email, "password": PASSWORD, "confirm_password": PASSWORD,
                 "csrf_token": browser.csrf(page)}  # fmt: skip
         status, _, page = browser.request(path.split("?")[0], form)

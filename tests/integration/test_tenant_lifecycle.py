@@ -26,7 +26,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.rows import dict_row
-from tenant_web import NGINX_HTTP, get_status, host_name, tenant_url
+from tenant_web import NGINX_HTTP, host_name, tenant_url
+from tenant_web import get_status as get  # over HTTPS, as the tenant's host name
 
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
 
@@ -34,11 +35,6 @@ from .conftest import LOCAL_STATE, LocalPlatform, PlaybookRun, assert_nothing_ch
 from .test_storage_cephfs import PROPAGATION_TIMEOUT, rbytes_of, wait_until, write_chunks
 
 GIB = 1 << 30
-
-
-def get(tenant_id: str, path: str) -> int:
-    """Status of GET path through nginx, over HTTPS as the tenant's host name."""
-    return get_status(tenant_id, path)
 
 
 def get_plain(tenant_id: str, path: str) -> tuple[int, str | None]:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
-import tenant_web
-from tenant_web import tenant_url
+from tenant_web import opener, tenant_url
 
 from .conftest import (
     LOCAL_STATE,
@@ -369,7 +368,7 @@ def test_the_admins_one_time_link_sets_a_password_once_and_nothing_else_opens(fl
         """Through nginx, over HTTPS by the tenant's host name, as the customer's browser."""
         request = urllib.request.Request(f"https://{url.netloc}{path}", data=urllib.parse.urlencode(form).encode())
         try:
-            with tenant_web.opener(NoRedirect()).open(request, timeout=10) as response:
+            with opener(NoRedirect()).open(request, timeout=10) as response:
                 return response.status
         except urllib.error.HTTPError as error:
             return error.code

@@ -312,13 +312,11 @@ def place(module, registry, p: dict, options: MoveOptions) -> dict:
     result: dict = {"changed": False, "moving": False, "rolled_back": None, "executed": []}
     row = open_move(registry, p["tenant_id"])
     if row and row["phase"] == "placed":  # the playbook readies the target next
-        return {**result, "moving": True, "target": target_of(registry, row), "source": source_of(registry, row),
-                "migration": row}  # fmt: skip
+        return moving(registry, row, result)
     if row:
         move = as_move(registry, row, tenant, p["servers"], options)
         if move.finishable():
-            return {**result, "moving": True, "target": target_of(registry, row), "source": source_of(registry, row),
-                "migration": row}  # fmt: skip
+            return moving(registry, row, result)
         # Nobody runs it (this run holds the tenant's move lock): a killed run. Before the switch the source is
         # still the tenant's database; switched but not verified, the source has every write the target took.
         # Either way the tenant goes back to the source and the move starts again from scratch.
@@ -376,7 +374,13 @@ def place(module, registry, p: dict, options: MoveOptions) -> dict:
             },
         )
     result["executed"].append(f"placed migration {row['id']}: {tenant['db_server']} -> {target['name']}")
-    return {**result, "changed": True, "moving": True, "target": target, "source": source_of(registry, row),
+    return moving(registry, row, {**result, "changed": True}, target)
+
+
+def moving(registry, row: dict, result: dict, target: dict | None = None) -> dict:
+    """place's answer for a move that goes on: its row, and the servers it leaves and goes to (`target` when the
+    caller has it already)."""
+    return {**result, "moving": True, "target": target or target_of(registry, row), "source": source_of(registry, row),
             "migration": row}  # fmt: skip
 
 
