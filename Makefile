@@ -18,9 +18,13 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core community/crypto
 COLLECTIONS_DIR := collections/ansible_collections
 COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_VERSION)
+# libnss-myhostname resolves *.localhost to loopback (its install adds it to /etc/nsswitch.conf): the blackbox
+# exporter reaches the tenants' https://<tenant>.odoo.localhost URLs as customers reach theirs.
 APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr curl python3-psycopg \
-  python3-venv openssh-server iproute2 systemd
-ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner ceph_cluster
+  python3-venv openssh-server iproute2 systemd prometheus prometheus-alertmanager prometheus-node-exporter \
+  prometheus-postgres-exporter prometheus-blackbox-exporter python3-prometheus-client libnss-myhostname
+ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner ceph_cluster \
+  monitoring
 
 .PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-beside integration-streams-lint-molecule integration-alone-and-beside acceptance bench soak down clean
 
@@ -35,6 +39,8 @@ VENV_STAMP := $(VENV)/.installed-with$(subst /,-,$(PYTHON))
 
 setup: system-packages state-access reserved-ports $(VENV_STAMP) $(COLLECTIONS_STAMP)
 
+# Debian's packages start their daemons as they install (Prometheus on 0.0.0.0:9090, ...) unless policy-rc.d says
+# no: the platform runs them itself, so a policy refusing every start is put in place for the install when none is.
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
@@ -42,6 +48,8 @@ system-packages:
 	  echo "Missing system packages: $$missing. Run 'make setup' as root, or: sudo apt-get install -y $$missing" >&2; exit 1; \
 	fi; \
 	echo "Installing system packages: $$missing"; \
+	policy=/usr/sbin/policy-rc.d; if [ ! -e $$policy ]; then \
+	  printf '#!/bin/sh\nexit 101\n' > $$policy; chmod 0755 $$policy; trap 'rm -f '$$policy EXIT; fi; \
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
 	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }
 

@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from . import store
-from .config import RunnerSettings, load_settings
+from .config import RunnerSettings, load_settings, tenant_login_url
 from .metrics import JOB_STATES, exposition, exposition_registry
 from .notification import InvalidNotification, parse_notification
 
@@ -121,6 +121,19 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
         require_token(settings.metrics_token, "metrics")
         body, content_type = exposition(metrics_registry, request.headers.get("Accept"))
         return Response(body, content_type=content_type)
+
+    # Prometheus' HTTP service discovery (roles/monitoring): every active tenant's login page, by its public URL.
+    @app.get("/sd/tenants")
+    def tenant_targets():
+        require_token(settings.metrics_token, "metrics")
+        if not settings.tenant_url:
+            abort(404, "the runner's settings give no tenant_url: it cannot name the tenants' login pages")
+        with registry() as conn:
+            tenants = store.active_tenants(conn)
+        return jsonify([
+            {"targets": [tenant_login_url(settings.tenant_url, tenant)], "labels": {"tenant": tenant}}
+            for tenant in tenants
+        ])  # fmt: skip
 
     @app.get("/jobs")
     def jobs():

@@ -62,6 +62,9 @@ class RunnerSettings:
     # new tenants count together); an action not named has no limit. Sized for 2 cores.
     job_limits: dict = field(default_factory=lambda: {"provision": 4, "change_plan": 2})
     limit_wait_seconds: float = 2.0  # a job a limit holds back is tried again after this long
+    # A tenant's public URL, {tenant} standing for its DNS label (e.g. https://{tenant}.odoo.example.com): GET
+    # /sd/tenants names each active tenant's login page with it, for the monitoring to probe. Empty: no such list.
+    tenant_url: str = ""
 
     def backoff(self, attempts: int) -> float:
         """Seconds before retry number `attempts` (1-based); the last step repeats."""
@@ -130,6 +133,15 @@ def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
         raise ConfigError(f"{source}: lease_seconds must be at least 3 (renewed every third of it)")
     if optional.get("limit_wait_seconds", 1) <= 0:
         raise ConfigError(f"{source}: limit_wait_seconds must be above 0 (a held-back job would be retried at once)")
+    tenant_url = optional.get("tenant_url", "")
+    if tenant_url and not (tenant_url.startswith(("https://", "http://")) and "{tenant}" in tenant_url):
+        raise ConfigError(
+            f"{source}: tenant_url must be an http(s) URL naming the tenant as {{tenant}}: {tenant_url!r}"
+        )
+    try:
+        tenant_url.format(tenant="t")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConfigError(f"{source}: tenant_url may hold {{tenant}} and no other field: {tenant_url!r}") from error
     if "backoff_seconds" in optional:
         optional["backoff_seconds"] = tuple(float(step) for step in optional["backoff_seconds"])
     return RunnerSettings(
@@ -143,3 +155,8 @@ def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
         artifacts_dir=Path(raw["artifacts_dir"]),
         **optional,
     )
+
+
+def tenant_login_url(tenant_url: str, tenant_id: str) -> str:
+    """A tenant's login page: its DNS label is its id in lower case, `_` made `-` (as its Odoo's web.base.url)."""
+    return tenant_url.format(tenant=tenant_id.lower().replace("_", "-")).rstrip("/") + "/web/login"

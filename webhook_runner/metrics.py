@@ -4,8 +4,9 @@ Every figure is read from the registry at scrape time, from counters its trigger
 (a few rows, however many the tables hold), so each gunicorn worker (and each runner host) answers the same:
 nothing is counted in a process's memory, and no multiprocess directory is needed.
 No process_* figures either: each scrape would describe whichever gunicorn worker answered it.
-Label values come only from fixed sets: Kill Bill's event types (any other is `other`), job states, the
-actions the runner itself names its jobs with, and its schedules' names.
+Label values come from fixed sets (Kill Bill's event types, any other being `other`; job states; the actions the
+runner itself names its jobs with; its schedules' names; tenant statuses and move phases) and from the registry's
+tenant ids, one series per active tenant or open move, which the alert rules name in their alerts.
 """
 
 from __future__ import annotations
@@ -93,6 +94,49 @@ class RegistryCollector(Collector):
             after.add_metric([row["name"]], row["next_run_at"].timestamp())
         yield last
         yield after
+        yield from _fleet(snapshot)
+
+
+TENANT_STATUSES = ("provisioning", "active", "suspended", "terminated", "purged", "failed")
+
+
+def _fleet(snapshot: dict):
+    """The registry's facts the alert rules watch (store.fleet_snapshot)."""
+    tenants = GaugeMetricFamily("saasodoo_tenants", "Tenants by lifecycle status.", labels=["status"])
+    for status in TENANT_STATUSES:
+        tenants.add_metric([status], snapshot["tenants"].get(status, 0))
+    yield tenants
+    backups = GaugeMetricFamily(
+        "saasodoo_tenant_last_backup_timestamp_seconds",
+        "Each active tenant's newest backup kept (its creation until it has one), as a Unix time.",
+        labels=["tenant"],
+    )
+    for row in snapshot["last_backups"]:
+        backups.add_metric([row["tenant_id"]], row["at"])
+    yield backups
+    if drill := snapshot["last_drill"]:
+        yield GaugeMetricFamily(
+            "saasodoo_restore_drill_last_passed", "1 when the last restore drill passed, 0 when it failed.",
+            value=int(drill["passed"]),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "saasodoo_restore_drill_last_timestamp_seconds", "When the last restore drill ran, as a Unix time.",
+            value=drill["at"],
+        )  # fmt: skip
+    moves = GaugeMetricFamily(
+        "saasodoo_move_started_timestamp_seconds",
+        "When each database move not finished started, as a Unix time, with its phase now.",
+        labels=["tenant", "phase"],
+    )
+    for row in snapshot["open_moves"]:
+        moves.add_metric([row["tenant_id"], row["phase"]], row["at"])
+    yield moves
+    if snapshot["last_event_at"] is not None:
+        yield GaugeMetricFamily(
+            "saasodoo_runner_events_last_received_timestamp_seconds",
+            "When Kill Bill's last notification kept in the inbox arrived, as a Unix time.",
+            value=snapshot["last_event_at"],
+        )  # fmt: skip
 
 
 def _folded(counts: dict[str, int], known: frozenset[str]) -> dict[str, int]:

@@ -598,6 +598,7 @@ def metrics_snapshot(conn, schedules: list[str] = ()) -> dict:
             "SELECT action, count AS n, seconds AS total, at_most AS le FROM registry.job_durations ORDER BY action"
         ).fetchall()
         scheduled = schedules_view(conn, list(schedules))
+        fleet = fleet_snapshot(conn)
     counted = {metric: {} for metric in ("events_received", "events_pending", "jobs")}
     for row in counters:
         counted[row["metric"]][row["label"]] = row["value"]
@@ -611,4 +612,41 @@ def metrics_snapshot(conn, schedules: list[str] = ()) -> dict:
         "bounds": bounds,
         "durations": durations,
         "schedules": scheduled,
+        **fleet,
     }
+
+
+def fleet_snapshot(conn) -> dict:
+    """What the alert rules watch in the registry (roles/monitoring/templates/alerts.yml.j2): tenants by status, each
+    active tenant's newest backup kept (its creation when it has none yet), the last restore drill, the moves not
+    finished, and when Kill Bill's last notification arrived. Times are Unix times."""
+    return {
+        "tenants": {
+            row["status"]: row["n"]
+            for row in conn.execute("SELECT status, count(*) AS n FROM registry.tenants GROUP BY 1")
+        },
+        "last_backups": conn.execute(
+            """SELECT t.tenant_id, extract(epoch FROM coalesce(max(b.taken_at), t.created_at))::float8 AS at
+                 FROM registry.tenants t
+                 LEFT JOIN registry.backups b ON b.tenant_id = t.tenant_id AND b.removed_at IS NULL
+                WHERE t.status = 'active' GROUP BY t.tenant_id, t.created_at ORDER BY 1"""
+        ).fetchall(),
+        "last_drill": conn.execute(
+            """SELECT passed, extract(epoch FROM drilled_at)::float8 AS at
+                 FROM registry.restore_drills ORDER BY id DESC LIMIT 1"""
+        ).fetchone(),
+        "open_moves": conn.execute(
+            """SELECT tenant_id, phase, extract(epoch FROM started_at)::float8 AS at FROM registry.migrations
+                WHERE finished_at IS NULL AND phase NOT IN ('done', 'rolled_back') ORDER BY id"""
+        ).fetchall(),
+        "last_event_at": conn.execute(
+            "SELECT extract(epoch FROM max(received_at))::float8 AS at FROM registry.events"
+        ).fetchone()["at"],
+    }
+
+
+def active_tenants(conn) -> list[str]:
+    """GET /sd/tenants: the tenants whose Odoo should answer now."""
+    return [row["tenant_id"] for row in conn.execute(
+        "SELECT tenant_id FROM registry.tenants WHERE status = 'active' ORDER BY tenant_id"
+    )]  # fmt: skip
