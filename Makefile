@@ -112,11 +112,14 @@ test: setup
 	  times="$$times $$stage $$(( $$(date +%s) - started ))s"; \
 	done; echo "make test stage times:$$times"
 
+# The monitoring's configurations and alert rules as promtool, amtool and the blackbox exporter check them, rendered
+# from roles/monitoring's templates.
 lint: setup
 	yamllint --strict .
 	ruff check .
 	ruff format --check .
 	ansible-lint
+	pytest -q -p no:cacheprovider tests/unit/test_monitoring_config.py tests/unit/test_alert_rules.py
 
 unit: setup
 	pytest tests/unit

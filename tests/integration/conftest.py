@@ -310,6 +310,7 @@ STREAMS = {
         "test_tenant_move_faults.py",
         "test_audit_runs.py",  # here rather than below: they keep the two streams about as long
         "test_killbill_setup.py",
+        "test_monitoring.py",
     ),
     # Both Ceph users, in one worker: the cluster is started and stopped by whoever uses it.
     "tenants": (

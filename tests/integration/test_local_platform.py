@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from monitoring_api import alertmanager_alerts, prometheus_alerts, wait_until
 
 from ansible_collections.saasodoo.platform.plugins.modules.pgbouncer_userlist import auth_file_lock
 
@@ -78,12 +79,15 @@ def test_every_server_archives_its_wal_and_one_whose_archiving_fails_is_found_un
             assert verdict == "unhealthy" and "WAL archiving fails: segment" in detail, detail
             shown = " ".join(run_playbook("platform_status.yml").output.split())  # its lines as YAML wraps them
             assert re.search(rf"{server.name}: [^;]*; WAL archiving FAILS since", shown), shown
+            # And the monitoring raises it to the operator (roles/monitoring: WalArchivingFailing).
+            wait_until(lambda: alertmanager_alerts("WalArchivingFailing", server=server.name), "the alert", 90)
         finally:
             conn.execute("ALTER SYSTEM RESET archive_command")
             conn.execute("SELECT pg_reload_conf()")
         wait_for(conn, lambda state: not state[2], "archiving working again")
     assert run_playbook("servers_probe.yml").returncode == 0
     assert health() == ("healthy", "")
+    wait_until(lambda: not prometheus_alerts("WalArchivingFailing", server=server.name), "the alert resolved", 90)
 
 
 def test_every_server_runs_on_every_cpu_of_the_host(local_platform: LocalPlatform):

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from ansible_collections.saasodoo.platform.plugins.module_utils import placement
-from webhook_runner.config import ConfigError, load_settings, settings_from_dict
+from webhook_runner.config import ConfigError, load_settings, settings_from_dict, tenant_login_url
 from webhook_runner.desired import (
     Action,
     Skip,
@@ -338,3 +338,16 @@ def test_schedules_lay_over_the_defaults_and_refuse_unknown_names_and_short_inte
             settings_from_dict({**SETTINGS, "schedules": bad})
     with pytest.raises(ConfigError, match="schedules maps schedule names"):
         settings_from_dict({**SETTINGS, "schedules": [3600]})
+
+
+def test_a_tenant_url_names_each_tenant_by_its_dns_label_and_a_broken_one_is_refused():
+    settings = settings_from_dict({**SETTINGS, "tenant_url": "https://{tenant}.odoo.example.com:8443/"})
+    assert tenant_login_url(settings.tenant_url, "Acme_EU") == "https://acme-eu.odoo.example.com:8443/web/login"
+    for bad in (
+        "odoo.example.com",
+        "https://odoo.example.com",
+        "https://{tenant}.{zone}.example.com",
+        "ftp://{tenant}",
+    ):
+        with pytest.raises(ConfigError, match="tenant_url"):
+            settings_from_dict({**SETTINGS, "tenant_url": bad})

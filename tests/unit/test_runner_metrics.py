@@ -33,6 +33,12 @@ SNAPSHOT = {
         },
         {"name": "moves_cleanup", "last_run_at": None, "next_run_at": datetime(2026, 11, 24, 1, tzinfo=UTC)},
     ],
+    # What the alert rules watch (store.fleet_snapshot); a tenant id is the customer's, so any text.
+    "tenants": {"active": 2, "suspended": 1},
+    "last_backups": [{"tenant_id": "acme", "at": 1795700000.0}, {"tenant_id": 'odd "id"', "at": 1795600000.0}],
+    "last_drill": {"passed": False, "at": 1795500000.0},
+    "open_moves": [{"tenant_id": "acme", "phase": "catching_up", "at": 1795800000.0}],
+    "last_event_at": 1795805000.0,
 }
 
 
@@ -61,6 +67,25 @@ def test_the_text_format_parses_back_with_every_family_and_escaped_labels(runner
         "saasodoo_runner_job_duration_seconds": "histogram",
         "saasodoo_runner_schedule_last_run_timestamp_seconds": "gauge",
         "saasodoo_runner_schedule_next_run_timestamp_seconds": "gauge",
+        "saasodoo_tenants": "gauge",
+        "saasodoo_tenant_last_backup_timestamp_seconds": "gauge",
+        "saasodoo_restore_drill_last_passed": "gauge",
+        "saasodoo_restore_drill_last_timestamp_seconds": "gauge",
+        "saasodoo_move_started_timestamp_seconds": "gauge",
+        "saasodoo_runner_events_last_received_timestamp_seconds": "gauge",
+    }
+    # Every status is there, 0 when none; the rules read these by tenant, phase and status.
+    assert samples(families, "saasodoo_tenants", "status") == {
+        "provisioning": 0, "active": 2, "suspended": 1, "terminated": 0, "purged": 0, "failed": 0,
+    }  # fmt: skip
+    assert samples(families, "saasodoo_tenant_last_backup_timestamp_seconds", "tenant") == {
+        "acme": 1795700000.0, 'odd "id"': 1795600000.0,
+    }  # fmt: skip
+    assert samples(families, "saasodoo_restore_drill_last_passed") == {"saasodoo_restore_drill_last_passed": 0}
+    moves = families["saasodoo_move_started_timestamp_seconds"].samples
+    assert [(m.labels, m.value) for m in moves] == [({"tenant": "acme", "phase": "catching_up"}, 1795800000.0)]
+    assert samples(families, "saasodoo_runner_events_last_received_timestamp_seconds") == {
+        "saasodoo_runner_events_last_received_timestamp_seconds": 1795805000.0
     }
     assert samples(families, "saasodoo_runner_schedule_last_run_timestamp_seconds", "schedule") == {
         "tenant_backups": datetime(2026, 11, 24, tzinfo=UTC).timestamp(),
@@ -105,3 +130,15 @@ def test_a_scraper_that_asks_for_openmetrics_gets_it(runner_metrics):
     assert samples(families, "saasodoo_runner_events_received") == {"saasodoo_runner_events_received_total": 7}
     assert samples(families, "saasodoo_runner_jobs_waiting_for_limit", "action")[ODD_ACTION] == 1
     assert families["saasodoo_runner_job_duration_seconds"].type == "histogram"
+
+
+def test_no_drill_and_no_event_yet_give_no_figure_rather_than_a_false_one(monkeypatch):
+    """A platform that never drilled a restore nor heard from Kill Bill has nothing to alert on: the figures the
+    rules compare are absent, not 0 (a drill "failed", a notification in 1970)."""
+    quiet = SNAPSHOT | {"last_drill": None, "last_event_at": None, "open_moves": [], "last_backups": []}
+    monkeypatch.setattr(store, "metrics_snapshot", lambda conn, scheduled: quiet)
+    body, _ = metrics.exposition(metrics.exposition_registry(lambda: nullcontext()), None)
+    names = {f.name for f in text_string_to_metric_families(body.decode())}
+    assert "saasodoo_restore_drill_last_passed" not in names
+    assert "saasodoo_runner_events_last_received_timestamp_seconds" not in names
+    assert "saasodoo_tenants" in names

@@ -1,0 +1,66 @@
+"""The monitoring as an operator meets it on the local platform (roles/monitoring, group_vars/all/monitoring.yml):
+every server, PgBouncer and tenant watched without a site.yml for the new ones, and an alert in Alertmanager when a
+tenant's Odoo stops behind the runner's back, gone once it is back."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from monitoring_api import alertmanager_alerts, prometheus_alerts, query, wait_until
+from tenant_web import tenant_url
+
+from .conftest import LOCAL_STATE, LocalPlatform, run_playbook
+
+TENANT = "watch-a"
+SUPERVISORCTL = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf")]
+
+
+@pytest.fixture(scope="module")
+def watched_tenant(local_platform: LocalPlatform):
+    run = run_playbook(
+        "tenant_provision.yml", "-e", f"tenant_id={TENANT}", "-e", "plan=basic-monthly",
+        "-e", f"customer_id=acct-{TENANT}",
+    )  # fmt: skip
+    assert run.returncode == 0, run.output[-4000:]
+    yield TENANT
+    for playbook, *extra in (("tenant_terminate.yml",), ("tenant_purge.yml", "-e", "force=true")):
+        run = run_playbook(playbook, "-e", f"tenant_id={TENANT}", *extra)
+        assert run.returncode == 0, run.output[-4000:]
+
+
+def test_every_server_and_pgbouncer_is_watched_and_a_new_tenant_is_probed_through_its_public_url(
+    local_platform: LocalPlatform, watched_tenant: str
+):
+    """The servers' exporters log in as the monitor role; the PgBouncer exporter reads each pool's console; the
+    tenant provisioned after site.yml is probed within a refresh of the runner's list, by its https URL."""
+    servers = {s.name for s in local_platform.servers.values()}
+    pools = {s.name for s in local_platform.servers.values() if s.pgbouncer_port}
+    up = wait_until(
+        lambda: (found := {r["metric"]["server"] for r in query("pg_up == 1")}) >= servers and found,
+        "every server's exporter logged in",
+        60,
+    )
+    assert servers <= up
+    wait_until(lambda: {r["metric"]["server"] for r in query("pgbouncer_up == 1")} >= pools, "every PgBouncer read", 60)
+    probe = wait_until(lambda: query(f'probe_success{{tenant="{watched_tenant}"}} == 1'), "the tenant probed", 90)
+    assert probe[0]["metric"]["instance"] == tenant_url(watched_tenant)
+    # Its certificate is read too: the platform CA's, valid for weeks at least.
+    expiry = query(f'probe_ssl_earliest_cert_expiry{{tenant="{watched_tenant}"}} - time()')
+    assert expiry and float(expiry[0]["value"][1]) > 14 * 86400, expiry
+
+
+def test_a_tenant_whose_odoo_stops_behind_the_runners_back_raises_an_alert_that_clears_once_it_is_back(
+    watched_tenant: str,
+):
+    wait_until(lambda: query(f'probe_success{{tenant="{watched_tenant}"}} == 1'), "the tenant probed", 90)
+    subprocess.run([*SUPERVISORCTL, "stop", f"odoo-{watched_tenant}"], capture_output=True, check=True)
+    try:
+        fired = wait_until(
+            lambda: alertmanager_alerts("TenantLoginPageDown", tenant=watched_tenant), "the alert in Alertmanager", 120
+        )
+        assert fired[0]["labels"]["severity"] == "critical"
+        assert watched_tenant in fired[0]["annotations"]["summary"]
+    finally:
+        subprocess.run([*SUPERVISORCTL, "start", f"odoo-{watched_tenant}"], capture_output=True, check=True)
+    wait_until(lambda: not prometheus_alerts("TenantLoginPageDown", tenant=watched_tenant), "the alert resolved", 120)
