@@ -195,6 +195,7 @@ bench: setup
 	$(BIN)/python bench/migration.py --size-mb 4096 --drains 0
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/lifecycle.py
+	$(BIN)/python bench/alerting.py
 
 # The long version of the move fault test: each of its eight kill cases three times (make test: once).
 soak: setup

@@ -122,3 +122,8 @@ def test_site_noop_benchmark_quick_run_counts_the_tasks_tenants_add(local_platfo
         ).fetchall()
     assert left == [], "the benchmark leaves its tenants behind"
     assert capacity == [(3,)], "the benchmark leaves the pools' capacity changed"
+
+
+def test_alerting_benchmark_quick_run_times_a_tenant_down_to_its_alert(local_platform: LocalPlatform):
+    output = run_bench("bench/alerting.py", timeout=600)
+    assert re.search(r"baseline: local timings .* alert after +\d+\.\d s", output), output
