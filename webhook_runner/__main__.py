@@ -20,6 +20,7 @@ from datetime import datetime
 
 import psycopg
 
+from . import logs
 from .config import ConfigError, load_settings
 from .killbill import KillBillError
 from .worker import Worker
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "account", None) and not args.drain:
         parser.error("--account goes with --drain (a serving worker takes every account)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure()
     try:
         settings = load_settings()
     except ConfigError as error:

@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from . import store
+from . import logs, store
 from .config import RunnerSettings, load_settings, tenant_login_url
 from .metrics import JOB_STATES, exposition, exposition_registry
 from .notification import InvalidNotification, parse_notification
@@ -40,6 +40,7 @@ class IsoJSONProvider(DefaultJSONProvider):
 
 def create_app(settings: RunnerSettings | None = None) -> Flask:
     settings = settings or load_settings()
+    logs.configure()  # gunicorn configures only its own loggers
     app = Flask("webhook_runner")
     app.json = IsoJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -102,7 +103,10 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
                 )  # fmt: skip
             except psycopg.DataError as error:  # e.g. a \u0000 that jsonb refuses
                 abort(400, f"the body cannot be stored: {error.diag.message_primary}")
-        log.info("event %s stored: %s %s", event_id, notification.event_type, notification.action_type or "")
+        log.info(
+            "event %s stored: %s %s", event_id, notification.event_type, notification.action_type or "",
+            extra={"event": event_id, "account": notification.account_id},
+        )  # fmt: skip
         return jsonify(event_id=event_id), 202
 
     @app.post("/killbill")

@@ -34,7 +34,7 @@ from pathlib import Path
 import ansible_runner
 import psycopg
 
-from . import store
+from . import logs, store
 from .config import RunnerSettings
 from .desired import (
     PLAYBOOKS,
@@ -348,10 +348,15 @@ class Worker:
 
     def _execute(self, job: dict, retry: bool = True) -> dict:
         """Run the job's playbook with ansible-runner; record success, a retry with backoff, or parking (without
-        `retry`: failure, for a periodic pass's job, which the next pass runs again)."""
+        `retry`: failure, for a periodic pass's job, which the next pass runs again). Every line logged meanwhile
+        names the job, its tenant and the run."""
+        run_id = f"job-{job['id']}-{job['attempts']}"  # the playbook run's id in the audit chain
+        with logs.context(job=job["id"], tenant=job["tenant_id"], run=run_id):
+            return self._run_job(job, run_id, retry)
+
+    def _run_job(self, job: dict, run_id: str, retry: bool) -> dict:
         settings = self.settings
         private_dir = self._artifacts_home(job) / f"job-{job['id']:08d}"
-        run_id = f"job-{job['id']}-{job['attempts']}"  # the playbook run's id in the audit chain
         store.audit(
             self.conn, actor=self.actor, tenant_id=job["tenant_id"], kind="job", subject=f"job:{job['id']}",
             detail={"action": job["action"], "playbook": job["playbook"], "extravars": job["extravars"],
