@@ -114,6 +114,13 @@ def _fleet(snapshot: dict):
     for row in snapshot["last_backups"]:
         backups.add_metric([row["tenant_id"]], row["at"])
     yield backups
+    parked = GaugeMetricFamily(
+        "saasodoo_runner_parked_jobs", "Jobs parked after their last attempt, by tenant and action.",
+        labels=["tenant", "action"],
+    )  # fmt: skip
+    for row in snapshot["parked"]:
+        parked.add_metric([row["tenant_id"], row["action"]], row["n"])
+    yield parked
     if drill := snapshot["last_drill"]:
         yield GaugeMetricFamily(
             "saasodoo_restore_drill_last_passed", "1 when the last restore drill passed, 0 when it failed.",

@@ -618,8 +618,9 @@ def metrics_snapshot(conn, schedules: list[str] = ()) -> dict:
 
 def fleet_snapshot(conn) -> dict:
     """What the alert rules watch in the registry (roles/monitoring/templates/alerts.yml.j2): tenants by status, each
-    active tenant's newest backup kept (its creation when it has none yet), the last restore drill, the moves not
-    finished, and when Kill Bill's last notification arrived. Times are Unix times."""
+    active tenant's newest backup kept (its creation when it has none yet), the parked jobs by tenant and action,
+    the last restore drill, the moves not finished, and when Kill Bill's last notification arrived. Times are Unix
+    times."""
     return {
         "tenants": {
             row["status"]: row["n"]
@@ -635,6 +636,10 @@ def fleet_snapshot(conn) -> dict:
             """SELECT passed, extract(epoch FROM drilled_at)::float8 AS at
                  FROM registry.restore_drills ORDER BY id DESC LIMIT 1"""
         ).fetchone(),
+        "parked": conn.execute(
+            """SELECT coalesce(tenant_id, '') AS tenant_id, action, count(*) AS n FROM registry.jobs
+                WHERE state = 'parked' GROUP BY 1, 2 ORDER BY 1, 2"""
+        ).fetchall(),
         "open_moves": conn.execute(
             """SELECT tenant_id, phase, extract(epoch FROM started_at)::float8 AS at FROM registry.migrations
                 WHERE finished_at IS NULL AND phase NOT IN ('done', 'rolled_back') ORDER BY id"""

@@ -36,6 +36,10 @@ SNAPSHOT = {
     # What the alert rules watch (store.fleet_snapshot); a tenant id is the customer's, so any text.
     "tenants": {"active": 2, "suspended": 1},
     "last_backups": [{"tenant_id": "acme", "at": 1795700000.0}, {"tenant_id": 'odd "id"', "at": 1795600000.0}],
+    "parked": [
+        {"tenant_id": "acme", "action": "change_plan", "n": 1},
+        {"tenant_id": "", "action": "reconcile", "n": 2},
+    ],
     "last_drill": {"passed": False, "at": 1795500000.0},
     "open_moves": [{"tenant_id": "acme", "phase": "catching_up", "at": 1795800000.0}],
     "last_event_at": 1795805000.0,
@@ -69,6 +73,7 @@ def test_the_text_format_parses_back_with_every_family_and_escaped_labels(runner
         "saasodoo_runner_schedule_next_run_timestamp_seconds": "gauge",
         "saasodoo_tenants": "gauge",
         "saasodoo_tenant_last_backup_timestamp_seconds": "gauge",
+        "saasodoo_runner_parked_jobs": "gauge",
         "saasodoo_restore_drill_last_passed": "gauge",
         "saasodoo_restore_drill_last_timestamp_seconds": "gauge",
         "saasodoo_move_started_timestamp_seconds": "gauge",
@@ -82,6 +87,10 @@ def test_the_text_format_parses_back_with_every_family_and_escaped_labels(runner
         "acme": 1795700000.0, 'odd "id"': 1795600000.0,
     }  # fmt: skip
     assert samples(families, "saasodoo_restore_drill_last_passed") == {"saasodoo_restore_drill_last_passed": 0}
+    parked = families["saasodoo_runner_parked_jobs"].samples
+    assert [(p.labels, p.value) for p in parked] == [
+        ({"tenant": "acme", "action": "change_plan"}, 1), ({"tenant": "", "action": "reconcile"}, 2),
+    ]  # fmt: skip
     moves = families["saasodoo_move_started_timestamp_seconds"].samples
     assert [(m.labels, m.value) for m in moves] == [({"tenant": "acme", "phase": "catching_up"}, 1795800000.0)]
     assert samples(families, "saasodoo_runner_events_last_received_timestamp_seconds") == {
