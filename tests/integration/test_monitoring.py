@@ -33,7 +33,8 @@ def test_every_server_and_pgbouncer_is_watched_and_a_new_tenant_is_probed_throug
     local_platform: LocalPlatform, watched_tenant: str
 ):
     """The servers' exporters log in as the monitor role; the PgBouncer exporter reads each pool's console; the
-    tenant provisioned after site.yml is probed within a refresh of the runner's list, by its https URL."""
+    tenant provisioned after site.yml is probed within a refresh of the runner's list, by its https URL, and its
+    storage use is known against its quota."""
     servers = {s.name for s in local_platform.servers.values()}
     pools = {s.name for s in local_platform.servers.values() if s.pgbouncer_port}
     up = wait_until(
@@ -45,6 +46,14 @@ def test_every_server_and_pgbouncer_is_watched_and_a_new_tenant_is_probed_throug
     wait_until(lambda: {r["metric"]["server"] for r in query("pgbouncer_up == 1")} >= pools, "every PgBouncer read", 60)
     probe = wait_until(lambda: query(f'probe_success{{tenant="{watched_tenant}"}} == 1'), "the tenant probed", 90)
     assert probe[0]["metric"]["instance"] == tenant_url(watched_tenant)
+    # Its storage against its plan's quota, as its provision measured it (playbooks/tasks/storage_usage.yml).
+    share = wait_until(
+        lambda: query(f'saasodoo_tenant_storage_used_bytes{{tenant="{watched_tenant}"}}'
+                      f' / saasodoo_tenant_storage_quota_bytes{{tenant="{watched_tenant}"}}'),
+        "the tenant's storage figures",
+        60,
+    )  # fmt: skip
+    assert 0 < float(share[0]["value"][1]) < 0.85, share
     # Its certificate is read too: the platform CA's, valid for weeks at least.
     expiry = query(f'probe_ssl_earliest_cert_expiry{{tenant="{watched_tenant}"}} - time()')
     assert expiry and float(expiry[0]["value"][1]) > 14 * 86400, expiry
