@@ -126,4 +126,8 @@ def test_site_noop_benchmark_quick_run_counts_the_tasks_tenants_add(local_platfo
 
 def test_alerting_benchmark_quick_run_times_a_tenant_down_to_its_alert(local_platform: LocalPlatform):
     output = run_bench("bench/alerting.py", timeout=600)
-    assert re.search(r"baseline: local timings .* alert after +\d+\.\d s", output), output
+    assert re.search(
+        r"baseline: the local platform's timings \(scrape 15s, evaluate 5s, fire after 20 s\):\n"
+        r" +alert after +\d+\.\d s",
+        output,
+    ), output
