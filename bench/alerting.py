@@ -28,8 +28,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
 from bench.runner import goal  # noqa: E402
-from tests.integration.conftest import LOCAL_STATE, remove_tenants, run_playbook  # noqa: E402
-from tests.monitoring_api import PROMETHEUS, alertmanager_alerts, get_json, prometheus_alerts, query, wait_until  # noqa: E402
+from tests.integration.conftest import LOCAL_STATE, remove_tenants, run_playbook, wait_until  # noqa: E402
+from tests.monitoring_api import PROMETHEUS, alertmanager_alerts, get_json, prometheus_alerts, query  # noqa: E402
 
 TENANT = "bench-alert"
 SUPERVISORCTL = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf")]

@@ -4,10 +4,8 @@ bench/alerting.py: inventories/local/group_vars/all/monitoring.yml puts them on 
 from __future__ import annotations
 
 import json
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 
 PROMETHEUS = "http://127.0.0.1:19090"
 ALERTMANAGER = "http://127.0.0.1:19093"
@@ -36,12 +34,3 @@ def prometheus_alerts(name: str, **labels: str) -> list[dict]:
         alert for alert in get_json(f"{PROMETHEUS}/api/v1/alerts")["data"]["alerts"]
         if alert["labels"]["alertname"] == name and labels.items() <= alert["labels"].items()
     ]  # fmt: skip
-
-
-def wait_until(condition: Callable[[], object], what: str, seconds: float, every: float = 1):
-    """Poll `condition` until it holds (Prometheus scrapes and evaluates on a clock of its own); its last value."""
-    deadline = time.monotonic() + seconds
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"{what}: not within {seconds:.0f} s"
-        time.sleep(every)
-    return value

@@ -9,7 +9,9 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +142,15 @@ def assert_audited(run: PlaybookRun) -> None:
         assert (outcome == "ok") == (run.returncode == 0), (
             f"run {run.run_id} is recorded as {outcome} but ended with rc {run.returncode}"
         )
+
+
+def wait_until(condition: Callable[[], object], what: str, seconds: float, every: float = 1):
+    """Poll `condition` until it holds (what another process or daemon does on its own clock); its last value."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what}: not within {seconds:.0f} s"
+        time.sleep(every)
+    return value
 
 
 def run_playbook(playbook: str, *args: str, inventory: str = "inventories/local") -> PlaybookRun:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from monitoring_api import alertmanager_alerts, prometheus_alerts, wait_until
+from monitoring_api import alertmanager_alerts, prometheus_alerts
 
 from ansible_collections.saasodoo.platform.plugins.modules.pgbouncer_userlist import auth_file_lock
 
-from .conftest import DOWN, LOCAL_STATE, PSQL, REPO, VENV_BIN, LocalPlatform, run_playbook, superuser
+from .conftest import DOWN, LOCAL_STATE, PSQL, REPO, VENV_BIN, LocalPlatform, run_playbook, superuser, wait_until
 
 
 def test_second_site_run_changes_nothing(local_platform: LocalPlatform):

@@ -7,10 +7,10 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from monitoring_api import alertmanager_alerts, prometheus_alerts, query, wait_until
+from monitoring_api import alertmanager_alerts, prometheus_alerts, query
 from tenant_web import tenant_url
 
-from .conftest import LOCAL_STATE, LocalPlatform, run_playbook
+from .conftest import LOCAL_STATE, LocalPlatform, run_playbook, wait_until
 
 TENANT = "watch-a"
 SUPERVISORCTL = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf")]

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from .ceph_cluster import CEPH_FUSE_TYPE, CephCluster, mounts_below
-from .conftest import PlaybookRun, ansible_playbook
+from .conftest import PlaybookRun, ansible_playbook, wait_until
 
 PLAYBOOK = "tests/integration/playbooks/storage.yml"
 CLIENT_PREFIX = "saasodoo-tenant-"
@@ -106,13 +105,6 @@ def write_chunks(path: Path, limit: int, mode: str = "ab") -> tuple[int, OSError
     return written, None
 
 
-def wait_until(what: str, condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
-        time.sleep(0.2)
-
-
 def unmount(mnt: Path) -> None:
     if (mnt, CEPH_FUSE_TYPE) in mounts_below(mnt):
         subprocess.run(["fusermount", "-u", str(mnt)], capture_output=True, timeout=30, check=False)
@@ -170,7 +162,7 @@ def test_quota_is_enforced_and_resized_live(ceph_cluster: CephCluster):
     # until the usage below filestore/ has reached the tenant directory, then every write fails.
     written, error = write_chunks(blob, quota * 3 // 2)
     if error is None:
-        wait_until("the MDS counting the writes", lambda: rbytes_of(data_dir) > quota, PROPAGATION_TIMEOUT)
+        wait_until(lambda: rbytes_of(data_dir) > quota, "the MDS counting the writes", PROPAGATION_TIMEOUT, 0.2)
         more, error = write_chunks(blob, MiB)
         written += more
     assert error is not None and error.errno == errno.EDQUOT, f"{written} bytes written, no EDQUOT: {error!r}"

@@ -31,8 +31,8 @@ from tenant_web import get_status as get  # over HTTPS, as the tenant's host nam
 
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
 
-from .conftest import LOCAL_STATE, LocalPlatform, PlaybookRun, assert_nothing_changed, run_playbook
-from .test_storage_cephfs import PROPAGATION_TIMEOUT, rbytes_of, wait_until, write_chunks
+from .conftest import LOCAL_STATE, LocalPlatform, PlaybookRun, assert_nothing_changed, run_playbook, wait_until
+from .test_storage_cephfs import PROPAGATION_TIMEOUT, rbytes_of, write_chunks
 
 GIB = 1 << 30
 
@@ -158,7 +158,9 @@ def lifecycle(tenant: Tenant, first_plan: str, bigger_plan: str, cephfs: bool) -
         big = tenant.data_dir / "too-big.bin"
         written, error = write_chunks(big, quota * 3 // 2)
         if error is None:
-            wait_until("the MDS counting the writes", lambda: rbytes_of(tenant.data_dir) > quota, PROPAGATION_TIMEOUT)
+            wait_until(
+                lambda: rbytes_of(tenant.data_dir) > quota, "the MDS counting the writes", PROPAGATION_TIMEOUT, 0.2
+            )
             _, error = write_chunks(big, 1 << 20)
         stored = big.stat().st_size
         big.unlink()
