@@ -26,7 +26,7 @@ APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds cep
 ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner ceph_cluster \
   monitoring
 
-.PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-beside integration-streams-lint-molecule integration-alone-and-beside acceptance bench soak down clean
+.PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-beside alone-pass streams-pass acceptance bench soak down clean
 
 help:
 	@echo "make demo   set up, converge the local platform, play four customers' lives through Kill Bill and the runner"
@@ -104,7 +104,7 @@ demo: setup
 	ansible-playbook playbooks/platform_status.yml
 
 # Each stage's time is printed at the end (and as far as it got when one fails).
-TEST_STAGES := unit integration-alone-and-beside integration-streams-lint-molecule
+TEST_STAGES := alone-pass streams-pass
 test: setup
 	@times=""; for stage in $(TEST_STAGES); do \
 	  started=$$(date +%s); \
@@ -151,31 +151,34 @@ integration-alone: setup
 integration-beside: setup
 	pytest tests/integration -m beside --durations=5
 
-# The streams on the platform as the alone pass left it (make test runs that pass first; without a platform up they
-# start their own). Their tests wait on servers and Odoo a fifth of the time, a core idle then: lint (CPU only, no
-# platform) and the molecule scenarios (one after another, their own ports and .state/molecule, which the tests'
-# down.yml leaves running) use it meanwhile, niced to take only what the streams leave. Their lines come after.
-integration-streams-lint-molecule: setup
-	@mkdir -p .state/logs; \
-	nice -n 10 $(MAKE) --no-print-directory lint > .state/logs/lint.log 2>&1 & lint=$$!; \
-	nice -n 10 $(MAKE) --no-print-directory molecule MOLECULE_JOBS=1 > .state/logs/molecule.log 2>&1 & molecule=$$!; \
-	trap 'kill $$lint $$molecule 2>/dev/null || true' INT TERM; \
-	streams=0; SAASODOO_TEST_PLATFORM=as-left $(MAKE) --no-print-directory integration-streams || streams=$$?; \
-	linted=0; wait $$lint || linted=$$?; cat .state/logs/lint.log; \
-	[ $$linted -eq 0 ] || echo "make lint failed: its output is above"; \
-	scenarios=0; wait $$molecule || scenarios=$$?; cat .state/logs/molecule.log; \
-	[ $$streams -eq 0 ] && [ $$linted -eq 0 ] && [ $$scenarios -eq 0 ]
-
-# The alone pass runs one test at a time and leaves a core idle: the beside pass (the miniature's own hosts, which
-# the tests' down.yml leaves running) uses it meanwhile, niced: the alone pass is the longer, so it goes first when
-# both want the CPU. Its lines come after.
-integration-alone-and-beside: setup
-	@mkdir -p .state/logs; \
-	nice -n 10 $(MAKE) --no-print-directory integration-beside > .state/logs/integration-beside.log 2>&1 & beside=$$!; \
-	trap 'kill $$beside 2>/dev/null || true; $(PYTHON) tests/miniature/hosts.py down' INT TERM; \
+# The alone pass runs one test at a time and leaves a core idle: what needs no local platform uses it meanwhile,
+# niced, one after another (the alone pass is the longer, so it goes first when both want the CPU): the unit tests,
+# the beside pass (the miniature's own hosts, which the tests' down.yml leaves running) and lint (CPU only). Their
+# lines come after.
+BESIDE_ALONE := unit integration-beside lint
+alone-pass: setup
+	@mkdir -p .state/logs; failed=.state/logs/failed-beside-alone; rm -f $$failed; \
+	( for target in $(BESIDE_ALONE); do \
+	    nice -n 10 $(MAKE) --no-print-directory $$target > .state/logs/$$target.log 2>&1 || echo $$target >> $$failed; \
+	  done ) & others=$$!; \
+	trap 'kill $$others 2>/dev/null || true; $(PYTHON) tests/miniature/hosts.py down' INT TERM; \
 	alone=0; $(MAKE) --no-print-directory integration-alone || alone=$$?; \
-	others=0; wait $$beside || others=$$?; cat .state/logs/integration-beside.log; \
-	[ $$alone -eq 0 ] && [ $$others -eq 0 ]
+	wait $$others; for target in $(BESIDE_ALONE); do \
+	  if grep -qx $$target $$failed 2>/dev/null; then echo "== make $$target FAILED:"; cat .state/logs/$$target.log; \
+	  else echo "== make $$target passed, the end of its log:"; tail -n 12 .state/logs/$$target.log; fi; \
+	done; [ $$alone -eq 0 ] && [ ! -e $$failed ]
+
+# The streams on the platform as the alone pass left it (make test runs that pass first; without a platform up they
+# start their own). Their tests wait on servers and Odoo a fifth of the time, a core idle then: the molecule
+# scenarios (one after another, their own ports and .state/molecule, which the tests' down.yml leaves running) use it
+# meanwhile, niced to take only what the streams leave. Their lines come after.
+streams-pass: setup
+	@mkdir -p .state/logs; \
+	nice -n 10 $(MAKE) --no-print-directory molecule MOLECULE_JOBS=1 > .state/logs/molecule.log 2>&1 & molecule=$$!; \
+	trap 'kill $$molecule 2>/dev/null || true' INT TERM; \
+	streams=0; SAASODOO_TEST_PLATFORM=as-left $(MAKE) --no-print-directory integration-streams || streams=$$?; \
+	scenarios=0; wait $$molecule || scenarios=$$?; cat .state/logs/molecule.log; \
+	[ $$streams -eq 0 ] && [ $$scenarios -eq 0 ]
 
 # The customers' lives against a real Odoo 18 instead of the stand-in (tests/acceptance). It resets the local platform.
 ODOO_BIN ?=

@@ -391,8 +391,9 @@ class Worker:
                 extravars={**settings.playbook_extravars, **job["extravars"], **self._lease_vars()},
             )
             rc, error = result.rc, None if result.status == "successful" else _failure(result)
+            parked_because = None if error is None else park_reason(result)
         except Exception as exc:  # ansible-runner could not start the run at all
-            rc, error = None, f"ansible-runner: {exc}"
+            rc, error, parked_because = None, f"ansible-runner: {exc}", None
         seconds = time.monotonic() - started
         self._reconnect_if_dropped()
         outcome = {"rc": rc, "error": error, "artifacts_dir": str(private_dir)}
@@ -400,6 +401,9 @@ class Worker:
             finished = store.finish_job(self.conn, job["id"], state="succeeded", **outcome)
         elif not retry:
             finished = store.finish_job(self.conn, job["id"], state="failed", **outcome)
+        elif parked_because is not None:  # the playbook says that running it again would fail the same way
+            outcome["error"] = parked_because
+            finished = store.finish_job(self.conn, job["id"], state="parked", **outcome)
         elif job["attempts"] >= settings.max_attempts:
             finished = store.finish_job(self.conn, job["id"], state="parked", **outcome)
         else:
@@ -693,6 +697,16 @@ class AccountLease:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
+
+
+def park_reason(result) -> str | None:
+    """Why the failed run needs the operator, when its playbook said so: `set_stats` of park_reason (ansible-runner
+    passes what set_stats gathered as the playbook_on_stats event's artifact_data). None for any other failure."""
+    for event in result.events:
+        if event.get("event") == "playbook_on_stats":
+            reason = (event.get("event_data", {}).get("artifact_data") or {}).get("park_reason")
+            return str(reason)[:2000] if reason else None
+    return None
 
 
 def _failure(result) -> str:

@@ -82,7 +82,10 @@ def test_a_changed_plan_would_become_a_new_version(local_platform: LocalPlatform
     overrides.write_text(yaml.safe_dump(catalog))
     with registry(local_platform) as conn:
         before = conn.execute("SELECT count(*) FROM registry.plans").fetchone()[0]
-    preview = run_playbook("site.yml", "--check", "-v", "--limit", "platform", "-e", f"@{overrides}")
+    # Without the monitoring, whose targets follow servers the other stream brings up and retires meanwhile.
+    preview = run_playbook(
+        "site.yml", "--check", "-v", "--limit", "platform", "--skip-tags", "monitoring", "-e", f"@{overrides}"
+    )
     assert preview.returncode == 0, preview.output[-3000:]
     assert preview.recap["platform-db"]["changed"] == 1, preview.output[-3000:]
     assert "changed_plans:\n    - basic-monthly\n    plans:" in preview.output, preview.output[-3000:]

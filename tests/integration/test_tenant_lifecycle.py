@@ -23,6 +23,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import ansible_runner
 import psycopg
 import pytest
 from psycopg.rows import dict_row
@@ -30,8 +31,9 @@ from tenant_web import NGINX_HTTP, host_name, tenant_url
 from tenant_web import get_status as get  # over HTTPS, as the tenant's host name
 
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
+from webhook_runner.worker import job_environment, park_reason
 
-from .conftest import LOCAL_STATE, LocalPlatform, PlaybookRun, assert_nothing_changed, run_playbook, wait_until
+from .conftest import LOCAL_STATE, REPO, LocalPlatform, PlaybookRun, assert_nothing_changed, run_playbook, wait_until
 from .test_storage_cephfs import PROPAGATION_TIMEOUT, rbytes_of, write_chunks
 
 GIB = 1 << 30
@@ -123,9 +125,52 @@ class Tenant:
     def filestore(self) -> Path:
         return self.data_dir / "filestore" / self.db_name
 
+    def plan(self, name: str) -> dict:
+        """A plan's entitlements as the registry has them (its newest version)."""
+        with self.registry() as conn:
+            return conn.execute(
+                "SELECT entitlements FROM registry.plans WHERE name = %s ORDER BY version DESC LIMIT 1", (name,)
+            ).fetchone()[0]
+
     def odoo_conf(self) -> dict[str, str]:
         text = (LOCAL_STATE / "runtime/tenants" / self.tenant_id / "odoo.conf").read_text()
         return dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line and not line.startswith(";"))
+
+
+def downgrade_keeps_the_modules(tenant: Tenant, smaller_plan: str, bigger_plan: str, tmp_path: Path) -> None:
+    """Back to the plan without the module the bigger one installed: refused while the tenant's files exceed its
+    quota (the webhook runner would park the job at once, with the reason), then carried out with the module kept
+    installed and recorded as extra, and no longer extra once the bigger plan is back."""
+    added = sorted(set(tenant.record()["quotas"]["odoo_modules"]) - set(tenant.plan(smaller_plan)["odoo_modules"]))
+    assert added, f"{bigger_plan} adds no module to {smaller_plan}"
+    big = tenant.data_dir / "big.bin"  # sparse: du -sb counts what a file says it holds
+    with big.open("wb") as file:
+        file.truncate(tenant.plan(smaller_plan)["storage_gb"] * GIB + 1)
+    refused = ansible_runner.run(  # as the webhook runner runs a job
+        private_data_dir=str(tmp_path), project_dir=str(REPO), playbook=str(REPO / "playbooks/tenant_change_plan.yml"),
+        inventory=str(REPO / "inventories/local"), envvars=job_environment(REPO), suppress_env_files=True, quiet=True,
+        extravars={"tenant_id": tenant.tenant_id, "plan": smaller_plan},
+    )  # fmt: skip
+    reason = park_reason(refused)
+    assert refused.status == "failed" and reason is not None, refused.stdout.read()[-5000:]
+    assert f"more than plan {smaller_plan}'s storage quota" in reason and f"keeps plan {bigger_plan}" in reason
+    assert (tenant.record()["plan_name"], tenant.record()["extra_modules"]) == (bigger_plan, [])
+    big.unlink()
+
+    tenant.run_twice("tenant_change_plan.yml", "-e", f"plan={smaller_plan}")
+    record = tenant.record()
+    assert (record["plan_name"], record["extra_modules"]) == (smaller_plan, added)
+    assert tenant.odoo_conf()["workers"] == str(record["quotas"]["odoo_workers"])
+    with tenant.as_tenant() as conn:
+        installed = conn.execute(
+            "SELECT name FROM public.ir_module_module WHERE state = 'installed' AND name = ANY(%s)", (added,)
+        ).fetchall()
+    assert sorted(name for (name,) in installed) == added
+    assert get(tenant.tenant_id, "/web/health") == 200
+
+    upgraded = tenant.run("tenant_change_plan.yml", "-e", f"plan={bigger_plan}")
+    assert upgraded.returncode == 0, upgraded.output[-5000:]
+    assert (tenant.record()["plan_name"], tenant.record()["extra_modules"]) == (bigger_plan, [])
 
 
 def filestore_digest(root: Path) -> dict[str, str]:
@@ -136,7 +181,7 @@ def filestore_digest(root: Path) -> dict[str, str]:
     }
 
 
-def lifecycle(tenant: Tenant, first_plan: str, bigger_plan: str, cephfs: bool) -> None:
+def lifecycle(tenant: Tenant, first_plan: str, bigger_plan: str, cephfs: bool, tmp_path: Path) -> None:
     # provision: reachable through nginx over HTTPS by its host name; plain HTTP only redirects there
     tenant.run_twice("tenant_provision.yml", "-e", f"plan={first_plan}")
     assert tenant.record()["status"] == "active"
@@ -170,7 +215,7 @@ def lifecycle(tenant: Tenant, first_plan: str, bigger_plan: str, cephfs: bool) -
     if not cephfs:  # storage plays no part in a suspension: proven once, on local storage
         suspend_and_resume(tenant)
 
-    change_plan_backup_restore_terminate_purge(tenant, bigger_plan, cephfs)
+    change_plan_backup_restore_terminate_purge(tenant, first_plan, bigger_plan, cephfs, tmp_path)
 
 
 def suspend_and_resume(tenant: Tenant) -> None:
@@ -222,7 +267,9 @@ def restore_drills(tenant: Tenant, tampered_backup: str, newest_backup: str) -> 
         assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 101
 
 
-def change_plan_backup_restore_terminate_purge(tenant: Tenant, bigger_plan: str, cephfs: bool) -> None:
+def change_plan_backup_restore_terminate_purge(
+    tenant: Tenant, first_plan: str, bigger_plan: str, cephfs: bool, tmp_path: Path
+) -> None:
     # change plan within shared: new limits in its config, its role and its quota
     workers_before = tenant.odoo_conf()["workers"]
     tenant.run_twice("tenant_change_plan.yml", "-e", f"plan={bigger_plan}")
@@ -239,6 +286,8 @@ def change_plan_backup_restore_terminate_purge(tenant: Tenant, bigger_plan: str,
         assert int(os.getxattr(tenant.data_dir, "ceph.quota.max_bytes")) == plan["storage_gb"] * GIB
     assert get(tenant.tenant_id, "/web/health") == 200
     # (A plan on another db_type moves the database: tests/integration/test_tenant_move.py.)
+    if not cephfs:  # the same playbook on either storage: proven once
+        downgrade_keeps_the_modules(tenant, first_plan, bigger_plan, tmp_path)
 
     # backup: a new one every run, each with a manifest of every part
     filestore_before = filestore_digest(tenant.filestore)
@@ -327,11 +376,11 @@ def change_plan_backup_restore_terminate_purge(tenant: Tenant, bigger_plan: str,
     assert actions[-1] == "tenant_purge"
 
 
-def test_lifecycle_with_local_storage(local_platform: LocalPlatform) -> None:
-    lifecycle(Tenant("life-local", local_platform, ()), "basic-monthly", "standard-monthly", cephfs=False)
+def test_lifecycle_with_local_storage(local_platform: LocalPlatform, tmp_path: Path) -> None:
+    lifecycle(Tenant("life-local", local_platform, ()), "basic-monthly", "standard-monthly", False, tmp_path)
 
 
-def test_lifecycle_on_cephfs(local_platform: LocalPlatform, ceph_cluster) -> None:
+def test_lifecycle_on_cephfs(local_platform: LocalPlatform, ceph_cluster, tmp_path: Path) -> None:
     storage = (
         "-e",
         "saasodoo_storage_backend=cephfs",
@@ -343,7 +392,7 @@ def test_lifecycle_on_cephfs(local_platform: LocalPlatform, ceph_cluster) -> Non
         "-e",
         f"saasodoo_templates_dir={LOCAL_STATE / 'storage/templates'}",
     )
-    lifecycle(Tenant("life-ceph", local_platform, storage), "basic-test-trial", "basic-monthly", cephfs=True)
+    lifecycle(Tenant("life-ceph", local_platform, storage), "basic-test-trial", "basic-monthly", True, tmp_path)
 
 
 def test_point_in_time_restore(local_platform: LocalPlatform) -> None:

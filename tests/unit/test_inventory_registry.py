@@ -61,6 +61,7 @@ ACME = {
     "billing_status": "paid",
     "storage_path": "/srv/odoo/acme",
     "quotas": {"storage_gb": 5, "db_connection_limit": 10},
+    "extra_modules": ["contacts"],
 }
 GLOBEX = {
     **ACME,

@@ -179,6 +179,7 @@ TENANT_FIELDS = (
     "billing_status",
     "storage_path",
     "quotas",
+    "extra_modules",
 )
 
 _UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9_]")
@@ -195,6 +196,8 @@ SELECT
     (SELECT coalesce(json_agg(t ORDER BY t.tenant_id), '[]')
        FROM (SELECT tenant_id, customer_id, subscription_id, plan_name AS plan, plan_version, db_type, db_server,
                     db_name, db_role, status, billing_status, storage_path, quotas,
+                    -- read from the row as a whole: a registry before its migration 0023 has no such column
+                    to_jsonb(tenants) -> 'extra_modules' AS extra_modules,
                     -- the newest audit row of the tenant that names a playbook run (the index on tenant, id)
                     (SELECT a.detail ->> 'run' FROM registry.audit AS a
                       WHERE a.tenant_id = tenants.tenant_id AND a.detail ? 'run'
@@ -264,6 +267,7 @@ def server_role_vars(row: Mapping[str, Any]) -> dict[str, Any]:
 def tenant_record(row: Mapping[str, Any]) -> dict[str, Any]:
     record = {field: row.get(field) for field in TENANT_FIELDS}
     record["quotas"] = record["quotas"] or {}
+    record["extra_modules"] = record["extra_modules"] or []
     return record
 
 

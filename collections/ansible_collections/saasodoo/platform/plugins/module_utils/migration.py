@@ -1108,7 +1108,7 @@ class Move:
         """
         with self.registry.transaction(), self.registry.cursor(row_factory=dict_row) as cur:
             before = cur.execute(
-                "SELECT db_server, db_type, plan_name, plan_version, quotas FROM registry.tenants"
+                "SELECT db_server, db_type, plan_name, plan_version, quotas, extra_modules FROM registry.tenants"
                 " WHERE tenant_id = %s FOR UPDATE",
                 (self.tenant["tenant_id"],),
             ).fetchone()
@@ -1118,17 +1118,18 @@ class Move:
                 " ORDER BY version DESC LIMIT 1",
                 (self.row["plan_name"],),
             ).fetchone()
-            cur.execute(
-                "UPDATE registry.tenants SET db_server = %s, db_type = %s, plan_name = %s, plan_version = %s,"
-                " quotas = %s WHERE tenant_id = %s",
-                (
-                    self.target.name,
-                    plan["db_type"],
-                    plan["name"],
-                    plan["version"],
-                    json.dumps(plan["entitlements"]),
-                    self.tenant["tenant_id"],
-                ),
+            cur.execute(  # the right side reads the row as it was: extra_modules from the plan it leaves
+                "UPDATE registry.tenants SET db_server = %(server)s, db_type = %(db_type)s, plan_name = %(name)s,"
+                " plan_version = %(version)s, quotas = %(quotas)s, extra_modules = registry.extra_modules_after("
+                "plan_name, plan_version, extra_modules, %(name)s, %(version)s) WHERE tenant_id = %(tenant)s",
+                {
+                    "server": self.target.name,
+                    "db_type": plan["db_type"],
+                    "name": plan["name"],
+                    "version": plan["version"],
+                    "quotas": json.dumps(plan["entitlements"]),
+                    "tenant": self.tenant["tenant_id"],
+                },
             )
             self.enter("repointed")
             laps["repointed"] = round((time.monotonic() - downtime_started) * 1000)
@@ -1199,15 +1200,16 @@ class Move:
             ) from None
         before = self.row["switched_from"]
         with self.registry.transaction():
-            self.registry.execute(
+            self.registry.execute(  # a move switched by an older release recorded no extra_modules: left as is
                 "UPDATE registry.tenants SET db_server = %s, db_type = %s, plan_name = %s, plan_version = %s,"
-                " quotas = %s WHERE tenant_id = %s",
+                " quotas = %s, extra_modules = coalesce(%s, extra_modules) WHERE tenant_id = %s",
                 (
                     self.source.name,
                     before["db_type"],
                     before["plan_name"],
                     before["plan_version"],
                     json.dumps(before["quotas"]),
+                    before.get("extra_modules"),
                     self.tenant["tenant_id"],
                 ),
             )

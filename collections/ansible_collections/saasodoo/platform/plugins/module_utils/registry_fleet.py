@@ -23,7 +23,7 @@ ORDER BY s.name
 TENANTS_QUERY = """
 SELECT tenant_id, customer_id, subscription_id, plan_name, plan_version, db_type, db_server, db_name, db_role,
        status, billing_status, storage_path, http_port, credential_version, created_at::text AS created_at,
-       retain_until::text AS retain_until
+       retain_until::text AS retain_until, extra_modules
 FROM registry.tenants
 ORDER BY tenant_id
 """

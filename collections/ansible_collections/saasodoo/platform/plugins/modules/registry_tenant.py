@@ -19,7 +19,9 @@ description:
     records its backups as removed, C(failed) (a provision that left nothing behind) frees its place on its
     database server (C(db_server) becomes null, so placement chooses again).
   - I(plan) moves the tenant to that plan's newest version (entitlements become its quotas). A plan whose
-    C(db_type) differs is refused unless I(allow_db_type_change), since the database must move first.
+    C(db_type) differs is refused unless I(allow_db_type_change), since the database must move first. The Odoo
+    modules its earlier plans gave it that the new plan lacks stay installed and are recorded in
+    C(extra_modules) (C(registry.extra_modules_after)), since a plan change never uninstalls one.
   - I(http_port_range) gives the tenant a port for its Odoo (process runtime) if it has none, the lowest free
     one in the range, under a lock so parallel runs never share one.
   - I(credential_version) moves the tenant to that version of its derived database password (a rotation,
@@ -147,7 +149,7 @@ tenant:
   returned: success
   type: dict
   sample: {"tenant_id": "acme", "plan_name": "basic-monthly", "plan_version": 1, "db_type": "shared",
-           "db_name": "t_acme", "status": "active", "http_port": 58100, "retain_until": null,
+           "db_name": "t_acme", "status": "active", "http_port": 58100, "retain_until": null, "extra_modules": [],
            "plan": {"db_type": "shared", "odoo_workers": 2, "storage_gb": 5},
            "server": {"name": "pool-shared-01", "host": "127.0.0.1", "port": 55433, "pgbouncer_port": 56433}}
 changes:
@@ -155,6 +157,11 @@ changes:
   returned: success
   type: dict
   sample: {"status": {"before": "active", "after": "suspended"}}
+open_move:
+  description: The tenant's unfinished move (its id, phase and the plan it moves for), or null.
+  returned: success
+  type: dict
+  sample: {"id": 12, "phase": "copying", "plan_name": "premium-monthly"}
 """
 
 import time
@@ -298,6 +305,11 @@ def planned_changes(conn, tenant: dict, p: dict) -> dict:
                     "which playbooks/tenant_change_plan.yml does; nothing was changed"
                 )
             changes.update(plan_name=new["name"], plan_version=new["version"], quotas=new["entitlements"])
+            # The modules it keeps beyond its new plan: a plan change never uninstalls one.
+            changes["extra_modules"] = conn.execute(
+                "SELECT registry.extra_modules_after(%s, %s, %s, %s, %s)",
+                (tenant["plan_name"], tenant["plan_version"], tenant["extra_modules"], new["name"], new["version"]),
+            ).fetchone()[0]
             plan = new["entitlements"]
     status = p["status"]
     if status and status != tenant["status"]:
@@ -394,10 +406,12 @@ def record(module: AnsibleModule, conn) -> dict:
             tenant, before = after, {k: tenant[k] for k in changes}
         else:
             before = {}
+    move = open_move(conn, p["tenant_id"])
     result = dict(
         changed=bool(changes),
         tenant=tenant,
         changes={k: {"before": before[k], "after": tenant[k]} for k in before},
+        open_move=None if move is None else {k: move[k] for k in ("id", "phase", "plan_name")},
     )
     if module._diff and changes:
         result["diff"] = dict(before=before, after={k: tenant[k] for k in before})
