@@ -26,7 +26,7 @@ APT_PACKAGES := postgresql-15 pgbouncer supervisor nginx-light ceph ceph-mds cep
 ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner ceph_cluster \
   monitoring
 
-.PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-beside alone-pass streams-pass acceptance bench soak down clean
+.PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-beside alone-pass molecule-beside-alone streams-pass acceptance bench soak down clean
 
 help:
 	@echo "make demo   set up, converge the local platform, play four customers' lives through Kill Bill and the runner"
@@ -128,9 +128,10 @@ unit: setup
 # at once, each into its log; a failed one prints its log's end. .state/molecule is made first, traversable by the
 # postgres and tenant users (a scenario's password lookup would make it 0700).
 MOLECULE_JOBS ?= 2
+MOLECULE_ROLES ?= $(ROLES)
 molecule: setup
 	@mkdir -p .state/logs .state/molecule; chmod 0755 .state/molecule; \
-	printf '%s\n' $(ROLES) | xargs -P $(MOLECULE_JOBS) -I{} sh -c \
+	printf '%s\n' $(MOLECULE_ROLES) | xargs -P $(MOLECULE_JOBS) -I{} sh -c \
 	  'log=.state/logs/molecule-{}.log; started=$$(date +%s); \
 	   if (cd roles/{} && molecule test) > $$log 2>&1; then \
 	     echo "== molecule test: roles/{} passed in $$(( $$(date +%s) - started ))s"; \
@@ -153,9 +154,13 @@ integration-beside: setup
 
 # The alone pass runs one test at a time and leaves a core idle: what needs no local platform uses it meanwhile,
 # niced, one after another (the alone pass is the longer, so it goes first when both want the CPU): the unit tests,
-# the beside pass (the miniature's own hosts, which the tests' down.yml leaves running) and lint (CPU only). Their
-# lines come after.
-BESIDE_ALONE := unit integration-beside lint
+# the beside pass (the miniature's own hosts, which the tests' down.yml leaves running), lint (CPU only) and a few
+# molecule scenarios (their own ports and .state/molecule). Their lines come after.
+BESIDE_ALONE := unit integration-beside lint molecule-beside-alone
+# The scenarios that fit in what the alone pass leaves; the others run beside the streams (streams-pass).
+MOLECULE_BESIDE_ALONE := storage ceph_cluster webhook_runner
+molecule-beside-alone: setup
+	@$(MAKE) --no-print-directory molecule MOLECULE_JOBS=1 MOLECULE_ROLES="$(MOLECULE_BESIDE_ALONE)"
 alone-pass: setup
 	@mkdir -p .state/logs; failed=.state/logs/failed-beside-alone; rm -f $$failed; \
 	( for target in $(BESIDE_ALONE); do \
@@ -174,7 +179,8 @@ alone-pass: setup
 # meanwhile, niced to take only what the streams leave. Their lines come after.
 streams-pass: setup
 	@mkdir -p .state/logs; \
-	nice -n 10 $(MAKE) --no-print-directory molecule MOLECULE_JOBS=1 > .state/logs/molecule.log 2>&1 & molecule=$$!; \
+	nice -n 10 $(MAKE) --no-print-directory molecule MOLECULE_JOBS=1 \
+	  MOLECULE_ROLES="$(filter-out $(MOLECULE_BESIDE_ALONE),$(ROLES))" > .state/logs/molecule.log 2>&1 & molecule=$$!; \
 	trap 'kill $$molecule 2>/dev/null || true' INT TERM; \
 	streams=0; SAASODOO_TEST_PLATFORM=as-left $(MAKE) --no-print-directory integration-streams || streams=$$?; \
 	scenarios=0; wait $$molecule || scenarios=$$?; cat .state/logs/molecule.log; \

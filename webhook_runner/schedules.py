@@ -38,13 +38,16 @@ SCHEDULES = {
         Schedule("restore_drill", "backups_drill.yml"),  # a random tenant's newest backup restored and checked
         # Each server's base backup, the start of its point-in-time recovery (with its archived WAL).
         Schedule("base_backups", "servers_base_backup.yml"),
+        # The audit chain verified and its head sealed on this host (saasodoo_audit_seal_file).
+        Schedule("audit_verify", "registry_audit_verify.yml"),
         # The plan's backup_keep says which backups stay (tenant_backup.yml).
         Schedule("tenant_backups", "tenant_backup.yml", tenant_action="backup", tenants_due="t.status = 'active'"),
         Schedule("tenant_purges", "tenant_purge.yml", tenant_action="purge", tenants_due=_TERMINATED_AND_DUE),
     )
 }
 TENANT_ACTIONS = {s.tenant_action: s.playbook for s in SCHEDULES.values() if s.tenant_action}
-# The runner's defaults: health every 5 minutes, hourly housekeeping of the fleet and the purges, a base backup of
+# The runner's defaults: health every 5 minutes, hourly housekeeping of the fleet and the purges and the audit
+# chain's seal, a base backup of
 # each server and a backup of each tenant a day, a restore drill a week.
 DEFAULT_INTERVALS = {
     "moves_cleanup": 3600,
@@ -52,6 +55,7 @@ DEFAULT_INTERVALS = {
     "servers_probe": 300,
     "restore_drill": 604800,
     "base_backups": 86400,
+    "audit_verify": 3600,
     "tenant_backups": 86400,
     "tenant_purges": 3600,
 }

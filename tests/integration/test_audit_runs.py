@@ -7,7 +7,28 @@ from pathlib import Path
 
 import psycopg
 
-from .conftest import LocalPlatform, ansible_playbook, inventory_hosts, remove_tenants, run_playbook
+from .conftest import LOCAL_STATE, LocalPlatform, ansible_playbook, inventory_hosts, remove_tenants, run_playbook
+
+# Each row's hash computed again from row `first` on, each from the row before it (what the chain's trigger does on
+# insert), as someone who owns the registry would after rewriting that row: the chain then verifies.
+RECHAIN = """
+DO $rechain$
+DECLARE
+    r registry.audit;
+    previous bytea := (SELECT a.hash FROM registry.audit AS a WHERE a.id < {first} ORDER BY a.id DESC LIMIT 1);
+BEGIN
+    FOR r IN SELECT * FROM registry.audit AS a WHERE a.id >= {first} ORDER BY a.id LOOP
+        r.prev_hash := previous;
+        r.hash := sha256(coalesce(previous, ''::bytea) || convert_to(registry.audit_row_text(r), 'UTF8'));
+        UPDATE registry.audit SET prev_hash = r.prev_hash, hash = r.hash WHERE id = r.id;
+        previous := r.hash;
+    END LOOP;
+END
+$rechain$
+"""
+
+# What the chain's trigger takes before each insert (migration 0003): no row is appended meanwhile.
+LOCK_CHAIN = "SELECT pg_advisory_xact_lock('registry.audit'::regclass::oid::bigint)"
 
 
 def registry(platform: LocalPlatform) -> psycopg.Connection:
@@ -102,3 +123,51 @@ def test_a_since_without_a_unit_is_refused_with_the_forms_it_takes(local_platfor
     run = run_playbook("registry_audit.yml", "-e", "since=-1")
     assert run.returncode != 0
     assert "such as -1d, -6h or -30min, not '-1'" in run.output
+
+
+def test_a_rewrite_by_the_registrys_owner_and_a_seal_written_by_hand_are_found(local_platform: LocalPlatform):
+    """The registry's owner (its superuser here) rewrites the newest sealed row and computes the chain again after it:
+    every hash verifies, but the seal on the controller no longer matches. A seal not signed with the platform
+    secret is refused. Alone: the chain is rewritten for a moment (and put back)."""
+    seals = LOCAL_STATE / "audit-seals.txt"
+    first = run_playbook("registry_audit_verify.yml")
+    assert first.returncode == 0, first.output[-3000:]
+    sealed_id, sealed_hash, *_ = seals.read_text().splitlines()[-1].split()
+    superuser = psycopg.connect(
+        host=str(LOCAL_STATE / "pg/platform-db/run"), port=local_platform.servers["platform-db"].port,
+        user="postgres", dbname="saasodoo_registry", autocommit=True,
+    )  # fmt: skip
+    with superuser as conn:
+        conn.execute("SET session_replication_role = replica")  # the append-only triggers stay out of the way
+        actor = conn.execute("SELECT actor FROM registry.audit WHERE id = %s", (int(sealed_id),)).fetchone()[0]
+        try:
+            with conn.transaction():
+                conn.execute(LOCK_CHAIN)
+                conn.execute("UPDATE registry.audit SET actor = 'rewritten' WHERE id = %s", (int(sealed_id),))
+                conn.execute(RECHAIN.format(first=int(sealed_id)))
+            assert conn.execute("SELECT count(*) FROM registry.audit_chain_breaks()").fetchone()[0] == 0
+            found = run_playbook("registry_audit_verify.yml")
+            assert found.returncode != 0, found.output[-3000:]
+            assert f"Audit row #{sealed_id} was sealed at" in found.output and "was rewritten" in found.output
+        finally:
+            with conn.transaction():
+                conn.execute(LOCK_CHAIN)
+                conn.execute("UPDATE registry.audit SET actor = %s WHERE id = %s", (actor, int(sealed_id)))
+                conn.execute(RECHAIN.format(first=int(sealed_id)))
+        assert (
+            conn.execute("SELECT encode(hash, 'hex') FROM registry.audit WHERE id = %s", (int(sealed_id),)).fetchone()[
+                0
+            ]
+            == sealed_hash
+        )
+
+    kept = seals.read_text()
+    head = run_playbook("registry_audit_verify.yml")
+    assert head.returncode == 0, head.output[-3000:]
+    newest_id, newest_hash, _, at = seals.read_text().splitlines()[-1].split()
+    try:
+        seals.write_text(f"{kept}{newest_id} {newest_hash} {'A' * 43} {at}\n")  # the right row, no key to sign it
+        forged = run_playbook("registry_audit_verify.yml")
+        assert forged.returncode != 0 and "was not signed with the platform secret" in forged.output
+    finally:
+        seals.write_text(kept)

@@ -171,6 +171,7 @@ def test_tenant_hostvars_are_the_registry_record(listing, registry: psycopg.Conn
         "billing_status": "paid",
         "storage_path": None,
         "quotas": {"storage_gb": entitlements["storage_gb"]},
+        "extra_modules": [],
     }
 
 

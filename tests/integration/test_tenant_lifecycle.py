@@ -139,13 +139,16 @@ class Tenant:
 
 def downgrade_keeps_the_modules(tenant: Tenant, smaller_plan: str, bigger_plan: str, tmp_path: Path) -> None:
     """Back to the plan without the module the bigger one installed: refused while the tenant's files exceed its
-    quota (the webhook runner would park the job at once, with the reason), then carried out with the module kept
-    installed and recorded as extra, and no longer extra once the bigger plan is back."""
+    smaller quota (the webhook runner would park the job at once, with the reason), then carried out with the module
+    kept installed and recorded as extra, and no longer extra once the bigger plan is back."""
     added = sorted(set(tenant.record()["quotas"]["odoo_modules"]) - set(tenant.plan(smaller_plan)["odoo_modules"]))
     assert added, f"{bigger_plan} adds no module to {smaller_plan}"
-    big = tenant.data_dir / "big.bin"  # sparse: du -sb counts what a file says it holds
-    with big.open("wb") as file:
-        file.truncate(tenant.plan(smaller_plan)["storage_gb"] * GIB + 1)
+    over = tenant.plan(smaller_plan)["storage_gb"] * GIB + (1 << 20)
+    big, sparse = tenant.data_dir / "big.bin", tenant.data_dir / "sparse.bin"
+    with big.open("wb") as file:  # blocks on disk, without writing them
+        os.posix_fallocate(file.fileno(), 0, over)
+    with sparse.open("wb") as file:  # a size it claims, on no disk: no use of the quota, it holds nothing up
+        file.truncate(over)
     refused = ansible_runner.run(  # as the webhook runner runs a job
         private_data_dir=str(tmp_path), project_dir=str(REPO), playbook=str(REPO / "playbooks/tenant_change_plan.yml"),
         inventory=str(REPO / "inventories/local"), envvars=job_environment(REPO), suppress_env_files=True, quiet=True,
@@ -158,6 +161,7 @@ def downgrade_keeps_the_modules(tenant: Tenant, smaller_plan: str, bigger_plan: 
     big.unlink()
 
     tenant.run_twice("tenant_change_plan.yml", "-e", f"plan={smaller_plan}")
+    sparse.unlink()
     record = tenant.record()
     assert (record["plan_name"], record["extra_modules"]) == (smaller_plan, added)
     assert tenant.odoo_conf()["workers"] == str(record["quotas"]["odoo_workers"])

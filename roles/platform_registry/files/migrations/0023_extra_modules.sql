@@ -18,10 +18,11 @@ RETURN (
              WHERE p.name = extra_modules_after.plan_name AND p.version = extra_modules_after.plan_version
             UNION
             SELECT pg_catalog.unnest(extra_modules_after.extra_modules)) AS had (module)
-     WHERE had.module NOT IN (
-               SELECT pg_catalog.jsonb_array_elements_text(coalesce(n.entitlements -> 'odoo_modules', '[]'))
-                 FROM registry.plans AS n
-                WHERE n.name = new_plan_name AND n.version = new_plan_version));
+     WHERE had.module IS NOT NULL
+       AND NOT EXISTS (
+               SELECT FROM registry.plans AS n,
+                           pg_catalog.jsonb_array_elements_text(coalesce(n.entitlements -> 'odoo_modules', '[]')) AS kept
+                WHERE n.name = new_plan_name AND n.version = new_plan_version AND kept = had.module));
 COMMENT ON FUNCTION registry.extra_modules_after(text, integer, text[], text, integer) IS
     'A tenant''s extra_modules once it moves from its plan (with these extra modules) to the new plan.';
 

@@ -83,24 +83,63 @@ def runs_since(conn, since: str) -> list[dict[str, Any]]:
     return runs
 
 
-def chain_breaks(conn) -> list[dict[str, Any]]:
-    """Where the chain breaks: every row's hash recomputed from its content and the hash before it."""
-    query = "SELECT audit_id, problem FROM registry.audit_chain_breaks() ORDER BY audit_id"
-    rows = _cursor(conn).execute(query).fetchall()
-    return [{"audit_id": audit_id, "problem": problem} for audit_id, problem in rows]
+# The chain recomputed with PostgreSQL's own functions only (search_path pinned), never the registry's: its owner may
+# replace registry.audit_row_text or audit_chain_breaks (migration 0003) so that a rewritten row hashes as before.
+# The same text as audit_row_text, which the trigger hashes on insert; a test keeps the two equal.
+VERIFY_QUERY = """
+SELECT c.id, CASE WHEN c.prev_hash IS DISTINCT FROM c.expected_prev THEN 'prev_hash is not the previous row''s hash'
+                  ELSE 'hash does not match the row' END
+  FROM (SELECT a.id, a.prev_hash, a.hash, lag(a.hash) OVER (ORDER BY a.id) AS expected_prev,
+               sha256(coalesce(a.prev_hash, ''::bytea) || convert_to(jsonb_build_object(
+                   'id', a.id,
+                   'at', to_char(a.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                   'actor', a.actor,
+                   'tenant_id', a.tenant_id,
+                   'kind', a.kind,
+                   'subject', a.subject,
+                   'detail', a.detail)::text, 'UTF8')) AS computed
+          FROM registry.audit AS a) AS c
+ WHERE c.prev_hash IS DISTINCT FROM c.expected_prev OR c.hash <> c.computed
+ ORDER BY c.id
+"""
 
 
-def chain_head(conn, expected_hash: str = "") -> dict[str, Any]:
-    """The chain's length and head (its last row), and whether a head recorded earlier is still in it."""
-    cur = _cursor(conn)
-    cur.execute(
-        """
-        SELECT count(*), max(id),
-               (SELECT encode(hash, 'hex') FROM registry.audit ORDER BY id DESC LIMIT 1),
-               coalesce(bool_or(encode(hash, 'hex') = %s), false)
-        FROM registry.audit
-        """,
-        (expected_hash,),
-    )
-    rows, head_id, head_hash, has_expected = cur.fetchone()
-    return {"rows": rows, "head_id": head_id, "head_hash": head_hash, "has_expected": has_expected}
+class AuditTableReplaced(Exception):
+    """registry.audit is not the plain table migration 0003 made: what reads it may be shown anything."""
+
+
+def verify_chain(conn, expected_hash: str = "", hash_of: int | None = None) -> dict[str, Any]:
+    """The chain checked in one transaction: `breaks`, each row whose hash does not match its content and the hash
+    before it; `head`, its length and last row, and whether a head recorded earlier (`expected_hash`) is still in it;
+    `row_hash`, the hash row `hash_of` has now (None without one, or when it is gone). The table must still be a plain
+    one without row security (a view or a policy could show other rows), and stays so while it is read."""
+    with conn.transaction():
+        cur = _cursor(conn)
+        cur.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        cur.execute("LOCK TABLE registry.audit IN ACCESS SHARE MODE")  # no ALTER until the reads are done
+        found = cur.execute(
+            "SELECT c.relkind, c.relrowsecurity FROM pg_catalog.pg_class AS c"
+            " WHERE c.oid = pg_catalog.to_regclass('registry.audit')"
+        ).fetchone()
+        if found != ("r", False):
+            raise AuditTableReplaced(
+                f"registry.audit is not a plain table without row security (relkind, relrowsecurity: {found}): "
+                "someone who owns the registry changed it, and its rows cannot be trusted"
+            )
+        breaks = [{"audit_id": audit_id, "problem": problem} for audit_id, problem in cur.execute(VERIFY_QUERY)]
+        rows, head_id, head_hash, has_expected = cur.execute(
+            """SELECT count(*), max(a.id),
+                      (SELECT encode(h.hash, 'hex') FROM registry.audit AS h ORDER BY h.id DESC LIMIT 1),
+                      coalesce(bool_or(encode(a.hash, 'hex') = %s), false)
+                 FROM registry.audit AS a""",
+            (expected_hash,),
+        ).fetchone()
+        sealed = None
+        if hash_of is not None:
+            found = cur.execute("SELECT encode(a.hash, 'hex') FROM registry.audit AS a WHERE a.id = %s", (hash_of,))
+            sealed = (found.fetchone() or [None])[0]
+    return {
+        "breaks": breaks,
+        "head": {"rows": rows, "head_id": head_id, "head_hash": head_hash, "has_expected": has_expected},
+        "row_hash": sealed,
+    }

@@ -15,8 +15,11 @@ description:
     inventory, limit, check mode, the names of the extra variables (never their values), per-host counts, the
     outcome and the tenants whose audit rows name it.
   - With I(verify), recomputes every row's hash from its content and the hash before it, and returns where the
-    chain breaks and its head (last row id and hash). I(expect_head) checks that a head recorded earlier is still
-    in the chain.
+    chain breaks and its head (last row id and hash). It computes with PostgreSQL's own functions, never the
+    registry's (whose owner could replace them), and fails when C(registry.audit) is no longer a plain table without
+    row security. I(expect_head) checks that a head recorded earlier is still
+    in the chain, and I(hash_of) returns the hash one row has now (the row of a head sealed earlier,
+    C(playbooks/registry_audit_verify.yml)).
   - Only reads; never reports a change.
 version_added: 0.6.0
 author: SaaSOdoo ops maintainers
@@ -34,6 +37,10 @@ options:
       the chain.
     type: str
     default: ""
+  hash_of:
+    description: With I(verify), an audit row's id; I(row_hash) is the hash that row has now (null when there is
+      none), read with the rest of the verification.
+    type: int
 attributes:
   check_mode:
     support: full
@@ -76,6 +83,10 @@ head:
   description: The chain's length (C(rows)), its last row (C(head_id), C(head_hash)) and C(has_expected).
   returned: when verify is true
   type: dict
+row_hash:
+  description: The hash (hex) the row I(hash_of) has now, or null when there is no such row.
+  returned: when verify is true and hash_of is given
+  type: str
 """
 
 import re
@@ -83,7 +94,11 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.saasodoo.platform.plugins.module_utils.audit import chain_breaks, chain_head, runs_since
+from ansible_collections.saasodoo.platform.plugins.module_utils.audit import (
+    AuditTableReplaced,
+    runs_since,
+    verify_chain,
+)
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
     REGISTRY_LOGIN_OPTIONS,
     RegistryUnreachable,
@@ -128,7 +143,10 @@ def run_module(module: AnsibleModule) -> dict:
                 )
             result.update(since=since, runs=runs_since(conn, since))
         if p["verify"]:
-            result.update(breaks=chain_breaks(conn), head=chain_head(conn, p["expect_head"]))
+            checked = verify_chain(conn, p["expect_head"], p["hash_of"])
+            result.update(breaks=checked["breaks"], head=checked["head"])
+            if p["hash_of"] is not None:
+                result.update(row_hash=checked["row_hash"])
     return result
 
 
@@ -138,6 +156,7 @@ def main() -> None:
             since=dict(type="str"),
             verify=dict(type="bool", default=False),
             expect_head=dict(type="str", default="", no_log=False),
+            hash_of=dict(type="int"),
             **REGISTRY_LOGIN_OPTIONS,
         ),
         required_one_of=[("since", "verify")],
@@ -147,7 +166,7 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
     try:
         module.exit_json(**run_module(module))
-    except RegistryUnreachable as e:
+    except (RegistryUnreachable, AuditTableReplaced) as e:
         module.fail_json(msg=str(e))
     except psycopg.Error as e:
         module.fail_json(msg=f"registry error reading the audit chain: {e}")

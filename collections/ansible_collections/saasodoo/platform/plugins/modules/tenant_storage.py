@@ -14,8 +14,8 @@ description:
     and C(addons), owned and moded as asked; seeds the filestore from its template's once (copied aside by the
     tenant's owner, then renamed into place); on CephFS sets the directory's quota (live, no remount) and makes the
     tenant's cephx client limited to that directory (C(ceph fs authorize)), refusing an existing client with other
-    capabilities; then measures the usage (C(du -sb) locally, C(ceph.dir.rbytes) on CephFS), with a warning when
-    it is over the quota.
+    capabilities; then measures the usage (the blocks on disk, C(du), locally; C(ceph.dir.rbytes) on CephFS), with a
+    warning when it is over the quota.
   - I(state=absent) deletes the cephx client and the tenant's directory tree.
   - On CephFS the root must be the admin mount (C(ceph-fuse) or the kernel client); anything else is refused, so a
     missing mount never puts a tenant's files on the disk under the mount point.
@@ -140,7 +140,7 @@ storage:
     path: {description: The tenant's directory on this host., type: str}
     fs_path: {description: The same directory inside CephFS (null locally)., type: str}
     quota_bytes: {description: The quota (null once absent)., type: int}
-    used_bytes: {description: The bytes used (the MDS propagates them lazily on CephFS)., type: int}
+    used_bytes: {description: The bytes used (on disk locally; on CephFS as the MDS propagates them)., type: int}
     cephx_client: {description: The tenant's cephx client (null locally)., type: str}
 """
 
@@ -327,9 +327,10 @@ class Storage:
             return 0  # check mode has not made it
         if self.cephfs:  # the MDS propagates recursive statistics lazily: a write of a moment ago may be missing
             return int(os.getxattr(self.path, RBYTES, follow_symlinks=False) or b"0")
-        rc, out, err = self.module.run_command(["du", "-sb", self.path])
+        # The blocks its files take on disk: a sparse file's claimed size is not use (CephFS counts that, though).
+        rc, out, err = self.module.run_command(["du", "--summarize", "--block-size=1", self.path])
         if rc == 1 and out.strip():  # a file went away while du walked (Odoo's sessions come and go): still a total
-            self.module.warn(f"du -sb {self.path}: {err.strip()}")
+            self.module.warn(f"du {self.path}: {err.strip()}")
         elif rc != 0:
             self.fail(f"cannot measure {self.path}: {err.strip()}")
         return int(out.split()[0])
