@@ -135,7 +135,7 @@ molecule: setup
 	  'log=.state/logs/molecule-{}.log; started=$$(date +%s); \
 	   if (cd roles/{} && molecule test) > $$log 2>&1; then \
 	     echo "== molecule test: roles/{} passed in $$(( $$(date +%s) - started ))s"; \
-	   else echo "== molecule test: roles/{} FAILED, the end of $$log:"; tail -n 80 $$log; exit 255; fi'
+	   else echo "== molecule test: roles/{} FAILED, the end of $$log:"; tail -n 80 $$log; exit 1; fi'
 
 # Two passes, each on the local platform reset as a fresh clone has it (tests/integration/conftest.py says which
 # test runs where): two streams of tests side by side, then the tests that need the platform to themselves; and the
@@ -158,11 +158,12 @@ integration-beside: setup
 # molecule scenarios (their own ports and .state/molecule). Their lines come after.
 BESIDE_ALONE := unit integration-beside lint molecule-beside-alone
 # The scenarios that fit in what the alone pass leaves; the others run beside the streams (streams-pass).
-MOLECULE_BESIDE_ALONE := storage ceph_cluster webhook_runner
+MOLECULE_BESIDE_ALONE := storage ceph_cluster webhook_runner tenant_database
 molecule-beside-alone: setup
 	@$(MAKE) --no-print-directory molecule MOLECULE_JOBS=1 MOLECULE_ROLES="$(MOLECULE_BESIDE_ALONE)"
 alone-pass: setup
 	@mkdir -p .state/logs; failed=.state/logs/failed-beside-alone; rm -f $$failed; \
+	for target in $(BESIDE_ALONE); do rm -f .state/logs/$$target.log; done; \
 	( for target in $(BESIDE_ALONE); do \
 	    nice -n 10 $(MAKE) --no-print-directory $$target > .state/logs/$$target.log 2>&1 || echo $$target >> $$failed; \
 	  done ) & others=$$!; \

@@ -627,7 +627,8 @@ class Worker:
             )  # fmt: skip
             store.record_schedule_job(conn, name, job["id"])
         if not schedule.tenant_action:
-            job = self._execute(job, retry=False)
+            # What runs is the schedule's, never what the registry handed back (its owner could change the row).
+            job = self._execute({**job, "playbook": schedule.playbook, "extravars": {}}, retry=False)
             return [*lines, f"{name}: {schedule.playbook} job {job['id']} {job['state']}"]
         outcome = f"{schedule.tenant_action} jobs queued in their tenants' accounts: {len(queued)}"
         if queued:

@@ -128,16 +128,13 @@ def test_a_since_without_a_unit_is_refused_with_the_forms_it_takes(local_platfor
 def test_a_rewrite_by_the_registrys_owner_and_a_seal_written_by_hand_are_found(local_platform: LocalPlatform):
     """The registry's owner (its superuser here) rewrites the newest sealed row and computes the chain again after it:
     every hash verifies, but the seal on the controller no longer matches. A seal not signed with the platform
-    secret is refused. Alone: the chain is rewritten for a moment (and put back)."""
+    secret is refused, and so is a table whose column has another type. Alone: the chain is rewritten for a moment
+    (and put back)."""
     seals = LOCAL_STATE / "audit-seals.txt"
     first = run_playbook("registry_audit_verify.yml")
     assert first.returncode == 0, first.output[-3000:]
     sealed_id, sealed_hash, *_ = seals.read_text().splitlines()[-1].split()
-    superuser = psycopg.connect(
-        host=str(LOCAL_STATE / "pg/platform-db/run"), port=local_platform.servers["platform-db"].port,
-        user="postgres", dbname="saasodoo_registry", autocommit=True,
-    )  # fmt: skip
-    with superuser as conn:
+    with registry_superuser(local_platform) as conn:
         conn.execute("SET session_replication_role = replica")  # the append-only triggers stay out of the way
         actor = conn.execute("SELECT actor FROM registry.audit WHERE id = %s", (int(sealed_id),)).fetchone()[0]
         try:
@@ -171,3 +168,19 @@ def test_a_rewrite_by_the_registrys_owner_and_a_seal_written_by_hand_are_found(l
         assert forged.returncode != 0 and "was not signed with the platform secret" in forged.output
     finally:
         seals.write_text(kept)
+
+    # A column of another type than migration 0003's (an owner's type could bring its own cast into the hashing).
+    with registry_superuser(local_platform) as conn:
+        conn.execute("ALTER TABLE registry.audit ALTER COLUMN actor TYPE varchar")
+        try:
+            altered = run_playbook("registry_audit_verify.yml")
+            assert altered.returncode != 0 and "is not the plain table" in altered.output, altered.output[-3000:]
+        finally:
+            conn.execute("ALTER TABLE registry.audit ALTER COLUMN actor TYPE text")
+
+
+def registry_superuser(platform: LocalPlatform) -> psycopg.Connection:
+    return psycopg.connect(
+        host=str(LOCAL_STATE / "pg/platform-db/run"), port=platform.servers["platform-db"].port,
+        user="postgres", dbname="saasodoo_registry", autocommit=True,
+    )  # fmt: skip

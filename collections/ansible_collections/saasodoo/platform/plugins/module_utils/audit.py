@@ -85,7 +85,8 @@ def runs_since(conn, since: str) -> list[dict[str, Any]]:
 
 # The chain recomputed with PostgreSQL's own functions only (search_path pinned), never the registry's: its owner may
 # replace registry.audit_row_text or audit_chain_breaks (migration 0003) so that a rewritten row hashes as before.
-# The same text as audit_row_text, which the trigger hashes on insert; a test keeps the two equal.
+# The same text as audit_row_text, which the trigger hashes on insert: any difference would break every row of the
+# chain the integration tests verify (test_hostile_tenant.py, test_audit_runs.py).
 VERIFY_QUERY = """
 SELECT c.id, CASE WHEN c.prev_hash IS DISTINCT FROM c.expected_prev THEN 'prev_hash is not the previous row''s hash'
                   ELSE 'hash does not match the row' END
@@ -98,9 +99,27 @@ SELECT c.id, CASE WHEN c.prev_hash IS DISTINCT FROM c.expected_prev THEN 'prev_h
                    'kind', a.kind,
                    'subject', a.subject,
                    'detail', a.detail)::text, 'UTF8')) AS computed
-          FROM registry.audit AS a) AS c
- WHERE c.prev_hash IS DISTINCT FROM c.expected_prev OR c.hash <> c.computed
+          FROM ONLY registry.audit AS a WHERE a.tableoid = %(table)s) AS c
+ WHERE c.prev_hash IS DISTINCT FROM c.expected_prev OR c.hash IS DISTINCT FROM c.computed
  ORDER BY c.id
+"""
+# The table as migration 0003 made it: its columns of PostgreSQL's own types (a type of the owner's could bring a
+# cast of its own into the hashing), no children, no row security. Checked once it is locked: changing any of that
+# takes a lock the verification's excludes.
+AUDIT_COLUMNS = {
+    "id": "int8", "at": "timestamptz", "actor": "text", "tenant_id": "text", "kind": "text", "subject": "text",
+    "detail": "jsonb", "prev_hash": "bytea", "hash": "bytea",
+}  # fmt: skip
+TABLE_QUERY = """
+SELECT c.oid, c.relkind, c.relrowsecurity, c.relhassubclass,
+       (SELECT jsonb_object_agg(t.attname, ty.typname) FROM pg_catalog.pg_attribute AS t
+          JOIN pg_catalog.pg_type AS ty ON ty.oid = t.atttypid AND ty.typnamespace = 'pg_catalog'::regnamespace
+         WHERE t.attrelid = c.oid AND t.attnum > 0 AND NOT t.attisdropped)
+  FROM pg_catalog.pg_class AS c
+ WHERE c.relname = 'audit' AND c.relnamespace = 'registry'::regnamespace
+   AND EXISTS (SELECT FROM pg_catalog.pg_locks AS l  -- the one this transaction locked, not one named so since
+                WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation' AND l.relation = c.oid
+                  AND l.mode = 'AccessShareLock' AND l.granted)
 """
 
 
@@ -111,33 +130,40 @@ class AuditTableReplaced(Exception):
 def verify_chain(conn, expected_hash: str = "", hash_of: int | None = None) -> dict[str, Any]:
     """The chain checked in one transaction: `breaks`, each row whose hash does not match its content and the hash
     before it; `head`, its length and last row, and whether a head recorded earlier (`expected_hash`) is still in it;
-    `row_hash`, the hash row `hash_of` has now (None without one, or when it is gone). The table must still be a plain
-    one without row security (a view or a policy could show other rows), and stays so while it is read."""
+    `row_hash`, the hash row `hash_of` has now (None without one, or when it is gone). The table must still be as
+    migration 0003 made it (TABLE_QUERY), and stays so while it is read."""
     with conn.transaction():
         cur = _cursor(conn)
+        # One snapshot for every read: the head sealed is the head of the chain checked.
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         cur.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        cur.execute("SET LOCAL lock_timeout = '60s'")
         cur.execute("LOCK TABLE registry.audit IN ACCESS SHARE MODE")  # no ALTER until the reads are done
-        found = cur.execute(
-            "SELECT c.relkind, c.relrowsecurity FROM pg_catalog.pg_class AS c"
-            " WHERE c.oid = pg_catalog.to_regclass('registry.audit')"
-        ).fetchone()
-        if found != ("r", False):
+        table = cur.execute(TABLE_QUERY).fetchone()
+        if table is None or table[1:] != ("r", False, False, AUDIT_COLUMNS):
             raise AuditTableReplaced(
-                f"registry.audit is not a plain table without row security (relkind, relrowsecurity: {found}): "
-                "someone who owns the registry changed it, and its rows cannot be trusted"
+                "registry.audit is not the plain table of PostgreSQL types without children or row security that "
+                f"migration 0003 made (found {table[1:] if table else 'none'}): someone who owns the registry "
+                "changed it, and its rows cannot be trusted"
             )
-        breaks = [{"audit_id": audit_id, "problem": problem} for audit_id, problem in cur.execute(VERIFY_QUERY)]
+        found = {"table": table[0]}
+        breaks = [{"audit_id": audit_id, "problem": problem} for audit_id, problem in cur.execute(VERIFY_QUERY, found)]
         rows, head_id, head_hash, has_expected = cur.execute(
             """SELECT count(*), max(a.id),
-                      (SELECT encode(h.hash, 'hex') FROM registry.audit AS h ORDER BY h.id DESC LIMIT 1),
-                      coalesce(bool_or(encode(a.hash, 'hex') = %s), false)
-                 FROM registry.audit AS a""",
-            (expected_hash,),
+                      (SELECT encode(h.hash, 'hex') FROM ONLY registry.audit AS h WHERE h.tableoid = %(table)s
+                        ORDER BY h.id DESC LIMIT 1),
+                      coalesce(bool_or(encode(a.hash, 'hex') = %(expected)s), false)
+                 FROM ONLY registry.audit AS a WHERE a.tableoid = %(table)s""",
+            {**found, "expected": expected_hash},
         ).fetchone()
         sealed = None
         if hash_of is not None:
-            found = cur.execute("SELECT encode(a.hash, 'hex') FROM registry.audit AS a WHERE a.id = %s", (hash_of,))
-            sealed = (found.fetchone() or [None])[0]
+            sealed = cur.execute(
+                "SELECT encode(a.hash, 'hex') FROM ONLY registry.audit AS a WHERE a.tableoid = %(table)s"
+                " AND a.id = %(id)s",
+                {**found, "id": hash_of},
+            ).fetchone()
+            sealed = sealed[0] if sealed else None
     return {
         "breaks": breaks,
         "head": {"rows": rows, "head_id": head_id, "head_hash": head_hash, "has_expected": has_expected},
