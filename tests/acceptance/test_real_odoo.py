@@ -167,6 +167,25 @@ def test_a_move_and_a_suspension_keep_the_customers_odoo_working(signed_up):
     assert Browser("globex").login(CUSTOMERS["globex"][2], PASSWORD)[0] in (302, 303)
 
 
+def test_a_downgrade_keeps_the_modules_the_smaller_plan_lacks(signed_up, fresh_local_platform):
+    """Standard (contacts) down to basic: the real Odoo keeps contacts installed with its data, the registry records
+    it as the tenant's extra module, and the customer's Odoo logs the admin in on its new plan."""
+    downgraded = run_playbook("tenant_change_plan.yml", "-e", "tenant_id=globex", "-e", "plan=basic-monthly")
+    assert downgraded.returncode == 0, downgraded.output[-4000:]
+    with fresh_local_platform.registry() as conn:
+        plan, extra, server, port = conn.execute(
+            "SELECT t.plan_name, t.extra_modules, s.name, s.port FROM registry.tenants t"
+            " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = 'globex'"
+        ).fetchone()
+    assert (plan, extra) == ("basic-monthly", ["contacts"])
+    with superuser(server, port, "t_globex") as conn:
+        assert conn.execute("SELECT state FROM public.ir_module_module WHERE name = 'contacts'").fetchone() == (
+            "installed",
+        )
+    assert login_page("globex") == 200
+    assert Browser("globex").login(CUSTOMERS["globex"][2], PASSWORD)[0] in (302, 303)
+
+
 def test_a_customer_who_cancelled_and_comes_back_finds_their_odoo_as_they_left_it(signed_up):
     """Terminated: Odoo stopped, the login refused. Reactivated (the runner's reactivate job, by hand here): the
     same Odoo answers and the password the admin set before the termination still logs in."""
