@@ -46,9 +46,8 @@ SCHEDULES = {
     )
 }
 TENANT_ACTIONS = {s.tenant_action: s.playbook for s in SCHEDULES.values() if s.tenant_action}
-# The runner's defaults: health every 5 minutes, hourly housekeeping of the fleet and the purges and the audit
-# chain's seal, a base backup of
-# each server and a backup of each tenant a day, a restore drill a week.
+# The runner's defaults: health every 5 minutes, hourly housekeeping of the fleet, the purges and the audit chain's
+# seal, a base backup of each server and a backup of each tenant a day, a restore drill a week.
 DEFAULT_INTERVALS = {
     "moves_cleanup": 3600,
     "servers_retire": 3600,
