@@ -323,12 +323,12 @@ STREAMS = {
         "test_audit_runs.py",  # here rather than below: they keep the two streams about as long
         "test_killbill_setup.py",
         "test_monitoring.py",
+        "test_odoo_standin.py",  # here rather than with the tenants: they keep the two streams about as long
     ),
     # Both Ceph users, in one worker: the cluster is started and stopped by whoever uses it.
     "tenants": (
         "test_kubernetes_manifests.py",
         "test_inventories.py",
-        "test_odoo_standin.py",
         "test_placement_store.py",
         "test_storage_cephfs.py",
         "test_tenant_lifecycle.py",

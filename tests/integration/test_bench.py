@@ -128,6 +128,6 @@ def test_alerting_benchmark_quick_run_times_a_tenant_down_to_its_alert(local_pla
     output = run_bench("bench/alerting.py", timeout=600)
     assert re.search(
         r"baseline: the local platform's timings \(scrape 15s, evaluate 5s, fire after 20 s\):\n"
-        r" +alert after +\d+\.\d s",
+        r" +alert after +\d+\.\d s \(max \d+\.\d s\); cleared after +\d+\.\d s",
         output,
     ), output
