@@ -160,7 +160,8 @@ def downgrade_keeps_the_modules(tenant: Tenant, smaller_plan: str, bigger_plan: 
     assert (tenant.record()["plan_name"], tenant.record()["extra_modules"]) == (bigger_plan, [])
     big.unlink()
 
-    downgraded = tenant.run("tenant_change_plan.yml", "-e", f"plan={smaller_plan}")  # twice: the first change above
+    # Once: a plan change run twice changes nothing the second time (the change to the bigger plan above).
+    downgraded = tenant.run("tenant_change_plan.yml", "-e", f"plan={smaller_plan}")
     assert downgraded.returncode == 0, downgraded.output[-5000:]
     sparse.unlink()
     record = tenant.record()
