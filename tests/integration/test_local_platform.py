@@ -39,10 +39,11 @@ def test_every_server_answers_the_monitor_role_with_logical_decoding(local_platf
 
 
 def test_every_server_archives_its_wal_and_one_whose_archiving_fails_is_found_unhealthy(local_platform: LocalPlatform):
-    """Each server archives its completed WAL segments (point-in-time recovery starts there); one whose archiving
-    fails is unhealthy to servers_probe.yml and platform_status.yml says so, until archiving works again."""
+    """Each server archives its completed WAL segments into its pgBackRest repository (point-in-time recovery
+    starts there), compressed and encrypted; one whose archiving fails is unhealthy to servers_probe.yml and
+    platform_status.yml says so, until archiving works again."""
     server = local_platform.servers["pool-shared-02"]
-    archive = LOCAL_STATE / "backups/_servers" / server.name / "wal"
+    archive = LOCAL_STATE / "backups/_servers/archive" / server.name
 
     def archiver(conn) -> tuple:
         return conn.execute(
@@ -67,7 +68,9 @@ def test_every_server_archives_its_wal_and_one_whose_archiving_fails_is_found_un
         conn.execute("SELECT pg_logical_emit_message(false, 'test', 'a segment with writes')")
         segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
         wait_for(conn, lambda state: (state[0] or "") >= segment, "the segment archived")
-        assert (archive / segment).stat().st_size == 16 * 1024**2
+        [archived] = archive.glob(f"*/{segment[:16]}/{segment}-*")  # <PostgreSQL version>-<n>/, <sha1>.lz4
+        assert 0 < archived.stat().st_size < 16 * 1024**2, "compressed"
+        assert archived.read_bytes()[:8] == b"Salted__", "encrypted (OpenSSL's salted aes-256-cbc)"
         try:
             conn.execute("ALTER SYSTEM SET archive_command = 'false'")
             conn.execute("SELECT pg_reload_conf()")

@@ -51,7 +51,9 @@ def postgres_server_input_errors(**inputs) -> list[str]:
         "postgres_server_base_dir": "/srv/pool",
         "postgres_server_port": 5432,
         "postgres_server_login_roles": [{"name": "app", "password": "x"}],
-        "postgres_server_wal_archive_dir": "/srv/wal",
+        "postgres_server_pgbackrest_stanza": "pool-1",
+        "postgres_server_pgbackrest_dir": "/srv/pool/pgbackrest",
+        "postgres_server_pgbackrest_repos": [{"path": "/srv/backups", "cipher-pass": "repo-key"}],
     }
     templar = role_templar("postgres_server", valid | inputs)
     return templar.template(trust_as_template("{{ __postgres_server_input_errors }}"))
@@ -70,13 +72,16 @@ def test_postgres_server_reports_every_broken_input_rule_at_once_and_no_password
             {"name": "null", "password": None},
             {"name": "number", "password": 1234},
         ],
-        postgres_server_wal_archive_dir="wal; rm -rf /",
+        postgres_server_pgbackrest_dir="pgbackrest; rm -rf /",
+        postgres_server_pgbackrest_stanza="pool 1",
     )
     assert errors == [
         "postgres_server_mode=local_cluster needs postgres_server_base_dir (where data/, run/ and log/ live)",
         "postgres_server_admin_login needs name and password",
-        "postgres_server_wal_archive_dir must be an absolute path of letters, digits and _./- (it is written into"
-        ' archive_command), not "wal; rm -rf /"',
+        "postgres_server_pgbackrest_stanza must be letters, digits, _ and - (it is written into archive_command), not"
+        ' "pool 1"',
+        "postgres_server_pgbackrest_dir must be an absolute path of letters, digits and _./- (it is written into"
+        ' archive_command), not "pgbackrest; rm -rf /"',
         "postgres_server_login_roles entry (no name) needs name and password",
         "postgres_server_login_roles entry nopass needs name and password",
         "postgres_server_login_roles entry null needs name and password",
@@ -84,8 +89,22 @@ def test_postgres_server_reports_every_broken_input_rule_at_once_and_no_password
         "postgres_server_login_roles entry empty needs name and password",
     ]
     assert not any(secret in " ".join(errors) for secret in ("s3cret", "hidden"))
-    # A line break would end archive_command's line in postgresql.conf: refused, even a trailing one.
-    assert postgres_server_input_errors(postgres_server_wal_archive_dir="/srv/wal\n") == [
-        "postgres_server_wal_archive_dir must be an absolute path of letters, digits and _./- (it is written into"
-        ' archive_command), not "/srv/wal\\n"'
+    # A line break would end archive_command's line in postgresql.conf: refused, even a trailing one. In a
+    # repository's option it would add a line to pgbackrest.conf (another option, another stanza): refused, the
+    # value (a key, perhaps) not shown.
+    assert postgres_server_input_errors(postgres_server_pgbackrest_dir="/srv/pgbackrest\n") == [
+        "postgres_server_pgbackrest_dir must be an absolute path of letters, digits and _./- (it is written into"
+        ' archive_command), not "/srv/pgbackrest\\n"'
     ]
+    broken_key = postgres_server_input_errors(
+        postgres_server_pgbackrest_repos=[{"path": "/srv/backups", "cipher-pass": "k3y\n[other]"}]
+    )
+    assert broken_key == [
+        "postgres_server_pgbackrest_repos and postgres_server_pgbackrest_options take no line breaks (each is one"
+        " line of pgbackrest.conf)"
+    ]
+    assert postgres_server_input_errors(postgres_server_pgbackrest_repos=[]) == [
+        "postgres_server_pgbackrest_stanza needs at least one repository in postgres_server_pgbackrest_repos"
+    ]
+    # Without a stanza, no archiving: nothing else about pgBackRest is asked for.
+    assert postgres_server_input_errors(postgres_server_pgbackrest_stanza="", postgres_server_pgbackrest_repos=[]) == []

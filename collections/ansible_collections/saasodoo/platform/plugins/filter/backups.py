@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 
 from ansible.errors import AnsibleFilterError
 
-LABEL_FORMAT = "%Y%m%dT%H%M%S%fZ"  # how base backups and point-in-time backups are named: sorts as it ages
+LABEL_FORMAT = "%Y%m%dT%H%M%S%fZ"  # how point-in-time backups are named: sorts as it ages
 
 
 def point_in_time(at: str, now: str | None = None) -> dict:
     """`at` (ISO 8601 with its UTC offset) as {'iso': the UTC time for recovery_target_time, 'label': the same
-    time as base backups and point-in-time backups are named}; an `at` without an offset (whose zone?) or not in
-    the past is refused.
+    time as point-in-time backups are named, 'epoch': the same in seconds since 1970, as pgBackRest dates its
+    backups}; an `at` without an offset (whose zone?) or not in the past is refused.
     `now` (ISO 8601) stands in for the clock, for tests."""
     try:
         moment = datetime.fromisoformat(str(at).strip())
@@ -28,7 +28,7 @@ def point_in_time(at: str, now: str | None = None) -> dict:
     clock = datetime.fromisoformat(now).astimezone(UTC) if now else datetime.now(UTC)
     if moment >= clock:
         raise AnsibleFilterError(f"at={at!r} is not in the past (now is {clock.isoformat()}): nothing to go back to")
-    return {"iso": moment.isoformat(sep=" "), "label": moment.strftime(LABEL_FORMAT)}
+    return {"iso": moment.isoformat(sep=" "), "label": moment.strftime(LABEL_FORMAT), "epoch": moment.timestamp()}
 
 
 class FilterModule:
