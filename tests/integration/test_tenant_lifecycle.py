@@ -472,3 +472,38 @@ def test_point_in_time_restore(local_platform: LocalPlatform) -> None:
     before_base = tenant.run("tenant_restore.yml", "-e", f"at={placed_and_no_base_backup_yet}")
     assert before_base.returncode != 0 and "No base backup of" in before_base.output, before_base.output[-3000:]
     assert notes() == [(1, "kept"), (2, "deleted after the moment")]
+
+    server_lost_and_rebuilt(tenant, server, notes)
+
+
+def server_lost_and_rebuilt(tenant: Tenant, server: str, notes) -> None:
+    """The tenant's server is lost (stopped as by a crash, its data directory deleted): servers_restore.yml rebuilds
+    it from its pgBackRest repository with every row in its archived WAL; a row written after the last archived
+    segment is lost, as the playbook says. It refuses a running server."""
+    running = run_playbook("servers_restore.yml", "-e", f"server={server}")
+    assert running.returncode != 0 and f"{server} is running" in running.output, running.output[-3000:]
+    with tenant.as_tenant() as conn:
+        conn.execute("INSERT INTO notes VALUES (4, 'archived before the loss')")
+    with tenant.admin() as conn:
+        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+        wait_until(
+            lambda: (conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0] or "") >= segment,
+            "the segment with row 4 in the repository",
+            30,
+        )
+    with tenant.as_tenant() as conn:
+        conn.execute("INSERT INTO notes VALUES (5, 'written after the last archived segment')")
+    data = LOCAL_STATE / "pg" / server / "data"
+    pg_ctl = ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", f"--pgdata={data}"]
+    subprocess.run([*pg_ctl, "stop", "--mode=immediate"], check=True, capture_output=True)
+    shutil.rmtree(data)
+    data.mkdir()  # what a new disk mounted there holds
+
+    rebuilt = run_playbook("servers_restore.yml", "-e", f"server={server}")
+    assert rebuilt.returncode == 0, rebuilt.output[-5000:]
+    assert notes() == [(1, "kept"), (2, "deleted after the moment"), (4, "archived before the loss")]
+    assert [path.name[: len("data.lost-")] for path in data.parent.glob("data.lost-*")] == ["data.lost-"]
+    assert get(tenant.tenant_id, "/web/health") == 200
+    with tenant.registry() as conn:
+        health = conn.execute("SELECT health FROM registry.db_servers WHERE name = %s", (server,)).fetchone()[0]
+    assert health == "healthy"
