@@ -403,11 +403,12 @@ def test_lifecycle_on_cephfs(local_platform: LocalPlatform, ceph_cluster, tmp_pa
     lifecycle(Tenant("life-ceph", local_platform, storage), "basic-test-trial", "basic-monthly", True, tmp_path)
 
 
-def test_point_in_time_restore(local_platform: LocalPlatform) -> None:
+def test_point_in_time_restore_then_the_server_lost_and_a_backup_file_damaged(local_platform: LocalPlatform) -> None:
     """tenant_restore.yml -e at=T brings the tenant's database back as it was at T, from its server's pgBackRest
     backup and archived WAL: a row deleted after T is back, a row written after T is not; a moment after the last
     write (no commit after it to stop at) is reached too; running it again changes nothing, and neither the server's
-    scratch copy nor its files are left. On a dedicated server, new with the tenant: no backup of it comes before."""
+    scratch copy nor its files are left. On a dedicated server, new with the tenant: no backup of it comes before.
+    Then that server is lost and rebuilt, and a file of its backups damaged and found."""
     tenant = Tenant("pitr-01", local_platform, ())
     provisioned = tenant.run("tenant_provision.yml", "-e", "plan=premium-monthly")
     assert provisioned.returncode == 0, provisioned.output[-5000:]
@@ -474,6 +475,7 @@ def test_point_in_time_restore(local_platform: LocalPlatform) -> None:
     assert notes() == [(1, "kept"), (2, "deleted after the moment")]
 
     server_lost_and_rebuilt(tenant, server, notes)
+    damaged_backup_file_found(server)
 
 
 def server_lost_and_rebuilt(tenant: Tenant, server: str, notes) -> None:
@@ -507,3 +509,22 @@ def server_lost_and_rebuilt(tenant: Tenant, server: str, notes) -> None:
     with tenant.registry() as conn:
         health = conn.execute("SELECT health FROM registry.db_servers WHERE name = %s", (server,)).fetchone()[0]
     assert health == "healthy"
+
+
+def damaged_backup_file_found(server: str) -> None:
+    """A file of the server's archived WAL damaged in its repository: the next servers_base_backup.yml run still takes
+    its backup, then fails saying verify found the damage, and tells the monitoring (BackupRepositoryDamaged); once
+    the file is whole again the next run passes."""
+    figure = LOCAL_STATE / "monitoring/textfile" / f"backup_repository_{server}.prom"
+    archived = sorted((LOCAL_STATE / "backups/_servers/archive" / server).glob("*/*/*.lz4"))[0]
+    whole = archived.read_bytes()
+    archived.write_bytes(whole[:100] + bytes(b ^ 0xFF for b in whole[100:104]) + whole[104:])
+    try:
+        damaged = run_playbook("servers_base_backup.yml", "--limit", server)
+        assert damaged.returncode != 0 and "damaged or missing" in damaged.output, damaged.output[-3000:]
+        assert f'saasodoo_backup_repository_intact{{server="{server}"}} 0' in figure.read_text()
+    finally:
+        archived.write_bytes(whole)
+    mended = run_playbook("servers_base_backup.yml", "--limit", server)
+    assert mended.returncode == 0, mended.output[-3000:]
+    assert f'saasodoo_backup_repository_intact{{server="{server}"}} 1' in figure.read_text()
