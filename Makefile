@@ -206,6 +206,7 @@ bench: setup
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/lifecycle.py
 	$(BIN)/python bench/alerting.py
+	$(BIN)/python bench/durability.py
 
 # The long version of the move fault test: each of its eight kill cases three times (make test: once).
 soak: setup

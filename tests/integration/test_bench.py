@@ -131,3 +131,15 @@ def test_alerting_benchmark_quick_run_times_a_tenant_down_to_its_alert(local_pla
         r" +alert after +\d+\.\d s \(max \d+\.\d s\); cleared after +\d+\.\d s",
         output,
     ), output
+
+
+def test_durability_benchmark_quick_run_loses_a_server_and_prints_its_goals(local_platform: LocalPlatform):
+    port = str(local_platform.servers["platform-db"].port)
+    output = run_bench("bench/durability.py", "--registry-port", port, timeout=600)
+    assert re.search(
+        r"1\. full backup of \d+ MB: pgBackRest [\d.]+ s .*, pg_basebackup -Ft --compress=1 [\d.]+ s", output
+    )
+    assert re.search(r"2\. point-in-time restore \(tenant_restore\.yml -e at=…\): [\d.]+ s", output), output
+    lost = re.search(r"3\. server lost at .* after (\d+) acknowledged commits, (\d+) of them lost", output)
+    assert lost and int(lost[1]) > int(lost[2]), output
+    assert output.count("\ngoal ") == 4
