@@ -319,6 +319,7 @@ STREAMS = {
         "test_bench.py::test_runner_benchmark",
         "test_bench.py::test_provision_benchmark",
         "test_bench.py::test_migration_benchmark",  # here since make test kills fewer moves and runs fewer accounts
+        "test_bench.py::test_durability_benchmark",  # here rather than with the tenants: it keeps the streams even
         "test_tenant_move_faults.py",
         "test_audit_runs.py",  # here rather than below: they keep the two streams about as long
         "test_killbill_setup.py",
