@@ -35,7 +35,7 @@ import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
-from bench.migration import PG_BIN, PLANS, RUNTIME_NONE, STATE, Tenant  # noqa: E402
+from bench.migration import PG_BIN, RUNTIME_NONE, STATE, Tenant  # noqa: E402
 from bench.odoo_tenant import generate  # noqa: E402
 from bench.runner import goal  # noqa: E402
 from tests.integration.conftest import remove_tenants, run_playbook  # noqa: E402
@@ -62,12 +62,7 @@ def main() -> int:
 
     tenant = Tenant(f"bench-dur-{uuid.uuid4().hex[:6]}", args.registry_port)
     try:
-        run = run_playbook(
-            "tenant_provision.yml", "-e", f"tenant_id={tenant.tenant_id}", "-e", f"plan={PLANS['dedicated']}",
-            *RUNTIME_NONE,
-        )  # fmt: skip
-        if run.returncode != 0:
-            raise RuntimeError(f"provisioning the bench tenant failed:\n{run.output[-3000:]}")
+        tenant.provision("dedicated")
         server = tenant.server()
         with connect(tenant, server["port"]) as conn:
             shape = generate(conn, args.size_mb, progress=lambda message: print(f"  generating: {message}", flush=True),

@@ -87,6 +87,14 @@ class Tenant:
             "autocommit": True,
         }
 
+    def provision(self, kind: str) -> None:
+        """tenant_provision.yml on the plan of that kind of server (PLANS), runtime none."""
+        run = run_playbook(
+            "tenant_provision.yml", "-e", f"tenant_id={self.tenant_id}", "-e", f"plan={PLANS[kind]}", *RUNTIME_NONE
+        )
+        if run.returncode != 0:
+            raise RuntimeError(f"provisioning the bench tenant failed:\n{run.output[-3000:]}")
+
     @property
     def password(self) -> str:
         return derive_password(self.secret, f"tenant:{self.tenant_id}:v1")
@@ -275,12 +283,7 @@ def moves_beside_a_writer(args: argparse.Namespace) -> bool:
 
     tenant = Tenant(f"bench-move-{uuid.uuid4().hex[:6]}", args.registry_port)
     try:
-        run = run_playbook(
-            "tenant_provision.yml", "-e", f"tenant_id={tenant.tenant_id}", "-e", f"plan={PLANS['shared']}",
-            *RUNTIME_NONE,
-        )  # fmt: skip
-        if run.returncode != 0:
-            raise RuntimeError(f"provisioning the bench tenant failed:\n{run.output[-3000:]}")
+        tenant.provision("shared")
         server = tenant.server()
         started = time.monotonic()
         with psycopg.connect(
