@@ -479,9 +479,10 @@ def test_point_in_time_restore_then_the_server_lost_and_a_backup_file_damaged(lo
 
 
 def server_lost_and_rebuilt(tenant: Tenant, server: str, notes) -> None:
-    """The tenant's server is lost (stopped as by a crash, its data directory deleted): servers_restore.yml rebuilds
-    it from its pgBackRest repository with every row in its archived WAL; a row written after the last archived
-    segment is lost, as the playbook says. It refuses a running server."""
+    """The tenant's server is lost: its archiving failed for a while, then it stopped as by a crash and its
+    PG_VERSION is gone, so it cannot start. servers_restore.yml rebuilds it from its pgBackRest repository with every row
+    in a completed WAL segment, the one it could not archive included (pushed first); the row in the segment being
+    written when it stopped is lost, as the playbook says. It refuses a running server."""
     running = run_playbook("servers_restore.yml", "-e", f"server={server}")
     assert running.returncode != 0 and f"{server} is running" in running.output, running.output[-3000:]
     with tenant.as_tenant() as conn:
@@ -493,18 +494,35 @@ def server_lost_and_rebuilt(tenant: Tenant, server: str, notes) -> None:
             "the segment with row 4 in the repository",
             30,
         )
+        conn.execute("ALTER SYSTEM SET archive_command = 'false'")
+        conn.execute("SELECT pg_reload_conf()")
     with tenant.as_tenant() as conn:
-        conn.execute("INSERT INTO notes VALUES (5, 'written after the last archived segment')")
+        conn.execute("INSERT INTO notes VALUES (5, 'in a completed segment never archived')")
+    with tenant.admin() as conn:
+        unarchived = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+        wait_until(
+            lambda: conn.execute("SELECT last_failed_wal FROM pg_stat_archiver").fetchone()[0] == unarchived,
+            "archiving of the segment with row 5 failing",
+            30,
+        )
+    with tenant.as_tenant() as conn:
+        conn.execute("INSERT INTO notes VALUES (6, 'in the segment being written')")
     data = LOCAL_STATE / "pg" / server / "data"
     pg_ctl = ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", f"--pgdata={data}"]
     subprocess.run([*pg_ctl, "stop", "--mode=immediate"], check=True, capture_output=True)
-    shutil.rmtree(data)
-    data.mkdir()  # what a new disk mounted there holds
+    (data / "PG_VERSION").unlink()  # it cannot start again
+    assert (data / "pg_wal/archive_status" / f"{unarchived}.ready").exists()
 
     rebuilt = run_playbook("servers_restore.yml", "-e", f"server={server}")
     assert rebuilt.returncode == 0, rebuilt.output[-5000:]
-    assert notes() == [(1, "kept"), (2, "deleted after the moment"), (4, "archived before the loss")]
-    assert [path.name[: len("data.lost-")] for path in data.parent.glob("data.lost-*")] == ["data.lost-"]
+    assert notes() == [
+        (1, "kept"), (2, "deleted after the moment"), (4, "archived before the loss"),
+        (5, "in a completed segment never archived"),
+    ]  # fmt: skip
+    [lost] = data.parent.glob("data.lost-*")
+    assert (lost / "global/pg_control").exists(), "what was left is kept beside"
+    with tenant.admin() as conn:  # the backup's settings: archiving works again
+        assert conn.execute("SELECT current_setting('archive_command')").fetchone()[0].startswith("pgbackrest ")
     assert get(tenant.tenant_id, "/web/health") == 200
     with tenant.registry() as conn:
         health = conn.execute("SELECT health FROM registry.db_servers WHERE name = %s", (server,)).fetchone()[0]
@@ -521,7 +539,7 @@ def damaged_backup_file_found(server: str) -> None:
     archived.write_bytes(whole[:100] + bytes(b ^ 0xFF for b in whole[100:104]) + whole[104:])
     try:
         damaged = run_playbook("servers_base_backup.yml", "--limit", server)
-        assert damaged.returncode != 0 and "damaged or missing" in damaged.output, damaged.output[-3000:]
+        assert damaged.returncode != 0 and "WAL damaged (repo1: " in damaged.output, damaged.output[-3000:]
         assert f'saasodoo_backup_repository_intact{{server="{server}"}} 0' in figure.read_text()
     finally:
         archived.write_bytes(whole)
