@@ -480,9 +480,9 @@ def test_point_in_time_restore_then_the_server_lost_and_a_backup_file_damaged(lo
 
 def server_lost_and_rebuilt(tenant: Tenant, server: str, notes) -> None:
     """The tenant's server is lost: its archiving failed for a while, then it stopped as by a crash and its
-    PG_VERSION is gone, so it cannot start. servers_restore.yml rebuilds it from its pgBackRest repository with every row
-    in a completed WAL segment, the one it could not archive included (pushed first); the row in the segment being
-    written when it stopped is lost, as the playbook says. It refuses a running server."""
+    PG_VERSION is gone, so it cannot start. servers_restore.yml rebuilds it from its pgBackRest repository with every
+    row in a completed WAL segment, the one it could not archive included (pushed first); the row in the segment
+    being written when it stopped is lost, as the playbook says. It refuses a running server."""
     running = run_playbook("servers_restore.yml", "-e", f"server={server}")
     assert running.returncode != 0 and f"{server} is running" in running.output, running.output[-3000:]
     with tenant.as_tenant() as conn:
