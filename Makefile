@@ -15,12 +15,12 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Third-party collections come from the pinned `ansible` wheel (Galaxy is unreachable here);
 # collections/requirements.yml names the same versions and a unit test keeps the two in step.
 ANSIBLE_WHEEL_VERSION := 12.3.0
-THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core community/crypto
+THIRD_PARTY_COLLECTIONS := community/postgresql kubernetes/core community/crypto amazon/aws
 COLLECTIONS_DIR := collections/ansible_collections
 COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_VERSION)
 # libnss-myhostname resolves *.localhost to loopback (its install adds it to /etc/nsswitch.conf): the blackbox
 # exporter reaches the tenants' https://<tenant>.odoo.localhost URLs as customers reach theirs.
-APT_PACKAGES := postgresql-15 pgbackrest pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse attr curl python3-psycopg \
+APT_PACKAGES := postgresql-15 pgbackrest pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse radosgw attr curl python3-psycopg \
   python3-venv openssh-server iproute2 systemd prometheus prometheus-alertmanager prometheus-node-exporter \
   prometheus-postgres-exporter prometheus-blackbox-exporter python3-prometheus-client libnss-myhostname
 ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner ceph_cluster \

@@ -15,7 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import boto3
+import botocore.config
 import psycopg
 import pytest
 
@@ -225,6 +228,20 @@ class LocalPlatform:
         secret = (LOCAL_STATE / "secrets/platform_secret").read_text().strip()
         return derive_password(secret, purpose)
 
+    def offsite_store(self) -> tuple[Any, str]:
+        """An S3 client of the offsite backup store (the object gateway of the platform's Ceph), and its bucket."""
+        store = load_yaml(REPO / "inventories/local/group_vars/all/backups.yml")["saasodoo_offsite_backups"]
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"https://{store['endpoint']}:{store['port']}",
+            aws_access_key_id=store["access_key"],
+            aws_secret_access_key=self.password("offsite-backups-secret-key"),
+            region_name=store["region"],
+            verify=str(LOCAL_STATE / "secrets/tls/ca.crt"),
+            config=botocore.config.Config(s3={"addressing_style": "path"}),
+        )
+        return client, store["bucket"]
+
     def connect(self, port: int, user: str, password: str, dbname: str = "postgres") -> psycopg.Connection:
         # prepare_threshold=None: PgBouncer 1.18 in transaction mode has no prepared statements.
         return psycopg.connect(
@@ -293,7 +310,7 @@ def reset_local_platform() -> None:
     """
     down = run_playbook(*DOWN)
     assert down.returncode == 0, down.output[-3000:]
-    for kind in ("pg", "pgbouncer", "runtime", "storage", "backups"):
+    for kind in ("pg", "pgbouncer", "runtime", "storage", "backups", "ceph"):  # ceph: the offsite backups
         shutil.rmtree(LOCAL_STATE / kind, ignore_errors=True)
     (LOCAL_STATE / "audit-seals.txt").unlink(missing_ok=True)  # the seals of the registry dropped with "pg"
 

@@ -39,9 +39,9 @@ def test_every_server_answers_the_monitor_role_with_logical_decoding(local_platf
 
 
 def test_every_server_archives_its_wal_and_one_whose_archiving_fails_is_found_unhealthy(local_platform: LocalPlatform):
-    """Each server archives its completed WAL segments into its pgBackRest repository (point-in-time recovery
-    starts there), compressed and encrypted; one whose archiving fails is unhealthy to servers_probe.yml and
-    platform_status.yml says so, until archiving works again."""
+    """Each server archives its completed WAL segments into its two pgBackRest repositories, the platform's backups
+    and the offsite S3 bucket (point-in-time recovery starts there), compressed and encrypted; one whose archiving
+    fails is unhealthy to servers_probe.yml and platform_status.yml says so, until archiving works again."""
     server = local_platform.servers["pool-shared-02"]
     archive = LOCAL_STATE / "backups/_servers/archive" / server.name
 
@@ -71,6 +71,10 @@ def test_every_server_archives_its_wal_and_one_whose_archiving_fails_is_found_un
         [archived] = archive.glob(f"*/{segment[:16]}/{segment}-*")  # <PostgreSQL version>-<n>/, <sha1>.lz4
         assert 0 < archived.stat().st_size < 16 * 1024**2, "compressed"
         assert archived.read_bytes()[:8] == b"Salted__", "encrypted (OpenSSL's salted aes-256-cbc)"
+        offsite, bucket = local_platform.offsite_store()  # and into the offsite one, as encrypted
+        listed = offsite.list_objects_v2(Bucket=bucket, Prefix=f"pgbackrest/archive/{server.name}/")["Contents"]
+        [offsite_copy] = [o["Key"] for o in listed if f"/{segment[:16]}/{segment}-" in o["Key"]]
+        assert offsite.get_object(Bucket=bucket, Key=offsite_copy)["Body"].read()[:8] == b"Salted__"
         try:
             conn.execute("ALTER SYSTEM SET archive_command = 'false'")
             conn.execute("SELECT pg_reload_conf()")

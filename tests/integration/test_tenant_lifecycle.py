@@ -476,6 +476,7 @@ def test_point_in_time_restore_then_the_server_lost_and_a_backup_file_damaged(lo
 
     server_lost_and_rebuilt(tenant, server, notes)
     damaged_backup_file_found(server)
+    machine_lost_and_rebuilt_from_offsite(tenant, server, notes)
 
 
 def server_lost_and_rebuilt(tenant: Tenant, server: str, notes) -> None:
@@ -527,6 +528,43 @@ def server_lost_and_rebuilt(tenant: Tenant, server: str, notes) -> None:
     with tenant.registry() as conn:
         health = conn.execute("SELECT health FROM registry.db_servers WHERE name = %s", (server,)).fetchone()[0]
     assert health == "healthy"
+
+
+def machine_lost_and_rebuilt_from_offsite(tenant: Tenant, server: str, notes) -> None:
+    """The server's machine is lost with its local backups: its whole data directory and its stanza in the first
+    repository are gone. servers_restore.yml rebuilds it from the offsite S3 repository alone, with the last row
+    archived before the loss, and makes the stanza in the first repository again; a point-in-time restore to a moment
+    before the loss reads the offsite repository, the only one with a backup from before it."""
+    with tenant.as_tenant() as conn:
+        conn.execute("INSERT INTO notes VALUES (7, 'archived offsite before the machine was lost')")
+    with tenant.as_tenant() as conn:
+        before_the_loss = conn.execute("SELECT clock_timestamp()").fetchone()[0].isoformat()
+    with tenant.admin() as conn:
+        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+        wait_until(
+            lambda: (conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0] or "") >= segment,
+            "the segment with row 7 in the repositories",
+            30,
+        )
+    data = LOCAL_STATE / "pg" / server / "data"
+    pg_ctl = ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", f"--pgdata={data}"]
+    subprocess.run([*pg_ctl, "stop", "--mode=immediate"], check=True, capture_output=True)
+    shutil.rmtree(data)
+    for kind in ("archive", "backup"):
+        shutil.rmtree(LOCAL_STATE / "backups/_servers" / kind / server)
+
+    rebuilt = run_playbook("servers_restore.yml", "-e", f"server={server}")
+    assert rebuilt.returncode == 0, rebuilt.output[-5000:]
+    assert (7, "archived offsite before the machine was lost") in notes()
+    assert get(tenant.tenant_id, "/web/health") == 200
+    assert (LOCAL_STATE / "backups/_servers/backup" / server / "backup.info").exists(), "the stanza made again"
+
+    with tenant.as_tenant() as conn:
+        conn.execute("INSERT INTO notes VALUES (8, 'written after the rebuild')")
+    restored = tenant.run("tenant_restore.yml", "-e", f"at={before_the_loss}")
+    assert restored.returncode == 0, restored.output[-5000:]
+    assert "to recover to the moment - repo2 " in restored.output, restored.output[-3000:]
+    assert [row[0] for row in notes()][-2:] == [5, 7]
 
 
 def damaged_backup_file_found(server: str) -> None:
