@@ -137,9 +137,12 @@ def test_durability_benchmark_quick_run_loses_a_server_and_prints_its_goals(loca
     port = str(local_platform.servers["platform-db"].port)
     output = run_bench("bench/durability.py", "--registry-port", port, timeout=600)
     assert re.search(
-        r"1\. full backup of \d+ MB: pgBackRest [\d.]+ s .*, pg_basebackup -Ft --compress=1 [\d.]+ s", output
+        r"1\. full backup of \d+ MB: pgBackRest [\d.]+ s .*, pg_basebackup -Ft --compress=1 [\d.]+ s .*;"
+        r" pgBackRest into the offsite repository [\d.]+ s",
+        output,
     )
     assert re.search(r"2\. point-in-time restore \(tenant_restore\.yml -e at=…\): [\d.]+ s", output), output
     lost = re.search(r"3\. server lost at .* after (\d+) acknowledged commits, (\d+) of them lost", output)
     assert lost and int(lost[1]) > int(lost[2]), output
+    assert "servers_restore.yml from the offsite repository: " in output
     assert output.count("\ngoal ") == 4
