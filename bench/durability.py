@@ -10,10 +10,11 @@ A tenant on a dedicated server of its own (premium-monthly, runtime none) with a
    from the repository into a scratch copy, recovered, the tenant's database dumped and restored).
    Goal: <= 180 s at 1 GB.
 3. loss: the server gets archive_timeout --archive-timeout (ALTER SYSTEM; the local inventory forces no segment out
-   by time); a writer commits a row every 100 ms for --write-seconds; the server is stopped as by a crash
-   (pg_ctl stop --mode=immediate) and its data directory deleted with its local backups (its stanza in the first
-   repository), as when its machine is lost; servers_restore.yml rebuilds it from the offsite repository. RTO: its wall time (goal: <= 120 s at 1 GB). RPO: the seconds between the writer's last acknowledged
-   commit and the last one the rebuilt server has (goal: <= 5 s with --archive-timeout 5).
+   by time); a writer commits a row every 100 ms for --write-seconds; the server is stopped as by a crash (pg_ctl
+   stop --mode=immediate) and its data directory deleted with its local backups (its stanza in the first
+   repository), as when its machine is lost; servers_restore.yml rebuilds it from the offsite repository. RTO: its
+   wall time (goal: <= 120 s at 1 GB). RPO: the seconds between the writer's last acknowledged commit and the last
+   one the rebuilt server has (goal: <= 5 s with --archive-timeout 5).
 Goals at another size are printed against the same targets.
 Usage: bench/durability.py [--size-mb 1024] [--archive-timeout 5] [--write-seconds 30] [--quick]
 (needs the local platform up: ansible-playbook playbooks/site.yml; the tenant is purged afterwards)
