@@ -20,7 +20,8 @@ from .conftest import DOWN, LOCAL_STATE, PSQL, REPO, VENV_BIN, LocalPlatform, ru
 
 def test_second_site_run_changes_nothing(local_platform: LocalPlatform):
     recap = local_platform.second_run.recap
-    assert set(recap) == set(local_platform.servers) | set(local_platform.groups["odoo_hosts"])
+    hosts = set(local_platform.servers) | set(local_platform.groups["odoo_hosts"]) | set(local_platform.groups["ceph"])
+    assert set(recap) == hosts
     assert all(stats["changed"] == 0 and stats["failed"] == 0 for stats in recap.values()), recap
 
 
@@ -207,12 +208,25 @@ def test_the_monitor_role_cannot_reach_the_registry(local_platform: LocalPlatfor
 
 
 def test_down_stops_everything_and_site_brings_it_back(local_platform: LocalPlatform):
+    """Every server and PgBouncer stops, and the platform's Ceph with them; site.yml starts them again, and the
+    offsite store still holds what it held (its OSD keeps its data on disk)."""
+    offsite, bucket = local_platform.offsite_store()
+
+    def offsite_keys() -> set[str]:
+        pages = offsite.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="pgbackrest/")
+        return {item["Key"] for page in pages for item in page.get("Contents", [])}
+
+    held = offsite_keys()
+    assert held
     down = run_playbook(*DOWN)
     assert down.returncode == 0, down.output[-3000:]
     for server in local_platform.servers.values():
         for port in filter(None, (server.port, server.pgbouncer_port)):
             with pytest.raises(psycopg.OperationalError):
                 local_platform.connect(port, "saasodoo_monitor", local_platform.password(f"monitor@{server.name}"))
+    ceph_conf = LOCAL_STATE / "ceph/ceph.conf"
+    assert subprocess.run(["pgrep", "--full", "--", f"--conf {ceph_conf}"], capture_output=True).returncode == 1
     again = run_playbook("site.yml")
     assert again.returncode == 0, again.output[-3000:]
     test_psql_reaches_every_server_and_every_pgbouncer(local_platform)
+    assert held <= offsite_keys()

@@ -248,21 +248,28 @@ def suspend_and_resume(tenant: Tenant) -> None:
 
 
 def restore_drills(tenant: Tenant, tampered_backup: str, newest_backup: str) -> None:
-    """backups_drill.yml restores a backup into a scratch database beside the tenant's, which it leaves alone: the
-    newest backup passes; a tampered one fails, saying why; each is recorded, and the scratch database is gone."""
+    """backups_drill.yml restores a backup's offsite copy into a scratch database beside the tenant's, which it leaves
+    alone: the newest backup passes; one whose offsite copy was swapped for another backup's fails, saying why; each
+    is recorded, and neither the scratch database nor the fetched copy is left."""
     passed = tenant.run("backups_drill.yml", "-e", f"drill_tenant={tenant.tenant_id}")
     assert passed.returncode == 0 and "passed in" in passed.output, passed.output[-5000:]
+    offsite, bucket = tenant.platform.offsite_store()
+    newest_copy = offsite.get_object(Bucket=bucket, Key=offsite_key(tenant, newest_backup))["Body"].read()
+    offsite.put_object(Bucket=bucket, Key=offsite_key(tenant, tampered_backup), Body=newest_copy)
     failed = tenant.run(
         "backups_drill.yml", "-e", f"drill_tenant={tenant.tenant_id}", "-e", f"drill_backup={tampered_backup}"
     )
-    assert failed.returncode != 0 and "does not match its manifest" in failed.output, failed.output[-5000:]
+    tampered = "is not the manifest the registry recorded"
+    assert failed.returncode != 0 and tampered in failed.output, failed.output[-5000:]
+    assert not list((LOCAL_STATE / "backups" / tenant.tenant_id).glob(".drill-*")), "the fetched copies are gone"
     with tenant.registry() as conn:
         drills = conn.execute(
             "SELECT backup_id, passed, detail, seconds FROM registry.restore_drills WHERE tenant_id = %s ORDER BY id",
             (tenant.tenant_id,),
         ).fetchall()
     assert [(backup, ok) for backup, ok, _, _ in drills] == [(newest_backup, True), (tampered_backup, False)]
-    assert drills[0][2].startswith("restored ") and "does not match its manifest" in drills[1][2]
+    assert drills[0][2].startswith("restored ") and drills[0][2].endswith(" (its offsite copy)")
+    assert tampered in drills[1][2]
     assert all(seconds > 0 for *_, seconds in drills)
     with tenant.admin() as conn:  # neither the scratch database nor the restore's role is left
         left = conn.execute(
@@ -273,6 +280,10 @@ def restore_drills(tenant: Tenant, tampered_backup: str, newest_backup: str) -> 
         assert left.fetchone() == (0, 0)
     with tenant.as_tenant() as conn:  # the tenant's own data as it was
         assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 101
+
+
+def offsite_key(tenant: Tenant, backup_id: str) -> str:
+    return f"tenants/{tenant.tenant_id}/{backup_id}.tar.enc"
 
 
 def change_plan_backup_restore_terminate_purge(
@@ -317,6 +328,10 @@ def change_plan_backup_restore_terminate_purge(
         assert "filestore.tar.gz" in parts and "database/toc.dat" in parts
         for part, facts in parts.items():
             assert hashlib.sha256((Path(location) / part).read_bytes()).hexdigest() == facts["sha256"]
+    offsite, bucket = tenant.platform.offsite_store()  # and a copy of each off site, encrypted
+    for backup_id, _, _ in backups:
+        copy = offsite.get_object(Bucket=bucket, Key=offsite_key(tenant, backup_id))["Body"].read()
+        assert copy[:8] == b"Salted__" and b"manifest.json" not in copy
 
     # data changed: rows gone, the filestore altered
     with tenant.as_tenant() as conn:
@@ -337,8 +352,10 @@ def change_plan_backup_restore_terminate_purge(
     if not cephfs:  # the drill reads backups as restores do: proven once
         restore_drills(tenant, tampered_backup=backups[0][0], newest_backup=backups[1][0])
 
-    # restore (the newest backup): data and files back, checksums verified
+    # restore (the newest backup, its copy here lost): fetched from off site, data and files back, checksums verified
+    shutil.rmtree(backups[1][1])
     tenant.run_twice("tenant_restore.yml")
+    assert (Path(backups[1][1]) / "manifest.json").exists(), "the backup is back here too"
     with tenant.as_tenant() as conn:
         assert conn.execute("SELECT count(*), sum(amount) FROM invoices").fetchone() == (500, 125250)
     assert filestore_digest(tenant.filestore) == filestore_before
@@ -370,6 +387,7 @@ def change_plan_backup_restore_terminate_purge(
     assert not data_dir.exists()
     assert not (LOCAL_STATE / "runtime/nginx/sites" / f"{tenant.tenant_id}.conf").exists()
     assert not (LOCAL_STATE / "backups" / tenant.tenant_id).exists()
+    assert "Contents" not in offsite.list_objects_v2(Bucket=bucket, Prefix=f"tenants/{tenant.tenant_id}/")
     with tenant.registry() as conn:
         actions = [
             row[0]

@@ -1,0 +1,280 @@
+#!/usr/bin/python
+"""Copy a tenant backup to the offsite S3 store, encrypted, fetch it back, or delete copies."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: backup_offsite
+short_description: A tenant backup's encrypted copy in the offsite S3 store
+description:
+  - A tenant backup (a directory with its parts and C(manifest.json), see M(saasodoo.platform.backup_manifest)) is
+    kept off site as one object, a tar stream of the directory encrypted by C(openssl enc -aes-256-cbc -pbkdf2)
+    with I(passphrase); nothing is staged on disk, in either direction.
+  - C(present) uploads the copy unless the object exists (a backup's parts never change). C(fetched) brings the
+    backup back into I(path) when I(path) has no manifest, through a hidden directory beside it renamed into place
+    once complete, so a fetch cut short leaves nothing a restore would take; the restore then verifies the parts
+    against the manifest and the manifest against the registry, which also catches a copy changed off site.
+    C(absent) deletes the objects of I(keys) and every object under I(prefix).
+  - The store is any S3 endpoint, reached over HTTPS with path-style addressing; checksums are sent only where the
+    operation requires one (Ceph 16's gateway refuses the newer default).
+version_added: 0.1.0
+author: SaaSOdoo ops maintainers
+requirements: [boto3, tar, openssl]
+options:
+  state:
+    description: Upload the copy, fetch it back into I(path), or delete copies.
+    type: str
+    choices: [present, fetched, absent]
+    default: present
+  path:
+    description: The backup's directory (C(present), C(fetched)).
+    type: path
+  key:
+    description: The copy's object key (C(present), C(fetched)).
+    type: str
+  keys:
+    description: Object keys to delete (C(absent)).
+    type: list
+    elements: str
+    default: []
+  prefix:
+    description: Delete every object under this prefix as well (C(absent)); it must end with C(/).
+    type: str
+  store:
+    description:
+      - The S3 store, C({endpoint, port, region, bucket, access_key}), and C(ca_file), a CA file its certificate is
+        checked against (the system's CAs without it). No secret, those are I(secret_key) and I(passphrase).
+    type: dict
+    required: true
+  secret_key:
+    description: The access key's secret.
+    type: str
+    required: true
+  passphrase:
+    description: The copies' encryption passphrase (C(present), C(fetched)).
+    type: str
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Copy the new backup off site
+  saasodoo.platform.backup_offsite:
+    path: /var/backups/saasodoo/acme/acme-20261121T101500123456Z
+    key: tenants/acme/acme-20261121T101500123456Z.tar.enc
+    store: "{{ saasodoo_offsite_backups }}"
+    secret_key: "{{ saasodoo_offsite_backups_secret_key }}"
+    passphrase: "{{ saasodoo_offsite_backups_passphrase }}"
+
+- name: Delete a purged tenant's copies
+  saasodoo.platform.backup_offsite:
+    state: absent
+    prefix: tenants/acme/
+    store: "{{ saasodoo_offsite_backups }}"
+    secret_key: "{{ saasodoo_offsite_backups_secret_key }}"
+"""
+
+RETURN = r"""
+deleted:
+  description: The keys deleted (C(absent)).
+  returned: success
+  type: list
+  elements: str
+"""
+
+import os
+import shutil
+import subprocess
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+except ImportError:
+    boto3 = None
+
+MANIFEST = "manifest.json"
+# openssl reads the passphrase from its environment, never from its command line (which ps shows).
+PASSPHRASE_VARIABLE = "SAASODOO_OFFSITE_PASSPHRASE"  # noqa: S105 (the variable's name)
+
+
+def client(store: dict, secret_key: str):
+    config = botocore.config.Config(
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"mode": "standard", "max_attempts": 5},
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=f"https://{store['endpoint']}:{store.get('port', 443)}",
+        aws_access_key_id=store["access_key"],
+        aws_secret_access_key=secret_key,
+        region_name=store.get("region") or "us-east-1",
+        verify=store.get("ca_file") or True,
+        config=config,
+    )
+
+
+def exists(s3, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except botocore.exceptions.ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+def openssl(decrypt: bool) -> list[str]:
+    return [
+        "/usr/bin/openssl",
+        "enc",
+        "-aes-256-cbc",
+        "-pbkdf2",
+        "-iter",
+        "100000",
+        *(["-d"] if decrypt else []),
+        "-pass",
+        f"env:{PASSPHRASE_VARIABLE}",
+    ]
+
+
+def upload(s3, bucket: str, key: str, path: str, passphrase: str) -> None:
+    """tar | openssl into the object; a tar or openssl that failed deletes what was uploaded."""
+    env = {**os.environ, PASSPHRASE_VARIABLE: passphrase}
+    tar = subprocess.Popen(
+        ["/usr/bin/tar", "--create", "--file=-", f"--directory={path}", "."],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    encrypt = subprocess.Popen(
+        openssl(False), stdin=tar.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    tar.stdout.close()  # openssl holds the pipe now
+    try:
+        s3.upload_fileobj(encrypt.stdout, bucket, key)
+    finally:
+        encrypt.stdout.close()
+        tar_error, encrypt_error = tar.stderr.read(), encrypt.stderr.read()
+        tar_rc, encrypt_rc = tar.wait(), encrypt.wait()
+    if tar_rc or encrypt_rc:
+        s3.delete_object(Bucket=bucket, Key=key)
+        raise RuntimeError(
+            f"tar exited {tar_rc} ({tar_error.decode().strip()}), openssl {encrypt_rc} "
+            f"({encrypt_error.decode().strip()}): the copy of {path} was not kept"
+        )
+
+
+def download(s3, bucket: str, key: str, path: str, passphrase: str) -> None:
+    """The object through openssl -d | tar into a hidden directory beside `path`, renamed into place when whole."""
+    partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.offsite")
+    shutil.rmtree(partial, ignore_errors=True)  # what an interrupted fetch left
+    os.makedirs(partial, mode=0o700)
+    env = {**os.environ, PASSPHRASE_VARIABLE: passphrase}
+    decrypt = subprocess.Popen(
+        openssl(True), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    tar = subprocess.Popen(
+        ["/usr/bin/tar", "--extract", "--file=-", f"--directory={partial}", "--no-same-owner"],
+        stdin=decrypt.stdout,
+        stderr=subprocess.PIPE,
+    )
+    decrypt.stdout.close()  # tar holds the pipe now
+    try:
+        s3.download_fileobj(bucket, key, decrypt.stdin)
+    finally:
+        decrypt.stdin.close()
+        decrypt_error, tar_error = decrypt.stderr.read(), tar.stderr.read()
+        decrypt_rc, tar_rc = decrypt.wait(), tar.wait()
+    if decrypt_rc or tar_rc or not os.path.exists(os.path.join(partial, MANIFEST)):
+        shutil.rmtree(partial, ignore_errors=True)
+        raise RuntimeError(
+            f"the copy {key} could not be read back: openssl exited {decrypt_rc} "
+            f"({decrypt_error.decode().strip()}), tar {tar_rc} ({tar_error.decode().strip()})"
+        )
+    os.rename(partial, path)
+
+
+def keys_under(s3, bucket: str, prefix: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type="str", choices=["present", "fetched", "absent"], default="present"),
+            path=dict(type="path"),
+            key=dict(type="str", no_log=False),
+            keys=dict(type="list", elements="str", default=[], no_log=False),
+            prefix=dict(type="str"),
+            store=dict(type="dict", required=True),
+            secret_key=dict(type="str", required=True, no_log=True),
+            passphrase=dict(type="str", no_log=True),
+        ),
+        required_if=[
+            ("state", "present", ("path", "key", "passphrase")),
+            ("state", "fetched", ("path", "key", "passphrase")),
+        ],
+        supports_check_mode=True,
+    )
+    if boto3 is None:
+        module.fail_json(msg=missing_required_lib("boto3"))
+    params = module.params
+    state, path, key, store = params["state"], params["path"], params["key"], params["store"]
+    missing = [name for name in ("endpoint", "bucket", "access_key") if not store.get(name)]
+    if missing:
+        module.fail_json(msg=f"the offsite store lacks {', '.join(missing)}")
+    unknown = sorted(set(store) - {"endpoint", "port", "region", "bucket", "access_key", "ca_file"})
+    if unknown:  # named, never shown: one may be a secret in the wrong place
+        module.fail_json(
+            msg=f"the offsite store has unknown keys {unknown}: its secrets are options of their own "
+            "(secret_key, passphrase), hidden from logs"
+        )
+    if params["prefix"] is not None and not params["prefix"].endswith("/"):
+        module.fail_json(msg=f"prefix {params['prefix']!r} must end with / (it would match other names too)")
+    bucket = store["bucket"]
+    s3 = client(store, params["secret_key"])
+    try:
+        if state == "present":
+            if not os.path.exists(os.path.join(path, MANIFEST)):
+                module.fail_json(msg=f"{path} has no {MANIFEST}: only a complete backup is copied off site")
+            if exists(s3, bucket, key):
+                module.exit_json(changed=False, deleted=[])
+            if not module.check_mode:
+                upload(s3, bucket, key, path, params["passphrase"])
+            module.exit_json(changed=True, deleted=[])
+        if state == "fetched":
+            if os.path.exists(os.path.join(path, MANIFEST)):
+                module.exit_json(changed=False, deleted=[])
+            if os.path.lexists(path):
+                module.fail_json(
+                    msg=f"{path} exists without its {MANIFEST}: a partial backup, not overwritten; "
+                    "move it aside to fetch the offsite copy"
+                )
+            if not exists(s3, bucket, key):
+                module.fail_json(msg=f"the backup is neither in {path} nor off site ({key} in bucket {bucket})")
+            if not module.check_mode:
+                download(s3, bucket, key, path, params["passphrase"])
+            module.exit_json(changed=True, deleted=[])
+        doomed = [k for k in params["keys"] if exists(s3, bucket, k)]
+        if params["prefix"]:
+            doomed += [k for k in keys_under(s3, bucket, params["prefix"]) if k not in doomed]
+        if doomed and not module.check_mode:
+            for start in range(0, len(doomed), 1000):  # DeleteObjects takes up to 1000 keys
+                batch = [{"Key": k} for k in doomed[start : start + 1000]]
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        module.exit_json(changed=bool(doomed), deleted=doomed)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, RuntimeError, OSError) as error:
+        module.fail_json(msg=f"offsite store {store['endpoint']}, bucket {bucket}: {error}")
+
+
+if __name__ == "__main__":
+    main()
