@@ -282,6 +282,28 @@ def restore_drills(tenant: Tenant, tampered_backup: str, newest_backup: str) -> 
         assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 101
 
 
+def final_backup_restored_from_offsite(tenant: Tenant, plan: str) -> None:
+    """A terminated tenant's final backup, its copy here lost with its machine, restored from the offsite store into
+    another tenant (tenant_restore.yml -e from_tenant=…): its data come back."""
+    with tenant.registry() as conn:
+        final = conn.execute(
+            "SELECT location FROM registry.backups WHERE tenant_id = %s AND kind = 'final'", (tenant.tenant_id,)
+        ).fetchone()[0]
+    shutil.rmtree(final)
+    heir = Tenant(f"{tenant.tenant_id}-heir", tenant.platform, tenant.extra_vars)
+    provisioned = heir.run("tenant_provision.yml", "-e", f"plan={plan}")
+    assert provisioned.returncode == 0, provisioned.output[-5000:]
+    try:
+        restored = heir.run("tenant_restore.yml", "-e", f"from_tenant={tenant.tenant_id}")
+        assert restored.returncode == 0, restored.output[-5000:]
+        with heir.as_tenant() as conn:
+            assert conn.execute("SELECT count(*), sum(amount) FROM invoices").fetchone() == (500, 125250)
+        assert (Path(final) / "manifest.json").exists()
+    finally:
+        assert heir.run("tenant_terminate.yml").returncode == 0
+        assert heir.run("tenant_purge.yml", "-e", "force=true").returncode == 0
+
+
 def offsite_key(tenant: Tenant, backup_id: str) -> str:
     return f"tenants/{tenant.tenant_id}/{backup_id}.tar.enc"
 
@@ -374,6 +396,8 @@ def change_plan_backup_restore_terminate_purge(
             "SELECT count(*) FROM registry.backups WHERE tenant_id = %s AND kind = 'final'", (tenant.tenant_id,)
         ).fetchone()[0]
     assert finals == 1
+    if not cephfs:  # the same playbooks on either storage: proven once
+        final_backup_restored_from_offsite(tenant, first_plan)
 
     # purge: refused while retained, then forced; nothing of the tenant is left
     refused = tenant.run("tenant_purge.yml")

@@ -88,7 +88,9 @@ deleted:
 
 import os
 import shutil
+import stat
 import subprocess
+import tempfile
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
@@ -105,12 +107,14 @@ PASSPHRASE_VARIABLE = "SAASODOO_OFFSITE_PASSPHRASE"  # noqa: S105 (the variable'
 
 
 def client(store: dict, secret_key: str):
-    config = botocore.config.Config(
-        s3={"addressing_style": "path"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        retries={"mode": "standard", "max_attempts": 5},
-    )
+    settings = {"s3": {"addressing_style": "path"}, "retries": {"mode": "standard", "max_attempts": 5}}
+    # botocore 1.36 and later send checksummed, chunked uploads by default, which Ceph 16's gateway refuses
+    # (MissingContentLength): only where the operation requires one. Older ones (Debian 12's) know no such setting.
+    checksums = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+    try:
+        config = botocore.config.Config(**settings, **checksums)
+    except TypeError:
+        config = botocore.config.Config(**settings)
     return boto3.client(
         "s3",
         endpoint_url=f"https://{store['endpoint']}:{store.get('port', 443)}",
@@ -146,59 +150,83 @@ def openssl(decrypt: bool) -> list[str]:
     ]
 
 
+def said(errors) -> str:
+    """What a finished child wrote to its stderr (a file: a pipe nobody reads while it runs could fill and stall it)."""
+    errors.seek(0)
+    return errors.read().decode(errors="replace").strip()[-2000:]
+
+
 def upload(s3, bucket: str, key: str, path: str, passphrase: str) -> None:
     """tar | openssl into the object; a tar or openssl that failed deletes what was uploaded."""
     env = {**os.environ, PASSPHRASE_VARIABLE: passphrase}
-    tar = subprocess.Popen(
-        ["/usr/bin/tar", "--create", "--file=-", f"--directory={path}", "."],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    encrypt = subprocess.Popen(
-        openssl(False), stdin=tar.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    )
-    tar.stdout.close()  # openssl holds the pipe now
-    try:
-        s3.upload_fileobj(encrypt.stdout, bucket, key)
-    finally:
-        encrypt.stdout.close()
-        tar_error, encrypt_error = tar.stderr.read(), encrypt.stderr.read()
-        tar_rc, encrypt_rc = tar.wait(), encrypt.wait()
-    if tar_rc or encrypt_rc:
-        s3.delete_object(Bucket=bucket, Key=key)
-        raise RuntimeError(
-            f"tar exited {tar_rc} ({tar_error.decode().strip()}), openssl {encrypt_rc} "
-            f"({encrypt_error.decode().strip()}): the copy of {path} was not kept"
+    with tempfile.TemporaryFile() as tar_errors, tempfile.TemporaryFile() as encrypt_errors:
+        tar = subprocess.Popen(
+            ["/usr/bin/tar", "--create", "--file=-", f"--directory={path}", "."],
+            stdout=subprocess.PIPE,
+            stderr=tar_errors,
         )
+        encrypt = subprocess.Popen(openssl(False), stdin=tar.stdout, stdout=subprocess.PIPE, stderr=encrypt_errors,
+                                   env=env)  # fmt: skip
+        tar.stdout.close()  # openssl holds the pipe now
+        try:
+            s3.upload_fileobj(encrypt.stdout, bucket, key)
+        finally:
+            encrypt.stdout.close()
+            tar_rc, encrypt_rc = tar.wait(), encrypt.wait()
+        if tar_rc or encrypt_rc:
+            s3.delete_object(Bucket=bucket, Key=key)
+            raise RuntimeError(
+                f"tar exited {tar_rc} ({said(tar_errors)}), openssl {encrypt_rc} ({said(encrypt_errors)}):"
+                f" the copy of {path} was not kept"
+            )
+
+
+def only_files_and_directories(root: str) -> list[str]:
+    """What under root is neither a regular file nor a directory (a backup holds no link, device or fifo)."""
+    odd = []
+    for directory, directories, files in os.walk(root):
+        for name in directories + files:
+            mode = os.lstat(os.path.join(directory, name)).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                odd.append(os.path.relpath(os.path.join(directory, name), root))
+    return odd
 
 
 def download(s3, bucket: str, key: str, path: str, passphrase: str) -> None:
-    """The object through openssl -d | tar into a hidden directory beside `path`, renamed into place when whole."""
+    """The object through openssl -d | tar into a hidden directory beside `path`, renamed into place when whole.
+    Extracted as root's, without the archive's owners, modes or special bits; anything but files and directories
+    refuses the copy."""
     partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.offsite")
     shutil.rmtree(partial, ignore_errors=True)  # what an interrupted fetch left
     os.makedirs(partial, mode=0o700)
     env = {**os.environ, PASSPHRASE_VARIABLE: passphrase}
-    decrypt = subprocess.Popen(
-        openssl(True), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    )
-    tar = subprocess.Popen(
-        ["/usr/bin/tar", "--extract", "--file=-", f"--directory={partial}", "--no-same-owner"],
-        stdin=decrypt.stdout,
-        stderr=subprocess.PIPE,
-    )
-    decrypt.stdout.close()  # tar holds the pipe now
     try:
-        s3.download_fileobj(bucket, key, decrypt.stdin)
-    finally:
-        decrypt.stdin.close()
-        decrypt_error, tar_error = decrypt.stderr.read(), tar.stderr.read()
-        decrypt_rc, tar_rc = decrypt.wait(), tar.wait()
-    if decrypt_rc or tar_rc or not os.path.exists(os.path.join(partial, MANIFEST)):
+        with tempfile.TemporaryFile() as decrypt_errors, tempfile.TemporaryFile() as tar_errors:
+            decrypt = subprocess.Popen(openssl(True), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=decrypt_errors, env=env)  # fmt: skip
+            tar = subprocess.Popen(
+                ["/usr/bin/tar", "--extract", "--file=-", f"--directory={partial}", "--no-same-owner",
+                 "--no-same-permissions"],
+                stdin=decrypt.stdout,
+                stderr=tar_errors,
+            )  # fmt: skip
+            decrypt.stdout.close()  # tar holds the pipe now
+            try:
+                s3.download_fileobj(bucket, key, decrypt.stdin)
+            finally:
+                decrypt.stdin.close()
+                decrypt_rc, tar_rc = decrypt.wait(), tar.wait()
+            if decrypt_rc or tar_rc or not os.path.exists(os.path.join(partial, MANIFEST)):
+                raise RuntimeError(
+                    f"the copy {key} could not be read back: openssl exited {decrypt_rc} ({said(decrypt_errors)}),"
+                    f" tar {tar_rc} ({said(tar_errors)})"
+                )
+        odd = only_files_and_directories(partial)
+        if odd:
+            raise RuntimeError(f"the copy {key} holds what no backup does (not a file or directory): {odd[:5]}")
+    except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
-        raise RuntimeError(
-            f"the copy {key} could not be read back: openssl exited {decrypt_rc} "
-            f"({decrypt_error.decode().strip()}), tar {tar_rc} ({tar_error.decode().strip()})"
-        )
+        raise
     os.rename(partial, path)
 
 
@@ -233,7 +261,7 @@ def main() -> None:
     if missing:
         module.fail_json(msg=f"the offsite store lacks {', '.join(missing)}")
     unknown = sorted(set(store) - {"endpoint", "port", "region", "bucket", "access_key", "ca_file"})
-    if unknown:  # named, never shown: one may be a secret in the wrong place
+    if unknown:  # a secret there would be in the arguments Ansible shows: refused, so they stay in their own options
         module.fail_json(
             msg=f"the offsite store has unknown keys {unknown}: its secrets are options of their own "
             "(secret_key, passphrase), hidden from logs"
@@ -241,9 +269,11 @@ def main() -> None:
     if params["prefix"] is not None and not params["prefix"].endswith("/"):
         module.fail_json(msg=f"prefix {params['prefix']!r} must end with / (it would match other names too)")
     bucket = store["bucket"]
-    s3 = client(store, params["secret_key"])
     try:
+        s3 = client(store, params["secret_key"])
         if state == "present":
+            if module.check_mode and not os.path.exists(path):  # the backup this run would take
+                module.exit_json(changed=True, deleted=[])
             if not os.path.exists(os.path.join(path, MANIFEST)):
                 module.fail_json(msg=f"{path} has no {MANIFEST}: only a complete backup is copied off site")
             if exists(s3, bucket, key):
@@ -260,7 +290,7 @@ def main() -> None:
                     "move it aside to fetch the offsite copy"
                 )
             if not exists(s3, bucket, key):
-                module.fail_json(msg=f"the backup is neither in {path} nor off site ({key} in bucket {bucket})")
+                module.fail_json(msg=f"the backup has no offsite copy ({key} is not in bucket {bucket}) to fetch")
             if not module.check_mode:
                 download(s3, bucket, key, path, params["passphrase"])
             module.exit_json(changed=True, deleted=[])
