@@ -202,8 +202,9 @@ def test_a_customer_who_cancelled_and_comes_back_finds_their_odoo_as_they_left_i
 
 
 def test_a_point_in_time_restore_brings_the_customers_odoo_back_to_that_moment(signed_up, fresh_local_platform):
-    """The company renamed after a moment: tenant_restore.yml -e at=<that moment> (from the server's base backup
-    and archived WAL) brings back the name it had, and the same Odoo logs the admin in as before."""
+    """The company renamed after a moment: tenant_restore.yml -e at=<that moment> from the offsite repository (the
+    server's base backup and archived WAL in S3) brings back the name it had, and the same Odoo logs the admin in as
+    before."""
     with fresh_local_platform.registry() as conn:
         server, port = conn.execute(
             "SELECT s.name, s.port FROM registry.tenants t JOIN registry.db_servers s ON s.name = t.db_server"
@@ -214,8 +215,9 @@ def test_a_point_in_time_restore_brings_the_customers_odoo_back_to_that_moment(s
     with superuser(server, port, "t_globex") as conn:
         moment = conn.execute("SELECT clock_timestamp()").fetchone()[0].isoformat()
         conn.execute("UPDATE public.res_company SET name = 'Globex, renamed after the moment' WHERE id = 1")
-    restored = run_playbook("tenant_restore.yml", "-e", "tenant_id=globex", "-e", f"at={moment}")
+    restored = run_playbook("tenant_restore.yml", "-e", "tenant_id=globex", "-e", f"at={moment}", "-e", "repository=2")
     assert restored.returncode == 0, restored.output[-4000:]
+    assert "to recover to the moment - repo2 " in restored.output
     with superuser(server, port, "t_globex") as conn:
         assert conn.execute("SELECT name FROM public.res_company WHERE id = 1").fetchone() == ("Globex",)
     assert login_page("globex") == 200

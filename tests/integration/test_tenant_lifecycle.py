@@ -506,7 +506,7 @@ def test_point_in_time_restore_then_the_server_lost_and_a_backup_file_damaged(lo
     assert not any((LOCAL_STATE / "point-in-time" / server).iterdir()), "the server's scratch copy is gone"
 
     # Refused, saying why, with the tenant untouched: a moment without offset, one before the tenant was placed on
-    # its server, one before its server's oldest base backup.
+    # its server, one before its server's oldest base backup, a repository the server has not.
     without_offset = re.sub(r"[+-]\d\d:\d\d$", "", moment)
     naive = tenant.run("tenant_restore.yml", "-e", f"at={without_offset}")
     assert naive.returncode != 0 and "has no UTC offset" in naive.output
@@ -514,6 +514,10 @@ def test_point_in_time_restore_then_the_server_lost_and_a_backup_file_damaged(lo
     assert before_placed.returncode != 0 and "(placed or moved there)" in before_placed.output, before_placed.output
     before_base = tenant.run("tenant_restore.yml", "-e", f"at={placed_and_no_base_backup_yet}")
     assert before_base.returncode != 0 and "No base backup of" in before_base.output, before_base.output[-3000:]
+    with tenant.as_tenant() as conn:
+        later = now(conn)
+    no_such_repository = tenant.run("tenant_restore.yml", "-e", f"at={later}", "-e", "repository=3")
+    assert no_such_repository.returncode != 0 and "in repository 3 (" in no_such_repository.output
     assert notes() == [(1, "kept"), (2, "deleted after the moment")]
 
     server_lost_and_rebuilt(tenant, server, notes)
