@@ -525,6 +525,25 @@ def test_point_in_time_restore_then_the_server_lost_and_a_backup_file_damaged(lo
     machine_lost_and_rebuilt_from_offsite(tenant, server, notes)
 
 
+def segment_archived(tenant: Tenant, what: str) -> None:
+    """The WAL segment being written closed and waited for until the server counts it archived (in every repository)."""
+    with tenant.admin() as conn:
+        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+        wait_until(
+            lambda: (conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0] or "") >= segment,
+            what,
+            30,
+        )
+
+
+def stopped_as_by_a_crash(server: str) -> Path:
+    """The server stopped without a checkpoint (pg_ctl stop --mode=immediate); its data directory."""
+    data = LOCAL_STATE / "pg" / server / "data"
+    pg_ctl = ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", f"--pgdata={data}"]
+    subprocess.run([*pg_ctl, "stop", "--mode=immediate"], check=True, capture_output=True)
+    return data
+
+
 def server_lost_and_rebuilt(tenant: Tenant, server: str, notes) -> None:
     """The tenant's server is lost: its archiving failed for a while, then it stopped as by a crash and its
     PG_VERSION is gone, so it cannot start. servers_restore.yml rebuilds it from its pgBackRest repository with every
@@ -534,13 +553,8 @@ def server_lost_and_rebuilt(tenant: Tenant, server: str, notes) -> None:
     assert running.returncode != 0 and f"{server} is running" in running.output, running.output[-3000:]
     with tenant.as_tenant() as conn:
         conn.execute("INSERT INTO notes VALUES (4, 'archived before the loss')")
+    segment_archived(tenant, "the segment with row 4 in the repositories")
     with tenant.admin() as conn:
-        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
-        wait_until(
-            lambda: (conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0] or "") >= segment,
-            "the segment with row 4 in the repository",
-            30,
-        )
         conn.execute("ALTER SYSTEM SET archive_command = 'false'")
         conn.execute("SELECT pg_reload_conf()")
     with tenant.as_tenant() as conn:
@@ -554,9 +568,7 @@ def server_lost_and_rebuilt(tenant: Tenant, server: str, notes) -> None:
         )
     with tenant.as_tenant() as conn:
         conn.execute("INSERT INTO notes VALUES (6, 'in the segment being written')")
-    data = LOCAL_STATE / "pg" / server / "data"
-    pg_ctl = ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", f"--pgdata={data}"]
-    subprocess.run([*pg_ctl, "stop", "--mode=immediate"], check=True, capture_output=True)
+    data = stopped_as_by_a_crash(server)
     (data / "PG_VERSION").unlink()  # it cannot start again
     assert (data / "pg_wal/archive_status" / f"{unarchived}.ready").exists()
 
@@ -585,17 +597,8 @@ def machine_lost_and_rebuilt_from_offsite(tenant: Tenant, server: str, notes) ->
         conn.execute("INSERT INTO notes VALUES (7, 'archived offsite before the machine was lost')")
     with tenant.as_tenant() as conn:
         before_the_loss = conn.execute("SELECT clock_timestamp()").fetchone()[0].isoformat()
-    with tenant.admin() as conn:
-        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
-        wait_until(
-            lambda: (conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0] or "") >= segment,
-            "the segment with row 7 in the repositories",
-            30,
-        )
-    data = LOCAL_STATE / "pg" / server / "data"
-    pg_ctl = ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", f"--pgdata={data}"]
-    subprocess.run([*pg_ctl, "stop", "--mode=immediate"], check=True, capture_output=True)
-    shutil.rmtree(data)
+    segment_archived(tenant, "the segment with row 7 in the repositories")
+    shutil.rmtree(stopped_as_by_a_crash(server))
     for kind in ("archive", "backup"):
         shutil.rmtree(LOCAL_STATE / "backups/_servers" / kind / server)
 
