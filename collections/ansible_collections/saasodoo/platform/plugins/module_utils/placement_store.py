@@ -198,6 +198,10 @@ class PlacementStore:
                 needs = Needs(int(entitlements.get("storage_gb", 0)), self._pg_majors(request.plan, entitlements))
                 decision, server = self._place_shared(cur, request, needs, exclude=source_server)
             else:
+                # The move's row will reference its source server: that row's key lock is taken now, before this
+                # placement's audit record takes the audit chain's lock. Taken after it, a placement holding the
+                # shared servers' rows while it waits for that lock deadlocks with this one.
+                cur.execute("SELECT 1 FROM registry.db_servers WHERE name = %s FOR KEY SHARE", (source_server,))
                 decision, server = self._place_dedicated(cur, request)
                 if server["name"] == source_server:
                     raise PlacementError(f"tenant {request.tenant_id} is on its own server {source_server} already")
