@@ -300,7 +300,9 @@ def main() -> None:
         if doomed and not module.check_mode:
             for start in range(0, len(doomed), 1000):  # DeleteObjects takes up to 1000 keys
                 batch = [{"Key": k} for k in doomed[start : start + 1000]]
-                s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+                refused = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True}).get("Errors")
+                if refused:
+                    raise RuntimeError(f"{len(refused)} copies not deleted, e.g. {refused[0]}")
         module.exit_json(changed=bool(doomed), deleted=doomed)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, RuntimeError, OSError) as error:
         module.fail_json(msg=f"offsite store {store['endpoint']}, bucket {bucket}: {error}")
