@@ -15,7 +15,8 @@ description:
     backup back into I(path) when I(path) has no manifest, through a hidden directory beside it renamed into place
     once complete, so a fetch cut short leaves nothing a restore would take; the restore then verifies the parts
     against the manifest and the manifest against the registry, which also catches a copy changed off site.
-    C(absent) deletes the objects of I(keys) and every object under I(prefix).
+    C(absent) deletes the copies of I(backup_ids); C(purged) every copy of the tenant.
+  - A copy is the object C(tenants/<tenant id>/<backup id>.tar.enc).
   - The store is any S3 endpoint, reached over HTTPS with path-style addressing; checksums are sent only where the
     operation requires one (Ceph 16's gateway refuses the newer default).
 version_added: 0.1.0
@@ -23,24 +24,25 @@ author: SaaSOdoo ops maintainers
 requirements: [boto3, tar, openssl]
 options:
   state:
-    description: Upload the copy, fetch it back into I(path), or delete copies.
+    description: Upload the copy, fetch it back into I(path), delete copies, or delete all the tenant's.
     type: str
-    choices: [present, fetched, absent]
+    choices: [present, fetched, absent, purged]
     default: present
   path:
     description: The backup's directory (C(present), C(fetched)).
     type: path
-  key:
-    description: The copy's object key (C(present), C(fetched)).
+  tenant_id:
+    description: The tenant whose backup it is.
     type: str
-  keys:
-    description: Object keys to delete (C(absent)).
+    required: true
+  backup_id:
+    description: The backup (C(present), C(fetched)).
+    type: str
+  backup_ids:
+    description: The backups whose copies are deleted (C(absent)).
     type: list
     elements: str
     default: []
-  prefix:
-    description: Delete every object under this prefix as well (C(absent)); it must end with C(/).
-    type: str
   store:
     description:
       - The S3 store, C({endpoint, port, region, bucket, access_key}), and C(ca_file), a CA file its certificate is
@@ -65,22 +67,23 @@ EXAMPLES = r"""
 - name: Copy the new backup off site
   saasodoo.platform.backup_offsite:
     path: /var/backups/saasodoo/acme/acme-20261121T101500123456Z
-    key: tenants/acme/acme-20261121T101500123456Z.tar.enc
+    tenant_id: acme
+    backup_id: acme-20261121T101500123456Z
     store: "{{ saasodoo_offsite_backups }}"
     secret_key: "{{ saasodoo_offsite_backups_secret_key }}"
     passphrase: "{{ saasodoo_offsite_backups_passphrase }}"
 
 - name: Delete a purged tenant's copies
   saasodoo.platform.backup_offsite:
-    state: absent
-    prefix: tenants/acme/
+    state: purged
+    tenant_id: acme
     store: "{{ saasodoo_offsite_backups }}"
     secret_key: "{{ saasodoo_offsite_backups_secret_key }}"
 """
 
 RETURN = r"""
 deleted:
-  description: The keys deleted (C(absent)).
+  description: The object keys deleted (C(absent), C(purged)).
   returned: success
   type: list
   elements: str
@@ -104,6 +107,14 @@ except ImportError:
 MANIFEST = "manifest.json"
 # openssl reads the passphrase from its environment, never from its command line (which ps shows).
 PASSPHRASE_VARIABLE = "SAASODOO_OFFSITE_PASSPHRASE"  # noqa: S105 (the variable's name)
+
+
+def tenant_prefix(tenant_id: str) -> str:
+    return f"tenants/{tenant_id}/"
+
+
+def object_key(tenant_id: str, backup_id: str) -> str:
+    return f"{tenant_prefix(tenant_id)}{backup_id}.tar.enc"
 
 
 def client(store: dict, secret_key: str):
@@ -238,25 +249,25 @@ def keys_under(s3, bucket: str, prefix: str) -> list[str]:
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            state=dict(type="str", choices=["present", "fetched", "absent"], default="present"),
+            state=dict(type="str", choices=["present", "fetched", "absent", "purged"], default="present"),
             path=dict(type="path"),
-            key=dict(type="str", no_log=False),
-            keys=dict(type="list", elements="str", default=[], no_log=False),
-            prefix=dict(type="str"),
+            tenant_id=dict(type="str", required=True),
+            backup_id=dict(type="str"),
+            backup_ids=dict(type="list", elements="str", default=[]),
             store=dict(type="dict", required=True),
             secret_key=dict(type="str", required=True, no_log=True),
             passphrase=dict(type="str", no_log=True),
         ),
         required_if=[
-            ("state", "present", ("path", "key", "passphrase")),
-            ("state", "fetched", ("path", "key", "passphrase")),
+            ("state", "present", ("path", "backup_id", "passphrase")),
+            ("state", "fetched", ("path", "backup_id", "passphrase")),
         ],
         supports_check_mode=True,
     )
     if boto3 is None:
         module.fail_json(msg=missing_required_lib("boto3"))
     params = module.params
-    state, path, key, store = params["state"], params["path"], params["key"], params["store"]
+    state, path, store, tenant_id = params["state"], params["path"], params["store"], params["tenant_id"]
     missing = [name for name in ("endpoint", "bucket", "access_key") if not store.get(name)]
     if missing:
         module.fail_json(msg=f"the offsite store lacks {', '.join(missing)}")
@@ -266,8 +277,10 @@ def main() -> None:
             msg=f"the offsite store has unknown keys {unknown}: its secrets are options of their own "
             "(secret_key, passphrase), hidden from logs"
         )
-    if params["prefix"] is not None and not params["prefix"].endswith("/"):
-        module.fail_json(msg=f"prefix {params['prefix']!r} must end with / (it would match other names too)")
+    named = [tenant_id, *([params["backup_id"]] if params["backup_id"] else []), *params["backup_ids"]]
+    if any(not name or "/" in name for name in named):  # each names one level of the object keys
+        module.fail_json(msg=f"a tenant or backup id is empty or holds a /: {named}")
+    key = object_key(tenant_id, params["backup_id"]) if params["backup_id"] else None
     bucket = store["bucket"]
     try:
         s3 = client(store, params["secret_key"])
@@ -294,9 +307,10 @@ def main() -> None:
             if not module.check_mode:
                 download(s3, bucket, key, path, params["passphrase"])
             module.exit_json(changed=True, deleted=[])
-        doomed = [k for k in params["keys"] if exists(s3, bucket, k)]
-        if params["prefix"]:
-            doomed += [k for k in keys_under(s3, bucket, params["prefix"]) if k not in doomed]
+        if state == "purged":
+            doomed = keys_under(s3, bucket, tenant_prefix(tenant_id))
+        else:
+            doomed = [k for k in (object_key(tenant_id, b) for b in params["backup_ids"]) if exists(s3, bucket, k)]
         if doomed and not module.check_mode:
             for start in range(0, len(doomed), 1000):  # DeleteObjects takes up to 1000 keys
                 batch = [{"Key": k} for k in doomed[start : start + 1000]]
