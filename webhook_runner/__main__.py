@@ -5,6 +5,7 @@ worker [--drain [--account ID]]
 reconcile [--check]    compare Kill Bill with the registry; queue repairs (--check: report only)
 housekeeping           prune finished work older than retention_days (also a periodic worker pass)
 recover                queue a job for each move no run finishes (also a periodic worker pass)
+mail                   send the customers' e-mails that are due (also a worker pass)
 schedule [--now TIME]  run the periodic jobs that are due (also a worker pass; --now: as if it were TIME, an
                        ISO 8601 time with its offset, for tests: the schedules it runs count from then)
 """
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     reconcile.add_argument("--check", action="store_true", help="report drift only, queue nothing")
     commands.add_parser("housekeeping", help="prune finished jobs, events and placements past retention_days")
     commands.add_parser("recover", help="queue the recovery of moves no run finishes")
+    commands.add_parser("mail", help="send the customers' e-mails that are due")
     schedule = commands.add_parser("schedule", help="run the periodic jobs that are due")
     schedule.add_argument("--now", type=_aware_time, help="run what is due at this time (ISO 8601, with offset)")
     schedule.add_argument("--name", help="worker name in jobs and the audit trail (default host:pid)")
@@ -81,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         if not lines:
             print(f"recover: no move stuck for over {settings.move_stuck_seconds:g} s"
                   " (or a worker's pass is at it now)")  # fmt: skip
+        return 0
+    if args.command == "mail":
+        if settings.mail is None:
+            print("mail: the settings have no mail object: nothing is sent (docs/mail.md)", file=sys.stderr)
+            return 2
+        lines = runner.send_mail()
+        for line in lines:
+            print(line)
+        if not lines:
+            print("mail: nothing due (or another worker is sending it now)")
         return 0
     if args.command == "schedule":
         lines = runner.run_schedules(args.now)

@@ -10,6 +10,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 from .desired import PLAYBOOKS
 from .schedules import DEFAULT_INTERVALS, intervals_problem
 
@@ -28,6 +30,46 @@ class KillBillSettings:
     api_key: str
     api_secret: str = field(repr=False)
     timeout_seconds: float = 10.0
+
+
+def fernet_key(key: str) -> bytes:
+    """A Fernet key from the inventory's: the platform derives 32 bytes in URL-safe base64 without its padding
+    (saasodoo.platform.derived_password), which registry_tenant pads the same way when it seals a link."""
+    return (key + "=" * (-len(key) % 4)).encode()
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """E-mail to customers (webhook_runner/mail.py); without it nothing is sent, and mails wait in the outbox."""
+
+    sender: str  # From:, e.g. "Example Odoo <support@odoo.example.com>"
+    link_key: str = field(repr=False)  # seals the welcome's sign-in link (the inventory's saasodoo_customer_mail_key)
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    starttls: bool = False  # STARTTLS first, the relay's certificate checked (against ca_file, else the system's CAs)
+    ca_file: str = ""
+    username: str = ""  # an SMTP login, when the relay wants one (over STARTTLS only)
+    password: str = field(default="", repr=False)
+    timeout_seconds: float = 30.0
+    reply_to: str = ""  # where customers' answers go, when not to the sender
+    trial_warning_days: int = 3  # a trial's end is told this many days before
+    purge_warning_days: int = 7  # a terminated tenant's purge is told this many days before
+    retry_seconds: float = 300.0  # a message the relay or Kill Bill failed is tried again after this long
+    stale_days: float = 7.0  # a message still unsent this long after its time is dropped, never sent late
+
+    def problem(self) -> str | None:
+        """What is wrong with these settings, or None."""
+        if not self.sender or "@" not in self.sender:
+            return f"mail.sender must be an address (a name may go before it: Name <address>): {self.sender!r}"
+        try:
+            Fernet(fernet_key(self.link_key))
+        except (ValueError, TypeError):
+            return "mail.link_key must be a Fernet key or the 43-character key the platform derives"
+        if self.username and not self.starttls:
+            return "mail.username needs mail.starttls: an SMTP login never goes over a plain connection"
+        if not 0 < self.smtp_port < 65536:
+            return f"mail.smtp_port must be a port: {self.smtp_port!r}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -65,6 +107,7 @@ class RunnerSettings:
     # A tenant's public URL, {tenant} standing for its DNS label (e.g. https://{tenant}.odoo.example.com): GET
     # /sd/tenants names each active tenant's login page with it, for the monitoring to probe. Empty: no such list.
     tenant_url: str = ""
+    mail: MailSettings | None = None  # e-mail to customers; None: nothing is sent
 
     def backoff(self, attempts: int) -> float:
         """Seconds before retry number `attempts` (1-based); the last step repeats."""
@@ -142,6 +185,8 @@ def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
         tenant_url.format(tenant="t")
     except (KeyError, IndexError, ValueError) as error:
         raise ConfigError(f"{source}: tenant_url may hold {{tenant}} and no other field: {tenant_url!r}") from error
+    if "mail" in optional:
+        optional["mail"] = mail_settings(optional["mail"], source)
     if "backoff_seconds" in optional:
         optional["backoff_seconds"] = tuple(float(step) for step in optional["backoff_seconds"])
     return RunnerSettings(
@@ -155,6 +200,25 @@ def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
         artifacts_dir=Path(raw["artifacts_dir"]),
         **optional,
     )
+
+
+def mail_settings(raw, source: str) -> MailSettings:
+    """The `mail` object: its keys checked, the sender an address, the link key one Fernet takes."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: mail must be an object (docs/mail.md)")
+    unknown = sorted(set(raw) - set(MailSettings.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{source} has unknown keys: {', '.join('mail.' + key for key in unknown)}")
+    missing = [f"mail.{key}" for key in ("sender", "link_key") if not raw.get(key)]
+    if missing:
+        raise ConfigError(f"{source} lacks {', '.join(missing)}")
+    try:
+        mail = MailSettings(**raw)
+    except TypeError as error:
+        raise ConfigError(f"{source}: mail: {error}") from None
+    if problem := mail.problem():
+        raise ConfigError(f"{source}: {problem}")
+    return mail
 
 
 def tenant_login_url(tenant_url: str, tenant_id: str) -> str:

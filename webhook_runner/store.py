@@ -553,8 +553,8 @@ def audit(conn, *, actor: str, tenant_id, kind: str, subject: str, detail: dict)
 
 def prune(conn: psycopg.Connection, days: float) -> dict[str, int]:
     """Delete finished work older than `days`: jobs that succeeded, were skipped or failed (queued, running and
-    parked ones stay), processed events no remaining job refers to, and placements older than the latest one
-    that placed their tenant.
+    parked ones stay), processed events no remaining job refers to, placements older than the latest one that
+    placed their tenant, and customer e-mails sent or dropped (the audit trail records each one sent).
     The audit trail is never pruned (its chain holds). /metrics' counters are rows of their own
     (registry.runner_counters, registry.job_durations): notifications received and job run times stay counted.
     Each delete commits on its own (the connection autocommits), so the counter rows it changes stay locked no
@@ -577,7 +577,12 @@ def prune(conn: psycopg.Connection, days: float) -> dict[str, int]:
                           WHERE q.tenant_id = p.tenant_id AND q.chosen_server IS NOT NULL)""",
         params,
     ).rowcount
-    return {"jobs": jobs, "events": events, "placements": placements}
+    mails = conn.execute(
+        """DELETE FROM registry.customer_mail WHERE state IN ('sent', 'dropped')
+               AND coalesce(sent_at, queued_at) < now() - make_interval(secs => %(days)s * 86400)""",
+        params,
+    ).rowcount
+    return {"jobs": jobs, "events": events, "placements": placements, "customer mails": mails}
 
 
 def metrics_snapshot(conn, schedules: list[str] = ()) -> dict:

@@ -34,7 +34,7 @@ from pathlib import Path
 import ansible_runner
 import psycopg
 
-from . import logs, store
+from . import logs, mail, store
 from .config import RunnerSettings
 from .desired import (
     PLAYBOOKS,
@@ -135,6 +135,8 @@ class Worker:
                 self._last_schedules = time.monotonic()
                 if self.periodic_schedules():
                     continue
+            if self.periodic_mail():
+                continue
             for _ in listener.notifies(timeout=self.settings.poll_seconds, stop_after=1):
                 pass
 
@@ -205,6 +207,8 @@ class Worker:
                 store.mark_processed(conn, [event["id"]], f"no action: {kind} never changes a tenant")
             else:
                 triggers.append(event)
+        if account:  # a failed payment is told whatever else happens
+            mail.queue_payment_failures(conn, account, triggers)
         if not account or not (triggers or store.has_due_job(conn, account)):
             return
         # A move no run finishes comes first: whatever Kill Bill asks for next assumes the tenant on one server.
@@ -257,6 +261,8 @@ class Worker:
             status = billing_status(subscription, overdue, balance)
             if tenant_id and status and not any(isinstance(decision, Skip) for decision in decisions):
                 store.record_billing_status(conn, tenant_id, subscription, status)
+                if status == "trial" and self.settings.mail:
+                    mail.queue_trial_ending(conn, tenant_id, subscription, self.settings.mail.trial_warning_days)
         # A tenant's queued jobs that none of its subscriptions wants any more, once they all went through; a chore
         # (a move's recovery, a backup) is wanted whatever Kill Bill says.
         for job in open_jobs:
@@ -585,6 +591,29 @@ class Worker:
     def periodic_housekeeping(self) -> None:
         if self.settings.retention_days > 0 and (pruned := self.housekeeping()):
             log.info("housekeeping: pruned %s", ", ".join(f"{n} {table}" for table, n in pruned.items()))
+
+    # -- e-mail to customers -------------------------------------------------------------------------------------
+
+    def send_mail(self) -> list[str]:
+        """Send the customers' e-mails that are due (webhook_runner/mail.py); a line for each. Nothing without the
+        `mail` settings."""
+        if self.settings.mail is None:
+            return []
+        return mail.send_due(self.conn, self.settings, self.killbill, self.actor)
+
+    def periodic_mail(self) -> bool:
+        """The mail pass of the worker loop: whether it sent (or dropped, or put off) anything. A bug in it is logged,
+        and the worker goes on with the inbox."""
+        try:
+            lines = self.send_mail()
+        except psycopg.OperationalError:
+            raise
+        except Exception:
+            log.exception("the mail pass failed")
+            return False
+        for line in lines:
+            log.info("%s", line)
+        return bool(lines)
 
     # -- schedules -------------------------------------------------------------------------------------------
 

@@ -5,13 +5,17 @@ real registry and the Kill Bill stand-in (tests/standins/killbill)."""
 from __future__ import annotations
 
 import contextlib
+import email
+import email.policy
 import json
+import mailbox
 import os
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,13 +25,18 @@ from psycopg.rows import dict_row
 from ansible_collections.saasodoo.platform.plugins.module_utils.supervisor import ACTIVE_STATES
 from webhook_runner.schedules import SCHEDULES
 
-from .conftest import LOCAL_STATE, VENV_BIN, LocalPlatform, ansible_env
+from .conftest import LOCAL_STATE, VENV_BIN, LocalPlatform, ansible_env, load_yaml
 from conftest import REPO
 
 RUNNER_STATE = LOCAL_STATE / "runner"  # the site-deployed runner (roles/webhook_runner)
 INBOUND_TOKEN = "test-inbound-token-0123456789"
 ADMIN_TOKEN = "test-admin-token-9876543210"
 METRICS_TOKEN = "test-metrics-token-5647382910"
+# The platform's mail catcher (roles/webhook_runner), and the Maildir it keeps what it takes in.
+MAIL_CATCHER_PORT = load_yaml(REPO / "inventories/local/group_vars/webhook_runner/webhook_runner.yml")[
+    "webhook_runner_mail_catcher_port"
+]
+MAILDIR = RUNNER_STATE / "mail"
 
 
 @dataclass
@@ -150,6 +159,11 @@ def runner_settings(platform: LocalPlatform, killbill_url: str, state_dir: Path,
         "schedules": dict.fromkeys(SCHEDULES, 0),  # the same: python -m webhook_runner schedule
         "poll_seconds": 0.5,
         "lease_seconds": 3,  # a killed worker's accounts wait this long for the next
+        # E-mail to customers into the platform's mail catcher, every reminder at once: a trial's end and a purge are
+        # told as soon as they are known, and what failed is tried again within a second.
+        "mail": {"sender": "SaaSOdoo <support@odoo.localhost>", "link_key": platform.password("customer-mail-links"),
+                 "smtp_port": MAIL_CATCHER_PORT, "trial_warning_days": 3650, "purge_warning_days": 3650,
+                 "retry_seconds": 1},
         **overrides,
     }  # fmt: skip
 
@@ -175,18 +189,54 @@ def deployed_supervisorctl(conf: Path, *args: str) -> subprocess.CompletedProces
     )
 
 
+# The deployed runner's programs that take the inbox (its mail catcher keeps running: the tests' runners send to it).
+DEPLOYED_RUNNER_PROGRAMS = ("webhook-runner-web", "webhook-runner-worker:*")
+
+
 def pause_deployed_runner():
     """The runner site.yml deploys takes the same inbox: stop its workers while a test runs its own."""
     conf = RUNNER_STATE / "supervisord.conf"
     if conf.exists():
-        deployed_supervisorctl(conf, "stop", "all")
+        deployed_supervisorctl(conf, "stop", *DEPLOYED_RUNNER_PROGRAMS)
         # Checked, not assumed: a worker of the deployed runner left running takes the test's jobs from under it.
         status = deployed_supervisorctl(conf, "status").stdout
-        running = [line for line in status.splitlines() if line.split()[1:2] in ([state] for state in ACTIVE_STATES)]
+        running = [
+            line
+            for line in status.splitlines()
+            if line.startswith("webhook-runner") and line.split()[1:2] in ([state] for state in ACTIVE_STATES)
+        ]
         assert not running, f"the deployed runner did not stop:\n{status}"
     return conf
 
 
 def resume_deployed_runner(conf: Path) -> None:
     if conf.exists():
-        deployed_supervisorctl(conf, "start", "all")
+        deployed_supervisorctl(conf, "start", *DEPLOYED_RUNNER_PROGRAMS)
+
+
+class MailCatcher:
+    """The e-mails the platform's mail catcher took in since this was made, read from its Maildir as a mail client
+    reads them."""
+
+    def __init__(self):
+        self.before = set(mailbox.Maildir(MAILDIR, create=False).keys())
+
+    def messages(self, to: str | None = None) -> list[email.message.EmailMessage]:
+        box = mailbox.Maildir(MAILDIR, create=False)
+        found = [
+            email.message_from_bytes(box.get_bytes(key), policy=email.policy.default)
+            for key in sorted(set(box.keys()) - self.before)
+        ]
+        return [message for message in found if to is None or to in str(message["To"])]
+
+    def wait_for(self, to: str, expected: dict[str, int], timeout: float = 60.0) -> list[email.message.EmailMessage]:
+        """The messages to `to` once at least `expected` of each kind (X-SaaSOdoo-Message) have come."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.messages(to)
+            kinds = Counter(str(message["X-SaaSOdoo-Message"]) for message in found)
+            if all(kinds[kind] >= count for kind, count in expected.items()):
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"mail to {to}: expected at least {expected}, got {dict(kinds)}")
+            time.sleep(0.2)  # the workers' mail pass runs on its own: poll the Maildir

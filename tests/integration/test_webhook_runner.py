@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -35,6 +36,7 @@ from .runner_stack import (
     ADMIN_TOKEN,
     INBOUND_TOKEN,
     METRICS_TOKEN,
+    MailCatcher,
     RunnerStack,
     pause_deployed_runner,
     resume_deployed_runner,
@@ -169,13 +171,22 @@ def test_the_callback_stores_kill_bill_bodies_and_refuses_anything_else(runner: 
     assert refused.value.code == 401
 
 
+def kind(messages: list, name: str):
+    """The one message of that kind (X-SaaSOdoo-Message) among these."""
+    (found,) = [message for message in messages if message["X-SaaSOdoo-Message"] == name]
+    return found
+
+
 def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: KillBillStandin, local_platform):
     api = kb_api(killbill)
+    with runner.registry() as conn:
+        started = conn.execute("SELECT now() AS now").fetchone()["now"]
     api.register_callback(runner.callback)
     # Template markers in the account's name stay text: Ansible renders them in extra vars, the runner passes
     # them where it cannot.
+    mails, owner = MailCatcher(), "owner@life-01.example"
     account, subscription = api.sign_up(
-        "Life {{ 6 * 7 }} One", "life-01", "basic-monthly", email="owner@life-01.example", country="BE"
+        "Life {{ 6 * 7 }} One", "life-01", "basic-monthly", email=owner, country="BE", locale="fr_FR"
     )
     api.sign_up("Life Two", "life-02", "gold-yearly")  # a plan the catalog does not have
 
@@ -195,6 +206,13 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
         ).fetchone()
     assert (company, login) == ("Life {{ 6 * 7 }} One", "owner@life-01.example")
     assert "life-02" not in tenants
+    # The customer is welcomed in their language, text and HTML, with the one-time sign-in link, and told of the
+    # trial's end (the runner's settings tell it at once).
+    welcome = kind(mails.wait_for(owner, {"welcome": 1, "trial_ending": 1}), "welcome")
+    assert welcome["Subject"] == "Votre Odoo life-01 est prêt"
+    text, html = (welcome.get_body((part,)).get_content() for part in ("plain", "html"))
+    link = re.search(r"https://life-01\.odoo\.localhost:\d+/web/reset_password\?\S+", text).group()
+    assert "token=" in link and f'href="{link.replace("&", "&amp;")}"' in html
     _, listing = runner.admin("GET", "/jobs?tenant=life-02")
     assert any("gold-yearly" in job["reason"] for job in listing["jobs"] if job["state"] == "skipped")
 
@@ -203,13 +221,19 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
     api.payments_fail(account)
     api.move_clock(31)
     assert settled()["life-01"].items() >= {"status": "suspended", "billing_status": "overdue:BLOCKED"}.items()
+    mails.wait_for(owner, {"payment_failed": 1, "suspended": 1})
     api.payments_fail(account, fail=False)
     api.pay(account)
     assert settled()["life-01"].items() >= {"status": "active", "billing_status": "paid"}.items()
+    mails.wait_for(owner, {"resumed": 1})
     api.change_plan(subscription, "standard-monthly")
     assert settled()["life-01"]["plan_name"] == "standard-monthly"
+    mails.wait_for(owner, {"plan_changed": 1})
     api.cancel(subscription)
     assert settled()["life-01"]["status"] == "terminated"
+    cancelled = kind(mails.wait_for(owner, {"cancelled": 1, "purge_soon": 1}), "cancelled")
+    _, view = runner.admin("GET", "/tenants/life-01")
+    assert view["tenant"]["retain_until"][:10] in cancelled.get_body(("plain",)).get_content()
     with pytest.raises(psycopg.OperationalError):  # a terminated tenant's credentials open nothing
         local_platform.connect(port, "t_life_01", local_platform.password("tenant:life-01:v1"), "t_life_01")
     # The customer comes back, same account, a new subscription: the tenant is reactivated with its data.
@@ -220,6 +244,25 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
         assert conn.execute("SELECT name FROM public.res_company WHERE id = 1").fetchone() == (company,)
     _, view = runner.admin("GET", "/tenants/life-01")
     assert view["tenant"]["subscription_id"] == again and view["tenant"]["retain_until"] is None
+    # Each message once per cause: one mail for each row of the outbox, sent, its link no longer stored.
+    # The new subscription has a trial of its own (the stand-in's catalog gives every subscription one).
+    received = mails.wait_for(owner, {"resumed": 2, "trial_ending": 2})
+    with runner.registry() as conn:
+        outbox = conn.execute(
+            "SELECT message, state, recipient, language, sealed_link FROM registry.customer_mail"
+            " WHERE tenant_id = 'life-01' AND queued_at >= %s",
+            (started,),
+        ).fetchall()
+    assert {(row["state"], row["recipient"], row["language"], row["sealed_link"]) for row in outbox} == {
+        ("sent", owner, "fr", None)
+    }
+    kinds = Counter(str(message["X-SaaSOdoo-Message"]) for message in received)
+    assert kinds == Counter(row["message"] for row in outbox)
+    assert kinds.keys() == {"welcome", "trial_ending", "payment_failed", "suspended", "resumed", "plan_changed",
+                            "cancelled", "purge_soon"}  # fmt: skip
+    assert kinds["resumed"] == kinds["trial_ending"] == 2
+    assert all(kinds[k] == 1 for k in kinds if k not in ("resumed", "trial_ending", "payment_failed"))
+    assert len({message["Message-ID"] for message in received}) == len(received)
 
     assert succeeded_jobs(runner, "life-0") == Counter(
         {("life-01", action): 1 for action in ("provision", "suspend", "resume", "change_plan", "terminate",
@@ -227,7 +270,7 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
     )  # fmt: skip
     status, view = runner.admin("GET", "/tenants/life-01")
     assert status == 200 and view["tenant"]["status"] == "active" and view["tenant"]["billing_status"]
-    assert {"event", "decision", "job", "result", "run"} <= {row["kind"] for row in view["audit"]}
+    assert {"event", "decision", "job", "result", "run", "mail"} <= {row["kind"] for row in view["audit"]}
     with runner.registry() as conn:
         assert conn.execute("SELECT count(*) AS n FROM registry.audit_chain_breaks()").fetchone()["n"] == 0
         # Each job's playbook run is on the record as that job's run, ended as the job did, and the tenant's own
@@ -262,6 +305,8 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
         ADMIN_TOKEN,
         CREDENTIALS["password"],
         CREDENTIALS["api_secret"],
+        local_platform.password("customer-mail-links"),
+        link.split("token=")[1],  # the welcome's one-time sign-in link, only in the customer's mail
     ]
     leaks = [
         (path.name, index)
@@ -652,6 +697,11 @@ def wait_for_a_running_job(runner: RunnerStack, timeout: float = 60.0) -> bool:
     return True
 
 
+# What the customer is told when a job of each action succeeds (the registry queues it with the change).
+EFFECT_MAIL = {"provision": "welcome", "suspend": "suspended", "resume": "resumed", "change_plan": "plan_changed",
+               "terminate": "cancelled"}  # fmt: skip
+
+
 def test_reliability_duplicates_reordering_and_crashes(runner: RunnerStack, local_platform):
     """1,000 notifications, 20% duplicates, shuffled, the runner SIGKILLed five times, failed deliveries
     redelivered byte for byte: every tenant ends as Kill Bill says, each effect happened once, nothing lost."""
@@ -665,7 +715,8 @@ def test_reliability_duplicates_reordering_and_crashes(runner: RunnerStack, loca
         def sign_up():
             for n, tenant in enumerate(tenants):
                 plan = "basic-monthly" if n % 2 == 0 else "standard-monthly"
-                accounts[tenant], subscriptions[tenant] = api.sign_up(tenant, tenant, plan)
+                email = f"{tenant}@rel.example"
+                accounts[tenant], subscriptions[tenant] = api.sign_up(tenant, tenant, plan, email=email)
 
         def fail_cards():
             for tenant in tenants[:3]:
@@ -690,6 +741,7 @@ def test_reliability_duplicates_reordering_and_crashes(runner: RunnerStack, loca
         # next phase, so each phase's effects are known. The last phase adds months of invoices and payments:
         # triggers that change nothing, up to the 1,000 notifications.
         unique_target = int(RELIABILITY_NOTIFICATIONS * (1 - DUPLICATE_SHARE))
+        mails = MailCatcher()
         with runner.registry() as conn:
             before = conn.execute("SELECT coalesce(max(id), 0) AS id FROM registry.events").fetchone()["id"]
 
@@ -761,6 +813,13 @@ def test_reliability_duplicates_reordering_and_crashes(runner: RunnerStack, loca
         expected |= {(tenant, "change_plan") for tenant in tenants[4:8:2]}
         expected |= {(tenant, "terminate") for tenant in tenants[5:7]}
         assert done == Counter(dict.fromkeys(expected, 1))
+        # Each customer told of each effect once, whatever the kills cut short: a mail the relay took just before a
+        # kill goes again with the same Message-ID, which mail systems drop.
+        for tenant in tenants:
+            wanted = Counter(EFFECT_MAIL[action] for owner, action in expected if owner == tenant)
+            received = {mail["Message-ID"]: mail for mail in mails.wait_for(f"{tenant}@rel.example", wanted)}
+            told = Counter(str(mail["X-SaaSOdoo-Message"]) for mail in received.values())
+            assert {message: told[message] for message in wanted} == wanted, tenant
         with runner.registry() as conn:
             assert conn.execute("SELECT count(*) AS n FROM registry.audit_chain_breaks()").fetchone()["n"] == 0
             databases = conn.execute(

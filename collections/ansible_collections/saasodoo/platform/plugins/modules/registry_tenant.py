@@ -33,6 +33,9 @@ description:
   - With I(move_wait_seconds), one operation at a time. When the tenant has an open move (registry.migrations),
     waits up to that long for the run moving it to finish, then reads the tenant where the move left it. A move
     that no run holds (its run died) is refused at once, with the playbook that finishes it.
+  - A change the customer should hear of (a provision done, a suspension, a resume, a termination, a new plan) is
+    queued as an e-mail in C(registry.customer_mail) by the registry itself, in the same transaction; the webhook
+    runner sends it. I(welcome_link) goes with the welcome, sealed with I(mail_key).
   - Check mode computes the same answer and rolls it back.
 version_added: 0.1.0
 author: SaaSOdoo ops maintainers
@@ -94,6 +97,14 @@ options:
       - A run is alive while the registry session the C(saasodoo_audit) callback keeps for it is; a run without one
         (the callback not enabled) holds nothing and is warned.
     type: int
+  welcome_link:
+    description: The admin's one-time sign-in link, for the welcome e-mail this run's C(status=active) queues for a
+      new tenant; stored encrypted with I(mail_key), never in clear. Ignored when no welcome is queued.
+    type: str
+  mail_key:
+    description: The key that seals I(welcome_link) (a Fernet key, or the 43-character form the platform derives);
+      the webhook runner's C(mail.link_key). Required with I(welcome_link).
+    type: str
   detail:
     description: Extra facts for the audit row (never a secret).
     type: dict
@@ -180,6 +191,13 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry import 
     release_move_lock,
     try_move_lock,
 )
+
+try:
+    from cryptography.fernet import Fernet
+
+    CRYPTOGRAPHY_IMPORT_ERROR = None
+except ImportError:
+    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
 
 try:
     import psycopg
@@ -366,6 +384,17 @@ def apply_changes(conn, tenant: dict, changes: dict) -> None:
         )
 
 
+def seal_welcome_link(conn, tenant_id: str, link: str, key: str) -> None:
+    """Put the sign-in link, encrypted, in the welcome this transaction queued (registry.queue_tenant_mail)."""
+    sealed = Fernet(key + "=" * (-len(key) % 4)).encrypt(link.encode()).decode()
+    conn.execute(
+        """UPDATE registry.customer_mail SET sealed_link = %s
+            WHERE tenant_id = %s AND message = 'welcome' AND state = 'queued'
+              AND cause = 'transaction ' || pg_catalog.pg_current_xact_id()::text""",
+        (sealed, tenant_id),
+    )
+
+
 def audit(conn, tenant_id: str, p: dict, before: dict, after: dict) -> None:
     changed = {k: {"before": before.get(k), "after": after.get(k)} for k in after}
     detail = {**p["detail"], "action": p["action"], "changes": changed}
@@ -400,6 +429,8 @@ def record(module: AnsibleModule, conn) -> dict:
         changes = planned_changes(conn, tenant, p)
         if changes:
             apply_changes(conn, tenant, changes)
+            if p["welcome_link"] and changes.get("status") == "active":
+                seal_welcome_link(conn, p["tenant_id"], p["welcome_link"], p["mail_key"])
             after = read_tenant(conn, p["tenant_id"])
             fields = {k: after[k] for k in changes}
             audit(conn, p["tenant_id"], p, {k: tenant[k] for k in changes}, fields)
@@ -436,9 +467,12 @@ def main() -> None:
             http_port_range=dict(type="list", elements="int"),
             move_wait_seconds=dict(type="int"),
             hold_seconds=dict(type="int"),
+            welcome_link=dict(type="str", no_log=True),
+            mail_key=dict(type="str", no_log=True),
             detail=dict(type="dict", default={}),
             **REGISTRY_LOGIN_OPTIONS,
         ),
+        required_by={"welcome_link": "mail_key"},
         supports_check_mode=True,
     )
     p = module.params
@@ -447,6 +481,8 @@ def main() -> None:
         module.fail_json(msg=f"{p['action'] or 'registry_tenant'} needs -e tenant_id=<id>{plan}.")
     if PSYCOPG_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
+    if p["welcome_link"] and CRYPTOGRAPHY_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
     try:
         module.exit_json(**run_module(module))
     except (TenantError, RegistryUnreachable) as e:
