@@ -16,8 +16,9 @@ import re
 import smtplib
 import ssl
 from datetime import datetime, timedelta
+from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate
+from email.utils import formatdate
 from pathlib import Path
 
 import jinja2
@@ -83,7 +84,7 @@ def compose(settings: MailSettings, row: dict, recipient: str, name: str | None,
     domain = settings.sender.rpartition("@")[2].strip("> ")
     message = EmailMessage()
     message["From"] = settings.sender
-    message["To"] = formataddr((name or "", recipient))
+    message["To"] = Address(display_name=name or "", addr_spec=recipient)
     if settings.reply_to:
         message["Reply-To"] = settings.reply_to
     message["Subject"] = subject

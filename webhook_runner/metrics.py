@@ -144,6 +144,22 @@ def _fleet(snapshot: dict):
             "When Kill Bill's last notification kept in the inbox arrived, as a Unix time.",
             value=snapshot["last_event_at"],
         )  # fmt: skip
+    mail = snapshot["customer_mail"]
+    yield GaugeMetricFamily(
+        "saasodoo_customer_mail_due", "Customer e-mails due and not sent yet (the relay or Kill Bill failing).",
+        value=mail["due"],
+    )  # fmt: skip
+    if mail["oldest_due"] is not None:
+        yield GaugeMetricFamily(
+            "saasodoo_customer_mail_oldest_due_timestamp_seconds",
+            "When the customer e-mail waiting longest was due, as a Unix time.", value=mail["oldest_due"],
+        )  # fmt: skip
+    outcomes = GaugeMetricFamily(
+        "saasodoo_customer_mail", "Customer e-mails sent and dropped (kept retention_days).", labels=["state"]
+    )
+    for state in ("sent", "dropped"):
+        outcomes.add_metric([state], mail[state])
+    yield outcomes
 
 
 def _folded(counts: dict[str, int], known: frozenset[str]) -> dict[str, int]:

@@ -624,8 +624,8 @@ def metrics_snapshot(conn, schedules: list[str] = ()) -> dict:
 def fleet_snapshot(conn) -> dict:
     """What the alert rules watch in the registry (roles/monitoring/templates/alerts.yml.j2): tenants by status, each
     active tenant's newest backup kept (its creation when it has none yet), the parked jobs by tenant and action,
-    the last restore drill, the moves not finished, and when Kill Bill's last notification arrived. Times are Unix
-    times."""
+    the last restore drill, the moves not finished, when Kill Bill's last notification arrived, and the customer
+    e-mails due, sent and dropped. Times are Unix times."""
     return {
         "tenants": {
             row["status"]: row["n"]
@@ -652,6 +652,14 @@ def fleet_snapshot(conn) -> dict:
         "last_event_at": conn.execute(
             "SELECT extract(epoch FROM max(received_at))::float8 AS at FROM registry.events"
         ).fetchone()["at"],
+        "customer_mail": conn.execute(
+            """SELECT count(*) FILTER (WHERE due) AS due,
+                      extract(epoch FROM min(send_after) FILTER (WHERE due))::float8 AS oldest_due,
+                      count(*) FILTER (WHERE state = 'sent') AS sent,
+                      count(*) FILTER (WHERE state = 'dropped') AS dropped
+                 FROM (SELECT state, send_after, state = 'queued' AND send_after <= now() AS due
+                         FROM registry.customer_mail) AS m"""
+        ).fetchone(),
     }
 
 

@@ -43,6 +43,7 @@ SNAPSHOT = {
     "last_drill": {"passed": False, "at": 1795500000.0},
     "open_moves": [{"tenant_id": "acme", "phase": "catching_up", "at": 1795800000.0}],
     "last_event_at": 1795805000.0,
+    "customer_mail": {"due": 2, "oldest_due": 1795804000.0, "sent": 40, "dropped": 3},
 }
 
 
@@ -78,6 +79,9 @@ def test_the_text_format_parses_back_with_every_family_and_escaped_labels(runner
         "saasodoo_restore_drill_last_timestamp_seconds": "gauge",
         "saasodoo_move_started_timestamp_seconds": "gauge",
         "saasodoo_runner_events_last_received_timestamp_seconds": "gauge",
+        "saasodoo_customer_mail_due": "gauge",
+        "saasodoo_customer_mail_oldest_due_timestamp_seconds": "gauge",
+        "saasodoo_customer_mail": "gauge",
     }
     # Every status is there, 0 when none; the rules read these by tenant, phase and status.
     assert samples(families, "saasodoo_tenants", "status") == {
@@ -95,6 +99,10 @@ def test_the_text_format_parses_back_with_every_family_and_escaped_labels(runner
     assert [(m.labels, m.value) for m in moves] == [({"tenant": "acme", "phase": "catching_up"}, 1795800000.0)]
     assert samples(families, "saasodoo_runner_events_last_received_timestamp_seconds") == {
         "saasodoo_runner_events_last_received_timestamp_seconds": 1795805000.0
+    }
+    assert samples(families, "saasodoo_customer_mail", "state") == {"sent": 40, "dropped": 3}
+    assert samples(families, "saasodoo_customer_mail_oldest_due_timestamp_seconds") == {
+        "saasodoo_customer_mail_oldest_due_timestamp_seconds": 1795804000.0
     }
     assert samples(families, "saasodoo_runner_schedule_last_run_timestamp_seconds", "schedule") == {
         "tenant_backups": datetime(2026, 11, 24, tzinfo=UTC).timestamp(),
@@ -144,10 +152,12 @@ def test_a_scraper_that_asks_for_openmetrics_gets_it(runner_metrics):
 def test_no_drill_and_no_event_yet_give_no_figure_rather_than_a_false_one(monkeypatch):
     """A platform that never drilled a restore nor heard from Kill Bill has nothing to alert on: the figures the
     rules compare are absent, not 0 (a drill "failed", a notification in 1970)."""
-    quiet = SNAPSHOT | {"last_drill": None, "last_event_at": None, "open_moves": [], "last_backups": []}
+    quiet = SNAPSHOT | {"last_drill": None, "last_event_at": None, "open_moves": [], "last_backups": [],
+                        "customer_mail": {"due": 0, "oldest_due": None, "sent": 0, "dropped": 0}}  # fmt: skip
     monkeypatch.setattr(store, "metrics_snapshot", lambda conn, scheduled: quiet)
     body, _ = metrics.exposition(metrics.exposition_registry(lambda: nullcontext()), None)
     names = {f.name for f in text_string_to_metric_families(body.decode())}
     assert "saasodoo_restore_drill_last_passed" not in names
     assert "saasodoo_runner_events_last_received_timestamp_seconds" not in names
+    assert "saasodoo_customer_mail_oldest_due_timestamp_seconds" not in names  # no mail waits
     assert "saasodoo_tenants" in names
