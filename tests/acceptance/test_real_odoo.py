@@ -2,7 +2,9 @@
 
 The local platform is reset and converged with SAASODOO_ODOO_BIN pointing at that Odoo (its golden templates are
 built by it), then, the way an operator types them: three customers sign up (two on shared pools, one on its own
-server); each one's login page answers through nginx; the admin's one-time link sets a password and logs in, once;
+server); each one's login page answers through nginx; the admin's one-time link, from the welcome e-mail the
+runner sent (the customers' accounts in the Kill Bill stand-in, where the local inventory says Kill Bill is), sets
+a password and logs in, once;
 a plan change moves one database to a dedicated server and a suspension and a resumption stop and start another,
 and both still log in afterwards; a third is terminated and reactivated, and logs in as before; the second is
 brought back to a moment before its company was renamed, and logs in as before; its pool is drained under its
@@ -26,7 +28,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.e2e.killbill_api import KillBillAPI
 from tests.integration.conftest import LOCAL_STATE, LocalPlatform, run_playbook, superuser
+from tests.integration.runner_stack import MailCatcher
+from tests.standins.killbill.killbill_standin import KillBillStandin
 from tests.tenant_web import opener, tenant_url
 
 ODOO_BIN = os.environ.get("SAASODOO_ODOO_BIN", "")
@@ -87,14 +92,30 @@ def login_page(tenant_id: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def signed_up(fresh_local_platform: LocalPlatform) -> dict[str, Signed]:
-    signed = {}
+def killbill(fresh_local_platform: LocalPlatform):
+    """The Kill Bill the local runner reads accounts from (its address and credentials in the local inventory)."""
+    secret = {
+        name: (LOCAL_STATE / "secrets" / name).read_text().strip()
+        for name in ("killbill_password", "killbill_api_secret")
+    }
+    credentials = {"username": "admin", "password": secret["killbill_password"], "api_key": "saasodoo",
+                   "api_secret": secret["killbill_api_secret"]}  # fmt: skip
+    standin = KillBillStandin(**credentials).start(port=58180)
+    yield KillBillAPI(standin.url, **credentials)
+    standin.stop()
+
+
+@pytest.fixture(scope="module")
+def signed_up(fresh_local_platform: LocalPlatform, killbill: KillBillAPI) -> dict[str, Signed]:
+    signed, mails = {}, MailCatcher()
     for tenant_id, (plan, company, email, tz, country) in CUSTOMERS.items():
         started = time.monotonic()
+        # An account with no subscription: nothing for the runner to converge, only an address to write to.
+        account = killbill.call("POST", "/1.0/kb/accounts", {"name": company, "email": email, "currency": "USD"})
         run = run_playbook(
             "tenant_provision.yml",
             *("-e", f"tenant_id={tenant_id}", "-e", f"plan={plan}"),
-            *("-e", f"customer_id=acct-{tenant_id}", "-e", f"subscription_id=sub-{tenant_id}"),
+            *("-e", f"customer_id={account}", "-e", f"subscription_id=sub-{tenant_id}"),
             *("-e", f"customer_name={company}", "-e", f"customer_email={email}"),
             *("-e", f"customer_time_zone={tz}", "-e", f"customer_country={country}"),
         )
@@ -103,6 +124,11 @@ def signed_up(fresh_local_platform: LocalPlatform) -> dict[str, Signed]:
         assert link, run.output[-2000:]
         signed[tenant_id] = Signed(time.monotonic() - started, link[1])
         print(f"\n{tenant_id}: provisioned with a real Odoo in {signed[tenant_id].provision_seconds:.1f} s")
+    # The customer's welcome holds the same link the operator's run printed.
+    for tenant_id, signed_one in signed.items():
+        found = mails.wait_for(CUSTOMERS[tenant_id][2], {"welcome": 1})
+        (welcome,) = [mail for mail in found if mail["X-SaaSOdoo-Message"] == "welcome"]
+        assert signed_one.link in welcome.get_body(("plain",)).get_content(), tenant_id
     return signed
 
 

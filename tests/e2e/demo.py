@@ -7,15 +7,19 @@ is declined, then paid; a basic upgrades to standard (resized in place) and the 
 database moves from a shared pool to its own dedicated server while it keeps running: the measured write
 downtime is printed); premium cancels. Nothing here calls a playbook: Kill Bill
 notifies the runner, whose workers read Kill Bill back and run them. After each step it waits until the
-runner has handled every notification, then prints the jobs that step caused; at the end, the tenants and
-one tenant's audit trail, event by event.
+runner has handled every notification and sent every e-mail due, then prints the jobs that step caused; at the
+end, the tenants, the e-mails each customer got (the runner's mail catcher), and one tenant's audit trail, event by
+event.
 """
 
 from __future__ import annotations
 
 import argparse
+import email
+import email.policy
 import json
 import logging
+import mailbox
 import sys
 import time
 import urllib.error
@@ -31,6 +35,7 @@ from tests.standins.killbill.killbill_standin import KillBillStandin  # noqa: E4
 from tests.tenant_web import opener, tenant_url  # noqa: E402
 
 SECRETS = REPO / ".state/local/secrets"
+MAILDIR = REPO / ".state/local/runner/mail"  # the local runner's mail catcher (webhook_runner_mail_catcher_port)
 CUSTOMERS = [("Acme Corp", "acme", "basic-monthly"), ("Globex", "globex", "standard-monthly"),
              ("Initech", "initech", "premium-monthly"), ("Hooli", "hooli", "basic-monthly")]  # fmt: skip
 # What Kill Bill knows of each customer beyond the name: a new tenant's company and admin come from it.
@@ -63,12 +68,13 @@ class Runner:
         return values
 
     def wait_settled(self, timeout: float = 600.0) -> dict[str, float]:
-        """Until no stored notification is pending and no job is running or waiting for a retry."""
+        """Until no stored notification is pending, no job is running or waiting for a retry, and no customer e-mail
+        is due (its account is read from Kill Bill when it is sent)."""
         deadline = time.monotonic() + timeout
         while True:
             m = self.metrics()
             busy = m['saasodoo_runner_jobs{state="running"}'] + m['saasodoo_runner_jobs{state="queued"}']
-            if not (m["saasodoo_runner_events_pending"] or busy):
+            if not (m["saasodoo_runner_events_pending"] or busy or m["saasodoo_customer_mail_due"]):
                 return m
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the runner did not settle within {timeout:.0f} s: {m}")
@@ -162,14 +168,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {tenant_id:<13} {tenant['plan_name']:<17} {tenant['db_type']:<10} {tenant['db_server']:<22}"
               f" {tenant['status']:<11} {_login_page(tenant_id)}")  # fmt: skip
 
-    print("\n== How each customer signs in (the admin's one-time link: tenant_admin_link.yml -e tenant_id=…)")
+    print(f"\n== What each customer was told (the mail catcher's Maildir, {MAILDIR.relative_to(REPO)})")
+    told = customer_mail({tenant_id for _, tenant_id, _ in customers})
     for _, tenant_id, _ in customers:
-        print(f"   {tenant_url(tenant_id)}   admin: {emails[tenant_id]}")
+        print(f"   {tenant_id} <{emails[tenant_id]}>, at {tenant_url(tenant_id)}")
+        for subject in told.get(tenant_id, ["(nothing)"]):
+            print(f"      {subject}")
+    print("   (the welcome holds the admin's one-time sign-in link; tenant_admin_link.yml -e tenant_id=… issues more)")
 
     print(f"\n== Audit trail of {globex}, event by event (registry.audit, hash-chained)")
     for row in reversed(runner.get(f"/tenants/{globex}")["audit"]):
         print(f"   {row['id']:>5} {row['kind']:<9} {row['subject'] or '':<22} {audit_line(row)}")
     return 0
+
+
+def customer_mail(tenant_ids: set[str]) -> dict[str, list[str]]:
+    """The subjects of the e-mails the mail catcher kept for these tenants, by tenant, in the order they were
+    queued (the outbox's id is in each Message-ID: <customer-mail-<id>.<time>@...>)."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    for message in mailbox.Maildir(MAILDIR, create=False):
+        parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+        if (tenant := str(parsed["X-SaaSOdoo-Tenant"] or "")) in tenant_ids:
+            queued = int(str(parsed["Message-ID"]).split("customer-mail-")[1].split(".")[0])
+            found.setdefault(tenant, []).append((queued, str(parsed["Subject"])))
+    return {tenant: [subject for _, subject in sorted(mails)] for tenant, mails in found.items()}
 
 
 def print_moves(runner: Runner, tenant_id: str) -> None:
