@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from cryptography.fernet import Fernet
@@ -67,8 +67,15 @@ class MailSettings:
             return "mail.link_key must be a Fernet key or the 43-character key the platform derives"
         if self.username and not self.starttls:
             return "mail.username needs mail.starttls: an SMTP login never goes over a plain connection"
+        if bool(self.username) != bool(self.password):
+            return "mail.username and mail.password go together"
         if not 0 < self.smtp_port < 65536:
             return f"mail.smtp_port must be a port: {self.smtp_port!r}"
+        positive = ("timeout_seconds", "retry_seconds", "stale_days")
+        if bad := [f"mail.{key}" for key in positive if getattr(self, key) <= 0]:
+            return f"{', '.join(bad)} must be above 0"
+        if self.trial_warning_days < 0 or self.purge_warning_days < 0:
+            return "mail.trial_warning_days and mail.purge_warning_days must be 0 or more"
         return None
 
 
@@ -202,6 +209,10 @@ def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
     )
 
 
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}  # the JSON types of MailSettings' fields
+_TYPE_NAMES = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false"}
+
+
 def mail_settings(raw, source: str) -> MailSettings:
     """The `mail` object: its keys checked, the sender an address, the link key one Fernet takes."""
     if not isinstance(raw, dict):
@@ -212,10 +223,12 @@ def mail_settings(raw, source: str) -> MailSettings:
     missing = [f"mail.{key}" for key in ("sender", "link_key") if not raw.get(key)]
     if missing:
         raise ConfigError(f"{source} lacks {', '.join(missing)}")
-    try:
-        mail = MailSettings(**raw)
-    except TypeError as error:
-        raise ConfigError(f"{source}: mail: {error}") from None
+    for setting in fields(MailSettings):  # a "587" or a "false" would only fail (or mislead) when a mail goes
+        value = raw.get(setting.name)
+        if setting.name in raw and (isinstance(value, bool) != (setting.type == "bool")
+                                    or not isinstance(value, _TYPES[setting.type])):  # fmt: skip
+            raise ConfigError(f"{source}: mail.{setting.name} must be {_TYPE_NAMES[setting.type]}: {value!r}")
+    mail = MailSettings(**raw)
     if problem := mail.problem():
         raise ConfigError(f"{source}: {problem}")
     return mail

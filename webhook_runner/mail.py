@@ -5,17 +5,18 @@ suspension, resume, cancellation and plan change in the transaction that writes 
 the worker queues a failed payment and a trial's end from what Kill Bill says, and a purge's warning from the
 tenant's retention. A worker's mail pass sends what is due, one message at a time: it locks the row (another
 worker skips it), hands the message to the SMTP relay and records it sent in that one transaction. A worker killed
-between the relay's acceptance and the commit sends it again at its next pass, with the same Message-ID, by which
-mail systems drop the copy.
+between the relay's acceptance and the commit sends it again at its next pass (at least once, never lost), with the
+same Message-ID, by which a mail client can tell the copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import re
 import smtplib
 import ssl
 from datetime import datetime, timedelta
+from email.errors import MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -30,7 +31,7 @@ from psycopg.types.json import Jsonb
 from . import store
 from .config import MailSettings, fernet_key, tenant_login_url
 from .desired import customer_profile
-from .killbill import KillBill, KillBillError
+from .killbill import KillBill, KillBillError, KillBillNotFound
 
 log = logging.getLogger("webhook_runner.mail")
 
@@ -40,7 +41,6 @@ MESSAGES = (
 TEMPLATES = Path(__file__).with_name("mail_templates")
 DEFAULT_LANGUAGE = "en"
 PER_PASS = 20  # messages a pass sends before the worker looks at its inbox again
-_URL = re.compile(r"https?://[^\s<>\"]+")
 
 
 def language_of(locale: str | None) -> str:
@@ -58,28 +58,29 @@ _HTML = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=
 
 def render(message: str, language: str, params: dict) -> tuple[str, str, str]:
     """(subject, text, HTML) of a message: its template `<language>/<message>.txt` (a Subject: line, a blank line,
-    the text), and the same words in the HTML layout, each paragraph a <p>, each URL a link."""
+    the text), and the same words in the HTML layout, each paragraph a <p>, escaped. Only the platform's own URLs
+    (the tenant's `url` and the welcome's `link`) become links: nothing the customer wrote (their name) does."""
     rendered = _TEXT.get_template(f"{language}/{message}.txt").render(**params)
     head, _, text = rendered.partition("\n\n")
     if not head.startswith("Subject: ") or "\n" in head:
         raise ValueError(f"{language}/{message}.txt must begin with one 'Subject: ' line and a blank line")
     subject = head.removeprefix("Subject: ").strip()
-    paragraphs = [_linked(paragraph) for paragraph in text.strip().split("\n\n")]
+    trusted = [url for url in (params.get("link"), params.get("url")) if url]
+    paragraphs = [_linked(paragraph, trusted) for paragraph in text.strip().split("\n\n")]
     html = _HTML.get_template("layout.html").render(subject=subject, paragraphs=paragraphs, language=language)
     return subject, text.strip() + "\n", html
 
 
-def _linked(paragraph: str) -> Markup:
-    """A paragraph as HTML: escaped, its URLs made links, its lines joined (the text wraps them)."""
-    parts, last = [], 0
-    for found in _URL.finditer(paragraph):
-        parts += [escape(paragraph[last : found.start()]), Markup('<a href="{0}">{0}</a>').format(found.group())]
-        last = found.end()
-    parts.append(escape(paragraph[last:]))
-    return Markup(" ").join(part for part in Markup("").join(parts).split("\n"))
+def _linked(paragraph: str, trusted: list[str]) -> Markup:
+    """A paragraph as HTML: escaped, each of the `trusted` URLs in it a link, its lines joined (the text wraps)."""
+    html = escape(paragraph)
+    for url in trusted:  # the link first: it begins with the tenant's URL
+        html = html.replace(escape(url), Markup('<a href="{0}">{0}</a>').format(url))
+    return Markup(" ").join(html.split("\n"))
 
 
 def compose(settings: MailSettings, row: dict, recipient: str, name: str | None, rendered) -> EmailMessage:
+    """The message as it goes out; ValueError or MessageError when the address or name cannot be written in one."""
     subject, text, html = rendered
     domain = settings.sender.rpartition("@")[2].strip("> ")
     message = EmailMessage()
@@ -96,33 +97,54 @@ def compose(settings: MailSettings, row: dict, recipient: str, name: str | None,
     message["Message-ID"] = f"<customer-mail-{row['id']}.{row['queued_at']:%Y%m%d%H%M%S}@{domain}>"
     message.set_content(text)
     message.add_alternative(html, subtype="html")
+    message.as_bytes()  # every header written now, not half-way through the SMTP dialogue
     return message
 
 
 def deliver(settings: MailSettings, message: EmailMessage) -> None:
-    with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.timeout_seconds) as smtp:
+    """Hand the message to the relay: done once it took it (a failed QUIT afterwards changes nothing)."""
+    smtp = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.timeout_seconds)
+    try:
         if settings.starttls:
             smtp.starttls(context=ssl.create_default_context(cafile=settings.ca_file or None))
         if settings.username:
             smtp.login(settings.username, settings.password)
         smtp.send_message(message)
+    finally:
+        with contextlib.suppress(OSError, smtplib.SMTPException):
+            smtp.quit()
+
+
+def refused_for_good(error: Exception) -> bool:
+    """Whether the relay refused the message for good (a 5xx reply: no such mailbox, a bad address): trying it
+    again would be refused the same way."""
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        return all(code >= 500 for code, _ in error.recipients.values())
+    return isinstance(error, smtplib.SMTPResponseException) and error.smtp_code >= 500
 
 
 # -- queueing (what the registry does not queue itself) ----------------------------------------------------------
 
 
-def queue(conn: psycopg.Connection, tenant_id: str, message: str, cause: str, params: dict, send_after=None) -> bool:
-    """Queue a message for a tenant the registry has, once per cause, to go at `send_after` (at once when that has
-    passed); whether it is new."""
+def queue(conn, tenant_id: str, account: str, message: str, cause: str, params: dict, send_after=None, *,
+          subscription: str | None = None) -> bool:  # fmt: skip
+    """Queue a message for a tenant that belongs to `account` (and to `subscription`, when given: a tenant acts for
+    no other, desired.foreign_claim), once per cause, to go at `send_after` (at once when that has passed); whether
+    it is new."""
     return bool(
         conn.execute(
-            """INSERT INTO registry.customer_mail (tenant_id, message, cause, params, send_after)
-               SELECT t.tenant_id, %s, %s, %s, greatest(coalesce(%s, now()), now())
-                 FROM registry.tenants AS t WHERE t.tenant_id = %s
+            """INSERT INTO registry.customer_mail (tenant_id, message, cause, customer_id, params, send_after)
+               SELECT t.tenant_id, %(message)s, %(cause)s, t.customer_id, %(params)s,
+                      greatest(coalesce(%(send_after)s, now()), now())
+                 FROM registry.tenants AS t
+                WHERE t.tenant_id = %(tenant)s AND t.customer_id = %(account)s
+                  AND (%(subscription)s::text IS NULL OR t.subscription_id IS NULL
+                       OR t.subscription_id = %(subscription)s)
                ON CONFLICT DO NOTHING""",
-            (message, cause, Jsonb(params), send_after, tenant_id),
+            {"message": message, "cause": cause, "params": Jsonb(params), "send_after": send_after,
+             "tenant": tenant_id, "account": account, "subscription": subscription},
         ).rowcount
-    )
+    )  # fmt: skip
 
 
 def queue_payment_failures(conn: psycopg.Connection, account: str, events: list[dict]) -> int:
@@ -141,7 +163,7 @@ def queue_payment_failures(conn: psycopg.Connection, account: str, events: list[
         cause = f"payment {meta.get('paymentId') or event['object_id']}"
         params = {"invoice": event["object_id"], "amount": str(meta.get("amount") or ""),
                   "currency": str(meta.get("currency") or "")}  # fmt: skip
-        queued += sum(queue(conn, row["tenant_id"], "payment_failed", cause, params) for row in tenants)
+        queued += sum(queue(conn, row["tenant_id"], account, "payment_failed", cause, params) for row in tenants)
     return queued
 
 
@@ -161,20 +183,26 @@ def trial_end(subscription: dict) -> datetime | None:
 
 
 def queue_trial_ending(conn: psycopg.Connection, tenant_id: str, subscription: dict, warning_days: int) -> bool:
-    """The trial's end, told `warning_days` before it (at once when it is nearer): once per subscription and date."""
+    """The trial's end, told `warning_days` before it (at once when it is nearer), once per subscription and end
+    date; a message for an end date a plan change moved is dropped when its time comes (moot)."""
     ends = trial_end(subscription)
     if ends is None:
         return False
     cause = f"trial {subscription.get('subscriptionId')} ends {ends:%Y-%m-%d}"
-    params = {"trial_ends": f"{ends:%Y-%m-%d}", "plan": subscription.get("planName") or ""}
-    return queue(conn, tenant_id, "trial_ending", cause, params, ends - timedelta(days=warning_days))
+    params = {"trial_ends": f"{ends:%Y-%m-%d}", "plan": subscription.get("planName") or "",
+              "subscription": subscription.get("subscriptionId")}  # fmt: skip
+    return queue(
+        conn, tenant_id, subscription.get("accountId"), "trial_ending", cause, params,
+        ends - timedelta(days=warning_days), subscription=subscription.get("subscriptionId"),
+    )  # fmt: skip
 
 
 def queue_purge_warnings(conn: psycopg.Connection, warning_days: int) -> int:
     """A terminated tenant's purge, told `warning_days` before it: once per retention end."""
     return conn.execute(
-        """INSERT INTO registry.customer_mail (tenant_id, message, cause, params)
-           SELECT tenant_id, 'purge_soon', 'purge at ' || retain_until::text,
+        """INSERT INTO registry.customer_mail (tenant_id, message, cause, customer_id, params)
+           SELECT tenant_id, 'purge_soon',
+                  'purge at ' || to_char(retain_until AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'), customer_id,
                   jsonb_build_object('retain_until', retain_until)
              FROM registry.tenants
             WHERE status = 'terminated' AND customer_id IS NOT NULL AND retain_until > now()
@@ -188,79 +216,112 @@ def queue_purge_warnings(conn: psycopg.Connection, warning_days: int) -> int:
 
 
 def moot(row: dict, settings: MailSettings) -> str | None:
-    """Why a due message should not go out any more, or None."""
+    """Why a due message should not go out any more (what it tells is no longer so), or None."""
     if row["send_after"] < row["now"] - timedelta(days=settings.stale_days):
         return f"not sent within {settings.stale_days:g} days of its time: dropped, never sent late"
-    if not row["customer_id"]:
-        return "the tenant has no Kill Bill account any more"
-    if row["message"] == "trial_ending" and (row["status"] != "active" or row["billing_status"] not in (None, "trial")):
-        return f"the trial is over (tenant {row['status']}, billing {row['billing_status']})"
-    if row["message"] == "purge_soon" and row["status"] != "terminated":
-        return f"the tenant is {row['status']}: no purge coming"
-    if row["message"] == "payment_failed" and row["status"] not in ("active", "suspended"):
-        return f"the tenant is {row['status']}"
+    if row["customer_id"] != row["owner"]:
+        return "the tenant belongs to another Kill Bill account now (transferred)"
+    message, status, params = row["message"], row["status"], row["params"]
+    if message == "trial_ending":
+        if status != "active" or row["billing_status"] not in (None, "trial"):
+            return f"the trial is over (tenant {status}, billing {row['billing_status']})"
+        if params.get("subscription") and row["subscription_id"] not in (None, params["subscription"]):
+            return "the tenant belongs to another subscription now"
+    wanted = {"purge_soon": ("terminated",), "suspended": ("suspended",), "resumed": ("active",),
+              "payment_failed": ("active", "suspended"), "plan_changed": ("active", "suspended")}  # fmt: skip
+    if message in wanted and status not in wanted[message]:
+        return f"the tenant is {status} now"
+    if message == "plan_changed" and params.get("plan") != row["plan_name"]:
+        return f"the tenant is on {row['plan_name']} now (the change was undone)"
     return None
 
 
-def send_due(conn, settings, killbill: KillBill, actor: str) -> list[str]:
-    """One mail pass: queue the purge warnings now due, then send what is due (at most PER_PASS); a line for each
-    message sent, dropped or put off."""
+def send_due(conn, settings, killbill: KillBill, actor: str) -> tuple[list[str], bool]:
+    """One mail pass: queue the purge warnings now due, then send what is due (at most PER_PASS): a line for each
+    message sent, dropped or put off, and whether the relay or Kill Bill was out of reach. The pass ends there: the
+    rest would wait for the same timeouts."""
     mail: MailSettings = settings.mail
     queue_purge_warnings(conn, mail.purge_warning_days)
-    lines = []
+    lines: list[str] = []
     for _ in range(PER_PASS):
-        line = _send_one(conn, settings, killbill, actor)
-        if line is None:
+        outcome = _send_one(conn, settings, killbill, actor)
+        if outcome is None:
             break
+        line, unreachable = outcome
         lines.append(line)
-    return lines
+        if unreachable:
+            return lines, True
+    return lines, False
 
 
-def _send_one(conn, settings, killbill: KillBill, actor: str) -> str | None:
+def _send_one(conn, settings, killbill: KillBill, actor: str) -> tuple[str, bool] | None:
+    """Send, drop or put off the next due message: (what happened, whether the relay or Kill Bill was out of
+    reach); None when nothing is due."""
     mail: MailSettings = settings.mail
     with conn.transaction():
         row = conn.execute(
-            """SELECT m.id, m.tenant_id, m.message, m.cause, m.params, m.sealed_link, m.send_after, m.queued_at,
-                      now() AS now,
-                      t.customer_id, t.status, t.billing_status, t.plan_name, t.retain_until
+            """SELECT m.id, m.tenant_id, m.message, m.cause, m.customer_id, m.params, m.sealed_link, m.send_after,
+                      m.queued_at, now() AS now, t.customer_id AS owner, t.subscription_id, t.status,
+                      t.billing_status, t.plan_name, t.retain_until
                  FROM registry.customer_mail AS m JOIN registry.tenants AS t ON t.tenant_id = m.tenant_id
-                WHERE m.state = 'queued' AND m.send_after <= now()
+                WHERE m.state = 'queued' AND m.send_after <= now() AND (m.retry_at IS NULL OR m.retry_at <= now())
                 ORDER BY m.send_after, m.id LIMIT 1
                   FOR UPDATE OF m SKIP LOCKED"""
         ).fetchone()
         if row is None:
             return None
         name = f"mail {row['id']} ({row['message']} to tenant {row['tenant_id']})"
-        if reason := moot(row, mail):
-            _finish(conn, row, "dropped", reason)
-            return f"{name}: dropped: {reason}"
         try:
-            profile = customer_profile(killbill.account(row["customer_id"]))
-        except KillBillError as error:
-            return _put_off(conn, row, mail, f"Kill Bill: {error}", name)
-        if not profile.get("email"):
-            _finish(conn, row, "dropped", "the Kill Bill account has no e-mail address")
-            return f"{name}: dropped: the Kill Bill account has no e-mail address"
-        language = language_of(profile.get("locale"))
-        params = _params(row, profile, settings)
-        try:
-            rendered = render(row["message"], language, params)
-        except jinja2.TemplateError as error:  # a template bug: every attempt would fail the same way
-            _finish(conn, row, "dropped", f"its template failed: {error}")
-            log.error("%s: template %s/%s failed: %s", name, language, row["message"], error)
-            return f"{name}: dropped: its template failed: {error}"
+            with conn.transaction():  # a savepoint: whatever fails in it, the row is still put off below
+                return _attempt(conn, row, name, settings, killbill, actor)
+        except Exception as error:  # a bug, or an answer nobody foresaw: this message waits, the others go on
+            log.exception("%s: failed", name)
+            return _put_off(conn, row, mail, f"{type(error).__name__}: {error}", name), False
+
+
+def _attempt(conn, row: dict, name: str, settings, killbill: KillBill, actor: str) -> tuple[str, bool]:
+    mail: MailSettings = settings.mail
+    if reason := moot(row, mail):
+        _finish(conn, row, "dropped", reason)
+        return f"{name}: dropped: {reason}", False
+    try:
+        profile = customer_profile(killbill.account(row["customer_id"]))
+    except KillBillNotFound as error:
+        _finish(conn, row, "dropped", f"the account is unknown to Kill Bill: {error}")
+        return f"{name}: dropped: the account is unknown to Kill Bill", False
+    except KillBillError as error:
+        return _put_off(conn, row, mail, f"Kill Bill: {error}", name), True
+    if not profile.get("email"):
+        _finish(conn, row, "dropped", "the Kill Bill account has no e-mail address")
+        return f"{name}: dropped: the Kill Bill account has no e-mail address", False
+    language = language_of(profile.get("locale"))
+    try:
+        rendered = render(row["message"], language, _params(row, profile, settings))
         message = compose(mail, row, profile["email"], profile.get("name"), rendered)
-        try:
-            deliver(mail, message)
-        except (OSError, smtplib.SMTPException) as error:
-            return _put_off(conn, row, mail, f"SMTP {mail.smtp_host}:{mail.smtp_port}: {error}", name)
-        _finish(conn, row, "sent", None, recipient=profile["email"], language=language)
-        store.audit(
-            conn, actor=actor, tenant_id=row["tenant_id"], kind="mail", subject=f"mail:{row['id']}",
-            detail={"message": row["message"], "cause": row["cause"], "to": profile["email"], "language": language,
-                    "message_id": message["Message-ID"]},
-        )  # fmt: skip
-        return f"{name}: sent to {profile['email']} ({language})"
+    except jinja2.TemplateError as error:  # a template bug: every attempt would fail the same way
+        log.error("%s: template %s/%s failed: %s", name, language, row["message"], error)
+        _finish(conn, row, "dropped", f"its template failed: {error}")
+        return f"{name}: dropped: its template failed: {error}", False
+    except (ValueError, MessageError) as error:  # an address or a name no e-mail can carry
+        _finish(conn, row, "dropped", f"no e-mail can be written to this account: {error}")
+        return f"{name}: dropped: no e-mail can be written to {profile['email']!r}", False
+    relay = f"SMTP {mail.smtp_host}:{mail.smtp_port}"
+    try:
+        deliver(mail, message)
+    except smtplib.SMTPException as error:
+        if refused_for_good(error):
+            _finish(conn, row, "dropped", f"{relay} refused it: {error}")
+            return f"{name}: dropped: {relay} refused it: {error}", False
+        return _put_off(conn, row, mail, f"{relay}: {error}", name), True
+    except OSError as error:
+        return _put_off(conn, row, mail, f"{relay}: {error}", name), True
+    _finish(conn, row, "sent", None, recipient=profile["email"], language=language)
+    store.audit(
+        conn, actor=actor, tenant_id=row["tenant_id"], kind="mail", subject=f"mail:{row['id']}",
+        detail={"message": row["message"], "cause": row["cause"], "to": profile["email"], "language": language,
+                "message_id": message["Message-ID"]},
+    )  # fmt: skip
+    return f"{name}: sent to {profile['email']} ({language})", False
 
 
 def _params(row: dict, profile: dict, settings) -> dict:
@@ -286,9 +347,11 @@ def _params(row: dict, profile: dict, settings) -> dict:
 
 
 def _put_off(conn, row: dict, mail: MailSettings, error: str, name: str) -> str:
+    """Try it again after retry_seconds; its time stays, so a message unsent for long is seen (metrics, alert)
+    and dropped as stale."""
     conn.execute(
         """UPDATE registry.customer_mail SET attempts = attempts + 1, last_error = %s,
-                  send_after = now() + make_interval(secs => %s) WHERE id = %s""",
+                  retry_at = now() + make_interval(secs => %s) WHERE id = %s""",
         (error[:2000], mail.retry_seconds, row["id"]),
     )
     log.warning("%s: not sent (%s); tried again in %g s", name, error, mail.retry_seconds)
@@ -298,7 +361,8 @@ def _put_off(conn, row: dict, mail: MailSettings, error: str, name: str) -> str:
 def _finish(conn, row: dict, state: str, reason: str | None, recipient=None, language=None) -> None:
     conn.execute(
         """UPDATE registry.customer_mail SET state = %s, last_error = %s, recipient = %s, language = %s,
-                  sealed_link = NULL, attempts = attempts + 1, sent_at = CASE WHEN %s = 'sent' THEN now() END
+                  sealed_link = NULL, retry_at = NULL, attempts = attempts + 1,
+                  sent_at = CASE WHEN %s = 'sent' THEN now() END
             WHERE id = %s""",
         (state, reason, recipient, language, state, row["id"]),
     )

@@ -82,7 +82,7 @@ class Worker:
         self.killbill = killbill or KillBill(settings.killbill)
         self.conn = self._connect("worker")
         self._last_reconcile = self._last_housekeeping = self._last_recovery = time.monotonic()
-        self._last_schedules = 0.0  # the first idle moment looks at once
+        self._last_schedules = self._last_mail = 0.0  # the first idle moment looks at once
         self.lease: AccountLease | None = None  # the account this worker converges now
 
     def _connect(self, purpose: str, **options) -> psycopg.Connection:
@@ -114,6 +114,10 @@ class Worker:
 
     def _work(self, stop: threading.Event, listener: psycopg.Connection) -> None:
         while not stop.is_set():
+            # Between jobs too, at least every poll_seconds: a steady inbox does not hold the customers' mail back.
+            if self.settings.mail and time.monotonic() - self._last_mail >= self.settings.poll_seconds:
+                self._last_mail = time.monotonic()
+                self.periodic_mail()
             if self.run_once():
                 continue
             interval = self.settings.reconcile_interval_seconds
@@ -135,8 +139,6 @@ class Worker:
                 self._last_schedules = time.monotonic()
                 if self.periodic_schedules():
                     continue
-            if self.periodic_mail():
-                continue
             for _ in listener.notifies(timeout=self.settings.poll_seconds, stop_after=1):
                 pass
 
@@ -599,21 +601,22 @@ class Worker:
         `mail` settings."""
         if self.settings.mail is None:
             return []
-        return mail.send_due(self.conn, self.settings, self.killbill, self.actor)
+        lines, unreachable = mail.send_due(self.conn, self.settings, self.killbill, self.actor)
+        if unreachable:  # no pass until the messages it put off are due again: each would wait for its timeouts
+            self._last_mail = time.monotonic() + self.settings.mail.retry_seconds
+        return lines
 
-    def periodic_mail(self) -> bool:
-        """The mail pass of the worker loop: whether it sent (or dropped, or put off) anything. A bug in it is logged,
-        and the worker goes on with the inbox."""
+    def periodic_mail(self) -> None:
+        """The mail pass of the worker loop. A bug in it is logged, and the worker goes on with the inbox."""
         try:
             lines = self.send_mail()
         except psycopg.OperationalError:
             raise
         except Exception:
             log.exception("the mail pass failed")
-            return False
+            return
         for line in lines:
             log.info("%s", line)
-        return bool(lines)
 
     # -- schedules -------------------------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ makes a message moot, and the message as a mail client gets it."""
 from __future__ import annotations
 
 import email
+import email.errors
 import email.policy
+import smtplib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -45,6 +47,15 @@ def test_each_template_renders_a_subject_text_and_escaped_html(language, message
         assert f'<a href="{PARAMS["link"].replace("&", "&amp;")}">' in html
 
 
+def test_only_the_platforms_own_urls_become_links():
+    """A customer's name is theirs to choose: a URL in it stays text in a mail from the platform's domain."""
+    name = "Visit https://evil.example/login?acme,"
+    _, text, html = mail.render("resumed", "en", {**PARAMS, "name": name})
+    assert "https://evil.example/login?acme," in text
+    assert 'href="https://evil' not in html and "https://evil.example/login?acme," in html
+    assert f'<a href="{PARAMS["url"]}">{PARAMS["url"]}</a>' in html  # no trailing full stop in it
+
+
 def test_a_welcome_without_its_link_says_how_to_get_one():
     for language in LANGUAGES:
         _, text, _ = mail.render("welcome", language, {**PARAMS, "link": None})
@@ -67,6 +78,11 @@ def test_the_settings_refuse_what_would_fail_later():
         ({**good, "link_key": "short"}, "Fernet key"),
         ({**good, "sender": "nobody"}, "must be an address"),
         ({**good, "username": "u", "password": "p"}, "needs mail.starttls"),
+        ({**good, "starttls": True, "username": "u"}, "go together"),
+        ({**good, "smtp_port": "587"}, "smtp_port must be a whole number"),
+        ({**good, "starttls": "false"}, "starttls must be true or false"),
+        ({**good, "trial_warning_days": "3"}, "trial_warning_days must be a whole number"),
+        ({**good, "retry_seconds": 0}, "retry_seconds must be above 0"),
         ([], "must be an object"),
     ):
         with pytest.raises(ConfigError, match=problem):
@@ -101,19 +117,41 @@ def test_the_trial_ends_at_its_phase_event_on_kill_bills_clock():
 def row(**fields) -> dict:
     now = datetime(2026, 11, 28, 12, tzinfo=UTC)
     return {"id": 7, "tenant_id": "acme", "message": "welcome", "send_after": now, "queued_at": now, "now": now,
-            "customer_id": "acct", "status": "active", "billing_status": "trial", **fields}  # fmt: skip
+            "customer_id": "acct", "owner": "acct", "subscription_id": "sub", "status": "active",
+            "billing_status": "trial", "plan_name": "basic-monthly", "params": {}, **fields}  # fmt: skip
 
 
 def test_a_message_no_longer_true_is_dropped():
     settings = MailSettings(sender="s@x.example", link_key=KEY)
     assert mail.moot(row(), settings) is None
     assert "7 days" in mail.moot(row(send_after=row()["now"] - timedelta(days=8)), settings)
-    assert mail.moot(row(customer_id=None), settings)
+    assert "another Kill Bill account" in mail.moot(row(owner="acct-2"), settings)  # transferred since
     assert mail.moot(row(message="trial_ending", billing_status="paid"), settings)
     assert mail.moot(row(message="trial_ending"), settings) is None
     assert mail.moot(row(message="purge_soon", status="active"), settings)  # the customer came back
     assert mail.moot(row(message="purge_soon", status="terminated"), settings) is None
     assert mail.moot(row(message="payment_failed", status="terminated"), settings)
+    assert mail.moot(row(message="trial_ending", params={"subscription": "sub-old"}), settings)
+    assert mail.moot(row(message="suspended"), settings)  # resumed meanwhile
+    assert mail.moot(row(message="resumed", status="suspended"), settings)
+    assert mail.moot(row(message="plan_changed", params={"plan": "premium-monthly"}), settings)  # switched back
+    assert mail.moot(row(message="plan_changed", params={"plan": "basic-monthly"}), settings) is None
+
+
+def test_only_a_5xx_reply_drops_a_message():
+    assert mail.refused_for_good(smtplib.SMTPRecipientsRefused({"a@x": (550, b"no such mailbox")}))
+    assert not mail.refused_for_good(smtplib.SMTPRecipientsRefused({"a@x": (450, b"greylisted")}))
+    assert mail.refused_for_good(smtplib.SMTPDataError(554, b"rejected"))
+    assert not mail.refused_for_good(smtplib.SMTPServerDisconnected("gone"))
+    assert not mail.refused_for_good(smtplib.SMTPSenderRefused(421, b"busy", "s@x"))
+
+
+def test_an_address_no_mail_can_carry_fails_before_the_relay():
+    settings = MailSettings(sender="s@x.example", link_key=KEY)
+    rendered = mail.render("resumed", "en", PARAMS)
+    for address in ("a,b@evil.example", "x<y@evil.example", "a@c..example"):
+        with pytest.raises((ValueError, email.errors.MessageError)):
+            mail.compose(settings, row(message="resumed"), address, "Jo", rendered)
 
 
 def test_the_message_as_a_mail_client_gets_it():

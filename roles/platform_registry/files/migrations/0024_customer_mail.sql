@@ -7,12 +7,14 @@ CREATE TABLE registry.customer_mail (
     message     text NOT NULL CHECK (message IN ('welcome', 'trial_ending', 'payment_failed', 'suspended', 'resumed',
                                                  'plan_changed', 'cancelled', 'purge_soon')),
     cause       text NOT NULL CHECK (cause <> ''),  -- what it tells of: one mail per tenant, message and cause
+    customer_id text NOT NULL,                       -- the Kill Bill account it is for (a transfer moots it)
     params      jsonb NOT NULL DEFAULT '{}',         -- what its template shows (a plan, a date); never a secret
     -- The welcome's one-time sign-in link, encrypted with the platform's mail key (never stored in clear); cleared
     -- once the mail is sent or dropped.
     sealed_link text,
     queued_at   timestamptz NOT NULL DEFAULT now(),
-    send_after  timestamptz NOT NULL DEFAULT now(),
+    send_after  timestamptz NOT NULL DEFAULT now(),  -- its time; a message unsent long after it is dropped
+    retry_at    timestamptz,                         -- after a failed attempt, when the next may go
     state       text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'sent', 'dropped')),
     attempts    integer NOT NULL DEFAULT 0,
     last_error  text,                                -- why the last attempt failed, or why it was dropped
@@ -23,7 +25,7 @@ CREATE TABLE registry.customer_mail (
 );
 COMMENT ON TABLE registry.customer_mail IS
     'E-mails to customers: queued with what they tell of, sent by the webhook runner, each once per cause.';
-CREATE INDEX customer_mail_due_idx ON registry.customer_mail (send_after) WHERE state = 'queued';
+CREATE INDEX customer_mail_queued_idx ON registry.customer_mail (send_after) WHERE state = 'queued';
 
 -- What a tenant's row changing tells its customer, queued in the same transaction as the change, whichever playbook
 -- or module makes it: a change that commits is told once, one that rolls back never. A tenant with no Kill Bill
@@ -43,8 +45,8 @@ BEGIN
     IF message IS NULL OR NEW.customer_id IS NULL THEN
         RETURN NULL;
     END IF;
-    INSERT INTO registry.customer_mail (tenant_id, message, cause, params)
-    VALUES (NEW.tenant_id, message, 'transaction ' || pg_catalog.pg_current_xact_id()::text,
+    INSERT INTO registry.customer_mail (tenant_id, message, cause, customer_id, params)
+    VALUES (NEW.tenant_id, message, 'transaction ' || pg_catalog.pg_current_xact_id()::text, NEW.customer_id,
             pg_catalog.jsonb_build_object('plan', NEW.plan_name, 'previous_plan', OLD.plan_name,
                                           'retain_until', NEW.retain_until))
     ON CONFLICT DO NOTHING;
