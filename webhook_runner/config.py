@@ -52,6 +52,7 @@ class MailSettings:
     password: str = field(default="", repr=False)
     timeout_seconds: float = 30.0
     reply_to: str = ""  # where customers' answers go, when not to the sender
+    link_hours: int = 24  # a sign-in link lives this long (saasodoo_admin_link_hours): a later welcome goes without
     trial_warning_days: int = 3  # a trial's end is told this many days before
     purge_warning_days: int = 7  # a terminated tenant's purge is told this many days before
     retry_seconds: float = 300.0  # a message the relay or Kill Bill failed is tried again after this long
@@ -71,7 +72,7 @@ class MailSettings:
             return "mail.username and mail.password go together"
         if not 0 < self.smtp_port < 65536:
             return f"mail.smtp_port must be a port: {self.smtp_port!r}"
-        positive = ("timeout_seconds", "retry_seconds", "stale_days")
+        positive = ("timeout_seconds", "retry_seconds", "stale_days", "link_hours")
         if bad := [f"mail.{key}" for key in positive if getattr(self, key) <= 0]:
             return f"{', '.join(bad)} must be above 0"
         if self.trial_warning_days < 0 or self.purge_warning_days < 0:

@@ -328,10 +328,13 @@ def _params(row: dict, profile: dict, settings) -> dict:
     """What a template may show: the tenant, its URL, the customer's name, the row's params and the link."""
     link = None
     if row["sealed_link"]:
+        # A Fernet token carries the time it was sealed: a link older than its life is left out, as one sealed with
+        # another key (the platform secret rotated since). The welcome then says how to get a new one.
         try:
-            link = Fernet(fernet_key(settings.mail.link_key)).decrypt(row["sealed_link"].encode()).decode()
-        except InvalidToken:  # sealed with another key (rotated since): the welcome says how to get a new one
-            log.warning("mail %s: its sign-in link was sealed with another key; sent without it", row["id"])
+            sealed = Fernet(fernet_key(settings.mail.link_key))
+            link = sealed.decrypt(row["sealed_link"].encode(), ttl=settings.mail.link_hours * 3600).decode()
+        except InvalidToken:
+            log.warning("mail %s: its sign-in link expired or was sealed with another key; sent without it", row["id"])
     retain_until = row["params"].get("retain_until") or row["retain_until"]
     return {
         **dict.fromkeys(("previous_plan", "trial_ends", "amount", "currency", "invoice"), ""),

@@ -7,7 +7,9 @@ import email
 import email.errors
 import email.policy
 import smtplib
+import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
@@ -102,6 +104,15 @@ def test_a_link_the_module_seals_only_the_runner_key_opens():
     other = derive_password("t" * 64, "customer-mail-links")
     with pytest.raises(InvalidToken):
         Fernet(fernet_key(other)).decrypt(sealed.encode())
+
+
+def test_a_link_older_than_its_life_is_left_out_of_the_welcome():
+    settings = SimpleNamespace(mail=MailSettings(sender="s@x.example", link_key=KEY, link_hours=24), tenant_url="")
+    key = Fernet(fernet_key(KEY))
+    fresh = key.encrypt(PARAMS["link"].encode()).decode()
+    old = key.encrypt_at_time(PARAMS["link"].encode(), int(time.time()) - 25 * 3600).decode()
+    assert mail._params(row(sealed_link=fresh, retain_until=None), {}, settings)["link"] == PARAMS["link"]
+    assert mail._params(row(sealed_link=old, retain_until=None), {}, settings)["link"] is None
 
 
 def test_the_trial_ends_at_its_phase_event_on_kill_bills_clock():
