@@ -54,8 +54,11 @@ class KillBill:
             with self._opener.open(request, timeout=self._timeout) as response:
                 return json.load(response)
         except urllib.error.HTTPError as error:
-            detail = _error_message(error)
-            if error.code == 404:
+            body = _error_body(error)
+            detail = body.get("message") or str(error.reason)
+            # Kill Bill's own 404 names its exception (BillingExceptionJson); a proxy's or a starting server's does
+            # not, and says nothing of the object.
+            if error.code == 404 and body.get("className"):
                 raise KillBillNotFound(f"GET {path}: {detail}") from None
             raise KillBillError(f"GET {path}: HTTP {error.code} {detail}") from None
         except (OSError, ValueError, http.client.HTTPException) as error:  # e.g. a reply cut short by a restart
@@ -99,8 +102,10 @@ def _segment(value: str) -> str:
     return urllib.parse.quote(value, safe="")
 
 
-def _error_message(error: urllib.error.HTTPError) -> str:
+def _error_body(error: urllib.error.HTTPError) -> dict:
+    """The error's JSON body (Kill Bill's BillingExceptionJson: className, code, message), or {}."""
     try:
-        return json.loads(error.read()).get("message") or error.reason
+        body = json.loads(error.read())
     except (OSError, ValueError, AttributeError):
-        return str(error.reason)
+        return {}
+    return body if isinstance(body, dict) else {}

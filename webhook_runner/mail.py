@@ -116,11 +116,20 @@ def deliver(settings: MailSettings, message: EmailMessage) -> None:
 
 
 def refused_for_good(error: Exception) -> bool:
-    """Whether the relay refused the message for good (a 5xx reply: no such mailbox, a bad address): trying it
-    again would be refused the same way."""
+    """Whether the relay refused this message's address for good (a 5xx reply with an address status, 5.1.x: no
+    such mailbox, a bad address): trying it again would be refused the same way. Any other refusal (a login, the
+    sender, relaying denied, 5.7.x) is about the relay or the settings, and every message would get it."""
+    if not isinstance(error, smtplib.SMTPRecipientsRefused):
+        return False
+    return all(code >= 500 and reply.startswith(b"5.1.") for code, reply in error.recipients.values())
+
+
+def relay_failed(error: Exception) -> bool:
+    """Whether the failure is the relay's or the settings' (every message would meet it: the pass ends), rather
+    than this message's (a 4xx for its address, its content refused: the others go on)."""
     if isinstance(error, smtplib.SMTPRecipientsRefused):
-        return all(code >= 500 for code, _ in error.recipients.values())
-    return isinstance(error, smtplib.SMTPResponseException) and error.smtp_code >= 500
+        return any(reply.startswith(b"5.7.") for _, reply in error.recipients.values())
+    return not isinstance(error, smtplib.SMTPDataError)
 
 
 # -- queueing (what the registry does not queue itself) ----------------------------------------------------------
@@ -191,10 +200,19 @@ def queue_trial_ending(conn: psycopg.Connection, tenant_id: str, subscription: d
     cause = f"trial {subscription.get('subscriptionId')} ends {ends:%Y-%m-%d}"
     params = {"trial_ends": f"{ends:%Y-%m-%d}", "plan": subscription.get("planName") or "",
               "subscription": subscription.get("subscriptionId")}  # fmt: skip
-    return queue(
+    queued = queue(
         conn, tenant_id, subscription.get("accountId"), "trial_ending", cause, params,
         ends - timedelta(days=warning_days), subscription=subscription.get("subscriptionId"),
     )  # fmt: skip
+    if queued:  # the end a plan change moved: its message is no longer so
+        conn.execute(
+            """UPDATE registry.customer_mail SET state = 'dropped', sealed_link = NULL,
+                      last_error = 'the trial''s end moved (a plan change): ' || %s
+                WHERE tenant_id = %s AND message = 'trial_ending' AND state = 'queued' AND cause <> %s
+                  AND params ->> 'subscription' = %s""",
+            (cause, tenant_id, cause, subscription.get("subscriptionId")),
+        )
+    return queued
 
 
 def queue_purge_warnings(conn: psycopg.Connection, warning_days: int) -> int:
@@ -227,7 +245,8 @@ def moot(row: dict, settings: MailSettings) -> str | None:
             return f"the trial is over (tenant {status}, billing {row['billing_status']})"
         if params.get("subscription") and row["subscription_id"] not in (None, params["subscription"]):
             return "the tenant belongs to another subscription now"
-    wanted = {"purge_soon": ("terminated",), "suspended": ("suspended",), "resumed": ("active",),
+    wanted = {"purge_soon": ("terminated",), "cancelled": ("terminated",), "suspended": ("suspended",),
+              "resumed": ("active",),
               "payment_failed": ("active", "suspended"), "plan_changed": ("active", "suspended")}  # fmt: skip
     if message in wanted and status not in wanted[message]:
         return f"the tenant is {status} now"
@@ -265,7 +284,7 @@ def _send_one(conn, settings, killbill: KillBill, actor: str) -> tuple[str, bool
                       t.billing_status, t.plan_name, t.retain_until
                  FROM registry.customer_mail AS m JOIN registry.tenants AS t ON t.tenant_id = m.tenant_id
                 WHERE m.state = 'queued' AND m.send_after <= now() AND (m.retry_at IS NULL OR m.retry_at <= now())
-                ORDER BY m.send_after, m.id LIMIT 1
+                ORDER BY coalesce(m.retry_at, m.send_after), m.id LIMIT 1
                   FOR UPDATE OF m SKIP LOCKED"""
         ).fetchone()
         if row is None:
@@ -308,13 +327,11 @@ def _attempt(conn, row: dict, name: str, settings, killbill: KillBill, actor: st
     relay = f"SMTP {mail.smtp_host}:{mail.smtp_port}"
     try:
         deliver(mail, message)
-    except smtplib.SMTPException as error:
+    except (OSError, smtplib.SMTPException) as error:
         if refused_for_good(error):
-            _finish(conn, row, "dropped", f"{relay} refused it: {error}")
-            return f"{name}: dropped: {relay} refused it: {error}", False
-        return _put_off(conn, row, mail, f"{relay}: {error}", name), True
-    except OSError as error:
-        return _put_off(conn, row, mail, f"{relay}: {error}", name), True
+            _finish(conn, row, "dropped", f"{relay} refused its address: {error}")
+            return f"{name}: dropped: {relay} refused its address: {error}", False
+        return _put_off(conn, row, mail, f"{relay}: {error}", name), relay_failed(error)
     _finish(conn, row, "sent", None, recipient=profile["email"], language=language)
     store.audit(
         conn, actor=actor, tenant_id=row["tenant_id"], kind="mail", subject=f"mail:{row['id']}",
@@ -328,11 +345,13 @@ def _params(row: dict, profile: dict, settings) -> dict:
     """What a template may show: the tenant, its URL, the customer's name, the row's params and the link."""
     link = None
     if row["sealed_link"]:
-        # A Fernet token carries the time it was sealed: a link older than its life is left out, as one sealed with
-        # another key (the platform secret rotated since). The welcome then says how to get a new one.
+        # A Fernet token carries the time it was sealed, minutes after Odoo issued the link (the provision's last
+        # step): a link with less than an hour of its life left is left out, as one sealed with another key (the
+        # platform secret rotated since). The welcome then says how to get a new one.
         try:
             sealed = Fernet(fernet_key(settings.mail.link_key))
-            link = sealed.decrypt(row["sealed_link"].encode(), ttl=settings.mail.link_hours * 3600).decode()
+            ttl = max(settings.mail.link_hours - 1, 0) * 3600
+            link = sealed.decrypt(row["sealed_link"].encode(), ttl=ttl).decode()
         except InvalidToken:
             log.warning("mail %s: its sign-in link expired or was sealed with another key; sent without it", row["id"])
     retain_until = row["params"].get("retain_until") or row["retain_until"]

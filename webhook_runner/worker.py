@@ -611,7 +611,10 @@ class Worker:
         try:
             lines = self.send_mail()
         except psycopg.OperationalError:
-            raise
+            if self.conn.closed or self.conn.broken:
+                raise  # the registry is gone: serve() connects again
+            log.exception("the mail pass failed (tried again at the next)")  # a deadlock, a cancelled statement
+            return
         except Exception:
             log.exception("the mail pass failed")
             return

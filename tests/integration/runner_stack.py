@@ -110,13 +110,19 @@ class RunnerStack:
         return psycopg.connect(self.registry_conninfo, autocommit=True, row_factory=dict_row)
 
     def settle(self, timeout: float = 900.0) -> None:
-        """Until no stored event is pending and no job is running or queued (a retry due later counts)."""
+        """Until no stored event is pending, no job is running or queued (a retry due later counts), and every
+        customer e-mail due was tried at least once, when this runner sends e-mail (what a step told is sent before
+        the next step makes it moot)."""
         deadline = time.monotonic() + timeout
+        sends_mail = "mail" in json.loads(self.settings_path.read_text())
         with self.registry() as conn:
             while True:
                 busy = conn.execute(
                     """SELECT (SELECT count(*) FROM registry.events WHERE processed_at IS NULL)
-                            + (SELECT count(*) FROM registry.jobs WHERE state IN ('queued', 'running')) AS n"""
+                            + (SELECT count(*) FROM registry.jobs WHERE state IN ('queued', 'running'))
+                            + (SELECT count(*) FROM registry.customer_mail
+                                WHERE %s AND state = 'queued' AND attempts = 0 AND send_after <= now()) AS n""",
+                    (sends_mail,),
                 ).fetchone()["n"]
                 if not busy:
                     return

@@ -110,7 +110,7 @@ def test_a_link_older_than_its_life_is_left_out_of_the_welcome():
     settings = SimpleNamespace(mail=MailSettings(sender="s@x.example", link_key=KEY, link_hours=24), tenant_url="")
     key = Fernet(fernet_key(KEY))
     fresh = key.encrypt(PARAMS["link"].encode()).decode()
-    old = key.encrypt_at_time(PARAMS["link"].encode(), int(time.time()) - 25 * 3600).decode()
+    old = key.encrypt_at_time(PARAMS["link"].encode(), int(time.time()) - 23 * 3600 - 60).decode()
     assert mail._params(row(sealed_link=fresh, retain_until=None), {}, settings)["link"] == PARAMS["link"]
     assert mail._params(row(sealed_link=old, retain_until=None), {}, settings)["link"] is None
 
@@ -147,14 +147,23 @@ def test_a_message_no_longer_true_is_dropped():
     assert mail.moot(row(message="resumed", status="suspended"), settings)
     assert mail.moot(row(message="plan_changed", params={"plan": "premium-monthly"}), settings)  # switched back
     assert mail.moot(row(message="plan_changed", params={"plan": "basic-monthly"}), settings) is None
+    assert mail.moot(row(message="cancelled"), settings)  # the customer came back before it went
+    assert mail.moot(row(message="cancelled", status="terminated"), settings) is None
 
 
-def test_only_a_5xx_reply_drops_a_message():
-    assert mail.refused_for_good(smtplib.SMTPRecipientsRefused({"a@x": (550, b"no such mailbox")}))
-    assert not mail.refused_for_good(smtplib.SMTPRecipientsRefused({"a@x": (450, b"greylisted")}))
-    assert mail.refused_for_good(smtplib.SMTPDataError(554, b"rejected"))
-    assert not mail.refused_for_good(smtplib.SMTPServerDisconnected("gone"))
-    assert not mail.refused_for_good(smtplib.SMTPSenderRefused(421, b"busy", "s@x"))
+def test_only_a_refused_address_drops_a_message_and_only_the_relays_failures_end_the_pass():
+    unknown = smtplib.SMTPRecipientsRefused({"a@x": (550, b"5.1.1 <a@x>: Recipient address rejected: User unknown")})
+    assert mail.refused_for_good(unknown) and not mail.relay_failed(unknown)
+    greylisted = smtplib.SMTPRecipientsRefused({"a@x": (450, b"4.7.1 greylisted, try later")})
+    assert not mail.refused_for_good(greylisted) and not mail.relay_failed(greylisted)  # this message's, later
+    denied = smtplib.SMTPRecipientsRefused({"a@x": (554, b"5.7.1 <a@x>: Relay access denied")})
+    assert not mail.refused_for_good(denied) and mail.relay_failed(denied)  # every message would get it
+    for error in (smtplib.SMTPAuthenticationError(535, b"5.7.8 bad credentials"),
+                  smtplib.SMTPSenderRefused(553, b"5.7.1 sender not owned", "s@x"),
+                  smtplib.SMTPServerDisconnected("gone"), ConnectionRefusedError()):  # fmt: skip
+        assert not mail.refused_for_good(error) and mail.relay_failed(error), error
+    content = smtplib.SMTPDataError(554, b"5.6.0 message refused")
+    assert not mail.refused_for_good(content) and not mail.relay_failed(content)
 
 
 def test_an_address_no_mail_can_carry_fails_before_the_relay():
