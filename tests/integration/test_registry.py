@@ -201,7 +201,7 @@ def test_metrics_counters_keep_what_rows_counted_before_and_after_they_are_prune
     assert live["by_type"] == received and live["received"] == 9 and live["pending"] == 2
     assert live["jobs"] == {"succeeded": 3, "parked": 1, "skipped": 1, "queued": 0, "running": 0}
     assert live["durations"] == timed and live["bounds"] == [float(b) for b in bounds]
-    assert pruned == {"jobs": 4, "events": 2, "placements": 0}
+    assert pruned == {"jobs": 4, "events": 2, "placements": 0, "customer mails": 0}
     assert (after["by_type"], after["durations"]) == (received, timed)
     assert after["jobs"] == {"succeeded": 0, "parked": 1, "skipped": 0, "queued": 0, "running": 0} and rows["jobs"] == 1
     assert after["pending"] == rows["pending"] == 2
