@@ -74,7 +74,7 @@ def render(message: str, language: str, params: dict) -> tuple[str, str, str]:
 def _linked(paragraph: str, trusted: list[str]) -> Markup:
     """A paragraph as HTML: escaped, each of the `trusted` URLs in it a link, its lines joined (the text wraps)."""
     html = escape(paragraph)
-    for url in trusted:  # the link first: it begins with the tenant's URL
+    for url in trusted:  # each an exact URL the platform made, never one found in the text
         html = html.replace(escape(url), Markup('<a href="{0}">{0}</a>').format(url))
     return Markup(" ").join(html.split("\n"))
 
