@@ -25,7 +25,7 @@ from psycopg.rows import dict_row
 from ansible_collections.saasodoo.platform.plugins.module_utils.supervisor import ACTIVE_STATES
 from webhook_runner.schedules import SCHEDULES
 
-from .conftest import LOCAL_STATE, VENV_BIN, LocalPlatform, ansible_env, load_yaml
+from .conftest import LOCAL_STATE, VENV_BIN, LocalPlatform, ansible_env, load_yaml, wait_until
 from conftest import REPO
 
 RUNNER_STATE = LOCAL_STATE / "runner"  # the site-deployed runner (roles/webhook_runner)
@@ -236,13 +236,12 @@ class MailCatcher:
         return [message for message in found if to is None or to in str(message["To"])]
 
     def wait_for(self, to: str, expected: dict[str, int], timeout: float = 60.0) -> list[email.message.EmailMessage]:
-        """The messages to `to` once at least `expected` of each kind (X-SaaSOdoo-Message) have come."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """The messages to `to` once at least `expected` of each kind (X-SaaSOdoo-Message) have come (the workers'
+        mail pass runs on its own: the Maildir is polled)."""
+
+        def arrived() -> list[email.message.EmailMessage] | None:
             found = self.messages(to)
             kinds = Counter(str(message["X-SaaSOdoo-Message"]) for message in found)
-            if all(kinds[kind] >= count for kind, count in expected.items()):
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(f"mail to {to}: expected at least {expected}, got {dict(kinds)}")
-            time.sleep(0.2)  # the workers' mail pass runs on its own: poll the Maildir
+            return found if all(kinds[kind] >= count for kind, count in expected.items()) else None
+
+        return wait_until(arrived, f"mail to {to}: at least {expected}", timeout, every=0.2)
