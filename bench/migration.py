@@ -19,7 +19,7 @@ seconds, if recorded) and total time (the playbook's wall time, and db_migrate's
 they apply; then p50/p95 over the logical moves. Goals: client-seen downtime p95 <= 1.5 s up to 1 GB (<= 2 s
 above) and >= 50x below the baseline's; copy (the logical moves' median) >= 3x faster than the baseline's.
 4. (with --quick, only if --drains is given: a drain moves every tenant of a pool, so make test drains in its pass
-   alone, --quick --moves 0 --drains 5, and moves beside other tests with --quick) a tenant on the process
+   alone, --quick --moves 0 --drains 3, and moves beside other tests with --quick) a tenant on the process
    runtime (the stand-in Odoo under supervisord, its own PgBouncer) whose pool is drained --drains times, each
    time the pool it is on: whether its Odoo kept its process (goal: the same pid), and per drain the longest gap
    between good answers of its login page, which reads its database through its PgBouncer, polled every 50 ms
