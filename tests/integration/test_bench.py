@@ -64,8 +64,8 @@ def test_migration_benchmark_quick_run_prints_both_methods_and_the_baseline(loca
 
 
 def test_migration_benchmark_drains_a_pool_under_a_running_odoo(local_platform: LocalPlatform):
-    """Alone (a drain moves every tenant of its pool): three drains (make bench runs more), each with its held window and Odoo-seen gap on
-    one timeline, and the goals; the tenant's Odoo kept its process through them."""
+    """Alone (a drain moves every tenant of its pool): three drains (make bench runs five), each with its held window
+    and Odoo-seen gap on one timeline, and the goals; the tenant's Odoo kept its process through them."""
     port = str(local_platform.servers["platform-db"].port)
     output = run_bench("bench/migration.py", "--registry-port", port, "--moves", "0", "--drains", "3", timeout=900)
     drains = re.findall(r"^  drain \d of (\S+): .*\(ms after the block: (.*)\)$", output, re.MULTILINE)

@@ -540,8 +540,9 @@ def test_an_uninitialised_database_answers_500_everywhere(tenants, tmp_path: Pat
     with tenant_db.connect() as conn:
         assert conn.execute("SELECT to_regclass('ir_module_module')").fetchone() == (None,)
 
-    # Initialised by another odoo-bin meanwhile: served from the next request on (Odoo's registry signalling).
-    init(conf, "-i", "base")
+    # Initialised by another odoo-bin meanwhile (--no-http: this one holds the port): served from the next request
+    # on (Odoo's registry signalling).
+    init(conf, "-i", "base", "--no-http")
     assert get(port, "/web/health")[0] == 200
     assert get(port, "/web/login")[0] == 200
     assert stop(running)[0] == 0
@@ -642,6 +643,28 @@ def test_init_again_installs_only_what_is_missing(tenants, tmp_path: Path):
     with tenant_db.connect() as conn:
         assert conn.execute("SELECT name, signup_type FROM res_partner WHERE id = 2").fetchone() == ("OdooBot", None)
         assert conn.execute("SELECT count(*) FROM res_users").fetchone() == (2,)
+
+
+def test_a_module_installed_beside_the_serving_odoo_is_served_without_a_restart(tenants, tmp_path: Path, cleanup):
+    """The plan change's live install (roles/odoo_runtime/tasks/install_modules.yml): a second odoo-bin with the same
+    odoo.conf (workers 2) cannot install while the first serves unless it is told --no-http, as a prefork Odoo binds
+    its HTTP port before it loads the database; with it, the module is installed and the serving one, the same
+    process, serves what the module brings (auth_signup's reset page)."""
+    tenant_db = tenants()
+    conf, port = tenant_conf(tmp_path, tenant_db)
+    init(conf, "-i", "base")
+    running = serve(cleanup, conf, port)
+    assert get(port, "/web/reset_password")[0] == 404
+
+    bound = odoo_bin("-c", str(conf), "-i", "auth_signup", "--stop-after-init")
+    assert bound.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in bound.stderr, bound.stderr
+    assert modules(tenant_db)["auth_signup"] == "uninstalled"
+
+    init(conf, "-i", "auth_signup", "--no-http")
+    assert modules(tenant_db)["auth_signup"] == "installed"
+    assert running.proc.poll() is None
+    assert get(port, "/web/reset_password")[0] == 200
+    assert get(port, "/web/login")[0] == 200
 
 
 # --- Logging in ----------------------------------------------------------------------------------------------------

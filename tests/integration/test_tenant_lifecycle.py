@@ -20,6 +20,7 @@ import re
 import shutil
 import ssl
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -308,12 +309,41 @@ def offsite_key(tenant: Tenant, backup_id: str) -> str:
     return f"tenants/{tenant.tenant_id}/{backup_id}.tar.enc"
 
 
+def installed_modules(tenant: Tenant) -> set[str]:
+    with tenant.as_tenant() as conn:
+        return {name for (name,) in conn.execute("SELECT name FROM public.ir_module_module WHERE state = 'installed'")}
+
+
+def change_plan_installing_live(tenant: Tenant, plan: str) -> None:
+    """The plan change, run twice, installs the modules the plan adds while the tenant's Odoo serves: when they show
+    installed, the Odoo that served before the run is still running (its restart for the new limits comes after)."""
+    supervisorctl = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf")]
+
+    def odoo_pid() -> str:
+        program = f"odoo-{tenant.tenant_id}"
+        return subprocess.run([*supervisorctl, "pid", program], capture_output=True, text=True).stdout
+
+    added = set(tenant.plan(plan)["odoo_modules"]) - installed_modules(tenant)
+    assert added, f"{plan} adds no module"
+    serving = odoo_pid()
+    assert serving.strip() not in ("", "0"), serving
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(tenant.run, "tenant_change_plan.yml", "-e", f"plan={plan}")
+        wait_until(lambda: first.done() or added <= installed_modules(tenant), "the new modules installed", 600, 0.05)
+        while_installed = odoo_pid()
+        run = first.result()
+    assert run.returncode == 0, run.output[-5000:]
+    assert added <= installed_modules(tenant)
+    assert while_installed == serving, "the tenant's Odoo was stopped for the install"
+    assert_idempotent(run, tenant.run("tenant_change_plan.yml", "-e", f"plan={plan}"))
+
+
 def change_plan_backup_restore_terminate_purge(
     tenant: Tenant, first_plan: str, bigger_plan: str, cephfs: bool, tmp_path: Path
 ) -> None:
-    # change plan within shared: new limits in its config, its role and its quota
+    # change plan within shared: new limits in its config, its role and its quota, its new modules installed live
     workers_before = tenant.odoo_conf()["workers"]
-    tenant.run_twice("tenant_change_plan.yml", "-e", f"plan={bigger_plan}")
+    change_plan_installing_live(tenant, bigger_plan)
     record = tenant.record()
     plan = record["quotas"]
     assert record["plan_name"] == bigger_plan
