@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -179,6 +180,50 @@ def test_two_tenants_have_their_own_identity_and_own_every_object(signed_up, fre
             ).fetchall()
             assert owners == [(f"t_{tenant_id}",)]
     assert len(set(identities.values())) == len(identities)
+
+
+def test_an_upgrade_installs_its_modules_while_the_customers_odoo_serves(signed_up, fresh_local_platform):
+    """Basic up to standard adds contacts (and mail, which it depends on): the real Odoo installs them beside the
+    one that serves, which answers every login page asked every 0.5 s until they are installed, the same process;
+    the restart for the new plan's workers comes after, and its failed answers are counted and printed."""
+    supervisord = LOCAL_STATE / "runtime/supervisor/supervisord.conf"
+    supervisorctl = ["supervisorctl", "-c", str(supervisord), "pid", "odoo-acme"]
+    with fresh_local_platform.registry() as conn:
+        server, port = conn.execute(
+            "SELECT s.name, s.port FROM registry.tenants t JOIN registry.db_servers s ON s.name = t.db_server"
+            " WHERE t.tenant_id = 'acme'"
+        ).fetchone()
+
+    def contacts_installed() -> bool:
+        with superuser(server, port, "t_acme") as conn:
+            state = conn.execute("SELECT state FROM public.ir_module_module WHERE name = 'contacts'").fetchone()
+        return state == ("installed",)
+
+    assert not contacts_installed()
+    serving = subprocess.run(supervisorctl, capture_output=True, text=True).stdout.strip()
+    probes: list[tuple[float, int]] = []
+    installed_at = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        upgrade = pool.submit(
+            run_playbook, "tenant_change_plan.yml", "-e", "tenant_id=acme", "-e", "plan=standard-monthly"
+        )
+        while not upgrade.done():
+            asked = time.monotonic()
+            probes.append((asked, login_page("acme")))
+            if installed_at is None and contacts_installed():
+                installed_at = time.monotonic()
+                assert subprocess.run(supervisorctl, capture_output=True, text=True).stdout.strip() == serving
+            time.sleep(max(0.0, 0.5 - (time.monotonic() - asked)))  # the probe's pace, not a wait for anything
+        upgraded = upgrade.result()
+    assert upgraded.returncode == 0, upgraded.output[-4000:]
+    assert installed_at is not None and contacts_installed()
+    during = [status for asked, status in probes if asked < installed_at]
+    after = [status for asked, status in probes if asked >= installed_at]
+    print(f"live install: {len(during)} probes until installed, {sum(s != 200 for s in during)} failed; "
+          f"{len(after)} after (the restart for the new limits), {sum(s != 200 for s in after)} failed")  # fmt: skip
+    assert during and all(status == 200 for status in during), during
+    assert login_page("acme") == 200
+    assert Browser("acme").login(CUSTOMERS["acme"][2], PASSWORD)[0] in (302, 303)
 
 
 def test_a_move_and_a_suspension_keep_the_customers_odoo_working(signed_up):
