@@ -188,6 +188,20 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
             rows = store.schedules_view(conn, scheduled)
         return jsonify(schedules=rows)
 
+    @app.post("/tenants/<tenant_id>/odoo")
+    def tenant_odoo(tenant_id: str):
+        """Restart (the default), stop or start the tenant's Odoo: a job in its account (tenant_restart.yml)."""
+        require_admin()
+        body = request.get_json(silent=True) if request.get_data() else {}
+        odoo = body.get("state", "restarted") if isinstance(body, dict) else None
+        if odoo not in store.ODOO_STATES:
+            abort(400, f'the body is {{"state": one of {", ".join(store.ODOO_STATES)}}} (default restarted)')
+        with registry() as conn:
+            job, status, refusal = store.queue_odoo_job(conn, tenant_id, odoo)
+        if job is None:
+            abort(status, refusal)
+        return jsonify(job), 202
+
     @app.get("/tenants/<tenant_id>")
     def tenant(tenant_id: str):
         require_admin()

@@ -23,9 +23,13 @@ RECOVERY_LOCK = 0x5A11
 SCHEDULE_LOCK = 0x5A12  # held by the worker running a schedule's job, for its length (key: the schedule's name)
 
 RECOVER_MOVE = "recover_move"  # a job finishing or rolling back a move no run finishes (the recovery pass queues it)
-# Jobs an account's worker runs whatever Kill Bill says, before reading it: a move's recovery, and what a tenant
-# schedule queued (webhook_runner/schedules.py).
-CHORES = (RECOVER_MOVE, *TENANT_ACTIONS)
+# What an operator asks of a tenant through the admin API, queued in its account: its Odoo restarted, stopped or
+# started (POST /tenants/<id>/odoo).
+OPERATOR_ACTIONS = {"odoo": "tenant_restart.yml"}
+ODOO_STATES = ("restarted", "stopped", "started")
+# Jobs an account's worker runs whatever Kill Bill says: a move's recovery, what a tenant schedule queued
+# (webhook_runner/schedules.py) and what an operator asked for.
+CHORES = (RECOVER_MOVE, *TENANT_ACTIONS, *OPERATOR_ACTIONS)
 
 JOB_COLUMNS = (
     "id, tenant_id, account_id, event_id, action, playbook, extravars, state, attempts, run_after, created_at,"
@@ -509,6 +513,39 @@ def record_billing_status(conn, tenant_id: str, subscription: dict, status: str)
 
 def plan_names(conn) -> set[str]:
     return {row["name"] for row in conn.execute("SELECT DISTINCT name FROM registry.plans").fetchall()}
+
+
+def queue_odoo_job(conn, tenant_id: str, odoo: str) -> tuple[dict | None, int, str]:
+    """POST /tenants/<id>/odoo: a job of the tenant's account that makes its Odoo `odoo` (ODOO_STATES) with
+    tenant_restart.yml, recorded in the audit trail; or why not, as an HTTP status and a message. One such job open
+    per tenant at a time; an active tenant with a Kill Bill account only (a suspended one stays stopped)."""
+    with conn.transaction():
+        tenant = conn.execute(
+            "SELECT status, customer_id FROM registry.tenants WHERE tenant_id = %s FOR UPDATE", (tenant_id,)
+        ).fetchone()
+        if tenant is None:
+            return None, 404, f"no tenant {tenant_id}"
+        if tenant["status"] != "active":
+            return None, 409, f"tenant {tenant_id} is {tenant['status']}: only an active tenant's Odoo runs"
+        if not tenant["customer_id"]:
+            return None, 409, (f"tenant {tenant_id} has no Kill Bill account to queue the job in: run"
+                               f" playbooks/tenant_restart.yml -e tenant_id={tenant_id} -e odoo={odoo}")  # fmt: skip
+        open_job = conn.execute(
+            "SELECT id, state FROM registry.jobs WHERE tenant_id = %s AND action = 'odoo'"
+            " AND state IN ('queued', 'running', 'parked') ORDER BY id LIMIT 1",
+            (tenant_id,),
+        ).fetchone()
+        if open_job is not None:
+            return None, 409, f"job {open_job['id']} for tenant {tenant_id}'s Odoo is {open_job['state']}"
+        job = insert_job(
+            conn, account=tenant["customer_id"], tenant_id=tenant_id, event_id=None, action="odoo",
+            playbook=OPERATOR_ACTIONS["odoo"], extravars={"tenant_id": tenant_id, "odoo": odoo}, state="queued",
+            reason=f"the admin API asked for its Odoo {odoo}",
+        )  # fmt: skip
+        audit(conn, actor="webhook_runner admin", tenant_id=tenant_id, kind="odoo", subject=f"job:{job['id']}",
+              detail={"odoo": odoo})  # fmt: skip
+        conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    return job, 202, ""
 
 
 def tenant_view(conn, tenant_id: str) -> dict | None:

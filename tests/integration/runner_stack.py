@@ -130,10 +130,11 @@ class RunnerStack:
                     raise TimeoutError(f"the runner did not settle within {timeout:.0f} s ({busy} items)")
                 time.sleep(0.2)  # the workers are separate processes: poll the registry they write
 
-    def admin(self, method: str, path: str) -> tuple[int, dict]:
+    def admin(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         request = urllib.request.Request(
-            self.url + path, method=method, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        )
+            self.url + path, method=method, data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+        )  # fmt: skip
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.load(response)

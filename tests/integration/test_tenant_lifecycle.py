@@ -182,6 +182,20 @@ def downgrade_keeps_the_modules(tenant: Tenant, smaller_plan: str, bigger_plan: 
     assert (tenant.record()["plan_name"], tenant.record()["extra_modules"]) == (bigger_plan, [])
 
 
+def stopped_and_started_by_hand(tenant: Tenant) -> None:
+    """tenant_restart.yml -e odoo=stopped: its route answers 503, its login still opens its database, a second run
+    changes nothing; started again, its login page is back. (Restarts: test_webhook_runner.py, through the API.)"""
+    refused = tenant.run("tenant_restart.yml", "-e", "odoo=paused")
+    assert refused.returncode != 0 and "-e odoo=paused: restarted, stopped or started" in refused.output
+    tenant.run_twice("tenant_restart.yml", "-e", "odoo=stopped")
+    assert get(tenant.tenant_id, "/web/login") == 503
+    with tenant.as_tenant() as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (tenant.record()["db_role"],)
+    started = tenant.run("tenant_restart.yml", "-e", "odoo=started")
+    assert started.returncode == 0, started.output[-3000:]
+    assert get(tenant.tenant_id, "/web/login") == 200
+
+
 def filestore_digest(root: Path) -> dict[str, str]:
     return {
         str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
@@ -359,6 +373,7 @@ def change_plan_backup_restore_terminate_purge(
     # (A plan on another db_type moves the database: tests/integration/test_tenant_move.py.)
     if not cephfs:  # the same playbook on either storage: proven once
         downgrade_keeps_the_modules(tenant, first_plan, bigger_plan, tmp_path)
+        stopped_and_started_by_hand(tenant)
 
     # backup: a new one every run, each with a manifest of every part
     filestore_before = filestore_digest(tenant.filestore)

@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
+from tenant_web import get_status
 
 from tests.e2e.killbill_api import KillBillAPI
 from tests.standins.killbill.killbill_standin import KillBillStandin, encode_notification, post_notification
@@ -31,7 +32,17 @@ from webhook_runner.config import load_settings
 from webhook_runner.desired import PLAYBOOKS
 from webhook_runner.schedules import SCHEDULES
 
-from .conftest import LOCAL_STATE, REPO, VENV_BIN, LocalPlatform, alive, ansible_env, ansible_processes, run_playbook
+from .conftest import (
+    LOCAL_STATE,
+    REPO,
+    VENV_BIN,
+    LocalPlatform,
+    alive,
+    ansible_env,
+    ansible_processes,
+    remove_tenants,
+    run_playbook,
+)
 from .runner_stack import (
     ADMIN_TOKEN,
     INBOUND_TOKEN,
@@ -316,6 +327,95 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
         if secret.encode() in path.read_bytes()
     ]
     assert leaks == []
+
+
+def restarted_runner(runner: RunnerStack, settings: dict, workers: int) -> None:
+    """The test's runner stopped and started again with these settings and this many workers (0: its web side only,
+    so what the admin API queues waits)."""
+    runner.stop()
+    write_settings(runner.settings_path, settings)
+    runner.workers = workers
+    runner.start()
+
+
+def test_an_operator_restarts_stops_and_starts_a_customers_odoo_through_the_admin_api(
+    runner: RunnerStack, killbill: KillBillStandin
+):
+    """POST /tenants/<id>/odoo queues a job in the tenant's account that runs tenant_restart.yml (the process runtime
+    here, an Odoo under supervisord behind nginx): restarted (a new process answers), stopped (503), started; one
+    such job open at a time; a job the customer's cancellation overtook is closed unrun."""
+    settings = json.loads(runner.settings_path.read_text())
+    supervisorctl = [
+        "supervisorctl",
+        "-c",
+        str(LOCAL_STATE / "runtime/supervisor/supervisord.conf"),
+        "pid",
+        "odoo-ops-01",
+    ]
+
+    def odoo_pid() -> str:
+        return subprocess.run(supervisorctl, capture_output=True, text=True).stdout.strip()
+
+    def job(job_id: int) -> dict:
+        return runner.admin("GET", f"/jobs/{job_id}")[1]
+
+    def settled() -> None:
+        assert killbill.wait_idle(timeout=30) == (True, 0)
+        runner.settle()
+
+    process_runtime = {**settings, "playbook_extravars": {}}
+    try:
+        restarted_runner(runner, process_runtime, workers=2)
+        api = kb_api(killbill)
+        api.register_callback(runner.callback)
+        _, subscription = api.sign_up("Ops One", "ops-01", "basic-monthly")
+        settled()
+        assert tenant_rows(runner, "ops-01")["ops-01"]["status"] == "active"
+        first = odoo_pid()
+        assert first not in ("", "0") and get_status("ops-01", "/web/login") == 200
+
+        restarted_runner(runner, process_runtime, workers=0)
+        status, queued = runner.admin("POST", "/tenants/ops-01/odoo")
+        assert status == 202, queued
+        assert (queued["action"], queued["playbook"], queued["extravars"], queued["state"]) == (
+            "odoo", "tenant_restart.yml", {"tenant_id": "ops-01", "odoo": "restarted"}, "queued"
+        )  # fmt: skip
+        status, refused = runner.admin("POST", "/tenants/ops-01/odoo", {"state": "stopped"})
+        assert status == 409 and f"job {queued['id']} " in refused["error"], refused
+        assert runner.admin("POST", "/tenants/ops-01/odoo", {"state": "paused"})[0] == 400
+        assert runner.admin("POST", "/tenants/nobody-here/odoo")[0] == 404
+        restarted_runner(runner, process_runtime, workers=2)
+        settled()
+        assert job(queued["id"])["state"] == "succeeded"
+        assert odoo_pid() not in ("", "0", first) and get_status("ops-01", "/web/login") == 200
+
+        for state, answer in (("stopped", 503), ("started", 200)):
+            status, queued = runner.admin("POST", "/tenants/ops-01/odoo", {"state": state})
+            assert status == 202, queued
+            settled()
+            assert job(queued["id"])["state"] == "succeeded"
+            assert get_status("ops-01", "/web/login") == answer, state
+        _, view = runner.admin("GET", "/tenants/ops-01")
+        assert [row["detail"]["odoo"] for row in view["audit"] if row["kind"] == "odoo"] == [
+            "started", "stopped", "restarted"
+        ]  # fmt: skip
+
+        restarted_runner(runner, process_runtime, workers=0)
+        status, overtaken = runner.admin("POST", "/tenants/ops-01/odoo")
+        assert status == 202, overtaken
+        api.cancel(subscription)
+        assert killbill.wait_idle(timeout=30) == (True, 0)
+        restarted_runner(runner, process_runtime, workers=2)
+        settled()
+        assert tenant_rows(runner, "ops-01")["ops-01"]["status"] == "terminated"
+        assert (job(overtaken["id"])["state"], job(overtaken["id"])["reason"]) == (
+            "skipped", "the tenant is terminated now: its Odoo is not run"
+        )  # fmt: skip
+        status, refused = runner.admin("POST", "/tenants/ops-01/odoo")
+        assert status == 409 and "is terminated" in refused["error"]
+    finally:
+        restarted_runner(runner, settings, workers=2)
+    assert remove_tenants(["ops-01"], runtime=None)
 
 
 def test_a_job_that_keeps_failing_is_parked_and_can_be_replayed(

@@ -45,6 +45,14 @@ options:
     type: str
     choices: [started, stopped, absent]
     required: true
+  restart:
+    description:
+      - With I(state=started), stop and start the tenant's Odoo even when nothing of it changed (a hung worker,
+        code changed on disk: C(tenant_restart.yml)), then wait for its login form as at any start. Each run with it
+        restarts, so it always reports a change. A program started or restarted by this run already is not
+        restarted again.
+    type: bool
+    default: false
   program:
     description: The supervisord program's name.
     type: str
@@ -573,11 +581,10 @@ class OdooProcess:
         if state not in ACTIVE_STATES:
             # Not waiting for startsecs: the loop below waits for the login form from the tenant's own listener.
             self.act("started", "startProcess", p["program"], False, ok_faults=(Faults.ALREADY_STARTED,))
-        elif "config" in self.changed_roles and "program" not in self.changed_roles:
-            self.act(
-                "stopped for its new odoo.conf", "stopProcess", p["program"], True, ok_faults=(Faults.NOT_RUNNING,)
-            )
-            self.act("restarted for its new odoo.conf", "startProcess", p["program"], False)
+        elif "program" not in self.changed_roles and ("config" in self.changed_roles or p["restart"]):
+            why = "its new odoo.conf" if "config" in self.changed_roles else "a restart asked for"
+            self.act(f"stopped for {why}", "stopProcess", p["program"], True, ok_faults=(Faults.NOT_RUNNING,))
+            self.act(f"restarted for {why}", "startProcess", p["program"], False)
         if self.check_mode:
             return
         # /web/health answers before the database is usable (and for an Odoo never initialised, 500 from then on):
@@ -708,6 +715,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type="str", choices=["started", "stopped", "absent"], required=True),
+            restart=dict(type="bool", default=False),
             program=dict(type="str", required=True),
             supervisor_socket=dict(type="path", required=True),
             nginx_conf=dict(type="path", required=True),
@@ -767,6 +775,8 @@ def main() -> None:
             msg=f"program {p['program']}: its PgBouncer's socket path {p['pgbouncer_socket']} is longer"
             f" than a Unix socket's {SUN_PATH_MAX} bytes: choose a shorter odoo_runtime_process_dir"
         )
+    if p["restart"] and p["state"] != "started":
+        module.fail_json(msg=f"program {p['program']}: restart goes with state=started, not {p['state']}")
     if p["state"] == "started" and not login_port(p["login_url"]):
         module.fail_json(msg=f"program {p['program']}: {p['login_url']} names no port: a start needs the tenant's HTTP"
                              " port (odoo_runtime_http_port, from the registry)")  # fmt: skip
