@@ -47,8 +47,8 @@ options:
     required: true
   restart:
     description:
-      - With I(state=started), stop and start the tenant's Odoo even when nothing of it changed (a hung worker,
-        code changed on disk: C(tenant_restart.yml)), then wait for its login form as at any start. Each run with it
+      - With I(state=started), stop and start the tenant's Odoo even when nothing of it changed (a hung worker, or
+        code changed on disk; C(tenant_restart.yml)), then wait for its login form as at any start. Each run with it
         restarts, so it always reports a change. A program started or restarted by this run already is not
         restarted again.
     type: bool
