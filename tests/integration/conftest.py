@@ -364,7 +364,7 @@ STREAMS = {
 ALONE = (  # after the streams when pytest runs both in one session
     "test_tenant_provision.py",  # first: the platform as the session started it (fresh_local_platform)
     "test_bench.py::test_site_noop_benchmark",
-    "test_bench.py::test_migration_benchmark_drains",  # five drains of the pools other tests left tenants on
+    "test_bench.py::test_migration_benchmark_drains",  # three drains of the pools other tests left tenants on
     "test_local_platform.py",
     "test_audit_runs.py::test_a_rewrite_by_the_registrys_owner",  # it rewrites the chain for a moment
     "test_tenant_move.py::test_draining_a_pool",  # last: it leaves its pool draining

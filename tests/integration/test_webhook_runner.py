@@ -40,7 +40,6 @@ from .conftest import (
     alive,
     ansible_env,
     ansible_processes,
-    remove_tenants,
     run_playbook,
 )
 from .runner_stack import (
@@ -415,7 +414,6 @@ def test_an_operator_restarts_stops_and_starts_a_customers_odoo_through_the_admi
         assert status == 409 and "is terminated" in refused["error"]
     finally:
         restarted_runner(runner, settings, workers=2)
-    assert remove_tenants(["ops-01"], runtime=None)
 
 
 def test_a_job_that_keeps_failing_is_parked_and_can_be_replayed(
