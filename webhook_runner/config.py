@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-from .desired import PLAYBOOKS
+from .desired import PLAYBOOKS, BillingRules
 from .schedules import DEFAULT_INTERVALS, intervals_problem
 
 CONFIG_ENV = "SAASODOO_RUNNER_CONFIG"
@@ -116,6 +116,8 @@ class RunnerSettings:
     # /sd/tenants names each active tenant's login page with it, for the monitoring to probe. Empty: no such list.
     tenant_url: str = ""
     mail: MailSettings | None = None  # e-mail to customers; None: nothing is sent
+    # The seeds' billing rules (webhook_runner/desired.py BillingRules), each true unless turned off here.
+    billing_rules: BillingRules = field(default_factory=BillingRules)
 
     def backoff(self, attempts: int) -> float:
         """Seconds before retry number `attempts` (1-based); the last step repeats."""
@@ -195,6 +197,8 @@ def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
         raise ConfigError(f"{source}: tenant_url may hold {{tenant}} and no other field: {tenant_url!r}") from error
     if "mail" in optional:
         optional["mail"] = mail_settings(optional["mail"], source)
+    if "billing_rules" in optional:
+        optional["billing_rules"] = billing_rules(optional["billing_rules"], source)
     if "backoff_seconds" in optional:
         optional["backoff_seconds"] = tuple(float(step) for step in optional["backoff_seconds"])
     return RunnerSettings(
@@ -233,6 +237,14 @@ def mail_settings(raw, source: str) -> MailSettings:
     if problem := mail.problem():
         raise ConfigError(f"{source}: {problem}")
     return mail
+
+
+def billing_rules(raw, source: str) -> BillingRules:
+    """The `billing_rules` object: the rules it names, each true or false."""
+    names = [rule.name for rule in fields(BillingRules)]
+    if not isinstance(raw, dict) or any(key not in names or not isinstance(raw[key], bool) for key in raw):
+        raise ConfigError(f"{source}: billing_rules maps {', '.join(names)} to true or false: {json.dumps(raw)}")
+    return BillingRules(**raw)
 
 
 def tenant_login_url(tenant_url: str, tenant_id: str) -> str:

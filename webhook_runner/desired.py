@@ -55,6 +55,18 @@ class Action:
 
 
 @dataclass(frozen=True)
+class BillingRules:
+    """The seeds' billing rules the runner applies, each a setting (RunnerSettings.billing_rules)."""
+
+    # A customer gets one trial for life: a second tenant of the same Kill Bill account is provisioned once its
+    # subscription is past its trial and paid for.
+    one_trial_per_customer: bool = True
+    # A customer coming back (a terminated or purged tenant's account subscribing again) gets no new trial: the
+    # tenant is reactivated (or provisioned anew) once the new subscription is past its trial and paid for.
+    reactivation_paid_up_front: bool = True
+
+
+@dataclass(frozen=True)
 class Skip:
     """Kill Bill asks for something the platform will not do by itself; recorded as a skipped job."""
 
@@ -142,10 +154,28 @@ def foreign_claim(subscription: dict, tenant: Tenant) -> str | None:
     )
 
 
-def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | None, plans: set[str]) -> list:
+def unpaid(subscription: dict, balance: Decimal | None) -> str | None:
+    """Why the subscription is not paid for yet (in its trial, an invoice unpaid, the balance unknown), or None."""
+    if subscription.get("phaseType") == "TRIAL":
+        return "it is in its trial"
+    if balance is None:
+        return "its account's balance could not be read"
+    return "an invoice of its account is unpaid" if balance > 0 else None
+
+
+def desired_actions(
+    subscription: dict,
+    overdue: dict | None,
+    tenant: Tenant | None,
+    plans: set[str],
+    balance: Decimal | None = None,
+    account_tenants: frozenset[str] = frozenset(),
+    rules: BillingRules = BillingRules(),  # frozen: one default shared is safe
+) -> list:
     """Actions (in order) bringing `tenant` to what `subscription` says, or Skips explaining why not.
 
-    `tenant` is the registry's tenant with the subscription's database name (see database_name), if any."""
+    `tenant` is the registry's tenant with the subscription's database name (see database_name), if any;
+    `balance` its account's (None: unknown), `account_tenants` the ids of the tenants that account has or had."""
     if subscription.get("productCategory", "BASE") != "BASE":
         return []  # add-ons do not make tenants
     tenant_id = tenant_id_of(subscription)
@@ -199,6 +229,15 @@ def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | N
             ]
         if blocked:
             return []  # once Kill Bill unblocks it (paid)
+        if rules.reactivation_paid_up_front and (why := unpaid(subscription, balance)):
+            return [
+                Skip(
+                    tenant_id,
+                    f"tenant {tenant_id} was {ended}: a returning customer pays up front, without a new trial; "
+                    f"subscription {subscription.get('subscriptionId')} is acted on once past its trial and paid "
+                    f"({why})",
+                )
+            ]
         ids = {"customer_id": account, "subscription_id": subscription.get("subscriptionId")}
         if status == "purged":
             reason = f"Kill Bill: {plan} again for the account of tenant {tenant_id}, {ended}: provisioned anew, empty"
@@ -212,6 +251,16 @@ def desired_actions(subscription: dict, overdue: dict | None, tenant: Tenant | N
     if status in (None, "provisioning", "failed"):
         if blocked:
             return []  # a paid-first tenant: provisioned once the payment unblocks it
+        others = sorted(account_tenants - {tenant_id})
+        if status is None and rules.one_trial_per_customer and others and (why := unpaid(subscription, balance)):
+            return [
+                Skip(
+                    tenant_id,
+                    f"one trial per customer: account {account} has had tenant {', '.join(others)}; {tenant_id} is "
+                    f"provisioned once subscription {subscription.get('subscriptionId')} is past its trial and "
+                    f"paid ({why})",
+                )
+            ]
         ids = {"customer_id": subscription.get("accountId"), "subscription_id": subscription.get("subscriptionId")}
         return [Action(tenant_id, "provision", {"tenant_id": tenant_id, "plan": plan, **ids}, f"Kill Bill: {plan}")]
 

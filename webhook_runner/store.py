@@ -382,6 +382,12 @@ def reads_waiting(conn, account: str, actions) -> bool:
     )
 
 
+def account_tenant_ids(conn, account: str) -> frozenset[str]:
+    """The tenants a Kill Bill account has or had (purged ones too): one trial per customer counts them."""
+    rows = conn.execute("SELECT tenant_id FROM registry.tenants WHERE customer_id = %s", (account,)).fetchall()
+    return frozenset(row["tenant_id"] for row in rows)
+
+
 def tenant_status(conn, tenant_id: str | None) -> str | None:
     row = conn.execute("SELECT status FROM registry.tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
     return row["status"] if row else None

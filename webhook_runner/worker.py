@@ -250,7 +250,8 @@ class Worker:
             log.warning("account %s: its balance was not read (%s); billing statuses left as they are", account, error)
             balance = None
         outcomes, wanted, through = [], {}, {}
-        for subscription, tenant_id, decisions in self._decide(bundles, overdue, store.plan_names(conn)):
+        decided = self._decide(account, bundles, overdue, balance, store.plan_names(conn))
+        for subscription, tenant_id, decisions in decided:
             tenant_jobs = [job for job in open_jobs if tenant_id and job["tenant_id"] == tenant_id]
             self._audit_decision(tenant_id, triggers, subscription, overdue, decisions)
             done, wants, went_through = self._carry_out(account, tenant_id, decisions, tenant_jobs, trigger_ids)
@@ -294,13 +295,22 @@ class Worker:
                 continue
             self._execute(store.start_job(conn, chore["id"], self.name, chore["extravars"], chore["reason"]))
 
-    def _decide(self, bundles: list[dict], overdue: dict, plans: set[str]) -> list[tuple[dict, str | None, list]]:
+    def _decide(
+        self, account: str, bundles: list[dict], overdue: dict, balance, plans: set[str]
+    ) -> list[tuple[dict, str | None, list]]:
         """(subscription, tenant id, decisions) for each of an account's subscriptions, against the registry."""
         subscriptions = [sub for bundle in bundles for sub in bundle.get("subscriptions") or []]
         tenant_ids = [tenant_id_of(sub) for sub in subscriptions]
         tenants = store.tenants_by_database(self.conn, [database_name(tid) for tid in tenant_ids if tid])
+        had, rules = store.account_tenant_ids(self.conn, account), self.settings.billing_rules
         return [
-            (sub, tid, desired_actions(sub, overdue, tenants.get(database_name(tid)) if tid else None, plans))
+            (
+                sub,
+                tid,
+                desired_actions(
+                    sub, overdue, tenants.get(database_name(tid)) if tid else None, plans, balance, had, rules
+                ),
+            )
             for sub, tid in zip(subscriptions, tenant_ids, strict=True)
         ]
 

@@ -105,6 +105,16 @@ def tenant_rows(runner: RunnerStack, prefix: str) -> dict[str, dict]:
     return {row["tenant_id"]: row for row in rows}
 
 
+def last_skip(runner: RunnerStack, tenant_id: str) -> str:
+    """The reason of the tenant's latest skipped job: what the runner would not do, and why."""
+    with runner.registry() as conn:
+        row = conn.execute(
+            "SELECT reason FROM registry.jobs WHERE tenant_id = %s AND state = 'skipped' ORDER BY id DESC LIMIT 1",
+            (tenant_id,),
+        ).fetchone()
+    return row["reason"] if row else ""
+
+
 def succeeded_jobs(runner: RunnerStack, prefix: str) -> Counter:
     with runner.registry() as conn:
         rows = conn.execute(
@@ -246,17 +256,23 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
     assert view["tenant"]["retain_until"][:10] in cancelled.get_body(("plain",)).get_content()
     with pytest.raises(psycopg.OperationalError):  # a terminated tenant's credentials open nothing
         local_platform.connect(port, "t_life_01", local_platform.password("tenant:life-01:v1"), "t_life_01")
-    # The customer comes back, same account, a new subscription: the tenant is reactivated with its data.
+    # The customer comes back, same account, a new subscription: a returning customer pays up front, so nothing
+    # happens in its trial (the job says why); once Kill Bill's clock ends it and the invoice is paid, the tenant
+    # is reactivated with its data.
     again = api.subscribe(account, "life-01", "standard-monthly")
+    assert settled()["life-01"]["status"] == "terminated"
+    assert "a returning customer pays up front" in last_skip(runner, "life-01")
+    api.move_clock(15)
     tenants = settled()
     assert tenants["life-01"].items() >= {"status": "active", "plan_name": "standard-monthly"}.items()
     with local_platform.connect(port, "t_life_01", local_platform.password("tenant:life-01:v1"), "t_life_01") as conn:
         assert conn.execute("SELECT name FROM public.res_company WHERE id = 1").fetchone() == (company,)
     _, view = runner.admin("GET", "/tenants/life-01")
     assert view["tenant"]["subscription_id"] == again and view["tenant"]["retain_until"] is None
-    # Each message once per cause: one mail for each row of the outbox, sent, its link no longer stored.
-    # The new subscription has a trial of its own (the stand-in's catalog gives every subscription one).
-    received = mails.wait_for(owner, {"resumed": 2, "trial_ending": 2})
+    # Each message once per cause: one mail for each row of the outbox, sent, its link no longer stored. The new
+    # subscription's trial (the stand-in's catalog gives every subscription one) served nothing: nobody is told of
+    # its end.
+    received = mails.wait_for(owner, {"resumed": 2, "trial_ending": 1})
     with runner.registry() as conn:
         outbox = conn.execute(
             "SELECT message, state, recipient, language, sealed_link FROM registry.customer_mail"
@@ -270,8 +286,8 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
     assert kinds == Counter(row["message"] for row in outbox)
     assert kinds.keys() == {"welcome", "trial_ending", "payment_failed", "suspended", "resumed", "plan_changed",
                             "cancelled", "purge_soon"}  # fmt: skip
-    assert kinds["resumed"] == kinds["trial_ending"] == 2
-    assert all(kinds[k] == 1 for k in kinds if k not in ("resumed", "trial_ending", "payment_failed"))
+    assert kinds["resumed"] == 2
+    assert all(kinds[k] == 1 for k in kinds if k not in ("resumed", "payment_failed"))
     assert len({message["Message-ID"] for message in received}) == len(received)
 
     assert succeeded_jobs(runner, "life-0") == Counter(
@@ -326,6 +342,29 @@ def test_a_customer_life_runs_each_playbook_once(runner: RunnerStack, killbill: 
         if secret.encode() in path.read_bytes()
     ]
     assert leaks == []
+
+
+def test_one_trial_per_customer_a_second_tenant_waits_until_its_subscription_is_paid(
+    runner: RunnerStack, killbill: KillBillStandin
+):
+    """The account's first tenant serves in its trial; a second subscription of the same account (another tenant)
+    is not provisioned in its trial, the job saying why, and is once Kill Bill's clock ends it and it is paid."""
+    api = kb_api(killbill)
+    api.register_callback(runner.callback)
+    account, _ = api.sign_up("Trial Twice", "trial-01", "basic-monthly")
+
+    def settled() -> dict[str, dict]:
+        assert killbill.wait_idle(timeout=30) == (True, 0)
+        runner.settle()
+        return tenant_rows(runner, "trial-")
+
+    assert settled()["trial-01"]["status"] == "active"
+    api.subscribe(account, "trial-02", "basic-monthly")
+    assert "trial-02" not in settled()
+    assert "one trial per customer: account " in last_skip(runner, "trial-02")
+    api.move_clock(15)
+    tenants = settled()
+    assert tenants["trial-02"]["status"] == "active" and tenants["trial-02"]["billing_status"] == "paid"
 
 
 def restarted_runner(runner: RunnerStack, settings: dict, workers: int) -> None:
@@ -1054,8 +1093,13 @@ def test_each_periodic_job_runs_once_per_due_time_across_two_runner_hosts(
         assert [job["state"] for job in tenant_jobs("backup")] == ["succeeded"]  # a terminated tenant: no backup
         assert tenant_rows(runner, "clock-")["clock-01"]["status"] == "purged"
 
-        # Back after the purge, same account: provisioned anew under the same id, empty, with new credentials.
+        # Back after the purge, same account: once its new subscription is past its trial and paid (a returning
+        # customer pays up front), provisioned anew under the same id, empty, with new credentials.
         api.subscribe(account, "clock-01", "basic-monthly")
+        assert killbill.wait_idle(timeout=30) == (True, 0)
+        runner.settle()
+        assert tenant_rows(runner, "clock-")["clock-01"]["status"] == "purged"
+        api.move_clock(15)
         assert killbill.wait_idle(timeout=30) == (True, 0)
         runner.settle()
         second_life = tenant_rows(runner, "clock-")["clock-01"]

@@ -11,6 +11,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils import placement
 from webhook_runner.config import ConfigError, load_settings, settings_from_dict, tenant_login_url
 from webhook_runner.desired import (
     Action,
+    BillingRules,
     Skip,
     Tenant,
     billing_status,
@@ -93,6 +94,8 @@ def subscription(state="ACTIVE", plan="basic-monthly", key="acme", **extra):
 
 CLEAR = {"name": "__KILLBILL__CLEAR__OVERDUE_STATE__", "isDisableEntitlementAndChangesBlocked": False}
 BLOCKED = {"name": "BLOCKED", "isDisableEntitlementAndChangesBlocked": True}
+PAID = Decimal(0)  # the account's balance: nothing due
+NO_RULES = BillingRules(one_trial_per_customer=False, reactivation_paid_up_front=False)
 
 
 def owned(status: str, plan: str) -> Tenant:
@@ -177,12 +180,12 @@ def test_unknown_plans_invalid_keys_and_terminated_tenants_are_skipped_with_a_re
 
 def test_a_purged_tenant_whose_account_subscribes_again_is_provisioned_anew_never_for_another_account():
     again = subscription(subscriptionId="s-2", planName="standard-monthly")
-    [provision] = desired_actions(again, CLEAR, owned("purged", "basic-monthly"), PLANS)
+    [provision] = desired_actions(again, CLEAR, owned("purged", "basic-monthly"), PLANS, PAID)
     assert (provision.action, provision.extravars) == (
         "provision", {"tenant_id": "acme", "plan": "standard-monthly", "customer_id": "a-1", "subscription_id": "s-2"}
     )  # fmt: skip
     assert "provisioned anew, empty" in provision.reason, "the job says the data is gone"
-    assert desired_actions(again, BLOCKED, owned("purged", "basic-monthly"), PLANS) == []  # once paid
+    assert desired_actions(again, BLOCKED, owned("purged", "basic-monthly"), PLANS, PAID) == []  # once paid
     [skip] = desired_actions(
         subscription(accountId="a-2", subscriptionId="s-9"), CLEAR, owned("purged", "basic-monthly"), PLANS
     )
@@ -191,23 +194,66 @@ def test_a_purged_tenant_whose_account_subscribes_again_is_provisioned_anew_neve
 
 def test_a_terminated_tenant_whose_account_subscribes_again_is_reactivated_never_for_another_account():
     again = subscription(subscriptionId="s-2", planName="standard-monthly")
-    assert actions(desired_actions(again, CLEAR, owned("terminated", "basic-monthly"), PLANS)) == [
+    assert actions(desired_actions(again, CLEAR, owned("terminated", "basic-monthly"), PLANS, PAID)) == [
         ("reactivate", None), ("change_plan", "standard-monthly")
     ]  # fmt: skip
-    [reactivate, _] = desired_actions(again, CLEAR, owned("terminated", "basic-monthly"), PLANS)
+    [reactivate, _] = desired_actions(again, CLEAR, owned("terminated", "basic-monthly"), PLANS, PAID)
     assert reactivate.extravars == {"tenant_id": "acme", "reactivate": True, "customer_id": "a-1",
                                     "subscription_id": "s-2"}  # fmt: skip
     # Its own subscription active: Kill Bill never revives a cancelled one, so the tenant was terminated by hand.
-    [skip] = desired_actions(subscription(), CLEAR, owned("terminated", "basic-monthly"), PLANS)
+    [skip] = desired_actions(subscription(), CLEAR, owned("terminated", "basic-monthly"), PLANS, PAID)
     assert isinstance(skip, Skip) and "terminated (by hand?)" in skip.reason
-    assert desired_actions(again, BLOCKED, owned("terminated", "basic-monthly"), PLANS) == []  # once paid
-    [skip] = desired_actions(subscription(accountId="a-2"), CLEAR, owned("terminated", "basic-monthly"), PLANS)
+    assert desired_actions(again, BLOCKED, owned("terminated", "basic-monthly"), PLANS, PAID) == []  # once paid
+    [skip] = desired_actions(subscription(accountId="a-2"), CLEAR, owned("terminated", "basic-monthly"), PLANS, PAID)
     assert isinstance(skip, Skip) and "belongs to account a-1" in skip.reason
     # Once reactivated under s-2, the cancelled s-1 of the same account asks for nothing; an active s-1 is refused.
     reactivated = Tenant("acme", "active", "standard-monthly", "a-1", "s-2")
     assert desired_actions(subscription("CANCELLED"), CLEAR, reactivated, PLANS) == []
     [skip] = desired_actions(subscription(), CLEAR, reactivated, PLANS)
     assert isinstance(skip, Skip) and "subscription s-2 of the same account" in skip.reason
+
+
+def test_a_returning_customer_pays_up_front_without_a_new_trial():
+    """A terminated (or purged) tenant's account subscribing again: nothing while the new subscription is in its
+    trial or unpaid (or its balance unknown), the job saying why; reactivated (provisioned anew) once paid. The
+    rule turned off, the trial serves."""
+    for status, action in (("terminated", "reactivate"), ("purged", "provision")):
+        tenant = owned(status, "basic-monthly")
+        for phase, balance, why in (("TRIAL", PAID, "in its trial"), ("EVERGREEN", Decimal(10), "is unpaid"),
+                                    ("EVERGREEN", None, "could not be read")):  # fmt: skip
+            again = subscription(subscriptionId="s-2", phaseType=phase)
+            [skip] = desired_actions(again, CLEAR, tenant, PLANS, balance)
+            assert isinstance(skip, Skip) and "pays up front, without a new trial" in skip.reason, skip
+            assert why in skip.reason and "subscription s-2 " in skip.reason
+        again = subscription(subscriptionId="s-2", phaseType="TRIAL")
+        assert actions(desired_actions(again, CLEAR, tenant, PLANS, PAID, rules=NO_RULES))[0][0] == action
+        paid = subscription(subscriptionId="s-2")
+        assert actions(desired_actions(paid, CLEAR, tenant, PLANS, PAID))[0][0] == action
+
+
+def test_one_trial_per_customer_a_second_tenant_of_an_account_waits_until_paid():
+    """A new tenant of an account that has (or had) another: not provisioned in its trial or unpaid; provisioned
+    once paid, and at once when the rule is off. The account's first tenant has its trial."""
+    trial = subscription(key="acme-2", subscriptionId="s-2", phaseType="TRIAL")
+    [skip] = desired_actions(trial, CLEAR, None, PLANS, PAID, frozenset({"acme"}))
+    assert isinstance(skip, Skip) and skip.tenant_id == "acme-2"
+    assert "one trial per customer: account a-1 has had tenant acme; acme-2 is provisioned once" in skip.reason
+    assert "(it is in its trial)" in skip.reason
+    unpaid = subscription(key="acme-2", subscriptionId="s-2")
+    [skip] = desired_actions(unpaid, CLEAR, None, PLANS, Decimal(25), frozenset({"acme"}))
+    assert isinstance(skip, Skip) and "(an invoice of its account is unpaid)" in skip.reason
+    assert actions(desired_actions(unpaid, CLEAR, None, PLANS, PAID, frozenset({"acme"}))) == [
+        ("provision", "basic-monthly")
+    ]
+    assert actions(desired_actions(trial, CLEAR, None, PLANS, PAID, frozenset({"acme"}), NO_RULES)) == [
+        ("provision", "basic-monthly")
+    ]
+    first = subscription(phaseType="TRIAL")
+    assert actions(desired_actions(first, CLEAR, None, PLANS, PAID, frozenset())) == [("provision", "basic-monthly")]
+    # The tenant's own earlier row (a provision that failed half way) is not another tenant.
+    assert actions(
+        desired_actions(first, CLEAR, owned("failed", "basic-monthly"), PLANS, PAID, frozenset({"acme"}))
+    ) == [("provision", "basic-monthly")]
 
 
 def test_add_ons_make_no_tenant():
@@ -229,6 +275,15 @@ SETTINGS = {
 def test_settings_name_every_missing_key():
     with pytest.raises(ConfigError, match=r"lacks admin_token, killbill.api_secret"):
         settings_from_dict({**SETTINGS, "admin_token": "", "killbill": {**SETTINGS["killbill"], "api_secret": None}})
+
+
+def test_settings_billing_rules_default_to_the_seeds_and_refuse_what_is_not_a_rule_or_a_boolean():
+    assert settings_from_dict(SETTINGS).billing_rules == BillingRules(True, True)
+    turned_off = settings_from_dict({**SETTINGS, "billing_rules": {"one_trial_per_customer": False}})
+    assert turned_off.billing_rules == BillingRules(one_trial_per_customer=False, reactivation_paid_up_front=True)
+    for bad in ({"one_trial_per_customer": "no"}, {"trial_days": 3}, ["one_trial_per_customer"]):
+        with pytest.raises(ConfigError, match="billing_rules maps one_trial_per_customer, reactivation_paid_up_front"):
+            settings_from_dict({**SETTINGS, "billing_rules": bad})
 
 
 def test_settings_backoff_repeats_its_last_step_and_secrets_stay_out_of_repr():
