@@ -192,7 +192,7 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
     def tenant_odoo(tenant_id: str):
         """Restart (the default), stop or start the tenant's Odoo: a job in its account (tenant_restart.yml)."""
         require_admin()
-        body = request.get_json(silent=True) if request.get_data() else {}
+        body = request.get_json(force=True, silent=True) if request.get_data() else {}
         odoo = body.get("state", "restarted") if isinstance(body, dict) else None
         if odoo not in store.ODOO_STATES:
             abort(400, f'the body is {{"state": one of {", ".join(store.ODOO_STATES)}}} (default restarted)')
