@@ -8,6 +8,7 @@ comparison returns nothing. Pure: no I/O, unit-tested on its own.
 
 from __future__ import annotations
 
+import datetime
 import re
 import zoneinfo
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class Skip:
 
     tenant_id: str | None
     reason: str
+    recheck: bool = False  # it waits on a read that failed (the account's balance): read the account again later
 
 
 # What a Kill Bill account may give a new tenant (AccountJson's fields), each kept only in the shape it should have.
@@ -154,13 +156,20 @@ def foreign_claim(subscription: dict, tenant: Tenant) -> str | None:
     )
 
 
-def unpaid(subscription: dict, balance: Decimal | None) -> str | None:
-    """Why the subscription is not paid for yet (in its trial, an invoice unpaid, the balance unknown), or None."""
+def unpaid(subscription: dict, balance: Decimal | None, today: datetime.date) -> str | None:
+    """Why the subscription is not paid for yet, or None: in its trial; not invoiced ahead yet (Kill Bill's
+    chargedThroughDate not past today: its events can come before its invoice); an invoice of its account unpaid;
+    the account's balance unknown."""
     if subscription.get("phaseType") == "TRIAL":
         return "it is in its trial"
+    if str(subscription.get("chargedThroughDate") or "") <= today.isoformat():
+        return "it is not invoiced ahead yet"
     if balance is None:
-        return "its account's balance could not be read"
+        return UNKNOWN_BALANCE
     return "an invoice of its account is unpaid" if balance > 0 else None
+
+
+UNKNOWN_BALANCE = "its account's balance could not be read"
 
 
 def desired_actions(
@@ -171,11 +180,14 @@ def desired_actions(
     balance: Decimal | None = None,
     account_tenants: frozenset[str] = frozenset(),
     rules: BillingRules = BillingRules(),  # frozen: one default shared is safe
+    today: datetime.date | None = None,
 ) -> list:
     """Actions (in order) bringing `tenant` to what `subscription` says, or Skips explaining why not.
 
     `tenant` is the registry's tenant with the subscription's database name (see database_name), if any;
-    `balance` its account's (None: unknown), `account_tenants` the ids of the tenants that account has or had."""
+    `balance` its account's (None: unknown); `account_tenants` the ids of the tenants that account has or had, and
+    of its subscriptions that started before this one; `today` (UTC) what "invoiced ahead" is measured against."""
+    today = today or datetime.datetime.now(datetime.UTC).date()
     if subscription.get("productCategory", "BASE") != "BASE":
         return []  # add-ons do not make tenants
     tenant_id = tenant_id_of(subscription)
@@ -229,13 +241,14 @@ def desired_actions(
             ]
         if blocked:
             return []  # once Kill Bill unblocks it (paid)
-        if rules.reactivation_paid_up_front and (why := unpaid(subscription, balance)):
+        if rules.reactivation_paid_up_front and (why := unpaid(subscription, balance, today)):
             return [
                 Skip(
                     tenant_id,
                     f"tenant {tenant_id} was {ended}: a returning customer pays up front, without a new trial; "
                     f"subscription {subscription.get('subscriptionId')} is acted on once past its trial and paid "
                     f"({why})",
+                    recheck=why == UNKNOWN_BALANCE,
                 )
             ]
         ids = {"customer_id": account, "subscription_id": subscription.get("subscriptionId")}
@@ -251,14 +264,15 @@ def desired_actions(
     if status in (None, "provisioning", "failed"):
         if blocked:
             return []  # a paid-first tenant: provisioned once the payment unblocks it
-        others = sorted(account_tenants - {tenant_id})
-        if status is None and rules.one_trial_per_customer and others and (why := unpaid(subscription, balance)):
+        others = sorted(other for other in account_tenants if database_name(other) != database_name(tenant_id))
+        if status is None and rules.one_trial_per_customer and others and (why := unpaid(subscription, balance, today)):
             return [
                 Skip(
                     tenant_id,
-                    f"one trial per customer: account {account} has had tenant {', '.join(others)}; {tenant_id} is "
-                    f"provisioned once subscription {subscription.get('subscriptionId')} is past its trial and "
-                    f"paid ({why})",
+                    f"one trial per customer (per Kill Bill account): account {account} has had tenant "
+                    f"{', '.join(others)}; {tenant_id} is provisioned once subscription "
+                    f"{subscription.get('subscriptionId')} is past its trial and paid ({why})",
+                    recheck=why == UNKNOWN_BALANCE,
                 )
             ]
         ids = {"customer_id": subscription.get("accountId"), "subscription_id": subscription.get("subscriptionId")}

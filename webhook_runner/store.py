@@ -523,8 +523,9 @@ def plan_names(conn) -> set[str]:
 
 def queue_odoo_job(conn, tenant_id: str, odoo: str) -> tuple[dict | None, int, str]:
     """POST /tenants/<id>/odoo: a job of the tenant's account that makes its Odoo `odoo` (ODOO_STATES) with
-    tenant_restart.yml, recorded in the audit trail; or why not, as an HTTP status and a message. One such job open
-    per tenant at a time; an active tenant with a Kill Bill account only (a suspended one stays stopped)."""
+    tenant_restart.yml, recorded in the audit trail; or why not, as an HTTP status and a message. One such job queued
+    or running per tenant at a time (a parked one is superseded); an active tenant with a Kill Bill account only (a
+    suspended one stays stopped)."""
     with conn.transaction():
         tenant = conn.execute(
             "SELECT status, customer_id FROM registry.tenants WHERE tenant_id = %s FOR UPDATE", (tenant_id,)
@@ -538,7 +539,7 @@ def queue_odoo_job(conn, tenant_id: str, odoo: str) -> tuple[dict | None, int, s
                                f" playbooks/tenant_restart.yml -e tenant_id={tenant_id} -e odoo={odoo}")  # fmt: skip
         open_job = conn.execute(
             "SELECT id, state FROM registry.jobs WHERE tenant_id = %s AND action = 'odoo'"
-            " AND state IN ('queued', 'running', 'parked') ORDER BY id LIMIT 1",
+            " AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
             (tenant_id,),
         ).fetchone()
         if open_job is not None:
@@ -548,6 +549,12 @@ def queue_odoo_job(conn, tenant_id: str, odoo: str) -> tuple[dict | None, int, s
             playbook=OPERATOR_ACTIONS["odoo"], extravars={"tenant_id": tenant_id, "odoo": odoo}, state="queued",
             reason=f"the admin API asked for its Odoo {odoo}",
         )  # fmt: skip
+        # A parked one (its runs failed) is what this request asks again: superseded, not replayed.
+        conn.execute(
+            "UPDATE registry.jobs SET state = 'skipped', reason = %s, finished_at = now()"
+            " WHERE tenant_id = %s AND action = 'odoo' AND state = 'parked'",
+            (f"superseded by job {job['id']}", tenant_id),
+        )
         audit(conn, actor="webhook_runner admin", tenant_id=tenant_id, kind="odoo", subject=f"job:{job['id']}",
               detail={"odoo": odoo})  # fmt: skip
         conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")

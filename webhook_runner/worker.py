@@ -276,6 +276,11 @@ class Worker:
                 and job["action"] not in wanted[tenant_id] | set(store.CHORES)
             ):
                 store.close_job(conn, job["id"], "succeeded", "nothing left to do: the registry matches Kill Bill")
+        # A billing rule that waits on the balance Kill Bill did not give: the account is read again after a backoff
+        # (its read job parked when it keeps failing), not at its next event only.
+        if any(isinstance(d, Skip) and d.recheck for _, _, decisions in decided for d in decisions):
+            self._retry_later(account, account_jobs, [], "its balance could not be read: a billing rule waits on it")
+            account_jobs = account_jobs[1:]
         for job in account_jobs:
             store.close_job(conn, job["id"], "succeeded", "Kill Bill read back; the account's tenants converged")
         store.mark_processed(conn, trigger_ids, "; ".join(outcomes) or "no change: the tenants match Kill Bill")
@@ -303,12 +308,29 @@ class Worker:
         tenant_ids = [tenant_id_of(sub) for sub in subscriptions]
         tenants = store.tenants_by_database(self.conn, [database_name(tid) for tid in tenant_ids if tid])
         had, rules = store.account_tenant_ids(self.conn, account), self.settings.billing_rules
+
+        def started_before(sub: dict) -> frozenset[str]:
+            """The tenants of the account's BASE subscriptions that started before `sub` (one trial per customer:
+            the earliest has it, even before its tenant's row exists)."""
+            order = (str(sub.get("startDate") or ""), str(sub.get("subscriptionId") or ""))
+            return frozenset(
+                tid for other, tid in zip(subscriptions, tenant_ids, strict=True)
+                if tid and other.get("productCategory", "BASE") == "BASE"
+                and (str(other.get("startDate") or ""), str(other.get("subscriptionId") or "")) < order
+            )  # fmt: skip
+
         return [
             (
                 sub,
                 tid,
                 desired_actions(
-                    sub, overdue, tenants.get(database_name(tid)) if tid else None, plans, balance, had, rules
+                    sub,
+                    overdue,
+                    tenants.get(database_name(tid)) if tid else None,
+                    plans,
+                    balance,
+                    had | started_before(sub),
+                    rules,
                 ),
             )
             for sub, tid in zip(subscriptions, tenant_ids, strict=True)
@@ -524,8 +546,12 @@ class Worker:
         for account in self.killbill.account_ids():
             bundles = self.killbill.account_bundles(account)
             overdue = self.killbill.account_overdue(account)
+            try:
+                balance = self.killbill.account_balance(account)
+            except KillBillError:
+                balance = None  # a billing rule waiting on it shows no drift: the account's own pass reads it again
             queued = False
-            for _, tenant_id, decisions in self._decide(bundles, overdue, plans):
+            for _, tenant_id, decisions in self._decide(account, bundles, overdue, balance, plans):
                 actions = [decision for decision in decisions if isinstance(decision, Action)]
                 if not actions:
                     continue

@@ -361,7 +361,10 @@ def test_one_trial_per_customer_a_second_tenant_waits_until_its_subscription_is_
     assert settled()["trial-01"]["status"] == "active"
     api.subscribe(account, "trial-02", "basic-monthly")
     assert "trial-02" not in settled()
-    assert "one trial per customer: account " in last_skip(runner, "trial-02")
+    assert "one trial per customer (per Kill Bill account): account " in last_skip(runner, "trial-02")
+    # What waits on a billing rule is no drift: reconcile (the periodic pass's check) asks for nothing.
+    checked = runner_command(runner.settings_path, "reconcile", "--check")
+    assert "no drift: the registry matches Kill Bill" in checked, checked
     api.move_clock(15)
     tenants = settled()
     assert tenants["trial-02"]["status"] == "active" and tenants["trial-02"]["billing_status"] == "paid"

@@ -1,5 +1,6 @@
 """webhook_runner's pure parts: the notification parser, the desired-state decision and the settings."""
 
+import datetime
 import json
 import os
 import re
@@ -88,13 +89,14 @@ def test_bad_bodies_are_refused_with_the_reason(body, message):
 def subscription(state="ACTIVE", plan="basic-monthly", key="acme", **extra):
     return {
         "accountId": "a-1", "bundleExternalKey": key, "subscriptionId": "s-1", "productCategory": "BASE",
-        "planName": plan, "phaseType": "EVERGREEN", "state": state, **extra,
+        "planName": plan, "phaseType": "EVERGREEN", "chargedThroughDate": "2999-12-31", "state": state, **extra,
     }  # fmt: skip
 
 
 CLEAR = {"name": "__KILLBILL__CLEAR__OVERDUE_STATE__", "isDisableEntitlementAndChangesBlocked": False}
 BLOCKED = {"name": "BLOCKED", "isDisableEntitlementAndChangesBlocked": True}
 PAID = Decimal(0)  # the account's balance: nothing due
+TODAY = datetime.date(2026, 11, 28)
 NO_RULES = BillingRules(one_trial_per_customer=False, reactivation_paid_up_front=False)
 
 
@@ -219,12 +221,18 @@ def test_a_returning_customer_pays_up_front_without_a_new_trial():
     rule turned off, the trial serves."""
     for status, action in (("terminated", "reactivate"), ("purged", "provision")):
         tenant = owned(status, "basic-monthly")
-        for phase, balance, why in (("TRIAL", PAID, "in its trial"), ("EVERGREEN", Decimal(10), "is unpaid"),
-                                    ("EVERGREEN", None, "could not be read")):  # fmt: skip
-            again = subscription(subscriptionId="s-2", phaseType=phase)
-            [skip] = desired_actions(again, CLEAR, tenant, PLANS, balance)
+        for phase, invoiced, balance, why in (
+            ("TRIAL", "2999-12-31", PAID, "in its trial"),
+            ("EVERGREEN", None, PAID, "not invoiced ahead yet"),  # its events came before its invoice
+            ("EVERGREEN", "2026-11-28", PAID, "not invoiced ahead yet"),  # charged through today only
+            ("EVERGREEN", "2999-12-31", Decimal(10), "is unpaid"),
+            ("EVERGREEN", "2999-12-31", None, "could not be read"),
+        ):
+            again = subscription(subscriptionId="s-2", phaseType=phase, chargedThroughDate=invoiced)
+            [skip] = desired_actions(again, CLEAR, tenant, PLANS, balance, today=TODAY)
             assert isinstance(skip, Skip) and "pays up front, without a new trial" in skip.reason, skip
             assert why in skip.reason and "subscription s-2 " in skip.reason
+            assert skip.recheck == (balance is None)  # the balance is read again; anything else comes as events
         again = subscription(subscriptionId="s-2", phaseType="TRIAL")
         assert actions(desired_actions(again, CLEAR, tenant, PLANS, PAID, rules=NO_RULES))[0][0] == action
         paid = subscription(subscriptionId="s-2")
@@ -237,7 +245,7 @@ def test_one_trial_per_customer_a_second_tenant_of_an_account_waits_until_paid()
     trial = subscription(key="acme-2", subscriptionId="s-2", phaseType="TRIAL")
     [skip] = desired_actions(trial, CLEAR, None, PLANS, PAID, frozenset({"acme"}))
     assert isinstance(skip, Skip) and skip.tenant_id == "acme-2"
-    assert "one trial per customer: account a-1 has had tenant acme; acme-2 is provisioned once" in skip.reason
+    assert "account a-1 has had tenant acme; acme-2 is provisioned once" in skip.reason
     assert "(it is in its trial)" in skip.reason
     unpaid = subscription(key="acme-2", subscriptionId="s-2")
     [skip] = desired_actions(unpaid, CLEAR, None, PLANS, Decimal(25), frozenset({"acme"}))
@@ -250,7 +258,10 @@ def test_one_trial_per_customer_a_second_tenant_of_an_account_waits_until_paid()
     ]
     first = subscription(phaseType="TRIAL")
     assert actions(desired_actions(first, CLEAR, None, PLANS, PAID, frozenset())) == [("provision", "basic-monthly")]
-    # The tenant's own earlier row (a provision that failed half way) is not another tenant.
+    # Its own earlier row (a provision that failed half way) is not another tenant, nor is a key of the same database.
+    assert actions(desired_actions(first, CLEAR, None, PLANS, PAID, frozenset({"Acme"}))) == [
+        ("provision", "basic-monthly")
+    ]
     assert actions(
         desired_actions(first, CLEAR, owned("failed", "basic-monthly"), PLANS, PAID, frozenset({"acme"}))
     ) == [("provision", "basic-monthly")]
@@ -406,3 +417,21 @@ def test_a_tenant_url_names_each_tenant_by_its_dns_label_and_a_broken_one_is_ref
     ):
         with pytest.raises(ConfigError, match="tenant_url"):
             settings_from_dict({**SETTINGS, "tenant_url": bad})
+
+
+def test_of_an_accounts_subscriptions_read_at_once_the_first_started_has_the_trial(monkeypatch):
+    """Two trial bundles created before the runner read the account (no tenant row yet): the earliest subscription's
+    tenant is provisioned, the other waits until paid (Worker._decide, the registry read stubbed: no tenant yet)."""
+    from webhook_runner import store, worker
+
+    monkeypatch.setattr(store, "tenants_by_database", lambda conn, names: {})
+    monkeypatch.setattr(store, "account_tenant_ids", lambda conn, account: frozenset())
+    decider = worker.Worker.__new__(worker.Worker)  # no registry connection: _decide reads it through store
+    decider.conn, decider.settings = None, settings_from_dict(SETTINGS)
+    later = subscription(key="beta", subscriptionId="s-2", phaseType="TRIAL", startDate="2026-11-28T10:00:01.000Z")
+    first = subscription(key="alpha", subscriptionId="s-9", phaseType="TRIAL", startDate="2026-11-28T10:00:00.000Z")
+    decided = {tid: actions(ds) for _, tid, ds in decider._decide("a-1", [{"subscriptions": [later, first]}],
+                                                                  CLEAR, PAID, PLANS)}  # fmt: skip
+    assert decided["alpha"] == [("provision", "basic-monthly")]
+    [(kind, reason)] = decided["beta"]
+    assert kind == "skip" and "has had tenant alpha; beta is provisioned once" in reason
