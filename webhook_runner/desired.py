@@ -8,7 +8,6 @@ comparison returns nothing. Pure: no I/O, unit-tested on its own.
 
 from __future__ import annotations
 
-import datetime
 import re
 import zoneinfo
 from dataclasses import dataclass, field
@@ -156,14 +155,12 @@ def foreign_claim(subscription: dict, tenant: Tenant) -> str | None:
     )
 
 
-def unpaid(subscription: dict, balance: Decimal | None, today: datetime.date) -> str | None:
-    """Why the subscription is not paid for yet, or None: in its trial; not invoiced ahead yet (Kill Bill's
-    chargedThroughDate not past today: its events can come before its invoice); an invoice of its account unpaid;
-    the account's balance unknown."""
+def unpaid(subscription: dict, balance: Decimal | None) -> str | None:
+    """Why the subscription is not paid for yet, or None: in its trial; an invoice of its account unpaid; the
+    account's balance unknown. (Kill Bill may notify a phase before it writes that phase's invoice: a zero balance
+    read in between passes, and a payment that then fails is the overdue rules' to act on.)"""
     if subscription.get("phaseType") == "TRIAL":
         return "it is in its trial"
-    if str(subscription.get("chargedThroughDate") or "") <= today.isoformat():
-        return "it is not invoiced ahead yet"
     if balance is None:
         return UNKNOWN_BALANCE
     return "an invoice of its account is unpaid" if balance > 0 else None
@@ -180,14 +177,12 @@ def desired_actions(
     balance: Decimal | None = None,
     account_tenants: frozenset[str] = frozenset(),
     rules: BillingRules = BillingRules(),  # frozen: one default shared is safe
-    today: datetime.date | None = None,
 ) -> list:
     """Actions (in order) bringing `tenant` to what `subscription` says, or Skips explaining why not.
 
     `tenant` is the registry's tenant with the subscription's database name (see database_name), if any;
     `balance` its account's (None: unknown); `account_tenants` the ids of the tenants that account has or had, and
-    of its subscriptions that started before this one; `today` (UTC) what "invoiced ahead" is measured against."""
-    today = today or datetime.datetime.now(datetime.UTC).date()
+    of its subscriptions that started before this one."""
     if subscription.get("productCategory", "BASE") != "BASE":
         return []  # add-ons do not make tenants
     tenant_id = tenant_id_of(subscription)
@@ -241,7 +236,7 @@ def desired_actions(
             ]
         if blocked:
             return []  # once Kill Bill unblocks it (paid)
-        if rules.reactivation_paid_up_front and (why := unpaid(subscription, balance, today)):
+        if rules.reactivation_paid_up_front and (why := unpaid(subscription, balance)):
             return [
                 Skip(
                     tenant_id,
@@ -265,7 +260,7 @@ def desired_actions(
         if blocked:
             return []  # a paid-first tenant: provisioned once the payment unblocks it
         others = sorted(other for other in account_tenants if database_name(other) != database_name(tenant_id))
-        if status is None and rules.one_trial_per_customer and others and (why := unpaid(subscription, balance, today)):
+        if status is None and rules.one_trial_per_customer and others and (why := unpaid(subscription, balance)):
             return [
                 Skip(
                     tenant_id,
