@@ -298,6 +298,10 @@ def test_platform_status_shows_servers_and_tenants(fleet: Fleet):
     assert row("pool-dedicated-01")[-2:] == ["1/1", "healthy"]
     assert row("t07")[1:] == ["basic-monthly", "v1", "shared", "pool-shared-03", "t_t07", "active"]
     assert row(PREMIUM_TENANT)[3:5] == ["dedicated", "pool-dedicated-01"]
+    # The fleet's plans on a line of their own, the monitoring's URLs on the next.
+    plans = next(line for line in lines if "Plans: " in line)
+    assert "basic-monthly v1 (shared)" in plans and "Monitoring" not in plans, plans
+    assert any(line.strip(" -'").startswith("Monitoring: Prometheus http://") for line in lines), status.output[-2000:]
 
 
 def tenant_database(fleet: Fleet, tenant_id: str) -> psycopg.Connection:
