@@ -537,24 +537,21 @@ def queue_odoo_job(conn, tenant_id: str, odoo: str) -> tuple[dict | None, int, s
         if not tenant["customer_id"]:
             return None, 409, (f"tenant {tenant_id} has no Kill Bill account to queue the job in: run"
                                f" playbooks/tenant_restart.yml -e tenant_id={tenant_id} -e odoo={odoo}")  # fmt: skip
-        open_job = conn.execute(
+        open_jobs = conn.execute(
             "SELECT id, state FROM registry.jobs WHERE tenant_id = %s AND action = 'odoo'"
-            " AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
+            " AND state IN ('queued', 'running', 'parked') ORDER BY id",
             (tenant_id,),
-        ).fetchone()
-        if open_job is not None:
-            return None, 409, f"job {open_job['id']} for tenant {tenant_id}'s Odoo is {open_job['state']}"
+        ).fetchall()
+        for open_job in open_jobs:
+            if open_job["state"] != "parked":
+                return None, 409, f"job {open_job['id']} for tenant {tenant_id}'s Odoo is {open_job['state']}"
         job = insert_job(
             conn, account=tenant["customer_id"], tenant_id=tenant_id, event_id=None, action="odoo",
             playbook=OPERATOR_ACTIONS["odoo"], extravars={"tenant_id": tenant_id, "odoo": odoo}, state="queued",
             reason=f"the admin API asked for its Odoo {odoo}",
         )  # fmt: skip
-        # A parked one (its runs failed) is what this request asks again: superseded, not replayed.
-        conn.execute(
-            "UPDATE registry.jobs SET state = 'skipped', reason = %s, finished_at = now()"
-            " WHERE tenant_id = %s AND action = 'odoo' AND state = 'parked'",
-            (f"superseded by job {job['id']}", tenant_id),
-        )
+        for parked in open_jobs:  # its runs failed: what this request asks again, superseded rather than replayed
+            close_job(conn, parked["id"], "skipped", f"superseded by job {job['id']}")
         audit(conn, actor="webhook_runner admin", tenant_id=tenant_id, kind="odoo", subject=f"job:{job['id']}",
               detail={"odoo": odoo})  # fmt: skip
         conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.e2e.killbill_api import KillBillAPI
-from tests.integration.conftest import LOCAL_STATE, LocalPlatform, run_playbook, superuser
+from tests.integration.conftest import LOCAL_STATE, LocalPlatform, run_playbook, superuser, supervisor_pid
 from tests.integration.runner_stack import MailCatcher
 from tests.standins.killbill.killbill_standin import KillBillStandin
 from tests.tenant_web import opener, tenant_url
@@ -186,8 +186,6 @@ def test_an_upgrade_installs_its_modules_while_the_customers_odoo_serves(signed_
     """Basic up to standard adds contacts (and mail, which it depends on): the real Odoo installs them beside the
     one that serves, which answers every login page asked every 0.5 s until they are installed, the same process;
     the restart for the new plan's workers comes after, and its failed answers are counted and printed."""
-    supervisord = LOCAL_STATE / "runtime/supervisor/supervisord.conf"
-    supervisorctl = ["supervisorctl", "-c", str(supervisord), "pid", "odoo-acme"]
     with fresh_local_platform.registry() as conn:
         server, port = conn.execute(
             "SELECT s.name, s.port FROM registry.tenants t JOIN registry.db_servers s ON s.name = t.db_server"
@@ -200,7 +198,7 @@ def test_an_upgrade_installs_its_modules_while_the_customers_odoo_serves(signed_
         return state == ("installed",)
 
     assert not contacts_installed()
-    serving = subprocess.run(supervisorctl, capture_output=True, text=True).stdout.strip()
+    serving = supervisor_pid("odoo-acme")
     probes: list[tuple[float, int]] = []
     installed_at = None
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -212,7 +210,7 @@ def test_an_upgrade_installs_its_modules_while_the_customers_odoo_serves(signed_
             probes.append((asked, login_page("acme")))
             if installed_at is None and contacts_installed():
                 installed_at = time.monotonic()
-                assert subprocess.run(supervisorctl, capture_output=True, text=True).stdout.strip() == serving
+                assert supervisor_pid("odoo-acme") == serving
             time.sleep(max(0.0, 0.5 - (time.monotonic() - asked)))  # the probe's pace, not a wait for anything
         upgraded = upgrade.result()
     assert upgraded.returncode == 0, upgraded.output[-4000:]
@@ -313,11 +311,6 @@ def test_a_drain_moves_the_customers_database_under_its_running_odoo(signed_up, 
         assert conn.execute("SELECT db_server FROM registry.tenants WHERE tenant_id = 'globex'").fetchone() != (pool,)
     assert supervisor_pid("odoo-globex") == pid
     assert browser.request("/odoo")[0] == 200
-
-
-def supervisor_pid(program: str) -> int:
-    supervisorctl = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf"), "pid", program]
-    return int(subprocess.run(supervisorctl, capture_output=True, text=True, check=True).stdout)
 
 
 def test_the_template_path_beside_the_i_path(signed_up, fresh_local_platform, tmp_path):

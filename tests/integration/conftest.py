@@ -156,6 +156,12 @@ def wait_until(condition: Callable[[], object], what: str, seconds: float, every
     return value
 
 
+def supervisor_pid(program: str) -> int:
+    """The pid the local runtime's supervisord runs the program with (0 while it does not run)."""
+    supervisorctl = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf"), "pid", program]
+    return int(subprocess.run(supervisorctl, capture_output=True, text=True).stdout)
+
+
 def run_playbook(playbook: str, *args: str, inventory: str = "inventories/local") -> PlaybookRun:
     """Run one of the project's entry points in playbooks/."""
     return ansible_playbook(f"playbooks/{playbook}", *args, inventory=inventory)

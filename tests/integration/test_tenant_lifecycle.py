@@ -34,7 +34,16 @@ from tenant_web import get_status as get  # over HTTPS, as the tenant's host nam
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
 from webhook_runner.worker import job_environment, park_reason
 
-from .conftest import LOCAL_STATE, REPO, LocalPlatform, PlaybookRun, assert_nothing_changed, run_playbook, wait_until
+from .conftest import (
+    LOCAL_STATE,
+    REPO,
+    LocalPlatform,
+    PlaybookRun,
+    assert_nothing_changed,
+    run_playbook,
+    supervisor_pid,
+    wait_until,
+)
 from .test_storage_cephfs import PROPAGATION_TIMEOUT, rbytes_of, write_chunks
 
 GIB = 1 << 30
@@ -331,20 +340,15 @@ def installed_modules(tenant: Tenant) -> set[str]:
 def change_plan_installing_live(tenant: Tenant, plan: str) -> None:
     """The plan change, run twice, installs the modules the plan adds while the tenant's Odoo serves: when they show
     installed, the Odoo that served before the run is still running (its restart for the new limits comes after)."""
-    supervisorctl = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf")]
-
-    def odoo_pid() -> str:
-        program = f"odoo-{tenant.tenant_id}"
-        return subprocess.run([*supervisorctl, "pid", program], capture_output=True, text=True).stdout
-
+    program = f"odoo-{tenant.tenant_id}"
     added = set(tenant.plan(plan)["odoo_modules"]) - installed_modules(tenant)
     assert added, f"{plan} adds no module"
-    serving = odoo_pid()
-    assert serving.strip() not in ("", "0"), serving
+    serving = supervisor_pid(program)
+    assert serving > 0
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(tenant.run, "tenant_change_plan.yml", "-e", f"plan={plan}")
         wait_until(lambda: first.done() or added <= installed_modules(tenant), "the new modules installed", 600, 0.05)
-        while_installed = odoo_pid()
+        while_installed = supervisor_pid(program)
         run = first.result()
     assert run.returncode == 0, run.output[-5000:]
     assert added <= installed_modules(tenant)

@@ -23,7 +23,15 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.migration import
 from ansible_collections.saasodoo.platform.plugins.modules.pgbouncer_userlist import auth_file_lock
 from ansible_collections.saasodoo.platform.plugins.modules.registry_tenant import waiting_for_run
 
-from .conftest import LOCAL_STATE, LocalPlatform, assert_nothing_changed, odoo_url, run_ansible_tool, run_playbook
+from .conftest import (
+    LOCAL_STATE,
+    LocalPlatform,
+    assert_nothing_changed,
+    odoo_url,
+    run_ansible_tool,
+    run_playbook,
+    supervisor_pid,
+)
 from .movers import PLANS, RUNTIME_NONE, Mover, provision_mover, wait_for_file
 
 
@@ -202,15 +210,14 @@ def test_a_process_tenants_odoo_follows_its_database_from_the_block_on(local_pla
     answers from its database there, not restarted for it."""
     tenant = "mover-odoo"
     pgbouncer_dir = LOCAL_STATE / "runtime/pgbouncer" / tenant  # the tenant PgBouncer's files
-    supervisorctl = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf"), "pid"]
     provisioned = run_playbook(
         "tenant_provision.yml", "-e", f"tenant_id={tenant}", "-e", "plan=basic-monthly", "-e", "customer_id=acct-odoo"
     )
     assert provisioned.returncode == 0, provisioned.output[-4000:]
     mover = Mover(local_platform, tenant, tables=0)
     try:
-        pid = subprocess.run([*supervisorctl, f"odoo-{tenant}"], capture_output=True, text=True).stdout.strip()
-        assert int(pid) > 0
+        pid = supervisor_pid(f"odoo-{tenant}")
+        assert pid > 0
         source, turned, verifying = mover.record()["db_server"], tmp_path / "turned", tmp_path / "verifying"
         run = mover.start_change_plan(
             PLANS["shared"][0], f"pause-turned:{turned},pause-verifying:{verifying}", runtime=()
@@ -239,7 +246,7 @@ def test_a_process_tenants_odoo_follows_its_database_from_the_block_on(local_pla
         assert target != source
         with urllib.request.urlopen(odoo_url(tenant, "/web/health?db_server_status=1"), timeout=10) as page:
             assert page.status == 200  # Odoo's query reached the database, on the new server
-        assert subprocess.run([*supervisorctl, f"odoo-{tenant}"], capture_output=True, text=True).stdout.strip() == pid
+        assert supervisor_pid(f"odoo-{tenant}") == pid
         verifying.unlink()
         output = run.communicate()[0]  # then the new plan's odoo.conf (more workers) restarts it
         assert run.returncode == 0, output[-5000:]

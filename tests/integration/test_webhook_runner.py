@@ -41,6 +41,7 @@ from .conftest import (
     ansible_env,
     ansible_processes,
     run_playbook,
+    supervisor_pid,
 )
 from .runner_stack import (
     ADMIN_TOKEN,
@@ -386,16 +387,6 @@ def test_an_operator_restarts_stops_and_starts_a_customers_odoo_through_the_admi
     here, an Odoo under supervisord behind nginx): restarted (a new process answers), stopped (503), started; one
     such job open at a time; a job the customer's cancellation overtook is closed unrun."""
     settings = json.loads(runner.settings_path.read_text())
-    supervisorctl = [
-        "supervisorctl",
-        "-c",
-        str(LOCAL_STATE / "runtime/supervisor/supervisord.conf"),
-        "pid",
-        "odoo-ops-01",
-    ]
-
-    def odoo_pid() -> str:
-        return subprocess.run(supervisorctl, capture_output=True, text=True).stdout.strip()
 
     def job(job_id: int) -> dict:
         return runner.admin("GET", f"/jobs/{job_id}")[1]
@@ -412,8 +403,8 @@ def test_an_operator_restarts_stops_and_starts_a_customers_odoo_through_the_admi
         _, subscription = api.sign_up("Ops One", "ops-01", "basic-monthly")
         settled()
         assert tenant_rows(runner, "ops-01")["ops-01"]["status"] == "active"
-        first = odoo_pid()
-        assert first not in ("", "0") and get_status("ops-01", "/web/login") == 200
+        first = supervisor_pid("odoo-ops-01")
+        assert first > 0 and get_status("ops-01", "/web/login") == 200
 
         restarted_runner(runner, process_runtime, workers=0)
         status, queued = runner.admin("POST", "/tenants/ops-01/odoo")
@@ -428,7 +419,7 @@ def test_an_operator_restarts_stops_and_starts_a_customers_odoo_through_the_admi
         restarted_runner(runner, process_runtime, workers=2)
         settled()
         assert job(queued["id"])["state"] == "succeeded"
-        assert odoo_pid() not in ("", "0", first) and get_status("ops-01", "/web/login") == 200
+        assert supervisor_pid("odoo-ops-01") not in (0, first) and get_status("ops-01", "/web/login") == 200
 
         for state, answer in (("stopped", 503), ("started", 200)):
             status, queued = runner.admin("POST", "/tenants/ops-01/odoo", {"state": state})
