@@ -67,7 +67,7 @@ state-access:
 # The local platform, the tests and the benchmarks listen on fixed loopback ports inside the kernel's ephemeral range
 # (32768-60999): a client connection that took one as its source port (in TIME_WAIT too) makes a server's bind
 # fail with "Address already in use". Reserved, no connection takes them; ports reserved before are kept.
-RESERVED_PORTS := 54400-54799,55400-56999,58000-59999
+RESERVED_PORTS := 54400-54799,55400-57099,58000-59999
 reserved-ports:
 	@ports=/proc/sys/net/ipv4/ip_local_reserved_ports; current=$$(cat $$ports 2>/dev/null); \
 	case ",$$current," in *",$(RESERVED_PORTS),"*) exit 0;; esac; \

@@ -363,6 +363,7 @@ STREAMS = {
         "test_tenant_lifecycle.py",
         "test_hostile_tenant.py",
         "test_tenant_move.py",
+        "test_failover.py",
         "test_inventory_plugin.py",
         "test_bench.py",
     ),

@@ -9,14 +9,16 @@ short_description: The live fleet from the SaaSOdoo platform registry
 description:
   - Reads the platform registry database and adds its database servers and Odoo tenants as hosts.
   - Every server in C(registry.db_servers) that is not C(retired) becomes a host named after the server, in
-    C(pools_shared) or C(pools_dedicated) by its kind (both children of C(postgres_servers)).
+    C(pools_shared) or C(pools_dedicated) by its kind (both children of C(postgres_servers)); one whose C(ha) is
+    C(async) or C(sync) (under Patroni with a replica) is in C(ha_servers) too.
   - Every tenant in C(registry.tenants) that is not C(purged) becomes a host C(tenant-<tenant_id>), in
     C(tenants), C(plan_<plan>), C(pool_<db_server>) (once placed) and C(status_<status>). Characters other than
     letters, digits and underscores in group names become underscores (C(plan_basic_monthly),
     C(pool_pool_shared_01)).
   - Host variables are non-secret and marked unsafe (registry data is never templated). Servers get
     C(saasodoo_registry_db_server), tenants C(saasodoo_tenant) and C(saasodoo_tenant_last_run) (the last playbook
-    run whose audit rows name the tenant, as C(playbooks/registry_audit.yml) lists it). No password, and no input of one
+    run whose audit rows name the tenant, as C(playbooks/registry_audit.yml) lists it), servers also
+    C(saasodoo_server_ha) (C(none), C(async) or C(sync)). No password, and no input of one
     (C(credential_version)), is ever read into the inventory.
   - A server the inventory already declares (a static source parsed before this one) keeps its own variables;
     only servers the platform created at run time get C(postgres_server_port),
@@ -144,6 +146,8 @@ else:
     PSYCOPG_IMPORT_ERROR = None
 
 SERVER_GROUPS = {"shared": "pools_shared", "dedicated": "pools_dedicated"}
+# A server under Patroni (ha async or sync) is in this group too: its group_vars run it so (roles/postgres_ha).
+HA_SERVERS_GROUP = "ha_servers"
 SERVERS_PARENT_GROUP = "postgres_servers"
 TENANTS_GROUP = "tenants"
 TENANT_HOST_PREFIX = "tenant-"
@@ -163,7 +167,7 @@ SERVER_FIELDS = (
     "health",
     "dedicated_to",
 )
-OPTIONAL_SERVER_FIELDS = ("tenant_count", "storage_committed_gb")
+OPTIONAL_SERVER_FIELDS = ("tenant_count", "storage_committed_gb", "ha")
 # What an auditor may see of a tenant: credential_version is left out, it is an input of the tenant's password.
 TENANT_FIELDS = (
     "tenant_id",
@@ -295,9 +299,13 @@ def add_server(inventory: InventoryLike, row: Mapping[str, Any]) -> str:
     # group_vars, and site.yml would then write the registry's own values back into the registry.
     declared = inventory.get_host(name) is not None
     inventory.add_host(name, group=group)
+    if row.get("ha", "none") != "none":
+        inventory.add_group(HA_SERVERS_GROUP)
+        inventory.add_child(SERVERS_PARENT_GROUP, HA_SERVERS_GROUP)
+        inventory.add_host(name, group=HA_SERVERS_GROUP)
     if not declared:
         _set_vars(inventory, name, server_role_vars(row))
-    _set_vars(inventory, name, {"saasodoo_registry_db_server": server_record(row)})
+    _set_vars(inventory, name, {"saasodoo_registry_db_server": server_record(row), "saasodoo_server_ha": row.get("ha", "none")})
     return name
 
 

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 POLICIES = ("fill_first", "spread")
 DB_TYPES = ("shared", "dedicated")
+# How a plan's dedicated server outlives its primary (registry.db_servers.ha): not at all, or under Patroni with a
+# replica, asynchronous or synchronous.
+HA_MODES = ("none", "async", "sync")
 _TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")
 
 
@@ -109,6 +112,17 @@ def db_type_of(plan_name: str, entitlements: dict) -> str:
             "in group_vars/all/plans.yml and run playbooks/site.yml"
         )
     return db_type
+
+
+def server_ha(plan_name: str, entitlements: dict) -> str:
+    """The plan's `ha` for a new dedicated server: none when the plan says nothing."""
+    ha = entitlements.get("ha", "none")
+    if ha not in HA_MODES:
+        raise PlacementError(
+            f"plan {plan_name!r} has ha {ha!r}: set ha to one of {', '.join(HA_MODES)} "
+            "in group_vars/all/plans.yml and run playbooks/site.yml"
+        )
+    return ha
 
 
 def evaluate(server: Server, needs: Needs) -> Candidate:

@@ -27,6 +27,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.placement import
     db_type_of,
     next_server,
     refusal_message,
+    server_ha,
 )
 
 try:
@@ -40,7 +41,7 @@ ALLOCATION_LOCK = "saasodoo.db_servers.allocate"
 HEALTH_VERDICT_MINUTES = 10
 SERVER_COLUMNS = (
     "name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major, capacity_tenants, capacity_storage_gb,"
-    " status, health, dedicated_to, tenant_count, storage_committed_gb,"
+    " status, health, dedicated_to, tenant_count, storage_committed_gb, ha,"
     f" (status = 'active' AND health = 'unhealthy'"
     f"  AND health_checked_at > now() - interval '{HEALTH_VERDICT_MINUTES} minutes')"
     " AS recently_unhealthy"
@@ -172,7 +173,7 @@ class PlacementStore:
             if db_type == "shared":
                 decision, server = self._place_shared(cur, request, needs)
             else:
-                decision, server = self._place_dedicated(cur, request)
+                decision, server = self._place_dedicated(cur, request, server_ha(request.plan, entitlements))
             tenant = self._record_tenant(cur, request, plan, db_type, db_name, server["name"], entitlements)
             if db_type == "dedicated" and server["dedicated_to"] is None:
                 cur.execute(
@@ -202,7 +203,7 @@ class PlacementStore:
                 # placement's audit record takes the audit chain's lock. Taken after it, a placement holding the
                 # shared servers' rows while it waits for that lock deadlocks with this one.
                 cur.execute("SELECT 1 FROM registry.db_servers WHERE name = %s FOR KEY SHARE", (source_server,))
-                decision, server = self._place_dedicated(cur, request)
+                decision, server = self._place_dedicated(cur, request, server_ha(request.plan, entitlements))
                 if server["name"] == source_server:
                     raise PlacementError(f"tenant {request.tenant_id} is on its own server {source_server} already")
                 if server["dedicated_to"] is None:
@@ -320,7 +321,7 @@ class PlacementStore:
         )
         return grown, server
 
-    def _place_dedicated(self, cur, request: PlacementRequest) -> tuple[Decision, dict]:
+    def _place_dedicated(self, cur, request: PlacementRequest, ha: str) -> tuple[Decision, dict]:
         cur.execute(
             f"SELECT {SERVER_COLUMNS} FROM registry.db_servers WHERE kind = 'dedicated' AND dedicated_to = %s"
             " AND status <> 'retired' FOR UPDATE",
@@ -336,7 +337,7 @@ class PlacementStore:
         self._lock_allocation(cur)
         # The server's dedicated_to refers to the tenant row, which is written after this; the
         # placement sets it once the tenant exists.
-        server = self._create_server(cur, "dedicated", self.config.dedicated)
+        server = self._create_server(cur, "dedicated", self.config.dedicated, ha)
         return Decision(server["name"], "a new dedicated server for the tenant", "dedicated"), server
 
     # -- writes -----------------------------------------------------------------------------------
@@ -344,7 +345,7 @@ class PlacementStore:
     def _lock_allocation(self, cur) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (ALLOCATION_LOCK,))
 
-    def _create_server(self, cur, kind: str, spec: NewServerSpec) -> dict:
+    def _create_server(self, cur, kind: str, spec: NewServerSpec, ha: str = "none") -> dict:
         cur.execute("SELECT name, host, port, pgbouncer_host, pgbouncer_port FROM registry.db_servers")
         rows = cur.fetchall()
         names = {r["name"] for r in rows}
@@ -359,8 +360,8 @@ class PlacementStore:
         pgbouncer_port = port + spec.pgbouncer_port_offset if spec.pgbouncer_port_offset else None
         cur.execute(
             f"INSERT INTO registry.db_servers (name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major,"
-            f" capacity_tenants, capacity_storage_gb, status, health)"
-            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'provisioning', 'unknown') RETURNING {SERVER_COLUMNS}",
+            f" capacity_tenants, capacity_storage_gb, status, health, ha)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'provisioning', 'unknown', %s) RETURNING {SERVER_COLUMNS}",
             (
                 name,
                 kind,
@@ -371,9 +372,10 @@ class PlacementStore:
                 spec.pg_major,
                 spec.capacity_tenants,
                 spec.capacity_storage_gb,
+                ha,
             ),
         )
-        self.executed.append(f"created {kind} server {name} on {spec.host}:{port}")
+        self.executed.append(f"created {kind} server {name} on {spec.host}:{port}" + (f" (ha {ha})" if ha != "none" else ""))
         return {**cur.fetchone(), "_created": True}
 
     def _record_tenant(self, cur, request, plan, db_type, db_name, server_name, entitlements) -> dict:
