@@ -724,6 +724,11 @@ class TenantWriter:
             conn.execute(WRITER_TABLE)
 
     @property
+    def started_at(self) -> float:
+        """When start() was called (time.monotonic()): the origin of WriterReport.commit_times_s."""
+        return self._started
+
+    @property
     def committed_count(self) -> int:
         with self._lock:
             return len(self._ids)

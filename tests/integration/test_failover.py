@@ -7,66 +7,13 @@ server's roles."""
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-import signal
-import urllib.request
-
 from tenant_web import get_status
 
 from bench.odoo_tenant import TenantWriter
+from tests.ha_cluster import Cluster
 
 from .conftest import LOCAL_STATE, LocalPlatform, remove_tenants, run_playbook, supervisor_pid, wait_until
 from .test_tenant_lifecycle import Tenant
-
-# The local inventory's ports for a server under Patroni (group_vars/ha_servers): its members' REST APIs.
-API_PORT_OFFSETS = (1300, 1400)
-
-
-class Cluster:
-    """The tenant's server as Patroni sees it, through any member's REST API that answers."""
-
-    def __init__(self, platform: LocalPlatform, server: dict) -> None:
-        self.name = server["name"]
-        self.apis = [f"http://127.0.0.1:{server['port'] + offset}" for offset in API_PORT_OFFSETS]
-        password = platform.password(f"patroni-restapi@{self.name}")
-        self.auth = "Basic " + base64.b64encode(f"patroni:{password}".encode()).decode()
-
-    def members(self) -> list[dict]:
-        for api in self.apis:
-            try:
-                with urllib.request.urlopen(f"{api}/cluster", timeout=2) as response:
-                    return json.load(response)["members"]
-            except OSError:
-                continue
-        return []
-
-    def leader(self) -> str | None:
-        return next((m["name"] for m in self.members() if m["role"] == "leader"), None)
-
-    def roles(self) -> dict[str, str]:
-        return {m["name"]: m["role"] for m in self.members() if m["state"] == "running"}
-
-    def switchover(self, leader: str, candidate: str) -> None:
-        request = urllib.request.Request(
-            f"{self.apis[0]}/switchover",
-            data=json.dumps({"leader": leader, "candidate": candidate}).encode(),
-            headers={"Authorization": self.auth, "Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 200
-
-    def lose(self, member: str) -> None:
-        """Kill the member's Patroni and its PostgreSQL at once, as a host that is lost loses them."""
-        directory = LOCAL_STATE / "pg" / self.name
-        patroni = int(
-            os.popen(f"supervisorctl -c {directory / 'supervisord.conf'} pid patroni-{member}").read().strip()
-        )
-        postmaster = int((directory / member / "data/postmaster.pid").read_text().splitlines()[0])
-        for pid in (patroni, postmaster):
-            os.kill(pid, signal.SIGKILL)
 
 
 def tenant_writer(tenant: Tenant, platform: LocalPlatform) -> TenantWriter:
@@ -86,7 +33,8 @@ def test_a_customers_database_outlives_its_primary(local_platform: LocalPlatform
     provisioned = tenant.run("tenant_provision.yml", "-e", "plan=premium-ha-monthly")
     assert provisioned.returncode == 0, provisioned.output[-5000:]
     try:
-        cluster = Cluster(local_platform, tenant.server())
+        server = tenant.server()
+        cluster = Cluster(server["name"], server["port"], local_platform.password(f"patroni-restapi@{server['name']}"))
         roles = cluster.roles()
         assert sorted(roles.values()) == ["leader", "sync_standby"], roles
         first = cluster.leader()
@@ -114,7 +62,7 @@ def test_a_customers_database_outlives_its_primary(local_platform: LocalPlatform
             writes_resume(writer, before_the_loss, "writes after the primary was lost")
         finally:
             report = writer.stop()
-        print(f"writes: {report.commits} acknowledged, longest pause {report.longest_gap_s:.2f} s, {report.errors} errors")
+        print(f"writes: {report.commits} acknowledged, longest pause {report.longest_gap_s:.2f} s")
 
         with tenant.admin(tenant.db_name) as conn:
             stored = {row[0] for row in conn.execute("SELECT id FROM bench_writer")}
@@ -130,4 +78,3 @@ def test_a_customers_database_outlives_its_primary(local_platform: LocalPlatform
         wait_until(lambda: cluster.roles() == expected, f"{second} back as the synchronous replica", 60, 0.5)
     finally:
         assert remove_tenants([tenant.tenant_id], runtime=None)
-

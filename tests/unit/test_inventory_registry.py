@@ -176,7 +176,18 @@ def test_add_fleet_returns_servers_then_tenants():
 )
 def test_a_new_server_gets_the_role_inputs_to_converge_it(row, role_vars):
     host_vars = own_vars(fleet(servers=[row], tenants=[]), row["name"])
-    assert {k: v for k, v in host_vars.items() if k != "saasodoo_registry_db_server"} == role_vars
+    registry_views = {"saasodoo_registry_db_server", "saasodoo_server_ha"}
+    assert {k: v for k, v in host_vars.items() if k not in registry_views} == role_vars
+
+
+def test_a_server_under_patroni_is_in_ha_servers_too():
+    inventory = fleet(servers=[SHARED, {**DEDICATED, "ha": "sync"}], tenants=[])
+    assert members(inventory, "ha_servers") == ["pool-dedicated-01"]
+    assert members(inventory, "pools_dedicated") == ["pool-dedicated-01"]
+    assert inventory.hosts["pool-dedicated-01"].vars["saasodoo_server_ha"] == "sync"
+    # A registry from before migration 0025 has no ha: one PostgreSQL.
+    assert inventory.hosts["pool-shared-01"].vars["saasodoo_server_ha"] == "none"
+    assert "ha_servers" in {g.name for g in inventory.groups["postgres_servers"].child_groups}
 
 
 def test_a_declared_server_keeps_its_own_variables():

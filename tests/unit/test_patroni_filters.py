@@ -2,6 +2,7 @@
 
 import pytest
 from ansible.errors import AnsibleFilterError
+
 from ansible_collections.saasodoo.platform.plugins.filter.patroni import patroni_config_patch
 
 CURRENT = {
@@ -14,12 +15,14 @@ CURRENT = {
 
 
 def test_nothing_to_send_when_the_settings_are_the_inventorys():
-    desired = {"ttl": 10, "postgresql": {"use_pg_rewind": True, "parameters": {"max_connections": 200, "work_mem": "4MB"}}}
+    parameters = {"max_connections": 200, "work_mem": "4MB"}
+    desired = {"ttl": 10, "postgresql": {"use_pg_rewind": True, "parameters": parameters}}
     assert patroni_config_patch(CURRENT, desired) == {}
 
 
 def test_a_changed_key_and_a_changed_setting_are_sent_alone():
-    desired = {"ttl": 10, "synchronous_mode": True, "postgresql": {"parameters": {"max_connections": 300, "work_mem": "4MB"}}}
+    parameters = {"max_connections": 300, "work_mem": "4MB"}
+    desired = {"ttl": 10, "synchronous_mode": True, "postgresql": {"parameters": parameters}}
     assert patroni_config_patch(CURRENT, desired) == {
         "synchronous_mode": True,
         "postgresql": {"parameters": {"max_connections": 300}},

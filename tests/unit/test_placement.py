@@ -16,6 +16,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.placement import
     kept_copy_name,
     next_server,
     refusal_message,
+    server_ha,
 )
 
 NEEDS = Needs(storage_gb=5, pg_majors=(15, 16))
@@ -122,6 +123,20 @@ def test_db_type_comes_from_the_entitlements(entitlements, expected):
 def test_a_plan_without_a_valid_db_type_is_refused_with_its_name(entitlements):
     with pytest.raises(PlacementError, match="plan 'odd-plan' has db_type"):
         db_type_of("odd-plan", entitlements)
+
+
+@pytest.mark.parametrize(
+    ("entitlements", "expected"),
+    [({"db_type": "dedicated"}, "none"), ({"db_type": "dedicated", "ha": "sync"}, "sync"), ({"ha": "async"}, "async")],
+)
+def test_a_new_dedicated_servers_ha_comes_from_the_plan(entitlements, expected):
+    assert server_ha("premium-ha-monthly", entitlements) == expected
+
+
+@pytest.mark.parametrize("ha", [None, "yes", "SYNC", True])
+def test_a_plan_with_an_unknown_ha_is_refused_with_its_name(ha):
+    with pytest.raises(PlacementError, match="plan 'odd-plan' has ha"):
+        server_ha("odd-plan", {"db_type": "dedicated", "ha": ha})
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,9 @@ def test_every_plan_has_complete_typed_entitlements(inventory):
         for key, kind in ENTITLEMENTS.items():
             assert isinstance(plan[key], kind) and not isinstance(plan[key], bool), f"{inventory}: {name}.{key}"
         assert plan["db_type"] in {"shared", "dedicated"}, f"{inventory}: {name}.db_type"
+        # ha is optional, and only a dedicated server has one of its own to keep up.
+        assert plan.get("ha", "none") in {"none", "async", "sync"}, f"{inventory}: {name}.ha"
+        assert plan.get("ha", "none") == "none" or plan["db_type"] == "dedicated", f"{inventory}: {name}.ha"
         assert retention_problem(plan["backup_keep"]) is None, f"{inventory}: {name}.backup_keep"
         assert plan["db_connection_limit"] > 0 and plan["odoo_workers"] > 0
 

@@ -305,7 +305,8 @@ def add_server(inventory: InventoryLike, row: Mapping[str, Any]) -> str:
         inventory.add_host(name, group=HA_SERVERS_GROUP)
     if not declared:
         _set_vars(inventory, name, server_role_vars(row))
-    _set_vars(inventory, name, {"saasodoo_registry_db_server": server_record(row), "saasodoo_server_ha": row.get("ha", "none")})
+    registry_view = {"saasodoo_registry_db_server": server_record(row), "saasodoo_server_ha": row.get("ha", "none")}
+    _set_vars(inventory, name, registry_view)
     return name
 
 

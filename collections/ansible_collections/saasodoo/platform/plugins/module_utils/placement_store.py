@@ -375,7 +375,8 @@ class PlacementStore:
                 ha,
             ),
         )
-        self.executed.append(f"created {kind} server {name} on {spec.host}:{port}" + (f" (ha {ha})" if ha != "none" else ""))
+        under_patroni = f" (ha {ha})" if ha != "none" else ""
+        self.executed.append(f"created {kind} server {name} on {spec.host}:{port}{under_patroni}")
         return {**cur.fetchone(), "_created": True}
 
     def _record_tenant(self, cur, request, plan, db_type, db_name, server_name, entitlements) -> dict:
