@@ -25,7 +25,7 @@ APT_PACKAGES := postgresql-15 pgbackrest pgbouncer supervisor nginx-light ceph c
   prometheus-postgres-exporter prometheus-blackbox-exporter python3-prometheus-client libnss-myhostname \
   patroni etcd-server etcd-client haproxy
 ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner ceph_cluster \
-  monitoring
+  monitoring postgres_ha
 
 .PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-beside alone-pass molecule-beside-alone streams-pass acceptance bench soak down clean
 
@@ -205,6 +205,7 @@ bench: setup
 	$(BIN)/python bench/migration.py
 	$(BIN)/python bench/migration.py --size-mb 4096 --drains 0
 	$(BIN)/python bench/provision.py
+	$(BIN)/python bench/failover.py
 	$(BIN)/python bench/lifecycle.py
 	$(BIN)/python bench/alerting.py
 	$(BIN)/python bench/durability.py

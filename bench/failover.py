@@ -11,9 +11,10 @@ through that PgBouncer with the tenant's credentials. In one run:
    killed as a lost host loses them; the lost member is started again afterwards and rejoins as a replica.
    Goals: write pause p95 <= 15 s; 0 acknowledged rows lost with the synchronous replica (without it, printed).
 A write pause is the writer's longest gap between two commits from the event until the next one.
-Usage: bench/failover.py [--runs 5] [--quick]   (--quick: one of each, the synchronous replica only)
-(needs the local platform up: ansible-playbook playbooks/site.yml; the tenant is purged afterwards, its server stays
-until the servers_retire schedule retires it)
+Usage: bench/failover.py [--runs 5] [--quick] [--tenant ID]   (--quick: one of each, the synchronous replica only;
+--tenant: an active process-runtime tenant of an ha plan, used as it is and left in place)
+(needs the local platform up: ansible-playbook playbooks/site.yml; the tenant it provisions is purged afterwards, its
+server stays until the servers_retire schedule retires it)
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from bench.runner import goal, percentile  # noqa: E402
 from tests.ha_cluster import LOCAL_STATE, SECRET, Cluster  # noqa: E402
 from tests.integration.conftest import remove_tenants, run_playbook, wait_until  # noqa: E402
 
-TENANT = "bench-failover"
 PLAN = "premium-ha-monthly"
 
 
@@ -51,16 +51,17 @@ def registry_row(query: str, *args) -> tuple:
 class Run:
     """The tenant's writer and its server, and every event's write pause as the writer saw it."""
 
-    def __init__(self) -> None:
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
         name, port, db_name, db_role, version = registry_row(
             "SELECT s.name, s.port, t.db_name, t.db_role, t.credential_version FROM registry.tenants t"
             " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
-            TENANT,
+            tenant,
         )
         self.cluster = Cluster(name, port, password(f"patroni-restapi@{name}"))
         self.db_name = db_name
-        socket_dir = str(LOCAL_STATE / "runtime/pgbouncer" / TENANT / "run")
-        tenant_password = password(f"tenant:{TENANT}:v{version}")
+        socket_dir = str(LOCAL_STATE / "runtime/pgbouncer" / tenant / "run")
+        tenant_password = password(f"tenant:{tenant}:v{version}")
         self.writer = TenantWriter(lambda: (socket_dir, 6432), db_name, db_role, tenant_password, interval=0.02)
         self.events: list[tuple[str, float]] = []  # (kind, when, as time.monotonic())
 
@@ -132,19 +133,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one of each, the synchronous replica only")
+    parser.add_argument("--tenant", help="an active process-runtime tenant of an ha plan, left in place")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
 
-    provisioned = run_playbook("tenant_provision.yml", "-e", f"tenant_id={TENANT}", "-e", f"plan={PLAN}")
-    if provisioned.returncode != 0:
-        print(provisioned.output[-5000:], file=sys.stderr)
-        return 1
-    run = Run()
+    tenant = args.tenant or "bench-failover"
+    if not args.tenant:
+        provisioned = run_playbook("tenant_provision.yml", "-e", f"tenant_id={tenant}", "-e", f"plan={PLAN}")
+        if provisioned.returncode != 0:
+            print(provisioned.output[-5000:], file=sys.stderr)
+            return 1
+    run = Run(tenant)
     try:
         run.writer.prepare()
         run.writer.start()
         run.healthy(synchronous=True)
-        print(f"{TENANT} on {run.cluster.name} ({PLAN}): a commit every 20 ms through its own PgBouncer")
+        print(f"{tenant} on {run.cluster.name}: a commit every 20 ms through its own PgBouncer")
         run.restart()
         run.healthy(synchronous=True)
         for _ in range(runs):
@@ -168,7 +172,8 @@ def main() -> int:
         dbname=run.db_name,
     ) as conn:
         stored = {row[0] for row in conn.execute("SELECT id FROM bench_writer")}
-    remove_tenants([TENANT], runtime=None)
+    if not args.tenant:
+        remove_tenants([tenant], runtime=None)
 
     times = report.commit_times_s
     lost: dict[str, int] = {}

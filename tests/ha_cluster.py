@@ -40,8 +40,18 @@ class Cluster:
         return next((m["name"] for m in self.members() if m["role"] == "leader"), None)
 
     def roles(self) -> dict[str, str]:
-        """Each running member's role: leader, sync_standby or replica."""
-        return {m["name"]: m["role"] for m in self.members() if m["state"] == "running"}
+        """Each member's role (leader, sync_standby or replica) that the leader's running and each replica running on
+        the leader's timeline, its lag known: a replica not rewound yet may show running for a moment."""
+        members = self.members()
+        leader = next((m for m in members if m["role"] == "leader" and m["state"] == "running"), None)
+        if leader is None:
+            return {}
+        return {
+            m["name"]: m["role"]
+            for m in members
+            if m is leader
+            or (m["state"] == "running" and m.get("timeline") == leader.get("timeline") and isinstance(m.get("lag"), int))
+        }
 
     def member_api(self, member: str) -> str:
         api_url = next(m["api_url"] for m in self.members() if m["name"] == member)

@@ -6,7 +6,8 @@ server); each one's login page answers through nginx; the admin's one-time link,
 runner sent (the customers' accounts in the Kill Bill stand-in, where the local inventory says Kill Bill is), sets
 a password and logs in, once;
 a plan change moves one database to a dedicated server and a suspension and a resumption stop and start another,
-and both still log in afterwards; a third is terminated and reactivated, and logs in as before; the second is
+and both still log in afterwards; the first moves on to a server under Patroni, whose primary is then lost, and
+its same Odoo answers and logs in after the replica takes over; a third is terminated and reactivated, and logs in as before; the second is
 brought back to a moment before its company was renamed, and logs in as before; its pool is drained under its
 running Odoo, whose open session goes on working. Beside that, the
 -i path: a database initialised by odoo-bin itself, timed against a clone. Nothing here runs without ODOO_BIN:
@@ -30,7 +31,8 @@ from dataclasses import dataclass
 import pytest
 
 from tests.e2e.killbill_api import KillBillAPI
-from tests.integration.conftest import LOCAL_STATE, LocalPlatform, run_playbook, superuser, supervisor_pid
+from tests.ha_cluster import Cluster
+from tests.integration.conftest import LOCAL_STATE, LocalPlatform, run_playbook, superuser, supervisor_pid, wait_until
 from tests.integration.runner_stack import MailCatcher
 from tests.standins.killbill.killbill_standin import KillBillStandin
 from tests.tenant_web import opener, tenant_url
@@ -237,6 +239,41 @@ def test_a_move_and_a_suspension_keep_the_customers_odoo_working(signed_up):
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert login_page("globex") == 200
     assert Browser("globex").login(CUSTOMERS["globex"][2], PASSWORD)[0] in (302, 303)
+
+
+def test_a_server_that_outlives_its_primary_keeps_the_customers_odoo_answering(signed_up, fresh_local_platform):
+    """Premium up to premium-ha (ha: sync): the database moves to a server under Patroni while the real Odoo runs.
+    Then that server's primary is lost (its Patroni and PostgreSQL killed): the replica takes over, and the same Odoo
+    process answers its login page again and logs the admin in, with a company name written before the loss."""
+    moved = run_playbook("tenant_change_plan.yml", "-e", "tenant_id=acme", "-e", "plan=premium-ha-monthly")
+    assert moved.returncode == 0, moved.output[-4000:]
+    with fresh_local_platform.registry() as conn:
+        server, port, ha = conn.execute(
+            "SELECT s.name, s.port, s.ha FROM registry.tenants t JOIN registry.db_servers s ON s.name = t.db_server"
+            " WHERE t.tenant_id = 'acme'"
+        ).fetchone()
+    assert ha == "sync"
+    cluster = Cluster(server, port, fresh_local_platform.password(f"patroni-restapi@{server}"))
+    wait_until(lambda: sorted(cluster.roles().values()) == ["leader", "sync_standby"], "a synchronous replica", 60)
+    serving = supervisor_pid("odoo-acme")
+    with superuser(server, port, "t_acme") as conn:
+        conn.execute("UPDATE public.res_company SET name = 'Acme, before the loss' WHERE id = 1")
+    lost = cluster.leader()
+    cluster.lose(lost)
+    probes: list[int] = []
+    while cluster.leader() in (None, lost) or login_page("acme") != 200:
+        asked = time.monotonic()
+        probes.append(login_page("acme"))
+        assert len(probes) < 240, f"no other member led within 2 minutes: {cluster.members()}"
+        time.sleep(max(0.0, 0.5 - (time.monotonic() - asked)))  # the probe's pace, not a wait for anything
+    print(f"failover: {len(probes)} probes until the replica led and the login page answered, "
+          f"{sum(status != 200 for status in probes)} failed")  # fmt: skip
+    assert supervisor_pid("odoo-acme") == serving
+    assert Browser("acme").login(CUSTOMERS["acme"][2], PASSWORD)[0] in (302, 303)
+    with superuser(server, port, "t_acme") as conn:
+        assert conn.execute("SELECT name FROM public.res_company WHERE id = 1").fetchone() == ("Acme, before the loss",)
+    back = run_playbook("site.yml", "--limit", f"{server},platform-db")
+    assert back.returncode == 0, back.output[-3000:]
 
 
 def test_a_downgrade_keeps_the_modules_the_smaller_plan_lacks(signed_up, fresh_local_platform):

@@ -19,6 +19,7 @@ from .conftest import ScratchRegistry
 
 BASIC = {"db_type": "shared", "storage_gb": 5, "odoo_version": "18.0", "db_connection_limit": 10, "odoo_workers": 2}
 PREMIUM = {**BASIC, "db_type": "dedicated", "storage_gb": 100}
+PREMIUM_HA = {**PREMIUM, "ha": "sync"}
 PG_MAJORS = {"18.0": [15]}
 GROWTH = NewServerSpec(
     "pool-shared-", (56100, 56120), capacity_tenants=3, capacity_storage_gb=200, pgbouncer_port_offset=100
@@ -28,7 +29,8 @@ DEDICATED = NewServerSpec("pool-dedicated-", (56200, 56220), capacity_storage_gb
 
 def seed(registry: ScratchRegistry, pools: int, capacity: int = 3) -> None:
     with registry.connect() as conn:
-        for name, entitlements in (("basic-monthly", BASIC), ("premium-monthly", PREMIUM)):
+        plans = (("basic-monthly", BASIC), ("premium-monthly", PREMIUM), ("premium-ha-monthly", PREMIUM_HA))
+        for name, entitlements in plans:
             conn.execute(
                 "INSERT INTO registry.plans (name, version, db_type, entitlements) VALUES (%s, 1, %s, %s)",
                 (name, entitlements["db_type"], json.dumps(entitlements)),
@@ -161,6 +163,25 @@ def test_a_dedicated_plan_gets_its_own_server_once(scratch_registry):
     assert counts(scratch_registry)["pool-shared-01"][0] == 0
 
 
+def test_a_dedicated_server_is_made_with_its_plans_ha_and_a_plan_of_another_ha_gets_another(scratch_registry):
+    """A dedicated server's ha is its plan's, fixed when it is made: the tenant's server is its own again only for a
+    plan of the same ha; a move to a plan of another ha is placed on a new server made as that plan asks."""
+    seed(scratch_registry, pools=1)
+    plain = place(scratch_registry, "globex", plan="premium-monthly")
+    assert (plain.server["name"], plain.server["ha"]) == ("pool-dedicated-01", "none")
+    ha = place(scratch_registry, "initech", plan="premium-ha-monthly")
+    assert (ha.server["name"], ha.server["ha"], ha.server["dedicated_to"]) == ("pool-dedicated-02", "sync", "initech")
+    config = PlacementConfig(odoo_pg_majors=PG_MAJORS, probe_health=False, shared_growth=GROWTH, dedicated=DEDICATED)
+    with scratch_registry.connect() as conn, conn.transaction(force_rollback=True):
+        target, placement = PlacementStore(conn, config).place_move(
+            PlacementRequest("globex", "premium-ha-monthly"), "pool-dedicated-01"
+        )
+        assert (target["name"], target["ha"], target["_created"]) == ("pool-dedicated-03", "sync", True)
+        assert placement["reason"] == "a new dedicated server for the tenant"
+    with scratch_registry.connect() as conn, pytest.raises(PlacementError, match="on its own server"):
+        PlacementStore(conn, config).place_move(PlacementRequest("globex", "premium-monthly"), "pool-dedicated-01")
+
+
 def test_an_unreachable_pool_is_refused_and_marked_unhealthy(scratch_registry):
     seed(scratch_registry, pools=2)
     place(scratch_registry, "first")  # pool-shared-01 is now the fullest: fill_first wants it next
@@ -214,7 +235,7 @@ def test_a_recent_unhealthy_verdict_is_refused_without_a_probe_and_an_old_one_pr
 @pytest.mark.parametrize(
     ("plan", "message"),
     [
-        ("gold-monthly", "unknown plan 'gold-monthly' (known: basic-monthly, premium-monthly)"),
+        ("gold-monthly", "unknown plan 'gold-monthly' (known: basic-monthly, premium-ha-monthly, premium-monthly)"),
     ],
 )
 def test_bad_input_fails_clearly_and_writes_nothing(scratch_registry, plan, message):

@@ -324,8 +324,8 @@ class PlacementStore:
     def _place_dedicated(self, cur, request: PlacementRequest, ha: str) -> tuple[Decision, dict]:
         cur.execute(
             f"SELECT {SERVER_COLUMNS} FROM registry.db_servers WHERE kind = 'dedicated' AND dedicated_to = %s"
-            " AND status <> 'retired' FOR UPDATE",
-            (request.tenant_id,),
+            " AND status <> 'retired' AND ha = %s FOR UPDATE",
+            (request.tenant_id, ha),
         )
         existing = cur.fetchone()
         if existing:

@@ -8,7 +8,8 @@ DOCUMENTATION = r"""
 module: db_migrate
 short_description: Move a tenant's database to another PostgreSQL server, every phase recorded
 description:
-  - Moves a tenant's database when its new plan needs another C(db_type) (shared pool or dedicated server), or
+  - Moves a tenant's database when its new plan needs another C(db_type) (shared pool or dedicated server) or, on
+    a dedicated server, another C(ha) (a server's is fixed when it is made), or
     off a server being drained. Every phase is recorded in C(registry.migrations) before its work starts.
   - I(step=place) chooses the target (as M(saasodoo.platform.db_placement) would, never the current server) and
     records the move. With I(method=logical) it first looks for what logical replication cannot carry or must not
@@ -332,11 +333,17 @@ def place(module, registry, p: dict, options: MoveOptions) -> dict:
         result.update(changed=True, rolled_back=move.row, left=target_of(registry, move.row), executed=move.executed)
     with registry.cursor(row_factory=dict_row) as cur:
         plan = cur.execute(
-            "SELECT db_type FROM registry.plans WHERE name = %s ORDER BY version DESC LIMIT 1", (p["plan"],)
+            "SELECT db_type, coalesce(entitlements ->> 'ha', 'none') AS ha FROM registry.plans WHERE name = %s"
+            " ORDER BY version DESC LIMIT 1",
+            (p["plan"],),
         ).fetchone()
+        # A dedicated server's ha is fixed when it is made: a dedicated plan with another ha moves the tenant to a
+        # server made as that plan asks.
+        server_ha = cur.execute("SELECT ha FROM registry.db_servers WHERE name = %s", (tenant["db_server"],)).fetchone()
     if plan is None:
         raise MoveError(f"unknown plan {p['plan']!r} for tenant {p['tenant_id']}: it is not in registry.plans")
-    if plan["db_type"] == tenant["db_type"] and not p["drain"]:
+    same_ha = plan["db_type"] != "dedicated" or plan["ha"] == ((server_ha or {}).get("ha") or "none")
+    if plan["db_type"] == tenant["db_type"] and same_ha and not p["drain"]:
         return result
     # A logical move that cannot work is refused before a server is chosen or brought up for it. Not in a drain,
     # whose other tenants go on (that one's copy refuses it), nor after a move a killed run left was undone just
