@@ -46,12 +46,12 @@ class Cluster:
         leader = next((m for m in members if m["role"] == "leader" and m["state"] == "running"), None)
         if leader is None:
             return {}
-        return {
-            m["name"]: m["role"]
+        caught_up = [
+            m
             for m in members
-            if m is leader
-            or (m["state"] == "running" and m.get("timeline") == leader.get("timeline") and isinstance(m.get("lag"), int))
-        }
+            if m["state"] == "running" and m.get("timeline") == leader.get("timeline") and isinstance(m.get("lag"), int)
+        ]
+        return {m["name"]: m["role"] for m in [leader, *caught_up]}
 
     def member_api(self, member: str) -> str:
         api_url = next(m["api_url"] for m in self.members() if m["name"] == member)

@@ -7,11 +7,11 @@ runner sent (the customers' accounts in the Kill Bill stand-in, where the local 
 a password and logs in, once;
 a plan change moves one database to a dedicated server and a suspension and a resumption stop and start another,
 and both still log in afterwards; the first moves on to a server under Patroni, whose primary is then lost, and
-its same Odoo answers and logs in after the replica takes over; a third is terminated and reactivated, and logs in as before; the second is
-brought back to a moment before its company was renamed, and logs in as before; its pool is drained under its
-running Odoo, whose open session goes on working. Beside that, the
--i path: a database initialised by odoo-bin itself, timed against a clone. Nothing here runs without ODOO_BIN:
-the run is skipped, never faked.
+its same Odoo answers and logs in after the replica takes over; a third is terminated and reactivated, and logs in
+as before; the second is brought back to a moment before its company was renamed, and logs in as before; its pool
+is drained under its running Odoo, whose open session goes on working. Beside that, the -i path: a database
+initialised by odoo-bin itself, timed against a clone. Nothing here runs without ODOO_BIN: the run is skipped, never
+faked.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A tenant whose plan asks for a synchronous replica (premium-ha-monthly, ha: sync) gets a dedicated server that
 outlives its primary: a Patroni cluster of two members with an etcd of its own, reached through HAProxy at the
-server's port (roles/postgres_ha, docs/availability.md). bench/failover.py --quick runs on it: under the tenant's
+server's port (roles/postgres_ha, docs/availability.md). A premium tenant upgraded to it moves from its plain
+dedicated server to one made so, under its running Odoo. bench/failover.py --quick runs on it: under the tenant's
 writes through its own PgBouncer, the primary is restarted in place, switched over and then lost (its Patroni and
 PostgreSQL killed as a lost host loses them); writes resume each time and no acknowledged row is lost. Its Odoo
 answers throughout without a restart, and a lost replica comes back with a run of the server's roles."""
@@ -21,15 +22,26 @@ from .test_tenant_lifecycle import Tenant
 
 def test_a_customers_database_outlives_its_primary(local_platform: LocalPlatform) -> None:
     tenant = Tenant("ha-failover", local_platform, ())
-    provisioned = tenant.run("tenant_provision.yml", "-e", "plan=premium-ha-monthly")
+    provisioned = tenant.run("tenant_provision.yml", "-e", "plan=premium-monthly")
     assert provisioned.returncode == 0, provisioned.output[-5000:]
     try:
-        server = tenant.server()
-        cluster = Cluster(server["name"], server["port"], local_platform.password(f"patroni-restapi@{server['name']}"))
-        assert sorted(cluster.roles().values()) == ["leader", "sync_standby"], cluster.members()
         program = f"odoo-{tenant.tenant_id}"
         serving = supervisor_pid(program)
         assert serving > 0 and get_status(tenant.tenant_id, "/web/login") == 200
+        # premium to premium-ha: both dedicated, but a server's ha is fixed when it is made, so the database moves
+        # to a server made under Patroni, under the running Odoo.
+        plain = tenant.server()
+        upgraded = tenant.run("tenant_change_plan.yml", "-e", "plan=premium-ha-monthly")
+        assert upgraded.returncode == 0, upgraded.output[-5000:]
+        server = tenant.server()
+        assert server["name"] != plain["name"], f"{tenant.tenant_id} stayed on {plain['name']}"
+        with tenant.registry() as conn:
+            assert conn.execute("SELECT ha FROM registry.db_servers WHERE name = %s", (server["name"],)).fetchone() == (
+                "sync",
+            )
+        cluster = Cluster(server["name"], server["port"], local_platform.password(f"patroni-restapi@{server['name']}"))
+        assert sorted(cluster.roles().values()) == ["leader", "sync_standby"], cluster.members()
+        assert supervisor_pid(program) == serving and get_status(tenant.tenant_id, "/web/login") == 200
 
         bench = subprocess.run(
             [sys.executable, "bench/failover.py", "--quick", "--tenant", tenant.tenant_id],
