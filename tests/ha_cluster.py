@@ -1,10 +1,11 @@
 """A local server under Patroni (roles/postgres_ha) as a test or a benchmark drives it: its members through their
-REST APIs, a switchover, a member lost as a host is lost and started again. The ports are the local inventory's
+REST APIs, a switchover, a member lost as a host is lost and brought back. The ports are the local inventory's
 (group_vars/ha_servers): each member's REST API at the server's port + 1300, + 1400."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -26,11 +27,12 @@ class Cluster:
         self.directory = LOCAL_STATE / "pg" / name
         self.apis = [f"http://127.0.0.1:{port + offset}" for offset in API_PORT_OFFSETS]
         self.auth = "Basic " + base64.b64encode(f"patroni:{restapi_password}".encode()).decode()
+        self.frozen: dict[str, list[int]] = {}
 
     def members(self) -> list[dict]:
         for api in self.apis:
             try:
-                with urllib.request.urlopen(f"{api}/cluster", timeout=2) as response:
+                with urllib.request.urlopen(f"{api}/cluster", timeout=1) as response:  # a frozen member's hangs
                     return json.load(response)["members"]
             except OSError:
                 continue
@@ -78,15 +80,22 @@ class Cluster:
         self._call("PATCH", "/config", {"synchronous_mode": synchronous})
 
     def lose(self, member: str) -> None:
-        """Kill the member's Patroni and its PostgreSQL at once, as a host that is lost loses them."""
+        """Freeze the member's Patroni and every PostgreSQL process of it at once, as a host that is lost (or cut off)
+        stops them: nothing answers, nothing is closed, and supervisord, which restarts a Patroni that dies, sees
+        nothing die."""
         patroni = int(self._supervisorctl("pid", f"patroni-{member}"))
         postmaster = int((self.directory / member / "data/postmaster.pid").read_text().splitlines()[0])
-        for pid in (patroni, postmaster):
-            os.kill(pid, signal.SIGKILL)
+        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True)
+        self.frozen[member] = [patroni, postmaster, *map(int, children.stdout.split())]
+        for pid in self.frozen[member]:
+            os.kill(pid, signal.SIGSTOP)
 
-    def start(self, member: str) -> None:
-        """Start a lost member's Patroni again, as the server's role does (it rejoins as a replica)."""
-        self._supervisorctl("start", f"patroni-{member}")
+    def revive(self, member: str) -> None:
+        """Kill a lost member's frozen processes, as its host restarting does: supervisord starts its Patroni again,
+        which rejoins as a replica (rewound first if it was the primary)."""
+        for pid in self.frozen.pop(member, []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def _supervisorctl(self, *args: str) -> str:
         conf = str(self.directory / "supervisord.conf")
