@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import configparser
+import itertools
 import os
 import re
 import shutil
@@ -440,14 +441,18 @@ def test_deployment_is_locked_down(manifests):
 
 
 def test_plans_roll_the_pods(rendered):
-    """The pod template's checksum follows odoo.conf: the same tenant on another plan gets new pods."""
-    checksums = [
-        rendered[c.id].one("Deployment")["spec"]["template"]["metadata"]["annotations"]["saasodoo.io/config-checksum"]
-        for c in CASES
-        if c.tenant == "acme"
-    ]
-    assert len(checksums) == len(PLANS) == len(set(checksums))
-    assert all(re.fullmatch(r"[0-9a-f]{64}", c) for c in checksums)
+    """The pod template's checksum follows odoo.conf: the same tenant on a plan of other limits gets new pods, on a
+    plan of the same limits (premium to premium-ha: only its database's server differs) keeps them."""
+    acme = [c for c in CASES if c.tenant == "acme"]
+    pods = {c.plan: rendered[c.id].one("Deployment")["spec"]["template"]["metadata"] for c in acme}
+    checksums = {plan: pod["annotations"]["saasodoo.io/config-checksum"] for plan, pod in pods.items()}
+    assert set(checksums) == set(PLANS)
+    keys = ("odoo_workers", "memory_mb", "db_connection_limit")  # what odoo.conf holds of a plan
+    limits = {plan: tuple(PLANS[plan][k] for k in keys) for plan in PLANS}
+    for plan, other in itertools.combinations(PLANS, 2):
+        assert (checksums[plan] == checksums[other]) == (limits[plan] == limits[other]), (plan, other)
+    assert len(set(limits.values())) > 1
+    assert all(re.fullmatch(r"[0-9a-f]{64}", c) for c in checksums.values())
 
 
 def test_volume_is_the_tenants_cephfs_subtree(manifests):
