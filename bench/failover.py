@@ -32,21 +32,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import derive_password  # noqa: E402
 from bench.odoo_tenant import TenantWriter  # noqa: E402
-from bench.runner import goal, percentile  # noqa: E402
+from bench.runner import goal, percentile, registry_conninfo  # noqa: E402
 from tests.ha_cluster import LOCAL_STATE, SECRET, Cluster  # noqa: E402
 from tests.integration.conftest import remove_tenants, run_playbook, wait_until  # noqa: E402
 
 PLAN = "premium-ha-monthly"
+REGISTRY_PORT = 55432  # the local inventory's platform-db
 
 
 def password(purpose: str) -> str:
     return derive_password(SECRET.read_text().strip(), purpose)
-
-
-def registry_row(query: str, *args) -> tuple:
-    registry = "host=127.0.0.1 port=55432 dbname=saasodoo_registry user=saasodoo_registry"
-    with psycopg.connect(f"{registry} password={password('registry@saasodoo_registry')}") as conn:
-        return conn.execute(query, args).fetchone()
 
 
 class Run:
@@ -54,13 +49,14 @@ class Run:
 
     def __init__(self, tenant: str) -> None:
         self.tenant = tenant
-        name, port, db_name, db_role, version = registry_row(
-            "SELECT s.name, s.port, t.db_name, t.db_role, t.credential_version FROM registry.tenants t"
-            " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
-            tenant,
-        )
+        with psycopg.connect(registry_conninfo(REGISTRY_PORT)) as conn:
+            name, port, db_name, db_role, version = conn.execute(
+                "SELECT s.name, s.port, t.db_name, t.db_role, t.credential_version FROM registry.tenants t"
+                " JOIN registry.db_servers s ON s.name = t.db_server WHERE t.tenant_id = %s",
+                (tenant,),
+            ).fetchone()
         self.cluster = Cluster(name, port, password(f"patroni-restapi@{name}"))
-        self.db_name = db_name
+        self.port, self.db_name = port, db_name
         socket_dir = str(LOCAL_STATE / "runtime/pgbouncer" / tenant / "run")
         tenant_password = password(f"tenant:{tenant}:v{version}")
         self.writer = TenantWriter(lambda: (socket_dir, 6432), db_name, db_role, tenant_password, interval=0.02)
@@ -170,7 +166,7 @@ def main() -> int:
         report = run.writer.stop()
     with psycopg.connect(
         host=str(LOCAL_STATE / "pg" / run.cluster.name / "run"),
-        port=registry_row("SELECT port FROM registry.db_servers WHERE name = %s", run.cluster.name)[0],
+        port=run.port,
         user="postgres",
         dbname=run.db_name,
     ) as conn:
