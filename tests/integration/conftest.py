@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import derive_password
+from tests.ha_cluster import Cluster
 
 from conftest import REPO, load_yaml
 
@@ -266,6 +267,14 @@ class LocalPlatform:
             autocommit=True,
         )
 
+    def primary_port(self, server: Server) -> int:
+        """The port of the PostgreSQL that answers at the server's address: the server's own, or under Patroni
+        (group ha_servers) its leader member's."""
+        if server.name not in self.groups.get("ha_servers", []):
+            return server.port
+        cluster = Cluster(server.name, server.port, self.password(f"patroni-restapi@{server.name}"))
+        return next(member["port"] for member in cluster.members() if member["role"] == "leader")
+
     def registry(self) -> psycopg.Connection:
         """The registry as its owner, over TCP."""
         return self.connect(
@@ -374,6 +383,7 @@ ALONE = (  # after the streams when pytest runs both in one session
     "test_bench.py::test_migration_benchmark_drains",  # three drains of the pools other tests left tenants on
     "test_local_platform.py",
     "test_audit_runs.py::test_a_rewrite_by_the_registrys_owner",  # it rewrites the chain for a moment
+    "test_webhook_runner.py::test_a_registry_failover",  # every run's registry changes primary under it
     "test_tenant_move.py::test_draining_a_pool",  # last: it leaves its pool draining
 )
 

@@ -5,7 +5,7 @@ dedicated server to one made so, under its running Odoo. bench/failover.py --qui
 writes through its own PgBouncer, the primary is restarted in place, switched over and then lost (its Patroni and
 PostgreSQL frozen as a lost host stops them, then killed as it restarts); writes resume each time and no
 acknowledged row is lost. Its Odoo answers throughout without a restart, the lost member is back as the synchronous
-replica, and the plan change run again changes nothing."""
+replica, and the plan change run again changes nothing. Then the whole server is lost and rebuilt from its backups."""
 
 from __future__ import annotations
 
@@ -17,8 +17,17 @@ from tenant_web import get_status
 
 from tests.ha_cluster import Cluster
 
-from .conftest import REPO, LocalPlatform, assert_nothing_changed, remove_tenants, supervisor_pid, wait_until
-from .test_tenant_lifecycle import Tenant
+from .conftest import (
+    LOCAL_STATE,
+    REPO,
+    LocalPlatform,
+    assert_nothing_changed,
+    remove_tenants,
+    run_playbook,
+    supervisor_pid,
+    wait_until,
+)
+from .test_tenant_lifecycle import Tenant, segment_archived
 
 
 def test_a_customers_database_outlives_its_primary(local_platform: LocalPlatform) -> None:
@@ -65,5 +74,37 @@ def test_a_customers_database_outlives_its_primary(local_platform: LocalPlatform
         # changes nothing.
         assert sorted(cluster.roles().values()) == ["leader", "sync_standby"], cluster.members()
         assert_nothing_changed(tenant.run("tenant_change_plan.yml", "-e", "plan=premium-ha-monthly"))
+
+        whole_server_lost_and_rebuilt(tenant, cluster)
+        wait_until(lambda: get_status(tenant.tenant_id, "/web/login") == 200, "the login page answering", 60, 0.5)
+        assert supervisor_pid(program) == serving, "the tenant's Odoo was restarted"
     finally:
         assert remove_tenants([tenant.tenant_id], runtime=None)
+
+
+def whole_server_lost_and_rebuilt(tenant: Tenant, cluster: Cluster) -> None:
+    """Everything of the server on its host lost at once (both members' data, its etcd's): servers_restore.yml makes
+    the cluster anew from its backup and the archived WAL (the member that bootstraps it restores and recovers, the
+    other clones it), with every archived row; it refuses while the server runs."""
+    name, directory = cluster.name, LOCAL_STATE / "pg" / cluster.name
+    backed_up = run_playbook("servers_base_backup.yml", "--limit", name)
+    assert backed_up.returncode == 0, backed_up.output[-5000:]
+    with tenant.as_tenant() as conn:
+        conn.execute("CREATE TABLE ha_notes (id integer PRIMARY KEY, note text)")
+        conn.execute("INSERT INTO ha_notes VALUES (1, 'archived before the loss')")
+    segment_archived(tenant, "the segment with the note in the repositories")
+    running = run_playbook("servers_restore.yml", "-e", f"server={name}")
+    assert running.returncode != 0 and f"{name} is running" in running.output, running.output[-3000:]
+
+    supervisor = ["supervisorctl", "-c", str(directory / "supervisord.conf")]
+    subprocess.run([*supervisor, "shutdown"], check=True, capture_output=True)
+    wait_until(lambda: not (directory / "supervisord.pid").exists(), "the server's supervisord gone", 120, 0.5)
+    for member in ("m0", "m1"):
+        (directory / member / "data/PG_VERSION").unlink()  # neither can start again
+
+    rebuilt = run_playbook("servers_restore.yml", "-e", f"server={name}")
+    assert rebuilt.returncode == 0, rebuilt.output[-5000:]
+    with tenant.as_tenant() as conn:
+        assert conn.execute("SELECT id, note FROM ha_notes").fetchall() == [(1, "archived before the loss")]
+    assert sorted(cluster.roles().values()) == ["leader", "sync_standby"], cluster.members()
+    assert len(list(directory.glob("m?/data.lost-*"))) == 2 and list(directory.glob("etcd.lost-*")), "kept beside"

@@ -97,14 +97,21 @@ ALTER DATABASE t_hostile SET search_path = public, pg_catalog;
 """
 
 
+def log_files() -> list[Path]:
+    """Each server's PostgreSQL log: a single server's own file, under Patroni each member's (its Patroni's output,
+    which supervisord keeps)."""
+    servers = LOCAL_STATE / "pg"
+    return [*servers.glob("*/log/postgresql.log"), *servers.glob("*/logs/patroni-*-stdout*.log")]
+
+
 def server_logs() -> dict[Path, int]:
     """Where each server's log ends now: the hooks' lines are read from there on."""
-    return {log: log.stat().st_size for log in (LOCAL_STATE / "pg").glob("*/log/postgresql.log")}
+    return {log: log.stat().st_size for log in log_files()}
 
 
 def hook_lines(since: dict[Path, int]) -> list[dict]:
     found = []
-    for log in (LOCAL_STATE / "pg").glob("*/log/postgresql.log"):
+    for log in log_files():
         with log.open("rb") as f:
             f.seek(since.get(log, 0))
             text = f.read().decode(errors="replace")

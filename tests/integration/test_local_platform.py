@@ -36,7 +36,7 @@ def test_every_server_answers_the_monitor_role_with_logical_decoding(local_platf
         password = local_platform.password(f"monitor@{server.name}")
         with local_platform.connect(server.port, "saasodoo_monitor", password) as conn:
             wal_level, port = conn.execute("SELECT current_setting('wal_level'), inet_server_port()").fetchone()
-        assert (wal_level, port) == ("logical", server.port), server.name
+        assert (wal_level, port) == ("logical", local_platform.primary_port(server)), server.name
 
 
 def test_every_server_archives_its_wal_and_one_whose_archiving_fails_is_found_unhealthy(local_platform: LocalPlatform):
@@ -115,7 +115,7 @@ def test_every_pgbouncer_forwards_to_its_own_pool(local_platform: LocalPlatform)
         with local_platform.connect(pool.pgbouncer_port, "saasodoo_monitor", password) as conn:
             # Repeat past psycopg's auto-prepare threshold: transaction pooling must keep working.
             ports = {conn.execute("SELECT inet_server_port()").fetchone()[0] for _ in range(10)}
-        assert ports == {pool.port}, pool.name
+        assert ports == {local_platform.primary_port(pool)}, pool.name
 
 
 def test_auth_file_rewrites_of_one_pgbouncer_wait_for_each_other(local_platform: LocalPlatform, tmp_path: Path):
@@ -187,7 +187,7 @@ def test_psql_reaches_every_server_and_every_pgbouncer(local_platform: LocalPlat
                 check=False,
             )
             assert result.returncode == 0, f"{server.name} on {port}: {result.stderr}"
-            assert result.stdout.strip() == str(server.port)
+            assert result.stdout.strip() == str(local_platform.primary_port(server))
 
 
 def test_a_monitor_password_opens_only_its_own_server(local_platform: LocalPlatform):

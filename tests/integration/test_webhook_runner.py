@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tenant_web import get_status
 
 from tests.e2e.killbill_api import KillBillAPI
+from tests.ha_cluster import Cluster
 from tests.standins.killbill.killbill_standin import KillBillStandin, encode_notification, post_notification
 from webhook_runner import store
 from webhook_runner.app import create_app
@@ -42,6 +43,7 @@ from .conftest import (
     ansible_processes,
     run_playbook,
     supervisor_pid,
+    wait_until,
 )
 from .runner_stack import (
     ADMIN_TOKEN,
@@ -62,9 +64,9 @@ CREDENTIALS = {"username": "admin", "password": "kb-password", "api_key": "saaso
 PLANS = ("basic-monthly", "standard-monthly", "premium-monthly")
 
 
-def start_killbill(deliver: bool = True) -> KillBillStandin:
+def start_killbill(deliver: bool = True, retries: tuple[float, ...] = (0.2, 0.5, 1, 2, 4)) -> KillBillStandin:
     return KillBillStandin(
-        **CREDENTIALS, retries=[0.2, 0.5, 1, 2, 4], trials=dict.fromkeys(PLANS, 14),
+        **CREDENTIALS, retries=list(retries), trials=dict.fromkeys(PLANS, 14),
         prices={"basic-monthly": 10, "standard-monthly": 25, "premium-monthly": 99}, deliver=deliver,
     ).start(port=KILLBILL_PORT)  # fmt: skip
 
@@ -629,6 +631,97 @@ def test_a_registry_restart_mid_job_neither_frees_the_account_nor_runs_the_job_t
     assert finished == {"state": "succeeded", "attempts": 1}
     assert job_audit_rows(runner, job["id"]) == ["job", "result"]
     assert tenant_rows(runner, "lease-01")["lease-01"]["status"] == "active"
+
+
+def running_job_of(runner: RunnerStack, tenant_id: str, action: str, timeout: float = 120.0) -> dict:
+    """The tenant's job of that action once a worker runs it (the workers are other processes: poll the registry)."""
+
+    def running() -> dict | None:
+        with runner.registry() as conn:
+            return conn.execute(
+                "SELECT id, attempts FROM registry.jobs WHERE tenant_id = %s AND action = %s AND state = 'running'",
+                (tenant_id, action),
+            ).fetchone()
+
+    return wait_until(running, f"{tenant_id}: a running {action} job", timeout, every=0.05)
+
+
+def test_a_registry_failover_in_a_customers_life_loses_and_repeats_no_effect(runner: RunnerStack, local_platform):
+    """The registry's server runs under Patroni with a synchronous replica (inventories/local: ha_servers). Its
+    primary changes twice in a customer's life while a job's playbook runs: switched over, then lost as a host is
+    (frozen, its replica promoted once its leader key expires). Meanwhile Kill Bill's notifications are refused (503)
+    and delivered again, the workers and the playbook's modules reach the new primary through HAProxy at the same
+    address, and each effect happens once: one succeeded job per action, each mail once (by Message-ID), every event
+    processed, nothing parked, the audit chain whole."""
+    killbill = start_killbill(retries=(0.5, 1, 2, 3, 5, 8, 8, 8, 8))  # Kill Bill's own retries span a day
+    registry = local_platform.servers["platform-db"]
+    cluster = Cluster(registry.name, registry.port, local_platform.password(f"patroni-restapi@{registry.name}"))
+    try:
+        api = kb_api(killbill)
+        api.register_callback(runner.callback)
+        mails, owner = MailCatcher(), "owner@regfail-01.example"
+        account, _ = api.sign_up("Registry Failover", "regfail-01", "basic-monthly", email=owner)
+
+        first = cluster.leader()
+        job = running_job_of(runner, "regfail-01", "provision")
+        with playbook_held(job["id"]):
+            second = next(name for name in cluster.roles() if name != first)
+            cluster.switchover(first, second)
+            wait_until(lambda: cluster.roles().get(second) == "leader", "the switchover", 60, every=0.2)
+        # Until the old primary is the synchronous replica again, only it could take over (none would be promoted).
+        wait_until(
+            lambda: cluster.roles() == {first: "sync_standby", second: "leader"}, "the old primary back", 60, 0.2
+        )
+        killbill.wait_idle(timeout=120)
+        runner.settle()
+        assert tenant_rows(runner, "regfail-")["regfail-01"]["status"] == "active"
+
+        api.move_clock(15)  # the trial ends, paid; then the payments fail and the account is blocked
+        api.payments_fail(account)
+        api.move_clock(31)
+        job = running_job_of(runner, "regfail-01", "suspend")
+        with playbook_held(job["id"]):
+            cluster.lose(second)
+            try:
+                wait_until(lambda: cluster.leader() == first, "the lost primary's replica promoted", 90, every=0.5)
+            finally:
+                cluster.revive(second)
+        wait_until(lambda: len(cluster.roles()) == 2, "the lost primary back as a replica", 120, every=0.5)
+        assert killbill.wait_idle(timeout=180) == (True, 0)  # every notification delivered in the end
+        runner.settle()
+        assert tenant_rows(runner, "regfail-")["regfail-01"]["status"] == "suspended"
+
+        api.payments_fail(account, fail=False)
+        api.pay(account)
+        assert killbill.wait_idle(timeout=60) == (True, 0)
+        runner.settle()
+        assert tenant_rows(runner, "regfail-")["regfail-01"]["status"] == "active"
+    finally:
+        killbill.stop()
+
+    assert succeeded_jobs(runner, "regfail-") == Counter(
+        {("regfail-01", action): 1 for action in ("provision", "suspend", "resume")}
+    )
+    received = mails.wait_for(owner, {"welcome": 1, "payment_failed": 1, "suspended": 1, "resumed": 1})
+    by_kind = Counter(str(message["X-SaaSOdoo-Message"]) for message in {m["Message-ID"]: m for m in received}.values())
+    assert all(count == 1 for count in by_kind.values()), by_kind  # a copy sent again carries the same Message-ID
+    with runner.registry() as conn:
+        assert (
+            conn.execute(
+                "SELECT state, count(*) AS n FROM registry.jobs WHERE tenant_id = 'regfail-01'"
+                " AND state NOT IN ('succeeded', 'skipped') GROUP BY state"
+            ).fetchall()
+            == []
+        )
+        assert (
+            conn.execute(
+                "SELECT count(*) AS n FROM registry.events WHERE account_id = %s"
+                " AND (processed_at IS NULL OR outcome LIKE 'failed%%')",
+                (account,),
+            ).fetchone()["n"]
+            == 0
+        )
+        assert conn.execute("SELECT count(*) AS n FROM registry.audit_chain_breaks()").fetchone()["n"] == 0
 
 
 def test_a_worker_whose_account_was_taken_over_writes_nothing_more(runner: RunnerStack, killbill: KillBillStandin):

@@ -297,16 +297,16 @@ def add_server(inventory: InventoryLike, row: Mapping[str, Any]) -> str:
     inventory.add_child(SERVERS_PARENT_GROUP, group)
     # A declared server keeps what the inventory says about it: the plugin's host vars would outrank
     # group_vars, and site.yml would then write the registry's own values back into the registry.
+    # Whether it runs under Patroni too (its ha, the group's vars): the inventory's say for a declared one.
     declared = inventory.get_host(name) is not None
     inventory.add_host(name, group=group)
-    if row.get("ha", "none") != "none":
-        inventory.add_group(HA_SERVERS_GROUP)
-        inventory.add_child(SERVERS_PARENT_GROUP, HA_SERVERS_GROUP)
-        inventory.add_host(name, group=HA_SERVERS_GROUP)
     if not declared:
-        _set_vars(inventory, name, server_role_vars(row))
-    registry_view = {"saasodoo_registry_db_server": server_record(row), "saasodoo_server_ha": row.get("ha", "none")}
-    _set_vars(inventory, name, registry_view)
+        if row.get("ha", "none") != "none":
+            inventory.add_group(HA_SERVERS_GROUP)
+            inventory.add_child(SERVERS_PARENT_GROUP, HA_SERVERS_GROUP)
+            inventory.add_host(name, group=HA_SERVERS_GROUP)
+        _set_vars(inventory, name, {**server_role_vars(row), "saasodoo_server_ha": row.get("ha", "none")})
+    _set_vars(inventory, name, {"saasodoo_registry_db_server": server_record(row)})
     return name
 
 

@@ -59,6 +59,7 @@ class NewServerSpec:
     capacity_tenants: int = 1
     capacity_storage_gb: int = 100
     pgbouncer_port_offset: int | None = None  # PgBouncer port = server port + offset
+    ha: str = "none"  # a new shared pool's; a dedicated server's is its plan's
 
 
 @dataclass
@@ -97,6 +98,7 @@ NEW_SERVER_OPTIONS = dict(
     capacity_tenants=dict(type="int", default=1),
     capacity_storage_gb=dict(type="int", default=100),
     pgbouncer_port_offset=dict(type="int"),
+    ha=dict(type="str", choices=["none", "async", "sync"], default="none"),
 )
 # The placement options of db_placement and db_migrate (which places a moving tenant's new server).
 PLACEMENT_OPTIONS = dict(
@@ -311,7 +313,7 @@ class PlacementStore:
         decision, rows = self._decide_shared(cur, needs, exclude)
         if decision.chosen:
             return decision, rows[decision.chosen]
-        server = self._create_server(cur, "shared", growth)
+        server = self._create_server(cur, "shared", growth, growth.ha)
         refused = decision.candidates
         grown = Decision(
             server["name"],

@@ -13,10 +13,11 @@ INVENTORY_COLUMNS = (
     "pg_major",
     "capacity_tenants",
     "capacity_storage_gb",
+    "ha",
 )
 
 SERVER_QUERY = """
-SELECT name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major, capacity_tenants, capacity_storage_gb,
+SELECT name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major, capacity_tenants, capacity_storage_gb, ha,
        status, health, health_checked_at::text AS health_checked_at, health_detail, dedicated_to, tenant_count,
        bring_up_by, bring_up_until::text AS bring_up_until
 FROM registry.db_servers WHERE name = %s
@@ -25,9 +26,9 @@ FROM registry.db_servers WHERE name = %s
 # The WHERE makes an unchanged server update nothing, so the row's updated_at only moves on a real change.
 RECORD_QUERY = """
 INSERT INTO registry.db_servers AS s
-    (name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major, capacity_tenants, capacity_storage_gb)
+    (name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major, capacity_tenants, capacity_storage_gb, ha)
 VALUES (%(name)s, %(kind)s, %(host)s, %(port)s, %(pgbouncer_host)s, %(pgbouncer_port)s, %(pg_major)s,
-        %(capacity_tenants)s, %(capacity_storage_gb)s)
+        %(capacity_tenants)s, %(capacity_storage_gb)s, %(ha)s)
 ON CONFLICT (name) DO UPDATE
 SET kind = excluded.kind,
     host = excluded.host,
@@ -36,12 +37,13 @@ SET kind = excluded.kind,
     pgbouncer_port = excluded.pgbouncer_port,
     pg_major = excluded.pg_major,
     capacity_tenants = excluded.capacity_tenants,
-    capacity_storage_gb = excluded.capacity_storage_gb
+    capacity_storage_gb = excluded.capacity_storage_gb,
+    ha = excluded.ha
 WHERE (s.kind, s.host, s.port, s.pgbouncer_host, s.pgbouncer_port,
-       s.pg_major, s.capacity_tenants, s.capacity_storage_gb)
+       s.pg_major, s.capacity_tenants, s.capacity_storage_gb, s.ha)
       IS DISTINCT FROM
       (excluded.kind, excluded.host, excluded.port, excluded.pgbouncer_host, excluded.pgbouncer_port,
-       excluded.pg_major, excluded.capacity_tenants, excluded.capacity_storage_gb)
+       excluded.pg_major, excluded.capacity_tenants, excluded.capacity_storage_gb, excluded.ha)
 """
 
 # Those whose move a killed drain left open count too: after the repoint they already point elsewhere.

@@ -77,6 +77,12 @@ options:
       pgbouncer_port_offset:
         description: When set, the new server gets a PgBouncer on its port plus this offset.
         type: int
+      ha:
+        description: Whether a new shared pool outlives its primary (Patroni with a replica, C(sync) confirming each
+          commit); a new dedicated server's is its plan's C(ha), whatever this says.
+        type: str
+        choices: [none, async, sync]
+        default: none
   dedicated:
     description: How a new dedicated server is made (same keys as I(shared_growth)).
     type: dict

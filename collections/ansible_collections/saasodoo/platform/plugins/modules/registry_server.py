@@ -78,6 +78,11 @@ options:
         description: How much storage (plans' C(storage_gb)) placement may commit to it.
         type: int
         required: true
+      ha:
+        description: Whether it outlives its primary (Patroni with a replica, C(sync) confirming each commit).
+        type: str
+        choices: [none, async, sync]
+        default: none
   claim_bring_up:
     description: Claim the provisioning server's bring-up for I(bring_up_by).
     type: bool
@@ -309,6 +314,7 @@ def main() -> None:
                     pg_major=dict(type="int", required=True),
                     capacity_tenants=dict(type="int", required=True),
                     capacity_storage_gb=dict(type="int", required=True),
+                    ha=dict(type="str", choices=["none", "async", "sync"], default="none"),
                 ),
             ),
             claim_bring_up=dict(type="bool", default=False),
