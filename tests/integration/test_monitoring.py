@@ -30,9 +30,9 @@ def watched_tenant(local_platform: LocalPlatform):
 def test_every_server_and_pgbouncer_is_watched_and_a_new_tenant_is_probed_through_its_public_url(
     local_platform: LocalPlatform, watched_tenant: str
 ):
-    """The servers' exporters log in as the monitor role; the PgBouncer exporter reads each pool's console; the
-    tenant provisioned after site.yml is probed within a refresh of the runner's list, by its https URL, and its
-    storage use is known against its quota."""
+    """The servers' exporters log in as the monitor role and see the replica of each server under Patroni streaming;
+    the PgBouncer exporter reads each pool's console; the tenant provisioned after site.yml is probed within a refresh
+    of the runner's list, by its https URL, and its storage use is known against its quota."""
     servers = {s.name for s in local_platform.servers.values()}
     pools = {s.name for s in local_platform.servers.values() if s.pgbouncer_port}
     up = wait_until(
@@ -41,6 +41,18 @@ def test_every_server_and_pgbouncer_is_watched_and_a_new_tenant_is_probed_throug
         60,
     )
     assert servers <= up
+    # The servers under Patroni (the registry's and the pools, locally): each primary streams to a replica.
+    replicated = servers & set(local_platform.groups.get("ha_servers", []))
+    assert replicated
+    wait_until(
+        lambda: (
+            {r["metric"]["server"] for r in query('pg_stat_replication_pg_wal_lsn_diff{ha=~"async|sync"}')}
+            >= replicated
+        ),
+        "every replica streaming",
+        60,
+    )
+    assert not query(f'ALERTS{{alertname="ReplicaMissing", server=~"{"|".join(sorted(replicated))}"}}')
     wait_until(lambda: {r["metric"]["server"] for r in query("pgbouncer_up == 1")} >= pools, "every PgBouncer read", 60)
     probe = wait_until(lambda: query(f'probe_success{{tenant="{watched_tenant}"}} == 1'), "the tenant probed", 90)
     assert probe[0]["metric"]["instance"] == tenant_url(watched_tenant)
