@@ -273,7 +273,9 @@ class LocalPlatform:
         if server.name not in self.groups.get("ha_servers", []):
             return server.port
         cluster = Cluster(server.name, server.port, self.password(f"patroni-restapi@{server.name}"))
-        return next(member["port"] for member in cluster.members() if member["role"] == "leader")
+        leader = next((member["port"] for member in cluster.members() if member["role"] == "leader"), None)
+        assert leader is not None, f"{server.name}: no member leads ({cluster.members()})"
+        return leader
 
     def registry(self) -> psycopg.Connection:
         """The registry as its owner, over TCP."""

@@ -108,3 +108,5 @@ def whole_server_lost_and_rebuilt(tenant: Tenant, cluster: Cluster) -> None:
         assert conn.execute("SELECT id, note FROM ha_notes").fetchall() == [(1, "archived before the loss")]
     assert sorted(cluster.roles().values()) == ["leader", "sync_standby"], cluster.members()
     assert len(list(directory.glob("m?/data.lost-*"))) == 2 and list(directory.glob("etcd.lost-*")), "kept beside"
+    # Made once (Patroni moves a failed bootstrap's data aside as data_<time>), and the rebuild's record is gone.
+    assert not list(directory.glob("m?/data_*")) and not (directory / "restore-from-backup.json").exists()

@@ -113,7 +113,8 @@ def hook_lines(since: dict[Path, int]) -> list[dict]:
     found = []
     for log in log_files():
         with log.open("rb") as f:
-            f.seek(since.get(log, 0))
+            # A log supervisord rotated meanwhile is read from its start (what the rotated part held is not).
+            f.seek(since.get(log, 0) if log.stat().st_size >= since.get(log, 0) else 0)
             text = f.read().decode(errors="replace")
         found += [m.groupdict() for m in HOOK_LINE.finditer(text)]
     return found

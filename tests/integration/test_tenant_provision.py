@@ -148,16 +148,19 @@ def test_pools_fill_three_by_three_and_the_seventh_tenant_grows_the_fleet(fleet:
 
 def test_the_grown_pool_is_up_with_its_pgbouncer(fleet: Fleet):
     with fleet.registry() as conn:
-        status, port, pgbouncer_port = conn.execute(
-            "SELECT status, port, pgbouncer_port FROM registry.db_servers WHERE name = 'pool-shared-03'"
+        status, port, pgbouncer_port, ha = conn.execute(
+            "SELECT status, port, pgbouncer_port, ha FROM registry.db_servers WHERE name = 'pool-shared-03'"
         ).fetchone()
-    assert (status, port, pgbouncer_port) == ("active", 55440, 56440)
+    # Grown as the declared pools are: under Patroni with a synchronous replica (saasodoo_pool_ha).
+    assert (status, port, pgbouncer_port, ha) == ("active", 55440, 56440, "sync")
     # t07 and t08 were placed on it at once: one run brought it up (and made its template), the other waited.
     builders = [t for t in ("t07", "t08") if re.search(r"tpl_\w+ on pool-shared-03: ", fleet.runs[t].output)]
     assert len(builders) == 1, builders
     tenant = fleet.tenants()["t07"]
     with fleet.platform.connect(pgbouncer_port, tenant.db_name, fleet.password(tenant), dbname=tenant.db_name) as c:
-        assert c.execute("SELECT current_user, inet_server_port()").fetchone() == (tenant.db_name, 55440)
+        user, answering = c.execute("SELECT current_user, inet_server_port()").fetchone()
+    # Its primary answers, one of its members (group_vars/ha_servers: the server's port + 1100 and + 1200).
+    assert (user, answering in (port + 1100, port + 1200)) == (tenant.db_name, True), answering
 
 
 def test_premium_gets_a_dedicated_server(fleet: Fleet):

@@ -702,6 +702,11 @@ def test_a_registry_failover_in_a_customers_life_loses_and_repeats_no_effect(run
     assert succeeded_jobs(runner, "regfail-") == Counter(
         {("regfail-01", action): 1 for action in ("provision", "suspend", "resume")}
     )
+    with runner.registry() as conn:
+        attempts = conn.execute(
+            "SELECT attempts FROM registry.jobs WHERE tenant_id = 'regfail-01' AND action = 'suspend'"
+        ).fetchone()["attempts"]
+    assert attempts >= 2, "the suspension's first run should have lost its lease with the registry"
     received = mails.wait_for(owner, {"welcome": 1, "payment_failed": 1, "suspended": 1, "resumed": 1})
     by_kind = Counter(str(message["X-SaaSOdoo-Message"]) for message in {m["Message-ID"]: m for m in received}.values())
     assert all(count == 1 for count in by_kind.values()), by_kind  # a copy sent again carries the same Message-ID

@@ -10,15 +10,15 @@ description:
   - Reads the platform registry database and adds its database servers and Odoo tenants as hosts.
   - Every server in C(registry.db_servers) that is not C(retired) becomes a host named after the server, in
     C(pools_shared) or C(pools_dedicated) by its kind (both children of C(postgres_servers)); one whose C(ha) is
-    C(async) or C(sync) (under Patroni with a replica) is in C(ha_servers) too.
+    C(async) or C(sync) (under Patroni with a replica) is in C(ha_servers) too, unless the inventory declares it.
   - Every tenant in C(registry.tenants) that is not C(purged) becomes a host C(tenant-<tenant_id>), in
     C(tenants), C(plan_<plan>), C(pool_<db_server>) (once placed) and C(status_<status>). Characters other than
     letters, digits and underscores in group names become underscores (C(plan_basic_monthly),
     C(pool_pool_shared_01)).
   - Host variables are non-secret and marked unsafe (registry data is never templated). Servers get
     C(saasodoo_registry_db_server), tenants C(saasodoo_tenant) and C(saasodoo_tenant_last_run) (the last playbook
-    run whose audit rows name the tenant, as C(playbooks/registry_audit.yml) lists it), servers also
-    C(saasodoo_server_ha) (C(none), C(async) or C(sync)). No password, and no input of one
+    run whose audit rows name the tenant, as C(playbooks/registry_audit.yml) lists it), servers the inventory does
+    not declare also C(saasodoo_server_ha) (C(none), C(async) or C(sync)). No password, and no input of one
     (C(credential_version)), is ever read into the inventory.
   - A server the inventory already declares (a static source parsed before this one) keeps its own variables;
     only servers the platform created at run time get C(postgres_server_port),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 # The columns the inventory owns (platform_registry_db_servers); status, health, dedicated_to and the bring-up
-# claim are the platform's and no sync touches them.
+# claim are the platform's and no sync touches them. ha too when the inventory does not say it (a dedicated
+# server placement made under its plan's ha keeps it).
 INVENTORY_COLUMNS = (
     "kind",
     "host",
@@ -28,7 +29,7 @@ RECORD_QUERY = """
 INSERT INTO registry.db_servers AS s
     (name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major, capacity_tenants, capacity_storage_gb, ha)
 VALUES (%(name)s, %(kind)s, %(host)s, %(port)s, %(pgbouncer_host)s, %(pgbouncer_port)s, %(pg_major)s,
-        %(capacity_tenants)s, %(capacity_storage_gb)s, %(ha)s)
+        %(capacity_tenants)s, %(capacity_storage_gb)s, coalesce(%(ha)s, 'none'))
 ON CONFLICT (name) DO UPDATE
 SET kind = excluded.kind,
     host = excluded.host,
@@ -38,12 +39,12 @@ SET kind = excluded.kind,
     pg_major = excluded.pg_major,
     capacity_tenants = excluded.capacity_tenants,
     capacity_storage_gb = excluded.capacity_storage_gb,
-    ha = excluded.ha
+    ha = coalesce(%(ha)s, s.ha)
 WHERE (s.kind, s.host, s.port, s.pgbouncer_host, s.pgbouncer_port,
        s.pg_major, s.capacity_tenants, s.capacity_storage_gb, s.ha)
       IS DISTINCT FROM
       (excluded.kind, excluded.host, excluded.port, excluded.pgbouncer_host, excluded.pgbouncer_port,
-       excluded.pg_major, excluded.capacity_tenants, excluded.capacity_storage_gb, excluded.ha)
+       excluded.pg_major, excluded.capacity_tenants, excluded.capacity_storage_gb, coalesce(%(ha)s, s.ha))
 """
 
 # Those whose move a killed drain left open count too: after the repoint they already point elsewhere.

@@ -79,10 +79,10 @@ options:
         type: int
         required: true
       ha:
-        description: Whether it outlives its primary (Patroni with a replica, C(sync) confirming each commit).
+        description: Whether it outlives its primary (Patroni with a replica, C(sync) confirming each commit); unset,
+          a new server's is C(none) and a recorded one's stays as it is.
         type: str
         choices: [none, async, sync]
-        default: none
   claim_bring_up:
     description: Claim the provisioning server's bring-up for I(bring_up_by).
     type: bool
@@ -314,7 +314,7 @@ def main() -> None:
                     pg_major=dict(type="int", required=True),
                     capacity_tenants=dict(type="int", required=True),
                     capacity_storage_gb=dict(type="int", required=True),
-                    ha=dict(type="str", choices=["none", "async", "sync"], default="none"),
+                    ha=dict(type="str", choices=["none", "async", "sync"]),
                 ),
             ),
             claim_bring_up=dict(type="bool", default=False),
