@@ -41,7 +41,7 @@ def test_every_server_and_pgbouncer_is_watched_and_a_new_tenant_is_probed_throug
         60,
     )
     assert servers <= up
-    # The servers under Patroni (the registry's and the pools, locally): each primary streams to a replica.
+    # The servers under Patroni (the registry's and pool-shared-01, locally): each primary streams to a replica.
     replicated = servers & set(local_platform.groups.get("ha_servers", []))
     assert replicated
     wait_until(
