@@ -23,7 +23,7 @@ COLLECTIONS_STAMP := $(COLLECTIONS_DIR)/.installed-from-ansible-$(ANSIBLE_WHEEL_
 APT_PACKAGES := postgresql-15 pgbackrest pgbouncer supervisor nginx-light ceph ceph-mds ceph-fuse radosgw attr curl python3-psycopg \
   python3-venv openssh-server iproute2 systemd prometheus prometheus-alertmanager prometheus-node-exporter \
   prometheus-postgres-exporter prometheus-blackbox-exporter python3-prometheus-client libnss-myhostname \
-  patroni etcd-server etcd-client haproxy
+  patroni etcd-server etcd-client haproxy cgroup-tools
 ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner ceph_cluster \
   monitoring postgres_ha
 

@@ -14,6 +14,7 @@ which runs the CHECK function).
 
 from __future__ import annotations
 
+import json
 import pwd
 import re
 import subprocess
@@ -48,7 +49,7 @@ from .conftest import (
     run_playbook,
     superuser,
 )
-from conftest import REPO
+from conftest import REPO, load_yaml
 
 TENANT = "hostile"
 DB = "t_hostile"
@@ -733,6 +734,65 @@ def test_no_tenant_takes_another_tenants_ports_or_its_requests(two_process_tenan
     assert not [line for line in lines if not line.startswith(("holds", "took"))], lines  # the squatter ran
     took = [line for line in lines if line.startswith("took")]
     assert took == [], took
+
+
+# Run as the tenant's user inside its control group: tries to leave the group, then keeps two processes busy (more
+# than the plan's one core, on a host of two) for 2 s, and prints the cores they got.
+BURNER = """
+import json, os, resource, sys, time
+escape = []
+for controller in ("cpu", "memory"):
+    try:
+        with open(f"/sys/fs/cgroup/{controller}/cgroup.procs", "w") as procs:
+            procs.write(str(os.getpid()))
+        escape.append(controller)
+    except OSError:
+        pass
+start = time.monotonic()
+children = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        while time.monotonic() - start < 2.0:
+            pass
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+used = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"escaped": escape, "cores": (used.ru_utime + used.ru_stime) / (time.monotonic() - start)}))
+"""
+
+
+def test_a_tenants_odoo_runs_within_its_plans_cpu_and_memory_and_cannot_leave_them(two_process_tenants):
+    """Everything the tenant's Odoo runs is in a control group with its plan's ceiling (basic: 1 core, 1024 MiB):
+    code of the tenant's that keeps two cores busy gets one, the kernel throttling it, and cannot move itself out."""
+    plan = load_yaml(REPO / "inventories/local/group_vars/all/plans.yml")["saasodoo_plans"]["basic-monthly"]
+    supervisorctl = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf")]
+    pid = subprocess.run([*supervisorctl, "pid", "odoo-iso-a"], capture_output=True, text=True).stdout.strip()
+    groups = dict(line.split(":", 2)[1:] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+    group = groups["cpu"]
+    assert group.startswith("/saasodoo/") and groups["memory"] == group, groups
+    cpu, memory = Path("/sys/fs/cgroup/cpu", group.lstrip("/")), Path("/sys/fs/cgroup/memory", group.lstrip("/"))
+    assert int((cpu / "cpu.cfs_quota_us").read_text()) == plan["cpu"] * int((cpu / "cpu.cfs_period_us").read_text())
+    assert int((memory / "memory.limit_in_bytes").read_text()) == plan["memory_mb"] * 1024 * 1024
+    b = subprocess.run([*supervisorctl, "pid", "odoo-iso-b"], capture_output=True, text=True).stdout.strip()
+    assert f"cpu:{group}\n" not in Path(f"/proc/{b}/cgroup").read_text()  # a group per tenant
+
+    def throttled() -> int:
+        return int(re.search(r"^nr_throttled (\d+)$", (cpu / "cpu.stat").read_text(), re.MULTILINE)[1])
+
+    before = throttled()
+    a = tenant_os_user("iso-a")
+    burn = subprocess.run(
+        ["cgexec", "-g", f"cpu,memory:{group}", "setpriv", f"--reuid={a}", f"--regid={a}", "--init-groups",
+         "/usr/bin/python3", "-c", BURNER],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    result = json.loads(burn.stdout)
+    assert result["escaped"] == [], result
+    assert result["cores"] <= plan["cpu"] * 1.15, result  # two busy processes, one core between them
+    assert throttled() > before
 
 
 def test_no_tenant_takes_an_os_user_that_is_not_its_own(local_platform: LocalPlatform):

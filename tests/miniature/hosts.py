@@ -12,7 +12,8 @@ What makes them hosts rather than directories:
   Unix socket cannot be reached from another host or from the controller, so anything that works here works over
   TCP. /var/backups/saasodoo is the one directory all of them share, as a backup store mounted on every host is.
 - Ansible reaches each over SSH (`ansible_host` its address), with host key checking on: the host keys are made
-  here and written to the known_hosts file the inventory names. Processes a task starts (PostgreSQL, PgBouncer,
+  here and written to the known_hosts file the inventory names. The machine's control groups are mounted in each,
+  as a host has its own. Processes a task starts (PostgreSQL, PgBouncer,
   supervisord, nginx) stay in the host's namespaces, as they would on a machine of their own.
 The programs are the machine's own (Debian's postgresql-15, pgbouncer, supervisor, nginx, openssh-server).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import shlex
 import shutil
@@ -73,6 +75,10 @@ HOSTS = (
 PRIVATE_DIRS = ("etc/postgresql", "var/lib/postgresql", "var/log/postgresql", "etc/saasodoo", "var/lib/saasodoo")
 PRIVATE_TMPFS = ("run/postgresql",)
 SHARED_DIRS = {"var/backups/saasodoo": STATE / "shared/backups"}
+# The hosts' runtime directory (inventory/group_vars/odoo_hosts/odoo_runtime.yml), whose hash names its tenants'
+# control groups on this machine (module_utils/tenant_network.py runtime_scope_id).
+RUNTIME_SCOPE = hashlib.sha256(b"/var/lib/saasodoo/runtime").hexdigest()[:8]
+CGROUP_DIRS = ("/sys/fs/cgroup/saasodoo", "/sys/fs/cgroup/cpu/saasodoo", "/sys/fs/cgroup/memory/saasodoo")
 
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -95,6 +101,15 @@ def host_script(host: Host) -> str:
     # this machine, not the host's.
     lines.append("if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd; fi")
     lines.append(f"mkdir -p /run/sshd {SSHD_DIR} && mount --bind {q(str(host.dir / 'sshd'))} {SSHD_DIR}")
+    # `ip netns exec` gave the host a sysfs of its own, without the machine's control groups: mounted again, the
+    # machine's own hierarchies, as a host has them (the tenants' CPU and memory ceilings, odoo_runtime_limits).
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        lines.append("mount -t cgroup2 cgroup2 /sys/fs/cgroup")
+    elif os.path.isdir("/sys/fs/cgroup/cpu") and os.path.isdir("/sys/fs/cgroup/memory"):
+        lines.append("mount -t tmpfs -o mode=0755 cgroup /sys/fs/cgroup")
+        lines.extend(
+            f"mkdir /sys/fs/cgroup/{c} && mount -t cgroup -o {c} cgroup /sys/fs/cgroup/{c}" for c in ("cpu", "memory")
+        )
     # Last: the controller's state (platform secret, CA key, SSH key) and the other hosts' disks are out of sight.
     lines.append(f"mount -t tmpfs -o mode=0755 tmpfs {q(str(REPO / '.state'))}")
     lines.append(f"exec {SSHD} -f {SSHD_DIR}/sshd_config")
@@ -231,6 +246,10 @@ def down() -> None:
     for stale in Path("/run/netns").glob("saasodoo-*"):
         if not os.path.ismount(stale):
             stale.unlink(missing_ok=True)
+    # The hosts' tenants' control groups, empty now (the machine's: the hosts mount its hierarchies).
+    for group in (g for parent in CGROUP_DIRS for g in Path(parent).glob(f"{RUNTIME_SCOPE}-*")):
+        with contextlib.suppress(OSError):
+            group.rmdir()
     # The hosts' disks go with them: no pid file outlives its process for down.yml to find.
     shutil.rmtree(STATE / "hosts", ignore_errors=True)
     shutil.rmtree(STATE / "shared", ignore_errors=True)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from ansible.template import trust_as_template
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_limits import limits_names
+
 from conftest import ROLES, role_templar
 
 # Each unit: its role, its template, the name the role installs it under, and inputs as production's would be.
@@ -111,3 +113,27 @@ def test_verify_reports_a_unit_systemd_would_refuse(tmp_path: Path):
     assert "no-such-pgbouncer" in verify(unit)
     unit.write_text(text.replace("Type=simple", "Type=simpel"))
     assert "simpel" in verify(unit)
+
+
+def test_a_tenants_slice_holds_its_plans_cpu_and_memory_and_systemd_loads_it(tmp_path: Path):
+    """odoo_runtime_limits=systemd: the slice the tenant's programs run in (systemd-run --scope --slice=)."""
+    inputs = {
+        "odoo_runtime_tenant_id": "acme",
+        "odoo_runtime_plan_name": "standard-monthly",
+        "odoo_runtime_plan": {"cpu": 1.5, "memory_mb": 2048},
+        "odoo_runtime_http_port": 20069,
+        "odoo_runtime_service_manager": "systemd",
+        "odoo_runtime_network_isolation": False,
+        # The collection's filters' (a templar here loads no collection).
+        "__odoo_runtime_limits_names": limits_names(20069, "/var/lib/saasodoo/runtime"),
+        "__odoo_runtime_tenant_user": "odoo_acme",
+    }
+    templar = role_templar("odoo_runtime", inputs)
+    name = inputs["__odoo_runtime_limits_names"]["slice"]
+    argv = templar.template(trust_as_template("{{ __odoo_runtime_as_tenant }}"))
+    assert argv[:5] == ["/usr/bin/systemd-run", "--scope", "--quiet", "--collect", f"--slice={name}"], argv
+    unit = tmp_path / name
+    unit.write_text(render("odoo_runtime", "process/tenant.slice.j2", inputs))
+    lines = unit.read_text().splitlines()
+    assert {"CPUQuota=150%", "MemoryMax=2048M", "MemorySwapMax=0"} <= set(lines), lines
+    assert verify(unit) == ""

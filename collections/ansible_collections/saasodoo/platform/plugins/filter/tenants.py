@@ -7,6 +7,7 @@ import hashlib
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import PlacementError, database_name
+from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_limits import limits_names
 from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_network import tenant_network as network_of
 
 MAX_USER_NAME = 32  # useradd's limit
@@ -37,6 +38,18 @@ def tenant_network(http_port: int, scope: str) -> dict:
         raise AnsibleFilterError(str(e)) from None
 
 
+def tenant_limits_names(http_port: int, scope: str) -> dict:
+    """The control group and systemd slice of a process-runtime tenant's ceiling (module_utils/tenant_limits.py)."""
+    try:
+        return limits_names(http_port, scope)
+    except ValueError as e:
+        raise AnsibleFilterError(str(e)) from None
+
+
 class FilterModule:
     def filters(self):
-        return {"tenant_os_user": tenant_os_user, "tenant_network": tenant_network}
+        return {
+            "tenant_os_user": tenant_os_user,
+            "tenant_network": tenant_network,
+            "tenant_limits_names": tenant_limits_names,
+        }

@@ -17,6 +17,11 @@ MAX_PORT = 65535
 IP = "/sbin/ip"  # iproute2's, where Debian puts it
 
 
+def runtime_scope_id(scope: str) -> str:
+    """Tells apart the runtimes of one machine in names that are machine-wide (a namespace, a control group)."""
+    return hashlib.sha256(scope.encode()).hexdigest()[:8]
+
+
 def tenant_network(http_port: int, scope: str) -> dict:
     """The namespace, veth pair and addresses of the tenant whose Odoo has `http_port`. `scope` (its runtime's
     directory) tells apart the runtimes of one machine: namespaces are named machine-wide, and two runtimes on one
@@ -25,7 +30,7 @@ def tenant_network(http_port: int, scope: str) -> dict:
     if not 0 < port <= MAX_PORT:
         raise ValueError(f"{http_port!r} is not a TCP port: a tenant's network needs its HTTP port")
     base = NETWORK.network_address + 4 * port
-    scope_id = hashlib.sha256(scope.encode()).hexdigest()[:8]
+    scope_id = runtime_scope_id(scope)
     return {
         "namespace": f"saasodoo-{scope_id}-{port}",
         "host_interface": f"sod{port}h",  # 15 bytes at most (IFNAMSIZ)
