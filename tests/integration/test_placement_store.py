@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 
 import pytest
 
-from ansible_collections.saasodoo.platform.plugins.module_utils.placement import PlacementError
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement import DedicatedHost, PlacementError
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
     NewServerSpec,
     PlacementConfig,
@@ -18,7 +19,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store 
 from .conftest import ScratchRegistry
 
 BASIC = {"db_type": "shared", "storage_gb": 5, "odoo_version": "18.0", "db_connection_limit": 10, "odoo_workers": 2}
-PREMIUM = {**BASIC, "db_type": "dedicated", "storage_gb": 100}
+PREMIUM = {**BASIC, "db_type": "dedicated", "storage_gb": 100, "cpu": 4, "memory_mb": 8192}
 PREMIUM_HA = {**PREMIUM, "ha": "sync"}
 PG_MAJORS = {"18.0": [15]}
 GROWTH = NewServerSpec(
@@ -311,3 +312,58 @@ def test_ports_are_taken_per_host(scratch_registry):
         place(scratch_registry, "initech", plan="premium-monthly", dedicated=own_host)
     same_host_as_pool = NewServerSpec("pool-dedicated-", (5432, 5433), host="10.0.0.9", capacity_storage_gb=500)
     assert place(scratch_registry, "hooli", plan="premium-monthly", dedicated=same_host_as_pool).server["port"] == 5433
+
+
+def test_dedicated_servers_hold_their_plans_share_of_a_host_and_a_full_set_is_refused(scratch_registry):
+    """Each new dedicated server goes on a dedicated host with the plan's cpu and memory_mb left (fill_first: the one
+    with the least left that fits) and holds that share until it is retired; with none left, placement names every
+    host and what holds it, and writes nothing."""
+    seed(scratch_registry, pools=1)
+    hosted = replace(DEDICATED, hosts=(DedicatedHost("10.0.0.1", 4, 8192), DedicatedHost("10.0.0.2", 8, 12288)))
+    placed = [place(scratch_registry, f"big-{n}", "premium-monthly", dedicated=hosted).server for n in range(2)]
+    assert [(s["name"], s["host"]) for s in placed] == [
+        ("pool-dedicated-01", "10.0.0.1"),
+        ("pool-dedicated-02", "10.0.0.2"),
+    ]
+    with scratch_registry.connect() as conn:
+        reason, candidates = conn.execute(
+            "SELECT reason, candidates FROM registry.placements WHERE tenant_id = 'big-0'"
+        ).fetchone()
+        held = conn.execute(
+            "SELECT reserved_cpu, reserved_memory_mb FROM registry.db_servers WHERE name = 'pool-dedicated-01'"
+        ).fetchone()
+    assert "on 10.0.0.1" in reason and [c["name"] for c in candidates] == ["10.0.0.1", "10.0.0.2"]
+    assert held == (4, 8192)
+
+    # 10.0.0.2 has 4 cores left but 4096 MB: memory refuses it, as CPU refuses 10.0.0.1.
+    with pytest.raises(PlacementError) as refused:
+        place(scratch_registry, "big-2", "premium-monthly", dedicated=hosted)
+    message = str(refused.value)
+    assert "no dedicated host has 4 cores and 8192 MB left for tenant big-2" in message
+    assert "10.0.0.1: CPU: 4 of 4 cores reserved (held by pool-dedicated-01), 4 needed" in message
+    assert "10.0.0.2: memory: 8192 of 12288 MB reserved (held by pool-dedicated-02), 8192 needed" in message
+    assert "servers_retire.yml" in message
+    with scratch_registry.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM registry.db_servers WHERE kind = 'dedicated'").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM registry.tenants WHERE tenant_id = 'big-2'").fetchone() == (0,)
+
+    # The tenant's own server is its own again without a share of its own; a retired server frees its share.
+    assert place(scratch_registry, "big-0", "premium-monthly", dedicated=hosted).changed is False
+    with scratch_registry.connect() as conn:
+        conn.execute("UPDATE registry.db_servers SET status = 'retired' WHERE name = 'pool-dedicated-01'")
+    again = place(scratch_registry, "big-2", "premium-monthly", dedicated=hosted).server
+    assert (again["name"], again["host"]) == ("pool-dedicated-03", "10.0.0.1")
+
+
+def test_a_dedicated_plan_without_cpu_and_memory_is_refused_where_hosts_are_shared(scratch_registry):
+    seed(scratch_registry, pools=1)
+    with scratch_registry.connect() as conn:
+        conn.execute(
+            "INSERT INTO registry.plans (name, version, db_type, entitlements) VALUES ('bare-dedicated', 1,"
+            " 'dedicated', %s)",
+            (json.dumps({k: v for k, v in PREMIUM.items() if k not in ("cpu", "memory_mb")}),),
+        )
+    hosted = replace(DEDICATED, hosts=(DedicatedHost("10.0.0.1", 4, 8192),))
+    with pytest.raises(PlacementError, match="sets no cpu and memory_mb, which a dedicated server reserves"):
+        place(scratch_registry, "bare", "bare-dedicated", dedicated=hosted)
+    assert place(scratch_registry, "bare", "bare-dedicated").server["host"] == "127.0.0.1"  # no hosts: no share

@@ -65,7 +65,8 @@ def test_the_bring_up_makes_the_hosts_the_inventory_names():
         for child in group.get("children", {"": group}).values():
             declared |= {name: body["ansible_host"] for name, body in (child.get("hosts") or {}).items()}
     placement = load_yaml(MINIATURE / "group_vars/all/placement.yml")
-    declared["pool-dedicated"] = placement["saasodoo_dedicated_servers"]["host"]
+    (dedicated_host,) = placement["saasodoo_dedicated_servers"]["hosts"]
+    declared["pool-dedicated"] = dedicated_host["address"]
     assert {host.name: host.address for host in hosts.HOSTS} == declared
     # The networks the pg_hba lines name are the ones the hosts are on.
     platform = load_yaml(MINIATURE / "group_vars/all/platform.yml")

@@ -6,9 +6,11 @@ import pytest
 
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import (
+    DedicatedHost,
     Needs,
     PlacementError,
     Server,
+    choose_dedicated_host,
     choose_shared,
     database_name,
     db_type_of,
@@ -200,3 +202,26 @@ def test_next_server_takes_the_first_free_name_and_port(names, ports, expected):
 def test_next_server_fails_when_the_port_range_is_used_up():
     with pytest.raises(PlacementError, match="no free port left in 55440-55441"):
         next_server("pool-shared-", (55440, 55441), set(), {55440, 55441})
+
+
+HOSTS = [DedicatedHost("10.0.0.2", 16, 65536), DedicatedHost("10.0.0.1", 16, 65536), DedicatedHost("10.0.0.3", 4, 4096)]
+RESERVED = {"10.0.0.2": (8, 16384, "pool-dedicated-01, pool-dedicated-02")}
+
+
+@pytest.mark.parametrize(("policy", "chosen"), [("fill_first", "10.0.0.2"), ("spread", "10.0.0.1")])
+def test_a_dedicated_server_goes_on_the_fullest_host_that_fits_or_the_emptiest(policy, chosen):
+    decision = choose_dedicated_host(HOSTS, RESERVED, 4, 8192, policy)
+    assert decision.chosen == chosen
+    assert [c.name for c in decision.candidates] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]  # in address order
+    third = decision.candidates[2]
+    assert (third.accepted, third.reason) == (False, "memory: 0 of 4096 MB reserved, 8192 needed")
+
+
+def test_no_dedicated_host_with_room_chooses_none_and_says_what_holds_each():
+    decision = choose_dedicated_host(HOSTS[:1], RESERVED, 9, 1024, "fill_first")
+    assert decision.chosen is None
+    assert decision.candidates[0].reason == (
+        "CPU: 8 of 16 cores reserved (held by pool-dedicated-01, pool-dedicated-02), 9 needed"
+    )
+    with pytest.raises(PlacementError, match="unknown"):
+        choose_dedicated_host(HOSTS, RESERVED, 1, 1, "random")

@@ -50,6 +50,24 @@ class Candidate:
     free_storage_gb: int = 0
 
 
+@dataclass(frozen=True)
+class DedicatedHost:
+    """A machine the inventory gives dedicated servers, with the CPU and memory their tenants' plans reserve of it."""
+
+    address: str
+    cpu: float
+    memory_mb: int
+
+
+@dataclass
+class HostCandidate:
+    name: str  # the host's address
+    accepted: bool
+    reason: str
+    free_cpu: float = 0
+    free_memory_mb: int = 0
+
+
 @dataclass
 class Decision:
     chosen: str | None
@@ -169,6 +187,40 @@ def choose_shared(servers: list[Server], needs: Needs, policy: str) -> Decision:
         return Decision(None, "no shared server fits", policy, candidates)
     best = ranked[0]
     return Decision(best.name, f"{policy}: {best.free_tenants} tenant slots free before this one", policy, candidates)
+
+
+def choose_dedicated_host(
+    hosts: list[DedicatedHost], reserved: dict[str, tuple[float, int, str]], cpu: float, memory_mb: int, policy: str
+) -> Decision:
+    """The host for a new dedicated server holding `cpu` cores and `memory_mb`, given what the servers not retired
+    already hold on each (address -> (cores, MB, their names)); chosen is None when no host has that much left.
+    fill_first takes the host with the least left that fits (whole hosts stay free for big plans), spread the most."""
+    if policy not in POLICIES:
+        raise PlacementError(f"placement policy {policy!r} is unknown: use one of {', '.join(POLICIES)}")
+    candidates = []
+    for host in sorted(hosts, key=lambda h: h.address):
+        used_cpu, used_memory, holders = reserved.get(host.address, (0, 0, ""))
+        free_cpu, free_memory = host.cpu - float(used_cpu), host.memory_mb - int(used_memory)
+        held = f" (held by {holders})" if holders else ""
+        if free_cpu < cpu:
+            reason = f"CPU: {float(used_cpu):g} of {host.cpu:g} cores reserved{held}, {cpu:g} needed"
+        elif free_memory < memory_mb:
+            reason = f"memory: {used_memory} of {host.memory_mb} MB reserved{held}, {memory_mb} needed"
+        else:
+            reason = "fits"
+        candidates.append(HostCandidate(host.address, reason == "fits", reason, free_cpu, free_memory))
+    accepted = sorted(
+        (c for c in candidates if c.accepted),
+        key=lambda c: (c.free_memory_mb, c.free_cpu, c.name) if policy == "fill_first"
+        else (-c.free_memory_mb, -c.free_cpu, c.name),
+    )  # fmt: skip
+    if not accepted:
+        return Decision(None, "no dedicated host has room", policy, candidates)
+    best = accepted[0]
+    return Decision(
+        best.name, f"{policy}: {best.free_cpu:g} cores and {best.free_memory_mb} MB left before this one", policy,
+        candidates,
+    )  # fmt: skip
 
 
 def refusal_message(tenant_id: str, plan: str, decision: Decision, remedy: str) -> str:

@@ -12,16 +12,18 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import (
     POLICIES,
     Candidate,
     Decision,
+    DedicatedHost,
     Needs,
     PlacementError,
     Server,
+    choose_dedicated_host,
     choose_shared,
     database_name,
     db_type_of,
@@ -60,6 +62,8 @@ class NewServerSpec:
     capacity_storage_gb: int = 100
     pgbouncer_port_offset: int | None = None  # PgBouncer port = server port + offset
     ha: str = "none"  # a new shared pool's; a dedicated server's is its plan's
+    # Dedicated servers only: the machines they are made on, each holding its plan's share of one (none: on `host`).
+    hosts: tuple[DedicatedHost, ...] = ()
 
 
 @dataclass
@@ -100,12 +104,25 @@ NEW_SERVER_OPTIONS = dict(
     pgbouncer_port_offset=dict(type="int"),
     ha=dict(type="str", choices=["none", "async", "sync"], default="none"),
 )
+DEDICATED_OPTIONS = dict(
+    NEW_SERVER_OPTIONS,
+    hosts=dict(
+        type="list",
+        elements="dict",
+        default=[],
+        options=dict(
+            address=dict(type="str", required=True),
+            cpu=dict(type="float", required=True),
+            memory_mb=dict(type="int", required=True),
+        ),
+    ),
+)
 # The placement options of db_placement and db_migrate (which places a moving tenant's new server).
 PLACEMENT_OPTIONS = dict(
     policy=dict(type="str", choices=list(POLICIES), default="fill_first"),
     auto_grow=dict(type="bool", default=False),
     shared_growth=dict(type="dict", options=NEW_SERVER_OPTIONS),
-    dedicated=dict(type="dict", options=NEW_SERVER_OPTIONS),
+    dedicated=dict(type="dict", options=DEDICATED_OPTIONS),
     odoo_pg_majors=dict(type="dict", required=True),
     probe_health=dict(type="bool", default=True),
 )
@@ -117,7 +134,12 @@ def new_server_spec(options: dict | None, what: str) -> NewServerSpec | None:
     low_high = options["port_range"]
     if len(low_high) != 2 or low_high[0] > low_high[1]:
         raise PlacementError(f"{what}.port_range must be [first, last], got {low_high}")
-    return NewServerSpec(**{**options, "port_range": (low_high[0], low_high[1])})
+    hosts = tuple(DedicatedHost(h["address"], h["cpu"], h["memory_mb"]) for h in options.get("hosts") or ())
+    if any(h.cpu <= 0 or h.memory_mb <= 0 for h in hosts):
+        raise PlacementError(f"{what}.hosts: each host needs cpu and memory_mb above zero")
+    if len({h.address for h in hosts}) != len(hosts):
+        raise PlacementError(f"{what}.hosts lists an address twice")
+    return NewServerSpec(**{**options, "port_range": (low_high[0], low_high[1]), "hosts": hosts})
 
 
 def placement_config(params: dict) -> PlacementConfig:
@@ -175,7 +197,7 @@ class PlacementStore:
             if db_type == "shared":
                 decision, server = self._place_shared(cur, request, needs)
             else:
-                decision, server = self._place_dedicated(cur, request, server_ha(request.plan, entitlements))
+                decision, server = self._place_dedicated(cur, request, entitlements)
             tenant = self._record_tenant(cur, request, plan, db_type, db_name, server["name"], entitlements)
             if db_type == "dedicated" and server["dedicated_to"] is None:
                 cur.execute(
@@ -205,7 +227,7 @@ class PlacementStore:
                 # placement's audit record takes the audit chain's lock. Taken after it, a placement holding the
                 # shared servers' rows while it waits for that lock deadlocks with this one.
                 cur.execute("SELECT 1 FROM registry.db_servers WHERE name = %s FOR KEY SHARE", (source_server,))
-                decision, server = self._place_dedicated(cur, request, server_ha(request.plan, entitlements))
+                decision, server = self._place_dedicated(cur, request, entitlements)
                 if server["name"] == source_server:
                     raise PlacementError(f"tenant {request.tenant_id} is on its own server {source_server} already")
                 if server["dedicated_to"] is None:
@@ -323,7 +345,8 @@ class PlacementStore:
         )
         return grown, server
 
-    def _place_dedicated(self, cur, request: PlacementRequest, ha: str) -> tuple[Decision, dict]:
+    def _place_dedicated(self, cur, request: PlacementRequest, entitlements: dict) -> tuple[Decision, dict]:
+        ha = server_ha(request.plan, entitlements)
         cur.execute(
             f"SELECT {SERVER_COLUMNS} FROM registry.db_servers WHERE kind = 'dedicated' AND dedicated_to = %s"
             " AND status <> 'retired' AND ha = %s FOR UPDATE",
@@ -332,22 +355,64 @@ class PlacementStore:
         existing = cur.fetchone()
         if existing:
             return Decision(existing["name"], "the tenant's own dedicated server", "dedicated"), existing
-        if self.config.dedicated is None:
+        spec = self.config.dedicated
+        if spec is None:
             raise PlacementError(
                 f"plan {request.plan!r} needs a dedicated server, but saasodoo_dedicated_servers is not configured"
             )
         self._lock_allocation(cur)
+        share, hosts = None, None
+        if spec.hosts:
+            share = self._share(request.plan, entitlements)
+            hosts = self._choose_host(cur, request, spec, share)
+            spec = replace(spec, host=hosts.chosen)
         # The server's dedicated_to refers to the tenant row, which is written after this; the
         # placement sets it once the tenant exists.
-        server = self._create_server(cur, "dedicated", self.config.dedicated, ha)
-        return Decision(server["name"], "a new dedicated server for the tenant", "dedicated"), server
+        server = self._create_server(cur, "dedicated", spec, ha, share)
+        reason = "a new dedicated server for the tenant" + (f" on {spec.host} ({hosts.reason})" if hosts else "")
+        return Decision(server["name"], reason, "dedicated", hosts.candidates if hosts else []), server
+
+    @staticmethod
+    def _share(plan: str, entitlements: dict) -> tuple[float, int]:
+        """The cores and memory a dedicated server of the plan holds of its host: the plan's cpu and memory_mb."""
+        try:
+            share = (float(entitlements["cpu"]), int(entitlements["memory_mb"]))
+        except (KeyError, TypeError, ValueError):
+            raise PlacementError(
+                f"plan {plan!r} sets no cpu and memory_mb, which a dedicated server reserves of its host"
+                " (saasodoo_dedicated_servers.hosts): set both in group_vars/all/plans.yml and run playbooks/site.yml"
+            ) from None
+        if share[0] <= 0 or share[1] <= 0:
+            raise PlacementError(f"plan {plan!r}: cpu and memory_mb must be above zero, got {share[0]:g}, {share[1]}")
+        return share
+
+    def _choose_host(self, cur, request: PlacementRequest, spec: NewServerSpec, share: tuple[float, int]) -> Decision:
+        """The dedicated host with the plan's share left, under the allocation lock; refused with every host's
+        verdict when none has."""
+        cur.execute(
+            "SELECT host, sum(reserved_cpu) AS cpu, sum(reserved_memory_mb) AS memory_mb,"
+            " string_agg(name, ', ' ORDER BY name) AS servers FROM registry.db_servers"
+            " WHERE kind = 'dedicated' AND status <> 'retired' AND reserved_cpu IS NOT NULL GROUP BY host"
+        )
+        reserved = {r["host"]: (r["cpu"], r["memory_mb"], r["servers"]) for r in cur.fetchall()}
+        decision = choose_dedicated_host(list(spec.hosts), reserved, *share, self.config.policy)
+        if decision.chosen is None:
+            verdicts = "; ".join(f"{c.name}: {c.reason}" for c in decision.candidates)
+            raise PlacementError(
+                f"no dedicated host has {share[0]:g} cores and {share[1]} MB left for tenant {request.tenant_id}"
+                f" (plan {request.plan}): {verdicts}. Add a host to saasodoo_dedicated_servers.hosts, or retire the"
+                " dedicated servers nothing holds any more (playbooks/servers_retire.yml), which frees their share"
+            )
+        return decision
 
     # -- writes -----------------------------------------------------------------------------------
 
     def _lock_allocation(self, cur) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (ALLOCATION_LOCK,))
 
-    def _create_server(self, cur, kind: str, spec: NewServerSpec, ha: str = "none") -> dict:
+    def _create_server(
+        self, cur, kind: str, spec: NewServerSpec, ha: str = "none", share: tuple[float, int] | None = None
+    ) -> dict:
         cur.execute("SELECT name, host, port, pgbouncer_host, pgbouncer_port FROM registry.db_servers")
         rows = cur.fetchall()
         names = {r["name"] for r in rows}
@@ -362,8 +427,9 @@ class PlacementStore:
         pgbouncer_port = port + spec.pgbouncer_port_offset if spec.pgbouncer_port_offset else None
         cur.execute(
             f"INSERT INTO registry.db_servers (name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major,"
-            f" capacity_tenants, capacity_storage_gb, status, health, ha)"
-            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'provisioning', 'unknown', %s) RETURNING {SERVER_COLUMNS}",
+            f" capacity_tenants, capacity_storage_gb, status, health, ha, reserved_cpu, reserved_memory_mb)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'provisioning', 'unknown', %s, %s, %s)"
+            f" RETURNING {SERVER_COLUMNS}",
             (
                 name,
                 kind,
@@ -375,10 +441,12 @@ class PlacementStore:
                 spec.capacity_tenants,
                 spec.capacity_storage_gb,
                 ha,
+                *(share or (None, None)),
             ),
         )
         under_patroni = f" (ha {ha})" if ha != "none" else ""
-        self.executed.append(f"created {kind} server {name} on {spec.host}:{port}{under_patroni}")
+        holding = f", holding {share[0]:g} cores and {share[1]} MB of it" if share else ""
+        self.executed.append(f"created {kind} server {name} on {spec.host}:{port}{under_patroni}{holding}")
         return {**cur.fetchone(), "_created": True}
 
     def _record_tenant(self, cur, request, plan, db_type, db_name, server_name, entitlements) -> dict:

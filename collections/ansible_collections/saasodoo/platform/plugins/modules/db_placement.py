@@ -84,9 +84,33 @@ options:
         choices: [none, async, sync]
         default: none
   dedicated:
-    description: How a new dedicated server is made (same keys as I(shared_growth)).
+    description: How a new dedicated server is made (the keys of I(shared_growth), and I(hosts)).
     type: dict
-    suboptions: *new_server
+    suboptions:
+      <<: *new_server
+      hosts:
+        description:
+          - The machines dedicated servers are made on, each with the cores and memory it has for them. A new server
+            goes on one with its plan's C(cpu) and C(memory_mb) left (I(policy) C(fill_first) the one with the least
+            left that fits, C(spread) the most) and holds that share until it is retired; none left, placement
+            fails naming every host and what holds it.
+          - Empty, a new dedicated server goes on I(host), holding nothing.
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          address:
+            description: The host's address (a new server's C(host)).
+            type: str
+            required: true
+          cpu:
+            description: The cores its dedicated servers may hold in all.
+            type: float
+            required: true
+          memory_mb:
+            description: The memory its dedicated servers may hold in all, in MB.
+            type: int
+            required: true
   odoo_pg_majors:
     description: Odoo series (for example C(18.0)) to the PostgreSQL majors it supports.
     type: dict
