@@ -64,6 +64,9 @@ class BillingRules:
     # A customer coming back (a terminated or purged tenant's account subscribing again) gets no new trial: the
     # tenant is reactivated (or provisioned anew) once the new subscription is past its trial and paid for.
     reactivation_paid_up_front: bool = True
+    # A customer whose debt is written off (an invoice of its account tagged WRITTEN_OFF in Kill Bill, which clears
+    # the account's overdue state as if it paid) has its tenants terminated, and gets no new one while that holds.
+    terminate_written_off: bool = True
 
 
 @dataclass(frozen=True)
@@ -177,12 +180,14 @@ def desired_actions(
     balance: Decimal | None = None,
     account_tenants: frozenset[str] = frozenset(),
     rules: BillingRules = BillingRules(),  # frozen: one default shared is safe
+    written_off: tuple[str, ...] = (),
 ) -> list:
     """Actions (in order) bringing `tenant` to what `subscription` says, or Skips explaining why not.
 
     `tenant` is the registry's tenant with the subscription's database name (see database_name), if any;
     `balance` its account's (None: unknown); `account_tenants` the ids of the tenants that account has or had, and
-    of its subscriptions that started before this one."""
+    of its subscriptions that started before this one; `written_off` the ids of its account's written-off
+    invoices."""
     if subscription.get("productCategory", "BASE") != "BASE":
         return []  # add-ons do not make tenants
     tenant_id = tenant_id_of(subscription)
@@ -219,6 +224,20 @@ def desired_actions(
         return []  # never provisioned, or already terminated
     if state not in ("ACTIVE", "BLOCKED"):
         return []  # PENDING: starts later, its EFFECTIVE event will come
+    if written_off and rules.terminate_written_off:
+        invoices = ", ".join(written_off)
+        if status in ("active", "suspended"):
+            reason = f"Kill Bill: its account's debt written off (invoice {invoices})"
+            return [Action(tenant_id, "terminate", {"tenant_id": tenant_id}, reason)]
+        if status in ("terminated", "purged") and subscription.get("subscriptionId") == tenant.subscription_id:
+            return []  # terminated for it, or before
+        return [
+            Skip(
+                tenant_id,
+                f"the debt of account {account} was written off (invoice {invoices}): no tenant is provisioned or"
+                " reactivated for it while an invoice of it is tagged WRITTEN_OFF in Kill Bill",
+            )
+        ]
     if plan not in plans:
         return [Skip(tenant_id, f"plan {plan!r} is not in the catalog (inventory group_vars/all/plans.yml)")]
 

@@ -15,6 +15,9 @@ from decimal import Decimal, InvalidOperation
 
 from .config import KillBillSettings
 
+# killbill-api util/tag/ControlTagType.java: WRITTEN_OFF, new UUID(0, 4), the control tag of a written-off invoice.
+WRITTEN_OFF_TAG_DEFINITION = "00000000-0000-0000-0000-000000000004"
+
 
 class KillBillError(Exception):
     """Kill Bill could not answer (down, timeout, 5xx): transient, the job is retried."""
@@ -82,6 +85,15 @@ class KillBill:
         if not balance.is_finite():
             raise KillBillError(f"GET /accounts/{account_id}: accountBalance {value!r} is not a number")
         return balance
+
+    def written_off_invoices(self, account_id: str) -> list[str]:
+        """The ids of the account's invoices tagged WRITTEN_OFF (the control tag of id 00000000-…-000000000004):
+        GET /accounts/{id}/allTags?objectType=INVOICE, the tags of its invoices."""
+        tags = self._get(f"/accounts/{_segment(account_id)}/allTags", objectType="INVOICE", includedDeleted="false")
+        return sorted(
+            str(tag.get("objectId"))
+            for tag in tags if isinstance(tag, dict) and tag.get("tagDefinitionId") == WRITTEN_OFF_TAG_DEFINITION
+        )  # fmt: skip
 
     def account_overdue(self, account_id: str) -> dict:
         """{name, isDisableEntitlementAndChangesBlocked, …}: blocked after unpaid invoices."""

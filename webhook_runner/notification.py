@@ -25,13 +25,25 @@ KNOWN_EVENT_TYPES = frozenset(
         "TENANT_CONFIG_CHANGE", "TENANT_CONFIG_DELETION", "BROADCAST_SERVICE",
     }
 )  # fmt: skip
-# Known, and never a reason to look at an account's tenants.
+# Known, and never a reason to look at an account's tenants, but for a tag that writes an invoice off or takes that
+# back (written_off_tag).
 IGNORED_EVENT_TYPES = frozenset(
     {
         "TAG_CREATION", "TAG_DELETION", "CUSTOM_FIELD_CREATION", "CUSTOM_FIELD_DELETION",
         "TENANT_CONFIG_CHANGE", "TENANT_CONFIG_DELETION", "BROADCAST_SERVICE",
     }
 )  # fmt: skip
+
+
+def written_off_tag(event: dict) -> bool:
+    """A stored TAG_CREATION or TAG_DELETION of the WRITTEN_OFF control tag (TagMetadata, killbill-plugin-api): an
+    invoice of the account written off, or no longer."""
+    return (
+        event["event_type"] in ("TAG_CREATION", "TAG_DELETION")
+        and isinstance(event.get("meta_data"), dict)
+        and (event["meta_data"].get("tagDefinitionName") == "WRITTEN_OFF")
+    )
+
 
 _MAX_ID_LENGTH = 64  # Kill Bill ids are UUIDs (36 characters)
 # Kill Bill's metaData objects are flat (a few scalars); deeper nesting is not Kill Bill's, and Python's

@@ -48,7 +48,7 @@ from .desired import (
     tenant_id_of,
 )
 from .killbill import KillBill, KillBillError, KillBillNotFound
-from .notification import IGNORED_EVENT_TYPES, KNOWN_EVENT_TYPES
+from .notification import IGNORED_EVENT_TYPES, KNOWN_EVENT_TYPES, written_off_tag
 from .schedules import SCHEDULES, TENANT_ACTIONS
 
 log = logging.getLogger("webhook_runner.worker")
@@ -205,7 +205,7 @@ class Worker:
             if kind not in KNOWN_EVENT_TYPES:
                 job = self._skip(account, None, event["id"], f"unknown event type {kind}: stored, no action")
                 store.mark_processed(conn, [event["id"]], f"skipped: job {job['id']}")
-            elif kind in IGNORED_EVENT_TYPES or not account:
+            elif (kind in IGNORED_EVENT_TYPES and not written_off_tag(event)) or not account:
                 store.mark_processed(conn, [event["id"]], f"no action: {kind} never changes a tenant")
             else:
                 triggers.append(event)
@@ -232,6 +232,7 @@ class Worker:
         try:
             bundles = self.killbill.account_bundles(account)
             overdue = self.killbill.account_overdue(account)
+            written_off = self._written_off(account)
         except KillBillNotFound as error:
             job = self._skip(account, None, trigger_ids[0] if trigger_ids else None, f"unknown to Kill Bill: {error}")
             for stale in account_jobs:
@@ -250,7 +251,7 @@ class Worker:
             log.warning("account %s: its balance was not read (%s); billing statuses left as they are", account, error)
             balance = None
         outcomes, wanted, through = [], {}, {}
-        decided = self._decide(account, bundles, overdue, balance, store.plan_names(conn))
+        decided = self._decide(account, bundles, overdue, balance, store.plan_names(conn), written_off)
         for subscription, tenant_id, decisions in decided:
             tenant_jobs = [job for job in open_jobs if tenant_id and job["tenant_id"] == tenant_id]
             self._audit_decision(tenant_id, triggers, subscription, overdue, decisions)
@@ -300,8 +301,14 @@ class Worker:
                 continue
             self._execute(store.start_job(conn, chore["id"], self.name, chore["extravars"], chore["reason"]))
 
+    def _written_off(self, account: str) -> tuple[str, ...]:
+        """The account's written-off invoices, read only while that rule holds (one more call per account)."""
+        if not self.settings.billing_rules.terminate_written_off:
+            return ()
+        return tuple(self.killbill.written_off_invoices(account))
+
     def _decide(
-        self, account: str, bundles: list[dict], overdue: dict, balance, plans: set[str]
+        self, account: str, bundles: list[dict], overdue: dict, balance, plans: set[str], written_off: tuple = ()
     ) -> list[tuple[dict, str | None, list]]:
         """(subscription, tenant id, decisions) for each of an account's subscriptions, against the registry."""
         subscriptions = [sub for bundle in bundles for sub in bundle.get("subscriptions") or []]
@@ -331,6 +338,7 @@ class Worker:
                     balance,
                     had | started_before(sub),
                     rules,
+                    written_off,
                 ),
             )
             for sub, tid in zip(subscriptions, tenant_ids, strict=True)
@@ -546,12 +554,13 @@ class Worker:
         for account in self.killbill.account_ids():
             bundles = self.killbill.account_bundles(account)
             overdue = self.killbill.account_overdue(account)
+            written_off = self._written_off(account)
             try:
                 balance = self.killbill.account_balance(account)
             except KillBillError:
                 balance = None  # a billing rule waiting on it shows no drift: the account's own pass reads it again
             queued = False
-            for _, tenant_id, decisions in self._decide(account, bundles, overdue, balance, plans):
+            for _, tenant_id, decisions in self._decide(account, bundles, overdue, balance, plans, written_off):
                 actions = [decision for decision in decisions if isinstance(decision, Action)]
                 if not actions:
                     continue

@@ -10,6 +10,8 @@ import json
 import urllib.parse
 import urllib.request
 
+WRITTEN_OFF = "00000000-0000-0000-0000-000000000004"  # killbill-api ControlTagType.WRITTEN_OFF
+
 
 class KillBillAPI:
     def __init__(self, url: str, username: str, password: str, api_key: str, api_secret: str):
@@ -24,7 +26,7 @@ class KillBillAPI:
             "Accept": "application/json",
         }
 
-    def call(self, method: str, path: str, body: dict | None = None, **query):
+    def call(self, method: str, path: str, body: dict | list | None = None, **query):
         url = f"{self.url}{path}" + ("?" + urllib.parse.urlencode(query) if query else "")
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(url, data=data, method=method, headers=self.headers)
@@ -73,6 +75,16 @@ class KillBillAPI:
 
     def overdue(self, account_id: str) -> dict:
         return self.call("GET", f"/1.0/kb/accounts/{account_id}/overdue")
+
+    def invoices(self, account_id: str) -> list[dict]:
+        return self.call("GET", f"/1.0/kb/accounts/{account_id}/invoices")
+
+    def write_off(self, invoice_id: str, written_off: bool = True) -> None:
+        """The invoice tagged WRITTEN_OFF (ControlTagType's id 4), or the tag removed: the debt given up."""
+        if written_off:
+            self.call("POST", f"/1.0/kb/invoices/{invoice_id}/tags", [WRITTEN_OFF])
+        else:
+            self.call("DELETE", f"/1.0/kb/invoices/{invoice_id}/tags", tagDef=WRITTEN_OFF)
 
     # The stand-in's control endpoints (a payment plugin declining, then accepting, the card).
     def payments_fail(self, account_id: str, fail: bool = True) -> None:

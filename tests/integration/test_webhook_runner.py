@@ -373,6 +373,39 @@ def test_one_trial_per_customer_a_second_tenant_waits_until_its_subscription_is_
     assert tenants["trial-02"]["status"] == "active" and tenants["trial-02"]["billing_status"] == "paid"
 
 
+def test_a_customer_whose_debt_is_written_off_is_terminated_not_resumed(runner: RunnerStack, killbill: KillBillStandin):
+    """A customer stops paying and is suspended; the operator writes the unpaid invoice off in Kill Bill, which
+    clears the account's overdue state as if it had paid. The tenant is terminated, not resumed, and a new
+    subscription of the account gets no tenant while the invoice stays written off."""
+    api = kb_api(killbill)
+    api.register_callback(runner.callback)
+    account, _ = api.sign_up("Bad Debt", "debt-01", "basic-monthly")
+
+    def settled() -> dict[str, dict]:
+        assert killbill.wait_idle(timeout=30) == (True, 0)
+        runner.settle()
+        return tenant_rows(runner, "debt-")
+
+    assert settled()["debt-01"]["status"] == "active"
+    api.move_clock(15)
+    api.payments_fail(account)
+    api.move_clock(31)
+    assert settled()["debt-01"]["status"] == "suspended"
+    (unpaid,) = [invoice["invoiceId"] for invoice in api.invoices(account) if invoice["balance"] > 0]
+    api.write_off(unpaid)
+    assert api.overdue(account)["isClearState"]  # Kill Bill no longer blocks the account
+    tenants = settled()
+    assert tenants["debt-01"]["status"] == "terminated"
+    _, listing = runner.admin("GET", "/jobs?tenant=debt-01")
+    assert any(
+        job["action"] == "terminate" and f"debt written off (invoice {unpaid})" in job["reason"]
+        for job in listing["jobs"]
+    ), listing
+    api.subscribe(account, "debt-02", "basic-monthly")
+    assert "debt-02" not in settled()
+    assert f"the debt of account {account} was written off (invoice {unpaid})" in last_skip(runner, "debt-02")
+
+
 def restarted_runner(runner: RunnerStack, settings: dict, workers: int) -> None:
     """The test's runner stopped and started again with these settings and this many workers (0: its web side only,
     so what the admin API queues waits)."""

@@ -74,3 +74,26 @@ def test_a_redirect_is_refused_and_the_credentials_go_nowhere_else(code):
     ):
         KillBill(settings(url)).account("a-1")
     assert len(seen) == 1 and taken == []
+
+
+def test_written_off_invoices_are_the_invoices_tagged_with_kill_bills_written_off_definition():
+    """GET /accounts/{id}/allTags?objectType=INVOICE (AccountResource.getAllTags): only the control tag's fixed
+    definition id counts (ControlTagType.WRITTEN_OFF), whatever name a tag shows."""
+    tags = (
+        b'[{"tagId":"t-1","objectType":"INVOICE","objectId":"i-2","tagDefinitionId":'
+        b'"00000000-0000-0000-0000-000000000004","tagDefinitionName":"WRITTEN_OFF","auditLogs":[]},'
+        b'{"tagId":"t-2","objectType":"INVOICE","objectId":"i-3","tagDefinitionId":'
+        b'"4a5b6c7d-0000-4000-8000-000000000001","tagDefinitionName":"WRITTEN_OFF","auditLogs":[]}]'
+    )
+
+    def respond(handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(tags)))
+        handler.end_headers()
+        handler.wfile.write(tags)
+
+    paths = []
+    with http_server(lambda handler: paths.append(handler.path) or respond(handler)) as (url, _):
+        assert KillBill(settings(url)).written_off_invoices("a-1") == ["i-2"]
+    assert paths == ["/1.0/kb/accounts/a-1/allTags?objectType=INVOICE&includedDeleted=false"]

@@ -448,6 +448,41 @@ def test_a_declined_payment_blocks_the_account_and_paying_clears_it(standin, api
     assert api.json(f"/subscriptions/{sub_id}")["state"] == "ACTIVE"
 
 
+def test_a_written_off_invoice_leaves_the_balance_and_clears_the_overdue_state_until_the_tag_goes(standin, api):
+    """InvoiceResource createInvoiceTags with ControlTagType.WRITTEN_OFF: the invoice's balance is 0
+    (DefaultInvoice.getBalance), a TAG_CREATION of the tag follows (BeatrixListener) and the overdue state is
+    reevaluated (OverdueListener.handleTagInsert); removing the tag undoes it. Only that tag definition is known."""
+    account_id = api.create_account()
+    api.call("POST", f"/standin/accounts/{account_id}/payment_behaviour", {"fail": True})
+    api.create_subscription(account_id, "premium-monthly")
+    (invoice,) = json.loads(api.call("GET", f"/accounts/{account_id}/invoices")[2])
+    standin.drain_notifications()
+    status, headers, _ = api.call("POST", f"/invoices/{invoice['invoiceId']}/tags", [kb.WRITTEN_OFF[0]])
+    assert status == 201 and headers["Location"].endswith(f"/1.0/kb/invoices/{invoice['invoiceId']}/tags")
+    events = standin.drain_notifications()
+    assert types(events) == ["TAG_CREATION", "BLOCKING_STATE", "OVERDUE_CHANGE"]
+    assert (events[0].body, meta(events[1])["stateName"]) == (
+        kb.encode_notification("TAG_CREATION", account_id, "TAG", object_id(events[0]),
+                               {"tagDefinitionName": "WRITTEN_OFF"}),
+        kb.CLEAR_STATE,
+    )  # fmt: skip
+    assert api.json(f"/invoices/{invoice['invoiceId']}")["balance"] == 0
+    assert api.json(f"/accounts/{account_id}?accountWithBalance=true")["accountBalance"] == 0
+    assert api.json(f"/accounts/{account_id}/allTags?objectType=INVOICE") == [
+        {"tagId": object_id(events[0]), "objectType": "INVOICE", "objectId": invoice["invoiceId"],
+         "tagDefinitionId": kb.WRITTEN_OFF[0], "tagDefinitionName": "WRITTEN_OFF", "auditLogs": []}
+    ]  # fmt: skip
+    api.call("POST", f"/invoices/{invoice['invoiceId']}/tags", [kb.WRITTEN_OFF[0]])  # had it: nothing
+    assert standin.drain_notifications() == []
+    unknown = api.call("POST", f"/invoices/{invoice['invoiceId']}/tags", ["00000000-0000-0000-0000-000000000009"])
+    assert (unknown[0], json.loads(unknown[2])["code"]) == (404, 3902)
+
+    assert api.call("DELETE", f"/invoices/{invoice['invoiceId']}/tags?tagDef={kb.WRITTEN_OFF[0]}")[0] == 204
+    assert types(standin.drain_notifications()) == ["TAG_DELETION", "BLOCKING_STATE", "OVERDUE_CHANGE"]
+    assert api.json(f"/accounts/{account_id}/overdue")["name"] == "BLOCKED"
+    assert api.json(f"/accounts/{account_id}/allTags?objectType=INVOICE") == []
+
+
 def test_pause_and_resume_a_bundle(standin, api):
     account_id = api.create_account()
     sub_id = api.create_subscription(account_id, "basic-monthly")

@@ -95,7 +95,7 @@ def subscription(state="ACTIVE", plan="basic-monthly", key="acme", **extra):
 CLEAR = {"name": "__KILLBILL__CLEAR__OVERDUE_STATE__", "isDisableEntitlementAndChangesBlocked": False}
 BLOCKED = {"name": "BLOCKED", "isDisableEntitlementAndChangesBlocked": True}
 PAID = Decimal(0)  # the account's balance: nothing due
-NO_RULES = BillingRules(one_trial_per_customer=False, reactivation_paid_up_front=False)
+NO_RULES = BillingRules(one_trial_per_customer=False, reactivation_paid_up_front=False, terminate_written_off=False)
 
 
 def owned(status: str, plan: str) -> Tenant:
@@ -233,6 +233,30 @@ def test_a_returning_customer_pays_up_front_without_a_new_trial():
         assert actions(desired_actions(again, CLEAR, tenant, PLANS, PAID, rules=NO_RULES))[0][0] == action
         paid = subscription(subscriptionId="s-2")
         assert actions(desired_actions(paid, CLEAR, tenant, PLANS, PAID))[0][0] == action
+
+
+def test_a_written_off_accounts_tenants_are_terminated_and_get_no_new_one():
+    """An invoice of the account tagged WRITTEN_OFF: Kill Bill clears its overdue state as if it paid, but its
+    tenant is terminated, not resumed; no tenant is provisioned or reactivated for the account while that holds.
+    The rule turned off, the account is as any other."""
+    for status in ("active", "suspended"):
+        [terminate] = desired_actions(subscription(), CLEAR, owned(status, "basic-monthly"), PLANS, PAID,
+                                      written_off=("i-7",))  # fmt: skip
+        assert (terminate.action, terminate.reason) == ("terminate", "Kill Bill: its account's debt written off"
+                                                        " (invoice i-7)")  # fmt: skip
+    assert (
+        desired_actions(subscription(), CLEAR, owned("terminated", "basic-monthly"), PLANS, written_off=("i-7",)) == []
+    )
+    for tenant in (None, owned("terminated", "basic-monthly"), owned("purged", "basic-monthly")):
+        again = subscription(subscriptionId="s-2")
+        [skip] = desired_actions(again, CLEAR, tenant, PLANS, PAID, written_off=("i-7", "i-8"))
+        assert isinstance(skip, Skip) and "the debt of account a-1 was written off (invoice i-7, i-8)" in skip.reason
+    # A cancellation is one still; the rule off, a suspended tenant is resumed as the overdue state says.
+    [terminate] = desired_actions(subscription("CANCELLED"), CLEAR, owned("suspended", "basic-monthly"), PLANS,
+                                  written_off=("i-7",))  # fmt: skip
+    assert terminate.reason == "Kill Bill: subscription CANCELLED"
+    assert actions(desired_actions(subscription(), CLEAR, owned("suspended", "basic-monthly"), PLANS, PAID,
+                                   rules=NO_RULES, written_off=("i-7",))) == [("resume", None)]  # fmt: skip
 
 
 def test_one_trial_per_customer_a_second_tenant_of_an_account_waits_until_paid():

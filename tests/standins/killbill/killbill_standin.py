@@ -82,6 +82,9 @@ ENTITLEMENT_EXC = "org.killbill.billing.entitlement.api.EntitlementApiException"
 INVOICE_EXC = "org.killbill.billing.invoice.api.InvoiceApiException"
 ARGUMENT_EXC = "java.lang.IllegalArgumentException"
 CATALOG_EXC = "org.killbill.billing.catalog.api.CatalogApiException"
+TAG_DEFINITION_EXC = "org.killbill.billing.util.api.TagDefinitionApiException"
+# killbill-api util/tag/ControlTagType.java: WRITTEN_OFF is new UUID(0, 4), for invoices only. The only tag here.
+WRITTEN_OFF = ("00000000-0000-0000-0000-000000000004", "WRITTEN_OFF")
 
 
 # ---------------------------------------------------------------------------------------------- wire format
@@ -323,6 +326,7 @@ class Invoice:
     currency: str
     items: list[dict]
     paid: Decimal = Decimal(0)
+    written_off_tag: str | None = None  # the id of its WRITTEN_OFF tag
 
     @property
     def amount(self) -> Decimal:
@@ -330,7 +334,9 @@ class Invoice:
 
     @property
     def balance(self) -> Decimal:
-        return self.amount - self.paid
+        # invoice/.../model/DefaultInvoice.java getBalance: zero for a written-off invoice, so it leaves the account's
+        # balance (DefaultInvoiceDao.getAccountBalance) and its overdue state.
+        return Decimal(0) if self.written_off_tag else self.amount - self.paid
 
 
 @dataclass
@@ -693,6 +699,19 @@ class KillBillStandin:
                 self._attempt_payment(account, invoice)
         self._reevaluate_overdue(account)
 
+    def write_off(self, invoice: Invoice, written_off: bool) -> None:
+        """An invoice tagged WRITTEN_OFF, or the tag removed (InvoiceResource createInvoiceTags / deleteInvoiceTags,
+        through TagUserApi): TAG_CREATION or TAG_DELETION of a TAG with TagMetadata (beatrix BeatrixListener
+        CONTROL_TAG_*), then the account's overdue state reevaluated (overdue OverdueListener handleTagInsert and
+        handleTagRemoval). Adding a tag the invoice has, or removing one it has not, does nothing."""
+        if bool(invoice.written_off_tag) == written_off:
+            return
+        tag_id = _new_id() if written_off else invoice.written_off_tag
+        invoice.written_off_tag = tag_id if written_off else None
+        event = "TAG_CREATION" if written_off else "TAG_DELETION"
+        self._emit(event, invoice.account_id, "TAG", tag_id, {"tagDefinitionName": WRITTEN_OFF[1]})
+        self._reevaluate_overdue(self._accounts[invoice.account_id])
+
     def set_clock(self, target: datetime) -> None:
         self._advance(target)
         self._now = target
@@ -992,6 +1011,30 @@ class KillBillStandin:
         self._account(account_id)
         return [self.invoice_json(i) for i in self._invoices.values() if i.account_id == account_id]
 
+    def _ep_account_tags(self, request, account_id):
+        """AccountResource getAllTags: the tags of the account's objects, here its invoices' WRITTEN_OFF (TagJson)."""
+        self._account(account_id)
+        if request.args.get("objectType", "INVOICE") != "INVOICE":
+            return []
+        return [
+            {"tagId": i.written_off_tag, "objectType": "INVOICE", "objectId": i.id, "tagDefinitionId": WRITTEN_OFF[0],
+             "tagDefinitionName": WRITTEN_OFF[1], "auditLogs": []}
+            for i in self._invoices.values() if i.account_id == account_id and i.written_off_tag
+        ]  # fmt: skip
+
+    def _ep_invoice_tags(self, request, invoice_id):
+        """InvoiceResource createInvoiceTags (POST, a JSON list of tag definition ids; 201 with the tags' location,
+        whether or not the invoice had them) and deleteInvoiceTags (DELETE, ?tagDef=…; 204)."""
+        invoice = self._invoice(invoice_id)
+        adding = request.method == "POST"
+        definitions = _body(request, list) if adding else request.args.getlist("tagDef")
+        for definition in definitions:
+            if definition != WRITTEN_OFF[0]:
+                raise KbError(404, TAG_DEFINITION_EXC, 3902, f"The tag definition {definition} does not exist")
+        if definitions:
+            self.write_off(invoice, adding)
+        return _created(request, f"invoices/{invoice_id}/tags") if adding else None
+
     def _ep_account_overdue(self, request, account_id):
         return self.overdue_json(self._account(account_id))
 
@@ -1096,6 +1139,7 @@ _ROUTES = [
     (f"{API}/accounts/<account_id>/bundles", ["GET"], "account_bundles"),
     (f"{API}/accounts/<account_id>/invoices", ["GET"], "account_invoices"),
     (f"{API}/accounts/<account_id>/overdue", ["GET"], "account_overdue"),
+    (f"{API}/accounts/<account_id>/allTags", ["GET"], "account_tags"),
     (f"{API}/subscriptions", ["POST"], "create_subscription"),
     (f"{API}/subscriptions/<sub_id>", ["GET"], "get_subscription"),
     (f"{API}/subscriptions/<sub_id>", ["PUT"], "change_subscription"),
@@ -1105,6 +1149,7 @@ _ROUTES = [
     (f"{API}/bundles/<bundle_id>/pause", ["PUT"], "pause_bundle"),
     (f"{API}/bundles/<bundle_id>/resume", ["PUT"], "resume_bundle"),
     (f"{API}/invoices/<invoice_id>", ["GET"], "get_invoice"),
+    (f"{API}/invoices/<invoice_id>/tags", ["POST", "DELETE"], "invoice_tags"),
     (f"{API}/tenants/registerNotificationCallback", ["GET", "POST", "DELETE"], "callback"),
     (f"{API}/catalog/xml", ["POST"], "upload_catalog"),
     (f"{API}/catalog", ["GET"], "catalog"),
@@ -1128,15 +1173,15 @@ def _created(request: Request, path: str) -> Response:
     return Response("", 201, {"Location": f"{request.host_url.rstrip('/')}{API}/{path}"})
 
 
-def _body(request: Request) -> dict:
+def _body(request: Request, shape: type = dict):
     if request.mimetype != "application/json":
         raise UnsupportedMediaType()
     try:
         body = json.loads(request.get_data() or b"null", parse_float=Decimal)
     except ValueError as exc:
         raise _bad_request(f"Unable to parse the JSON body: {exc}") from exc
-    if not isinstance(body, dict):
-        raise _bad_request("Expected a JSON object")
+    if not isinstance(body, shape):
+        raise _bad_request(f"Expected a JSON {'object' if shape is dict else 'array'}")
     return body
 
 
