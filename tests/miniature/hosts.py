@@ -103,17 +103,30 @@ def host_script(host: Host) -> str:
     lines.append(f"mkdir -p /run/sshd {SSHD_DIR} && mount --bind {q(str(host.dir / 'sshd'))} {SSHD_DIR}")
     # `ip netns exec` gave the host a sysfs of its own, without the machine's control groups: mounted again, the
     # machine's own hierarchies, as a host has them (the tenants' CPU and memory ceilings, odoo_runtime_limits).
-    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-        lines.append("mount -t cgroup2 cgroup2 /sys/fs/cgroup")
-    elif os.path.isdir("/sys/fs/cgroup/cpu") and os.path.isdir("/sys/fs/cgroup/memory"):
-        lines.append("mount -t tmpfs -o mode=0755 cgroup /sys/fs/cgroup")
-        lines.extend(
-            f"mkdir /sys/fs/cgroup/{c} && mount -t cgroup -o {c} cgroup /sys/fs/cgroup/{c}" for c in ("cpu", "memory")
-        )
+    lines.extend(cgroup_mounts())
     # Last: the controller's state (platform secret, CA key, SSH key) and the other hosts' disks are out of sight.
     lines.append(f"mount -t tmpfs -o mode=0755 tmpfs {q(str(REPO / '.state'))}")
     lines.append(f"exec {SSHD} -f {SSHD_DIR}/sshd_config")
     return "\n".join(lines)
+
+
+def cgroup_mounts() -> list[str]:
+    """Commands mounting this machine's cpu and memory control groups again as the machine has them: the unified
+    hierarchy, or each v1 hierarchy with the controllers mounted together there (cpu,cpuacct on many hosts)."""
+    mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    if any(fs == "cgroup2" and target == "/sys/fs/cgroup" for _, target, fs, *_ in mounts):
+        return ["mount -t cgroup2 cgroup2 /sys/fs/cgroup"]
+    commands = []
+    for _, target, fs, options, *_ in mounts:
+        controllers = [o for o in options.split(",") if o in ("cpu", "cpuacct", "memory")]
+        if fs == "cgroup" and target.startswith("/sys/fs/cgroup/") and {"cpu", "memory"} & set(controllers):
+            commands.append(f"mkdir -p {target} && mount -t cgroup -o {','.join(controllers)} cgroup {target}")
+    links = [  # cpu -> cpu,cpuacct where they are mounted together
+        f"ln -s {os.readlink(path)} {path}"
+        for path in (os.path.join("/sys/fs/cgroup", name) for name in ("cpu", "cpuacct", "memory"))
+        if os.path.islink(path)
+    ]
+    return ["mount -t tmpfs -o mode=0755 cgroup /sys/fs/cgroup", *commands, *links] if commands else []
 
 
 def sshd_config(host: Host) -> str:

@@ -36,7 +36,7 @@ UNITS = {
     "saasodoo-odoo-supervisord.service": (
         "odoo_runtime",
         "process/supervisord.service.j2",
-        {"odoo_runtime_process_dir": "/var/lib/saasodoo/runtime"},
+        {"odoo_runtime_process_dir": "/var/lib/saasodoo/runtime", "odoo_runtime_service_manager": "systemd"},
     ),
     "saasodoo-odoo-nginx.service": (
         "odoo_runtime",
@@ -137,3 +137,6 @@ def test_a_tenants_slice_holds_its_plans_cpu_and_memory_and_systemd_loads_it(tmp
     lines = unit.read_text().splitlines()
     assert {"CPUQuota=150%", "MemoryMax=2048M", "MemorySwapMax=0"} <= set(lines), lines
     assert verify(unit) == ""
+    # supervisord's unit stops the tenants' slices with it: no Odoo left serving outside it.
+    supervisord = render(*UNITS["saasodoo-odoo-supervisord.service"]).splitlines()
+    assert "ExecStopPost=-/usr/bin/systemctl stop saasodoo-tenants.slice" in supervisord

@@ -13,6 +13,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_limits im
     CGROUP_ROOT,
     MIB,
     CgroupError,
+    empty_group,
     ensure_group,
     layout,
     limits_names,
@@ -56,7 +57,10 @@ def test_a_group_gets_the_plans_ceiling_changes_it_live_and_goes(group):
     memory = ("memory", "memory.limit_in_bytes") if version == "v1" else ("memory", "memory.max")
     assert value(name, version, *cpu).split()[0] == "100000"  # one core of each 100 ms
     assert value(name, version, *memory) == str(512 * MIB)
+    assert value(name, version, "cpu", "cpu.shares" if version == "v1" else "cpu.weight") in ("1024", "100")
     assert ensure_group(name, 1, 512) == []  # nothing to do the second time
+    leaf = Path(CGROUP_ROOT, "cpu" if version == "v1" else "", name)
+    assert (leaf.stat().st_mode & 0o777, leaf.parent.stat().st_mode & 0o777) == (0o700, 0o700)  # no tenant looks in
 
     # A process in it stays in it as the ceiling changes, up and down.
     sleeper = subprocess.Popen(
@@ -69,17 +73,42 @@ def test_a_group_gets_the_plans_ceiling_changes_it_live_and_goes(group):
         assert ensure_group(name, 2, 2048)
         assert value(name, version, *cpu).split()[0] == "200000"
         assert value(name, version, *memory) == str(2048 * MIB)
-        assert ensure_group(name, 0.5, 256)
+        # Before a restart, a lower memory ceiling waits (the running Odoo may hold more); CPU follows at once.
+        assert ensure_group(name, 0.5, 256, lower_memory=False)
         assert value(name, version, *cpu).split()[0] == "50000"
+        assert value(name, version, *memory) == str(2048 * MIB)
+        assert ensure_group(name, 0.5, 256)
         assert value(name, version, *memory) == str(256 * MIB)
-        with pytest.raises(CgroupError, match="still holds processes"):
-            remove_group(name)
+        # What is left in a group that goes is killed first.
+        assert remove_group(name)
+        assert sleeper.wait(timeout=10) == -9
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert remove_group(name)
-    assert not Path(CGROUP_ROOT, "cpu" if version == "v1" else "", name).exists()
+    assert not leaf.exists()
     assert remove_group(name) == []
+
+
+def test_a_stopped_tenants_group_is_emptied_of_what_it_left_running(group):
+    """A process the tenant detached from its programs (a new session, its parent gone) is still in its group, and
+    is killed when the group is emptied; the group stays, with its ceiling."""
+    name, version = group
+    ensure_group(name, 1, 512)
+    detached = subprocess.Popen(
+        ["cgexec", "-g", f"cpu,memory:{name}", "setsid", "sh", "-c", "echo in; exec sleep 30"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert detached.stdout.readline() == "in\n"  # in its group: cgexec moves itself, then execs
+        procs = Path(CGROUP_ROOT, "cpu" if version == "v1" else "", name, "cgroup.procs")
+        assert procs.read_text().split() == [str(detached.pid)]
+        assert empty_group(name) and procs.read_text().split() == []
+        assert detached.wait(timeout=10) == -9
+    finally:
+        detached.kill()
+        detached.wait()
+    assert empty_group(name) == [] and value(name, version, "memory", "memory.limit_in_bytes" if version == "v1"
+                                                else "memory.max") == str(512 * MIB)  # fmt: skip
 
 
 def test_check_mode_says_what_it_would_do_and_does_nothing(group):

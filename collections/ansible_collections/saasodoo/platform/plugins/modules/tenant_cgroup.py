@@ -9,19 +9,21 @@ module: tenant_cgroup
 short_description: Keep a tenant's control group with its plan's CPU and memory ceiling
 description:
   - The implementation of C(roles/odoo_runtime)'s C(odoo_runtime_limits=cgroup), for a host whose control groups
-    no systemd owns. Root starts the tenant's programs in the group (C(cgexec)); every process they fork stays in it,
-    and the tenant's user can move none out (the group's files are root's).
+    no systemd owns. Root starts the tenant's programs in the group (C(cgexec)); every process they fork stays in it.
+    Its directories are root's and C(0700), so the tenant's user can neither move a process out, nor make a group of its
+    own, nor read another tenant's.
   - cgroup v1 (a C(cpu) and a C(memory) hierarchy, as on a hybrid host) or v2 (the unified hierarchy at
-    C(/sys/fs/cgroup)), found on the host.
-  - I(state=present) makes the group and sets its CPU quota (I(cpu) cores of each 100 ms period) and its memory
-    ceiling (I(memory_mb), swap included), only where they differ. New values apply at once to the processes in it.
-  - I(state=absent) removes the group; its processes must have stopped.
+    C(/sys/fs/cgroup)), found on the host. A host without the CPU quota or the memory ceiling fails the module.
+  - I(state=present) makes the group and sets its CPU quota (I(cpu) cores of each 100 ms period), its CPU weight
+    (in proportion to I(cpu), so a busy host shares its CPU by plan) and its memory ceiling (I(memory_mb), and no swap
+    where the kernel counts it), only where they differ. New values apply at once to the processes in it.
+  - I(state=absent) kills what is left in the group, then removes it.
 version_added: 0.11.0
 author: SaaSOdoo ops maintainers
 options:
   name:
     description:
-      - The group's path under each hierarchy's root (the C(cgroup) of the M(saasodoo.platform.tenant_limits_names)
+      - The group's path under each hierarchy's root (the C(cgroup) of the C(saasodoo.platform.tenant_limits_names)
         filter, from the tenant's HTTP port).
     type: str
     required: true
@@ -31,6 +33,18 @@ options:
   memory_mb:
     description: The memory its processes may hold, in MiB (its plan's C(memory_mb)); required when present.
     type: int
+  lower_memory:
+    description:
+      - With I(state=present), lower a memory ceiling above I(memory_mb). Off, a higher ceiling is kept, since before
+        a restart the running Odoo (with the old plan's workers) may hold more than the new plan allows.
+    type: bool
+    default: true
+  empty:
+    description:
+      - With I(state=present), kill every process left in the group. The tenant's programs are stopped, and what it
+        started on its own (a daemon, detached from them) must not run on.
+    type: bool
+    default: false
   state:
     description: Whether the group exists.
     type: str
@@ -60,6 +74,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_limits import (
     CgroupError,
+    empty_group,
     ensure_group,
     remove_group,
 )
@@ -74,6 +89,8 @@ def main() -> None:
             name=dict(type="str", required=True),
             cpu=dict(type="float"),
             memory_mb=dict(type="int"),
+            lower_memory=dict(type="bool", default=True),
+            empty=dict(type="bool", default=False),
             state=dict(type="str", choices=["present", "absent"], default="present"),
         ),
         required_if=[("state", "present", ("cpu", "memory_mb"))],
@@ -86,7 +103,9 @@ def main() -> None:
         module.fail_json(msg=f"a tenant's ceiling must be above zero: cpu {p['cpu']}, memory_mb {p['memory_mb']}")
     try:
         if p["state"] == "present":
-            actions = ensure_group(p["name"], p["cpu"], p["memory_mb"], module.check_mode)
+            actions = ensure_group(p["name"], p["cpu"], p["memory_mb"], p["lower_memory"], module.check_mode)
+            if p["empty"]:
+                actions += empty_group(p["name"], module.check_mode)
         else:
             actions = remove_group(p["name"], module.check_mode)
     except (CgroupError, OSError) as error:
