@@ -116,6 +116,9 @@ class RunnerSettings:
     # /sd/tenants names each active tenant's login page with it, for the monitoring to probe. Empty: no such list.
     tenant_url: str = ""
     mail: MailSettings | None = None  # e-mail to customers; None: nothing is sent
+    # The key of the hashes of customers' e-mail addresses kept for one trial per e-mail (desired.email_hash); empty:
+    # one trial per account only.
+    customer_email_key: str = ""
     # The seeds' billing rules (webhook_runner/desired.py BillingRules), each true unless turned off here.
     billing_rules: BillingRules = field(default_factory=BillingRules)
 

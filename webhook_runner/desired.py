@@ -8,6 +8,8 @@ comparison returns nothing. Pure: no I/O, unit-tested on its own.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import zoneinfo
 from dataclasses import dataclass, field
@@ -61,12 +63,24 @@ class BillingRules:
     # A customer gets one trial for life: a second tenant of the same Kill Bill account is provisioned once its
     # subscription is past its trial and paid for.
     one_trial_per_customer: bool = True
+    # ... and of any account with an e-mail address another account has had (RunnerSettings.customer_email_key).
+    one_trial_per_email: bool = True
     # A customer coming back (a terminated or purged tenant's account subscribing again) gets no new trial: the
     # tenant is reactivated (or provisioned anew) once the new subscription is past its trial and paid for.
     reactivation_paid_up_front: bool = True
     # A customer whose debt is written off (an invoice of its account tagged WRITTEN_OFF in Kill Bill, which clears
     # the account's overdue state as if it paid) has its tenants terminated, and gets no new one while that holds.
     terminate_written_off: bool = True
+
+
+def email_hash(key: str, address: str) -> str | None:
+    """A keyed hash (HMAC-SHA256) of an e-mail address as one customer's: case, blanks and a `+tag` after the local
+    part do not make another. None for what is not an address."""
+    local, at, domain = address.strip().lower().rpartition("@")
+    local = local.split("+", 1)[0]
+    if not (at and local and domain):
+        return None
+    return hmac.new(key.encode(), f"{local}@{domain}".encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -283,7 +297,8 @@ def desired_actions(
             return [
                 Skip(
                     tenant_id,
-                    f"one trial per customer (per Kill Bill account): account {account} has had tenant "
+                    f"one trial per customer (per Kill Bill account and e-mail address): account {account}, or"
+                    f" another with its e-mail address, has had tenant "
                     f"{', '.join(others)}; {tenant_id} is provisioned once subscription "
                     f"{subscription.get('subscriptionId')} is past its trial and paid ({why})",
                     recheck=why == UNKNOWN_BALANCE,

@@ -75,16 +75,19 @@ class KillBill:
         """The account itself: name, email, locale, timeZone, country (a new tenant's company and admin)."""
         return self._get(f"/accounts/{_segment(account_id)}")
 
-    def account_balance(self, account_id: str) -> Decimal:
-        """What the account owes: the sum of its unpaid invoices' balances (accountBalance, a JSON number)."""
-        value = self._get(f"/accounts/{_segment(account_id)}", accountWithBalance="true").get("accountBalance")
+    def account_standing(self, account_id: str) -> tuple[Decimal, str | None]:
+        """What the account owes (accountBalance, a JSON number: the sum of its unpaid invoices' balances) and its
+        e-mail address, in one read."""
+        found = self._get(f"/accounts/{_segment(account_id)}", accountWithBalance="true")
+        value = found.get("accountBalance")
         try:
             balance = Decimal(str(value))
         except InvalidOperation:
             raise KillBillError(f"GET /accounts/{account_id}: accountBalance {value!r} is not a number") from None
         if not balance.is_finite():
             raise KillBillError(f"GET /accounts/{account_id}: accountBalance {value!r} is not a number")
-        return balance
+        email = found.get("email")
+        return balance, email if isinstance(email, str) else None
 
     def written_off_invoices(self, account_id: str) -> list[str]:
         """The ids of the account's invoices tagged WRITTEN_OFF (the control tag of id 00000000-…-000000000004):

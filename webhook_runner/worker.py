@@ -44,6 +44,7 @@ from .desired import (
     customer_profile,
     database_name,
     desired_actions,
+    email_hash,
     is_blocked,
     tenant_id_of,
 )
@@ -246,10 +247,11 @@ class Worker:
 
         # Only what billing_status shows: unread, the tenants' statuses stay as they were, and the actions go on.
         try:
-            balance = self.killbill.account_balance(account)
+            balance, email = self.killbill.account_standing(account)
         except KillBillError as error:
             log.warning("account %s: its balance was not read (%s); billing statuses left as they are", account, error)
-            balance = None
+            balance, email = None, None
+        self._record_email(account, email)
         outcomes, wanted, through = [], {}, {}
         decided = self._decide(account, bundles, overdue, balance, store.plan_names(conn), written_off)
         for subscription, tenant_id, decisions in decided:
@@ -301,6 +303,13 @@ class Worker:
                 continue
             self._execute(store.start_job(conn, chore["id"], self.name, chore["extravars"], chore["reason"]))
 
+    def _record_email(self, account: str, email: str | None) -> None:
+        """The account's e-mail address, as a keyed hash, for one trial per e-mail (with its key and rule only)."""
+        key, rules = self.settings.customer_email_key, self.settings.billing_rules
+        digest = email_hash(key, email) if key and email else None
+        if digest and rules.one_trial_per_customer and rules.one_trial_per_email:
+            store.record_customer_email(self.conn, account, digest)
+
     def _written_off(self, account: str) -> tuple[str, ...]:
         """The account's written-off invoices, read only while that rule holds (one more call per account)."""
         if not self.settings.billing_rules.terminate_written_off:
@@ -314,7 +323,8 @@ class Worker:
         subscriptions = [sub for bundle in bundles for sub in bundle.get("subscriptions") or []]
         tenant_ids = [tenant_id_of(sub) for sub in subscriptions]
         tenants = store.tenants_by_database(self.conn, [database_name(tid) for tid in tenant_ids if tid])
-        had, rules = store.account_tenant_ids(self.conn, account), self.settings.billing_rules
+        rules = self.settings.billing_rules
+        had = store.account_tenant_ids(self.conn, account, by_email=rules.one_trial_per_email)
 
         def started_before(sub: dict) -> frozenset[str]:
             """The tenants of the account's BASE subscriptions that started before `sub` (one trial per customer:
@@ -556,9 +566,11 @@ class Worker:
             overdue = self.killbill.account_overdue(account)
             written_off = self._written_off(account)
             try:
-                balance = self.killbill.account_balance(account)
+                balance, email = self.killbill.account_standing(account)
             except KillBillError:
-                balance = None  # a billing rule waiting on it shows no drift: the account's own pass reads it again
+                balance, email = None, None  # a rule waiting on it shows no drift: the account's own pass reads it
+            if repair:
+                self._record_email(account, email)
             queued = False
             for _, tenant_id, decisions in self._decide(account, bundles, overdue, balance, plans, written_off):
                 actions = [decision for decision in decisions if isinstance(decision, Action)]

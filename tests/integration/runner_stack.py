@@ -171,6 +171,7 @@ def runner_settings(platform: LocalPlatform, killbill_url: str, state_dir: Path,
         "mail": {"sender": "SaaSOdoo <support@odoo.localhost>", "link_key": platform.password("customer-mail-links"),
                  "smtp_port": MAIL_CATCHER_PORT, "trial_warning_days": 3650, "purge_warning_days": 3650,
                  "retry_seconds": 1},
+        "customer_email_key": platform.password("customer-emails"),
         **overrides,
     }  # fmt: skip
 

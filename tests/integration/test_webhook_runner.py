@@ -364,13 +364,42 @@ def test_one_trial_per_customer_a_second_tenant_waits_until_its_subscription_is_
     assert settled()["trial-01"]["status"] == "active"
     api.subscribe(account, "trial-02", "basic-monthly")
     assert "trial-02" not in settled()
-    assert "one trial per customer (per Kill Bill account): account " in last_skip(runner, "trial-02")
+    assert "one trial per customer (per Kill Bill account and e-mail address): account " in last_skip(
+        runner, "trial-02"
+    )
     # What waits on a billing rule is no drift: reconcile (the periodic pass's check) asks for nothing.
     checked = runner_command(runner.settings_path, "reconcile", "--check")
     assert "no drift: the registry matches Kill Bill" in checked, checked
     api.move_clock(15)
     tenants = settled()
     assert tenants["trial-02"]["status"] == "active" and tenants["trial-02"]["billing_status"] == "paid"
+
+
+def test_one_trial_per_e_mail_a_new_account_of_the_same_address_waits_until_paid(
+    runner: RunnerStack, killbill: KillBillStandin
+):
+    """A customer opens a second Kill Bill account with the e-mail address of the first (in another case, with a
+    +tag): its tenant gets no second trial; it is provisioned once paid. The registry keeps no address, only keyed
+    hashes."""
+    api = kb_api(killbill)
+    api.register_callback(runner.callback)
+    api.sign_up("Mail One", "mailtrial-01", "basic-monthly", email="Owner@Mail-Trial.example")
+
+    def settled() -> dict[str, dict]:
+        assert killbill.wait_idle(timeout=30) == (True, 0)
+        runner.settle()
+        return tenant_rows(runner, "mailtrial-")
+
+    assert settled()["mailtrial-01"]["status"] == "active"
+    second, _ = api.sign_up("Mail Two", "mailtrial-02", "basic-monthly", email="owner+again@mail-trial.example")
+    assert "mailtrial-02" not in settled()
+    reason = last_skip(runner, "mailtrial-02")
+    assert f"account {second}, or another with its e-mail address, has had tenant mailtrial-01" in reason, reason
+    with runner.registry() as conn:
+        kept = conn.execute("SELECT email_hash FROM registry.customer_emails").fetchall()
+    assert kept and not any("mail-trial" in row["email_hash"] for row in kept)
+    api.move_clock(15)
+    assert settled()["mailtrial-02"]["status"] == "active"
 
 
 def test_a_customer_whose_debt_is_written_off_is_terminated_not_resumed(runner: RunnerStack, killbill: KillBillStandin):

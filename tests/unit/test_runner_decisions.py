@@ -18,6 +18,7 @@ from webhook_runner.desired import (
     customer_profile,
     database_name,
     desired_actions,
+    email_hash,
 )
 from webhook_runner.notification import InvalidNotification, parse_notification
 from webhook_runner.schedules import DEFAULT_INTERVALS
@@ -95,7 +96,12 @@ def subscription(state="ACTIVE", plan="basic-monthly", key="acme", **extra):
 CLEAR = {"name": "__KILLBILL__CLEAR__OVERDUE_STATE__", "isDisableEntitlementAndChangesBlocked": False}
 BLOCKED = {"name": "BLOCKED", "isDisableEntitlementAndChangesBlocked": True}
 PAID = Decimal(0)  # the account's balance: nothing due
-NO_RULES = BillingRules(one_trial_per_customer=False, reactivation_paid_up_front=False, terminate_written_off=False)
+NO_RULES = BillingRules(
+    one_trial_per_customer=False,
+    one_trial_per_email=False,
+    reactivation_paid_up_front=False,
+    terminate_written_off=False,
+)
 
 
 def owned(status: str, plan: str) -> Tenant:
@@ -265,7 +271,9 @@ def test_one_trial_per_customer_a_second_tenant_of_an_account_waits_until_paid()
     trial = subscription(key="acme-2", subscriptionId="s-2", phaseType="TRIAL")
     [skip] = desired_actions(trial, CLEAR, None, PLANS, PAID, frozenset({"acme"}))
     assert isinstance(skip, Skip) and skip.tenant_id == "acme-2"
-    assert "account a-1 has had tenant acme; acme-2 is provisioned once" in skip.reason
+    assert "account a-1, or another with its e-mail address, has had tenant acme; acme-2 is provisioned once" in (
+        skip.reason
+    )
     assert "(it is in its trial)" in skip.reason
     unpaid = subscription(key="acme-2", subscriptionId="s-2")
     [skip] = desired_actions(unpaid, CLEAR, None, PLANS, Decimal(25), frozenset({"acme"}))
@@ -313,7 +321,10 @@ def test_settings_billing_rules_default_to_the_seeds_and_refuse_what_is_not_a_ru
     turned_off = settings_from_dict({**SETTINGS, "billing_rules": {"one_trial_per_customer": False}})
     assert turned_off.billing_rules == BillingRules(one_trial_per_customer=False, reactivation_paid_up_front=True)
     for bad in ({"one_trial_per_customer": "no"}, {"trial_days": 3}, ["one_trial_per_customer"]):
-        with pytest.raises(ConfigError, match="billing_rules maps one_trial_per_customer, reactivation_paid_up_front"):
+        with pytest.raises(
+            ConfigError,
+            match="billing_rules maps one_trial_per_customer, one_trial_per_email, reactivation_paid_up_front",
+        ):
             settings_from_dict({**SETTINGS, "billing_rules": bad})
 
 
@@ -445,7 +456,7 @@ def test_of_an_accounts_subscriptions_read_at_once_the_first_started_has_the_tri
     from webhook_runner import store, worker
 
     monkeypatch.setattr(store, "tenants_by_database", lambda conn, names: {})
-    monkeypatch.setattr(store, "account_tenant_ids", lambda conn, account: frozenset())
+    monkeypatch.setattr(store, "account_tenant_ids", lambda conn, account, by_email: frozenset())
     decider = worker.Worker.__new__(worker.Worker)  # no registry connection: _decide reads it through store
     decider.conn, decider.settings = None, settings_from_dict(SETTINGS)
     later = subscription(key="beta", subscriptionId="s-2", phaseType="TRIAL", startDate="2026-11-28T10:00:01.000Z")
@@ -455,3 +466,11 @@ def test_of_an_accounts_subscriptions_read_at_once_the_first_started_has_the_tri
     assert decided["alpha"] == [("provision", "basic-monthly")]
     [(kind, reason)] = decided["beta"]
     assert kind == "skip" and "has had tenant alpha; beta is provisioned once" in reason
+
+
+def test_an_e_mail_address_is_one_customer_whatever_its_case_blanks_or_plus_tag_and_is_kept_only_as_a_keyed_hash():
+    one = email_hash("key", "Owner@Example.COM")
+    assert one == email_hash("key", " owner+trial2@example.com ") == email_hash("key", "owner@example.com")
+    assert one != email_hash("key", "owner2@example.com") and one != email_hash("other key", "owner@example.com")
+    assert "owner" not in one and len(one) == 64
+    assert email_hash("key", "not an address") is None and email_hash("key", "@example.com") is None
