@@ -89,14 +89,16 @@ class KillBill:
         email = found.get("email")
         return balance, email if isinstance(email, str) else None
 
-    def written_off_invoices(self, account_id: str) -> list[str]:
-        """The ids of the account's invoices tagged WRITTEN_OFF (the control tag of id 00000000-…-000000000004):
-        GET /accounts/{id}/allTags?objectType=INVOICE, the tags of its invoices."""
+    def written_off_tags(self, account_id: str) -> dict[str, str]:
+        """The account's invoices tagged WRITTEN_OFF (the control tag of id 00000000-…-000000000004), tag id to
+        invoice id: GET /accounts/{id}/allTags?objectType=INVOICE, the tags of its invoices."""
         tags = self._get(f"/accounts/{_segment(account_id)}/allTags", objectType="INVOICE", includedDeleted="false")
-        return sorted(
-            str(tag.get("objectId"))
+        if not isinstance(tags, list):
+            raise KillBillError(f"GET /accounts/{account_id}/allTags: not a list of tags")
+        return {
+            str(tag.get("tagId")): str(tag.get("objectId"))
             for tag in tags if isinstance(tag, dict) and tag.get("tagDefinitionId") == WRITTEN_OFF_TAG_DEFINITION
-        )  # fmt: skip
+        }  # fmt: skip
 
     def account_overdue(self, account_id: str) -> dict:
         """{name, isDisableEntitlementAndChangesBlocked, …}: blocked after unpaid invoices."""

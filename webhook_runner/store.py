@@ -394,6 +394,17 @@ def account_tenant_ids(conn, account: str, by_email: bool = False) -> frozenset[
     return frozenset(row["tenant_id"] for row in rows)
 
 
+def notified_write_off_tags(conn, account: str) -> frozenset[str]:
+    """The ids of the WRITTEN_OFF tags Kill Bill told the runner of for the account (TAG_CREATION events in the
+    inbox, kept for retention_days): write-offs made while the platform listens, not an account's older history."""
+    rows = conn.execute(
+        "SELECT object_id FROM registry.events WHERE account_id = %s AND event_type = 'TAG_CREATION'"
+        " AND meta_data->>'tagDefinitionName' = 'WRITTEN_OFF' AND object_id IS NOT NULL",
+        (account,),
+    ).fetchall()
+    return frozenset(row["object_id"] for row in rows)
+
+
 def record_customer_email(conn, account: str, email_hash: str) -> None:
     """The account has (or had) the e-mail address of this keyed hash (registry.customer_emails)."""
     conn.execute(

@@ -311,10 +311,13 @@ class Worker:
             store.record_customer_email(self.conn, account, digest)
 
     def _written_off(self, account: str) -> tuple[str, ...]:
-        """The account's written-off invoices, read only while that rule holds (one more call per account)."""
-        if not self.settings.billing_rules.terminate_written_off:
+        """The account's invoices written off since the platform listens (Kill Bill notified the tag) and still so:
+        read from Kill Bill only for an account that had such a notification, with the rule on."""
+        notified = store.notified_write_off_tags(self.conn, account)
+        if not notified or not self.settings.billing_rules.terminate_written_off:
             return ()
-        return tuple(self.killbill.written_off_invoices(account))
+        tags = self.killbill.written_off_tags(account)
+        return tuple(sorted(invoice for tag, invoice in tags.items() if tag in notified))
 
     def _decide(
         self, account: str, bundles: list[dict], overdue: dict, balance, plans: set[str], written_off: tuple = ()

@@ -355,6 +355,39 @@ def test_dedicated_servers_hold_their_plans_share_of_a_host_and_a_full_set_is_re
     assert (again["name"], again["host"]) == ("pool-dedicated-03", "10.0.0.1")
 
 
+def test_a_dedicated_host_without_a_free_port_or_with_a_server_of_unknown_share_takes_no_new_server(scratch_registry):
+    """One port per host (production's one cluster per machine): a host with room but its port taken is refused, and
+    so is a host holding a dedicated server made before shares were recorded (it holds the whole host)."""
+    seed(scratch_registry, pools=1)
+    with scratch_registry.connect() as conn:
+        conn.execute(
+            "INSERT INTO registry.db_servers (name, kind, host, port, pg_major, capacity_tenants, capacity_storage_gb)"
+            " VALUES ('pool-dedicated-legacy', 'dedicated', '10.0.0.3', 5432, 15, 1, 500)"
+        )
+    hosts = (
+        DedicatedHost("10.0.0.1", 16, 65536),
+        DedicatedHost("10.0.0.2", 4, 8192),
+        DedicatedHost("10.0.0.3", 16, 65536),
+    )
+    one_port = replace(DEDICATED, port_range=(5432, 5432), hosts=hosts)
+    first = place(scratch_registry, "solo-0", "premium-monthly", dedicated=one_port).server
+    second = place(scratch_registry, "solo-1", "premium-monthly", dedicated=one_port).server
+    assert [(s["host"], s["port"]) for s in (first, second)] == [("10.0.0.2", 5432), ("10.0.0.1", 5432)]
+    with pytest.raises(PlacementError) as refused:
+        place(scratch_registry, "solo-2", "premium-monthly", dedicated=one_port)
+    message = str(refused.value)
+    assert "10.0.0.1: no free port left in 5432-5432" in message
+    assert "10.0.0.3: no free port left in 5432-5432" in message  # the legacy server's port
+    with scratch_registry.connect() as conn:
+        conn.execute("UPDATE registry.db_servers SET port = 5433 WHERE name = 'pool-dedicated-legacy'")
+    with pytest.raises(PlacementError) as refused:
+        place(scratch_registry, "solo-2", "premium-monthly", dedicated=one_port)
+    assert (
+        "10.0.0.3: CPU: 16 of 16 cores reserved (held by pool-dedicated-legacy (all of it: no share recorded)),"
+        " 4 needed" in str(refused.value)
+    )
+
+
 def test_a_dedicated_plan_without_cpu_and_memory_is_refused_where_hosts_are_shared(scratch_registry):
     seed(scratch_registry, pools=1)
     with scratch_registry.connect() as conn:

@@ -76,7 +76,7 @@ def test_a_redirect_is_refused_and_the_credentials_go_nowhere_else(code):
     assert len(seen) == 1 and taken == []
 
 
-def test_written_off_invoices_are_the_invoices_tagged_with_kill_bills_written_off_definition():
+def test_written_off_tags_are_the_invoices_tagged_with_kill_bills_written_off_definition():
     """GET /accounts/{id}/allTags?objectType=INVOICE (AccountResource.getAllTags): only the control tag's fixed
     definition id counts (ControlTagType.WRITTEN_OFF), whatever name a tag shows."""
     tags = (
@@ -95,5 +95,5 @@ def test_written_off_invoices_are_the_invoices_tagged_with_kill_bills_written_of
 
     paths = []
     with http_server(lambda handler: paths.append(handler.path) or respond(handler)) as (url, _):
-        assert KillBill(settings(url)).written_off_invoices("a-1") == ["i-2"]
+        assert KillBill(settings(url)).written_off_tags("a-1") == {"t-1": "i-2"}
     assert paths == ["/1.0/kb/accounts/a-1/allTags?objectType=INVOICE&includedDeleted=false"]

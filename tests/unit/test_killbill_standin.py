@@ -475,12 +475,14 @@ def test_a_written_off_invoice_leaves_the_balance_and_clears_the_overdue_state_u
     api.call("POST", f"/invoices/{invoice['invoiceId']}/tags", [kb.WRITTEN_OFF[0]])  # had it: nothing
     assert standin.drain_notifications() == []
     unknown = api.call("POST", f"/invoices/{invoice['invoiceId']}/tags", ["00000000-0000-0000-0000-000000000009"])
-    assert (unknown[0], json.loads(unknown[2])["code"]) == (404, 3902)
+    assert (unknown[0], json.loads(unknown[2])["code"]) == (400, 3902)
 
     assert api.call("DELETE", f"/invoices/{invoice['invoiceId']}/tags?tagDef={kb.WRITTEN_OFF[0]}")[0] == 204
     assert types(standin.drain_notifications()) == ["TAG_DELETION", "BLOCKING_STATE", "OVERDUE_CHANGE"]
     assert api.json(f"/accounts/{account_id}/overdue")["name"] == "BLOCKED"
     assert api.json(f"/accounts/{account_id}/allTags?objectType=INVOICE") == []
+    absent = api.call("DELETE", f"/invoices/{invoice['invoiceId']}/tags?tagDef={kb.WRITTEN_OFF[0]}")
+    assert (absent[0], json.loads(absent[2])["code"]) == (404, 3950)
 
 
 def test_pause_and_resume_a_bundle(standin, api):

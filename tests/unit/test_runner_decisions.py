@@ -20,7 +20,7 @@ from webhook_runner.desired import (
     desired_actions,
     email_hash,
 )
-from webhook_runner.notification import InvalidNotification, parse_notification
+from webhook_runner.notification import InvalidNotification, parse_notification, written_off_tag
 from webhook_runner.schedules import DEFAULT_INTERVALS
 
 # Kill Bill's own capture (https://docs.killbill.io/latest/push_notifications.html) and an INVOICE_PAYMENT_FAILED
@@ -474,3 +474,14 @@ def test_an_e_mail_address_is_one_customer_whatever_its_case_blanks_or_plus_tag_
     assert one != email_hash("key", "owner2@example.com") and one != email_hash("other key", "owner@example.com")
     assert "owner" not in one and len(one) == 64
     assert email_hash("key", "not an address") is None and email_hash("key", "@example.com") is None
+
+
+def test_of_the_tag_events_only_the_written_off_control_tags_wake_the_runner():
+    """Kill Bill's overdue adds AUTO_INVOICING_OFF as it blocks an account (OverdueStateApplicator): no read for it."""
+    assert written_off_tag({"event_type": "TAG_CREATION", "meta_data": {"tagDefinitionName": "WRITTEN_OFF"}})
+    assert written_off_tag({"event_type": "TAG_DELETION", "meta_data": {"tagDefinitionName": "WRITTEN_OFF"}})
+    assert not written_off_tag({"event_type": "TAG_CREATION", "meta_data": {"tagDefinitionName": "AUTO_INVOICING_OFF"}})
+    assert not written_off_tag({"event_type": "TAG_CREATION", "meta_data": None})
+    assert not written_off_tag(
+        {"event_type": "CUSTOM_FIELD_CREATION", "meta_data": {"tagDefinitionName": "WRITTEN_OFF"}}
+    )

@@ -82,7 +82,7 @@ ENTITLEMENT_EXC = "org.killbill.billing.entitlement.api.EntitlementApiException"
 INVOICE_EXC = "org.killbill.billing.invoice.api.InvoiceApiException"
 ARGUMENT_EXC = "java.lang.IllegalArgumentException"
 CATALOG_EXC = "org.killbill.billing.catalog.api.CatalogApiException"
-TAG_DEFINITION_EXC = "org.killbill.billing.util.api.TagDefinitionApiException"
+TAG_EXC = "org.killbill.billing.util.api.TagApiException"
 # killbill-api util/tag/ControlTagType.java: WRITTEN_OFF is new UUID(0, 4), for invoices only. The only tag here.
 WRITTEN_OFF = ("00000000-0000-0000-0000-000000000004", "WRITTEN_OFF")
 
@@ -703,7 +703,7 @@ class KillBillStandin:
         """An invoice tagged WRITTEN_OFF, or the tag removed (InvoiceResource createInvoiceTags / deleteInvoiceTags,
         through TagUserApi): TAG_CREATION or TAG_DELETION of a TAG with TagMetadata (beatrix BeatrixListener
         CONTROL_TAG_*), then the account's overdue state reevaluated (overdue OverdueListener handleTagInsert and
-        handleTagRemoval). Adding a tag the invoice has, or removing one it has not, does nothing."""
+        handleTagRemoval). Adding a tag the invoice has does nothing."""
         if bool(invoice.written_off_tag) == written_off:
             return
         tag_id = _new_id() if written_off else invoice.written_off_tag
@@ -1012,9 +1012,10 @@ class KillBillStandin:
         return [self.invoice_json(i) for i in self._invoices.values() if i.account_id == account_id]
 
     def _ep_account_tags(self, request, account_id):
-        """AccountResource getAllTags: the tags of the account's objects, here its invoices' WRITTEN_OFF (TagJson)."""
+        """AccountResource getAllTags: the tags of the account's objects of `objectType` (all without it), here only
+        its invoices' WRITTEN_OFF (TagJson); no deleted tag is kept, so includedDeleted changes nothing."""
         self._account(account_id)
-        if request.args.get("objectType", "INVOICE") != "INVOICE":
+        if request.args.get("objectType") not in (None, "INVOICE"):
             return []
         return [
             {"tagId": i.written_off_tag, "objectType": "INVOICE", "objectId": i.id, "tagDefinitionId": WRITTEN_OFF[0],
@@ -1024,13 +1025,17 @@ class KillBillStandin:
 
     def _ep_invoice_tags(self, request, invoice_id):
         """InvoiceResource createInvoiceTags (POST, a JSON list of tag definition ids; 201 with the tags' location,
-        whether or not the invoice had them) and deleteInvoiceTags (DELETE, ?tagDef=…; 204)."""
+        whether or not the invoice had them) and deleteInvoiceTags (DELETE, ?tagDef=…; 204). util DefaultTagDao:
+        an unknown definition is TagApiException 3902 (400, TagApiExceptionMapper), removing a tag the invoice has
+        not 3950 (404)."""
         invoice = self._invoice(invoice_id)
         adding = request.method == "POST"
         definitions = _body(request, list) if adding else request.args.getlist("tagDef")
         for definition in definitions:
             if definition != WRITTEN_OFF[0]:
-                raise KbError(404, TAG_DEFINITION_EXC, 3902, f"The tag definition {definition} does not exist")
+                raise KbError(400, TAG_EXC, 3902, f"The tag definition {definition} does not exist")
+        if definitions and not adding and not invoice.written_off_tag:
+            raise KbError(404, TAG_EXC, 3950, f"The tag does not exist (name: {WRITTEN_OFF[1]})")
         if definitions:
             self.write_off(invoice, adding)
         return _created(request, f"invoices/{invoice_id}/tags") if adding else None

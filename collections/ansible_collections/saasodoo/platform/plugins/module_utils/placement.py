@@ -14,6 +14,7 @@ DB_TYPES = ("shared", "dedicated")
 # replica, asynchronous or synchronous.
 HA_MODES = ("none", "async", "sync")
 _TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")
+CPU_TOLERANCE = 1e-6
 
 
 class PlacementError(Exception):
@@ -190,11 +191,17 @@ def choose_shared(servers: list[Server], needs: Needs, policy: str) -> Decision:
 
 
 def choose_dedicated_host(
-    hosts: list[DedicatedHost], reserved: dict[str, tuple[float, int, str]], cpu: float, memory_mb: int, policy: str
+    hosts: list[DedicatedHost],
+    reserved: dict[str, tuple[float, int, str]],
+    cpu: float,
+    memory_mb: int,
+    policy: str,
+    no_port: dict[str, str] | None = None,
 ) -> Decision:
     """The host for a new dedicated server holding `cpu` cores and `memory_mb`, given what the servers not retired
-    already hold on each (address -> (cores, MB, their names)); chosen is None when no host has that much left.
-    fill_first takes the host with the least left that fits (whole hosts stay free for big plans), spread the most."""
+    already hold on each (address -> (cores, MB, their names)) and the hosts whose ports are all taken (address ->
+    why); chosen is None when no host has room. fill_first takes the host with the least left that fits (whole hosts
+    stay free for big plans), spread the most."""
     if policy not in POLICIES:
         raise PlacementError(f"placement policy {policy!r} is unknown: use one of {', '.join(POLICIES)}")
     candidates = []
@@ -202,7 +209,9 @@ def choose_dedicated_host(
         used_cpu, used_memory, holders = reserved.get(host.address, (0, 0, ""))
         free_cpu, free_memory = host.cpu - float(used_cpu), host.memory_mb - int(used_memory)
         held = f" (held by {holders})" if holders else ""
-        if free_cpu < cpu:
+        if (no_port or {}).get(host.address):
+            reason = no_port[host.address]
+        elif free_cpu < cpu - CPU_TOLERANCE:  # cores add up in floating point: 16 - 14.9 is 1.0999…
             reason = f"CPU: {float(used_cpu):g} of {host.cpu:g} cores reserved{held}, {cpu:g} needed"
         elif free_memory < memory_mb:
             reason = f"memory: {used_memory} of {host.memory_mb} MB reserved{held}, {memory_mb} needed"

@@ -10,6 +10,7 @@ dedicated server) also takes an advisory lock, so two placements never take the 
 from __future__ import annotations
 
 import json
+import math
 import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -135,7 +136,7 @@ def new_server_spec(options: dict | None, what: str) -> NewServerSpec | None:
     if len(low_high) != 2 or low_high[0] > low_high[1]:
         raise PlacementError(f"{what}.port_range must be [first, last], got {low_high}")
     hosts = tuple(DedicatedHost(h["address"], h["cpu"], h["memory_mb"]) for h in options.get("hosts") or ())
-    if any(h.cpu <= 0 or h.memory_mb <= 0 for h in hosts):
+    if any(not math.isfinite(h.cpu) or h.cpu <= 0 or h.memory_mb <= 0 for h in hosts):
         raise PlacementError(f"{what}.hosts: each host needs cpu and memory_mb above zero")
     if len({h.address for h in hosts}) != len(hosts):
         raise PlacementError(f"{what}.hosts lists an address twice")
@@ -387,21 +388,45 @@ class PlacementStore:
         return share
 
     def _choose_host(self, cur, request: PlacementRequest, spec: NewServerSpec, share: tuple[float, int]) -> Decision:
-        """The dedicated host with the plan's share left, under the allocation lock; refused with every host's
-        verdict when none has."""
+        """The dedicated host with the plan's share and a port of the range left, under the allocation lock; refused
+        with every host's verdict when none has. A dedicated server on a listed host that holds no recorded share
+        (made before shares were, or declared in the inventory) holds the whole host."""
+        hosts = {host.address: host for host in spec.hosts}
         cur.execute(
-            "SELECT host, sum(reserved_cpu) AS cpu, sum(reserved_memory_mb) AS memory_mb,"
-            " string_agg(name, ', ' ORDER BY name) AS servers FROM registry.db_servers"
-            " WHERE kind = 'dedicated' AND status <> 'retired' AND reserved_cpu IS NOT NULL GROUP BY host"
+            "SELECT name, kind, host, port, pgbouncer_host, pgbouncer_port, status, reserved_cpu, reserved_memory_mb"
+            " FROM registry.db_servers WHERE host = ANY(%s) OR pgbouncer_host = ANY(%s) ORDER BY name",
+            (list(hosts), list(hosts)),
         )
-        reserved = {r["host"]: (r["cpu"], r["memory_mb"], r["servers"]) for r in cur.fetchall()}
-        decision = choose_dedicated_host(list(spec.hosts), reserved, *share, self.config.policy)
+        reserved: dict[str, tuple[float, int, str]] = {}
+        taken: dict[str, set[int]] = {address: set() for address in hosts}
+        for row in cur.fetchall():
+            if row["pgbouncer_host"] in hosts and row["pgbouncer_port"]:
+                taken[row["pgbouncer_host"]].add(row["pgbouncer_port"])
+            if row["host"] not in hosts:
+                continue
+            taken[row["host"]].add(row["port"])  # a retired server keeps its port, and its data there
+            if row["status"] == "retired" or row["kind"] != "dedicated":
+                continue
+            whole = row["reserved_cpu"] is None
+            cpu = float(hosts[row["host"]].cpu if whole else row["reserved_cpu"])
+            memory = hosts[row["host"]].memory_mb if whole else row["reserved_memory_mb"]
+            used_cpu, used_memory, holders = reserved.get(row["host"], (0.0, 0, ""))
+            name = row["name"] + (" (all of it: no share recorded)" if whole else "")
+            reserved[row["host"]] = (used_cpu + cpu, used_memory + memory, ", ".join(filter(None, [holders, name])))
+        low, high = spec.port_range
+        no_port = {
+            address: f"no free port left in {low}-{high}"
+            for address in hosts
+            if all(port in taken[address] for port in range(low, high + 1))
+        }
+        decision = choose_dedicated_host(list(spec.hosts), reserved, *share, self.config.policy, no_port)
         if decision.chosen is None:
             verdicts = "; ".join(f"{c.name}: {c.reason}" for c in decision.candidates)
             raise PlacementError(
                 f"no dedicated host has {share[0]:g} cores and {share[1]} MB left for tenant {request.tenant_id}"
                 f" (plan {request.plan}): {verdicts}. Add a host to saasodoo_dedicated_servers.hosts, or retire the"
                 " dedicated servers nothing holds any more (playbooks/servers_retire.yml), which frees their share"
+                " (not their port)"
             )
         return decision
 
