@@ -108,6 +108,13 @@ def tenant_rows(runner: RunnerStack, prefix: str) -> dict[str, dict]:
     return {row["tenant_id"]: row for row in rows}
 
 
+def settled_rows(runner: RunnerStack, killbill: KillBillStandin, prefix: str) -> dict[str, dict]:
+    """Once Kill Bill has delivered everything and the runner has done what it asked: the tenants of `prefix`."""
+    assert killbill.wait_idle(timeout=30) == (True, 0)
+    runner.settle()
+    return tenant_rows(runner, prefix)
+
+
 def last_skip(runner: RunnerStack, tenant_id: str) -> str:
     """The reason of the tenant's latest skipped job: what the runner would not do, and why."""
     with runner.registry() as conn:
@@ -357,9 +364,7 @@ def test_one_trial_per_customer_a_second_tenant_waits_until_its_subscription_is_
     account, _ = api.sign_up("Trial Twice", "trial-01", "basic-monthly")
 
     def settled() -> dict[str, dict]:
-        assert killbill.wait_idle(timeout=30) == (True, 0)
-        runner.settle()
-        return tenant_rows(runner, "trial-")
+        return settled_rows(runner, killbill, "trial-")
 
     assert settled()["trial-01"]["status"] == "active"
     api.subscribe(account, "trial-02", "basic-monthly")
@@ -386,9 +391,7 @@ def test_one_trial_per_e_mail_a_new_account_of_the_same_address_waits_until_paid
     api.sign_up("Mail One", "mailtrial-01", "basic-monthly", email="Owner@Mail-Trial.example")
 
     def settled() -> dict[str, dict]:
-        assert killbill.wait_idle(timeout=30) == (True, 0)
-        runner.settle()
-        return tenant_rows(runner, "mailtrial-")
+        return settled_rows(runner, killbill, "mailtrial-")
 
     assert settled()["mailtrial-01"]["status"] == "active"
     second, _ = api.sign_up("Mail Two", "mailtrial-02", "basic-monthly", email="owner+again@mail-trial.example")
@@ -411,9 +414,7 @@ def test_a_customer_whose_debt_is_written_off_is_terminated_not_resumed(runner: 
     account, _ = api.sign_up("Bad Debt", "debt-01", "basic-monthly")
 
     def settled() -> dict[str, dict]:
-        assert killbill.wait_idle(timeout=30) == (True, 0)
-        runner.settle()
-        return tenant_rows(runner, "debt-")
+        return settled_rows(runner, killbill, "debt-")
 
     assert settled()["debt-01"]["status"] == "active"
     api.move_clock(15)
