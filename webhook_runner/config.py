@@ -118,7 +118,7 @@ class RunnerSettings:
     mail: MailSettings | None = None  # e-mail to customers; None: nothing is sent
     # The key of the hashes of customers' e-mail addresses kept for one trial per e-mail (desired.email_hash); empty:
     # one trial per account only.
-    customer_email_key: str = ""
+    customer_email_key: str = field(default="", repr=False)
     # The seeds' billing rules (webhook_runner/desired.py BillingRules), each true unless turned off here.
     billing_rules: BillingRules = field(default_factory=BillingRules)
 
@@ -198,6 +198,9 @@ def settings_from_dict(raw: dict, source: str = "settings") -> RunnerSettings:
         tenant_url.format(tenant="t")
     except (KeyError, IndexError, ValueError) as error:
         raise ConfigError(f"{source}: tenant_url may hold {{tenant}} and no other field: {tenant_url!r}") from error
+    key = optional.get("customer_email_key", "")
+    if not isinstance(key, str) or 0 < len(key) < 32:
+        raise ConfigError(f"{source}: customer_email_key must be a string of at least 32 characters, or empty")
     if "mail" in optional:
         optional["mail"] = mail_settings(optional["mail"], source)
     if "billing_rules" in optional:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import unicodedata
 import zoneinfo
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -63,7 +64,8 @@ class BillingRules:
     # A customer gets one trial for life: a second tenant of the same Kill Bill account is provisioned once its
     # subscription is past its trial and paid for.
     one_trial_per_customer: bool = True
-    # ... and of any account with an e-mail address another account has had (RunnerSettings.customer_email_key).
+    # ... and per e-mail address: a new account under an address whose trial another account's tenant had
+    # (RunnerSettings.customer_email_key; webhook_runner/worker.py Worker._trial_by_address).
     one_trial_per_email: bool = True
     # A customer coming back (a terminated or purged tenant's account subscribing again) gets no new trial: the
     # tenant is reactivated (or provisioned anew) once the new subscription is past its trial and paid for.
@@ -73,11 +75,18 @@ class BillingRules:
     terminate_written_off: bool = True
 
 
+# Mailboxes that ignore the dots of the local part (Gmail, under both its domains).
+DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
 def email_hash(key: str, address: str) -> str | None:
-    """A keyed hash (HMAC-SHA256) of an e-mail address as one customer's: case, blanks and a `+tag` after the local
-    part do not make another. None for what is not an address."""
-    local, at, domain = address.strip().lower().rpartition("@")
-    local = local.split("+", 1)[0]
+    """A keyed hash (HMAC-SHA256) of an e-mail address as one customer's: case (Unicode-folded), blanks, quotes
+    around the local part, a `+tag` after it, a trailing dot of the domain and, for Gmail, dots and googlemail.com
+    do not make another. None for what is not an address."""
+    local, at, domain = unicodedata.normalize("NFKC", address).strip().casefold().rpartition("@")
+    local, domain = local.strip('"').split("+", 1)[0], domain.rstrip(".")
+    if domain in DOTLESS_DOMAINS:
+        local, domain = local.replace(".", ""), DOTLESS_DOMAINS[domain]
     if not (at and local and domain):
         return None
     return hmac.new(key.encode(), f"{local}@{domain}".encode(), hashlib.sha256).hexdigest()
@@ -297,8 +306,7 @@ def desired_actions(
             return [
                 Skip(
                     tenant_id,
-                    f"one trial per customer (per Kill Bill account and e-mail address): account {account}, or"
-                    f" another with its e-mail address, has had tenant "
+                    f"one trial per customer (per Kill Bill account): account {account} has had tenant "
                     f"{', '.join(others)}; {tenant_id} is provisioned once subscription "
                     f"{subscription.get('subscriptionId')} is past its trial and paid ({why})",
                     recheck=why == UNKNOWN_BALANCE,

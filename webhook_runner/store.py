@@ -382,15 +382,9 @@ def reads_waiting(conn, account: str, actions) -> bool:
     )
 
 
-def account_tenant_ids(conn, account: str, by_email: bool = False) -> frozenset[str]:
-    """The tenants a Kill Bill account has or had (purged ones too), and with `by_email` those of every account that
-    has had one of its e-mail addresses: one trial per customer counts them."""
-    rows = conn.execute(
-        "SELECT tenant_id FROM registry.tenants WHERE customer_id = %s OR (%s AND customer_id IN ("
-        " SELECT other.account_id FROM registry.customer_emails AS own"
-        " JOIN registry.customer_emails AS other USING (email_hash) WHERE own.account_id = %s))",
-        (account, by_email, account),
-    ).fetchall()
+def account_tenant_ids(conn, account: str) -> frozenset[str]:
+    """The tenants a Kill Bill account has or had (purged ones too): one trial per customer counts them."""
+    rows = conn.execute("SELECT tenant_id FROM registry.tenants WHERE customer_id = %s", (account,)).fetchall()
     return frozenset(row["tenant_id"] for row in rows)
 
 
@@ -405,12 +399,22 @@ def notified_write_off_tags(conn, account: str) -> frozenset[str]:
     return frozenset(row["object_id"] for row in rows)
 
 
-def record_customer_email(conn, account: str, email_hash: str) -> None:
-    """The account has (or had) the e-mail address of this keyed hash (registry.customer_emails)."""
+def trial_claim(conn, email_hash: str) -> dict | None:
+    """The account and tenant that had the trial of the e-mail address of this keyed hash, if any."""
+    return conn.execute(
+        "SELECT account_id, tenant_id FROM registry.trial_claims WHERE email_hash = %s", (email_hash,)
+    ).fetchone()
+
+
+def claim_trial(conn, email_hash: str, account: str, tenant_id: str) -> dict:
+    """The address's trial for this account and tenant unless another has it (one row per address: two accounts
+    converging at once cannot both take it); who has it now."""
     conn.execute(
-        "INSERT INTO registry.customer_emails (account_id, email_hash) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-        (account, email_hash),
+        "INSERT INTO registry.trial_claims (email_hash, account_id, tenant_id) VALUES (%s, %s, %s)"
+        " ON CONFLICT (email_hash) DO NOTHING",
+        (email_hash, account, tenant_id),
     )
+    return trial_claim(conn, email_hash)
 
 
 def tenant_status(conn, tenant_id: str | None) -> str | None:

@@ -38,6 +38,7 @@ from . import logs, mail, store
 from .config import RunnerSettings
 from .desired import (
     PLAYBOOKS,
+    UNKNOWN_BALANCE,
     Action,
     Skip,
     billing_status,
@@ -47,6 +48,7 @@ from .desired import (
     email_hash,
     is_blocked,
     tenant_id_of,
+    unpaid,
 )
 from .killbill import KillBill, KillBillError, KillBillNotFound
 from .notification import IGNORED_EVENT_TYPES, KNOWN_EVENT_TYPES, written_off_tag
@@ -251,10 +253,12 @@ class Worker:
         except KillBillError as error:
             log.warning("account %s: its balance was not read (%s); billing statuses left as they are", account, error)
             balance, email = None, None
-        self._record_email(account, email)
+        address = self._address(email)
         outcomes, wanted, through = [], {}, {}
-        decided = self._decide(account, bundles, overdue, balance, store.plan_names(conn), written_off)
+        decided = self._decide(account, bundles, overdue, balance, store.plan_names(conn), written_off, address)
         for subscription, tenant_id, decisions in decided:
+            # Taken at once, one row per address: two new accounts of one address converging together get one trial.
+            decisions = self._trial_by_address(account, address, subscription, balance, tenant_id, decisions, True)
             tenant_jobs = [job for job in open_jobs if tenant_id and job["tenant_id"] == tenant_id]
             self._audit_decision(tenant_id, triggers, subscription, overdue, decisions)
             done, wants, went_through = self._carry_out(account, tenant_id, decisions, tenant_jobs, trigger_ids)
@@ -303,12 +307,33 @@ class Worker:
                 continue
             self._execute(store.start_job(conn, chore["id"], self.name, chore["extravars"], chore["reason"]))
 
-    def _record_email(self, account: str, email: str | None) -> None:
-        """The account's e-mail address, as a keyed hash, for one trial per e-mail (with its key and rule only)."""
+    def _address(self, email: str | None) -> str | None:
+        """The keyed hash of the account's e-mail address, for one trial per address (with its key and rule only)."""
         key, rules = self.settings.customer_email_key, self.settings.billing_rules
-        digest = email_hash(key, email) if key and email else None
-        if digest and rules.one_trial_per_customer and rules.one_trial_per_email:
-            store.record_customer_email(self.conn, account, digest)
+        if not (key and email and rules.one_trial_per_customer and rules.one_trial_per_email):
+            return None
+        return email_hash(key, email)
+
+    def _trial_by_address(self, account, address, subscription, balance, tenant_id, decisions, claim=False) -> list:
+        """A new tenant in its trial (or unpaid) has its account's e-mail address's trial, unless another account's
+        tenant had it: then it waits until paid, as one trial per account says. With `claim`, the trial is taken
+        (registry.trial_claims), else only looked up (reconcile's check writes nothing)."""
+        provision = any(isinstance(d, Action) and d.action == "provision" for d in decisions)
+        if not (address and provision and (why := unpaid(subscription, balance))):
+            return decisions
+        conn = self.conn
+        holder = store.claim_trial(conn, address, account, tenant_id) if claim else store.trial_claim(conn, address)
+        if holder is None or holder["account_id"] == account:
+            return decisions
+        return [
+            Skip(
+                tenant_id,
+                f"one trial per customer (per e-mail address): the address of account {account} had its trial with"
+                f" tenant {holder['tenant_id']} of account {holder['account_id']}; {tenant_id} is provisioned once"
+                f" subscription {subscription.get('subscriptionId')} is past its trial and paid ({why})",
+                recheck=why == UNKNOWN_BALANCE,
+            )
+        ]
 
     def _written_off(self, account: str) -> tuple[str, ...]:
         """The account's invoices written off since the platform listens (Kill Bill notified the tag) and still so:
@@ -320,14 +345,15 @@ class Worker:
         return tuple(sorted(invoice for tag, invoice in tags.items() if tag in notified))
 
     def _decide(
-        self, account: str, bundles: list[dict], overdue: dict, balance, plans: set[str], written_off: tuple = ()
-    ) -> list[tuple[dict, str | None, list]]:
+        self, account: str, bundles: list[dict], overdue: dict, balance, plans: set[str], written_off: tuple = (),
+        address: str | None = None,
+    ) -> list[tuple[dict, str | None, list]]:  # fmt: skip
         """(subscription, tenant id, decisions) for each of an account's subscriptions, against the registry."""
         subscriptions = [sub for bundle in bundles for sub in bundle.get("subscriptions") or []]
         tenant_ids = [tenant_id_of(sub) for sub in subscriptions]
         tenants = store.tenants_by_database(self.conn, [database_name(tid) for tid in tenant_ids if tid])
         rules = self.settings.billing_rules
-        had = store.account_tenant_ids(self.conn, account, by_email=rules.one_trial_per_email)
+        had = store.account_tenant_ids(self.conn, account)
 
         def started_before(sub: dict) -> frozenset[str]:
             """The tenants of the account's BASE subscriptions that started before `sub` (one trial per customer:
@@ -343,15 +369,22 @@ class Worker:
             (
                 sub,
                 tid,
-                desired_actions(
+                self._trial_by_address(
+                    account,
+                    address,
                     sub,
-                    overdue,
-                    tenants.get(database_name(tid)) if tid else None,
-                    plans,
                     balance,
-                    had | started_before(sub),
-                    rules,
-                    written_off,
+                    tid,
+                    desired_actions(
+                        sub,
+                        overdue,
+                        tenants.get(database_name(tid)) if tid else None,
+                        plans,
+                        balance,
+                        had | started_before(sub),
+                        rules,
+                        written_off,
+                    ),
                 ),
             )
             for sub, tid in zip(subscriptions, tenant_ids, strict=True)
@@ -572,10 +605,11 @@ class Worker:
                 balance, email = self.killbill.account_standing(account)
             except KillBillError:
                 balance, email = None, None  # a rule waiting on it shows no drift: the account's own pass reads it
-            if repair:
-                self._record_email(account, email)
+            address = self._address(email)
             queued = False
-            for _, tenant_id, decisions in self._decide(account, bundles, overdue, balance, plans, written_off):
+            for _, tenant_id, decisions in self._decide(
+                account, bundles, overdue, balance, plans, written_off, address
+            ):
                 actions = [decision for decision in decisions if isinstance(decision, Action)]
                 if not actions:
                     continue
