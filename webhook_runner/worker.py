@@ -338,8 +338,10 @@ class Worker:
     def _written_off(self, account: str) -> tuple[str, ...]:
         """The account's invoices written off since the platform listens (Kill Bill notified the tag) and still so:
         read from Kill Bill only for an account that had such a notification, with the rule on."""
+        if not self.settings.billing_rules.terminate_written_off:
+            return ()
         notified = store.notified_write_off_tags(self.conn, account)
-        if not notified or not self.settings.billing_rules.terminate_written_off:
+        if not notified:
             return ()
         tags = self.killbill.written_off_tags(account)
         return tuple(sorted(invoice for tag, invoice in tags.items() if tag in notified))
