@@ -31,7 +31,8 @@ from tenant_web import opener as tenant_web_opener
 from tenant_web import tenant_url
 
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
-from ansible_collections.saasodoo.platform.plugins.module_utils.migration import FAILPOINT_ENV, Server
+from ansible_collections.saasodoo.platform.plugins.module_utils.migration import FAILPOINT_ENV
+from ansible_collections.saasodoo.platform.plugins.module_utils.move_servers import Server
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import kept_copy_name
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import stable_scram_sha_256_verifier
 from webhook_runner.worker import job_environment

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ansible_collections.saasodoo.platform.plugins.module_utils.migration import Server
+from ansible_collections.saasodoo.platform.plugins.module_utils.move_servers import Server
 from ansible_collections.saasodoo.platform.plugins.modules.pgbouncer_userlist import auth_file_lock
 from ansible_collections.saasodoo.platform.plugins.modules.registry_tenant import waiting_for_run
 

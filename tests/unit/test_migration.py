@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 import yaml
 
-from ansible_collections.saasodoo.platform.plugins.module_utils.migration import PINNED_SESSION, Server, split_post_data
+from ansible_collections.saasodoo.platform.plugins.module_utils import pgbouncer_console
+from ansible_collections.saasodoo.platform.plugins.module_utils.move_copy import split_post_data
+from ansible_collections.saasodoo.platform.plugins.module_utils.move_servers import Server
+from ansible_collections.saasodoo.platform.plugins.module_utils.pinned_session import PINNED_SESSION
 
 # The shape of `pg_restore -l --section=post-data` on an Odoo-shaped dump (PostgreSQL 15).
 LISTING = """;
@@ -111,3 +115,44 @@ def test_outside_a_switch_each_connect_is_a_new_session():
     with server.connect("t_a") as two:
         pass
     assert one is not two and one.closed and two.closed and two.executed == []
+
+
+class FakeConsole(FakeSession):
+    """PgBouncer's console as psycopg reaches it: it knows the databases in `known`."""
+
+    def __init__(self, known: set[str]):
+        super().__init__("pgbouncer")
+        self.known = known
+        self.connection = None  # as a quoting context: the default encoding
+
+    def execute(self, query: str):
+        self.executed.append(query)
+        if query.split(" ", 1)[1] not in self.known:
+            raise psycopg.errors.ProtocolViolation("no such database: …")
+
+
+def test_the_pgbouncer_console_gets_the_commands_in_order_on_the_quoted_name_and_stops_at_an_unknown_one(
+    monkeypatch,
+):
+    consoles: list[FakeConsole] = []
+
+    def connect(**kwargs):
+        assert kwargs["dbname"] == "pgbouncer" and kwargs["user"] == "saasodoo_pgbouncer_admin"
+        consoles.append(FakeConsole({'"t_a"', '"t_b""; SHUTDOWN; --"'}))
+        return consoles[-1]
+
+    monkeypatch.setattr(pgbouncer_console.psycopg, "connect", connect)
+    server = Server("pool-shared-01", "127.0.0.1", 55432, {"pgbouncer_admin_password": "p"}, None, 56432)
+    server.close_pgbouncer_door("t_a")
+    # A name the tenant chose is one identifier, never a second command.
+    server.close_pgbouncer_door('t_b"; SHUTDOWN; --')
+    server.open_pgbouncer_door("t_c")  # PgBouncer has not seen it: nothing to enable
+    assert [console.executed for console in consoles] == [
+        ['DISABLE "t_a"', 'KILL "t_a"', 'RESUME "t_a"'],
+        [f"{command} {chr(34)}t_b{chr(34) * 2}; SHUTDOWN; --{chr(34)}" for command in ("DISABLE", "KILL", "RESUME")],
+        ['ENABLE "t_c"'],
+    ]
+    assert all(console.closed for console in consoles)
+    # Without a PgBouncer admin login (a server with no PgBouncer of its own) there is no console to reach.
+    Server("pool-shared-02", "127.0.0.1", 55433, {}, None, 56433).close_pgbouncer_door("t_a")
+    assert len(consoles) == 3

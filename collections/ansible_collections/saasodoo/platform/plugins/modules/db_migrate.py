@@ -264,13 +264,9 @@ try:
     import psycopg
     from psycopg.rows import dict_row
 
-    from ansible_collections.saasodoo.platform.plugins.module_utils.migration import (
-        Move,
-        MoveError,
-        MoveOptions,
-        Server,
-        replication_problems,
-    )
+    from ansible_collections.saasodoo.platform.plugins.module_utils.migration import Move, MoveOptions
+    from ansible_collections.saasodoo.platform.plugins.module_utils.move_replicable import replication_problems
+    from ansible_collections.saasodoo.platform.plugins.module_utils.move_servers import MoveError, Server
 
     PSYCOPG_IMPORT_ERROR = None
 except ImportError:

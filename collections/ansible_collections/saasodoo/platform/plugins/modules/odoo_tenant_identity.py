@@ -144,12 +144,12 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.saasodoo.platform.plugins.module_utils.migration import PINNED_SESSION
 from ansible_collections.saasodoo.platform.plugins.module_utils.odoo_identity import (
     Identity,
     Outcome,
     TenantIdentity,
 )
+from ansible_collections.saasodoo.platform.plugins.module_utils.pinned_session import PINNED_SESSION
 
 # The tenant's own tables, views and triggers may be made to hang: its session gets timeouts (they come after the
 # pinned ones, so they win).

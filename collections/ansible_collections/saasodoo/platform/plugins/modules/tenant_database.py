@@ -106,7 +106,7 @@ try:
     import psycopg
     from psycopg import sql
 
-    from ansible_collections.saasodoo.platform.plugins.module_utils.migration import (
+    from ansible_collections.saasodoo.platform.plugins.module_utils.pinned_session import (
         PINNED_SESSION,
         QUIET_STATEMENT_LOGGING,
     )
