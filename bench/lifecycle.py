@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "collections"), str(REPO / "tests")]  # as pytest sees them
 from bench.runner import percentile, registry_conninfo, row  # noqa: E402
 from tests.integration.conftest import remove_tenants  # noqa: E402
-from webhook_runner.worker import job_environment  # noqa: E402
+from webhook_runner.execution import job_environment  # noqa: E402
 
 PLAYBOOK_COMMAND = REPO / "webhook_runner/ansible-playbook"  # the runner's own, as its jobs run
 TRANSITIONS = (  # (label, playbook, extra vars)

@@ -65,7 +65,7 @@ class BillingRules:
     # subscription is past its trial and paid for.
     one_trial_per_customer: bool = True
     # ... and per e-mail address: a new account under an address whose trial another account's tenant had
-    # (RunnerSettings.customer_email_key; webhook_runner/worker.py Worker._trial_by_address).
+    # (RunnerSettings.customer_email_key; webhook_runner/convergence.py Convergence._trial_by_address).
     one_trial_per_email: bool = True
     # A customer coming back (a terminated or purged tenant's account subscribing again) gets no new trial: the
     # tenant is reactivated (or provisioned anew) once the new subscription is past its trial and paid for.

@@ -35,7 +35,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.migration import
 from ansible_collections.saasodoo.platform.plugins.module_utils.move_servers import Server
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import kept_copy_name
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import stable_scram_sha_256_verifier
-from webhook_runner.worker import job_environment
+from webhook_runner.execution import job_environment
 
 from .conftest import (
     LOCAL_STATE,

@@ -32,7 +32,7 @@ from tenant_web import NGINX_HTTP, host_name, tenant_url
 from tenant_web import get_status as get  # over HTTPS, as the tenant's host name
 
 from ansible_collections.saasodoo.platform.plugins.filter.tenants import tenant_os_user
-from webhook_runner.worker import job_environment, park_reason
+from webhook_runner.execution import job_environment, park_reason
 
 from .conftest import (
     LOCAL_STATE,

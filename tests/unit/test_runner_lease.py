@@ -1,11 +1,12 @@
-"""webhook_runner.worker.AccountLease: when its renewal gives the account up (integration: test_webhook_runner.py)."""
+"""webhook_runner.execution.AccountLease: when its renewal gives the account up (integration:
+test_webhook_runner.py)."""
 
 import threading
 import time
 
 import psycopg
 
-from webhook_runner.worker import AccountLease
+from webhook_runner.execution import AccountLease
 
 
 class Registry:
