@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ansible_collections.saasodoo.platform.plugins.modules.odoo_process import MAX_BODY, fetch
+from ansible_collections.saasodoo.platform.plugins.module_utils.odoo_probe import MAX_BODY, fetch
 
 
 class Answers(http.server.BaseHTTPRequestHandler):

@@ -147,3 +147,69 @@ def certificate_file(content: str | None, prefix: str) -> Iterator[str | None]:
         certificate.write(content.strip() + "\n")
         certificate.flush()
         yield certificate.name
+
+
+def ensure_directory(path: str, ids: tuple[int, int] | None, mode: int, check_mode: bool = False) -> list[str]:
+    """A directory at `path` with owner and group `ids` (None: whatever they are, in check mode before they exist)
+    and `mode`; what was done. Where another user could have put a link or a file instead, that is removed, and the
+    directory is changed through a descriptor opened without following links, so root never chmods or chowns where a
+    link points. Its parents are root's, or a directory checked the same way."""
+    actions = []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        fd = None
+    except OSError:  # ELOOP (a link) or ENOTDIR (anything else): not ours to keep
+        actions.append(f"removed what stood at {path}")
+        if check_mode:
+            return actions
+        os.unlink(path)
+        fd = None
+    if fd is None:
+        actions.append(f"made {path}")
+        if check_mode:
+            return actions
+        os.makedirs(path, mode)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if ids is None or (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (*ids, mode):
+            if actions[-1:] != [f"made {path}"]:
+                actions.append(f"set owner and mode of {path}")
+            if not check_mode:
+                os.fchown(fd, *ids)
+                os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return actions
+
+
+@contextmanager
+def _directory_of(path: str):
+    """The directory `path` is in, opened without following links (another user may own it and have made it a link
+    to someone else's), and the name in it; None when it is gone or not a directory."""
+    directory, name = os.path.split(path)
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        yield None
+        return
+    try:
+        yield fd, name
+    finally:
+        os.close(fd)
+
+
+def socket_at(path: str) -> bool:
+    """Whether a Unix socket is at `path` (a link to one is not)."""
+    with _directory_of(path) as found, suppress(FileNotFoundError):
+        return found is not None and stat.S_ISSOCK(os.lstat(found[1], dir_fd=found[0]).st_mode)
+    return False
+
+
+def remove_unless_directory(path: str) -> None:
+    """Whatever is at `path` removed, unless a directory: a socket its server left when killed (it would look like
+    one listening), or anything another user put there."""
+    with _directory_of(path) as found, suppress(FileNotFoundError):
+        if found is not None and not stat.S_ISDIR(os.lstat(found[1], dir_fd=found[0]).st_mode):
+            os.unlink(found[1], dir_fd=found[0])

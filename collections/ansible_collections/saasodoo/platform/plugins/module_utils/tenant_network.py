@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
+import os
 import subprocess
 
 # RFC 6598 shared address space, private to the host: a /30 per port (host end .1, tenant end .2).
@@ -51,3 +53,52 @@ def ensure_namespace(name: str) -> bool:
     if made.returncode != 0:
         raise OSError(f"ip netns add {name} failed: {made.stderr.strip()}")
     return True
+
+
+def _ip(*args: str, check: bool = True) -> str:
+    run = subprocess.run([IP, *args], capture_output=True, text=True, check=False)
+    if run.returncode != 0 and check:
+        raise OSError(f"ip {' '.join(args)} failed: {run.stderr.strip()}")
+    return run.stdout
+
+
+def network_ready(network: dict) -> bool:
+    """Whether `network` (tenant_network's) is there: the namespace, both ends of the pair up and addressed, its
+    loopback up."""
+    if not os.path.exists(f"/run/netns/{network['namespace']}"):
+        return False
+
+    def up_with(links: list, name: str, address: str | None) -> bool:
+        return any(
+            link.get("ifname") == name and "UP" in link.get("flags", [])
+            and (address is None or any(a.get("local") == address for a in link.get("addr_info", [])))
+            for link in links
+        )  # fmt: skip
+
+    host = json.loads(_ip("-j", "addr", "show", "dev", network["host_interface"], check=False) or "[]")
+    inside = json.loads(_ip("-n", network["namespace"], "-j", "addr", "show", check=False) or "[]")
+    return (up_with(host, network["host_interface"], network["host_address"]) and up_with(inside, "lo", None)
+            and up_with(inside, network["tenant_interface"], network["tenant_address"]))  # fmt: skip
+
+
+def make_network(network: dict) -> None:
+    """`network` made whole: the namespace, the veth pair between it and the host, addresses, links up."""
+    ns, host, tenant = network["namespace"], network["host_interface"], network["tenant_interface"]
+    ensure_namespace(ns)
+    _ip("link", "del", host, check=False)  # half made by a run cut short: made again
+    # Where a tenant's link is missing (a host rebooted, its namespaces gone), its address is unreachable: never
+    # sent on by the default route, with its customers' requests, to whatever holds that range outside.
+    _ip("route", "replace", "unreachable", str(NETWORK))
+    _ip("link", "add", host, "type", "veth", "peer", "name", tenant, "netns", ns)
+    _ip("addr", "add", f"{network['host_address']}/{network['prefix']}", "dev", host)
+    _ip("link", "set", host, "up")
+    _ip("-n", ns, "addr", "add", f"{network['tenant_address']}/{network['prefix']}", "dev", tenant)
+    _ip("-n", ns, "link", "set", tenant, "up")
+    _ip("-n", ns, "link", "set", "lo", "up")
+
+
+def remove_network(network: dict) -> None:
+    """The namespace and its pair gone. The kernel cleans a deleted namespace up later, its end of the pair with it:
+    the host's end is deleted first (taking the other), so a tenant given this port next finds the name free."""
+    _ip("link", "del", network["host_interface"], check=False)
+    _ip("netns", "del", network["namespace"])

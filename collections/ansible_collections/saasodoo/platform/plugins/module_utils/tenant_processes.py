@@ -1,0 +1,63 @@
+"""What runs as a process tenant's OS user, and ending all of it when the tenant stops.
+
+The tenant runs code of its own as its user (server actions, a module's code): it can start a daemon that leaves its
+Odoo's process group (setsid), which supervisord's stop does not reach, and keep forking. Killed as the tenant's
+own uid with kill(-1, SIGKILL), every process that uid may signal (its own, and a set-user-ID program one of them
+started) is signalled in one pass of the kernel's task list, which a fork cannot outrun; a process forked before
+that pass is in it. No other user's process is reachable that way, whatever the tenant did with its pids.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+KILL_SECONDS = 10.0  # how long the kills are repeated before the stop fails
+SETPRIV, KILL = "/usr/bin/setpriv", "/usr/bin/kill"  # util-linux's and procps's, where Debian puts them
+
+
+def processes_of(uid: int) -> list[int]:
+    """The live processes whose real uid is `uid` (a zombie, already dead, is its parent's to reap)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields.get("Uid", "-1").split()[0]) == uid and not fields.get("State", "").strip().startswith("Z"):
+            pids.append(int(entry))
+    return pids
+
+
+def kill_all_of(uid: int, gid: int) -> int:
+    """Every process of `uid` killed (see above); how many there were. Raises OSError if some outlive
+    KILL_SECONDS of kills, or for uid 0, which is nobody's to end this way."""
+    if uid == 0:
+        raise OSError("refusing to kill every process of root")
+    found = processes_of(uid)
+    deadline = time.monotonic() + KILL_SECONDS
+    while left := processes_of(uid):
+        # setpriv then kill: the kill runs as the tenant's uid, with its group and no other (the kernel checks the
+        # sender's uid only); procps' kill sends to -1 as given, and the kernel spares the sender itself.
+        subprocess.run(
+            [
+                "/usr/bin/setpriv",
+                f"--reuid={uid}",
+                f"--regid={gid}",
+                "--clear-groups",
+                "/usr/bin/kill",
+                "-KILL",
+                "--",
+                "-1",
+            ],
+            capture_output=True,
+            check=False,
+        )
+        if time.monotonic() > deadline:
+            raise OSError(f"processes {left[:10]} of uid {uid} still run after {KILL_SECONDS:.0f} s of SIGKILL")
+        time.sleep(0.02)
+    return len(found)

@@ -1,0 +1,59 @@
+"""Ending everything a stopped tenant's OS user runs (module_utils/tenant_processes.py), on this machine's real
+processes: uids no user has, so nothing else of the machine's is in reach."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_processes import kill_all_of, processes_of
+
+TENANT_UID = 64_990 + os.getpid() % 4  # no user of this machine's: a second test run in parallel takes another pair
+NEIGHBOUR_UID = TENANT_UID + 4
+
+
+def run_as(uid: int, script: str, processes: int = 64) -> subprocess.Popen:
+    """`script` under sh as `uid`, in a session of its own (detached, as a tenant's daemon would be), at most
+    `processes` processes of that uid at once (RLIMIT_NPROC)."""
+    return subprocess.Popen(
+        ["prlimit", f"--nproc={processes}", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+         "setsid", "sh", "-c", script],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def wait_for(predicate, seconds: float = 10.0) -> None:
+    """Until `predicate()` holds, polled (the processes start on their own time)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "the processes under test did not start"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def cleanup():
+    yield
+    for uid in (TENANT_UID, NEIGHBOUR_UID):
+        subprocess.run(["pkill", "-KILL", "-U", str(uid)], check=False)
+
+
+@pytest.mark.usefixtures("cleanup")
+def test_every_process_of_the_tenants_uid_dies_a_forking_one_too_and_no_one_elses():
+    # Detached children and grandchildren, and a loop that forks as fast as it can up to its process limit.
+    started = [run_as(TENANT_UID, "sleep 300 & (setsid sleep 300 &) ; while :; do (sleep 300 &) ; done")]
+    neighbour = run_as(NEIGHBOUR_UID, "sleep 300")
+    wait_for(lambda: len(processes_of(TENANT_UID)) >= 10 and processes_of(NEIGHBOUR_UID))
+    assert kill_all_of(TENANT_UID, TENANT_UID) >= 10
+    assert processes_of(TENANT_UID) == []
+    assert neighbour.poll() is None and processes_of(NEIGHBOUR_UID)  # another uid's process is out of reach
+    for process in started:
+        process.wait(timeout=10)  # our child, reaped here
+
+
+def test_nothing_to_kill_is_no_work_and_root_is_refused():
+    assert processes_of(TENANT_UID) == [] and kill_all_of(TENANT_UID, TENANT_UID) == 0
+    with pytest.raises(OSError, match="root"):
+        kill_all_of(0, 0)
