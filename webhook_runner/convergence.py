@@ -31,6 +31,8 @@ log = logging.getLogger("webhook_runner.worker")  # the worker's log, whichever 
 CONVERGE, RECONCILE = "converge", "reconcile"
 
 
+# An account's e-mail address Kill Bill did not give (it did not answer): a new tenant in its trial waits for it.
+ADDRESS_UNREAD = "(unread)"
 PURGEABLE = ("terminated", "purged")  # what tenant_purge.yml takes: a purge queued before a reactivation is moot
 
 
@@ -92,7 +94,7 @@ class Convergence:
             balance, email = self.killbill.account_standing(account)
         except KillBillError as error:
             log.warning("account %s: its balance was not read (%s); billing statuses left as they are", account, error)
-            balance, email = None, None
+            balance, email = None, ADDRESS_UNREAD
         address = self._address(email)
         outcomes, wanted, through = [], {}, {}
         decided = self._decide(account, bundles, overdue, balance, store.plan_names(conn), written_off, address)
@@ -250,7 +252,7 @@ class Convergence:
         key, rules = self.settings.customer_email_key, self.settings.billing_rules
         if not (key and email and rules.one_trial_per_customer and rules.one_trial_per_email):
             return None
-        return email_hash(key, email)
+        return ADDRESS_UNREAD if email == ADDRESS_UNREAD else email_hash(key, email)
 
     def _trial_by_address(self, account, address, subscription, balance, tenant_id, decisions, claim=False) -> list:
         """A new tenant in its trial (or unpaid) has its account's e-mail address's trial, unless another account's
@@ -259,6 +261,15 @@ class Convergence:
         provision = any(isinstance(d, Action) and d.action == "provision" for d in decisions)
         if not (address and provision and (why := unpaid(subscription, balance))):
             return decisions
+        if address == ADDRESS_UNREAD:  # Kill Bill did not answer: no trial on an address nobody checked
+            return [
+                Skip(
+                    tenant_id,
+                    f"one trial per customer (per e-mail address): the address of account {account} could not be read"
+                    f" from Kill Bill; {tenant_id} is provisioned once it is ({why})",
+                    recheck=True,
+                )
+            ]
         conn = self.conn
         holder = store.claim_trial(conn, address, account, tenant_id) if claim else store.trial_claim(conn, address)
         if holder is None or holder["account_id"] == account:

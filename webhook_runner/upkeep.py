@@ -10,7 +10,7 @@ from datetime import datetime
 import psycopg
 
 from . import store
-from .convergence import RECONCILE
+from .convergence import ADDRESS_UNREAD, RECONCILE
 from .desired import PLAYBOOKS, Action
 from .killbill import KillBillError
 from .schedules import SCHEDULES
@@ -32,7 +32,8 @@ class Upkeep:
             try:
                 balance, email = self.killbill.account_standing(account)
             except KillBillError:
-                balance, email = None, None  # a rule waiting on it shows no drift: the account's own pass reads it
+                # A rule waiting on them shows no drift: the account's own pass reads them.
+                balance, email = None, ADDRESS_UNREAD
             address = self._address(email)
             queued = False
             for _, tenant_id, decisions in self._decide(

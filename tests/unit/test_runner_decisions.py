@@ -485,3 +485,28 @@ def test_of_the_tag_events_only_the_written_off_control_tags_wake_the_runner():
     assert not written_off_tag(
         {"event_type": "CUSTOM_FIELD_CREATION", "meta_data": {"tagDefinitionName": "WRITTEN_OFF"}}
     )
+
+
+def test_a_new_trial_waits_when_kill_bill_did_not_give_its_accounts_e_mail_address(monkeypatch):
+    """One trial per e-mail address, and Kill Bill's account read failed: no trial on an address nobody checked; the
+    decision is read again (Convergence._trial_by_address)."""
+    from webhook_runner import store, worker
+    from webhook_runner.convergence import ADDRESS_UNREAD
+
+    monkeypatch.setattr(store, "tenants_by_database", lambda conn, names: {})
+    monkeypatch.setattr(store, "account_tenant_ids", lambda conn, account: frozenset())
+    decider = worker.Worker.__new__(worker.Worker)
+    decider.conn = None
+    decider.settings = settings_from_dict(
+        {**SETTINGS, "customer_email_key": "k" * 32, "billing_rules": {"one_trial_per_email": True}}
+    )
+    trial = subscription(key="alpha", phaseType="TRIAL")
+    address = decider._address(ADDRESS_UNREAD)
+    [(_, _, decisions)] = decider._decide("a-1", [{"subscriptions": [trial]}], CLEAR, None, PLANS, (), address)
+    [(kind, reason)] = actions(decisions)
+    assert kind == "skip" and "could not be read from Kill Bill" in reason and decisions[0].recheck
+    # Read, the address has its trial (nobody claimed it: the lookup finds none).
+    monkeypatch.setattr(store, "trial_claim", lambda conn, address: None)
+    read = decider._address("owner@example.com")
+    [(_, _, decisions)] = decider._decide("a-1", [{"subscriptions": [trial]}], CLEAR, None, PLANS, (), read)
+    assert actions(decisions) == [("provision", "basic-monthly")]
