@@ -9,7 +9,11 @@ import time
 
 import pytest
 
-from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_processes import kill_all_of, processes_of
+from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_processes import (
+    kill_all_of,
+    processes_of,
+    remove_files_of,
+)
 
 TENANT_UID = 64_990 + os.getpid() % 4  # no user of this machine's: a second test run in parallel takes another pair
 NEIGHBOUR_UID = TENANT_UID + 4
@@ -57,3 +61,32 @@ def test_nothing_to_kill_is_no_work_and_root_is_refused():
     assert processes_of(TENANT_UID) == [] and kill_all_of(TENANT_UID, TENANT_UID) == 0
     with pytest.raises(OSError, match="root"):
         kill_all_of(0, 0)
+
+
+def test_a_removed_tenant_leaves_nothing_where_every_user_writes_and_no_link_leads_root_elsewhere(tmp_path):
+    shared = tmp_path / "tmp"
+    shared.mkdir(mode=0o1777)
+    outside = tmp_path / "root-owned"
+    outside.mkdir()
+    (outside / "keep").write_text("root's")
+    made = {
+        "report.pdf": lambda p: p.write_text("x"),
+        "work": lambda p: (p.mkdir(), (p / "inner").write_text("y")),
+        "link-to-roots": lambda p: p.symlink_to(outside),
+    }
+    for name, make in made.items():
+        make(shared / name)
+        for path in (shared / name, *((shared / name).glob("*") if name == "work" else ())):
+            os.lchown(path, TENANT_UID, TENANT_UID)
+    (shared / "neighbours").write_text("z")
+    os.chown(shared / "neighbours", NEIGHBOUR_UID, NEIGHBOUR_UID)
+
+    assert sorted(remove_files_of(TENANT_UID, (str(shared),), check_mode=True)) == sorted(
+        str(shared / name) for name in made
+    )
+    assert len(list(shared.iterdir())) == 4  # check mode: nothing removed
+    remove_files_of(TENANT_UID, (str(shared),))
+    assert [path.name for path in shared.iterdir()] == ["neighbours"]
+    assert (outside / "keep").read_text() == "root's"  # the link went, not what it pointed at
+    with pytest.raises(OSError, match="root"):
+        remove_files_of(0, (str(shared),))

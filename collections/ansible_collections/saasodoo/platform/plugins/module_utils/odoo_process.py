@@ -29,7 +29,11 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_network i
     network_ready,
     remove_network,
 )
-from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_processes import kill_all_of, processes_of
+from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_processes import (
+    kill_all_of,
+    processes_of,
+    remove_files_of,
+)
 
 ROLES = ("config", "program", "route", "database")
 LOGIN_FORM = "oe_login_form"
@@ -140,19 +144,22 @@ class OdooProcess:
 
     def kill_leftovers(self) -> None:
         """Nothing of a stopped or removed tenant's runs on: what it started on its own, detached from its Odoo
-        (a daemon, setsid), is killed, in any runtime limits mode (module_utils/tenant_processes.py)."""
+        (a daemon, setsid), is killed, in any runtime limits mode; a removed one's files in the shared temporary
+        directories go too (module_utils/tenant_processes.py)."""
         try:
             user = pwd.getpwnam(self.p["owner"])
         except KeyError:
             return  # no such user: nothing runs as it
-        if not processes_of(user.pw_uid):
-            return
-        self.actions.append("killed what the tenant left running")
-        if not self.check_mode:
-            try:
-                kill_all_of(user.pw_uid, user.pw_gid)
-            except OSError as error:
-                self.fail(f"program {self.p['program']}: {error}")
+        if processes_of(user.pw_uid):
+            self.actions.append("killed what the tenant left running")
+            if not self.check_mode:
+                try:
+                    kill_all_of(user.pw_uid, user.pw_gid)
+                except OSError as error:
+                    self.fail(f"program {self.p['program']}: {error}")
+        # Its user goes next, and its uid may be the next tenant's: nothing of it stays where every user writes.
+        if self.p["state"] == "absent" and (left := remove_files_of(user.pw_uid, check_mode=self.check_mode)):
+            self.actions.append(f"removed what the tenant left outside its tree: {', '.join(left[:10])}")
 
     def ensure_network(self) -> None:
         n = self.p["network"]

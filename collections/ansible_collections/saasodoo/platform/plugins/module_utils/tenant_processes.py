@@ -9,12 +9,15 @@ that pass is in it. No other user's process is reachable that way, whatever the 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import stat
 import subprocess
 import time
 
 KILL_SECONDS = 10.0  # how long the kills are repeated before the stop fails
-SETPRIV, KILL = "/usr/bin/setpriv", "/usr/bin/kill"  # util-linux's and procps's, where Debian puts them
+SETPRIV, KILL, IPCRM = "/usr/bin/setpriv", "/usr/bin/kill", "/usr/bin/ipcrm"  # util-linux's and procps's
 
 
 def processes_of(uid: int) -> list[int]:
@@ -61,3 +64,42 @@ def kill_all_of(uid: int, gid: int) -> int:
             raise OSError(f"processes {left[:10]} of uid {uid} still run after {KILL_SECONDS:.0f} s of SIGKILL")
         time.sleep(0.02)
     return len(found)
+
+
+# The directories every user may write to, where a tenant's code leaves files no tenant tree holds (an OS user's uid
+# may be handed to the next tenant made once this one's is gone).
+SHARED_DIRECTORIES = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")  # noqa: S108 - emptied of a uid's, not written
+
+
+def remove_files_of(uid: int, roots: tuple[str, ...] = SHARED_DIRECTORIES, check_mode: bool = False) -> list[str]:
+    """What `uid` left at the top of `roots` (files, and directories with all they hold) removed, and its System V
+    shared memory; what was removed. Reached through each root's descriptor and removed without following a link
+    (shutil.rmtree by descriptor), so no link of anyone's leads root elsewhere."""
+    if uid == 0:
+        raise OSError("refusing to remove every file of root")
+    removed = []
+    for root in roots:
+        try:
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            for entry in os.scandir(fd):
+                with contextlib.suppress(FileNotFoundError):
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_uid != uid:
+                        continue
+                    if not check_mode and stat.S_ISDIR(st.st_mode):
+                        shutil.rmtree(entry.name, dir_fd=fd)
+                    elif not check_mode:
+                        os.unlink(entry.name, dir_fd=fd)
+                    removed.append(os.path.join(root, entry.name))
+        finally:
+            os.close(fd)
+    with contextlib.suppress(FileNotFoundError), open("/proc/sysvipc/shm", encoding="ascii") as segments:
+        for fields in (line.split() for line in list(segments)[1:]):
+            if int(fields[7]) == uid:  # key shmid perms size cpid lpid nattch uid ...
+                if not check_mode:
+                    subprocess.run([IPCRM, "-m", fields[1]], capture_output=True, check=False)
+                removed.append(f"shared memory {fields[1]}")
+    return removed
