@@ -27,13 +27,13 @@ APT_PACKAGES := postgresql-15 pgbackrest pgbouncer supervisor nginx-light ceph c
 ROLES := postgres_server pgbouncer platform_registry tenant_database odoo_template storage odoo_runtime webhook_runner ceph_cluster \
   monitoring postgres_ha
 
-.PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-beside alone-pass molecule-beside-alone streams-pass acceptance bench soak down clean
+.PHONY: help setup system-packages state-access reserved-ports demo test lint unit molecule integration integration-streams integration-alone integration-beside reference alone-pass molecule-beside-alone streams-pass acceptance bench soak down clean
 
 help:
 	@echo "make demo   set up, converge the local platform, play four customers' lives through Kill Bill and the runner"
 	@echo "make test   set up, unit tests, integration tests with molecule scenarios and lint beside them"
 	@echo "make setup | lint | unit | molecule | integration (= integration-streams, integration-alone, integration-beside)"
-	@echo "     | acceptance ODOO_BIN=… | bench | soak | down | clean"
+	@echo "     | acceptance ODOO_BIN=… | bench | soak | reference | down | clean"
 
 # The stamp names the interpreter: a venv made from another Python is rebuilt on this one.
 VENV_STAMP := $(VENV)/.installed-with$(subst /,-,$(PYTHON))
@@ -121,6 +121,11 @@ lint: setup
 	ruff format --check .
 	ansible-lint
 	pytest -q -p no:cacheprovider tests/unit/test_monitoring_config.py tests/unit/test_alert_rules.py
+	python tools/reference.py --check
+
+# docs/reference/ from the modules', filters', inventory plugin's and roles' own documentation (lint checks it).
+reference: setup
+	python tools/reference.py
 
 unit: setup
 	pytest tests/unit
