@@ -1,17 +1,45 @@
 """The monitoring as an operator meets it on the local platform (roles/monitoring, group_vars/all/monitoring.yml):
-every server, PgBouncer and tenant watched without a site.yml for the new ones. A tenant's Odoo stopped behind the
-runner's back raising its alert in Alertmanager, gone once it is back, is bench/alerting.py's quick run
-(test_bench.py), which times it."""
+every server, PgBouncer and tenant watched without a site.yml for the new ones, and an alert mailed to the operators.
+A tenant's Odoo stopped behind the runner's back raising its alert in Alertmanager, gone once it is back, is
+bench/alerting.py's quick run (test_bench.py), which times it."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
 import pytest
-from monitoring_api import query
+from monitoring_api import ALERTMANAGER, query
 from tenant_web import tenant_url
 
 from .conftest import LocalPlatform, run_playbook, wait_until
+from .runner_stack import MailCatcher
 
 TENANT = "watch-a"
+# An alert of no rule's, sent to Alertmanager as Prometheus sends its own: where it goes is the routes' doing.
+ROUTE_CHECK = {"alertname": "AlertRouteCheck", "severity": "critical", "server": "route-check"}
+
+
+def send_alert(ends_in: timedelta) -> None:
+    """ROUTE_CHECK to Alertmanager's API (POST /api/v2/alerts), firing until `ends_in` from now (0: resolved)."""
+    body = json.dumps([{"labels": ROUTE_CHECK, "annotations": {"summary": "an alert the tests send"},
+                        "endsAt": (datetime.now(UTC) + ends_in).isoformat()}]).encode()  # fmt: skip
+    request = urllib.request.Request(
+        f"{ALERTMANAGER}/api/v2/alerts", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+
+@pytest.fixture(scope="module")
+def alert_sent(local_platform: LocalPlatform):
+    """ROUTE_CHECK firing from the module's start (Alertmanager holds a new alert group_wait, 30 s, before its first
+    notification: the other test runs meanwhile), resolved at its end; the mail catcher's messages since."""
+    mail = MailCatcher()
+    send_alert(timedelta(minutes=10))
+    yield mail
+    send_alert(timedelta(0))
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +56,7 @@ def watched_tenant(local_platform: LocalPlatform):
 
 
 def test_every_server_and_pgbouncer_is_watched_and_a_new_tenant_is_probed_through_its_public_url(
-    local_platform: LocalPlatform, watched_tenant: str
+    local_platform: LocalPlatform, alert_sent: MailCatcher, watched_tenant: str
 ):
     """The servers' exporters log in as the monitor role and see the replica of each server under Patroni streaming;
     the PgBouncer exporter reads each pool's console; the tenant provisioned after site.yml is probed within a refresh
@@ -67,3 +95,18 @@ def test_every_server_and_pgbouncer_is_watched_and_a_new_tenant_is_probed_throug
     # Its certificate is read too: the platform CA's, valid for weeks at least.
     expiry = query(f'probe_ssl_earliest_cert_expiry{{tenant="{watched_tenant}"}} - time()')
     assert expiry and float(expiry[0]["value"][1]) > 14 * 86400, expiry
+
+
+def test_an_alert_reaches_the_operators_by_e_mail(alert_sent: MailCatcher):
+    """Alertmanager's route (roles/monitoring's alertmanager.yml): an alert firing is mailed to the operators through
+    the platform's SMTP relay (locally the mail catcher), naming the alert and what it is about."""
+
+    def mailed():
+        return [
+            message for message in alert_sent.messages("operators@") if "AlertRouteCheck" in str(message["Subject"])
+        ]
+
+    [message] = wait_until(mailed, "the alert's e-mail", 90)
+    assert "[FIRING:1]" in str(message["Subject"]) and str(message["From"]).startswith("alerts@")
+    body = message.get_body(("plain", "html")).get_content()
+    assert "route-check" in body and "an alert the tests send" in body
