@@ -798,11 +798,49 @@ def test_a_tenants_odoo_runs_within_its_plans_cpu_and_memory_and_cannot_leave_th
     assert throttled() > before
 
 
+def odoo_pid(program: str) -> str:
+    supervisorctl = ["supervisorctl", "-c", str(LOCAL_STATE / "runtime/supervisor/supervisord.conf")]
+    return subprocess.run([*supervisorctl, "pid", program], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def as_tenant_in_its_mounts(pid: str, user: str, script: str) -> subprocess.CompletedProcess:
+    """`script` run as `user` in the mount namespace of process `pid` (where that tenant's Odoo sees its files)."""
+    return subprocess.run(
+        ["nsenter", f"--target={pid}", "--mount", "--", "setpriv", f"--reuid={user}", f"--regid={user}",
+         "--init-groups", "sh", "-c", script],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+def test_a_tenants_temporary_files_are_its_own(two_process_tenants):
+    """The tenant's Odoo sees /tmp, /var/tmp and /dev/shm on a tmpfs of its own (a quarter of its plan's memory): what
+    its code writes there is in neither another tenant's nor the host's, where every user could read or plant it."""
+    plan = load_yaml(REPO / "inventories/local/group_vars/all/plans.yml")["saasodoo_plans"]["basic-monthly"]
+    a_pid, b_pid = odoo_pid("odoo-iso-a"), odoo_pid("odoo-iso-b")
+    # /proc/<pid>/mountinfo: ... <mount point> <options> ... - <type> <source> <super options>
+    lines = Path(f"/proc/{a_pid}/mountinfo").read_text().splitlines()
+    mounts = {line.split()[4]: line.split(" - ")[1] for line in lines}
+    host_tmp, host_shm = Path("/tmp"), Path("/dev/shm")  # noqa: S108 - the host's, where the tenant's must not be
+    for point in ("/tmp", "/var/tmp", "/dev/shm"):  # noqa: S108
+        assert mounts[point].startswith("tmpfs saasodoo-tmp "), mounts.get(point)
+        assert f"size={plan['memory_mb'] // 4 * 1024}k" in mounts[point], mounts[point]
+    a, b = tenant_os_user("iso-a"), tenant_os_user("iso-b")
+    wrote = as_tenant_in_its_mounts(a_pid, a, "echo report > /tmp/iso-a-report && echo seg > /dev/shm/iso-a-segment")
+    assert wrote.returncode == 0, wrote.stderr
+    # One tmpfs, seen at three places.
+    assert as_tenant_in_its_mounts(a_pid, a, "cat /var/tmp/iso-a-report").stdout == "report\n"
+    assert not (host_tmp / "iso-a-report").exists() and not (host_shm / "iso-a-segment").exists()
+    looked = as_tenant_in_its_mounts(b_pid, b, "ls -a /tmp /dev/shm")
+    assert looked.returncode == 0 and "iso-a" not in looked.stdout, looked
+
+
 def test_a_suspended_tenant_runs_nothing_not_even_what_it_detached_from_its_odoo(two_process_tenants):
     """Code of the tenant's starts a process of its own that leaves its Odoo's process group and session (setsid),
     which supervisord's stop does not reach. Suspended, the tenant runs nothing: that process is killed with its
-    control group's contents; resumed, its Odoo serves again."""
+    control group's contents, and its temporary files are gone; resumed, its Odoo serves again."""
     a = tenant_os_user("iso-a")
+    left = as_tenant_in_its_mounts(odoo_pid("odoo-iso-a"), a, "echo mine > /tmp/left-before-suspension")
+    assert left.returncode == 0, left.stderr
     program = (LOCAL_STATE / "runtime/supervisor/programs/odoo-iso-a.conf").read_text()
     group = re.search(r"cgexec -g cpu,memory:(\S+)", program)[1]
     detached = subprocess.Popen(
@@ -819,6 +857,8 @@ def test_a_suspended_tenant_runs_nothing_not_even_what_it_detached_from_its_odoo
                 assert detached.wait(timeout=10) == -9, "the suspended tenant's process runs on"
         with urllib.request.urlopen(odoo_url("iso-a"), timeout=10) as page:
             assert page.status == 200
+        gone = as_tenant_in_its_mounts(odoo_pid("odoo-iso-a"), a, "test ! -e /tmp/left-before-suspension")
+        assert gone.returncode == 0, "a file in the suspended tenant's /tmp outlived its programs"
     finally:
         detached.kill()
         detached.wait()
