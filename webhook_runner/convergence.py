@@ -31,8 +31,9 @@ log = logging.getLogger("webhook_runner.worker")  # the worker's log, whichever 
 CONVERGE, RECONCILE = "converge", "reconcile"
 
 
-# An account's e-mail address Kill Bill did not give (it did not answer): a new tenant in its trial waits for it.
-ADDRESS_UNREAD = "(unread)"
+# An account's e-mail address Kill Bill did not give (it did not answer): a new tenant not known to be paid waits for
+# it. A marker no address can equal.
+ADDRESS_UNREAD = object()
 PURGEABLE = ("terminated", "purged")  # what tenant_purge.yml takes: a purge queued before a reactivation is moot
 
 
@@ -247,12 +248,12 @@ class Convergence:
         encoded = base64.b64encode(json.dumps(customer).encode()).decode()
         return {"customer_b64": encoded, "saasodoo_show_admin_link": False}
 
-    def _address(self, email: str | None) -> str | None:
+    def _address(self, email: str | object | None) -> str | object | None:
         """The keyed hash of the account's e-mail address, for one trial per address (with its key and rule only)."""
         key, rules = self.settings.customer_email_key, self.settings.billing_rules
         if not (key and email and rules.one_trial_per_customer and rules.one_trial_per_email):
             return None
-        return ADDRESS_UNREAD if email == ADDRESS_UNREAD else email_hash(key, email)
+        return ADDRESS_UNREAD if email is ADDRESS_UNREAD else email_hash(key, email)
 
     def _trial_by_address(self, account, address, subscription, balance, tenant_id, decisions, claim=False) -> list:
         """A new tenant in its trial (or unpaid) has its account's e-mail address's trial, unless another account's
@@ -261,7 +262,7 @@ class Convergence:
         provision = any(isinstance(d, Action) and d.action == "provision" for d in decisions)
         if not (address and provision and (why := unpaid(subscription, balance))):
             return decisions
-        if address == ADDRESS_UNREAD:  # Kill Bill did not answer: no trial on an address nobody checked
+        if address is ADDRESS_UNREAD:  # Kill Bill did not answer: no trial on an address nobody checked
             return [
                 Skip(
                     tenant_id,

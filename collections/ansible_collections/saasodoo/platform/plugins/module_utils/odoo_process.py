@@ -150,6 +150,8 @@ class OdooProcess:
             user = pwd.getpwnam(self.p["owner"])
         except KeyError:
             return  # no such user: nothing runs as it
+        if self.p["owner_comment"] is None or user.pw_gecos != self.p["owner_comment"]:
+            return  # not known to be the tenant's (the role refuses such a user before it makes or removes it)
         if processes_of(user.pw_uid):
             self.actions.append("killed what the tenant left running")
             if not self.check_mode:

@@ -2,9 +2,11 @@
 
 The tenant runs code of its own as its user (server actions, a module's code): it can start a daemon that leaves its
 Odoo's process group (setsid), which supervisord's stop does not reach, and keep forking. Killed as the tenant's
-own uid with kill(-1, SIGKILL), every process that uid may signal (its own, and a set-user-ID program one of them
-started) is signalled in one pass of the kernel's task list, which a fork cannot outrun; a process forked before
-that pass is in it. No other user's process is reachable that way, whatever the tenant did with its pids.
+own uid with kill(-1, SIGKILL), every process that uid may signal is signalled in one pass of the kernel's task list,
+which a fork cannot outrun; a process forked before that pass is in it. No other user's process is reachable that
+way. The killer is a child forked by root that drops to the uid and calls kill at once, without exec'ing a program
+(it cannot be traced, and the tenant has microseconds to signal it); root kills a killer that does not end and tries
+again.
 """
 
 from __future__ import annotations
@@ -12,28 +14,68 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import time
 
 KILL_SECONDS = 10.0  # how long the kills are repeated before the stop fails
-SETPRIV, KILL, IPCRM = "/usr/bin/setpriv", "/usr/bin/kill", "/usr/bin/ipcrm"  # util-linux's and procps's
+KILLER_SECONDS = 1.0  # how long one killer may take before root kills it and starts another
+IPCRM = "/usr/bin/ipcrm"  # util-linux's, where Debian puts it
+# System V objects as /proc/sysvipc/<kind> lists them: ipcrm's flag, the id's column and the owner's and creator's
+# uid columns (a tenant may give its object to another uid; its creator stays).
+SYSTEM_V_OBJECTS = (("shm", "-m", 1, (7, 9)), ("msg", "-q", 1, (7, 9)), ("sem", "-s", 1, (4, 6)))
+
+
+def _alive(pid: str) -> bool:
+    """Whether any thread of process `pid` runs: a process whose first thread exited shows as a zombie in its
+    status while its other threads run on."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # gone meanwhile
+        return False
+    for task in tasks:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/stat", encoding="ascii") as stat_file:
+            if stat_file.read().rsplit(")", 1)[1].split()[0] != "Z":  # after "pid (comm)": the state
+                return True
+    return False
 
 
 def processes_of(uid: int) -> list[int]:
-    """The live processes whose real uid is `uid` (a zombie, already dead, is its parent's to reap)."""
+    """The processes whose real uid is `uid` and that still run (a zombie, dead, is its parent's to reap)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as status:
-                fields = dict(line.split(":", 1) for line in status if ":" in line)
+                uid_line = next((line for line in status if line.startswith("Uid:")), "Uid: -1")
         except OSError:  # gone meanwhile
             continue
-        if int(fields.get("Uid", "-1").split()[0]) == uid and not fields.get("State", "").strip().startswith("Z"):
+        if int(uid_line.split()[1]) == uid and _alive(entry):
             pids.append(int(entry))
     return pids
+
+
+def _kill_as(uid: int, gid: int) -> None:
+    """One kill(-1, SIGKILL) as `uid`, from a forked child that drops to it; a child that does not end in
+    KILLER_SECONDS (the tenant stopped it) is killed by root."""
+    child = os.fork()
+    if child == 0:  # the child: no Python code between the drop and the kill but the calls themselves
+        try:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + KILLER_SECONDS
+    while os.waitpid(child, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            return
+        time.sleep(0.005)
 
 
 def kill_all_of(uid: int, gid: int) -> int:
@@ -44,22 +86,7 @@ def kill_all_of(uid: int, gid: int) -> int:
     found = processes_of(uid)
     deadline = time.monotonic() + KILL_SECONDS
     while left := processes_of(uid):
-        # setpriv then kill: the kill runs as the tenant's uid, with its group and no other (the kernel checks the
-        # sender's uid only); procps' kill sends to -1 as given, and the kernel spares the sender itself.
-        subprocess.run(
-            [
-                "/usr/bin/setpriv",
-                f"--reuid={uid}",
-                f"--regid={gid}",
-                "--clear-groups",
-                "/usr/bin/kill",
-                "-KILL",
-                "--",
-                "-1",
-            ],
-            capture_output=True,
-            check=False,
-        )
+        _kill_as(uid, gid)
         if time.monotonic() > deadline:
             raise OSError(f"processes {left[:10]} of uid {uid} still run after {KILL_SECONDS:.0f} s of SIGKILL")
         time.sleep(0.02)
@@ -85,7 +112,7 @@ def remove_files_of(uid: int, roots: tuple[str, ...] = SHARED_DIRECTORIES, check
             continue
         try:
             for entry in os.scandir(fd):
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(FileNotFoundError):  # gone meanwhile
                     st = entry.stat(follow_symlinks=False)
                     if st.st_uid != uid:
                         continue
@@ -96,10 +123,17 @@ def remove_files_of(uid: int, roots: tuple[str, ...] = SHARED_DIRECTORIES, check
                     removed.append(os.path.join(root, entry.name))
         finally:
             os.close(fd)
-    with contextlib.suppress(FileNotFoundError), open("/proc/sysvipc/shm", encoding="ascii") as segments:
-        for fields in (line.split() for line in list(segments)[1:]):
-            if int(fields[7]) == uid:  # key shmid perms size cpid lpid nattch uid ...
-                if not check_mode:
-                    subprocess.run([IPCRM, "-m", fields[1]], capture_output=True, check=False)
-                removed.append(f"shared memory {fields[1]}")
+    # /proc/sysvipc/<kind>: the id's column and the owner's and creator's uid columns (a tenant may give its object
+    # to another uid; its creator stays).
+    for kind, flag, id_column, uid_columns in (
+        ("shm", "-m", 1, (7, 9)),
+        ("msg", "-q", 1, (7, 9)),
+        ("sem", "-s", 1, (4, 6)),
+    ):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/sysvipc/{kind}", encoding="ascii") as objects:
+            for fields in (line.split() for line in list(objects)[1:]):
+                if uid in (int(fields[column]) for column in uid_columns):
+                    if not check_mode:
+                        subprocess.run([IPCRM, flag, fields[id_column]], capture_output=True, check=False)
+                    removed.append(f"System V {kind} {fields[id_column]}")
     return removed

@@ -62,6 +62,12 @@ options:
     description: The tenant's OS user and group, which own its directory and its private files.
     type: str
     required: true
+  owner_comment:
+    description:
+      - The comment (GECOS) the tenant's OS user has. A stop kills every process of I(owner), and a removal its files
+        in the host's temporary directories, only if I(owner) has this comment (a user of that name that is not the
+        tenant's is left alone); without it, neither is done.
+    type: str
   config:
     description:
       - The content of the tenant's odoo.conf (it holds the database password), written C(0600), its user's.
@@ -245,6 +251,7 @@ def main() -> None:
             nginx_conf=dict(type="path", required=True),
             tenant_dir=dict(type="path", required=True),
             owner=dict(type="str", required=True),
+            owner_comment=dict(type="str"),
             config=dict(type="str", no_log=True),
             config_path=dict(type="path", required=True),
             # A file's content may hold a secret (the PgBouncer auth file's verifier): kept out of the module's
