@@ -17,9 +17,11 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.tenant_processes
     remove_files_of,
 )
 
+# A process whose name (prctl PR_SET_NAME) is no text and mimics a zombie's stat line, whose first thread exits
+# (SYS_exit on x86-64, the thread's alone) while another runs on: its status says zombie.
 HEADLESS = (
-    "import ctypes, threading, time; threading.Thread(target=time.sleep, args=(300,)).start();"
-    " ctypes.CDLL(None).syscall(60, 0)"  # SYS_exit on x86-64
+    'import ctypes, threading, time; libc = ctypes.CDLL(None); libc.prctl(15, bytes([255]) + b") Z", 0, 0, 0);'
+    " threading.Thread(target=time.sleep, args=(300,)).start(); libc.syscall(60, 0)"
 )
 TENANT_UID = 64_990 + os.getpid() % 4  # no user of this machine's: a second test run in parallel takes another pair
 NEIGHBOUR_UID = TENANT_UID + 4
@@ -55,7 +57,6 @@ def cleanup():
 def test_every_process_of_the_tenants_uid_dies_a_forking_one_too_and_no_one_elses():
     # Detached children and grandchildren, and a loop that forks as fast as it can up to its process limit.
     started = [run_as(TENANT_UID, "sleep 300 & (setsid sleep 300 &) ; while :; do (sleep 300 &) ; done")]
-    # A process whose first thread exits (exit(2), the thread's alone) while another runs on: its status says zombie.
     started.append(run_as(TENANT_UID, f"exec {sys.executable} -c '{HEADLESS}'"))
     neighbour = run_as(NEIGHBOUR_UID, "sleep 300")
     wait_for(lambda: len(processes_of(TENANT_UID)) >= 10 and processes_of(NEIGHBOUR_UID))

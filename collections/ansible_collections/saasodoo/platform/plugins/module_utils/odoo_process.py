@@ -152,13 +152,13 @@ class OdooProcess:
             return  # no such user: nothing runs as it
         if self.p["owner_comment"] is None or user.pw_gecos != self.p["owner_comment"]:
             return  # not known to be the tenant's (the role refuses such a user before it makes or removes it)
-        if processes_of(user.pw_uid):
-            self.actions.append("killed what the tenant left running")
-            if not self.check_mode:
-                try:
+        try:
+            if processes_of(user.pw_uid):
+                self.actions.append("killed what the tenant left running")
+                if not self.check_mode:
                     kill_all_of(user.pw_uid, user.pw_gid)
-                except OSError as error:
-                    self.fail(f"program {self.p['program']}: {error}")
+        except (OSError, ValueError) as error:
+            self.fail(f"program {self.p['program']}: {error}")
         # Its user goes next, and its uid may be the next tenant's: nothing of it stays where every user writes.
         if self.p["state"] == "absent" and (left := remove_files_of(user.pw_uid, check_mode=self.check_mode)):
             self.actions.append(f"removed what the tenant left outside its tree: {', '.join(left[:10])}")

@@ -4,9 +4,9 @@ The tenant runs code of its own as its user (server actions, a module's code): i
 Odoo's process group (setsid), which supervisord's stop does not reach, and keep forking. Killed as the tenant's
 own uid with kill(-1, SIGKILL), every process that uid may signal is signalled in one pass of the kernel's task list,
 which a fork cannot outrun; a process forked before that pass is in it. No other user's process is reachable that
-way. The killer is a child forked by root that drops to the uid and calls kill at once, without exec'ing a program
-(it cannot be traced, and the tenant has microseconds to signal it); root kills a killer that does not end and tries
-again.
+way. The killer is a child forked by root that takes the tenant's uid as its effective one only (KILLER_UID) and
+calls kill at once, without exec'ing a program: the tenant can neither signal nor trace it; root kills a killer that
+does not end and tries again.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ import time
 
 KILL_SECONDS = 10.0  # how long the kills are repeated before the stop fails
 KILLER_SECONDS = 1.0  # how long one killer may take before root kills it and starts another
+# The killer's real and saved uid: one no process runs as (the highest a uid can be but -1, "no change"), so the
+# tenant, whose processes' uid is neither, may not signal or trace it, while its effective uid, the tenant's, lets it
+# kill every process of the tenant's. Never 0 (every root process would be in reach) nor a user's (theirs would).
+KILLER_UID = 2**32 - 2
 IPCRM = "/usr/bin/ipcrm"  # util-linux's, where Debian puts it
 # System V objects as /proc/sysvipc/<kind> lists them: ipcrm's flag, the id's column and the owner's and creator's
 # uid columns (a tenant may give its object to another uid; its creator stays).
@@ -35,8 +39,9 @@ def _alive(pid: str) -> bool:
     except OSError:  # gone meanwhile
         return False
     for task in tasks:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/stat", encoding="ascii") as stat_file:
-            if stat_file.read().rsplit(")", 1)[1].split()[0] != "Z":  # after "pid (comm)": the state
+        # Bytes: the name in parentheses is the process's own choosing (prctl), any bytes but NUL.
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/stat", "rb") as stat_file:
+            if stat_file.read().rsplit(b")", 1)[1].split()[0] != b"Z":  # after "pid (comm)": the state
                 return True
     return False
 
@@ -58,14 +63,14 @@ def processes_of(uid: int) -> list[int]:
 
 
 def _kill_as(uid: int, gid: int) -> None:
-    """One kill(-1, SIGKILL) as `uid`, from a forked child that drops to it; a child that does not end in
-    KILLER_SECONDS (the tenant stopped it) is killed by root."""
+    """One kill(-1, SIGKILL) with `uid` as the effective uid, from a forked child; a child that does not end in
+    KILLER_SECONDS is killed by root."""
     child = os.fork()
     if child == 0:  # the child: no Python code between the drop and the kill but the calls themselves
         try:
             os.setgroups([])
             os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
+            os.setresuid(KILLER_UID, uid, KILLER_UID)
             os.kill(-1, signal.SIGKILL)
         finally:
             os._exit(0)
