@@ -105,7 +105,7 @@ SHARED_DIRECTORIES = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")  # noqa: S1
 
 def remove_files_of(uid: int, roots: tuple[str, ...] = SHARED_DIRECTORIES, check_mode: bool = False) -> list[str]:
     """What `uid` left at the top of `roots` (files, and directories with all they hold) removed, and its System V
-    shared memory; what was removed. Reached through each root's descriptor and removed without following a link
+    objects; what was removed. Reached through each root's descriptor and removed without following a link
     (shutil.rmtree by descriptor), so no link of anyone's leads root elsewhere."""
     if uid == 0:
         raise OSError("refusing to remove every file of root")
@@ -128,13 +128,7 @@ def remove_files_of(uid: int, roots: tuple[str, ...] = SHARED_DIRECTORIES, check
                     removed.append(os.path.join(root, entry.name))
         finally:
             os.close(fd)
-    # /proc/sysvipc/<kind>: the id's column and the owner's and creator's uid columns (a tenant may give its object
-    # to another uid; its creator stays).
-    for kind, flag, id_column, uid_columns in (
-        ("shm", "-m", 1, (7, 9)),
-        ("msg", "-q", 1, (7, 9)),
-        ("sem", "-s", 1, (4, 6)),
-    ):
+    for kind, flag, id_column, uid_columns in SYSTEM_V_OBJECTS:
         with contextlib.suppress(FileNotFoundError), open(f"/proc/sysvipc/{kind}", encoding="ascii") as objects:
             for fields in (line.split() for line in list(objects)[1:]):
                 if uid in (int(fields[column]) for column in uid_columns):
