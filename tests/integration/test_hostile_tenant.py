@@ -819,23 +819,27 @@ RUNTIME_IN_HOST_TMP = str(LOCAL_STATE).startswith(("/tmp/", "/var/tmp/", "/dev/s
 
 @pytest.mark.skipif(RUNTIME_IN_HOST_TMP, reason="this checkout lives in the host's temporary directories")
 def test_a_tenants_temporary_files_are_its_own(two_process_tenants):
-    """The tenant's Odoo sees /tmp, /var/tmp and /dev/shm on a tmpfs of its own (a quarter of its plan's memory): what
-    its code writes there is in neither another tenant's nor the host's, where every user could read or plant it."""
+    """The tenant's Odoo sees /tmp, /var/tmp, /dev/shm and /run/lock on a tmpfs of its own (a quarter of its plan's
+    memory, an inode per 4 KB of it): what its code writes there is in neither another tenant's nor the host's, where
+    every user could read or plant it."""
     plan = load_yaml(REPO / "inventories/local/group_vars/all/plans.yml")["saasodoo_plans"]["basic-monthly"]
     a_pid, b_pid = odoo_pid("odoo-iso-a"), odoo_pid("odoo-iso-b")
     # /proc/<pid>/mountinfo: ... <mount point> <options> ... - <type> <source> <super options>
     lines = Path(f"/proc/{a_pid}/mountinfo").read_text().splitlines()
     mounts = {line.split()[4]: line.split(" - ")[1] for line in lines}
     host_tmp, host_shm = Path("/tmp"), Path("/dev/shm")  # noqa: S108 - the host's, where the tenant's must not be
-    for point in ("/tmp", "/var/tmp", "/dev/shm"):  # noqa: S108
+    for point in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):  # noqa: S108
         assert mounts[point].startswith("tmpfs saasodoo-tmp "), mounts.get(point)
-        assert f"size={plan['memory_mb'] // 4 * 1024}k" in mounts[point], mounts[point]
+        assert f"size={plan['memory_mb'] // 4 * 1024}k,nr_inodes={plan['memory_mb'] // 4 * 256}," in mounts[point]
     a, b = tenant_os_user("iso-a"), tenant_os_user("iso-b")
-    wrote = as_tenant_in_its_mounts(a_pid, a, "echo report > /tmp/iso-a-report && echo seg > /dev/shm/iso-a-segment")
+    wrote = as_tenant_in_its_mounts(
+        a_pid, a, "echo report > /tmp/iso-a-report && echo seg > /dev/shm/iso-a-segment && echo l > /run/lock/iso-a"
+    )
     assert wrote.returncode == 0, wrote.stderr
-    # One tmpfs, seen at three places.
-    assert as_tenant_in_its_mounts(a_pid, a, "cat /var/tmp/iso-a-report").stdout == "report\n"
+    # One tmpfs, seen at four places.
+    assert as_tenant_in_its_mounts(a_pid, a, "cat /var/tmp/iso-a-report /tmp/iso-a").stdout == "report\nl\n"
     assert not (host_tmp / "iso-a-report").exists() and not (host_shm / "iso-a-segment").exists()
+    assert not Path("/run/lock/iso-a").exists()
     looked = as_tenant_in_its_mounts(b_pid, b, "ls -a /tmp /dev/shm")
     assert looked.returncode == 0 and "iso-a" not in looked.stdout, looked
 

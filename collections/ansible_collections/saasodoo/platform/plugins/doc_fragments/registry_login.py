@@ -53,3 +53,18 @@ options:
 requirements:
   - psycopg >= 3.1
 """
+
+    # The registry's own machinery (module_utils/registry_session.py SESSION_LOGIN_OPTIONS): a module lists it before
+    # saasodoo.platform.registry_login, since the first fragment to document an option is the one that counts.
+    SESSION = r"""
+options:
+  login_password:
+    description: The login role's password; not needed for a login the server admits without one (C(postgres) over
+      the Unix socket, peer authentication).
+    type: str
+    required: false
+  session_role:
+    description: The role to act as once logged in (C(SET ROLE)), for example the registry owner when logged in as
+      C(postgres).
+    type: str
+"""

@@ -114,6 +114,28 @@ class RegistryUnreachable(Exception):
     """The registry cannot be reached (or not with these options); the message says where and what to do."""
 
 
+def run_registry_module(module, run, database_error: str, refusals: tuple = (), **facts) -> None:
+    """How a registry module ends: without psycopg it fails with Ansible's message for a missing library; otherwise
+    `run(module)` returns its result. A refusal (the registry out of reach, or one of `refusals`) fails it with the
+    refusal's own message, a database error with `database_error` before it; `facts` go with either failure (the
+    tenant's id, say)."""
+    try:
+        import psycopg
+    except ImportError:
+        import traceback
+
+        from ansible.module_utils.basic import missing_required_lib
+
+        module.fail_json(msg=missing_required_lib("psycopg"), exception=traceback.format_exc())
+    try:
+        result = run(module)
+    except (RegistryUnreachable, *refusals) as e:
+        module.fail_json(msg=str(e), **facts)
+    except psycopg.Error as e:
+        module.fail_json(msg=f"{database_error}: {e}", **facts)
+    module.exit_json(**result)
+
+
 def connect_registry(params: dict):
     """An autocommit psycopg connection to the registry; callers open their own transactions.
 

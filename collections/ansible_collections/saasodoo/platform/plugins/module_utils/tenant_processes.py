@@ -100,7 +100,7 @@ def kill_all_of(uid: int, gid: int) -> int:
 
 # The directories every user may write to, where a tenant's code leaves files no tenant tree holds (an OS user's uid
 # may be handed to the next tenant made once this one's is gone).
-SHARED_DIRECTORIES = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")  # noqa: S108 - emptied of a uid's, not written
+SHARED_DIRECTORIES = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")  # noqa: S108 - emptied, not written
 
 
 def remove_files_of(uid: int, roots: tuple[str, ...] = SHARED_DIRECTORIES, check_mode: bool = False) -> list[str]:

@@ -187,32 +187,20 @@ executed:
   elements: str
 """
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import PlacementError
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
     PLACEMENT_OPTIONS,
+    PlacementRequest,
+    PlacementStore,
     placement_config,
 )
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
     REGISTRY_LOGIN_OPTIONS,
-    RegistryUnreachable,
     connect_registry,
+    run_registry_module,
 )
-
-try:
-    import psycopg
-
-    from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
-        PlacementRequest,
-        PlacementStore,
-    )
-
-    PSYCOPG_IMPORT_ERROR = None
-except ImportError:
-    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
 
 
 def argument_spec() -> dict:
@@ -250,14 +238,11 @@ def run_module(module: AnsibleModule) -> dict:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if PSYCOPG_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
-    try:
-        module.exit_json(**run_module(module))
-    except (PlacementError, RegistryUnreachable) as e:
-        module.fail_json(msg=str(e), tenant_id=module.params["tenant_id"], plan=module.params["plan"])
-    except psycopg.Error as e:
-        module.fail_json(msg=f"registry error while placing tenant {module.params['tenant_id']}: {e}")
+    p = module.params
+    run_registry_module(
+        module, run_module, f"registry error while placing tenant {p['tenant_id']}",
+        refusals=(PlacementError,), tenant_id=p["tenant_id"], plan=p["plan"],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

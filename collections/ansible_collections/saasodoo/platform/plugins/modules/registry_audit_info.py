@@ -90,9 +90,8 @@ row_hash:
 """
 
 import re
-import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.audit import (
     AuditTableReplaced,
@@ -101,17 +100,9 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.audit import (
 )
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
     REGISTRY_LOGIN_OPTIONS,
-    RegistryUnreachable,
     connect_registry,
+    run_registry_module,
 )
-
-try:
-    import psycopg
-except ImportError:
-    psycopg = None
-    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
-else:
-    PSYCOPG_IMPORT_ERROR = None
 
 RELATIVE = re.compile(r"^\s*-\s*(.+)$")
 
@@ -130,6 +121,8 @@ def since_timestamp(conn, since: str) -> str:
 
 
 def run_module(module: AnsibleModule) -> dict:
+    import psycopg
+
     p = module.params
     result: dict = dict(changed=False)
     with connect_registry(p) as conn:
@@ -162,14 +155,7 @@ def main() -> None:
         required_one_of=[("since", "verify")],
         supports_check_mode=True,
     )
-    if PSYCOPG_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
-    try:
-        module.exit_json(**run_module(module))
-    except (RegistryUnreachable, AuditTableReplaced) as e:
-        module.fail_json(msg=str(e))
-    except psycopg.Error as e:
-        module.fail_json(msg=f"registry error reading the audit chain: {e}")
+    run_registry_module(module, run_module, "registry error reading the audit chain", refusals=(AuditTableReplaced,))
 
 
 if __name__ == "__main__":

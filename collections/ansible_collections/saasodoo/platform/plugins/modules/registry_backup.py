@@ -206,14 +206,12 @@ restore:
            "restored_at": "2026-11-21 11:02:07.1+00", "forced": false}
 """
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
     REGISTRY_LOGIN_OPTIONS,
-    RegistryUnreachable,
     connect_registry,
+    run_registry_module,
 )
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry_backups import (
     BackupError,
@@ -225,13 +223,6 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry_backups
     record_drill,
     record_restore,
 )
-
-try:
-    import psycopg
-
-    PSYCOPG_IMPORT_ERROR = None
-except ImportError:
-    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
 
 
 def run_module(module: AnsibleModule) -> dict:
@@ -301,14 +292,11 @@ def main() -> None:
         ],
         supports_check_mode=True,
     )
-    if PSYCOPG_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
-    try:
-        module.exit_json(**run_module(module))
-    except (BackupError, RegistryUnreachable, ValueError) as e:
-        module.fail_json(msg=str(e), tenant_id=module.params["tenant_id"])
-    except psycopg.Error as e:
-        module.fail_json(msg=f"registry error for the backups of tenant {module.params['tenant_id']}: {e}")
+    tenant_id = module.params["tenant_id"]
+    run_registry_module(
+        module, run_module, f"registry error for the backups of tenant {tenant_id}",
+        refusals=(BackupError, ValueError), tenant_id=tenant_id,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

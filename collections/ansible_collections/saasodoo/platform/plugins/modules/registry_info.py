@@ -97,23 +97,20 @@ plans:
             "entitlements": {"db_type": "shared", "odoo_workers": 2, "storage_gb": 5}}]
 """
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
     REGISTRY_LOGIN_OPTIONS,
-    RegistryUnreachable,
     connect_registry,
+    run_registry_module,
 )
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry_fleet import QUERIES, read_fleet
 
-try:
-    import psycopg
 
-    PSYCOPG_IMPORT_ERROR = None
-except ImportError:
-    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
+def run_module(module: AnsibleModule) -> dict:
+    with connect_registry(module.params) as conn:
+        fleet = read_fleet(conn, module.params["gather_subset"])
+    return dict(changed=False, **{subset: fleet.get(subset, []) for subset in QUERIES})
 
 
 def main() -> None:
@@ -124,16 +121,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    if PSYCOPG_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
-    try:
-        with connect_registry(module.params) as conn:
-            fleet = read_fleet(conn, module.params["gather_subset"])
-    except (RegistryUnreachable, ValueError) as e:
-        module.fail_json(msg=str(e))
-    except psycopg.Error as e:
-        module.fail_json(msg=f"registry error reading the fleet: {e}")
-    module.exit_json(changed=False, **{subset: fleet.get(subset, []) for subset in QUERIES})
+    run_registry_module(module, run_module, "registry error reading the fleet", refusals=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -103,27 +103,18 @@ dropped:
   elements: int
 """
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
     REGISTRY_LOGIN_OPTIONS,
-    RegistryUnreachable,
     connect_registry,
+    run_registry_module,
 )
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry_moves import (
     due_copies,
     kept_copies,
     mark_dropped,
 )
-
-try:
-    import psycopg
-
-    PSYCOPG_IMPORT_ERROR = None
-except ImportError:
-    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
 
 
 def run_module(module: AnsibleModule) -> dict:
@@ -149,14 +140,7 @@ def main() -> None:
         required_if=[("state", "dropped", ("ids",))],
         supports_check_mode=True,
     )
-    if PSYCOPG_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
-    try:
-        module.exit_json(**run_module(module))
-    except (RegistryUnreachable, ValueError) as e:
-        module.fail_json(msg=str(e))
-    except psycopg.Error as e:
-        module.fail_json(msg=f"registry error about the copies moves kept: {e}")
+    run_registry_module(module, run_module, "registry error about the copies moves kept", refusals=(ValueError,))
 
 
 if __name__ == "__main__":

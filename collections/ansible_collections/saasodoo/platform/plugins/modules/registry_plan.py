@@ -25,21 +25,13 @@ options:
     description: The catalog - each plan's name (its Kill Bill plan name) with what it gives, its C(db_type) included.
     type: dict
     required: true
-  login_password:
-    description: The login role's password; not needed for a login the server admits without one (C(postgres) over
-      the Unix socket, peer authentication).
-    type: str
-    required: false
-  session_role:
-    description: The role to act as once logged in (C(SET ROLE)), for example the registry owner when logged in as
-      C(postgres).
-    type: str
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
 extends_documentation_fragment:
+  - saasodoo.platform.registry_login.session
   - saasodoo.platform.registry_login
 """
 
@@ -68,11 +60,9 @@ changed_plans:
   sample: [basic-monthly]
 """
 
-import traceback
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.saasodoo.platform.plugins.module_utils.registry import RegistryUnreachable
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import run_registry_module
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry_plans import (
     latest_plan,
     record_plan_version,
@@ -82,13 +72,6 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry_session
     connect_registry_session,
 )
 
-try:
-    import psycopg
-
-    PSYCOPG_IMPORT_ERROR = None
-except ImportError:
-    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
-
 DB_TYPES = ("shared", "dedicated")
 
 
@@ -97,6 +80,8 @@ class PlanError(Exception):
 
 
 def run_module(module: AnsibleModule) -> dict:
+    import psycopg
+
     p = module.params
     plans = dict(sorted(p["plans"].items()))
     for name, entitlements in plans.items():
@@ -129,14 +114,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    if PSYCOPG_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
-    try:
-        module.exit_json(**run_module(module))
-    except (PlanError, RegistryUnreachable) as e:
-        module.fail_json(msg=str(e))
-    except psycopg.Error as e:
-        module.fail_json(msg=f"registry error while recording the plans: {e}")
+    run_registry_module(module, run_module, "registry error while recording the plans", refusals=(PlanError,))
 
 
 if __name__ == "__main__":

@@ -114,21 +114,13 @@ options:
     description: Return the tenants to move off the server in C(tenants).
     type: bool
     default: false
-  login_password:
-    description: The login role's password; not needed for a login the server admits without one (C(postgres) over
-      the Unix socket, peer authentication).
-    type: str
-    required: false
-  session_role:
-    description: The role to act as once logged in (C(SET ROLE)), for example the registry owner when logged in as
-      C(postgres).
-    type: str
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: none
 extends_documentation_fragment:
+  - saasodoo.platform.registry_login.session
   - saasodoo.platform.registry_login
 """
 
@@ -211,11 +203,9 @@ tenants:
   sample: [{"tenant_id": "acme", "plan_name": "basic-monthly"}]
 """
 
-import traceback
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.saasodoo.platform.plugins.module_utils.registry import RegistryUnreachable
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import run_registry_module
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry_servers import (
     claim_bring_up,
     mark_brought_up,
@@ -230,13 +220,6 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry_session
     SESSION_LOGIN_OPTIONS,
     connect_registry_session,
 )
-
-try:
-    import psycopg
-
-    PSYCOPG_IMPORT_ERROR = None
-except ImportError:
-    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
 
 
 class ServerError(Exception):
@@ -330,14 +313,8 @@ def main() -> None:
         required_if=[("claim_bring_up", True, ("bring_up_by",))],
         supports_check_mode=True,
     )
-    if PSYCOPG_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
-    try:
-        module.exit_json(**run_module(module))
-    except (ServerError, RegistryUnreachable) as e:
-        module.fail_json(msg=str(e), name=module.params["name"])
-    except psycopg.Error as e:
-        module.fail_json(msg=f"registry error for server {module.params['name']}: {e}")
+    name = module.params["name"]
+    run_registry_module(module, run_module, f"registry error for server {name}", refusals=(ServerError,), name=name)
 
 
 if __name__ == "__main__":

@@ -183,12 +183,12 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
     REGISTRY_LOGIN_OPTIONS,
-    RegistryUnreachable,
     connect_registry,
     hold_tenant,
     open_move,
     read_tenant,
     release_move_lock,
+    run_registry_module,
     try_move_lock,
 )
 
@@ -199,15 +199,12 @@ try:
 except ImportError:
     CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
 
-try:
-    import psycopg
+try:  # without it, run_registry_module fails the module with Ansible's message for a missing library
     from psycopg import sql
     from psycopg.rows import dict_row
     from psycopg.types.json import Jsonb
-
-    PSYCOPG_IMPORT_ERROR = None
 except ImportError:
-    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
+    pass
 
 
 # Serialises port allocation across runs (any fixed key; 'saasodoo.http_port').
@@ -479,16 +476,12 @@ def main() -> None:
     if not p["tenant_id"] or p["plan"] == "":  # a playbook run without -e tenant_id= (or with an empty plan)
         plan = " -e plan=<Kill Bill plan name>" if p["plan"] is not None else ""
         module.fail_json(msg=f"{p['action'] or 'registry_tenant'} needs -e tenant_id=<id>{plan}.")
-    if PSYCOPG_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
     if p["welcome_link"] and CRYPTOGRAPHY_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
-    try:
-        module.exit_json(**run_module(module))
-    except (TenantError, RegistryUnreachable) as e:
-        module.fail_json(msg=str(e), tenant_id=module.params["tenant_id"])
-    except psycopg.Error as e:
-        module.fail_json(msg=f"registry error for tenant {module.params['tenant_id']}: {e}")
+    tenant_id = p["tenant_id"]
+    run_registry_module(
+        module, run_module, f"registry error for tenant {tenant_id}", refusals=(TenantError,), tenant_id=tenant_id
+    )
 
 
 if __name__ == "__main__":
