@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+import yaml
 
 from .conftest import inventory_hosts, run_ansible_tool
 from conftest import REPO
@@ -51,3 +54,28 @@ def test_the_production_ceph_cluster_is_three_monitors_and_size_three_pools():
     assert conf["mon initial members"] == "ceph-mon-01,ceph-mon-02,ceph-mon-03", output
     assert conf["public network"] == "10.20.3.0/24", output
     assert (conf["osd pool default size"], conf["osd pool default min size"]) == ("3", "2"), output
+
+
+def test_the_production_monitoring_scrapes_every_machines_exporters_at_its_private_address():
+    """production.example: every server's exporter and its host's node exporter run beside it, on its private
+    address (all servers listen on 5432: their exporters could not share the monitoring host); the monitoring host
+    lists the other machines' node exporters (runners, Ceph hosts), and neither itself nor the Kubernetes API, which
+    is not a machine of ours."""
+    output = run_ansible_tool(
+        "ansible", "-i", "inventories/production.example", "monitoring", "-m", "ansible.builtin.debug", "-a",
+        "msg={{ {'listed': monitoring_node_hosts, 'groups': groups, 'servers': dict(groups.postgres_servers"
+        " | zip(groups.postgres_servers | map('extract', hostvars) | map('dict2items')"
+        " | map('selectattr', 'key', 'match', '^(postgres_server_listen_addresses|monitoring_.*_exporter_address)$')"
+        " | map('items2dict')))} }}",
+    )  # fmt: skip
+    (monitor, reply) = output.split(" | SUCCESS =>")
+    found = yaml.safe_load(reply)["msg"]  # the stdout callback's YAML
+    listed, groups = found["listed"], found["groups"]
+    assert set(listed) == set(groups["webhook_runner"]) | set(groups["ceph"]), listed
+    assert monitor not in listed and "kubernetes-api" not in listed
+    assert all(ipaddress.ip_address(address) in ipaddress.ip_network("10.20.0.0/16") for address in listed.values())
+    assert len(found["servers"]) >= 5, found["servers"]
+    for server, addresses in found["servers"].items():
+        private = addresses.pop("postgres_server_listen_addresses")
+        assert addresses == {"monitoring_postgres_exporter_address": private,
+                             "monitoring_node_exporter_address": private}, server  # fmt: skip

@@ -6,14 +6,16 @@ bench/alerting.py's quick run (test_bench.py), which times it."""
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from monitoring_api import ALERTMANAGER, query
 from tenant_web import tenant_url
 
-from .conftest import LocalPlatform, run_playbook, wait_until
+from .conftest import REPO, VENV_BIN, LocalPlatform, ansible_env, run_playbook, wait_until
 from .runner_stack import MailCatcher
 
 TENANT = "watch-a"
@@ -110,3 +112,24 @@ def test_an_alert_reaches_the_operators_by_e_mail(alert_sent: MailCatcher):
     assert "[FIRING:1]" in str(message["Subject"]) and str(message["From"]).startswith("alerts@")
     body = message.get_body(("plain", "html")).get_content()
     assert "route-check" in body and "an alert the tests send" in body
+
+
+@pytest.mark.parametrize(
+    ("entry", "address_var"),
+    [
+        ("node_exporter", "monitoring_node_exporter_address"),
+        ("postgres_exporter", "monitoring_postgres_exporter_address"),
+    ],
+)
+def test_an_exporter_beside_what_it_watches_needs_systemd_and_changes_nothing_without_it(entry: str, address_var: str):
+    """The exporters that run beside what they watch (production) run under Debian's systemd units: on a machine
+    without systemd (this one) the entry point refuses before it writes or installs anything."""
+    default_file = Path(f"/etc/default/prometheus-{entry.replace('_', '-')}")
+    before = default_file.read_bytes() if default_file.exists() else None
+    run = subprocess.run(
+        [str(VENV_BIN / "ansible"), "pool-shared-01", "-i", "inventories/local", "-m", "ansible.builtin.include_role",
+         "-a", f"name=monitoring tasks_from={entry}", "-e", f"{address_var}=127.0.0.1"],
+        cwd=REPO, env=ansible_env(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode != 0 and "runs no systemd" in run.stdout, run.stdout[-3000:]
+    assert (default_file.read_bytes() if default_file.exists() else None) == before

@@ -5,10 +5,12 @@ webhook), so a template change that breaks either fails here, in `make lint` and
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from ansible.template import trust_as_template
 
 from conftest import ROLES, role_templar
@@ -31,6 +33,7 @@ INPUTS = {
             "to": "ops@example.com",
         },
         "monitoring_alert_webhooks": [{"url": "https://chat.example.com/hooks/ops"}],
+        "monitoring_node_hosts": {"pool-shared-02": "10.20.1.12", "ceph-osd-01": "ceph-osd-01.example.internal"},
     },
 }
 
@@ -62,3 +65,39 @@ def test_alertmanager_accepts_its_configuration(rendered: Path):
 
 def test_the_blackbox_exporter_accepts_its_modules(rendered: Path):
     check(["prometheus-blackbox-exporter", "--config.check", "--config.file=blackbox.yml"], rendered)
+
+
+def test_prometheus_scrapes_every_hosts_node_exporter(rendered: Path, request: pytest.FixtureRequest):
+    """This host's node exporter, and each of monitoring_node_hosts' at its address, labelled with its name."""
+    (node,) = [job for job in yaml.safe_load((rendered / "prometheus.yml").read_text())["scrape_configs"]
+               if job["job_name"] == "node"]  # fmt: skip
+    targets = {config["labels"]["host"]: config["targets"] for config in node["static_configs"]}
+    others = INPUTS[request.node.callspec.params["rendered"]].get("monitoring_node_hosts", {})
+    assert {host: targets[host] for host in others} == {host: [f"{address}:9100"] for host, address in others.items()}
+    assert len(targets) == len(others) + 1, targets
+
+
+def test_a_server_whose_exporters_run_beside_it_is_scraped_there():
+    """templates/server_files.json.j2: a server with monitoring_postgres_exporter_address (production: every server on
+    5432, on hosts of their own) has no exporter program on the monitoring host, its target at that address on 9187,
+    no share in the port check, and its host's node exporter among the targets."""
+    hostvars = {
+        name: {
+            "postgres_server_listen_addresses": address, "postgres_server_port": 5432,
+            "saasodoo_monitor_password": "pw", "monitoring_postgres_exporter_address": address,
+            "monitoring_node_exporter_address": address, "inventory_hostname": name,
+        }
+        for name, address in (("pool-shared-01", "10.20.1.11"), ("pool-dedicated-acme", "10.20.1.21"))
+    }  # fmt: skip
+    templar = role_templar("monitoring", {
+        "hostvars": hostvars, "groups": {"pools_dedicated": ["pool-dedicated-acme"]},
+        "monitoring_postgres_servers": list(hostvars), "__monitoring_servers": list(hostvars), "monitoring_dir": "/m",
+    })  # fmt: skip
+    files = json.loads(templar.template(trust_as_template((TEMPLATES / "server_files.json.j2").read_text())))
+    root = {Path(f["path"]).name: f["content"] for f in files["root"]}
+    assert not [name for name in root if name.endswith(".conf")], root  # no exporter program here
+    assert json.loads(root["postgres-pool-dedicated-acme.json"])[0]["targets"] == ["10.20.1.21:9187"]
+    assert json.loads(root["node-pool-shared-01.json"]) == [{"targets": ["10.20.1.11:9100"],
+                                                             "labels": {"host": "pool-shared-01"}}]  # fmt: skip
+    assert files["exporter_ports"] == {} and files["shared_exporter_ports"] == []
+    assert templar.template(trust_as_template("{{ __monitoring_exporter_programs }}")) == []
