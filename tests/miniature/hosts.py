@@ -214,8 +214,9 @@ def ssh_command(host: Host) -> list[str]:
 
 
 def host_pids(namespace: str) -> list[int]:
-    """The processes of a host: those in its network namespace, and those in the mount namespace its own have (the
-    tenants' Odoo, each in a network namespace of its own, that a host's runtime made)."""
+    """The processes of a host: those in its network namespace, those in the mount namespace its own have (the
+    tenants' Odoo, each in a network namespace of its own, that a host's runtime made), and their descendants (a
+    tenant's Odoo in mount and IPC namespaces of its own too: its private temporary directories)."""
     pids = {int(pid) for pid in run("ip", "netns", "pids", namespace, check=False).stdout.split()}
     ours = os.readlink("/proc/self/ns/mnt")
     mounts = set()
@@ -223,10 +224,15 @@ def host_pids(namespace: str) -> list[int]:
         with contextlib.suppress(OSError):
             mounts.add(os.readlink(f"/proc/{pid}/ns/mnt"))
     mounts.discard(ours)
+    parents = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/{pid}/ns/mnt") in mounts:
                 pids.add(int(pid))
+            # /proc/<pid>/stat: pid (comm) state ppid ...; comm may hold spaces and parentheses.
+            parents[int(pid)] = int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+    while children := {pid for pid, parent in parents.items() if parent in pids and pid not in pids}:
+        pids |= children
     return sorted(pids)
 
 
