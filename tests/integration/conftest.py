@@ -366,13 +366,11 @@ STREAMS = {
         # Here rather than with the tenants, whose stream is the longer.
         "test_bench.py::test_lifecycle_benchmark",
         "test_placement_store.py",  # a scratch registry of its own
-        # Rendering and reading only; here to keep the two streams about as long.
-        "test_kubernetes_manifests.py",
-        "test_inventories.py",
-        "test_inventory_plugin.py",
+        "test_kubernetes_manifests.py",  # rendering only; here to keep the two streams about as long
     ),
     # Both Ceph users, in one worker: the cluster is started and stopped by whoever uses it.
     "tenants": (
+        "test_inventories.py",
         "test_storage_cephfs.py",
         "test_tenant_lifecycle.py",
         "test_hostile_tenant.py",
@@ -380,6 +378,7 @@ STREAMS = {
         # In this stream, after the tests that log in to every server: its server is lost and rebuilt for a while.
         "test_bench.py::test_durability_benchmark",
         "test_failover.py",
+        "test_inventory_plugin.py",
         "test_bench.py",
     ),
 }
