@@ -1,3 +1,4 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Inventory plugin: the live fleet (database servers and tenants) read from the platform registry."""
 
 # ruff: noqa: E402 - the documentation comes first, as in every Ansible plugin; the imports follow it.
@@ -25,7 +26,7 @@ description:
     C(postgres_server_listen_addresses), C(pgbouncer_listen_port) and C(pgbouncer_listen_address) from the registry.
   - The configuration file name must end in C(registry.yml) or C(registry.yaml).
 author:
-  - SaaSOdoo ops maintainers
+  - SaaSOdoo ops maintainers (@saasodoo)
 requirements:
   - psycopg >= 3.1 on the controller
 extends_documentation_fragment:

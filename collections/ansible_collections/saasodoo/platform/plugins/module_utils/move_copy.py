@@ -120,7 +120,7 @@ class CopyPhase:
                         sql.Identifier(self.forward.name)
                     )
                 ).fetchone()[2]
-                for _ in range(max(1, self.options.jobs)):
+                for _stream in range(max(1, self.options.jobs)):
                     reader = self._connect_as_replicator()
                     try:
                         writer = self._connect_as_restorer()
@@ -142,7 +142,7 @@ class CopyPhase:
                 try:
                     first.execute(
                         sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-                            sql.SQL(", ").join(sql.SQL(table) for table, _, _ in tables)
+                            sql.SQL(", ").join(sql.SQL(table) for table, _columns, _binary in tables)
                         )
                     )
                 except psycopg.errors.LockNotAvailable as e:
@@ -155,7 +155,7 @@ class CopyPhase:
             for reader, writer in streams:
                 reader.close()
                 writer.close()
-        binary = sum(1 for *_, is_binary in tables if is_binary)
+        binary = sum(1 for *_table, is_binary in tables if is_binary)
         self.executed.append(
             f"copied {len(tables)} tables ({binary} binary), {copied / 2**20:.0f} MB in"
             f" {time.monotonic() - started:.1f} s over {len(streams)} streams"

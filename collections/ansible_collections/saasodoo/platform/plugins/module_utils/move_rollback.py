@@ -123,7 +123,7 @@ class RollbackPhase:
         self._drop_subscription(way)
         self._drop_roles(way.subscriber, way.apply_role)
         with way.publisher.connect() as conn:
-            for _ in range(50):  # a walsender still exiting keeps its slot active for a moment
+            for _attempt in range(50):  # a walsender still exiting keeps its slot active for a moment
                 active = conn.execute(
                     "SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (way.name,)
                 ).fetchone()

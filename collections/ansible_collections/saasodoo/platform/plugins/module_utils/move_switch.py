@@ -58,7 +58,7 @@ class SwitchPhase:
             conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
             # Wait for each session to be gone: a commit still in flight must land before the marker.
             sessions = "SELECT pid FROM pg_catalog.pg_stat_activity WHERE usename = %s"
-            for _ in range(50):
+            for _attempt in range(50):
                 pids = [pid for (pid,) in conn.execute(sessions, (role,))]
                 if not pids:
                     return

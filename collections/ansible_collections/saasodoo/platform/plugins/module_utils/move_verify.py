@@ -56,7 +56,7 @@ class VerifyPhase:
         )
         verification = {
             "tables": len(source_tables),
-            "rows": sum(rows for rows, _ in source_tables.values()),
+            "rows": sum(rows for rows, _checksum in source_tables.values()),
             "sequences": self.sequences_checked,
             "differing_tables": differing,
             "sequences_behind": [],  # checked when they were copied (_sync_sequences)

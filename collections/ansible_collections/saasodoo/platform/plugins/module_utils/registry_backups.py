@@ -89,7 +89,8 @@ def retention_problem(keep) -> str | None:
             f"backup_keep must be a count of newest backups or counts per period ({', '.join(GFS_PERIODS)}), "
             f"not {keep!r}"
         )
-    bad = [f"{period}={count!r}" for period, count in keep.items() if type(count) is not int or count < 0]
+    # bool is an int to isinstance; a count must be a real whole number
+    bad = [f"{p}={n!r}" for p, n in keep.items() if isinstance(n, bool) or not isinstance(n, int) or n < 0]
     if bad:
         return f"backup_keep counts must be whole numbers, 0 or more: {', '.join(bad)}"
     return None if any(keep.values()) else f"backup_keep {keep!r} keeps no backup: give one count above 0"

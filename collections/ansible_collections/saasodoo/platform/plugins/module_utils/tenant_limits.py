@@ -129,7 +129,7 @@ def ensure_group(
                 return actions  # check mode: what is missing is reported, nothing under it can be read
     values = wanted_values(cpu, memory_mb, version)
     current = {}
-    for controller, file, _, required in values:
+    for controller, file, _value, required in values:
         path = os.path.join(dirs[controller], file)
         if os.path.exists(path):
             current[file] = read(path)
@@ -145,7 +145,7 @@ def ensure_group(
     # v1's memsw (memory plus swap) is never under memory's ceiling: raising both, it goes first.
     elif version == "v1" and memory_now is not None and memory_now < int(memory_mb) * MIB:
         values = [v for v in values if v[0] != "memory"] + [v for v in values if v[0] == "memory"][::-1]
-    for controller, file, value, _ in values:
+    for controller, file, value, _required in values:
         if current.get(file, value) == value:
             continue
         path = os.path.join(dirs[controller], file)

@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Write or verify the manifest of a tenant backup: the sha256 of every part."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ description:
     manifest itself against the digest recorded in the registry.
   - Returns the manifest's own sha256, recorded in the registry so a swapped manifest is caught too.
 version_added: 0.1.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   path:
     description: The backup's directory.
@@ -34,11 +35,8 @@ options:
   manifest_sha256:
     description: The digest of C(manifest.json) the registry recorded; C(verified) checks it first.
     type: str
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+extends_documentation_fragment:
+  - saasodoo.platform.attributes
 """
 
 EXAMPLES = r"""
@@ -91,7 +89,7 @@ def sha256_of(path: str) -> str:
 def parts_of(root: str) -> dict[str, dict]:
     """Every file under root but the manifest, by path relative to root, with its size and sha256."""
     parts = {}
-    for directory, _, files in os.walk(root):
+    for directory, _directories, files in os.walk(root):
         for name in files:
             full = os.path.join(directory, name)
             relative = os.path.relpath(full, root)

@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Copy a tenant backup to the offsite S3 store, encrypted, fetch it back, or delete copies."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ description:
   - The store is any S3 endpoint, reached over HTTPS with path-style addressing; checksums are sent only where the
     operation requires one (Ceph 16's gateway refuses the newer default).
 version_added: 0.1.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 requirements: [boto3, tar, openssl]
 options:
   state:
@@ -56,11 +57,8 @@ options:
   passphrase:
     description: The copies' encryption passphrase (C(present), C(fetched)).
     type: str
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+extends_documentation_fragment:
+  - saasodoo.platform.attributes
 """
 
 EXAMPLES = r"""

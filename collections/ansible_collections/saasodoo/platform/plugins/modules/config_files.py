@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A server's configuration directories and small files (its settings, its TLS certificate, key and CA), all in one
 module call."""
 
@@ -26,7 +27,7 @@ description:
   - The paths (absolute) and modes are checked before anything is made or written.
   - The contents are never returned or logged (they hold private keys).
 version_added: 0.7.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   directories:
     description: The directories, with the files' owner and group.
@@ -66,6 +67,8 @@ options:
   group:
     description: Their group; without it, the group the module runs as.
     type: str
+extends_documentation_fragment:
+  - saasodoo.platform.attributes
 """
 
 EXAMPLES = r"""

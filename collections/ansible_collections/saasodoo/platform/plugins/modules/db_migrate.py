@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Move a tenant's database to another PostgreSQL server: place, copy, cut over, verify, repoint, clean up."""
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ description:
     failed. Either fails if the move died (its process gone, or its lock released without a result; the next run
     finishes or rolls it back).
 version_added: 0.2.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   tenant_id:
     description: The tenant whose database moves.
@@ -140,35 +141,12 @@ options:
     type: str
     choices: [disable, prefer, require, verify-ca, verify-full]
     default: prefer
-  policy:
-    description: As in M(saasodoo.platform.db_placement).
-    type: str
-    choices: [fill_first, spread]
-    default: fill_first
-  auto_grow:
-    description: As in M(saasodoo.platform.db_placement).
-    type: bool
-    default: false
-  shared_growth:
-    description: As in M(saasodoo.platform.db_placement).
-    type: dict
-  dedicated:
-    description: As in M(saasodoo.platform.db_placement).
-    type: dict
-  odoo_pg_majors:
-    description: As in M(saasodoo.platform.db_placement).
-    type: dict
-    required: true
-  probe_health:
-    description: As in M(saasodoo.platform.db_placement).
-    type: bool
-    default: true
 attributes:
   check_mode:
     support: none
-  diff_mode:
-    support: none
 extends_documentation_fragment:
+  - saasodoo.platform.attributes
+  - saasodoo.platform.placement
   - saasodoo.platform.registry_login
 """
 

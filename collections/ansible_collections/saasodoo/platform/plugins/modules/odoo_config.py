@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """One tenant's odoo.conf for an Odoo that runs elsewhere, in one module call."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ description:
   - The directory is made C(0750) and the file written atomically C(0600), both root's, only when they differ.
     C(absent) removes the directory.
 version_added: 0.5.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   state:
     description: Whether the tenant's config should be there.
@@ -28,6 +29,8 @@ options:
   config:
     description: The content of the tenant's odoo.conf (it holds the database password). Required when present.
     type: str
+extends_documentation_fragment:
+  - saasodoo.platform.attributes
 """
 
 EXAMPLES = r"""

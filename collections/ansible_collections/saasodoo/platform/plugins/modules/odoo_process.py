@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Converge one tenant's Odoo under supervisord and its nginx route, in one module call."""
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ description:
 version_added: 0.4.0
 requirements:
   - supervisor (the Python package; the host that runs supervisord has it)
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   state:
     description: What the tenant's Odoo should be.
@@ -196,9 +197,8 @@ options:
         description: "The link's prefix length."
         type: int
         required: true
-attributes:
-  check_mode:
-    support: full
+extends_documentation_fragment:
+  - saasodoo.platform.attributes
 """
 
 EXAMPLES = r"""

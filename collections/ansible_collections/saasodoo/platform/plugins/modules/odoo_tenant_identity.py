@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Give a tenant's Odoo database its own identity, and its admin a one-time sign-in link."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ description:
     owns the database and may have set any), so whatever the tenant may have planted there (a trigger, a view, a
     C(RESET ROLE) in them) runs with the tenant's rights and no more. No privileged session is ever opened.
 version_added: 0.1.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   db_name:
     description: The tenant's database.
@@ -90,8 +91,8 @@ attributes:
   check_mode:
     support: full
     details: Every write runs in a transaction that is rolled back; no link is returned.
-  diff_mode:
-    support: none
+extends_documentation_fragment:
+  - saasodoo.platform.attributes
 """
 
 EXAMPLES = r"""

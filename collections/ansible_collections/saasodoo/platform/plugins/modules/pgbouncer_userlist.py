@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Write PgBouncer's auth file from a server's login roles and reload PgBouncer, in one module call."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ description:
     existed. A role that may not log in yet is listed only by the run that names it in I(incoming_roles), so another
     run's rewrite in between drops it, until the moving run writes the file again after its switch.
 version_added: 0.4.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   path:
     description: PgBouncer's auth file.
@@ -53,9 +54,8 @@ options:
     type: list
     elements: str
     default: []
-attributes:
-  check_mode:
-    support: full
+extends_documentation_fragment:
+  - saasodoo.platform.attributes
 """
 
 EXAMPLES = r"""
@@ -90,6 +90,8 @@ from contextlib import contextmanager
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.files import holds, write_atomically
+
+PSYCOPG_IMPORT_ERROR = None
 
 try:
     import psycopg

@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Read the registry's audit chain: the playbook runs since a time, and whether the chain is intact."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ description:
     C(playbooks/registry_audit_verify.yml)).
   - Only reads; never reports a change.
 version_added: 0.6.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   since:
     description: A timestamp such as C(2026-11-23T10:00Z), or an interval back from now such as C(-1d), C(-6h) or
@@ -41,10 +42,8 @@ options:
     description: With I(verify), an audit row's id; I(row_hash) is the hash that row has now (null when there is
       none), read with the rest of the verification.
     type: int
-attributes:
-  check_mode:
-    support: full
 extends_documentation_fragment:
+  - saasodoo.platform.attributes
   - saasodoo.platform.registry_login
 """
 

@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Record a tenant's backups and restores in the registry and read which backups retention removes."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ description:
     (C(action=restore_drill)). Every call is a drill that was done.
   - Every write is one transaction. Check mode computes the same answer and rolls it back.
 version_added: 0.6.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   tenant_id:
     description:
@@ -109,12 +110,8 @@ options:
     description: Who records the backup or restore (the playbook or runner job); stored in the audit row.
     type: str
     default: registry_backup
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
 extends_documentation_fragment:
+  - saasodoo.platform.attributes
   - saasodoo.platform.registry_login
 """
 

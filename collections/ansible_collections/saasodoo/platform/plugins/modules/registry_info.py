@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Read what the registry records about the fleet: servers, tenants, plans."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ description:
     newest version of every plan, by name.
   - Read-only, in one read-only snapshot; it never changes anything, in check mode or not.
 version_added: 0.6.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   gather_subset:
     description: What to read; the others are returned as empty lists.
@@ -22,12 +23,8 @@ options:
     elements: str
     choices: [servers, tenants, plans, drills, moves]
     default: [servers, tenants, plans, drills, moves]
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
 extends_documentation_fragment:
+  - saasodoo.platform.attributes
   - saasodoo.platform.registry_login
 """
 

@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Read the old copies tenant moves kept that are due, and record them dropped."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ description:
   - C(state=dropped) records the copies of the moves I(ids) as dropped; those already recorded are left as they
     are, so a second run changes nothing. Check mode rolls it back.
 version_added: 0.6.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   tenant_id:
     description: When reading, every kept copy of this tenant is due now, its retention over or not.
@@ -30,12 +31,8 @@ options:
     description: The moves (C(registry.migrations) ids, the C(id) of each copy) whose kept copies were dropped.
     type: list
     elements: int
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
 extends_documentation_fragment:
+  - saasodoo.platform.attributes
   - saasodoo.platform.registry_login
 """
 

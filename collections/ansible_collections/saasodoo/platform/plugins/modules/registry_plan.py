@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Record the plans' entitlements in the registry's catalog, a new version of each plan whose entitlements changed."""
 
 from __future__ import annotations
@@ -19,18 +20,17 @@ description:
   - The platform_registry role logs in as C(postgres) over the Unix socket (I(login_host) the socket directory, peer
     authentication, no password) and acts as the registry owner with I(session_role).
 version_added: 0.6.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   plans:
     description: The catalog - each plan's name (its Kill Bill plan name) with what it gives, its C(db_type) included.
     type: dict
     required: true
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: full
 extends_documentation_fragment:
+  - saasodoo.platform.attributes
   - saasodoo.platform.registry_login.session
   - saasodoo.platform.registry_login
 """

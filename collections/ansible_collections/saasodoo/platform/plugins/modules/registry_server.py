@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Record a database server in the registry: as the inventory describes it, its bring-up, its draining, its
 retirement."""
 
@@ -37,7 +38,7 @@ description:
   - The platform_registry role logs in as C(postgres) over the Unix socket (I(login_host) the socket directory, peer
     authentication, no password) and acts as the registry owner with I(session_role).
 version_added: 0.6.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   name:
     description: The server's name (its inventory host name).
@@ -114,12 +115,8 @@ options:
     description: Return the tenants to move off the server in C(tenants).
     type: bool
     default: false
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
 extends_documentation_fragment:
+  - saasodoo.platform.attributes
   - saasodoo.platform.registry_login.session
   - saasodoo.platform.registry_login
 """

@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Read a tenant's registry record and record its lifecycle transitions."""
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ description:
     runner sends it. I(welcome_link) goes with the welcome, sealed with I(mail_key).
   - Check mode computes the same answer and rolls it back.
 version_added: 0.1.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   tenant_id:
     description: The tenant's id. Empty fails, naming what the playbook needs (C(-e tenant_id=<id>), and
@@ -110,11 +111,10 @@ options:
     type: dict
     default: {}
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: full
 extends_documentation_fragment:
+  - saasodoo.platform.attributes
   - saasodoo.platform.registry_login
 """
 

@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Whether a supervisord runs and the states of the processes named: supervisorctl's pid and status in one call."""
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ options:
     default: []
 requirements: [supervisor (in the Python that runs the module)]
 version_added: 0.9.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
+extends_documentation_fragment:
+  - saasodoo.platform.attributes
 """
 
 EXAMPLES = r"""
@@ -89,7 +92,7 @@ def select(infos: list[dict], names: list[str]) -> list[dict]:
     name the process of that name in the group of that name)."""
     selected = []
     for name in names:
-        group, _, process = name.partition(":") if ":" in name else (name, "", name)
+        group, _colon, process = name.partition(":") if ":" in name else (name, "", name)
         matches = [info for info in infos if info["group"] == group and process in ("", "*", info["name"])]
         selected += [
             {"name": info["name"] if info["group"] == info["name"] else f"{info['group']}:{info['name']}",

@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A process-runtime tenant's control group with its plan's CPU and memory ceiling (module_utils/tenant_limits.py)."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ description:
     where the kernel counts it), only where they differ. New values apply at once to the processes in it.
   - I(state=absent) kills what is left in the group, then removes it.
 version_added: 0.11.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   name:
     description:
@@ -50,6 +51,8 @@ options:
     type: str
     choices: [present, absent]
     default: present
+extends_documentation_fragment:
+  - saasodoo.platform.attributes
 """
 
 EXAMPLES = r"""

@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Converge a tenant's database and login role on one PostgreSQL server, in one module call."""
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ description:
   - Every session pins C(search_path) and the settings a tenant could set on its database, and qualifies what
     it calls, since the tenant owns that database and may have planted functions there.
 version_added: 0.4.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   name:
     description: Name of the database and of its login role (the pools' pg_hba C(sameuser) rule needs one name).
@@ -67,9 +68,8 @@ options:
     description: The server's port.
     type: int
     required: true
-attributes:
-  check_mode:
-    support: full
+extends_documentation_fragment:
+  - saasodoo.platform.attributes
 """
 
 EXAMPLES = r"""
@@ -101,6 +101,8 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import stable_scram_sha_256_verifier
+
+PSYCOPG_IMPORT_ERROR = None
 
 try:
     import psycopg

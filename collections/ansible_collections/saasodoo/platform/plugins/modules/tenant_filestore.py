@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Archive a tenant's filestore into a backup, or put a backup's archive back, never through a link the tenant made."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ description:
     restore keeps the current filestore and fills in the files deleted since).
   - Every C(tar) and C(rm) is bounded by I(timeout); what a failed run left beside the filestore is removed.
 version_added: 0.10.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   data_dir:
     description: The tenant's directory (made by C(saasodoo.platform.tenant_storage)); links above it are followed
@@ -66,11 +67,8 @@ options:
     description: Seconds each C(tar) or C(rm) may take before it is killed and the module fails.
     type: int
     default: 3600
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+extends_documentation_fragment:
+  - saasodoo.platform.attributes
 """
 
 EXAMPLES = r"""

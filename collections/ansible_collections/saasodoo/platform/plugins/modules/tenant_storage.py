@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A tenant's storage (directories, filestore seed, CephFS quota and cephx client, usage) in one module call."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ description:
   - On CephFS the root must be the admin mount (C(ceph-fuse) or the kernel client); anything else is refused, so a
     missing mount never puts a tenant's files on the disk under the mount point.
 version_added: 0.4.0
-author: SaaSOdoo ops maintainers
+author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   tenant_id:
     description: The tenant's id (letters, digits, C(-), C(_)); part of the directory's and the client's names.
@@ -112,9 +113,8 @@ options:
         description: Seconds C(ceph) waits for the cluster.
         type: int
         default: 30
-attributes:
-  check_mode:
-    support: full
+extends_documentation_fragment:
+  - saasodoo.platform.attributes
 """
 
 EXAMPLES = r"""
@@ -254,8 +254,8 @@ class Storage:
         if self.module.check_mode:
             return
         script = 'umask 077; rm -rf "$2.partial"; cp -R "$1" "$2.partial"; mv "$2.partial" "$2"'
-        rc, _, err = self.module.run_command(["runuser", "-u", owner, "--", "sh", "-ec", script, "storage-seed", seed,
-                                              target])  # fmt: skip
+        argv = ["runuser", "-u", owner, "--", "sh", "-ec", script, "storage-seed", seed, target]
+        rc, _out, err = self.module.run_command(argv)
         if rc != 0:
             self.fail(f"seeding the filestore from {seed} failed: {err.strip()}")
 
@@ -268,8 +268,8 @@ class Storage:
         return self.module.run_command([*argv, *args])
 
     def require_admin_mount(self) -> None:
-        rc, out, _ = self.module.run_command(["findmnt", "--noheadings", "--output", "FSTYPE", "--mountpoint",
-                                              self.root])  # fmt: skip
+        rc, out, _err = self.module.run_command(["findmnt", "--noheadings", "--output", "FSTYPE", "--mountpoint",
+                                                self.root])  # fmt: skip
         if rc != 0 or out.strip() not in CEPHFS_TYPES:
             found = f"it holds a {out.strip()} file system" if rc == 0 else "nothing is mounted there"
             self.fail(f"the CephFS admin mount {self.root} is not mounted ({found}): bring the Ceph cluster up and "
@@ -316,7 +316,7 @@ class Storage:
             return
         self.changed = True
         if not self.module.check_mode:  # it prints the new key, which is never returned
-            rc, _, err = self.ceph("fs", "authorize", self.ceph_p["fs_name"], self.client, self.fs_path, "rw")
+            rc, _out, err = self.ceph("fs", "authorize", self.ceph_p["fs_name"], self.client, self.fs_path, "rw")
             if rc != 0:
                 self.fail(f"`ceph fs authorize` for {self.client} failed (exit {rc}): {err.strip()}")
 
@@ -367,7 +367,7 @@ class Storage:
             if self.client_caps() is not None:
                 self.changed = True
                 if not self.module.check_mode:
-                    rc, _, err = self.ceph("auth", "del", self.client)
+                    rc, _out, err = self.ceph("auth", "del", self.client)
                     if rc != 0:
                         self.fail(f"`ceph auth del {self.client}` failed (exit {rc}): {err.strip()}")
         if os.path.lexists(self.path):

@@ -92,13 +92,13 @@ class JinjaCodeCache:
     def read(self, key: str) -> tuple[types.CodeType, tuple] | None:
         """The entry on disk, if it is whole: a code object and its (kind, name, convention) strings."""
         entry = code_directory.load(self.directory_fd, key)
-        if type(entry) is not tuple or len(entry) != 2:
+        if not isinstance(entry, tuple) or len(entry) != 2:
             return None
         code, plugins = entry
         whole = (
-            type(code) is types.CodeType
-            and type(plugins) is tuple
-            and all(type(p) is tuple and len(p) == 3 and all(type(part) is str for part in p) for p in plugins)
+            isinstance(code, types.CodeType)
+            and isinstance(plugins, tuple)
+            and all(isinstance(p, tuple) and len(p) == 3 and all(isinstance(part, str) for part in p) for p in plugins)
         )
         return (code, plugins) if whole else None
 
@@ -110,7 +110,7 @@ class JinjaCodeCache:
         try:
             current = tuple(
                 (kind, name, _convention((env.filters if kind == "filter" else env.tests).get(name)))
-                for kind, name, _ in plugins
+                for kind, name, _recorded in plugins
             )
         except Exception:  # a plugin that fails to load: the compile says why
             return None

@@ -45,7 +45,7 @@ def cached_compile(directory_fd: int) -> types.FunctionType:
         code = kept.get(key)
         if code is None:
             code = code_directory.load(directory_fd, key)
-            if type(code) is not types.CodeType:
+            if not isinstance(code, types.CodeType):
                 code = builtins.compile(source, filename, mode, flags, True, optimize)
                 code_directory.keep(directory_fd, key, code)
             kept[key] = code
