@@ -153,14 +153,18 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
             rows = store.list_jobs(conn, state=state, tenant_id=request.args.get("tenant"), limit=limit)
         return jsonify(jobs=rows)
 
+    def found(read, key, missing: str):
+        """What `read(conn, key)` finds in the registry, as JSON; 404 saying `missing` when it finds nothing."""
+        with registry() as conn:
+            row = read(conn, key)
+        if row is None:
+            abort(404, missing)
+        return jsonify(row)
+
     @app.get("/jobs/<int:job_id>")
     def job(job_id: int):
         require_admin()
-        with registry() as conn:
-            row = store.get_job(conn, job_id)
-        if row is None:
-            abort(404, f"no job {job_id}")
-        return jsonify(row)
+        return found(store.get_job, job_id, f"no job {job_id}")
 
     @app.post("/jobs/<int:job_id>/replay")
     def replay(job_id: int):
@@ -205,10 +209,6 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
     @app.get("/tenants/<tenant_id>")
     def tenant(tenant_id: str):
         require_admin()
-        with registry() as conn:
-            view = store.tenant_view(conn, tenant_id)
-        if view is None:
-            abort(404, f"no tenant {tenant_id}")
-        return jsonify(view)
+        return found(store.tenant_view, tenant_id, f"no tenant {tenant_id}")
 
     return app

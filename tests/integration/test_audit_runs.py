@@ -31,18 +31,9 @@ $rechain$
 LOCK_CHAIN = "SELECT pg_advisory_xact_lock('registry.audit'::regclass::oid::bigint)"
 
 
-def registry(platform: LocalPlatform) -> psycopg.Connection:
-    return platform.connect(
-        platform.servers["platform-db"].port,
-        "saasodoo_registry",
-        platform.password("registry@saasodoo_registry"),
-        dbname="saasodoo_registry",
-    )
-
-
 def run_rows(platform: LocalPlatform, run_id: str) -> dict[str, dict]:
     """The run's own rows by phase (start, end), with their actor."""
-    with registry(platform) as conn:
+    with platform.registry() as conn:
         rows = conn.execute(
             "SELECT actor, subject, detail FROM registry.audit WHERE kind = 'run' AND detail ->> 'run' = %s",
             (run_id,),
@@ -101,7 +92,7 @@ def test_a_tenant_playbook_links_its_rows_to_the_run_and_the_auditor_sees_them(l
     )
     try:
         assert provision.returncode == 0, provision.output[-3000:]
-        with registry(local_platform) as conn:
+        with local_platform.registry() as conn:
             linked = conn.execute(
                 "SELECT count(*) FROM registry.audit WHERE tenant_id = %s AND detail ->> 'run' = %s",
                 (tenant, provision.run_id),

@@ -98,10 +98,7 @@ def test_lifecycle_benchmark_quick_run_prints_every_transition_beside_the_startu
             assert re.search(rf"{transition}(, with a new server)? \(runtime {runtime}\)", output), transition
     assert "baseline: one-task playbook (ping) start-up" in output and "meta: noop" in output
     assert output.count("goal ") == 10
-    with local_platform.connect(
-        local_platform.servers["platform-db"].port, "saasodoo_registry",
-        local_platform.password("registry@saasodoo_registry"), "saasodoo_registry",
-    ) as registry:  # fmt: skip
+    with local_platform.registry() as registry:
         left = registry.execute(
             "SELECT tenant_id FROM registry.tenants WHERE tenant_id LIKE 'lc-%' AND status <> 'purged'"
         ).fetchall()

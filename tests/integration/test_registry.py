@@ -24,24 +24,15 @@ from conftest import INVENTORIES, ROLES
 MIGRATIONS = sorted((ROLES / "platform_registry/files/migrations").glob("*.sql"))
 
 
-def registry(platform: LocalPlatform) -> psycopg.Connection:
-    return platform.connect(
-        platform.servers["platform-db"].port,
-        "saasodoo_registry",
-        platform.password("registry@saasodoo_registry"),
-        dbname="saasodoo_registry",
-    )
-
-
 def test_every_migration_is_applied(local_platform: LocalPlatform):
-    with registry(local_platform) as conn:
+    with local_platform.registry() as conn:
         applied = [v for (v,) in conn.execute("SELECT version FROM registry.schema_migrations ORDER BY version")]
     assert applied == [int(p.name.split("_")[0]) for p in MIGRATIONS]
 
 
 def test_plans_match_the_catalog(local_platform: LocalPlatform):
     catalog = yaml.safe_load((INVENTORIES / "local/group_vars/all/plans.yml").read_text())["saasodoo_plans"]
-    with registry(local_platform) as conn:
+    with local_platform.registry() as conn:
         rows = conn.execute(
             "SELECT DISTINCT ON (name) name, db_type, entitlements FROM registry.plans ORDER BY name, version DESC"
         ).fetchall()
@@ -51,7 +42,7 @@ def test_plans_match_the_catalog(local_platform: LocalPlatform):
 
 def test_pools_are_registered_with_their_pgbouncer(local_platform: LocalPlatform):
     inventory_pools = local_platform.groups["pools_shared"]
-    with registry(local_platform) as conn:
+    with local_platform.registry() as conn:
         # The inventory's pools; servers placement made at run time (grown, dedicated) are the registry's own.
         rows = conn.execute(
             "SELECT name, kind, port, pgbouncer_port, capacity_tenants FROM registry.db_servers"
@@ -67,7 +58,7 @@ def test_pools_are_registered_with_their_pgbouncer(local_platform: LocalPlatform
 
 
 def test_public_cannot_connect_to_the_registry(local_platform: LocalPlatform):
-    with registry(local_platform) as conn:
+    with local_platform.registry() as conn:
         public_connect = conn.execute(
             "SELECT has_database_privilege('public', 'saasodoo_registry', 'CONNECT')"
         ).fetchone()[0]
@@ -80,7 +71,7 @@ def test_a_changed_plan_would_become_a_new_version(local_platform: LocalPlatform
     catalog["saasodoo_plans"]["basic-monthly"]["odoo_workers"] += 1
     overrides = tmp_path / "plans.yml"
     overrides.write_text(yaml.safe_dump(catalog))
-    with registry(local_platform) as conn:
+    with local_platform.registry() as conn:
         before = conn.execute("SELECT count(*) FROM registry.plans").fetchone()[0]
     # Without the monitoring, whose targets follow servers the other stream brings up and retires meanwhile.
     preview = run_playbook(
@@ -89,12 +80,12 @@ def test_a_changed_plan_would_become_a_new_version(local_platform: LocalPlatform
     assert preview.returncode == 0, preview.output[-3000:]
     assert preview.recap["platform-db"]["changed"] == 1, preview.output[-3000:]
     assert "changed_plans:\n    - basic-monthly\n    plans:" in preview.output, preview.output[-3000:]
-    with registry(local_platform) as conn:
+    with local_platform.registry() as conn:
         assert conn.execute("SELECT count(*) FROM registry.plans").fetchone()[0] == before
 
 
 def test_the_audit_trail_refuses_rewrites(local_platform: LocalPlatform):
-    with registry(local_platform) as conn, conn.transaction(force_rollback=True):
+    with local_platform.registry() as conn, conn.transaction(force_rollback=True):
         conn.execute("INSERT INTO registry.audit (actor, kind, subject, detail) VALUES ('test', 'probe', 'x', '{}')")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"), conn.transaction():
             conn.execute("UPDATE registry.audit SET subject = 'y'")
@@ -104,7 +95,7 @@ def test_a_lease_taken_over_fences_its_old_holders_writes(local_platform: LocalP
     """The runner's account leases (migration 0013): a takeover only after expiry, a new token each time, the old
     token's writes refused on every fenced table, and a takeover waiting for a write under the old token to end."""
     account, write = "fence-probe", "UPDATE registry.tenants SET status = status WHERE false"
-    with registry(local_platform) as old, registry(local_platform) as new, registry(local_platform) as other:
+    with local_platform.registry() as old, local_platform.registry() as new, local_platform.registry() as other:
         for conn in (old, new, other):
             conn.row_factory = psycopg.rows.dict_row
         try:

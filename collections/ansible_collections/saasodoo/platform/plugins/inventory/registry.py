@@ -136,6 +136,7 @@ from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 # billing status never reaches the template engine.
 from ansible.utils.unsafe_proxy import wrap_var as make_unsafe
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry_servers import INVENTORY_COLUMNS
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import WeakSecretError, derive_password
 
 try:
@@ -153,22 +154,16 @@ SERVERS_PARENT_GROUP = "postgres_servers"
 TENANTS_GROUP = "tenants"
 TENANT_HOST_PREFIX = "tenant-"
 
-# What an auditor may see of a server; the optional columns arrived with later migrations.
+# What an auditor may see of a server: the columns the inventory owns, and the platform's record of it. The optional
+# ones arrived with later migrations.
+OPTIONAL_SERVER_FIELDS = ("tenant_count", "storage_committed_gb", "ha")
 SERVER_FIELDS = (
     "name",
-    "kind",
-    "host",
-    "port",
-    "pgbouncer_host",
-    "pgbouncer_port",
-    "pg_major",
-    "capacity_tenants",
-    "capacity_storage_gb",
+    *(column for column in INVENTORY_COLUMNS if column not in OPTIONAL_SERVER_FIELDS),
     "status",
     "health",
     "dedicated_to",
 )
-OPTIONAL_SERVER_FIELDS = ("tenant_count", "storage_committed_gb", "ha")
 # What an auditor may see of a tenant: credential_version is left out, it is an input of the tenant's password.
 TENANT_FIELDS = (
     "tenant_id",

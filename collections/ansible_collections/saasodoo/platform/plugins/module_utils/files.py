@@ -59,10 +59,16 @@ def open_directory(path: str, make: bool = False) -> int:
     place of a directory cannot send root's writes elsewhere. With `make`, missing directories are made, mode 0755
     whatever the umask (the services' users pass through them). OSError when a name is missing (without `make`), a
     link not followed, or not a directory."""
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    names = [part for part in os.path.normpath(path).split("/") if part]
+    return _walk(os.open("/", os.O_RDONLY | os.O_DIRECTORY), names, lambda fd, name: _open_child(fd, name, make))
+
+
+def _walk(fd: int, names: list[str], step) -> int:
+    """From the directory open at `fd` (this takes the descriptor over), one name at a time: `step(fd, name)` opens
+    the next; each parent is closed once its child is open, every descriptor on an error. The last one."""
     try:
-        for name in [part for part in os.path.normpath(path).split("/") if part]:
-            child = _open_child(fd, name, make)
+        for name in names:
+            child = step(fd, name)
             os.close(fd)
             fd = child
     except BaseException:
@@ -90,27 +96,23 @@ def open_beneath(fd: int, relative: str, make: tuple[int, int, int] | None = Non
     no link at all: for the trees a tenant owns (it may swap any of its directories for a link, whoever owns the tree
     on paper). With `make` as (uid, gid, mode), a missing directory is made with that owner and mode. OSError when a
     name is missing (without `make`), a link, or not a directory."""
-    fd = os.dup(fd)
-    try:
-        for name in [part for part in relative.split("/") if part]:
-            if name == "..":
-                raise OSError(errno.EPERM, f"{relative} climbs out of its directory")
-            try:
-                child = _open_subdirectory(fd, name, follow=False)
-            except OSError as error:
-                if error.errno == errno.ELOOP:
-                    raise
-                raise OSError(error.errno, f"{name} is not a directory") from None
-            if child is None:
-                if make is None:
-                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
-                child = make_directory(fd, name, *make)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+
+    def step(fd: int, name: str) -> int:
+        if name == "..":
+            raise OSError(errno.EPERM, f"{relative} climbs out of its directory")
+        try:
+            child = _open_subdirectory(fd, name, follow=False)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise
+            raise OSError(error.errno, f"{name} is not a directory") from None
+        if child is None:
+            if make is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+            child = make_directory(fd, name, *make)
+        return child
+
+    return _walk(os.dup(fd), [part for part in relative.split("/") if part], step)
 
 
 def _open_subdirectory(fd: int, name: str, follow: bool, not_followed: str = "") -> int | None:

@@ -21,3 +21,11 @@ PINNED_SESSION = (
 QUIET_STATEMENT_LOGGING = (
     "SET log_statement = 'none'; SET log_min_duration_statement = -1; SET log_min_error_statement = panic"
 )
+
+# The login of a module that works on a server as its superuser, over the server's Unix socket (peer authentication):
+# doc fragment saasodoo.platform.superuser_login.
+SUPERUSER_LOGIN_OPTIONS = dict(
+    login_user=dict(type="str", default="postgres"),
+    login_unix_socket=dict(type="path", required=True),
+    login_port=dict(type="int", required=True),
+)

@@ -123,25 +123,24 @@ def kept_copy_name(db_name: str, move_id: int) -> str:
     return f"{db_name[:48]}_old{move_id}"
 
 
-def db_type_of(plan_name: str, entitlements: dict) -> str:
-    db_type = entitlements.get("db_type")
-    if db_type not in DB_TYPES:
+def plan_choice(plan_name: str, entitlements: dict, key: str, choices: tuple, default: str | None = None) -> str:
+    """The plan's `key`, one of `choices`; a plan that says nothing gets `default` (None: it must say)."""
+    value = entitlements.get(key, default)
+    if value not in choices:
         raise PlacementError(
-            f"plan {plan_name!r} has db_type {db_type!r}: set db_type to one of {', '.join(DB_TYPES)} "
+            f"plan {plan_name!r} has {key} {value!r}: set {key} to one of {', '.join(choices)} "
             "in group_vars/all/plans.yml and run playbooks/site.yml"
         )
-    return db_type
+    return value
+
+
+def db_type_of(plan_name: str, entitlements: dict) -> str:
+    return plan_choice(plan_name, entitlements, "db_type", DB_TYPES)
 
 
 def server_ha(plan_name: str, entitlements: dict) -> str:
     """The plan's `ha` for a new dedicated server: none when the plan says nothing."""
-    ha = entitlements.get("ha", "none")
-    if ha not in HA_MODES:
-        raise PlacementError(
-            f"plan {plan_name!r} has ha {ha!r}: set ha to one of {', '.join(HA_MODES)} "
-            "in group_vars/all/plans.yml and run playbooks/site.yml"
-        )
-    return ha
+    return plan_choice(plan_name, entitlements, "ha", HA_MODES, default="none")
 
 
 def evaluate(server: Server, needs: Needs) -> Candidate:

@@ -222,7 +222,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
 from ansible_collections.saasodoo.platform.plugins.module_utils.files import certificate_file
-from ansible_collections.saasodoo.platform.plugins.module_utils.placement import PlacementError
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement import PlacementError, server_ha
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
     PLACEMENT_OPTIONS,
     PlacementRequest,
@@ -237,6 +237,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry import 
     try_move_lock,
 )
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry import read_tenant as tenant_record
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry_plans import latest_plan
 
 try:
     import psycopg
@@ -305,18 +306,15 @@ def place(module, registry, p: dict, options: MoveOptions) -> dict:
         tenant = read_tenant(registry, p["tenant_id"])
         # Its target's PgBouncer was told of the role, moving there: the playbook brings it in step again.
         result.update(changed=True, rolled_back=move.row, left=target_of(registry, move.row), executed=move.executed)
+    plan = latest_plan(registry, p["plan"])
+    # A dedicated server's ha is fixed when it is made: a dedicated plan with another ha moves the tenant to a
+    # server made as that plan asks.
     with registry.cursor(row_factory=dict_row) as cur:
-        plan = cur.execute(
-            "SELECT db_type, coalesce(entitlements ->> 'ha', 'none') AS ha FROM registry.plans WHERE name = %s"
-            " ORDER BY version DESC LIMIT 1",
-            (p["plan"],),
-        ).fetchone()
-        # A dedicated server's ha is fixed when it is made: a dedicated plan with another ha moves the tenant to a
-        # server made as that plan asks.
-        server_ha = cur.execute("SELECT ha FROM registry.db_servers WHERE name = %s", (tenant["db_server"],)).fetchone()
+        server = cur.execute("SELECT ha FROM registry.db_servers WHERE name = %s", (tenant["db_server"],)).fetchone()
     if plan is None:
         raise MoveError(f"unknown plan {p['plan']!r} for tenant {p['tenant_id']}: it is not in registry.plans")
-    same_ha = plan["db_type"] != "dedicated" or plan["ha"] == ((server_ha or {}).get("ha") or "none")
+    plan_ha = server_ha(plan["name"], plan["entitlements"])
+    same_ha = plan["db_type"] != "dedicated" or plan_ha == ((server or {}).get("ha") or "none")
     if plan["db_type"] == tenant["db_type"] and same_ha and not p["drain"]:
         return result
     # A logical move that cannot work is refused before a server is chosen or brought up for it. Not in a drain,

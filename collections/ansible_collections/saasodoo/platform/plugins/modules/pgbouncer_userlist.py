@@ -35,18 +35,6 @@ options:
     description: PgBouncer's pid file.
     type: path
     required: true
-  login_user:
-    description: The server's superuser.
-    type: str
-    default: postgres
-  login_unix_socket:
-    description: The server's Unix socket directory.
-    type: path
-    required: true
-  login_port:
-    description: The server's port.
-    type: int
-    required: true
   incoming_roles:
     description:
       - Roles moving here that may not log in yet (a database move's target before its switch), listed all the same;
@@ -56,6 +44,7 @@ options:
     default: []
 extends_documentation_fragment:
   - saasodoo.platform.attributes
+  - saasodoo.platform.superuser_login
 """
 
 EXAMPLES = r"""
@@ -90,6 +79,7 @@ from contextlib import contextmanager
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.files import holds, write_atomically
+from ansible_collections.saasodoo.platform.plugins.module_utils.pinned_session import SUPERUSER_LOGIN_OPTIONS
 
 PSYCOPG_IMPORT_ERROR = None
 
@@ -128,9 +118,7 @@ def main() -> None:
             path=dict(type="path", required=True),
             owner=dict(type="str", required=True),
             pidfile=dict(type="path", required=True),
-            login_user=dict(type="str", default="postgres"),
-            login_unix_socket=dict(type="path", required=True),
-            login_port=dict(type="int", required=True),
+            **SUPERUSER_LOGIN_OPTIONS,
             incoming_roles=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,

@@ -191,6 +191,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry import 
     run_registry_module,
     try_move_lock,
 )
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry_plans import latest_plan
 
 try:
     from cryptography.fernet import Fernet
@@ -201,7 +202,6 @@ except ImportError:
 
 try:  # without it, run_registry_module fails the module with Ansible's message for a missing library
     from psycopg import sql
-    from psycopg.rows import dict_row
     from psycopg.types.json import Jsonb
 except ImportError:
     pass
@@ -213,15 +213,6 @@ HTTP_PORT_LOCK = 0x5AA5_0D00_0001
 
 class TenantError(Exception):
     """A request the registry refuses; the message names the tenant and what to do."""
-
-
-def newest_plan(conn, name: str) -> dict | None:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            "SELECT name, version, db_type, entitlements FROM registry.plans WHERE name = %s"
-            " ORDER BY version DESC LIMIT 1",
-            (name,),
-        ).fetchone()
 
 
 def waiting_for(migration_id: int) -> str:
@@ -309,7 +300,7 @@ def planned_changes(conn, tenant: dict, p: dict) -> dict:
     changes: dict = {}
     plan = tenant["plan"]
     if p["plan"]:
-        new = newest_plan(conn, p["plan"])
+        new = latest_plan(conn, p["plan"])
         if new is None:
             raise TenantError(f"unknown plan {p['plan']!r} for tenant {tenant_id}: it is not in registry.plans")
         if (new["name"], new["version"]) != (tenant["plan_name"], tenant["plan_version"]):

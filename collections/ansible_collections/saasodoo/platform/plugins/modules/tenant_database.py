@@ -56,20 +56,9 @@ options:
     description: A golden template database to clone from (its role has its name); empty for C(template0).
     type: str
     default: ""
-  login_user:
-    description: The server's superuser.
-    type: str
-    default: postgres
-  login_unix_socket:
-    description: The server's Unix socket directory.
-    type: path
-    required: true
-  login_port:
-    description: The server's port.
-    type: int
-    required: true
 extends_documentation_fragment:
   - saasodoo.platform.attributes
+  - saasodoo.platform.superuser_login
 """
 
 EXAMPLES = r"""
@@ -100,6 +89,11 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.pinned_session import (
+    PINNED_SESSION,
+    QUIET_STATEMENT_LOGGING,
+    SUPERUSER_LOGIN_OPTIONS,
+)
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import stable_scram_sha_256_verifier
 
 PSYCOPG_IMPORT_ERROR = None
@@ -107,11 +101,6 @@ PSYCOPG_IMPORT_ERROR = None
 try:
     import psycopg
     from psycopg import sql
-
-    from ansible_collections.saasodoo.platform.plugins.module_utils.pinned_session import (
-        PINNED_SESSION,
-        QUIET_STATEMENT_LOGGING,
-    )
 except ImportError:  # reported by main()
     psycopg = None
     PSYCOPG_IMPORT_ERROR = traceback.format_exc()
@@ -164,25 +153,31 @@ class TenantDatabase:
         if not self.check_mode:
             conn.execute(statement, params)
 
+    def our_database(self, conn) -> bool:
+        """Whether the tenant's database exists; one another role owns is refused before anything is made or
+        dropped (no role either)."""
+        database = conn.execute(
+            "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = %s",
+            (self.p["name"],),
+        ).fetchone()
+        if database is not None and database[0] != self.p["name"]:
+            raise RefusedError(self.not_ours(database[0]))
+        return database is not None
+
     def present(self) -> None:
-        name = self.p["name"]
         with self.connect("postgres") as conn:
-            database = conn.execute(
-                "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = %s", (name,)
-            ).fetchone()
-            if database is not None and database[0] != name:
-                raise RefusedError(self.not_ours(database[0]))  # before anything is made: no role either
-            if database is None and self.p["template"]:
+            exists = self.our_database(conn)
+            if not exists and self.p["template"]:
                 self.require_template(conn)
             self.converge_role(conn)
             if not self.p["login"]:  # before anything that could wait for a lock one of them holds
                 self.close_sessions(conn)
-            if database is None:
+            if not exists:
                 template = sql.Identifier(self.p["template"] or "template0")
                 create = "CREATE DATABASE {} OWNER {} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE {}"
                 self.run(conn, f"database created from {self.p['template'] or 'template0'}",
                          sql.SQL(create).format(self.role, self.role, template))  # fmt: skip
-            if database is None and self.check_mode:
+            if not exists and self.check_mode:
                 return  # nothing to look into yet
             if self.p["template"]:
                 # REASSIGN OWNED also moves the template database itself (and back): two clones of one template
@@ -190,7 +185,7 @@ class TenantDatabase:
                 # Advisory locks are per database: this one is taken here, in postgres, by every hand-over.
                 conn.execute("SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtextextended(%s, 0))",
                              (f"saasodoo template {self.p['template']}",))  # fmt: skip
-            self.converge_inside(name)
+            self.converge_inside(self.p["name"])
 
     def not_ours(self, owner: str) -> str:
         # A database of this name that another role owns was not made for this tenant (a kept copy of another
@@ -298,16 +293,10 @@ class TenantDatabase:
             self.actions.append(f"closed {self.sessions_closed} sessions")
 
     def absent(self) -> None:
-        name = self.p["name"]
         with self.connect("postgres") as conn:
-            database = conn.execute(
-                "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = %s", (name,)
-            ).fetchone()
-            if database is not None and database[0] != name:
-                raise RefusedError(self.not_ours(database[0]))
-            if database is not None:
+            if self.our_database(conn):
                 self.run(conn, "database dropped", sql.SQL("DROP DATABASE {} WITH (FORCE)").format(self.role))
-            if conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (name,)).fetchone():
+            if conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (self.p["name"],)).fetchone():
                 self.run(conn, "role dropped", sql.SQL("DROP ROLE {}").format(self.role))
 
 
@@ -320,9 +309,7 @@ def main() -> None:
             login=dict(type="bool", default=True),
             connection_limit=dict(type="int", default=10),
             template=dict(type="str", default=""),
-            login_user=dict(type="str", default="postgres"),
-            login_unix_socket=dict(type="path", required=True),
-            login_port=dict(type="int", required=True),
+            **SUPERUSER_LOGIN_OPTIONS,
         ),
         required_if=[("state", "present", ["password"])],
         supports_check_mode=True,
