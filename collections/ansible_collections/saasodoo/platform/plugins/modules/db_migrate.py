@@ -310,11 +310,11 @@ def place(module, registry, p: dict, options: MoveOptions) -> dict:
     # A dedicated server's ha is fixed when it is made: a dedicated plan with another ha moves the tenant to a
     # server made as that plan asks.
     with registry.cursor(row_factory=dict_row) as cur:
-        server = cur.execute("SELECT ha FROM registry.db_servers WHERE name = %s", (tenant["db_server"],)).fetchone()
+        current = cur.execute("SELECT ha FROM registry.db_servers WHERE name = %s", (tenant["db_server"],)).fetchone()
     if plan is None:
         raise MoveError(f"unknown plan {p['plan']!r} for tenant {p['tenant_id']}: it is not in registry.plans")
     plan_ha = server_ha(plan["name"], plan["entitlements"])
-    same_ha = plan["db_type"] != "dedicated" or plan_ha == ((server or {}).get("ha") or "none")
+    same_ha = plan["db_type"] != "dedicated" or plan_ha == ((current or {}).get("ha") or "none")
     if plan["db_type"] == tenant["db_type"] and same_ha and not p["drain"]:
         return result
     # A logical move that cannot work is refused before a server is chosen or brought up for it. Not in a drain,
