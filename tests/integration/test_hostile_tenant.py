@@ -15,6 +15,7 @@ which runs the CHECK function).
 from __future__ import annotations
 
 import json
+import os
 import pwd
 import re
 import subprocess
@@ -42,6 +43,7 @@ from .conftest import (
     VENV_BIN,
     LocalPlatform,
     PlaybookRun,
+    alive,
     ansible_env,
     ansible_playbook,
     assert_nothing_changed,
@@ -997,3 +999,45 @@ def test_a_tenants_odoo_reaches_its_database_over_verified_tls(local_platform: L
         for playbook, *extra in (("tenant_terminate.yml",), ("tenant_purge.yml", "-e", "force=true")):
             run = run_playbook(playbook, *common, *extra)
             assert run.returncode == 0, run.output[-4000:]
+
+
+def test_make_down_acts_on_no_file_a_tenant_planted_in_its_tree(tmp_path: Path):
+    """down.yml looks for the services' pid and configuration files under .state, where each tenant owns a tree.
+    What a tenant plants there (as its own user, or a root-owned file it renamed inside its directory) is never
+    acted on: no nginx reads its nginx.conf (whose pid directive names any process, and whose load_module would run
+    the tenant's code as root), no pkill takes its pid file. The platform's own pid file still stops its process."""
+    nobody = pwd.getpwnam("nobody")
+    state = tmp_path / "state"
+    platform_run = state / "local/pgbouncer/pool-x/run"
+    platform_run.mkdir(parents=True)
+    tenant_tree = state / "local/storage/odoo_instances/odoo_data_t_x_x"
+    tenant_tree.mkdir(parents=True)
+    sleepers = [subprocess.Popen(["sleep", "600"]) for _ in range(4)]
+    platform_pgbouncer, *victims = sleepers
+    try:
+        (platform_run / "pgbouncer.pid").write_text(f"{platform_pgbouncer.pid}\n")
+        planted = {
+            "a/pgbouncer.pid": f"{victims[0].pid}\n",
+            "b/nginx.pid": "1\n",
+            "b/victim.pid": f"{victims[1].pid}\n",
+            "b/nginx.conf": f"pid {tenant_tree}/b/victim.pid;\nevents {{}}\n",
+            "c/postmaster.pid": f"{victims[2].pid}\n",
+        }
+        for relative, content in planted.items():
+            (tenant_tree / relative).parent.mkdir(exist_ok=True)
+            (tenant_tree / relative).write_text(content)
+        # A root-owned file the tenant renamed in its own directory is in its tree all the same.
+        (tenant_tree / "renamed").mkdir()
+        (tenant_tree / "renamed/pgbouncer.pid").write_text(f"{victims[0].pid}\n")
+        for path in [tenant_tree, *tenant_tree.rglob("*")]:
+            if path.name != "pgbouncer.pid" or path.parent.name != "renamed":
+                os.chown(path, nobody.pw_uid, nobody.pw_gid)
+
+        down = ansible_playbook("playbooks/down.yml", "-e", f"down_state_dir={state}", inventory="localhost,")
+        assert down.returncode == 0, down.output[-3000:]
+        assert platform_pgbouncer.wait(timeout=30) is not None  # SIGINT: the platform's own pid file was taken
+        assert all(alive(victim.pid) for victim in victims), down.output[-3000:]
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
