@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import configparser
 import itertools
+import json
 import os
 import re
 import shutil
@@ -377,10 +378,13 @@ def test_a_database_move_restarts_nothing(rendered, tmp_path):
     assert (endpoints["endpoints"][0]["addresses"], endpoints["ports"][0]["port"]) == (["10.20.1.12"], 6433)
     assert after.one("NetworkPolicy")["spec"]["egress"][1]["ports"] == [{"protocol": "TCP", "port": 6433}]
 
-    own_address = render(tmp_path / "no-peers", before.case, "-e", "db_host=10.20.1.12", "-e", '{"db_peers": []}')
-    assert own_address.returncode == 0, own_address.output
-    policy = Rendered(before.case, tmp_path / "no-peers" / before.case.tenant, own_address).one("NetworkPolicy")
-    assert policy["spec"]["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.20.1.12/32"}}]
+    # The tenant reaches its own endpoint only (production.example), or the peers an operator lists instead.
+    assert after.one("NetworkPolicy")["spec"]["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.20.1.12/32"}}]
+    peers = [{"ipBlock": {"cidr": "10.20.1.0/24"}}]
+    listed = render(tmp_path / "peers", before.case, "-e", "db_host=10.20.1.12", "-e", json.dumps({"db_peers": peers}))
+    assert listed.returncode == 0, listed.output
+    policy = Rendered(before.case, tmp_path / "peers" / before.case.tenant, listed).one("NetworkPolicy")
+    assert policy["spec"]["egress"][1]["to"] == peers
 
 
 def test_a_moves_repoint_writes_only_where_the_database_is(tmp_path):
@@ -551,7 +555,7 @@ def test_tenants_pods_reach_only_their_ingress_dns_and_database(manifests):
     assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
     assert {p["port"] for p in dns["ports"]} == {53}
     # The server's own address and port: a policy applies to where the Service's connections really go.
-    assert database["to"] == [{"ipBlock": {"cidr": "10.20.1.0/24"}}]
+    assert database["to"] == [{"ipBlock": {"cidr": "10.20.1.11/32"}}]
     assert database["ports"] == [{"protocol": "TCP", "port": DB_PORT}]
 
 
