@@ -883,7 +883,8 @@ def test_a_suspended_tenant_runs_nothing_not_even_what_it_detached_from_its_odoo
 def test_no_tenant_takes_an_os_user_that_is_not_its_own(local_platform: LocalPlatform):
     """A user already has the name a newcomer's OS user would get (another tenant's, the host's own): the provision is
     refused before the user is touched, and the user keeps its uid, comment and home (before, useradd's `present`
-    took it over, and the newcomer's Odoo ran as it). Once the name is free, the provision goes through."""
+    took it over, and the newcomer's Odoo ran as it). Once the name is free, the provision goes through, its user
+    with the registry's uid, which a purge does not free for a later tenant."""
     newcomer = "squat-user"
     user = tenant_os_user(newcomer)
     provision = (
@@ -902,8 +903,22 @@ def test_no_tenant_takes_an_os_user_that_is_not_its_own(local_platform: LocalPla
         subprocess.run(["userdel", user], check=False)
     provisioned = run_playbook(*provision)
     assert provisioned.returncode == 0, provisioned.output[-3000:]
-    assert pwd.getpwnam(user).pw_gecos == f"SaaSOdoo tenant {newcomer}"
+    first = pwd.getpwnam(user)
+    assert first.pw_gecos == f"SaaSOdoo tenant {newcomer}"
+    # Its uid and gid are the registry's, and never given again: not even to the same id's next life after a purge.
+    assert (first.pw_uid, first.pw_gid) == (os_id(local_platform, newcomer),) * 2
     assert remove_tenants([newcomer], runtime="process")
+    again = run_playbook(*provision)
+    assert again.returncode == 0, again.output[-3000:]
+    second = pwd.getpwnam(user)
+    assert (second.pw_uid, second.pw_gid) == (os_id(local_platform, newcomer),) * 2
+    assert second.pw_uid > first.pw_uid
+    assert remove_tenants([newcomer], runtime="process")
+
+
+def os_id(platform: LocalPlatform, tenant: str) -> int:
+    with platform.registry() as conn:
+        return conn.execute("SELECT os_id FROM registry.tenants WHERE tenant_id = %s", (tenant,)).fetchone()[0]
 
 
 def test_a_rotated_credential_opens_the_tenants_database_and_the_old_one_nothing(local_platform: LocalPlatform):

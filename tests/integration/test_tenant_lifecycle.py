@@ -45,6 +45,7 @@ from .conftest import (
     wait_until,
 )
 from .test_storage_cephfs import PROPAGATION_TIMEOUT, rbytes_of, write_chunks
+from conftest import INVENTORIES, load_yaml
 
 GIB = 1 << 30
 
@@ -512,6 +513,13 @@ def test_point_in_time_restore_then_the_server_lost_and_a_backup_file_damaged(lo
         placed_and_no_base_backup_yet = conn.execute("SELECT clock_timestamp()").fetchone()[0].isoformat()
     before_any = run_playbook("servers_base_backup.yml", "--limit", server)
     assert before_any.returncode == 0, before_any.output[-5000:]
+    # Its server keeps what a restore as far back as its plan's point_in_time_days needs, longer than the default.
+    local = INVENTORIES / "local/group_vars"
+    window = load_yaml(local / "all/plans.yml")["saasodoo_plans"]["premium-monthly"]["point_in_time_days"]
+    assert window > load_yaml(local / "postgres_servers/postgres_server.yml")["saasodoo_point_in_time_days"]
+    assert f"keeping {window} days" in before_any.output
+    backup_log = (LOCAL_STATE / "pg" / server / "pgbackrest/log" / f"{server}-backup.log").read_text()
+    assert f"--repo1-retention-full={window}" in backup_log.rsplit("backup command begin", 1)[1].split("\n", 1)[0]
     whole = tenant.run("tenant_backup.yml")  # the files a point-in-time restore fills in come from it
     assert whole.returncode == 0, whole.output[-5000:]
     files = filestore_digest(tenant.filestore)

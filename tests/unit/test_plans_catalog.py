@@ -49,6 +49,11 @@ def test_every_plan_has_complete_typed_entitlements(inventory):
         assert plan.get("ha", "none") in {"none", "async", "sync"}, f"{inventory}: {name}.ha"
         assert plan.get("ha", "none") == "none" or plan["db_type"] == "dedicated", f"{inventory}: {name}.ha"
         assert retention_problem(plan["backup_keep"]) is None, f"{inventory}: {name}.backup_keep"
+        # Optional: how far back its tenants' point-in-time restores reach (servers_base_backup.yml keeps it).
+        days = plan.get("point_in_time_days", 1)
+        assert isinstance(days, int) and not isinstance(days, bool) and days >= 1, (
+            f"{inventory}: {name}.point_in_time_days"
+        )
         assert plan["db_connection_limit"] > 0 and plan["odoo_workers"] > 0
 
 

@@ -492,7 +492,10 @@ class PlacementStore:
             " credential_version = registry.tenants.credential_version"
             "   + CASE WHEN registry.tenants.status = 'purged' THEN 1 ELSE 0 END,"
             " retain_until = NULL, storage_path = CASE WHEN registry.tenants.status = 'purged' THEN NULL"
-            "   ELSE registry.tenants.storage_path END",
+            "   ELSE registry.tenants.storage_path END,"
+            # and a new OS user id: its old one stays nobody's (migration 0028)
+            " os_id = CASE WHEN registry.tenants.status = 'purged' THEN nextval('registry.tenant_os_id_seq')"
+            "   ELSE registry.tenants.os_id END",
             (
                 request.tenant_id,
                 request.customer_id,
