@@ -162,6 +162,20 @@ def expired_backups(conn, tenant_id: str, keep) -> list[dict]:
     return [{k: v for k, v in backup.items() if k != "taken"} for backup in backups if backup["backup_id"] not in kept]
 
 
+def kept_backups(conn, tenant_id: str, expired: list[dict]) -> list[dict]:
+    """The tenant's manual and final backups not removed and not in `expired`, newest first: what should have a copy
+    off site (tenant_backup.yml copies those that have none yet)."""
+    gone = {backup["backup_id"] for backup in expired}
+    backups = _rows(
+        conn,
+        f"SELECT {BACKUP_COLUMNS} FROM registry.backups AS b"  # noqa: S608 - fixed columns
+        " WHERE b.tenant_id = %s AND b.kind IN ('manual', 'final') AND b.removed_at IS NULL"
+        " ORDER BY b.taken_at DESC, b.backup_id DESC",
+        (tenant_id,),
+    )
+    return [backup for backup in backups if backup["backup_id"] not in gone]
+
+
 def audit(conn, actor: str, tenant_id: str, backup_id: str, detail: dict) -> None:
     record_audit(conn, actor=actor, tenant_id=tenant_id, kind="result", subject=f"backup:{backup_id}", detail=detail)
 

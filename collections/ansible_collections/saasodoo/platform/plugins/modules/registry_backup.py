@@ -70,7 +70,8 @@ options:
     type: str
   keep:
     description:
-      - When reading, the plan's C(backup_keep); the manual backups it does not keep are in C(expired).
+      - When reading, the plan's C(backup_keep); the manual backups it does not keep are in C(expired), its manual
+        and final backups it keeps in C(kept).
       - A count keeps the newest that many. GFS counts C({daily, weekly, monthly}) keep the newest backup of each
         of the latest C(daily) days with one, of the latest C(weekly) ISO weeks and of the latest C(monthly) months.
       - Of the point-in-time backups only the newest is kept.
@@ -190,6 +191,12 @@ expired:
   returned: success
   type: list
   elements: dict
+kept:
+  description: Reading with I(keep), the tenant's manual and final backups not removed that retention keeps, newest
+    first, each with the fields of C(backup) (no C(restored_last)); an empty list otherwise.
+  returned: success
+  type: list
+  elements: dict
 removed:
   description: With C(state=absent), the ids of the backups recorded as removed by this run.
   returned: success
@@ -214,6 +221,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry_backups
     BackupError,
     backup_to_restore,
     expired_backups,
+    kept_backups,
     mark_removed,
     point_in_time_reach,
     record_backup,
@@ -225,7 +233,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.registry_backups
 def run_module(module: AnsibleModule) -> dict:
     p = module.params
     tenant_id, state = p["tenant_id"], p["state"]
-    result: dict = dict(changed=False, expired=[], removed=[], restore=None)
+    result: dict = dict(changed=False, expired=[], kept=[], removed=[], restore=None)
     with connect_registry(p) as conn, conn.transaction(force_rollback=module.check_mode):
         if state == "present":
             backup = {
@@ -255,6 +263,7 @@ def run_module(module: AnsibleModule) -> dict:
                 # A count templated from a plan may arrive as its text.
                 keep = int(p["keep"]) if isinstance(p["keep"], str) and p["keep"].isdigit() else p["keep"]
                 result["expired"] = expired_backups(conn, tenant_id, keep)
+                result["kept"] = kept_backups(conn, tenant_id, result["expired"])
     return result
 
 
