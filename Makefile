@@ -125,10 +125,11 @@ lint: setup
 	$(MAKE) --no-print-directory sanity
 
 # ansible-test sanity on our collection (validate-modules, pylint, pep8, import, ansible-doc and the rest), each test
-# in a venv of its own under .state/ansible-test (pip's cache stays the user's). ansible-test bootstraps pip into
-# those venvs with a script it downloads from a host out of reach here (ansible/ansible#77304), unless its cache has
-# it: tools/ansible_test_get_pip.py takes that place. 24_2: the pip of ansible-core 2.19's ansible-test.
-ANSIBLE_TEST_HOME := $(CURDIR)/.state/ansible-test
+# in a venv of its own, which ansible-test names by its pinned requirements: kept in the user's cache beside pip's,
+# so a new clone makes them only once per machine. ansible-test bootstraps pip into those venvs with a script it
+# downloads from a host out of reach here (ansible/ansible#77304), unless its cache has it:
+# tools/ansible_test_get_pip.py takes that place. 24_2: the pip of ansible-core 2.19's ansible-test.
+ANSIBLE_TEST_HOME ?= $(HOME)/.cache/saasodoo-ansible-test
 sanity: setup
 	@mkdir -p $(ANSIBLE_TEST_HOME)/.ansible/test/cache
 	@cp tools/ansible_test_get_pip.py $(ANSIBLE_TEST_HOME)/.ansible/test/cache/get_pip_24_2.py
@@ -176,7 +177,7 @@ integration-beside: setup
 # molecule scenarios (their own ports and .state/molecule). Their lines come after.
 BESIDE_ALONE := unit integration-beside lint molecule-beside-alone
 # The scenarios that fit in what the alone pass leaves; the others run beside the streams (streams-pass).
-MOLECULE_BESIDE_ALONE := storage ceph_cluster webhook_runner tenant_database platform_registry postgres_server
+MOLECULE_BESIDE_ALONE := storage ceph_cluster webhook_runner tenant_database postgres_ha platform_registry postgres_server
 molecule-beside-alone: setup
 	@$(MAKE) --no-print-directory molecule MOLECULE_JOBS=1 MOLECULE_ROLES="$(MOLECULE_BESIDE_ALONE)"
 alone-pass: setup
