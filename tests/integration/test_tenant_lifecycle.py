@@ -700,3 +700,18 @@ def damaged_backup_file_found(server: str) -> None:
     mended = run_playbook("servers_base_backup.yml", "--limit", server)
     assert mended.returncode == 0, mended.output[-3000:]
     assert f'saasodoo_backup_repository_intact{{server="{server}"}} 1' in figure.read_text()
+
+
+def test_a_base_backup_that_cannot_read_the_registry_expires_nothing_and_says_so(local_platform: LocalPlatform):
+    """Its tenants' plans say how far back a server's backups must reach: without the registry, servers_base_backup.yml
+    still takes the backups, expires none of them, and fails after, saying why."""
+    server = "pool-shared-02"
+    unreachable = {"saasodoo_registry_login": {"login_host": "127.0.0.1", "login_port": 9, "login_password": "none"}}
+    run = run_playbook("servers_base_backup.yml", "--limit", server, "-e", json.dumps(unreachable))
+    assert run.returncode != 0
+    assert "expiring nothing" in run.output
+    assert "backups were taken and none expired" in " ".join(run.output.split())
+    backup_log = (LOCAL_STATE / "pg" / server / "pgbackrest/log" / f"{server}-backup.log").read_text()
+    begun = [line for line in backup_log.splitlines() if "backup command begin" in line]
+    assert all("--no-expire-auto" in line for line in begun[-2:]), begun[-2:]
+    assert "backup command end: completed successfully" in backup_log.rsplit("backup command begin", 1)[1]
