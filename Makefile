@@ -228,10 +228,13 @@ bench: setup
 	$(BIN)/python bench/alerting.py
 	$(BIN)/python bench/durability.py
 
-# The long version of the move fault test: each of its eight kill cases three times (make test: once).
+# The long version of the move fault test: each of its eight kill cases three times (make test: once); the runner's
+# reliability drill with eight accounts; the durability drills at 1 GB (make test runs them small): a server's data
+# and local backups lost under a writer and rebuilt from S3 alone, a tenant's point-in-time restore.
 soak: setup
 	FAULT_ROUNDS=3 pytest tests/integration/test_tenant_move_faults.py -k killed
 	RELIABILITY_ACCOUNTS=8 pytest tests/integration/test_webhook_runner.py -k reliability
+	$(BIN)/python bench/durability.py
 
 # The Ceph clusters first (the tests' and the molecule scenario's, if a run was cut short): they are mounted under
 # .state, which `clean` then deletes.
