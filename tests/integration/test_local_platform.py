@@ -85,6 +85,7 @@ def test_every_server_archives_its_wal_and_one_whose_archiving_fails_is_found_un
             assert run_playbook("servers_probe.yml").returncode == 0
             verdict, detail = health()
             assert verdict == "unhealthy" and "WAL archiving fails: segment" in detail, detail
+            assert "pgBackRest check fails: " in detail, detail  # its hourly check, which failing runs every probe
             shown = " ".join(run_playbook("platform_status.yml").output.split())  # its lines as YAML wraps them
             assert re.search(rf"{server.name}: [^;]*; WAL archiving FAILS since", shown), shown
             # And the monitoring raises it to the operator (roles/monitoring: WalArchivingFailing).
@@ -95,6 +96,7 @@ def test_every_server_archives_its_wal_and_one_whose_archiving_fails_is_found_un
         wait_for(conn, lambda state: not state[2], "archiving working again")
     assert run_playbook("servers_probe.yml").returncode == 0
     assert health() == ("healthy", "")
+    assert (LOCAL_STATE / "pg" / server.name / "pgbackrest/last-check").exists(), "its check passed again"
     wait_until(lambda: not prometheus_alerts("WalArchivingFailing", server=server.name), "the alert resolved", 90)
 
 
