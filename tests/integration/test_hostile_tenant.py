@@ -1025,6 +1025,10 @@ def test_make_down_acts_on_no_file_a_tenant_planted_in_its_tree(tmp_path: Path):
     state = tmp_path / "state"
     platform_run = state / "local/pgbouncer/pool-x/run"
     platform_run.mkdir(parents=True)
+    # A tenant's program as supervisord runs it, in a network namespace whose name down.yml reads from it.
+    programs = state / "local/runtime/supervisor/programs"
+    programs.mkdir(parents=True)
+    (programs / "odoo-ours.conf").write_text("command=nsenter --net=/run/netns/saasodoo-0ff-1 -- odoo\n")
     tenant_tree = state / "local/storage/odoo_instances/odoo_data_t_x_x"
     tenant_tree.mkdir(parents=True)
     sleepers = [subprocess.Popen(["sleep", "600"]) for _ in range(4)]
@@ -1037,9 +1041,10 @@ def test_make_down_acts_on_no_file_a_tenant_planted_in_its_tree(tmp_path: Path):
             "b/victim.pid": f"{victims[1].pid}\n",
             "b/nginx.conf": f"pid {tenant_tree}/b/victim.pid;\nevents {{}}\n",
             "c/postmaster.pid": f"{victims[2].pid}\n",
+            "local/runtime/supervisor/programs/odoo-planted.conf": "command=nsenter --net=/run/netns/saasodoo-0ff-2\n",
         }
         for relative, content in planted.items():
-            (tenant_tree / relative).parent.mkdir(exist_ok=True)
+            (tenant_tree / relative).parent.mkdir(parents=True, exist_ok=True)
             (tenant_tree / relative).write_text(content)
         # A root-owned file the tenant renamed in its own directory is in its tree all the same.
         (tenant_tree / "renamed").mkdir()
@@ -1052,6 +1057,7 @@ def test_make_down_acts_on_no_file_a_tenant_planted_in_its_tree(tmp_path: Path):
         assert down.returncode == 0, down.output[-3000:]
         assert platform_pgbouncer.wait(timeout=30) is not None  # SIGINT: the platform's own pid file was taken
         assert all(alive(victim.pid) for victim in victims), down.output[-3000:]
+        assert "odoo-ours.conf" in down.output and "odoo-planted.conf" not in down.output, down.output[-3000:]
     finally:
         for sleeper in sleepers:
             sleeper.kill()
