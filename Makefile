@@ -177,7 +177,7 @@ integration-beside: setup
 # molecule scenarios (their own ports and .state/molecule). Their lines come after.
 BESIDE_ALONE := unit integration-beside lint molecule-beside-alone
 # The scenarios that fit in what the alone pass leaves; the others run beside the streams (streams-pass).
-MOLECULE_BESIDE_ALONE := storage ceph_cluster webhook_runner tenant_database postgres_ha platform_registry postgres_server
+MOLECULE_BESIDE_ALONE := storage ceph_cluster webhook_runner tenant_database postgres_ha
 molecule-beside-alone: setup
 	@$(MAKE) --no-print-directory molecule MOLECULE_JOBS=1 MOLECULE_ROLES="$(MOLECULE_BESIDE_ALONE)"
 alone-pass: setup
