@@ -206,6 +206,36 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
             abort(status, refusal)
         return jsonify(job), 202
 
+    # The rollout of the platform's Odoo build (the inventory's saasodoo_odoo_bin) to every tenant: store/updates.py.
+    @app.get("/odoo-update")
+    def odoo_update():
+        require_admin()
+        return found(lambda conn, _: store.update_view(conn), None, "no update yet: POST /odoo-update starts one")
+
+    @app.post("/odoo-update")
+    def odoo_update_start():
+        """Start a rollout: {"canary": tenants first (default 2), "batch": tenants at a time after (default 10)}."""
+        require_admin()
+        body = request.get_json(force=True, silent=True) if request.get_data() else {}
+        sizes = {key: body.get(key, default) for key, default in (("canary", 2), ("batch", 10))} if isinstance(
+            body, dict) else {}  # fmt: skip
+        if not sizes or any(type(n) is not int or not 1 <= n <= 1000 for n in sizes.values()):
+            abort(400, 'the body is {"canary": 1 to 1000 (default 2), "batch": 1 to 1000 (default 10)}')
+        with registry() as conn:
+            row, status, refusal = store.start_update(conn, sizes["canary"], sizes["batch"])
+        if row is None:
+            abort(status, refusal)
+        return jsonify(row), status
+
+    @app.post("/odoo-update/<any(pause, resume):step>")
+    def odoo_update_step(step: str):
+        require_admin()
+        with registry() as conn:
+            row, status, refusal = store.set_update_state(conn, "paused" if step == "pause" else "running")
+        if row is None:
+            abort(status, refusal)
+        return jsonify(row), status
+
     @app.get("/tenants/<tenant_id>")
     def tenant(tenant_id: str):
         require_admin()

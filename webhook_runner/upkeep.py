@@ -117,6 +117,29 @@ class Upkeep:
         finally:
             store.unlock(self.conn, store.HOUSEKEEPING_LOCK, "housekeeping")
 
+    def advance_update(self) -> list[str]:
+        """The rollout of an Odoo build (store/updates.py), one step, one worker at a time: what it did."""
+        if not store.try_lock(self.conn, store.UPDATE_LOCK, "update"):
+            return []
+        try:
+            return store.advance_update(self.conn)
+        finally:
+            with contextlib.suppress(psycopg.OperationalError):
+                store.unlock(self.conn, store.UPDATE_LOCK, "update")
+
+    def periodic_update(self) -> bool:
+        """The rollout's pass of the worker loop: whether it did anything (a bug in it is logged, as a schedule's)."""
+        try:
+            lines = self.advance_update()
+        except psycopg.OperationalError:
+            raise
+        except Exception:
+            log.exception("the Odoo update's pass failed")
+            return False
+        for line in lines:
+            log.info("odoo update: %s", line)
+        return bool(lines)
+
     def periodic_housekeeping(self) -> None:
         if self.settings.retention_days > 0 and (pruned := self.housekeeping()):
             log.info("housekeeping: pruned %s", ", ".join(f"{n} {table}" for table, n in pruned.items()))

@@ -99,7 +99,7 @@ class Worker(Convergence, Execution, Upkeep):
                 continue
             if time.monotonic() - self._last_schedules >= self.settings.poll_seconds:
                 self._last_schedules = time.monotonic()
-                if self.periodic_schedules():
+                if self.periodic_schedules() | self.periodic_update():
                     continue
             for _ in listener.notifies(timeout=self.settings.poll_seconds, stop_after=1):
                 pass

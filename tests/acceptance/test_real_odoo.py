@@ -9,9 +9,10 @@ a plan change moves one database to a dedicated server and a suspension and a re
 and both still log in afterwards; the first moves on to a server under Patroni, whose primary is then lost, and
 its same Odoo answers and logs in after the replica takes over; a third is terminated and reactivated, and logs in
 as before; the second is brought back to a moment before its company was renamed, and logs in as before; its pool
-is drained under its running Odoo, whose open session goes on working. Beside that, the -i path: a database
-initialised by odoo-bin itself, timed against a clone. Nothing here runs without ODOO_BIN: the run is skipped, never
-faked.
+is drained under its running Odoo, whose open session goes on working; one customer's Odoo is updated to another
+build of this Odoo, and another's rolled back from a build whose update fails for it. Beside that, the -i path: a
+database initialised by odoo-bin itself, timed against a clone. Nothing here runs without ODOO_BIN: the run is
+skipped, never faked.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -353,6 +355,71 @@ def test_a_drain_moves_the_customers_database_under_its_running_odoo(signed_up, 
         assert conn.execute("SELECT db_server FROM registry.tenants WHERE tenant_id = 'globex'").fetchone() != (pool,)
     assert supervisor_pid("odoo-globex") == pid
     assert browser.request("/odoo")[0] == 200
+
+
+def odoo_build(name: str, failing_module: str | None = None) -> str:
+    """Another build of this Odoo 18 (a patch release, as an operator installs one beside the running one): a copy of
+    its tree, run by the same virtualenv, where the tenants' OS users can read it. With failing_module, the module's
+    version is bumped and its migration to it raises, as a broken release would: every tenant that has the module
+    fails its update part-way."""
+    python, odoo_bin = ODOO_BIN.split()
+    root = LOCAL_STATE / "odoo-builds" / name
+    subprocess.run(["rm", "-rf", str(root)], check=True)
+    root.mkdir(parents=True)
+    subprocess.run(["cp", "-a", odoo_bin, str(Path(odoo_bin).parent / "odoo"), str(root)], check=True)
+    if failing_module:
+        addon = root / "odoo/addons" / failing_module
+        manifest = (addon / "__manifest__.py").read_text()
+        version = re.search(r"""['"]version['"]\s*:\s*['"]([^'"]+)['"]""", manifest)
+        bumped = f"{version[1] if version else '1.0'}.1"
+        if version:
+            manifest = manifest.replace(version[0], f"'version': '{bumped}'")
+        else:
+            manifest = manifest.replace("{", f"{{'version': '{bumped}',", 1)
+        (addon / "__manifest__.py").write_text(manifest)
+        script = addon / "migrations" / f"18.0.{bumped}" / "pre-fail.py"
+        script.parent.mkdir(parents=True)
+        script.write_text(
+            f"def migrate(cr, version):\n    raise RuntimeError('{name} cannot migrate {failing_module}')\n"
+        )
+    subprocess.run(["chmod", "-R", "o+rX", str(root.parent)], check=True)
+    return f"{python} {root / 'odoo-bin'}"
+
+
+def test_an_odoo_update_moves_a_customer_to_a_new_build_and_rolls_back_the_one_it_fails_for(
+    signed_up, fresh_local_platform
+):
+    """tenant_update.yml with a second build of this Odoo: acme's database is updated by it (-u all) and its Odoo runs
+    it, the admin logging in as before, and a second run changes nothing. A build whose contacts migration fails
+    leaves globex (which has contacts) on the backup taken before, on its first build, logging in as before."""
+
+    def build_of(tenant_id: str) -> str:
+        with fresh_local_platform.registry() as conn:
+            return conn.execute(
+                "SELECT odoo_build FROM registry.tenants WHERE tenant_id = %s", (tenant_id,)
+            ).fetchone()[0]
+
+    def serving(tenant_id: str) -> str:
+        return " ".join(Path(f"/proc/{supervisor_pid(f'odoo-{tenant_id}')}/cmdline").read_text().split("\0")[:2])
+
+    patched = odoo_build("patched")
+    started = time.monotonic()
+    updated = run_playbook("tenant_update.yml", "-e", "tenant_id=acme", "-e", json.dumps({"build": patched}))
+    assert updated.returncode == 0, updated.output[-4000:]
+    print(f"\nacme updated to another build (-u all) in {time.monotonic() - started:.1f} s")
+    assert build_of("acme") == patched and serving("acme") == patched
+    assert Browser("acme").login(CUSTOMERS["acme"][2], PASSWORD)[0] in (302, 303)
+    again = run_playbook("tenant_update.yml", "-e", "tenant_id=acme", "-e", json.dumps({"build": patched}))
+    assert again.returncode == 0 and "changed=0" in again.output.split("PLAY RECAP")[-1], again.output[-3000:]
+
+    broken = odoo_build("broken", failing_module="contacts")
+    failed = run_playbook("tenant_update.yml", "-e", "tenant_id=globex", "-e", json.dumps({"build": broken}))
+    assert failed.returncode != 0
+    assert "broken cannot migrate contacts" in failed.output, failed.output[-4000:]
+    assert "was restored" in failed.output, failed.output[-4000:]
+    assert build_of("globex") == ODOO_BIN and serving("globex") == ODOO_BIN
+    assert login_page("globex") == 200
+    assert Browser("globex").login(CUSTOMERS["globex"][2], PASSWORD)[0] in (302, 303)
 
 
 def test_the_template_path_beside_the_i_path(signed_up, fresh_local_platform, tmp_path):

@@ -645,6 +645,57 @@ def test_init_again_installs_only_what_is_missing(tenants, tmp_path: Path):
         assert conn.execute("SELECT count(*) FROM res_users").fetchone() == (2,)
 
 
+def test_update_runs_a_builds_migrations_a_module_at_a_time_and_a_failure_leaves_the_rest(tenants, tmp_path: Path):
+    """-u all by another build (a copy at another RELEASE with migration scripts): each installed module's scripts
+    above its version run and it is recorded at the build's; a script that raises exits 255 with the modules before
+    it updated (committed) and the rest as they were."""
+    tenant_db = tenants()
+    conf, _ = tenant_conf(tmp_path, tenant_db)
+    init(conf, "-i", "base")
+
+    def build(release: str, scripts: dict[str, str]) -> Path:
+        root = tmp_path / release
+        (root / "odoo-bin").parent.mkdir()
+        (root / "odoo-bin").write_text(
+            ODOO_BIN.read_text().replace('\nRELEASE = "18.0.1.0"\n', f'\nRELEASE = "{release}"\n')
+        )
+        for path, code in scripts.items():
+            (root / "addons" / path).parent.mkdir(parents=True)
+            (root / "addons" / path).write_text(f"def migrate(cr, version):\n    {code}\n")
+        return root / "odoo-bin"
+
+    def updated(odoo: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([str(VENV_BIN / "python"), str(odoo), "-c", str(conf), "-u", "all", "--stop-after-init"],
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+    def versions() -> dict[str, str]:
+        with tenant_db.connect() as conn:
+            return dict(conn.execute("SELECT name, latest_version FROM ir_module_module WHERE state = 'installed'"))
+
+    assert set(versions().values()) == {"18.0.1.0"} and set(versions()) == BASE_CLOSURE
+    mark = "cr.execute(\"INSERT INTO ir_config_parameter (key, value) VALUES ('from_' || %s, 'x')\", (version,))"
+    done = updated(
+        build(
+            "18.0.1.1",
+            {
+                "base/migrations/18.0.1.1/post-mark.py": mark,
+                "base/migrations/18.0.1.2/post-mark.py": "raise AssertionError('not yet')",
+            },
+        )
+    )
+    assert done.returncode == 0, done.stderr
+    assert set(versions().values()) == {"18.0.1.1"} and parameter(tenant_db, "from_18.0.1.0") == "x"
+
+    fail = "raise RuntimeError('cannot update web')"
+    done = updated(build("18.0.1.2", {"web/migrations/18.0.1.2/pre-fail.py": fail}))
+    assert done.returncode == 255
+    assert (
+        "Failed to initialize database" in done.stderr and "module web: RuntimeError: cannot update web" in done.stderr
+    )
+    now = versions()
+    assert (now.pop("base"), now.pop("web"), set(now.values())) == ("18.0.1.2", "18.0.1.1", {"18.0.1.1"})
+
+
 def test_a_module_installed_beside_the_serving_odoo_is_served_without_a_restart(tenants, tmp_path: Path, cleanup):
     """The plan change's live install (roles/odoo_runtime/tasks/install_modules.yml): a second odoo-bin with the same
     odoo.conf (workers 2) cannot install while the first serves unless it is told --no-http, as a prefork Odoo binds

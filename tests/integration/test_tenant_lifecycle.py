@@ -245,8 +245,9 @@ def lifecycle(tenant: Tenant, first_plan: str, bigger_plan: str, cephfs: bool, t
         assert error is not None and error.errno == errno.EDQUOT, f"{written} bytes in a {quota}-byte quota, no EDQUOT"
         assert stored < 2 * quota
 
-    if not cephfs:  # storage plays no part in a suspension: proven once, on local storage
+    if not cephfs:  # storage plays no part in a suspension or an update: proven once, on local storage
         suspend_and_resume(tenant)
+        updated_then_rolled_back(tenant)
 
     change_plan_backup_restore_terminate_purge(tenant, first_plan, bigger_plan, cephfs, tmp_path)
 
@@ -270,6 +271,74 @@ def suspend_and_resume(tenant: Tenant) -> None:
     assert get(tenant.tenant_id, "/web/health") == 200
     with tenant.as_tenant() as conn:
         assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 500
+
+
+def standin_build(name: str, release: str, migrations: dict[str, str]) -> str:
+    """Another build of the Odoo stand-in (tests/standins/odoo/README.md): its odoo-bin at `release`, with migration
+    scripts ({"<module>/<version>/<stage>-<name>.py": code}), where the tenants' OS users can run it. Its command."""
+    root = LOCAL_STATE / "odoo-builds" / name
+    shutil.rmtree(root, ignore_errors=True)
+    source = (REPO / "tests/standins/odoo/odoo-bin").read_text()
+    assert source.count('\nRELEASE = "18.0.1.0"\n') == 1
+    for path, text in {"odoo-bin": source.replace('\nRELEASE = "18.0.1.0"\n', f'\nRELEASE = "{release}"\n'),
+                       **{f"addons/{module}/migrations/{script}": code
+                          for module, script, code in ((*key.split("/", 1), code) for key, code in migrations.items())}
+                       }.items():  # fmt: skip
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    for directory in (root.parent, *(p for p in root.rglob("*") if p.is_dir()), root):
+        directory.chmod(0o755)
+    return f"/usr/bin/python3 {root / 'odoo-bin'}"
+
+
+def odoo_command(tenant: Tenant) -> list[str]:
+    """The command line of the tenant's serving Odoo."""
+    conf = str(LOCAL_STATE / "runtime/tenants" / tenant.tenant_id / "odoo.conf")
+    pids = subprocess.run(["pgrep", "-f", f" -c {conf}$"], capture_output=True, text=True, check=True).stdout.split()
+    assert len(pids) == 1, pids
+    return Path(f"/proc/{pids[0]}/cmdline").read_text().rstrip("\0").split("\0")
+
+
+def module_versions(tenant: Tenant) -> set[str]:
+    with tenant.admin(tenant.db_name) as conn:
+        rows = conn.execute("SELECT latest_version FROM public.ir_module_module WHERE state = 'installed'").fetchall()
+    return {version for (version,) in rows}
+
+
+def updated_then_rolled_back(tenant: Tenant) -> None:
+    """tenant_update.yml: a new build updates every module (its migration scripts run) and then serves the tenant, a
+    run again changes nothing; a build whose update fails after it updated some modules is rolled back to the backup
+    taken before it, and the tenant is served by its build as before, its data whole."""
+    mark = (
+        "def migrate(cr, version):\n"
+        "    cr.execute(\"INSERT INTO ir_config_parameter (key, value) VALUES ('updated_from', %s)\", (version,))\n"
+    )
+    good = standin_build("good", "18.0.1.1", {"base/18.0.1.1/post-mark.py": mark})
+    tenant.run_twice("tenant_update.yml", "-e", json.dumps({"build": good}))
+    conf = str(LOCAL_STATE / "runtime/tenants" / tenant.tenant_id / "odoo.conf")
+    assert tenant.record()["odoo_build"] == good
+    assert odoo_command(tenant) == [*good.split(), "-c", conf]
+    assert module_versions(tenant) == {"18.0.1.1"}
+    with tenant.as_tenant() as conn:
+        assert conn.execute("SELECT value FROM ir_config_parameter WHERE key = 'updated_from'").fetchall() == [
+            ("18.0.1.0",)
+        ]
+        assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 500
+    assert get(tenant.tenant_id, "/web/login") == 200
+
+    # base is updated first (and committed), then web's migration fails: the database is at no build until restored.
+    fail = "def migrate(cr, version):\n    raise RuntimeError('this build cannot update web')\n"
+    bad = standin_build("bad", "18.0.1.2", {"web/18.0.1.2/pre-fail.py": fail})
+    failed = tenant.run("tenant_update.yml", "-e", json.dumps({"build": bad}))
+    assert failed.returncode != 0
+    assert "module web: RuntimeError: this build cannot update web" in failed.output, failed.output[-5000:]
+    assert f"was restored: the tenant runs {good} again" in failed.output.replace("\n        ", " ")
+    assert tenant.record()["odoo_build"] == good
+    assert odoo_command(tenant) == [*good.split(), "-c", conf]
+    assert module_versions(tenant) == {"18.0.1.1"}
+    with tenant.as_tenant() as conn:
+        assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 500
+    assert get(tenant.tenant_id, "/web/login") == 200
 
 
 def restore_drills(tenant: Tenant, tampered_backup: str, newest_backup: str) -> None:
@@ -388,18 +457,22 @@ def change_plan_backup_restore_terminate_purge(
     filestore_before = filestore_digest(tenant.filestore)
     assert filestore_before, "the Odoo double writes its boot marker into the filestore"
     offsite, bucket = tenant.platform.offsite_store()
+
+    def backups_since(before: tuple[str, ...]) -> list[tuple[str, str, str]]:
+        with tenant.registry() as conn:
+            return conn.execute(
+                "SELECT backup_id, location, manifest_sha256 FROM registry.backups WHERE tenant_id = %s"
+                " AND backup_id <> ALL(%s) ORDER BY taken_at",
+                (tenant.tenant_id, list(before)),
+            ).fetchall()
+
+    earlier = tuple(backup_id for backup_id, _, _ in backups_since(()))  # an update's (updated_then_rolled_back)
     for n in range(2):
         backup = tenant.run("tenant_backup.yml")
         assert backup.returncode == 0, backup.output[-5000:]
         if n == 0:  # its copy lost, as if the store had been down when it was taken: the next run copies it again
-            with tenant.registry() as conn:
-                first = conn.execute("SELECT backup_id FROM registry.backups WHERE tenant_id = %s", (tenant.tenant_id,))
-                offsite.delete_object(Bucket=bucket, Key=offsite_key(tenant, first.fetchone()[0]))
-    with tenant.registry() as conn:
-        backups = conn.execute(
-            "SELECT backup_id, location, manifest_sha256 FROM registry.backups WHERE tenant_id = %s ORDER BY taken_at",
-            (tenant.tenant_id,),
-        ).fetchall()
+            offsite.delete_object(Bucket=bucket, Key=offsite_key(tenant, backups_since(earlier)[0][0]))
+    backups = backups_since(earlier)
     assert len(backups) == 2
     for backup_id, location, manifest_sha256 in backups:
         assert Path(location).name == backup_id, "a backup's directory is named by its id"

@@ -12,6 +12,7 @@ from .inbox import (
     RECONCILE_LOCK,
     RECOVERY_LOCK,
     SCHEDULE_LOCK,
+    UPDATE_LOCK,
     carry_lease,
     connect,
     insert_event,
@@ -77,6 +78,7 @@ from .tenants import (
     tenant_view,
     tenants_by_database,
 )
+from .updates import UPDATE_ACTION, advance_update, set_update_state, start_update, update_view
 
 __all__ = [
     "CHORES",
@@ -91,8 +93,11 @@ __all__ = [
     "RECOVERY_LOCK",
     "RECOVER_MOVE",
     "SCHEDULE_LOCK",
+    "UPDATE_ACTION",
+    "UPDATE_LOCK",
     "account_tenant_ids",
     "active_tenants",
+    "advance_update",
     "audit",
     "carry_lease",
     "claim_schedule",
@@ -130,7 +135,9 @@ __all__ = [
     "requeue_orphans",
     "running_jobs",
     "schedules_view",
+    "set_update_state",
     "start_job",
+    "start_update",
     "start_within_limit",
     "still_held_back",
     "stuck_moves",
@@ -144,4 +151,5 @@ __all__ = [
     "try_lock",
     "unlock",
     "unprocessed_events",
+    "update_view",
 ]

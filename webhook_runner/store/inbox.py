@@ -17,6 +17,7 @@ HOUSEKEEPING_LOCK = 0x5A0F
 LIMIT_LOCK = 0x5A10
 RECOVERY_LOCK = 0x5A11
 SCHEDULE_LOCK = 0x5A12  # held by the worker running a schedule's job, for its length (key: the schedule's name)
+UPDATE_LOCK = 0x5A13  # the rollout of an Odoo build, one step at a time
 
 
 def connect(conninfo: str, **kwargs) -> psycopg.Connection:

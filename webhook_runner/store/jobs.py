@@ -10,8 +10,8 @@ from .inbox import LIMIT_LOCK
 
 RECOVER_MOVE = "recover_move"  # a job finishing or rolling back a move no run finishes (the recovery pass queues it)
 # What an operator asks of a tenant through the admin API, queued in its account: its Odoo restarted, stopped or
-# started (POST /tenants/<id>/odoo).
-OPERATOR_ACTIONS = {"odoo": "tenant_restart.yml"}
+# started (POST /tenants/<id>/odoo), its Odoo updated to the platform's build (a rollout, store/updates.py).
+OPERATOR_ACTIONS = {"odoo": "tenant_restart.yml", "update": "tenant_update.yml"}
 ODOO_STATES = ("restarted", "stopped", "started")
 # Jobs an account's worker runs whatever Kill Bill says: a move's recovery, what a tenant schedule queued
 # (webhook_runner/schedules.py) and what an operator asked for.

@@ -85,7 +85,7 @@ def tenant_view(conn, tenant_id: str) -> dict | None:
     tenant = conn.execute(
         """SELECT t.tenant_id, t.customer_id, t.subscription_id, t.plan_name, t.plan_version, t.db_type,
                   t.db_server, t.db_name, t.status, t.billing_status, t.storage_path, t.http_port, t.quotas,
-                  t.extra_modules, t.created_at, t.updated_at, t.retain_until
+                  t.extra_modules, t.odoo_build, t.created_at, t.updated_at, t.retain_until
              FROM registry.tenants AS t WHERE t.tenant_id = %s""",
         (tenant_id,),
     ).fetchone()

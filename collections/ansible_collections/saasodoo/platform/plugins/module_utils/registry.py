@@ -46,7 +46,8 @@ TENANT_QUERY = """
 SELECT t.tenant_id, t.customer_id, t.subscription_id, t.plan_name, t.plan_version, t.db_type,
        coalesce(%(at_server)s::text, t.db_server) AS db_server,
        t.db_name, t.db_role, t.status, t.billing_status, t.storage_path, t.quotas, t.extra_modules,
-       t.credential_version, t.http_port, t.os_id, t.created_at::text AS created_at, t.updated_at::text AS updated_at,
+       t.credential_version, t.http_port, t.os_id, t.odoo_build, t.created_at::text AS created_at,
+       t.updated_at::text AS updated_at,
        t.retain_until::text AS retain_until, (t.retain_until > now()) AS retention_running,
        p.entitlements AS plan,
        CASE WHEN s.name IS NULL THEN NULL ELSE jsonb_build_object(

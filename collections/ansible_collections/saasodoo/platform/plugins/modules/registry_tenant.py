@@ -74,6 +74,10 @@ options:
   storage_path:
     description: Where the tenant's files live (its Odoo C(data_dir)).
     type: str
+  odoo_build:
+    description: The Odoo build (its odoo-bin command) the tenant's database is at from now on, which its Odoo runs
+      (a provision's, or an update's, C(playbooks/tenant_update.yml)).
+    type: str
   credential_version:
     description: The version of the tenant's derived database password from now on; not lower than its current one.
     type: int
@@ -175,6 +179,7 @@ open_move:
   sample: {"id": 12, "phase": "copying", "plan_name": "premium-monthly"}
 """
 
+import re
 import time
 import traceback
 
@@ -209,6 +214,8 @@ except ImportError:
 
 # Serialises port allocation across runs (any fixed key; 'saasodoo.http_port').
 HTTP_PORT_LOCK = 0x5AA5_0D00_0001
+# registry.tenants.odoo_build's check (migration 0029): said here before the database refuses it.
+ODOO_BUILD = re.compile(r"[A-Za-z0-9_./:=+@-]+( [A-Za-z0-9_./:=+@-]+)*")
 
 
 class TenantError(Exception):
@@ -332,6 +339,13 @@ def planned_changes(conn, tenant: dict, p: dict) -> dict:
             changes["db_server"] = None
     if p["storage_path"] and p["storage_path"] != tenant["storage_path"]:
         changes["storage_path"] = p["storage_path"]
+    if p["odoo_build"] and p["odoo_build"] != tenant["odoo_build"]:
+        if not ODOO_BUILD.fullmatch(p["odoo_build"]):
+            raise TenantError(
+                f"odoo_build {p['odoo_build']!r} for tenant {tenant_id}: an odoo-bin command is words of letters,"
+                " digits and _ . / : = + @ - separated by single spaces (it goes into the tenant's program file as is)"
+            )
+        changes["odoo_build"] = p["odoo_build"]
     version = p["credential_version"]
     if version is not None and version != tenant["credential_version"]:
         if version < tenant["credential_version"]:
@@ -449,6 +463,7 @@ def main() -> None:
             allow_db_type_change=dict(type="bool", default=False),
             retain_days=dict(type="int"),
             storage_path=dict(type="str"),
+            odoo_build=dict(type="str"),
             customer_id=dict(type="str"),
             subscription_id=dict(type="str"),
             credential_version=dict(type="int"),

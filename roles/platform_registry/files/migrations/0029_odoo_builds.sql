@@ -1,0 +1,30 @@
+-- 0029_odoo_builds: which Odoo build each tenant's database was last updated by, and the updates that move the
+-- fleet to a new build (playbooks/tenant_update.yml for one tenant; the webhook runner's rollout for all).
+-- A tenant's Odoo runs the build its database is at: a new build (saasodoo_odoo_bin) reaches a tenant only through
+-- its update (-u all), never by a restart. NULL: a tenant from before builds were recorded, which runs the
+-- platform's build as it did and which its first update updates.
+-- Words of path characters only: the command goes into supervisord's program file as it is (no newline, quote, %).
+ALTER TABLE registry.tenants ADD COLUMN odoo_build text
+    CONSTRAINT tenants_odoo_build_words CHECK (odoo_build ~ '^[A-Za-z0-9_./:=+@-]+( [A-Za-z0-9_./:=+@-]+)*$');
+COMMENT ON COLUMN registry.tenants.odoo_build IS
+    'The odoo-bin (saasodoo_odoo_bin) the tenant''s database was created or last updated by; its Odoo runs it.';
+
+-- One rollout of a build to every tenant at a time: `canary` tenants first, then `batch` at a time, each a job of
+-- its tenant's account (tenant_update.yml). Any failed update pauses it; a resume goes on with the others.
+CREATE TABLE registry.odoo_updates (
+    id          bigserial PRIMARY KEY,
+    canary      integer NOT NULL CHECK (canary >= 1),
+    batch       integer NOT NULL CHECK (batch >= 1),
+    state       text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'paused', 'finished')),
+    reason      text NOT NULL DEFAULT '',
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- Its last start, pause or resume: a failure after it pauses the rollout, an older one was seen already.
+    state_since timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+CREATE UNIQUE INDEX odoo_updates_one_open ON registry.odoo_updates ((true)) WHERE state <> 'finished';
+COMMENT ON TABLE registry.odoo_updates IS 'Rollouts of the platform''s Odoo build to its tenants (webhook runner).';
+ALTER TABLE registry.jobs ADD COLUMN odoo_update bigint REFERENCES registry.odoo_updates (id);
+CREATE INDEX jobs_odoo_update_idx ON registry.jobs (odoo_update) WHERE odoo_update IS NOT NULL;
+
+INSERT INTO registry.schema_migrations (version, name) VALUES (29, '0029_odoo_builds');
