@@ -161,6 +161,15 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
             abort(404, missing)
         return jsonify(row)
 
+    def answered(act):
+        """What `act(conn)` did in the registry, (row, HTTP status, refusal): the row as JSON with that status, or
+        the refusal with it."""
+        with registry() as conn:
+            row, status, refusal = act(conn)
+        if row is None:
+            abort(status, refusal)
+        return jsonify(row), status
+
     @app.get("/jobs/<int:job_id>")
     def job(job_id: int):
         require_admin()
@@ -200,11 +209,7 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
         odoo = body.get("state", "restarted") if isinstance(body, dict) else None
         if odoo not in store.ODOO_STATES:
             abort(400, f'the body is {{"state": one of {", ".join(store.ODOO_STATES)}}} (default restarted)')
-        with registry() as conn:
-            job, status, refusal = store.queue_odoo_job(conn, tenant_id, odoo)
-        if job is None:
-            abort(status, refusal)
-        return jsonify(job), 202
+        return answered(lambda conn: store.queue_odoo_job(conn, tenant_id, odoo))
 
     # The rollout of the platform's Odoo build (the inventory's saasodoo_odoo_bin) to every tenant: store/updates.py.
     @app.get("/odoo-update")
@@ -221,20 +226,12 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
             body, dict) else {}  # fmt: skip
         if not sizes or any(type(n) is not int or not 1 <= n <= 1000 for n in sizes.values()):
             abort(400, 'the body is {"canary": 1 to 1000 (default 2), "batch": 1 to 1000 (default 10)}')
-        with registry() as conn:
-            row, status, refusal = store.start_update(conn, sizes["canary"], sizes["batch"])
-        if row is None:
-            abort(status, refusal)
-        return jsonify(row), status
+        return answered(lambda conn: store.start_update(conn, sizes["canary"], sizes["batch"]))
 
     @app.post("/odoo-update/<any(pause, resume):step>")
     def odoo_update_step(step: str):
         require_admin()
-        with registry() as conn:
-            row, status, refusal = store.set_update_state(conn, "paused" if step == "pause" else "running")
-        if row is None:
-            abort(status, refusal)
-        return jsonify(row), status
+        return answered(lambda conn: store.set_update_state(conn, "paused" if step == "pause" else "running"))
 
     @app.get("/tenants/<tenant_id>")
     def tenant(tenant_id: str):

@@ -139,19 +139,15 @@ class Convergence:
     def _run_tenant_chores(self, account: str) -> None:
         """The account's due jobs the schedules queued (webhook_runner/schedules.py): a backup, a purge (closed
         unrun when the tenant is no longer terminated: it was reactivated); and what an operator asked for (its
-        Odoo restarted: closed unrun when the tenant is no longer active; updated: when it is terminated)."""
+        Odoo restarted or updated: closed unrun when the tenant is no longer active)."""
         conn = self.conn
         for chore in store.due_chores(conn, account, [*TENANT_ACTIONS, *store.OPERATOR_ACTIONS]):
             if chore["action"] == "purge" and store.tenant_status(conn, chore["tenant_id"]) not in PURGEABLE:
                 store.close_job(conn, chore["id"], "skipped", "the tenant is no longer terminated (reactivated)")
                 continue
-            if chore["action"] == "odoo" and (status := store.tenant_status(conn, chore["tenant_id"])) != "active":
+            operator = chore["action"] in store.OPERATOR_ACTIONS
+            if operator and (status := store.tenant_status(conn, chore["tenant_id"])) != "active":
                 store.close_job(conn, chore["id"], "skipped", f"the tenant is {status} now: its Odoo is not run")
-                continue
-            if chore["action"] == store.UPDATE_ACTION and (
-                status := store.tenant_status(conn, chore["tenant_id"])
-            ) not in ("active", "suspended"):
-                store.close_job(conn, chore["id"], "skipped", f"the tenant is {status} now: it has no Odoo to update")
                 continue
             self._execute(store.start_job(conn, chore["id"], self.name, chore["extravars"], chore["reason"]))
 

@@ -128,17 +128,8 @@ class Upkeep:
                 store.unlock(self.conn, store.UPDATE_LOCK, "update")
 
     def periodic_update(self) -> bool:
-        """The rollout's pass of the worker loop: whether it did anything (a bug in it is logged, as a schedule's)."""
-        try:
-            lines = self.advance_update()
-        except psycopg.OperationalError:
-            raise
-        except Exception:
-            log.exception("the Odoo update's pass failed")
-            return False
-        for line in lines:
-            log.info("odoo update: %s", line)
-        return bool(lines)
+        """The rollout's pass of the worker loop: whether it did anything."""
+        return self._logged_pass(self.advance_update, "odoo update:", "the Odoo update's pass")
 
     def periodic_housekeeping(self) -> None:
         if self.settings.retention_days > 0 and (pruned := self.housekeeping()):
@@ -200,15 +191,20 @@ class Upkeep:
         return [*lines, f"{name}: job {job['id']}: {outcome}"]
 
     def periodic_schedules(self) -> bool:
-        """The schedules' pass of the worker loop: whether it ran anything. A bug in it is logged, and the worker
-        goes on with the inbox (the registry gone is serve()'s to handle)."""
+        """The schedules' pass of the worker loop: whether it ran anything."""
+        return self._logged_pass(self.run_schedules, "schedule", "the schedules' pass")
+
+    @staticmethod
+    def _logged_pass(run, prefix: str, name: str) -> bool:
+        """A pass of the worker loop, its lines logged: whether it did anything. A bug in it is logged, and the
+        worker goes on with the inbox (the registry gone is serve()'s to handle)."""
         try:
-            lines = self.run_schedules()
+            lines = run()
         except psycopg.OperationalError:
             raise
         except Exception:
-            log.exception("the schedules' pass failed")
+            log.exception("%s failed", name)
             return False
         for line in lines:
-            log.info("schedule %s", line)
+            log.info("%s %s", prefix, line)
         return bool(lines)

@@ -366,9 +366,15 @@ def odoo_build(name: str, failing_module: str | None = None) -> str:
     root = LOCAL_STATE / "odoo-builds" / name
     subprocess.run(["rm", "-rf", str(root)], check=True)
     root.mkdir(parents=True)
-    subprocess.run(["cp", "-a", odoo_bin, str(Path(odoo_bin).parent / "odoo"), str(root)], check=True)
+    # Hard links where it is the same as this one (on one file system, as /srv and the checkout here); a module
+    # that changes is a copy of its own.
+    subprocess.run(["cp", "-al", odoo_bin, str(Path(odoo_bin).parent / "odoo"), str(root)], check=True)
     if failing_module:
         addon = root / "odoo/addons" / failing_module
+        subprocess.run(["rm", "-rf", str(addon)], check=True)
+        subprocess.run(
+            ["cp", "-a", str(Path(odoo_bin).parent / "odoo/addons" / failing_module), str(addon)], check=True
+        )
         manifest = (addon / "__manifest__.py").read_text()
         version = re.search(r"""['"]version['"]\s*:\s*['"]([^'"]+)['"]""", manifest)
         bumped = f"{version[1] if version else '1.0'}.1"

@@ -22,7 +22,8 @@ PLAN = {"db_type": "shared", "storage_gb": 1, "odoo_version": "18.0", "odoo_work
 
 
 def seed(conn: psycopg.Connection) -> None:
-    """Tenants a to e, oldest first: a, b and c active, d suspended, e without a Kill Bill account; f terminated."""
+    """Tenants a to f, oldest first: a, b and c active, d suspended, e active without a Kill Bill account, f
+    terminated."""
     conn.execute(
         "INSERT INTO registry.plans (name, version, db_type, entitlements) VALUES ('basic', 1, 'shared', %s)",
         (json.dumps(PLAN),),
@@ -40,12 +41,14 @@ def seed(conn: psycopg.Connection) -> None:
 def ended(conn: psycopg.Connection, outcomes: dict[str, str]) -> None:
     """The rollout's jobs of these tenants ended so (a worker ran tenant_update.yml)."""
     for tenant, state in outcomes.items():
+        error = (
+            f"The update of tenant {tenant} failed at Install or update the modules all" if state == "parked" else None
+        )
         conn.execute(
             "UPDATE registry.jobs SET state = %s, finished_at = now(), error = %s WHERE tenant_id = %s"
             " AND action = 'update' AND state = 'queued'",
-            (state, f"The update of tenant {tenant} failed at Update the modules all" if state == "parked" else None,
-             tenant),
-        )  # fmt: skip
+            (state, error, tenant),
+        )
 
 
 def test_a_rollout_goes_canary_first_then_in_batches_pauses_at_a_failure_and_resumes(
@@ -76,27 +79,27 @@ def test_a_rollout_goes_canary_first_then_in_batches_pauses_at_a_failure_and_res
         ended(conn, {"a": "succeeded"})
         assert store.advance_update(conn) == ["update 1: batch of 2 queued (b, c)"]
         view = client.get("/odoo-update", headers=ADMIN).get_json()
-        assert (view["tenants"], view["updated"], view["queued"], view["unowned"]) == (4, 1, ["b", "c"], ["e"])
+        assert (view["tenants"], view["updated"], view["queued"], view["unowned"]) == (3, 1, ["b", "c"], ["e"])
 
-        # A failure pauses it (the batch's other jobs end as they will); a pause holds.
+        # A failure pauses it, naming it, even one that ended while an operator had paused it.
+        assert client.post("/odoo-update/pause", headers=ADMIN).get_json()["state"] == "paused"
         ended(conn, {"b": "succeeded", "c": "parked"})
+        assert store.advance_update(conn) == []
+        assert client.post("/odoo-update/resume", headers=ADMIN).get_json()["state"] == "running"
         paused = store.advance_update(conn)
         assert paused == ["update 1 paused: tenant c's update failed (job 3, parked): The update of tenant c failed"
-                          " at Update the modules all"]  # fmt: skip
+                          " at Install or update the modules all"]  # fmt: skip
         assert store.advance_update(conn) == []
         view = client.get("/odoo-update", headers=ADMIN).get_json()
         assert view["state"] == "paused" and [f["tenant_id"] for f in view["failed"]] == ["c"]
 
-        # Resumed: the failure was seen, the rest go on (c is not tried again), then it ends.
-        assert client.post("/odoo-update/resume", headers=ADMIN).get_json()["state"] == "running"
-        assert store.advance_update(conn) == ["update 1: batch of 1 queued (d)"]
-        assert client.post("/odoo-update/pause", headers=ADMIN).get_json()["state"] == "paused"
-        ended(conn, {"d": "succeeded"})
-        assert store.advance_update(conn) == []
+        # Resumed: the failure was named, the rest go on (c is not tried again; d, suspended, keeps its build), and
+        # it ends.
         assert client.post("/odoo-update/resume", headers=ADMIN).status_code == 200
-        assert store.advance_update(conn) == ["update 1 finished: 3 tenants updated, 1 not"]
+        assert store.advance_update(conn) == ["update 1 finished: 2 tenants updated, 1 not"]
         view = client.get("/odoo-update", headers=ADMIN).get_json()
-        assert (view["state"], view["updated"], view["reason"]) == ("finished", 3, "3 tenants updated, 1 not")
+        assert (view["state"], view["updated"], view["reason"]) == ("finished", 2, "2 tenants updated, 1 not")
+        assert conn.execute("SELECT count(*) AS n FROM registry.jobs WHERE tenant_id = 'd'").fetchone()["n"] == 0
         assert client.post("/odoo-update/pause", headers=ADMIN).status_code == 404
         states = [row["detail"]["state"] for row in conn.execute(
             "SELECT detail FROM registry.audit WHERE kind = 'odoo_update' ORDER BY id")]  # fmt: skip

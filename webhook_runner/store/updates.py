@@ -1,7 +1,9 @@
 """Rollouts of the platform's Odoo build to its tenants (registry.odoo_updates, migration 0029): `canary` tenants
 first, then `batch` at a time, each a tenant_update.yml job in its tenant's account (the build is the inventory's
-saasodoo_odoo_bin, which that playbook reads). A failed update pauses the rollout; a resume goes on with the tenants
-not tried yet. A tenant no Kill Bill account names gets no job: the rollout lists it, for an operator."""
+saasodoo_odoo_bin, which that playbook reads). A failed update pauses the rollout, naming it; a resume goes on with
+the tenants not tried yet, and a failure no pause has named yet pauses it again. A tenant no Kill Bill account names
+gets no job: the rollout lists it, for an operator. Active tenants only: a suspended one's database refuses its
+login, and its resume starts the build it is at."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from .tenants import audit
 
 UPDATE_ACTION = "update"
 # The tenants a rollout updates, oldest first (the canary is the platform's longest-served tenants).
-_ELIGIBLE = "t.status IN ('active', 'suspended')"
-_COLUMNS = "id, canary, batch, state, reason, created_at, state_since, finished_at"
+_ELIGIBLE = "t.status = 'active'"
+_COLUMNS = "id, canary, batch, state, reason, acknowledged, created_at, state_since, finished_at"
 _TRIED = ("succeeded", "parked", "failed", "skipped")
 
 
@@ -101,28 +103,29 @@ def _jobs(conn: psycopg.Connection, update_id: int) -> list[dict]:
 
 
 def advance_update(conn: psycopg.Connection) -> list[str]:
-    """One step of the running rollout (the upkeep pass, one worker at a time): pause it at a failure newer than its
-    last start or resume; else, once its jobs have ended, queue the next tenants (the canary first, then a batch);
-    finish it when none is left. What it did, one line each."""
+    """One step of the running rollout (the upkeep pass, one worker at a time): pause it at the failures no pause
+    has named yet, naming them; else, once its jobs have ended, queue the next tenants (the canary first, then a
+    batch); finish it when none is left. What it did, one line each."""
     with conn.transaction():
         update = _open_update(conn, lock=True)
         if update is None or update["state"] != "running":
             return []
         uid, jobs = update["id"], _jobs(conn, update["id"])
         failures = [
-            job for job in jobs if job["state"] in ("parked", "failed") and job["finished_at"] >= update["state_since"]
+            job for job in jobs if job["state"] in ("parked", "failed") and job["id"] not in update["acknowledged"]
         ]
         if failures:
-            first = failures[0]
-            reason = (
-                f"tenant {first['tenant_id']}'s update failed (job {first['id']}, {first['state']}): "
-                f"{(first['error'] or '').strip().splitlines()[0] if first['error'] else 'see the job'}"
+            reason = "; ".join(
+                f"tenant {job['tenant_id']}'s update failed (job {job['id']}, {job['state']}): "
+                f"{(job['error'] or '').strip().splitlines()[0] if job['error'] else 'see the job'}"
+                for job in failures
             )
             conn.execute(
-                "UPDATE registry.odoo_updates SET state = 'paused', reason = %s, state_since = now() WHERE id = %s",
-                (reason, uid),
+                """UPDATE registry.odoo_updates SET state = 'paused', reason = %s, state_since = now(),
+                          acknowledged = acknowledged || %s WHERE id = %s""",
+                (reason, [job["id"] for job in failures], uid),
             )
-            _audit(conn, uid, {"state": "paused", "reason": reason}, tenant_id=first["tenant_id"])
+            _audit(conn, uid, {"state": "paused", "reason": reason, "jobs": [job["id"] for job in failures]})
             return [f"update {uid} paused: {reason}"]
         if any(job["state"] in ("queued", "running") for job in jobs):
             return []

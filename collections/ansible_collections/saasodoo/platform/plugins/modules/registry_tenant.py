@@ -75,8 +75,15 @@ options:
     description: Where the tenant's files live (its Odoo C(data_dir)).
     type: str
   odoo_build:
-    description: The Odoo build (its odoo-bin command) the tenant's database is at from now on, which its Odoo runs
-      (a provision's, or an update's, C(playbooks/tenant_update.yml)).
+    description:
+      - The Odoo build (its odoo-bin command) the tenant's database is at from now on, which its Odoo runs (a
+        provision's, an update's, C(playbooks/tenant_update.yml), a restored backup's). Words of letters, digits
+        and C(_ . / : = + @ -).
+      - It ends an update under way (clears C(odoo_update_backup)).
+    type: str
+  odoo_update_backup:
+    description: The backup an update of the tenant under way goes back to if it fails, until I(odoo_build) records
+      its end.
     type: str
   credential_version:
     description: The version of the tenant's derived database password from now on; not lower than its current one.
@@ -345,7 +352,11 @@ def planned_changes(conn, tenant: dict, p: dict) -> dict:
                 f"odoo_build {p['odoo_build']!r} for tenant {tenant_id}: an odoo-bin command is words of letters,"
                 " digits and _ . / : = + @ - separated by single spaces (it goes into the tenant's program file as is)"
             )
-        changes["odoo_build"] = p["odoo_build"]
+        changes.update(odoo_build=p["odoo_build"], odoo_build_since="now")
+    if p["odoo_update_backup"] and p["odoo_update_backup"] != tenant["odoo_update_backup"]:
+        changes["odoo_update_backup"] = p["odoo_update_backup"]
+    elif p["odoo_build"] and tenant["odoo_update_backup"] is not None:
+        changes["odoo_update_backup"] = None  # its build recorded: the update under way has ended
     version = p["credential_version"]
     if version is not None and version != tenant["credential_version"]:
         if version < tenant["credential_version"]:
@@ -369,6 +380,9 @@ def apply_changes(conn, tenant: dict, changes: dict) -> None:
     for field, value in changes.items():
         if field == "retain_until" and value is not None:
             assignments.append(sql.SQL("retain_until = now() + make_interval(days => {})").format(value[1]))
+            continue
+        if field == "odoo_build_since":
+            assignments.append(sql.SQL("odoo_build_since = now()"))
             continue
         if field == "quotas":
             value = Jsonb(value)
@@ -464,6 +478,7 @@ def main() -> None:
             retain_days=dict(type="int"),
             storage_path=dict(type="str"),
             odoo_build=dict(type="str"),
+            odoo_update_backup=dict(type="str"),
             customer_id=dict(type="str"),
             subscription_id=dict(type="str"),
             credential_version=dict(type="int"),
