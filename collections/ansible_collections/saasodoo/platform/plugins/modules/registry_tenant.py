@@ -78,7 +78,7 @@ options:
     description:
       - The Odoo build (its odoo-bin command) the tenant's database is at from now on, which its Odoo runs (a
         provision's, an update's, C(playbooks/tenant_update.yml), a restored backup's). Words of letters, digits
-        and C(_ . / : = + @ -).
+        and the characters C(_./:=+@-), separated by single spaces.
       - It ends an update under way (clears C(odoo_update_backup)).
     type: str
   odoo_update_backup:
