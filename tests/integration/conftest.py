@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import grp
+import hashlib
 import json
 import os
 import pwd
@@ -340,15 +341,21 @@ def reset_local_platform() -> None:
     remove_stale_tenant_users()
 
 
+# This checkout's range of tenants' OS ids (inventories/local group_vars/platform/platform_registry.yml), the
+# miniature's included.
+OS_IDS_FROM = 2000000 + int(hashlib.sha1(str(REPO.resolve()).encode()).hexdigest()[:8], 16) % 4000 * 10000  # noqa: S324
+
+
 def remove_stale_tenant_users() -> None:
-    """Tenants' OS users and groups whose home is gone: their platform's state was reset, this checkout's or an
-    earlier clone's on this machine. The new registry hands their ids out again (migration 0028), which a host that
-    still has them refuses (roles/odoo_runtime tasks/tenant_user.yml)."""
+    """This checkout's tenants' OS users and groups whose home is gone with the state reset: the new registry hands
+    their ids out again (migration 0028), which a host that still has them refuses (roles/odoo_runtime
+    tasks/tenant_user.yml). One still running something stays (userdel refuses), and the next provision says so."""
     for user in pwd.getpwall():
-        if user.pw_gecos.startswith("SaaSOdoo tenant ") and not Path(user.pw_dir).exists():
-            subprocess.run(["userdel", user.pw_name], check=True, capture_output=True)
+        mine = OS_IDS_FROM <= user.pw_uid < OS_IDS_FROM + 10000 and user.pw_gecos.startswith("SaaSOdoo tenant ")
+        if mine and not Path(user.pw_dir).exists():
+            subprocess.run(["userdel", user.pw_name], check=False, capture_output=True)
             if user.pw_name in {group.gr_name for group in grp.getgrall()}:
-                subprocess.run(["groupdel", user.pw_name], check=True, capture_output=True)
+                subprocess.run(["groupdel", user.pw_name], check=False, capture_output=True)
 
 
 # `make integration` runs this suite in two passes, each on the local platform reset as a fresh clone has it.

@@ -18,6 +18,7 @@ from .conftest import PLATFORM_SOCKET_DIR, LocalPlatform, ScratchRegistry
 from .runner_stack import ADMIN_TOKEN, runner_settings, write_settings
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+BUILD = "/opt/odoo/18.0-20261201/odoo-bin"  # what the canary's tenant_update.yml recorded
 PLAN = {"db_type": "shared", "storage_gb": 1, "odoo_version": "18.0", "odoo_workers": 1, "db_connection_limit": 4}
 
 
@@ -49,6 +50,8 @@ def ended(conn: psycopg.Connection, outcomes: dict[str, str]) -> None:
             " AND action = 'update' AND state = 'queued'",
             (state, error, tenant),
         )
+        if state == "succeeded":
+            conn.execute("UPDATE registry.tenants SET odoo_build = %s WHERE tenant_id = %s", (BUILD, tenant))
 
 
 def test_a_rollout_goes_canary_first_then_in_batches_pauses_at_a_failure_and_resumes(
@@ -78,6 +81,12 @@ def test_a_rollout_goes_canary_first_then_in_batches_pauses_at_a_failure_and_res
         assert job == {"account_id": "acct-1", "playbook": "tenant_update.yml", "extravars": {"tenant_id": "a"}}
         ended(conn, {"a": "succeeded"})
         assert store.advance_update(conn) == ["update 1: batch of 2 queued (b, c)"]
+        # The batches are given the canary's build, whatever the inventory names by the time they run.
+        batch = conn.execute("SELECT extravars FROM registry.jobs WHERE tenant_id IN ('b', 'c') ORDER BY id").fetchall()
+        assert [job["extravars"] for job in batch] == [
+            {"tenant_id": "b", "build": BUILD},
+            {"tenant_id": "c", "build": BUILD},
+        ]
         view = client.get("/odoo-update", headers=ADMIN).get_json()
         assert (view["tenants"], view["updated"], view["queued"], view["unowned"]) == (3, 1, ["b", "c"], ["e"])
 

@@ -308,13 +308,12 @@ def module_versions(tenant: Tenant) -> set[str]:
 def updated_then_rolled_back(tenant: Tenant) -> None:
     """tenant_update.yml: a new build updates every module (its migration scripts run) and then serves the tenant, a
     run again changes nothing; a build whose update fails after it updated some modules is rolled back to the backup
-    its update began with (here one a run that died left recorded: no second backup is taken), and the tenant is
-    served by that backup's build, its data whole."""
+    its update took, and the tenant is served by its build as before, its data whole; after a run that died with its
+    backup recorded, the next goes back to that one without taking another."""
     mark = (
         "def migrate(cr, version):\n"
         "    cr.execute(\"INSERT INTO ir_config_parameter (key, value) VALUES ('updated_from', %s)\", (version,))\n"
     )
-    platform_build = tenant.record()["odoo_build"]
     good = standin_build("good", "18.0.1.1", {"base/18.0.1.1/post-mark.py": mark})
     tenant.run_twice("tenant_update.yml", "-e", json.dumps({"build": good}))
     conf = str(LOCAL_STATE / "runtime/tenants" / tenant.tenant_id / "odoo.conf")
@@ -330,41 +329,49 @@ def updated_then_rolled_back(tenant: Tenant) -> None:
     assert get(tenant.tenant_id, "/web/login") == 200
 
     # base is updated first (and committed), then web's migration fails: the database is at no build until restored.
-    with tenant.registry() as conn:
-        (before_good,) = conn.execute(
-            "SELECT detail -> 'changes' -> 'odoo_update_backup' ->> 'after' FROM registry.audit WHERE tenant_id = %s"
-            " AND detail ->> 'action' = 'tenant_update' AND detail -> 'changes' ? 'odoo_update_backup' ORDER BY id"
-            " LIMIT 1",
-            (tenant.tenant_id,),
-        ).fetchone()
-        conn.execute(
-            "UPDATE registry.tenants SET odoo_update_backup = %s WHERE tenant_id = %s", (before_good, tenant.tenant_id)
-        )
-        backups = conn.execute("SELECT count(*) FROM registry.backups WHERE tenant_id = %s", (tenant.tenant_id,))
-        backups = backups.fetchone()[0]
+    # What the customer wrote before the update is in the backup it takes after stopping Odoo.
+    with tenant.as_tenant() as conn:
+        conn.execute("INSERT INTO invoices (amount) VALUES (501)")
     fail = "def migrate(cr, version):\n    raise RuntimeError('this build cannot update web')\n"
     bad = standin_build("bad", "18.0.1.2", {"web/18.0.1.2/pre-fail.py": fail})
-    failed = tenant.run("tenant_update.yml", "-e", json.dumps({"build": bad}))
-    assert failed.returncode != 0
-    assert "Install or update the modules all: non-zero return code (exit 255)" in failed.output, failed.output[-5000:]
-    assert "module web: RuntimeError: this build cannot update web" in failed.output
-    assert f"{before_good}, taken before it, was restored: the tenant runs {platform_build} again" in " ".join(
-        failed.output.split()
-    )
-    record = tenant.record()
-    assert (record["odoo_build"], record["odoo_update_backup"]) == (platform_build, None)
+
+    def failed_and_rolled_back() -> str:
+        failed = tenant.run("tenant_update.yml", "-e", json.dumps({"build": bad}))
+        assert failed.returncode != 0
+        said = " ".join(failed.output.split())
+        assert "Install or update the modules all: non-zero return code (exit 255)" in said, failed.output[-5000:]
+        assert "module web: RuntimeError: this build cannot update web" in said  # Odoo's log, in the run's output
+        record = tenant.record()
+        assert (record["odoo_build"], record["odoo_update_backup"]) == (good, None)
+        assert odoo_command(tenant) == [*good.split(), "-c", conf]
+        assert module_versions(tenant) == {"18.0.1.1"}
+        with tenant.as_tenant() as conn:
+            assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 501
+        assert get(tenant.tenant_id, "/web/login") == 200
+        return said
+
+    said = failed_and_rolled_back()
     with tenant.registry() as conn:
-        assert (
-            conn.execute("SELECT count(*) FROM registry.backups WHERE tenant_id = %s", (tenant.tenant_id,)).fetchone()[
-                0
-            ]
-            == backups
+        taken = conn.execute(
+            "SELECT backup_id FROM registry.backups WHERE tenant_id = %s ORDER BY taken_at", (tenant.tenant_id,)
         )
-    assert odoo_command(tenant) == [*platform_build.split(), "-c", conf]
-    assert module_versions(tenant) == {"18.0.1.0"}
-    with tenant.as_tenant() as conn:
-        assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 500
-    assert get(tenant.tenant_id, "/web/login") == 200
+        backups = [backup_id for (backup_id,) in taken]
+    assert f"Backup {backups[-1]}, taken before it, was restored: the tenant runs {good} again" in said
+
+    # A run that died during the update left its backup recorded: nothing but the update (or a restore) acts on the
+    # tenant meanwhile, and the next run takes no second backup (of a half-updated database) and goes back to it.
+    with tenant.registry() as conn:
+        conn.execute(
+            "UPDATE registry.tenants SET odoo_update_backup = %s WHERE tenant_id = %s", (backups[-1], tenant.tenant_id)
+        )
+    refused = tenant.run("tenant_restart.yml")
+    assert refused.returncode != 0 and f"has an Odoo update under way (its backup {backups[-1]})" in refused.output
+    failed_and_rolled_back()
+    with tenant.registry() as conn:
+        again = conn.execute("SELECT backup_id FROM registry.backups WHERE tenant_id = %s", (tenant.tenant_id,))
+        assert len(again.fetchall()) == len(backups)
+    with tenant.as_tenant() as conn:  # the invoices as the rest of the life expects them
+        conn.execute("DELETE FROM invoices WHERE amount = 501")
 
 
 def restore_drills(tenant: Tenant, tampered_backup: str, newest_backup: str) -> None:

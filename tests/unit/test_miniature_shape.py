@@ -45,11 +45,13 @@ def test_the_miniature_admits_whom_production_admits(group):
 def test_the_miniature_sets_what_production_sets(path):
     """Each file production has for the servers and the platform, the miniature has with the same variables, but
     for production's secrets from the vault, sudo, and sizing the miniature leaves at the roles' defaults; and the
-    miniature's own builder user (its hosts share this machine's users with the local platform)."""
+    miniature's own builder user and range of tenants' OS ids (its hosts share this machine's users with the local
+    platform)."""
     production, miniature = (set(load_yaml(inventory / path)) for inventory in (PRODUCTION, MINIATURE))
     production_only = {"ansible_become", "ansible_become_method", "postgres_server_settings"}
     miniature_only = {"ansible_ssh_private_key_file", "ansible_ssh_common_args", "saasodoo_miniature_dir",
-                      "postgres_server_bin_dir", "odoo_template_builder_user"}  # fmt: skip
+                      "postgres_server_bin_dir", "odoo_template_builder_user",
+                      "platform_registry_tenant_os_ids_from"}  # fmt: skip
     assert production - production_only - miniature == set()
     assert miniature - miniature_only - production == set()
 

@@ -1,6 +1,7 @@
 """Rollouts of the platform's Odoo build to its tenants (registry.odoo_updates, migration 0029): `canary` tenants
 first, then `batch` at a time, each a tenant_update.yml job in its tenant's account (the build is the inventory's
-saasodoo_odoo_bin, which that playbook reads). A failed update pauses the rollout, naming it; a resume goes on with
+saasodoo_odoo_bin, which that playbook reads for the canary; the batches are given the build the canary got, even
+if the inventory names another meanwhile). A failed update pauses the rollout, naming it; a resume goes on with
 the tenants not tried yet, and a failure no pause has named yet pauses it again. A tenant no Kill Bill account names
 gets no job: the rollout lists it, for an operator. Active tenants only: a suspended one's database refuses its
 login, and its resume starts the build it is at."""
@@ -16,7 +17,7 @@ from .tenants import audit
 UPDATE_ACTION = "update"
 # The tenants a rollout updates, oldest first (the canary is the platform's longest-served tenants).
 _ELIGIBLE = "t.status = 'active'"
-_COLUMNS = "id, canary, batch, state, reason, acknowledged, created_at, state_since, finished_at"
+_COLUMNS = "id, canary, batch, state, reason, acknowledged, build, created_at, state_since, finished_at"
 _TRIED = ("succeeded", "parked", "failed", "skipped")
 
 
@@ -148,11 +149,20 @@ def advance_update(conn: psycopg.Connection) -> list[str]:
             _audit(conn, uid, {"state": "finished", "reason": reason})
             return [f"update {uid} finished: {reason}"]
         step = "canary" if not jobs else "batch"
+        build = update["build"]
+        if jobs and build is None:  # the build the canary was updated to: the one every batch gets
+            build = conn.execute(
+                """SELECT t.odoo_build FROM registry.jobs AS j JOIN registry.tenants AS t USING (tenant_id)
+                    WHERE j.odoo_update = %s AND j.state = 'succeeded' ORDER BY j.id LIMIT 1""",
+                (uid,),
+            ).fetchone()["odoo_build"]
+            conn.execute("UPDATE registry.odoo_updates SET build = %s WHERE id = %s", (build, uid))
+        extravars = {"build": build} if build else {}
         for tenant in due:
             job = insert_job(
                 conn, account=tenant["customer_id"], tenant_id=tenant["tenant_id"], event_id=None,
                 action=UPDATE_ACTION, playbook=OPERATOR_ACTIONS[UPDATE_ACTION],
-                extravars={"tenant_id": tenant["tenant_id"]}, state="queued",
+                extravars={"tenant_id": tenant["tenant_id"], **extravars}, state="queued",
                 reason=f"odoo update {uid}: {step} of {len(due)}",
             )  # fmt: skip
             conn.execute("UPDATE registry.jobs SET odoo_update = %s WHERE id = %s", (uid, job["id"]))

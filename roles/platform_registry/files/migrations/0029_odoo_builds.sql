@@ -27,6 +27,7 @@ CREATE TABLE registry.odoo_updates (
     state        text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'paused', 'finished')),
     reason       text NOT NULL DEFAULT '',
     acknowledged bigint[] NOT NULL DEFAULT '{}',  -- the failed jobs a pause has named
+    build        text,  -- the build its canary was updated to, which every later batch is given
     created_at   timestamptz NOT NULL DEFAULT now(),
     state_since  timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz

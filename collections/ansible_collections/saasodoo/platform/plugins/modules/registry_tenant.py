@@ -79,12 +79,17 @@ options:
       - The Odoo build (its odoo-bin command) the tenant's database is at from now on, which its Odoo runs (a
         provision's, an update's, C(playbooks/tenant_update.yml), a restored backup's). Words of letters, digits
         and the characters C(_./:=+@-), separated by single spaces.
-      - It ends an update under way (clears C(odoo_update_backup)).
+      - It ends an update under way (clears C(odoo_update_backup)), unless I(odoo_update_backup) is given too.
     type: str
   odoo_update_backup:
     description: The backup an update of the tenant under way goes back to if it fails, until I(odoo_build) records
       its end.
     type: str
+  refuse_while_updating:
+    description: Fail, changing nothing, while the tenant has an Odoo update under way (C(odoo_update_backup) set),
+      as its database may be half-updated, which nothing but the update or a restore may start or back up.
+    type: bool
+    default: false
   credential_version:
     description: The version of the tenant's derived database password from now on; not lower than its current one.
     type: int
@@ -355,8 +360,11 @@ def planned_changes(conn, tenant: dict, p: dict) -> dict:
         changes.update(odoo_build=p["odoo_build"], odoo_build_since="now")
     if p["odoo_update_backup"] and p["odoo_update_backup"] != tenant["odoo_update_backup"]:
         changes["odoo_update_backup"] = p["odoo_update_backup"]
-    elif p["odoo_build"] and tenant["odoo_update_backup"] is not None:
+    elif p["odoo_build"] and not p["odoo_update_backup"] and tenant["odoo_update_backup"] is not None:
         changes["odoo_update_backup"] = None  # its build recorded: the update under way has ended
+    if "odoo_update_backup" in changes:
+        # From an update's start to its end the database is at no build a point-in-time restore could name.
+        changes["odoo_build_since"] = "now"
     version = p["credential_version"]
     if version is not None and version != tenant["credential_version"]:
         if version < tenant["credential_version"]:
@@ -442,6 +450,12 @@ def record(module: AnsibleModule, conn) -> dict:
                 f"unknown tenant {p['tenant_id']!r}: the registry has no such tenant; "
                 "provision it first (playbooks/tenant_provision.yml)"
             )
+        if p["refuse_while_updating"] and tenant["odoo_update_backup"] is not None:
+            raise TenantError(
+                f"tenant {p['tenant_id']} has an Odoo update under way (its backup {tenant['odoo_update_backup']}): "
+                f"playbooks/tenant_update.yml -e tenant_id={p['tenant_id']} finishes it or rolls it back first, and"
+                " only that or tenant_restore.yml acts on the tenant meanwhile; nothing was changed"
+            )
         changes = planned_changes(conn, tenant, p)
         if changes:
             apply_changes(conn, tenant, changes)
@@ -479,6 +493,7 @@ def main() -> None:
             storage_path=dict(type="str"),
             odoo_build=dict(type="str"),
             odoo_update_backup=dict(type="str"),
+            refuse_while_updating=dict(type="bool", default=False),
             customer_id=dict(type="str"),
             subscription_id=dict(type="str"),
             credential_version=dict(type="int"),
