@@ -83,7 +83,8 @@ def test_every_server_archives_its_wal_and_one_whose_archiving_fails_is_found_un
             conn.execute("SELECT pg_switch_wal()")
             wait_for(conn, lambda state: state[2], "archiving failing")
             # Its pgBackRest check due (hourly; an earlier test's probe may have run it within the hour).
-            assert run_playbook("servers_probe.yml", "-e", "saasodoo_pgbackrest_check_minutes=0").returncode == 0
+            due = run_playbook("servers_probe.yml", "-e", '{"saasodoo_pgbackrest_check_minutes": 0}')
+            assert due.returncode == 0, due.output[-3000:]
             verdict, detail = health()
             assert verdict == "unhealthy" and "WAL archiving fails: segment" in detail, detail
             assert "pgBackRest check fails: " in detail, detail

@@ -114,6 +114,12 @@ def test_a_rollout_goes_canary_first_then_in_batches_pauses_at_a_failure_and_res
             "SELECT detail FROM registry.audit WHERE kind = 'odoo_update' ORDER BY id")]  # fmt: skip
         assert states == ["running", "paused", "running", "paused", "running", "finished"]
 
-        # The next build's rollout starts afresh.
+        # The next build's rollout starts afresh. Its canary failing, the batches get the inventory's build.
         assert client.post("/odoo-update", headers=ADMIN, json={"canary": 2}).status_code == 202
         assert store.advance_update(conn) == ["update 2: canary of 2 queued (a, b)"]
+        ended(conn, {"a": "parked", "b": "parked"})
+        assert store.advance_update(conn)[0].startswith("update 2 paused: tenant a's update failed")
+        assert client.post("/odoo-update/resume", headers=ADMIN).status_code == 200
+        assert store.advance_update(conn) == ["update 2: batch of 1 queued (c)"]
+        job = conn.execute("SELECT extravars FROM registry.jobs WHERE tenant_id = 'c' ORDER BY id DESC").fetchone()
+        assert job["extravars"] == {"tenant_id": "c"}

@@ -97,8 +97,7 @@ def update_view(conn: psycopg.Connection) -> dict | None:
 
 def _jobs(conn: psycopg.Connection, update_id: int) -> list[dict]:
     return conn.execute(
-        """SELECT id, tenant_id, state, error, coalesce(finished_at, now()) AS finished_at FROM registry.jobs
-            WHERE odoo_update = %s ORDER BY id""",
+        "SELECT id, tenant_id, state, error FROM registry.jobs WHERE odoo_update = %s ORDER BY id",
         (update_id,),
     ).fetchall()
 
@@ -151,11 +150,12 @@ def advance_update(conn: psycopg.Connection) -> list[str]:
         step = "canary" if not jobs else "batch"
         build = update["build"]
         if jobs and build is None:  # the build the canary was updated to: the one every batch gets
-            build = conn.execute(
+            canary = conn.execute(
                 """SELECT t.odoo_build FROM registry.jobs AS j JOIN registry.tenants AS t USING (tenant_id)
                     WHERE j.odoo_update = %s AND j.state = 'succeeded' ORDER BY j.id LIMIT 1""",
                 (uid,),
-            ).fetchone()["odoo_build"]
+            ).fetchone()
+            build = canary["odoo_build"] if canary else None  # none succeeded: the inventory's, as for the canary
             conn.execute("UPDATE registry.odoo_updates SET build = %s WHERE id = %s", (build, uid))
         extravars = {"build": build} if build else {}
         for tenant in due:
