@@ -71,15 +71,22 @@ def registry_conninfo(port: int) -> str:
 
 
 def start_stack(
-    state: Path, port: int, standin: KillBillStandin, registry_port: int, extravars: dict, workers: int = 1
+    state: Path,
+    port: int,
+    standin: KillBillStandin,
+    registry_port: int,
+    extravars: dict,
+    workers: int = 1,
+    schedules: dict | None = None,
 ) -> RunnerStack:
-    """A runner of the benchmark's own on port, against the Kill Bill stand-in, started."""
+    """A runner of the benchmark's own on port, against the Kill Bill stand-in, started; no periodic job within the
+    figures but `schedules`."""
     settings = {
         "registry_conninfo": registry_conninfo(registry_port), "inbound_token": INBOUND_TOKEN,
         "admin_token": ADMIN_TOKEN, "metrics_token": METRICS_TOKEN, "killbill": {"url": standin.url, **KILLBILL},
         "project_dir": str(REPO), "inventory": str(REPO / "inventories/local"),
         "artifacts_dir": str(state / "artifacts"), "playbook_extravars": extravars, "reconcile_interval_seconds": 0,
-        "poll_seconds": 1, "schedules": dict.fromkeys(SCHEDULES, 0),  # no periodic job within the figures
+        "poll_seconds": 1, "schedules": {**dict.fromkeys(SCHEDULES, 0), **(schedules or {})},
     }  # fmt: skip
     write_settings(state / "settings.json", settings)
     stack = RunnerStack(state / "settings.json", port, workers=workers, registry_conninfo=settings["registry_conninfo"],

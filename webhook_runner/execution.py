@@ -17,7 +17,7 @@ import ansible_runner
 import psycopg
 
 from . import logs, store
-from .schedules import SCHEDULES
+from .schedules import GROWS_POOLS, SCHEDULES
 
 log = logging.getLogger("webhook_runner.worker")  # the worker's log, whichever file writes to it
 
@@ -96,6 +96,8 @@ class Execution:
         outcome = {"rc": rc, "error": error, "artifacts_dir": str(private_dir)}
         if error is None:
             finished = store.finish_job(self.conn, job["id"], state="succeeded", **outcome)
+            if job["action"] in GROWS_POOLS and settings.schedules.get("pools_grow"):
+                store.bring_schedule_forward(self.conn, "pools_grow")  # the room it took, made again at once
         elif not retry:
             finished = store.finish_job(self.conn, job["id"], state="failed", **outcome)
         elif parked_because is not None:  # the playbook says that running it again would fail the same way

@@ -35,6 +35,9 @@ SCHEDULES = {
         Schedule("moves_cleanup", "moves_cleanup.yml"),  # old copies past retention
         Schedule("servers_retire", "servers_retire.yml"),  # dedicated servers nothing holds
         Schedule("servers_probe", "servers_probe.yml"),  # each server's and PgBouncer's health, for placement
+        # New shared pools brought up before the sign-ups need them (the inventory's saasodoo_pool_headroom_tenants);
+        # due at once after a provision or plan change succeeded (GROWS_POOLS), whatever its interval.
+        Schedule("pools_grow", "pools_grow.yml"),
         Schedule("restore_drill", "backups_drill.yml"),  # a random tenant's newest backup restored and checked
         # Each server's base backup, the start of its point-in-time recovery (with its archived WAL).
         Schedule("base_backups", "servers_base_backup.yml"),
@@ -46,12 +49,16 @@ SCHEDULES = {
     )
 }
 TENANT_ACTIONS = {s.tenant_action: s.playbook for s in SCHEDULES.values() if s.tenant_action}
-# The runner's defaults: health every 5 minutes, hourly housekeeping of the fleet, the purges and the audit chain's
-# seal, a base backup of each server and a backup of each tenant a day, a restore drill a week.
+# The jobs that can take a shared pool's slot: their success brings pools_grow forward.
+GROWS_POOLS = ("provision", "change_plan")
+# The runner's defaults: health every 5 minutes, room in the pools every 10 (and after each sign-up), hourly
+# housekeeping of the fleet, the purges and the audit chain's seal, a base backup of each server and a backup of each
+# tenant a day, a restore drill a week.
 DEFAULT_INTERVALS = {
     "moves_cleanup": 3600,
     "servers_retire": 3600,
     "servers_probe": 300,
+    "pools_grow": 600,
     "restore_drill": 604800,
     "base_backups": 86400,
     "audit_verify": 3600,

@@ -82,12 +82,27 @@ def test_migration_benchmark_drains_a_pool_under_a_running_odoo(local_platform: 
     assert goals[0].endswith("— met"), goals[0]
 
 
-def test_provision_benchmark_quick_run_prints_both_paths_and_its_goals(local_platform: LocalPlatform):
-    output = run_bench("bench/provision.py", "--registry-port", str(local_platform.servers["platform-db"].port),
-                       timeout=900)  # fmt: skip
-    assert "sign-up at Kill Bill -> login page through nginx" in output
+def test_provision_benchmark_quick_run_prints_both_paths_and_its_goals_and_grows_a_pool_ahead(
+    local_platform: LocalPlatform,
+):
+    port = local_platform.servers["platform-db"].port
+    output = run_bench("bench/provision.py", "--registry-port", str(port), timeout=900)
+    assert "sign-up at Kill Bill -> login page through nginx, headroom 0" in output
     assert "baseline: odoo-bin -i" in output
-    assert output.count("goal ") == 2
+    # The quick run's headroom is one slot more than its sign-up leaves: the pools_grow schedule brought a pool up.
+    waits = r"sign-ups that waited for a bring-up: 0 of 1 with, [01] of 1 without; pools grown ahead of need: 1$"
+    assert re.search(waits, output, re.MULTILINE), output
+    with local_platform.registry() as registry:
+        grown = registry.execute(
+            "SELECT s.name, s.status FROM registry.db_servers AS s JOIN registry.audit AS a"
+            " ON a.subject = 'server:' || s.name AND a.actor = 'pool_headroom'"
+        ).fetchall()
+    assert grown and {status for _, status in grown} == {"active"}, grown  # brought up, not only recorded
+    assert [line.split(":")[0] for line in output.splitlines()[-3:]] == [
+        "goal sign-up to login page p95",
+        "goal sign-up p95 within 1.5x its p50",
+        "goal template path against the -i path",
+    ]
 
 
 def test_lifecycle_benchmark_quick_run_prints_every_transition_beside_the_startup(local_platform: LocalPlatform):

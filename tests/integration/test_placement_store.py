@@ -9,12 +9,14 @@ from dataclasses import replace
 import pytest
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import DedicatedHost, PlacementError
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement_ahead import Ahead, AheadOfNeed
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
     NewServerSpec,
     PlacementConfig,
     PlacementRequest,
     PlacementStore,
 )
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry_servers import retire
 
 from .conftest import ScratchRegistry
 
@@ -98,6 +100,93 @@ def test_fill_first_fills_pools_in_order_then_grows(scratch_registry):
     grown = servers[-1]
     assert (grown["status"], grown["port"], grown["pgbouncer_port"]) == ("provisioning", 56100, 56200)
     assert counts(scratch_registry)["pool-shared-03"] == (1, 1, 3)
+
+
+ON_A_HOST = replace(DEDICATED, hosts=(DedicatedHost("127.0.0.1", 16, 32768),))  # room for four premium servers
+
+
+def keep_ahead(registry: ScratchRegistry, headroom: int, spares: dict | None = None, check_mode=False, **config):
+    settings = {"odoo_pg_majors": PG_MAJORS, "probe_health": False, "shared_growth": GROWTH, "auto_grow": True,
+                "dedicated": ON_A_HOST}  # fmt: skip
+    with registry.connect() as conn:
+        store = AheadOfNeed(conn, PlacementConfig(**{**settings, **config}))
+        return store.keep(headroom, spares or {}, check_mode), [s["name"] for s in store.to_bring_up()]
+
+
+def test_pools_grow_ahead_of_need_and_sign_ups_take_the_pools_that_are_up_first(scratch_registry):
+    seed(scratch_registry, pools=1)
+    for i in range(2):
+        place(scratch_registry, f"t{i}")
+    assert keep_ahead(scratch_registry, 1) == (Ahead(1), [])  # one slot left: the headroom is met
+    place(scratch_registry, "t2")
+    ahead, _ = keep_ahead(scratch_registry, 4, check_mode=True)
+    assert (ahead.free_tenants, [s["name"] for s in ahead.created]) == (0, ["pool-shared-02", "pool-shared-03"])
+    assert set(counts(scratch_registry)) == {"pool-shared-01"}  # check mode recorded nothing
+    ahead, to_bring_up = keep_ahead(scratch_registry, 4)
+    assert [(s["name"], s["status"], s["port"]) for s in ahead.created] == [
+        ("pool-shared-02", "provisioning", 56100), ("pool-shared-03", "provisioning", 56101)
+    ]  # fmt: skip
+    assert to_bring_up == ["pool-shared-02", "pool-shared-03"]
+    # the pools being brought up count: a second run records none, and names them again to be brought up
+    assert keep_ahead(scratch_registry, 4) == (Ahead(6), ["pool-shared-02", "pool-shared-03"])
+    with scratch_registry.connect() as conn:
+        audited = conn.execute(
+            "SELECT subject, detail->>'reason' FROM registry.audit WHERE actor = 'pool_headroom' ORDER BY id"
+        ).fetchall()
+        assert audited == [(f"server:pool-shared-0{n}", "0 tenant slots free, under the headroom of 4") for n in (2, 3)]
+        conn.execute("UPDATE registry.db_servers SET status = 'active' WHERE name = 'pool-shared-03'")
+    # fill_first takes the fuller of the pools that are up; spread the emptiest of them, not the one still coming
+    assert place(scratch_registry, "t3").server["name"] == "pool-shared-03"
+    assert place(scratch_registry, "t4", policy="spread").server["name"] == "pool-shared-03"
+
+
+def test_no_pool_is_grown_ahead_with_growth_off_and_the_refusal_says_how_much_room_is_left(scratch_registry):
+    seed(scratch_registry, pools=1)
+    place(scratch_registry, "t0")
+    with pytest.raises(PlacementError, match="can take 2 more tenants, under the headroom of 3, and pool growth is"):
+        keep_ahead(scratch_registry, 3, auto_grow=False)
+    assert keep_ahead(scratch_registry, 2, auto_grow=False) == (Ahead(2), [])
+    assert set(counts(scratch_registry)) == {"pool-shared-01"}
+
+
+def test_a_dedicated_sign_up_takes_the_warm_spare_that_is_up_and_the_spare_is_replaced(scratch_registry):
+    seed(scratch_registry, pools=1)
+    ahead, to_bring_up = keep_ahead(scratch_registry, 0, {"premium-monthly": 1, "premium-ha-monthly": 1})
+    assert [(s["name"], s["spare_for"], s["ha"], s["dedicated_to"]) for s in ahead.created] == [
+        ("pool-dedicated-01", "premium-ha-monthly", "sync", None),
+        ("pool-dedicated-02", "premium-monthly", "none", None),
+    ]
+    assert to_bring_up == ["pool-dedicated-01", "pool-dedicated-02"]
+    # A spare still being brought up is not taken: the tenant gets a server of its own, as without spares.
+    early = place(scratch_registry, "early", "premium-monthly", dedicated=ON_A_HOST)
+    assert early.server["name"] == "pool-dedicated-03"
+    with scratch_registry.connect() as conn:
+        conn.execute("UPDATE registry.db_servers SET status = 'active' WHERE name LIKE 'pool-dedicated-0_'")
+    placed = place(scratch_registry, "acme", "premium-monthly", dedicated=ON_A_HOST)
+    assert (placed.server["name"], placed.server["dedicated_to"], placed.server["spare_for"]) == (
+        "pool-dedicated-02", "acme", None
+    )  # fmt: skip
+    assert (placed.created_server, placed.placement["reason"]) == (None, "the warm spare kept for plan premium-monthly")
+    # Replaced by the next run, and the other plan's spare is left; each holds 4 cores of the host's 16.
+    ahead, _ = keep_ahead(scratch_registry, 0, {"premium-monthly": 1, "premium-ha-monthly": 1})
+    assert [(s["name"], s["spare_for"]) for s in ahead.created] == [("pool-dedicated-04", "premium-monthly")]
+    with pytest.raises(PlacementError, match="no dedicated host has 4 cores and 8192 MB left for a warm spare"):
+        keep_ahead(scratch_registry, 0, {"premium-monthly": 2})  # the host is full
+
+
+def test_a_spare_no_longer_wanted_is_released_and_retired_once_idle_but_a_kept_one_never(scratch_registry):
+    seed(scratch_registry, pools=1)
+    keep_ahead(scratch_registry, 0, {"premium-monthly": 2})
+    with scratch_registry.connect() as conn:
+        conn.execute("UPDATE registry.db_servers SET status = 'active' WHERE kind = 'dedicated'")
+        assert "kept as a warm spare for plan premium-monthly" in retire(conn, "pool-dedicated-01", 0)
+    ahead, _ = keep_ahead(scratch_registry, 0, {"premium-monthly": 1})
+    assert (ahead.created, ahead.released) == ([], ["pool-dedicated-02"])
+    with scratch_registry.connect() as conn:
+        assert retire(conn, "pool-dedicated-02", 0) == ""
+        assert "warm spare" in retire(conn, "pool-dedicated-01", 0)
+    with pytest.raises(PlacementError, match="plan 'basic-monthly' is not dedicated"):
+        keep_ahead(scratch_registry, 0, {"basic-monthly": 1})
 
 
 def test_spread_takes_the_emptiest(scratch_registry):

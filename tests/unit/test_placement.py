@@ -15,6 +15,7 @@ from ansible_collections.saasodoo.platform.plugins.module_utils.placement import
     database_name,
     db_type_of,
     evaluate,
+    free_slots,
     kept_copy_name,
     next_server,
     refusal_message,
@@ -74,6 +75,10 @@ def test_evaluate_gives_each_verdict_its_reason(overrides, accepted, reason):
         # free slots decide, not tenant counts: a bigger server with more tenants can be emptier
         ([server("a", 2, capacity=3), server("b", 3, capacity=10)], "spread", "b"),
         ([server("a", 2, capacity=3), server("b", 3, capacity=10)], "fill_first", "a"),
+        # a pool up before one still being brought up (grown ahead of need), whatever the policy
+        ([server("a", 0, status="provisioning"), server("b", 2)], "spread", "b"),
+        ([server("a", 2, status="provisioning"), server("b", 0)], "fill_first", "b"),
+        ([server("a", 0, status="provisioning"), server("b", 3)], "fill_first", "a"),
         # nothing fits
         ([server("a", 3), server("b", 3)], "fill_first", None),
         ([], "fill_first", None),
@@ -81,6 +86,22 @@ def test_evaluate_gives_each_verdict_its_reason(overrides, accepted, reason):
 )
 def test_choose_shared_follows_the_policy(servers, policy, chosen):
     assert choose_shared(servers, NEEDS, policy).chosen == chosen
+
+
+def test_free_slots_count_what_the_pools_of_the_growths_major_can_still_take():
+    servers = [
+        server("up", 1),  # 2
+        server("coming", 0, status="provisioning"),  # 3
+        server("full", 3),
+        server("sick", 0, health="unhealthy"),
+        server("draining", 0, status="draining"),
+        server("older", 0, pg_major=14),
+        server("no-storage", 0, storage_committed_gb=100),
+        server("mine", 0, kind="dedicated"),
+    ]
+    assert free_slots(servers, 15) == 5
+    assert free_slots(servers, 14) == 3
+    assert free_slots([], 15) == 0
 
 
 def test_same_inputs_same_answer_whatever_the_order():

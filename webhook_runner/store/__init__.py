@@ -57,6 +57,7 @@ from .jobs import (
     trial_claim,
 )
 from .schedules import (
+    bring_schedule_forward,
     claim_schedule,
     due_schedules,
     fail_orphaned_schedule_jobs,
@@ -99,6 +100,7 @@ __all__ = [
     "active_tenants",
     "advance_update",
     "audit",
+    "bring_schedule_forward",
     "carry_lease",
     "claim_schedule",
     "claim_trial",

@@ -84,6 +84,11 @@ def claim_schedule(conn: psycopg.Connection, name: str, now) -> dict | None:
     ).fetchone()
 
 
+def bring_schedule_forward(conn: psycopg.Connection, name: str) -> None:
+    """The schedule due now (its next pass runs it), however long its interval."""
+    conn.execute("UPDATE registry.schedules SET next_run_at = least(next_run_at, now()) WHERE name = %s", (name,))
+
+
 def record_schedule_job(conn: psycopg.Connection, name: str, job_id: int) -> None:
     conn.execute("UPDATE registry.schedules SET last_job_id = %s WHERE name = %s", (job_id, name))
 

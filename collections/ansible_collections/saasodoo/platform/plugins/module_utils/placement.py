@@ -49,6 +49,7 @@ class Candidate:
     reason: str
     free_tenants: int = 0
     free_storage_gb: int = 0
+    ready: bool = True  # up now; a server still being brought up keeps its tenant waiting until it is
 
 
 @dataclass(frozen=True)
@@ -166,17 +167,25 @@ def evaluate(server: Server, needs: Needs) -> Candidate:
         return refuse(
             f"storage: {server.storage_committed_gb} + {needs.storage_gb} GB > {server.capacity_storage_gb} GB"
         )
-    return Candidate(server.name, True, "fits", free_tenants, free_storage)
+    return Candidate(server.name, True, "fits", free_tenants, free_storage, server.status == "active")
 
 
 def rank(candidates: list[Candidate], policy: str) -> list[Candidate]:
-    """Accepted candidates best first; ties by name, so the same inputs give the same answer."""
+    """Accepted candidates best first, those up before those still being brought up (a pool grown ahead of need
+    waits for the sign-ups the others cannot take); ties by name, so the same inputs give the same answer."""
     if policy not in POLICIES:
         raise PlacementError(f"placement policy {policy!r} is unknown: use one of {', '.join(POLICIES)}")
     accepted = [c for c in candidates if c.accepted]
     if policy == "fill_first":  # the fullest that fits
-        return sorted(accepted, key=lambda c: (c.free_tenants, c.free_storage_gb, c.name))
-    return sorted(accepted, key=lambda c: (-c.free_tenants, -c.free_storage_gb, c.name))  # spread: the emptiest
+        return sorted(accepted, key=lambda c: (not c.ready, c.free_tenants, c.free_storage_gb, c.name))
+    return sorted(accepted, key=lambda c: (not c.ready, -c.free_tenants, -c.free_storage_gb, c.name))  # the emptiest
+
+
+def free_slots(servers: list[Server], pg_major: int) -> int:
+    """The tenants the shared servers of `pg_major` can still take (those up or being brought up, not unhealthy,
+    with storage left): what a pool grown ahead of need keeps above its headroom."""
+    verdicts = (evaluate(server, Needs(1, (pg_major,))) for server in servers)
+    return sum(verdict.free_tenants for verdict in verdicts if verdict.accepted)
 
 
 def choose_shared(servers: list[Server], needs: Needs, policy: str) -> Decision:

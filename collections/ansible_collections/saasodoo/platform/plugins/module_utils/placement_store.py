@@ -44,7 +44,7 @@ ALLOCATION_LOCK = "saasodoo.db_servers.allocate"
 HEALTH_VERDICT_MINUTES = 10
 SERVER_COLUMNS = (
     "name, kind, host, port, pgbouncer_host, pgbouncer_port, pg_major, capacity_tenants, capacity_storage_gb,"
-    " status, health, dedicated_to, tenant_count, storage_committed_gb, ha,"
+    " status, health, dedicated_to, tenant_count, storage_committed_gb, ha, spare_for,"
     f" (status = 'active' AND health = 'unhealthy'"
     f"  AND health_checked_at > now() - interval '{HEALTH_VERDICT_MINUTES} minutes')"
     " AS recently_unhealthy"
@@ -135,6 +135,8 @@ def new_server_spec(options: dict | None, what: str) -> NewServerSpec | None:
     low_high = options["port_range"]
     if len(low_high) != 2 or low_high[0] > low_high[1]:
         raise PlacementError(f"{what}.port_range must be [first, last], got {low_high}")
+    if options["capacity_tenants"] < 1:
+        raise PlacementError(f"{what}.capacity_tenants must be at least 1, got {options['capacity_tenants']}")
     hosts = tuple(DedicatedHost(h["address"], h["cpu"], h["memory_mb"]) for h in options.get("hosts") or ())
     if any(not math.isfinite(h.cpu) or h.cpu <= 0 or h.memory_mb <= 0 for h in hosts):
         raise PlacementError(f"{what}.hosts: each host needs cpu and memory_mb above zero")
@@ -356,6 +358,25 @@ class PlacementStore:
         existing = cur.fetchone()
         if existing:
             return Decision(existing["name"], "the tenant's own dedicated server", "dedicated"), existing
+        # A warm spare kept for the plan (migration 0030), up already: the caller gives it to the tenant.
+        cur.execute(
+            f"UPDATE registry.db_servers SET spare_for = NULL WHERE name = (SELECT name FROM registry.db_servers"
+            f" WHERE spare_for = %s AND ha = %s AND status = 'active' ORDER BY name LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            f" RETURNING {SERVER_COLUMNS}",
+            (request.plan, ha),
+        )
+        spare = cur.fetchone()
+        if spare:
+            self.executed.append(f"took {spare['name']}, the warm spare kept for plan {request.plan}")
+            return Decision(spare["name"], f"the warm spare kept for plan {request.plan}", "dedicated"), spare
+        return self._new_dedicated(cur, request, entitlements, ha)
+
+    def _new_dedicated(
+        self, cur, request: PlacementRequest, entitlements: dict, ha: str, spare: bool = False
+    ) -> tuple[Decision, dict]:
+        """A new dedicated server (status provisioning) for the tenant, or a warm spare for its plan, on a dedicated
+        host with the plan's share left."""
+        for_whom = "a warm spare" if spare else f"tenant {request.tenant_id}"
         spec = self.config.dedicated
         if spec is None:
             raise PlacementError(
@@ -365,12 +386,14 @@ class PlacementStore:
         share, hosts = None, None
         if spec.hosts:
             share = self._share(request.plan, entitlements)
-            hosts = self._choose_host(cur, request, spec, share)
+            hosts = self._choose_host(cur, for_whom, request.plan, spec, share)
             spec = replace(spec, host=hosts.chosen)
         # The server's dedicated_to refers to the tenant row, which is written after this; the
         # placement sets it once the tenant exists.
         server = self._create_server(cur, "dedicated", spec, ha, share)
-        reason = "a new dedicated server for the tenant" + (f" on {spec.host} ({hosts.reason})" if hosts else "")
+        reason = ("a warm spare for the plan" if spare else "a new dedicated server for the tenant") + (
+            f" on {spec.host} ({hosts.reason})" if hosts else ""
+        )
         return Decision(server["name"], reason, "dedicated", hosts.candidates if hosts else []), server
 
     @staticmethod
@@ -387,7 +410,7 @@ class PlacementStore:
             raise PlacementError(f"plan {plan!r}: cpu and memory_mb must be above zero, got {share[0]:g}, {share[1]}")
         return share
 
-    def _choose_host(self, cur, request: PlacementRequest, spec: NewServerSpec, share: tuple[float, int]) -> Decision:
+    def _choose_host(self, cur, for_whom: str, plan: str, spec: NewServerSpec, share: tuple[float, int]) -> Decision:
         """The dedicated host with the plan's share and a port of the range left, under the allocation lock; refused
         with every host's verdict when none has. A dedicated server on a listed host that holds no recorded share
         (made before shares were, or declared in the inventory) holds the whole host."""
@@ -423,8 +446,8 @@ class PlacementStore:
         if decision.chosen is None:
             verdicts = "; ".join(f"{c.name}: {c.reason}" for c in decision.candidates)
             raise PlacementError(
-                f"no dedicated host has {share[0]:g} cores and {share[1]} MB left for tenant {request.tenant_id}"
-                f" (plan {request.plan}): {verdicts}. Add a host to saasodoo_dedicated_servers.hosts, or retire the"
+                f"no dedicated host has {share[0]:g} cores and {share[1]} MB left for {for_whom}"
+                f" (plan {plan}): {verdicts}. Add a host to saasodoo_dedicated_servers.hosts, or retire the"
                 " dedicated servers nothing holds any more (playbooks/servers_retire.yml), which frees their share"
                 " (not their port)"
             )

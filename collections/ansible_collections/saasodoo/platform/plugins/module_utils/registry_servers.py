@@ -143,6 +143,8 @@ SELECT concat_ws('; ',
       WHERE %(name)s IN (m.source_server, m.target_server) AND m.finished_at IS NULL),
     (SELECT 'old copies ' || string_agg(m.retained_db, ', ' ORDER BY m.id) FROM registry.migrations AS m
       WHERE m.source_server = %(name)s AND m.retained_db IS NOT NULL AND m.retained_dropped_at IS NULL),
+    (SELECT 'kept as a warm spare for plan ' || s.spare_for FROM registry.db_servers AS s
+      WHERE s.name = %(name)s AND s.spare_for IS NOT NULL),
     (SELECT 'a change at ' || s.updated_at::text FROM registry.db_servers AS s
       WHERE s.name = %(name)s AND s.updated_at > now() - make_interval(secs => %(idle_hours)s::double precision * 3600))
 ) AS holds
