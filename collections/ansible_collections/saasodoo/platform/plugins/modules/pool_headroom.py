@@ -51,18 +51,19 @@ EXAMPLES = r"""
     headroom_tenants: 2
     dedicated_spares: {premium-monthly: 1}
     auto_grow: true
-    shared_growth:
-      name_prefix: pool-shared-
-      port_range: [55440, 55469]
-      capacity_tenants: 3
-      pgbouncer_port_offset: 1000
-    dedicated:
-      name_prefix: pool-dedicated-
-      port_range: [55470, 55499]
-      hosts: [{address: 127.0.0.1, cpu: 16, memory_mb: 65536}]
-    odoo_pg_majors: {"18.0": [15]}
+    shared_growth: "{{ saasodoo_pool_growth }}"  # as db_placement's
+    dedicated: "{{ saasodoo_dedicated_servers }}"
+    odoo_pg_majors: "{{ saasodoo_odoo_pg_majors }}"
     login_password: "{{ registry_password }}"
   register: headroom
+
+- name: What would it record? (writes nothing)
+  saasodoo.platform.pool_headroom:
+    headroom_tenants: 6
+    shared_growth: "{{ saasodoo_pool_growth }}"
+    odoo_pg_majors: "{{ saasodoo_odoo_pg_majors }}"
+    login_password: "{{ registry_password }}"
+  check_mode: true
 """
 
 RETURN = r"""
