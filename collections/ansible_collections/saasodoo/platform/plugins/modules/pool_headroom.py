@@ -20,7 +20,7 @@ description:
   - C(playbooks/pools_grow.yml) brings up what this records, and what an earlier run recorded and did not bring up
     (I(to_bring_up)). Placement takes a pool that is up before one still being brought up.
   - Takes the shared servers' rows, then the lock placements take to record a server, in the order placements
-    take them: a placement and this module never record the same server or overfill one.
+    take them, so that a placement and this module never record the same server or overfill one.
   - Idempotent; with the headroom and the spares met it changes nothing. Check mode says what it would record and
     rolls back.
 version_added: 0.11.0
