@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import DedicatedHost, PlacementError
-from ansible_collections.saasodoo.platform.plugins.module_utils.placement_ahead import Ahead, AheadOfNeed
+from ansible_collections.saasodoo.platform.plugins.module_utils.placement_ahead import AheadOfNeed
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
     NewServerSpec,
     PlacementConfig,
@@ -117,7 +117,7 @@ def test_pools_grow_ahead_of_need_and_sign_ups_take_the_pools_that_are_up_first(
     seed(scratch_registry, pools=1)
     for i in range(2):
         place(scratch_registry, f"t{i}")
-    assert keep_ahead(scratch_registry, 1) == (Ahead(1), [])  # one slot left: the headroom is met
+    assert keep_ahead(scratch_registry, 1)[0].free_tenants == 1  # one slot left: the headroom is met
     place(scratch_registry, "t2")
     ahead, _ = keep_ahead(scratch_registry, 4, check_mode=True)
     assert (ahead.free_tenants, [s["name"] for s in ahead.created]) == (0, ["pool-shared-02", "pool-shared-03"])
@@ -128,7 +128,8 @@ def test_pools_grow_ahead_of_need_and_sign_ups_take_the_pools_that_are_up_first(
     ]  # fmt: skip
     assert to_bring_up == ["pool-shared-02", "pool-shared-03"]
     # the pools being brought up count: a second run records none, and names them again to be brought up
-    assert keep_ahead(scratch_registry, 4) == (Ahead(6), ["pool-shared-02", "pool-shared-03"])
+    ahead, to_bring_up = keep_ahead(scratch_registry, 4)
+    assert (ahead.free_tenants, ahead.created, to_bring_up) == (6, [], ["pool-shared-02", "pool-shared-03"])
     with scratch_registry.connect() as conn:
         audited = conn.execute(
             "SELECT subject, detail->>'reason' FROM registry.audit WHERE actor = 'pool_headroom' ORDER BY id"
@@ -145,7 +146,7 @@ def test_no_pool_is_grown_ahead_with_growth_off_and_the_refusal_says_how_much_ro
     place(scratch_registry, "t0")
     with pytest.raises(PlacementError, match="can take 2 more tenants, under the headroom of 3, and pool growth is"):
         keep_ahead(scratch_registry, 3, auto_grow=False)
-    assert keep_ahead(scratch_registry, 2, auto_grow=False) == (Ahead(2), [])
+    assert keep_ahead(scratch_registry, 2, auto_grow=False)[0].created == []
     assert set(counts(scratch_registry)) == {"pool-shared-01"}
 
 
@@ -172,6 +173,59 @@ def test_a_dedicated_sign_up_takes_the_warm_spare_that_is_up_and_the_spare_is_re
     assert [(s["name"], s["spare_for"]) for s in ahead.created] == [("pool-dedicated-04", "premium-monthly")]
     with pytest.raises(PlacementError, match="no dedicated host has 4 cores and 8192 MB left for a warm spare"):
         keep_ahead(scratch_registry, 0, {"premium-monthly": 2})  # the host is full
+
+
+def test_the_headroom_counts_the_tenants_the_pools_have_storage_for(scratch_registry):
+    seed(scratch_registry, pools=1)  # 3 tenants, 200 GB; basic-monthly's tenants take 5 GB each
+    with scratch_registry.connect() as conn:
+        conn.execute("UPDATE registry.db_servers SET storage_committed_gb = 192 WHERE name = 'pool-shared-01'")
+    ahead, _ = keep_ahead(scratch_registry, 2)
+    assert (ahead.free_tenants, [s["name"] for s in ahead.created]) == (1, ["pool-shared-02"])
+
+
+def test_a_spare_found_unhealthy_or_unreachable_is_passed_over(scratch_registry):
+    seed(scratch_registry, pools=1)
+    keep_ahead(scratch_registry, 0, {"premium-monthly": 2})
+    with scratch_registry.connect() as conn:
+        conn.execute("UPDATE registry.db_servers SET status = 'active' WHERE kind = 'dedicated'")
+        conn.execute("UPDATE registry.db_servers SET health = 'unhealthy', health_checked_at = now()"
+                     " WHERE name = 'pool-dedicated-01'")  # fmt: skip
+        config = PlacementConfig(odoo_pg_majors=PG_MAJORS, shared_growth=GROWTH, dedicated=ON_A_HOST)
+        down = PlacementStore(conn, config, probe=lambda host, port: f"unreachable at {host}:{port}")
+        placed = down.place(PlacementRequest("acme", "premium-monthly"))
+        # Both spares passed over (the first found unhealthy, the second unreachable now): a server of its own
+        assert (placed.server["name"], placed.created_server) == ("pool-dedicated-03", "pool-dedicated-03")
+        assert conn.execute(
+            "SELECT name, spare_for, health FROM registry.db_servers WHERE spare_for IS NOT NULL ORDER BY name"
+        ).fetchall() == [("pool-dedicated-01", "premium-monthly", "unhealthy"),
+                         ("pool-dedicated-02", "premium-monthly", "unhealthy")]  # fmt: skip
+
+
+def test_spares_of_a_plan_no_longer_named_or_of_another_ha_are_released(scratch_registry):
+    seed(scratch_registry, pools=1)
+    keep_ahead(scratch_registry, 0, {"premium-monthly": 1, "premium-ha-monthly": 1})  # 01: ha sync, 02: none
+    with scratch_registry.connect() as conn:
+        conn.execute("UPDATE registry.db_servers SET status = 'active' WHERE name = 'pool-dedicated-02'")
+        conn.execute(
+            "INSERT INTO registry.plans (name, version, db_type, entitlements) VALUES ('premium-monthly', 2,"
+            " 'dedicated', %s)",
+            (json.dumps({**PREMIUM, "ha": "async"}),),
+        )
+    ahead, to_bring_up = keep_ahead(scratch_registry, 0, {"premium-monthly": 1})  # premium-ha-monthly: dropped
+    assert (sorted(ahead.released), [s["name"] for s in ahead.created]) == (
+        ["pool-dedicated-01", "pool-dedicated-02"], ["pool-dedicated-03"]
+    )  # fmt: skip
+    with scratch_registry.connect() as conn:
+        statuses = dict(
+            conn.execute("SELECT name, status FROM registry.db_servers WHERE kind = 'dedicated'").fetchall()
+        )
+    # The one still to be brought up, which nothing had begun, is retired at once; the one up, once idle.
+    assert statuses == {
+        "pool-dedicated-01": "retired",
+        "pool-dedicated-02": "active",
+        "pool-dedicated-03": "provisioning",
+    }
+    assert to_bring_up == ["pool-dedicated-03"]
 
 
 def test_a_spare_no_longer_wanted_is_released_and_retired_once_idle_but_a_kept_one_never(scratch_registry):

@@ -181,11 +181,15 @@ def rank(candidates: list[Candidate], policy: str) -> list[Candidate]:
     return sorted(accepted, key=lambda c: (not c.ready, -c.free_tenants, -c.free_storage_gb, c.name))  # the emptiest
 
 
-def free_slots(servers: list[Server], pg_major: int) -> int:
-    """The tenants the shared servers of `pg_major` can still take (those up or being brought up, not unhealthy,
-    with storage left): what a pool grown ahead of need keeps above its headroom."""
-    verdicts = (evaluate(server, Needs(1, (pg_major,))) for server in servers)
-    return sum(verdict.free_tenants for verdict in verdicts if verdict.accepted)
+def free_slots(servers: list[Server], pg_major: int, storage_gb: int = 0) -> int:
+    """The tenants of `storage_gb` each the shared servers of `pg_major` can still take (those up or being brought
+    up, not unhealthy): what a pool grown ahead of need keeps above its headroom."""
+    verdicts = [evaluate(server, Needs(max(storage_gb, 1), (pg_major,))) for server in servers]
+    return sum(
+        min(v.free_tenants, v.free_storage_gb // storage_gb) if storage_gb > 0 else v.free_tenants
+        for v in verdicts
+        if v.accepted
+    )
 
 
 def choose_shared(servers: list[Server], needs: Needs, policy: str) -> Decision:

@@ -34,64 +34,99 @@ class Ahead:
     free_tenants: int  # what the shared pools could take before this run
     created: list[dict] = field(default_factory=list)  # the servers recorded, as the registry has them
     released: list[str] = field(default_factory=list)  # the spares no longer wanted, left to servers_retire.yml
+    reason: str = ""  # why the pools were grown
 
 
 class AheadOfNeed(PlacementStore):
     def keep(self, headroom: int, spares: dict[str, int], check_mode: bool = False) -> Ahead:
-        """New shared pools until they can take `headroom` more tenants, and `spares[plan]` warm dedicated servers
-        per plan (those over it released)."""
+        """New shared pools until they can take `headroom` more tenants of the smallest shared plan's storage, and
+        `spares[plan]` warm dedicated servers per plan (0 for a plan it does not name); those over it, or no longer
+        of their plan's ha or share, released. The shared pools' rows, the spares', the allocation lock, then the
+        audit chain's: the order placements take them in, so neither waits for the other in a cycle."""
         with self.conn.transaction(force_rollback=check_mode), self.conn.cursor(row_factory=dict_row) as cur:
-            rows = self._shared_servers(cur)  # the rows first, then the lock: the order placements take them in
+            rows = self._shared_servers(cur)
+            cur.execute(
+                "SELECT name, status, ha, spare_for, reserved_cpu, reserved_memory_mb FROM registry.db_servers"
+                " WHERE spare_for IS NOT NULL ORDER BY name FOR UPDATE"
+            )
+            kept = cur.fetchall()
             self._lock_allocation(cur)
-            growth = self.config.shared_growth
-            if headroom and growth is None:
-                raise PlacementError("a headroom needs shared_growth: how a new shared pool is made")
-            states = [_server_state(r, {}, self.config.probe_health) for r in rows]
-            ahead = Ahead(free_slots(states, growth.pg_major) if growth else 0)
-            if ahead.free_tenants < headroom and not self.config.auto_grow:
-                raise PlacementError(
-                    f"the shared pools can take {ahead.free_tenants} more tenants, under the headroom of {headroom},"
-                    " and pool growth is off: add a shared pool to the inventory (pools_shared) and run site.yml"
-                )
-            while growth and ahead.free_tenants + len(ahead.created) * growth.capacity_tenants < headroom:
-                ahead.created.append(self._create_server(cur, "shared", growth, growth.ha))
-                free = ahead.free_tenants
-                self._audit(ahead.created[-1], f"{free} tenant slots free, under the headroom of {headroom}")
-            for plan, wanted in sorted(spares.items()):
-                self._keep_spares(cur, plan, wanted, ahead)
+            ahead, decisions = self._grow_pools(cur, rows, headroom), []
+            decisions += [(server["name"], ahead.reason) for server in ahead.created]
+            for plan in sorted(set(spares) | {row["spare_for"] for row in kept}):
+                mine = [row for row in kept if row["spare_for"] == plan]
+                decisions += self._keep_spares(cur, plan, spares.get(plan, 0), mine, ahead)
+            for name, reason in decisions:
+                record_audit(
+                    self.conn, actor="pool_headroom", tenant_id=None, kind="decision", subject=f"server:{name}",
+                    detail={"reason": reason},
+                )  # fmt: skip
         return ahead
 
-    def _keep_spares(self, cur, plan: str, wanted: int, ahead: Ahead) -> None:
+    def _grow_pools(self, cur, rows: list[dict], headroom: int) -> Ahead:
+        growth = self.config.shared_growth
+        if growth is None:
+            if headroom:
+                raise PlacementError("a headroom needs shared_growth: how a new shared pool is made")
+            return Ahead(0)
+        cur.execute(
+            "SELECT min((entitlements->>'storage_gb')::integer) AS gb FROM registry.plans WHERE db_type = 'shared'"
+        )
+        storage_gb = cur.fetchone()["gb"] or 0
+        states = [_server_state(r, {}, self.config.probe_health) for r in rows]
+        free = free_slots(states, growth.pg_major, storage_gb)
+        ahead = Ahead(free, reason=f"{free} tenant slots free, under the headroom of {headroom}")
+        if free >= headroom:
+            return ahead
+        if not self.config.auto_grow:
+            raise PlacementError(
+                f"the shared pools can take {free} more tenants, under the headroom of {headroom}, and pool growth"
+                " is off: add a shared pool to the inventory (pools_shared) and run playbooks/site.yml"
+            )
+        per_pool = min(growth.capacity_tenants, growth.capacity_storage_gb // storage_gb if storage_gb else 1 << 30)
+        if per_pool < 1:
+            raise PlacementError(f"a new pool's {growth.capacity_storage_gb} GB take no tenant of {storage_gb} GB")
+        while free + len(ahead.created) * per_pool < headroom:
+            ahead.created.append(self._create_server(cur, "shared", growth, growth.ha))
+        return ahead
+
+    def _keep_spares(self, cur, plan: str, wanted: int, kept: list[dict], ahead: Ahead) -> list[tuple[str, str]]:
+        """The plan's spares up to `wanted`: what was recorded, and why."""
         if wanted < 0:
             raise PlacementError(f"the spares kept for plan {plan!r} must be 0 or more, got {wanted}")
-        entitlements = self._plan(cur, plan)["entitlements"]
-        if db_type_of(plan, entitlements) != "dedicated":
-            raise PlacementError(f"plan {plan!r} is not dedicated: only a dedicated plan's servers are kept as spares")
-        cur.execute(
-            "SELECT name FROM registry.db_servers WHERE spare_for = %s AND status IN ('active', 'provisioning')"
-            " ORDER BY status = 'active' DESC, name FOR UPDATE",
-            (plan,),
-        )
-        kept = [row["name"] for row in cur.fetchall()]
-        for name in kept[wanted:]:  # those up kept first; the rest released, brought up and retired once idle
-            cur.execute("UPDATE registry.db_servers SET spare_for = NULL WHERE name = %s", (name,))
-            ahead.released.append(name)
-            self._audit({"name": name}, f"no longer kept as a spare for plan {plan}")
-        for _ in range(wanted - len(kept)):
+        fits, decisions = [], []
+        if wanted:
+            entitlements = self._plan(cur, plan)["entitlements"]
+            if db_type_of(plan, entitlements) != "dedicated":
+                raise PlacementError(
+                    f"plan {plan!r} is not dedicated: only a dedicated plan's servers are kept as spares"
+                )
             ha = server_ha(plan, entitlements)
+            share = self._share(plan, entitlements) if self.config.dedicated and self.config.dedicated.hosts else None
+            fits = [
+                row for row in kept
+                if row["status"] in ("active", "provisioning") and row["ha"] == ha
+                and (share is None or (float(row["reserved_cpu"] or 0), row["reserved_memory_mb"]) == share)
+            ]  # fmt: skip
+            fits.sort(key=lambda row: (row["status"] != "active", row["name"]))  # those up kept first
+        for row in [row for row in kept if row not in fits[:wanted]]:
+            # Released: retired once idle (servers_retire.yml), or now if nothing has begun to bring it up.
+            cur.execute(
+                "UPDATE registry.db_servers SET spare_for = NULL, status = CASE WHEN status = 'provisioning'"
+                " AND (bring_up_by IS NULL OR bring_up_until < now()) THEN 'retired' ELSE status END WHERE name = %s",
+                (row["name"],),
+            )
+            ahead.released.append(row["name"])
+            decisions.append((row["name"], f"no longer kept as a spare for plan {plan}"))
+        for _ in range(wanted - len(fits[:wanted])):
             _, server = self._new_dedicated(cur, PlacementRequest("", plan), entitlements, ha, spare=True)
             cur.execute(
                 f"UPDATE registry.db_servers SET spare_for = %s WHERE name = %s RETURNING {SERVER_COLUMNS}",
                 (plan, server["name"]),
             )
             ahead.created.append(cur.fetchone())
-            self._audit(server, f"a warm spare for plan {plan}")
-
-    def _audit(self, server: dict, reason: str) -> None:
-        record_audit(
-            self.conn, actor="pool_headroom", tenant_id=None, kind="decision", subject=f"server:{server['name']}",
-            detail={"reason": reason},
-        )  # fmt: skip
+            decisions.append((server["name"], f"a warm spare for plan {plan}"))
+        return decisions
 
     def to_bring_up(self) -> list[dict]:
         """The shared pools and the dedicated servers no tenant holds (spares, kept or released) still to be brought

@@ -313,12 +313,15 @@ class PlacementStore:
                     )
                 return decision, rows
             unreachable[chosen["name"]] = failure
-            cur.execute(
-                "UPDATE registry.db_servers SET health = 'unhealthy', health_detail = %s, health_checked_at = now()"
-                " WHERE name = %s",
-                (f"placement's probe: {failure}", chosen["name"]),
-            )
-            self.executed.append(f"marked {chosen['name']} unhealthy: {failure}")
+            self._mark_unhealthy(cur, chosen["name"], failure)
+
+    def _mark_unhealthy(self, cur, name: str, failure: str) -> None:
+        cur.execute(
+            "UPDATE registry.db_servers SET health = 'unhealthy', health_detail = %s, health_checked_at = now()"
+            " WHERE name = %s",
+            (f"placement's probe: {failure}", name),
+        )
+        self.executed.append(f"marked {name} unhealthy: {failure}")
 
     def _place_shared(
         self, cur, request: PlacementRequest, needs: Needs, exclude: str | None = None
@@ -344,7 +347,7 @@ class PlacementStore:
             server["name"],
             f"grew the fleet: no shared server fitted ({_summary(refused)})",
             self.config.policy,
-            [*refused, Candidate(server["name"], True, "new pool", growth.capacity_tenants)],
+            [*refused, Candidate(server["name"], True, "new pool", growth.capacity_tenants, ready=False)],
         )
         return grown, server
 
@@ -358,17 +361,22 @@ class PlacementStore:
         existing = cur.fetchone()
         if existing:
             return Decision(existing["name"], "the tenant's own dedicated server", "dedicated"), existing
-        # A warm spare kept for the plan (migration 0030), up already: the caller gives it to the tenant.
+        # A warm spare kept for the plan (migration 0030), up and not found unhealthy, probed as a chosen pool is.
         cur.execute(
-            f"UPDATE registry.db_servers SET spare_for = NULL WHERE name = (SELECT name FROM registry.db_servers"
-            f" WHERE spare_for = %s AND ha = %s AND status = 'active' ORDER BY name LIMIT 1 FOR UPDATE SKIP LOCKED)"
-            f" RETURNING {SERVER_COLUMNS}",
+            f"SELECT {SERVER_COLUMNS} FROM registry.db_servers WHERE spare_for = %s AND ha = %s AND status = 'active'"
+            " ORDER BY name FOR UPDATE",
             (request.plan, ha),
         )
-        spare = cur.fetchone()
-        if spare:
+        for spare in cur.fetchall():
+            if self.config.probe_health and spare["recently_unhealthy"]:
+                continue
+            if failure := self.config.probe_health and self.probe(spare["host"], spare["port"]):
+                self._mark_unhealthy(cur, spare["name"], failure)
+                continue
+            cur.execute("UPDATE registry.db_servers SET spare_for = NULL WHERE name = %s", (spare["name"],))
             self.executed.append(f"took {spare['name']}, the warm spare kept for plan {request.plan}")
-            return Decision(spare["name"], f"the warm spare kept for plan {request.plan}", "dedicated"), spare
+            reason = f"the warm spare kept for plan {request.plan}"
+            return Decision(spare["name"], reason, "dedicated"), {**spare, "spare_for": None}
         return self._new_dedicated(cur, request, entitlements, ha)
 
     def _new_dedicated(
@@ -519,18 +527,9 @@ class PlacementStore:
             # and a new OS user id: its old one stays nobody's (migration 0028)
             " os_id = CASE WHEN registry.tenants.status = 'purged' THEN nextval('registry.tenant_os_id_seq')"
             "   ELSE registry.tenants.os_id END",
-            (
-                request.tenant_id,
-                request.customer_id,
-                request.subscription_id,
-                plan["name"],
-                plan["version"],
-                db_type,
-                db_name,
-                db_name,
-                json.dumps(quotas),
-            ),
-        )
+            (request.tenant_id, request.customer_id, request.subscription_id, plan["name"], plan["version"], db_type,
+             db_name, db_name, json.dumps(quotas)),
+        )  # fmt: skip
         # Set the server last: the counter trigger then sees the final quotas.
         cur.execute(
             "UPDATE registry.tenants SET db_server = %s WHERE tenant_id = %s RETURNING *",
