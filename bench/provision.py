@@ -83,10 +83,13 @@ def sign_ups(
     workers whose pools_grow schedule keeps `headroom` tenant slots free (run first to the end, then after each
     provision): the sign-up to login page times, the sign-ups placed on a pool still being brought up (theirs, or
     one grown ahead that was not up yet), and the pools grown ahead of need."""
+    with psycopg.connect(registry_conninfo(registry_port), autocommit=True, row_factory=dict_row) as registry:
+        pools_before = set(shared_pools(registry))
     if headroom:
         grown = run_playbook("pools_grow.yml", "-e", json.dumps({"saasodoo_pool_headroom_tenants": headroom}))
         assert grown.returncode == 0, grown.output[-3000:]
     extravars = {"saasodoo_pool_headroom_tenants": headroom}
+    (scratch / f"headroom-{headroom}").mkdir()
     stack = start_stack(scratch / f"headroom-{headroom}", 58292, standin, registry_port, extravars, workers=2,
                         schedules={"pools_grow": 600})  # fmt: skip
     api = KillBillAPI(standin.url, **KILLBILL)
@@ -97,7 +100,6 @@ def sign_ups(
         ready = []
         run_id = uuid.uuid4().hex[:6]
         with stack.registry() as registry:
-            pools_before = set(shared_pools(registry))
             for n in range(tenants):
                 tenant = f"prov-{run_id}-{n}"
                 created.append(tenant)

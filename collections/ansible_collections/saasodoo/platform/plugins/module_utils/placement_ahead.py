@@ -118,8 +118,8 @@ class AheadOfNeed(PlacementStore):
             )
             ahead.released.append(row["name"])
             decisions.append((row["name"], f"no longer kept as a spare for plan {plan}"))
-        for _ in range(wanted - len(fits[:wanted])):
-            _, server = self._new_dedicated(cur, PlacementRequest("", plan), entitlements, ha, spare=True)
+        for _missing in range(wanted - len(fits[:wanted])):
+            server = self._new_dedicated(cur, PlacementRequest("", plan), entitlements, ha, spare=True)[1]
             cur.execute(
                 f"UPDATE registry.db_servers SET spare_for = %s WHERE name = %s RETURNING {SERVER_COLUMNS}",
                 (plan, server["name"]),
