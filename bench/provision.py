@@ -85,6 +85,7 @@ def sign_ups(
     one grown ahead that was not up yet), and the pools grown ahead of need."""
     with psycopg.connect(registry_conninfo(registry_port), autocommit=True, row_factory=dict_row) as registry:
         pools_before = set(shared_pools(registry))
+        jobs_before = registry.execute("SELECT coalesce(max(id), 0) AS id FROM registry.jobs").fetchone()["id"]
     if headroom:
         grown = run_playbook("pools_grow.yml", "-e", json.dumps({"saasodoo_pool_headroom_tenants": headroom}))
         assert grown.returncode == 0, grown.output[-3000:]
@@ -112,7 +113,7 @@ def sign_ups(
                 ready.append(time.perf_counter() - started)
                 print(f"  {tenant}: login page after {ready[-1]:.1f} s ({free_slots(registry)} slots free)", flush=True)
             mine = created[-tenants:]
-            after_last_provision(registry, mine[-1])
+            after_last_provision(registry, mine[-1], jobs_before)
             runs = [provision_job_seconds(registry, tenant) for tenant in mine]
             counted = registry.execute(WAITED, (mine,)).fetchone()
             grown = len(set(shared_pools(registry)) - pools_before) - counted["grew"]
@@ -124,16 +125,17 @@ def sign_ups(
     return ready, counted["waited"], grown
 
 
-def after_last_provision(registry, tenant: str, timeout: float = 600) -> None:
-    """Until the pools_grow run the tenant's provision brought forward has ended, and nothing else is running."""
+def after_last_provision(registry, tenant: str, jobs_before: int, timeout: float = 600) -> None:
+    """Until the pools_grow run the tenant's provision brought forward has ended, and no job of this pass (after
+    jobs_before) is running or queued."""
     deadline = time.monotonic() + timeout
     while registry.execute(
         """SELECT NOT EXISTS (SELECT 1 FROM registry.jobs AS g, registry.jobs AS p
                                WHERE p.tenant_id = %s AND p.action = 'provision' AND p.state = 'succeeded'
                                  AND g.action = 'pools_grow' AND g.started_at >= p.finished_at
                                  AND g.state IN ('succeeded', 'failed'))
-                   OR EXISTS (SELECT 1 FROM registry.jobs WHERE state IN ('queued', 'running')) AS busy""",
-        (tenant,),
+                   OR EXISTS (SELECT 1 FROM registry.jobs WHERE id > %s AND state IN ('queued', 'running')) AS busy""",
+        (tenant, jobs_before),
     ).fetchone()["busy"]:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no pools_grow run ended after {tenant}'s provision within {timeout:.0f} s")

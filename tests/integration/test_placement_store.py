@@ -199,6 +199,11 @@ def test_a_spare_found_unhealthy_or_unreachable_is_passed_over(scratch_registry)
             "SELECT name, spare_for, health FROM registry.db_servers WHERE spare_for IS NOT NULL ORDER BY name"
         ).fetchall() == [("pool-dedicated-01", "premium-monthly", "unhealthy"),
                          ("pool-dedicated-02", "premium-monthly", "unhealthy")]  # fmt: skip
+    # Spares found unhealthy are not counted as kept: released (retired once idle), and one made in their place
+    ahead, _ = keep_ahead(scratch_registry, 0, {"premium-monthly": 1}, probe_health=True)
+    assert (sorted(ahead.released), [s["name"] for s in ahead.created]) == (
+        ["pool-dedicated-01", "pool-dedicated-02"], ["pool-dedicated-04"]
+    )  # fmt: skip
 
 
 def test_spares_of_a_plan_no_longer_named_or_of_another_ha_are_released(scratch_registry):

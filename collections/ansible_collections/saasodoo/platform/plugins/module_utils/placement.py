@@ -184,7 +184,7 @@ def rank(candidates: list[Candidate], policy: str) -> list[Candidate]:
 def free_slots(servers: list[Server], pg_major: int, storage_gb: int = 0) -> int:
     """The tenants of `storage_gb` each the shared servers of `pg_major` can still take (those up or being brought
     up, not unhealthy): what a pool grown ahead of need keeps above its headroom."""
-    verdicts = [evaluate(server, Needs(max(storage_gb, 1), (pg_major,))) for server in servers]
+    verdicts = [evaluate(server, Needs(storage_gb, (pg_major,))) for server in servers]
     return sum(
         min(v.free_tenants, v.free_storage_gb // storage_gb) if storage_gb > 0 else v.free_tenants
         for v in verdicts

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement import (
+    CPU_TOLERANCE,
     PlacementError,
     db_type_of,
     free_slots,
     server_ha,
 )
 from ansible_collections.saasodoo.platform.plugins.module_utils.placement_store import (
+    HEALTH_VERDICT_MINUTES,
     SERVER_COLUMNS,
     PlacementRequest,
     PlacementStore,
@@ -27,6 +29,11 @@ try:
     from psycopg.rows import dict_row
 except ImportError:  # reported by the module with missing_required_lib
     dict_row = None
+
+SPARE_COLUMNS = (
+    "name, status, ha, spare_for, reserved_cpu, reserved_memory_mb, (health = 'unhealthy'"
+    f" AND health_checked_at > now() - interval '{HEALTH_VERDICT_MINUTES} minutes') AS recently_unhealthy"
+)
 
 
 @dataclass
@@ -44,13 +51,17 @@ class AheadOfNeed(PlacementStore):
         of their plan's ha or share, released. The shared pools' rows, the spares', the allocation lock, then the
         audit chain's: the order placements take them in, so neither waits for the other in a cycle."""
         with self.conn.transaction(force_rollback=check_mode), self.conn.cursor(row_factory=dict_row) as cur:
-            rows = self._shared_servers(cur)
+            self._shared_servers(cur)
             cur.execute(
-                "SELECT name, status, ha, spare_for, reserved_cpu, reserved_memory_mb FROM registry.db_servers"
-                " WHERE spare_for IS NOT NULL ORDER BY name FOR UPDATE"
+                f"SELECT {SPARE_COLUMNS} FROM registry.db_servers WHERE spare_for IS NOT NULL ORDER BY name FOR UPDATE"
             )
-            kept = cur.fetchall()
             self._lock_allocation(cur)
+            # Read again under the lock: a server another run recorded while this one waited is counted (none is
+            # recorded but under it). Not locked again: a placement holding a new pool's row waits for that lock.
+            rows = cur.execute(f"SELECT {SERVER_COLUMNS} FROM registry.db_servers WHERE kind = 'shared'").fetchall()
+            kept = cur.execute(
+                f"SELECT {SPARE_COLUMNS} FROM registry.db_servers WHERE spare_for IS NOT NULL"
+            ).fetchall()
             ahead, decisions = self._grow_pools(cur, rows, headroom), []
             decisions += [(server["name"], ahead.reason) for server in ahead.created]
             for plan in sorted(set(spares) | {row["spare_for"] for row in kept}):
@@ -70,7 +81,8 @@ class AheadOfNeed(PlacementStore):
                 raise PlacementError("a headroom needs shared_growth: how a new shared pool is made")
             return Ahead(0)
         cur.execute(
-            "SELECT min((entitlements->>'storage_gb')::integer) AS gb FROM registry.plans WHERE db_type = 'shared'"
+            "SELECT min(coalesce((entitlements->>'storage_gb')::integer, 0)) AS gb FROM (SELECT DISTINCT ON (name)"
+            " db_type, entitlements FROM registry.plans ORDER BY name, version DESC) AS newest WHERE db_type = 'shared'"
         )
         storage_gb = cur.fetchone()["gb"] or 0
         states = [_server_state(r, {}, self.config.probe_health) for r in rows]
@@ -106,14 +118,16 @@ class AheadOfNeed(PlacementStore):
             fits = [
                 row for row in kept
                 if row["status"] in ("active", "provisioning") and row["ha"] == ha
-                and (share is None or (float(row["reserved_cpu"] or 0), row["reserved_memory_mb"]) == share)
+                and not (self.config.probe_health and row["recently_unhealthy"])
+                and (share is None or (abs(float(row["reserved_cpu"] or 0) - share[0]) < CPU_TOLERANCE
+                                       and row["reserved_memory_mb"] == share[1]))
             ]  # fmt: skip
             fits.sort(key=lambda row: (row["status"] != "active", row["name"]))  # those up kept first
         for row in [row for row in kept if row not in fits[:wanted]]:
-            # Released: retired once idle (servers_retire.yml), or now if nothing has begun to bring it up.
+            # Released: retired once idle (servers_retire.yml), or now if no run ever claimed its bring-up.
             cur.execute(
                 "UPDATE registry.db_servers SET spare_for = NULL, status = CASE WHEN status = 'provisioning'"
-                " AND (bring_up_by IS NULL OR bring_up_until < now()) THEN 'retired' ELSE status END WHERE name = %s",
+                " AND bring_up_by IS NULL THEN 'retired' ELSE status END WHERE name = %s",
                 (row["name"],),
             )
             ahead.released.append(row["name"])

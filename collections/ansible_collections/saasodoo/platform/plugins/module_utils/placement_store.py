@@ -518,7 +518,8 @@ class PlacementStore:
             " ON CONFLICT (tenant_id) DO UPDATE SET customer_id = EXCLUDED.customer_id,"
             " subscription_id = EXCLUDED.subscription_id, plan_name = EXCLUDED.plan_name,"
             " plan_version = EXCLUDED.plan_version, db_type = EXCLUDED.db_type, quotas = EXCLUDED.quotas,"
-            " status = 'provisioning', extra_modules = '{}',"  # a new database, its plan's modules only
+            # A new database, its plan's modules only; no server yet (a purged tenant's old one left unlocked).
+            " status = 'provisioning', extra_modules = '{}', db_server = NULL,"
             # A purged tenant's new life: new credentials (its old password must stay dead), nothing retained.
             " credential_version = registry.tenants.credential_version"
             "   + CASE WHEN registry.tenants.status = 'purged' THEN 1 ELSE 0 END,"
