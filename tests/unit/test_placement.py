@@ -99,8 +99,10 @@ def test_free_slots_count_what_the_pools_of_the_growths_major_can_still_take():
         server("no-storage", 0, storage_committed_gb=100),
         server("mine", 0, kind="dedicated"),
     ]
-    assert free_slots(servers, 15) == 5
-    assert free_slots(servers, 14) == 3
+    assert free_slots(servers, 15, storage_gb=5) == 5
+    assert free_slots(servers, 14, storage_gb=5) == 3
+    assert free_slots(servers, 15) == 8  # tenants that take no storage fit where none is left
+    assert free_slots([server("tight", 0, storage_committed_gb=90)], 15, storage_gb=5) == 2  # 10 GB: two of 5
     assert free_slots([], 15) == 0
 
 
