@@ -248,6 +248,17 @@ def test_a_spare_no_longer_wanted_is_released_and_retired_once_idle_but_a_kept_o
         keep_ahead(scratch_registry, 0, {"basic-monthly": 1})
 
 
+def test_a_purged_tenant_is_placed_anew_and_counted_once(scratch_registry):
+    seed(scratch_registry, pools=2, capacity=1)
+    place(scratch_registry, "back")
+    with scratch_registry.connect() as conn:
+        conn.execute("UPDATE registry.tenants SET status = 'purged' WHERE tenant_id = 'back'")
+    place(scratch_registry, "other")  # the purged tenant's slot was free: pool-shared-01 again
+    again = place(scratch_registry, "back")
+    assert (again.changed, again.server["name"], again.tenant["status"]) == (True, "pool-shared-02", "provisioning")
+    assert counts(scratch_registry) == {"pool-shared-01": (1, 1, 1), "pool-shared-02": (1, 1, 1)}
+
+
 def test_spread_takes_the_emptiest(scratch_registry):
     seed(scratch_registry, pools=3)
     names = [place(scratch_registry, f"t{i}", policy="spread").server["name"] for i in range(4)]
