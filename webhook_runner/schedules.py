@@ -35,8 +35,9 @@ SCHEDULES = {
         Schedule("moves_cleanup", "moves_cleanup.yml"),  # old copies past retention
         Schedule("servers_retire", "servers_retire.yml"),  # dedicated servers nothing holds
         Schedule("servers_probe", "servers_probe.yml"),  # each server's and PgBouncer's health, for placement
-        # New shared pools brought up before the sign-ups need them (the inventory's saasodoo_pool_headroom_tenants);
-        # due at once after a provision or plan change succeeded (GROWS_POOLS), whatever its interval.
+        # New shared pools and warm dedicated spares brought up before the sign-ups need them (the inventory's
+        # saasodoo_pool_headroom_tenants, saasodoo_dedicated_spares); due at once after a provision or plan change
+        # succeeded (GROWS_POOLS), whatever its interval.
         Schedule("pools_grow", "pools_grow.yml"),
         Schedule("restore_drill", "backups_drill.yml"),  # a random tenant's newest backup restored and checked
         # Each server's base backup, the start of its point-in-time recovery (with its archived WAL).
