@@ -17,12 +17,20 @@ import ansible_runner
 import psycopg
 
 from . import logs, store
-from .schedules import GROWS_POOLS, SCHEDULES
+from .schedules import GROWS_POOLS, SCHEDULES, TENANT_ACTIONS
 
 log = logging.getLogger("webhook_runner.worker")  # the worker's log, whichever file writes to it
 
 
 PLAYBOOK_COMMAND = Path(__file__).with_name("ansible-playbook")  # dies with the worker (see the script)
+# The niceness of the schedules' jobs (a pool grown ahead, a probe, a night's backup): on the runner's host, and on a
+# one-machine platform, they yield the CPU to a customer's sign-up or plan change running beside them.
+BACKGROUND_NICENESS = 10
+
+
+def is_background(job: dict) -> bool:
+    """A schedule's own run, or a tenant job of the kind the schedules queue (a backup, a purge)."""
+    return job["action"] in TENANT_ACTIONS or (job["account_id"] is None and job["action"] in SCHEDULES)
 
 
 def job_environment(project_dir: Path) -> dict[str, str]:
@@ -75,6 +83,7 @@ class Execution:
                     # the run is recorded as this job's attempt
                     "SAASODOO_AUDIT_JOB": str(job["id"]),
                     "SAASODOO_AUDIT_RUN": run_id,
+                    **({"SAASODOO_NICENESS": str(BACKGROUND_NICENESS)} if is_background(job) else {}),
                 },
                 ident=f"attempt-{job['attempts']}",
                 rotate_artifacts=settings.max_attempts,

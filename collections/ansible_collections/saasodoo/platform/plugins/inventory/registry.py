@@ -156,7 +156,7 @@ TENANT_HOST_PREFIX = "tenant-"
 
 # What an auditor may see of a server: the columns the inventory owns, and the platform's record of it. The optional
 # ones arrived with later migrations.
-OPTIONAL_SERVER_FIELDS = ("tenant_count", "storage_committed_gb", "ha")
+OPTIONAL_SERVER_FIELDS = ("tenant_count", "storage_committed_gb", "ha", "spare_for")
 SERVER_FIELDS = (
     "name",
     *(column for column in INVENTORY_COLUMNS if column not in OPTIONAL_SERVER_FIELDS),

@@ -16,7 +16,7 @@ SELECT s.name, s.kind, s.status, s.health,
        to_char(s.health_checked_at, 'YYYY-MM-DD HH24:MI:SS TZ') AS health_checked_at, s.health_detail,
        s.host, s.port, s.pgbouncer_host, s.pgbouncer_port, s.pg_major,
        s.capacity_tenants, s.capacity_storage_gb, s.storage_committed_gb, s.dedicated_to,
-       s.reserved_cpu::float AS reserved_cpu, s.reserved_memory_mb,
+       s.reserved_cpu::float AS reserved_cpu, s.reserved_memory_mb, s.spare_for,
        (SELECT count(*) FROM registry.tenants AS t WHERE t.db_server = s.name)::int AS tenants,
        (SELECT max((p.entitlements ->> 'point_in_time_days')::int)
           FROM registry.tenants AS t JOIN registry.plans AS p ON (p.name, p.version) = (t.plan_name, t.plan_version)

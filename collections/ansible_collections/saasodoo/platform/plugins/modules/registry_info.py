@@ -48,6 +48,8 @@ servers:
       stored there.
     - C(reserved_cpu) and C(reserved_memory_mb) are what a dedicated server made on a dedicated host holds of it
       until it is retired (null otherwise).
+    - C(spare_for) names the plan a warm dedicated server is kept for (C(playbooks/pools_grow.yml)) until a
+      tenant of that plan takes it (null otherwise).
   returned: success
   type: list
   elements: dict
@@ -55,7 +57,8 @@ servers:
             "health_checked_at": "2026-11-25 01:05:00 UTC", "health_detail": null,
             "host": "127.0.0.1", "port": 55433, "pgbouncer_host": "127.0.0.1", "pgbouncer_port": 56433,
             "pg_major": 15, "capacity_tenants": 50, "capacity_storage_gb": 500, "storage_committed_gb": 15,
-            "dedicated_to": null, "reserved_cpu": null, "reserved_memory_mb": null, "tenants": 3}]
+            "dedicated_to": null, "reserved_cpu": null, "reserved_memory_mb": null, "spare_for": null,
+            "tenants": 3}]
 tenants:
   description: Every tenant, by id; C(db_server) is null until the tenant is placed.
   returned: success
