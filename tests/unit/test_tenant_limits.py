@@ -37,11 +37,13 @@ def group():
         version = layout()
     except CgroupError as error:
         pytest.skip(f"this host has no cgroup controllers to try: {error}")
-    name = f"saasodoo-unit-test/{os.getpid()}"
+    # A parent of this process's own: two test processes (pytest -n 2) would remove a shared one under each other.
+    parent_name = f"saasodoo-unit-test-{os.getpid()}"
+    name = f"{parent_name}/group"
     yield name, version
     remove_group(name)
     for controller in ("cpu", "memory") if version == "v1" else ("",):
-        parent = Path(CGROUP_ROOT, controller, "saasodoo-unit-test")
+        parent = Path(CGROUP_ROOT, controller, parent_name)
         if parent.is_dir():
             parent.rmdir()
 
