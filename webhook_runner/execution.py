@@ -26,11 +26,25 @@ PLAYBOOK_COMMAND = Path(__file__).with_name("ansible-playbook")  # dies with the
 # The niceness of the schedules' jobs (a pool grown ahead, a probe, a night's backup): on the runner's host, and on a
 # one-machine platform, they yield the CPU to a customer's sign-up or plan change running beside them.
 BACKGROUND_NICENESS = 10
+# The schedules whose runs start servers that then serve customers (a local pool's PostgreSQL and PgBouncer):
+# only their session is niced, which a server leaves (each daemon starts a session of its own). A niceness of their
+# processes would pass on to the servers for good.
+STARTS_SERVERS = ("pools_grow",)
 
 
 def is_background(job: dict) -> bool:
     """A schedule's own run, or a tenant job of the kind the schedules queue (a backup, a purge)."""
     return job["action"] in TENANT_ACTIONS or (job["account_id"] is None and job["action"] in SCHEDULES)
+
+
+def niceness_environment(job: dict) -> dict[str, str]:
+    """What the runner's ansible-playbook wrapper nices a job's run by: nothing for a customer's job."""
+    if not is_background(job):
+        return {}
+    niceness = {"SAASODOO_SESSION_NICENESS": str(BACKGROUND_NICENESS)}
+    if job["action"] not in STARTS_SERVERS:
+        niceness["SAASODOO_NICENESS"] = str(BACKGROUND_NICENESS)
+    return niceness
 
 
 def job_environment(project_dir: Path) -> dict[str, str]:
@@ -83,7 +97,7 @@ class Execution:
                     # the run is recorded as this job's attempt
                     "SAASODOO_AUDIT_JOB": str(job["id"]),
                     "SAASODOO_AUDIT_RUN": run_id,
-                    **({"SAASODOO_NICENESS": str(BACKGROUND_NICENESS)} if is_background(job) else {}),
+                    **niceness_environment(job),
                 },
                 ident=f"attempt-{job['attempts']}",
                 rotate_artifacts=settings.max_attempts,
