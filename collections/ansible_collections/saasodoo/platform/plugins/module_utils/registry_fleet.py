@@ -8,16 +8,16 @@ try:
 except ImportError:  # reported by the module with missing_required_lib
     dict_row = None
 
-# tenants counts every tenant whose database the registry places there, whatever its status; point_in_time_days is
-# the longest window the plans (versions) of its tenants not purged ask for (servers_base_backup.yml keeps the
-# server's backups for it), null when none asks.
+# tenants counts the tenants not purged whose database the registry places there (a purged one left nothing there;
+# registry.db_servers.tenant_count counts the same); point_in_time_days is the longest window the plans (versions)
+# of those tenants ask for (servers_base_backup.yml keeps the server's backups for it), null when none asks.
 SERVERS_QUERY = """
 SELECT s.name, s.kind, s.status, s.health,
        to_char(s.health_checked_at, 'YYYY-MM-DD HH24:MI:SS TZ') AS health_checked_at, s.health_detail,
        s.host, s.port, s.pgbouncer_host, s.pgbouncer_port, s.pg_major,
        s.capacity_tenants, s.capacity_storage_gb, s.storage_committed_gb, s.dedicated_to,
        s.reserved_cpu::float AS reserved_cpu, s.reserved_memory_mb, s.spare_for,
-       (SELECT count(*) FROM registry.tenants AS t WHERE t.db_server = s.name)::int AS tenants,
+       (SELECT count(*) FROM registry.tenants AS t WHERE t.db_server = s.name AND t.status <> 'purged')::int AS tenants,
        (SELECT max((p.entitlements ->> 'point_in_time_days')::int)
           FROM registry.tenants AS t JOIN registry.plans AS p ON (p.name, p.version) = (t.plan_name, t.plan_version)
          WHERE t.db_server = s.name AND t.status <> 'purged') AS point_in_time_days

@@ -44,8 +44,8 @@ EXAMPLES = r"""
 RETURN = r"""
 servers:
   description:
-    - Every server the registry knows, by name, with C(tenants) the number of tenants placed there. No secret is
-      stored there.
+    - Every server the registry knows, by name, with C(tenants) the number of tenants placed there, purged ones
+      not counted. No secret is stored there.
     - C(reserved_cpu) and C(reserved_memory_mb) are what a dedicated server made on a dedicated host holds of it
       until it is retired (null otherwise).
     - C(spare_for) names the plan a warm dedicated server is kept for (C(playbooks/pools_grow.yml)) until a
