@@ -8,9 +8,10 @@ try:
 except ImportError:  # reported by the module with missing_required_lib
     dict_row = None
 
-# tenants counts the tenants not purged whose database the registry places there (a purged one left nothing there;
-# registry.db_servers.tenant_count counts the same); point_in_time_days is the longest window the plans (versions)
-# of those tenants ask for (servers_base_backup.yml keeps the server's backups for it), null when none asks.
+# tenants counts the tenants not purged whose database the registry places there (a purged one left nothing there),
+# as registry.db_servers.tenant_count does but for the places open moves hold; point_in_time_days is the longest
+# window the plans (versions) of those tenants ask for (servers_base_backup.yml keeps the server's backups for it),
+# null when none asks.
 SERVERS_QUERY = """
 SELECT s.name, s.kind, s.status, s.health,
        to_char(s.health_checked_at, 'YYYY-MM-DD HH24:MI:SS TZ') AS health_checked_at, s.health_detail,
