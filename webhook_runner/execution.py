@@ -26,23 +26,21 @@ PLAYBOOK_COMMAND = Path(__file__).with_name("ansible-playbook")  # dies with the
 # The niceness of the schedules' jobs (a pool grown ahead, a probe, a night's backup): on the runner's host, and on a
 # one-machine platform, they yield the CPU to a customer's sign-up or plan change running beside them.
 BACKGROUND_NICENESS = 10
-# The schedules whose runs start servers that then serve customers (a local pool's PostgreSQL and PgBouncer):
-# only their session is niced, which a server leaves (each daemon starts a session of its own). A niceness of their
-# processes would pass on to the servers for good.
-STARTS_SERVERS = ("pools_grow",)
 
 
-def is_background(job: dict) -> bool:
-    """A schedule's own run, or a tenant job of the kind the schedules queue (a backup, a purge)."""
-    return job["action"] in TENANT_ACTIONS or (job["account_id"] is None and job["action"] in SCHEDULES)
+def is_schedule_run(job: dict) -> bool:
+    """A schedule's own run (no Kill Bill account): not a job it queued in a tenant's account."""
+    return job["account_id"] is None and job["action"] in SCHEDULES
 
 
 def niceness_environment(job: dict) -> dict[str, str]:
-    """What the runner's ansible-playbook wrapper nices a job's run by: nothing for a customer's job."""
-    if not is_background(job):
+    """What the runner's ansible-playbook wrapper nices a job's run by: a schedule's own run, or a tenant job of the
+    kind the schedules queue (a backup, a purge); nothing for a customer's job."""
+    schedule_run = is_schedule_run(job)
+    if not schedule_run and job["action"] not in TENANT_ACTIONS:
         return {}
     niceness = {"SAASODOO_SESSION_NICENESS": str(BACKGROUND_NICENESS)}
-    if job["action"] not in STARTS_SERVERS:
+    if not (schedule_run and SCHEDULES[job["action"]].starts_servers):
         niceness["SAASODOO_NICENESS"] = str(BACKGROUND_NICENESS)
     return niceness
 
@@ -158,7 +156,7 @@ class Execution:
     def _artifacts_home(self, job: dict) -> Path:
         """Where a job's artifacts go: a schedule's runs (servers_probe alone makes 288 a day) apart from the
         tenants' jobs, so that they never push a parked tenant job's artifacts out."""
-        if job["account_id"] is None and job["action"] in SCHEDULES:
+        if is_schedule_run(job):
             return self.settings.artifacts_dir / "schedules" / job["action"]
         return self.settings.artifacts_dir
 

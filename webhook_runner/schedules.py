@@ -24,6 +24,9 @@ class Schedule:
     # A tenant schedule: the registry.tenants rows (t) it is due for, an SQL condition written here, never configured
     # (%(now)s: the run's time).
     tenants_due: str = ""
+    # Its runs start servers that then serve customers (a local pool's PostgreSQL and PgBouncer): execution.py
+    # nices only the run's session, which a server leaves, never its processes, whose niceness a server would keep.
+    starts_servers: bool = False
 
 
 # Never by a later clock than the registry's (python -m webhook_runner schedule --now): a purge needs the retention
@@ -38,7 +41,7 @@ SCHEDULES = {
         # New shared pools and warm dedicated spares brought up before the sign-ups need them (the inventory's
         # saasodoo_pool_headroom_tenants, saasodoo_dedicated_spares); due at once after a provision or plan change
         # succeeded (GROWS_POOLS), whatever its interval.
-        Schedule("pools_grow", "pools_grow.yml"),
+        Schedule("pools_grow", "pools_grow.yml", starts_servers=True),
         Schedule("restore_drill", "backups_drill.yml"),  # a random tenant's newest backup restored and checked
         # Each server's base backup, the start of its point-in-time recovery (with its archived WAL).
         Schedule("base_backups", "servers_base_backup.yml"),
