@@ -12,8 +12,9 @@ from webhook_runner.execution import BACKGROUND_NICENESS, PLAYBOOK_COMMAND, nice
 
 # Stands for ansible-playbook on PATH: prints the niceness and the session's scheduling group it was started with,
 # then those of a server it starts, which (as pg_ctl's postmaster and PgBouncer's --daemon do) begins a session.
+# A process in the kernel's default group (init's session, where a CI job may run) reads /proc/self/autogroup empty.
 FAKE_PLAYBOOK = """#!/bin/sh
-report='echo "nice $(nice)"; cat /proc/self/autogroup 2>/dev/null || echo "no autogroup"'
+report='echo "nice $(nice)"; echo "group $(cat /proc/self/autogroup 2>/dev/null)"'
 sh -c "$report"
 setsid --wait sh -c "$report"
 """
@@ -57,7 +58,7 @@ def run_wrapper(tmp_path: Path, env: dict[str, str], new_session: bool = True) -
 
 def niceness_and_group(output: str) -> tuple[int, str]:
     first, second = output.splitlines()[:2]
-    return int(first.removeprefix("nice ")), second
+    return int(first.removeprefix("nice ")), second.removeprefix("group ")
 
 
 def group_niceness(group: str) -> int:
