@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """docs/reference/ from `ansible-doc --json`: the collection's modules, filters and inventory plugin, and the roles'
-argument specs, one Markdown file per kind. `make reference` writes them; `make lint` runs this with --check, which
-fails when a file differs from what the code documents (someone changed a module's DOCUMENTATION or a role's
-meta/argument_specs.yml without regenerating)."""
+argument specs, one Markdown file per kind, and the tenant lifecycle's table (module_utils/lifecycle.py). `make
+reference` writes them; `make lint` runs this with --check, which fails when a file differs from what the code
+documents (someone changed a module's DOCUMENTATION, a role's meta/argument_specs.yml or the lifecycle's table without
+regenerating)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ MARKUP = [
     (re.compile(r"RV\(([^)]*)\)"), r"`\1`"),
 ]
 STYLE = {"C": "`{}`", "M": "`{}`", "V": "`{}`", "I": "*{}*", "B": "**{}**"}
+
+sys.path.append(str(ROOT / "collections"))
+from ansible_collections.saasodoo.platform.plugins.module_utils import lifecycle  # noqa: E402
 
 
 def markdown(text) -> str:
@@ -132,7 +136,32 @@ def pages() -> dict[str, str]:
         for entry_point, doc in sorted(docs[name]["entry_points"].items(), key=lambda item: item[0] != "main"):
             lines += section(name if entry_point == "main" else f"{name} ({entry_point})", doc)
     result["roles.md"] = "\n".join(lines).rstrip() + "\n"
+    result["lifecycle.md"] = header + "\n" + lifecycle_page()
     return result
+
+
+def lifecycle_page() -> str:
+    """The lifecycle's table: for each action, the statuses it starts from (x) and the one it leaves the tenant in."""
+    lines = [
+        "# A tenant's lifecycle",
+        "",
+        "Each tenant playbook's action (its `tenant_action`, the audit row's `action`) starts only from the statuses"
+        " marked `x`; `registry_tenant` refuses it from any other, saying which it needs. It leaves the tenant in the"
+        " status in **bold** (`failed` where its failure may be recorded, from the statuses marked `f`), or as it was"
+        " where none is. What each playbook does: [A tenant's life](../lifecycle.md).",
+        "",
+        "| action | " + " | ".join(lifecycle.STATUSES) + " | leaves it | what it is |",
+        "|---|" + "---|" * (len(lifecycle.STATUSES) + 2),
+    ]
+    for name, action in lifecycle.ACTIONS.items():
+        marks = [
+            ("x" if status in action.starts_from else "") + ("f" if status in action.fails_from else "")
+            for status in lifecycle.STATUSES
+        ]
+        leaves = " or ".join(filter(None, (action.leaves, "failed" if action.fails_from else None)))
+        lines.append(f"| `{name}` | " + " | ".join(marks) + f" | {f'**{leaves}**' if leaves else 'as it was'} | ")
+        lines[-1] += f"{action.summary} |"
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

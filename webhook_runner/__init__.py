@@ -6,3 +6,12 @@
   runs the playbooks that bring its tenants to that state, through ansible-runner.
 - ``desired``: the pure decision (Kill Bill state + registry row -> actions), unit-tested without I/O.
 """
+
+import sys
+from pathlib import Path
+
+# The collection's module_utils are the runner's too (the tenant lifecycle's table: one home for what both decide
+# on). The runner runs from the project's checkout, whose collections/ Ansible reads them from.
+_COLLECTIONS = str(Path(__file__).resolve().parent.parent / "collections")
+if _COLLECTIONS not in sys.path:
+    sys.path.append(_COLLECTIONS)

@@ -6,6 +6,8 @@ import base64
 import json
 import logging
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.lifecycle import ACTIONS
+
 from . import mail, store
 from .desired import (
     UNKNOWN_BALANCE,
@@ -34,7 +36,7 @@ CONVERGE, RECONCILE = "converge", "reconcile"
 # An account's e-mail address Kill Bill did not give (it did not answer): a new tenant not known to be paid waits for
 # it. A marker no address can equal.
 ADDRESS_UNREAD = object()
-PURGEABLE = ("terminated", "purged")  # what tenant_purge.yml takes: a purge queued before a reactivation is moot
+PURGEABLE = ACTIONS["tenant_purge"].starts_from  # a purge queued before a reactivation is moot
 
 
 class Convergence:

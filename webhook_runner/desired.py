@@ -16,6 +16,8 @@ import zoneinfo
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.lifecycle import ENDED, LIVE, STARTING
+
 # The tenant id is the bundle's external key (the customer's instance name); the same rule as the
 # collection's placement (module_utils/placement.py) and the tenant playbooks.
 TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")
@@ -238,21 +240,21 @@ def desired_actions(
     if tenant is not None and (claim := foreign_claim(subscription, tenant)):
         if same_account and state in ("CANCELLED", "EXPIRED"):
             return []  # the account's earlier subscription, which a new one for the same tenant replaced
-        if not (same_account and status in ("terminated", "purged")):  # a returning customer's new subscription
+        if not (same_account and status in ENDED):  # a returning customer's new subscription
             return [Skip(tenant_id, claim)]
 
     if state in ("CANCELLED", "EXPIRED"):
-        if status in ("active", "suspended"):
+        if status in LIVE:
             return [Action(tenant_id, "terminate", {"tenant_id": tenant_id}, f"Kill Bill: subscription {state}")]
         return []  # never provisioned, or already terminated
     if state not in ("ACTIVE", "BLOCKED"):
         return []  # PENDING: starts later, its EFFECTIVE event will come
     if written_off and rules.terminate_written_off:
         invoices = ", ".join(written_off)
-        if status in ("active", "suspended"):
+        if status in LIVE:
             reason = f"Kill Bill: its account's debt written off (invoice {invoices})"
             return [Action(tenant_id, "terminate", {"tenant_id": tenant_id}, reason)]
-        if status in ("terminated", "purged") and subscription.get("subscriptionId") == tenant.subscription_id:
+        if status in ENDED and subscription.get("subscriptionId") == tenant.subscription_id:
             return []  # terminated for it, or before
         return [
             Skip(
@@ -265,7 +267,7 @@ def desired_actions(
         return [Skip(tenant_id, f"plan {plan!r} is not in the catalog (inventory group_vars/all/plans.yml)")]
 
     blocked = is_blocked(subscription, overdue)
-    if status in ("terminated", "purged"):  # the customer of an ended tenant comes back
+    if status in ENDED:  # the customer of an ended tenant comes back
         ended = "purged (its retention ended, its data is gone)" if status == "purged" else "terminated"
         if subscription.get("subscriptionId") == tenant.subscription_id:  # Kill Bill never revives a cancelled one
             reopen = "" if status == "purged" else "tenant_resume.yml -e reactivate=true reopens it, or "
@@ -298,7 +300,7 @@ def desired_actions(
             reason = f"Kill Bill: plan {tenant.plan_name} -> {plan}"
             actions.append(Action(tenant_id, "change_plan", {"tenant_id": tenant_id, "plan": plan}, reason))
         return actions
-    if status in (None, "provisioning", "failed"):
+    if status is None or status in STARTING:
         if blocked:
             return []  # a paid-first tenant: provisioned once the payment unblocks it
         others = sorted(other for other in account_tenants if database_name(other) != database_name(tenant_id))

@@ -28,6 +28,8 @@ from cryptography.fernet import Fernet, InvalidToken
 from markupsafe import Markup, escape
 from psycopg.types.json import Jsonb
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.lifecycle import LIVE
+
 from . import store
 from .config import MailSettings, fernet_key, tenant_login_url
 from .desired import customer_profile
@@ -247,7 +249,7 @@ def moot(row: dict, settings: MailSettings) -> str | None:
             return "the tenant belongs to another subscription now"
     wanted = {"purge_soon": ("terminated",), "cancelled": ("terminated",), "suspended": ("suspended",),
               "resumed": ("active",),
-              "payment_failed": ("active", "suspended"), "plan_changed": ("active", "suspended")}  # fmt: skip
+              "payment_failed": LIVE, "plan_changed": LIVE}  # fmt: skip
     if message in wanted and status not in wanted[message]:
         return f"the tenant is {status} now"
     if message == "plan_changed" and params.get("plan") != row["plan_name"]:

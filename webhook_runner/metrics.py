@@ -19,6 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.lifecycle import STATUSES
+
 from . import store
 from .notification import KNOWN_EVENT_TYPES
 from .schedules import SCHEDULES
@@ -97,13 +99,10 @@ class RegistryCollector(Collector):
         yield from _fleet(snapshot)
 
 
-TENANT_STATUSES = ("provisioning", "active", "suspended", "terminated", "purged", "failed")
-
-
 def _fleet(snapshot: dict):
     """The registry's facts the alert rules watch (store.fleet_snapshot)."""
     tenants = GaugeMetricFamily("saasodoo_tenants", "Tenants by lifecycle status.", labels=["status"])
-    for status in TENANT_STATUSES:
+    for status in STATUSES:
         tenants.add_metric([status], snapshot["tenants"].get(status, 0))
     yield tenants
     backups = GaugeMetricFamily(

@@ -821,7 +821,8 @@ def test_a_worker_whose_account_was_taken_over_writes_nothing_more(runner: Runne
 
     # The same fence, through a playbook: the token in saasodoo_lease reaches every registry module.
     refused = run_playbook(
-        "tenant_record.yml", "-e", "tenant_id=lease-02", "-e", "tenant_action=probe", "-e", "tenant_status=suspended",
+        "tenant_record.yml", "-e", "tenant_id=lease-02", "-e", "tenant_action=tenant_suspend", "-e",
+        "tenant_status=suspended",
         "-e", f"saasodoo_lease={taken['token']}",
     )  # fmt: skip
     assert refused.returncode != 0 and "is no longer held" in refused.output, refused.output[-3000:]

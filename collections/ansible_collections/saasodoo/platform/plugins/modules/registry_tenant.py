@@ -11,8 +11,9 @@ short_description: Read a tenant from the registry and record its lifecycle tran
 description:
   - Returns the tenant's registry row with its plan's entitlements and its database server, so a playbook
     works from what the registry says, never from guesses. An unknown tenant fails with what to do.
-  - With I(expect_status), fails unless the tenant is in one of those states (for example, resume needs a
-    suspended or active tenant).
+  - With I(action), fails unless the tenant is in a status that action starts from, or may leave in I(status),
+    by the tenant lifecycle's table (C(module_utils/lifecycle.py), C(docs/reference/lifecycle.md)); for example
+    C(tenant_resume) needs an active or suspended tenant and leaves it active.
   - Records what changes, all in one transaction with one audit row naming the action and the before/after
     values; nothing changes when the tenant already is as asked (a second run reports no change).
   - I(status) moves the tenant; C(terminated) also sets C(retain_until) to now plus the plan's
@@ -51,14 +52,11 @@ options:
     type: str
     default: registry_tenant
   action:
-    description: Name of the lifecycle action for the audit row (for example C(suspend)).
+    description: The lifecycle action (for example C(tenant_suspend)), for the audit row and the statuses the tenant
+      must be in; one the lifecycle's table lacks fails. Without it, the tenant is read in any status.
     type: str
-  expect_status:
-    description: Fail unless the tenant's current status is one of these.
-    type: list
-    elements: str
   status:
-    description: The status to record.
+    description: The status to record; one I(action) does not leave a tenant in fails.
     type: str
     choices: [provisioning, active, suspended, terminated, purged, failed]
   plan:
@@ -142,21 +140,19 @@ EXAMPLES = r"""
     login_password: "{{ registry_password }}"
   register: tenant
 
-- name: Record the suspension
+- name: Record the suspension (of an active or suspended tenant)
   saasodoo.platform.registry_tenant:
     tenant_id: acme
-    action: suspend
+    action: tenant_suspend
     actor: tenant_suspend
-    expect_status: [active, suspended]
     status: suspended
     login_password: "{{ registry_password }}"
 
-- name: Record a provision that failed and left nothing behind, with what failed
+- name: Record a provision that failed and left nothing behind, with what failed (never an active tenant)
   saasodoo.platform.registry_tenant:
     tenant_id: acme
     action: provision
     actor: tenant_provision
-    expect_status: [provisioning, failed]
     status: failed
     detail: {task: "Ensure the tenant's database and role exist", error: "..."}
     login_password: "{{ registry_password }}"
@@ -164,7 +160,7 @@ EXAMPLES = r"""
 - name: Resize within the same db_type
   saasodoo.platform.registry_tenant:
     tenant_id: acme
-    action: change_plan
+    action: tenant_change_plan
     plan: standard-monthly
     login_password: "{{ registry_password }}"
 """
@@ -198,6 +194,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
+from ansible_collections.saasodoo.platform.plugins.module_utils.lifecycle import LIVE, STATUSES, expected_statuses
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
     REGISTRY_LOGIN_OPTIONS,
     connect_registry,
@@ -311,11 +308,9 @@ def free_http_port(conn, low: int, high: int) -> int:
 def planned_changes(conn, tenant: dict, p: dict) -> dict:
     """Field -> new value, for what differs from the tenant's row."""
     tenant_id = tenant["tenant_id"]
-    if p["expect_status"] and tenant["status"] not in p["expect_status"]:
-        raise TenantError(
-            f"tenant {tenant_id} is {tenant['status']}; {p['action'] or 'this'} needs it "
-            f"{' or '.join(p['expect_status'])}"
-        )
+    expected = expected_statuses(p["action"], p["status"]) if p["action"] else STATUSES
+    if tenant["status"] not in expected:
+        raise TenantError(f"tenant {tenant_id} is {tenant['status']}; {p['action']} needs it {' or '.join(expected)}")
     changes: dict = {}
     plan = tenant["plan"]
     if p["plan"]:
@@ -342,7 +337,7 @@ def planned_changes(conn, tenant: dict, p: dict) -> dict:
         if status == "terminated":
             days = p["retain_days"] if p["retain_days"] is not None else int(plan.get("retention_days", 0))
             changes["retain_until"] = ("now", days)
-        elif status in ("active", "suspended") and tenant["retain_until"] is not None:
+        elif status in LIVE and tenant["retain_until"] is not None:
             changes["retain_until"] = None
         if status == "purged" and tenant["http_port"] is not None:
             changes["http_port"] = None
@@ -485,8 +480,7 @@ def main() -> None:
             tenant_id=dict(type="str", required=True),
             actor=dict(type="str", default="registry_tenant"),
             action=dict(type="str"),
-            expect_status=dict(type="list", elements="str"),
-            status=dict(type="str", choices=["provisioning", "active", "suspended", "terminated", "purged", "failed"]),
+            status=dict(type="str", choices=list(STATUSES)),
             plan=dict(type="str"),
             allow_db_type_change=dict(type="bool", default=False),
             retain_days=dict(type="int"),
@@ -512,6 +506,11 @@ def main() -> None:
     if not p["tenant_id"] or p["plan"] == "":  # a playbook run without -e tenant_id= (or with an empty plan)
         plan = " -e plan=<Kill Bill plan name>" if p["plan"] is not None else ""
         module.fail_json(msg=f"{p['action'] or 'registry_tenant'} needs -e tenant_id=<id>{plan}.")
+    if p["action"]:
+        try:
+            expected_statuses(p["action"], p["status"])
+        except ValueError as error:
+            module.fail_json(msg=str(error))
     if p["welcome_link"] and CRYPTOGRAPHY_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
     tenant_id = p["tenant_id"]
