@@ -13,6 +13,7 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 
 from ansible_collections.saasodoo.platform.plugins.inventory import registry
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import connect_hint
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import derive_password
 
 from conftest import INVENTORIES, load_yaml
@@ -310,7 +311,7 @@ def test_no_usable_password_says_what_to_do(tmp_path: Path, secret_file, content
     ],
 )
 def test_connection_failures_come_with_a_hint(reason, hint):
-    assert hint in registry.connect_hint(reason)
+    assert hint in connect_hint(reason)
 
 
 SETTINGS = registry.RegistrySettings("db.example", 5432, "saasodoo_registry", "saasodoo_registry", "hunter2-pw")
@@ -363,19 +364,20 @@ def test_fetch_asks_for_the_tenants_only_when_wanted(monkeypatch, tenants: bool)
 @pytest.mark.parametrize(
     ("error", "message"),
     [
-        (psycopg.OperationalError("connection refused\n\tIs the server running?"), "cannot connect to"),
-        (psycopg.errors.UndefinedColumn("column hunter2-pw does not exist"), "cannot read"),
+        (psycopg.OperationalError("connection refused\n\tIs the server running?"), "cannot reach the registry"),
+        (psycopg.errors.UndefinedColumn("column hunter2-pw does not exist"), "cannot read the platform registry"),
     ],
 )
 def test_registry_errors_name_the_registry_but_not_the_password(monkeypatch, error, message):
     def refuse(**kwargs: Any) -> None:
         assert kwargs["password"] == "hunter2-pw" and kwargs["prepare_threshold"] is None and kwargs["autocommit"]
+        assert "default_transaction_read_only=on" in kwargs["options"]  # the inventory reads, never writes
         raise error
 
     monkeypatch.setattr(registry.psycopg, "connect", refuse)
     with pytest.raises(registry.RegistryError, match=message) as raised:
         registry.fetch_fleet(SETTINGS)
-    assert "db.example:5432/saasodoo_registry" in str(raised.value)
+    assert "db.example:5432" in str(raised.value) and "saasodoo_registry" in str(raised.value)
     assert "hunter2-pw" not in str(raised.value)
 
 
@@ -455,7 +457,7 @@ def test_parse_in_strict_mode_fails_on_a_bad_expression(monkeypatch, tmp_path: P
 
 def test_parse_maps_registry_errors_to_parser_errors(monkeypatch, tmp_path: Path):
     def unreachable(settings: registry.RegistrySettings, tenants: bool) -> None:
-        raise registry.RegistryError(f"cannot connect to the platform registry at {settings.where}")
+        raise registry.RegistryError(f"cannot reach the registry at {settings.where}")
 
     plugin = registry.InventoryModule()
     monkeypatch.setattr(

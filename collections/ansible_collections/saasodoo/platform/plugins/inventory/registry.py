@@ -136,6 +136,11 @@ from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 # billing status never reaches the template engine.
 from ansible.utils.unsafe_proxy import wrap_var as make_unsafe
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.registry import (
+    RegistryUnreachable,
+    connect_registry,
+    first_line,
+)
 from ansible_collections.saasodoo.platform.plugins.module_utils.registry_servers import INVENTORY_COLUMNS
 from ansible_collections.saasodoo.platform.plugins.module_utils.secrets import WeakSecretError, derive_password
 
@@ -356,58 +361,33 @@ def resolve_password(password: str | None, secret_file: str | None, config_path:
         raise RegistryError(f"cannot derive the registry password from {path}: {e}") from None
 
 
-def _first_line(error: Exception, password: str) -> str:
-    # libpq does not echo passwords; redact anyway, this text ends up in warnings and CI logs.
-    lines = str(error).strip().splitlines() or [type(error).__name__]
-    return lines[0].replace(password, "********") if password else lines[0]
-
-
-def connect_hint(reason: str) -> str:
-    """What to do about a failed connection: the server answered and refused (FATAL), or nothing answered."""
-    if "FATAL:" in reason:
-        return (
-            "The server refused the login: check registry_user and the password (SAASODOO_REGISTRY_PASSWORD, "
-            "registry_password or platform_secret_file); on a fresh install run playbooks/site.yml first"
-        )
-    return "Is the platform up? Run playbooks/site.yml to create and start the registry"
-
-
 def fetch_fleet(settings: RegistrySettings, tenants: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Read the non-retired servers and (unless `tenants` is false) the non-purged tenants, read-only, in one
     snapshot."""
     if psycopg is None:
         raise RegistryError(f"the psycopg package (3.1 or later) is needed on the controller: {PSYCOPG_IMPORT_ERROR}")
+    login = {
+        "login_host": settings.host,
+        "login_port": settings.port,
+        "login_db": settings.database,
+        "login_user": settings.user,
+        "login_password": settings.password,
+        "login_sslmode": settings.sslmode,
+        "login_sslrootcert": settings.sslrootcert,
+        "connect_timeout": settings.connect_timeout,
+    }
     try:
-        # prepare_threshold=None: the registry may sit behind PgBouncer in transaction mode.
-        with psycopg.connect(
-            host=settings.host,
-            port=settings.port,
-            dbname=settings.database,
-            user=settings.user,
-            password=settings.password,
-            sslmode=settings.sslmode,
-            sslrootcert=settings.sslrootcert,
-            connect_timeout=settings.connect_timeout,
-            application_name="saasodoo.platform.registry inventory",
-            options="-c default_transaction_read_only=on",
-            prepare_threshold=None,
-            autocommit=True,
-        ) as conn:
+        with connect_registry(login, application_name="saasodoo.platform.registry inventory", read_only=True) as conn:
             if not conn.execute(_SCHEMA_QUERY).fetchone()[0]:
                 raise RegistryError(
                     f"the registry at {settings.where} has no schema yet (fresh install): run playbooks/site.yml first"
                 )
             servers, tenant_rows = conn.execute(_FLEET_QUERY, {"tenants": tenants}).fetchone()
-    # The messages carry libpq's reason already: chaining would make Ansible print it a second time.
-    except psycopg.OperationalError as e:
-        reason = _first_line(e, settings.password)
+    except RegistryUnreachable as e:
+        raise RegistryError(f"{e}; until then this source adds no hosts") from None
+    except psycopg.Error as e:  # its reason carries libpq's: chained, Ansible would print it twice
         raise RegistryError(
-            f"cannot connect to the platform registry at {settings.where} as {settings.user}: {reason}. "
-            f"{connect_hint(reason)}; until then this source adds no hosts"
-        ) from None
-    except psycopg.Error as e:
-        raise RegistryError(
-            f"cannot read the platform registry at {settings.where}: {_first_line(e, settings.password)}"
+            f"cannot read the platform registry at {settings.where}: {first_line(e, settings.password)}"
         ) from None
     return servers, tenant_rows
 

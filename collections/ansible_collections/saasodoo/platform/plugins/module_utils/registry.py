@@ -1,4 +1,5 @@
-"""The one way our modules connect to the registry database."""
+"""The one way the collection (its modules, the inventory plugin, the audit callback) connects to the registry
+database."""
 
 from __future__ import annotations
 
@@ -139,8 +140,25 @@ def run_registry_module(module, run, database_error: str, refusals: tuple = (), 
     module.exit_json(**result)
 
 
-def connect_registry(params: dict):
-    """An autocommit psycopg connection to the registry; callers open their own transactions.
+def first_line(error: Exception, password: str | None) -> str:
+    """A connection error's reason; libpq does not echo passwords, but this text ends up in warnings and CI logs."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return lines[0].replace(password, "********") if password else lines[0]
+
+
+def connect_hint(reason: str) -> str:
+    """What to do about a failed connection: the server answered and refused (FATAL), or nothing answered."""
+    if "FATAL:" in reason:
+        return (
+            "The server refused the login: check the registry's user and password (SAASODOO_REGISTRY_PASSWORD, "
+            "registry_password or platform_secret_file); on a fresh install run playbooks/site.yml first"
+        )
+    return "Is the platform up? Run playbooks/site.yml to create and start the registry"
+
+
+def connect_registry(params: dict, application_name: str | None = None, read_only: bool = False):
+    """An autocommit psycopg connection to the registry; callers open their own transactions. Read-only refuses
+    every write (the inventory plugin's).
 
     With an audit_run (the playbook run's id, set by the saasodoo_audit callback), every audit row this session
     writes names that run: the registry's audit trigger reads it from the session setting saasodoo.audit_run.
@@ -157,6 +175,7 @@ def connect_registry(params: dict):
     if lease and not lease.isdigit():
         raise RegistryUnreachable(f"lease must be a runner lease's fencing token (digits), not {lease!r}")
     options = [f"-c saasodoo.audit_run={run}"] * bool(run) + [f"-c saasodoo.lease={lease}"] * bool(lease)
+    options += ["-c default_transaction_read_only=on"] * read_only
 
     try:
         # The CA comes as content (the modules) or as a path (the inventory plugin and the audit callback, on the
@@ -171,12 +190,16 @@ def connect_registry(params: dict):
                 sslmode=params.get("login_sslmode") or "prefer",
                 sslrootcert=ca_file or params.get("login_sslrootcert") or None,
                 connect_timeout=params.get("connect_timeout", 10),
+                application_name=application_name,
+                # The registry may sit behind PgBouncer in transaction mode.
                 prepare_threshold=None,
                 autocommit=True,
                 options=" ".join(options) or None,
             )
+    # The message carries libpq's reason already: chaining would make Ansible print it a second time.
     except psycopg.OperationalError as e:
+        reason = first_line(e, params["login_password"])
         raise RegistryUnreachable(
-            f"cannot reach the registry {params['login_db']} at {params['login_host']}:{params['login_port']}: "
-            f"{e}. Is the platform up (playbooks/site.yml)?"
+            f"cannot reach the registry {params['login_db']} at {params['login_host']}:{params['login_port']} as "
+            f"{params['login_user']}: {reason}. {connect_hint(reason)}"
         ) from None
