@@ -49,9 +49,6 @@ def job_environment(project_dir: Path) -> dict[str, str]:
     """The environment of every job's ansible-playbook (bench/lifecycle.py runs its playbooks with it too)."""
     return {
         "ANSIBLE_CONFIG": str(project_dir / "ansible.cfg"),
-        # ansible-runner sets the callback path, so ansible.cfg's would be lost: the audit callback's directory
-        # goes first.
-        "ANSIBLE_CALLBACK_PLUGINS": str(project_dir / "plugins/callback"),
         # No tenant hosts in the inventory (saasodoo.platform.registry's `tenants`): no playbook targets one, and
         # each would cost every job's start.
         "SAASODOO_INVENTORY_TENANTS": "false",

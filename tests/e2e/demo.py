@@ -264,7 +264,7 @@ def audit_line(row: dict) -> str:
 
 
 def _run_line(detail: dict) -> str:
-    """A playbook run's start or end row (plugins/callback/saasodoo_audit.py): who ran what, and how it ended."""
+    """A playbook run's start or end row (the saasodoo.platform.audit callback): who ran what, and how it ended."""
     outcome = detail.get("outcome")
     hosts = detail.get("hosts") or {}
     failed = [name for name, counts in hosts.items() if counts.get("failed") or counts.get("unreachable")]

@@ -68,7 +68,7 @@ def ansible_playbook(
     """Run a playbook (path from the repository root) with the repository's ansible.cfg.
 
     On the local inventory, every run must then be in the registry's audit chain with its outcome (the
-    saasodoo_audit callback), or have warned that the registry could not take it.
+    saasodoo.platform.audit callback), or have warned that the registry could not take it.
     """
     env = {"SAASODOO_AUDIT_RUN": f"test-{uuid.uuid4().hex}", **(env or {})}
     run_id = env["SAASODOO_AUDIT_RUN"]

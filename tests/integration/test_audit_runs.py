@@ -1,4 +1,4 @@
-"""Every playbook run is audited as a run (plugins/callback/saasodoo_audit.py), and its tenant rows name it."""
+"""Every playbook run is audited as a run (the saasodoo.platform.audit callback), and its tenant rows name it."""
 
 from __future__ import annotations
 

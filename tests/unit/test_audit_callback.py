@@ -1,4 +1,4 @@
-"""The saasodoo_audit callback's own parts: its documentation, where it finds the registry, what it counts."""
+"""The audit callback (saasodoo.platform.audit): its documentation, where it finds the registry, what it counts."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from ansible.plugins.loader import callback_loader
 
 from conftest import REPO
 
-CALLBACK = REPO / "plugins/callback/saasodoo_audit.py"
+CALLBACK = REPO / "collections/ansible_collections/saasodoo/platform/plugins/callback/audit.py"
 
 
 @pytest.fixture(scope="module")
 def callback():
-    """The plugin's module, loaded by ansible-core's plugin loader from the directory ansible.cfg names."""
+    """The plugin's module, loaded by ansible-core's plugin loader (from its directory: this process has no
+    collection loader)."""
     callback_loader.add_directory(str(CALLBACK.parent))
     return sys.modules[type(callback_loader.get(CALLBACK.stem)).__module__]
 
@@ -34,10 +35,11 @@ def test_its_documentation_is_yaml_and_names_it():
     assert set(documentation["options"]) == {"registry_config", "run_id", "job"}
 
 
-def test_ansible_cfg_enables_it_by_path():
+def test_ansible_cfg_enables_it_and_the_strategy_by_name():
     cfg = (REPO / "ansible.cfg").read_text()
-    assert "callback_plugins = plugins/callback" in cfg
-    assert "callbacks_enabled = saasodoo_audit" in cfg
+    assert "callbacks_enabled = saasodoo.platform.audit" in cfg
+    assert "strategy = saasodoo.platform.mitogen_linear" in cfg
+    assert "callback_plugins" not in cfg and "strategy_plugins" not in cfg  # the collection is the plugins' home
 
 
 def test_the_registry_is_the_inventory_directory_registry_source(callback, tmp_path: Path):

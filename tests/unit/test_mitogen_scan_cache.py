@@ -109,9 +109,3 @@ def test_an_entry_that_is_not_code_is_compiled_again(tmp_path, module_tree, entr
     again = scan(str(cache), *module_tree)
     assert again["needs"] == plain["needs"] and again["related"] == plain["related"]
     assert again["compiled"] > 0
-
-
-def test_the_strategy_plugin_installs_it_before_the_multiplexer_is_forked():
-    source = (REPO / "plugins/strategy/mitogen_linear.py").read_text()
-    assert 'mitogen_scan_cache.install(str(STATE / "mitogen-scan"))' in source
-    assert os.path.exists(REPO / ".gitignore") and "/.state/" in (REPO / ".gitignore").read_text()

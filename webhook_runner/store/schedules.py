@@ -52,8 +52,8 @@ def due_schedules(conn: psycopg.Connection, names: list[str], now) -> list[str]:
 
 def fail_orphaned_schedule_jobs(conn: psycopg.Connection, name: str) -> list[dict]:
     """The schedule's jobs left running by a worker that died: the caller holds the schedule's lock, and no
-    playbook run of the job keeps its holder session (the saasodoo_audit callback's, 'saasodoo-run job-<id>-<n>').
-    Failed, and the schedule due again, so its next pass runs the work again."""
+    playbook run of the job keeps its holder session (the saasodoo.platform.audit callback's,
+    'saasodoo-run job-<id>-<n>'). Failed, and the schedule due again, so its next pass runs the work again."""
     orphans = conn.execute(
         f"""UPDATE registry.jobs AS j SET state = 'failed', finished_at = now(),
                    error = 'the worker running it stopped (' || coalesce(worker, '?') || '): run again'

@@ -40,7 +40,7 @@ options:
   audit_run:
     description:
       - The playbook run this module works for; every audit row it writes names it (C(detail.run)).
-      - Playbooks pass C(saasodoo_audit_run), which the C(saasodoo_audit) callback sets for every play.
+      - Playbooks pass C(saasodoo_audit_run), which the C(saasodoo.platform.audit) callback sets for every play.
     type: str
     default: ""
   lease:

@@ -82,7 +82,7 @@ def open_move(conn, tenant_id: str) -> dict | None:
         ).fetchone()
 
 
-# A playbook run's holder session (plugins/callback/saasodoo_audit.py keeps one open for every run, for as long as
+# A playbook run's holder session (the saasodoo.platform.audit callback keeps one open for every run, for as long as
 # the run lives, named registry.run_holder_name(run)): registry.tenant_runs rows (migration 0015) whose holder is
 # gone (registry.run_is_alive, 0016) are free.
 
@@ -160,7 +160,7 @@ def connect_registry(params: dict, application_name: str | None = None, read_onl
     """An autocommit psycopg connection to the registry; callers open their own transactions. Read-only refuses
     every write (the inventory plugin's).
 
-    With an audit_run (the playbook run's id, set by the saasodoo_audit callback), every audit row this session
+    With an audit_run (the playbook run's id, set by the saasodoo.platform.audit callback), every audit row this session
     writes names that run: the registry's audit trigger reads it from the session setting saasodoo.audit_run.
     With a lease (the fencing token of the runner's lease on the account the run works for), every write is
     refused once another worker has taken that account over: the registry's lease_fence trigger reads it from

@@ -26,7 +26,7 @@ description:
     who owns a directory on the way (the postgres user, its cluster directory) cannot send the writes elsewhere.
   - The paths (absolute) and modes are checked before anything is made or written.
   - The contents are never returned or logged (they hold private keys).
-version_added: 0.7.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   directories:

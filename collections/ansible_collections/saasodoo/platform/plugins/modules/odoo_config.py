@@ -14,7 +14,7 @@ description:
     the odoo.conf; this module does in one call what C(file) and C(template) did in three module runs.
   - The directory is made C(0750) and the file written atomically C(0600), both root's, only when they differ.
     C(absent) removes the directory.
-version_added: 0.5.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   state:

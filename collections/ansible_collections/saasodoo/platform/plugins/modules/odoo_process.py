@@ -25,7 +25,7 @@ description:
     running. It runs while the tenant is there, started or stopped, starts before Odoo and stops after it.
   - With I(network), the tenant's Odoo listens in a network namespace of its own, made by C(started) when missing
     or not as given and removed by C(absent); the listener checked at a start is the one in that namespace.
-version_added: 0.4.0
+version_added: 0.2.0
 requirements:
   - supervisor (the Python package; the host that runs supervisord has it)
 author: SaaSOdoo ops maintainers (@saasodoo)

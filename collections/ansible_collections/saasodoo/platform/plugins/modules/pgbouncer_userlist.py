@@ -20,7 +20,7 @@ description:
     holding an exclusive lock on I(path)C(.lock), so none writes a list read before another run's login role
     existed. A role that may not log in yet is listed only by the run that names it in I(incoming_roles), so another
     run's rewrite in between drops it, until the moving run writes the file again after its switch.
-version_added: 0.4.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   path:

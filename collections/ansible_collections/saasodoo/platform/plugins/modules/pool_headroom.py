@@ -23,7 +23,7 @@ description:
     take them, so that a placement and this module never record the same server or overfill one.
   - Idempotent; with the headroom and the spares met it changes nothing. Check mode says what it would record and
     rolls back.
-version_added: 0.11.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   headroom_tenants:

@@ -10,8 +10,8 @@ module: registry_audit_info
 short_description: Read the playbook runs from the registry's audit chain and verify the chain
 description:
   - The registry's audit trail (C(registry.audit)) is append-only and hash-chained. Every playbook run, typed by a
-    person or started by the webhook runner, is recorded there by the C(saasodoo_audit) callback plugin as C(run)
-    rows (one when it starts, one when it ends); every row a module writes during the run names the run.
+    person or started by the webhook runner, is recorded there by the C(saasodoo.platform.audit) callback plugin as
+    C(run) rows (one when it starts, one when it ends); every row a module writes during the run names the run.
   - With I(since), returns the runs that started since then, oldest first, each with who ran it, the playbook,
     inventory, limit, check mode, the names of the extra variables (never their values), per-host counts, the
     outcome and the tenants whose audit rows name it.
@@ -22,7 +22,7 @@ description:
     in the chain, and I(hash_of) returns the hash one row has now (the row of a head sealed earlier,
     C(playbooks/registry_audit_verify.yml)).
   - Only reads; never reports a change.
-version_added: 0.6.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   since:

@@ -29,7 +29,7 @@ description:
     (I(drill_passed)), how long it took (I(drill_seconds)) and what it found (I(drill_detail)), with an audit row
     (C(action=restore_drill)). Every call is a drill that was done.
   - Every write is one transaction. Check mode computes the same answer and rolls it back.
-version_added: 0.6.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   tenant_id:

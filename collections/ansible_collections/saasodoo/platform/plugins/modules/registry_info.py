@@ -14,7 +14,7 @@ description:
     database it holds (C(tenants), whatever their status); C(tenants) are every tenant, by id; C(plans) are the
     newest version of every plan, by name.
   - Read-only, in one read-only snapshot; it never changes anything, in check mode or not.
-version_added: 0.6.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   gather_subset:

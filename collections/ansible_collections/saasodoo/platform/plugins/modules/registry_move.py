@@ -17,7 +17,7 @@ description:
     copy is due when its retention is over, or, with I(tenant_id), whenever it is that tenant's (a purge).
   - C(state=dropped) records the copies of the moves I(ids) as dropped; those already recorded are left as they
     are, so a second run changes nothing. Check mode rolls it back.
-version_added: 0.6.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   tenant_id:

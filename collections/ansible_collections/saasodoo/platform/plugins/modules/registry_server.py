@@ -37,7 +37,7 @@ description:
   - All of it in one transaction; check mode computes the same answer and rolls it back.
   - The platform_registry role logs in as C(postgres) over the Unix socket (I(login_host) the socket directory, peer
     authentication, no password) and acts as the registry owner with I(session_role).
-version_added: 0.6.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   name:

@@ -109,8 +109,8 @@ options:
     description:
       - Make the tenant this playbook run's (I(audit_run)) until the run ends, before anything else. While another
         run that is still alive has it, wait up to this many seconds, then fail naming that run.
-      - A run is alive while the registry session the C(saasodoo_audit) callback keeps for it is; a run without one
-        (the callback not enabled) holds nothing and is warned.
+      - A run is alive while the registry session the C(saasodoo.platform.audit) callback keeps for it is; a run
+        without one (the callback not enabled) holds nothing and is warned.
     type: int
   welcome_link:
     description: The admin's one-time sign-in link, for the welcome e-mail this run's C(status=active) queues for a
@@ -249,7 +249,7 @@ def hold_for_run(module: AnsibleModule, conn, tenant_id: str, wait_seconds: int)
             return
         if hold["held"] is None:
             module.warn(
-                f"run {run or '(no id)'} has no holder session in the registry (is the saasodoo_audit callback"
+                f"run {run or '(no id)'} has no holder session in the registry (is the saasodoo.platform.audit callback"
                 f" enabled?): tenant {tenant_id} is not held for it, and another run may act on it meanwhile"
             )
             return

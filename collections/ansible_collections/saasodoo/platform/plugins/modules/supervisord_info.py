@@ -30,7 +30,7 @@ options:
     elements: str
     default: []
 requirements: [supervisor (in the Python that runs the module)]
-version_added: 0.9.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 extends_documentation_fragment:
   - saasodoo.platform.attributes

@@ -19,7 +19,7 @@ description:
     (in proportion to I(cpu), so a busy host shares its CPU by plan) and its memory ceiling (I(memory_mb), and no swap
     where the kernel counts it), only where they differ. New values apply at once to the processes in it.
   - I(state=absent) kills what is left in the group, then removes it.
-version_added: 0.11.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   name:

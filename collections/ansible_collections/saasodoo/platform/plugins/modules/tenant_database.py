@@ -26,7 +26,7 @@ description:
     both states refuse it and leave it as it is, never re-owned or dropped.
   - Every session pins C(search_path) and the settings a tenant could set on its database, and qualifies what
     it calls, since the tenant owns that database and may have planted functions there.
-version_added: 0.4.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   name:

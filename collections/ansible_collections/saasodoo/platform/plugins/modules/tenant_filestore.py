@@ -23,7 +23,7 @@ description:
   - I(state=filled) extracts it the same way, then moves in only the files the filestore lacks (a point-in-time
     restore keeps the current filestore and fills in the files deleted since).
   - Every C(tar) and C(rm) is bounded by I(timeout); what a failed run left beside the filestore is removed.
-version_added: 0.10.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   data_dir:

@@ -20,7 +20,7 @@ description:
   - I(state=absent) deletes the cephx client and the tenant's directory tree.
   - On CephFS the root must be the admin mount (C(ceph-fuse) or the kernel client); anything else is refused, so a
     missing mount never puts a tenant's files on the disk under the mount point.
-version_added: 0.4.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 options:
   tenant_id:

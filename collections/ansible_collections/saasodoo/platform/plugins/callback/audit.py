@@ -1,12 +1,15 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Callback plugin: every playbook run becomes a `run` in the platform registry's audit chain."""
 
 # ruff: noqa: E402 - the documentation comes first, as in every Ansible plugin; the imports follow it.
 from __future__ import annotations
 
 DOCUMENTATION = r"""
-name: saasodoo_audit
+name: audit
 type: notification
 short_description: Record every playbook run in the SaaSOdoo registry's audit chain
+version_added: 0.2.0
+author: SaaSOdoo ops maintainers (@saasodoo)
 description:
   - Records each C(ansible-playbook) run, typed by a person or started by the webhook runner, as two C(run) rows
     in the registry's hash-chained audit trail (C(registry.audit), subject C(run:<run id>)), one when its first
@@ -30,7 +33,7 @@ description:
     run. A fresh install's first C(site.yml) creates the registry midway, so its start is not recorded, its end is.
 requirements:
   - psycopg >= 3.1 on the controller
-  - enabled in ansible.cfg (C(callbacks_enabled = saasodoo_audit), C(callback_plugins = plugins/callback))
+  - enabled in ansible.cfg (C(callbacks_enabled = saasodoo.platform.audit))
 options:
   registry_config:
     description: The C(saasodoo.platform.registry) inventory configuration naming the registry, instead of the
@@ -127,7 +130,7 @@ os.register_at_fork(after_in_child=_holder_not_inherited)
 class CallbackModule(CallbackBase):
     CALLBACK_VERSION = 2.0
     CALLBACK_TYPE = "notification"
-    CALLBACK_NAME = "saasodoo_audit"
+    CALLBACK_NAME = "saasodoo.platform.audit"
     CALLBACK_NEEDS_ENABLED = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
