@@ -187,7 +187,7 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
                 if existing["account_id"] is None and existing["state"] == "failed":
                     abort(409, f"job {job_id} is a periodic pass's ({existing['action']}): the next pass runs it again")
                 abort(409, f"job {job_id} is {existing['state']}: only a parked or failed job can be replayed")
-            store.audit(
+            store.record_audit(
                 conn, actor="webhook_runner admin", tenant_id=row["tenant_id"], kind="replay",
                 subject=f"job:{job_id}", detail={"action": row["action"]},
             )  # fmt: skip

@@ -328,12 +328,12 @@ class Convergence:
         if tenant_id is None:
             return
         for event in triggers:
-            store.audit(
+            store.record_audit(
                 self.conn, actor=self.actor, tenant_id=tenant_id, kind="event", subject=f"event:{event['id']}",
                 detail={"event_type": event["event_type"], "object_type": event["object_type"],
                         "object_id": event["object_id"], "action_type": (event["meta_data"] or {}).get("actionType")},
             )  # fmt: skip
-        store.audit(
+        store.record_audit(
             self.conn,
             actor=self.actor,
             tenant_id=tenant_id,

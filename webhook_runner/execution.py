@@ -71,7 +71,7 @@ class Execution:
     def _run_job(self, job: dict, run_id: str, retry: bool) -> dict:
         settings = self.settings
         private_dir = self._artifacts_home(job) / f"job-{job['id']:08d}"
-        store.audit(
+        store.record_audit(
             self.conn, actor=self.actor, tenant_id=job["tenant_id"], kind="job", subject=f"job:{job['id']}",
             detail={"action": job["action"], "playbook": job["playbook"], "extravars": job["extravars"],
                     "attempt": job["attempts"], "run": run_id},
@@ -128,7 +128,7 @@ class Execution:
                 self.conn, job["id"], state="queued", run_after_seconds=settings.backoff(job["attempts"]), **outcome
             )
         log.info("job %s: %s in %.1f s%s", job["id"], finished["state"], seconds, f" ({error})" if error else "")
-        store.audit(
+        store.record_audit(
             self.conn, actor=self.actor, tenant_id=job["tenant_id"], kind="result", subject=f"job:{job['id']}",
             detail={"state": finished["state"], "rc": rc, "error": error, "seconds": round(seconds, 2)},
         )  # fmt: skip

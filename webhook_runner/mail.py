@@ -335,7 +335,7 @@ def _attempt(conn, row: dict, name: str, settings, killbill: KillBill, actor: st
             return f"{name}: dropped: {relay} refused its address: {error}", False
         return _put_off(conn, row, mail, f"{relay}: {error}", name), relay_failed(error)
     _finish(conn, row, "sent", None, recipient=profile["email"], language=language)
-    store.audit(
+    store.record_audit(
         conn, actor=actor, tenant_id=row["tenant_id"], kind="mail", subject=f"mail:{row['id']}",
         detail={"message": row["message"], "cause": row["cause"], "to": profile["email"], "language": language,
                 "message_id": message["Message-ID"]},

@@ -142,7 +142,7 @@ class Worker(Convergence, Execution, Upkeep):
         events = [event["id"] for event in store.unprocessed_events(conn, account)]
         store.mark_processed(conn, events, reason)
         parked = store.park_due_jobs(conn, account, reason)
-        store.audit(
+        store.record_audit(
             conn, actor=self.actor, tenant_id=None, kind="error", subject=f"account:{account}",
             detail={"events": events, "jobs_parked": parked, "traceback": trace},
         )  # fmt: skip

@@ -4,6 +4,8 @@ the jobs, the periodic jobs' runs, the tenants with what the API and /metrics re
 
 from __future__ import annotations
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit  # the one audit writer
+
 from .inbox import (
     FENCED,
     HOUSEKEEPING_LOCK,
@@ -69,7 +71,6 @@ from .schedules import (
 )
 from .tenants import (
     active_tenants,
-    audit,
     fleet_snapshot,
     metrics_snapshot,
     plan_names,
@@ -99,7 +100,6 @@ __all__ = [
     "account_tenant_ids",
     "active_tenants",
     "advance_update",
-    "audit",
     "bring_schedule_forward",
     "carry_lease",
     "claim_schedule",
@@ -128,6 +128,7 @@ __all__ = [
     "queue_odoo_job",
     "queue_tenant_chores",
     "reads_waiting",
+    "record_audit",
     "record_billing_status",
     "record_schedule_job",
     "registry_now",

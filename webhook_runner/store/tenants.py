@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import psycopg
-from psycopg.types.json import Jsonb
+
+from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
 
 from ..desired import Tenant
 from .inbox import NOTIFY_CHANNEL
@@ -73,7 +72,7 @@ def queue_odoo_job(conn, tenant_id: str, odoo: str) -> tuple[dict | None, int, s
         )  # fmt: skip
         for parked in open_jobs:  # its runs failed: what this request asks again, superseded rather than replayed
             close_job(conn, parked["id"], "skipped", f"superseded by job {job['id']}")
-        audit(conn, actor="webhook_runner admin", tenant_id=tenant_id, kind="odoo", subject=f"job:{job['id']}",
+        record_audit(conn, actor="webhook_runner admin", tenant_id=tenant_id, kind="odoo", subject=f"job:{job['id']}",
               detail={"odoo": odoo})  # fmt: skip
         conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
     return job, 202, ""
@@ -110,13 +109,6 @@ def tenant_view(conn, tenant_id: str) -> dict | None:
         (tenant_id,),
     ).fetchall()
     return {"tenant": tenant, "jobs": jobs, "moves": moves, "audit": audit}
-
-
-def audit(conn, *, actor: str, tenant_id, kind: str, subject: str, detail: dict) -> None:
-    conn.execute(
-        "INSERT INTO registry.audit (actor, tenant_id, kind, subject, detail) VALUES (%s, %s, %s, %s, %s)",
-        (actor, tenant_id, kind, subject, Jsonb(json.loads(json.dumps(detail, default=str)))),
-    )
 
 
 def prune(conn: psycopg.Connection, days: float) -> dict[str, int]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import psycopg
 
+from ansible_collections.saasodoo.platform.plugins.module_utils.audit import record_audit
+
 from .inbox import NOTIFY_CHANNEL
 from .jobs import OPERATOR_ACTIONS, insert_job
-from .tenants import audit
 
 UPDATE_ACTION = "update"
 # The tenants a rollout updates, oldest first (the canary is the platform's longest-served tenants).
@@ -22,7 +23,8 @@ _TRIED = ("succeeded", "parked", "failed", "skipped")
 
 
 def _audit(conn: psycopg.Connection, update_id: int, detail: dict, actor: str = "webhook_runner", tenant_id=None):
-    audit(conn, actor=actor, tenant_id=tenant_id, kind="odoo_update", subject=f"odoo_update:{update_id}", detail=detail)
+    subject = f"odoo_update:{update_id}"
+    record_audit(conn, actor=actor, tenant_id=tenant_id, kind="odoo_update", subject=subject, detail=detail)
 
 
 def _open_update(conn: psycopg.Connection, lock: bool = False) -> dict | None:
