@@ -14,4 +14,4 @@ from pathlib import Path
 # on). The runner runs from the project's checkout, whose collections/ Ansible reads them from.
 _COLLECTIONS = str(Path(__file__).resolve().parent.parent / "collections")
 if _COLLECTIONS not in sys.path:
-    sys.path.append(_COLLECTIONS)
+    sys.path.insert(0, _COLLECTIONS)  # before any saasodoo.platform installed elsewhere

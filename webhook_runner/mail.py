@@ -165,8 +165,8 @@ def queue_payment_failures(conn: psycopg.Connection, account: str, events: list[
     if not failures:
         return 0
     tenants = conn.execute(
-        "SELECT tenant_id FROM registry.tenants WHERE customer_id = %s AND status IN ('active', 'suspended')",
-        (account,),
+        "SELECT tenant_id FROM registry.tenants WHERE customer_id = %s AND status = ANY(%s)",
+        (account, list(LIVE)),
     ).fetchall()
     queued = 0
     for event in failures:

@@ -150,8 +150,9 @@ def connect_hint(reason: str) -> str:
     """What to do about a failed connection: the server answered and refused (FATAL), or nothing answered."""
     if "FATAL:" in reason:
         return (
-            "The server refused the login: check the registry's user and password (SAASODOO_REGISTRY_PASSWORD, "
-            "registry_password or platform_secret_file); on a fresh install run playbooks/site.yml first"
+            "The server refused the login: check the user and password the registry login was given (the inventory's"
+            " saasodoo_registry_login; the inventory plugin's SAASODOO_REGISTRY_PASSWORD, registry_password or"
+            " platform_secret_file); on a fresh install run playbooks/site.yml first"
         )
     return "Is the platform up? Run playbooks/site.yml to create and start the registry"
 

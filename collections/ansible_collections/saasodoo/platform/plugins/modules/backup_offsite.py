@@ -20,7 +20,7 @@ description:
   - A copy is the object C(tenants/<tenant id>/<backup id>.tar.enc).
   - The store is any S3 endpoint, reached over HTTPS with path-style addressing; checksums are sent only where the
     operation requires one (Ceph 16's gateway refuses the newer default).
-version_added: 0.1.0
+version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
 requirements: [boto3, tar, openssl]
 options:

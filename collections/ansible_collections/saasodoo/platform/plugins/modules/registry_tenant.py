@@ -308,7 +308,7 @@ def free_http_port(conn, low: int, high: int) -> int:
 def planned_changes(conn, tenant: dict, p: dict) -> dict:
     """Field -> new value, for what differs from the tenant's row."""
     tenant_id = tenant["tenant_id"]
-    expected = expected_statuses(p["action"], p["status"]) if p["action"] else STATUSES
+    expected = expected_statuses(p["action"], p["status"]) if p["action"] is not None else STATUSES
     if tenant["status"] not in expected:
         raise TenantError(f"tenant {tenant_id} is {tenant['status']}; {p['action']} needs it {' or '.join(expected)}")
     changes: dict = {}
@@ -506,7 +506,7 @@ def main() -> None:
     if not p["tenant_id"] or p["plan"] == "":  # a playbook run without -e tenant_id= (or with an empty plan)
         plan = " -e plan=<Kill Bill plan name>" if p["plan"] is not None else ""
         module.fail_json(msg=f"{p['action'] or 'registry_tenant'} needs -e tenant_id=<id>{plan}.")
-    if p["action"]:
+    if p["action"] is not None:  # an empty one too: a run's action that templated to nothing checks nothing
         try:
             expected_statuses(p["action"], p["status"])
         except ValueError as error:

@@ -23,7 +23,8 @@ description:
   - Runs each play as Ansible's C(linear) strategy does, through Mitogen (C(mitogen) in requirements.txt), which
     keeps one Python per connection for the whole run instead of starting one per task.
   - Keeps the code ansible-core compiles templates into and the code Mitogen compiles Python files into, in the
-    C(.state) directory beside the run's C(ansible.cfg) (none without a configuration file).
+    C(.state) directory beside the collections path the collection is loaded from (the checkout's, which git
+    ignores), so every run of the checkout shares them, molecule's too.
   - Pins no process to a CPU, and freezes the objects made before the run's first play out of the garbage collector.
 version_added: 0.2.0
 author: SaaSOdoo ops maintainers (@saasodoo)
@@ -37,7 +38,6 @@ notes:
 import gc
 from pathlib import Path
 
-from ansible import constants as C
 from ansible.errors import AnsibleError
 
 from ansible_collections.saasodoo.platform.plugins.plugin_utils import jinja_code_cache, mitogen_scan_cache
@@ -58,12 +58,12 @@ else:
     # CPU 1 alone, and the platform runs on half the machine. The base Policy pins nothing: the kernel balances.
     affinity.policy = affinity.Policy()
 
-# The caches are the checkout's: in the state directory (.state, which git ignores) beside the ansible.cfg the run
-# reads. A run without a configuration file has none.
-STATE = Path(C.CONFIG_FILE).resolve().parent / ".state" if C.CONFIG_FILE else None
-if STATE is not None:
-    jinja_code_cache.install(str(STATE / "jinja-code"))
-    mitogen_scan_cache.install(str(STATE / "mitogen-scan"))  # before the multiplexer is forked, which scans
+# The caches are the checkout's: in its state directory (.state, which git ignores), beside the collections path
+# this collection is loaded from (<checkout>/collections/ansible_collections/saasodoo/platform/plugins/strategy), so
+# every run of the checkout shares them, whatever ansible.cfg it reads (molecule's is its own, in a scratch directory).
+STATE = Path(__file__).resolve().parents[6] / ".state"
+jinja_code_cache.install(str(STATE / "jinja-code"))
+mitogen_scan_cache.install(str(STATE / "mitogen-scan"))  # before the multiplexer is forked, which scans
 
 # A strategy is loaded once the playbook is parsed and the inventory read: the objects made so far (ansible's modules
 # and plugins, the plays, the hosts: about 90,000 in a tenant job) live until the process exits. Frozen, the collector
