@@ -264,15 +264,4 @@ class CallbackModule(CallbackBase):
         if not config:
             raise LookupError(f"the inventory has no {REGISTRY_INVENTORY_PLUGIN} source (a *registry.yml file)")
         settings = inventory_loader.get(REGISTRY_INVENTORY_PLUGIN).registry_settings(DataLoader(), config)
-        return connect_registry(
-            {
-                "login_host": settings.host,
-                "login_port": settings.port,
-                "login_db": settings.database,
-                "login_user": settings.user,
-                "login_password": settings.password,
-                "login_sslmode": settings.sslmode,
-                "login_sslrootcert": settings.sslrootcert,
-                "connect_timeout": settings.connect_timeout,
-            }
-        )
+        return connect_registry(settings.login())

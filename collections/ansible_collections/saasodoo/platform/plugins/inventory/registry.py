@@ -241,6 +241,19 @@ class RegistrySettings:
     def where(self) -> str:
         return f"{self.host}:{self.port}/{self.database}"
 
+    def login(self) -> dict[str, Any]:
+        """The registry login as module_utils/registry.connect_registry takes it (the audit callback's too)."""
+        return {
+            "login_host": self.host,
+            "login_port": self.port,
+            "login_db": self.database,
+            "login_user": self.user,
+            "login_password": self.password,
+            "login_sslmode": self.sslmode,
+            "login_sslrootcert": self.sslrootcert,
+            "connect_timeout": self.connect_timeout,
+        }
+
 
 # ---- Pure parts: rows in, hosts and groups out -------------------------------------------------------
 
@@ -366,18 +379,9 @@ def fetch_fleet(settings: RegistrySettings, tenants: bool = True) -> tuple[list[
     snapshot."""
     if psycopg is None:
         raise RegistryError(f"the psycopg package (3.1 or later) is needed on the controller: {PSYCOPG_IMPORT_ERROR}")
-    login = {
-        "login_host": settings.host,
-        "login_port": settings.port,
-        "login_db": settings.database,
-        "login_user": settings.user,
-        "login_password": settings.password,
-        "login_sslmode": settings.sslmode,
-        "login_sslrootcert": settings.sslrootcert,
-        "connect_timeout": settings.connect_timeout,
-    }
+    name = "saasodoo.platform.registry inventory"
     try:
-        with connect_registry(login, application_name="saasodoo.platform.registry inventory", read_only=True) as conn:
+        with connect_registry(settings.login(), application_name=name, read_only=True) as conn:
             if not conn.execute(_SCHEMA_QUERY).fetchone()[0]:
                 raise RegistryError(
                     f"the registry at {settings.where} has no schema yet (fresh install): run playbooks/site.yml first"
