@@ -158,9 +158,8 @@ def lifecycle_page() -> str:
             ("x" if status in action.starts_from else "") + ("f" if status in action.fails_from else "")
             for status in lifecycle.STATUSES
         ]
-        leaves = " or ".join(filter(None, (action.leaves, "failed" if action.fails_from else None)))
-        lines.append(f"| `{name}` | " + " | ".join(marks) + f" | {f'**{leaves}**' if leaves else 'as it was'} | ")
-        lines[-1] += f"{action.summary} |"
+        leaves = f"**{' or '.join(action.leads_to)}**" if action.leads_to else "as it was"
+        lines.append(f"| `{name}` | " + " | ".join(marks) + f" | {leaves} | {action.summary} |")
     return "\n".join(lines) + "\n"
 
 

@@ -27,64 +27,55 @@ def test_the_registry_checks_the_tables_statuses():
     assert later == [], f"a later migration changes the statuses: the table must follow ({later})"
 
 
-def named_actions(node) -> list[str]:
-    """The lifecycle actions a playbook names: tenant_action and registry_tenant's action, literal or in a template."""
-    found = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("tenant_action", "tenant_backup_action") or (
-                key == "action" and isinstance(node.get("tenant_id"), str)  # registry_tenant's arguments
-            ):
-                found += re.findall(r"'(\w+)'", value) if "{{" in value else [value]
-            else:
-                found += named_actions(value)
-    elif isinstance(node, list):
-        for item in node:
-            found += named_actions(item)
-    return found
+def playbook_mappings():
+    """(playbook, mapping) for every mapping in the playbooks' YAML, nested ones too."""
+    for path in sorted((REPO / "playbooks").rglob("*.yml")):
+        nodes = [yaml.safe_load(path.read_text())]
+        while nodes:
+            node = nodes.pop()
+            if isinstance(node, dict):
+                yield path.name, node
+                nodes += node.values()
+            elif isinstance(node, list):
+                nodes += node
+
+
+def action_names(value: str) -> list[str]:
+    """The action a string names, or those a template chooses between."""
+    return re.findall(r"'(\w+)'", value) if "{{" in value else [value]
 
 
 def test_every_action_a_playbook_names_is_in_the_table():
+    """tenant_action (tenant_backup_action) and registry_tenant's action, literal or in a template."""
     named = {}
-    for path in sorted((REPO / "playbooks").rglob("*.yml")):
-        for action in named_actions(yaml.safe_load(path.read_text())):
-            named.setdefault(action, path.name)
+    for playbook, mapping in playbook_mappings():
+        keys = ["tenant_action", "tenant_backup_action"] + ["action"] * isinstance(mapping.get("tenant_id"), str)
+        for key in keys:
+            if isinstance(mapping.get(key), str):
+                for action in action_names(mapping[key]):
+                    named.setdefault(action, playbook)
     assert {action: path for action, path in named.items() if action not in ACTIONS} == {}
     assert {"provision", "tenant_suspend", "tenant_reactivate", "tenant_update", "tenant_backup"} <= set(named)
 
 
-def recorded_transitions(node) -> list[tuple[str, str]]:
-    """(action, status) of each record a playbook makes: tenant_record.yml's vars, or registry_tenant's arguments."""
-    found = []
-    if isinstance(node, dict):
-        pairs = [("tenant_action", "tenant_status"), ("action", "status")]
-        for action_key, status_key in pairs:
-            if isinstance(node.get(action_key), str) and isinstance(node.get(status_key), str):
-                action = node[action_key]
-                for name in re.findall(r"'(\w+)'", action) if "{{" in action else [action]:
-                    found.append((name, node[status_key]))
-        for value in node.values():
-            found += recorded_transitions(value)
-    elif isinstance(node, list):
-        for item in node:
-            found += recorded_transitions(item)
-    return found
-
-
 def test_every_status_a_playbook_records_is_one_its_action_leaves():
-    recorded = []
-    for path in sorted((REPO / "playbooks").rglob("*.yml")):
-        recorded += [(path.name, *pair) for pair in recorded_transitions(yaml.safe_load(path.read_text()))]
+    """tenant_record.yml's vars, or registry_tenant's arguments; tenant_record.yml itself passes its importer's on."""
+    recorded = [
+        (playbook, action, mapping[status_key])
+        for playbook, mapping in playbook_mappings()
+        for action_key, status_key in [("tenant_action", "tenant_status"), ("action", "status")]
+        if isinstance(mapping.get(action_key), str) and isinstance(mapping.get(status_key), str)
+        if "{{" not in mapping[status_key]
+        for action in action_names(mapping[action_key])
+    ]
     refused = []
     for playbook, action, status in recorded:
-        if "{{" in status:  # tenant_record.yml itself passes its importer's on
-            continue
         try:
             expected_statuses(action, status)
         except ValueError as error:
             refused.append(f"{playbook}: {error}")
     assert refused == []
-    checked = {(action, status) for _, action, status in recorded if "{{" not in status}
+    checked = {(action, status) for _, action, status in recorded}
     assert {("tenant_suspend", "suspended"), ("tenant_reactivate", "active"), ("provision", "failed")} <= checked
 
 

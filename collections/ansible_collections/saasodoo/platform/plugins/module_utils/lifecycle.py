@@ -25,6 +25,11 @@ class Action:
     fails_from: tuple[str, ...] = ()  # where its failure may record the status `failed` (nothing left behind)
     summary: str = ""
 
+    @property
+    def leads_to(self) -> tuple[str, ...]:
+        """The statuses it may record: the one it leaves, and `failed` where its failure may be recorded."""
+        return (self.leaves,) * (self.leaves is not None) + ("failed",) * bool(self.fails_from)
+
 
 ACTIONS = {
     "provision": Action(
@@ -59,5 +64,5 @@ def expected_statuses(action: str, status: str | None) -> tuple[str, ...]:
         return step.starts_from
     if status == "failed" and step.fails_from:
         return step.fails_from
-    leads = " or ".join(filter(None, (step.leaves, "failed" if step.fails_from else None))) or "no other status"
+    leads = " or ".join(step.leads_to) or "no other status"
     raise ValueError(f"{action} leaves a tenant {leads}, not {status} (module_utils/lifecycle.py ACTIONS)")
