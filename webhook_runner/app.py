@@ -211,7 +211,7 @@ def create_app(settings: RunnerSettings | None = None) -> Flask:
             abort(400, f'the body is {{"state": one of {", ".join(store.ODOO_STATES)}}} (default restarted)')
         return answered(lambda conn: store.queue_odoo_job(conn, tenant_id, odoo))
 
-    # The rollout of the platform's Odoo build (the inventory's saasodoo_odoo_bin) to every tenant: store/updates.py.
+    # The rollout of the platform's Odoo build (the inventory's saasodoo_odoo_build) to every tenant: store/updates.py.
     @app.get("/odoo-update")
     def odoo_update():
         require_admin()

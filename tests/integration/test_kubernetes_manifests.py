@@ -546,7 +546,9 @@ def test_absent_removes_the_rendered_files(tmp_path):
 
 def test_tenants_pods_reach_only_their_ingress_dns_and_database(manifests):
     policy = manifests.one("NetworkPolicy")["spec"]
-    assert policy["podSelector"]["matchLabels"] == manifests.one("Deployment")["spec"]["selector"]["matchLabels"]
+    # The tenant's pods, its Odoo's and its Jobs' (test_a_plan_change_installs_its_modules_by_a_job_of_its_pod).
+    assert policy["podSelector"]["matchLabels"] == {"saasodoo.io/tenant": manifests.case.tenant}
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels(manifests.one("Deployment")).items()
     assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]  # anything not allowed below is denied
     [ingress] = policy["ingress"]
     assert ingress["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
@@ -573,3 +575,64 @@ def test_missing_cephfs_credentials_fail_before_anything_is_written(tmp_path):
     assert run.returncode != 0
     assert "odoo_runtime_kubernetes_cephfs" in run.output
     assert not (tmp_path / CASES[0].tenant).exists()
+
+
+# --- one-off Odoo runs: a plan change's modules, an update's new image ------------------------------------------
+
+
+def pod_labels(workload: dict) -> dict:
+    return workload["spec"]["template"]["metadata"]["labels"]
+
+
+def render_job(render_dir: Path, case: Case, modules: dict, image: str = "") -> tuple[Rendered, dict]:
+    """The tenant's objects, then its Job (the role's install_modules entry) beside them."""
+    assert render(render_dir, case).returncode == 0
+    run = render(render_dir, case, "-e", "entry=install_modules", "-e", json.dumps(modules),
+                 *(["-e", f"image={image}"] if image else []))
+    assert run.returncode == 0, run.output
+    rendered = Rendered(case, render_dir / case.tenant, run)
+    return rendered, rendered.one("Job", "odoojob-" + case.name.removeprefix("odoo-"))
+
+
+def test_a_plan_change_installs_its_modules_by_a_job_of_its_pod(tmp_path):
+    case = Case("Acme_Corp", "premium-monthly", issuer=ISSUER)
+    rendered, job = render_job(tmp_path, case, {"install_modules": ["stock", "project"]})
+    assert rendered.files == EXPECTED_FILES + ["10-job.yml"]
+    for version in VERSIONS:
+        validate_strictly(job, version)
+    deployment = rendered.one("Deployment")
+    pod, served = job["spec"]["template"]["spec"], deployment["spec"]["template"]["spec"]
+    # The serving pod's PgBouncer sidecar, security context, volumes and plan's resources; run once, never again.
+    assert {k: v for k, v in pod.items() if k not in ("containers", "restartPolicy")} == {
+        k: v for k, v in served.items() if k != "containers"
+    }
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 1800
+    [odoo], [serving] = pod["containers"], served["containers"]
+    assert odoo["args"] == ["-c", "/etc/odoo/odoo.conf", "-i", "stock,project", "--no-http", "--stop-after-init"]
+    assert {k: v for k, v in odoo.items() if k != "args"} == {
+        k: v for k, v in serving.items() if k not in ("args", "ports", "startupProbe", "readinessProbe", "livenessProbe")
+    }
+    # No customer request reaches it (the Service does not select it); its egress is the tenant's (the policy does).
+    labels = pod_labels(job)
+    assert not rendered.one("Service")["spec"]["selector"].items() <= labels.items()
+    assert rendered.one("NetworkPolicy")["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    # A name no tenant's object has: each of those starts with odoo-.
+    assert not job["metadata"]["name"].startswith("odoo-")
+    again = render(tmp_path, case, "-e", "entry=install_modules", "-e", '{"install_modules": ["stock", "project"]}')
+    assert again.returncode == 0 and again.recap["localhost"]["changed"] == 0, again.output
+
+
+def test_an_update_runs_every_module_on_the_new_image(tmp_path):
+    image = "registry.example.com/odoo:18.0-20261201"
+    rendered, job = render_job(tmp_path, CASES[0], {"update_modules": ["all"]}, image=image)
+    [odoo] = job["spec"]["template"]["spec"]["containers"]
+    assert odoo["image"] == image
+    assert rendered.container["image"] != image  # the serving pod's stays until the update starts it on the new one
+    assert odoo["args"] == ["-c", "/etc/odoo/odoo.conf", "-u", "all", "--no-http", "--stop-after-init"]
+
+
+def test_a_job_without_modules_is_refused(tmp_path):
+    run = render(tmp_path, CASES[0], "-e", "entry=install_modules")
+    assert run.returncode != 0
+    assert "odoo_runtime_install_modules or odoo_runtime_update_modules" in run.output

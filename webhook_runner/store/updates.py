@@ -1,6 +1,6 @@
 """Rollouts of the platform's Odoo build to its tenants (registry.odoo_updates, migration 0029): `canary` tenants
 first, then `batch` at a time, each a tenant_update.yml job in its tenant's account (the build is the inventory's
-saasodoo_odoo_bin, which that playbook reads for the canary; the batches are given the build the canary got, even
+saasodoo_odoo_build, which that playbook reads for the canary; the batches are given the build the canary got, even
 if the inventory names another meanwhile). A failed update pauses the rollout, naming it; a resume goes on with
 the tenants not tried yet, and a failure no pause has named yet pauses it again. A tenant no Kill Bill account names
 gets no job: the rollout lists it, for an operator. Active tenants only: a suspended one's database refuses its

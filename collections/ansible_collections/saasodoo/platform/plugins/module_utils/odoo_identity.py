@@ -32,7 +32,7 @@ TEMPLATE_PREFIX = "tpl_"
 def template_name(odoo_version: str, modules: list[str], lang: str, build: str = "") -> str:
     """One template per (Odoo version, module set, language): the name is a digest of that key, so a new key is
     a new template and an existing name is an up-to-date one. The database and its owning role share it.
-    `build` names the Odoo that builds it (its odoo-bin): another checkout of the same version builds anew."""
+    `build` names the platform's Odoo build (an odoo-bin or an image): another build of the same version has its own."""
     key = json.dumps(
         {"odoo_version": str(odoo_version), "modules": sorted(set(modules)), "lang": lang, "build": build},
         sort_keys=True,
