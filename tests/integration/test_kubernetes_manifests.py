@@ -587,8 +587,15 @@ def pod_labels(workload: dict) -> dict:
 def render_job(render_dir: Path, case: Case, modules: dict, image: str = "") -> tuple[Rendered, dict]:
     """The tenant's objects, then its Job (the role's install_modules entry) beside them."""
     assert render(render_dir, case).returncode == 0
-    run = render(render_dir, case, "-e", "entry=install_modules", "-e", json.dumps(modules),
-                 *(["-e", f"image={image}"] if image else []))
+    run = render(
+        render_dir,
+        case,
+        "-e",
+        "entry=install_modules",
+        "-e",
+        json.dumps(modules),
+        *(["-e", f"image={image}"] if image else []),
+    )
     assert run.returncode == 0, run.output
     rendered = Rendered(case, render_dir / case.tenant, run)
     return rendered, rendered.one("Job", "odoojob-" + case.name.removeprefix("odoo-"))
@@ -597,7 +604,7 @@ def render_job(render_dir: Path, case: Case, modules: dict, image: str = "") -> 
 def test_a_plan_change_installs_its_modules_by_a_job_of_its_pod(tmp_path):
     case = Case("Acme_Corp", "premium-monthly", issuer=ISSUER)
     rendered, job = render_job(tmp_path, case, {"install_modules": ["stock", "project"]})
-    assert rendered.files == EXPECTED_FILES + ["10-job.yml"]
+    assert rendered.files == [*EXPECTED_FILES, "10-job.yml"]
     for version in VERSIONS:
         validate_strictly(job, version)
     deployment = rendered.one("Deployment")
@@ -609,10 +616,14 @@ def test_a_plan_change_installs_its_modules_by_a_job_of_its_pod(tmp_path):
     assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
     assert job["spec"]["activeDeadlineSeconds"] == 1800
     [odoo], [serving] = pod["containers"], served["containers"]
-    assert odoo["args"] == ["-c", "/etc/odoo/odoo.conf", "-i", "stock,project", "--no-http", "--stop-after-init"]
-    assert {k: v for k, v in odoo.items() if k != "args"} == {
-        k: v for k, v in serving.items() if k not in ("args", "ports", "startupProbe", "readinessProbe", "livenessProbe")
-    }
+    assert odoo["args"] == [
+        "-c", "/etc/odoo/odoo.conf", "-i", "stock,project", "--db_maxconn=3", "--no-http", "--stop-after-init"
+    ]  # fmt: skip
+    # Its connections and the serving PgBouncer's together within the tenant role's limit.
+    served_connections = int(rendered.pgbouncer_ini["pgbouncer"]["max_user_connections"])
+    assert served_connections + 3 == PLANS[case.plan]["db_connection_limit"]
+    served_only = ("args", "ports", "startupProbe", "readinessProbe", "livenessProbe")
+    assert {k: v for k, v in odoo.items() if k != "args"} == {k: v for k, v in serving.items() if k not in served_only}
     # No customer request reaches it (the Service does not select it); its egress is the tenant's (the policy does).
     labels = pod_labels(job)
     assert not rendered.one("Service")["spec"]["selector"].items() <= labels.items()
@@ -629,10 +640,59 @@ def test_an_update_runs_every_module_on_the_new_image(tmp_path):
     [odoo] = job["spec"]["template"]["spec"]["containers"]
     assert odoo["image"] == image
     assert rendered.container["image"] != image  # the serving pod's stays until the update starts it on the new one
-    assert odoo["args"] == ["-c", "/etc/odoo/odoo.conf", "-u", "all", "--no-http", "--stop-after-init"]
+    assert odoo["args"] == [
+        "-c",
+        "/etc/odoo/odoo.conf",
+        "-u",
+        "all",
+        "--db_maxconn=3",
+        "--no-http",
+        "--stop-after-init",
+    ]
 
 
 def test_a_job_without_modules_is_refused(tmp_path):
     run = render(tmp_path, CASES[0], "-e", "entry=install_modules")
     assert run.returncode != 0
     assert "odoo_runtime_install_modules or odoo_runtime_update_modules" in run.output
+
+
+def role_vars(**inputs) -> dict:
+    """roles/odoo_runtime's internal values, templated with these inputs as Ansible would."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    def trusted(value):  # the role's own values are templates, as the role's files are to Ansible
+        if isinstance(value, dict):
+            return {key: trusted(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [trusted(item) for item in value]
+        return trust_as_template(value) if isinstance(value, str) else value
+
+    role = trusted(load_yaml(Path("roles/odoo_runtime/vars/main.yml")))
+    variables = role | inputs
+    templar = Templar(loader=DataLoader(), variables=variables)
+    return {name: templar.template(value) for name, value in variables.items() if name in inputs["wanted"]}
+
+
+def test_a_stop_and_a_job_wait_on_what_the_api_says(rendered):
+    """The two reads the apply path polls, evaluated as the role evaluates them (no cluster runs here): the label
+    selector of a stop's wait for the pod to be gone, and a Job's end from its conditions."""
+    labels = pod_labels(rendered[CASES[0].id].one("Deployment"))
+    [selector] = role_vars(odoo_runtime_tenant_id="acme", wanted=["__odoo_runtime_kubernetes_pod_selector"]).values()
+    assert selector == ["app.kubernetes.io/name=odoo", "app.kubernetes.io/instance=acme"]
+    assert all(labels[key] == value for key, value in (term.split("=") for term in selector))
+
+    def ended(read: dict) -> list:
+        got = role_vars(__odoo_runtime_kubernetes_job=read, wanted=["__odoo_runtime_kubernetes_job_ended"])
+        return [condition["type"] for condition in got["__odoo_runtime_kubernetes_job_ended"]]
+
+    def job(*conditions) -> dict:
+        return {"resources": [{"status": {"conditions": [{"type": t, "status": s} for t, s in conditions]}}]}
+
+    assert ended({"resources": []}) == []  # not there yet
+    assert ended({"resources": [{"status": {}}]}) == [] and ended({"resources": [{"status": None}]}) == []
+    assert ended(job(("SuccessCriteriaMet", "True"))) == []  # 1.31+: before Complete
+    assert ended(job(("FailureTarget", "True"))) == []  # 1.31+: its pods still terminating
+    assert ended(job(("Complete", "True"))) == ["Complete"]
+    assert ended(job(("Failed", "True"))) == ["Failed"] and ended(job(("Failed", "False"))) == []

@@ -64,6 +64,15 @@ def test_plans_with_one_module_set_share_one_template_per_language_and_a_bare_pl
     assert odoo_template(PLANS["bare"]) == ""
 
 
+def test_a_template_is_named_after_the_odoo_that_builds_it_and_the_build_its_tenants_run():
+    process = "/opt/odoo/18.0/odoo-bin"  # the process runtime: one and the same
+    assert odoo_template(PLANS["basic"], "en_US", [process, process]) == odoo_template(PLANS["basic"], "en_US", process)
+    # Kubernetes: the controller's checkout builds, the image runs; a new image (or checkout) is a new template.
+    image, newer = "registry.example.com/odoo:18.0-1", "registry.example.com/odoo:18.0-2"
+    names = {odoo_template(PLANS["basic"], "en_US", build) for build in ([process, image], [process, newer], process)}
+    assert len(names) == 3
+
+
 @pytest.mark.parametrize("plan", [{"odoo_modules": ["base"]}, None])
 def test_a_plan_without_a_version_is_refused_clearly(plan):
     from ansible.errors import AnsibleFilterError

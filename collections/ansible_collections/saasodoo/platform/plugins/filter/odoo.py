@@ -15,7 +15,7 @@ def template_modules(plan: dict) -> list[str]:
     return sorted(modules | PLATFORM_MODULES) if modules else []
 
 
-def odoo_template(plan: dict, lang: str = "en_US", build: str = "") -> str:
+def odoo_template(plan: dict, lang: str = "en_US", build: str | list[str] = "") -> str:
     """The template a tenant on this plan is cloned from; '' for a plan with no modules (a bare database)."""
     try:
         modules = template_modules(plan)
@@ -24,7 +24,7 @@ def odoo_template(plan: dict, lang: str = "en_US", build: str = "") -> str:
         raise AnsibleFilterError(f"odoo_template needs a plan with odoo_version and odoo_modules: {e}") from None
 
 
-def odoo_templates(plans: dict, languages: list[str], build: str = "") -> list[dict]:
+def odoo_templates(plans: dict, languages: list[str], build: str | list[str] = "") -> list[dict]:
     """Every template the plans need, once each: name, odoo_version, modules and lang, sorted by name."""
     found: dict[str, dict] = {}
     for plan in plans.values():

@@ -29,10 +29,13 @@ SIGNUP_SCOPE = "signup"
 TEMPLATE_PREFIX = "tpl_"
 
 
-def template_name(odoo_version: str, modules: list[str], lang: str, build: str = "") -> str:
+def template_name(odoo_version: str, modules: list[str], lang: str, build: str | list[str] = "") -> str:
     """One template per (Odoo version, module set, language): the name is a digest of that key, so a new key is
     a new template and an existing name is an up-to-date one. The database and its owning role share it.
-    `build` names the platform's Odoo build (an odoo-bin or an image): another build of the same version has its own."""
+    `build` names the Odoo that builds it and the one its tenants run, once each when they are one (an odoo-bin
+    command): another build of the same version has templates of its own."""
+    if not isinstance(build, str):
+        build = " ".join(dict.fromkeys(str(part) for part in build if part))
     key = json.dumps(
         {"odoo_version": str(odoo_version), "modules": sorted(set(modules)), "lang": lang, "build": build},
         sort_keys=True,
