@@ -619,9 +619,6 @@ def test_a_plan_change_installs_its_modules_by_a_job_of_its_pod(tmp_path):
     assert odoo["args"] == [
         "-c", "/etc/odoo/odoo.conf", "-i", "stock,project", "--db_maxconn=3", "--no-http", "--stop-after-init"
     ]  # fmt: skip
-    # Its connections and the serving PgBouncer's together within the tenant role's limit.
-    served_connections = int(rendered.pgbouncer_ini["pgbouncer"]["max_user_connections"])
-    assert served_connections + 3 == PLANS[case.plan]["db_connection_limit"]
     served_only = ("args", "ports", "startupProbe", "readinessProbe", "livenessProbe")
     assert {k: v for k, v in odoo.items() if k != "args"} == {k: v for k, v in serving.items() if k not in served_only}
     # No customer request reaches it (the Service does not select it); its egress is the tenant's (the policy does).
@@ -649,6 +646,24 @@ def test_an_update_runs_every_module_on_the_new_image(tmp_path):
         "--no-http",
         "--stop-after-init",
     ]
+
+
+@pytest.mark.parametrize("entry", ["main", "install_modules"])
+def test_an_odoo_bin_command_is_refused_as_an_image(tmp_path, entry):
+    """A tenant recorded at an odoo-bin path before builds were images here: no pod is given it to run."""
+    run = render(
+        tmp_path,
+        CASES[0],
+        "-e",
+        f"entry={entry}",
+        "-e",
+        '{"install_modules": ["stock"]}',
+        "-e",
+        "image=/opt/odoo/18.0/odoo-bin",
+    )
+    assert run.returncode != 0
+    assert "odoo_runtime_kubernetes_image" in run.output and '"/opt/odoo/18.0/odoo-bin"' in run.output, run.output
+    assert not (tmp_path / CASES[0].tenant).exists()
 
 
 def test_a_job_without_modules_is_refused(tmp_path):
