@@ -22,10 +22,11 @@ import kubernetes_validate
 import psycopg
 import pytest
 import yaml
+from ansible.template import trust_as_template
 from packaging.version import Version
 
 from .conftest import PlaybookRun, ansible_playbook
-from conftest import INVENTORIES, load_yaml
+from conftest import INVENTORIES, load_yaml, role_templar
 
 PLAYBOOK = "tests/integration/playbooks/render_kubernetes.yml"
 PLANS: dict[str, dict] = load_yaml(INVENTORIES / "local/group_vars/all/plans.yml")["saasodoo_plans"]
@@ -672,35 +673,22 @@ def test_a_job_without_modules_is_refused(tmp_path):
     assert "odoo_runtime_install_modules or odoo_runtime_update_modules" in run.output
 
 
-def role_vars(**inputs) -> dict:
-    """roles/odoo_runtime's internal values, templated with these inputs as Ansible would."""
-    from ansible.parsing.dataloader import DataLoader
-    from ansible.template import Templar, trust_as_template
-
-    def trusted(value):  # the role's own values are templates, as the role's files are to Ansible
-        if isinstance(value, dict):
-            return {key: trusted(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [trusted(item) for item in value]
-        return trust_as_template(value) if isinstance(value, str) else value
-
-    role = trusted(load_yaml(Path("roles/odoo_runtime/vars/main.yml")))
-    variables = role | inputs
-    templar = Templar(loader=DataLoader(), variables=variables)
-    return {name: templar.template(value) for name, value in variables.items() if name in inputs["wanted"]}
+def role_value(name: str, **inputs):
+    """One of roles/odoo_runtime's internal values, templated with these inputs as Ansible would."""
+    return role_templar("odoo_runtime", inputs).template(trust_as_template("{{ " + name + " }}"))
 
 
 def test_a_stop_and_a_job_wait_on_what_the_api_says(rendered):
     """The two reads the apply path polls, evaluated as the role evaluates them (no cluster runs here): the label
     selector of a stop's wait for the pod to be gone, and a Job's end from its conditions."""
     labels = pod_labels(rendered[CASES[0].id].one("Deployment"))
-    [selector] = role_vars(odoo_runtime_tenant_id="acme", wanted=["__odoo_runtime_kubernetes_pod_selector"]).values()
+    selector = role_value("__odoo_runtime_kubernetes_pod_selector", odoo_runtime_tenant_id="acme")
     assert selector == ["app.kubernetes.io/name=odoo", "app.kubernetes.io/instance=acme"]
     assert all(labels[key] == value for key, value in (term.split("=") for term in selector))
 
     def ended(read: dict) -> list:
-        got = role_vars(__odoo_runtime_kubernetes_job=read, wanted=["__odoo_runtime_kubernetes_job_ended"])
-        return [condition["type"] for condition in got["__odoo_runtime_kubernetes_job_ended"]]
+        conditions = role_value("__odoo_runtime_kubernetes_job_ended", __odoo_runtime_kubernetes_job=read)
+        return [condition["type"] for condition in conditions]
 
     def job(*conditions) -> dict:
         return {"resources": [{"status": {"conditions": [{"type": t, "status": s} for t, s in conditions]}}]}
